@@ -1,0 +1,585 @@
+"""Reverse-mode automatic differentiation: the ``Tensor`` and its graph.
+
+Companion of ``docs/autograd.md``.
+
+A ``Tensor`` wraps an array (``numpy.ndarray`` or ``cupy.ndarray``) in
+``.data``. Every differentiable operation on tensors returns a new tensor that
+remembers
+
+* ``_parents``: the tensors it was computed from, and
+* ``_backward``: a function that maps the gradient of the loss with respect to
+  this output, ``dL/dy``, to the gradients with respect to each parent,
+  ``dL/dx_k = dL/dy * dy/dx_k`` (the chain rule, docs/autograd.md eq. 1).
+
+The graph is built as the program runs ("define-by-run"). ``loss.backward()``
+sorts the graph topologically and walks it from the loss back to the leaves,
+summing the gradient contributions of every path (eq. 2). Leaves that ask for
+it (``requires_grad=True``) receive their gradient in ``.grad``, an array on
+the same device as ``.data``. After the walk the graph is released, so the
+intermediate arrays each op saved for its backward pass are freed and memory
+does not grow from step to step.
+
+This module holds the tensor, the walk, and the elementary operations behind
+Python's operators (``+ - * / ** @``, indexing, reductions, reshapes). The
+coarse fused operations a network is made of (softmax, layer norm,
+attention, cross-entropy ...) live in ``npgpt.functional``.
+"""
+
+import contextlib
+import numbers
+
+import numpy as np
+
+from npgpt import backend
+
+_grad_enabled = True
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Inside ``with no_grad():`` operations record no graph (inference mode)."""
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, False
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+def is_grad_enabled():
+    return _grad_enabled
+
+
+def _describe(t):
+    return f"Tensor(shape={tuple(t.shape)}, dtype={t.dtype}, device={t.device!r})"
+
+
+class Tensor:
+    """An array with an optional gradient and the recipe that produced it."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "name", "__weakref__")
+    # Make ``ndarray + Tensor`` call ``Tensor.__radd__`` instead of NumPy's ``__add__``.
+    __array_priority__ = 1000
+
+    def __init__(self, data, requires_grad=False, name=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        if not (isinstance(data, np.ndarray) or backend.is_cupy_array(data)):
+            data = np.asarray(data)
+        if requires_grad and data.dtype.kind != "f":
+            raise TypeError(f"only floating-point tensors can require gradients, got dtype {data.dtype}")
+        self.data = data
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._parents = ()
+        self._backward = None
+        self.name = name
+
+    # ------------------------------------------------------------------ basics
+    shape = property(lambda self: self.data.shape)
+    ndim = property(lambda self: self.data.ndim)
+    dtype = property(lambda self: self.data.dtype)
+    size = property(lambda self: self.data.size)
+    device = property(lambda self: backend.device_of(self.data))
+    T = property(lambda self: self.transpose())
+    is_leaf = property(lambda self: self._backward is None)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        body = np.array2string(backend.to_numpy(self.data), precision=4, threshold=20, prefix="tensor(")
+        return f"tensor({body}, dtype={self.dtype}, device={self.device!r}{grad})"
+
+    def numpy(self):
+        """The data as a NumPy array on the host (a copy when on a GPU)."""
+        return backend.to_numpy(self.data)
+
+    def item(self):
+        if self.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {tuple(self.shape)}")
+        return self.data.reshape(()).item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def detach(self):
+        """The same data, cut from the graph (no gradient flows through it)."""
+        return Tensor(self.data)
+
+    def to(self, device):
+        """This tensor on ``device`` ("cpu" or "cuda"); ``self`` if already there."""
+        if backend.check_device(device) == self.device:
+            return self
+        moved = Tensor(backend.to_device(self.data, device), requires_grad=self.requires_grad, name=self.name)
+        if self.grad is not None:
+            moved.grad = backend.to_device(self.grad, device)
+        return moved
+
+    def astype(self, dtype):
+        """A differentiable cast (the gradient is cast back)."""
+        source = self.dtype
+        return _make(self.data.astype(dtype), (self,), lambda g: (g.astype(source),))
+
+    # --------------------------------------------------------------- backward
+    def backward(self, grad=None, retain_graph=False):
+        """Fill ``.grad`` of every leaf this tensor depends on (docs/autograd.md eq. 2).
+
+        ``grad`` is ``dL/dself``; it may be omitted only for a one-element
+        tensor (a loss), where it is 1. Gradients add up across calls until
+        cleared, as in PyTorch. The graph is freed afterwards unless
+        ``retain_graph=True``.
+        """
+        if not self.requires_grad:
+            raise RuntimeError(f"backward() on {_describe(self)}, which does not require grad "
+                               "(no input had requires_grad=True, or it was computed under no_grad())")
+        xp = backend.array_module(self.data)
+        if grad is None:
+            if self.size != 1:
+                raise ValueError(f"backward() on a non-scalar {_describe(self)} needs an explicit "
+                                 "gradient of the same shape: t.backward(grad)")
+            grad = xp.ones_like(self.data)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward(): gradient of shape {tuple(grad.shape)} given for {_describe(self)}")
+
+        pending = {id(self): grad}   # gradient sums of nodes not yet visited
+        for node in reversed(_topological_order(self)):
+            g = pending.pop(id(node), None)
+            if g is None:
+                continue
+            if node._backward is None:  # a leaf: keep its gradient
+                if node.grad is None:
+                    node.grad = g.copy()  # copy: the same array may flow to other nodes
+                else:
+                    node.grad += g
+                continue
+            parent_grads = node._backward(g)
+            for parent, pg in zip(node._parents, parent_grads):
+                if pg is None or not parent.requires_grad:
+                    continue
+                key = id(parent)
+                pending[key] = pg if key not in pending else pending[key] + pg
+            if not retain_graph:  # free the saved arrays as soon as they are used
+                node._backward, node._parents = None, ()
+
+    # ---------------------------------------------------------- operators
+    def __add__(self, other): return add(self, other)
+    def __radd__(self, other): return add(other, self)
+    def __sub__(self, other): return sub(self, other)
+    def __rsub__(self, other): return sub(other, self)
+    def __mul__(self, other): return mul(self, other)
+    def __rmul__(self, other): return mul(other, self)
+    def __truediv__(self, other): return div(self, other)
+    def __rtruediv__(self, other): return div(other, self)
+    def __pow__(self, other): return power(self, other)
+    def __rpow__(self, other): return power(other, self)
+    def __matmul__(self, other): return matmul(self, other)
+    def __rmatmul__(self, other): return matmul(other, self)
+    def __neg__(self): return neg(self)
+    def __getitem__(self, index): return getitem(self, index)
+
+    # Comparisons give plain boolean arrays: they are not differentiable.
+    def __lt__(self, other): return self.data < _data(other)
+    def __le__(self, other): return self.data <= _data(other)
+    def __gt__(self, other): return self.data > _data(other)
+    def __ge__(self, other): return self.data >= _data(other)
+
+    def sum(self, axis=None, keepdims=False): return sum_(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return mean(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return max_(self, axis, keepdims)
+    def reshape(self, *shape): return reshape(self, shape[0] if len(shape) == 1 else shape)
+    def transpose(self, *axes): return transpose(self, axes[0] if len(axes) == 1 else (axes or None))
+    def swapaxes(self, a, b): return swapaxes(self, a, b)
+    def split(self, indices_or_sections, axis=0): return split(self, indices_or_sections, axis)
+    def exp(self): return exp(self)
+    def log(self): return log(self)
+    def tanh(self): return tanh(self)
+    def sqrt(self): return sqrt(self)
+    def masked_fill(self, mask, value): return masked_fill(self, mask, value)
+
+
+def tensor(data, requires_grad=False, dtype=None, device=None):
+    """Make a tensor from a list, scalar or array (``npgpt.tensor``).
+
+    Python floats become float32 (the working precision of the library)
+    unless ``dtype`` says otherwise; arrays keep their dtype.
+    """
+    if isinstance(data, Tensor):
+        data = data.data
+    if dtype is None and not hasattr(data, "dtype"):
+        probe = np.asarray(data)
+        dtype = np.float32 if probe.dtype.kind == "f" else None
+    array = backend.to_device(data, device if device is not None else backend.device_of(data))
+    # Copy, as torch.tensor does: later in-place updates must not alias the caller's array.
+    return Tensor(array.astype(dtype if dtype is not None else array.dtype, copy=True), requires_grad=requires_grad)
+
+
+# ====================================================================== graph
+def _topological_order(root):
+    """Nodes that need a gradient, each after all of its parents (iterative DFS).
+
+    Iterative rather than recursive so that deep graphs (many layers, long
+    generation loops) cannot hit Python's recursion limit.
+    """
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        for parent in node._parents:
+            if parent.requires_grad and id(parent) not in visited:
+                stack.append((parent, False))
+    return order
+
+
+def _make(data, parents, backward):
+    """Wrap an op's result; record the graph only when a gradient can flow."""
+    out = Tensor(data)
+    if _grad_enabled and any(p.requires_grad for p in parents):
+        out.requires_grad = True
+        out._parents = parents
+        out._backward = backward
+    return out
+
+
+def _data(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def as_tensor(x, like=None):
+    """``x`` as a Tensor; Python numbers take ``like``'s dtype and device."""
+    if isinstance(x, Tensor):
+        return x
+    if like is not None:
+        xp = backend.array_module(like.data)
+        if isinstance(x, numbers.Number):
+            return Tensor(xp.asarray(x, dtype=like.dtype))
+        if backend.device_of(x) != like.device:
+            raise ValueError(f"cannot combine a {backend.device_of(x)} array with {_describe(like)}; "
+                             "move one of them with .to(device)")
+        return Tensor(xp.asarray(x))
+    return Tensor(np.asarray(x))
+
+
+def _check_same_device(op, *tensors):
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        described = ", ".join(_describe(t) for t in tensors)
+        raise ValueError(f"{op}: tensors are on different devices ({described}); move them with .to(device)")
+
+
+def unbroadcast(grad, shape):
+    """Sum ``grad`` down to ``shape``: the backward of NumPy broadcasting (eq. 3).
+
+    A value broadcast along an axis was used once per position on that axis,
+    so its gradient is the sum over that axis.
+    """
+    if grad.shape == tuple(shape):
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(i + extra for i, n in enumerate(shape) if n == 1 and grad.shape[i + extra] != 1)
+    return grad.sum(axis=axes, keepdims=True).reshape(shape) if axes else grad.reshape(shape)
+
+
+def _binary(op, a, b):
+    """Common preamble of the binary ops: wrap numbers, check devices and shapes."""
+    a = as_tensor(a, like=b if isinstance(b, Tensor) else None)
+    b = as_tensor(b, like=a)
+    _check_same_device(op, a, b)
+    try:
+        np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(f"{op}: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be broadcast together") from None
+    return a, b
+
+
+# ========================================================== elementary ops
+def add(a, b):
+    """``a + b``; gradient 1 to each input, summed over broadcast axes."""
+    a, b = _binary("add", a, b)
+    return _make(a.data + b.data, (a, b), lambda g: (unbroadcast(g, a.shape), unbroadcast(g, b.shape)))
+
+
+def sub(a, b):
+    """``a - b``; gradients ``g`` and ``-g``."""
+    a, b = _binary("sub", a, b)
+    return _make(a.data - b.data, (a, b), lambda g: (unbroadcast(g, a.shape), unbroadcast(-g, b.shape)))
+
+
+def mul(a, b):
+    """``a * b``; gradients ``g * b`` and ``g * a``."""
+    a, b = _binary("mul", a, b)
+    return _make(a.data * b.data, (a, b),
+                 lambda g: (unbroadcast(g * b.data, a.shape) if a.requires_grad else None,
+                            unbroadcast(g * a.data, b.shape) if b.requires_grad else None))
+
+
+def div(a, b):
+    """``a / b``; gradients ``g / b`` and ``-g a / b^2``."""
+    a, b = _binary("div", a, b)
+    out = a.data / b.data
+    return _make(out, (a, b),
+                 lambda g: (unbroadcast(g / b.data, a.shape) if a.requires_grad else None,
+                            unbroadcast(-g * out / b.data, b.shape) if b.requires_grad else None))
+
+
+def power(a, b):
+    """``a ** b``; gradients ``g b a^(b-1)`` and ``g a^b log a``."""
+    a, b = _binary("power", a, b)
+    xp = backend.array_module(a.data)
+    out = a.data ** b.data
+
+    def backward(g):
+        ga = unbroadcast(g * b.data * a.data ** (b.data - 1), a.shape) if a.requires_grad else None
+        gb = None
+        if b.requires_grad:
+            # d(a^b)/db = a^b log a; defined as 0 where a^b is 0 (a = 0, b > 0).
+            log_a = xp.log(xp.where(a.data > 0, a.data, 1))
+            gb = unbroadcast(g * out * log_a, b.shape)
+        return ga, gb
+
+    return _make(out, (a, b), backward)
+
+
+def neg(a):
+    """``-a``; gradient ``-g``."""
+    return _make(-a.data, (a,), lambda g: (-g,))
+
+
+def matmul(a, b):
+    """``a @ b`` for (..., n, k) @ (..., k, m), batch axes broadcast (eq. 4).
+
+    Gradients: ``dL/da = g @ b^T`` and ``dL/db = a^T @ g``, summed over any
+    broadcast batch axes. 1-D operands are treated as a row / a column, as
+    NumPy does.
+    """
+    a, b = as_tensor(a, like=b if isinstance(b, Tensor) else None), as_tensor(b, like=a if isinstance(a, Tensor) else None)
+    _check_same_device("matmul", a, b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: operands must have at least one axis, got {tuple(a.shape)} and {tuple(b.shape)}")
+    k_a, k_b = a.shape[-1], b.shape[-2] if b.ndim > 1 else b.shape[0]
+    if k_a != k_b:
+        raise ValueError(f"matmul: inner dimensions differ, {tuple(a.shape)} @ {tuple(b.shape)} ({k_a} != {k_b})")
+    a2 = a.data[None, :] if a.ndim == 1 else a.data     # (k,) -> (1, k)
+    b2 = b.data[:, None] if b.ndim == 1 else b.data     # (k,) -> (k, 1)
+    out = a2 @ b2
+    if a.ndim == 1:
+        out = out[..., 0, :]
+    if b.ndim == 1:
+        out = out[..., 0]
+
+    def backward(g):
+        if a.ndim == 1:
+            g = g[..., None, :]
+        if b.ndim == 1:
+            g = g[..., None]
+        ga = unbroadcast(g @ b2.swapaxes(-1, -2), a2.shape).reshape(a.shape) if a.requires_grad else None
+        gb = unbroadcast(a2.swapaxes(-1, -2) @ g, b2.shape).reshape(b.shape) if b.requires_grad else None
+        return ga, gb
+
+    return _make(out, (a, b), backward)
+
+
+def getitem(a, index):
+    """``a[index]`` (slices, integers, integer and boolean arrays).
+
+    Gradient: ``g`` placed back where the elements came from; elements picked
+    more than once receive the sum (a scatter-add).
+    """
+    index = _data(index.data if isinstance(index, Tensor) else index)
+    if isinstance(index, tuple):
+        index = tuple(_data(i) for i in index)
+    try:
+        out = a.data[index]
+    except IndexError as exc:
+        raise IndexError(f"index {index!r} is invalid for {_describe(a)}: {exc}") from None
+
+    def backward(g):
+        xp = backend.array_module(g)
+        full = xp.zeros(a.shape, dtype=g.dtype)
+        parts = index if isinstance(index, tuple) else (index,)
+        if any(hasattr(p, "shape") or isinstance(p, list) for p in parts):
+            backend.scatter_add(full, index, g)   # advanced indexing may repeat positions
+        else:
+            full[index] = g                        # basic slicing never repeats one
+        return (full,)
+
+    return _make(out, (a,), backward)
+
+
+def _normalize_axes(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    for ax in axes:
+        if not -ndim <= ax < max(ndim, 1):
+            raise ValueError(f"axis {ax} is out of range for a tensor with {ndim} axes")
+    return tuple(ax % max(ndim, 1) for ax in axes)
+
+
+def _expand_like(g, shape, axes, keepdims):
+    """Re-insert reduced axes so ``g`` broadcasts against the input shape."""
+    if not keepdims:
+        for ax in sorted(axes):
+            g = g.reshape(g.shape[:ax] + (1,) + g.shape[ax:])
+    return g
+
+
+def sum_(a, axis=None, keepdims=False):
+    """``sum(a, axis)``; gradient ``g`` broadcast back over the summed axes."""
+    axes = _normalize_axes(axis, a.ndim)
+    out = a.data.sum(axis=axes, keepdims=keepdims)
+    xp = backend.array_module(a.data)
+    return _make(out, (a,), lambda g: (xp.broadcast_to(_expand_like(g, a.shape, axes, keepdims), a.shape).copy(),))
+
+
+def mean(a, axis=None, keepdims=False):
+    """``mean(a, axis)``; gradient ``g / n`` with ``n`` the number of averaged elements."""
+    axes = _normalize_axes(axis, a.ndim)
+    count = 1
+    for ax in axes:
+        count *= a.shape[ax]
+    return sum_(a, axis, keepdims) * (1.0 / max(count, 1))
+
+
+def max_(a, axis=None, keepdims=False):
+    """``max(a, axis)``; the gradient goes to the maximal elements, split evenly between ties."""
+    axes = _normalize_axes(axis, a.ndim)
+    if a.size == 0:
+        raise ValueError(f"max() of an empty {_describe(a)}")
+    out = a.data.max(axis=axes, keepdims=keepdims)
+
+    def backward(g):
+        kept = _expand_like(out, a.shape, axes, keepdims)
+        winners = (a.data == kept).astype(g.dtype)
+        winners /= winners.sum(axis=axes, keepdims=True)
+        return (winners * _expand_like(g, a.shape, axes, keepdims),)
+
+    return _make(out, (a,), backward)
+
+
+def reshape(a, shape):
+    """A new view of the same elements; gradient reshaped back."""
+    shape = tuple(shape) if not isinstance(shape, int) else (shape,)
+    try:
+        out = a.data.reshape(shape)
+    except ValueError:
+        raise ValueError(f"cannot reshape {_describe(a)} ({a.size} elements) into shape {shape}") from None
+    return _make(out, (a,), lambda g: (g.reshape(a.shape),))
+
+
+def transpose(a, axes=None):
+    """Permute axes (reverse them by default); gradient permuted back."""
+    axes = tuple(range(a.ndim))[::-1] if axes is None else tuple(ax % a.ndim for ax in axes)
+    if sorted(axes) != list(range(a.ndim)):
+        raise ValueError(f"transpose: {axes} is not a permutation of the axes of {_describe(a)}")
+    inverse = tuple(int(i) for i in np.argsort(axes))
+    return _make(a.data.transpose(axes), (a,), lambda g: (g.transpose(inverse),))
+
+
+def swapaxes(a, axis1, axis2):
+    """Exchange two axes; the gradient exchanges them back."""
+    return _make(a.data.swapaxes(axis1, axis2), (a,), lambda g: (g.swapaxes(axis1, axis2),))
+
+
+def concat(tensors, axis=0):
+    """Join tensors along an existing axis; the gradient is split back."""
+    tensors = [as_tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError("concat() needs at least one tensor")
+    _check_same_device("concat", *tensors)
+    xp = backend.array_module(tensors[0].data)
+    try:
+        out = xp.concatenate([t.data for t in tensors], axis=axis)
+    except ValueError:
+        shapes = [tuple(t.shape) for t in tensors]
+        raise ValueError(f"concat: shapes {shapes} do not match outside axis {axis}") from None
+    bounds = np.cumsum([t.shape[axis] for t in tensors])[:-1].tolist()
+    return _make(out, tuple(tensors), lambda g: tuple(xp.split(g, bounds, axis=axis)))
+
+
+def stack(tensors, axis=0):
+    """Join equally-shaped tensors along a new axis."""
+    tensors = [as_tensor(t) for t in tensors]
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) != 1:
+        raise ValueError(f"stack: all tensors need the same shape, got {sorted(shapes)}")
+    axis = axis % (tensors[0].ndim + 1)
+    return concat([reshape(t, t.shape[:axis] + (1,) + t.shape[axis:]) for t in tensors], axis=axis)
+
+
+def split(a, indices_or_sections, axis=0):
+    """Cut a tensor into pieces along ``axis`` (``numpy.split``'s arguments)."""
+    n = a.shape[axis]
+    if isinstance(indices_or_sections, int):
+        if indices_or_sections <= 0 or n % indices_or_sections:
+            raise ValueError(f"split: axis {axis} of length {n} cannot be cut into {indices_or_sections} equal parts")
+        step = n // indices_or_sections
+        bounds = list(range(step, n, step))
+    else:
+        bounds = list(indices_or_sections)
+    edges = [0] + bounds + [n]
+    pieces = []
+    for start, stop in zip(edges[:-1], edges[1:]):
+        index = [slice(None)] * a.ndim
+        index[axis] = slice(start, stop)
+        pieces.append(getitem(a, tuple(index)))
+    return pieces
+
+
+def exp(a):
+    """``e^a``; gradient ``g e^a`` (reuses the output)."""
+    xp = backend.array_module(a.data)
+    out = xp.exp(a.data)
+    return _make(out, (a,), lambda g: (g * out,))
+
+
+def log(a):
+    """``ln a``; gradient ``g / a``."""
+    xp = backend.array_module(a.data)
+    return _make(xp.log(a.data), (a,), lambda g: (g / a.data,))
+
+
+def tanh(a):
+    """``tanh a``; gradient ``g (1 - tanh^2 a)``."""
+    xp = backend.array_module(a.data)
+    out = xp.tanh(a.data)
+    return _make(out, (a,), lambda g: (g * (1 - out * out),))
+
+
+def sqrt(a):
+    """``sqrt a``; gradient ``g / (2 sqrt a)``."""
+    xp = backend.array_module(a.data)
+    out = xp.sqrt(a.data)
+    return _make(out, (a,), lambda g: (g / (2 * out),))
+
+
+def where(condition, a, b):
+    """Pick ``a`` where ``condition`` is true, else ``b``; gradients masked accordingly."""
+    condition = _data(condition)
+    a = as_tensor(a, like=b if isinstance(b, Tensor) else None)
+    b = as_tensor(b, like=a)
+    _check_same_device("where", a, b)
+    xp = backend.array_module(a.data, b.data)
+    condition = xp.asarray(condition)
+    if condition.dtype != bool:
+        raise TypeError(f"where: condition must be boolean, got dtype {condition.dtype}")
+    out = xp.where(condition, a.data, b.data)
+    zero = xp.zeros((), dtype=out.dtype)
+    return _make(out, (a, b),
+                 lambda g: (unbroadcast(xp.where(condition, g, zero), a.shape) if a.requires_grad else None,
+                            unbroadcast(xp.where(condition, zero, g), b.shape) if b.requires_grad else None))
+
+
+def masked_fill(a, mask, value):
+    """``a`` with ``value`` written where ``mask`` is true (no gradient flows there)."""
+    return where(mask, as_tensor(value, like=a), a)

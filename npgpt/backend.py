@@ -1,0 +1,139 @@
+"""The array backend: NumPy on the CPU, CuPy on an NVIDIA GPU.
+
+Companion of ``docs/backend.md``.
+
+npgpt never switches a global "current device". Instead, as in Chainer and
+DeZero, **the array module follows the data**: every op asks its input which
+module made it (``xp = array_module(x)``) and calls ``xp.exp``, ``xp.matmul``
+... on it. NumPy and CuPy share almost all of their API, so the same op code
+runs on both. The few places where they differ live here, in this one module,
+and nowhere else:
+
+* scatter-add (``np.add.at`` vs ``cupyx.scatter_add``), used by the backward
+  pass of an embedding lookup;
+* moving arrays between host and device (``cupy.asarray`` / ``.get()``);
+* finding out whether CuPy and a GPU are usable at all.
+
+Devices are named ``"cpu"`` (NumPy) and ``"cuda"`` (CuPy, the current GPU).
+"""
+
+import numpy as np
+
+DEVICES = ("cpu", "cuda")
+
+_CUPY_HINT = (
+    "install the GPU extra with `pip install -e \".[gpu]\"` (CuPy for CUDA 12, "
+    "package cupy-cuda12x) on a machine with an NVIDIA GPU and driver"
+)
+
+_cupy = None           # the cupy module once imported successfully
+_cupy_error = None     # why it could not be imported (str), once tried
+
+
+def _import_cupy():
+    """Import CuPy lazily: most users never need it and importing it is slow."""
+    global _cupy, _cupy_error
+    if _cupy is None and _cupy_error is None:
+        try:
+            import cupy  # noqa: F401  (optional dependency)
+
+            _cupy = cupy
+        except Exception as exc:  # ImportError, or a broken CUDA install
+            _cupy_error = f"{type(exc).__name__}: {exc}"
+    return _cupy
+
+
+def cuda_available():
+    """True when CuPy imports and sees at least one CUDA device."""
+    cupy = _import_cupy()
+    if cupy is None:
+        return False
+    try:
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def _require_cuda():
+    cupy = _import_cupy()
+    if cupy is None:
+        raise RuntimeError(f"device 'cuda' needs CuPy, which could not be imported ({_cupy_error}); {_CUPY_HINT}")
+    if not cuda_available():
+        raise RuntimeError(f"device 'cuda' was asked for but CuPy sees no CUDA GPU; {_CUPY_HINT}")
+    return cupy
+
+
+def check_device(device):
+    """Validate a device name and return it in canonical form."""
+    if device is None:
+        return "cpu"
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string, 'cpu' or 'cuda', not {type(device).__name__}")
+    name = device.lower()
+    if name.startswith("cuda:"):  # accept "cuda:0" for the current device, as users type it
+        name = "cuda"
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; npgpt knows {DEVICES}")
+    if name == "cuda":
+        _require_cuda()
+    return name
+
+
+def is_cupy_array(x):
+    """True for a ``cupy.ndarray``, checked without importing CuPy."""
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def array_module(*arrays):
+    """The module (``numpy`` or ``cupy``) that owns the given arrays.
+
+    ``xp = array_module(x)`` is the first line of every op that creates new
+    arrays: code written against ``xp`` then runs on either device.
+    """
+    for a in arrays:
+        if is_cupy_array(a):
+            return _cupy if _cupy is not None else _import_cupy()
+    return np
+
+
+def device_of(array):
+    """``"cuda"`` for a CuPy array, ``"cpu"`` otherwise."""
+    return "cuda" if is_cupy_array(array) else "cpu"
+
+
+def to_device(array, device):
+    """Copy an array to a device (a no-op when it is already there)."""
+    device = check_device(device)
+    if device == "cpu":
+        return array.get() if is_cupy_array(array) else np.asarray(array)
+    cupy = _require_cuda()
+    return cupy.asarray(array)
+
+
+def to_numpy(array):
+    """A NumPy array on the host, whatever the backend (copies from a GPU)."""
+    return array.get() if is_cupy_array(array) else np.asarray(array)
+
+
+def scatter_add(target, indices, values):
+    """``target[indices] += values`` with repeated indices summed, in place.
+
+    Plain fancy-index ``+=`` keeps only the last write of a repeated index,
+    which would lose gradient when a token appears twice in a batch. NumPy
+    spells the unbuffered version ``np.add.at``, CuPy ``cupyx.scatter_add``.
+    """
+    if is_cupy_array(target):
+        import cupyx
+
+        cupyx.scatter_add(target, indices, values)
+    else:
+        # np.add.at is slow for 2-D rows; an equivalent bincount-free path is
+        # a sort + reduceat, but add.at on row indices is clear and fast enough
+        # in NumPy >= 2 (it got a fast path for this case).
+        np.add.at(target, indices, values)
+    return target
+
+
+def default_rng(seed=None, xp=np):
+    """A random generator of the given module (NumPy's or CuPy's)."""
+    return xp.random.default_rng(seed)

@@ -1,0 +1,393 @@
+"""The differentiable building blocks of a GPT, each a fused op with its own backward.
+
+Companion of ``docs/autograd.md`` (section "Fused operations") and
+``docs/model.md``. Import it as ``import npgpt.functional as F``.
+
+Why fused ops? Built from elementary operations, ``softmax`` alone would be
+five graph nodes each saving an array for its backward pass. Written as one
+op, its forward computes the result directly and its backward uses the
+closed-form gradient: fewer temporaries, fewer passes over memory, and a
+formula a reader can check against the docstring. Every op below states
+
+* its formula (the forward), and
+* its gradient (what the backward computes given ``g = dL/dy``),
+
+and is checked against central finite differences in float64 by the tests.
+
+All ops take and return ``Tensor``; arrays are created with the module of
+the input data (``xp = array_module(x.data)``) so that the same code runs on
+NumPy and CuPy.
+"""
+
+import math
+
+import numpy as np
+
+from npgpt import backend
+from npgpt.autograd import Tensor, _describe, _make, as_tensor, unbroadcast
+
+
+def _xp(t):
+    return backend.array_module(t.data)
+
+
+def _check_float(name, t):
+    if t.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a floating-point tensor, got {_describe(t)}")
+
+
+# ---------------------------------------------------------------- linear
+def linear(x, weight, bias=None):
+    """Affine map ``y = x W + b`` (docs/model.md eq. 1).
+
+    Shapes: ``x`` (..., in), ``weight`` (in, out), ``bias`` (out,) -> (..., out).
+    The weight is stored (in, out) -- GPT-2's own layout ("Conv1D") -- so no
+    transpose is needed to load GPT-2 checkpoints, and decoding one token
+    streams the matrix row by row, the fast direction in memory.
+
+    Gradients (with ``X`` the inputs flattened to (N, in)):
+    ``dL/dx = g W^T``, ``dL/dW = X^T g``, ``dL/db = sum_rows g``.
+    """
+    x, weight = as_tensor(x), as_tensor(weight)
+    if x.ndim < 1 or weight.ndim != 2 or x.shape[-1] != weight.shape[0]:
+        raise ValueError(f"linear: input {tuple(x.shape)} does not fit weight {tuple(weight.shape)} "
+                         "(expected x (..., in) and weight (in, out))")
+    if bias is not None and tuple(bias.shape) != (weight.shape[1],):
+        raise ValueError(f"linear: bias of shape {tuple(bias.shape)} does not fit weight {tuple(weight.shape)}")
+    lead = x.shape[:-1]
+    x2 = x.data.reshape(-1, x.shape[-1])   # one large GEMM instead of a batch of small ones
+    out = x2 @ weight.data
+    if bias is not None:
+        out += bias.data
+    parents = (x, weight) if bias is None else (x, weight, bias)
+
+    def backward(g):
+        g2 = g.reshape(-1, g.shape[-1])
+        gx = (g2 @ weight.data.T).reshape(x.shape) if x.requires_grad else None
+        gw = x2.T @ g2 if weight.requires_grad else None
+        if bias is None:
+            return gx, gw
+        return gx, gw, g2.sum(axis=0) if bias.requires_grad else None
+
+    return _make(out.reshape(lead + (weight.shape[1],)), parents, backward)
+
+
+# ------------------------------------------------------- softmax family
+def softmax(x, axis=-1):
+    """``y_i = exp(x_i - m) / sum_j exp(x_j - m)``, ``m = max_j x_j`` (docs/model.md eq. 2).
+
+    Subtracting the maximum changes nothing mathematically (eq. 2 is
+    invariant to adding a constant to every ``x_i``) but keeps ``exp`` from
+    overflowing. Gradient: ``dL/dx = y * (g - sum(g * y, axis))``.
+    """
+    _check_float("softmax", x)
+    xp = _xp(x)
+    y = x.data - x.data.max(axis=axis, keepdims=True)
+    xp.exp(y, out=y)
+    y /= y.sum(axis=axis, keepdims=True)
+    return _make(y, (x,), lambda g: (y * (g - (g * y).sum(axis=axis, keepdims=True)),))
+
+
+def log_softmax(x, axis=-1):
+    """``y_i = x_i - m - log sum_j exp(x_j - m)`` (docs/model.md eq. 3).
+
+    Gradient: ``dL/dx = g - softmax(x) * sum(g, axis)``.
+    """
+    _check_float("log_softmax", x)
+    xp = _xp(x)
+    shifted = x.data - x.data.max(axis=axis, keepdims=True)
+    y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+    return _make(y, (x,), lambda g: (g - xp.exp(y) * g.sum(axis=axis, keepdims=True),))
+
+
+# -------------------------------------------------------- activations
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu(x):
+    """GPT-2's GELU, the tanh approximation (docs/model.md eq. 7):
+
+    ``y = x/2 (1 + tanh(u))`` with ``u = c (x + 0.044715 x^3)``, ``c = sqrt(2/pi)``.
+
+    Gradient: ``dL/dx = g [ (1 + t)/2 + x/2 (1 - t^2) c (1 + 3 * 0.044715 x^2) ]``,
+    ``t = tanh(u)``. The cube is written ``x*x*x``: float32 ``x**3`` goes
+    through ``pow`` and is several times slower.
+    """
+    _check_float("gelu", x)
+    xp = _xp(x)
+    a = x.data
+    t = a * a
+    t *= 0.044715 * a
+    t += a
+    t *= _GELU_C
+    xp.tanh(t, out=t)                 # t = tanh(u), saved for the backward
+    y = t + 1.0
+    y *= a
+    y *= 0.5
+
+    def backward(g):
+        d = a * a
+        d *= 3 * 0.044715
+        d += 1.0
+        d *= _GELU_C
+        d *= 1.0 - t * t
+        d *= 0.5 * a
+        d += 0.5 * (1.0 + t)
+        d *= g
+        return (d,)
+
+    return _make(y, (x,), backward)
+
+
+def sigmoid(x):
+    """``y = 1 / (1 + exp(-x))`` (docs/finetuning.md eq. 1); gradient ``g y (1 - y)``.
+
+    Computed as ``exp(min(x,0)) / (1 + exp(-|x|))`` so that neither branch
+    overflows for large ``|x|``.
+    """
+    _check_float("sigmoid", x)
+    xp = _xp(x)
+    e = xp.exp(-xp.abs(x.data))
+    y = xp.where(x.data >= 0, 1.0, e) / (1.0 + e)
+    y = y.astype(x.dtype, copy=False)
+    return _make(y, (x,), lambda g: (g * y * (1.0 - y),))
+
+
+def dropout(x, p, training=True, rng=None):
+    """Inverted dropout: ``y = x * m / (1 - p)`` with ``m ~ Bernoulli(1 - p)``.
+
+    Identity when not training or ``p == 0``. Scaling by ``1/(1-p)`` at train
+    time keeps ``E[y] = x``, so nothing changes at inference. Gradient:
+    ``g * m / (1 - p)``. ``rng`` is a ``Generator`` of the data's module
+    (``numpy.random.default_rng(seed)``), for reproducible masks.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if not training or p == 0.0:
+        return x
+    xp = _xp(x)
+    rng = rng if rng is not None else xp.random.default_rng()
+    mask = (rng.random(x.shape, dtype=np.float32) >= p).astype(x.dtype)
+    mask *= 1.0 / (1.0 - p)
+    return _make(x.data * mask, (x,), lambda g: (g * mask,))
+
+
+# ---------------------------------------------------------- normalisation
+def layer_norm(x, weight, bias, eps=1e-5):
+    """Layer normalisation over the last axis (docs/model.md eq. 6):
+
+    ``xhat = (x - mu) / sqrt(var + eps)``, ``y = xhat * w + b``, with ``mu`` and
+    ``var`` (biased) the mean and variance of the last axis.
+
+    Gradient, with ``h = g * w`` and ``r = 1/sqrt(var + eps)``:
+    ``dL/dx = r (h - mean(h) - xhat mean(h xhat))``,
+    ``dL/dw = sum g xhat``, ``dL/db = sum g`` (sums over all leading axes).
+    """
+    _check_float("layer_norm", x)
+    C = x.shape[-1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and tuple(p.shape) != (C,):
+            raise ValueError(f"layer_norm: {name} of shape {tuple(p.shape)} does not fit input {tuple(x.shape)}")
+    xp = _xp(x)
+    a = x.data
+    mu = a.mean(axis=-1, keepdims=True)
+    xhat = a - mu
+    var = (xhat * xhat).mean(axis=-1, keepdims=True)
+    rstd = 1.0 / xp.sqrt(var + eps)
+    xhat *= rstd
+    y = xhat * weight.data if weight is not None else xhat.copy()
+    if bias is not None:
+        y += bias.data
+    parents = tuple(t for t in (x, weight, bias) if t is not None)
+
+    def backward(g):
+        h = g * weight.data if weight is not None else g
+        gx = h - h.mean(axis=-1, keepdims=True)
+        gx -= xhat * (h * xhat).mean(axis=-1, keepdims=True)
+        gx *= rstd
+        grads = [gx]
+        lead = tuple(range(g.ndim - 1))
+        if weight is not None:
+            grads.append((g * xhat).sum(axis=lead) if weight.requires_grad else None)
+        if bias is not None:
+            grads.append(g.sum(axis=lead) if bias.requires_grad else None)
+        return tuple(grads)
+
+    return _make(y, parents, backward)
+
+
+# -------------------------------------------------------------- embedding
+def check_token_ids(ids, num_embeddings, what="token id"):
+    """Validate an integer id array: integer dtype and every id in [0, n)."""
+    data = ids.data if isinstance(ids, Tensor) else ids
+    if not hasattr(data, "dtype"):
+        data = np.asarray(data)
+    if data.dtype.kind not in "iu":
+        raise TypeError(f"{what}s must be integers, got dtype {data.dtype}")
+    if data.size:
+        low, high = int(data.min()), int(data.max())
+        if low < 0 or high >= num_embeddings:
+            bad = low if low < 0 else high
+            raise ValueError(f"{what} {bad} is out of range: valid ids are 0..{num_embeddings - 1}")
+    return data
+
+
+def embedding(ids, weight):
+    """Row lookup ``y[..., :] = W[ids[...], :]`` (docs/model.md eq. 8).
+
+    Shapes: ``ids`` int (...), ``weight`` (V, C) -> (..., C). Gradient: each
+    row of ``g`` is added to row ``ids`` of ``dL/dW`` -- a scatter-add, since
+    a token that occurs twice collects both contributions.
+    """
+    ids = check_token_ids(ids, weight.shape[0])
+    if backend.device_of(ids) != weight.device:
+        ids = backend.to_device(ids, weight.device)
+    out = weight.data[ids]
+
+    def backward(g):
+        xp = backend.array_module(g)
+        gw = xp.zeros(weight.shape, dtype=g.dtype)
+        backend.scatter_add(gw, ids.reshape(-1), g.reshape(-1, weight.shape[1]))
+        return (gw,)
+
+    return _make(out, (weight,), backward)
+
+
+# ----------------------------------------------------------------- losses
+def cross_entropy(logits, targets, ignore_index=-100):
+    """Mean negative log-likelihood of the targets (docs/training.md eq. 2):
+
+    ``L = -1/N sum_{i: y_i != ignore} log softmax(z_i)[y_i]``
+    ``  = 1/N sum_i (logsumexp(z_i) - z_i[y_i])``.
+
+    Shapes: ``logits`` (..., V), ``targets`` int (...). Gradient:
+    ``dL/dz_i = (softmax(z_i) - onehot(y_i)) / N`` for counted rows, 0 for
+    ignored ones. Fused: the forward keeps only the per-row log-sum-exp, and
+    the backward writes ``softmax - onehot`` straight into the gradient
+    array, so no more than one (N, V) array is alive at a time besides the
+    logits.
+    """
+    _check_float("cross_entropy", logits)
+    V = logits.shape[-1]
+    y = targets.data if isinstance(targets, Tensor) else targets
+    xp = _xp(logits)
+    y = xp.asarray(y)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: targets must be integers, got dtype {y.dtype}")
+    if tuple(y.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(f"cross_entropy: targets of shape {tuple(y.shape)} do not match logits "
+                         f"{tuple(logits.shape)} (expected targets of shape {tuple(logits.shape[:-1])})")
+    z = logits.data.reshape(-1, V)
+    y = y.reshape(-1)
+    counted = y != ignore_index
+    n = int(counted.sum())
+    if n == 0:
+        raise ValueError("cross_entropy: every target equals ignore_index; the mean is undefined")
+    y_safe = xp.where(counted, y, 0)
+    if int(y_safe.min()) < 0 or int(y_safe.max()) >= V:
+        raise ValueError(f"cross_entropy: target ids must lie in 0..{V - 1} (or equal ignore_index={ignore_index})")
+    rows = xp.arange(z.shape[0])
+    m = z.max(axis=1)
+    e = z - m[:, None]
+    xp.exp(e, out=e)
+    lse = m + xp.log(e.sum(axis=1))
+    del e
+    per_row = (lse - z[rows, y_safe]) * counted
+    loss = per_row.sum() / n
+
+    def backward(g):
+        grad = xp.subtract(z, lse[:, None])
+        xp.exp(grad, out=grad)                   # softmax, row by row
+        grad[rows, y_safe] -= 1.0                # minus the one-hot target
+        grad *= (counted * (g / n)).astype(grad.dtype)[:, None]
+        return (grad.reshape(logits.shape),)
+
+    return _make(xp.asarray(loss, dtype=logits.dtype), (logits,), backward)
+
+
+def binary_cross_entropy_with_logits(logits, targets):
+    """Mean binary cross-entropy of sigmoid outputs (docs/finetuning.md eq. 2):
+
+    ``L = -1/N sum [y log s(z) + (1 - y) log(1 - s(z))]``
+    ``  = 1/N sum [max(z, 0) - z y + log(1 + exp(-|z|))]``  (stable form).
+
+    Gradient: ``dL/dz = (sigmoid(z) - y) / N``.
+    """
+    _check_float("binary_cross_entropy_with_logits", logits)
+    xp = _xp(logits)
+    y = targets.data if isinstance(targets, Tensor) else xp.asarray(targets)
+    if tuple(y.shape) != tuple(logits.shape):
+        raise ValueError(f"binary_cross_entropy_with_logits: targets {tuple(y.shape)} do not match "
+                         f"logits {tuple(logits.shape)}")
+    y = y.astype(logits.dtype)
+    z = logits.data
+    n = z.size
+    loss = (xp.maximum(z, 0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))).sum() / n
+
+    def backward(g):
+        e = xp.exp(-xp.abs(z))
+        s = xp.where(z >= 0, 1.0, e) / (1.0 + e)
+        return (((s - y) * (g / n)).astype(z.dtype),)
+
+    return _make(xp.asarray(loss, dtype=logits.dtype), (logits,), backward)
+
+
+# --------------------------------------------------------------- attention
+def scaled_dot_product_attention(q, k, v, causal=True, attn_mask=None, return_weights=False):
+    """``softmax(Q K^T / sqrt(D) + mask) V`` (docs/model.md eqs. 4 and 5).
+
+    Shapes: ``q`` (B, H, Tq, D), ``k`` and ``v`` (B, H, Tk, D) -> (B, H, Tq, D).
+    With ``causal``, query ``i`` sees keys ``j <= i + (Tk - Tq)``: when a KV
+    cache supplies earlier keys, the Tq queries are the *last* Tq positions.
+    ``attn_mask`` (boolean, broadcastable to (B, H, Tq, Tk), True = may
+    attend) hides padding. Masked scores are set to the most negative finite
+    number rather than ``-inf``, so a row with nothing to attend to gives a
+    uniform average instead of NaN.
+
+    Gradient, with ``P`` the attention probabilities and ``s = 1/sqrt(D)``:
+    ``dV = P^T g``, ``dP = g V^T``, ``dS = P * (dP - sum(dP * P, -1))``,
+    ``dQ = s dS K``, ``dK = s dS^T Q``. ``P`` is the only large array saved
+    for the backward pass, and it is freed with the graph.
+
+    With ``return_weights=True`` also returns ``P`` as an array (for
+    attention maps; it is not part of the graph).
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.ndim != 4:
+            raise ValueError(f"scaled_dot_product_attention: {name} must be (B, H, T, D), got {tuple(t.shape)}")
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"scaled_dot_product_attention: shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)} do not fit together")
+    xp = _xp(q)
+    Tq, Tk, D = q.shape[2], k.shape[2], q.shape[3]
+    if causal and Tq > Tk:
+        raise ValueError(f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got {Tq} > {Tk}")
+    scale = 1.0 / math.sqrt(D)
+    scores = q.data @ k.data.swapaxes(-1, -2)          # (B, H, Tq, Tk)
+    scores *= scale
+    allowed = None
+    if causal:
+        allowed = xp.tril(xp.ones((Tq, Tk), dtype=bool), k=Tk - Tq)
+    if attn_mask is not None:
+        mask = xp.asarray(attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask, dtype=bool)
+        allowed = mask if allowed is None else allowed & mask
+    if allowed is not None:
+        scores = xp.where(allowed, scores, xp.finfo(scores.dtype).min)
+    scores -= scores.max(axis=-1, keepdims=True)
+    xp.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    P = scores                                          # attention probabilities
+    out = P @ v.data
+
+    def backward(g):
+        gv = P.swapaxes(-1, -2) @ g if v.requires_grad else None
+        dP = g @ v.data.swapaxes(-1, -2)
+        dS = dP - (dP * P).sum(axis=-1, keepdims=True)
+        dS *= P
+        dS *= scale
+        gq = dS @ k.data if q.requires_grad else None
+        gk = dS.swapaxes(-1, -2) @ q.data if k.requires_grad else None
+        return gq, gk, gv
+
+    result = _make(out, (q, k, v), backward)
+    return (result, P) if return_weights else result
