@@ -160,6 +160,7 @@ class Tensor:
             for parent, pg in zip(node._parents, parent_grads):
                 if pg is None or not parent.requires_grad:
                     continue
+                pg = xp.asarray(pg)  # NumPy turns 0-d results into scalars; keep arrays
                 key = id(parent)
                 pending[key] = pg if key not in pending else pending[key] + pg
             if not retain_graph:  # free the saved arrays as soon as they are used
@@ -378,10 +379,10 @@ def matmul(a, b):
         out = out[..., 0]
 
     def backward(g):
+        if b.ndim == 1:              # undo the squeezes in reverse order
+            g = g[..., None]
         if a.ndim == 1:
             g = g[..., None, :]
-        if b.ndim == 1:
-            g = g[..., None]
         ga = unbroadcast(g @ b2.swapaxes(-1, -2), a2.shape).reshape(a.shape) if a.requires_grad else None
         gb = unbroadcast(a2.swapaxes(-1, -2) @ g, b2.shape).reshape(b.shape) if b.requires_grad else None
         return ga, gb
