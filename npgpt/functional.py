@@ -341,8 +341,9 @@ def scaled_dot_product_attention(q, k, v, causal=True, attn_mask=None, return_we
     cache supplies earlier keys, the Tq queries are the *last* Tq positions.
     ``attn_mask`` (boolean, broadcastable to (B, H, Tq, Tk), True = may
     attend) hides padding. Masked scores are set to the most negative finite
-    number rather than ``-inf``, so a row with nothing to attend to gives a
-    uniform average instead of NaN.
+    number rather than ``-inf`` (which would give NaN), and with a padding
+    mask the probabilities are zeroed where masked, so a query with nothing
+    to attend to (a padding position) outputs zeros and passes no gradient.
 
     Gradient, with ``P`` the attention probabilities and ``s = 1/sqrt(D)``:
     ``dV = P^T g``, ``dP = g V^T``, ``dS = P * (dP - sum(dP * P, -1))``,
@@ -376,6 +377,8 @@ def scaled_dot_product_attention(q, k, v, causal=True, attn_mask=None, return_we
     scores -= scores.max(axis=-1, keepdims=True)
     xp.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
+    if attn_mask is not None:
+        scores *= allowed       # only changes rows where every key is masked
     P = scores                                          # attention probabilities
     out = P @ v.data
 
