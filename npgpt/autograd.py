@@ -123,13 +123,17 @@ class Tensor:
         return _make(self.data.astype(dtype), (self,), lambda g: (g.astype(source),))
 
     # --------------------------------------------------------------- backward
-    def backward(self, grad=None, retain_graph=False):
+    def backward(self, grad=None, retain_graph=False, grad_sink=None):
         """Fill ``.grad`` of every leaf this tensor depends on (docs/autograd.md eq. 2).
 
         ``grad`` is ``dL/dself``; it may be omitted only for a one-element
         tensor (a loss), where it is 1. Gradients add up across calls until
         cleared, as in PyTorch. The graph is freed afterwards unless
         ``retain_graph=True``.
+
+        ``grad_sink``, a dict, collects the leaves' gradients there instead
+        (``{id(leaf): (leaf, grad)}``); ``npgpt.parallel`` uses it so that
+        threads working on shards of a batch never write the same ``.grad``.
         """
         if not self.requires_grad:
             raise RuntimeError(f"backward() on {_describe(self)}, which does not require grad "
@@ -151,7 +155,9 @@ class Tensor:
             if g is None:
                 continue
             if node._backward is None:  # a leaf: keep its gradient
-                if node.grad is None:
+                if grad_sink is not None:
+                    grad_sink[id(node)] = (node, g)
+                elif node.grad is None:
                     node.grad = g.copy()  # copy: the same array may flow to other nodes
                 else:
                     node.grad += g
@@ -370,6 +376,20 @@ def matmul(a, b):
     k_a, k_b = a.shape[-1], b.shape[-2] if b.ndim > 1 else b.shape[0]
     if k_a != k_b:
         raise ValueError(f"matmul: inner dimensions differ, {tuple(a.shape)} @ {tuple(b.shape)} ({k_a} != {k_b})")
+    if b.ndim == 2 and a.ndim > 2:
+        # (..., n, k) @ (k, m): one large 2-D GEMM over all rows is far faster than a
+        # batch of small ones, forwards and backwards (the LM head is exactly this case).
+        a2 = a.data.reshape(-1, k_a)
+        out = (a2 @ b.data).reshape(a.shape[:-1] + (b.shape[1],))
+
+        def backward(g):
+            g2 = g.reshape(-1, g.shape[-1])
+            ga = (g2 @ b.data.T).reshape(a.shape) if a.requires_grad else None
+            gb = a2.T @ g2 if b.requires_grad else None
+            return ga, gb
+
+        return _make(out, (a, b), backward)
+
     a2 = a.data[None, :] if a.ndim == 1 else a.data     # (k,) -> (1, k)
     b2 = b.data[:, None] if b.ndim == 1 else b.data     # (k,) -> (k, 1)
     out = a2 @ b2

@@ -17,6 +17,10 @@ and nowhere else:
 Devices are named ``"cpu"`` (NumPy) and ``"cuda"`` (CuPy, the current GPU).
 """
 
+import contextlib
+import ctypes
+import functools
+
 import numpy as np
 
 DEVICES = ("cpu", "cuda")
@@ -137,3 +141,50 @@ def scatter_add(target, indices, values):
 def default_rng(seed=None, xp=np):
     """A random generator of the given module (NumPy's or CuPy's)."""
     return xp.random.default_rng(seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _openblas_thread_setter():
+    """OpenBLAS's ``set_num_threads`` function if NumPy uses OpenBLAS on Linux, else None.
+
+    NumPy has no API for its BLAS thread count, so we find the loaded OpenBLAS
+    library in the process's memory map and call it through ctypes. The
+    symbol carries a prefix/suffix in the ``scipy-openblas`` builds NumPy ships.
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            if hasattr(lib, name):
+                return getattr(lib, name)
+    return None
+
+
+@contextlib.contextmanager
+def blas_threads(n):
+    """Run the block with NumPy's BLAS limited to ``n`` threads (no-op where unknown).
+
+    ``npgpt.parallel`` runs shards of a batch in Python threads; each GEMM
+    must then use one core, or the BLAS threads of two shards fight over the
+    same two cores (and OpenBLAS workers spin after each call).
+    """
+    setter = _openblas_thread_setter()
+    if setter is None:
+        yield
+        return
+    import os
+
+    default = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    setter(int(n))
+    try:
+        yield
+    finally:
+        setter(int(default))

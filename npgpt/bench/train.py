@@ -1,0 +1,154 @@
+"""train-small: full training steps (forward, cross-entropy, backward, AdamW) of a small GPT.
+
+The workload: vocab 8,192, block 128, 4 layers, 4 heads, n_embd 256, batch 8, float32,
+dropout 0, random tokens (seed 0). Reports the median step time over ``--steps`` steps after
+``--warmup`` steps, tokens/s, the model FLOPs utilisation (MFU) against ``--peak-flops``, and
+the peak resident memory. ``--compare torch`` runs the same model, written in PyTorch eager,
+in the same process afterwards, and reports the speed ratio.
+"""
+
+import math
+import time
+
+import numpy as np
+
+from npgpt.bench.common import median, peak_rss_mb
+
+WORKLOAD = dict(vocab_size=8192, block_size=128, n_layer=4, n_head=4, n_embd=256, batch_size=8)
+
+
+def add_arguments(parser):
+    parser.add_argument("--steps", type=int, default=10, help="measured steps (default 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps first (default 3)")
+    parser.add_argument("--peak-flops", type=float, default=195e9,
+                        help="peak float32 FLOP/s of the machine for the MFU (default 195e9: a 2-core "
+                             "Zen 4's measured matmul peak, see docs/benchmarks.md)")
+    parser.add_argument("--compare", choices=["torch"], default=None, help="also run PyTorch eager")
+
+
+def flops_per_token(n_params_no_pos, n_layer, block_size, n_embd):
+    """Training FLOPs per token: 6 N for the weights plus 12 L T C for attention scores/mixing.
+
+    Each weight is used in one multiply-add (2 FLOPs) forwards and two backwards (input and
+    weight gradients): 6 FLOPs per parameter per token (docs/performance.md). N counts the
+    tied token embedding once, as the LM head's matrix; the position embedding does no
+    multiply-adds and is left out.
+    """
+    return 6 * n_params_no_pos + 12 * n_layer * block_size * n_embd
+
+
+def _batch(rng, cfg):
+    tokens = rng.integers(0, cfg["vocab_size"], size=(cfg["batch_size"], cfg["block_size"] + 1))
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def _time_steps(step, steps, warmup):
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        loss = step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return median(times), loss
+
+
+def run_npgpt(cfg, steps, warmup):
+    import npgpt.functional as F
+    from npgpt.model import GPT, GPTConfig
+    from npgpt.optim import AdamW, param_groups
+
+    model = GPT(GPTConfig(vocab_size=cfg["vocab_size"], block_size=cfg["block_size"], n_layer=cfg["n_layer"],
+                          n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=0.0))
+    optimizer = AdamW(param_groups(model, weight_decay=0.1), lr=3e-4)
+    rng = np.random.default_rng(0)
+
+    def step():
+        x, y = _batch(rng, cfg)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss.item()
+
+    seconds, loss = _time_steps(step, steps, warmup)
+    n_params = sum(p.size for name, p in model.named_parameters() if name != "wpe.weight")
+    return seconds, loss, n_params
+
+
+def run_torch(cfg, steps, warmup):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    C, H = cfg["n_embd"], cfg["n_head"]
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
+            self.c_attn, self.c_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+            self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
+
+        def forward(self, x):
+            B, T, _ = x.shape
+            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+            q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+            return x + self.mlp_proj(nn.functional.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class TorchGPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(cfg["vocab_size"], C)
+            self.wpe = nn.Embedding(cfg["block_size"], C)
+            self.h = nn.ModuleList(Block() for _ in range(cfg["n_layer"]))
+            self.ln_f = nn.LayerNorm(C)
+
+        def forward(self, idx):
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            for block in self.h:
+                x = block(x)
+            return self.ln_f(x) @ self.wte.weight.T
+
+    model = TorchGPT()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    rng = np.random.default_rng(0)
+
+    def step():
+        x, y = (torch.from_numpy(a) for a in _batch(rng, cfg))
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), y.reshape(-1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    seconds, loss = _time_steps(step, steps, warmup)
+    return seconds, loss, torch.get_num_threads()
+
+
+def run(args):
+    cfg = WORKLOAD
+    tokens = cfg["batch_size"] * cfg["block_size"]
+    seconds, loss, n_params = run_npgpt(cfg, args.steps, args.warmup)
+    fpt = flops_per_token(n_params, cfg["n_layer"], cfg["block_size"], cfg["n_embd"])
+    result = {
+        "workload": "train-small",
+        "step_ms": round(1000 * seconds, 1),
+        "tokens_per_s": round(tokens / seconds, 1),
+        "mfu": round(tokens / seconds * fpt / args.peak_flops, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "final_loss": round(loss, 4),
+        "flops_per_token": fpt,
+    }
+    if args.compare == "torch":
+        torch_seconds, torch_loss, threads = run_torch(cfg, args.steps, args.warmup)
+        result.update({
+            "torch_step_ms": round(1000 * torch_seconds, 1),
+            "torch_tokens_per_s": round(tokens / torch_seconds, 1),
+            "torch_threads": threads,
+            "speed_ratio_vs_torch": round(torch_seconds / seconds, 3),
+        })
+    return result
