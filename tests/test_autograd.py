@@ -52,6 +52,33 @@ def test_matmul_with_vectors(xp, a_shape, b_shape):
     check_gradients(lambda x, y: x @ y, randn(xp, a_shape, 0), randn(xp, b_shape, 1))
 
 
+def test_chain_rule_through_a_composition():
+    # docs/autograd.md eq. 1: d/dx tanh(x^2) = (1 - tanh^2(x^2)) * 2x, one local derivative per op.
+    x = npgpt.tensor([0.3, -1.2], requires_grad=True, dtype=np.float64)
+    (x * x).tanh().sum().backward()
+    xv = np.array([0.3, -1.2])
+    np.testing.assert_allclose(x.grad, (1 - np.tanh(xv ** 2) ** 2) * 2 * xv, rtol=1e-12)
+
+
+def test_central_differences_have_second_order_error():
+    # docs/autograd.md eq. 5: the error of the central difference shrinks like eps^2.
+    from npgpt.gradcheck import numerical_gradient
+
+    x = np.array([0.7])
+    exact = 3 * 0.7 ** 2 + np.cos(0.7)
+    errors = [abs(numerical_gradient(lambda a: (a ** 3 + np.sin(a)).sum(), [x], 0, eps)[0] - exact)
+              for eps in (1e-2, 1e-3)]
+    assert 50 < errors[0] / errors[1] < 200       # 10x smaller eps -> ~100x smaller error
+
+
+def test_gradient_check_catches_a_wrong_backward():
+    def wrong_square(t):                            # forward x^2, backward claims 3x
+        return autograd._make(t.data ** 2, (t,), lambda g: (3 * t.data * g,))
+
+    with pytest.raises(AssertionError, match="argument 0: analytic gradient"):
+        check_gradients(wrong_square, np.array([1.0, 2.0]))
+
+
 # ------------------------------------------------------------------------------ unary ops
 @pytest.mark.parametrize("name,fn,low", [
     ("neg", lambda x: -x, None), ("exp", lambda x: x.exp(), None), ("log", lambda x: x.log(), 0.2),
