@@ -37,6 +37,11 @@ def flops_per_token(n_params_no_pos, n_layer, block_size, n_embd):
     return 6 * n_params_no_pos + 12 * n_layer * block_size * n_embd
 
 
+def model_flops_utilisation(tokens_per_s, flops_per_token, peak_flops):
+    """MFU = tokens/s x FLOPs per token / peak FLOP/s (docs/performance.md eq. 3)."""
+    return tokens_per_s * flops_per_token / peak_flops
+
+
 def _batch(rng, cfg):
     tokens = rng.integers(0, cfg["vocab_size"], size=(cfg["batch_size"], cfg["block_size"] + 1))
     return tokens[:, :-1], tokens[:, 1:]
@@ -138,7 +143,7 @@ def run(args):
         "workload": "train-small",
         "step_ms": round(1000 * seconds, 1),
         "tokens_per_s": round(tokens / seconds, 1),
-        "mfu": round(tokens / seconds * fpt / args.peak_flops, 3),
+        "mfu": round(model_flops_utilisation(tokens / seconds, fpt, args.peak_flops), 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "final_loss": round(loss, 4),
         "flops_per_token": fpt,
