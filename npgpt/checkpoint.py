@@ -1,0 +1,294 @@
+"""Checkpoints in Hugging Face's GPT-2 layout: ``config.json`` + ``model.safetensors``.
+
+Companion of ``docs/model.md`` (section "Checkpoints").
+
+A checkpoint directory written here loads with
+``transformers.GPT2LMHeadModel.from_pretrained(dir)`` and the other way round:
+the tensors carry GPT-2's names (``transformer.h.0.attn.c_attn.weight`` ...),
+GPT-2's Conv1D layout (in, out) is also npgpt's, and the LM head is tied to
+``wte`` so no ``lm_head.weight`` is stored.
+
+Why safetensors and never ``pytorch_model.bin``: a ``.bin`` file is a pickle,
+and unpickling runs arbitrary code from the file. A safetensors file is an
+8-byte header length, a JSON header (name -> dtype, shape, byte range) and raw
+little-endian bytes: reading it runs nothing. The header is checked here
+before any tensor is read, so a truncated or corrupt file is reported by the
+name of the tensor that does not fit.
+
+Saving is atomic: both files are written into a temporary directory next to
+the target, flushed to disk (fsync), and only then renamed into place. A crash
+or an error while writing leaves the previous checkpoint untouched.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import struct
+import tempfile
+
+import numpy as np
+
+from npgpt import backend
+from npgpt.model import GPT, GPTConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent / "pretrained"
+GPT2_EOS = 50256                       # "<|endoftext|>" in GPT-2's 50,257-token vocabulary
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")    # old transformers' causal-mask buffers
+_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": None}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory exists but its contents are wrong (names the file or tensor)."""
+
+
+# =================================================================== saving
+def hf_config(config):
+    """The ``config.json`` dict transformers' ``GPT2Config`` expects for ``config``."""
+    eos = GPT2_EOS if config.vocab_size == 50257 else None
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "activation_function": "gelu_new",          # GELU, tanh approximation (docs/model.md eq. 7)
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,                            # 4 * n_embd
+        "layer_norm_epsilon": config.layer_norm_epsilon,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "dtype": "float32",
+        "torch_dtype": "float32",
+    }
+
+
+def _write_tensors(tensors, path):
+    """Write ``{name: array}`` as safetensors (a separate function so tests can make it fail)."""
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_pretrained(model, directory):
+    """Write ``model`` to ``directory`` (created if needed) atomically; returns the path.
+
+    Files of other kinds already in ``directory`` (a tokenizer's ``vocab.json``
+    ...) are kept.
+    """
+    directory = pathlib.Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"save_pretrained: {directory} exists and is not a directory")
+    tensors = {f"transformer.{name}": np.ascontiguousarray(backend.to_numpy(p.data).astype(np.float32, copy=False))
+               for name, p in model.named_parameters()}
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.saving-", dir=directory.parent))
+    try:
+        with open(staging / CONFIG_NAME, "w") as f:
+            json.dump(hf_config(model.config), f, indent=2, sort_keys=True)
+            f.write("\n")
+        _write_tensors(tensors, staging / WEIGHTS_NAME)
+        if directory.exists():       # keep the files we do not own (tokenizer files ...)
+            for item in directory.iterdir():
+                if item.name not in (CONFIG_NAME, WEIGHTS_NAME) and item.is_file():
+                    shutil.copy2(item, staging / item.name)
+        for item in staging.iterdir():
+            _fsync(item)
+        _fsync(staging)
+        # Swap directories. Between the two renames the old checkpoint sits
+        # complete under its backup name; it is deleted only after the swap.
+        backup = None
+        if directory.exists():
+            backup = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+            os.rename(directory, backup / directory.name)
+        os.rename(staging, directory)
+        _fsync(directory.parent)
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+# ================================================================== loading
+def resolve(name_or_dir):
+    """The checkpoint directory for a path, or for the name of a model shipped with npgpt."""
+    path = pathlib.Path(name_or_dir)
+    tried = [path]
+    if path.is_dir():
+        return path
+    shipped = PRETRAINED_DIR / str(name_or_dir)
+    tried.append(shipped)
+    if shipped.is_dir():
+        return shipped
+    available = sorted(p.name for p in PRETRAINED_DIR.iterdir() if p.is_dir()) if PRETRAINED_DIR.is_dir() else []
+    raise FileNotFoundError(f"no checkpoint {str(name_or_dir)!r}: tried {', '.join(str(t) for t in tried)} "
+                            f"(shipped models: {available or 'none'})")
+
+
+def read_config(directory):
+    """``GPTConfig`` from a GPT-2 ``config.json``."""
+    path = pathlib.Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: a checkpoint needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(raw).__name__}")
+    if raw.get("model_type", "gpt2") != "gpt2":
+        raise CheckpointError(f"{path}: model_type {raw['model_type']!r} is not a GPT-2 model")
+    activation = raw.get("activation_function", "gelu_new")
+    if activation not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise CheckpointError(f"{path}: activation_function {activation!r} is not GPT-2's tanh GELU")
+    missing = [k for k in ("vocab_size", "n_embd", "n_layer", "n_head") if k not in raw]
+    if "n_positions" not in raw and "n_ctx" not in raw:
+        missing.append("n_positions")
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+    if raw.get("n_inner") not in (None, 4 * raw["n_embd"]):
+        raise CheckpointError(f"{path}: n_inner {raw['n_inner']} is not 4 * n_embd, which npgpt's MLP assumes")
+    try:
+        return GPTConfig(vocab_size=raw["vocab_size"], block_size=raw.get("n_positions", raw.get("n_ctx")),
+                         n_layer=raw["n_layer"], n_head=raw["n_head"], n_embd=raw["n_embd"],
+                         dropout=float(raw.get("resid_pdrop", 0.0)),
+                         layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def read_header(path):
+    """The JSON header of a safetensors file, checked against the file's size.
+
+    Returns ``{name: {"dtype", "shape", "data_offsets"}}`` (plus
+    ``__metadata__``) and the offset where the data begins.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is truncated: {size} bytes, too short for a safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if 8 + n > size:
+            raise CheckpointError(f"{path} is truncated or corrupt: its header claims {n} bytes, "
+                                  f"the file has {size - 8} after the length")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{path} has a corrupt header: {exc}") from None
+    start = 8 + n
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = info["data_offsets"]
+            dtype, shape = info["dtype"], tuple(info["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: the header entry of tensor {name!r} is malformed: {info!r}") from None
+        if start + end > size:
+            raise CheckpointError(f"{path} is truncated: tensor {name!r} needs bytes {begin}..{end} of the data "
+                                  f"but the file holds only {size - start}")
+        if dtype in _DTYPES:
+            itemsize = 2 if dtype == "BF16" else np.dtype(_DTYPES[dtype]).itemsize
+            if end - begin != itemsize * int(np.prod(shape)):
+                raise CheckpointError(f"{path}: tensor {name!r} of shape {shape} and dtype {dtype} "
+                                      f"should take {itemsize * int(np.prod(shape))} bytes, the header gives "
+                                      f"{end - begin}")
+    return header, start
+
+
+def _read_bf16(path, info, start):
+    """bfloat16 -> float32: a bfloat16 is the top 16 bits of a float32, so shift them up."""
+    begin, end = info["data_offsets"]
+    raw = np.fromfile(path, dtype="<u2", count=(end - begin) // 2, offset=start + begin)
+    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
+
+
+def read_tensors(path):
+    """``{name: float32 array}`` from a safetensors file; float16/bfloat16 are upcast."""
+    from safetensors import safe_open
+
+    header, start = read_header(path)
+    tensors = {}
+    with safe_open(str(path), framework="np") as f:
+        for name, info in header.items():
+            if name == "__metadata__" or name.endswith(_IGNORED_SUFFIXES):
+                continue
+            if info["dtype"] not in _DTYPES:
+                raise CheckpointError(f"{path}: tensor {name!r} has dtype {info['dtype']}; "
+                                      "npgpt reads F32, F16, BF16 and F64")
+            array = _read_bf16(path, info, start) if info["dtype"] == "BF16" else f.get_tensor(name)
+            tensors[name] = np.ascontiguousarray(array, dtype=np.float32)
+    return tensors
+
+
+def _weights_path(directory):
+    path = directory / WEIGHTS_NAME
+    if path.is_file():
+        return path
+    if (directory / "pytorch_model.bin").exists():
+        raise CheckpointError(f"{directory} holds only pytorch_model.bin: npgpt reads safetensors only, "
+                              "because a .bin file is a pickle and loading it would run code from the file. "
+                              "Convert it where you trust it: GPT2LMHeadModel.from_pretrained(dir)"
+                              ".save_pretrained(dir, safe_serialization=True)")
+    if (directory / "model.safetensors.index.json").exists():
+        raise CheckpointError(f"{directory} holds a sharded checkpoint; npgpt reads a single {WEIGHTS_NAME}")
+    raise FileNotFoundError(f"{path} is missing: a checkpoint needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+
+
+def load_pretrained(name_or_dir):
+    """A ``GPT`` with the weights of a GPT-2 checkpoint (float32, on the CPU).
+
+    Accepts tensor names with or without the ``transformer.`` prefix, ignores
+    the causal-mask buffers old transformers versions saved, and accepts an
+    ``lm_head.weight`` only when it equals ``wte`` (GPT-2 ties them; npgpt
+    has no untied head).
+    """
+    directory = resolve(name_or_dir)
+    config = read_config(directory)
+    path = _weights_path(directory)
+    loaded = {}
+    for name, array in read_tensors(path).items():
+        loaded[name[len("transformer."):] if name.startswith("transformer.") else name] = array
+    head = loaded.pop("lm_head.weight", None)
+
+    model = GPT(config)
+    params = dict(model.named_parameters())
+    unexpected = sorted(set(loaded) - set(params))
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected tensors {unexpected} (not part of a GPT-2 model)")
+    for name, p in params.items():
+        if name not in loaded:
+            raise CheckpointError(f"{path}: tensor {name!r} is missing")
+        if loaded[name].shape != tuple(p.shape):
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {loaded[name].shape}, "
+                                  f"but config.json implies {tuple(p.shape)}")
+    if head is not None and (head.shape != loaded["wte.weight"].shape or not np.array_equal(head, loaded["wte.weight"])):
+        raise CheckpointError(f"{path}: lm_head.weight differs from wte.weight; npgpt's LM head is tied to the "
+                              "token embedding (as GPT-2's is) and cannot hold a separate head")
+    for name, p in params.items():
+        p.data = loaded[name]          # the arrays just read are ours: no copy needed
+    return model.eval()
