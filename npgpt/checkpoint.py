@@ -97,16 +97,25 @@ def save_pretrained(model, directory):
     Files of other kinds already in ``directory`` (a tokenizer's ``vocab.json``
     ...) are kept.
     """
+    tensors = {f"transformer.{name}": np.ascontiguousarray(backend.to_numpy(p.data).astype(np.float32, copy=False))
+               for name, p in model.named_parameters()}
+    return write_checkpoint(directory, hf_config(model.config), tensors)
+
+
+def write_checkpoint(directory, config, tensors):
+    """Write ``config`` (a dict) and ``tensors`` ({name: array}) to ``directory`` atomically.
+
+    Shared by ``save_pretrained`` and ``npgpt.classifier`` (whose config and
+    tensor names are those of ``GPT2ForSequenceClassification``).
+    """
     directory = pathlib.Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"save_pretrained: {directory} exists and is not a directory")
-    tensors = {f"transformer.{name}": np.ascontiguousarray(backend.to_numpy(p.data).astype(np.float32, copy=False))
-               for name, p in model.named_parameters()}
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.saving-", dir=directory.parent))
     try:
         with open(staging / CONFIG_NAME, "w") as f:
-            json.dump(hf_config(model.config), f, indent=2, sort_keys=True)
+            json.dump(config, f, indent=2, sort_keys=True)
             f.write("\n")
         _write_tensors(tensors, staging / WEIGHTS_NAME)
         if directory.exists():       # keep the files we do not own (tokenizer files ...)

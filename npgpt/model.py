@@ -111,8 +111,12 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = nn.Dropout(config.dropout, seed=seed)
         self.resid_dropout = nn.Dropout(config.dropout, seed=seed + 1)
 
-    def forward(self, x, layer=0, cache=None):
-        """``x`` (B, T, C) -> (output (B, T, C), attention probabilities (B, H, T, T_keys))."""
+    def forward(self, x, layer=0, cache=None, attn_mask=None):
+        """``x`` (B, T, C) -> (output (B, T, C), attention probabilities (B, H, T, T_keys)).
+
+        ``attn_mask``: boolean, broadcastable to (B, H, T, T_keys), True = may attend
+        (hides padding; see ``GPT.hidden_states``).
+        """
         B, T, C = x.shape
         H = self.n_head
         D = C // H
@@ -123,13 +127,13 @@ class CausalSelfAttention(nn.Module):
             k_all, v_all = cache.update(layer, k.data, v.data)         # (B, H, T_cached + T, D)
             k, v = Tensor(k_all), Tensor(v_all)
         if self.training and self.attn_dropout.p > 0:
-            y, probs = self._attention_with_dropout(q, k, v)
+            y, probs = self._attention_with_dropout(q, k, v, attn_mask)
         else:
-            y, probs = F.scaled_dot_product_attention(q, k, v, causal=True, return_weights=True)
+            y, probs = F.scaled_dot_product_attention(q, k, v, causal=True, attn_mask=attn_mask, return_weights=True)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)                   # heads side by side again
         return self.resid_dropout(self.c_proj(y)), probs
 
-    def _attention_with_dropout(self, q, k, v):
+    def _attention_with_dropout(self, q, k, v, attn_mask=None):
         """Eqs. 4-5 from elementary ops, with dropout on the probabilities (training only).
 
         The fused op has no dropout inside; GPT-2 drops attention
@@ -139,6 +143,8 @@ class CausalSelfAttention(nn.Module):
         Tq, Tk = q.shape[2], k.shape[2]
         scores = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(q.shape[3]))   # (B, H, Tq, Tk)
         hidden = ~xp.tril(xp.ones((Tq, Tk), dtype=bool), k=Tk - Tq)
+        if attn_mask is not None:
+            hidden = hidden | ~xp.asarray(attn_mask, dtype=bool)
         probs = F.softmax(scores.masked_fill(hidden, float(xp.finfo(scores.dtype).min)))
         return self.attn_dropout(probs) @ v, probs.data
 
@@ -170,8 +176,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, config.layer_norm_epsilon)
         self.mlp = MLP(config, rng, seed + 2)
 
-    def forward(self, x, layer=0, cache=None):                         # (B, T, C) -> (B, T, C)
-        a, probs = self.attn(self.ln_1(x), layer, cache)
+    def forward(self, x, layer=0, cache=None, attn_mask=None):         # (B, T, C) -> (B, T, C)
+        a, probs = self.attn(self.ln_1(x), layer, cache, attn_mask)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, probs
@@ -266,6 +272,46 @@ class GPT(nn.Module):
         if return_attention:
             out += (attentions,)
         return out[0] if len(out) == 1 else out
+
+    def hidden_states(self, idx, attention_mask=None, position_ids=None, inputs_embeds=None,
+                      return_attention=False):
+        """The final hidden states ``ln_f(x)`` (B, T, C), before the LM head (for classifiers).
+
+        ``attention_mask`` (B, T), 1 = real token, 0 = padding: no position
+        attends to a padding position. ``position_ids`` (B, T) int replaces
+        ``0..T-1`` (a left-padded sequence counts its positions from its first
+        real token). ``inputs_embeds`` (B, T, C) replaces the token-embedding
+        lookup ``wte(idx)`` (gradients with respect to the embeddings, for
+        saliency). With ``return_attention`` also the per-layer probabilities.
+        See docs/finetuning.md (section "Padding").
+        """
+        idx = self.check_ids(idx)
+        B, T = idx.shape
+        xp = backend.array_module(self.wte.weight.data)
+        positions = xp.arange(T)
+        if position_ids is not None:
+            positions = backend.to_device(position_ids, self.device)
+            if tuple(positions.shape) not in ((B, T), (T,)):
+                raise ValueError(f"position_ids of shape {tuple(positions.shape)} do not fit token ids {(B, T)}")
+            F.check_token_ids(positions, self.config.block_size, what="position id")
+        if inputs_embeds is None:
+            tokens = self.wte(idx)                                     # (B, T, C)
+        elif tuple(inputs_embeds.shape) != (B, T, self.config.n_embd):
+            raise ValueError(f"inputs_embeds of shape {tuple(inputs_embeds.shape)}, expected "
+                             f"{(B, T, self.config.n_embd)}")
+        else:
+            tokens = inputs_embeds
+        x = self.drop(tokens + self.wpe(positions))                    # (B, T, C)
+        attn_mask = None
+        if attention_mask is not None:
+            keys = backend.to_device(attention_mask, self.device) != 0     # (B, T)
+            attn_mask = keys[:, None, None, :]                         # (B, 1, 1, T): hides padded keys
+        attentions = []
+        for layer, block in enumerate(self.h):
+            x, probs = block(x, layer, attn_mask=attn_mask)
+            attentions.append(probs)
+        x = self.ln_f(x)
+        return (x, attentions) if return_attention else x
 
     # ----------------------------------------------- generation, checkpoints
     def generate(self, idx, max_new_tokens, **kwargs):
