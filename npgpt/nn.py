@@ -14,7 +14,7 @@ import numpy as np
 
 import npgpt.functional as F
 from npgpt import backend
-from npgpt.autograd import Tensor
+from npgpt.autograd import Tensor, as_tensor
 
 
 class Parameter(Tensor):
@@ -231,7 +231,7 @@ class LayerNorm(Module):
         self.bias = Parameter(np.zeros(dim, np.float32))
 
     def forward(self, x):                       # (..., dim) -> (..., dim)
-        return F.layer_norm(x, self.weight, self.bias, self.eps)
+        return F.layer_norm(as_tensor(x), self.weight, self.bias, self.eps)
 
     def extra_repr(self):
         return f"{self.dim}, eps={self.eps}"
@@ -260,6 +260,7 @@ class Dropout(Module):
     def forward(self, x):
         if not self.training or self.p == 0.0:
             return x
+        x = as_tensor(x)
         return F.dropout(x, self.p, training=True, rng=self.rng(backend.array_module(x.data)))
 
     def extra_repr(self):

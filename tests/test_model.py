@@ -1,0 +1,291 @@
+"""The GPT-2 model: configuration, names and shapes, inputs, causality, gradients, KV cache."""
+
+import math
+
+import numpy as np
+import pytest
+
+import npgpt.functional as F
+from npgpt import backend, nn
+from npgpt.autograd import Tensor, no_grad
+from npgpt.model import GPT, GPTConfig, KVCache
+
+TINY = dict(vocab_size=61, block_size=16, n_layer=2, n_head=2, n_embd=16)
+
+
+def tiny(seed=0, **overrides):
+    return GPT(GPTConfig(**{**TINY, **overrides}), seed=seed).eval()
+
+
+def ids(B=2, T=7, V=61, seed=0):
+    return np.random.default_rng(seed).integers(0, V, (B, T))
+
+
+# ------------------------------------------------------------------ config
+@pytest.mark.parametrize("field, value, message", [
+    ("n_embd", 30, "n_embd .30. must be divisible by n_head .4."),
+    ("n_layer", 0, "n_layer must be a positive integer"),
+    ("vocab_size", 2.5, "vocab_size must be a positive integer"),
+    ("block_size", -1, "block_size must be a positive integer"),
+    ("n_head", True, "n_head must be a positive integer"),
+    ("dropout", 1.0, r"dropout must be in \[0, 1\)"),
+    ("dropout", -0.1, r"dropout must be in \[0, 1\)"),
+    ("layer_norm_epsilon", 0.0, "layer_norm_epsilon must be positive"),
+])
+def test_config_validation_names_the_field(field, value, message):
+    kwargs = dict(n_head=4, n_embd=32)
+    kwargs[field] = value
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**kwargs)
+
+
+def test_gpt2_small_has_124_439_808_parameters():
+    # docs/model.md eq. 11: V C + P C + L (12 C^2 + 13 C) + 2 C
+    assert GPTConfig().num_parameters() == 124_439_808
+
+
+@pytest.mark.parametrize("cfg", [TINY, dict(vocab_size=7, block_size=3, n_layer=1, n_head=1, n_embd=4),
+                                 dict(vocab_size=100, block_size=32, n_layer=3, n_head=4, n_embd=24)])
+def test_parameter_count_formula_matches_the_allocated_model(cfg):
+    # docs/model.md eq. 11, checked against the parameters actually allocated
+    config = GPTConfig(**cfg)
+    assert GPT(config).num_parameters() == config.num_parameters()
+
+
+@pytest.mark.slow
+def test_gpt2_small_allocates_exactly_that_many_parameters():
+    model = GPT(GPTConfig())
+    assert model.num_parameters() == 124_439_808
+    assert model.wte.weight.shape == (50257, 768) and model.h[11].mlp.c_fc.weight.shape == (768, 3072)
+
+
+def test_parameter_names_are_hugging_faces():
+    names = [n for n, _ in tiny(n_layer=1).named_parameters()]
+    assert names == ["wte.weight", "wpe.weight",
+                     "h.0.ln_1.weight", "h.0.ln_1.bias", "h.0.attn.c_attn.weight", "h.0.attn.c_attn.bias",
+                     "h.0.attn.c_proj.weight", "h.0.attn.c_proj.bias", "h.0.ln_2.weight", "h.0.ln_2.bias",
+                     "h.0.mlp.c_fc.weight", "h.0.mlp.c_fc.bias", "h.0.mlp.c_proj.weight", "h.0.mlp.c_proj.bias",
+                     "ln_f.weight", "ln_f.bias"]
+    shapes = {n: p.shape for n, p in tiny(n_layer=1).named_parameters()}
+    assert shapes["h.0.attn.c_attn.weight"] == (16, 48) and shapes["h.0.mlp.c_proj.weight"] == (64, 16)
+
+
+def test_gpt2_initialisation():
+    model = GPT(GPTConfig(vocab_size=500, block_size=64, n_layer=4, n_head=4, n_embd=128), seed=1)
+    sd = model.state_dict()
+    assert abs(sd["wte.weight"].std() - 0.02) < 1e-3 and abs(sd["h.0.attn.c_attn.weight"].std() - 0.02) < 1e-3
+    residual = 0.02 / math.sqrt(2 * 4)
+    assert abs(sd["h.2.attn.c_proj.weight"].std() - residual) < 1e-3
+    assert abs(sd["h.2.mlp.c_proj.weight"].std() - residual) < 1e-3
+    assert all(np.all(v == 0) for k, v in sd.items() if k.endswith(".bias"))
+    assert np.all(sd["ln_f.weight"] == 1) and all(v.dtype == np.float32 for v in sd.values())
+    same = GPT(GPTConfig(vocab_size=500, block_size=64, n_layer=4, n_head=4, n_embd=128), seed=1)
+    other = GPT(GPTConfig(vocab_size=500, block_size=64, n_layer=4, n_head=4, n_embd=128), seed=2)
+    assert np.array_equal(same.wte.weight.data, sd["wte.weight"])
+    assert not np.array_equal(other.wte.weight.data, sd["wte.weight"])
+
+
+# ------------------------------------------------------------------ inputs
+def test_input_validation():
+    model = tiny()
+    with pytest.raises(TypeError, match="integers, got dtype float"):
+        model(ids().astype(np.float32))
+    with pytest.raises(ValueError, match="token id 61 is out of range"):
+        model(np.array([[0, 61]]))
+    with pytest.raises(ValueError, match="token id -1 is out of range"):
+        model(np.array([[-1, 3]]))
+    with pytest.raises(ValueError, match=r"2-D \(batch, time\).*ids\[None\]"):
+        model(np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="sequence length 17 .* exceeds block_size 16"):
+        model(ids(T=17))
+    with pytest.raises(ValueError, match="empty"):
+        model(np.zeros((1, 0), np.int64))
+    assert model([[1, 2, 3]]).shape == (1, 3, 61)        # nested lists are fine
+
+
+def test_logits_shape_and_tied_head():
+    model = tiny()
+    x = ids()
+    logits = model(x)
+    assert isinstance(logits, Tensor) and logits.shape == (2, 7, 61)
+    # The LM head is wte^T: recompute the last step by hand from the blocks' output.
+    with no_grad():
+        h = model.wte(x) + model.wpe(np.arange(7))
+        for block in model.h:
+            h, _ = block(h)
+        expected = model.ln_f(h).data @ model.wte.weight.data.T
+    np.testing.assert_allclose(logits.data, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_block_is_pre_ln_residual():
+    # docs/model.md eq. 9: x' = x + attn(ln_1(x)); y = x' + mlp(ln_2(x'))
+    block = tiny().h[0]
+    x = Tensor(np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32))
+    y, _ = block(x)
+    a, _ = block.attn(block.ln_1(x))
+    x1 = x.data + a.data
+    expected = x1 + block.mlp(block.ln_2(x1)).data
+    np.testing.assert_allclose(y.data, expected, rtol=1e-5, atol=1e-6)
+    # and the MLP is c_proj(gelu(c_fc(.))) with GPT-2's tanh GELU (docs/model.md eq. 7)
+    z = np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32)
+    u = z @ block.mlp.c_fc.weight.data + block.mlp.c_fc.bias.data
+    g = 0.5 * u * (1 + np.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u ** 3)))
+    np.testing.assert_allclose(block.mlp(z).data, g @ block.mlp.c_proj.weight.data + block.mlp.c_proj.bias.data,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_targets_give_logits_and_the_cross_entropy_loss():
+    model = tiny()
+    x, y = ids(seed=1), ids(seed=2)
+    logits, loss = model(x, targets=y)
+    assert loss.shape == () and abs(loss.item() - F.cross_entropy(logits, y).item()) < 1e-6
+    # an untrained model predicts roughly uniformly: loss close to log V
+    assert abs(loss.item() - math.log(61)) < 0.2
+
+
+def test_full_model_is_causal():
+    # docs/model.md eq. 5: logits at positions <= t do not depend on tokens after t
+    model = tiny()
+    x = ids(B=1, T=12)
+    base = model(x).data
+    for t in (0, 5, 10):
+        changed = x.copy()
+        changed[0, t + 1:] = (changed[0, t + 1:] + 7) % 61
+        out = model(changed).data
+        np.testing.assert_array_equal(out[:, :t + 1], base[:, :t + 1])
+        assert not np.allclose(out[:, t + 1:], base[:, t + 1:])
+
+
+def test_return_attention_shapes_rows_and_causal_zeros():
+    # docs/model.md eqs. 4 and 5: each row of P is a distribution over positions <= its own
+    model = tiny()
+    logits, attentions = model(ids(B=3, T=6), return_attention=True)
+    assert len(attentions) == 2
+    for P in attentions:
+        assert P.shape == (3, 2, 6, 6)
+        np.testing.assert_allclose(P.sum(-1), 1, rtol=1e-5)
+        assert np.all(P[..., np.triu_indices(6, 1)[0], np.triu_indices(6, 1)[1]] == 0)
+    logits2, loss, att2 = model(ids(B=3, T=6), targets=ids(B=3, T=6), return_attention=True)
+    np.testing.assert_array_equal(att2[0], attentions[0])
+
+
+def test_attention_with_dropout_path_equals_fused_attention_without_dropout():
+    attn = tiny(dropout=0.1).h[0].attn
+    rng = np.random.default_rng(0)
+    q, k, v = (Tensor(rng.standard_normal((2, 2, 5, 8)).astype(np.float32)) for _ in range(3))
+    attn.attn_dropout.p = 0.0            # the explicit path with its dropout switched off
+    y, P = attn._attention_with_dropout(q, k, v)
+    y_ref, P_ref = F.scaled_dot_product_attention(q, k, v, return_weights=True)
+    np.testing.assert_allclose(y.data, y_ref.data, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(P, P_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_dropout_only_in_training_mode_and_reproducible():
+    x = ids()
+    a, b = tiny(seed=3, dropout=0.2), tiny(seed=3, dropout=0.2)
+    np.testing.assert_array_equal(a(x).data, a(x).data)          # eval: deterministic
+    a.train(), b.train()
+    first = a(x).data
+    np.testing.assert_array_equal(first, b(x).data)              # same seeds, same masks
+    assert not np.allclose(first, a(x).data)                     # masks change between calls
+    loss = F.cross_entropy(a(x), x)
+    loss.backward()
+    assert a.h[0].attn.c_attn.weight.grad is not None
+
+
+def test_finite_difference_gradient_of_the_loss_float64():
+    """The whole model's backward pass against central differences (docs/autograd.md eq. 5)."""
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8), seed=4).eval()
+    rng = np.random.default_rng(0)
+    for p in model.parameters():      # float64, and non-trivial layer-norm gains and biases
+        p.data = p.data.astype(np.float64) + 0.1 * rng.standard_normal(p.shape)
+    x, y = rng.integers(0, 11, (2, 6)), rng.integers(0, 11, (2, 6))
+
+    def loss_value():
+        with no_grad():
+            return model(x, targets=y)[1].item()
+
+    _, loss = model(x, targets=y)
+    loss.backward()
+    eps = 1e-6
+    for name in ("wte.weight", "wpe.weight", "h.0.attn.c_attn.weight", "h.1.attn.c_proj.bias",
+                 "h.1.mlp.c_fc.weight", "h.0.ln_1.weight", "ln_f.bias"):
+        p = dict(model.named_parameters())[name]
+        flat = p.data.reshape(-1)
+        for j in rng.choice(flat.size, size=min(4, flat.size), replace=False):
+            saved = flat[j]
+            flat[j] = saved + eps
+            plus = loss_value()
+            flat[j] = saved - eps
+            minus = loss_value()
+            flat[j] = saved
+            numeric = (plus - minus) / (2 * eps)
+            analytic = p.grad.reshape(-1)[j]
+            assert abs(analytic - numeric) <= 1e-7 + 1e-5 * abs(numeric), (name, j, analytic, numeric)
+
+
+# ---------------------------------------------------------------- KV cache
+def test_cached_forward_equals_full_forward():
+    # docs/model.md eq. 10: attention of new queries over cached keys gives the full pass's outputs
+    model = tiny()
+    x = ids(B=2, T=11)
+    full = model(x).data
+    cache = model.new_cache(2)
+    with no_grad():
+        parts = [model(x[:, :4], cache=cache).data]
+        for t in range(4, 11):
+            parts.append(model(x[:, t:t + 1], cache=cache).data)
+    assert cache.length == 11
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_grows_by_slice_assignment_without_reallocation():
+    model = tiny()
+    cache = model.new_cache(1)
+    buffers = [id(k) for k in cache.keys]
+    with no_grad():
+        model(ids(B=1, T=3), cache=cache)
+        model(ids(B=1, T=1), cache=cache)
+    assert [id(k) for k in cache.keys] == buffers and cache.keys[0].shape == (1, 2, 16, 8)
+    assert np.any(cache.keys[1][:, :, :4] != 0) and np.all(cache.keys[1][:, :, 4:] == 0)
+
+
+def test_cache_errors():
+    model = tiny()
+    cache = model.new_cache(2)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        model(ids(), cache=cache)
+    with no_grad():
+        model(ids(T=10), cache=cache)
+        with pytest.raises(ValueError, match=r"sequence length 7 \(\+ 10 cached positions\) exceeds block_size 16"):
+            model(ids(T=7), cache=cache)
+        with pytest.raises(ValueError, match="holds 2 sequences but idx has batch 1"):
+            model(ids(B=1, T=1), cache=cache)
+    small = KVCache(model.config, 1, capacity=2)
+    with pytest.raises(ValueError, match="capacity 2"):
+        small.update(0, np.zeros((1, 2, 3, 8), np.float32), np.zeros((1, 2, 3, 8), np.float32))
+
+
+@pytest.mark.gpu
+def test_model_on_gpu_matches_cpu():
+    if not backend.cuda_available():
+        pytest.skip("no GPU")
+    model = tiny()
+    x = ids()
+    cpu = model(x).data
+    model.to("cuda")
+    gpu = model(x)
+    assert gpu.device == "cuda"
+    np.testing.assert_allclose(backend.to_numpy(gpu.data), cpu, rtol=1e-4, atol=1e-5)
+    out = model.generate(x, 5)
+    assert backend.device_of(out) == "cuda"
+    model.to("cpu")
+    np.testing.assert_array_equal(backend.to_numpy(out), model.generate(x, 5))
+
+
+def test_module_repr_and_config_dict():
+    model = tiny()
+    assert "CausalSelfAttention" in repr(model) and model.config.to_dict()["n_embd"] == 16
+    with pytest.raises(TypeError, match="GPTConfig"):
+        GPT({"n_embd": 16})
+    assert isinstance(model.h, nn.ModuleList)
