@@ -80,9 +80,11 @@ def top_p_filter(logits, p):
     with the rest set to ``-inf`` (tokens tied with the last kept one are kept).
     """
     check_sampling_args(top_p=p)
+    if p >= 1.0:          # everything; rounding in the running sum must not drop the tail
+        return logits.copy()
     xp = backend.array_module(logits)
     ordered = -xp.sort(-logits, axis=-1)                               # descending, (B, V)
-    probs = softmax(ordered)
+    probs = softmax(ordered.astype(xp.float64))
     mass_before = xp.cumsum(probs, axis=-1) - probs
     n_keep = xp.maximum((mass_before < p).sum(axis=-1, keepdims=True), 1)   # (B, 1)
     threshold = xp.take_along_axis(ordered, n_keep - 1, axis=-1)      # smallest kept logit

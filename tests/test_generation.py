@@ -1,0 +1,201 @@
+"""Generation: the logit filters' properties, the sampler, and the loop (cache, eos, cropping)."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from npgpt import generation
+from npgpt.model import GPT, GPTConfig
+
+
+def tiny(seed=0, block_size=16):
+    return GPT(GPTConfig(vocab_size=41, block_size=block_size, n_layer=2, n_head=2, n_embd=16), seed=seed).eval()
+
+
+def prompt(B=2, T=5, seed=0):
+    return np.random.default_rng(seed).integers(0, 41, (B, T))
+
+
+logit_rows = st.integers(0, 2**32 - 1).map(
+    lambda s: (np.random.default_rng(s).standard_normal((3, 17)) * 3).astype(np.float32))
+
+
+# ----------------------------------------------------------------- filters
+def test_greedy_is_argmax():
+    z = np.array([[0.1, 2.0, -1.0], [5.0, 4.0, 6.0]], np.float32)
+    assert generation.greedy(z).tolist() == [1, 2]
+
+
+@given(logit_rows, st.integers(1, 20))
+def test_top_k_keeps_exactly_the_k_largest(z, k):
+    out = generation.top_k_filter(z, k)
+    kept = np.isfinite(out)
+    assert np.all(kept.sum(-1) == min(k, 17))          # no ties in continuous random logits
+    for row, keep in zip(z, kept):
+        assert row[keep].min() >= row[~keep].max(initial=-np.inf)
+    np.testing.assert_array_equal(out[kept], z[kept])
+
+
+@given(logit_rows, st.floats(0.01, 1.0))
+def test_top_p_keeps_the_smallest_prefix_with_mass_at_least_p(z, p):
+    # docs/model.md eq. 14: the nucleus is the shortest most-likely prefix with mass >= p
+    out = generation.top_p_filter(z, p)
+    probs = generation.softmax(z.astype(np.float64))
+    for row, prow, orow in zip(z, probs, out):
+        kept = np.isfinite(orow)
+        order = np.argsort(-row)
+        n = kept.sum()
+        assert set(np.flatnonzero(kept)) == set(order[:n])                 # a most-likely prefix
+        assert prow[kept].sum() >= p - 1e-6                                 # reaching p ...
+        assert n == 1 or prow[order[:n - 1]].sum() < p + 1e-6              # ... and no longer than needed
+        np.testing.assert_array_equal(orow[kept], row[kept])
+
+
+def test_top_p_one_keeps_everything_and_tiny_p_keeps_the_argmax():
+    z = prompt(3, 9).astype(np.float32)
+    assert np.all(np.isfinite(generation.top_p_filter(z + 0.1 * np.arange(9), 1.0)))
+    out = generation.top_p_filter(z + 0.01 * np.arange(9), 1e-9)
+    assert np.all(np.isfinite(out).sum(-1) == 1)
+
+
+def test_temperature_scales_log_probabilities():
+    # docs/model.md eq. 13: p_i(tau) proportional to exp(z_i / tau)
+    z = np.array([[1.0, 2.0, 4.0]], np.float32)
+    for tau in (0.5, 1.0, 3.0):
+        p = generation.softmax(generation.apply_temperature(z, tau))
+        expected = np.exp(z / tau) / np.exp(z / tau).sum()
+        np.testing.assert_allclose(p, expected, rtol=1e-6)
+    sharp = generation.softmax(generation.apply_temperature(z, 0.1))
+    flat = generation.softmax(generation.apply_temperature(z, 100.0))
+    assert sharp[0, 2] > 0.99 and flat.max() - flat.min() < 0.02
+
+
+def test_sampler_frequencies_follow_the_distribution_and_never_pick_masked_tokens():
+    z = np.log(np.array([[0.5, 0.3, 0.2, 0.0]], np.float64) + 1e-300).astype(np.float32)
+    z[0, 3] = -np.inf
+    rng = np.random.default_rng(0)
+    draws = np.array([generation.sample(np.repeat(z, 500, 0), rng) for _ in range(8)]).ravel()
+    freq = np.bincount(draws, minlength=4) / draws.size
+    np.testing.assert_allclose(freq[:3], [0.5, 0.3, 0.2], atol=0.02)
+    assert freq[3] == 0
+
+
+def test_sampler_is_reproducible_with_a_seed():
+    z = prompt(4, 41).astype(np.float32)
+    a = generation.sample(z, np.random.default_rng(5))
+    b = generation.sample(z, np.random.default_rng(5))
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=0), "temperature must be > 0"),
+    (dict(temperature=-1.0), "temperature must be > 0"),
+    (dict(top_k=0), "top_k must be an integer >= 1"),
+    (dict(top_k=2.5), "top_k must be an integer >= 1"),
+    (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+    (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+    (dict(max_new_tokens=-1), "max_new_tokens must be an integer >= 0"),
+])
+def test_generate_validates_its_arguments(kwargs, message):
+    model = tiny()
+    kwargs = {"max_new_tokens": 3, **kwargs}
+    n = kwargs.pop("max_new_tokens")
+    with pytest.raises(ValueError, match=message):
+        model.generate(prompt(), n, do_sample=True, **kwargs)
+
+
+def test_generate_validates_the_prompt():
+    model = tiny()
+    with pytest.raises(TypeError, match="integers"):
+        model.generate(prompt().astype(float), 2)
+    with pytest.raises(ValueError, match="token id 99 is out of range"):
+        model.generate(np.array([[99] + [1] * 20]), 2)      # out of range even outside the window
+    with pytest.raises(ValueError, match="2-D"):
+        model.generate(np.array([1, 2]), 2)
+    with pytest.raises(ValueError, match="eos_token_id 41 is outside"):
+        model.generate(prompt(), 2, eos_token_id=41)
+
+
+# -------------------------------------------------------------------- loop
+def test_greedy_generation_appends_argmax_tokens():
+    model = tiny()
+    x = prompt()
+    out = model.generate(x, 6)
+    assert out.shape == (2, 11) and out.dtype == x.dtype
+    np.testing.assert_array_equal(out[:, :5], x)
+    for t in range(5, 11):       # every new token is the argmax of the model on what precedes it
+        np.testing.assert_array_equal(out[:, t], model(out[:, :t]).data[:, -1].argmax(-1))
+    np.testing.assert_array_equal(model.generate(x, 0), x)
+
+
+@pytest.mark.parametrize("sampling", [dict(), dict(do_sample=True, seed=3),
+                                      dict(do_sample=True, seed=4, temperature=0.7, top_k=10, top_p=0.9)])
+def test_cached_and_uncached_generation_agree_across_block_size(sampling):
+    # block_size 16, prompt 5 + 30 new tokens: the context is cropped and the cache rebuilt
+    model = tiny()
+    x = prompt()
+    cached = model.generate(x, 30, **sampling)
+    uncached = model.generate(x, 30, use_cache=False, **sampling)
+    assert cached.shape == (2, 35)
+    np.testing.assert_array_equal(cached, uncached)
+
+
+def test_long_prompt_is_cropped_to_block_size():
+    model = tiny()
+    x = prompt(T=40)
+    out = model.generate(x, 3)
+    np.testing.assert_array_equal(out[:, :40], x)
+    np.testing.assert_array_equal(out[:, 40], model(x[:, -16:]).data[:, -1].argmax(-1))
+
+
+def test_same_seed_same_sample_and_different_seed_different_sample():
+    model = tiny()
+    x = prompt()
+    a = model.generate(x, 20, do_sample=True, seed=1)
+    np.testing.assert_array_equal(a, model.generate(x, 20, do_sample=True, seed=1))
+    assert not np.array_equal(a, model.generate(x, 20, do_sample=True, seed=2))
+
+
+def test_top_k_one_sampling_is_greedy():
+    model = tiny()
+    x = prompt()
+    np.testing.assert_array_equal(model.generate(x, 8, do_sample=True, top_k=1, seed=0), model.generate(x, 8))
+
+
+def test_rows_that_hit_eos_keep_emitting_it_and_the_loop_stops():
+    model = tiny()
+    x = prompt(B=3)
+    free = model.generate(x, 12)
+    # a token that row 0 emits for the first time at new step j >= 1
+    j = next(j for j in range(1, 12) if free[0, 5 + j] not in free[0, 5:5 + j])
+    eos = int(free[0, 5 + j])
+    out = model.generate(x, 12, eos_token_id=eos)
+    for row, free_row in zip(out, free):
+        new = row[5:]
+        hits = np.flatnonzero(new == eos)
+        if hits.size:
+            first = hits[0]
+            np.testing.assert_array_equal(new[:first], free_row[5:5 + first])   # unchanged before eos
+            assert np.all(new[first:] == eos)                                 # eos as padding after
+    assert np.all(out[0, 5 + j:] == eos) and np.all(out[0, 5:5 + j] != eos)
+    # all rows done -> early stop: a single row that emits eos at step j stops there
+    single = model.generate(x[:1], 12, eos_token_id=eos)
+    assert single.shape == (1, 5 + j + 1)
+
+
+def test_stream_yields_one_token_per_step():
+    model = tiny()
+    steps = list(generation.stream(model, prompt(), 4))
+    assert len(steps) == 4 and all(s.shape == (2,) for s in steps)
+    np.testing.assert_array_equal(np.stack(steps, 1), model.generate(prompt(), 4)[:, 5:])
+
+
+def test_generation_leaves_grad_mode_on():
+    from npgpt.autograd import is_grad_enabled
+
+    tiny().generate(prompt(), 2)
+    assert is_grad_enabled()
+    assert math.isfinite(float(tiny()(prompt(), targets=prompt())[1].item()))
