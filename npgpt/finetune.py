@@ -106,7 +106,9 @@ def read_labelled_file(path, text_column="text", label_column="label", fmt=None,
         delimiter = "," if fmt == "csv" else "\t"
         # newline="" lets the csv module handle quoted newlines and CRLF line ends itself.
         with open(path, encoding="utf-8", newline="") as f:
-            rows = csv.reader(f, delimiter=delimiter)
+            # TSV has no quoting (IANA text/tab-separated-values): a text may start with '"'.
+            quoting = csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE
+            rows = csv.reader(f, delimiter=delimiter, quoting=quoting)
             first = next(rows, None)
             if first is None:
                 raise ValueError(f"{path} is empty")

@@ -1,0 +1,300 @@
+"""``GPTClassifier``: a GPT backbone and a linear head on the last real token.
+
+Companion of ``docs/finetuning.md``.
+
+For a batch of token ids ``idx`` (B, T) and an attention mask ``m`` (B, T),
+1 for real tokens and 0 for padding (the Hugging Face convention):
+
+1. The backbone runs with the mask: no real token attends to a padding
+   token, and the position of a real token is the number of real tokens
+   before it (docs/finetuning.md eq. 7), so left padding shifts no position.
+2. **Pooling** (eq. 5): a causal model's hidden state at the last real
+   token ``t_b`` is the only one that has read the whole text, so it is the
+   text's summary: ``h_b = H[b, t_b]``, ``t_b = max{t : m[b, t] = 1}``.
+   It is found from the mask, never by searching for a pad token id: GPT-2
+   has no pad token, so people pad with ``<|endoftext|>`` -- which may also
+   occur inside a text, where a search for it would stop too early.
+3. **Head** (eq. 6): ``z_b = h_b W`` with ``W`` (n_embd, num_labels).
+
+Consequently a sequence's logits are the same alone as in a padded batch,
+padded on either side, with any pad id (up to float rounding).
+
+``num_labels = 1`` is the binary case of the chapter: one logit, the sigmoid
+``s(z)`` (eq. 1) is the probability of class 1, the loss is binary
+cross-entropy (eq. 2). ``num_labels > 1`` uses softmax cross-entropy (eq. 8).
+
+Checkpoints use Hugging Face's ``GPT2ForSequenceClassification`` layout:
+backbone tensors prefixed ``transformer.``, the head ``score.weight`` stored
+(num_labels, n_embd) as ``torch.nn.Linear`` keeps it (so it is transposed on
+save and load), and ``config.json`` with ``architectures``, ``num_labels``,
+``id2label`` and ``label2id``.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+
+import npgpt.functional as F
+from npgpt import backend, nn
+from npgpt.autograd import Tensor, no_grad
+from npgpt.model import GPT, GPTConfig
+
+ARCHITECTURE = "GPT2ForSequenceClassification"
+
+
+def _as_host_ids(idx):
+    if isinstance(idx, Tensor):
+        idx = idx.data
+    return idx if hasattr(idx, "dtype") else np.asarray(idx)
+
+
+def check_attention_mask(attention_mask, shape):
+    """Validate a 0/1 mask of the ids' shape; every sequence needs a real token."""
+    mask = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
+    if not hasattr(mask, "dtype"):
+        mask = np.asarray(mask)
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)} but the token ids have shape {tuple(shape)}")
+    if mask.dtype == bool:
+        mask = mask.astype(np.int64)
+    if mask.dtype.kind not in "iu":
+        raise TypeError(f"attention_mask must hold 0/1 integers or booleans, got dtype {mask.dtype}")
+    if mask.size and (int(mask.min()) < 0 or int(mask.max()) > 1):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
+    empty = mask.sum(axis=1) == 0
+    if bool(empty.any()):
+        raise ValueError(f"sequence {int(empty.argmax())} of the batch is all padding: "
+                         "every sequence needs at least one real token")
+    return mask
+
+
+def positions_from_mask(mask):
+    """Position ids that count real tokens only (eq. 7): ``p[b, t] = sum_{u<=t} m[b, u] - 1``.
+
+    Padding positions get 0 (any valid id would do: nothing reads them).
+    ``mask`` (B, T) int -> (B, T) int64, same array module.
+    """
+    xp = backend.array_module(mask)
+    counted = xp.cumsum(mask, axis=1) - 1
+    return xp.maximum(counted, 0).astype(xp.int64)
+
+
+def last_token_index(mask):
+    """Index of the last real token of each row (eq. 5): ``max{t : m[b, t] = 1}``, (B,)."""
+    xp = backend.array_module(mask)
+    T = mask.shape[1]
+    # t * m[b, t] is largest at the last t with m = 1 (every row has one: checked before).
+    return (mask * xp.arange(T)).argmax(axis=1)
+
+
+class GPTClassifier(nn.Module):
+    """A GPT-2 sequence classifier: ``classifier(idx, attention_mask=mask)`` -> logits (B, num_labels).
+
+    ``config``: the backbone's ``GPTConfig``. ``num_labels``: 1 for a
+    sigmoid/binary head, ``k > 1`` for a k-way softmax head. ``labels``:
+    optional class names (``labels[i]`` is class ``i``; for ``num_labels=1``
+    give the two names of classes 0 and 1). ``pad_token_id`` is only what the
+    batching helpers pad with and what is written to ``config.json`` for
+    Hugging Face; the classifier itself never looks for it.
+    """
+
+    def __init__(self, config=None, num_labels=1, labels=None, pad_token_id=None, seed=0, backbone=None):
+        super().__init__()
+        if isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
+            raise ValueError(f"num_labels must be a positive integer (1 for a sigmoid head), got {num_labels!r}")
+        num_labels = int(num_labels)
+        classes = 2 if num_labels == 1 else num_labels
+        if labels is None:
+            labels = [str(i) for i in range(classes)]
+        labels = [str(n) for n in labels]
+        if len(labels) != classes:
+            raise ValueError(f"{len(labels)} label names for {classes} classes (num_labels={num_labels}); "
+                             f"a one-logit head has two classes, 0 and 1")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"label names must be distinct, got {labels}")
+        if backbone is None:
+            backbone = GPT(config if config is not None else GPTConfig(), seed=seed)
+        elif not isinstance(backbone, GPT):
+            raise TypeError(f"backbone must be a GPT, got {type(backbone).__name__}")
+        self.config = backbone.config
+        self.num_labels = num_labels
+        self.labels = labels
+        self.pad_token_id = None if pad_token_id is None else int(pad_token_id)
+        self.transformer = backbone
+        # A small random head (Normal(0, 0.02) as GPT-2 initialises linears) on the
+        # backbone's device: its first logits are near 0, i.e. p ~ 1/2 for every class.
+        self.score = nn.Linear(self.config.n_embd, num_labels, bias=False, std=0.02,
+                               rng=np.random.default_rng(seed + 1))
+        self.score.to(backbone.device)
+
+    @property
+    def num_classes(self):
+        """How many classes the head separates: 2 for a one-logit head."""
+        return 2 if self.num_labels == 1 else self.num_labels
+
+    # ---------------------------------------------------------- forward
+    def forward(self, idx, attention_mask=None, labels=None, inputs_embeds=None):
+        """Logits (B, num_labels); ``(logits, loss)`` when ``labels`` (int (B,)) are given.
+
+        ``idx``: int (B, T) token ids. ``attention_mask``: (B, T), 1 = real
+        token, 0 = padding; ``None`` means no padding. ``inputs_embeds``
+        (B, T, C) replaces the token-embedding lookup (the positions are still
+        added), which is how ``npgpt.viz.saliency`` takes gradients with
+        respect to the embeddings.
+        """
+        gpt = self.transformer
+        idx = gpt.check_ids(_as_host_ids(idx))                 # (B, T), on the model's device
+        xp = backend.array_module(idx)
+        B, T = idx.shape
+        if attention_mask is None:
+            mask = xp.ones((B, T), dtype=xp.int64)
+        else:
+            mask = backend.to_device(check_attention_mask(attention_mask, (B, T)), gpt.device).astype(xp.int64)
+        positions = positions_from_mask(mask)                  # (B, T)
+        hidden = gpt.hidden_states(idx, attention_mask=mask, position_ids=positions,
+                                   inputs_embeds=inputs_embeds)  # (B, T, C)
+        pooled = hidden[xp.arange(B), last_token_index(mask)]  # (B, C)
+        logits = self.score(pooled)                            # (B, num_labels)
+        if labels is None:
+            return logits
+        return logits, self.loss(logits, labels)
+
+    def loss(self, logits, labels):
+        """Mean loss of class labels ``labels`` (int (B,)) given ``logits`` (B, num_labels).
+
+        One logit: binary cross-entropy of ``s(z)`` against ``y`` in {0, 1}
+        (eq. 2). Several: softmax cross-entropy (eq. 8).
+        """
+        xp = backend.array_module(logits.data)
+        y = labels.data if isinstance(labels, Tensor) else labels
+        y = xp.asarray(backend.to_device(np.asarray(y) if not hasattr(y, "dtype") else y, logits.device))
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"class labels must be integers, got dtype {y.dtype}")
+        y = y.reshape(-1)
+        if y.shape[0] != logits.shape[0]:
+            raise ValueError(f"{y.shape[0]} labels for a batch of {logits.shape[0]} logits")
+        if y.size and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise ValueError(f"class labels must lie in 0..{self.num_classes - 1}, got {int(y.min())}..{int(y.max())}")
+        if self.num_labels == 1:
+            return F.binary_cross_entropy_with_logits(logits, y.reshape(-1, 1).astype(logits.dtype))
+        return F.cross_entropy(logits, y)
+
+    def predict_proba(self, idx, attention_mask=None):
+        """Class probabilities (B, num_classes) as a NumPy array, without a graph.
+
+        For one logit, column 1 is ``s(z)`` and column 0 is ``1 - s(z)``.
+        """
+        with no_grad():
+            logits = self(idx, attention_mask=attention_mask)
+            if self.num_labels == 1:
+                p1 = F.sigmoid(logits).numpy()[:, 0].astype(np.float64)
+                return np.stack([1.0 - p1, p1], axis=1)
+            return F.softmax(logits, axis=-1).numpy().astype(np.float64)
+
+    def predict(self, idx, attention_mask=None):
+        """The most probable class of each sequence, int64 (B,)."""
+        return self.predict_proba(idx, attention_mask).argmax(axis=1)
+
+    # -------------------------------------------------------- checkpoints
+    def hf_config(self):
+        """The ``config.json`` dict: GPT-2's keys plus the classification ones HF reads."""
+        from npgpt import checkpoint
+
+        cfg = checkpoint.hf_config(self.config)
+        id2label = {str(i): name for i, name in enumerate(self.labels)}
+        cfg.update({
+            "architectures": [ARCHITECTURE],
+            "num_labels": self.num_labels,
+            # HF keeps one name per logit; a one-logit head has one logit but two class
+            # names, so the names live in npgpt_labels and HF sees "0" -> names[1].
+            "id2label": id2label if self.num_labels > 1 else {"0": self.labels[1]},
+            "label2id": ({name: i for i, name in enumerate(self.labels)} if self.num_labels > 1
+                         else {self.labels[1]: 0}),
+            "npgpt_labels": list(self.labels),
+            # Tell HF which loss we train with: with one logit, HF would otherwise
+            # assume regression (MSE); "multi_label_classification" is its BCE-with-logits.
+            "problem_type": ("multi_label_classification" if self.num_labels == 1
+                             else "single_label_classification"),
+            "pad_token_id": self.pad_token_id,
+        })
+        return cfg
+
+    def hf_state_dict(self):
+        """``{name: float32 NumPy array}`` in ``GPT2ForSequenceClassification``'s names and layouts.
+
+        Our parameter names already are HF's (``transformer.h.0...``); only the
+        head differs in layout: npgpt keeps ``W`` (n_embd, num_labels) for ``h W``,
+        torch's ``nn.Linear`` keeps (num_labels, n_embd) for ``h W^T``.
+        """
+        state = {}
+        for name, p in self.named_parameters():
+            array = backend.to_numpy(p.data).astype(np.float32, copy=False)
+            state[name] = np.ascontiguousarray(array.T if name == "score.weight" else array)
+        return state
+
+    def save_pretrained(self, directory, tokenizer=None):
+        """Write ``config.json`` + ``model.safetensors`` (and the tokenizer's files, if given).
+
+        Written atomically: the files appear complete or not at all.
+        """
+        from npgpt import checkpoint
+
+        directory = pathlib.Path(directory)
+        checkpoint.write_checkpoint(directory, self.hf_config(), self.hf_state_dict())
+        if tokenizer is not None:
+            tokenizer.save(directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir, num_labels=None, labels=None, pad_token_id=None, seed=0):
+        """A classifier from a saved classifier directory or a pretrained language model.
+
+        * A classifier directory (``config.json`` naming ``GPT2ForSequenceClassification``)
+          is loaded whole; ``num_labels``, if given, must agree with it.
+        * A language model (a directory, or a shipped name such as
+          ``"npgpt-small"``) becomes the backbone, and a new head with
+          ``num_labels`` outputs is initialised (``num_labels`` is required).
+        """
+        from npgpt import checkpoint
+
+        directory = checkpoint.resolve(name_or_dir)
+        config_path = directory / checkpoint.CONFIG_NAME
+        saved = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        if ARCHITECTURE in saved.get("architectures", []):
+            saved_labels = int(saved.get("num_labels", len(saved.get("id2label", {})) or 2))
+            if num_labels is not None and int(num_labels) != saved_labels:
+                raise ValueError(f"{name_or_dir} holds a classifier with num_labels={saved_labels}, "
+                                 f"not {num_labels}; load it without num_labels, or start from its backbone")
+            names = saved.get("npgpt_labels")
+            if names is None:       # written by Hugging Face: id2label maps logit index -> name
+                id2label = saved.get("id2label") or {}
+                names = [id2label.get(str(i), str(i)) for i in range(saved_labels)] if saved_labels > 1 else None
+            weights = directory / checkpoint.WEIGHTS_NAME
+            if not weights.is_file():
+                raise FileNotFoundError(f"{weights} is missing: a classifier checkpoint needs "
+                                        f"{checkpoint.CONFIG_NAME} and {checkpoint.WEIGHTS_NAME}")
+            tensors = checkpoint.read_tensors(weights)
+            if "score.weight" not in tensors:
+                raise checkpoint.CheckpointError(f"{weights} has no score.weight (the classification head)")
+            prefix = "transformer."
+            backbone_state = {k[len(prefix):] if k.startswith(prefix) else k: v
+                              for k, v in tensors.items() if k != "score.weight"}
+            backbone = GPT(checkpoint.read_config(directory), seed=seed)
+            try:                     # names and shapes are checked, with errors naming the tensor
+                backbone.load_state_dict(backbone_state, strict=True)
+            except (KeyError, ValueError) as exc:
+                raise checkpoint.CheckpointError(f"{weights}: {exc}") from None
+            model = cls(num_labels=saved_labels, labels=labels or names, backbone=backbone, seed=seed,
+                        pad_token_id=pad_token_id if pad_token_id is not None else saved.get("pad_token_id"))
+            score = np.asarray(tensors["score.weight"], dtype=np.float32)
+            if score.shape != (saved_labels, model.config.n_embd):
+                raise ValueError(f"{name_or_dir}: score.weight has shape {score.shape}, expected "
+                                 f"({saved_labels}, {model.config.n_embd})")
+            model.score.load_state_dict({"weight": score.T})
+            return model.eval()
+        if num_labels is None:
+            raise ValueError(f"{name_or_dir} is a language model, not a classifier: say how many outputs "
+                             "the new head has, e.g. num_labels=1 (sigmoid) or num_labels=3 (softmax)")
+        backbone = GPT.from_pretrained(directory)
+        return cls(num_labels=num_labels, labels=labels, backbone=backbone, seed=seed, pad_token_id=pad_token_id).eval()

@@ -1,0 +1,199 @@
+"""GPTClassifier: padding-invariant pooling, the two heads and their losses, HF-layout checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+
+import npgpt.functional as F
+from npgpt import Tensor, checkpoint
+from npgpt.classifier import GPTClassifier, last_token_index, positions_from_mask
+from npgpt.finetune import pad_batch
+from npgpt.gradcheck import check_gradients
+from npgpt.model import GPT, GPTConfig
+
+CONFIG = GPTConfig(vocab_size=61, block_size=24, n_layer=2, n_head=2, n_embd=16)
+
+
+def make(num_labels=1, seed=1, labels=None, dtype=np.float32):
+    """A small classifier with weights large enough that every position matters to the logits."""
+    model = GPTClassifier(CONFIG, num_labels=num_labels, labels=labels, seed=seed, pad_token_id=60)
+    rng = np.random.default_rng(seed)
+    for _, p in model.named_parameters():
+        p.data = (rng.standard_normal(p.shape) * 0.3).astype(dtype)
+    return model.eval()
+
+
+SEQUENCES = [[3, 14, 15, 9, 26, 5, 35], [8, 9], [7, 9, 3, 2], [42]]
+
+
+# ----------------------------------------------------------------- padding
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("pad_id", [0, 9, 60])
+def test_logits_are_the_same_alone_and_in_a_padded_batch(side, pad_id):
+    # docs/finetuning.md eqs. 7 and 5: positions count real tokens, pooling reads the last real one.
+    # pad_id 9 also occurs inside the texts: a search for the pad id would stop early there.
+    model = make(num_labels=3)
+    alone = np.concatenate([model(np.array([s])).numpy() for s in SEQUENCES])
+    idx, mask = pad_batch(SEQUENCES, pad_id=pad_id, side=side)
+    batched = model(idx, attention_mask=mask).numpy()
+    np.testing.assert_allclose(batched, alone, rtol=1e-5, atol=1e-5)
+    assert np.abs(alone[0] - alone[1]).max() > 1e-2      # the sequences do differ
+
+
+def test_padding_changes_nothing_even_with_pad_tokens_the_model_would_notice():
+    # Sanity check that the mask is what protects the result: treating padding as text changes it.
+    model = make(num_labels=1)
+    idx, mask = pad_batch(SEQUENCES, pad_id=9, side="left")
+    masked = model(idx, attention_mask=mask).numpy()
+    unmasked = model(idx).numpy()
+    assert np.abs(masked - unmasked).max() > 1e-3
+
+
+def test_positions_count_real_tokens_and_pooling_finds_the_last_one():
+    # docs/finetuning.md eqs. 7 and 5: p[b, t] = sum_{u <= t} m[b, u] - 1 and t_b = max{t : m[b, t] = 1}.
+    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 1, 1, 0]])
+    assert positions_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 2, 2], [0, 0, 1, 2, 2]]
+    assert last_token_index(mask).tolist() == [4, 2, 3]
+
+
+def test_head_is_linear_in_the_pooled_hidden_state():
+    # docs/finetuning.md eq. 6: z_b = h_b W, with h_b the final hidden state at the last real token.
+    model = make(num_labels=3)
+    idx, mask = pad_batch(SEQUENCES, pad_id=0, side="right")
+    hidden = model.transformer.hidden_states(idx, attention_mask=mask, position_ids=positions_from_mask(mask))
+    pooled = hidden.numpy()[np.arange(len(SEQUENCES)), [len(s) - 1 for s in SEQUENCES]]
+    np.testing.assert_allclose(model(idx, attention_mask=mask).numpy(), pooled @ model.score.weight.data,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_bad_masks_are_clear_errors():
+    model = make()
+    idx = np.array([[1, 2, 3], [4, 5, 6]])
+    with pytest.raises(ValueError, match="sequence 1 of the batch is all padding"):
+        model(idx, attention_mask=np.array([[1, 1, 0], [0, 0, 0]]))
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 2\)"):
+        model(idx, attention_mask=np.ones((2, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match="only 0 .padding. and 1"):
+        model(idx, attention_mask=np.full((2, 3), 2))
+
+
+def test_gradients_through_the_padded_classifier_match_finite_differences():
+    # Float64 end-to-end check of the backbone with padding mask + pooling + head, w.r.t. the input embeddings.
+    model = make(num_labels=2, dtype=np.float64)
+    idx, mask = pad_batch([[3, 14, 15], [8]], pad_id=0, side="left")
+    embeds = model.transformer.wte.weight.data[idx].copy()
+    check_gradients(lambda e: model(idx, attention_mask=mask, inputs_embeds=e), embeds, rtol=1e-4, atol=1e-7)
+
+
+# ------------------------------------------------------------- heads, losses
+def test_one_logit_head_is_the_sigmoid_of_the_logit_and_trains_with_bce():
+    # docs/finetuning.md eqs. 1 and 2: p(y=1|x) = s(z) = 1/(1+e^{-z}), loss = mean binary cross-entropy.
+    model = make(num_labels=1)
+    idx, mask = pad_batch(SEQUENCES, pad_id=0)
+    z = model(idx, attention_mask=mask).numpy()[:, 0].astype(np.float64)
+    s = 1.0 / (1.0 + np.exp(-z))
+    np.testing.assert_allclose(model.predict_proba(idx, mask), np.stack([1 - s, s], axis=1), rtol=1e-6)
+    y = np.array([1, 0, 0, 1])
+    _, loss = model(idx, attention_mask=mask, labels=y)
+    expected = -np.mean(y * np.log(s) + (1 - y) * np.log(1 - s))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert model.predict(idx, mask).tolist() == (s > 0.5).astype(int).tolist()
+
+
+def test_bce_gradient_is_prediction_minus_label_over_n():
+    # docs/finetuning.md eqs. 4 and 3: dL/dz_i = (s(z_i) - y_i) / N, using ds/dz = s (1 - s).
+    model = make(num_labels=1)
+    z = Tensor(np.array([[2.0], [-1.0], [0.5]], dtype=np.float64), requires_grad=True)
+    y = np.array([1, 0, 0])
+    model.loss(z, y).backward()
+    s = 1.0 / (1.0 + np.exp(-z.data[:, 0]))
+    np.testing.assert_allclose(z.grad[:, 0], (s - y) / 3, rtol=1e-12)
+    x = Tensor(np.array([-3.0, 0.0, 4.0]), requires_grad=True)
+    F.sigmoid(x).sum().backward()
+    sx = 1.0 / (1.0 + np.exp(-x.data))
+    np.testing.assert_allclose(x.grad, sx * (1 - sx), rtol=1e-12)
+
+
+def test_softmax_head_uses_cross_entropy_with_softmax_minus_onehot_gradient():
+    # docs/finetuning.md eq. 8: L = -1/N sum log softmax(z_i)[y_i]; gradient (softmax - onehot) / N.
+    model = make(num_labels=3)
+    z = Tensor(np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]), requires_grad=True)
+    y = np.array([1, 2])
+    loss = model.loss(z, y)
+    p = np.exp(z.data) / np.exp(z.data).sum(axis=1, keepdims=True)
+    assert loss.item() == pytest.approx(-np.mean(np.log(p[[0, 1], y])), rel=1e-12)
+    loss.backward()
+    np.testing.assert_allclose(z.grad, (p - np.eye(3)[y]) / 2, rtol=1e-10)
+    idx, mask = pad_batch(SEQUENCES, pad_id=0)
+    probs = model.predict_proba(idx, mask)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_labels_outside_the_classes_are_rejected():
+    model = make(num_labels=1)
+    with pytest.raises(ValueError, match=r"class labels must lie in 0\.\.1, got 0\.\.2"):
+        model(np.array([[1, 2]] * 3), labels=np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="num_labels must be a positive integer"):
+        GPTClassifier(CONFIG, num_labels=0)
+    with pytest.raises(ValueError, match="2 label names for 3 classes"):
+        GPTClassifier(CONFIG, num_labels=3, labels=["a", "b"])
+
+
+# --------------------------------------------------------------- checkpoints
+def test_save_and_load_round_trip_in_hugging_face_layout(tmp_path):
+    model = make(num_labels=3, labels=["neg", "neutral", "pos"])
+    model.save_pretrained(tmp_path / "clf")
+    config = json.loads((tmp_path / "clf" / "config.json").read_text())
+    assert config["architectures"] == ["GPT2ForSequenceClassification"]
+    assert config["num_labels"] == 3 and config["pad_token_id"] == 60
+    assert config["id2label"] == {"0": "neg", "1": "neutral", "2": "pos"}
+    assert config["label2id"] == {"neg": 0, "neutral": 1, "pos": 2}
+    tensors = checkpoint.read_tensors(tmp_path / "clf" / "model.safetensors")
+    assert tensors["score.weight"].shape == (3, CONFIG.n_embd)            # torch Linear layout
+    assert "transformer.h.1.attn.c_attn.weight" in tensors and "transformer.ln_f.bias" in tensors
+    loaded = GPTClassifier.from_pretrained(tmp_path / "clf")
+    assert loaded.labels == ["neg", "neutral", "pos"] and loaded.num_labels == 3
+    idx, mask = pad_batch(SEQUENCES, pad_id=60, side="left")
+    np.testing.assert_array_equal(loaded(idx, attention_mask=mask).numpy(), model(idx, attention_mask=mask).numpy())
+    with pytest.raises(ValueError, match="holds a classifier with num_labels=3, not 2"):
+        GPTClassifier.from_pretrained(tmp_path / "clf", num_labels=2)
+
+
+def test_one_logit_classifier_keeps_both_class_names(tmp_path):
+    model = make(num_labels=1, labels=["negative", "positive"])
+    model.save_pretrained(tmp_path / "clf")
+    config = json.loads((tmp_path / "clf" / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"   # HF's name for BCE-with-logits
+    assert GPTClassifier.from_pretrained(tmp_path / "clf").labels == ["negative", "positive"]
+
+
+def test_starts_from_a_language_model_directory(tmp_path):
+    lm = GPT(CONFIG, seed=3)
+    lm.save_pretrained(tmp_path / "lm")
+    clf = GPTClassifier.from_pretrained(tmp_path / "lm", num_labels=2)
+    for name, p in lm.named_parameters():
+        np.testing.assert_array_equal(dict(clf.named_parameters())[f"transformer.{name}"].data, p.data)
+    assert clf.score.weight.shape == (CONFIG.n_embd, 2)
+    with pytest.raises(ValueError, match="is a language model, not a classifier: say how many outputs"):
+        GPTClassifier.from_pretrained(tmp_path / "lm")
+
+
+@pytest.mark.slow
+def test_hugging_face_loads_our_classifier_and_agrees(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    for num_labels in (1, 3):
+        model = make(num_labels=num_labels)
+        model.save_pretrained(tmp_path / f"clf{num_labels}")
+        hf = transformers.GPT2ForSequenceClassification.from_pretrained(tmp_path / f"clf{num_labels}").eval()
+        idx = np.random.default_rng(0).integers(0, 60, size=(3, 9))        # unpadded: no id 60 (the pad id)
+        with torch.no_grad():
+            theirs = hf(torch.tensor(idx)).logits.numpy()
+        np.testing.assert_allclose(model(idx).numpy(), theirs, rtol=1e-4, atol=1e-5)
+    # ... and the other way round: a classifier Hugging Face wrote loads in npgpt.
+    hf.save_pretrained(tmp_path / "from_hf")
+    ours = GPTClassifier.from_pretrained(tmp_path / "from_hf")
+    with torch.no_grad():
+        theirs = hf(torch.tensor(idx)).logits.numpy()
+    np.testing.assert_allclose(ours(idx).numpy(), theirs, rtol=1e-4, atol=1e-5)
