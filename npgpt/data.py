@@ -1,0 +1,354 @@
+"""Token files and batches: text -> ``train.bin`` / ``val.bin`` -> random (x, y) windows.
+
+Companion of ``docs/training.md`` (section "From text to batches").
+
+A language model is trained on one long stream of token ids. :func:`prepare`
+tokenizes text files once, ahead of training, and writes the stream to disk
+as raw little-endian integers (``uint16`` while every id fits in 16 bits,
+else ``uint32``), split into a training and a validation part, together with
+a ``meta.json`` that says how to read them. Training then maps the files
+into memory (:func:`load_tokens`, ``numpy.memmap``) instead of reading them:
+a corpus larger than RAM works, and start-up costs nothing.
+
+:class:`BatchSampler` cuts random windows of ``block_size + 1`` tokens out of
+the stream. A window ``w`` gives an input ``x = w[:-1]`` and a target
+``y = w[1:]``: at every position the target is the next token
+(docs/training.md eq. 2). Its random generator's state is part of a
+checkpoint, so a resumed run draws exactly the batches the uninterrupted run
+would have drawn.
+"""
+
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+__all__ = ["EOT", "prepare", "prepare_documents", "split_documents", "load_tokens", "load_meta", "TokenFile",
+           "BatchSampler", "token_dtype"]
+
+EOT = "<|endoftext|>"
+META_NAME = "meta.json"
+FORMAT_VERSION = 1
+
+
+# ================================================================ helpers
+def token_dtype(vocab_size):
+    """``uint16`` when every id (0 .. vocab_size-1) fits in 16 bits, else ``uint32``."""
+    if vocab_size <= 0:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    return np.dtype("<u2") if vocab_size <= 2 ** 16 else np.dtype("<u4")
+
+
+def _vocab_size(tokenizer):
+    size = getattr(tokenizer, "vocab_size", None)
+    if callable(size):
+        size = size()
+    if size is None:
+        size = len(tokenizer)
+    return int(size)
+
+
+def _eot_id(tokenizer):
+    """The id of ``<|endoftext|>`` in ``tokenizer`` (a clear error when it has none)."""
+    try:
+        ids = tokenizer.encode(EOT, allowed_special={EOT})
+    except Exception as exc:  # the tokenizer does not know the special token
+        raise ValueError(f"the tokenizer has no {EOT} special token, which separates documents "
+                         f"({type(exc).__name__}: {exc}); train it with special_tokens=({EOT!r},)") from None
+    if len(ids) != 1:
+        raise ValueError(f"the tokenizer encodes {EOT} as {len(ids)} tokens {list(ids)}, not as one special "
+                         f"token; train it with special_tokens=({EOT!r},)")
+    return int(ids[0])
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_bytes(path, write):
+    """Write ``path`` via a temporary file in the same directory, fsync, rename."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class Progress:
+    """A dependency-free progress bar on stderr: ``label [#####.....] 45% 1.2 MB/s``.
+
+    Redrawn at most every 0.1 s with a carriage return; disabled when
+    ``enabled`` is False (e.g. in tests, or ``--quiet``).
+    """
+
+    def __init__(self, total, label, enabled=True, stream=None, unit="B"):
+        self.total, self.label, self.enabled = max(int(total), 1), label, enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.unit = unit
+        self.done = 0
+        self.start = self._last = time.perf_counter()
+
+    def update(self, n):
+        self.done += n
+        now = time.perf_counter()
+        if self.enabled and (now - self._last > 0.1 or self.done >= self.total):
+            self._last = now
+            self._draw(now)
+
+    def _draw(self, now):
+        frac = min(self.done / self.total, 1.0)
+        width = 30
+        filled = int(round(frac * width))
+        rate = self.done / max(now - self.start, 1e-9)
+        rate_text = f"{rate / 1e6:.2f} M{self.unit}/s" if self.unit else f"{rate:.0f}/s"
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {100 * frac:5.1f}% {rate_text}")
+        self.stream.flush()
+
+    def close(self):
+        if self.enabled:
+            self._draw(time.perf_counter())
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# ================================================================ prepare
+def split_documents(text):
+    """The documents of a text: the pieces between literal ``<|endoftext|>`` markers (empty ones dropped)."""
+    return [doc for doc in text.split(EOT) if doc.strip()]
+
+
+def _read_documents(input_files):
+    paths = [pathlib.Path(p) for p in input_files]
+    if not paths:
+        raise ValueError("prepare: no input files given")
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"prepare: input file {path} does not exist")
+        if not path.is_file():
+            raise ValueError(f"prepare: {path} is not a regular file")
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"prepare: {path} is not UTF-8 text ({exc})") from None
+        docs = split_documents(text)
+        if not docs:
+            raise ValueError(f"prepare: {path} is empty (no text besides whitespace and {EOT} markers)")
+        for doc in docs:
+            yield path, doc
+
+
+def prepare(input_files, tokenizer, out_dir, val_fraction=0.1, tokenizer_dir=None, progress=True):
+    """Tokenize text files into ``out_dir/train.bin``, ``val.bin`` and ``meta.json``; returns the meta dict.
+
+    Each file is one document, or several separated by literal
+    ``<|endoftext|>`` markers; every document is encoded as ordinary text
+    (a marker-like string inside it cannot inject a special token) and is
+    followed by the ``<|endoftext|>`` token, so the model learns where
+    documents end. The last ``val_fraction`` of the stream is the validation
+    split. The tokenizer is saved into ``out_dir/tokenizer`` (when it has a
+    ``save`` method), so training and generation find it there.
+    """
+    paths = [pathlib.Path(p) for p in input_files]
+    docs = list(_read_documents(paths))
+    sources = [{"path": str(p), "bytes": p.stat().st_size} for p in paths]
+    return prepare_documents([d for _, d in docs], tokenizer, out_dir, val_fraction=val_fraction,
+                             sources=sources, progress=progress)
+
+
+def prepare_documents(documents, tokenizer, out_dir, val_fraction=0.1, sources=None, progress=True):
+    """Like :func:`prepare` for a list of document strings (e.g. ``datasets.load_documents``)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"prepare: val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    documents = [d for d in documents if d.strip()]
+    if not documents:
+        raise ValueError("prepare: no non-empty documents to tokenize")
+    vocab_size = _vocab_size(tokenizer)
+    dtype = token_dtype(vocab_size)
+    eot = _eot_id(tokenizer)
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    total_bytes = sum(len(d.encode("utf-8")) for d in documents)
+    bar = Progress(total_bytes, "tokenizing", enabled=progress)
+    pieces = []
+    started = time.perf_counter()
+    for doc in documents:
+        ids = tokenizer.encode(doc, allowed_special=set())
+        pieces.append(np.asarray(ids, dtype=np.int64))
+        pieces.append(np.asarray([eot], dtype=np.int64))
+        bar.update(len(doc.encode("utf-8")))
+    bar.close()
+    seconds = time.perf_counter() - started
+    stream = np.concatenate(pieces)
+    if stream.size and (stream.min() < 0 or stream.max() >= vocab_size):
+        raise ValueError(f"prepare: the tokenizer produced ids outside 0..{vocab_size - 1}")
+    stream = stream.astype(dtype)
+    n_val = max(1, int(round(len(stream) * val_fraction)))
+    n_train = len(stream) - n_val
+    if n_train < 1:
+        raise ValueError(f"prepare: {len(stream)} tokens are too few to split into train and validation")
+    train, val = stream[:n_train], stream[n_train:]
+
+    tokenizer_info = {"class": f"{type(tokenizer).__module__}.{type(tokenizer).__name__}",
+                      "vocab_size": vocab_size, "eot_token_id": eot, "dir": None}
+    if hasattr(tokenizer, "save"):
+        tokenizer.save(out_dir / "tokenizer")
+        tokenizer_info["dir"] = "tokenizer"
+    meta = {"format_version": FORMAT_VERSION, "dtype": dtype.name, "vocab_size": vocab_size,
+            "eot_token_id": eot, "train_tokens": int(n_train), "val_tokens": int(len(val)),
+            "documents": len(documents), "val_fraction": val_fraction, "tokenizer": tokenizer_info,
+            "sources": sources or [], "tokenize_seconds": round(seconds, 3)}
+    # The token files first, meta.json last: a directory with a meta.json is complete.
+    _atomic_write_bytes(out_dir / "train.bin", lambda f: f.write(train.tobytes()))
+    _atomic_write_bytes(out_dir / "val.bin", lambda f: f.write(val.tobytes()))
+    _atomic_write_bytes(out_dir / META_NAME, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
+    _fsync_dir(out_dir)
+    return meta
+
+
+# ================================================================= reading
+def load_meta(data_dir):
+    """The ``meta.json`` of a prepared data directory (clear errors when it is not one)."""
+    data_dir = pathlib.Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data directory {data_dir} does not exist; create it with `npgpt prepare`")
+    path = data_dir / META_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {data_dir} is not a prepared data directory "
+                                "(or its preparation did not finish); run `npgpt prepare`")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    for key in ("dtype", "vocab_size"):
+        if key not in meta:
+            raise ValueError(f"{path} lacks {key!r}")
+    return meta
+
+
+def load_tokens(path, dtype=None):
+    """A read-only ``numpy.memmap`` of a token file; ``dtype`` from the ``meta.json`` beside it if not given.
+
+    ``path`` is a ``.bin`` file, or a data directory plus ``"train"``/``"val"``
+    via :class:`TokenFile`.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"token file {path} does not exist")
+    if dtype is None:
+        meta_path = path.parent / META_NAME
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path} is missing, so the dtype of {path} is unknown; pass dtype=")
+        dtype = load_meta(path.parent)["dtype"]
+    dtype = np.dtype(dtype)
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"token file {path} is empty")
+    if size % dtype.itemsize:
+        raise ValueError(f"token file {path} has {size} bytes, not a whole number of {dtype.name} tokens")
+    return np.memmap(path, dtype=dtype.newbyteorder("<"), mode="r")
+
+
+class TokenFile:
+    """One split of a prepared data directory: ``TokenFile(data_dir, "train")``.
+
+    ``.tokens`` is the memmap, ``.meta`` the directory's meta.json,
+    ``len()`` the number of tokens.
+    """
+
+    def __init__(self, data_dir, split="train"):
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        self.data_dir = pathlib.Path(data_dir)
+        self.meta = load_meta(self.data_dir)
+        self.split = split
+        self.path = self.data_dir / f"{split}.bin"
+        self.tokens = load_tokens(self.path, self.meta["dtype"])
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def __repr__(self):
+        return f"TokenFile({str(self.path)!r}, tokens={len(self):,}, dtype={self.tokens.dtype.name})"
+
+
+# ================================================================= batches
+class BatchSampler:
+    """Random training windows: ``x, y = sampler.next()``, both int64 (B, T), ``y`` = ``x`` shifted by one.
+
+    Each of the ``batch_size`` rows starts at a uniformly random offset
+    ``s`` in ``0 .. len(tokens) - block_size - 1`` and holds
+    ``tokens[s : s + T]`` as input and ``tokens[s + 1 : s + T + 1]`` as target.
+    The generator is NumPy's PCG64 seeded with ``seed``; ``state_dict()``
+    captures it (and the number of batches drawn), so that after
+    ``load_state_dict`` the sampler continues with exactly the batches it
+    would have drawn next.
+    """
+
+    def __init__(self, tokens, batch_size, block_size, seed=0):
+        if batch_size <= 0 or block_size <= 0:
+            raise ValueError(f"batch_size and block_size must be positive, got {batch_size}, {block_size}")
+        n = len(tokens)
+        if n < block_size + 1:
+            raise ValueError(f"the token stream has {n:,} tokens, fewer than block_size + 1 = {block_size + 1}: "
+                             "use a smaller block_size or more text")
+        self.tokens = tokens
+        self.batch_size, self.block_size, self.seed = int(batch_size), int(block_size), int(seed)
+        self.rng = np.random.default_rng(self.seed)
+        self.batches = 0
+        self._offsets = np.arange(self.block_size + 1)
+
+    def next(self):
+        """The next batch ``(x, y)``: two int64 arrays of shape (batch_size, block_size)."""
+        starts = self.rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
+        windows = np.asarray(self.tokens[starts[:, None] + self._offsets], dtype=np.int64)  # (B, T+1)
+        self.batches += 1
+        return windows[:, :-1], windows[:, 1:]
+
+    __next__ = next
+
+    def __iter__(self):
+        return self
+
+    def state_dict(self):
+        """A JSON-serialisable snapshot: seed, shape, batches drawn and the generator's exact state."""
+        return {"seed": self.seed, "batch_size": self.batch_size, "block_size": self.block_size,
+                "batches": self.batches, "tokens": len(self.tokens),
+                "bit_generator": _jsonable(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state):
+        current = {"batch_size": self.batch_size, "block_size": self.block_size, "tokens": len(self.tokens)}
+        for key, value in current.items():
+            if key in state and state[key] != value:
+                raise ValueError(f"BatchSampler.load_state_dict: the saved sampler had {key}={state[key]}, "
+                                 f"this one has {value} (a different corpus or configuration)")
+        self.seed = int(state["seed"])
+        self.batches = int(state["batches"])
+        self.rng.bit_generator.state = state["bit_generator"]
+
+
+def _jsonable(value):
+    """NumPy generator states hold Python ints (PCG64) or arrays (MT19937): make them JSON-safe."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

@@ -1,0 +1,372 @@
+"""Optimizers and the helpers around them: AdamW, SGD, gradient clipping, the LR schedule.
+
+Companion of ``docs/training.md`` (sections "AdamW", "Warmup and cosine decay",
+"Gradient clipping" and "Exact resume").
+
+An optimizer holds a list of *parameter groups*. Each group is a dict with
+the ``Parameter`` s it updates (``"params"``), their names (``"names"``,
+used to label the optimizer's state in a checkpoint) and its own
+hyper-parameters (``lr``, ``weight_decay`` ...). GPT-2 training uses two
+groups: weight decay on the matrices of the linear layers, none on biases,
+LayerNorm gains and the embeddings (:func:`param_groups`).
+
+Every update is written in place into ``p.data`` with ``out=`` arguments and
+one preallocated scratch array per parameter: a step allocates nothing, and
+the optimizer keeps pointing at the very arrays the model uses. All the array
+work goes through ``xp = backend.array_module(p.data)``, so the same code
+updates NumPy arrays on the CPU and CuPy arrays on a GPU without copying
+anything between them.
+"""
+
+import math
+
+from npgpt import backend
+
+__all__ = ["Optimizer", "AdamW", "SGD", "param_groups", "configure_optimizer", "clip_grad_norm",
+           "cosine_schedule"]
+
+
+# ====================================================================== base
+def _named(params):
+    """Normalise what a user passes into a list of groups ``{"params", "names", ...}``.
+
+    Accepted: an iterable of Parameters, of ``(name, Parameter)`` pairs (as
+    ``model.named_parameters()`` yields), or of dicts that each have a
+    ``"params"`` list (and optionally ``"names"`` and per-group settings).
+    """
+    params = list(params)
+    if not params:
+        raise ValueError("the optimizer got an empty list of parameters")
+    if all(isinstance(g, dict) for g in params):
+        groups = [dict(g) for g in params]
+    elif all(isinstance(p, tuple) and len(p) == 2 for p in params):
+        groups = [{"params": [p for _, p in params], "names": [n for n, _ in params]}]
+    else:
+        groups = [{"params": params}]
+    counter = 0
+    seen_names, seen_ids = set(), set()
+    for i, group in enumerate(groups):
+        if "params" not in group:
+            raise ValueError(f"parameter group {i} has no 'params' list")
+        group["params"] = list(group["params"])
+        names = group.get("names")
+        if names is None:     # unnamed parameters are labelled by their position
+            names = [f"param{counter + k}" for k in range(len(group["params"]))]
+        names = list(names)
+        if len(names) != len(group["params"]):
+            raise ValueError(f"parameter group {i} has {len(group['params'])} params but {len(names)} names")
+        for name, p in zip(names, group["params"]):
+            if not getattr(p, "requires_grad", False):
+                raise TypeError(f"optimizer: {name!r} is not a trainable tensor (requires_grad is False)")
+            if name in seen_names or id(p) in seen_ids:
+                raise ValueError(f"optimizer: parameter {name!r} appears twice")
+            seen_names.add(name)
+            seen_ids.add(id(p))
+        group["names"] = names
+        counter += len(names)
+    return groups
+
+
+class Optimizer:
+    """Parameter groups, per-parameter state, ``zero_grad`` and (de)serialisation.
+
+    Subclasses set ``defaults`` (the hyper-parameters and their values),
+    ``_state_keys`` (the names of the per-parameter arrays, e.g. Adam's
+    moments) and implement ``_update(p, grad, state, group)``.
+    """
+
+    _state_keys = ()
+
+    def __init__(self, params, defaults):
+        self.defaults = dict(defaults)
+        self.param_groups = []
+        for group in _named(params):
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+            self.param_groups.append(group)
+        self.state = {}       # name -> {"step": int, key: array, ...}; created at the first update
+        self._scratch = {}    # name -> a work array of the parameter's shape (never saved)
+        self.step_count = 0   # optimizer steps taken (calls to step())
+
+    def named_params(self):
+        for group in self.param_groups:
+            for name, p in zip(group["names"], group["params"]):
+                yield name, p, group
+
+    def zero_grad(self):
+        """Forget the gradients (``p.grad = None``): the next backward pass writes fresh ones."""
+        for _, p, _ in self.named_params():
+            p.grad = None
+
+    def set_lr(self, lr):
+        """Set the learning rate of every group (the trainer calls it each step with the schedule's value)."""
+        for group in self.param_groups:
+            group["lr"] = float(lr)
+
+    def step(self):
+        """Apply one update to every parameter that has a gradient (those without are skipped)."""
+        for name, p, group in self.named_params():
+            if p.grad is None:
+                continue
+            if p.grad.shape != p.data.shape:
+                raise ValueError(f"optimizer: gradient of {name!r} has shape {tuple(p.grad.shape)}, "
+                                 f"the parameter {tuple(p.data.shape)}")
+            state = self.state.get(name)
+            if state is None:
+                xp = backend.array_module(p.data)
+                state = {"step": 0, **{k: xp.zeros_like(p.data) for k in self._state_keys}}
+                self.state[name] = state
+            scratch = self._scratch.get(name)
+            if scratch is None or scratch.shape != p.data.shape or backend.device_of(scratch) != p.device:
+                scratch = self._scratch[name] = backend.array_module(p.data).empty_like(p.data)
+            state["step"] += 1
+            self._update(p.data, p.grad, state, group, scratch)
+        self.step_count += 1
+
+    def _update(self, w, g, state, group, scratch):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- state
+    def state_dict(self):
+        """Everything needed to continue exactly: step counts, hyper-parameters, state arrays.
+
+        ``{"step_count": int, "param_groups": [{hyper-parameters..., "names": [...]}],
+        "state": {name: {"step": int, key: NumPy array}}}``. The arrays are host
+        copies, so later updates do not change a state dict already taken.
+        """
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
+        for g in groups:
+            g["names"] = list(g["names"])
+        state = {}
+        for name, s in self.state.items():
+            state[name] = {k: (v if k == "step" else backend.to_numpy(v).copy()) for k, v in s.items()}
+        return {"type": type(self).__name__, "step_count": self.step_count, "param_groups": groups,
+                "state": state}
+
+    def load_state_dict(self, state_dict):
+        """Restore a ``state_dict()``; the state arrays go to each parameter's device and dtype.
+
+        The parameter names must be the same (a checkpoint of another model is
+        refused, naming the first difference); shapes must match.
+        """
+        kind = state_dict.get("type", type(self).__name__)
+        if kind != type(self).__name__:
+            raise ValueError(f"load_state_dict: this is a {type(self).__name__}, the state dict is a {kind}'s")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"load_state_dict: {len(saved_groups)} parameter groups saved, "
+                             f"the optimizer has {len(self.param_groups)}")
+        for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if list(saved["names"]) != list(group["names"]):
+                missing = sorted(set(group["names"]) - set(saved["names"]))
+                extra = sorted(set(saved["names"]) - set(group["names"]))
+                raise ValueError(f"load_state_dict: group {i} names differ (missing {missing}, "
+                                 f"unexpected {extra}, or a different order)")
+        params = {name: p for name, p, _ in self.named_params()}
+        new_state = {}
+        for name, saved in state_dict["state"].items():
+            if name not in params:
+                raise ValueError(f"load_state_dict: state for unknown parameter {name!r}")
+            p = params[name]
+            entry = {"step": int(saved["step"])}
+            for key in self._state_keys:
+                if key not in saved:
+                    raise ValueError(f"load_state_dict: {name!r} lacks its {key!r} array")
+                array = saved[key]
+                if tuple(array.shape) != tuple(p.data.shape):
+                    raise ValueError(f"load_state_dict: {name}.{key} has shape {tuple(array.shape)}, "
+                                     f"the parameter {tuple(p.data.shape)}")
+                entry[key] = backend.to_device(array, p.device).astype(p.data.dtype, copy=True)
+            new_state[name] = entry
+        for saved, group in zip(saved_groups, self.param_groups):
+            for key in self.defaults:
+                if key in saved:
+                    group[key] = saved[key]
+        self.state = new_state
+        self.step_count = int(state_dict["step_count"])
+
+
+# ===================================================================== AdamW
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), docs/training.md eqs. 5-9.
+
+    For each parameter ``theta`` with gradient ``g`` at step ``t = 1, 2, ...``::
+
+        m_t     = beta1 m_{t-1} + (1 - beta1) g                        (eq. 5)
+        v_t     = beta2 v_{t-1} + (1 - beta2) g^2                      (eq. 6)
+        m_hat   = m_t / (1 - beta1^t),  v_hat = v_t / (1 - beta2^t)    (eq. 7)
+        theta  <- theta - lr wd theta                                  (eq. 8)
+        theta  <- theta - lr m_hat / (sqrt(v_hat) + eps)               (eq. 9)
+
+    The decay (eq. 8) shrinks the weights directly instead of being added to
+    the gradient, so it is not rescaled by Adam's per-coordinate step size.
+    The same order of operations as ``torch.optim.AdamW``.
+    """
+
+    _state_keys = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, params, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1):
+        if lr < 0:
+            raise ValueError(f"AdamW: lr must be >= 0, got {lr}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"AdamW: betas must lie in [0, 1), got {betas}")
+        if eps <= 0:
+            raise ValueError(f"AdamW: eps must be > 0, got {eps}")
+        if weight_decay < 0:
+            raise ValueError(f"AdamW: weight_decay must be >= 0, got {weight_decay}")
+        super().__init__(params, dict(lr=float(lr), betas=(float(betas[0]), float(betas[1])),
+                                      eps=float(eps), weight_decay=float(weight_decay)))
+
+    def _update(self, w, g, state, group, buf):
+        xp = backend.array_module(w)
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        beta1, beta2 = group["betas"]
+        t = state["step"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        # eq. 5: m <- beta1 m + (1 - beta1) g
+        m *= beta1
+        xp.multiply(g, 1.0 - beta1, out=buf)
+        m += buf
+        # eq. 6: v <- beta2 v + (1 - beta2) g^2
+        v *= beta2
+        xp.multiply(g, g, out=buf)
+        buf *= 1.0 - beta2
+        v += buf
+        # eq. 8: decoupled weight decay, on the weights before the Adam step (as PyTorch does)
+        if wd != 0.0:
+            w *= 1.0 - lr * wd
+        # eqs. 7 and 9 folded together: sqrt(v_hat) = sqrt(v) / sqrt(1 - beta2^t), and the
+        # 1 / (1 - beta1^t) of m_hat goes into the step size, so m_hat is never materialised.
+        bias1, bias2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
+        xp.sqrt(v, out=buf)
+        buf *= 1.0 / math.sqrt(bias2)
+        buf += eps
+        xp.divide(m, buf, out=buf)
+        buf *= -lr / bias1
+        w += buf
+
+
+# ======================================================================= SGD
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum and L2 weight decay (docs/training.md eq. 10).
+
+    ``g' = g + wd theta``; ``b_t = mu b_{t-1} + g'`` (``b_1 = g'``);
+    ``theta <- theta - lr b_t`` (plain SGD when ``mu = 0``). PyTorch's convention.
+    """
+
+    def __init__(self, params, lr=0.1, momentum=0.0, weight_decay=0.0):
+        if lr < 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError(f"SGD: lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
+        super().__init__(params, dict(lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay)))
+        self._state_keys = ("momentum_buffer",) if momentum else ()
+
+    def _update(self, w, g, state, group, buf):
+        lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+        buf[...] = g
+        if wd != 0.0:
+            buf += wd * w
+        if mu != 0.0:
+            b = state["momentum_buffer"]
+            if state["step"] == 1:
+                b[...] = buf            # the first step starts the buffer at g' (no decay of zeros)
+            else:
+                b *= mu
+                b += buf
+            buf[...] = b
+        buf *= -lr
+        w += buf
+
+
+# ============================================================ parameter groups
+def param_groups(model, weight_decay=0.1):
+    """Two AdamW groups for GPT-2: decay on linear layers' matrices, none elsewhere.
+
+    Weight decay pulls weights towards zero. That is a sensible prior for the
+    matrices that mix features, but not for biases and LayerNorm gains (a
+    gain of 0 would switch a feature off), nor for the embedding tables, whose
+    rows for rare tokens receive few gradient updates and would simply decay
+    away. So the rule is: decay a parameter iff it has 2 or more axes and is
+    not an embedding table (``wte``, ``wpe``).
+    """
+    from npgpt import nn     # the layer types tell embeddings apart from linear weights
+
+    embeddings = {id(m.weight) for _, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = ([], []), ([], [])
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        target = decay if p.ndim >= 2 and id(p) not in embeddings else no_decay
+        target[0].append(name)
+        target[1].append(p)
+    groups = []
+    if decay[0]:
+        groups.append({"params": decay[1], "names": decay[0], "weight_decay": float(weight_decay)})
+    if no_decay[0]:
+        groups.append({"params": no_decay[1], "names": no_decay[0], "weight_decay": 0.0})
+    return groups
+
+
+def configure_optimizer(model, lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8):
+    """``AdamW`` over :func:`param_groups` of ``model``: GPT-2's training optimizer."""
+    return AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+# ================================================================= clipping
+def clip_grad_norm(params, max_norm):
+    """Scale all gradients together so that their global L2 norm is at most ``max_norm``.
+
+    ``||g|| = sqrt(sum_p sum_i g_{p,i}^2)`` over every parameter's gradient;
+    when ``||g|| > max_norm`` each gradient is multiplied by
+    ``max_norm / (||g|| + 1e-6)`` (docs/training.md eq. 11). The direction of
+    the update is unchanged, only its length is capped. Returns ``||g||``
+    before clipping, as a float (``inf``/``nan`` if a gradient is not finite:
+    the caller decides what to do; nothing is scaled then).
+    """
+    if isinstance(params, dict):
+        params = params.values()
+    grads = []
+    for p in params:
+        if isinstance(p, dict):            # parameter groups
+            grads.extend(q.grad for q in p["params"] if q.grad is not None)
+        elif isinstance(p, tuple):         # (name, param)
+            if p[1].grad is not None:
+                grads.append(p[1].grad)
+        elif p.grad is not None:
+            grads.append(p.grad)
+    if not grads:
+        return 0.0
+    xp = backend.array_module(grads[0])
+    # A dot product per array (BLAS, no temporary g*g); the sum stays on the device.
+    total_sq = sum(xp.dot(g.reshape(-1), g.reshape(-1)).astype(xp.float64) for g in grads)
+    total = float(xp.sqrt(total_sq))      # one device -> host transfer per step
+    if max_norm is not None and math.isfinite(total) and total > max_norm:
+        scale = max_norm / (total + 1e-6)
+        for g in grads:
+            g *= scale
+    return total
+
+
+# ================================================================= schedule
+def cosine_schedule(step, max_steps, lr, warmup_steps=0, min_lr=0.0):
+    """The learning rate at optimizer step ``step`` (0-based), docs/training.md eq. 12.
+
+    Linear warmup over the first ``warmup_steps`` steps, from ``lr / warmup``
+    to ``lr``; then a half cosine from ``lr`` down to ``min_lr`` at
+    ``step = max_steps``::
+
+        lr_t = lr (t + 1) / W                                    for t < W
+        lr_t = min_lr + (lr - min_lr) (1 + cos(pi (t - W) / (S - W))) / 2   for W <= t < S
+        lr_t = min_lr                                            for t >= S
+    """
+    if max_steps <= 0:
+        raise ValueError(f"cosine_schedule: max_steps must be positive, got {max_steps}")
+    if not 0 <= warmup_steps <= max_steps:
+        raise ValueError(f"cosine_schedule: warmup_steps must lie in 0..max_steps ({max_steps}), got {warmup_steps}")
+    if min_lr > lr:
+        raise ValueError(f"cosine_schedule: min_lr ({min_lr}) is larger than lr ({lr})")
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if step >= max_steps:
+        return min_lr
+    progress = (step - warmup_steps) / (max_steps - warmup_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
