@@ -9,15 +9,21 @@ from npgpt.bench import WORKLOADS
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m npgpt.bench", description=__doc__)
     sub = parser.add_subparsers(dest="workload", required=True)
+    # Import only the workload that was asked for: each pulls in its own
+    # dependencies (and may not exist yet while the package grows).
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     modules = {}
     for name in WORKLOADS:
-        module = importlib.import_module(f"npgpt.bench.{name}")
-        modules[name] = module
-        p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
+        p = sub.add_parser(name)
         p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
-        module.add_arguments(p)
+        if name == chosen:
+            module = importlib.import_module(f"npgpt.bench.{name}")
+            modules[name] = module
+            p.description = module.__doc__
+            module.add_arguments(p)
     args = parser.parse_args(argv)
     result = modules[args.workload].run(args)
     if args.json:
