@@ -109,6 +109,7 @@ class Progress:
         if self.enabled and (now - self._last > 0.1 or self.done >= self.total):
             self._last = now
             self._draw(now)
+            self._drawn_done = self.done
 
     def _draw(self, now):
         frac = min(self.done / self.total, 1.0)
@@ -121,7 +122,8 @@ class Progress:
 
     def close(self):
         if self.enabled:
-            self._draw(time.perf_counter())
+            if getattr(self, "_drawn_done", None) != self.done:
+                self._draw(time.perf_counter())
             self.stream.write("\n")
             self.stream.flush()
 

@@ -1,0 +1,557 @@
+"""The training loop: batches -> loss -> gradients -> AdamW, with logs, validation and exact resume.
+
+Companion of ``docs/training.md``.
+
+``Trainer(config).train()`` minimises the mean negative log-likelihood of the
+next token (docs/training.md eq. 2), the negative of the pre-training
+objective ``L = sum_i log p(x_i | x_<i)`` (eq. 1). Each optimizer step:
+
+1. sets the learning rate from the warmup + cosine schedule (eq. 12);
+2. sums the gradients of ``grad_accum`` micro-batches, each loss scaled by
+   ``1 / grad_accum``, so the result is the gradient of the mean over all of
+   them (eq. 4);
+3. clips the global gradient norm (eq. 11) and stops with an error naming the
+   step if the loss or the norm is not finite (before the weights are
+   touched: the last checkpoint stays good);
+4. takes an AdamW step (eqs. 5-9).
+
+Every ``log_interval`` steps it prints one line (loss, learning rate,
+gradient norm, tokens/s, MFU, ETA); every ``eval_interval`` steps it
+measures the validation loss and perplexity (eq. 3) and writes a checkpoint.
+``RUN_DIR/log.jsonl`` and ``RUN_DIR/loss.csv`` keep the curve.
+
+A checkpoint is the directory ``RUN_DIR/checkpoint``: the model in Hugging
+Face's GPT-2 layout, the tokenizer files, ``optimizer.safetensors`` (Adam's
+moments) and ``trainer_state.json`` (step, sampler and dropout generator
+states, configs). It is assembled in a temporary directory, flushed to disk
+and swapped in with renames, so a crash at any moment leaves a complete
+checkpoint behind. Resuming restores every piece of state that influences
+the next step, so N steps + resume + N steps gives the same weights, bit for
+bit, as 2N steps in one go.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import npgpt.functional as F
+from npgpt import backend, nn, parallel
+from npgpt.autograd import no_grad
+from npgpt.data import BatchSampler, TokenFile, load_meta
+from npgpt.model import GPT, GPTConfig
+from npgpt.optim import AdamW, clip_grad_norm, cosine_schedule, param_groups
+
+__all__ = ["TrainConfig", "Trainer", "train", "TrainingDiverged", "find_checkpoint", "flops_per_token",
+           "CHECKPOINT_DIR", "DEFAULT_PEAK_FLOPS"]
+
+CHECKPOINT_DIR = "checkpoint"
+STATE_NAME = "trainer_state.json"
+OPTIMIZER_NAME = "optimizer.safetensors"
+# float32 matrix-multiply peak of the 2-core Zen 4 machines this project is measured on
+# (docs/performance.md): the denominator of the MFU. Pass your machine's own peak.
+DEFAULT_PEAK_FLOPS = 195e9
+_MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became inf/nan; the message names the step and the last checkpoint."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved in every checkpoint).
+
+    ``max_steps`` is the run's total length: the learning-rate schedule spans
+    it. ``stop_at`` ends this invocation early, after step ``stop_at``, with a
+    checkpoint; ``--resume`` continues to ``max_steps``. ``workers`` is the
+    number of threads the batch is split over (0 = one per core, on a CPU and
+    without dropout; see ``npgpt.parallel``).
+    """
+
+    data_dir: str = ""
+    out_dir: str = ""
+    # model
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 128
+    dropout: float = 0.0
+    # batches
+    batch_size: int = 8
+    grad_accum: int = 1
+    # optimisation
+    max_steps: int = 1000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    # bookkeeping
+    eval_interval: int = 100
+    eval_iters: int = 10
+    log_interval: int = 10
+    checkpoint_interval: int = 0       # 0: checkpoint at every evaluation
+    seed: int = 1337
+    device: str = "cpu"
+    workers: int = 0
+    peak_flops: float = DEFAULT_PEAK_FLOPS
+    tokenizer_dir: str = ""             # "" = the data directory's tokenizer, if it has one
+
+    def __post_init__(self):
+        positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "max_steps",
+                    "eval_interval", "eval_iters", "log_interval")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or value <= 0:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+            setattr(self, name, int(value))
+        if not 0 <= self.warmup_steps <= self.max_steps:
+            raise ValueError(f"TrainConfig.warmup_steps must lie in 0..max_steps ({self.max_steps}), "
+                             f"got {self.warmup_steps}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"TrainConfig: need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+        if self.grad_clip < 0 or self.weight_decay < 0 or self.checkpoint_interval < 0 or self.workers < 0:
+            raise ValueError("TrainConfig: grad_clip, weight_decay, checkpoint_interval and workers must be >= 0")
+        if self.peak_flops <= 0:
+            raise ValueError(f"TrainConfig.peak_flops must be positive, got {self.peak_flops}")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def flops_per_token(model):
+    """Training FLOPs per token, ``6 N + 12 L T C`` (docs/performance.md eq. 2).
+
+    ``N`` counts the weights that take part in multiply-adds: every parameter
+    but the position table (the tied token table counts once, as the LM head).
+    """
+    c = model.config
+    n = sum(int(p.size) for name, p in model.named_parameters() if name != "wpe.weight")
+    return 6 * n + 12 * c.n_layer * c.block_size * c.n_embd
+
+
+def _format_seconds(seconds):
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+# ============================================================ checkpoints
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _complete(directory):
+    """A checkpoint directory is complete when its trainer_state.json (written last) parses."""
+    try:
+        state = json.loads((directory / STATE_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return all((directory / name).is_file() for name in state.get("files", []))
+
+
+def find_checkpoint(run_dir):
+    """The newest complete checkpoint of a run directory, or None.
+
+    Normally ``RUN_DIR/checkpoint``. If a crash hit the instant between the two
+    renames of a save, the previous checkpoint is still complete under its
+    backup name ``.checkpoint.old-*``, and it is used. Half-written staging
+    directories (``.checkpoint.saving-*``) are never considered.
+    """
+    run_dir = pathlib.Path(run_dir)
+    candidates = [run_dir / CHECKPOINT_DIR] + sorted(run_dir.glob(f".{CHECKPOINT_DIR}.old-*/{CHECKPOINT_DIR}"))
+    complete = [c for c in candidates if c.is_dir() and _complete(c)]
+    if not complete:
+        return None
+    return max(complete, key=lambda c: json.loads((c / STATE_NAME).read_text())["step"])
+
+
+def _remove_stale(run_dir):
+    """Delete staging directories left by a save that was killed (they are never complete)."""
+    for stale in pathlib.Path(run_dir).glob(f".{CHECKPOINT_DIR}.saving-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _save_optimizer(optimizer, path):
+    """Adam's moments as safetensors tensors ``{name}.exp_avg`` / ``{name}.exp_avg_sq``; steps in the header."""
+    from safetensors.numpy import save_file
+
+    sd = optimizer.state_dict()
+    tensors, steps = {}, {}
+    for name, entry in sd["state"].items():
+        steps[name] = entry["step"]
+        for key, array in entry.items():
+            if key != "step":
+                tensors[f"{name}.{key}"] = np.ascontiguousarray(array)
+    meta = {"type": sd["type"], "step_count": sd["step_count"], "param_groups": sd["param_groups"], "steps": steps}
+    if not tensors:    # safetensors cannot write an empty file; an optimizer before its first step
+        tensors["__empty__"] = np.zeros(0, np.float32)
+    save_file(tensors, str(path), metadata={"npgpt_optimizer": json.dumps(meta)})
+
+
+def _load_optimizer(optimizer, path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        meta = json.loads(f.metadata()["npgpt_optimizer"])
+        state = {}
+        for name, step in meta["steps"].items():
+            state[name] = {"step": step, **{key: f.get_tensor(f"{name}.{key}") for key in optimizer._state_keys}}
+    for group in meta["param_groups"]:
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+    optimizer.load_state_dict({"type": meta["type"], "step_count": meta["step_count"],
+                               "param_groups": meta["param_groups"], "state": state})
+
+
+def _dropout_states(model):
+    """The NumPy generator state of every Dropout module (their masks must continue exactly)."""
+    states = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Dropout) and np in module._rngs:
+            states[name] = module._rngs[np].bit_generator.state
+    return states
+
+
+def _restore_dropout_states(model, states):
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Dropout) and name in states:
+            module.rng(np).bit_generator.state = states[name]
+
+
+# ================================================================= trainer
+class Trainer:
+    """Holds the model, optimizer, samplers and run directory of one training run.
+
+    ``Trainer(config)`` starts a new run (the run directory must not hold a
+    checkpoint yet); ``Trainer.resume(run_dir, **overrides)`` continues one.
+    ``log`` is a function that receives each text line (default: print to stderr).
+    """
+
+    def __init__(self, config, log=None, _state=None):
+        self.config = config
+        self.log = log if log is not None else (lambda line: print(line, file=sys.stderr, flush=True))
+        self.run_dir = pathlib.Path(config.out_dir)
+        if not config.data_dir:
+            raise ValueError("TrainConfig.data_dir is empty: point it at a directory made by `npgpt prepare`")
+        if not config.out_dir:
+            raise ValueError("TrainConfig.out_dir is empty: name a run directory for checkpoints and logs")
+        self.meta = load_meta(config.data_dir)
+        self.train_tokens = TokenFile(config.data_dir, "train")
+        self.val_tokens = TokenFile(config.data_dir, "val")
+        for split in (self.train_tokens, self.val_tokens):
+            if len(split) < config.block_size + 1:
+                raise ValueError(f"{split.path} holds {len(split):,} tokens, fewer than block_size + 1 = "
+                                 f"{config.block_size + 1}; use a smaller --block-size or more text")
+        self.model_config = GPTConfig(vocab_size=int(self.meta["vocab_size"]), block_size=config.block_size,
+                                      n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
+                                      dropout=config.dropout)
+        self.device = backend.check_device(config.device)
+        self.model = GPT(self.model_config, seed=config.seed).to(self.device)
+        self.model.train()
+        self.optimizer = AdamW(param_groups(self.model, config.weight_decay), lr=config.lr,
+                               betas=(config.beta1, config.beta2), eps=config.eps,
+                               weight_decay=config.weight_decay)
+        self.sampler = BatchSampler(self.train_tokens.tokens, config.batch_size, config.block_size, seed=config.seed)
+        self.step = 0
+        self.flops_per_token = flops_per_token(self.model)
+        if config.workers:
+            self.workers = config.workers
+        else:
+            # Threads share the Dropout generators, and drawing from one generator in two
+            # threads would make the masks depend on timing: shard only without dropout.
+            self.workers = parallel.default_workers() if (self.device == "cpu" and config.dropout == 0) else 1
+        self.tokenizer_dir = self._tokenizer_dir()
+        if _state is not None:
+            self._restore(*_state)
+
+    # ------------------------------------------------------------- set-up
+    def _tokenizer_dir(self):
+        if self.config.tokenizer_dir:
+            path = pathlib.Path(self.config.tokenizer_dir)
+            if not path.is_dir():
+                raise FileNotFoundError(f"tokenizer directory {path} does not exist")
+            return path
+        sub = (self.meta.get("tokenizer") or {}).get("dir")
+        if sub and (pathlib.Path(self.config.data_dir) / sub).is_dir():
+            return pathlib.Path(self.config.data_dir) / sub
+        return None
+
+    @classmethod
+    def resume(cls, run_dir, log=None, **overrides):
+        """Continue the run in ``run_dir`` from its newest complete checkpoint.
+
+        ``overrides`` may change settings that do not alter the model
+        (``max_steps``, ``stop_at`` is passed to ``train``, intervals ...); the
+        schedule follows a changed ``max_steps``, so only an unchanged config
+        reproduces the uninterrupted run exactly.
+        """
+        run_dir = pathlib.Path(run_dir)
+        checkpoint = find_checkpoint(run_dir)
+        if checkpoint is None:
+            raise FileNotFoundError(f"{run_dir} holds no complete checkpoint to resume from "
+                                    f"(expected {run_dir / CHECKPOINT_DIR}/{STATE_NAME})")
+        state = json.loads((checkpoint / STATE_NAME).read_text())
+        values = dict(state["train_config"])
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key in _MODEL_FIELDS and value != values[key]:
+                raise ValueError(f"cannot resume with {key}={value}: the checkpoint's model has {key}={values[key]}")
+            values[key] = value
+        values["out_dir"] = str(run_dir)
+        return cls(TrainConfig.from_dict(values), log=log, _state=(checkpoint, state))
+
+    def _restore(self, checkpoint, state):
+        from npgpt import checkpoint as ckpt
+
+        tensors = ckpt.read_tensors(checkpoint / ckpt.WEIGHTS_NAME)
+        weights = {name[len("transformer."):]: array for name, array in tensors.items()}
+        self.model.load_state_dict(weights)
+        _load_optimizer(self.optimizer, checkpoint / OPTIMIZER_NAME)
+        self.sampler.load_state_dict(state["sampler"])
+        _restore_dropout_states(self.model, state.get("dropout_rngs", {}))
+        self.step = int(state["step"])
+        self._truncate_logs(self.step)
+        self.log(f"resumed from {checkpoint} at step {self.step}")
+
+    # ---------------------------------------------------------------- loss
+    def _loss_fn(self, scale):
+        def loss_fn(x, y):
+            return F.cross_entropy(self.model(x), y) * scale
+        return loss_fn
+
+    def _to_device(self, array):
+        return backend.to_device(array, self.device) if self.device != "cpu" else array
+
+    def evaluate(self):
+        """Mean validation loss over ``eval_iters`` fixed batches (the same ones every time).
+
+        A fresh sampler with a fixed seed draws them, so successive
+        evaluations are comparable and evaluation consumes no training state.
+        """
+        c = self.config
+        sampler = BatchSampler(self.val_tokens.tokens, c.batch_size, c.block_size, seed=c.seed + 1)
+        self.model.eval()
+        total = 0.0
+        with no_grad():
+            for _ in range(c.eval_iters):
+                x, y = sampler.next()
+                total += F.cross_entropy(self.model(self._to_device(x)), self._to_device(y)).item()
+        self.model.train()
+        return total / c.eval_iters
+
+    def train_step(self):
+        """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm, lr)."""
+        c = self.config
+        lr = cosine_schedule(self.step, c.max_steps, c.lr, c.warmup_steps, c.min_lr)
+        self.optimizer.set_lr(lr)
+        loss_fn = self._loss_fn(1.0 / c.grad_accum)      # eq. 4: each micro-batch weighs 1/K
+        loss = 0.0
+        for _ in range(c.grad_accum):
+            x, y = self.sampler.next()
+            loss += parallel.forward_backward(loss_fn, self._to_device(x), self._to_device(y), workers=self.workers)
+        norm = clip_grad_norm(self.optimizer.param_groups, c.grad_clip if c.grad_clip > 0 else None)
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            self.optimizer.zero_grad()
+            last = find_checkpoint(self.run_dir)
+            where = (f"the last good checkpoint is {last} (step {json.loads((last / STATE_NAME).read_text())['step']})"
+                     if last is not None else "no checkpoint was written yet")
+            raise TrainingDiverged(f"training diverged at step {self.step + 1}: loss {loss}, gradient norm {norm}; "
+                                   f"the weights were not updated and {where}. Lower the learning rate "
+                                   "(--lr) or increase the warmup (--warmup-steps) and resume.")
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.step += 1
+        return loss, norm, lr
+
+    # ---------------------------------------------------------------- loop
+    def train(self, stop_at=None):
+        """Train until ``max_steps`` (or ``stop_at``); returns a dict of final figures."""
+        c = self.config
+        end = c.max_steps if stop_at is None else min(int(stop_at), c.max_steps)
+        if stop_at is not None and stop_at <= self.step:
+            raise ValueError(f"stop_at={stop_at} is not after the current step {self.step}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale(self.run_dir)
+        if self.step == 0 and find_checkpoint(self.run_dir) is not None:
+            raise FileExistsError(f"{self.run_dir} already holds a checkpoint: resume it (--resume) "
+                                  "or choose another --out")
+        n_params = self.model.num_parameters()
+        tokens_per_step = c.batch_size * c.block_size * c.grad_accum
+        self.log(f"model: {n_params:,} parameters, {self.model_config.n_layer} layers, {self.model_config.n_head} "
+                 f"heads, n_embd {self.model_config.n_embd}, vocab {self.model_config.vocab_size:,}, "
+                 f"block {self.model_config.block_size}; {tokens_per_step:,} tokens per step, "
+                 f"{self.workers} worker(s), device {self.device}")
+        if self.step == 0:
+            val = self.evaluate()
+            self._record({"step": 0, "val_loss": val, "val_ppl": math.exp(val)})
+            self.log(f"step {0:>6d}/{c.max_steps} | val loss {val:.4f} | val ppl {math.exp(val):.2f}")
+        started = interval_start = time.perf_counter()
+        steps_done, interval_steps, interval_loss = 0, 0, 0.0
+        last = {"train_loss": None, "val_loss": None}
+        start_step = self.step
+        checkpoint_every = c.checkpoint_interval or c.eval_interval
+        while self.step < end:
+            loss, norm, lr = self.train_step()
+            steps_done += 1
+            interval_steps += 1
+            interval_loss += loss
+            last["train_loss"] = loss
+            row = {"step": self.step, "train_loss": loss, "lr": lr, "grad_norm": norm}
+            if self.step % c.log_interval == 0 or self.step == end:
+                now = time.perf_counter()
+                tok_s = interval_steps * tokens_per_step / max(now - interval_start, 1e-9)
+                mfu = tok_s * self.flops_per_token / c.peak_flops                  # docs/performance.md eq. 3
+                eta = (c.max_steps - self.step) * (now - started) / steps_done
+                row.update(tokens_per_s=tok_s, mfu=mfu)
+                self.log(f"step {self.step:>6d}/{c.max_steps} | loss {interval_loss / interval_steps:.4f} | "
+                         f"lr {lr:.2e} | norm {norm:.3f} | {tok_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | "
+                         f"ETA {_format_seconds(eta)}")
+                interval_start, interval_steps, interval_loss = now, 0, 0.0
+            if self.step % c.eval_interval == 0 or self.step == c.max_steps:
+                val = self.evaluate()
+                last["val_loss"] = val
+                row.update(val_loss=val, val_ppl=math.exp(val))
+                self.log(f"step {self.step:>6d}/{c.max_steps} | val loss {val:.4f} | val ppl {math.exp(val):.2f}")
+            self._record(row)
+            if self.step % checkpoint_every == 0 or self.step == end:
+                self.save_checkpoint()
+        elapsed = time.perf_counter() - started
+        return {"step": self.step, "steps": self.step - start_step, "seconds": elapsed,
+                "tokens_per_s": steps_done * tokens_per_step / max(elapsed, 1e-9), **last}
+
+    # ------------------------------------------------------------ logging
+    def _record(self, row):
+        """Append a row to log.jsonl and loss.csv (step, train loss, val loss, lr)."""
+        with open(self.run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        csv_path = self.run_dir / "loss.csv"
+        new = not csv_path.exists()
+        with open(csv_path, "a") as f:
+            if new:
+                f.write("step,train_loss,val_loss,lr\n")
+            cells = [row["step"]] + [("" if row.get(k) is None else f"{row[k]:.6g}")
+                                     for k in ("train_loss", "val_loss", "lr")]
+            f.write(",".join(str(x) for x in cells) + "\n")
+
+    def _truncate_logs(self, step):
+        """Drop log rows after ``step``: a run killed after its last checkpoint redoes those steps."""
+        for name, header in (("log.jsonl", 0), ("loss.csv", 1)):
+            path = self.run_dir / name
+            if not path.exists():
+                continue
+            lines = path.read_text().splitlines(keepends=True)
+            kept = lines[:header]
+            for line in lines[header:]:
+                row_step = json.loads(line)["step"] if name == "log.jsonl" else int(line.split(",")[0])
+                if row_step <= step:
+                    kept.append(line)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, path)
+
+    # --------------------------------------------------------- checkpoint
+    def save_checkpoint(self):
+        """Write ``RUN_DIR/checkpoint`` atomically (stage, fsync, swap); returns its path."""
+        run_dir = self.run_dir
+        staging_parent = pathlib.Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_DIR}.saving-", dir=run_dir))
+        staging = staging_parent / CHECKPOINT_DIR
+        try:
+            self.model.save_pretrained(staging)
+            if self.tokenizer_dir is not None:
+                for item in sorted(self.tokenizer_dir.iterdir()):
+                    if item.is_file():
+                        shutil.copy2(item, staging / item.name)
+            _save_optimizer(self.optimizer, staging / OPTIMIZER_NAME)
+            _test_pause(self.step)
+            files = sorted(p.name for p in staging.iterdir())
+            state = {"step": self.step, "files": files, "train_config": self.config.to_dict(),
+                     "model_config": self.model_config.to_dict(), "sampler": self.sampler.state_dict(),
+                     "dropout_rngs": _dropout_states(self.model), "data_meta": self.meta,
+                     "tokens_seen": self.step * self.config.batch_size * self.config.block_size * self.config.grad_accum,
+                     "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            with open(staging / STATE_NAME, "w") as f:        # written last: marks the checkpoint complete
+                json.dump(state, f, indent=2, default=_json_default)
+                f.write("\n")
+            for item in staging.iterdir():
+                _fsync(item)
+            _fsync(staging)
+            # Swap: the old checkpoint moves into a backup directory, the new one takes its
+            # place, then the backup is deleted. A crash between the renames leaves the old
+            # one complete under .checkpoint.old-*, which find_checkpoint() still finds.
+            target = run_dir / CHECKPOINT_DIR
+            backup = None
+            if target.exists():
+                backup = pathlib.Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_DIR}.old-", dir=run_dir))
+                os.rename(target, backup / CHECKPOINT_DIR)
+            os.chmod(staging, 0o755)      # mkdtemp makes it private; a model directory is for sharing
+            os.rename(staging, target)
+            _fsync(run_dir)
+            if backup is not None:
+                shutil.rmtree(backup, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging_parent, ignore_errors=True)
+        return target
+
+
+def _json_default(value):
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _test_pause(step):
+    """Test hook: ``NPGPT_TEST_PAUSE_IN_SAVE=STEP:SECONDS`` sleeps inside the save of that step.
+
+    The atomicity test kills the process during that pause (SIGKILL) and
+    checks that resuming uses the previous checkpoint.
+    """
+    hook = os.environ.get("NPGPT_TEST_PAUSE_IN_SAVE")
+    if hook:
+        at, seconds = hook.split(":")
+        if int(at) == step:
+            print(f"npgpt-test: pausing inside the save of step {step}", file=sys.stderr, flush=True)
+            time.sleep(float(seconds))
+
+
+def train(config=None, stop_at=None, resume=False, log=None, **settings):
+    """Train (or with ``resume=True`` continue) a run; returns ``(trainer, summary)``.
+
+    ``train(data_dir=..., out_dir=..., max_steps=200)`` or ``train(TrainConfig(...))``.
+    """
+    if resume:
+        run_dir = settings.pop("out_dir", None) or (config.out_dir if config is not None else None)
+        if run_dir is None:
+            raise ValueError("train(resume=True) needs out_dir, the run directory to continue")
+        trainer = Trainer.resume(run_dir, log=log, **settings)    # only the settings given explicitly change
+    else:
+        config = config if config is not None else TrainConfig(**settings)
+        trainer = Trainer(config, log=log)
+    return trainer, trainer.train(stop_at=stop_at)
