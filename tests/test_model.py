@@ -289,3 +289,13 @@ def test_module_repr_and_config_dict():
     with pytest.raises(TypeError, match="GPTConfig"):
         GPT({"n_embd": 16})
     assert isinstance(model.h, nn.ModuleList)
+
+
+def test_dot_products_of_unit_variance_vectors_have_variance_d_k():
+    """docs/model.md eq. 12: Var(q . k) = d_k, so scores are divided by sqrt(d_k) (eq. 4)."""
+    rng = np.random.default_rng(0)
+    for d_k in (4, 16, 64):
+        q, k = rng.standard_normal((2, 200_000, d_k))
+        scores = (q * k).sum(axis=1)
+        assert abs(scores.var() / d_k - 1) < 0.03
+        assert abs((scores / math.sqrt(d_k)).var() - 1) < 0.03
