@@ -206,6 +206,11 @@ class GPT(nn.Module):
         self.h = nn.ModuleList(Block(config, rng, seed=seed * 1000 + 10 * (i + 1)) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(C, config.layer_norm_epsilon)
 
+    @property
+    def device(self):
+        """Where the model's weights live (looked up once per forward pass, so kept cheap)."""
+        return self.wte.weight.device
+
     # ------------------------------------------------------------ inputs
     def check_ids(self, idx, past_length=0):
         """Validate token ids: an integer (B, T) array with ids in range and T + past <= block_size."""
