@@ -61,7 +61,7 @@ def top_k_filter(logits, k):
     if k >= V:
         return logits.copy()
     kth = -xp.partition(-logits, k - 1, axis=-1)[..., k - 1:k]        # k-th largest, (B, 1)
-    return xp.where(logits >= kth, logits, logits.dtype.type(-np.inf))
+    return xp.where(logits >= kth, logits, logits.dtype.type(float("-inf")))
 
 
 def softmax(logits):
@@ -88,7 +88,7 @@ def top_p_filter(logits, p):
     mass_before = xp.cumsum(probs, axis=-1) - probs
     n_keep = xp.maximum((mass_before < p).sum(axis=-1, keepdims=True), 1)   # (B, 1)
     threshold = xp.take_along_axis(ordered, n_keep - 1, axis=-1)      # smallest kept logit
-    return xp.where(logits >= threshold, logits, logits.dtype.type(-np.inf))
+    return xp.where(logits >= threshold, logits, logits.dtype.type(float("-inf")))
 
 
 def sample(logits, rng):

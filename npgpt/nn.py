@@ -227,7 +227,7 @@ class LayerNorm(Module):
     def __init__(self, dim, eps=1e-5):
         super().__init__()
         self.dim, self.eps = int(dim), float(eps)
-        self.weight = Parameter(np.ones(dim, np.float32))
+        self.weight = Parameter(np.zeros(dim, np.float32) + 1.0)    # gains start at 1
         self.bias = Parameter(np.zeros(dim, np.float32))
 
     def forward(self, x):                       # (..., dim) -> (..., dim)
