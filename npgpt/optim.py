@@ -99,9 +99,13 @@ class Optimizer:
             p.grad = None
 
     def set_lr(self, lr):
-        """Set the learning rate of every group (the trainer calls it each step with the schedule's value)."""
+        """Set the learning rate of every group (the trainer calls it each step with the schedule's value).
+
+        A group with an ``"lr_scale"`` entry gets ``lr * lr_scale`` (fine-tuning gives a new
+        classification head a larger rate than the pretrained body).
+        """
         for group in self.param_groups:
-            group["lr"] = float(lr)
+            group["lr"] = float(lr) * float(group.get("lr_scale", 1.0))
 
     def step(self):
         """Apply one update to every parameter that has a gradient (those without are skipped)."""

@@ -49,8 +49,8 @@ from npgpt.data import BatchSampler, TokenFile, load_meta
 from npgpt.model import GPT, GPTConfig
 from npgpt.optim import AdamW, clip_grad_norm, cosine_schedule, param_groups
 
-__all__ = ["TrainConfig", "Trainer", "train", "TrainingDiverged", "find_checkpoint", "flops_per_token",
-           "CHECKPOINT_DIR", "DEFAULT_PEAK_FLOPS"]
+__all__ = ["TrainConfig", "Trainer", "train", "optimizer_step", "TrainingDiverged", "find_checkpoint",
+           "flops_per_token", "CHECKPOINT_DIR", "DEFAULT_PEAK_FLOPS"]
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_NAME = "trainer_state.json"
@@ -243,6 +243,33 @@ def _restore_dropout_states(model, states):
             module.rng(np).bit_generator.state = states[name]
 
 
+# ================================================================ one step
+def optimizer_step(optimizer, loss_fn, batches, lr, grad_clip=None, workers=None, step=None):
+    """One optimizer step; shared by pretraining (``Trainer``) and fine-tuning (``npgpt.finetune``).
+
+    Sets the learning rate (``optimizer.set_lr``), sums the gradients of
+    ``loss_fn(inputs, targets)`` over ``batches`` (an iterable of
+    ``(inputs, targets)``; each loss already weighted, e.g. by 1/K for K
+    micro-batches, eq. 4) with the batch sharded over ``workers`` threads,
+    clips the global norm to ``grad_clip`` (eq. 11; ``None``/0: measure only),
+    refuses a non-finite loss or norm *before* touching the weights
+    (``TrainingDiverged`` naming ``step``), updates and clears the gradients.
+    Returns ``(loss, gradient norm before clipping)``.
+    """
+    optimizer.set_lr(lr)
+    loss = 0.0
+    for inputs, targets in batches:
+        loss += parallel.forward_backward(loss_fn, inputs, targets, workers=workers)
+    norm = clip_grad_norm(optimizer.param_groups, grad_clip if grad_clip else None)
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        optimizer.zero_grad()
+        raise TrainingDiverged(f"training diverged at step {step}: loss {loss}, gradient norm {norm}; "
+                               "the weights were not updated")
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss, norm
+
+
 # ================================================================= trainer
 class Trainer:
     """Holds the model, optimizer, samplers and run directory of one training run.
@@ -369,23 +396,18 @@ class Trainer:
         """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm, lr)."""
         c = self.config
         lr = cosine_schedule(self.step, c.max_steps, c.lr, c.warmup_steps, c.min_lr)
-        self.optimizer.set_lr(lr)
         loss_fn = self._loss_fn(1.0 / c.grad_accum)      # eq. 4: each micro-batch weighs 1/K
-        loss = 0.0
-        for _ in range(c.grad_accum):
-            x, y = self.sampler.next()
-            loss += parallel.forward_backward(loss_fn, self._to_device(x), self._to_device(y), workers=self.workers)
-        norm = clip_grad_norm(self.optimizer.param_groups, c.grad_clip if c.grad_clip > 0 else None)
-        if not (math.isfinite(loss) and math.isfinite(norm)):
-            self.optimizer.zero_grad()
+        batches = ((self._to_device(x), self._to_device(y))
+                   for x, y in (self.sampler.next() for _ in range(c.grad_accum)))
+        try:
+            loss, norm = optimizer_step(self.optimizer, loss_fn, batches, lr, c.grad_clip, self.workers,
+                                        step=self.step + 1)
+        except TrainingDiverged as exc:
             last = find_checkpoint(self.run_dir)
             where = (f"the last good checkpoint is {last} (step {json.loads((last / STATE_NAME).read_text())['step']})"
                      if last is not None else "no checkpoint was written yet")
-            raise TrainingDiverged(f"training diverged at step {self.step + 1}: loss {loss}, gradient norm {norm}; "
-                                   f"the weights were not updated and {where}. Lower the learning rate "
-                                   "(--lr) or increase the warmup (--warmup-steps) and resume.")
-        self.optimizer.step()
-        self.optimizer.zero_grad()
+            raise TrainingDiverged(f"{exc} and {where}. Lower the learning rate "
+                                   "(--lr) or increase the warmup (--warmup-steps) and resume.") from None
         self.step += 1
         return loss, norm, lr
 
