@@ -1,0 +1,161 @@
+"""Token files and batches: prepare -> train.bin / val.bin / meta.json -> memmap -> (x, y) windows."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from char_tokenizer import EOT, CharTokenizer
+
+from npgpt import data
+
+TEXT_A = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
+TEXT_B = "All:\nSpeak, speak.\n"
+
+
+def _files(tmp_path, *texts):
+    paths = []
+    for i, text in enumerate(texts):
+        path = tmp_path / f"doc{i}.txt"
+        path.write_text(text, encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def test_prepare_writes_the_token_stream_with_separators(tmp_path):
+    tok = CharTokenizer(TEXT_A + TEXT_B)
+    meta = data.prepare(_files(tmp_path, TEXT_A, TEXT_B), tok, tmp_path / "out", val_fraction=0.2, progress=False)
+    expected = tok.encode(TEXT_A) + [tok.eot_id] + tok.encode(TEXT_B) + [tok.eot_id]
+    train = data.load_tokens(tmp_path / "out" / "train.bin")
+    val = data.load_tokens(tmp_path / "out" / "val.bin")
+    assert train.dtype == np.uint16 and isinstance(train, np.memmap)
+    assert list(train) + list(val) == expected
+    assert len(val) == round(0.2 * len(expected)) == meta["val_tokens"]
+    on_disk = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert on_disk == meta
+    assert meta["vocab_size"] == tok.vocab_size and meta["eot_token_id"] == tok.eot_id and meta["documents"] == 2
+    assert (tmp_path / "out" / "tokenizer" / "chars.json").is_file()          # saved for training / generation
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["meta.json", "tokenizer", "train.bin", "val.bin"]
+    with pytest.raises(ValueError):                                           # read-only map
+        train[0] = 1
+
+
+def test_marker_strings_split_documents(tmp_path):
+    tok = CharTokenizer(TEXT_A + TEXT_B)
+    data.prepare(_files(tmp_path, TEXT_A + EOT + "\n" + EOT + TEXT_B), tok, tmp_path / "out", progress=False)
+    split = data.TokenFile(tmp_path / "out", "train")
+    stream = list(split.tokens) + list(data.TokenFile(tmp_path / "out", "val").tokens)
+    assert stream.count(tok.eot_id) == 2                 # the empty middle document is dropped
+    assert tok.decode(stream) == TEXT_A + EOT + TEXT_B + EOT
+    assert data.split_documents("a<|endoftext|> <|endoftext|>b") == ["a", "b"]
+
+
+def test_wide_vocabularies_are_stored_as_uint32(tmp_path):
+    assert data.token_dtype(65_536) == np.uint16 and data.token_dtype(65_537) == np.uint32
+    tok = CharTokenizer(TEXT_A, offset=70_000)
+    meta = data.prepare(_files(tmp_path, TEXT_A), tok, tmp_path / "out", progress=False)
+    assert meta["dtype"] == "uint32"
+    tokens = data.TokenFile(tmp_path / "out", "train").tokens
+    assert tokens.dtype == np.uint32 and int(tokens[0]) == tok.encode(TEXT_A)[0] > 65_535
+
+
+def test_prepare_errors_name_the_problem(tmp_path):
+    tok = CharTokenizer(TEXT_A)
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        data.prepare([tmp_path / "missing.txt"], tok, tmp_path / "out")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    with pytest.raises(ValueError, match="empty.txt is empty"):
+        data.prepare([empty], tok, tmp_path / "out")
+    with pytest.raises(ValueError, match="no input files"):
+        data.prepare([], tok, tmp_path / "out")
+    with pytest.raises(ValueError, match="val_fraction"):
+        data.prepare(_files(tmp_path, TEXT_A), tok, tmp_path / "out", val_fraction=1.0)
+
+    class NoSpecial(CharTokenizer):
+        def encode(self, text, allowed_special=()):
+            return [self.index[c] for c in text]
+
+    with pytest.raises(ValueError, match="endoftext"):
+        data.prepare(_files(tmp_path, TEXT_A), NoSpecial(TEXT_A + "<|>"), tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="npgpt prepare"):
+        data.load_meta(tmp_path / "nowhere")
+
+
+def test_a_failed_prepare_leaves_the_previous_data_intact(tmp_path):
+    tok = CharTokenizer(TEXT_A + TEXT_B)
+    out = tmp_path / "out"
+    data.prepare(_files(tmp_path, TEXT_A), tok, out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    class Broken(CharTokenizer):
+        def encode(self, text, allowed_special=()):
+            if text == TEXT_B:
+                raise RuntimeError("tokenizer crashed")
+            return super().encode(text, allowed_special)
+
+    with pytest.raises(RuntimeError, match="crashed"):
+        data.prepare(_files(tmp_path, TEXT_A, TEXT_B), Broken(TEXT_A + TEXT_B), out, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before   # no temp files either
+
+
+def test_progress_bar_draws_on_its_stream():
+    stream = io.StringIO()
+    bar = data.Progress(1000, "tokenizing", stream=stream)
+    bar.update(1000)
+    bar.close()
+    assert "tokenizing [" in stream.getvalue() and "100.0%" in stream.getvalue()
+    assert stream.getvalue().endswith("\n")
+
+
+def test_batches_are_shifted_windows_of_the_stream():
+    tokens = np.arange(1000, dtype=np.uint16)
+    sampler = data.BatchSampler(tokens, batch_size=4, block_size=16, seed=0)
+    x, y = sampler.next()
+    assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == np.int64
+    np.testing.assert_array_equal(y, x + 1)                        # targets are the next tokens (eq. 2)
+    np.testing.assert_array_equal(x, x[:, :1] + np.arange(16))     # contiguous windows
+    assert x.min() >= 0 and y.max() <= 999
+
+
+def test_every_valid_window_start_can_be_drawn():
+    tokens = np.arange(10, dtype=np.uint16)
+    sampler = data.BatchSampler(tokens, batch_size=64, block_size=4, seed=1)
+    starts = set()
+    for _ in range(10):
+        x, _ = sampler.next()
+        starts |= set(x[:, 0].tolist())
+    assert starts == set(range(10 - 4))            # 0 .. N - T - 1, both ends included
+
+
+def test_sampler_state_resumes_exactly_through_json():
+    tokens = np.random.default_rng(0).integers(0, 500, 5000).astype(np.uint16)
+    a = data.BatchSampler(tokens, 3, 8, seed=42)
+    for _ in range(5):
+        a.next()
+    state = json.loads(json.dumps(a.state_dict()))
+    b = data.BatchSampler(tokens, 3, 8, seed=0)
+    b.load_state_dict(state)
+    for _ in range(3):
+        xa, ya = a.next()
+        xb, yb = b.next()
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    assert b.batches == a.batches == 8
+    with pytest.raises(ValueError, match="tokens"):
+        data.BatchSampler(tokens[:100], 3, 8).load_state_dict(state)
+    again = data.BatchSampler(tokens, 3, 8, seed=42)
+    np.testing.assert_array_equal(again.next()[0], data.BatchSampler(tokens, 3, 8, seed=42).next()[0])
+
+
+def test_too_short_corpus_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="fewer than block_size"):
+        data.BatchSampler(np.arange(16, dtype=np.uint16), 2, 16)
+    data.BatchSampler(np.arange(17, dtype=np.uint16), 2, 16)          # exactly T + 1 is enough
+    bad = tmp_path / "odd.bin"
+    bad.write_bytes(b"\x00\x01\x02")
+    with pytest.raises(ValueError, match="whole number"):
+        data.load_tokens(bad, dtype="uint16")
+    (tmp_path / "empty.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        data.load_tokens(tmp_path / "empty.bin", dtype="uint16")
