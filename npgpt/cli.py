@@ -8,6 +8,7 @@ Companion of ``docs/training.md`` (section "From the command line").
     npgpt prepare --input a.txt b.txt --tokenizer tok/ --out data/
     npgpt train --data data/ --out run/ --max-steps 2000 [--stop-at 1000] [--resume]
     npgpt generate --model run/checkpoint "Once upon a time"
+    npgpt finetune --model run/checkpoint --data reviews.csv --text-column text --label-column label --out clf/
 
 Each subcommand has ``--help``. ``main(argv)`` returns the exit status
 instead of exiting, so tests call it in-process. Errors the user can fix
@@ -114,6 +115,16 @@ def _add_generate(sub):
     p.add_argument("--device", default="cpu", help="cpu or cuda")
 
 
+def _add_finetune(sub):
+    from npgpt.finetune import add_arguments
+
+    p = sub.add_parser("finetune", help="fine-tune a model as a text classifier (docs/finetuning.md)",
+                       description="Fine-tune a pretrained GPT as a classifier on a labelled CSV, TSV or JSONL "
+                                   "file. The output directory loads with GPTClassifier.from_pretrained and "
+                                   "holds the tokenizer.")
+    add_arguments(p)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="npgpt", description="npgpt: GPT-2 from scratch on NumPy.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -121,6 +132,7 @@ def build_parser():
     _add_prepare(sub)
     _add_train(sub)
     _add_generate(sub)
+    _add_finetune(sub)
     return parser
 
 
@@ -225,6 +237,13 @@ def cmd_generate(args):
     return 0
 
 
+def cmd_finetune(args):
+    from npgpt.finetune import run_cli
+
+    run_cli(args)
+    return 0
+
+
 def main(argv=None):
     """Run the command line; returns the exit status (0 ok, 1 error, 2 bad usage)."""
     parser = build_parser()
@@ -232,7 +251,7 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as exc:          # --help or a usage error: argparse has printed it
         return int(exc.code or 0)
-    handlers = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate}
+    handlers = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "finetune": cmd_finetune}
     handler = cmd_tokenizer_train if args.command == "tokenizer" else handlers[args.command]
     from npgpt.train import TrainingDiverged
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from npgpt import backend
 
-__all__ = ["read_labelled_file", "LabelSet", "split_indices", "pad_batch", "classification_metrics",
+__all__ = ["read_labelled_file", "movie_reviews", "LabelSet", "split_indices", "pad_batch", "classification_metrics",
            "format_metrics", "freeze", "FinetuneConfig", "finetune", "evaluate", "predict"]
 
 
@@ -131,6 +131,24 @@ def read_labelled_file(path, text_column="text", label_column="label", fmt=None,
 def _prepend(first, rows):
     yield first
     yield from rows
+
+
+def movie_reviews(path=None):
+    """The movie-review snippets of Hutto & Gilbert (2014) as ``(texts, labels)``.
+
+    Fetched (pinned, sha256-checked) by ``npgpt.datasets.fetch("movie-reviews")``
+    unless ``path`` is given. Each line is ``id<TAB>mean rating<TAB>text`` with
+    ratings from -4 to +4; label 1 (positive) means rating > 0, label 0 rating
+    < 0, and the 37 sentences rated exactly 0 are dropped: 10,568 texts, 5,242
+    positive. Raises ``npgpt.datasets.DatasetUnavailable`` when it cannot fetch.
+    """
+    if path is None:
+        from npgpt import datasets
+
+        path = datasets.fetch("movie-reviews")
+    texts, ratings = read_labelled_file(path, text_column=2, label_column=1, fmt="tsv", header=False)
+    kept = [(t, float(r)) for t, r in zip(texts, ratings) if float(r) != 0.0]
+    return [t for t, _ in kept], [int(r > 0) for _, r in kept]
 
 
 class LabelSet:
@@ -275,3 +293,343 @@ def format_metrics(metrics):
     for name, row in zip(names, metrics["confusion"]):
         lines.append(f"{name:>{width}}  " + " ".join(f"{int(v):>{width}}" for v in row))
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------- freezing
+def freeze(classifier, train_last=None):
+    """Choose what trains: everything (``None``) or the last ``train_last`` blocks + ``ln_f`` + head.
+
+    ``train_last=0`` trains the head alone (a linear probe of frozen features).
+    Frozen parameters get ``requires_grad = False``: the autograd engine then
+    records no graph through them, so they cost a forward pass and nothing
+    else. Returns the names of the trainable parameters.
+    """
+    n = len(classifier.transformer.h)
+    if train_last is not None and not 0 <= int(train_last) <= n:
+        raise ValueError(f"train_last must lie in 0..{n} (the model has {n} blocks), got {train_last}")
+    prefixes = ["score."]
+    if train_last is None:
+        prefixes = [""]
+    elif int(train_last) > 0:
+        prefixes += ["transformer.ln_f."] + [f"transformer.h.{i}." for i in range(n - int(train_last), n)]
+    trainable = []
+    for name, p in classifier.named_parameters():
+        p.requires_grad = any(name.startswith(prefix) for prefix in prefixes)
+        if p.requires_grad:
+            trainable.append(name)
+    return trainable
+
+
+# ---------------------------------------------------------------- the loop
+class FinetuneConfig:
+    """Settings of :func:`finetune` (keyword arguments; every one has a default).
+
+    ``epochs`` passes over the training texts, ``batch_size`` texts per step,
+    ``lr`` the peak learning rate of the backbone and ``head_lr`` that of the
+    new head (default: ``lr``; a fresh head can take a larger one),
+    ``weight_decay`` for matrices, ``warmup`` fraction of the steps with a
+    linear warmup before the cosine decay, ``grad_clip`` the global gradient
+    norm cap, ``train_last`` (see :func:`freeze`), ``max_length`` tokens kept
+    per text, ``pad_side``, ``eval_every`` steps between evaluations (default:
+    once per epoch), ``patience`` evaluations without a lower validation loss
+    before stopping early, ``seed`` for the batch order, ``workers`` CPU
+    threads (``npgpt.parallel``), ``log`` a function that receives progress
+    lines (``print`` by default; ``None`` for silence).
+    """
+
+    def __init__(self, epochs=3, batch_size=32, lr=1e-4, head_lr=None, weight_decay=0.01, warmup=0.1,
+                 grad_clip=1.0, train_last=None, max_length=128, pad_side="right", eval_every=None,
+                 patience=2, seed=0, workers=None, log=print):
+        if epochs < 1 or batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+        if lr <= 0 or (head_lr is not None and head_lr <= 0):
+            raise ValueError(f"learning rates must be > 0, got lr={lr}, head_lr={head_lr}")
+        if not 0.0 <= warmup < 1.0:
+            raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {warmup}")
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        self.epochs, self.batch_size, self.lr = int(epochs), int(batch_size), float(lr)
+        self.head_lr = float(head_lr) if head_lr is not None else float(lr)
+        self.weight_decay, self.warmup, self.grad_clip = float(weight_decay), float(warmup), grad_clip
+        self.train_last, self.max_length, self.pad_side = train_last, int(max_length), pad_side
+        self.eval_every, self.patience, self.seed, self.workers = eval_every, int(patience), seed, workers
+        self.log = log
+
+
+class Encoded:
+    """Token ids of texts (truncated to ``max_length``) with their class ids."""
+
+    def __init__(self, tokenizer, texts, labels, max_length):
+        if len(texts) != len(labels):
+            raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+        if not texts:
+            raise ValueError("no examples to train or evaluate on")
+        self.ids = []
+        for i, text in enumerate(texts):
+            ids = list(tokenizer.encode(text))[:max_length]
+            if not ids:
+                raise ValueError(f"text {i + 1} ({text!r}) encodes to no tokens")
+            self.ids.append(ids)
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def batch(self, rows, pad_id, side):
+        idx, mask = pad_batch([self.ids[r] for r in rows], pad_id=pad_id, side=side)
+        return idx, mask, self.labels[rows]
+
+
+def _pad_id(classifier, tokenizer):
+    if classifier.pad_token_id is not None:
+        return classifier.pad_token_id
+    for attr in ("eot_id", "eos_id", "eos_token_id"):   # any id works (the mask decides); prefer end-of-text
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+    return 0
+
+
+def predict(classifier, tokenizer, texts, batch_size=64, max_length=128, pad_side="right"):
+    """Class probabilities (N, num_classes) of raw texts, in batches, without a graph."""
+    data = Encoded(tokenizer, list(texts), [0] * len(texts), max_length)
+    return _probabilities(classifier, data, _pad_id(classifier, tokenizer), batch_size, pad_side)
+
+
+def _probabilities(classifier, data, pad_id, batch_size, pad_side):
+    was_training = classifier.training
+    classifier.eval()
+    # Batches of similar length waste less work on padding; the order is restored below.
+    order = np.argsort([len(s) for s in data.ids], kind="stable")
+    probs = np.zeros((len(data), classifier.num_classes))
+    try:
+        for start in range(0, len(data), batch_size):
+            rows = order[start:start + batch_size]
+            idx, mask, _ = data.batch(rows, pad_id, pad_side)
+            probs[rows] = classifier.predict_proba(idx, mask)
+    finally:
+        classifier.train(was_training)
+    return probs
+
+
+def evaluate(classifier, data, pad_id, batch_size=64, pad_side="right"):
+    """Mean loss (eq. 2 or 8) and :func:`classification_metrics` of ``data`` (an :class:`Encoded`)."""
+    probs = _probabilities(classifier, data, pad_id, batch_size, pad_side)
+    picked = np.clip(probs[np.arange(len(data)), data.labels], 1e-12, 1.0)
+    metrics = classification_metrics(data.labels, probs.argmax(axis=1), classifier.num_classes,
+                                     label_names=classifier.labels)
+    metrics["loss"] = float(-np.log(picked).mean())
+    return metrics
+
+
+class FinetuneResult:
+    """What :func:`finetune` did: ``history`` (one dict per evaluation), the best step and loss."""
+
+    def __init__(self):
+        self.history, self.best_step, self.best_loss, self.stopped_early, self.steps = [], None, np.inf, False, 0
+
+    def __repr__(self):
+        return (f"FinetuneResult(steps={self.steps}, best_step={self.best_step}, "
+                f"best_val_loss={self.best_loss:.4f}, stopped_early={self.stopped_early})")
+
+
+def _optimizer(classifier, cfg):
+    """AdamW with GPT-2's decay/no-decay groups; the head in a group of its own (``lr_scale``)."""
+    from npgpt import optim
+
+    groups = []
+    for group in optim.param_groups(classifier, cfg.weight_decay):
+        body = [(n, p) for n, p in zip(group["names"], group["params"]) if not n.startswith("score.")]
+        head = [(n, p) for n, p in zip(group["names"], group["params"]) if n.startswith("score.")]
+        for members, scale in ((body, 1.0), (head, cfg.head_lr / cfg.lr)):
+            if members:
+                groups.append({"params": [p for _, p in members], "names": [n for n, _ in members],
+                               "weight_decay": group["weight_decay"], "lr_scale": scale})
+    return optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+
+
+def finetune(classifier, tokenizer, train_texts, train_labels, val_texts, val_labels, config=None,
+             out_dir=None, **overrides):
+    """Fine-tune ``classifier`` on labelled texts; keep the weights with the lowest validation loss.
+
+    Labels are class ids (0 .. num_classes-1; see :class:`LabelSet`). One
+    step: a random batch, padded with its mask; the loss (eq. 2 for one logit,
+    eq. 8 otherwise); backward, sharded over CPU threads; global-norm
+    clipping; AdamW at the warmup + cosine learning rate (the head's scaled by
+    ``head_lr / lr``). After every evaluation on the validation texts the best
+    weights so far are kept (and, with ``out_dir``, written there atomically
+    with the tokenizer); ``patience`` evaluations without improvement stop
+    training early. At the end the best weights are restored.
+    Returns a :class:`FinetuneResult`.
+    """
+    from npgpt import optim
+    from npgpt.train import optimizer_step      # the step pretraining takes, shared
+
+    cfg = config if config is not None else FinetuneConfig(**overrides)
+    if config is not None and overrides:
+        raise TypeError("pass either a FinetuneConfig or keyword settings, not both")
+    log = cfg.log or (lambda *_: None)
+    train = Encoded(tokenizer, list(train_texts), train_labels, cfg.max_length)
+    val = Encoded(tokenizer, list(val_texts), val_labels, cfg.max_length)
+    for name, data in (("training", train), ("validation", val)):
+        if data.labels.min() < 0 or data.labels.max() >= classifier.num_classes:
+            raise ValueError(f"{name} labels must be class ids 0..{classifier.num_classes - 1}, "
+                             f"got {int(data.labels.min())}..{int(data.labels.max())}")
+    pad_id = _pad_id(classifier, tokenizer)
+    freeze(classifier, cfg.train_last)
+    trainable = [p for p in classifier.parameters() if p.requires_grad]
+    opt = _optimizer(classifier, cfg)
+    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    max_steps = cfg.epochs * steps_per_epoch
+    eval_every = int(cfg.eval_every) if cfg.eval_every else steps_per_epoch
+    warmup = int(cfg.warmup * max_steps)
+    rng = np.random.default_rng(cfg.seed)
+    device = classifier.device
+    workers = cfg.workers
+    if workers is None and classifier.config.dropout > 0:
+        workers = 1     # shards would draw dropout masks from one generator in two threads: not reproducible
+
+    def loss_fn(inputs, labels):            # inputs: (b, 2, T) = token ids and mask stacked
+        return classifier(inputs[:, 0], attention_mask=inputs[:, 1], labels=labels)[1]
+
+    result = FinetuneResult()
+    best = None
+    bad_evaluations = 0
+    running, counted = 0.0, 0
+    classifier.train()
+    log(f"fine-tuning {sum(int(p.size) for p in trainable):,} of {classifier.num_parameters():,} parameters "
+        f"on {len(train)} texts ({steps_per_epoch} steps per epoch), validating on {len(val)}")
+    step = 0
+    while step < max_steps and not result.stopped_early:
+        for start in range(0, len(train), cfg.batch_size):
+            if start == 0:
+                order = rng.permutation(len(train))
+            rows = order[start:start + cfg.batch_size]
+            idx, mask, y = train.batch(rows, pad_id, cfg.pad_side)
+            inputs = backend.to_device(np.stack([idx, mask], axis=1), device)    # (B, 2, T)
+            lr = optim.cosine_schedule(step, max_steps, cfg.lr, warmup_steps=warmup)
+            loss, _ = optimizer_step(opt, loss_fn, [(inputs, backend.to_device(y, device))], lr,
+                                     grad_clip=cfg.grad_clip, workers=workers, step=step + 1)
+            step += 1
+            running, counted = running + loss, counted + 1
+            if step % eval_every == 0 or step == max_steps:
+                metrics = evaluate(classifier, val, pad_id, pad_side=cfg.pad_side)
+                entry = {"step": step, "epoch": step / steps_per_epoch, "train_loss": running / counted,
+                         "val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"], "val_f1": metrics["f1"]}
+                result.history.append(entry)
+                running, counted = 0.0, 0
+                improved = metrics["loss"] < result.best_loss
+                log(f"step {step}/{max_steps}  train loss {entry['train_loss']:.4f}  val loss {metrics['loss']:.4f}  "
+                    f"val accuracy {metrics['accuracy']:.3f}" + ("  (best)" if improved else ""))
+                if improved:
+                    result.best_loss, result.best_step, bad_evaluations = metrics["loss"], step, 0
+                    best = {id(p): p.data.copy() for p in trainable}
+                    if out_dir is not None:
+                        classifier.save_pretrained(out_dir, tokenizer=tokenizer)
+                else:
+                    bad_evaluations += 1
+                    if bad_evaluations >= cfg.patience:
+                        result.stopped_early = True
+                        log(f"stopping early: no lower validation loss in {cfg.patience} evaluations")
+                        break
+            if step >= max_steps:
+                break
+    result.steps = step
+    if best is not None:                    # restore the best weights seen
+        for p in trainable:
+            p.data[...] = best[id(p)]
+    for p in classifier.parameters():       # leave the model as we found it: all trainable
+        p.requires_grad = True
+    classifier.eval()
+    return result
+
+
+# ------------------------------------------------------------------------ CLI
+def add_arguments(parser):
+    """The options of ``npgpt finetune`` (``npgpt.cli`` registers the subcommand with them)."""
+    parser.add_argument("--model", required=True, help="pretrained language model (directory or shipped name) "
+                        "or a saved classifier to continue; must hold the tokenizer")
+    parser.add_argument("--data", required=True, help="labelled examples: a .csv, .tsv or .jsonl file")
+    parser.add_argument("--text-column", default="text", help="column (field) with the text [text]")
+    parser.add_argument("--label-column", default="label", help="column (field) with the label [label]")
+    parser.add_argument("--out", required=True, help="directory for the fine-tuned classifier and its tokenizer")
+    parser.add_argument("--format", choices=("csv", "tsv", "jsonl"), default=None,
+                        help="file format (default: from the extension)")
+    parser.add_argument("--no-header", action="store_true",
+                        help="CSV/TSV without a header row: columns are numbers, 0 for the first")
+    parser.add_argument("--labels", default=None,
+                        help="comma-separated expected labels in class order (default: the sorted labels found); "
+                             "any other label in the data is an error")
+    parser.add_argument("--val-data", default=None, help="validation file (default: a seeded split of --data)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of --data held out for validation")
+    parser.add_argument("--softmax", action="store_true",
+                        help="two classes: use two logits and softmax instead of one logit and a sigmoid")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the backbone")
+    parser.add_argument("--head-lr", type=float, default=None, help="peak learning rate of the head (default: --lr)")
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--train-last", type=int, default=None,
+                        help="train only the last K blocks, ln_f and the head (0: the head only); default: all")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens kept per text")
+    parser.add_argument("--patience", type=int, default=2, help="evaluations without improvement before stopping")
+    parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default: each epoch)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    return parser
+
+
+def run_cli(args):
+    """Run ``npgpt finetune`` with parsed ``args``; returns the validation metrics."""
+    from npgpt.classifier import GPTClassifier
+    from npgpt.tokenizer import Tokenizer
+
+    texts, raw = read_labelled_file(args.data, args.text_column, args.label_column, fmt=args.format,
+                                    header=not args.no_header)
+    labels = LabelSet([n.strip() for n in args.labels.split(",")]) if args.labels else LabelSet.infer(raw)
+    y = labels.encode(raw, source=str(args.data))
+    if args.val_data:
+        val_texts, val_raw = read_labelled_file(args.val_data, args.text_column, args.label_column,
+                                                fmt=args.format, header=not args.no_header)
+        val_y = labels.encode(val_raw, source=str(args.val_data))
+        train_texts, train_y = texts, y
+    else:
+        if not 0.0 < args.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction must lie strictly between 0 and 1, got {args.val_fraction}")
+        train_rows, val_rows = split_indices(len(texts), (1 - args.val_fraction, args.val_fraction), seed=args.seed)
+        if len(val_rows) == 0 or len(train_rows) == 0:
+            raise ValueError(f"{args.data} has {len(texts)} examples: too few to hold out a validation split")
+        train_texts, train_y = [texts[i] for i in train_rows], y[train_rows]
+        val_texts, val_y = [texts[i] for i in val_rows], y[val_rows]
+    num_labels = 1 if len(labels) == 2 and not args.softmax else len(labels)
+    tokenizer = Tokenizer.from_pretrained(args.model)
+    classifier = GPTClassifier.from_pretrained(args.model, num_labels=num_labels, labels=labels.names, seed=args.seed)
+    classifier.to(args.device)
+    print(f"{len(train_texts)} training and {len(val_texts)} validation texts; classes {labels.names}; "
+          f"{'one logit + sigmoid' if num_labels == 1 else f'{num_labels} logits + softmax'}")
+    finetune(classifier, tokenizer, train_texts, train_y, val_texts, val_y, out_dir=args.out,
+             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
+             weight_decay=args.weight_decay, train_last=args.train_last, max_length=args.max_length,
+             patience=args.patience, eval_every=args.eval_every, seed=args.seed)
+    val = Encoded(tokenizer, val_texts, val_y, args.max_length)
+    metrics = evaluate(classifier, val, _pad_id(classifier, tokenizer))
+    print("validation (best weights):\n" + format_metrics(metrics))
+    report = {k: v for k, v in metrics.items() if k != "confusion"}
+    report["confusion"] = metrics["confusion"].tolist()
+    (pathlib.Path(args.out) / "eval_results.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"saved the classifier and tokenizer to {args.out} (load with GPTClassifier.from_pretrained)")
+    return metrics
+
+
+def main(argv=None):
+    """``python -m npgpt.finetune ...``: the same as ``npgpt finetune ...``."""
+    import argparse
+
+    parser = add_arguments(argparse.ArgumentParser(prog="npgpt finetune", description=(
+        "Fine-tune a pretrained GPT as a text classifier on a labelled CSV/TSV/JSONL file.")))
+    run_cli(parser.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
