@@ -274,7 +274,9 @@ def load_pretrained(name_or_dir):
     Accepts tensor names with or without the ``transformer.`` prefix, ignores
     the causal-mask buffers old transformers versions saved, and accepts an
     ``lm_head.weight`` only when it equals ``wte`` (GPT-2 ties them; npgpt
-    has no untied head).
+    has no untied head). The model is returned in eval mode; its
+    ``config.dropout`` is the checkpoint's ``resid_pdrop`` (0.1 for OpenAI's
+    GPT-2), used only if it is switched to training mode.
     """
     directory = resolve(name_or_dir)
     config = read_config(directory)

@@ -319,9 +319,15 @@ class GPT(nn.Module):
         return (x, attentions) if return_attention else x
 
     # ----------------------------------------------- generation, checkpoints
-    def generate(self, idx, max_new_tokens, **kwargs):
-        """Continue ``idx`` (int (B, T)) by ``max_new_tokens``; see ``npgpt.generation.generate``."""
-        return generation.generate(self, idx, max_new_tokens, **kwargs)
+    def generate(self, idx, max_new_tokens, *, do_sample=False, temperature=1.0, top_k=None, top_p=None,
+                 eos_token_id=None, seed=None, use_cache=True):
+        """Continue ``idx`` (int (B, T)): returns int (B, T + n), n <= max_new_tokens.
+
+        Greedy unless ``do_sample``; see ``npgpt.generation.generate`` for the details.
+        """
+        return generation.generate(self, idx, max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                   top_k=top_k, top_p=top_p, eos_token_id=eos_token_id, seed=seed,
+                                   use_cache=use_cache)
 
     def save_pretrained(self, directory):
         """Write ``config.json`` + ``model.safetensors`` in Hugging Face's GPT-2 layout."""

@@ -188,7 +188,9 @@ def _float_init(shape, std, rng):
 class Linear(Module):
     """``y = x W + b`` (docs/model.md eq. 1) with ``W`` stored (in, out).
 
-    Weights ~ Normal(0, ``std``) (GPT-2 uses 0.02), bias 0.
+    Weights ~ Normal(0, ``std``) (GPT-2 uses 0.02), bias 0, drawn from ``rng``
+    (a NumPy ``Generator``; by default a fresh one seeded 0, so every run of a
+    script builds the same weights).
     """
 
     def __init__(self, in_features, out_features, bias=True, std=0.02, rng=None):

@@ -199,3 +199,13 @@ def test_generation_leaves_grad_mode_on():
     tiny().generate(prompt(), 2)
     assert is_grad_enabled()
     assert math.isfinite(float(tiny()(prompt(), targets=prompt())[1].item()))
+
+
+def test_benchmark_loop_times_every_step_and_decodes_greedily():
+    from npgpt.bench.generate import run_npgpt
+
+    model = tiny()
+    x = prompt(B=1)
+    times, ids = run_npgpt(model, x, 6)
+    assert len(times) == 6 and all(t > 0 for t in times)
+    assert ids == model.generate(x, 6)[0, 5:].tolist()
