@@ -1,11 +1,16 @@
 """Fine-tuning: data files, label sets, splits, padding, metrics, the loop and the CLI."""
 
 import json
+import pathlib
+import re
+from collections import Counter
 
 import numpy as np
 import pytest
 
 from npgpt import finetune
+from npgpt.classifier import GPTClassifier
+from npgpt.model import GPTConfig
 
 
 # ------------------------------------------------------------------ data files
@@ -114,3 +119,131 @@ def test_multiclass_metrics_are_macro_averages_and_zero_safe():
     assert m["precision"] == pytest.approx((1 + 0 + 2 / 3) / 3)
     assert m["recall"] == pytest.approx((1 + 0 + 1) / 3)
     assert m["confusion"].sum() == 4
+
+
+# ------------------------------------------------------------------- the loop
+WORD = re.compile(r"[a-z']+")
+
+
+class WordTokenizer:
+    """A word-level tokenizer (id 0 = unknown word) so that loop tests need no trained BPE."""
+
+    def __init__(self, texts, min_count=1):
+        counts = Counter(w for t in texts for w in WORD.findall(t.lower()))
+        self.vocab = {w: i + 1 for i, w in enumerate(sorted(w for w, c in counts.items() if c >= min_count))}
+
+    def encode(self, text):
+        return [self.vocab.get(w, 0) for w in WORD.findall(text.lower())] or [0]
+
+    def save(self, directory):
+        pathlib.Path(directory, "words.json").write_text(json.dumps(self.vocab))
+
+
+def toy_task(n, seed):
+    """Sentences of neutral words with one sentiment word; label 1 iff it is a positive one."""
+    rng = np.random.default_rng(seed)
+    good, bad, neutral = ["good", "great", "fine"], ["bad", "awful", "poor"], ["the", "film", "was", "a", "plot", "actor"]
+    texts, labels = [], []
+    for _ in range(n):
+        y = int(rng.integers(0, 2))
+        words = list(rng.choice(neutral, size=int(rng.integers(2, 7))))
+        words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(good if y else bad)))
+        texts.append(" ".join(words))
+        labels.append(y)
+    return texts, labels
+
+
+def small_classifier(tokenizer, num_labels=1, n_layer=2, seed=0):
+    config = GPTConfig(vocab_size=len(tokenizer.vocab) + 1, block_size=32, n_layer=n_layer, n_head=2, n_embd=32)
+    return GPTClassifier(config, num_labels=num_labels, labels=["neg", "pos"] if num_labels <= 2 else None, seed=seed)
+
+
+def test_finetuning_learns_a_toy_task_with_either_head():
+    train, val = toy_task(400, seed=0), toy_task(100, seed=1)
+    tokenizer = WordTokenizer(train[0])
+    for num_labels in (1, 2):
+        model = small_classifier(tokenizer, num_labels)
+        result = finetune.finetune(model, tokenizer, *train, *val, epochs=6, lr=3e-3, batch_size=32, log=None)
+        metrics = finetune.evaluate(model, finetune.Encoded(tokenizer, *val, 32), pad_id=0)
+        assert metrics["accuracy"] > 0.9, (num_labels, result.history)
+        assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+        assert not model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_freezing_trains_only_the_last_blocks_and_the_head():
+    train, val = toy_task(64, seed=0), toy_task(16, seed=1)
+    tokenizer = WordTokenizer(train[0])
+    for train_last, changing in ((1, ("transformer.h.1.", "transformer.ln_f.", "score.")), (0, ("score.",))):
+        model = small_classifier(tokenizer, n_layer=2)
+        before = {n: p.data.copy() for n, p in model.named_parameters()}
+        finetune.finetune(model, tokenizer, *train, *val, epochs=1, lr=1e-2, train_last=train_last, log=None)
+        for name, p in model.named_parameters():
+            moved = not np.array_equal(before[name], p.data)
+            assert moved == name.startswith(changing), (train_last, name)
+    assert finetune.freeze(model, 2)[:2] == ["transformer.h.0.ln_1.weight", "transformer.h.0.ln_1.bias"]
+    with pytest.raises(ValueError, match=r"train_last must lie in 0\.\.2"):
+        finetune.freeze(model, 3)
+
+
+def test_the_head_gets_its_own_learning_rate():
+    tokenizer = WordTokenizer(["a b"])
+    model = small_classifier(tokenizer)
+    opt = finetune._optimizer(model, finetune.FinetuneConfig(lr=1e-4, head_lr=5e-3, log=None))
+    opt.set_lr(2e-4)                          # what the schedule does each step
+    rates = {name: group["lr"] for group in opt.param_groups for name in group["names"]}
+    assert rates["score.weight"] == pytest.approx(1e-2)
+    assert rates["transformer.h.0.attn.c_attn.weight"] == pytest.approx(2e-4)
+    assert rates["transformer.ln_f.bias"] == pytest.approx(2e-4)
+
+
+def test_early_stopping_restores_the_best_weights_and_saves_them(tmp_path):
+    # Validation labels are the opposite of the training labels: the better the model fits the
+    # training set, the worse its validation loss, so training must stop and roll back.
+    train, val = toy_task(200, seed=0), toy_task(60, seed=1)
+    flipped = [1 - y for y in val[1]]
+    tokenizer = WordTokenizer(train[0])
+    model = small_classifier(tokenizer)
+    result = finetune.finetune(model, tokenizer, *train, val[0], flipped, epochs=20, lr=3e-3, eval_every=4,
+                               patience=2, out_dir=tmp_path / "clf", log=None)
+    assert result.stopped_early and result.steps < 20 * 7
+    assert result.best_step == min(result.history, key=lambda h: h["val_loss"])["step"]
+    data = finetune.Encoded(tokenizer, val[0], flipped, 32)
+    assert finetune.evaluate(model, data, 0)["loss"] == pytest.approx(result.best_loss, rel=1e-5)
+    saved = GPTClassifier.from_pretrained(tmp_path / "clf")
+    assert (tmp_path / "clf" / "words.json").is_file()                  # the tokenizer travels along
+    assert finetune.evaluate(saved, data, 0)["loss"] == pytest.approx(result.best_loss, rel=1e-5)
+
+
+def test_loop_rejects_bad_inputs():
+    tokenizer = WordTokenizer(["good film"])
+    model = small_classifier(tokenizer)
+    with pytest.raises(ValueError, match=r"training labels must be class ids 0\.\.1, got 0\.\.2"):
+        finetune.finetune(model, tokenizer, ["good", "bad", "meh"], [0, 1, 2], ["good"], [1], log=None)
+    with pytest.raises(ValueError, match="2 texts but 1 labels"):
+        finetune.finetune(model, tokenizer, ["good", "bad"], [0], ["good"], [1], log=None)
+    with pytest.raises(ValueError, match="patience must be >= 1"):
+        finetune.FinetuneConfig(patience=0)
+
+
+@pytest.mark.slow
+def test_real_movie_reviews_fine_tune_beats_chance_on_held_out_reviews():
+    from npgpt.datasets import DatasetUnavailable
+
+    try:
+        texts, labels = finetune.movie_reviews()
+    except DatasetUnavailable as exc:
+        pytest.skip(f"movie reviews cannot be fetched here: {exc}")
+    rows = np.random.default_rng(0).permutation(len(texts))[:3000]      # a seeded slice
+    texts, labels = [texts[i] for i in rows], [labels[i] for i in rows]
+    train, val, test = [([texts[i] for i in part], [labels[i] for i in part])
+                        for part in finetune.split_indices(len(texts), (0.7, 0.1, 0.2), seed=0)]
+    tokenizer = WordTokenizer(train[0], min_count=2)
+    config = GPTConfig(vocab_size=len(tokenizer.vocab) + 1, block_size=48, n_layer=1, n_head=2, n_embd=32)
+    model = GPTClassifier(config, num_labels=1, seed=0)
+    finetune.finetune(model, tokenizer, *train, *val, epochs=5, batch_size=16, lr=1e-3, weight_decay=0.1,
+                      max_length=48, eval_every=22, patience=4, log=None)
+    metrics = finetune.evaluate(model, finetune.Encoded(tokenizer, *test, 48), pad_id=0)
+    # 600 held-out reviews, about half positive: chance is 0.5 with a standard deviation of 0.02.
+    # (A one-layer model trained from scratch on 2,100 reviews reaches 0.65-0.68 over seeds.)
+    assert metrics["accuracy"] > 0.6, metrics
+    assert metrics["confusion"].sum() == 600
