@@ -152,6 +152,18 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path
     assert (tmp_path / CHECKPOINT_DIR / "model.safetensors").read_bytes() == saved
 
 
+def test_the_loss_is_the_negative_mean_log_likelihood_of_the_next_tokens():
+    # docs/training.md eqs. 1 and 2: L_train = -(1/N) sum_i log p(x_i | x_<i), p from the model's softmax
+    model = GPT(GPTConfig(vocab_size=30, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    seq = np.random.default_rng(1).integers(0, 30, (2, 9))
+    x, y = seq[:, :-1], seq[:, 1:]
+    logits = model(x).data.astype(np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    log_likelihood = np.log(np.take_along_axis(probs, y[..., None], -1)).sum()      # eq. 1
+    assert F.cross_entropy(model(x), y).item() == pytest.approx(-log_likelihood / y.size, rel=1e-5)
+
+
 def test_gradient_accumulation_equals_the_full_batch_gradient():
     # docs/training.md eq. 4: the gradient of the mean over K micro-batches, each loss scaled by 1/K
     model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8))
