@@ -365,8 +365,9 @@ class Encoded:
         if not texts:
             raise ValueError("no examples to train or evaluate on")
         self.ids = []
+        encode = _plain_text_encoder(tokenizer)
         for i, text in enumerate(texts):
-            ids = list(tokenizer.encode(text))[:max_length]
+            ids = list(encode(text))[:max_length]
             if not ids:
                 raise ValueError(f"text {i + 1} ({text!r}) encodes to no tokens")
             self.ids.append(ids)
@@ -380,14 +381,23 @@ class Encoded:
         return idx, mask, self.labels[rows]
 
 
+def _plain_text_encoder(tokenizer):
+    """``tokenizer.encode`` that reads a special token's text in a review ("<|endoftext|>") as
+    ordinary characters instead of refusing it (npgpt's and tiktoken's ``disallowed_special=()``)."""
+    try:
+        tokenizer.encode("", disallowed_special=())
+    except TypeError:                       # a simple tokenizer without special tokens
+        return tokenizer.encode
+    return lambda text: tokenizer.encode(text, disallowed_special=())
+
+
 def _pad_id(classifier, tokenizer):
+    """The id to pad with: the classifier's, else ``<|endoftext|>``, else 0. Any id works -- the
+    mask decides what is padding -- but end-of-text keeps the saved config natural for HF."""
     if classifier.pad_token_id is not None:
         return classifier.pad_token_id
-    for attr in ("eot_id", "eos_id", "eos_token_id"):   # any id works (the mask decides); prefer end-of-text
-        value = getattr(tokenizer, attr, None)
-        if isinstance(value, (int, np.integer)):
-            return int(value)
-    return 0
+    special = getattr(tokenizer, "special_tokens", None) or {}
+    return int(special.get("<|endoftext|>", 0))
 
 
 def predict(classifier, tokenizer, texts, batch_size=64, max_length=128, pad_side="right"):
@@ -476,6 +486,7 @@ def finetune(classifier, tokenizer, train_texts, train_labels, val_texts, val_la
             raise ValueError(f"{name} labels must be class ids 0..{classifier.num_classes - 1}, "
                              f"got {int(data.labels.min())}..{int(data.labels.max())}")
     pad_id = _pad_id(classifier, tokenizer)
+    classifier.pad_token_id = pad_id          # saved in config.json: Hugging Face needs one to batch
     freeze(classifier, cfg.train_last)
     trainable = [p for p in classifier.parameters() if p.requires_grad]
     opt = _optimizer(classifier, cfg)
