@@ -219,7 +219,7 @@ def cmd_generate(args):
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{args.model} holds no tokenizer files ({exc}); models written by "
                                 "`npgpt train` carry them") from None
-    ids = tokenizer.encode(args.prompt)
+    ids = tokenizer.encode(args.prompt, allowed_special="all")     # a typed <|endoftext|> means the token
     if not ids:
         raise ValueError("the prompt is empty: give some text to continue")
     try:

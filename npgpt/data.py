@@ -191,7 +191,7 @@ def prepare_documents(documents, tokenizer, out_dir, val_fraction=0.1, sources=N
     pieces = []
     started = time.perf_counter()
     for doc in documents:
-        ids = tokenizer.encode(doc, allowed_special=set())
+        ids = tokenizer.encode(doc, allowed_special=set(), disallowed_special=())   # specials as plain text
         pieces.append(np.asarray(ids, dtype=np.int64))
         pieces.append(np.asarray([eot], dtype=np.int64))
         bar.update(len(doc.encode("utf-8")))

@@ -24,7 +24,7 @@ class CharTokenizer:
     def eot_id(self):
         return self.offset + len(self.chars)
 
-    def encode(self, text, allowed_special=()):
+    def encode(self, text, allowed_special=(), disallowed_special="all"):
         if text == EOT and EOT in allowed_special:
             return [self.eot_id]
         return [self.index[c] for c in text]

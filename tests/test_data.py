@@ -73,7 +73,7 @@ def test_prepare_errors_name_the_problem(tmp_path):
         data.prepare(_files(tmp_path, TEXT_A), tok, tmp_path / "out", val_fraction=1.0)
 
     class NoSpecial(CharTokenizer):
-        def encode(self, text, allowed_special=()):
+        def encode(self, text, allowed_special=(), disallowed_special="all"):
             return [self.index[c] for c in text]
 
     with pytest.raises(ValueError, match="endoftext"):
@@ -89,7 +89,7 @@ def test_a_failed_prepare_leaves_the_previous_data_intact(tmp_path):
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
     class Broken(CharTokenizer):
-        def encode(self, text, allowed_special=()):
+        def encode(self, text, allowed_special=(), disallowed_special="all"):
             if text == TEXT_B:
                 raise RuntimeError("tokenizer crashed")
             return super().encode(text, allowed_special)
