@@ -217,6 +217,8 @@ def read_header(path):
             dtype, shape = info["dtype"], tuple(info["shape"])
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: the header entry of tensor {name!r} is malformed: {info!r}") from None
+        if not 0 <= begin <= end:
+            raise CheckpointError(f"{path}: tensor {name!r} has invalid byte offsets {begin}..{end}")
         if start + end > size:
             raise CheckpointError(f"{path} is truncated: tensor {name!r} needs bytes {begin}..{end} of the data "
                                   f"but the file holds only {size - start}")
