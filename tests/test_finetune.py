@@ -1,5 +1,6 @@
 """Fine-tuning: data files, label sets, splits, padding, metrics, the loop and the CLI."""
 
+import csv
 import json
 import pathlib
 import re
@@ -247,3 +248,62 @@ def test_real_movie_reviews_fine_tune_beats_chance_on_held_out_reviews():
     # (A one-layer model trained from scratch on 2,100 reviews reaches 0.65-0.68 over seeds.)
     assert metrics["accuracy"] > 0.6, metrics
     assert metrics["confusion"].sum() == 600
+
+
+# ------------------------------------------------------------------------ CLI
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny pretrained-model directory: a BPE tokenizer and a GPT with its vocabulary."""
+    from npgpt.model import GPT
+    from npgpt.tokenizer import Tokenizer
+
+    texts, _ = toy_task(200, seed=5)
+    tokenizer = Tokenizer.train(texts, 300, show_progress=False)
+    directory = tmp_path_factory.mktemp("lm")
+    GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32)).save_pretrained(directory)
+    tokenizer.save(directory)
+    return directory
+
+
+def run_cli(*argv):
+    from npgpt import cli
+
+    return cli.main(["finetune", *map(str, argv)])
+
+
+def test_cli_finetunes_a_csv_into_a_loadable_classifier(model_dir, tmp_path, capsys):
+    from npgpt.tokenizer import Tokenizer
+
+    texts, labels = toy_task(300, seed=0)
+    data = tmp_path / "reviews.csv"
+    with open(data, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["review", "sentiment"])
+        writer.writerows((t, "pos" if y else "neg") for t, y in zip(texts, labels))
+    out = tmp_path / "clf"
+    status = run_cli("--model", model_dir, "--data", data, "--text-column", "review", "--label-column",
+                     "sentiment", "--out", out, "--epochs", "4", "--lr", "3e-3", "--batch-size", "16")
+    assert status == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "classes ['neg', 'pos']; one logit + sigmoid" in printed and "confusion matrix" in printed
+    clf = GPTClassifier.from_pretrained(out)
+    tokenizer = Tokenizer.from_pretrained(out)
+    assert clf.labels == ["neg", "pos"] and clf.num_labels == 1
+    assert json.loads((out / "config.json").read_text())["pad_token_id"] == tokenizer.special_tokens["<|endoftext|>"]
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["accuracy"] > 0.8 and results["labels"] == ["neg", "pos"]
+    probs = finetune.predict(clf, tokenizer, ["the film was great", "the plot was awful"])
+    assert probs.argmax(axis=1).tolist() == [1, 0]
+
+
+def test_cli_reports_missing_columns_empty_texts_and_unknown_labels(model_dir, tmp_path, capsys):
+    data = write(tmp_path / "d.jsonl", "".join(json.dumps({"text": t, "label": y}) + "\n"
+                                               for t, y in zip(*toy_task(20, seed=0))))
+    assert run_cli("--model", model_dir, "--data", data, "--text-column", "sentence", "--out", tmp_path / "o") == 1
+    assert "npgpt: error: " in (err := capsys.readouterr().err) and "no field 'sentence'" in err
+    assert run_cli("--model", model_dir, "--data", data, "--labels", "0,2", "--out", tmp_path / "o") == 1
+    assert "label 1 (example" in (err := capsys.readouterr().err) and "['0', '2']" in err
+    empty = write(tmp_path / "e.tsv", "text\tlabel\ngood film\t1\n\t0\n")
+    assert run_cli("--model", model_dir, "--data", empty, "--out", tmp_path / "o") == 1
+    assert "line 3: empty text in column 'text'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
