@@ -288,7 +288,7 @@ def load_pretrained(name_or_dir):
         loaded[name[len("transformer."):] if name.startswith("transformer.") else name] = array
     head = loaded.pop("lm_head.weight", None)
 
-    model = GPT(config)
+    model = GPT(config, init=False)
     params = dict(model.named_parameters())
     unexpected = sorted(set(loaded) - set(params))
     if unexpected:

@@ -183,22 +183,32 @@ class Block(nn.Module):
         return x, probs
 
 
+class _Zeros:
+    """Stands in for a random generator when the weights will be overwritten anyway."""
+
+    @staticmethod
+    def standard_normal(shape, dtype=np.float64):
+        return np.zeros(shape, dtype=dtype)
+
+
 class GPT(nn.Module):
     """GPT-2 language model. ``model(idx)`` -> logits (B, T, vocab_size).
 
     Weights are initialised as GPT-2's: Normal(0, 0.02), residual projections
     Normal(0, 0.02 / sqrt(2 n_layer)), biases 0, layer-norm gains 1, all drawn
     from ``numpy.random.default_rng(seed)`` (float32, on the CPU; move the
-    model with ``.to("cuda")``).
+    model with ``.to("cuda")``). ``init=False`` skips the random draw and
+    leaves the weights at zero, for a checkpoint to be loaded over them (for
+    GPT-2 small that saves drawing 124 million random numbers).
     """
 
-    def __init__(self, config=None, seed=0):
+    def __init__(self, config=None, seed=0, *, init=True):
         super().__init__()
         config = config if config is not None else GPTConfig()
         if not isinstance(config, GPTConfig):
             raise TypeError(f"GPT needs a GPTConfig, got {type(config).__name__}")
         self.config = config
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed) if init else _Zeros()
         C = config.n_embd
         self.wte = nn.Embedding(config.vocab_size, C, rng=rng)        # token table, also the LM head
         self.wpe = nn.Embedding(config.block_size, C, rng=rng)        # learned position table

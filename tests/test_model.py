@@ -299,3 +299,10 @@ def test_dot_products_of_unit_variance_vectors_have_variance_d_k():
         scores = (q * k).sum(axis=1)
         assert abs(scores.var() / d_k - 1) < 0.03
         assert abs((scores / math.sqrt(d_k)).var() - 1) < 0.03
+
+
+def test_init_false_leaves_zeros_for_a_checkpoint_to_fill():
+    model = GPT(GPTConfig(**TINY), init=False)
+    for name, p in model.named_parameters():
+        expected = 1.0 if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight" else 0.0
+        assert np.all(p.data == expected), name
