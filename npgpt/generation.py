@@ -16,6 +16,8 @@ cache, under ``no_grad``: each step reads the cached keys and values of the
 earlier positions instead of recomputing them.
 """
 
+import numbers
+
 import numpy as np
 
 import npgpt.functional as F
@@ -28,11 +30,11 @@ def check_sampling_args(max_new_tokens=0, temperature=1.0, top_k=None, top_p=Non
     """Raise a ValueError naming the first invalid sampling argument."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
+    if isinstance(temperature, bool) or not (isinstance(temperature, numbers.Real) and temperature > 0):
         raise ValueError(f"temperature must be > 0, got {temperature!r} (for greedy decoding use do_sample=False)")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise ValueError(f"top_k must be an integer >= 1 (or None), got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+    if top_p is not None and (isinstance(top_p, bool) or not (isinstance(top_p, numbers.Real) and 0 < top_p <= 1)):
         raise ValueError(f"top_p must be in (0, 1] (or None), got {top_p!r}")
 
 
@@ -121,11 +123,19 @@ def next_token(logits, do_sample=False, temperature=1.0, top_k=None, top_p=None,
 # ------------------------------------------------------------------ loop
 def stream(model, idx, max_new_tokens, *, do_sample=False, temperature=1.0, top_k=None, top_p=None,
            eos_token_id=None, seed=None, use_cache=True):
-    """Yield the next token of every row, (B,) int array, step by step (see ``generate``)."""
+    """An iterator over the next token of every row, a (B,) int array per step (see ``generate``).
+
+    The arguments are checked at once; the model runs as the iterator is consumed.
+    """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     idx = prompt_ids(model, idx)
     if eos_token_id is not None and not 0 <= int(eos_token_id) < model.config.vocab_size:
         raise ValueError(f"eos_token_id {eos_token_id} is outside the vocabulary 0..{model.config.vocab_size - 1}")
+    return _decode(model, idx, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, seed, use_cache)
+
+
+def _decode(model, idx, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, seed, use_cache):
+    """The decoding loop behind ``stream``: one forward pass and one choice per step."""
     xp = backend.array_module(idx)
     B, T0 = idx.shape
     block = model.config.block_size

@@ -186,8 +186,11 @@ def test_rows_that_hit_eos_keep_emitting_it_and_the_loop_stops():
     assert single.shape == (1, 5 + j + 1)
 
 
-def test_stream_yields_one_token_per_step():
+def test_stream_yields_one_token_per_step_and_checks_arguments_at_once():
     model = tiny()
+    with pytest.raises(ValueError, match="temperature"):
+        generation.stream(model, prompt(), 4, do_sample=True, temperature=0.0)
+    assert generation.next_token(np.zeros((1, 3), np.float32), True, np.float32(0.5), rng=np.random.default_rng(0)).shape == (1,)
     steps = list(generation.stream(model, prompt(), 4))
     assert len(steps) == 4 and all(s.shape == (2,) for s in steps)
     np.testing.assert_array_equal(np.stack(steps, 1), model.generate(prompt(), 4)[:, 5:])
