@@ -1,0 +1,333 @@
+"""Tests for npgpt.tokenizer (docs/tokenizer.md): training invariants, the fast encoder against the
+textbook one, file formats against Hugging Face's loaders, and GPT-2 exactness against tiktoken.
+
+Tests that need GPT-2's vocabulary or the SOTU corpus fetch them through npgpt.datasets and skip,
+naming the reason, when that is impossible here (``.ci/run`` fetches them, so CI runs them).
+"""
+
+import io
+import os
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from npgpt import datasets
+from npgpt.tokenizer import ENDOFTEXT, GPT2_PATTERN, Tokenizer, _bpe, _bpe_long, _Progress, bytes_to_unicode
+
+WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
+         "but have an they you were their one all we can her has there been if more when will would who "
+         "so no out up into do only time two may first new people like over such after most these also "
+         "naïve café smörgåsbord Привет мир 你好 世界 👍 🎉 e\u0301 don't we're it's 1776 3.14 42% $5 ...").split()
+
+
+def corpus(n_words, seed=0):
+    """Deterministic text with English's skew: a few words are very common, most are rare."""
+    rng = random.Random(seed)
+    out = []
+    syllables = ["ka", "to", "ri", "men", "sa", "lo", "vi", "ter", "un", "ba", "aa", "ee"]
+    for _ in range(n_words):
+        if rng.random() < 0.3:                  # an invented word: many distinct rare words
+            word = "".join(rng.choice(syllables) for _ in range(rng.randint(1, 4)))
+        else:
+            word = WORDS[min(int(rng.expovariate(0.08)), len(WORDS) - 1)]
+        out.append(word + rng.choice([" ", " ", " ", " ", ", ", ". ", "\n", "  ", "!\n\n"]))
+    return "".join(out)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return Tokenizer.train([corpus(20_000, seed=s) for s in range(3)], 600, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    try:
+        return Tokenizer.from_pretrained("gpt2")
+    except datasets.DatasetUnavailable as e:
+        pytest.skip(f"GPT-2's vocabulary cannot be fetched here: {e}")
+
+
+@pytest.fixture(scope="module")
+def tiktoken_gpt2():
+    tiktoken = pytest.importorskip("tiktoken")
+    from tiktoken.load import load_tiktoken_bpe
+    try:
+        path = datasets.fetch("gpt2-tiktoken")
+    except datasets.DatasetUnavailable as e:
+        pytest.skip(f"gpt2.tiktoken cannot be fetched here: {e}")
+    os.environ["TIKTOKEN_CACHE_DIR"] = ""       # build offline, write no cached copy
+    return tiktoken.Encoding(name="gpt2-offline", pat_str=GPT2_PATTERN,
+                             mergeable_ranks=load_tiktoken_bpe(str(path)),
+                             special_tokens={ENDOFTEXT: 50256})
+
+
+ADVERSARIAL = [
+    "",
+    "The cat sits on the mat.",
+    "Hello, world! 👋🏽 🇺🇸 👨‍👩‍👧‍👦 emoji and ZWJ sequences",
+    "東京は日本の首都です。北京是中国的首都。서울은 한국의 수도입니다.",
+    "e\u0301 a\u0308\u0304 Z\u0351\u0353\u0354\u0355 combining marks, n\u0303o",
+    " " * 37 + "x" + "\t\t\n\n\n  \r\n" + " " * 5,
+    "it's we're they've I'm you'll he'd 'S 'RE ''s '''",
+    "1234567890 3.14159 1,000,000 ٣٤٥ ⅷ ²³ 0x1F 1e-9",
+    "!!!???... ;-) :-( <<<>>> ///\\\\\\ ```code``` $$$ %%%",
+    "mixed\u00a0nbsp\u2003em-space\u200bzero-width\ufeffbom",
+    "\x00\x01\x7f control \x1b[31m chars",
+    "ÀÉÎÕÜ àéîõü ßẞ ﬁ ﬀ Ǆǅǆ",
+    "a" * 1000 + " " + "ab" * 500,
+]
+
+
+# ------------------------------------------------------------------ GPT-2 exactness
+def test_known_answer(gpt2):
+    ids = gpt2.encode("The cat sits on the mat.")
+    assert ids == [464, 3797, 10718, 319, 262, 2603, 13]
+    assert gpt2.decode(ids) == "The cat sits on the mat."
+    assert gpt2.vocab_size == 50257 and gpt2.special_tokens == {ENDOFTEXT: 50256}
+    assert gpt2.token_to_id("Ġthe") == 262 and gpt2.id_to_token(262) == "Ġthe"
+
+
+@pytest.mark.parametrize("text", ADVERSARIAL, ids=range(len(ADVERSARIAL)))
+def test_gpt2_equals_tiktoken_on_adversarial_text(gpt2, tiktoken_gpt2, text):
+    assert gpt2.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+    assert gpt2._encode_reference(text) == tiktoken_gpt2.encode_ordinary(text)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("char", ["a", " ", "😀", "1", "\n"])
+def test_gpt2_equals_tiktoken_on_100k_repeated_characters(gpt2, tiktoken_gpt2, char):
+    text = char * 100_000
+    assert gpt2.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+
+
+@pytest.mark.slow
+def test_gpt2_equals_tiktoken_on_the_whole_sotu_corpus(gpt2, tiktoken_gpt2):
+    try:
+        text = datasets.load_text("sotu")
+    except datasets.DatasetUnavailable as e:
+        pytest.skip(f"the SOTU corpus cannot be fetched here: {e}")
+    assert len(text) > 10_000_000
+    fresh = Tokenizer(gpt2._tokens, gpt2.merges, gpt2.special_tokens)   # cold cache
+    ids = fresh.encode(text)
+    assert ids == tiktoken_gpt2.encode_ordinary(text)
+    assert fresh.decode(ids) == text
+
+
+def test_special_tokens_follow_tiktoken(gpt2, tiktoken_gpt2):
+    text = "end of one<|endoftext|>start of the next"
+    with pytest.raises(ValueError, match=r"<\|endoftext\|>"):
+        gpt2.encode(text)
+    assert gpt2.encode(text, allowed_special="all") == tiktoken_gpt2.encode(text, allowed_special="all")
+    assert 50256 in gpt2.encode(text, allowed_special={ENDOFTEXT})
+    plain = gpt2.encode(text, disallowed_special=())
+    assert plain == tiktoken_gpt2.encode(text, disallowed_special=()) and 50256 not in plain
+    assert gpt2.decode(gpt2.encode(text, allowed_special="all")) == text
+
+
+@pytest.mark.slow
+def test_from_tiktoken_and_openai_files_give_the_same_tokenizer(gpt2):
+    try:
+        path = datasets.fetch("gpt2-tiktoken")
+    except datasets.DatasetUnavailable as e:
+        pytest.skip(f"gpt2.tiktoken cannot be fetched here: {e}")
+    other = Tokenizer.from_tiktoken(path, special_tokens={ENDOFTEXT: 50256})
+    assert other == gpt2                        # same bytes per id, same merges in the same order
+    text = "".join(ADVERSARIAL)
+    assert other.encode(text) == gpt2.encode(text)
+
+
+def test_gpt2_save_and_reload(gpt2, tmp_path):
+    gpt2.save(tmp_path)
+    assert Tokenizer.from_pretrained(tmp_path) == gpt2
+
+
+# ------------------------------------------------------------------ encoding and decoding
+@given(st.text())
+def test_round_trip_trained(small, text):
+    """decode(encode(s)) == s for any text without lone surrogates."""
+    assert small.decode(small.encode(text, disallowed_special=())) == text
+
+
+@given(st.text())
+def test_round_trip_gpt2(gpt2, text):
+    assert gpt2.decode(gpt2.encode(text, disallowed_special=())) == text
+
+
+@given(st.lists(st.sampled_from(WORDS + ["\n", "  ", "x", "'s", "😀"]), max_size=40).map(" ".join) | st.text())
+def test_fast_encoder_equals_reference(small, text):
+    assert small.encode_ordinary(text) == small._encode_reference(text)
+
+
+@given(st.text(max_size=200))
+def test_fast_encoder_equals_reference_gpt2(gpt2, text):
+    assert gpt2.encode_ordinary(text) == gpt2._encode_reference(text)
+
+
+@given(st.lists(st.integers(0, 255), min_size=2, max_size=300))
+def test_long_word_merge_loop_equals_short_one(small, raw):
+    """The heap-based loop for long pre-tokens merges exactly like the in-place one."""
+    ids = [small._byte_ids[b] for b in raw]
+    short = list(ids)
+    get, never = small._ranks.get, len(small._merged)
+    while True:                                 # the textbook loop on raw ids
+        ranked = [(get(p, never), i) for i, p in enumerate(zip(short, short[1:]))]
+        if not ranked or min(ranked)[0] == never:
+            break
+        r, i = min(ranked)
+        short[i:i + 2] = [small._merged[r]]
+    assert _bpe_long(list(ids), small._ranks, small._merged) == short
+    assert _bpe(list(ids), small._ranks, small._merged) == short
+
+
+def test_repeated_characters_do_not_take_quadratic_time(small):
+    text = "ha" * 50_000
+    ids = small.encode(text)
+    assert small.decode(ids) == text and len(ids) <= 50_000
+
+
+def test_lone_surrogate_is_a_clear_error(small):
+    with pytest.raises(ValueError, match="surrogate"):
+        small.encode("abc\ud800def")
+    with pytest.raises(ValueError, match="surrogate"):
+        Tokenizer.train("x\udfffy", 300, show_progress=False)
+
+
+def test_special_token_errors(small):
+    with pytest.raises(ValueError, match=r"special token '<\|endoftext\|>'"):
+        small.encode("a<|endoftext|>b")
+    assert small.encode("a<|endoftext|>b", allowed_special="all")[1] == small.special_tokens[ENDOFTEXT]
+    with pytest.raises(ValueError, match="<|nope|>"):
+        small.encode("x", allowed_special={"<|nope|>"})
+
+
+def test_decode_errors(small):
+    with pytest.raises(ValueError, match=f"token id {small.vocab_size} is out of range"):
+        small.decode([1, 2, small.vocab_size])
+    with pytest.raises(ValueError, match="token id -1 is out of range"):
+        small.decode([-1])
+    # 0xE2 0x82 is the start of '€' (E2 82 AC) cut short: not valid UTF-8 on its own.
+    cut = [small._byte_ids[0xE2], small._byte_ids[0x82]]
+    assert small.decode(cut) == "\ufffd"
+    with pytest.raises(UnicodeDecodeError):
+        small.decode(cut, errors="strict")
+
+
+def test_encode_batch_and_token_lookup(small):
+    texts = ["the cat", "", "über 👍"]
+    assert small.encode_batch(texts) == [small.encode(t) for t in texts]
+    assert small.id_to_token(32) == "Ġ" and small.token_to_id("Ġ") == 32   # ids 0..255 are the bytes
+    assert small.id_to_token(small.vocab_size - 1) == ENDOFTEXT
+    with pytest.raises(KeyError, match="not a token"):
+        small.token_to_id("no such token")
+
+
+def test_byte_to_unicode_map_is_gpt2s():
+    table = bytes_to_unicode()
+    assert len(set(table.values())) == 256
+    assert table[ord(" ")] == "Ġ" and table[ord("\n")] == "Ċ" and table[ord("a")] == "a"
+
+
+# ------------------------------------------------------------------ training
+def test_training_reaches_the_vocab_size_and_its_merges_are_well_formed(small):
+    assert small.vocab_size == 600 and len(small.merges) == 600 - 256 - 1
+    known = set(range(256))                     # ids that exist before each merge
+    for r, (a, b) in enumerate(small.merges):
+        assert a in known and b in known, f"merge {r} uses a token made later"
+        new = small._merged[r]
+        assert small.token_bytes(new) == small.token_bytes(a) + small.token_bytes(b)
+        known.add(new)
+    assert known == set(range(small.vocab_size - 1))   # every ordinary id is made, none is missing
+    ids = small.encode(corpus(2000, seed=9))
+    assert 0 <= min(ids) and max(ids) < small.vocab_size - 1
+
+
+def test_training_is_deterministic(small):
+    again = Tokenizer.train([corpus(20_000, seed=s) for s in range(3)], 600, show_progress=False)
+    assert again == small
+
+
+def test_tie_break_is_count_then_smallest_bytes():
+    # Every pair occurs once: ' c' < ' cd' (bytes 0x20 sort first) < 'ab'.
+    tok = Tokenizer.train("ab cd", 259, special_tokens=(), min_frequency=1, show_progress=False)
+    assert [tok.token_bytes(i) for i in range(256, 259)] == [b" c", b" cd", b"ab"]
+
+
+def test_training_never_merges_across_documents_pre_tokens_or_special_tokens():
+    with pytest.warns(UserWarning, match="training stopped at 257"):
+        tok = Tokenizer.train(["x", "y"] * 500, 300, show_progress=False)
+    assert tok.vocab_size == 257                # one-byte documents: nothing to merge
+    with pytest.warns(UserWarning, match="training stopped"):
+        tok = Tokenizer.train(["x y z<|endoftext|>q!"] * 500, 300, min_frequency=1, show_progress=False)
+    learned = [tok.token_bytes(i) for i in range(256, tok.vocab_size - 1)]
+    assert b" y" in learned
+    assert not any(b"x " in t or b"z<" in t or b"|" in t for t in learned)
+
+
+def test_training_says_why_it_stopped_early():
+    with pytest.warns(UserWarning, match="min_frequency=2"):
+        tok = Tokenizer.train("tiny text", 1000, show_progress=False)
+    assert tok.vocab_size < 1000
+    with pytest.raises(ValueError, match="below the 256 byte tokens"):
+        Tokenizer.train("text", 200)
+
+
+def test_progress_bar_draws_on_a_terminal(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    screen = Terminal()
+    monkeypatch.setattr("sys.stderr", screen)
+    bar = _Progress(100, "training BPE", enabled=True)
+    bar.last -= 1
+    bar.update(50)
+    bar.close(100)
+    assert "[###############...............] 50/100" in screen.getvalue()
+    assert "100/100" in screen.getvalue()
+
+
+# ------------------------------------------------------------------ files
+def test_save_and_load_identity(small, tmp_path):
+    small.save(tmp_path / "tok")
+    names = sorted(p.name for p in (tmp_path / "tok").iterdir())
+    assert names == ["merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json"]
+    assert (tmp_path / "tok" / "merges.txt").read_text().startswith("#version: 0.2\n")
+    loaded = Tokenizer.from_pretrained(tmp_path / "tok")
+    assert loaded == small
+    text = corpus(500, seed=5) + "<|endoftext|>"
+    assert loaded.encode(text, allowed_special="all") == small.encode(text, allowed_special="all")
+
+
+def test_several_special_tokens_survive_a_save(tmp_path):
+    tok = Tokenizer.train(corpus(3000), 300, special_tokens=(ENDOFTEXT, "<|pad|>"), show_progress=False)
+    tok.save(tmp_path)
+    assert Tokenizer.from_pretrained(tmp_path).special_tokens == {ENDOFTEXT: 298, "<|pad|>": 299}
+
+
+def test_hugging_face_loaders_encode_identically(small, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    small.save(tmp_path)
+    text = corpus(3000, seed=11) + "".join(ADVERSARIAL[:-1])
+    expected = small.encode(text)
+    hf = tokenizers.ByteLevelBPETokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    assert hf.encode(text).ids == expected
+    transformers = pytest.importorskip("transformers")
+    gpt2_tok = transformers.GPT2Tokenizer.from_pretrained(str(tmp_path))
+    assert gpt2_tok.encode(text) == expected
+    assert gpt2_tok.convert_tokens_to_ids(ENDOFTEXT) == small.special_tokens[ENDOFTEXT]
+
+
+def test_from_pretrained_says_what_it_tried(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-such-tokenizer"):
+        Tokenizer.from_pretrained("no-such-tokenizer")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither vocab.json"):
+        Tokenizer.from_pretrained(tmp_path / "empty")
+
+
+def test_from_tiktoken_rejects_a_broken_file(tmp_path):
+    path = tmp_path / "bad.tiktoken"
+    path.write_text("not-base64!! 0\n")
+    with pytest.raises(ValueError, match="bad.tiktoken:1"):
+        Tokenizer.from_tiktoken(path)
