@@ -250,7 +250,8 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, return_attention=False, cache=None):
         """Logits of the next token at every position.
 
-        ``idx``: int (B, T). Returns ``logits`` (B, T, vocab_size) as a Tensor;
+        ``idx``: int (B, T) (a 1-D sequence is refused rather than guessed at:
+        pass ``ids[None]``). Returns ``logits`` (B, T, vocab_size) as a Tensor;
         ``(logits, loss)`` when ``targets`` (int (B, T)) are given; and, with
         ``return_attention=True``, additionally a list with one (B, H, T, T_keys)
         array of attention probabilities per layer (last element of the tuple).
