@@ -252,3 +252,19 @@ def test_optimizer_state_in_a_checkpoint_is_complete(tmp_path, data_dir):
     assert sorted(tensors) == sorted(f"{n}.{k}" for n in names for k in AdamW._state_keys)
     for n in names:
         np.testing.assert_array_equal(tensors[f"{n}.exp_avg"], trainer.optimizer.state[n]["exp_avg"])
+
+
+def test_loss_curve_script_plots_a_real_log(tmp_path, data_dir):
+    pytest.importorskip("matplotlib")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("loss_curve", ROOT / "docs" / "scripts" / "loss_curve.py")
+    loss_curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loss_curve)
+    train(TrainConfig(out_dir=str(tmp_path / "run"), data_dir=str(data_dir), max_steps=4, eval_interval=2, **TINY),
+          log=quiet)
+    assert loss_curve.moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert loss_curve.main([str(tmp_path / "run"), "--out", str(tmp_path / "curve.png")]) == 0
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(FileNotFoundError, match="log.jsonl"):
+        loss_curve.read_log(tmp_path / "nothing")

@@ -1,0 +1,107 @@
+"""Plot a training run's loss curve: ``python docs/scripts/loss_curve.py RUN_DIR [--out PNG]``.
+
+Reads ``RUN_DIR/log.jsonl`` (written by ``npgpt train``) and draws the training loss (each
+step, faint, and a moving average) and the validation loss against the step, with the
+learning rate on a second axis. Needs matplotlib (``pip install -e ".[viz]"``).
+
+The figure in docs/training.md comes from the run described there:
+
+    npgpt tokenizer train --input shakespeare.txt --vocab-size 2048 --out tok
+    npgpt prepare --input shakespeare.txt --tokenizer tok --out data
+    npgpt train --data data --out run --n-layer 4 --n-head 4 --n-embd 128 --block-size 128 \\
+        --batch-size 16 --max-steps 300 --warmup-steps 20 --lr 2e-3 --min-lr 2e-4 \\
+        --eval-interval 50 --eval-iters 10 --log-interval 25
+    python docs/scripts/loss_curve.py run --out docs/images/loss_curve.png
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tempfile
+
+
+def read_log(run_dir):
+    path = pathlib.Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run directory of `npgpt train`?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def moving_average(values, window):
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot(rows, out, title=None, window=10):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
+    val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
+    lrs = [(r["step"], r["lr"]) for r in rows if r.get("lr") is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    if train:
+        steps, losses = zip(*train)
+        ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8)
+        ax.plot(steps, moving_average(list(losses), window), color="tab:blue", label=f"train (moving average of {window})")
+    if val:
+        steps, losses = zip(*val)
+        ax.plot(steps, losses, "o-", color="tab:orange", label="validation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy loss (nats per token)")
+    ax.grid(alpha=0.3)
+    if lrs:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*lrs), color="tab:gray", linestyle="--", linewidth=1, label="learning rate")
+        ax2.set_ylabel("learning rate")
+        lines = ax.get_legend_handles_labels()
+        lines2 = ax2.get_legend_handles_labels()
+        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right")
+    else:
+        ax.legend(loc="upper right")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp)
+        os.chmod(tmp, 0o644)          # mkstemp makes it private
+        os.replace(tmp, out)          # atomic: a reader never sees half a PNG
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    plt.close(fig)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a run directory written by `npgpt train`")
+    parser.add_argument("--out", default="docs/images/loss_curve.png", help="PNG to write")
+    parser.add_argument("--title", default=None)
+    parser.add_argument("--window", type=int, default=10, help="moving-average window of the training loss")
+    args = parser.parse_args(argv)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("loss_curve.py needs matplotlib: pip install matplotlib", file=sys.stderr)
+        return 1
+    out = plot(read_log(args.run_dir), args.out, args.title, args.window)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
