@@ -200,11 +200,18 @@ def cmd_train(args):
             raise ValueError("npgpt train needs --data DATA_DIR (or --resume)")
         settings["out_dir"] = args.out
         trainer = Trainer(TrainConfig.from_dict(settings), log=log)
+    if args.resume and trainer.step >= trainer.config.max_steps:
+        print(f"{args.out} is already at step {trainer.step} of {trainer.config.max_steps}: nothing to do "
+              "(raise --max-steps to train longer)")
+        return 0
     summary = trainer.train(stop_at=args.stop_at)
-    val = summary["val_loss"]
-    print(f"step {summary['step']}: train loss {summary['train_loss']:.4f}"
-          + (f", val loss {val:.4f}" if val is not None else "")
-          + f", {summary['tokens_per_s']:,.0f} tokens/s; checkpoint in {trainer.run_dir / 'checkpoint'}")
+    parts = [f"step {summary['step']}"]
+    if summary["train_loss"] is not None:
+        parts.append(f"train loss {summary['train_loss']:.4f}")
+    if summary["val_loss"] is not None:
+        parts.append(f"val loss {summary['val_loss']:.4f}")
+    parts.append(f"{summary['tokens_per_s']:,.0f} tokens/s")
+    print(", ".join(parts) + f"; checkpoint in {trainer.run_dir / 'checkpoint'}")
     return 0
 
 

@@ -57,6 +57,8 @@ def test_stop_and_resume_through_the_cli_is_bit_identical(prepared, capsys):
     assert state["step"] == 20
     assert main(["train", "--out", str(prepared / "two"), "--max-steps", "40", "--resume", "--quiet"]) == 0
     assert "step 40" in capsys.readouterr().out
+    assert main(["train", "--out", str(prepared / "two"), "--resume", "--quiet"]) == 0      # finished: no-op
+    assert "nothing to do" in capsys.readouterr().out
     one, two = _weights(prepared / "one" / "checkpoint"), _weights(prepared / "two" / "checkpoint")
     assert one.keys() == two.keys()
     for name in one:

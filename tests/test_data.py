@@ -159,3 +159,14 @@ def test_too_short_corpus_is_a_clear_error(tmp_path):
     (tmp_path / "empty.bin").write_bytes(b"")
     with pytest.raises(ValueError, match="empty"):
         data.load_tokens(tmp_path / "empty.bin", dtype="uint16")
+
+
+def test_prepare_with_a_trained_bpe_tokenizer_round_trips(tmp_path):
+    tokenizer = pytest.importorskip("npgpt.tokenizer")
+    tok = tokenizer.Tokenizer.train([TEXT_A * 5, TEXT_B * 5], 300, show_progress=False)
+    tricky = "say <|endoftext|> aloud"        # a marker inside a file splits it into two documents
+    meta = data.prepare(_files(tmp_path, TEXT_A, TEXT_B + tricky), tok, tmp_path / "out", progress=False)
+    stream = np.concatenate([data.TokenFile(tmp_path / "out", s).tokens for s in ("train", "val")])
+    assert tok.decode(stream.tolist()) == TEXT_A + EOT + TEXT_B + "say " + EOT + " aloud" + EOT
+    assert meta["eot_token_id"] == tok.encode(EOT, allowed_special={EOT})[0]
+    assert tokenizer.Tokenizer.from_pretrained(tmp_path / "out" / "tokenizer") == tok
