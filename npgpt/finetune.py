@@ -432,6 +432,25 @@ def evaluate(classifier, data, pad_id, batch_size=64, pad_side="right"):
     return metrics
 
 
+def _length_bucketed_batches(data, batch_size, rng, bucket=16):
+    """One epoch of random batches whose texts have similar lengths.
+
+    A padded batch costs as much as its longest text times its size. Texts are
+    shuffled, cut into chunks of ``bucket`` batches, sorted by length inside
+    each chunk and cut into batches; the batch order is shuffled again. Each
+    batch is still a random sample, but the padding (here about 40% of the
+    tokens with plain random batches) almost disappears.
+    """
+    order = rng.permutation(len(data))
+    lengths = np.array([len(s) for s in data.ids])
+    batches = []
+    for start in range(0, len(order), batch_size * bucket):
+        chunk = order[start:start + batch_size * bucket]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 class FinetuneResult:
     """What :func:`finetune` did: ``history`` (one dict per evaluation), the best step and loss."""
 
@@ -512,10 +531,7 @@ def finetune(classifier, tokenizer, train_texts, train_labels, val_texts, val_la
         f"on {len(train)} texts ({steps_per_epoch} steps per epoch), validating on {len(val)}")
     step = 0
     while step < max_steps and not result.stopped_early:
-        for start in range(0, len(train), cfg.batch_size):
-            if start == 0:
-                order = rng.permutation(len(train))
-            rows = order[start:start + cfg.batch_size]
+        for rows in _length_bucketed_batches(train, cfg.batch_size, rng):
             idx, mask, y = train.batch(rows, pad_id, cfg.pad_side)
             inputs = backend.to_device(np.stack([idx, mask], axis=1), device)    # (B, 2, T)
             lr = optim.cosine_schedule(step, max_steps, cfg.lr, warmup_steps=warmup)

@@ -241,11 +241,11 @@ def test_real_movie_reviews_fine_tune_beats_chance_on_held_out_reviews():
     tokenizer = WordTokenizer(train[0], min_count=2)
     config = GPTConfig(vocab_size=len(tokenizer.vocab) + 1, block_size=48, n_layer=1, n_head=2, n_embd=32)
     model = GPTClassifier(config, num_labels=1, seed=0)
-    finetune.finetune(model, tokenizer, *train, *val, epochs=5, batch_size=16, lr=1e-3, weight_decay=0.1,
-                      max_length=48, eval_every=22, patience=4, log=None)
+    finetune.finetune(model, tokenizer, *train, *val, epochs=4, batch_size=16, lr=1e-3, weight_decay=0.1,
+                      max_length=48, eval_every=44, patience=10, log=None)
     metrics = finetune.evaluate(model, finetune.Encoded(tokenizer, *test, 48), pad_id=0)
     # 600 held-out reviews, about half positive: chance is 0.5 with a standard deviation of 0.02.
-    # (A one-layer model trained from scratch on 2,100 reviews reaches 0.65-0.68 over seeds.)
+    # (A one-layer model trained from scratch on 2,100 reviews reaches 0.67-0.70 over six seeds.)
     assert metrics["accuracy"] > 0.6, metrics
     assert metrics["confusion"].sum() == 600
 
