@@ -536,6 +536,8 @@ class Trainer:
             _fsync(run_dir)
             if backup is not None:
                 shutil.rmtree(backup, ignore_errors=True)
+            for orphan in run_dir.glob(f".{CHECKPOINT_DIR}.old-*"):   # left by a crash between two renames
+                shutil.rmtree(orphan, ignore_errors=True)
         finally:
             shutil.rmtree(staging_parent, ignore_errors=True)
         return target

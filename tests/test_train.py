@@ -109,7 +109,7 @@ def test_an_interrupted_save_is_ignored_and_an_orphaned_backup_is_recovered(tmp_
     os.rename(tmp_path / CHECKPOINT_DIR, backup / CHECKPOINT_DIR)
     assert find_checkpoint(tmp_path) == backup / CHECKPOINT_DIR
     trainer, summary = train(resume=True, out_dir=str(tmp_path), log=quiet)
-    assert summary["step"] == 6 and not partial.exists()
+    assert summary["step"] == 6 and not partial.exists() and not backup.exists()     # both cleaned up
     assert json.loads((tmp_path / CHECKPOINT_DIR / "trainer_state.json").read_text())["step"] == 6
 
 
