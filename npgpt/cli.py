@@ -143,6 +143,16 @@ def _load_tokenizer(directory):
     return Tokenizer.from_pretrained(directory)
 
 
+def _check_device(device):
+    """A missing GPU is the user's to fix: report it as one line, not a traceback."""
+    from npgpt import backend
+
+    try:
+        return backend.check_device(device)
+    except RuntimeError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def cmd_tokenizer_train(args):
     from npgpt.tokenizer import Tokenizer
 
@@ -191,6 +201,8 @@ def cmd_train(args):
         settings["tokenizer_dir"] = args.tokenizer
     if args.data:
         settings["data_dir"] = args.data
+    if "device" in settings:
+        _check_device(settings["device"])
     log = (lambda line: None) if args.quiet else None
     if args.resume:
         settings.pop("out_dir", None)
@@ -220,7 +232,7 @@ def cmd_generate(args):
 
     from npgpt.model import GPT
 
-    model = GPT.from_pretrained(args.model).to(args.device)
+    model = GPT.from_pretrained(args.model).to(_check_device(args.device))
     try:
         tokenizer = _load_tokenizer(args.model)
     except FileNotFoundError as exc:

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from npgpt import backend
 from npgpt.cli import main
 
 TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
@@ -111,4 +112,7 @@ def test_user_errors_are_one_line_and_exit_1(tmp_path, capsys):
     bad.write_text("{not json")
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--config", str(bad)]) == 1
     assert "not valid JSON" in capsys.readouterr().err
+    if not backend.cuda_available():
+        assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--device", "cuda"]) == 1
+        assert "CuPy" in capsys.readouterr().err
     assert main(["train", "--max-steps", "x", "--out", "r"]) == 2                       # usage error from argparse
