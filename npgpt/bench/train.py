@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from npgpt.bench.common import median, peak_rss_mb
+from npgpt.parallel import default_workers
 
 WORKLOAD = dict(vocab_size=8192, block_size=128, n_layer=4, n_head=4, n_embd=256, batch_size=8)
 
@@ -24,6 +25,8 @@ def add_arguments(parser):
                         help="peak float32 FLOP/s of the machine for the MFU (default 195e9: a 2-core "
                              "Zen 4's measured matmul peak, see docs/benchmarks.md)")
     parser.add_argument("--compare", choices=["torch"], default=None, help="also run PyTorch eager")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="threads the batch is sharded over (default: one per core; see npgpt.parallel)")
 
 
 def flops_per_token(n_params_no_pos, n_layer, block_size, n_embd):
@@ -57,8 +60,9 @@ def _time_steps(step, steps, warmup):
     return median(times), loss
 
 
-def run_npgpt(cfg, steps, warmup):
+def run_npgpt(cfg, steps, warmup, workers=None):
     import npgpt.functional as F
+    from npgpt import parallel
     from npgpt.model import GPT, GPTConfig
     from npgpt.optim import AdamW, param_groups
 
@@ -67,14 +71,15 @@ def run_npgpt(cfg, steps, warmup):
     optimizer = AdamW(param_groups(model, weight_decay=0.1), lr=3e-4)
     rng = np.random.default_rng(0)
 
+    def loss_fn(x, y):
+        return F.cross_entropy(model(x), y)
+
     def step():
         x, y = _batch(rng, cfg)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        loss.backward()
+        loss = parallel.forward_backward(loss_fn, x, y, workers=workers)
         optimizer.step()
         optimizer.zero_grad()
-        return loss.item()
+        return loss
 
     seconds, loss = _time_steps(step, steps, warmup)
     n_params = sum(p.size for name, p in model.named_parameters() if name != "wpe.weight")
@@ -137,7 +142,7 @@ def run_torch(cfg, steps, warmup):
 def run(args):
     cfg = WORKLOAD
     tokens = cfg["batch_size"] * cfg["block_size"]
-    seconds, loss, n_params = run_npgpt(cfg, args.steps, args.warmup)
+    seconds, loss, n_params = run_npgpt(cfg, args.steps, args.warmup, args.workers)
     fpt = flops_per_token(n_params, cfg["n_layer"], cfg["block_size"], cfg["n_embd"])
     result = {
         "workload": "train-small",
@@ -146,6 +151,7 @@ def run(args):
         "mfu": round(model_flops_utilisation(tokens / seconds, fpt, args.peak_flops), 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "final_loss": round(loss, 4),
+        "workers": args.workers or default_workers(),
         "flops_per_token": fpt,
     }
     if args.compare == "torch":
