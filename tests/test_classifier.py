@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import npgpt.functional as F
-from npgpt import Tensor, checkpoint
+from npgpt import Tensor, backend, checkpoint
 from npgpt.classifier import GPTClassifier, last_token_index, positions_from_mask
 from npgpt.finetune import pad_batch
 from npgpt.gradcheck import check_gradients
@@ -197,3 +197,19 @@ def test_hugging_face_loads_our_classifier_and_agrees(tmp_path):
     with torch.no_grad():
         theirs = hf(torch.tensor(idx)).logits.numpy()
     np.testing.assert_allclose(ours(idx).numpy(), theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_classifier_gives_the_same_logits_and_loss_on_every_backend(xp):
+    # The CuPy run is the same code: the array module follows the data (skipped without a GPU).
+    model = make(num_labels=2)
+    idx, mask = pad_batch(SEQUENCES, pad_id=60, side="left")
+    logits, loss = model(idx, attention_mask=mask, labels=np.array([0, 1, 1, 0]))
+    if xp is not np:
+        model.to("cuda")
+    moved, moved_loss = model(xp.asarray(idx), attention_mask=xp.asarray(mask), labels=xp.asarray([0, 1, 1, 0]))
+    assert moved.device == ("cpu" if xp is np else "cuda")
+    np.testing.assert_allclose(moved.numpy(), logits.numpy(), rtol=1e-4, atol=1e-5)
+    assert moved_loss.item() == pytest.approx(loss.item(), rel=1e-4)
+    moved_loss.backward()
+    grad = model.score.weight.grad
+    assert grad is not None and backend.device_of(grad) == moved.device
