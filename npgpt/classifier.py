@@ -280,7 +280,7 @@ class GPTClassifier(nn.Module):
             prefix = "transformer."
             backbone_state = {k[len(prefix):] if k.startswith(prefix) else k: v
                               for k, v in tensors.items() if k != "score.weight"}
-            backbone = GPT(checkpoint.read_config(directory), seed=seed)
+            backbone = GPT(checkpoint.read_config(directory), init=False)     # weights come next
             try:                     # names and shapes are checked, with errors naming the tensor
                 backbone.load_state_dict(backbone_state, strict=True)
             except (KeyError, ValueError) as exc:
