@@ -100,6 +100,12 @@ def _colour(value, vmax, rgb=(33, 102, 172)):
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
+def _colour_max(w):
+    """Top of the colour scale: the largest weight, ignoring a first row that can only be 1."""
+    body = w[1:] if w.shape[0] == w.shape[1] and w.shape[0] > 1 else w
+    return float(body.max()) if body.size else 1.0
+
+
 def attention_svg(weights, tokens, title=None, cell=22):
     """An SVG heat map of one attention matrix: ``weights`` (Tq, Tk), ``tokens`` Tk labels.
 
@@ -107,6 +113,9 @@ def attention_svg(weights, tokens, title=None, cell=22):
     on top, rotated). Darker is more attention; each cell's exact value is in
     its tooltip. Cells the causal mask hides (``j > i``) are drawn hatched grey,
     so "no attention allowed" is not confused with "attention close to 0".
+    The colour scale ends at the largest weight outside the first query row,
+    which is always 1 (the first token can only attend to itself) and would
+    otherwise wash out every other row.
     """
     w = backend.to_numpy(weights.data if isinstance(weights, Tensor) else weights).astype(np.float64)
     if w.ndim != 2:
@@ -121,7 +130,7 @@ def attention_svg(weights, tokens, title=None, cell=22):
     top = 12 + char_w * max(len(t) for t in tokens) * 0.75 + (24 if title else 0)
     width = label_w + Tk * cell + 16
     height = top + Tq * cell + 16
-    vmax = float(w.max()) if w.size else 1.0
+    vmax = _colour_max(w)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
            f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="monospace" font-size="12">',
            '<defs><pattern id="hidden" width="4" height="4" patternUnits="userSpaceOnUse">'
@@ -196,7 +205,7 @@ def attention_map(model, text_or_ids, layer=0, head=0, tokenizer=None, path=None
             shown = np.where(np.tril(np.ones((T, T), dtype=bool)), w, np.nan)   # masked cells blank
             size = 1.5 + 0.35 * T
             fig, ax = plt.subplots(figsize=(size, size))
-            ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=float(w.max()))
+            ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=_colour_max(w))
             ax.set_xticks(range(T), tokens, rotation=60, ha="right")
             ax.set_yticks(range(T), tokens)
             ax.set_xlabel("key (attended to)")
