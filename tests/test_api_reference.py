@@ -1,0 +1,42 @@
+"""docs/api.md is generated from the docstrings, and it is current.
+
+When this fails after a docstring or signature changed: run
+``python docs/scripts/api_reference.py`` and commit docs/api.md with the change.
+"""
+
+import importlib.util
+import inspect
+import pathlib
+
+import npgpt
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("api_reference", ROOT / "docs" / "scripts" / "api_reference.py")
+api_reference = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(api_reference)
+
+
+def test_api_page_is_current():
+    assert (ROOT / "docs" / "api.md").read_text() == api_reference.render(), \
+        "docs/api.md is out of date: run python docs/scripts/api_reference.py"
+
+
+def test_every_export_of_npgpt_is_documented():
+    page = api_reference.render()
+    for name in npgpt.__all__:
+        obj = getattr(npgpt, name)
+        if inspect.ismodule(obj):
+            assert f"## {obj.__name__}\n" in page, f"module {obj.__name__} (npgpt.{name}) has no section"
+        else:
+            assert f"`{obj.__module__}.{obj.__name__}`" in page, f"npgpt.{name} is not in docs/api.md"
+
+
+def test_every_module_of_the_package_is_listed():
+    modules = {p.stem for p in pathlib.Path(npgpt.__file__).parent.glob("*.py")} - {"__init__", "__main__"}
+    listed = {name.split(".", 1)[1] for name, _ in api_reference.MODULES if "." in name}
+    assert modules <= listed, f"modules missing from docs/scripts/api_reference.py: {sorted(modules - listed)}"
+
+
+def test_signatures_carry_no_machine_specific_text():
+    text = api_reference.clean("(xp=<module 'numpy' from '/usr/lib/numpy/__init__.py'>, f=<function g at 0x7f3a>)")
+    assert text == "(xp=numpy, f=g)"

@@ -1,0 +1,92 @@
+"""The book builds as a site: ``mkdocs build --strict`` passes, every page is in the nav, the
+architecture diagram is current.
+
+The strict build fails on any warning: a broken link or anchor between chapters, a page that
+the nav forgets, a nav entry for a missing file that the hook did not drop. It needs no network
+(MathJax is loaded by the reader's browser, not by the build).
+"""
+
+import importlib.util
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _nav_pages(items):
+    for item in items:
+        value = next(iter(item.values())) if isinstance(item, dict) else item
+        if isinstance(value, list):
+            yield from _nav_pages(value)
+        else:
+            yield value
+
+
+def _config():
+    yaml = pytest.importorskip("yaml")
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)   # mkdocs' !ENV tags etc.
+    return yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=Loader)
+
+
+@pytest.mark.slow
+def test_site_builds_strictly(tmp_path):
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("pymdownx")
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(ROOT / "mkdocs.yml"),
+                           "-d", str(tmp_path / "site")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    site = tmp_path / "site"
+    assert (site / "index.html").exists() if (DOCS / "index.md").exists() else True
+    model = (site / "model.html").read_text()
+    assert 'class="arithmatex"' in model and "\\tag{4}" in model, "equations are not handed to MathJax"
+    assert not (site / "scripts").exists(), "docs/scripts/ must not be published"
+
+
+def test_every_page_is_in_the_nav_once():
+    config = _config()
+    listed = list(_nav_pages(config["nav"]))
+    assert len(listed) == len(set(listed)), "a page appears twice in the nav"
+    not_in_nav = set((config.get("not_in_nav") or "").split())
+    pages = {p.name for p in DOCS.glob("*.md")}
+    missing = sorted(pages - set(listed) - not_in_nav)
+    assert not missing, f"pages in docs/ that mkdocs.yml's nav does not list: {missing}"
+
+
+def test_nav_entries_for_missing_pages_are_dropped_by_the_hook(tmp_path):
+    hooks = _load("mkdocs_hooks", DOCS / "scripts" / "mkdocs_hooks.py")
+    (tmp_path / "here.md").write_text("# here\n")
+    nav = [{"Home": "here.md"}, {"Part": [{"A": "missing.md"}, {"B": "here.md"}]}, {"Gone": [{"C": "nope.md"}]}]
+    assert hooks._prune(nav, tmp_path) == [{"Home": "here.md"}, {"Part": [{"B": "here.md"}]}]
+
+
+def test_architecture_diagram_is_current():
+    diagram = _load("architecture_diagram", DOCS / "scripts" / "architecture_diagram.py")
+    assert (DOCS / "images" / "architecture.svg").read_text() == diagram.render(), \
+        "docs/images/architecture.svg is out of date: run python docs/scripts/architecture_diagram.py"
+
+
+def test_architecture_diagram_shows_every_stage_in_order():
+    svg = (DOCS / "images" / "architecture.svg").read_text()
+    stages = ["token embedding + position embedding", "LayerNorm ln_1", "causal self-attention", "+",
+              "LayerNorm ln_2", "MLP", "+", "LayerNorm ln_f", "tied head", "softmax"]
+    position = 0
+    for stage in stages:
+        found = svg.find(f">{stage}", position)
+        assert found > 0, f"{stage!r} missing or out of order in the diagram"
+        position = found + 1
+    assert "x 12 blocks" in svg
