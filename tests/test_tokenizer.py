@@ -14,7 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npgpt import datasets
-from npgpt.tokenizer import ENDOFTEXT, GPT2_PATTERN, Tokenizer, _bpe, _bpe_long, _Progress, bytes_to_unicode
+import regex
+
+from npgpt.tokenizer import (ENDOFTEXT, GPT2_PATTERN, Tokenizer, _bpe, _bpe_long, _Progress, bytes_to_unicode,
+                             pretokenize)
 
 WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
          "but have an they you were their one all we can her has there been if more when will would who "
@@ -144,6 +147,16 @@ def test_gpt2_save_and_reload(gpt2, tmp_path):
 
 
 # ------------------------------------------------------------------ encoding and decoding
+TRICKY = st.sampled_from(list("ab Z09'sdtlmvre\t\n\r\x0b\x0c\x1c!?.,") + ["  ", "é", "\xa0", "\u3000", "中", "😀",
+                                                                              "\u0301", "٣", "\x85", " 's"])
+
+
+@given(st.lists(TRICKY, max_size=40).map("".join) | st.text())
+def test_fast_pretokenizer_equals_the_gpt2_pattern(text):
+    """The ASCII/Unicode split and the factored pattern cut text exactly like GPT-2's regex."""
+    assert pretokenize(text) == regex.findall(GPT2_PATTERN, text)
+
+
 @given(st.text())
 def test_round_trip_trained(small, text):
     """decode(encode(s)) == s for any text without lone surrogates."""

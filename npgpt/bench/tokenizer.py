@@ -1,0 +1,115 @@
+"""tokenizer: GPT-2 encoding MB/s vs tiktoken on SOTU, and BPE training time vs HF tokenizers.
+
+Encoding: the whole State of the Union corpus (10.8 MB) with GPT-2's vocabulary, each repeat
+from a cold start (a fresh npgpt Tokenizer with an empty word cache; tiktoken's
+``encode_ordinary`` on one thread), repeats interleaved so both see the same machine load. The
+ids of both are compared in the same run. Training: vocab 16,384 on the first 5 MB of SOTU (whole
+speeches, the last one cut), npgpt's ``Tokenizer.train`` against Hugging Face ``tokenizers``'
+``BpeTrainer`` with the ByteLevel pre-tokenizer (which uses all its threads). Medians of
+``--repeats`` runs; ratios are npgpt's speed over the reference's (1.0 = as fast).
+"""
+
+import os
+import time
+
+from npgpt.bench.common import median, peak_rss_mb
+
+
+def add_arguments(parser):
+    parser.add_argument("--repeats", type=int, default=3, help="measured runs of each side (default 3)")
+    parser.add_argument("--train-mb", type=float, default=5.0, help="training text in MB (default 5)")
+    parser.add_argument("--vocab-size", type=int, default=16384, help="training vocabulary (default 16384)")
+
+
+def first_bytes(documents, n_bytes):
+    """Whole documents from the start until ``n_bytes`` UTF-8 bytes, the last one cut to fit."""
+    out, total = [], 0
+    for doc in documents:
+        raw = doc.encode("utf-8")
+        if total + len(raw) >= n_bytes:
+            out.append(raw[:n_bytes - total].decode("utf-8", errors="ignore"))
+            break
+        out.append(doc)
+        total += len(raw)
+    return out
+
+
+def _tiktoken_gpt2(path):
+    os.environ["TIKTOKEN_CACHE_DIR"] = ""       # offline, and no cached copy written
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    from npgpt.tokenizer import ENDOFTEXT, GPT2_PATTERN
+    return tiktoken.Encoding(name="gpt2-offline", pat_str=GPT2_PATTERN,
+                             mergeable_ranks=load_tiktoken_bpe(str(path)), special_tokens={ENDOFTEXT: 50256})
+
+
+def _hf_train(documents, vocab_size):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    start = time.perf_counter()
+    hf.train_from_iterator(documents, trainer)
+    return time.perf_counter() - start, hf.get_vocab_size()
+
+
+def run(args):
+    from npgpt import datasets
+    from npgpt.tokenizer import Tokenizer
+
+    documents = datasets.load_documents("sotu")
+    text = "\n".join(documents)
+    mb = len(text.encode("utf-8")) / 1e6
+    start = time.perf_counter()
+    gpt2 = Tokenizer.from_pretrained("gpt2")
+    load_npgpt = time.perf_counter() - start
+    start = time.perf_counter()
+    enc = _tiktoken_gpt2(datasets.fetch("gpt2-tiktoken"))
+    load_tiktoken = time.perf_counter() - start
+
+    ours, theirs, ids, ref = [], [], None, None
+    for _ in range(args.repeats):
+        fresh = Tokenizer(gpt2._tokens, gpt2.merges, gpt2.special_tokens)   # empty word cache
+        start = time.perf_counter()
+        ids = fresh.encode_ordinary(text)
+        ours.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        ref = enc.encode_ordinary(text)
+        theirs.append(time.perf_counter() - start)
+    warm_start = time.perf_counter()
+    fresh.encode_ordinary(text)
+    warm = time.perf_counter() - warm_start
+
+    train_docs = first_bytes(documents, int(args.train_mb * 1e6))
+    ours_train, hf_train, vocab, hf_vocab = [], [], None, None
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        vocab = Tokenizer.train(train_docs, args.vocab_size, show_progress=False).vocab_size
+        ours_train.append(time.perf_counter() - start)
+        seconds, hf_vocab = _hf_train(train_docs, args.vocab_size)
+        hf_train.append(seconds)
+
+    return {
+        "corpus": "sotu (233 speeches)",
+        "corpus_mb": round(mb, 2),
+        "tokens": len(ids),
+        "encode_npgpt_mb_s": round(mb / median(ours), 2),
+        "encode_npgpt_warm_mb_s": round(mb / warm, 2),
+        "encode_tiktoken_mb_s": round(mb / median(theirs), 2),
+        "encode_ratio": round(median(theirs) / median(ours), 3),
+        "ids_equal_tiktoken": ids == ref,
+        "load_npgpt_s": round(load_npgpt, 3),
+        "load_tiktoken_s": round(load_tiktoken, 3),
+        "train_mb": round(sum(len(d.encode("utf-8")) for d in train_docs) / 1e6, 2),
+        "train_vocab_npgpt": vocab,
+        "train_vocab_hf": hf_vocab,
+        "train_npgpt_s": round(median(ours_train), 3),
+        "train_hf_s": round(median(hf_train), 3),
+        "train_ratio": round(median(hf_train) / median(ours_train), 3),
+        "repeats": args.repeats,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
