@@ -105,7 +105,7 @@ def main(argv=None):
                                train_last=args.train_last, max_length=args.max_length, seed=args.seed,
                                out_dir=args.out)
     data = finetune.Encoded(tokenizer, *test, args.max_length)
-    metrics = finetune.evaluate(classifier, data, finetune._pad_id(classifier, tokenizer))
+    metrics = finetune.evaluate(classifier, data)
     gpt_seconds = time.perf_counter() - start
     print(f"fine-tuned {args.model} ({result.steps} steps, best at step {result.best_step}): "
           f"test accuracy {metrics['accuracy']:.3f} ({gpt_seconds:.0f} s)")

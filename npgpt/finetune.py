@@ -12,8 +12,10 @@ The pieces, in the order data flows through them:
 * :func:`pad_batch` pads token ids into a (B, T) array with the attention
   mask the classifier needs (1 = real token, 0 = padding).
 * :func:`freeze` keeps all but the last k blocks (and the head) fixed.
-* :func:`finetune` trains with ``npgpt.train``'s optimizer, clipping,
-  schedule and checkpoint writing, evaluates on a held-out split after each
+* :func:`finetune` trains with the pretraining loop's own step
+  (``npgpt.train.optimizer_step``: sharded backward, clipping, AdamW), the
+  warmup + cosine schedule of ``npgpt.optim`` and the atomic checkpoint
+  writer of ``npgpt.checkpoint``; it evaluates on a held-out split after each
   epoch and stops early when the validation loss stops improving.
 * :func:`classification_metrics` computes accuracy, precision, recall, F1
   (docs/finetuning.md eqs. 9-11) and the confusion matrix.
@@ -28,7 +30,8 @@ import numpy as np
 from npgpt import backend
 
 __all__ = ["read_labelled_file", "movie_reviews", "LabelSet", "split_indices", "pad_batch", "classification_metrics",
-           "format_metrics", "freeze", "FinetuneConfig", "finetune", "evaluate", "predict"]
+           "format_metrics", "freeze", "Encoded", "FinetuneConfig", "FinetuneResult", "finetune", "evaluate",
+           "predict"]
 
 
 # ----------------------------------------------------------------- data files
@@ -422,8 +425,14 @@ def _probabilities(classifier, data, pad_id, batch_size, pad_side):
     return probs
 
 
-def evaluate(classifier, data, pad_id, batch_size=64, pad_side="right"):
-    """Mean loss (eq. 2 or 8) and :func:`classification_metrics` of ``data`` (an :class:`Encoded`)."""
+def evaluate(classifier, data, pad_id=None, batch_size=64, pad_side="right"):
+    """Mean loss (eq. 2 or 8) and :func:`classification_metrics` of ``data`` (an :class:`Encoded`).
+
+    ``pad_id`` defaults to the classifier's ``pad_token_id`` (or 0); the result
+    does not depend on it, since padding is masked.
+    """
+    if pad_id is None:
+        pad_id = classifier.pad_token_id if classifier.pad_token_id is not None else 0
     probs = _probabilities(classifier, data, pad_id, batch_size, pad_side)
     picked = np.clip(probs[np.arange(len(data)), data.labels], 1e-12, 1.0)
     metrics = classification_metrics(data.labels, probs.argmax(axis=1), classifier.num_classes,
