@@ -307,3 +307,24 @@ def test_cli_reports_missing_columns_empty_texts_and_unknown_labels(model_dir, t
     assert run_cli("--model", model_dir, "--data", empty, "--out", tmp_path / "o") == 1
     assert "line 3: empty text in column 'text'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_sentiment_example_runs_end_to_end(model_dir, tmp_path, capsys):
+    import importlib.util
+
+    from npgpt.datasets import DatasetUnavailable
+
+    try:
+        finetune.movie_reviews()
+    except DatasetUnavailable as exc:
+        pytest.skip(f"movie reviews cannot be fetched here: {exc}")
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "sentiment.py"
+    spec = importlib.util.spec_from_file_location("sentiment_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.main(["--model", str(model_dir), "--limit", "400", "--epochs", "1",
+                         "--out", str(tmp_path / "clf")]) == 0
+    printed = capsys.readouterr().out
+    assert "400 reviews" in printed and "320 train, 40 validation, 40 test" in printed
+    assert "bag-of-words logistic regression" in printed and "test accuracy" in printed
+    assert GPTClassifier.from_pretrained(tmp_path / "clf").labels == ["negative", "positive"]
