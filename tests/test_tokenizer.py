@@ -10,14 +10,15 @@ import os
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from npgpt import datasets
 import regex
 
-from npgpt.tokenizer import (ENDOFTEXT, GPT2_PATTERN, Tokenizer, _bpe, _bpe_long, _Progress, bytes_to_unicode,
-                             pretokenize)
+from npgpt.tokenizer import ENDOFTEXT, GPT2_PATTERN, Tokenizer, bytes_to_unicode, pretokenize
+from npgpt.tokenizer.bpe import bpe, bpe_long
+from npgpt.tokenizer.train import Progress
 
 WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
          "but have an they you were their one all we can her has there been if more when will would who "
@@ -60,9 +61,16 @@ def tiktoken_gpt2():
         path = datasets.fetch("gpt2-tiktoken")
     except datasets.DatasetUnavailable as e:
         pytest.skip(f"gpt2.tiktoken cannot be fetched here: {e}")
+    saved = os.environ.get("TIKTOKEN_CACHE_DIR")
     os.environ["TIKTOKEN_CACHE_DIR"] = ""       # build offline, write no cached copy
-    return tiktoken.Encoding(name="gpt2-offline", pat_str=GPT2_PATTERN,
-                             mergeable_ranks=load_tiktoken_bpe(str(path)),
+    try:
+        ranks = load_tiktoken_bpe(str(path))
+    finally:
+        if saved is None:
+            del os.environ["TIKTOKEN_CACHE_DIR"]
+        else:
+            os.environ["TIKTOKEN_CACHE_DIR"] = saved
+    return tiktoken.Encoding(name="gpt2-offline", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                              special_tokens={ENDOFTEXT: 50256})
 
 
@@ -190,8 +198,8 @@ def test_long_word_merge_loop_equals_short_one(small, raw):
             break
         r, i = min(ranked)
         short[i:i + 2] = [small._merged[r]]
-    assert _bpe_long(list(ids), small._ranks, small._merged) == short
-    assert _bpe(list(ids), small._ranks, small._merged) == short
+    assert bpe_long(list(ids), small._ranks, small._merged) == short
+    assert bpe(list(ids), small._ranks, small._merged) == short
 
 
 def test_repeated_characters_do_not_take_quadratic_time(small):
@@ -292,7 +300,7 @@ def test_progress_bar_draws_on_a_terminal(monkeypatch):
             return True
     screen = Terminal()
     monkeypatch.setattr("sys.stderr", screen)
-    bar = _Progress(100, "training BPE", enabled=True)
+    bar = Progress(100, "training BPE", enabled=True)
     bar.last -= 1
     bar.update(50)
     bar.close(100)

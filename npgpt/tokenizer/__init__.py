@@ -1,0 +1,26 @@
+"""Byte-level byte-pair encoding (BPE) in the GPT-2 style: training, encoding, GPT-2's own files.
+
+The companion chapter is docs/tokenizer.md. In one paragraph: text is UTF-8 encoded, so every
+string is a sequence of bytes and the 256 byte values are the first tokens; nothing is ever
+"unknown". A regular expression first cuts text into pre-tokens (words, numbers, punctuation runs,
+whitespace), and merges never cross a pre-token. Training repeatedly finds the most frequent
+adjacent pair of tokens and adds their concatenation as a new token; the ordered list of merges
+*is* the tokenizer. Encoding replays the merges on each pre-token, lowest rank first.
+
+Pure Python plus ``regex`` (for ``\\p{L}`` and ``\\p{N}``): the tokenizer stands alone, imports
+nothing else of npgpt except ``npgpt.datasets`` to fetch GPT-2's vocabulary for ``"gpt2"``.
+
+    tok = Tokenizer.from_pretrained("gpt2")
+    tok.encode("The cat sits on the mat.")        # [464, 3797, 10718, 319, 262, 2603, 13]
+    tok = Tokenizer.train(texts, vocab_size=4096)
+    tok.save("my-tokenizer")                      # Hugging Face's vocab.json + merges.txt layout
+
+The package: ``bpe.py`` (pre-tokenizer, byte map, merge loops, word cache), ``train.py``
+(incremental training), ``formats.py`` (Hugging Face / OpenAI / tiktoken files) and ``core.py``
+(the ``Tokenizer`` class).
+"""
+
+from npgpt.tokenizer.bpe import ENDOFTEXT, GPT2_PATTERN, bytes_to_unicode, pretokenize
+from npgpt.tokenizer.core import Tokenizer
+
+__all__ = ["Tokenizer", "ENDOFTEXT", "GPT2_PATTERN", "bytes_to_unicode", "pretokenize"]

@@ -1,0 +1,196 @@
+"""The byte-level BPE core: GPT-2's pre-tokenizer, the byte-to-unicode map and the merge loops.
+
+Shared by training (npgpt/tokenizer/train.py), the file formats (formats.py) and the Tokenizer
+(core.py). Explained in docs/tokenizer.md, sections "Bytes", "Pre-tokens" and "Encoding fast".
+"""
+
+import heapq
+import re
+
+import regex
+
+# GPT-2's pre-tokenizer. Alternatives are tried left to right at each position:
+#   's 't 're 've 'm 'll 'd     English contractions, split off the word before them
+#   ' ?\p{L}+'                  a run of letters, with the single space before it if any
+#   ' ?\p{N}+'                  a run of digits (any script), with its space
+#   ' ?[^\s\p{L}\p{N}]+'        a run of punctuation/symbols, with its space
+#   '\s+(?!\S)'                 whitespace, but leave the last space to the next word
+#   '\s+'                       whatever whitespace remains (at the end of the text)
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+ENDOFTEXT = "<|endoftext|>"
+_REFERENCE_PRETOKENIZE = regex.compile(GPT2_PATTERN)
+# The same pattern, factored so that `regex` runs it ~10% faster (tests check they agree):
+# letters first (only the contractions could match where ' ?\p{L}' does not, and they start
+# with an apostrophe, which no letter run does), contractions as one group.
+_PRETOKENIZE = regex.compile(r""" ?\p{L}+|'(?:[sdmt]|ll|ve|re)| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+# On ASCII text \p{L} is [A-Za-z], \p{N} is [0-9] and \s is [\t\n\v\f\r ], and Python's built-in
+# `re` runs this spelled-out twin ~1.7x faster than `regex` runs the Unicode one.
+_ASCII_PRETOKENIZE = re.compile(
+    r""" ?[A-Za-z]+|'(?:[sdmt]|ll|ve|re)| ?[0-9]+| ?[^\t\n\x0b\x0c\r A-Za-z0-9]+"""
+    r"""|[\t\n\x0b\x0c\r ]+(?![^\t\n\x0b\x0c\r ])|[\t\n\x0b\x0c\r ]+""")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
+def _safe_cut(text, start, step):
+    """A position p (searching from ``start`` backwards if step < 0, else forwards) where the
+    pre-tokenization of text[:p] + text[p:] equals that of text: text[p] is a space and text[p-1]
+    is not whitespace, so the pre-token before p ends at p-1 whatever follows, and the pattern
+    (which has no look-behind) matches text[p:] as it would inside the whole text."""
+    if step < 0:
+        p = text.rfind(" ", 0, start)
+        while p > 0 and text[p - 1].isspace():
+            p = text.rfind(" ", 0, p)
+        return max(p, 0)
+    p = text.find(" ", start)
+    while p != -1 and text[p - 1].isspace():
+        p = text.find(" ", p + 1)
+    return len(text) if p == -1 else p
+
+
+def pretokenize(text):
+    """GPT-2's pre-tokens of ``text``: ``regex.findall(GPT2_PATTERN, text)``, only faster.
+
+    ASCII stretches go to the ``re`` twin of the pattern; each stretch holding non-ASCII
+    characters, widened to safe cut points, goes to ``regex``.
+    """
+    if text.isascii():
+        return _ASCII_PRETOKENIZE.findall(text)
+    regions = []                               # [start, end) spans for the Unicode pattern
+    for m in _NON_ASCII.finditer(text):
+        if regions and m.start() < regions[-1][1]:
+            continue
+        a, b = _safe_cut(text, m.start(), -1), _safe_cut(text, m.end(), +1)
+        if regions and a <= regions[-1][1]:
+            regions[-1][1] = b
+        else:
+            regions.append([a, b])
+    words, pos = [], 0
+    for a, b in regions:
+        words += _ASCII_PRETOKENIZE.findall(text, pos, a)
+        words += _PRETOKENIZE.findall(text, a, b)
+        pos = b
+    words += _ASCII_PRETOKENIZE.findall(text, pos)
+    return words
+_LONG_WORD = 48             # pre-tokens longer than this (in bytes) use the O(n log n) merge loop
+_CACHE_LIMIT = 1 << 20      # the per-pre-token cache is cleared when it holds more entries
+
+
+def bytes_to_unicode():
+    """GPT-2's map from the 256 byte values to 256 printable characters (docs/tokenizer.md).
+
+    vocab.json and merges.txt are text files, so each token's bytes are written as characters.
+    Bytes that are already visible Latin-1 characters map to themselves; the other 68 (controls,
+    space, 0x7F-0xA0, soft hyphen) are moved to U+0100 onwards in byte order, so that a space
+    becomes 'Ġ' (U+0120) and a newline 'Ċ' (U+010A).
+    """
+    visible = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, shifted = {}, 0
+    for b in range(256):
+        if b in visible:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + shifted)
+            shifted += 1
+    return table
+
+
+_BYTE_TO_CHAR = bytes_to_unicode()
+_CHAR_TO_BYTE = {c: b for b, c in _BYTE_TO_CHAR.items()}
+
+
+def token_text(token):
+    """bytes -> its vocab.json spelling."""
+    return "".join(_BYTE_TO_CHAR[b] for b in token)
+
+
+def token_bytes(text):
+    """vocab.json spelling -> bytes; KeyError if ``text`` is not a byte-level spelling."""
+    return bytes(_CHAR_TO_BYTE[c] for c in text)
+
+
+def bpe(ids, ranks, merged):
+    """Apply the merges to one pre-token: ``ids`` (a list, modified) -> its token ids.
+
+    ``ranks`` maps a pair of ids to its merge rank (its position in the merge list) and
+    ``merged[rank]`` is the id the pair becomes. Repeatedly the adjacent pair of lowest rank is
+    merged, leftmost first. Only the two pairs next to a merge change, so their ranks are updated
+    in place instead of recomputing every pair: O(n) per merge, with small constants for the short
+    words that make up almost all text. Long pre-tokens go to ``bpe_long``.
+    """
+    if len(ids) < 2:
+        return ids
+    if len(ids) > _LONG_WORD:
+        return bpe_long(ids, ranks, merged)
+    get = ranks.get
+    never = len(merged)                        # larger than every rank: "no merge here"
+    rs = [get(p, never) for p in zip(ids, ids[1:])]
+    while rs:
+        r = min(rs)
+        if r == never:
+            break
+        i = rs.index(r)                        # leftmost pair of lowest rank
+        x = ids[i] = merged[r]
+        del ids[i + 1], rs[i]
+        if i < len(rs):
+            rs[i] = get((x, ids[i + 1]), never)
+        if i:
+            rs[i - 1] = get((ids[i - 1], x), never)
+    return ids
+
+
+def bpe_long(ids, ranks, merged):
+    """The same merges as ``bpe``, in O(n log n) for long pre-tokens (100k repeated characters).
+
+    Tokens form a linked list; a heap holds (rank, position) of candidate pairs. An entry is stale
+    when its left token was merged away or the pair at that position changed; stale entries are
+    skipped when popped. Ties in rank pop leftmost first, as in ``bpe``.
+    """
+    n = len(ids)
+    nxt = list(range(1, n + 1))
+    prv = list(range(-1, n - 1))
+    heap = [(ranks[p], i) for i, p in enumerate(zip(ids, ids[1:])) if p in ranks]
+    heapq.heapify(heap)
+    while heap:
+        r, i = heapq.heappop(heap)
+        j = nxt[i]
+        if ids[i] is None or j >= n or ranks.get((ids[i], ids[j])) != r:
+            continue
+        x = ids[i] = merged[r]
+        ids[j] = None
+        k = nxt[i] = nxt[j]
+        if k < n:
+            prv[k] = i
+            if (x, ids[k]) in ranks:
+                heapq.heappush(heap, (ranks[x, ids[k]], i))
+        if prv[i] >= 0 and (ids[prv[i]], x) in ranks:
+            heapq.heappush(heap, (ranks[ids[prv[i]], x], prv[i]))
+    return [t for t in ids if t is not None]
+
+
+class WordCache(dict):
+    """pre-token str -> tuple of its ids; a missing key runs the merge loop and is stored.
+
+    Subclassing dict with ``__missing__`` keeps every hit a C-level lookup, so a warm cache costs
+    no Python code per word (docs/tokenizer.md, "Encoding fast").
+    """
+
+    def __init__(self, ranks, merged, byte_ids):
+        super().__init__()
+        self.ranks, self.merged, self.byte_ids = ranks, merged, byte_ids
+        # When the byte tokens have ids below 256 (GPT-2's do, in a shuffled order; trained ones
+        # are the byte values), bytes.translate maps a whole word's bytes to ids in C.
+        self.table = bytes(byte_ids) if max(byte_ids) < 256 else None
+
+    def __missing__(self, word):
+        try:
+            raw = word.encode("utf-8")
+        except UnicodeEncodeError as e:
+            bad = word[e.start]
+            raise ValueError(f"text contains a lone surrogate {bad!r} (U+{ord(bad):04X}) in {word!r}; "
+                             f"it has no UTF-8 encoding") from None
+        ids = list(raw.translate(self.table)) if self.table else [self.byte_ids[b] for b in raw]
+        ids = tuple(bpe(ids, self.ranks, self.merged))
+        if len(self) >= _CACHE_LIMIT:          # bound the memory on endless novel text
+            self.clear()
+        self[word] = ids
+        return ids

@@ -1,0 +1,233 @@
+"""The Tokenizer class: encode, decode, special tokens, and the constructors (docs/tokenizer.md)."""
+
+import itertools
+import os
+import pathlib
+
+import regex
+
+from npgpt.tokenizer.bpe import _REFERENCE_PRETOKENIZE, ENDOFTEXT, WordCache, pretokenize, token_bytes, token_text
+from npgpt.tokenizer.formats import read_dir, read_tiktoken, write_hf
+from npgpt.tokenizer.train import train_bpe
+
+PRETRAINED = pathlib.Path(__file__).resolve().parents[1] / "pretrained"   # npgpt/pretrained/<name>/
+
+
+class Tokenizer:
+    """A byte-level BPE tokenizer: ids of byte strings, an ordered merge list, special tokens.
+
+    ``tokens[i]`` is the byte string of id ``i`` (a special token's is its UTF-8 text);
+    ``merges[r] = (a, b)`` says that at rank ``r`` the adjacent ids ``a, b`` become the id whose
+    bytes are ``tokens[a] + tokens[b]``. Build one with ``train``, ``from_pretrained`` or
+    ``from_tiktoken`` rather than by hand.
+    """
+
+    def __init__(self, tokens, merges, special_tokens=None):
+        special_tokens = dict(special_tokens or {})
+        self._tokens = [bytes(t) for t in tokens]
+        self.special_tokens = special_tokens
+        self.merges = [tuple(m) for m in merges]
+        n = len(self._tokens)
+        for s, i in special_tokens.items():
+            if not 0 <= i < n or self._tokens[i] != s.encode("utf-8"):
+                raise ValueError(f"special token {s!r} has id {i}, which does not hold its text")
+        specials = set(special_tokens.values())
+        self._id_of = {}                       # bytes -> id, ordinary (non-special) tokens
+        for i, t in enumerate(self._tokens):
+            if i not in specials:
+                if t in self._id_of:
+                    raise ValueError(f"ids {self._id_of[t]} and {i} are both the byte string {t!r}")
+                self._id_of[t] = i
+        missing = [b for b in range(256) if bytes([b]) not in self._id_of]
+        if missing:
+            raise ValueError(f"a byte-level vocabulary needs all 256 bytes; missing {missing[:8]}")
+        self._byte_ids = [self._id_of[bytes([b])] for b in range(256)]
+        self._ranks, self._merged = {}, []
+        for r, (a, b) in enumerate(self.merges):
+            if not (0 <= a < n and 0 <= b < n) or a in specials or b in specials:
+                raise ValueError(f"merge {r} ({a}, {b}) uses an id that is not an ordinary token")
+            joined = self._tokens[a] + self._tokens[b]
+            if joined not in self._id_of:
+                raise ValueError(f"merge {r} ({a}, {b}) makes {joined!r}, which is not in the vocabulary")
+            self._ranks.setdefault((a, b), r)  # a repeated pair keeps its first (lowest) rank
+            self._merged.append(self._id_of[joined])
+        self._cache = WordCache(self._ranks, self._merged, self._byte_ids)
+
+    # ------------------------------------------------------------------ basic facts
+    @property
+    def vocab_size(self):
+        """Number of ids, special tokens included."""
+        return len(self._tokens)
+
+    def __repr__(self):
+        return (f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
+                f"special_tokens={sorted(self.special_tokens)})")
+
+    def token_bytes(self, i):
+        """The bytes of id ``i``."""
+        self._check_ids([i])
+        return self._tokens[i]
+
+    def id_to_token(self, i):
+        """The vocab.json spelling of id ``i`` (a special token's plain text)."""
+        self._check_ids([i])
+        if i in self.special_tokens.values():
+            return self._tokens[i].decode("utf-8")
+        return token_text(self._tokens[i])
+
+    def token_to_id(self, token):
+        """The id of a vocab.json spelling (``'Ġthe'``) or special token; KeyError if absent."""
+        if token in self.special_tokens:
+            return self.special_tokens[token]
+        try:
+            return self._id_of[token_bytes(token)]
+        except KeyError:
+            raise KeyError(f"{token!r} is not a token of this vocabulary") from None
+
+    def __eq__(self, other):
+        return (isinstance(other, Tokenizer) and self._tokens == other._tokens
+                and self.merges == other.merges and self.special_tokens == other.special_tokens)
+
+    # ------------------------------------------------------------------ encoding
+    def _encode_words(self, text):
+        """Ids of text without special tokens: pre-tokenize, then look each pre-token up.
+
+        Natural text repeats its words (SOTU: 2.0 M pre-tokens, 32 k distinct), so the ids of
+        each pre-token are cached; the lookups and the joining of their ids run in C
+        (``map``/``chain``), and only a cache miss runs Python code: the merge loop.
+        """
+        words = pretokenize(text)
+        return list(itertools.chain.from_iterable(map(self._cache.__getitem__, words)))
+
+    def encode_ordinary(self, text):
+        """Ids of ``text``, every special token's text treated as ordinary text."""
+        return self._encode_words(text)
+
+    def encode(self, text, *, allowed_special=frozenset(), disallowed_special="all"):
+        """Ids of ``text`` (tiktoken's conventions for special tokens).
+
+        ``allowed_special`` (a set, or ``"all"``): special tokens that become their own id.
+        ``disallowed_special`` (``"all"`` or a set): special tokens whose text is an error;
+        ``"all"`` means every special token not allowed. Pass ``disallowed_special=()`` to encode
+        such text as ordinary characters.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        specials = self.special_tokens
+        allowed = set(specials) if allowed_special == "all" else set(allowed_special)
+        disallowed = set(specials) - allowed if disallowed_special == "all" else set(disallowed_special)
+        for s in sorted((allowed | disallowed) - set(specials)):
+            raise ValueError(f"{s!r} is not a special token of this tokenizer (it has {sorted(specials)})")
+        for s in sorted(disallowed):
+            if s in text:
+                raise ValueError(f"text contains the special token {s!r}, which is not allowed; pass "
+                                 f"allowed_special={{{s!r}}} to encode it as id {specials[s]}, or "
+                                 f"disallowed_special=() to encode it as ordinary text")
+        present = [s for s in allowed if s in text]
+        if not present:
+            return self._encode_words(text)
+        # Longest first, so a special token that contains another one wins.
+        pattern = regex.compile("|".join(regex.escape(s) for s in sorted(present, key=len, reverse=True)))
+        ids, start = [], 0
+        for m in pattern.finditer(text):
+            ids += self._encode_words(text[start:m.start()])
+            ids.append(specials[m.group()])
+            start = m.end()
+        return ids + self._encode_words(text[start:])
+
+    def encode_batch(self, texts, **kwargs):
+        """``[encode(t, **kwargs) for t in texts]``; the word cache is shared across texts."""
+        return [self.encode(t, **kwargs) for t in texts]
+
+    def _encode_reference(self, text):
+        """The textbook encoder, kept to test the fast one against: no cache, no cleverness.
+
+        For each pre-token: start from its bytes; while some adjacent pair is in the merge list,
+        merge every occurrence (left to right) of the pair with the lowest rank.
+        """
+        ids = []
+        for word in _REFERENCE_PRETOKENIZE.findall(text):
+            parts = [self._byte_ids[b] for b in word.encode("utf-8")]
+            while len(parts) >= 2:
+                pairs = [p for p in zip(parts, parts[1:]) if p in self._ranks]
+                if not pairs:
+                    break
+                best = min(pairs, key=self._ranks.__getitem__)
+                new_id, out, i = self._merged[self._ranks[best]], [], 0
+                while i < len(parts):
+                    if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                        out.append(new_id)
+                        i += 2
+                    else:
+                        out.append(parts[i])
+                        i += 1
+                parts = out
+            ids += parts
+        return ids
+
+    # ------------------------------------------------------------------ decoding
+    def _check_ids(self, ids):
+        n = len(self._tokens)
+        if ids and (min(ids) < 0 or max(ids) >= n):
+            bad = next(i for i in ids if not 0 <= i < n)
+            raise ValueError(f"token id {bad} is out of range: this vocabulary has ids 0..{n - 1}")
+
+    def decode_bytes(self, ids):
+        """The bytes that ``ids`` stand for."""
+        ids = list(ids)
+        self._check_ids(ids)
+        return b"".join(map(self._tokens.__getitem__, ids))
+
+    def decode(self, ids, errors="replace"):
+        """The text of ``ids``. Ids can cut a character's UTF-8 bytes apart; such bytes become
+        U+FFFD by default, and ``errors="strict"`` raises UnicodeDecodeError (a ValueError)."""
+        return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    # ------------------------------------------------------------------ training and files
+    @classmethod
+    def train(cls, texts, vocab_size, *, special_tokens=(ENDOFTEXT,), min_frequency=2, show_progress=True):
+        """Learn a tokenizer of ``vocab_size`` ids from ``texts`` (a str or an iterable of str
+        documents; no merge spans two documents or two pre-tokens).
+
+        Ids 0..255 are the bytes, then the learned merges, then ``special_tokens``. Ties between
+        pairs of equal count go to the pair whose byte strings (left, then right) sort first.
+        A progress bar is drawn on stderr when ``show_progress`` and stderr is a terminal or the
+        training takes more than two seconds. See ``npgpt.tokenizer.train.train_bpe``.
+        """
+        return cls(*train_bpe(texts, vocab_size, special_tokens=special_tokens,
+                              min_frequency=min_frequency, show_progress=show_progress))
+
+    @classmethod
+    def from_tiktoken(cls, path, special_tokens=None):
+        """Read a ``.tiktoken`` ranks file; ``special_tokens`` defaults to GPT-2's
+        ``{"<|endoftext|>": 50256}``."""
+        return cls(*read_tiktoken(path, special_tokens))
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir):
+        """Load a tokenizer from a directory, a tokenizer shipped with npgpt, or ``"gpt2"``.
+
+        A directory may hold Hugging Face's layout (vocab.json + merges.txt, with special tokens
+        named in special_tokens_map.json / tokenizer_config.json / added_tokens.json) or OpenAI's
+        (encoder.json + vocab.bpe). A name is looked up in ``npgpt/pretrained/<name>/``.
+        ``"gpt2"`` fetches GPT-2's files into the npgpt cache (npgpt.datasets; raises
+        DatasetUnavailable when that is impossible).
+        """
+        candidates = [pathlib.Path(name_or_dir)]
+        name = str(name_or_dir)
+        if "/" not in name and os.sep not in name and name not in (".", ".."):
+            candidates.append(PRETRAINED / name)
+        for path in candidates:
+            if path.is_dir():
+                return cls(*read_dir(path))
+        if name == "gpt2":
+            from npgpt import datasets        # imported here: only "gpt2" needs the fetcher
+            return cls(*read_dir(datasets.fetch("gpt2-encoder")))
+        raise FileNotFoundError(f"no tokenizer {name!r}: tried the directories {[str(p) for p in candidates]} "
+                                f"and the name 'gpt2' (GPT-2's vocabulary, fetched into the cache)")
+
+    def save(self, directory):
+        """Write Hugging Face's GPT-2 layout into ``directory`` (created if needed), each file
+        atomically: vocab.json, merges.txt (``#version: 0.2``), special_tokens_map.json,
+        tokenizer_config.json. Returns the directory as a Path."""
+        return write_hf(directory, self._tokens, self.merges, self.special_tokens)

@@ -1,0 +1,160 @@
+"""Training a byte-level BPE vocabulary, incrementally (docs/tokenizer.md, "Training fast").
+
+``Tokenizer.train`` calls ``train_bpe`` here; the result is the tokens, merges and special tokens
+that ``Tokenizer(...)`` takes.
+"""
+
+import collections
+import heapq
+import sys
+import time
+import warnings
+
+import regex
+
+from npgpt.tokenizer.bpe import ENDOFTEXT, pretokenize
+
+
+class Progress:
+    """A dependency-free progress bar on stderr, drawn on a terminal or once work is slow."""
+
+    def __init__(self, total, label, enabled):
+        self.total, self.label, self.enabled = max(total, 1), label, enabled
+        self.start = self.last = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.drawn = False
+
+    def update(self, done):
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        # On a terminal redraw 10 times a second; in a log, one line per 5 s once past 2 s.
+        if (self.tty and now - self.last < 0.1) or (not self.tty and (now - self.start < 2 or now - self.last < 5)):
+            return
+        self.last, self.drawn = now, True
+        filled = int(30 * done / self.total)
+        line = f"{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} {now - self.start:.1f}s"
+        sys.stderr.write(("\r" + line) if self.tty else (line + "\n"))
+        sys.stderr.flush()
+
+    def close(self, done):
+        if self.drawn:
+            self.last = 0.0
+            self.start -= 2
+            self.update(done)
+            if self.tty:
+                sys.stderr.write("\n")
+
+
+
+def train_bpe(texts, vocab_size, *, special_tokens=(ENDOFTEXT,), min_frequency=2, show_progress=True):
+    """Learn ``(tokens, merges, special_tokens)`` for ``vocab_size`` ids from ``texts`` (a str or an iterable of str).
+
+    Ids 0..255 are the bytes, then one id per learned merge, then the special tokens. Each
+    document is pre-tokenized separately (special tokens inside it also cut it), so no merge
+    spans two documents or two pre-tokens.
+
+    The incremental algorithm (docs/tokenizer.md): count each distinct pre-token once; keep
+    the count of every adjacent pair and, for each pair, the set of words that contain it; a
+    max-heap with lazy deletion yields the most frequent pair; merging it rewrites only the
+    words that contain it and adjusts the pair counts by the difference.
+
+    Tie-break: among pairs of equal count, the pair whose byte strings (left, then right) are
+    lexicographically smallest is merged first, so the result never depends on id numbering
+    or on dictionary order. Training stops early, with a warning saying why, when no pair
+    occurs ``min_frequency`` times.
+    """
+    special_tokens = list(dict.fromkeys(special_tokens))
+    if vocab_size < 256 + len(special_tokens):
+        raise ValueError(f"vocab_size={vocab_size} is below the 256 byte tokens plus "
+                         f"{len(special_tokens)} special tokens")
+    documents = [texts] if isinstance(texts, str) else texts
+    cut = regex.compile("|".join(map(regex.escape, special_tokens))) if special_tokens else None
+    counts = collections.Counter()
+    for doc in documents:
+        if not isinstance(doc, str):
+            raise TypeError(f"training texts must be str, got {type(doc).__name__}")
+        for piece in cut.split(doc) if cut else (doc,):
+            counts.update(pretokenize(piece))
+
+    # Each distinct pre-token of 2+ bytes becomes a word: a list of ids, with its count.
+    words, freq = [], []
+    for word, c in counts.items():
+        try:
+            raw = word.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"training text contains a lone surrogate in {word!r}") from None
+        if len(raw) > 1:
+            words.append(list(raw))
+            freq.append(c)
+    tokens = [bytes([b]) for b in range(256)]
+    id_of = {t: i for i, t in enumerate(tokens)}
+    pair_count = collections.defaultdict(int)
+    where = collections.defaultdict(set)   # pair -> indices of words that (may) contain it
+    for w, (word, c) in enumerate(zip(words, freq)):
+        for pair in zip(word, word[1:]):
+            pair_count[pair] += c
+            where[pair].add(w)
+    heap = [(-c, tokens[a], tokens[b], a, b) for (a, b), c in pair_count.items()]
+    heapq.heapify(heap)
+
+    target = vocab_size - len(special_tokens)
+    merges, done = [], set()
+    progress = Progress(target - 256, "training BPE", show_progress)
+    while len(tokens) < target and heap:
+        neg, _, _, a, b = heapq.heappop(heap)
+        c = pair_count.get((a, b), 0)
+        if c != -neg:                      # stale entry: counts only fall, re-queue the true one
+            if c:
+                heapq.heappush(heap, (-c, tokens[a], tokens[b], a, b))
+            continue
+        if c < min_frequency:
+            break
+        joined = tokens[a] + tokens[b]
+        x = id_of.get(joined)              # two different pairs can spell the same bytes
+        if x is None:
+            x = id_of[joined] = len(tokens)
+            tokens.append(joined)
+        if (a, b) not in done:
+            merges.append((a, b))
+            done.add((a, b))
+        delta = collections.defaultdict(int)
+        for w in where.pop((a, b)):
+            old, c_w = words[w], freq[w]
+            new, i, n = [], 0, len(old)
+            while i < n:
+                if i + 1 < n and old[i] == a and old[i + 1] == b:
+                    new.append(x)
+                    i += 2
+                else:
+                    new.append(old[i])
+                    i += 1
+            if len(new) == n:              # the word no longer holds the pair
+                continue
+            for pair in zip(old, old[1:]):
+                delta[pair] -= c_w
+            for pair in zip(new, new[1:]):
+                delta[pair] += c_w
+                if x in pair:
+                    where[pair].add(w)
+            words[w] = new
+        for pair, d in delta.items():
+            if d:
+                total = pair_count[pair] + d
+                if total:
+                    pair_count[pair] = total
+                else:
+                    del pair_count[pair]
+                if d > 0:                  # only pairs with the new token can grow
+                    heapq.heappush(heap, (-total, tokens[pair[0]], tokens[pair[1]], *pair))
+        progress.update(len(tokens) - 256)
+    progress.close(len(tokens) - 256)
+    if len(tokens) < target:
+        warnings.warn(f"training stopped at {len(tokens) + len(special_tokens)} of vocab_size={vocab_size} "
+                      f"tokens: no remaining pair occurs min_frequency={min_frequency} times "
+                      f"(the text is too small or too repetitive for this vocabulary)", stacklevel=3)
+    specials = {}
+    for s in special_tokens:
+        specials[s] = len(tokens)
+        tokens.append(s.encode("utf-8"))
+    return tokens, merges, specials
