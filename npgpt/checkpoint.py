@@ -29,7 +29,7 @@ import tempfile
 
 import numpy as np
 
-from npgpt import backend
+from npgpt import backend, fileio
 from npgpt.model import GPT, GPTConfig
 
 CONFIG_NAME = "config.json"
@@ -83,14 +83,6 @@ def _write_tensors(tensors, path):
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_pretrained(model, directory):
     """Write ``model`` to ``directory`` (created if needed) atomically; returns the path.
 
@@ -122,19 +114,7 @@ def write_checkpoint(directory, config, tensors):
             for item in directory.iterdir():
                 if item.name not in (CONFIG_NAME, WEIGHTS_NAME) and item.is_file():
                     shutil.copy2(item, staging / item.name)
-        for item in staging.iterdir():
-            _fsync(item)
-        _fsync(staging)
-        # Swap directories. Between the two renames the old checkpoint sits
-        # complete under its backup name; it is deleted only after the swap.
-        backup = None
-        if directory.exists():
-            backup = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            os.rename(directory, backup / directory.name)
-        os.rename(staging, directory)
-        _fsync(directory.parent)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
+        fileio.replace_directory(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

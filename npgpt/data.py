@@ -19,13 +19,13 @@ would have drawn.
 """
 
 import json
-import os
 import pathlib
 import sys
-import tempfile
 import time
 
 import numpy as np
+
+from npgpt import fileio
 
 __all__ = ["EOT", "prepare", "prepare_documents", "split_documents", "load_tokens", "load_meta", "TokenFile",
            "BatchSampler", "token_dtype"]
@@ -63,30 +63,6 @@ def _eot_id(tokenizer):
         raise ValueError(f"the tokenizer encodes {EOT} as {len(ids)} tokens {list(ids)}, not as one special "
                          f"token; train it with special_tokens=({EOT!r},)")
     return int(ids[0])
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path, write):
-    """Write ``path`` via a temporary file in the same directory, fsync, rename."""
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class Progress:
@@ -217,10 +193,10 @@ def prepare_documents(documents, tokenizer, out_dir, val_fraction=0.1, sources=N
             "documents": len(documents), "val_fraction": val_fraction, "tokenizer": tokenizer_info,
             "sources": sources or [], "tokenize_seconds": round(seconds, 3)}
     # The token files first, meta.json last: a directory with a meta.json is complete.
-    _atomic_write_bytes(out_dir / "train.bin", lambda f: f.write(train.tobytes()))
-    _atomic_write_bytes(out_dir / "val.bin", lambda f: f.write(val.tobytes()))
-    _atomic_write_bytes(out_dir / META_NAME, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
-    _fsync_dir(out_dir)
+    fileio.atomic_write(out_dir / "train.bin", train.tobytes())
+    fileio.atomic_write(out_dir / "val.bin", val.tobytes())
+    fileio.atomic_write(out_dir / META_NAME, json.dumps(meta, indent=2) + "\n")
+    fileio.fsync(out_dir)
     return meta
 
 

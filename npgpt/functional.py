@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from npgpt import backend
-from npgpt.autograd import Tensor, _describe, _make, as_tensor, unbroadcast
+from npgpt.autograd import Tensor, _describe, _make, as_tensor
 
 
 def _xp(t):

@@ -43,7 +43,7 @@ import time
 import numpy as np
 
 import npgpt.functional as F
-from npgpt import backend, nn, parallel
+from npgpt import backend, fileio, nn, parallel
 from npgpt.autograd import no_grad
 from npgpt.data import BatchSampler, TokenFile, load_meta
 from npgpt.model import GPT, GPTConfig
@@ -138,14 +138,15 @@ class TrainConfig:
         return cls(**values)
 
 
-def flops_per_token(model):
+def flops_per_token(model_or_config):
     """Training FLOPs per token, ``6 N + 12 L T C`` (docs/performance.md eq. 2).
 
     ``N`` counts the weights that take part in multiply-adds: every parameter
-    but the position table (the tied token table counts once, as the LM head).
+    but the position table (the tied token table counts once, as the LM
+    head). Takes a ``GPT`` or just its ``GPTConfig`` (nothing is allocated).
     """
-    c = model.config
-    n = sum(int(p.size) for name, p in model.named_parameters() if name != "wpe.weight")
+    c = getattr(model_or_config, "config", model_or_config)
+    n = c.num_parameters() - c.block_size * c.n_embd
     return 6 * n + 12 * c.n_layer * c.block_size * c.n_embd
 
 
@@ -157,14 +158,6 @@ def _format_seconds(seconds):
 
 
 # ============================================================ checkpoints
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _complete(directory):
     """A checkpoint directory is complete when its trainer_state.json (written last) parses."""
     try:
@@ -520,22 +513,9 @@ class Trainer:
             with open(staging / STATE_NAME, "w") as f:        # written last: marks the checkpoint complete
                 json.dump(state, f, indent=2, default=_json_default)
                 f.write("\n")
-            for item in staging.iterdir():
-                _fsync(item)
-            _fsync(staging)
-            # Swap: the old checkpoint moves into a backup directory, the new one takes its
-            # place, then the backup is deleted. A crash between the renames leaves the old
-            # one complete under .checkpoint.old-*, which find_checkpoint() still finds.
-            target = run_dir / CHECKPOINT_DIR
-            backup = None
-            if target.exists():
-                backup = pathlib.Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_DIR}.old-", dir=run_dir))
-                os.rename(target, backup / CHECKPOINT_DIR)
-            os.chmod(staging, 0o755)      # mkdtemp makes it private; a model directory is for sharing
-            os.rename(staging, target)
-            _fsync(run_dir)
-            if backup is not None:
-                shutil.rmtree(backup, ignore_errors=True)
+            # Swap: a crash between the renames leaves the old checkpoint complete under
+            # .checkpoint.old-*, which find_checkpoint() still finds.
+            target = fileio.replace_directory(staging, run_dir / CHECKPOINT_DIR)
             for orphan in run_dir.glob(f".{CHECKPOINT_DIR}.old-*"):   # left by a crash between two renames
                 shutil.rmtree(orphan, ignore_errors=True)
         finally:

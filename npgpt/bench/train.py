@@ -7,13 +7,13 @@ the peak resident memory. ``--compare torch`` runs the same model, written in Py
 in the same process afterwards, and reports the speed ratio.
 """
 
-import math
 import time
 
 import numpy as np
 
 from npgpt.bench.common import median, peak_rss_mb
 from npgpt.parallel import default_workers
+from npgpt.train import flops_per_token
 
 WORKLOAD = dict(vocab_size=8192, block_size=128, n_layer=4, n_head=4, n_embd=256, batch_size=8)
 
@@ -27,17 +27,6 @@ def add_arguments(parser):
     parser.add_argument("--compare", choices=["torch"], default=None, help="also run PyTorch eager")
     parser.add_argument("--workers", type=int, default=None,
                         help="threads the batch is sharded over (default: one per core; see npgpt.parallel)")
-
-
-def flops_per_token(n_params_no_pos, n_layer, block_size, n_embd):
-    """Training FLOPs per token: 6 N for the weights plus 12 L T C for attention scores/mixing.
-
-    Each weight is used in one multiply-add (2 FLOPs) forwards and two backwards (input and
-    weight gradients): 6 FLOPs per parameter per token (docs/performance.md). N counts the
-    tied token embedding once, as the LM head's matrix; the position embedding does no
-    multiply-adds and is left out.
-    """
-    return 6 * n_params_no_pos + 12 * n_layer * block_size * n_embd
 
 
 def model_flops_utilisation(tokens_per_s, flops_per_token, peak_flops):
@@ -82,8 +71,7 @@ def run_npgpt(cfg, steps, warmup, workers=None):
         return loss
 
     seconds, loss = _time_steps(step, steps, warmup)
-    n_params = sum(p.size for name, p in model.named_parameters() if name != "wpe.weight")
-    return seconds, loss, n_params
+    return seconds, loss, flops_per_token(model)
 
 
 def run_torch(cfg, steps, warmup):
@@ -142,8 +130,7 @@ def run_torch(cfg, steps, warmup):
 def run(args):
     cfg = WORKLOAD
     tokens = cfg["batch_size"] * cfg["block_size"]
-    seconds, loss, n_params = run_npgpt(cfg, args.steps, args.warmup, args.workers)
-    fpt = flops_per_token(n_params, cfg["n_layer"], cfg["block_size"], cfg["n_embd"])
+    seconds, loss, fpt = run_npgpt(cfg, args.steps, args.warmup, args.workers)
     result = {
         "workload": "train-small",
         "step_ms": round(1000 * seconds, 1),

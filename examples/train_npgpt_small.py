@@ -1,0 +1,111 @@
+"""The exact recipe of the model that ships with npgpt as "npgpt-small".
+
+    python examples/train_npgpt_small.py [--run-dir runs/npgpt-small] [--max-steps 4000]
+
+Every step is npgpt's own command line; this script only strings the commands together
+and prints them, so each can be re-run by hand:
+
+1. fetch the public-domain corpora (Shakespeare's plays, the State of the Union addresses,
+   Moby-Dick; pinned and sha256-checked, see docs/tokenizer.md) into one text file each,
+   documents separated by <|endoftext|>;
+2. ``npgpt tokenizer train`` a byte-level BPE vocabulary of 8,192 tokens on them;
+3. ``npgpt prepare`` the token files;
+4. ``npgpt train`` a 4-layer, 4-head, 256-wide GPT-2 (5.3 M parameters, context 128);
+5. export the final checkpoint in float16 (half the size; npgpt and Hugging Face upcast it
+   when loading) with its tokenizer to ``npgpt/pretrained/npgpt-small``.
+
+The model card (data, size, steps, time, validation loss) is in docs/training.md; the
+figures come from ``npgpt/pretrained/npgpt-small/training.json``, written by step 5.
+"""
+
+import argparse
+import json
+import pathlib
+import shlex
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CORPORA = ("shakespeare", "sotu", "moby-dick")
+MODEL = dict(n_layer=4, n_head=4, n_embd=256, block_size=128)
+TRAINING = dict(batch_size=16, lr=2e-3, min_lr=1e-4, warmup_steps=200, weight_decay=0.1,
+                eval_interval=250, eval_iters=20, log_interval=50, seed=0)
+
+
+def npgpt_cli(*args):
+    command = [sys.executable, "-m", "npgpt", *map(str, args)]
+    print("$ npgpt " + " ".join(shlex.quote(str(a)) for a in args), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def write_corpora(run_dir):
+    from npgpt import datasets
+
+    files = []
+    for name in CORPORA:
+        path = run_dir / "corpus" / f"{name}.txt"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("<|endoftext|>".join(datasets.load_documents(name)), encoding="utf-8")
+        files.append(path)
+    return files
+
+
+def export(run_dir, out_dir, seconds):
+    """Write the final checkpoint as float16 with its tokenizer, plus the training record."""
+    from npgpt import GPT, Tokenizer
+    from npgpt.checkpoint import write_checkpoint
+    from npgpt.train import find_checkpoint
+
+    from safetensors.numpy import load_file
+
+    checkpoint = find_checkpoint(run_dir / "train")
+    model = GPT.from_pretrained(checkpoint)
+    tensors = {name: array.astype(np.float16) for name, array in load_file(checkpoint / "model.safetensors").items()}
+    write_checkpoint(out_dir, model.config, tensors)
+    Tokenizer.from_pretrained(checkpoint).save(out_dir)
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    log = [json.loads(line) for line in (run_dir / "train" / "log.jsonl").read_text().splitlines()]
+    evals = [entry for entry in log if "val_loss" in entry]
+    record = {
+        "recipe": "python examples/train_npgpt_small.py",
+        "corpora": list(CORPORA),
+        "model": MODEL,
+        "parameters": model.config.num_parameters(),
+        "training": TRAINING,
+        "steps": state["step"],
+        "tokens_seen": state["step"] * TRAINING["batch_size"] * MODEL["block_size"],
+        "train_seconds": round(seconds),
+        "final_val_loss": evals[-1]["val_loss"] if evals else None,
+        "dtype": "float16",
+    }
+    (out_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=pathlib.Path, default=ROOT / "runs" / "npgpt-small")
+    parser.add_argument("--max-steps", type=int, default=4000)
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "npgpt" / "pretrained" / "npgpt-small")
+    parser.add_argument("--export-only", action="store_true", help="only step 5, from an existing run")
+    args = parser.parse_args(argv)
+    run = args.run_dir
+    start = time.time()
+    if not args.export_only:
+        files = write_corpora(run)
+        npgpt_cli("tokenizer", "train", "--input", *files, "--vocab-size", 8192, "--out", run / "tokenizer")
+        npgpt_cli("prepare", "--input", *files, "--tokenizer", run / "tokenizer", "--out", run / "data")
+        resume = ["--resume"] if (run / "train" / "checkpoint").exists() else []
+        flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**MODEL, **TRAINING}.items()]
+        npgpt_cli("train", "--data", run / "data", "--out", run / "train", "--max-steps", args.max_steps,
+                  *flags, *resume)
+    export(run, args.out, time.time() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

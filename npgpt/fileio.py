@@ -1,0 +1,64 @@
+"""Crash-safe file writing: a file or a directory appears complete or not at all.
+
+Used by every writer of lasting state (checkpoints, token files, tokenizers).
+The recipe is the same each time: write everything under a temporary name in
+the same directory, flush it to the disk (``fsync``), then ``rename`` it into
+place. A rename within one file system is atomic, so a crash at any instant
+leaves either the old version or the new one, never a torn mixture.
+"""
+
+import os
+import pathlib
+import shutil
+import tempfile
+
+
+def fsync(path):
+    """Flush a file's (or a directory's entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, data):
+    """Write ``data`` (bytes or str, UTF-8) to ``path`` via a temporary file and a rename."""
+    path = pathlib.Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)          # mkstemp makes files private; these are for sharing
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def replace_directory(staging, target):
+    """Swap the fully written directory ``staging`` into place as ``target``.
+
+    Between the two renames the previous ``target`` is still complete under
+    ``.<name>.old-*/<name>`` next to it (readers that must survive a crash at
+    that instant look there); it is deleted once the new one is in place.
+    """
+    staging, target = pathlib.Path(staging), pathlib.Path(target)
+    for item in staging.iterdir():
+        fsync(item)
+    fsync(staging)
+    os.chmod(staging, 0o755)          # mkdtemp makes directories private
+    backup = None
+    if target.exists():
+        backup = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rename(target, backup / target.name)
+    os.rename(staging, target)
+    fsync(target.parent)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+    return target
