@@ -6,6 +6,7 @@ When this fails after a docstring or signature changed: run
 
 import importlib.util
 import inspect
+import re
 import pathlib
 
 import npgpt
@@ -28,13 +29,13 @@ def test_every_export_of_npgpt_is_documented():
         if inspect.ismodule(obj):
             assert f"## {obj.__name__}\n" in page, f"module {obj.__name__} (npgpt.{name}) has no section"
         else:
-            assert f"`{obj.__module__}.{obj.__name__}`" in page, f"npgpt.{name} is not in docs/api.md"
+            assert re.search(rf"`npgpt\.[\w.]*\b{obj.__name__}`", page), f"npgpt.{name} is not in docs/api.md"
 
 
-def test_every_module_of_the_package_is_listed():
-    modules = {p.stem for p in pathlib.Path(npgpt.__file__).parent.glob("*.py")} - {"__init__", "__main__"}
-    listed = {name.split(".", 1)[1] for name, _ in api_reference.MODULES if "." in name}
-    assert modules <= listed, f"modules missing from docs/scripts/api_reference.py: {sorted(modules - listed)}"
+def test_every_module_of_the_package_has_a_chapter():
+    listed = {name for name, _ in api_reference.MODULES}
+    missing = sorted(set(api_reference.package_modules()) - listed)
+    assert not missing, f"add these modules, with their chapter, to MODULES in docs/scripts/api_reference.py: {missing}"
 
 
 def test_signatures_carry_no_machine_specific_text():
