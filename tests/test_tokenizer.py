@@ -106,7 +106,6 @@ def test_gpt2_equals_tiktoken_on_adversarial_text(gpt2, tiktoken_gpt2, text):
     assert gpt2._encode_reference(text) == tiktoken_gpt2.encode_ordinary(text)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("char", ["a", " ", "😀", "1", "\n"])
 def test_gpt2_equals_tiktoken_on_100k_repeated_characters(gpt2, tiktoken_gpt2, char):
     text = char * 100_000
@@ -137,7 +136,6 @@ def test_special_tokens_follow_tiktoken(gpt2, tiktoken_gpt2):
     assert gpt2.decode(gpt2.encode(text, allowed_special="all")) == text
 
 
-@pytest.mark.slow
 def test_from_tiktoken_and_openai_files_give_the_same_tokenizer(gpt2):
     try:
         path = datasets.fetch("gpt2-tiktoken")
@@ -352,3 +350,26 @@ def test_from_tiktoken_rejects_a_broken_file(tmp_path):
     path.write_text("not-base64!! 0\n")
     with pytest.raises(ValueError, match="bad.tiktoken:1"):
         Tokenizer.from_tiktoken(path)
+
+
+def test_reads_a_tokenizer_that_hugging_face_trained(tmp_path):
+    """HF puts special tokens first (so the bytes are ids 1..256): another layout, same format."""
+    tokenizers = pytest.importorskip("tokenizers")
+    hf = tokenizers.ByteLevelBPETokenizer()
+    hf.train_from_iterator([corpus(5000, seed=s) for s in range(2)], vocab_size=400, min_frequency=2,
+                           special_tokens=[ENDOFTEXT], show_progress=False)
+    hf.save_model(str(tmp_path))
+    (tmp_path / "special_tokens_map.json").write_text('{"eos_token": "<|endoftext|>"}')
+    tok = Tokenizer.from_pretrained(tmp_path)
+    assert tok.special_tokens == {ENDOFTEXT: 0} and tok.vocab_size == hf.get_vocab_size()
+    text = corpus(2000, seed=7) + "".join(ADVERSARIAL[:-1])
+    assert tok.encode(text) == hf.encode(text).ids
+    assert tok.encode(text) == tok._encode_reference(text)
+
+
+def test_transformers_loads_saved_gpt2_and_encodes_identically(gpt2, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    gpt2.save(tmp_path)
+    hf = transformers.GPT2Tokenizer.from_pretrained(str(tmp_path))
+    text = "".join(ADVERSARIAL[:-1]) + corpus(2000, seed=3)
+    assert hf.encode(text) == gpt2.encode(text)
