@@ -116,13 +116,15 @@ class Tokenizer:
         specials = self.special_tokens
         allowed = set(specials) if allowed_special == "all" else set(allowed_special)
         disallowed = set(specials) - allowed if disallowed_special == "all" else set(disallowed_special)
-        for s in sorted((allowed | disallowed) - set(specials)):
-            raise ValueError(f"{s!r} is not a special token of this tokenizer (it has {sorted(specials)})")
-        for s in sorted(disallowed):
-            if s in text:
-                raise ValueError(f"text contains the special token {s!r}, which is not allowed; pass "
-                                 f"allowed_special={{{s!r}}} to encode it as id {specials[s]}, or "
-                                 f"disallowed_special=() to encode it as ordinary text")
+        unknown = sorted((allowed | disallowed) - set(specials))
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not a special token of this tokenizer (it has {sorted(specials)})")
+        found = [s for s in sorted(disallowed) if s in text]
+        if found:
+            s = found[0]
+            raise ValueError(f"text contains the special token {s!r}, which is not allowed; pass "
+                             f"allowed_special={{{s!r}}} to encode it as id {specials[s]}, or "
+                             f"disallowed_special=() to encode it as ordinary text")
         present = [s for s in allowed if s in text]
         if not present:
             return self._encode_words(text)
