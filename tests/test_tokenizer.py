@@ -373,3 +373,24 @@ def test_transformers_loads_saved_gpt2_and_encodes_identically(gpt2, tmp_path):
     hf = transformers.GPT2Tokenizer.from_pretrained(str(tmp_path))
     text = "".join(ADVERSARIAL[:-1]) + corpus(2000, seed=3)
     assert hf.encode(text) == gpt2.encode(text)
+
+
+def test_the_tokenizer_stands_alone():
+    """npgpt/tokenizer imports only the standard library, regex, itself and npgpt.datasets."""
+    import ast
+    import pathlib
+    import sys
+
+    package = pathlib.Path(__file__).resolve().parents[1] / "npgpt" / "tokenizer"
+    allowed = set(sys.stdlib_module_names) | {"regex"}
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):   # "from npgpt import x" imports npgpt.x
+                names = [f"npgpt.{a.name}" for a in node.names] if node.module == "npgpt" else [node.module]
+            else:
+                continue
+            for name in names:
+                ok = name.split(".")[0] in allowed or name.startswith("npgpt.tokenizer") or name == "npgpt.datasets"
+                assert ok, f"{source.name} imports {name}"
