@@ -299,11 +299,23 @@ def test_progress_bar_draws_on_a_terminal(monkeypatch):
     screen = Terminal()
     monkeypatch.setattr("sys.stderr", screen)
     bar = Progress(100, "training BPE", enabled=True)
-    bar.last -= 1
+    bar.update(50)
+    bar.update(60)                              # within 0.1 s of the last draw: skipped
+    bar.close(100)
+    assert "\rtraining BPE [###############...............] 50/100" in screen.getvalue()
+    assert "60/100" not in screen.getvalue() and "100/100" in screen.getvalue()
+
+
+def test_progress_bar_is_silent_for_short_work_in_a_log(monkeypatch):
+    log = io.StringIO()
+    monkeypatch.setattr("sys.stderr", log)
+    bar = Progress(100, "training BPE", enabled=True)
     bar.update(50)
     bar.close(100)
-    assert "[###############...............] 50/100" in screen.getvalue()
-    assert "100/100" in screen.getvalue()
+    assert log.getvalue() == ""
+    bar.start -= 3                              # pretend the work has run for 3 s
+    bar.update(70)
+    assert regex.fullmatch(r"training BPE \[#+\.+\] 70/100 3\.\ds\n", log.getvalue())
 
 
 # ------------------------------------------------------------------ files

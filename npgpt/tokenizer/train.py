@@ -16,21 +16,29 @@ from npgpt.tokenizer.bpe import ENDOFTEXT, pretokenize
 
 
 class Progress:
-    """A dependency-free progress bar on stderr, drawn on a terminal or once work is slow."""
+    """A dependency-free progress bar on stderr.
+
+    On a terminal it is redrawn in place up to 10 times a second. Elsewhere (a log file, a
+    notebook, CI) it stays silent for short work and, once the work has taken 2 s, writes one
+    line every 5 s, so that long training shows signs of life without flooding a log.
+    """
 
     def __init__(self, total, label, enabled):
         self.total, self.label, self.enabled = max(total, 1), label, enabled
-        self.start = self.last = time.perf_counter()
         self.tty = sys.stderr.isatty()
+        self.start = time.perf_counter()
+        self.last = float("-inf")              # when the bar was last drawn
         self.drawn = False
 
-    def update(self, done):
+    def update(self, done, final=False):
         if not self.enabled:
             return
         now = time.perf_counter()
-        # On a terminal redraw 10 times a second; in a log, one line per 5 s once past 2 s.
-        if (self.tty and now - self.last < 0.1) or (not self.tty and (now - self.start < 2 or now - self.last < 5)):
-            return
+        if not final:
+            if self.tty and now - self.last < 0.1:
+                return
+            if not self.tty and (now - self.start < 2 or now - self.last < 5):
+                return
         self.last, self.drawn = now, True
         filled = int(30 * done / self.total)
         line = f"{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} {now - self.start:.1f}s"
@@ -38,13 +46,11 @@ class Progress:
         sys.stderr.flush()
 
     def close(self, done):
+        """Draw the final state (only if the bar was shown at all) and end the line."""
         if self.drawn:
-            self.last = 0.0
-            self.start -= 2
-            self.update(done)
+            self.update(done, final=True)
             if self.tty:
                 sys.stderr.write("\n")
-
 
 
 def train_bpe(texts, vocab_size, *, special_tokens=(ENDOFTEXT,), min_frequency=2, show_progress=True):
