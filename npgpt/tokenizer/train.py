@@ -54,9 +54,11 @@ class Progress:
 
 
 def train_bpe(texts, vocab_size, *, special_tokens=(ENDOFTEXT,), min_frequency=2, show_progress=True):
-    """Learn ``(tokens, merges, special_tokens)`` for ``vocab_size`` ids from ``texts`` (a str or an iterable of str).
+    """Learn ``(tokens, merges, special_tokens)`` for ``vocab_size`` ids from ``texts``
+    (a str, or an iterable of str documents).
 
-    Ids 0..255 are the bytes, then one id per learned merge, then the special tokens. Each
+    Ids 0..255 are the bytes, then the learned tokens in the order learned, then the special
+    tokens. Each
     document is pre-tokenized separately (special tokens inside it also cut it), so no merge
     spans two documents or two pre-tokens.
 
