@@ -67,7 +67,7 @@ def bag_of_words_baseline(train, val, test, epochs=5, lr=0.01, seed=0):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="npgpt-small", help="pretrained model name or directory")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the backbone")
     parser.add_argument("--head-lr", type=float, default=1e-3, help="peak learning rate of the new head")
