@@ -20,12 +20,12 @@ would have drawn.
 
 import json
 import pathlib
-import sys
 import time
 
 import numpy as np
 
 from npgpt import fileio
+from npgpt.progress import Progress
 
 __all__ = ["EOT", "prepare", "prepare_documents", "split_documents", "load_tokens", "load_meta", "TokenFile",
            "BatchSampler", "token_dtype"]
@@ -63,45 +63,6 @@ def _eot_id(tokenizer):
         raise ValueError(f"the tokenizer encodes {EOT} as {len(ids)} tokens {list(ids)}, not as one special "
                          f"token; train it with special_tokens=({EOT!r},)")
     return int(ids[0])
-
-
-class Progress:
-    """A dependency-free progress bar on stderr: ``label [#####.....] 45% 1.2 MB/s``.
-
-    Redrawn at most every 0.1 s with a carriage return; disabled when
-    ``enabled`` is False (e.g. in tests, or ``--quiet``).
-    """
-
-    def __init__(self, total, label, enabled=True, stream=None, unit="B"):
-        self.total, self.label, self.enabled = max(int(total), 1), label, enabled
-        self.stream = stream if stream is not None else sys.stderr
-        self.unit = unit
-        self.done = 0
-        self.start = self._last = time.perf_counter()
-
-    def update(self, n):
-        self.done += n
-        now = time.perf_counter()
-        if self.enabled and (now - self._last > 0.1 or self.done >= self.total):
-            self._last = now
-            self._draw(now)
-            self._drawn_done = self.done
-
-    def _draw(self, now):
-        frac = min(self.done / self.total, 1.0)
-        width = 30
-        filled = int(round(frac * width))
-        rate = self.done / max(now - self.start, 1e-9)
-        rate_text = f"{rate / 1e6:.2f} M{self.unit}/s" if self.unit else f"{rate:.0f}/s"
-        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {100 * frac:5.1f}% {rate_text}")
-        self.stream.flush()
-
-    def close(self):
-        if self.enabled:
-            if getattr(self, "_drawn_done", None) != self.done:
-                self._draw(time.perf_counter())
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 # ================================================================ prepare
@@ -163,14 +124,16 @@ def prepare_documents(documents, tokenizer, out_dir, val_fraction=0.1, sources=N
     out_dir.mkdir(parents=True, exist_ok=True)
 
     total_bytes = sum(len(d.encode("utf-8")) for d in documents)
-    bar = Progress(total_bytes, "tokenizing", enabled=progress)
+    bar = Progress(total_bytes, "tokenizing", enabled=progress, unit="B")
+    done_bytes = 0
     pieces = []
     started = time.perf_counter()
     for doc in documents:
         ids = tokenizer.encode(doc, allowed_special=set(), disallowed_special=())   # specials as plain text
         pieces.append(np.asarray(ids, dtype=np.int64))
         pieces.append(np.asarray([eot], dtype=np.int64))
-        bar.update(len(doc.encode("utf-8")))
+        done_bytes += len(doc.encode("utf-8"))
+        bar.update(done_bytes)
     bar.close()
     seconds = time.perf_counter() - started
     stream = np.concatenate(pieces)

@@ -99,15 +99,6 @@ def test_a_failed_prepare_leaves_the_previous_data_intact(tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before   # no temp files either
 
 
-def test_progress_bar_draws_on_its_stream():
-    stream = io.StringIO()
-    bar = data.Progress(1000, "tokenizing", stream=stream)
-    bar.update(1000)
-    bar.close()
-    assert "tokenizing [" in stream.getvalue() and "100.0%" in stream.getvalue()
-    assert stream.getvalue().endswith("\n")
-
-
 def test_batches_are_shifted_windows_of_the_stream():
     tokens = np.arange(1000, dtype=np.uint16)
     sampler = data.BatchSampler(tokens, batch_size=4, block_size=16, seed=0)

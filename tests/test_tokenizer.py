@@ -5,7 +5,6 @@ Tests that need GPT-2's vocabulary or the SOTU corpus fetch them through npgpt.d
 naming the reason, when that is impossible here (``.ci/run`` fetches them, so CI runs them).
 """
 
-import io
 import os
 import random
 
@@ -18,7 +17,6 @@ import regex
 
 from npgpt.tokenizer import ENDOFTEXT, GPT2_PATTERN, Tokenizer, bytes_to_unicode, pretokenize
 from npgpt.tokenizer.bpe import bpe, bpe_long
-from npgpt.tokenizer.train import Progress
 
 WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
          "but have an they you were their one all we can her has there been if more when will would who "
@@ -292,32 +290,6 @@ def test_training_says_why_it_stopped_early():
         Tokenizer.train("text", 200)
 
 
-def test_progress_bar_draws_on_a_terminal(monkeypatch):
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-    screen = Terminal()
-    monkeypatch.setattr("sys.stderr", screen)
-    bar = Progress(100, "training BPE", enabled=True)
-    bar.update(50)
-    bar.update(60)                              # within 0.1 s of the last draw: skipped
-    bar.close(100)
-    assert "\rtraining BPE [###############...............] 50/100" in screen.getvalue()
-    assert "60/100" not in screen.getvalue() and "100/100" in screen.getvalue()
-
-
-def test_progress_bar_is_silent_for_short_work_in_a_log(monkeypatch):
-    log = io.StringIO()
-    monkeypatch.setattr("sys.stderr", log)
-    bar = Progress(100, "training BPE", enabled=True)
-    bar.update(50)
-    bar.close(100)
-    assert log.getvalue() == ""
-    bar.start -= 3                              # pretend the work has run for 3 s
-    bar.update(70)
-    assert regex.fullmatch(r"training BPE \[#+\.+\] 70/100 3\.\ds\n", log.getvalue())
-
-
 # ------------------------------------------------------------------ files
 def test_save_and_load_identity(small, tmp_path):
     small.save(tmp_path / "tok")
@@ -388,7 +360,7 @@ def test_transformers_loads_saved_gpt2_and_encodes_identically(gpt2, tmp_path):
 
 
 def test_the_tokenizer_stands_alone():
-    """npgpt/tokenizer imports only the standard library, regex, itself and npgpt.datasets."""
+    """npgpt/tokenizer imports only the standard library, regex, itself, npgpt.datasets and npgpt.progress."""
     import ast
     import pathlib
     import sys
@@ -404,5 +376,5 @@ def test_the_tokenizer_stands_alone():
             else:
                 continue
             for name in names:
-                ok = name.split(".")[0] in allowed or name.startswith("npgpt.tokenizer") or name == "npgpt.datasets"
+                ok = name.split(".")[0] in allowed or name.startswith("npgpt.tokenizer") or name in ("npgpt.datasets", "npgpt.progress")
                 assert ok, f"{source.name} imports {name}"

@@ -6,51 +6,12 @@ that ``Tokenizer(...)`` takes.
 
 import collections
 import heapq
-import sys
-import time
 import warnings
 
 import regex
 
+from npgpt.progress import Progress
 from npgpt.tokenizer.bpe import ENDOFTEXT, pretokenize
-
-
-class Progress:
-    """A dependency-free progress bar on stderr.
-
-    On a terminal it is redrawn in place up to 10 times a second. Elsewhere (a log file, a
-    notebook, CI) it stays silent for short work and, once the work has taken 2 s, writes one
-    line every 5 s, so that long training shows signs of life without flooding a log.
-    """
-
-    def __init__(self, total, label, enabled):
-        self.total, self.label, self.enabled = max(total, 1), label, enabled
-        self.tty = sys.stderr.isatty()
-        self.start = time.perf_counter()
-        self.last = float("-inf")              # when the bar was last drawn
-        self.drawn = False
-
-    def update(self, done, final=False):
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if not final:
-            if self.tty and now - self.last < 0.1:
-                return
-            if not self.tty and (now - self.start < 2 or now - self.last < 5):
-                return
-        self.last, self.drawn = now, True
-        filled = int(30 * done / self.total)
-        line = f"{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} {now - self.start:.1f}s"
-        sys.stderr.write(("\r" + line) if self.tty else (line + "\n"))
-        sys.stderr.flush()
-
-    def close(self, done):
-        """Draw the final state (only if the bar was shown at all) and end the line."""
-        if self.drawn:
-            self.update(done, final=True)
-            if self.tty:
-                sys.stderr.write("\n")
 
 
 def train_bpe(texts, vocab_size, *, special_tokens=(ENDOFTEXT,), min_frequency=2, show_progress=True):
@@ -156,7 +117,8 @@ def train_bpe(texts, vocab_size, *, special_tokens=(ENDOFTEXT,), min_frequency=2
                 if d > 0:                  # only pairs with the new token can grow
                     heapq.heappush(heap, (-total, tokens[pair[0]], tokens[pair[1]], *pair))
         progress.update(len(tokens) - 256)
-    progress.close(len(tokens) - 256)
+    progress.update(len(tokens) - 256)
+    progress.close()
     if len(tokens) < target:
         warnings.warn(f"training stopped at {len(tokens) + len(special_tokens)} of vocab_size={vocab_size} "
                       f"tokens: no remaining pair occurs min_frequency={min_frequency} times "

@@ -1,0 +1,56 @@
+"""A dependency-free progress bar: ``label [#########.....] 61.0% 4.21 MB/s 3.2s``.
+
+Used by the tokenizer trainer and by ``npgpt prepare``. On a terminal it is
+redrawn in place, at most ten times a second. Elsewhere (a log file, CI) it
+stays silent for short work and, once the work has taken 2 s, writes one line
+every 5 s: long jobs show signs of life without flooding a log.
+"""
+
+import sys
+import time
+
+
+class Progress:
+    """``Progress(total, label)``; call ``update(done)`` as work completes, then ``close()``.
+
+    ``unit="B"`` shows a rate in MB/s (``done`` counts bytes); otherwise the
+    bar shows ``done/total``. ``enabled=False`` makes every call a no-op.
+    """
+
+    WIDTH = 30
+
+    def __init__(self, total, label, enabled=True, unit=None, stream=None):
+        self.total, self.label, self.enabled, self.unit = max(int(total), 1), label, enabled, unit
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.done = 0
+        self.start = time.perf_counter()
+        self.last = float("-inf")               # when the bar was last drawn
+        self.drawn = False
+
+    def update(self, done, final=False):
+        self.done = done
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if not final:
+            if self.tty and now - self.last < 0.1:
+                return
+            if not self.tty and (now - self.start < 2 or now - self.last < 5):
+                return
+        self.last, self.drawn = now, True
+        elapsed = now - self.start
+        frac = min(done / self.total, 1.0)
+        filled = int(round(self.WIDTH * frac))
+        amount = f"{done / max(elapsed, 1e-9) / 1e6:.2f} M{self.unit}/s" if self.unit else f"{done}/{self.total}"
+        line = f"{self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {100 * frac:5.1f}% {amount} {elapsed:.1f}s"
+        self.stream.write(("\r" + line) if self.tty else (line + "\n"))
+        self.stream.flush()
+
+    def close(self):
+        """Draw the final state (only if the bar was shown at all) and end the line."""
+        if self.enabled and self.drawn:
+            self.update(self.done, final=True)
+            if self.tty:
+                self.stream.write("\n")
+                self.stream.flush()
