@@ -1,6 +1,5 @@
 """Token files and batches: prepare -> train.bin / val.bin / meta.json -> memmap -> (x, y) windows."""
 
-import io
 import json
 
 import numpy as np
