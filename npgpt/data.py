@@ -99,7 +99,7 @@ def prepare(input_files, tokenizer, out_dir, val_fraction=0.1, tokenizer_dir=Non
     ``<|endoftext|>`` markers; every document is encoded as ordinary text
     (a marker-like string inside it cannot inject a special token) and is
     followed by the ``<|endoftext|>`` token, so the model learns where
-    documents end. The last ``val_fraction`` of the stream is the validation
+    documents end. The last ``val_fraction`` of every document is the validation
     split. The tokenizer is saved into ``out_dir/tokenizer`` (when it has a
     ``save`` method), so training and generation find it there.
     """
@@ -126,25 +126,33 @@ def prepare_documents(documents, tokenizer, out_dir, val_fraction=0.1, sources=N
     total_bytes = sum(len(d.encode("utf-8")) for d in documents)
     bar = Progress(total_bytes, "tokenizing", enabled=progress, unit="B")
     done_bytes = 0
-    pieces = []
+    train_pieces, val_pieces = [], []
     started = time.perf_counter()
     for doc in documents:
         ids = tokenizer.encode(doc, allowed_special=set(), disallowed_special=())   # specials as plain text
-        pieces.append(np.asarray(ids, dtype=np.int64))
-        pieces.append(np.asarray([eot], dtype=np.int64))
+        ids = np.asarray(list(ids) + [eot], dtype=np.int64)
+        # The validation split is the tail of *every* document, not the tail of the whole
+        # stream: with a few large sources (plays, speeches, a novel) the stream's tail would
+        # be one source only, and the validation loss would measure a change of domain.
+        n_val = int(len(ids) * val_fraction)
+        train_pieces.append(ids[:len(ids) - n_val])
+        val_pieces.append(ids[len(ids) - n_val:])
         done_bytes += len(doc.encode("utf-8"))
         bar.update(done_bytes)
     bar.close()
     seconds = time.perf_counter() - started
-    stream = np.concatenate(pieces)
-    if stream.size and (stream.min() < 0 or stream.max() >= vocab_size):
-        raise ValueError(f"prepare: the tokenizer produced ids outside 0..{vocab_size - 1}")
-    stream = stream.astype(dtype)
-    n_val = max(1, int(round(len(stream) * val_fraction)))
-    n_train = len(stream) - n_val
-    if n_train < 1:
-        raise ValueError(f"prepare: {len(stream)} tokens are too few to split into train and validation")
-    train, val = stream[:n_train], stream[n_train:]
+    train, val = np.concatenate(train_pieces), np.concatenate(val_pieces)
+    if val.size == 0:                # every document is tiny: fall back to the stream's tail
+        stream = train
+        n_val = max(1, int(round(len(stream) * val_fraction)))
+        train, val = stream[:len(stream) - n_val], stream[len(stream) - n_val:]
+    if train.size < 1:
+        raise ValueError(f"prepare: {train.size + val.size} tokens are too few to split into train and validation")
+    for split in (train, val):
+        if split.size and (split.min() < 0 or split.max() >= vocab_size):
+            raise ValueError(f"prepare: the tokenizer produced ids outside 0..{vocab_size - 1}")
+    train, val = train.astype(dtype), val.astype(dtype)
+    n_train = len(train)
 
     tokenizer_info = {"class": f"{type(tokenizer).__module__}.{type(tokenizer).__name__}",
                       "vocab_size": vocab_size, "eot_token_id": eot, "dir": None}

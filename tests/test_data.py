@@ -21,15 +21,30 @@ def _files(tmp_path, *texts):
     return paths
 
 
+def split_each_document(documents, fraction):
+    """The expected split: each document's head is training data, its last `fraction` validation."""
+    train, val = [], []
+    for ids in documents:
+        n_val = int(len(ids) * fraction)
+        train += ids[:len(ids) - n_val]
+        val += ids[len(ids) - n_val:]
+    return train, val
+
+
+def both_splits(out):
+    return list(data.TokenFile(out, "train").tokens), list(data.TokenFile(out, "val").tokens)
+
+
 def test_prepare_writes_the_token_stream_with_separators(tmp_path):
     tok = CharTokenizer(TEXT_A + TEXT_B)
     meta = data.prepare(_files(tmp_path, TEXT_A, TEXT_B), tok, tmp_path / "out", val_fraction=0.2, progress=False)
-    expected = tok.encode(TEXT_A) + [tok.eot_id] + tok.encode(TEXT_B) + [tok.eot_id]
+    documents = [tok.encode(TEXT_A) + [tok.eot_id], tok.encode(TEXT_B) + [tok.eot_id]]
     train = data.load_tokens(tmp_path / "out" / "train.bin")
     val = data.load_tokens(tmp_path / "out" / "val.bin")
     assert train.dtype == np.uint16 and isinstance(train, np.memmap)
-    assert list(train) + list(val) == expected
-    assert len(val) == round(0.2 * len(expected)) == meta["val_tokens"]
+    # every document gives its tail to validation, so each source is represented in both splits
+    assert (list(train), list(val)) == split_each_document(documents, 0.2)
+    assert len(val) == meta["val_tokens"] and meta["train_tokens"] == len(train)
     on_disk = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert on_disk == meta
     assert meta["vocab_size"] == tok.vocab_size and meta["eot_token_id"] == tok.eot_id and meta["documents"] == 2
@@ -42,10 +57,8 @@ def test_prepare_writes_the_token_stream_with_separators(tmp_path):
 def test_marker_strings_split_documents(tmp_path):
     tok = CharTokenizer(TEXT_A + TEXT_B)
     data.prepare(_files(tmp_path, TEXT_A + EOT + "\n" + EOT + TEXT_B), tok, tmp_path / "out", progress=False)
-    split = data.TokenFile(tmp_path / "out", "train")
-    stream = list(split.tokens) + list(data.TokenFile(tmp_path / "out", "val").tokens)
-    assert stream.count(tok.eot_id) == 2                 # the empty middle document is dropped
-    assert tok.decode(stream) == TEXT_A + EOT + TEXT_B + EOT
+    documents = [tok.encode(TEXT_A) + [tok.eot_id], tok.encode(TEXT_B) + [tok.eot_id]]   # the empty one dropped
+    assert both_splits(tmp_path / "out") == split_each_document(documents, 0.1)
     assert data.split_documents("a<|endoftext|> <|endoftext|>b") == ["a", "b"]
 
 
@@ -156,7 +169,9 @@ def test_prepare_with_a_trained_bpe_tokenizer_round_trips(tmp_path):
     tok = tokenizer.Tokenizer.train([TEXT_A * 5, TEXT_B * 5], 300, show_progress=False)
     tricky = "say <|endoftext|> aloud"        # a marker inside a file splits it into two documents
     meta = data.prepare(_files(tmp_path, TEXT_A, TEXT_B + tricky), tok, tmp_path / "out", progress=False)
-    stream = np.concatenate([data.TokenFile(tmp_path / "out", s).tokens for s in ("train", "val")])
-    assert tok.decode(stream.tolist()) == TEXT_A + EOT + TEXT_B + "say " + EOT + " aloud" + EOT
+    documents = [tok.encode(text) + [meta["eot_token_id"]] for text in (TEXT_A, TEXT_B + "say ", " aloud")]
+    train, val = both_splits(tmp_path / "out")
+    assert (train, val) == split_each_document(documents, 0.1)
+    assert tok.decode(train + val).count(EOT) == 3
     assert meta["eot_token_id"] == tok.encode(EOT, allowed_special={EOT})[0]
     assert tokenizer.Tokenizer.from_pretrained(tmp_path / "out" / "tokenizer") == tok
