@@ -32,6 +32,7 @@ MODULES = [
     ("npgpt.model", "model.md"),
     ("npgpt.generation", "generation.md"),
     ("npgpt.tokenizer", "tokenizer.md"),
+    ("npgpt.progress", "tokenizer.md"),
     ("npgpt.data", "training.md"),
     ("npgpt.datasets", "training.md"),
     ("npgpt.optim", "training.md"),
