@@ -43,12 +43,17 @@ def _config():
     return yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=Loader)
 
 
+def _build(config, site_dir):
+    """``mkdocs build --strict`` (not ``-q``: quiet mode hides warnings from the strict count)."""
+    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site_dir)],
+                          capture_output=True, text=True, cwd=pathlib.Path(config).parent, timeout=300)
+
+
 @pytest.mark.slow
 def test_site_builds_strictly(tmp_path):
     pytest.importorskip("mkdocs")
     pytest.importorskip("pymdownx")
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"),
-                           "-d", str(tmp_path / "site")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = _build(ROOT / "mkdocs.yml", tmp_path / "site")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     site = tmp_path / "site"
     assert (site / "index.html").exists() if (DOCS / "index.md").exists() else True
@@ -90,3 +95,13 @@ def test_architecture_diagram_shows_every_stage_in_order():
         assert found > 0, f"{stage!r} missing or out of order in the diagram"
         position = found + 1
     assert "x 12 blocks" in svg
+
+
+def test_the_strict_build_fails_on_a_broken_link(tmp_path):
+    # The check above must be able to fail: a link to a page that does not exist aborts the build.
+    pytest.importorskip("mkdocs")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "index.md").write_text("# Home\n\nSee [the missing chapter](missing.md).\n")
+    (tmp_path / "mkdocs.yml").write_text("site_name: t\nnav:\n  - index.md\n")
+    proc = _build(tmp_path / "mkdocs.yml", tmp_path / "site")
+    assert proc.returncode != 0 and "missing.md" in proc.stdout + proc.stderr
