@@ -79,17 +79,16 @@ def _model_device(model):
 def attention_weights(model, ids):
     """Attention probabilities of every layer and head for one sequence.
 
-    ``model`` is a ``GPT`` (or anything with ``model(idx, return_attention=True)``
-    returning ``(logits, attentions)``, one (B, H, T, T) array per layer) or a
-    ``GPTClassifier`` (its backbone is used). Returns a NumPy array of shape
-    (n_layer, n_head, T, T) whose row ``i`` of ``[l, h]`` is the distribution
-    of query ``i`` over the keys ``j <= i`` (eq. 1).
+    ``model`` is a ``GPT`` or a ``GPTClassifier`` (its backbone is used).
+    Returns a NumPy array of shape (n_layer, n_head, T, T) whose row ``i`` of
+    ``[l, h]`` is the distribution of query ``i`` over the keys ``j <= i``
+    (eq. 1). The LM head is not computed: only the blocks' attention is needed.
     """
     gpt = getattr(model, "transformer", model)
     idx = _as_id_batch(ids)
     idx = backend.to_device(idx, _model_device(gpt))
     with no_grad():
-        _, attentions = gpt(idx, return_attention=True)
+        _, attentions = gpt.hidden_states(idx, return_attention=True)   # one (1, H, T, T) per layer
     return np.stack([backend.to_numpy(a)[0] for a in attentions])   # (L, H, T, T)
 
 
