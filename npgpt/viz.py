@@ -87,8 +87,13 @@ def attention_weights(model, ids):
     gpt = getattr(model, "transformer", model)
     idx = _as_id_batch(ids)
     idx = backend.to_device(idx, _model_device(gpt))
-    with no_grad():
-        _, attentions = gpt.hidden_states(idx, return_attention=True)   # one (1, H, T, T) per layer
+    was_training = gpt.training
+    gpt.eval()                      # no dropout: the picture is of the deterministic model
+    try:
+        with no_grad():
+            _, attentions = gpt.hidden_states(idx, return_attention=True)   # one (1, H, T, T) per layer
+    finally:
+        gpt.train(was_training)
     return np.stack([backend.to_numpy(a)[0] for a in attentions])   # (L, H, T, T)
 
 
