@@ -59,7 +59,9 @@ def render():
             if p != page:
                 continue
             tests = "<br>".join(f"`{t}`" for t in cites.get((p, n), [])) or "**unchecked**"
-            formula = latex.replace("|", "\\|")
+            # A bare | would split the table cell, and the escape \| would reach MathJax as the
+            # double bar; \Vert and \vert are the double and single bars without a pipe.
+            formula = latex.replace("\\|", "\\Vert ").replace("|", "\\vert ")
             lines.append(f"| {n} | ${formula}$ | {tests} |")
         lines.append("")
     return "\n".join(lines)
