@@ -104,7 +104,7 @@ def main(argv=None):
                                batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
                                train_last=args.train_last, max_length=args.max_length, seed=args.seed,
                                out_dir=args.out)
-    data = finetune.Encoded(tokenizer, *test, args.max_length)
+    data = finetune.Encoded(tokenizer, *test, min(args.max_length, classifier.config.block_size))
     metrics = finetune.evaluate(classifier, data)
     gpt_seconds = time.perf_counter() - start
     print(f"fine-tuned {args.model} ({result.steps} steps, best at step {result.best_step}): "

@@ -405,6 +405,7 @@ def _pad_id(classifier, tokenizer):
 
 def predict(classifier, tokenizer, texts, batch_size=64, max_length=128, pad_side="right"):
     """Class probabilities (N, num_classes) of raw texts, in batches, without a graph."""
+    max_length = min(int(max_length), classifier.config.block_size)     # the model sees no more
     data = Encoded(tokenizer, list(texts), [0] * len(texts), max_length)
     return _probabilities(classifier, data, _pad_id(classifier, tokenizer), batch_size, pad_side)
 
@@ -507,8 +508,9 @@ def finetune(classifier, tokenizer, train_texts, train_labels, val_texts, val_la
     if config is not None and overrides:
         raise TypeError("pass either a FinetuneConfig or keyword settings, not both")
     log = cfg.log or (lambda *_: None)
-    train = Encoded(tokenizer, list(train_texts), train_labels, cfg.max_length)
-    val = Encoded(tokenizer, list(val_texts), val_labels, cfg.max_length)
+    max_length = min(cfg.max_length, classifier.config.block_size)    # longer texts keep their start
+    train = Encoded(tokenizer, list(train_texts), train_labels, max_length)
+    val = Encoded(tokenizer, list(val_texts), val_labels, max_length)
     for name, data in (("training", train), ("validation", val)):
         if data.labels.min() < 0 or data.labels.max() >= classifier.num_classes:
             raise ValueError(f"{name} labels must be class ids 0..{classifier.num_classes - 1}, "
@@ -647,7 +649,7 @@ def run_cli(args):
              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
              weight_decay=args.weight_decay, train_last=args.train_last, max_length=args.max_length,
              patience=args.patience, eval_every=args.eval_every, seed=args.seed)
-    val = Encoded(tokenizer, val_texts, val_y, args.max_length)
+    val = Encoded(tokenizer, val_texts, val_y, min(args.max_length, classifier.config.block_size))
     metrics = evaluate(classifier, val, _pad_id(classifier, tokenizer))
     print("validation (best weights):\n" + format_metrics(metrics))
     report = {k: v for k, v in metrics.items() if k != "confusion"}

@@ -328,3 +328,11 @@ def test_sentiment_example_runs_end_to_end(model_dir, tmp_path, capsys):
     assert "400 reviews" in printed and "320 train, 40 validation, 40 test" in printed
     assert "bag-of-words logistic regression" in printed and "test accuracy" in printed
     assert GPTClassifier.from_pretrained(tmp_path / "clf").labels == ["negative", "positive"]
+
+
+def test_texts_longer_than_the_context_keep_their_start():
+    tokenizer = WordTokenizer(["good bad film"])
+    model = small_classifier(tokenizer)                          # block_size 32
+    long_text = " ".join(["film"] * 50)
+    finetune.finetune(model, tokenizer, [long_text, "good"], [1, 0], [long_text], [1], epochs=1, log=None)
+    assert finetune.predict(model, tokenizer, [long_text]).shape == (1, 2)
