@@ -147,14 +147,15 @@ class GPTClassifier(nn.Module):
         idx = gpt.check_ids(_as_host_ids(idx))                 # (B, T), on the model's device
         xp = backend.array_module(idx)
         B, T = idx.shape
-        if attention_mask is None:
-            mask = xp.ones((B, T), dtype=xp.int64)
+        if attention_mask is None:      # no padding: plain positions 0..T-1, the last token is T-1
+            hidden = gpt.hidden_states(idx, inputs_embeds=inputs_embeds)             # (B, T, C)
+            last = xp.full((B,), T - 1, dtype=xp.int64)
         else:
             mask = backend.to_device(check_attention_mask(attention_mask, (B, T)), gpt.device).astype(xp.int64)
-        positions = positions_from_mask(mask)                  # (B, T)
-        hidden = gpt.hidden_states(idx, attention_mask=mask, position_ids=positions,
-                                   inputs_embeds=inputs_embeds)  # (B, T, C)
-        pooled = hidden[xp.arange(B), last_token_index(mask)]  # (B, C)
+            hidden = gpt.hidden_states(idx, attention_mask=mask, position_ids=positions_from_mask(mask),
+                                       inputs_embeds=inputs_embeds)                  # (B, T, C)
+            last = last_token_index(mask)                                            # (B,)
+        pooled = hidden[xp.arange(B), last]                    # (B, C)
         logits = self.score(pooled)                            # (B, num_labels)
         if labels is None:
             return logits
