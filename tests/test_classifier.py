@@ -41,7 +41,7 @@ def test_logits_are_the_same_alone_and_in_a_padded_batch(side, pad_id):
     assert np.abs(alone[0] - alone[1]).max() > 1e-2      # the sequences do differ
 
 
-def test_padding_changes_nothing_even_with_pad_tokens_the_model_would_notice():
+def test_without_the_mask_the_padding_would_change_the_logits():
     # Sanity check that the mask is what protects the result: treating padding as text changes it.
     model = make(num_labels=1)
     idx, mask = pad_batch(SEQUENCES, pad_id=9, side="left")
