@@ -87,7 +87,7 @@ def test_architecture_diagram_is_current():
 
 def test_architecture_diagram_shows_every_stage_in_order():
     svg = (DOCS / "images" / "architecture.svg").read_text()
-    stages = ["token embedding + position embedding", "LayerNorm ln_1", "causal self-attention", "+",
+    stages = ["token + position embeddings", "LayerNorm ln_1", "causal self-attention", "+",
               "LayerNorm ln_2", "MLP", "+", "LayerNorm ln_f", "tied head", "softmax"]
     position = 0
     for stage in stages:

@@ -65,7 +65,7 @@ def render():
     y += 34
     body += arrow(y, y + 22)
     y += 22
-    body += box(y, 44, "token embedding + position embedding", "embed",
+    body += box(y, 44, "token + position embeddings", "embed",
                 f"wte ({c.vocab_size:,} x {c.n_embd}) + wpe ({c.block_size} x {c.n_embd})")
     y += 44
     body += arrow(y, y + 40)
