@@ -24,7 +24,6 @@ import pathlib
 import shlex
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -54,10 +53,10 @@ def write_corpora(run_dir):
     return files
 
 
-def export(run_dir, out_dir, seconds):
+def export(run_dir, out_dir):
     """Write the final checkpoint as float16 with its tokenizer, plus the training record."""
     from npgpt import GPT, Tokenizer
-    from npgpt.checkpoint import write_checkpoint
+    from npgpt.checkpoint import hf_config, write_checkpoint
     from npgpt.train import find_checkpoint
 
     from safetensors.numpy import load_file
@@ -65,7 +64,7 @@ def export(run_dir, out_dir, seconds):
     checkpoint = find_checkpoint(run_dir / "train")
     model = GPT.from_pretrained(checkpoint)
     tensors = {name: array.astype(np.float16) for name, array in load_file(checkpoint / "model.safetensors").items()}
-    write_checkpoint(out_dir, model.config, tensors)
+    write_checkpoint(out_dir, hf_config(model.config), tensors)
     Tokenizer.from_pretrained(checkpoint).save(out_dir)
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     log = [json.loads(line) for line in (run_dir / "train" / "log.jsonl").read_text().splitlines()]
@@ -78,7 +77,9 @@ def export(run_dir, out_dir, seconds):
         "training": TRAINING,
         "steps": state["step"],
         "tokens_seen": state["step"] * TRAINING["batch_size"] * MODEL["block_size"],
-        "train_seconds": round(seconds),
+        # wall time of `npgpt train`: from the prepared data to the final checkpoint
+        "train_seconds": round((checkpoint / "trainer_state.json").stat().st_mtime
+                               - (run_dir / "data" / "meta.json").stat().st_mtime),
         "final_val_loss": evals[-1]["val_loss"] if evals else None,
         "dtype": "float16",
     }
@@ -94,7 +95,6 @@ def main(argv=None):
     parser.add_argument("--export-only", action="store_true", help="only step 5, from an existing run")
     args = parser.parse_args(argv)
     run = args.run_dir
-    start = time.time()
     if not args.export_only:
         files = write_corpora(run)
         npgpt_cli("tokenizer", "train", "--input", *files, "--vocab-size", 8192, "--out", run / "tokenizer")
@@ -103,7 +103,7 @@ def main(argv=None):
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**MODEL, **TRAINING}.items()]
         npgpt_cli("train", "--data", run / "data", "--out", run / "train", "--max-steps", args.max_steps,
                   *flags, *resume)
-    export(run, args.out, time.time() - start)
+    export(run, args.out)
     return 0
 
 

@@ -50,6 +50,8 @@ def replace_directory(staging, target):
     """
     staging, target = pathlib.Path(staging), pathlib.Path(target)
     for item in staging.iterdir():
+        if item.is_file():
+            os.chmod(item, 0o644)     # temporary files are private; a model directory is for sharing
         fsync(item)
     fsync(staging)
     os.chmod(staging, 0o755)          # mkdtemp makes directories private

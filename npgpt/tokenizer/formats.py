@@ -7,10 +7,9 @@ See docs/tokenizer.md, "Files".
 
 import base64
 import json
-import os
 import pathlib
-import tempfile
 
+from npgpt import fileio
 from npgpt.tokenizer.bpe import ENDOFTEXT, bpe, token_bytes, token_text
 
 FORMAT_VERSION = 1          # written to tokenizer_config.json as "npgpt_tokenizer_format"
@@ -122,14 +121,7 @@ def write_hf(directory, tokens, merges, special_tokens):
              "special_tokens_map.json": json.dumps(special_map, indent=2),
              "tokenizer_config.json": json.dumps(config, indent=2)}
     for name, text in files.items():
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, directory / name)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        fileio.atomic_write(directory / name, text)
     return directory
 
 
