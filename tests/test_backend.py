@@ -52,7 +52,7 @@ def test_round_trip_between_devices(xp):
 # The GPU swap cannot silently break: every function the compute path calls through the
 # array module ``xp`` must exist in CuPy, and NumPy itself may be called only for host-side
 # bookkeeping (dtypes, shapes), never on the data.
-COMPUTE_MODULES = ["autograd.py", "functional.py", "nn.py", "model.py", "generation.py", "optim.py"]
+COMPUTE_MODULES = ["autograd.py", "functional.py", "nn.py", "model.py", "generation.py", "optim.py", "parallel.py"]
 HOST_SIDE_NUMPY = {
     # dtypes and type checks
     "ndarray", "float16", "float32", "float64", "int32", "int64", "uint16", "uint32", "bool_", "dtype",
