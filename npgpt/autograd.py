@@ -157,10 +157,8 @@ class Tensor:
             if node._backward is None:  # a leaf: keep its gradient
                 if grad_sink is not None:
                     grad_sink[id(node)] = (node, g)
-                elif node.grad is None:
-                    node.grad = g.copy()  # copy: the same array may flow to other nodes
                 else:
-                    node.grad += g
+                    accumulate_grad(node, g)
                 continue
             parent_grads = node._backward(g)
             for parent, pg in zip(node._parents, parent_grads):
@@ -206,6 +204,18 @@ class Tensor:
     def tanh(self): return tanh(self)
     def sqrt(self): return sqrt(self)
     def masked_fill(self, mask, value): return masked_fill(self, mask, value)
+
+
+def accumulate_grad(leaf, grad):
+    """``leaf.grad += grad``, creating ``.grad`` as a copy the first time.
+
+    A copy, because the same gradient array may also flow to other nodes (``a + b``
+    hands one array to both), and a later in-place ``+=`` must not change theirs.
+    """
+    if leaf.grad is None:
+        leaf.grad = grad.copy()
+    else:
+        leaf.grad += grad
 
 
 def tensor(data, requires_grad=False, dtype=None, device=None):

@@ -131,9 +131,7 @@ def scatter_add(target, indices, values):
 
         cupyx.scatter_add(target, indices, values)
     else:
-        # np.add.at is slow for 2-D rows; an equivalent bincount-free path is
-        # a sort + reduceat, but add.at on row indices is clear and fast enough
-        # in NumPy >= 2 (it got a fast path for this case).
+        # np.add.at is the unbuffered add; NumPy >= 2 has a fast path for it.
         np.add.at(target, indices, values)
     return target
 

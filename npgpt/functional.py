@@ -139,6 +139,12 @@ def gelu(x):
     return _make(y, (x,), backward)
 
 
+def _stable_sigmoid(xp, z):
+    """``1 / (1 + e^-z)`` as ``where(z >= 0, 1, e^z) / (1 + e^-|z|)``: no branch overflows."""
+    e = xp.exp(-xp.abs(z))
+    return (xp.where(z >= 0, 1.0, e) / (1.0 + e)).astype(z.dtype, copy=False)
+
+
 def sigmoid(x):
     """``y = 1 / (1 + exp(-x))`` (docs/finetuning.md eq. 1); gradient ``g y (1 - y)``.
 
@@ -146,10 +152,7 @@ def sigmoid(x):
     overflows for large ``|x|``.
     """
     _check_float("sigmoid", x)
-    xp = _xp(x)
-    e = xp.exp(-xp.abs(x.data))
-    y = xp.where(x.data >= 0, 1.0, e) / (1.0 + e)
-    y = y.astype(x.dtype, copy=False)
+    y = _stable_sigmoid(_xp(x), x.data)
     return _make(y, (x,), lambda g: (g * y * (1.0 - y),))
 
 
@@ -325,9 +328,7 @@ def binary_cross_entropy_with_logits(logits, targets):
     loss = (xp.maximum(z, 0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))).sum() / n
 
     def backward(g):
-        e = xp.exp(-xp.abs(z))
-        s = xp.where(z >= 0, 1.0, e) / (1.0 + e)
-        return (((s - y) * (g / n)).astype(z.dtype),)
+        return (((_stable_sigmoid(xp, z) - y) * (g / n)).astype(z.dtype),)
 
     return _make(xp.asarray(loss, dtype=logits.dtype), (logits,), backward)
 

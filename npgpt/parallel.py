@@ -25,6 +25,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from npgpt import backend
+from npgpt.autograd import accumulate_grad
 
 _pools = {}
 
@@ -80,8 +81,5 @@ def forward_backward(loss_fn, inputs, targets, workers=None):
     for loss, sink in results:
         total += loss
         for leaf, grad in sink.values():
-            if leaf.grad is None:
-                leaf.grad = grad.copy()
-            else:
-                leaf.grad += grad
+            accumulate_grad(leaf, grad)
     return total
