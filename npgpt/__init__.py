@@ -11,11 +11,11 @@ from npgpt.autograd import Tensor, concat, is_grad_enabled, no_grad, split, stac
 from npgpt.backend import cuda_available
 from npgpt.classifier import GPTClassifier
 from npgpt.model import GPT, GPTConfig, KVCache
-from npgpt.tokenizer import Tokenizer
+from npgpt.tokenizer import StreamDecoder, Tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = ["Tensor", "tensor", "no_grad", "is_grad_enabled", "concat", "stack", "split", "where",
            "cuda_available", "functional", "F", "nn", "GPT", "GPTConfig", "KVCache",
-           "GPTClassifier", "Tokenizer"]
+           "GPTClassifier", "Tokenizer", "StreamDecoder"]
 

@@ -16,11 +16,13 @@ nothing else of npgpt except ``npgpt.datasets`` to fetch GPT-2's vocabulary for 
     tok.save("my-tokenizer")                      # Hugging Face's vocab.json + merges.txt layout
 
 The package: ``bpe.py`` (pre-tokenizer, byte map, merge loops, word cache), ``train.py``
-(incremental training), ``formats.py`` (Hugging Face / OpenAI / tiktoken files) and ``core.py``
-(the ``Tokenizer`` class).
+(incremental training), ``formats.py`` (Hugging Face / OpenAI / tiktoken files), ``core.py``
+(the ``Tokenizer`` class) and ``stream.py`` (``StreamDecoder``: ids to text one at a time, for
+printing generated text as it comes without cutting a character apart).
 """
 
 from npgpt.tokenizer.bpe import ENDOFTEXT, GPT2_PATTERN, bytes_to_unicode, pretokenize
 from npgpt.tokenizer.core import Tokenizer
+from npgpt.tokenizer.stream import StreamDecoder
 
-__all__ = ["Tokenizer", "ENDOFTEXT", "GPT2_PATTERN", "bytes_to_unicode", "pretokenize"]
+__all__ = ["Tokenizer", "StreamDecoder", "ENDOFTEXT", "GPT2_PATTERN", "bytes_to_unicode", "pretokenize"]
