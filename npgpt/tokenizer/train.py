@@ -31,7 +31,12 @@ def train_bpe(texts, vocab_size, *, special_tokens=(ENDOFTEXT,), min_frequency=2
     Tie-break: among pairs of equal count, the pair whose byte strings (left, then right) are
     lexicographically smallest is merged first, so the result never depends on id numbering
     or on dictionary order. Training stops early, with a warning saying why, when no pair
-    occurs ``min_frequency`` times.
+    occurs ``min_frequency`` times; the vocabulary is then smaller than ``vocab_size``, and
+    ``len(tokenizer)`` / ``tokenizer.vocab_size`` report its real size.
+
+    Raises:
+        ValueError: ``vocab_size`` leaves no room for the bytes and special tokens, or the texts
+            hold no text at all (empty, or only special tokens).
     """
     special_tokens = list(dict.fromkeys(special_tokens))
     if vocab_size < 256 + len(special_tokens):
@@ -45,6 +50,9 @@ def train_bpe(texts, vocab_size, *, special_tokens=(ENDOFTEXT,), min_frequency=2
             raise TypeError(f"training texts must be str, got {type(doc).__name__}")
         for piece in cut.split(doc) if cut else (doc,):
             counts.update(pretokenize(piece))
+    if not counts:
+        raise ValueError("there is no text to train on: the training texts are empty (or hold only "
+                         "special tokens), so not even one byte can be counted")
 
     # Each distinct pre-token of 2+ bytes becomes a word: a list of ids, with its count.
     words, freq = [], []
