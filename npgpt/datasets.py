@@ -87,9 +87,9 @@ def cache_dir():
 
 
 def describe_error(exc):
-    """One line (``str``) saying why ``exc`` happened, never empty: the message, prefixed by the
-    exception's type unless it is one of this module's own; the type alone if it has no message
-    (``str(OSError())`` is ``""``)."""
+    """Why ``exc`` (``BaseException``) happened, as a ``str`` that is never empty: the message,
+    prefixed by the exception's type unless it is one of this module's own; the type alone if it
+    has no message (``str(OSError())`` is ``""``)."""
     message = str(exc).strip()
     if not message:
         return type(exc).__name__
@@ -99,7 +99,8 @@ def describe_error(exc):
 
 
 def is_cached(name):
-    """Whether artefact ``name`` is in the cache, intact (``bool``; nothing is fetched)."""
+    """Whether artefact ``name`` (``str``, a key of ``ARTEFACTS``) is in the cache, intact
+    (``bool``; nothing is fetched)."""
     if name not in ARTEFACTS:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(ARTEFACTS)}")
     return _cached(name) is not None

@@ -29,8 +29,8 @@ class StreamDecoder:
         print(decoder.flush())
 
     Args:
-        tokenizer: anything with ``token_bytes(i) -> bytes`` that raises ValueError for an id it
-            does not have, such as ``npgpt.Tokenizer``.
+        tokenizer (npgpt.Tokenizer): or anything with ``token_bytes(i: int) -> bytes`` that
+            raises ValueError for an id it does not have.
     """
 
     def __init__(self, tokenizer):
