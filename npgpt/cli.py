@@ -17,26 +17,113 @@ return 1 rather than a traceback.
 """
 
 import argparse
+import dataclasses
+import difflib
 import json
 import pathlib
 import sys
+import typing
 
 __all__ = ["main", "build_parser"]
 
 
-# ================================================================ parsers
+# ======================================================== argument parsing
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a suggestion for a misspelled flag (``--max_steps``: did you mean ``--max-steps``?)."""
+
+    def error(self, message):
+        if message.startswith("unrecognized arguments:"):
+            known = [o for o in self._option_string_actions if o.startswith("--")]
+            hints = []
+            for word in message.split(":", 1)[1].split():
+                if word.startswith("-"):
+                    flag = word.split("=", 1)[0]
+                    close = difflib.get_close_matches(flag.replace("_", "-"), known, n=1, cutoff=0.6)
+                    if close:
+                        hints.append(f"{flag}: did you mean {close[0]}?")
+            if hints:
+                message += " (" + "; ".join(hints) + ")"
+        super().error(message)
+
+
+def _number(kind, low=None, high=None, low_open=False, what=None):
+    """An argparse type: ``kind`` in [low, high] (``low_open``: ``low`` excluded), or a usage error."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got {text!r}") from None
+        if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE_INT = _number(int, 1, what="an integer >= 1")
+NON_NEGATIVE_INT = _number(int, 0, what="an integer >= 0")
+NON_NEGATIVE_FLOAT = _number(float, 0.0, what="a number >= 0")
+FRACTION = _number(float, 0.0, 1.0, low_open=True, what="a number in (0, 1]")
+
+
+def _with_default(text, default):
+    """Help text that shows the default once (not when the text already explains it)."""
+    if default in (None, "") or "default" in text:
+        return text
+    return f"{text} (default {default})"
+
+
+def _settings_flags(parser, config_class, flag_names=None, skip=(), required=()):
+    """One flag per field of a settings dataclass, typed and with its help text (npgpt.settings).
+
+    ``max_steps`` becomes ``--max-steps`` unless ``flag_names`` maps it to
+    another flag. Flags default to ``None`` so that the command knows which
+    settings were given (they override a config file or a resumed run).
+    """
+    flag_names = flag_names or {}
+    hints = typing.get_type_hints(config_class)
+    for field in dataclasses.fields(config_class):
+        if field.name in skip:
+            continue
+        kind = hints[field.name]
+        if typing.get_origin(kind) is typing.Union:       # Optional[int] -> int
+            kind = next(k for k in typing.get_args(kind) if k is not type(None))
+        flag = flag_names.get(field.name, "--" + field.name.replace("_", "-"))
+        parser.add_argument(flag, dest=field.name, type=kind, default=None, required=field.name in required,
+                            metavar=_METAVARS.get(field.name, kind.__name__.upper()),
+                            help=_with_default(field.metadata["help"], field.default))
+
+
+def settings_given(args, config_class, skip=()):
+    """The settings of ``config_class`` that were given on the command line, as a dict."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
+            if f.name not in skip and getattr(args, f.name, None) is not None}
+
+
+def flag_of(field, flag_names=None):
+    """The command-line flag of a settings field."""
+    return (flag_names or {}).get(field, "--" + field.replace("_", "-"))
+
+
+def _overwrite_flag(parser):
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into the output directory even if it is not empty")
+
+
 def _add_tokenizer(sub):
     p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer",
                        description="Byte-level BPE tokenizers (npgpt.tokenizer).")
-    tsub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
+    tsub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True, parser_class=_Parser)
     t = tsub.add_parser("train", help="learn BPE merges from text files",
                         description="Learn a byte-level BPE vocabulary from UTF-8 text files and save it.")
     t.add_argument("--input", nargs="+", required=True, metavar="FILE", help="UTF-8 text files to learn from")
-    t.add_argument("--vocab-size", type=int, required=True, metavar="N",
+    t.add_argument("--vocab-size", type=_number(int, 257, what="an integer >= 257"), required=True, metavar="N",
                    help="size of the vocabulary: 256 byte tokens + merges + special tokens")
     t.add_argument("--out", required=True, metavar="DIR", help="directory to save the tokenizer into")
     t.add_argument("--special-token", action="append", default=None, metavar="TOKEN",
                    help="a special token (repeatable; default: <|endoftext|>)")
+    _overwrite_flag(t)
+    t.set_defaults(_parser=t)
 
 
 def _add_prepare(sub):
@@ -48,86 +135,96 @@ def _add_prepare(sub):
     p.add_argument("--input", nargs="+", required=True, metavar="FILE", help="UTF-8 text files")
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="a tokenizer directory (npgpt tokenizer train)")
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="output directory")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of tokens held out for validation (0.1)")
+    p.add_argument("--val-fraction", type=_number(float, 0.0, 1.0, low_open=True, what="a number in (0, 1)"),
+                   default=0.1, help="share of every document's tokens held out for validation (default 0.1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _overwrite_flag(p)
+    p.set_defaults(_parser=p)
 
 
-# (flag, TrainConfig field, type, help)
-_TRAIN_FLAGS = [
-    ("--n-layer", "n_layer", int, "Transformer blocks"),
-    ("--n-head", "n_head", int, "attention heads per block"),
-    ("--n-embd", "n_embd", int, "width of the residual stream"),
-    ("--block-size", "block_size", int, "context length T in tokens"),
-    ("--dropout", "dropout", float, "dropout probability"),
-    ("--batch-size", "batch_size", int, "sequences per micro-batch"),
-    ("--grad-accum", "grad_accum", int, "micro-batches summed per optimizer step"),
-    ("--max-steps", "max_steps", int, "total optimizer steps of the run (the LR schedule spans them)"),
-    ("--lr", "lr", float, "peak learning rate"),
-    ("--min-lr", "min_lr", float, "learning rate at the end of the cosine decay"),
-    ("--warmup-steps", "warmup_steps", int, "steps of linear warmup"),
-    ("--weight-decay", "weight_decay", float, "AdamW weight decay on the linear layers' matrices"),
-    ("--beta1", "beta1", float, "AdamW beta1"),
-    ("--beta2", "beta2", float, "AdamW beta2"),
-    ("--grad-clip", "grad_clip", float, "clip the global gradient norm to this (0: off)"),
-    ("--eval-interval", "eval_interval", int, "steps between validation runs and checkpoints"),
-    ("--eval-iters", "eval_iters", int, "batches per validation run"),
-    ("--log-interval", "log_interval", int, "steps between log lines"),
-    ("--checkpoint-interval", "checkpoint_interval", int, "steps between checkpoints (0: at every evaluation)"),
-    ("--seed", "seed", int, "seed of the initial weights, the batches and dropout"),
-    ("--device", "device", str, "cpu or cuda"),
-    ("--workers", "workers", int, "threads to split each batch over (0: one per core when possible)"),
-    ("--peak-flops", "peak_flops", float, "peak FLOP/s of the machine, for the MFU (default 195e9, a 2-core Zen 4)"),
-]
+# What the value of a flag is, in its usage line (default: its type, INT / FLOAT / STR).
+_METAVARS = {"data_dir": "DATA_DIR", "out_dir": "RUN_DIR", "tokenizer_dir": "DIR", "device": "DEVICE",
+             "pad_side": "SIDE"}
+# TrainConfig fields whose flags are not simply --field-name.
+TRAIN_FLAG_NAMES = {"data_dir": "--data", "out_dir": "--out", "tokenizer_dir": "--tokenizer"}
 
 
 def _add_train(sub):
     from npgpt.train import TrainConfig
 
-    defaults = TrainConfig()
     p = sub.add_parser("train", help="train a GPT-2 model on prepared data",
                        description="Train a GPT-2 model from scratch on a prepared data directory. Checkpoints go "
                                    "to RUN_DIR/checkpoint (a Hugging Face GPT-2 model directory plus the tokenizer, "
-                                   "optimizer and trainer state); the loss curve to RUN_DIR/loss.csv and log.jsonl.")
-    p.add_argument("--data", metavar="DATA_DIR", help="directory made by `npgpt prepare` (not needed with --resume)")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+                                   "optimizer and trainer state); the loss curve to RUN_DIR/loss.csv and log.jsonl. "
+                                   "Ctrl-C finishes the step in progress, writes a checkpoint and stops; "
+                                   "--resume continues.")
     p.add_argument("--config", metavar="FILE", help="JSON file of training settings (flags override it)")
-    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer to store with the checkpoints "
-                                                      "(default: the data directory's)")
-    p.add_argument("--stop-at", type=int, default=None, metavar="K",
+    p.add_argument("--stop-at", type=POSITIVE_INT, default=None, metavar="K",
                    help="stop after step K with a checkpoint (continue later with --resume)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no log lines")
-    for flag, field, kind, text in _TRAIN_FLAGS:
-        p.add_argument(flag, dest=field, type=kind, default=None,
-                       help=f"{text} (default {getattr(defaults, field)})")
+    _settings_flags(p, TrainConfig, TRAIN_FLAG_NAMES, required=("out_dir",))
+    p.set_defaults(_parser=p)
 
 
 def _add_generate(sub):
     p = sub.add_parser("generate", help="continue a prompt with a trained model",
-                       description="Continue PROMPT with a model directory (the tokenizer is read from it too).")
+                       description="Continue PROMPT with a model directory (the tokenizer is read from it too). "
+                                   "The text is printed as it is generated.")
     p.add_argument("prompt", metavar="PROMPT", help="text to continue")
     p.add_argument("--model", required=True, metavar="DIR", help="model directory, e.g. RUN_DIR/checkpoint")
-    p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (100)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (1.0)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with probability >= p")
-    p.add_argument("--seed", type=int, default=None, help="seed of the sampler (same seed, same text)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--max-new-tokens", type=POSITIVE_INT, default=100, help="tokens to generate (default 100)")
+    p.add_argument("--temperature", type=NON_NEGATIVE_FLOAT, default=1.0,
+                   help="sampling temperature; 0 = greedy (default 1.0)")
+    p.add_argument("--top-k", type=POSITIVE_INT, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=FRACTION, default=None,
+                   help="sample from the smallest set of tokens with probability >= p")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=None, help="seed of the sampler (same seed, same text)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.set_defaults(_parser=p)
 
 
 def _add_finetune(sub):
-    from npgpt.finetune import add_arguments
+    from npgpt.finetune import FinetuneConfig
 
     p = sub.add_parser("finetune", help="fine-tune a model as a text classifier (docs/finetuning.md)",
                        description="Fine-tune a pretrained GPT as a classifier on a labelled CSV, TSV or JSONL "
                                    "file. The output directory loads with GPTClassifier.from_pretrained and "
-                                   "holds the tokenizer.")
-    add_arguments(p)
+                                   "holds the tokenizer. Ctrl-C stops after the step in progress; the best "
+                                   "classifier so far stays in --out.")
+    p.add_argument("--model", required=True, metavar="DIR", help="pretrained language model (directory or shipped "
+                   "name) or a saved classifier to continue; must hold the tokenizer")
+    p.add_argument("--data", required=True, metavar="FILE", help="labelled examples: a .csv, .tsv or .jsonl file")
+    p.add_argument("--text-column", default="text", help="column (field) with the text (default text)")
+    p.add_argument("--label-column", default="label", help="column (field) with the label (default label)")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for the classifier and its tokenizer")
+    p.add_argument("--format", choices=("csv", "tsv", "jsonl"), default=None,
+                   help="file format (default: from the extension)")
+    p.add_argument("--no-header", action="store_true",
+                   help="CSV/TSV without a header row: columns are numbers, 0 for the first")
+    p.add_argument("--labels", default=None,
+                   help="comma-separated expected labels in class order (default: the sorted labels found); "
+                        "any other label in the data is an error")
+    p.add_argument("--allow-many-classes", action="store_true",
+                   help="accept a label column where most classes have a single example")
+    p.add_argument("--val-data", default=None, metavar="FILE",
+                   help="validation file (default: a seeded split of --data)")
+    p.add_argument("--val-fraction", type=_number(float, 0.0, 1.0, low_open=True, what="a number in (0, 1)"),
+                   default=0.1, help="share of --data held out for validation (default 0.1)")
+    p.add_argument("--softmax", action="store_true",
+                   help="two classes: use two logits and softmax instead of one logit and a sigmoid")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    _overwrite_flag(p)
+    _settings_flags(p, FinetuneConfig)
+    p.set_defaults(_parser=p)
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="npgpt", description="npgpt: GPT-2 from scratch on NumPy.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from npgpt import __version__
+
+    parser = _Parser(prog="npgpt", description="npgpt: GPT-2 from scratch on NumPy.")
+    parser.add_argument("--version", action="version", version=f"npgpt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     _add_tokenizer(sub)
     _add_prepare(sub)
     _add_train(sub)
@@ -153,25 +250,37 @@ def _check_device(device):
         raise ValueError(str(exc)) from None
 
 
+def _refuse_non_empty(directory, overwrite, what):
+    """``--out`` must be a new or empty directory, unless ``--overwrite``."""
+    path = pathlib.Path(directory)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{what} {path} exists and is not a directory")
+    if not overwrite and path.is_dir() and any(path.iterdir()):
+        raise FileExistsError(f"{what} {path} is not empty: choose another --out, or pass --overwrite")
+
+
 def cmd_tokenizer_train(args):
+    from npgpt import fileio
     from npgpt.tokenizer import Tokenizer
 
-    texts = []
-    for name in args.input:
-        path = pathlib.Path(name)
-        if not path.is_file():
-            raise FileNotFoundError(f"input file {path} does not exist")
-        texts.append(path.read_text(encoding="utf-8"))
+    _refuse_non_empty(args.out, args.overwrite, "tokenizer directory")
+    texts = [fileio.read_utf8(name, "input file") for name in args.input]
+    if not any(texts):
+        raise ValueError(f"the input files ({', '.join(args.input)}) are empty: there is nothing to learn from")
     special = tuple(args.special_token) if args.special_token else ("<|endoftext|>",)
     tokenizer = Tokenizer.train(texts, args.vocab_size, special_tokens=special)
     tokenizer.save(args.out)
-    print(f"saved a tokenizer of {args.vocab_size:,} tokens to {args.out}")
+    size = tokenizer.vocab_size
+    note = "" if size == args.vocab_size else (f" (the text has too few distinct byte pairs for "
+                                                f"{args.vocab_size:,})")
+    print(f"saved a tokenizer of {size:,} tokens to {args.out}{note}")
     return 0
 
 
 def cmd_prepare(args):
     from npgpt.data import prepare
 
+    _refuse_non_empty(args.out, args.overwrite, "data directory")
     meta = prepare(args.input, _load_tokenizer(args.tokenizer), args.out, val_fraction=args.val_fraction,
                    progress=not args.quiet)
     print(f"wrote {args.out}: {meta['train_tokens']:,} training and {meta['val_tokens']:,} validation tokens "
@@ -193,30 +302,28 @@ def cmd_train(args):
             raise ValueError(f"config file {path} is not valid JSON: {exc}") from None
         if not isinstance(settings, dict):
             raise ValueError(f"config file {path} must hold a JSON object of settings")
-    for _, field, _, _ in _TRAIN_FLAGS:
-        value = getattr(args, field)
-        if value is not None:
-            settings[field] = value
-    if args.tokenizer:
-        settings["tokenizer_dir"] = args.tokenizer
-    if args.data:
-        settings["data_dir"] = args.data
+    settings.update(settings_given(args, TrainConfig))
     if "device" in settings:
         _check_device(settings["device"])
     log = (lambda line: None) if args.quiet else None
     if args.resume:
         settings.pop("out_dir", None)
-        trainer = Trainer.resume(args.out, log=log, **settings)
+        trainer = Trainer.resume(args.out_dir, log=log, **settings)
     else:
         if "data_dir" not in settings:
             raise ValueError("npgpt train needs --data DATA_DIR (or --resume)")
-        settings["out_dir"] = args.out
         trainer = Trainer(TrainConfig.from_dict(settings), log=log)
     if args.resume and trainer.step >= trainer.config.max_steps:
-        print(f"{args.out} is already at step {trainer.step} of {trainer.config.max_steps}: nothing to do "
+        print(f"{args.out_dir} is already at step {trainer.step} of {trainer.config.max_steps}: nothing to do "
               "(raise --max-steps to train longer)")
         return 0
     summary = trainer.train(stop_at=args.stop_at)
+    if summary["stopped_by"] is not None:
+        from npgpt.interrupt import exit_status
+
+        print(f"stopped at step {summary['step']}; continue with: npgpt train --out {args.out_dir} --resume",
+              file=sys.stderr)
+        return exit_status(summary["stopped_by"])
     parts = [f"step {summary['step']}"]
     if summary["train_loss"] is not None:
         parts.append(f"train loss {summary['train_loss']:.4f}")
@@ -230,7 +337,9 @@ def cmd_train(args):
 def cmd_generate(args):
     import numpy as np
 
+    from npgpt.generation import stream
     from npgpt.model import GPT
+    from npgpt.tokenizer import StreamDecoder
 
     model = GPT.from_pretrained(args.model).to(_check_device(args.device))
     try:
@@ -241,34 +350,96 @@ def cmd_generate(args):
     ids = tokenizer.encode(args.prompt, allowed_special="all")     # a typed <|endoftext|> means the token
     if not ids:
         raise ValueError("the prompt is empty: give some text to continue")
-    try:
-        eos = tokenizer.encode("<|endoftext|>", allowed_special={"<|endoftext|>"})
-        eos = eos[0] if len(eos) == 1 else None
-    except Exception:
-        eos = None
-    out = model.generate(np.asarray([ids], dtype=np.int64), args.max_new_tokens, do_sample=args.temperature > 0,
-                         temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k,
-                         top_p=args.top_p, seed=args.seed, eos_token_id=eos)
-    new = [int(t) for t in np.asarray(out[0])[len(ids):]]
-    if eos is not None and eos in new:
-        new = new[:new.index(eos)]
-    print(args.prompt + tokenizer.decode(new))
+    block = model.config.block_size
+    if len(ids) > block:
+        print(f"npgpt: warning: the prompt has {len(ids):,} tokens and the model's context is {block:,}: "
+              f"it sees only the last {block:,}", file=sys.stderr)
+    eos = tokenizer.special_tokens.get("<|endoftext|>")
+    tokens = stream(model, np.asarray([ids], dtype=np.int64), args.max_new_tokens,
+                          do_sample=args.temperature > 0,
+                          temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k,
+                          top_p=args.top_p, seed=args.seed, eos_token_id=eos)
+    # Print each piece as it comes; the decoder holds back a character split across tokens.
+    decoder = StreamDecoder(tokenizer)
+    sys.stdout.write(args.prompt)
+    for token in tokens:
+        token = int(token[0])
+        if token == eos:
+            break
+        sys.stdout.write(decoder.push(token))
+        sys.stdout.flush()
+    sys.stdout.write(decoder.flush() + "\n")
     return 0
 
 
 def cmd_finetune(args):
-    from npgpt.finetune import run_cli
+    from npgpt import finetune as ft
+    from npgpt.classifier import GPTClassifier
+    from npgpt.finetune import FinetuneConfig
+    from npgpt.tokenizer import Tokenizer
 
-    run_cli(args)
+    _refuse_non_empty(args.out, args.overwrite, "output directory")
+    config = FinetuneConfig(**settings_given(args, FinetuneConfig))
+    texts, raw = ft.read_labelled_file(args.data, args.text_column, args.label_column, fmt=args.format,
+                                       header=not args.no_header)
+    counts, warnings = ft.label_counts(raw, source=str(args.data), allow_many_classes=args.allow_many_classes)
+    labels = (ft.LabelSet([n.strip() for n in args.labels.split(",")]) if args.labels
+              else ft.LabelSet.infer(raw))
+    print("label counts: " + ", ".join(f"{name} {counts.get(name, 0):,}" for name in labels.names))
+    for line in warnings:
+        print(f"npgpt: warning: {line}", file=sys.stderr)
+    y = labels.encode(raw, source=str(args.data))
+    if args.val_data:
+        val_texts, val_raw = ft.read_labelled_file(args.val_data, args.text_column, args.label_column,
+                                                   fmt=args.format, header=not args.no_header)
+        val_y = labels.encode(val_raw, source=str(args.val_data))
+        train_texts, train_y = texts, y
+    else:
+        train_rows, val_rows = ft.split_indices(len(texts), (1 - args.val_fraction, args.val_fraction),
+                                                seed=config.seed)
+        if len(val_rows) == 0 or len(train_rows) == 0:
+            raise ValueError(f"{args.data} has {len(texts)} examples: too few to hold out a validation split")
+        train_texts, train_y = [texts[i] for i in train_rows], y[train_rows]
+        val_texts, val_y = [texts[i] for i in val_rows], y[val_rows]
+    num_labels = 1 if len(labels) == 2 and not args.softmax else len(labels)
+    tokenizer = Tokenizer.from_pretrained(args.model)
+    classifier = GPTClassifier.from_pretrained(args.model, num_labels=num_labels, labels=labels.names,
+                                               seed=config.seed)
+    classifier.to(_check_device(args.device))
+    print(f"{len(train_texts)} training and {len(val_texts)} validation texts; classes {labels.names}; "
+          f"{'one logit + sigmoid' if num_labels == 1 else f'{num_labels} logits + softmax'}")
+    result = ft.finetune(classifier, tokenizer, train_texts, train_y, val_texts, val_y, config=config,
+                         out_dir=args.out)
+    val = ft.Encoded(tokenizer, val_texts, val_y, min(config.max_length, classifier.config.block_size))
+    metrics = ft.evaluate(classifier, val, ft.pad_id_for(classifier, tokenizer))
+    print("validation (best weights):\n" + ft.format_metrics(metrics))
+    report = {k: v for k, v in metrics.items() if k != "confusion"}
+    report["confusion"] = metrics["confusion"].tolist()
+    (pathlib.Path(args.out) / "eval_results.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"saved the classifier and tokenizer to {args.out} (load with GPTClassifier.from_pretrained)")
+    if result.stopped_by is not None:
+        from npgpt.interrupt import exit_status
+
+        print(f"stopped at step {result.steps}; {args.out} holds the best classifier so far", file=sys.stderr)
+        return exit_status(result.stopped_by)
     return 0
 
 
+# Each group's flags, by settings class, for naming the flag in a ConfigError.
+def _flag_for(exc):
+    return flag_of(exc.field, TRAIN_FLAG_NAMES if exc.owner == "TrainConfig" else None)
+
+
 def main(argv=None):
-    """Run the command line; returns the exit status (0 ok, 1 error, 2 bad usage)."""
+    """Run the command line; returns the exit status (0 ok, 1 error, 2 bad usage, 128+N stopped by signal N)."""
+    from npgpt.settings import ConfigError
+
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:          # --help or a usage error: argparse has printed it
+        args, extra = parser.parse_known_args(argv)
+        if extra:       # report them with the subcommand's usage and a suggestion, not the top level's
+            args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:          # --help, --version or a usage error: argparse has printed it
         return int(exc.code or 0)
     handlers = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "finetune": cmd_finetune}
     handler = cmd_tokenizer_train if args.command == "tokenizer" else handlers[args.command]
@@ -276,10 +447,16 @@ def main(argv=None):
 
     try:
         return handler(args)
+    except ConfigError as exc:
+        print(f"npgpt: error: {exc.message_for(_flag_for(exc))}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, FileExistsError, ValueError, TrainingDiverged, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"npgpt: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:          # a second Ctrl-C: stop at once; checkpoints are atomic
+        print("npgpt: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

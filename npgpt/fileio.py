@@ -64,3 +64,22 @@ def replace_directory(staging, target):
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
     return target
+
+
+def read_utf8(path, what="file"):
+    """The text of a UTF-8 file; bytes that are not UTF-8 raise ``ValueError`` naming the file and line.
+
+    A leading byte-order mark (some editors write one) is dropped. ``what``
+    says what the file is for, in the message ("input file", "data file").
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ValueError(f"{what} {path} is not UTF-8 text: line {line}, byte {exc.start} "
+                         f"({raw[exc.start:exc.start + 1]!r}) cannot be decoded; convert it to UTF-8 "
+                         "(e.g. iconv -f latin1 -t utf-8)") from None

@@ -21,16 +21,22 @@ The pieces, in the order data flows through them:
   (docs/finetuning.md eqs. 9-11) and the confusion matrix.
 """
 
+import collections
 import csv
+import dataclasses
+import io
 import json
 import pathlib
+from typing import Callable, Optional
 
 import numpy as np
 
-from npgpt import backend
+from npgpt import backend, fileio, settings
+from npgpt.interrupt import GracefulStop
+from npgpt.settings import setting
 
-__all__ = ["read_labelled_file", "movie_reviews", "LabelSet", "split_indices", "pad_batch", "classification_metrics",
-           "format_metrics", "freeze", "Encoded", "FinetuneConfig", "FinetuneResult", "finetune", "evaluate",
+__all__ = ["read_labelled_file", "movie_reviews", "label_counts", "LabelSet", "split_indices", "pad_batch", "classification_metrics",
+           "format_metrics", "freeze", "pad_id_for", "Encoded", "FinetuneConfig", "FinetuneResult", "finetune", "evaluate",
            "predict"]
 
 
@@ -78,6 +84,7 @@ def read_labelled_file(path, text_column="text", label_column="label", fmt=None,
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
     fmt = _format_of(path, fmt)
+    content = fileio.read_utf8(path, "data file")      # names the file and line of a non-UTF-8 byte
     texts, labels = [], []
 
     def add(line_no, text, label):
@@ -90,25 +97,25 @@ def read_labelled_file(path, text_column="text", label_column="label", fmt=None,
         labels.append(label.strip() if isinstance(label, str) else label)
 
     if fmt == "jsonl":
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}, line {line_no}: not valid JSON ({exc.msg})") from None
-                if not isinstance(record, dict):
-                    raise ValueError(f"{path}, line {line_no}: expected a JSON object, got {type(record).__name__}")
-                for column in (text_column, label_column):
-                    if column not in record:
-                        raise KeyError(f"{path}, line {line_no}: no field {column!r}; "
-                                       f"the record has {sorted(record)}")
-                add(line_no, record[text_column], record[label_column])
+        # split("\n"), not splitlines(): a JSON string may hold U+2028, which splitlines() breaks at.
+        for line_no, line in enumerate(content.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}, line {line_no}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}, line {line_no}: expected a JSON object, got {type(record).__name__}")
+            for column in (text_column, label_column):
+                if column not in record:
+                    raise KeyError(f"{path}, line {line_no}: no field {column!r}; "
+                                   f"the record has {sorted(record)}")
+            add(line_no, record[text_column], record[label_column])
     else:
         delimiter = "," if fmt == "csv" else "\t"
         # newline="" lets the csv module handle quoted newlines and CRLF line ends itself.
-        with open(path, encoding="utf-8", newline="") as f:
+        with io.StringIO(content, newline="") as f:
             # TSV has no quoting (IANA text/tab-separated-values): a text may start with '"'.
             quoting = csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE
             rows = csv.reader(f, delimiter=delimiter, quoting=quoting)
@@ -152,6 +159,27 @@ def movie_reviews(path=None):
     texts, ratings = read_labelled_file(path, text_column=2, label_column=1, fmt="tsv", header=False)
     kept = [(t, float(r)) for t, r in zip(texts, ratings) if float(r) != 0.0]
     return [t for t, _ in kept], [int(r > 0) for _, r in kept]
+
+
+def label_counts(raw_labels, source="the data", allow_many_classes=False, few=5):
+    """Count the examples of each label; refuse labels that look like the wrong column.
+
+    Returns ``(counts, warnings)``: a ``collections.Counter`` of the labels
+    (as strings) and one warning line per class with fewer than ``few``
+    examples (a typo such as "postive" makes a class of one). When there are
+    more than two classes and more than half of them have a single example,
+    the column is most likely not a label at all (a rating, an id, the text):
+    that is a ``ValueError`` unless ``allow_many_classes``.
+    """
+    counts = collections.Counter(str(v) for v in raw_labels)
+    singletons = sum(1 for n in counts.values() if n == 1)
+    if len(counts) > 2 and singletons > len(counts) / 2 and not allow_many_classes:
+        examples = ", ".join(repr(k) for k in list(counts)[:3])
+        raise ValueError(f"{source} has {len(counts):,} distinct labels ({examples}, ...) and {singletons:,} of them "
+                         "occur once: is --label-column the right column? Pass --allow-many-classes if it is")
+    warnings = [f"class {name!r} has only {n} example{'s' if n != 1 else ''} in {source}"
+                for name, n in sorted(counts.items()) if n < few]
+    return counts, warnings
 
 
 class LabelSet:
@@ -324,39 +352,68 @@ def freeze(classifier, train_last=None):
 
 
 # ---------------------------------------------------------------- the loop
+@dataclasses.dataclass
 class FinetuneConfig:
-    """Settings of :func:`finetune` (keyword arguments; every one has a default).
+    """Settings of :func:`finetune` (every one has a default; ``npgpt finetune`` has a flag for each).
 
-    ``epochs`` passes over the training texts, ``batch_size`` texts per step,
-    ``lr`` the peak learning rate of the backbone and ``head_lr`` that of the
-    new head (default: ``lr``; a fresh head can take a larger one),
-    ``weight_decay`` for matrices, ``warmup`` fraction of the steps with a
-    linear warmup before the cosine decay, ``grad_clip`` the global gradient
-    norm cap, ``train_last`` (see :func:`freeze`), ``max_length`` tokens kept
-    per text, ``pad_side``, ``eval_every`` steps between evaluations (default:
-    once per epoch), ``patience`` evaluations without a lower validation loss
-    before stopping early, ``seed`` for the batch order, ``workers`` CPU
-    threads (``npgpt.parallel``), ``log`` a function that receives progress
-    lines (``print`` by default; ``None`` for silence).
+    ``warmup`` is a fraction of the steps (linear warmup before the cosine
+    decay); ``head_lr`` defaults to ``lr`` (a fresh head can take a larger
+    one); ``workers`` CPU threads (``npgpt.parallel``; ``None``: one per core
+    without dropout, else 1).
     """
 
-    def __init__(self, epochs=3, batch_size=32, lr=1e-4, head_lr=None, weight_decay=0.01, warmup=0.1,
-                 grad_clip=1.0, train_last=None, max_length=128, pad_side="right", eval_every=None,
-                 patience=2, seed=0, workers=None, log=print):
-        if epochs < 1 or batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-        if lr <= 0 or (head_lr is not None and head_lr <= 0):
-            raise ValueError(f"learning rates must be > 0, got lr={lr}, head_lr={head_lr}")
-        if not 0.0 <= warmup < 1.0:
-            raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {warmup}")
-        if patience < 1:
-            raise ValueError(f"patience must be >= 1, got {patience}")
-        self.epochs, self.batch_size, self.lr = int(epochs), int(batch_size), float(lr)
-        self.head_lr = float(head_lr) if head_lr is not None else float(lr)
-        self.weight_decay, self.warmup, self.grad_clip = float(weight_decay), float(warmup), grad_clip
-        self.train_last, self.max_length, self.pad_side = train_last, int(max_length), pad_side
-        self.eval_every, self.patience, self.seed, self.workers = eval_every, int(patience), seed, workers
-        self.log = log
+    epochs: int = setting(3, "passes over the training texts")
+    batch_size: int = setting(32, "texts per optimizer step")
+    lr: float = setting(1e-4, "peak learning rate of the backbone")
+    head_lr: Optional[float] = setting(None, "peak learning rate of the new head (default: lr)")
+    weight_decay: float = setting(0.01, "AdamW weight decay on matrices")
+    beta1: float = setting(0.9, "AdamW beta1")
+    beta2: float = setting(0.999, "AdamW beta2")
+    eps: float = setting(1e-8, "AdamW epsilon")
+    warmup: float = setting(0.1, "fraction of the steps with a linear warmup, in [0, 1)")
+    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)")
+    train_last: Optional[int] = setting(None, "train only the last K blocks, ln_f and the head "
+                                              "(0: the head only; default: everything)")
+    max_length: int = setting(128, "tokens kept per text (the start of longer texts)")
+    pad_side: str = setting("right", "where padding goes: right or left")
+    eval_every: Optional[int] = setting(None, "steps between evaluations (default: once per epoch)")
+    patience: int = setting(2, "evaluations without a lower validation loss before stopping early")
+    seed: int = setting(0, "seed of the split, the head's weights and the batch order")
+    workers: Optional[int] = setting(None, "CPU threads to split each batch over (default: one per core)")
+
+    def __post_init__(self):
+        def fail(field, template):
+            settings.fail("FinetuneConfig", field, template)
+
+        for name in ("epochs", "batch_size", "max_length", "patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                fail(name, f"{{name}} must be a positive integer, got {value!r}")
+            setattr(self, name, int(value))
+        for name in ("eval_every", "workers"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+                fail(name, f"{{name}} must be a positive integer, got {value!r}")
+        if self.train_last is not None and (int(self.train_last) != self.train_last or self.train_last < 0):
+            fail("train_last", f"{{name}} must be a non-negative integer, got {self.train_last!r}")
+        if not self.lr > 0:
+            fail("lr", f"{{name}} must be positive, got {self.lr}")
+        if self.head_lr is None:
+            self.head_lr = self.lr
+        if not self.head_lr > 0:
+            fail("head_lr", f"{{name}} must be positive, got {self.head_lr}")
+        if not 0.0 <= self.warmup < 1.0:
+            fail("warmup", f"{{name}} is a fraction of the steps in [0, 1), got {self.warmup}")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                fail(name, f"{{name}} must be >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                fail(name, f"{{name}} must lie in [0, 1), got {getattr(self, name)}")
+        if not self.eps > 0:
+            fail("eps", f"{{name}} must be positive, got {self.eps}")
+        if self.pad_side not in ("left", "right"):
+            fail("pad_side", f"{{name}} must be 'left' or 'right', got {self.pad_side!r}")
 
 
 class Encoded:
@@ -394,7 +451,7 @@ def _plain_text_encoder(tokenizer):
     return lambda text: tokenizer.encode(text, disallowed_special=())
 
 
-def _pad_id(classifier, tokenizer):
+def pad_id_for(classifier, tokenizer) -> int:
     """The id to pad with: the classifier's, else ``<|endoftext|>``, else 0. Any id works -- the
     mask decides what is padding -- but end-of-text keeps the saved config natural for HF."""
     if classifier.pad_token_id is not None:
@@ -407,7 +464,7 @@ def predict(classifier, tokenizer, texts, batch_size=64, max_length=128, pad_sid
     """Class probabilities (N, num_classes) of raw texts, in batches, without a graph."""
     max_length = min(int(max_length), classifier.config.block_size)     # the model sees no more
     data = Encoded(tokenizer, list(texts), [0] * len(texts), max_length)
-    return _probabilities(classifier, data, _pad_id(classifier, tokenizer), batch_size, pad_side)
+    return _probabilities(classifier, data, pad_id_for(classifier, tokenizer), batch_size, pad_side)
 
 
 def _probabilities(classifier, data, pad_id, batch_size, pad_side):
@@ -466,6 +523,7 @@ class FinetuneResult:
 
     def __init__(self):
         self.history, self.best_step, self.best_loss, self.stopped_early, self.steps = [], None, np.inf, False, 0
+        self.stopped_by = None      # the signal number, when Ctrl-C / SIGTERM ended the run
 
     def __repr__(self):
         return (f"FinetuneResult(steps={self.steps}, best_step={self.best_step}, "
@@ -484,11 +542,12 @@ def _optimizer(classifier, cfg):
             if members:
                 groups.append({"params": [p for _, p in members], "names": [n for n, _ in members],
                                "weight_decay": group["weight_decay"], "lr_scale": scale})
-    return optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    return optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-def finetune(classifier, tokenizer, train_texts, train_labels, val_texts, val_labels, config=None,
-             out_dir=None, **overrides):
+def finetune(classifier, tokenizer, train_texts, train_labels, val_texts, val_labels,
+             config: Optional[FinetuneConfig] = None, out_dir=None,
+             log: Optional[Callable[[str], None]] = print, **overrides) -> "FinetuneResult":
     """Fine-tune ``classifier`` on labelled texts; keep the weights with the lowest validation loss.
 
     Labels are class ids (0 .. num_classes-1; see :class:`LabelSet`). One
@@ -498,7 +557,11 @@ def finetune(classifier, tokenizer, train_texts, train_labels, val_texts, val_la
     ``head_lr / lr``). After every evaluation on the validation texts the best
     weights so far are kept (and, with ``out_dir``, written there atomically
     with the tokenizer); ``patience`` evaluations without improvement stop
-    training early. At the end the best weights are restored.
+    training early. At the end the best weights are restored. ``log``
+    receives progress lines (``None``: silence). Ctrl-C or SIGTERM finishes
+    the step in progress and stops as if early (``result.stopped_by`` holds
+    the signal); with ``out_dir`` the classifier written there is then the
+    best one seen, or the current one when no evaluation has run yet.
     Returns a :class:`FinetuneResult`.
     """
     from npgpt import optim
@@ -507,7 +570,7 @@ def finetune(classifier, tokenizer, train_texts, train_labels, val_texts, val_la
     cfg = config if config is not None else FinetuneConfig(**overrides)
     if config is not None and overrides:
         raise TypeError("pass either a FinetuneConfig or keyword settings, not both")
-    log = cfg.log or (lambda *_: None)
+    log = log or (lambda *_: None)
     max_length = min(cfg.max_length, classifier.config.block_size)    # longer texts keep their start
     train = Encoded(tokenizer, list(train_texts), train_labels, max_length)
     val = Encoded(tokenizer, list(val_texts), val_labels, max_length)
@@ -515,7 +578,7 @@ def finetune(classifier, tokenizer, train_texts, train_labels, val_texts, val_la
         if data.labels.min() < 0 or data.labels.max() >= classifier.num_classes:
             raise ValueError(f"{name} labels must be class ids 0..{classifier.num_classes - 1}, "
                              f"got {int(data.labels.min())}..{int(data.labels.max())}")
-    pad_id = _pad_id(classifier, tokenizer)
+    pad_id = pad_id_for(classifier, tokenizer)
     classifier.pad_token_id = pad_id          # saved in config.json: Hugging Face needs one to batch
     freeze(classifier, cfg.train_last)
     trainable = [p for p in classifier.parameters() if p.requires_grad]
@@ -538,40 +601,48 @@ def finetune(classifier, tokenizer, train_texts, train_labels, val_texts, val_la
     bad_evaluations = 0
     running, counted = 0.0, 0
     classifier.train()
-    log(f"fine-tuning {sum(int(p.size) for p in trainable):,} of {classifier.num_parameters():,} parameters "
-        f"on {len(train)} texts ({steps_per_epoch} steps per epoch), validating on {len(val)}")
     step = 0
-    while step < max_steps and not result.stopped_early:
-        for rows in _length_bucketed_batches(train, cfg.batch_size, rng):
-            idx, mask, y = train.batch(rows, pad_id, cfg.pad_side)
-            inputs = backend.to_device(np.stack([idx, mask], axis=1), device)    # (B, 2, T)
-            lr = optim.cosine_schedule(step, max_steps, cfg.lr, warmup_steps=warmup)
-            loss, _ = optimizer_step(opt, loss_fn, [(inputs, backend.to_device(y, device))], lr,
-                                     grad_clip=cfg.grad_clip, workers=workers, step=step + 1)
-            step += 1
-            running, counted = running + loss, counted + 1
-            if step % eval_every == 0 or step == max_steps:
-                metrics = evaluate(classifier, val, pad_id, pad_side=cfg.pad_side)
-                entry = {"step": step, "epoch": step / steps_per_epoch, "train_loss": running / counted,
-                         "val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"], "val_f1": metrics["f1"]}
-                result.history.append(entry)
-                running, counted = 0.0, 0
-                improved = metrics["loss"] < result.best_loss
-                log(f"step {step}/{max_steps}  train loss {entry['train_loss']:.4f}  val loss {metrics['loss']:.4f}  "
-                    f"val accuracy {metrics['accuracy']:.3f}" + ("  (best)" if improved else ""))
-                if improved:
-                    result.best_loss, result.best_step, bad_evaluations = metrics["loss"], step, 0
-                    best = {id(p): p.data.copy() for p in trainable}
-                    if out_dir is not None:
-                        classifier.save_pretrained(out_dir, tokenizer=tokenizer)
-                else:
-                    bad_evaluations += 1
-                    if bad_evaluations >= cfg.patience:
-                        result.stopped_early = True
-                        log(f"stopping early: no lower validation loss in {cfg.patience} evaluations")
-                        break
-            if step >= max_steps:
-                break
+    with GracefulStop() as stop:
+        log(f"fine-tuning {sum(int(p.size) for p in trainable):,} of {classifier.num_parameters():,} parameters "
+            f"on {len(train)} texts ({steps_per_epoch} steps per epoch), validating on {len(val)}")
+        while step < max_steps and not result.stopped_early and not stop.requested:
+            for rows in _length_bucketed_batches(train, cfg.batch_size, rng):
+                idx, mask, y = train.batch(rows, pad_id, cfg.pad_side)
+                inputs = backend.to_device(np.stack([idx, mask], axis=1), device)    # (B, 2, T)
+                lr = optim.cosine_schedule(step, max_steps, cfg.lr, warmup_steps=warmup)
+                loss, _ = optimizer_step(opt, loss_fn, [(inputs, backend.to_device(y, device))], lr,
+                                         grad_clip=cfg.grad_clip, workers=workers, step=step + 1)
+                step += 1
+                running, counted = running + loss, counted + 1
+                if step % eval_every == 0 or step == max_steps:
+                    metrics = evaluate(classifier, val, pad_id, pad_side=cfg.pad_side)
+                    entry = {"step": step, "epoch": step / steps_per_epoch, "train_loss": running / counted,
+                             "val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"], "val_f1": metrics["f1"]}
+                    result.history.append(entry)
+                    running, counted = 0.0, 0
+                    improved = metrics["loss"] < result.best_loss
+                    log(f"step {step}/{max_steps}  train loss {entry['train_loss']:.4f}  val loss {metrics['loss']:.4f}  "
+                        f"val accuracy {metrics['accuracy']:.3f}" + ("  (best)" if improved else ""))
+                    if improved:
+                        result.best_loss, result.best_step, bad_evaluations = metrics["loss"], step, 0
+                        best = {id(p): p.data.copy() for p in trainable}
+                        if out_dir is not None:
+                            classifier.save_pretrained(out_dir, tokenizer=tokenizer)
+                    else:
+                        bad_evaluations += 1
+                        if bad_evaluations >= cfg.patience:
+                            result.stopped_early = True
+                            log(f"stopping early: no lower validation loss in {cfg.patience} evaluations")
+                            break
+                if step >= max_steps or stop.requested:
+                    break
+    if stop.requested:
+        result.stopped_by = stop.signum
+        if out_dir is not None and result.best_step is None:
+            classifier.save_pretrained(out_dir, tokenizer=tokenizer)
+        saved = (f"; the classifier in {out_dir} is from step {result.best_step or step}"
+                 if out_dir is not None else "")
+        log(f"{stop.name}: stopped at step {step}{saved}")
     result.steps = step
     if best is not None:                    # restore the best weights seen
         for p in trainable:
@@ -580,94 +651,3 @@ def finetune(classifier, tokenizer, train_texts, train_labels, val_texts, val_la
         p.requires_grad = True
     classifier.eval()
     return result
-
-
-# ------------------------------------------------------------------------ CLI
-def add_arguments(parser):
-    """The options of ``npgpt finetune`` (``npgpt.cli`` registers the subcommand with them)."""
-    parser.add_argument("--model", required=True, help="pretrained language model (directory or shipped name) "
-                        "or a saved classifier to continue; must hold the tokenizer")
-    parser.add_argument("--data", required=True, help="labelled examples: a .csv, .tsv or .jsonl file")
-    parser.add_argument("--text-column", default="text", help="column (field) with the text [text]")
-    parser.add_argument("--label-column", default="label", help="column (field) with the label [label]")
-    parser.add_argument("--out", required=True, help="directory for the fine-tuned classifier and its tokenizer")
-    parser.add_argument("--format", choices=("csv", "tsv", "jsonl"), default=None,
-                        help="file format (default: from the extension)")
-    parser.add_argument("--no-header", action="store_true",
-                        help="CSV/TSV without a header row: columns are numbers, 0 for the first")
-    parser.add_argument("--labels", default=None,
-                        help="comma-separated expected labels in class order (default: the sorted labels found); "
-                             "any other label in the data is an error")
-    parser.add_argument("--val-data", default=None, help="validation file (default: a seeded split of --data)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of --data held out for validation")
-    parser.add_argument("--softmax", action="store_true",
-                        help="two classes: use two logits and softmax instead of one logit and a sigmoid")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the backbone")
-    parser.add_argument("--head-lr", type=float, default=None, help="peak learning rate of the head (default: --lr)")
-    parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--train-last", type=int, default=None,
-                        help="train only the last K blocks, ln_f and the head (0: the head only); default: all")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens kept per text")
-    parser.add_argument("--patience", type=int, default=2, help="evaluations without improvement before stopping")
-    parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default: each epoch)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    return parser
-
-
-def run_cli(args):
-    """Run ``npgpt finetune`` with parsed ``args``; returns the validation metrics."""
-    from npgpt.classifier import GPTClassifier
-    from npgpt.tokenizer import Tokenizer
-
-    texts, raw = read_labelled_file(args.data, args.text_column, args.label_column, fmt=args.format,
-                                    header=not args.no_header)
-    labels = LabelSet([n.strip() for n in args.labels.split(",")]) if args.labels else LabelSet.infer(raw)
-    y = labels.encode(raw, source=str(args.data))
-    if args.val_data:
-        val_texts, val_raw = read_labelled_file(args.val_data, args.text_column, args.label_column,
-                                                fmt=args.format, header=not args.no_header)
-        val_y = labels.encode(val_raw, source=str(args.val_data))
-        train_texts, train_y = texts, y
-    else:
-        if not 0.0 < args.val_fraction < 1.0:
-            raise ValueError(f"--val-fraction must lie strictly between 0 and 1, got {args.val_fraction}")
-        train_rows, val_rows = split_indices(len(texts), (1 - args.val_fraction, args.val_fraction), seed=args.seed)
-        if len(val_rows) == 0 or len(train_rows) == 0:
-            raise ValueError(f"{args.data} has {len(texts)} examples: too few to hold out a validation split")
-        train_texts, train_y = [texts[i] for i in train_rows], y[train_rows]
-        val_texts, val_y = [texts[i] for i in val_rows], y[val_rows]
-    num_labels = 1 if len(labels) == 2 and not args.softmax else len(labels)
-    tokenizer = Tokenizer.from_pretrained(args.model)
-    classifier = GPTClassifier.from_pretrained(args.model, num_labels=num_labels, labels=labels.names, seed=args.seed)
-    classifier.to(args.device)
-    print(f"{len(train_texts)} training and {len(val_texts)} validation texts; classes {labels.names}; "
-          f"{'one logit + sigmoid' if num_labels == 1 else f'{num_labels} logits + softmax'}")
-    finetune(classifier, tokenizer, train_texts, train_y, val_texts, val_y, out_dir=args.out,
-             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
-             weight_decay=args.weight_decay, train_last=args.train_last, max_length=args.max_length,
-             patience=args.patience, eval_every=args.eval_every, seed=args.seed)
-    val = Encoded(tokenizer, val_texts, val_y, min(args.max_length, classifier.config.block_size))
-    metrics = evaluate(classifier, val, _pad_id(classifier, tokenizer))
-    print("validation (best weights):\n" + format_metrics(metrics))
-    report = {k: v for k, v in metrics.items() if k != "confusion"}
-    report["confusion"] = metrics["confusion"].tolist()
-    (pathlib.Path(args.out) / "eval_results.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"saved the classifier and tokenizer to {args.out} (load with GPTClassifier.from_pretrained)")
-    return metrics
-
-
-def main(argv=None):
-    """``python -m npgpt.finetune ...``: the same as ``npgpt finetune ...``."""
-    import argparse
-
-    parser = add_arguments(argparse.ArgumentParser(prog="npgpt finetune", description=(
-        "Fine-tune a pretrained GPT as a text classifier on a labelled CSV/TSV/JSONL file.")))
-    run_cli(parser.parse_args(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -39,12 +39,15 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Optional
 
 import numpy as np
 
 import npgpt.functional as F
-from npgpt import backend, fileio, nn, parallel
+from npgpt import backend, fileio, nn, parallel, settings
+from npgpt.settings import setting
 from npgpt.autograd import no_grad
+from npgpt.interrupt import GracefulStop
 from npgpt.data import BatchSampler, TokenFile, load_meta
 from npgpt.model import GPT, GPTConfig
 from npgpt.optim import AdamW, clip_grad_norm, cosine_schedule, param_groups
@@ -73,58 +76,78 @@ class TrainConfig:
     it. ``stop_at`` ends this invocation early, after step ``stop_at``, with a
     checkpoint; ``--resume`` continues to ``max_steps``. ``workers`` is the
     number of threads the batch is split over (0 = one per core, on a CPU and
-    without dropout; see ``npgpt.parallel``).
+    without dropout; see ``npgpt.parallel``). ``warmup_steps`` and ``min_lr``
+    default to ``None``, which means "fit the run": ``min(100, max_steps // 10)``
+    warmup steps and ``lr / 10``, so that any ``max_steps`` and any ``lr`` make a
+    valid run (the resolved values are what a checkpoint stores).
     """
 
-    data_dir: str = ""
-    out_dir: str = ""
+    data_dir: str = setting("", "directory made by `npgpt prepare` (not needed with --resume)")
+    out_dir: str = setting("", "run directory for checkpoints and logs")
     # model
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 128
-    dropout: float = 0.0
+    n_layer: int = setting(4, "Transformer blocks")
+    n_head: int = setting(4, "attention heads per block")
+    n_embd: int = setting(128, "width of the residual stream")
+    block_size: int = setting(128, "context length T in tokens")
+    dropout: float = setting(0.0, "dropout probability")
     # batches
-    batch_size: int = 8
-    grad_accum: int = 1
+    batch_size: int = setting(8, "sequences per micro-batch")
+    grad_accum: int = setting(1, "micro-batches summed per optimizer step")
     # optimisation
-    max_steps: int = 1000
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
+    max_steps: int = setting(1000, "total optimizer steps of the run (the LR schedule spans them)")
+    lr: float = setting(1e-3, "peak learning rate")
+    min_lr: Optional[float] = setting(None, "learning rate at the end of the cosine decay (default: lr / 10)")
+    warmup_steps: Optional[int] = setting(None, "steps of linear warmup (default: min(100, max_steps // 10))")
+    weight_decay: float = setting(0.1, "AdamW weight decay on the linear layers' matrices")
+    beta1: float = setting(0.9, "AdamW beta1")
+    beta2: float = setting(0.95, "AdamW beta2")
+    eps: float = setting(1e-8, "AdamW epsilon")
+    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)")
     # bookkeeping
-    eval_interval: int = 100
-    eval_iters: int = 10
-    log_interval: int = 10
-    checkpoint_interval: int = 0       # 0: checkpoint at every evaluation
-    seed: int = 1337
-    device: str = "cpu"
-    workers: int = 0
-    peak_flops: float = DEFAULT_PEAK_FLOPS
-    tokenizer_dir: str = ""             # "" = the data directory's tokenizer, if it has one
+    eval_interval: int = setting(100, "steps between validation runs and checkpoints")
+    eval_iters: int = setting(10, "batches per validation run")
+    log_interval: int = setting(10, "steps between log lines")
+    checkpoint_interval: int = setting(0, "steps between checkpoints (0: at every evaluation)")
+    seed: int = setting(1337, "seed of the initial weights, the batches and dropout")
+    device: str = setting("cpu", "cpu or cuda")
+    workers: int = setting(0, "threads to split each batch over (0: one per core when possible)")
+    peak_flops: float = setting(DEFAULT_PEAK_FLOPS, "peak FLOP/s of the machine, for the MFU "
+                                                    "(default: a 2-core Zen 4)")
+    tokenizer_dir: str = setting("", "tokenizer to store with the checkpoints (default: the data directory's)")
 
     def __post_init__(self):
+        def fail(field, template):
+            settings.fail("TrainConfig", field, template)
+
         positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "max_steps",
                     "eval_interval", "eval_iters", "log_interval")
         for name in positive:
             value = getattr(self, name)
-            if isinstance(value, bool) or int(value) != value or value <= 0:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value <= 0:
+                fail(name, f"{{name}} must be a positive integer, got {value!r}")
             setattr(self, name, int(value))
+        if self.warmup_steps is None:
+            self.warmup_steps = min(100, self.max_steps // 10)
         if not 0 <= self.warmup_steps <= self.max_steps:
-            raise ValueError(f"TrainConfig.warmup_steps must lie in 0..max_steps ({self.max_steps}), "
-                             f"got {self.warmup_steps}")
+            fail("warmup_steps", f"{{name}} must lie in 0..max_steps ({self.max_steps}), got {self.warmup_steps}")
+        if not self.lr > 0:
+            fail("lr", f"{{name}} must be positive, got {self.lr}")
+        if self.min_lr is None:
+            self.min_lr = self.lr / 10
         if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"TrainConfig: need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
-        if self.grad_clip < 0 or self.weight_decay < 0 or self.checkpoint_interval < 0 or self.workers < 0:
-            raise ValueError("TrainConfig: grad_clip, weight_decay, checkpoint_interval and workers must be >= 0")
+            fail("min_lr", f"{{name}} must lie in 0..lr ({self.lr}), got {self.min_lr}")
+        if not 0 <= self.dropout < 1:
+            fail("dropout", f"{{name}} must lie in [0, 1), got {self.dropout}")
+        for name in ("grad_clip", "weight_decay", "checkpoint_interval", "workers"):
+            if getattr(self, name) < 0:
+                fail(name, f"{{name}} must be >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                fail(name, f"{{name}} must lie in [0, 1), got {getattr(self, name)}")
+        if not self.eps > 0:
+            fail("eps", f"{{name}} must be positive, got {self.eps}")
         if self.peak_flops <= 0:
-            raise ValueError(f"TrainConfig.peak_flops must be positive, got {self.peak_flops}")
+            fail("peak_flops", f"{{name}} must be positive, got {self.peak_flops}")
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -406,7 +429,16 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def train(self, stop_at=None):
-        """Train until ``max_steps`` (or ``stop_at``); returns a dict of final figures."""
+        """Train until ``max_steps`` (or ``stop_at``); returns a dict of final figures.
+
+        Ctrl-C or SIGTERM (``npgpt.interrupt``) finishes the step in progress,
+        writes a checkpoint and returns early; ``"stopped_by"`` in the result
+        is then the signal's number (else ``None``).
+        """
+        with GracefulStop() as stop:
+            return self._train(stop_at, stop)
+
+    def _train(self, stop_at, stop):
         c = self.config
         end = c.max_steps if stop_at is None else min(int(stop_at), c.max_steps)
         if stop_at is not None and stop_at <= self.step:
@@ -430,8 +462,10 @@ class Trainer:
         steps_done, interval_steps, interval_loss = 0, 0, 0.0
         last = {"train_loss": None, "val_loss": None}
         start_step = self.step
+        saved_step = self.step if self.step > 0 else None     # a resumed run has its checkpoint already
         checkpoint_every = c.checkpoint_interval or c.eval_interval
-        while self.step < end:
+        # Ctrl-C / SIGTERM: the step in progress is finished, a checkpoint written, and we return.
+        while self.step < end and not stop.requested:
             loss, norm, lr = self.train_step()
             steps_done += 1
             interval_steps += 1
@@ -452,13 +486,20 @@ class Trainer:
                 val = self.evaluate()
                 last["val_loss"] = val
                 row.update(val_loss=val, val_ppl=math.exp(val))
-                self.log(f"step {self.step:>6d}/{c.max_steps} | val loss {val:.4f} | val ppl {math.exp(val):.2f}")
+                self.log(f"step {self.step:>6d}/{c.max_steps} | val loss {val:.4f} | "
+                         f"val ppl {math.exp(val):.2f}")
             self._record(row)
             if self.step % checkpoint_every == 0 or self.step == end:
                 self.save_checkpoint()
+                saved_step = self.step
+        if stop.requested and saved_step != self.step:
+            self.save_checkpoint()
+        if stop.requested:
+            self.log(f"{stop.name}: stopped at step {self.step} with a checkpoint; continue with --resume")
         elapsed = time.perf_counter() - started
         return {"step": self.step, "steps": self.step - start_step, "seconds": elapsed,
-                "tokens_per_s": steps_done * tokens_per_step / max(elapsed, 1e-9), **last}
+                "tokens_per_s": steps_done * tokens_per_step / max(elapsed, 1e-9),
+                "stopped_by": stop.signum, **last}
 
     # ------------------------------------------------------------ logging
     def _record(self, row):

@@ -189,7 +189,7 @@ def test_freezing_trains_only_the_last_blocks_and_the_head():
 def test_the_head_gets_its_own_learning_rate():
     tokenizer = WordTokenizer(["a b"])
     model = small_classifier(tokenizer)
-    opt = finetune._optimizer(model, finetune.FinetuneConfig(lr=1e-4, head_lr=5e-3, log=None))
+    opt = finetune._optimizer(model, finetune.FinetuneConfig(lr=1e-4, head_lr=5e-3))
     opt.set_lr(2e-4)                          # what the schedule does each step
     rates = {name: group["lr"] for group in opt.param_groups for name in group["names"]}
     assert rates["score.weight"] == pytest.approx(1e-2)
@@ -222,7 +222,7 @@ def test_loop_rejects_bad_inputs():
         finetune.finetune(model, tokenizer, ["good", "bad", "meh"], [0, 1, 2], ["good"], [1], log=None)
     with pytest.raises(ValueError, match="2 texts but 1 labels"):
         finetune.finetune(model, tokenizer, ["good", "bad"], [0], ["good"], [1], log=None)
-    with pytest.raises(ValueError, match="patience must be >= 1"):
+    with pytest.raises(ValueError, match="FinetuneConfig.patience must be a positive integer"):
         finetune.FinetuneConfig(patience=0)
 
 

@@ -1,0 +1,44 @@
+"""Settings dataclasses: one field per setting, its help text beside it, errors that name it.
+
+Companion of ``docs/training.md`` (section "From the command line").
+
+``TrainConfig`` and ``FinetuneConfig`` are dataclasses whose fields are built
+with :func:`setting`, which stores the field's ``--help`` text in its
+metadata. ``npgpt.cli`` generates one flag per field from them
+(``max_steps`` -> ``--max-steps``), so a setting cannot exist without its
+flag, and the help cannot drift from the code. A bad value raises
+:class:`ConfigError`, which knows the field it is about, so the command line
+can name the flag the user typed instead of the Python field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NoReturn
+
+__all__ = ["setting", "ConfigError", "fail"]
+
+
+def setting(default: Any, help: str) -> Any:
+    """A dataclass field with default ``default`` and ``--help`` text ``help``."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+class ConfigError(ValueError):
+    """A bad setting. ``owner`` is the dataclass, ``field`` the setting.
+
+    ``str(error)`` names the field as ``TrainConfig.warmup_steps``;
+    ``error.message_for("--warmup-steps")`` names it as the user typed it.
+    """
+
+    def __init__(self, owner: str, field: str, template: str) -> None:
+        self.owner, self.field, self.template = owner, field, template
+        super().__init__(self.message_for(f"{owner}.{field}"))
+
+    def message_for(self, name: str) -> str:
+        return self.template.replace("{name}", name)
+
+
+def fail(owner: str, field: str, template: str) -> NoReturn:
+    """Raise :class:`ConfigError`; ``template`` says ``{name}`` where the setting's name goes."""
+    raise ConfigError(owner, field, template)
