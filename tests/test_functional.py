@@ -280,6 +280,77 @@ def test_no_overflow_at_huge_logits(xp):
     assert np.isfinite(host(bce))
 
 
+# Logits of magnitude 1e4 in float32, against the same float32 values computed in float64.
+# float32 has a spacing of 2**-10 ~ 1e-3 at 1e4: any probability formed as exp(z - lse), with
+# lse = m + log(sum exp(z - m)) rounded to that spacing, carries a relative error of up to
+# 5e-4; formed as exp(z - m) / sum, it is accurate to a few ulps (about 1e-7).
+def large_logit_rows(V=96, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = [np.concatenate([[1e4, 1e4 - 1, 1e4 - 3, -1e4], 1e4 - 5 - 20 * rng.random(V - 4)]),
+            1e4 + 3 * rng.standard_normal(V),          # every logit near +1e4
+            -1e4 + 3 * rng.standard_normal(V),         # every logit near -1e4
+            1e4 * rng.standard_normal(V),              # random, scaled large: nearly one-hot
+            1e3 * rng.standard_normal(V),
+            np.where(rng.random(V) < 0.5, 5e3 + rng.standard_normal(V), 1e4 * rng.standard_normal(V)),
+            3 * rng.standard_normal(V)]                # moderate
+    return np.stack(rows).astype(np.float32)
+
+
+def value_and_grad(fn, z, g=None):
+    t = npgpt.tensor(z, requires_grad=True)
+    out = fn(t)
+    out.backward(g)
+    return host(out).astype(np.float64), host(t.grad).astype(np.float64)
+
+
+def relative_to_largest(got, ref):
+    return np.abs(got - ref).max() / np.abs(ref).max()
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_float32_softmax_family_at_large_logits_agrees_with_float64(xp, name):
+    # docs/model.md eqs. 2 and 3, each evaluated in float32 and in float64
+    z = large_logit_rows()
+    g = np.random.default_rng(1).standard_normal(z.shape).astype(np.float32)
+    fn = getattr(F, name)
+    out32, grad32 = value_and_grad(fn, xp.asarray(z), xp.asarray(g))
+    out64, grad64 = value_and_grad(fn, xp.asarray(z, dtype=np.float64), xp.asarray(g, dtype=np.float64))
+    if name == "softmax":    # every probability to a few ulps of its own size (or underflowing to ~0)
+        np.testing.assert_allclose(out32, out64, rtol=2e-6, atol=1e-30)
+    else:                    # log-probabilities as large as -2e4: a few ulps of each, or of 1
+        np.testing.assert_allclose(out32, out64, rtol=5e-7, atol=1e-6)
+    assert relative_to_largest(grad32, grad64) < 2e-6
+
+
+def test_float32_cross_entropy_at_large_logits_agrees_with_float64(xp):
+    # docs/training.md eq. 2 in float32 and in float64, row by row and as a batch mean
+    z = large_logit_rows()
+    targets = np.argsort(-z, axis=1)[:, 2]     # the third most likely token: losses of 1.8 .. 1e4
+    targets[0] = 3                             # and one that misses by 2e4
+    z32, z64 = xp.asarray(z), xp.asarray(z, dtype=np.float64)
+    for i in range(len(z)):                    # one row counted at a time: its own loss
+        only_i = xp.asarray(np.where(np.arange(len(z)) == i, targets, -100))
+        ce = lambda t: F.cross_entropy(t, only_i)
+        (loss32, grad32), (loss64, grad64) = value_and_grad(ce, z32), value_and_grad(ce, z64)
+        assert abs(loss32 - loss64) <= 5e-7 * max(abs(loss64), 1.0), f"row {i}: loss {loss32} vs {loss64}"
+        assert relative_to_largest(grad32, grad64) < 2e-6, f"row {i}"
+    ce = lambda t: F.cross_entropy(t, xp.asarray(targets))
+    (loss32, grad32), (loss64, grad64) = value_and_grad(ce, z32), value_and_grad(ce, z64)
+    assert loss32 == pytest.approx(loss64, rel=2e-7)
+    assert relative_to_largest(grad32, grad64) < 2e-6
+
+
+def test_float32_binary_cross_entropy_at_large_logits_agrees_with_float64(xp):
+    # docs/finetuning.md eq. 2: no log-sum-exp here, but the same inputs must not hurt it either
+    z = large_logit_rows()
+    y = np.random.default_rng(2).integers(0, 2, z.shape)
+    bce = lambda t: F.binary_cross_entropy_with_logits(t, xp.asarray(y, dtype=t.dtype))
+    (loss32, grad32), (loss64, grad64) = value_and_grad(bce, xp.asarray(z)), \
+        value_and_grad(bce, xp.asarray(z, dtype=np.float64))
+    assert loss32 == pytest.approx(loss64, rel=1e-6)
+    assert relative_to_largest(grad32, grad64) < 2e-6
+
+
 def test_fully_masked_attention_rows_are_finite(xp):
     q, k, v = (npgpt.tensor(randn(xp, (1, 1, 3, 2), s).astype(np.float32)) for s in range(3))
     nothing = xp.zeros((1, 1, 1, 3), dtype=bool)
