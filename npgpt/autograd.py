@@ -123,52 +123,17 @@ class Tensor:
         return _make(self.data.astype(dtype), (self,), lambda g: (g.astype(source),))
 
     # --------------------------------------------------------------- backward
-    def backward(self, grad=None, retain_graph=False, grad_sink=None):
+    def backward(self, grad=None, retain_graph=False):
         """Fill ``.grad`` of every leaf this tensor depends on (docs/autograd.md eq. 2).
 
         ``grad`` is ``dL/dself``; it may be omitted only for a one-element
         tensor (a loss), where it is 1. Gradients add up across calls until
         cleared, as in PyTorch. The graph is freed afterwards unless
-        ``retain_graph=True``.
-
-        ``grad_sink``, a dict, collects the leaves' gradients there instead
-        (``{id(leaf): (leaf, grad)}``); ``npgpt.parallel`` uses it so that
-        threads working on shards of a batch never write the same ``.grad``.
+        ``retain_graph=True``. To get gradients *returned* instead of added
+        into ``.grad``, use :func:`grad`.
         """
-        if not self.requires_grad:
-            raise RuntimeError(f"backward() on {_describe(self)}, which does not require grad "
-                               "(no input had requires_grad=True, or it was computed under no_grad())")
-        xp = backend.array_module(self.data)
-        if grad is None:
-            if self.size != 1:
-                raise ValueError(f"backward() on a non-scalar {_describe(self)} needs an explicit "
-                                 "gradient of the same shape: t.backward(grad)")
-            grad = xp.ones_like(self.data)
-        else:
-            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
-            if grad.shape != self.shape:
-                raise ValueError(f"backward(): gradient of shape {tuple(grad.shape)} given for {_describe(self)}")
-
-        pending = {id(self): grad}   # gradient sums of nodes not yet visited
-        for node in reversed(_topological_order(self)):
-            g = pending.pop(id(node), None)
-            if g is None:
-                continue
-            if node._backward is None:  # a leaf: keep its gradient
-                if grad_sink is not None:
-                    grad_sink[id(node)] = (node, g)
-                else:
-                    accumulate_grad(node, g)
-                continue
-            parent_grads = node._backward(g)
-            for parent, pg in zip(node._parents, parent_grads):
-                if pg is None or not parent.requires_grad:
-                    continue
-                pg = xp.asarray(pg)  # NumPy turns 0-d results into scalars; keep arrays
-                key = id(parent)
-                pending[key] = pg if key not in pending else pending[key] + pg
-            if not retain_graph:  # free the saved arrays as soon as they are used
-                node._backward, node._parents = None, ()
+        seed = _output_gradient(self, grad)
+        _backpropagate([(self, seed)], retain_graph, on_leaf=accumulate_grad)
 
     # ---------------------------------------------------------- operators
     def __add__(self, other): return add(self, other)
@@ -218,6 +183,105 @@ def accumulate_grad(leaf, grad):
         leaf.grad += grad
 
 
+def _output_gradient(output, grad):
+    """The gradient to start the walk from at ``output``: 1 for a scalar, else ``grad`` checked."""
+    if not output.requires_grad:
+        raise RuntimeError(f"backward() on {_describe(output)}, which does not require grad "
+                           "(no input had requires_grad=True, or it was computed under no_grad())")
+    xp = backend.array_module(output.data)
+    if grad is None:
+        if output.size != 1:
+            raise ValueError(f"backward() on a non-scalar {_describe(output)} needs an explicit "
+                             "gradient of the same shape: t.backward(grad)")
+        return xp.ones_like(output.data)
+    grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=output.dtype)
+    if grad.shape != output.shape:
+        raise ValueError(f"backward(): gradient of shape {tuple(grad.shape)} given for {_describe(output)}")
+    return grad
+
+
+def _backpropagate(seeds, retain_graph, on_leaf, on_node=None):
+    """The reverse walk (docs/autograd.md eq. 2) from ``seeds``, a list of ``(output, dL/doutput)``.
+
+    Visits the nodes in reverse topological order, so a node's gradient is
+    complete (every path summed) when it is reached. ``on_leaf(leaf, g)``
+    receives each leaf's gradient; ``on_node(node, g)``, if given, every
+    node's (``grad`` uses it to read gradients of intermediate tensors).
+    """
+    xp = backend.array_module(seeds[0][1])
+    pending = {}     # gradient sums of nodes not yet visited
+    for output, g in seeds:
+        key = id(output)
+        pending[key] = g if key not in pending else pending[key] + g
+    for node in reversed(_topological_order([output for output, _ in seeds])):
+        g = pending.pop(id(node), None)
+        if g is None:
+            continue
+        if on_node is not None:
+            on_node(node, g)
+        if node._backward is None:  # a leaf: hand its gradient over
+            on_leaf(node, g)
+            continue
+        parent_grads = node._backward(g)
+        for parent, pg in zip(node._parents, parent_grads):
+            if pg is None or not parent.requires_grad:
+                continue
+            pg = xp.asarray(pg)  # NumPy turns 0-d results into scalars; keep arrays
+            key = id(parent)
+            pending[key] = pg if key not in pending else pending[key] + pg
+        if not retain_graph:  # free the saved arrays as soon as they are used
+            node._backward, node._parents = None, ()
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=False, allow_unused=False):
+    """The gradients of ``outputs`` with respect to ``inputs``, returned; ``.grad`` is not touched.
+
+    ``npgpt.grad(loss, [w, b])`` is ``[dL/dw, dL/db]`` as arrays (as
+    ``torch.autograd.grad``). ``outputs`` is a tensor or a list of them
+    (their gradients are summed, each seeded with the matching entry of
+    ``grad_outputs``, default 1 for a scalar); ``inputs`` a tensor or a
+    list, leaves or intermediate results. An input the outputs do not
+    depend on is an error, or ``None`` with ``allow_unused=True``. Because
+    nothing is written into shared ``.grad`` arrays, threads can take
+    gradients of separate graphs over the same parameters at the same time
+    (``npgpt.parallel`` does).
+    """
+    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    single = isinstance(inputs, Tensor)
+    inputs = [inputs] if single else list(inputs)
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outputs)
+    elif isinstance(grad_outputs, Tensor) or hasattr(grad_outputs, "shape"):
+        grad_outputs = [grad_outputs]
+    if len(grad_outputs) != len(outputs):
+        raise ValueError(f"grad(): {len(grad_outputs)} grad_outputs for {len(outputs)} outputs")
+    for i, x in enumerate(inputs):
+        if not isinstance(x, Tensor) or not x.requires_grad:
+            raise ValueError(f"grad(): input {i} ({_describe(x) if isinstance(x, Tensor) else type(x).__name__}) "
+                             "does not require grad")
+    wanted = {id(x): i for i, x in enumerate(inputs)}
+    found = [None] * len(inputs)
+
+    def on_node(node, g):
+        i = wanted.get(id(node))
+        if i is not None:
+            found[i] = g
+
+    _backpropagate([(o, _output_gradient(o, g)) for o, g in zip(outputs, grad_outputs)], retain_graph,
+                   on_leaf=lambda leaf, g: None, on_node=on_node)
+    seen = set()
+    for i, g in enumerate(found):       # one array handed to two inputs (x + y): give each its own
+        if g is not None:
+            if id(g) in seen:
+                found[i] = g.copy()
+            seen.add(id(g))
+    missing = [i for i, g in enumerate(found) if g is None]
+    if missing and not allow_unused:
+        raise ValueError(f"grad(): the outputs do not depend on input(s) {missing}; pass allow_unused=True "
+                         "to get None for them")
+    return found
+
+
 def tensor(data, requires_grad=False, dtype=None, device=None):
     """Make a tensor from a list, scalar or array (``npgpt.tensor``).
 
@@ -235,14 +299,14 @@ def tensor(data, requires_grad=False, dtype=None, device=None):
 
 
 # ====================================================================== graph
-def _topological_order(root):
-    """Nodes that need a gradient, each after all of its parents (iterative DFS).
+def _topological_order(roots):
+    """Nodes that need a gradient, each after all of its parents (iterative DFS from ``roots``).
 
     Iterative rather than recursive so that deep graphs (many layers, long
     generation loops) cannot hit Python's recursion limit.
     """
     order, visited = [], set()
-    stack = [(root, False)]
+    stack = [(root, False) for root in reversed(roots)]
     while stack:
         node, expanded = stack.pop()
         if expanded:

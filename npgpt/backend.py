@@ -12,13 +12,13 @@ and nowhere else:
 * scatter-add (``np.add.at`` vs ``cupyx.scatter_add``), used by the backward
   pass of an embedding lookup;
 * moving arrays between host and device (``cupy.asarray`` / ``.get()``);
-* finding out whether CuPy and a GPU are usable at all.
+* finding out whether CuPy and a GPU are usable at all;
+* how many threads the CPU's BLAS may use (through ``threadpoolctl``).
 
 Devices are named ``"cpu"`` (NumPy) and ``"cuda"`` (CuPy, the current GPU).
 """
 
 import contextlib
-import ctypes
 import functools
 
 import numpy as np
@@ -142,47 +142,29 @@ def default_rng(seed=None, xp=np):
 
 
 @functools.lru_cache(maxsize=None)
-def _openblas_thread_setter():
-    """OpenBLAS's ``set_num_threads`` function if NumPy uses OpenBLAS on Linux, else None.
+def _threadpool_controller():
+    """threadpoolctl's view of the BLAS/OpenMP libraries loaded in this process (found once)."""
+    from threadpoolctl import ThreadpoolController
 
-    NumPy has no API for its BLAS thread count, so we find the loaded OpenBLAS
-    library in the process's memory map and call it through ctypes. The
-    symbol carries a prefix/suffix in the ``scipy-openblas`` builds NumPy ships.
-    """
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
-            if hasattr(lib, name):
-                return getattr(lib, name)
-    return None
+    return ThreadpoolController()
 
 
 @contextlib.contextmanager
 def blas_threads(n):
-    """Run the block with NumPy's BLAS limited to ``n`` threads (no-op where unknown).
+    """Run the block with NumPy's BLAS limited to ``n`` threads; the previous limit comes back after.
 
     ``npgpt.parallel`` runs shards of a batch in Python threads; each GEMM
     must then use one core, or the BLAS threads of two shards fight over the
-    same two cores (and OpenBLAS workers spin after each call).
+    same two cores (and OpenBLAS workers spin after each call). NumPy has no
+    API for its BLAS's thread count; ``threadpoolctl`` finds the loaded
+    library (OpenBLAS, MKL, BLIS) and calls its own setter, and restores what
+    was set before, including a user's ``OPENBLAS_NUM_THREADS``.
     """
-    setter = _openblas_thread_setter()
-    if setter is None:
+    with _threadpool_controller().limit(limits=int(n), user_api="blas"):
         yield
-        return
-    import os
 
-    default = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    setter(int(n))
-    try:
-        yield
-    finally:
-        setter(int(default))
+
+def blas_thread_count():
+    """The thread count of NumPy's BLAS now (the largest, if several BLAS libraries are loaded); 0 if none."""
+    counts = [info["num_threads"] for info in _threadpool_controller().info() if info["user_api"] == "blas"]
+    return max(counts, default=0)

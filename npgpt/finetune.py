@@ -593,8 +593,8 @@ def finetune(classifier, tokenizer, train_texts, train_labels, val_texts, val_la
     if workers is None and classifier.config.dropout > 0:
         workers = 1     # shards would draw dropout masks from one generator in two threads: not reproducible
 
-    def loss_fn(inputs, labels):            # inputs: (b, 2, T) = token ids and mask stacked
-        return classifier(inputs[:, 0], attention_mask=inputs[:, 1], labels=labels)[1]
+    def loss_fn(idx, mask, labels):         # (b, T), (b, T), (b,)
+        return classifier(idx, attention_mask=mask, labels=labels)[1]
 
     result = FinetuneResult()
     best = None
@@ -608,9 +608,9 @@ def finetune(classifier, tokenizer, train_texts, train_labels, val_texts, val_la
         while step < max_steps and not result.stopped_early and not stop.requested:
             for rows in _length_bucketed_batches(train, cfg.batch_size, rng):
                 idx, mask, y = train.batch(rows, pad_id, cfg.pad_side)
-                inputs = backend.to_device(np.stack([idx, mask], axis=1), device)    # (B, 2, T)
+                batch = tuple(backend.to_device(a, device) for a in (idx, mask, y))
                 lr = optim.cosine_schedule(step, max_steps, cfg.lr, warmup_steps=warmup)
-                loss, _ = optimizer_step(opt, loss_fn, [(inputs, backend.to_device(y, device))], lr,
+                loss, _ = optimizer_step(opt, loss_fn, [batch], lr,
                                          grad_clip=cfg.grad_clip, workers=workers, step=step + 1)
                 step += 1
                 running, counted = running + loss, counted + 1

@@ -15,17 +15,18 @@ gradients (docs/performance.md eq. 1):
 
     dL/dθ = Σ_k (n_k / N) dL_k/dθ,
 
-where shard ``k`` holds ``n_k`` of the ``N`` sequences. Each thread collects
-its leaf gradients privately (``backward(grad_sink=...)``); they are summed in
-shard order afterwards, so the result does not depend on thread timing and
+where shard ``k`` holds ``n_k`` of the ``N`` sequences. Each thread takes
+its gradients with ``npgpt.grad``, which returns them instead of writing
+``.grad``; they are summed in shard order afterwards, so the result does not depend on thread timing and
 training stays bit-for-bit reproducible.
 """
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional, Sequence
 
 from npgpt import backend
-from npgpt.autograd import accumulate_grad
+from npgpt.autograd import Tensor, accumulate_grad, grad
 
 _pools = {}
 
@@ -43,43 +44,50 @@ def _pool(workers):
     return _pools[workers]
 
 
-def forward_backward(loss_fn, inputs, targets, workers=None):
-    """Compute ``loss_fn(inputs, targets)`` and its gradients, sharded over threads.
+def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence, params: Sequence[Tensor],
+                     workers: Optional[int] = None) -> float:
+    """Compute ``loss_fn(*batch)`` and add its gradients into ``p.grad`` of ``params``, sharded over threads.
 
-    ``loss_fn(x, y)`` must return a scalar Tensor that is a **mean** over the
-    sequences of ``x`` (as ``F.cross_entropy`` is when every target counts).
-    ``inputs`` and ``targets`` are arrays whose first axis is the batch. The
-    gradients are *added* to the parameters' ``.grad``, like ``backward()``.
-    Returns the full-batch loss as a float.
+    ``batch`` is a tuple of arrays whose first axis is the batch (token ids
+    and targets; or ids, attention mask and labels). ``loss_fn`` must return
+    a scalar Tensor that is a **mean** over the sequences it is given (as
+    ``F.cross_entropy`` is when every target counts). Each thread takes its
+    shard's gradients with ``npgpt.grad`` (nothing shared is written while
+    the threads run); they are weighted (eq. 1) and added into ``.grad`` in
+    shard order. Returns the full-batch loss as a float.
 
     With ``workers=1``, or a batch of one sequence, or on a GPU (where one
     stream already keeps the device busy), this is simply
-    ``loss_fn(inputs, targets).backward()``.
+    ``loss_fn(*batch).backward()``.
     """
+    batch = tuple(batch)
+    params = [p for p in params if p.requires_grad]
     workers = default_workers() if workers is None else int(workers)
-    batch = inputs.shape[0]
-    workers = min(workers, batch)
-    if workers <= 1 or backend.device_of(inputs) != "cpu":
-        loss = loss_fn(inputs, targets)
+    size = batch[0].shape[0]
+    if any(a.shape[0] != size for a in batch):
+        raise ValueError(f"forward_backward: the arrays of a batch must share their first axis, got "
+                         f"{[tuple(a.shape) for a in batch]}")
+    workers = min(workers, size)
+    if workers <= 1 or backend.device_of(batch[0]) != "cpu":
+        loss = loss_fn(*batch)
         loss.backward()
         return loss.item()
 
-    bounds = [batch * k // workers for k in range(workers + 1)]
-    shards = [(bounds[k], bounds[k + 1]) for k in range(workers)]
+    bounds = [size * k // workers for k in range(workers + 1)]
 
     def run_shard(start, stop):
-        loss = loss_fn(inputs[start:stop], targets[start:stop]) * ((stop - start) / batch)
-        sink = {}
-        loss.backward(grad_sink=sink)
-        return loss.item(), sink
+        loss = loss_fn(*(a[start:stop] for a in batch)) * ((stop - start) / size)
+        return loss.item(), grad(loss, params, allow_unused=True)
 
     with backend.blas_threads(1):
-        results = [f.result() for f in [_pool(workers).submit(run_shard, a, b) for a, b in shards]]
+        futures = [_pool(workers).submit(run_shard, bounds[k], bounds[k + 1]) for k in range(workers)]
+        results = [f.result() for f in futures]
 
     # Sum in shard order (not completion order): bit-reproducible gradients.
     total = 0.0
-    for loss, sink in results:
+    for loss, grads in results:
         total += loss
-        for leaf, grad in sink.values():
-            accumulate_grad(leaf, grad)
+        for p, g in zip(params, grads):
+            if g is not None:
+                accumulate_grad(p, g)
     return total

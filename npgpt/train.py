@@ -273,9 +273,10 @@ def optimizer_step(optimizer, loss_fn, batches, lr, grad_clip=None, workers=None
     Returns ``(loss, gradient norm before clipping)``.
     """
     optimizer.set_lr(lr)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     loss = 0.0
-    for inputs, targets in batches:
-        loss += parallel.forward_backward(loss_fn, inputs, targets, workers=workers)
+    for batch in batches:
+        loss += parallel.forward_backward(loss_fn, batch, params, workers=workers)
     norm = clip_grad_norm(optimizer.param_groups, grad_clip if grad_clip else None)
     if not (math.isfinite(loss) and math.isfinite(norm)):
         optimizer.zero_grad()

@@ -277,3 +277,54 @@ def test_mixing_devices_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(autograd.Tensor, "device", property(lambda self: "cuda" if self is b else "cpu"))
     with pytest.raises(ValueError, match="different devices"):
         autograd.add(a, b)
+
+
+# ------------------------------------------------------------ npgpt.grad
+def test_grad_returns_what_backward_would_store_and_leaves_grad_alone():
+    import inspect
+
+    import npgpt
+
+    rng = np.random.default_rng(0)
+    w = npgpt.tensor(rng.standard_normal((3, 4)), requires_grad=True, dtype=np.float64)
+    b = npgpt.tensor(rng.standard_normal(4), requires_grad=True, dtype=np.float64)
+    x = rng.standard_normal((5, 3))
+
+    def loss():
+        return ((npgpt.Tensor(x) @ w + b).tanh() ** 2).mean()
+
+    gw, gb = npgpt.grad(loss(), [w, b])
+    assert w.grad is None and b.grad is None
+    loss().backward()
+    np.testing.assert_array_equal(gw, w.grad)
+    np.testing.assert_array_equal(gb, b.grad)
+    assert "grad_sink" not in inspect.signature(npgpt.Tensor.backward).parameters
+
+
+def test_grad_of_an_intermediate_tensor_and_of_several_outputs():
+    import npgpt
+
+    x = npgpt.tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True, dtype=np.float64)
+    h = x * 2.0                                   # intermediate
+    y = (h ** 2).sum()                            # dy/dh = 2h = 4x
+    (gh,) = npgpt.grad(y, [h], retain_graph=True)
+    np.testing.assert_allclose(gh, 4 * x.data)
+    z = x.sum()
+    (gx,) = npgpt.grad([y, z], [x], grad_outputs=[None, np.array(10.0)])   # 8x + 10
+    np.testing.assert_allclose(gx, 8 * x.data + 10)
+
+
+def test_grad_refuses_unused_inputs_unless_allowed_and_never_aliases():
+    import npgpt
+
+    a = npgpt.tensor(np.ones(2), requires_grad=True, dtype=np.float64)
+    b = npgpt.tensor(np.ones(2), requires_grad=True, dtype=np.float64)
+    c = npgpt.tensor(np.ones(2), requires_grad=True, dtype=np.float64)
+    with pytest.raises(ValueError, match=r"do not depend on input\(s\) \[2\]"):
+        npgpt.grad((a + b).sum(), [a, b, c])
+    ga, gb, gc = npgpt.grad((a + b).sum(), [a, b, c], allow_unused=True)
+    assert gc is None and ga is not gb            # a + b hands one array to both: each gets its own
+    ga += 1
+    np.testing.assert_array_equal(gb, np.ones(2))
+    with pytest.raises(ValueError, match="does not require grad"):
+        npgpt.grad((a * 2).sum(), [npgpt.tensor(np.ones(2))])

@@ -1,6 +1,5 @@
 """Sharded forward/backward over threads: the same gradients as one pass, reproducibly."""
 
-import sys
 
 import numpy as np
 import pytest
@@ -34,7 +33,7 @@ def test_sharded_gradients_equal_the_full_batch_gradients(workers):
     expected = [p.grad.copy() for p in params]
     for p in params:
         p.grad = None
-    loss = parallel.forward_backward(loss_fn, x, y, workers=workers)
+    loss = parallel.forward_backward(loss_fn, (x, y), params, workers=workers)
     assert loss == pytest.approx(full.item(), rel=1e-12)
     for p, g in zip(params, expected):
         np.testing.assert_allclose(p.grad, g, rtol=1e-10, atol=1e-14)
@@ -45,7 +44,7 @@ def test_sharded_gradients_are_bit_reproducible():
     runs = []
     for _ in range(3):
         loss_fn, params = tiny_lm()
-        parallel.forward_backward(loss_fn, tokens[:, :-1], tokens[:, 1:], workers=2)
+        parallel.forward_backward(loss_fn, (tokens[:, :-1], tokens[:, 1:]), params, workers=2)
         runs.append([p.grad.copy() for p in params])
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
@@ -55,18 +54,24 @@ def test_sharded_gradients_are_bit_reproducible():
 def test_gradients_add_to_existing_ones_like_backward():
     tokens = np.random.default_rng(3).integers(0, 11, size=(4, 5))
     loss_fn, params = tiny_lm()
-    parallel.forward_backward(loss_fn, tokens[:, :-1], tokens[:, 1:], workers=2)
+    parallel.forward_backward(loss_fn, (tokens[:, :-1], tokens[:, 1:]), params, workers=2)
     once = [p.grad.copy() for p in params]
-    parallel.forward_backward(loss_fn, tokens[:, :-1], tokens[:, 1:], workers=2)
+    parallel.forward_backward(loss_fn, (tokens[:, :-1], tokens[:, 1:]), params, workers=2)
     for p, g in zip(params, once):
         np.testing.assert_allclose(p.grad, 2 * g, rtol=1e-12)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or "openblas" not in str(np.__config__.CONFIG).lower(),
-                    reason="needs NumPy with OpenBLAS on Linux")
-def test_openblas_thread_control_is_found():
-    # Without it the shards' BLAS threads would compete for the same cores.
-    assert backend._openblas_thread_setter() is not None
-    with backend.blas_threads(1):
-        a = np.ones((64, 64)) @ np.ones((64, 64))
+def test_blas_threads_limits_and_restores_the_previous_limit():
+    # Without the limit the shards' BLAS threads would compete for the same cores; afterwards the
+    # user's own setting (e.g. OPENBLAS_NUM_THREADS=1) must come back, not the core count.
+    if backend.blas_thread_count() == 0:
+        pytest.skip("NumPy's BLAS is not visible to threadpoolctl here")
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):            # the user's own limit
+        with backend.blas_threads(2):
+            a = np.ones((64, 64)) @ np.ones((64, 64))
+        assert backend.blas_thread_count() == 1
     assert a[0, 0] == 64.0
+    with backend.blas_threads(1):
+        assert backend.blas_thread_count() == 1

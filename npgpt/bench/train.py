@@ -58,6 +58,7 @@ def run_npgpt(cfg, steps, warmup, workers=None):
     model = GPT(GPTConfig(vocab_size=cfg["vocab_size"], block_size=cfg["block_size"], n_layer=cfg["n_layer"],
                           n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=0.0))
     optimizer = AdamW(param_groups(model, weight_decay=0.1), lr=3e-4)
+    params = model.parameters()
     rng = np.random.default_rng(0)
 
     def loss_fn(x, y):
@@ -65,7 +66,7 @@ def run_npgpt(cfg, steps, warmup, workers=None):
 
     def step():
         x, y = _batch(rng, cfg)
-        loss = parallel.forward_backward(loss_fn, x, y, workers=workers)
+        loss = parallel.forward_backward(loss_fn, (x, y), params, workers=workers)
         optimizer.step()
         optimizer.zero_grad()
         return loss
