@@ -21,7 +21,8 @@ from collections import Counter
 import numpy as np
 
 import npgpt.functional as F
-from npgpt import Tensor, finetune, nn, optim
+from npgpt import Tensor, finetune, labelled, nn, optim
+from npgpt.metrics import format_metrics
 from npgpt.classifier import GPTClassifier
 
 WORD = re.compile(r"[a-z0-9']+")
@@ -81,11 +82,11 @@ def main(argv=None):
 
     from npgpt.tokenizer import Tokenizer
 
-    texts, labels = finetune.movie_reviews()
+    texts, labels = labelled.movie_reviews()
     if args.limit:      # a random subset: the file lists the positive reviews first
         keep = np.random.default_rng(args.seed).permutation(len(texts))[:args.limit]
         texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
-    parts = finetune.split_indices(len(texts), (0.8, 0.1, 0.1), seed=args.seed)
+    parts = labelled.split_indices(len(texts), (0.8, 0.1, 0.1), seed=args.seed)
     train, val, test = [([texts[i] for i in p], [labels[i] for i in p]) for p in parts]
     print(f"{len(texts)} reviews ({sum(labels)} positive): {len(train[0])} train, {len(val[0])} validation, "
           f"{len(test[0])} test")
@@ -109,7 +110,7 @@ def main(argv=None):
     gpt_seconds = time.perf_counter() - start
     print(f"fine-tuned {args.model} ({result.steps} steps, best at step {result.best_step}): "
           f"test accuracy {metrics['accuracy']:.3f} ({gpt_seconds:.0f} s)")
-    print(finetune.format_metrics(metrics))
+    print(format_metrics(metrics))
     print(f"\n{'model':<36}{'test accuracy':>14}{'seconds':>9}")
     print(f"{'bag-of-words logistic regression':<36}{bow_test:>14.3f}{bow_seconds:>9.0f}")
     print(f"{'fine-tuned ' + str(args.model):<36}{metrics['accuracy']:>14.3f}{gpt_seconds:>9.0f}")

@@ -25,7 +25,6 @@ import os
 import pathlib
 import shutil
 import struct
-import tempfile
 
 import numpy as np
 
@@ -104,7 +103,7 @@ def write_checkpoint(directory, config, tensors):
     directory.parent.mkdir(parents=True, exist_ok=True)
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"save_pretrained: {directory} exists and is not a directory")
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.saving-", dir=directory.parent))
+    staging = fileio.staging_directory(directory)
     try:
         with open(staging / CONFIG_NAME, "w") as f:
             json.dump(config, f, indent=2, sort_keys=True)

@@ -123,7 +123,7 @@ def _add_tokenizer(sub):
     t.add_argument("--special-token", action="append", default=None, metavar="TOKEN",
                    help="a special token (repeatable; default: <|endoftext|>)")
     _overwrite_flag(t)
-    t.set_defaults(_parser=t)
+    t.set_defaults(command_parser=t)
 
 
 def _add_prepare(sub):
@@ -139,7 +139,7 @@ def _add_prepare(sub):
                    default=0.1, help="share of every document's tokens held out for validation (default 0.1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _overwrite_flag(p)
-    p.set_defaults(_parser=p)
+    p.set_defaults(command_parser=p)
 
 
 # What the value of a flag is, in its usage line (default: its type, INT / FLOAT / STR).
@@ -164,7 +164,7 @@ def _add_train(sub):
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no log lines")
     _settings_flags(p, TrainConfig, TRAIN_FLAG_NAMES, required=("out_dir",))
-    p.set_defaults(_parser=p)
+    p.set_defaults(command_parser=p)
 
 
 def _add_generate(sub):
@@ -181,7 +181,7 @@ def _add_generate(sub):
                    help="sample from the smallest set of tokens with probability >= p")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=None, help="seed of the sampler (same seed, same text)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.set_defaults(_parser=p)
+    p.set_defaults(command_parser=p)
 
 
 def _add_finetune(sub):
@@ -216,7 +216,7 @@ def _add_finetune(sub):
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     _overwrite_flag(p)
     _settings_flags(p, FinetuneConfig)
-    p.set_defaults(_parser=p)
+    p.set_defaults(command_parser=p)
 
 
 def build_parser():
@@ -374,28 +374,30 @@ def cmd_generate(args):
 
 def cmd_finetune(args):
     from npgpt import finetune as ft
+    from npgpt import labelled
     from npgpt.classifier import GPTClassifier
     from npgpt.finetune import FinetuneConfig
+    from npgpt.metrics import format_metrics
     from npgpt.tokenizer import Tokenizer
 
     _refuse_non_empty(args.out, args.overwrite, "output directory")
     config = FinetuneConfig(**settings_given(args, FinetuneConfig))
-    texts, raw = ft.read_labelled_file(args.data, args.text_column, args.label_column, fmt=args.format,
+    texts, raw = labelled.read_labelled_file(args.data, args.text_column, args.label_column, fmt=args.format,
                                        header=not args.no_header)
-    counts, warnings = ft.label_counts(raw, source=str(args.data), allow_many_classes=args.allow_many_classes)
-    labels = (ft.LabelSet([n.strip() for n in args.labels.split(",")]) if args.labels
-              else ft.LabelSet.infer(raw))
+    counts, warnings = labelled.label_counts(raw, source=str(args.data), allow_many_classes=args.allow_many_classes)
+    labels = (labelled.LabelSet([n.strip() for n in args.labels.split(",")]) if args.labels
+              else labelled.LabelSet.infer(raw))
     print("label counts: " + ", ".join(f"{name} {counts.get(name, 0):,}" for name in labels.names))
     for line in warnings:
         print(f"npgpt: warning: {line}", file=sys.stderr)
     y = labels.encode(raw, source=str(args.data))
     if args.val_data:
-        val_texts, val_raw = ft.read_labelled_file(args.val_data, args.text_column, args.label_column,
+        val_texts, val_raw = labelled.read_labelled_file(args.val_data, args.text_column, args.label_column,
                                                    fmt=args.format, header=not args.no_header)
         val_y = labels.encode(val_raw, source=str(args.val_data))
         train_texts, train_y = texts, y
     else:
-        train_rows, val_rows = ft.split_indices(len(texts), (1 - args.val_fraction, args.val_fraction),
+        train_rows, val_rows = labelled.split_indices(len(texts), (1 - args.val_fraction, args.val_fraction),
                                                 seed=config.seed)
         if len(val_rows) == 0 or len(train_rows) == 0:
             raise ValueError(f"{args.data} has {len(texts)} examples: too few to hold out a validation split")
@@ -412,7 +414,7 @@ def cmd_finetune(args):
                          out_dir=args.out)
     val = ft.Encoded(tokenizer, val_texts, val_y, min(config.max_length, classifier.config.block_size))
     metrics = ft.evaluate(classifier, val, ft.pad_id_for(classifier, tokenizer))
-    print("validation (best weights):\n" + ft.format_metrics(metrics))
+    print("validation (best weights):\n" + format_metrics(metrics))
     report = {k: v for k, v in metrics.items() if k != "confusion"}
     report["confusion"] = metrics["confusion"].tolist()
     (pathlib.Path(args.out) / "eval_results.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -438,7 +440,7 @@ def main(argv=None):
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:       # report them with the subcommand's usage and a suggestion, not the top level's
-            args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:          # --help, --version or a usage error: argparse has printed it
         return int(exc.code or 0)
     handlers = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "finetune": cmd_finetune}

@@ -41,6 +41,32 @@ def atomic_write(path, data):
     return path
 
 
+def staging_directory(target):
+    """A new, empty, private directory next to ``target`` to assemble its next version in.
+
+    Named ``.<name>.saving-*``: :func:`stale_staging` finds those a killed
+    writer left behind (they are never complete, and are never read).
+    """
+    target = pathlib.Path(target)
+    return pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+
+
+def stale_staging(target):
+    """Staging directories of ``target`` (see :func:`staging_directory`)."""
+    target = pathlib.Path(target)
+    return sorted(target.parent.glob(f".{target.name}.saving-*"))
+
+
+def backups(target):
+    """Previous versions of ``target`` that :func:`replace_directory` parked, as ``.<name>.old-*/<name>``.
+
+    One exists only if a crash hit between the two renames of a swap; it is
+    then complete, and is the newest complete version.
+    """
+    target = pathlib.Path(target)
+    return sorted(target.parent.glob(f".{target.name}.old-*/{target.name}"))
+
+
 def replace_directory(staging, target):
     """Swap the fully written directory ``staging`` into place as ``target``.
 
@@ -63,6 +89,8 @@ def replace_directory(staging, target):
     fsync(target.parent)
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+    for orphan in backups(target):      # parked by an earlier swap that a crash interrupted
+        shutil.rmtree(orphan.parent, ignore_errors=True)
     return target
 
 

@@ -71,11 +71,11 @@ class Optimizer:
     """Parameter groups, per-parameter state, ``zero_grad`` and (de)serialisation.
 
     Subclasses set ``defaults`` (the hyper-parameters and their values),
-    ``_state_keys`` (the names of the per-parameter arrays, e.g. Adam's
+    ``state_keys`` (the names of the per-parameter arrays, e.g. Adam's
     moments) and implement ``_update(p, grad, state, group)``.
     """
 
-    _state_keys = ()
+    state_keys = ()
 
     def __init__(self, params, defaults):
         self.defaults = dict(defaults)
@@ -118,7 +118,7 @@ class Optimizer:
             state = self.state.get(name)
             if state is None:
                 xp = backend.array_module(p.data)
-                state = {"step": 0, **{k: xp.zeros_like(p.data) for k in self._state_keys}}
+                state = {"step": 0, **{k: xp.zeros_like(p.data) for k in self.state_keys}}
                 self.state[name] = state
             scratch = self._scratch.get(name)
             if scratch is None or scratch.shape != p.data.shape or backend.device_of(scratch) != p.device:
@@ -173,7 +173,7 @@ class Optimizer:
                 raise ValueError(f"load_state_dict: state for unknown parameter {name!r}")
             p = params[name]
             entry = {"step": int(saved["step"])}
-            for key in self._state_keys:
+            for key in self.state_keys:
                 if key not in saved:
                     raise ValueError(f"load_state_dict: {name!r} lacks its {key!r} array")
                 array = saved[key]
@@ -207,7 +207,7 @@ class AdamW(Optimizer):
     The same order of operations as ``torch.optim.AdamW``.
     """
 
-    _state_keys = ("exp_avg", "exp_avg_sq")
+    state_keys = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1):
         if lr < 0:
@@ -262,7 +262,7 @@ class SGD(Optimizer):
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise ValueError(f"SGD: lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
         super().__init__(params, dict(lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay)))
-        self._state_keys = ("momentum_buffer",) if momentum else ()
+        self.state_keys = ("momentum_buffer",) if momentum else ()
 
     def _update(self, w, g, state, group, buf):
         lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]

@@ -37,35 +37,27 @@ import os
 import pathlib
 import shutil
 import sys
-import tempfile
 import time
 from typing import Optional
 
-import numpy as np
-
 import npgpt.functional as F
-from npgpt import backend, fileio, nn, parallel, settings
-from npgpt.settings import setting
+from npgpt import backend, engine, rundir, settings
 from npgpt.autograd import no_grad
-from npgpt.interrupt import GracefulStop
 from npgpt.data import BatchSampler, TokenFile, load_meta
+from npgpt.engine import TrainingDiverged
+from npgpt.interrupt import GracefulStop
 from npgpt.model import GPT, GPTConfig
-from npgpt.optim import AdamW, clip_grad_norm, cosine_schedule, param_groups
+from npgpt.optim import AdamW, cosine_schedule, param_groups
+from npgpt.rundir import CHECKPOINT_DIR, find_checkpoint
+from npgpt.settings import setting
 
-__all__ = ["TrainConfig", "Trainer", "train", "optimizer_step", "TrainingDiverged", "find_checkpoint",
-           "flops_per_token", "CHECKPOINT_DIR", "DEFAULT_PEAK_FLOPS"]
+__all__ = ["TrainConfig", "Trainer", "train", "TrainingDiverged", "find_checkpoint", "flops_per_token",
+           "CHECKPOINT_DIR", "DEFAULT_PEAK_FLOPS"]
 
-CHECKPOINT_DIR = "checkpoint"
-STATE_NAME = "trainer_state.json"
-OPTIMIZER_NAME = "optimizer.safetensors"
 # float32 matrix-multiply peak of the 2-core Zen 4 machines this project is measured on
 # (docs/performance.md): the denominator of the MFU. Pass your machine's own peak.
 DEFAULT_PEAK_FLOPS = 195e9
 _MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradient norm became inf/nan; the message names the step and the last checkpoint."""
 
 
 @dataclasses.dataclass
@@ -180,113 +172,6 @@ def _format_seconds(seconds):
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-# ============================================================ checkpoints
-def _complete(directory):
-    """A checkpoint directory is complete when its trainer_state.json (written last) parses."""
-    try:
-        state = json.loads((directory / STATE_NAME).read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return all((directory / name).is_file() for name in state.get("files", []))
-
-
-def find_checkpoint(run_dir):
-    """The newest complete checkpoint of a run directory, or None.
-
-    Normally ``RUN_DIR/checkpoint``. If a crash hit the instant between the two
-    renames of a save, the previous checkpoint is still complete under its
-    backup name ``.checkpoint.old-*``, and it is used. Half-written staging
-    directories (``.checkpoint.saving-*``) are never considered.
-    """
-    run_dir = pathlib.Path(run_dir)
-    candidates = [run_dir / CHECKPOINT_DIR] + sorted(run_dir.glob(f".{CHECKPOINT_DIR}.old-*/{CHECKPOINT_DIR}"))
-    complete = [c for c in candidates if c.is_dir() and _complete(c)]
-    if not complete:
-        return None
-    return max(complete, key=lambda c: json.loads((c / STATE_NAME).read_text())["step"])
-
-
-def _remove_stale(run_dir):
-    """Delete staging directories left by a save that was killed (they are never complete)."""
-    for stale in pathlib.Path(run_dir).glob(f".{CHECKPOINT_DIR}.saving-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def _save_optimizer(optimizer, path):
-    """Adam's moments as safetensors tensors ``{name}.exp_avg`` / ``{name}.exp_avg_sq``; steps in the header."""
-    from safetensors.numpy import save_file
-
-    sd = optimizer.state_dict()
-    tensors, steps = {}, {}
-    for name, entry in sd["state"].items():
-        steps[name] = entry["step"]
-        for key, array in entry.items():
-            if key != "step":
-                tensors[f"{name}.{key}"] = np.ascontiguousarray(array)
-    meta = {"type": sd["type"], "step_count": sd["step_count"], "param_groups": sd["param_groups"], "steps": steps}
-    if not tensors:    # safetensors cannot write an empty file; an optimizer before its first step
-        tensors["__empty__"] = np.zeros(0, np.float32)
-    save_file(tensors, str(path), metadata={"npgpt_optimizer": json.dumps(meta)})
-
-
-def _load_optimizer(optimizer, path):
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="np") as f:
-        meta = json.loads(f.metadata()["npgpt_optimizer"])
-        state = {}
-        for name, step in meta["steps"].items():
-            state[name] = {"step": step, **{key: f.get_tensor(f"{name}.{key}") for key in optimizer._state_keys}}
-    for group in meta["param_groups"]:
-        if "betas" in group:
-            group["betas"] = tuple(group["betas"])
-    optimizer.load_state_dict({"type": meta["type"], "step_count": meta["step_count"],
-                               "param_groups": meta["param_groups"], "state": state})
-
-
-def _dropout_states(model):
-    """The NumPy generator state of every Dropout module (their masks must continue exactly)."""
-    states = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Dropout) and np in module._rngs:
-            states[name] = module._rngs[np].bit_generator.state
-    return states
-
-
-def _restore_dropout_states(model, states):
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Dropout) and name in states:
-            module.rng(np).bit_generator.state = states[name]
-
-
-# ================================================================ one step
-def optimizer_step(optimizer, loss_fn, batches, lr, grad_clip=None, workers=None, step=None):
-    """One optimizer step; shared by pretraining (``Trainer``) and fine-tuning (``npgpt.finetune``).
-
-    Sets the learning rate (``optimizer.set_lr``), sums the gradients of
-    ``loss_fn(inputs, targets)`` over ``batches`` (an iterable of
-    ``(inputs, targets)``; each loss already weighted, e.g. by 1/K for K
-    micro-batches, eq. 4) with the batch sharded over ``workers`` threads,
-    clips the global norm to ``grad_clip`` (eq. 11; ``None``/0: measure only),
-    refuses a non-finite loss or norm *before* touching the weights
-    (``TrainingDiverged`` naming ``step``), updates and clears the gradients.
-    Returns ``(loss, gradient norm before clipping)``.
-    """
-    optimizer.set_lr(lr)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    loss = 0.0
-    for batch in batches:
-        loss += parallel.forward_backward(loss_fn, batch, params, workers=workers)
-    norm = clip_grad_norm(optimizer.param_groups, grad_clip if grad_clip else None)
-    if not (math.isfinite(loss) and math.isfinite(norm)):
-        optimizer.zero_grad()
-        raise TrainingDiverged(f"training diverged at step {step}: loss {loss}, gradient norm {norm}; "
-                               "the weights were not updated")
-    optimizer.step()
-    optimizer.zero_grad()
-    return loss, norm
-
-
 # ================================================================= trainer
 class Trainer:
     """Holds the model, optimizer, samplers and run directory of one training run.
@@ -323,12 +208,7 @@ class Trainer:
         self.sampler = BatchSampler(self.train_tokens.tokens, config.batch_size, config.block_size, seed=config.seed)
         self.step = 0
         self.flops_per_token = flops_per_token(self.model)
-        if config.workers:
-            self.workers = config.workers
-        else:
-            # Threads share the Dropout generators, and drawing from one generator in two
-            # threads would make the masks depend on timing: shard only without dropout.
-            self.workers = parallel.default_workers() if (self.device == "cpu" and config.dropout == 0) else 1
+        self.workers = engine.choose_workers(config.workers, self.device, config.dropout)
         self.tokenizer_dir = self._tokenizer_dir()
         if _state is not None:
             self._restore(*_state)
@@ -355,11 +235,11 @@ class Trainer:
         reproduces the uninterrupted run exactly.
         """
         run_dir = pathlib.Path(run_dir)
-        checkpoint = find_checkpoint(run_dir)
+        checkpoint = rundir.find_checkpoint(run_dir)
         if checkpoint is None:
             raise FileNotFoundError(f"{run_dir} holds no complete checkpoint to resume from "
-                                    f"(expected {run_dir / CHECKPOINT_DIR}/{STATE_NAME})")
-        state = json.loads((checkpoint / STATE_NAME).read_text())
+                                    f"(expected {run_dir / rundir.CHECKPOINT_DIR}/{rundir.STATE_NAME})")
+        state = rundir.read_state(checkpoint)
         values = dict(state["train_config"])
         for key, value in overrides.items():
             if value is None:
@@ -376,9 +256,9 @@ class Trainer:
         tensors = ckpt.read_tensors(checkpoint / ckpt.WEIGHTS_NAME)
         weights = {name[len("transformer."):]: array for name, array in tensors.items()}
         self.model.load_state_dict(weights)
-        _load_optimizer(self.optimizer, checkpoint / OPTIMIZER_NAME)
+        rundir.load_optimizer(self.optimizer, checkpoint / rundir.OPTIMIZER_NAME)
         self.sampler.load_state_dict(state["sampler"])
-        _restore_dropout_states(self.model, state.get("dropout_rngs", {}))
+        rundir.restore_dropout_states(self.model, state.get("dropout_rngs", {}))
         self.step = int(state["step"])
         self._truncate_logs(self.step)
         self.log(f"resumed from {checkpoint} at step {self.step}")
@@ -417,11 +297,11 @@ class Trainer:
         batches = ((self._to_device(x), self._to_device(y))
                    for x, y in (self.sampler.next() for _ in range(c.grad_accum)))
         try:
-            loss, norm = optimizer_step(self.optimizer, loss_fn, batches, lr, c.grad_clip, self.workers,
+            loss, norm = engine.optimizer_step(self.optimizer, loss_fn, batches, lr, c.grad_clip, self.workers,
                                         step=self.step + 1)
         except TrainingDiverged as exc:
-            last = find_checkpoint(self.run_dir)
-            where = (f"the last good checkpoint is {last} (step {json.loads((last / STATE_NAME).read_text())['step']})"
+            last = rundir.find_checkpoint(self.run_dir)
+            where = (f"the last good checkpoint is {last} (step {rundir.read_state(last)['step']})"
                      if last is not None else "no checkpoint was written yet")
             raise TrainingDiverged(f"{exc} and {where}. Lower the learning rate "
                                    "(--lr) or increase the warmup (--warmup-steps) and resume.") from None
@@ -445,8 +325,8 @@ class Trainer:
         if stop_at is not None and stop_at <= self.step:
             raise ValueError(f"stop_at={stop_at} is not after the current step {self.step}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale(self.run_dir)
-        if self.step == 0 and find_checkpoint(self.run_dir) is not None:
+        rundir.remove_stale(self.run_dir)
+        if self.step == 0 and rundir.find_checkpoint(self.run_dir) is not None:
             raise FileExistsError(f"{self.run_dir} already holds a checkpoint: resume it (--resume) "
                                   "or choose another --out")
         n_params = self.model.num_parameters()
@@ -534,57 +414,20 @@ class Trainer:
 
     # --------------------------------------------------------- checkpoint
     def save_checkpoint(self):
-        """Write ``RUN_DIR/checkpoint`` atomically (stage, fsync, swap); returns its path."""
-        run_dir = self.run_dir
-        staging_parent = pathlib.Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_DIR}.saving-", dir=run_dir))
-        staging = staging_parent / CHECKPOINT_DIR
-        try:
+        """Write ``RUN_DIR/checkpoint`` atomically (``npgpt.rundir``); returns its path."""
+        def write_files(staging):
             self.model.save_pretrained(staging)
             if self.tokenizer_dir is not None:
                 for item in sorted(self.tokenizer_dir.iterdir()):
                     if item.is_file():
                         shutil.copy2(item, staging / item.name)
-            _save_optimizer(self.optimizer, staging / OPTIMIZER_NAME)
-            _test_pause(self.step)
-            files = sorted(p.name for p in staging.iterdir())
-            state = {"step": self.step, "files": files, "train_config": self.config.to_dict(),
-                     "model_config": self.model_config.to_dict(), "sampler": self.sampler.state_dict(),
-                     "dropout_rngs": _dropout_states(self.model), "data_meta": self.meta,
-                     "tokens_seen": self.step * self.config.batch_size * self.config.block_size * self.config.grad_accum,
-                     "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            with open(staging / STATE_NAME, "w") as f:        # written last: marks the checkpoint complete
-                json.dump(state, f, indent=2, default=_json_default)
-                f.write("\n")
-            # Swap: a crash between the renames leaves the old checkpoint complete under
-            # .checkpoint.old-*, which find_checkpoint() still finds.
-            target = fileio.replace_directory(staging, run_dir / CHECKPOINT_DIR)
-            for orphan in run_dir.glob(f".{CHECKPOINT_DIR}.old-*"):   # left by a crash between two renames
-                shutil.rmtree(orphan, ignore_errors=True)
-        finally:
-            shutil.rmtree(staging_parent, ignore_errors=True)
-        return target
+            rundir.save_optimizer(self.optimizer, staging / rundir.OPTIMIZER_NAME)
 
-
-def _json_default(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-def _test_pause(step):
-    """Test hook: ``NPGPT_TEST_PAUSE_IN_SAVE=STEP:SECONDS`` sleeps inside the save of that step.
-
-    The atomicity test kills the process during that pause (SIGKILL) and
-    checks that resuming uses the previous checkpoint.
-    """
-    hook = os.environ.get("NPGPT_TEST_PAUSE_IN_SAVE")
-    if hook:
-        at, seconds = hook.split(":")
-        if int(at) == step:
-            print(f"npgpt-test: pausing inside the save of step {step}", file=sys.stderr, flush=True)
-            time.sleep(float(seconds))
+        c = self.config
+        state = {"step": self.step, "train_config": c.to_dict(), "model_config": self.model_config.to_dict(),
+                 "sampler": self.sampler.state_dict(), "dropout_rngs": rundir.dropout_states(self.model),
+                 "data_meta": self.meta, "tokens_seen": self.step * c.batch_size * c.block_size * c.grad_accum}
+        return rundir.write_checkpoint(self.run_dir, write_files, state)
 
 
 def train(config=None, stop_at=None, resume=False, log=None, **settings):

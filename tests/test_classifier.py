@@ -8,7 +8,7 @@ import pytest
 import npgpt.functional as F
 from npgpt import Tensor, backend, checkpoint
 from npgpt.classifier import GPTClassifier, last_token_index, positions_from_mask
-from npgpt.finetune import pad_batch
+from npgpt.labelled import pad_batch
 from npgpt.gradcheck import check_gradients
 from npgpt.model import GPT, GPTConfig
 

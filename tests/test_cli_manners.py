@@ -269,7 +269,7 @@ def test_finetune_refuses_a_label_column_that_looks_like_scores(prepared, tmp_pa
 
 
 def test_label_counts_and_rare_class_warnings():
-    from npgpt.finetune import label_counts
+    from npgpt.labelled import label_counts
 
     raw = ["pos"] * 30 + ["neg"] * 28 + ["postive"]
     counts, warnings = label_counts(raw, source="r.csv")

@@ -249,7 +249,7 @@ def test_optimizer_state_in_a_checkpoint_is_complete(tmp_path, data_dir):
 
     tensors = load_file(tmp_path / CHECKPOINT_DIR / "optimizer.safetensors")
     names = [n for n, _ in trainer.model.named_parameters()]
-    assert sorted(tensors) == sorted(f"{n}.{k}" for n in names for k in AdamW._state_keys)
+    assert sorted(tensors) == sorted(f"{n}.{k}" for n in names for k in AdamW.state_keys)
     for n in names:
         np.testing.assert_array_equal(tensors[f"{n}.exp_avg"], trainer.optimizer.state[n]["exp_avg"])
 

@@ -1,0 +1,69 @@
+"""One optimizer step, shared by pretraining (``npgpt.train``) and fine-tuning (``npgpt.finetune``).
+
+Companion of ``docs/training.md`` (section "One step").
+
+A step of either loop is the same five things: set the learning rate; run
+forward and backward over the micro-batches, each sharded over CPU threads
+(``npgpt.parallel``), summing their gradients (eq. 4); clip the global
+gradient norm (eq. 11); refuse a non-finite loss or norm before the weights
+are touched; update with the optimizer and clear the gradients. The loops
+differ only in where batches come from, what they log and how they save,
+so those stay in their own modules and the step lives here, once.
+
+Depends on ``npgpt.parallel`` and ``npgpt.optim``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Optional, Sequence
+
+from npgpt import parallel
+from npgpt.autograd import Tensor
+from npgpt.optim import Optimizer, clip_grad_norm
+
+__all__ = ["TrainingDiverged", "optimizer_step", "choose_workers"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became inf/nan; the message names the step."""
+
+
+def choose_workers(requested: Optional[int], device: str, dropout: float) -> int:
+    """How many threads to shard each batch over: ``requested`` if given (> 0), else one per core.
+
+    Only on the CPU and without dropout: threads would share the Dropout
+    generators, and two threads drawing from one generator make the masks
+    depend on timing, so a run would not be reproducible.
+    """
+    if requested:
+        return int(requested)
+    return parallel.default_workers() if (device == "cpu" and dropout == 0) else 1
+
+
+def optimizer_step(optimizer: Optimizer, loss_fn: Callable[..., Tensor], batches: Iterable[Sequence],
+                   lr: float, grad_clip: Optional[float] = None, workers: Optional[int] = None,
+                   step: Optional[int] = None) -> tuple[float, float]:
+    """One optimizer step; returns ``(loss, gradient norm before clipping)``.
+
+    Sets the learning rate (``optimizer.set_lr``), sums the gradients of
+    ``loss_fn(*batch)`` over ``batches`` (each a tuple of arrays whose first
+    axis is the batch; each loss already weighted, e.g. by 1/K for K
+    micro-batches, eq. 4) with every batch sharded over ``workers`` threads,
+    clips the global norm to ``grad_clip`` (eq. 11; ``None``/0: measure
+    only), refuses a non-finite loss or norm *before* touching the weights
+    (``TrainingDiverged`` naming ``step``), updates and clears the gradients.
+    """
+    optimizer.set_lr(lr)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    loss = 0.0
+    for batch in batches:
+        loss += parallel.forward_backward(loss_fn, batch, params, workers=workers)
+    norm = clip_grad_norm(optimizer.param_groups, grad_clip if grad_clip else None)
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        optimizer.zero_grad()
+        raise TrainingDiverged(f"training diverged at step {step}: loss {loss}, gradient norm {norm}; "
+                               "the weights were not updated")
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss, norm

@@ -1,0 +1,69 @@
+"""Classification metrics: accuracy, precision, recall, F1 and the confusion matrix.
+
+Companion of ``docs/finetuning.md`` (section "Measuring a classifier", eqs. 9-11).
+
+Host-side bookkeeping on NumPy arrays (device arrays are copied to the host
+first): these run once per evaluation, not in a training step.
+
+Depends on ``npgpt.backend``.
+"""
+
+import numpy as np
+
+from npgpt import backend
+
+__all__ = ["classification_metrics", "format_metrics"]
+
+
+def classification_metrics(y_true, y_pred, num_classes=None, label_names=None):
+    """Accuracy, precision, recall, F1 and the confusion matrix.
+
+    ``confusion[i, j]`` counts examples of true class ``i`` predicted as ``j``.
+    For class ``c``, with TP, FP, FN read off the matrix (eqs. 9-11)::
+
+        precision = TP / (TP + FP),  recall = TP / (TP + FN),
+        F1 = 2 precision recall / (precision + recall)
+
+    (0 where a denominator is 0). With two classes the headline ``precision``,
+    ``recall`` and ``f1`` are those of class 1, "positive"; with more they are
+    the unweighted means over classes ("macro" averages). Per-class values
+    are in ``per_class``.
+    """
+    y_true = backend.to_numpy(y_true).astype(np.int64).reshape(-1)
+    y_pred = backend.to_numpy(y_pred).astype(np.int64).reshape(-1)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"{y_true.size} true labels but {y_pred.size} predictions")
+    if y_true.size == 0:
+        raise ValueError("metrics of an empty set are undefined")
+    k = int(num_classes) if num_classes is not None else int(max(y_true.max(), y_pred.max())) + 1
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)          # host-side bookkeeping, not a compute path
+    tp = np.diag(confusion).astype(np.float64)
+    predicted = confusion.sum(axis=0).astype(np.float64)  # TP + FP per class
+    actual = confusion.sum(axis=1).astype(np.float64)     # TP + FN per class
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros(k), where=actual > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros(k), where=both > 0)
+    names = list(label_names) if label_names is not None else [str(i) for i in range(k)]
+    result = {"accuracy": float(tp.sum() / y_true.size), "confusion": confusion, "labels": names,
+              "per_class": {names[c]: {"precision": float(precision[c]), "recall": float(recall[c]),
+                                       "f1": float(f1[c]), "support": int(actual[c])} for c in range(k)}}
+    if k == 2:
+        result.update(precision=float(precision[1]), recall=float(recall[1]), f1=float(f1[1]))
+    else:
+        result.update(precision=float(precision.mean()), recall=float(recall.mean()), f1=float(f1.mean()))
+    return result
+
+
+def format_metrics(metrics):
+    """The metrics as a short human-readable report (a few lines of text)."""
+    names = metrics["labels"]
+    width = max(6, max(len(n) for n in names))
+    lines = [f"accuracy {metrics['accuracy']:.3f}  precision {metrics['precision']:.3f}  "
+             f"recall {metrics['recall']:.3f}  F1 {metrics['f1']:.3f}",
+             "confusion matrix (rows: true class, columns: predicted):",
+             " " * (width + 2) + " ".join(f"{n:>{width}}" for n in names)]
+    for name, row in zip(names, metrics["confusion"]):
+        lines.append(f"{name:>{width}}  " + " ".join(f"{int(v):>{width}}" for v in row))
+    return "\n".join(lines)
