@@ -30,11 +30,11 @@ import numpy as np
 
 from npgpt import backend, fileio
 from npgpt.model import GPT, GPTConfig
+from npgpt.tokenizer.bpe import GPT2_ENDOFTEXT_ID
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent / "pretrained"
-GPT2_EOS = 50256                       # "<|endoftext|>" in GPT-2's 50,257-token vocabulary
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")    # old transformers' causal-mask buffers
 _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": None}
 
@@ -46,7 +46,7 @@ class CheckpointError(ValueError):
 # =================================================================== saving
 def hf_config(config):
     """The ``config.json`` dict transformers' ``GPT2Config`` expects for ``config``."""
-    eos = GPT2_EOS if config.vocab_size == 50257 else None
+    eos = GPT2_ENDOFTEXT_ID if config.vocab_size == GPT2_ENDOFTEXT_ID + 1 else None
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",

@@ -261,13 +261,13 @@ def _refuse_non_empty(directory, overwrite, what):
 
 def cmd_tokenizer_train(args):
     from npgpt import fileio
-    from npgpt.tokenizer import Tokenizer
+    from npgpt.tokenizer import ENDOFTEXT, Tokenizer
 
     _refuse_non_empty(args.out, args.overwrite, "tokenizer directory")
     texts = [fileio.read_utf8(name, "input file") for name in args.input]
     if not any(texts):
         raise ValueError(f"the input files ({', '.join(args.input)}) are empty: there is nothing to learn from")
-    special = tuple(args.special_token) if args.special_token else ("<|endoftext|>",)
+    special = tuple(args.special_token) if args.special_token else (ENDOFTEXT,)
     tokenizer = Tokenizer.train(texts, args.vocab_size, special_tokens=special)
     tokenizer.save(args.out)
     size = tokenizer.vocab_size
@@ -339,7 +339,7 @@ def cmd_generate(args):
 
     from npgpt.generation import stream
     from npgpt.model import GPT
-    from npgpt.tokenizer import StreamDecoder
+    from npgpt.tokenizer import ENDOFTEXT, StreamDecoder
 
     model = GPT.from_pretrained(args.model).to(_check_device(args.device))
     try:
@@ -354,7 +354,7 @@ def cmd_generate(args):
     if len(ids) > block:
         print(f"npgpt: warning: the prompt has {len(ids):,} tokens and the model's context is {block:,}: "
               f"it sees only the last {block:,}", file=sys.stderr)
-    eos = tokenizer.special_tokens.get("<|endoftext|>")
+    eos = tokenizer.special_tokens.get(ENDOFTEXT)
     tokens = stream(model, np.asarray([ids], dtype=np.int64), args.max_new_tokens,
                           do_sample=args.temperature > 0,
                           temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k,

@@ -26,11 +26,12 @@ import numpy as np
 
 from npgpt import fileio
 from npgpt.progress import Progress
+from npgpt.tokenizer.bpe import ENDOFTEXT
 
 __all__ = ["EOT", "prepare", "prepare_documents", "split_documents", "load_tokens", "load_meta", "TokenFile",
            "BatchSampler", "token_dtype"]
 
-EOT = "<|endoftext|>"
+EOT = ENDOFTEXT          # separates documents in a token stream
 META_NAME = "meta.json"
 FORMAT_VERSION = 1
 

@@ -26,6 +26,7 @@ from npgpt.interrupt import GracefulStop
 from npgpt.labelled import pad_batch
 from npgpt.metrics import classification_metrics
 from npgpt.settings import setting
+from npgpt.tokenizer.bpe import ENDOFTEXT
 
 __all__ = ["freeze", "pad_id_for", "Encoded", "FinetuneConfig", "FinetuneResult", "finetune", "evaluate",
            "predict"]
@@ -162,7 +163,7 @@ def pad_id_for(classifier, tokenizer) -> int:
     if classifier.pad_token_id is not None:
         return classifier.pad_token_id
     special = getattr(tokenizer, "special_tokens", None) or {}
-    return int(special.get("<|endoftext|>", 0))
+    return int(special.get(ENDOFTEXT, 0))
 
 
 def predict(classifier, tokenizer, texts, batch_size=64, max_length=128, pad_side="right"):

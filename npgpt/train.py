@@ -45,6 +45,7 @@ from npgpt import backend, engine, rundir, settings
 from npgpt.autograd import no_grad
 from npgpt.data import BatchSampler, TokenFile, load_meta
 from npgpt.engine import TrainingDiverged
+from npgpt.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
 from npgpt.interrupt import GracefulStop
 from npgpt.model import GPT, GPTConfig
 from npgpt.optim import AdamW, cosine_schedule, param_groups
@@ -54,9 +55,6 @@ from npgpt.settings import setting
 __all__ = ["TrainConfig", "Trainer", "train", "TrainingDiverged", "find_checkpoint", "flops_per_token",
            "CHECKPOINT_DIR", "DEFAULT_PEAK_FLOPS"]
 
-# float32 matrix-multiply peak of the 2-core Zen 4 machines this project is measured on
-# (docs/performance.md): the denominator of the MFU. Pass your machine's own peak.
-DEFAULT_PEAK_FLOPS = 195e9
 _MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
 
 
@@ -151,18 +149,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
         return cls(**values)
-
-
-def flops_per_token(model_or_config):
-    """Training FLOPs per token, ``6 N + 12 L T C`` (docs/performance.md eq. 2).
-
-    ``N`` counts the weights that take part in multiply-adds: every parameter
-    but the position table (the tied token table counts once, as the LM
-    head). Takes a ``GPT`` or just its ``GPTConfig`` (nothing is allocated).
-    """
-    c = getattr(model_or_config, "config", model_or_config)
-    n = c.num_parameters() - c.block_size * c.n_embd
-    return 6 * n + 12 * c.n_layer * c.block_size * c.n_embd
 
 
 def _format_seconds(seconds):
@@ -356,7 +342,7 @@ class Trainer:
             if self.step % c.log_interval == 0 or self.step == end:
                 now = time.perf_counter()
                 tok_s = interval_steps * tokens_per_step / max(now - interval_start, 1e-9)
-                mfu = tok_s * self.flops_per_token / c.peak_flops                  # docs/performance.md eq. 3
+                mfu = model_flops_utilisation(tok_s, self.flops_per_token, c.peak_flops)
                 eta = (c.max_steps - self.step) * (now - started) / steps_done
                 row.update(tokens_per_s=tok_s, mfu=mfu)
                 self.log(f"step {self.step:>6d}/{c.max_steps} | loss {interval_loss / interval_steps:.4f} | "

@@ -1,8 +1,9 @@
 """The benchmark workloads' accounting (not their speed: speed is never tested)."""
 
-from npgpt.bench.train import WORKLOAD, model_flops_utilisation
+from npgpt.bench.train import WORKLOAD
+from npgpt.flops import model_flops_utilisation
 from npgpt.model import GPTConfig
-from npgpt.train import flops_per_token
+from npgpt.flops import flops_per_token
 
 
 def train_small_config():

@@ -17,7 +17,8 @@ import npgpt.functional as F
 from npgpt import data
 from npgpt.model import GPT, GPTConfig
 from npgpt.optim import AdamW
-from npgpt.train import CHECKPOINT_DIR, Trainer, TrainConfig, TrainingDiverged, find_checkpoint, flops_per_token, train
+from npgpt.flops import flops_per_token
+from npgpt.train import CHECKPOINT_DIR, Trainer, TrainConfig, TrainingDiverged, find_checkpoint, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"

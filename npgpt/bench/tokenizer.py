@@ -13,6 +13,7 @@ import os
 import time
 
 from npgpt.bench.common import median, peak_rss_mb
+from npgpt.tokenizer import ENDOFTEXT, GPT2_ENDOFTEXT_ID, GPT2_PATTERN
 
 
 def add_arguments(parser):
@@ -39,9 +40,8 @@ def _tiktoken_gpt2(path):
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe
 
-    from npgpt.tokenizer import ENDOFTEXT, GPT2_PATTERN
     return tiktoken.Encoding(name="gpt2-offline", pat_str=GPT2_PATTERN,
-                             mergeable_ranks=load_tiktoken_bpe(str(path)), special_tokens={ENDOFTEXT: 50256})
+                             mergeable_ranks=load_tiktoken_bpe(str(path)), special_tokens={ENDOFTEXT: GPT2_ENDOFTEXT_ID})
 
 
 def _hf_train(documents, vocab_size):
@@ -50,7 +50,7 @@ def _hf_train(documents, vocab_size):
 
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=["<|endoftext|>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[ENDOFTEXT],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     start = time.perf_counter()
     hf.train_from_iterator(documents, trainer)
@@ -73,7 +73,8 @@ def run(args):
 
     ours, warm, theirs, ids, ref = [], [], [], None, None
     for _ in range(args.repeats):
-        fresh = Tokenizer(gpt2._tokens, gpt2.merges, gpt2.special_tokens)   # empty word cache
+        fresh = Tokenizer([gpt2.token_bytes(i) for i in range(len(gpt2))], gpt2.merges,
+                          gpt2.special_tokens)     # a new tokenizer: an empty word cache
         start = time.perf_counter()
         ids = fresh.encode_ordinary(text)
         ours.append(time.perf_counter() - start)

@@ -13,7 +13,7 @@ import numpy as np
 
 from npgpt.bench.common import median, peak_rss_mb
 from npgpt.parallel import default_workers
-from npgpt.train import flops_per_token
+from npgpt.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
 
 WORKLOAD = dict(vocab_size=8192, block_size=128, n_layer=4, n_head=4, n_embd=256, batch_size=8)
 
@@ -21,17 +21,12 @@ WORKLOAD = dict(vocab_size=8192, block_size=128, n_layer=4, n_head=4, n_embd=256
 def add_arguments(parser):
     parser.add_argument("--steps", type=int, default=10, help="measured steps (default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps first (default 3)")
-    parser.add_argument("--peak-flops", type=float, default=195e9,
-                        help="peak float32 FLOP/s of the machine for the MFU (default 195e9: a 2-core "
+    parser.add_argument("--peak-flops", type=float, default=DEFAULT_PEAK_FLOPS,
+                        help=f"peak float32 FLOP/s of the machine for the MFU (default {DEFAULT_PEAK_FLOPS:.3g}: a 2-core "
                              "Zen 4's measured matmul peak, see docs/benchmarks.md)")
     parser.add_argument("--compare", choices=["torch"], default=None, help="also run PyTorch eager")
     parser.add_argument("--workers", type=int, default=None,
                         help="threads the batch is sharded over (default: one per core; see npgpt.parallel)")
-
-
-def model_flops_utilisation(tokens_per_s, flops_per_token, peak_flops):
-    """MFU = tokens/s x FLOPs per token / peak FLOP/s (docs/performance.md eq. 3)."""
-    return tokens_per_s * flops_per_token / peak_flops
 
 
 def _batch(rng, cfg):

@@ -19,6 +19,7 @@ import regex
 #                               previous rule gave up (e.g. a newline before a word)
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENDOFTEXT = "<|endoftext|>"
+GPT2_ENDOFTEXT_ID = 50256          # its id in GPT-2's 50,257-token vocabulary: the last one
 _REFERENCE_PRETOKENIZE = regex.compile(GPT2_PATTERN)
 # The same pattern, factored so that `regex` runs it ~10% faster (tests check they agree). The
 # order of two alternatives only matters where both can match, and a letter run (which starts

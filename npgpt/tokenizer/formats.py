@@ -10,7 +10,7 @@ import json
 import pathlib
 
 from npgpt import fileio
-from npgpt.tokenizer.bpe import ENDOFTEXT, bpe, token_bytes, token_text
+from npgpt.tokenizer.bpe import ENDOFTEXT, GPT2_ENDOFTEXT_ID, bpe, token_bytes, token_text
 
 FORMAT_VERSION = 1          # written to tokenizer_config.json as "npgpt_tokenizer_format"
 
@@ -23,7 +23,7 @@ def read_tiktoken(path, special_tokens=None):
     the two parts that the token's own merge joins.
     """
     if special_tokens is None:
-        special_tokens = {ENDOFTEXT: 50256}
+        special_tokens = {ENDOFTEXT: GPT2_ENDOFTEXT_ID}
     ranked = []
     for line_no, line in enumerate(pathlib.Path(path).read_bytes().splitlines(), 1):
         if line.strip():
