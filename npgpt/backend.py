@@ -141,7 +141,7 @@ def default_rng(seed=None, xp=np):
     return xp.random.default_rng(seed)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _threadpool_controller():
     """threadpoolctl's view of the BLAS/OpenMP libraries loaded in this process (found once)."""
     from threadpoolctl import ThreadpoolController

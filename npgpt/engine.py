@@ -16,7 +16,8 @@ Depends on ``npgpt.parallel`` and ``npgpt.optim``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Optional
 
 from npgpt import parallel
 from npgpt.autograd import Tensor

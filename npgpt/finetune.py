@@ -17,7 +17,8 @@ and its scores from ``npgpt.metrics``.
 """
 
 import dataclasses
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import numpy as np
 

@@ -60,7 +60,7 @@ class GracefulStop:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def __enter__(self) -> "GracefulStop":
+    def __enter__(self) -> GracefulStop:
         if threading.current_thread() is threading.main_thread():
             for signum in _SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)

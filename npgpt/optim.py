@@ -292,7 +292,7 @@ def param_groups(model, weight_decay=0.1):
     away. So the rule is: decay a parameter iff it has 2 or more axes and is
     not an embedding table (``wte``, ``wpe``).
     """
-    from npgpt import nn     # the layer types tell embeddings apart from linear weights
+    from npgpt import nn  # the layer types tell embeddings apart from linear weights
 
     embeddings = {id(m.weight) for _, m in model.named_modules() if isinstance(m, nn.Embedding)}
     decay, no_decay = ([], []), ([], [])

@@ -22,8 +22,9 @@ training stays bit-for-bit reproducible.
 """
 
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 from npgpt import backend
 from npgpt.autograd import Tensor, accumulate_grad, grad

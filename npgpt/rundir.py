@@ -28,7 +28,8 @@ import pathlib
 import shutil
 import sys
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import numpy as np
 

@@ -6,8 +6,8 @@ When this fails after a docstring or signature changed: run
 
 import importlib.util
 import inspect
-import re
 import pathlib
+import re
 
 import npgpt
 

@@ -1,9 +1,8 @@
 """The benchmark workloads' accounting (not their speed: speed is never tested)."""
 
 from npgpt.bench.train import WORKLOAD
-from npgpt.flops import model_flops_utilisation
+from npgpt.flops import flops_per_token, model_flops_utilisation
 from npgpt.model import GPTConfig
-from npgpt.flops import flops_per_token
 
 
 def train_small_config():

@@ -102,7 +102,8 @@ def test_from_pretrained_looks_in_the_shipped_models(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "PRETRAINED_DIR", tmp_path)
     saved(tmp_path, small(seed=5), name="tiny-shipped")
     np.testing.assert_array_equal(logits(GPT.from_pretrained("tiny-shipped")), logits(small(seed=5)))
-    with pytest.raises(FileNotFoundError, match=r"no checkpoint 'nope': tried nope, .*nope \(shipped models: \['tiny-shipped'\]\)"):
+    expected = r"no checkpoint 'nope': tried nope, .*nope \(shipped models: \['tiny-shipped'\]\)"
+    with pytest.raises(FileNotFoundError, match=expected):
         GPT.from_pretrained("nope")
 
 

@@ -8,8 +8,8 @@ import pytest
 import npgpt.functional as F
 from npgpt import Tensor, backend, checkpoint
 from npgpt.classifier import GPTClassifier, last_token_index, positions_from_mask
-from npgpt.labelled import pad_batch
 from npgpt.gradcheck import check_gradients
+from npgpt.labelled import pad_batch
 from npgpt.model import GPT, GPTConfig
 
 CONFIG = GPTConfig(vocab_size=61, block_size=24, n_layer=2, n_head=2, n_embd=16)

@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys

@@ -10,13 +10,12 @@ import pathlib
 import random
 
 import pytest
+import regex
 from hypothesis import given
 from hypothesis import strategies as st
 
 import npgpt
 from npgpt import datasets
-import regex
-
 from npgpt.tokenizer import ENDOFTEXT, GPT2_PATTERN, StreamDecoder, Tokenizer, bytes_to_unicode, pretokenize
 from npgpt.tokenizer.bpe import bpe, bpe_long
 
@@ -380,7 +379,8 @@ def test_the_tokenizer_stands_alone():
             else:
                 continue
             for name in names:
-                ok = name.split(".")[0] in allowed or name.startswith("npgpt.tokenizer") or name in ("npgpt.datasets", "npgpt.progress", "npgpt.fileio")
+                ok = (name.split(".")[0] in allowed or name.startswith("npgpt.tokenizer")
+                      or name in ("npgpt.datasets", "npgpt.progress", "npgpt.fileio"))
                 assert ok, f"{source.name} imports {name}"
 
 

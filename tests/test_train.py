@@ -15,10 +15,10 @@ from char_tokenizer import CharTokenizer
 
 import npgpt.functional as F
 from npgpt import data
+from npgpt.flops import flops_per_token
 from npgpt.model import GPT, GPTConfig
 from npgpt.optim import AdamW
-from npgpt.flops import flops_per_token
-from npgpt.train import CHECKPOINT_DIR, Trainer, TrainConfig, TrainingDiverged, find_checkpoint, train
+from npgpt.train import CHECKPOINT_DIR, TrainConfig, Trainer, TrainingDiverged, find_checkpoint, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"

@@ -12,8 +12,8 @@ import time
 import numpy as np
 
 from npgpt.bench.common import median, peak_rss_mb
-from npgpt.parallel import default_workers
 from npgpt.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
+from npgpt.parallel import default_workers
 
 WORKLOAD = dict(vocab_size=8192, block_size=128, n_layer=4, n_head=4, n_embd=256, batch_size=8)
 

@@ -251,7 +251,7 @@ class Tokenizer:
     def _from_gpt2_routes(cls):
         """GPT-2's tokenizer from the first route of ``GPT2_ROUTES`` that works, cached ones first
         (so an offline machine with either artefact in its cache never waits on a registry)."""
-        from npgpt import datasets            # imported here: only "gpt2" needs the fetcher
+        from npgpt import datasets  # imported here: only "gpt2" needs the fetcher
 
         routes = sorted(GPT2_ROUTES, key=lambda name: not datasets.is_cached(name))   # stable
         failures = []
