@@ -25,18 +25,30 @@ coarse fused operations a network is made of (softmax, layer norm,
 attention, cross-entropy ...) live in ``npgpt.functional``.
 """
 
+from __future__ import annotations
+
 import contextlib
 import numbers
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Optional, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from npgpt import backend
+from npgpt.backend import Array
+
+# What the elementary ops accept as an operand: a Tensor, or a constant (an array of either
+# backend, or a Python number, which takes the dtype and device of the other operand).
+Operand = Union["Tensor", Array, float]
+# The axes of a reduction: one, several, or every axis (None).
+Axes = Optional[Union[int, tuple[int, ...]]]
 
 _grad_enabled = True
 
 
 @contextlib.contextmanager
-def no_grad():
+def no_grad() -> Iterator[None]:
     """Inside ``with no_grad():`` operations record no graph (inference mode)."""
     global _grad_enabled
     previous, _grad_enabled = _grad_enabled, False
@@ -46,11 +58,11 @@ def no_grad():
         _grad_enabled = previous
 
 
-def is_grad_enabled():
+def is_grad_enabled() -> bool:
     return _grad_enabled
 
 
-def _describe(t):
+def _describe(t: Tensor) -> str:
     return f"Tensor(shape={tuple(t.shape)}, dtype={t.dtype}, device={t.device!r})"
 
 
@@ -61,7 +73,8 @@ class Tensor:
     # Make ``ndarray + Tensor`` call ``Tensor.__radd__`` instead of NumPy's ``__add__``.
     __array_priority__ = 1000
 
-    def __init__(self, data, requires_grad=False, name=None):
+    def __init__(self, data: Tensor | Array | ArrayLike, requires_grad: bool = False,
+                 name: Optional[str] = None) -> None:
         if isinstance(data, Tensor):
             data = data.data
         if not (isinstance(data, np.ndarray) or backend.is_cupy_array(data)):
@@ -84,31 +97,31 @@ class Tensor:
     T = property(lambda self: self.transpose())
     is_leaf = property(lambda self: self._backward is None)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.data)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
         body = np.array2string(backend.to_numpy(self.data), precision=4, threshold=20, prefix="tensor(")
         return f"tensor({body}, dtype={self.dtype}, device={self.device!r}{grad})"
 
-    def numpy(self):
+    def numpy(self) -> np.ndarray:
         """The data as a NumPy array on the host (a copy when on a GPU)."""
         return backend.to_numpy(self.data)
 
-    def item(self):
+    def item(self) -> float | int:
         if self.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {tuple(self.shape)}")
         return self.data.reshape(()).item()
 
-    def tolist(self):
+    def tolist(self) -> list | float | int:
         return self.numpy().tolist()
 
-    def detach(self):
+    def detach(self) -> Tensor:
         """The same data, cut from the graph (no gradient flows through it)."""
         return Tensor(self.data)
 
-    def to(self, device):
+    def to(self, device: str) -> Tensor:
         """This tensor on ``device`` ("cpu" or "cuda"); ``self`` if already there."""
         if backend.check_device(device) == self.device:
             return self
@@ -117,13 +130,13 @@ class Tensor:
             moved.grad = backend.to_device(self.grad, device)
         return moved
 
-    def astype(self, dtype):
+    def astype(self, dtype: DTypeLike) -> Tensor:
         """A differentiable cast (the gradient is cast back)."""
         source = self.dtype
         return _make(self.data.astype(dtype), (self,), lambda g: (g.astype(source),))
 
     # --------------------------------------------------------------- backward
-    def backward(self, grad=None, retain_graph=False):
+    def backward(self, grad: Tensor | Array | None = None, retain_graph: bool = False) -> None:
         """Fill ``.grad`` of every leaf this tensor depends on (docs/autograd.md eq. 2).
 
         ``grad`` is ``dL/dself``; it may be omitted only for a one-element
@@ -136,42 +149,47 @@ class Tensor:
         _backpropagate([(self, seed)], retain_graph, on_leaf=accumulate_grad)
 
     # ---------------------------------------------------------- operators
-    def __add__(self, other): return add(self, other)
-    def __radd__(self, other): return add(other, self)
-    def __sub__(self, other): return sub(self, other)
-    def __rsub__(self, other): return sub(other, self)
-    def __mul__(self, other): return mul(self, other)
-    def __rmul__(self, other): return mul(other, self)
-    def __truediv__(self, other): return div(self, other)
-    def __rtruediv__(self, other): return div(other, self)
-    def __pow__(self, other): return power(self, other)
-    def __rpow__(self, other): return power(other, self)
-    def __matmul__(self, other): return matmul(self, other)
-    def __rmatmul__(self, other): return matmul(other, self)
-    def __neg__(self): return neg(self)
-    def __getitem__(self, index): return getitem(self, index)
+    def __add__(self, other: Operand) -> Tensor: return add(self, other)
+    def __radd__(self, other: Operand) -> Tensor: return add(other, self)
+    def __sub__(self, other: Operand) -> Tensor: return sub(self, other)
+    def __rsub__(self, other: Operand) -> Tensor: return sub(other, self)
+    def __mul__(self, other: Operand) -> Tensor: return mul(self, other)
+    def __rmul__(self, other: Operand) -> Tensor: return mul(other, self)
+    def __truediv__(self, other: Operand) -> Tensor: return div(self, other)
+    def __rtruediv__(self, other: Operand) -> Tensor: return div(other, self)
+    def __pow__(self, other: Operand) -> Tensor: return power(self, other)
+    def __rpow__(self, other: Operand) -> Tensor: return power(other, self)
+    def __matmul__(self, other: Operand) -> Tensor: return matmul(self, other)
+    def __rmatmul__(self, other: Operand) -> Tensor: return matmul(other, self)
+    def __neg__(self) -> Tensor: return neg(self)
+    def __getitem__(self, index: Any) -> Tensor: return getitem(self, index)
 
     # Comparisons give plain boolean arrays: they are not differentiable.
-    def __lt__(self, other): return self.data < _data(other)
-    def __le__(self, other): return self.data <= _data(other)
-    def __gt__(self, other): return self.data > _data(other)
-    def __ge__(self, other): return self.data >= _data(other)
+    def __lt__(self, other: Operand) -> Array: return self.data < _data(other)
+    def __le__(self, other: Operand) -> Array: return self.data <= _data(other)
+    def __gt__(self, other: Operand) -> Array: return self.data > _data(other)
+    def __ge__(self, other: Operand) -> Array: return self.data >= _data(other)
 
-    def sum(self, axis=None, keepdims=False): return sum_(self, axis, keepdims)
-    def mean(self, axis=None, keepdims=False): return mean(self, axis, keepdims)
-    def max(self, axis=None, keepdims=False): return max_(self, axis, keepdims)
-    def reshape(self, *shape): return reshape(self, shape[0] if len(shape) == 1 else shape)
-    def transpose(self, *axes): return transpose(self, axes[0] if len(axes) == 1 else (axes or None))
-    def swapaxes(self, a, b): return swapaxes(self, a, b)
-    def split(self, indices_or_sections, axis=0): return split(self, indices_or_sections, axis)
-    def exp(self): return exp(self)
-    def log(self): return log(self)
-    def tanh(self): return tanh(self)
-    def sqrt(self): return sqrt(self)
-    def masked_fill(self, mask, value): return masked_fill(self, mask, value)
+    def sum(self, axis: Axes = None, keepdims: bool = False) -> Tensor: return sum_(self, axis, keepdims)
+    def mean(self, axis: Axes = None, keepdims: bool = False) -> Tensor: return mean(self, axis, keepdims)
+    def max(self, axis: Axes = None, keepdims: bool = False) -> Tensor: return max_(self, axis, keepdims)
+    def reshape(self, *shape: int | Sequence[int]) -> Tensor: return reshape(self, shape[0] if len(shape) == 1 else shape)
+
+    def transpose(self, *axes: int | Sequence[int]) -> Tensor:
+        return transpose(self, axes[0] if len(axes) == 1 else (axes or None))
+
+    def swapaxes(self, a: int, b: int) -> Tensor: return swapaxes(self, a, b)
+    def split(self, indices_or_sections: int | Sequence[int], axis: int = 0) -> list[Tensor]:
+        return split(self, indices_or_sections, axis)
+
+    def exp(self) -> Tensor: return exp(self)
+    def log(self) -> Tensor: return log(self)
+    def tanh(self) -> Tensor: return tanh(self)
+    def sqrt(self) -> Tensor: return sqrt(self)
+    def masked_fill(self, mask: Tensor | Array, value: float | Array) -> Tensor: return masked_fill(self, mask, value)
 
 
-def accumulate_grad(leaf, grad):
+def accumulate_grad(leaf: Tensor, grad: Array) -> None:
     """``leaf.grad += grad``, creating ``.grad`` as a copy the first time.
 
     A copy, because the same gradient array may also flow to other nodes (``a + b``
@@ -183,7 +201,7 @@ def accumulate_grad(leaf, grad):
         leaf.grad += grad
 
 
-def _output_gradient(output, grad):
+def _output_gradient(output: Tensor, grad: Tensor | Array | None) -> Array:
     """The gradient to start the walk from at ``output``: 1 for a scalar, else ``grad`` checked."""
     if not output.requires_grad:
         raise RuntimeError(f"backward() on {_describe(output)}, which does not require grad "
@@ -200,7 +218,8 @@ def _output_gradient(output, grad):
     return grad
 
 
-def _backpropagate(seeds, retain_graph, on_leaf, on_node=None):
+def _backpropagate(seeds: list[tuple[Tensor, Array]], retain_graph: bool, on_leaf: Callable[[Tensor, Array], None],
+                   on_node: Optional[Callable[[Tensor, Array], None]] = None) -> None:
     """The reverse walk (docs/autograd.md eq. 2) from ``seeds``, a list of ``(output, dL/doutput)``.
 
     Visits the nodes in reverse topological order, so a node's gradient is
@@ -233,7 +252,9 @@ def _backpropagate(seeds, retain_graph, on_leaf, on_node=None):
             node._backward, node._parents = None, ()
 
 
-def grad(outputs, inputs, grad_outputs=None, retain_graph=False, allow_unused=False):
+def grad(outputs: Tensor | Iterable[Tensor], inputs: Tensor | Iterable[Tensor],
+         grad_outputs: Tensor | Array | Sequence[Tensor | Array | None] | None = None, retain_graph: bool = False,
+         allow_unused: bool = False) -> list[Optional[Array]]:
     """The gradients of ``outputs`` with respect to ``inputs``, returned; ``.grad`` is not touched.
 
     ``npgpt.grad(loss, [w, b])`` is ``[dL/dw, dL/db]`` as arrays (as
@@ -262,7 +283,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=False, allow_unused=Fa
     wanted = {id(x): i for i, x in enumerate(inputs)}
     found = [None] * len(inputs)
 
-    def on_node(node, g):
+    def on_node(node: Tensor, g: Array) -> None:
         i = wanted.get(id(node))
         if i is not None:
             found[i] = g
@@ -282,7 +303,8 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=False, allow_unused=Fa
     return found
 
 
-def tensor(data, requires_grad=False, dtype=None, device=None):
+def tensor(data: Tensor | Array | ArrayLike, requires_grad: bool = False, dtype: DTypeLike = None,
+           device: Optional[str] = None) -> Tensor:
     """Make a tensor from a list, scalar or array (``npgpt.tensor``).
 
     Python floats become float32 (the working precision of the library)
@@ -299,7 +321,7 @@ def tensor(data, requires_grad=False, dtype=None, device=None):
 
 
 # ====================================================================== graph
-def _topological_order(roots):
+def _topological_order(roots: list[Tensor]) -> list[Tensor]:
     """Nodes that need a gradient, each after all of its parents (iterative DFS from ``roots``).
 
     Iterative rather than recursive so that deep graphs (many layers, long
@@ -322,7 +344,7 @@ def _topological_order(roots):
     return order
 
 
-def _make(data, parents, backward):
+def _make(data: Array, parents: tuple[Tensor, ...], backward: Callable[[Array], tuple]) -> Tensor:
     """Wrap an op's result; record the graph only when a gradient can flow."""
     out = Tensor(data)
     if _grad_enabled and any(p.requires_grad for p in parents):
@@ -332,11 +354,11 @@ def _make(data, parents, backward):
     return out
 
 
-def _data(x):
+def _data(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
 
 
-def as_tensor(x, like=None):
+def as_tensor(x: Operand, like: Optional[Tensor] = None) -> Tensor:
     """``x`` as a Tensor; Python numbers take ``like``'s dtype and device."""
     if isinstance(x, Tensor):
         return x
@@ -351,14 +373,14 @@ def as_tensor(x, like=None):
     return Tensor(np.asarray(x))
 
 
-def _check_same_device(op, *tensors):
+def _check_same_device(op: str, *tensors: Tensor) -> None:
     devices = {t.device for t in tensors}
     if len(devices) > 1:
         described = ", ".join(_describe(t) for t in tensors)
         raise ValueError(f"{op}: tensors are on different devices ({described}); move them with .to(device)")
 
 
-def unbroadcast(grad, shape):
+def unbroadcast(grad: Array, shape: Sequence[int]) -> Array:
     """Sum ``grad`` down to ``shape``: the backward of NumPy broadcasting (eq. 3).
 
     A value broadcast along an axis was used once per position on that axis,
@@ -371,7 +393,7 @@ def unbroadcast(grad, shape):
     return grad.sum(axis=axes, keepdims=True).reshape(shape) if axes else grad.reshape(shape)
 
 
-def _binary(op, a, b):
+def _binary(op: str, a: Operand, b: Operand) -> tuple[Tensor, Tensor]:
     """Common preamble of the binary ops: wrap numbers, check devices and shapes."""
     a = as_tensor(a, like=b if isinstance(b, Tensor) else None)
     b = as_tensor(b, like=a)
@@ -384,19 +406,19 @@ def _binary(op, a, b):
 
 
 # ========================================================== elementary ops
-def add(a, b):
+def add(a: Operand, b: Operand) -> Tensor:
     """``a + b``; gradient 1 to each input, summed over broadcast axes."""
     a, b = _binary("add", a, b)
     return _make(a.data + b.data, (a, b), lambda g: (unbroadcast(g, a.shape), unbroadcast(g, b.shape)))
 
 
-def sub(a, b):
+def sub(a: Operand, b: Operand) -> Tensor:
     """``a - b``; gradients ``g`` and ``-g``."""
     a, b = _binary("sub", a, b)
     return _make(a.data - b.data, (a, b), lambda g: (unbroadcast(g, a.shape), unbroadcast(-g, b.shape)))
 
 
-def mul(a, b):
+def mul(a: Operand, b: Operand) -> Tensor:
     """``a * b``; gradients ``g * b`` and ``g * a``."""
     a, b = _binary("mul", a, b)
     return _make(a.data * b.data, (a, b),
@@ -404,7 +426,7 @@ def mul(a, b):
                             unbroadcast(g * a.data, b.shape) if b.requires_grad else None))
 
 
-def div(a, b):
+def div(a: Operand, b: Operand) -> Tensor:
     """``a / b``; gradients ``g / b`` and ``-g a / b^2``."""
     a, b = _binary("div", a, b)
     out = a.data / b.data
@@ -413,13 +435,13 @@ def div(a, b):
                             unbroadcast(-g * out / b.data, b.shape) if b.requires_grad else None))
 
 
-def power(a, b):
+def power(a: Operand, b: Operand) -> Tensor:
     """``a ** b``; gradients ``g b a^(b-1)`` and ``g a^b log a``."""
     a, b = _binary("power", a, b)
     xp = backend.array_module(a.data)
     out = a.data ** b.data
 
-    def backward(g):
+    def backward(g: Array) -> tuple[Optional[Array], Optional[Array]]:
         ga = unbroadcast(g * b.data * a.data ** (b.data - 1), a.shape) if a.requires_grad else None
         gb = None
         if b.requires_grad:
@@ -431,12 +453,12 @@ def power(a, b):
     return _make(out, (a, b), backward)
 
 
-def neg(a):
+def neg(a: Tensor) -> Tensor:
     """``-a``; gradient ``-g``."""
     return _make(-a.data, (a,), lambda g: (-g,))
 
 
-def matmul(a, b):
+def matmul(a: Operand, b: Operand) -> Tensor:
     """``a @ b`` for (..., n, k) @ (..., k, m), batch axes broadcast (eq. 4).
 
     Gradients: ``dL/da = g @ b^T`` and ``dL/db = a^T @ g``, summed over any
@@ -456,7 +478,7 @@ def matmul(a, b):
         a2 = a.data.reshape(-1, k_a)
         out = (a2 @ b.data).reshape(a.shape[:-1] + (b.shape[1],))
 
-        def backward(g):
+        def backward(g: Array) -> tuple[Optional[Array], Optional[Array]]:
             g2 = g.reshape(-1, g.shape[-1])
             ga = (g2 @ b.data.T).reshape(a.shape) if a.requires_grad else None
             gb = a2.T @ g2 if b.requires_grad else None
@@ -472,7 +494,7 @@ def matmul(a, b):
     if b.ndim == 1:
         out = out[..., 0]
 
-    def backward(g):
+    def backward(g: Array) -> tuple[Optional[Array], Optional[Array]]:
         if b.ndim == 1:              # undo the squeezes in reverse order
             g = g[..., None]
         if a.ndim == 1:
@@ -484,7 +506,7 @@ def matmul(a, b):
     return _make(out, (a, b), backward)
 
 
-def getitem(a, index):
+def getitem(a: Tensor, index: Any) -> Tensor:
     """``a[index]`` (slices, integers, integer and boolean arrays).
 
     Gradient: ``g`` placed back where the elements came from; elements picked
@@ -498,7 +520,7 @@ def getitem(a, index):
     except IndexError as exc:
         raise IndexError(f"index {index!r} is invalid for {_describe(a)}: {exc}") from None
 
-    def backward(g):
+    def backward(g: Array) -> tuple[Array]:
         xp = backend.array_module(g)
         full = xp.zeros(a.shape, dtype=g.dtype)
         parts = index if isinstance(index, tuple) else (index,)
@@ -511,7 +533,7 @@ def getitem(a, index):
     return _make(out, (a,), backward)
 
 
-def _normalize_axes(axis, ndim):
+def _normalize_axes(axis: Axes, ndim: int) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
     axes = axis if isinstance(axis, tuple) else (axis,)
@@ -521,7 +543,7 @@ def _normalize_axes(axis, ndim):
     return tuple(ax % max(ndim, 1) for ax in axes)
 
 
-def _expand_like(g, shape, axes, keepdims):
+def _expand_like(g: Array, shape: tuple[int, ...], axes: tuple[int, ...], keepdims: bool) -> Array:
     """Re-insert reduced axes so ``g`` broadcasts against the input shape."""
     if not keepdims:
         for ax in sorted(axes):
@@ -529,7 +551,7 @@ def _expand_like(g, shape, axes, keepdims):
     return g
 
 
-def sum_(a, axis=None, keepdims=False):
+def sum_(a: Tensor, axis: Axes = None, keepdims: bool = False) -> Tensor:
     """``sum(a, axis)``; gradient ``g`` broadcast back over the summed axes."""
     axes = _normalize_axes(axis, a.ndim)
     out = a.data.sum(axis=axes, keepdims=keepdims)
@@ -537,7 +559,7 @@ def sum_(a, axis=None, keepdims=False):
     return _make(out, (a,), lambda g: (xp.broadcast_to(_expand_like(g, a.shape, axes, keepdims), a.shape).copy(),))
 
 
-def mean(a, axis=None, keepdims=False):
+def mean(a: Tensor, axis: Axes = None, keepdims: bool = False) -> Tensor:
     """``mean(a, axis)``; gradient ``g / n`` with ``n`` the number of averaged elements."""
     axes = _normalize_axes(axis, a.ndim)
     count = 1
@@ -546,14 +568,14 @@ def mean(a, axis=None, keepdims=False):
     return sum_(a, axis, keepdims) * (1.0 / max(count, 1))
 
 
-def max_(a, axis=None, keepdims=False):
+def max_(a: Tensor, axis: Axes = None, keepdims: bool = False) -> Tensor:
     """``max(a, axis)``; the gradient goes to the maximal elements, split evenly between ties."""
     axes = _normalize_axes(axis, a.ndim)
     if a.size == 0:
         raise ValueError(f"max() of an empty {_describe(a)}")
     out = a.data.max(axis=axes, keepdims=keepdims)
 
-    def backward(g):
+    def backward(g: Array) -> tuple[Array]:
         kept = _expand_like(out, a.shape, axes, keepdims)
         winners = (a.data == kept).astype(g.dtype)
         winners /= winners.sum(axis=axes, keepdims=True)
@@ -562,7 +584,7 @@ def max_(a, axis=None, keepdims=False):
     return _make(out, (a,), backward)
 
 
-def reshape(a, shape):
+def reshape(a: Tensor, shape: int | Sequence[int]) -> Tensor:
     """A new view of the same elements; gradient reshaped back."""
     shape = tuple(shape) if not isinstance(shape, int) else (shape,)
     try:
@@ -572,7 +594,7 @@ def reshape(a, shape):
     return _make(out, (a,), lambda g: (g.reshape(a.shape),))
 
 
-def transpose(a, axes=None):
+def transpose(a: Tensor, axes: Optional[Sequence[int]] = None) -> Tensor:
     """Permute axes (reverse them by default); gradient permuted back."""
     axes = tuple(range(a.ndim))[::-1] if axes is None else tuple(ax % a.ndim for ax in axes)
     if sorted(axes) != list(range(a.ndim)):
@@ -581,12 +603,12 @@ def transpose(a, axes=None):
     return _make(a.data.transpose(axes), (a,), lambda g: (g.transpose(inverse),))
 
 
-def swapaxes(a, axis1, axis2):
+def swapaxes(a: Tensor, axis1: int, axis2: int) -> Tensor:
     """Exchange two axes; the gradient exchanges them back."""
     return _make(a.data.swapaxes(axis1, axis2), (a,), lambda g: (g.swapaxes(axis1, axis2),))
 
 
-def concat(tensors, axis=0):
+def concat(tensors: Iterable[Tensor | Array], axis: int = 0) -> Tensor:
     """Join tensors along an existing axis; the gradient is split back."""
     tensors = [as_tensor(t) for t in tensors]
     if not tensors:
@@ -602,7 +624,7 @@ def concat(tensors, axis=0):
     return _make(out, tuple(tensors), lambda g: tuple(xp.split(g, bounds, axis=axis)))
 
 
-def stack(tensors, axis=0):
+def stack(tensors: Iterable[Tensor | Array], axis: int = 0) -> Tensor:
     """Join equally-shaped tensors along a new axis."""
     tensors = [as_tensor(t) for t in tensors]
     shapes = {tuple(t.shape) for t in tensors}
@@ -612,7 +634,7 @@ def stack(tensors, axis=0):
     return concat([reshape(t, t.shape[:axis] + (1,) + t.shape[axis:]) for t in tensors], axis=axis)
 
 
-def split(a, indices_or_sections, axis=0):
+def split(a: Tensor, indices_or_sections: int | Sequence[int], axis: int = 0) -> list[Tensor]:
     """Cut a tensor into pieces along ``axis`` (``numpy.split``'s arguments)."""
     n = a.shape[axis]
     if isinstance(indices_or_sections, int):
@@ -631,34 +653,34 @@ def split(a, indices_or_sections, axis=0):
     return pieces
 
 
-def exp(a):
+def exp(a: Tensor) -> Tensor:
     """``e^a``; gradient ``g e^a`` (reuses the output)."""
     xp = backend.array_module(a.data)
     out = xp.exp(a.data)
     return _make(out, (a,), lambda g: (g * out,))
 
 
-def log(a):
+def log(a: Tensor) -> Tensor:
     """``ln a``; gradient ``g / a``."""
     xp = backend.array_module(a.data)
     return _make(xp.log(a.data), (a,), lambda g: (g / a.data,))
 
 
-def tanh(a):
+def tanh(a: Tensor) -> Tensor:
     """``tanh a``; gradient ``g (1 - tanh^2 a)``."""
     xp = backend.array_module(a.data)
     out = xp.tanh(a.data)
     return _make(out, (a,), lambda g: (g * (1 - out * out),))
 
 
-def sqrt(a):
+def sqrt(a: Tensor) -> Tensor:
     """``sqrt a``; gradient ``g / (2 sqrt a)``."""
     xp = backend.array_module(a.data)
     out = xp.sqrt(a.data)
     return _make(out, (a,), lambda g: (g / (2 * out),))
 
 
-def where(condition, a, b):
+def where(condition: Tensor | Array, a: Operand, b: Operand) -> Tensor:
     """Pick ``a`` where ``condition`` is true, else ``b``; gradients masked accordingly."""
     condition = _data(condition)
     a = as_tensor(a, like=b if isinstance(b, Tensor) else None)
@@ -675,6 +697,6 @@ def where(condition, a, b):
                             unbroadcast(xp.where(condition, zero, g), b.shape) if b.requires_grad else None))
 
 
-def masked_fill(a, mask, value):
+def masked_fill(a: Tensor, mask: Tensor | Array, value: float | Array) -> Tensor:
     """``a`` with ``value`` written where ``mask`` is true (no gradient flows there)."""
     return where(mask, as_tensor(value, like=a), a)

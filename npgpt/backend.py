@@ -18,10 +18,20 @@ and nowhere else:
 Devices are named ``"cpu"`` (NumPy) and ``"cuda"`` (CuPy, the current GPU).
 """
 
+from __future__ import annotations
+
 import contextlib
 import functools
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any, Optional
 
 import numpy as np
+
+# An array of either backend: a ``numpy.ndarray`` on the CPU or a ``cupy.ndarray`` on a GPU.
+# ``Any``, because CuPy is optional (its type cannot be named without importing it) and the two
+# array types share no base class. The annotations of the whole package use this alias.
+Array = Any
 
 DEVICES = ("cpu", "cuda")
 
@@ -34,7 +44,7 @@ _cupy = None           # the cupy module once imported successfully
 _cupy_error = None     # why it could not be imported (str), once tried
 
 
-def _import_cupy():
+def _import_cupy() -> Optional[ModuleType]:
     """Import CuPy lazily: most users never need it and importing it is slow."""
     global _cupy, _cupy_error
     if _cupy is None and _cupy_error is None:
@@ -47,7 +57,7 @@ def _import_cupy():
     return _cupy
 
 
-def cuda_available():
+def cuda_available() -> bool:
     """True when CuPy imports and sees at least one CUDA device."""
     cupy = _import_cupy()
     if cupy is None:
@@ -58,7 +68,7 @@ def cuda_available():
         return False
 
 
-def _require_cuda():
+def _require_cuda() -> ModuleType:
     cupy = _import_cupy()
     if cupy is None:
         raise RuntimeError(f"device 'cuda' needs CuPy, which could not be imported ({_cupy_error}); {_CUPY_HINT}")
@@ -67,7 +77,7 @@ def _require_cuda():
     return cupy
 
 
-def check_device(device):
+def check_device(device: Optional[str]) -> str:
     """Validate a device name and return it in canonical form."""
     if device is None:
         return "cpu"
@@ -83,12 +93,12 @@ def check_device(device):
     return name
 
 
-def is_cupy_array(x):
+def is_cupy_array(x: Any) -> bool:
     """True for a ``cupy.ndarray``, checked without importing CuPy."""
     return type(x).__module__.split(".")[0] == "cupy"
 
 
-def array_module(*arrays):
+def array_module(*arrays: Any) -> ModuleType:
     """The module (``numpy`` or ``cupy``) that owns the given arrays.
 
     ``xp = array_module(x)`` is the first line of every op that creates new
@@ -100,12 +110,12 @@ def array_module(*arrays):
     return np
 
 
-def device_of(array):
+def device_of(array: Any) -> str:
     """``"cuda"`` for a CuPy array, ``"cpu"`` otherwise."""
     return "cuda" if is_cupy_array(array) else "cpu"
 
 
-def to_device(array, device):
+def to_device(array: Any, device: Optional[str]) -> Array:
     """Copy an array to a device (a no-op when it is already there)."""
     device = check_device(device)
     if device == "cpu":
@@ -114,12 +124,12 @@ def to_device(array, device):
     return cupy.asarray(array)
 
 
-def to_numpy(array):
+def to_numpy(array: Any) -> np.ndarray:
     """A NumPy array on the host, whatever the backend (copies from a GPU)."""
     return array.get() if is_cupy_array(array) else np.asarray(array)
 
 
-def scatter_add(target, indices, values):
+def scatter_add(target: Array, indices: Any, values: Array) -> Array:
     """``target[indices] += values`` with repeated indices summed, in place.
 
     Plain fancy-index ``+=`` keeps only the last write of a repeated index,
@@ -136,13 +146,13 @@ def scatter_add(target, indices, values):
     return target
 
 
-def default_rng(seed=None, xp=np):
+def default_rng(seed: Optional[int] = None, xp: ModuleType = np) -> Any:
     """A random generator of the given module (NumPy's or CuPy's)."""
     return xp.random.default_rng(seed)
 
 
 @functools.cache
-def _threadpool_controller():
+def _threadpool_controller() -> Any:
     """threadpoolctl's view of the BLAS/OpenMP libraries loaded in this process (found once)."""
     from threadpoolctl import ThreadpoolController
 
@@ -150,7 +160,7 @@ def _threadpool_controller():
 
 
 @contextlib.contextmanager
-def blas_threads(n):
+def blas_threads(n: int) -> Iterator[None]:
     """Run the block with NumPy's BLAS limited to ``n`` threads; the previous limit comes back after.
 
     ``npgpt.parallel`` runs shards of a batch in Python threads; each GEMM
@@ -164,7 +174,7 @@ def blas_threads(n):
         yield
 
 
-def blas_thread_count():
+def blas_thread_count() -> int:
     """The thread count of NumPy's BLAS now (the largest, if several BLAS libraries are loaded); 0 if none."""
     counts = [info["num_threads"] for info in _threadpool_controller().info() if info["user_api"] == "blas"]
     return max(counts, default=0)

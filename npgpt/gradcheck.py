@@ -16,13 +16,19 @@ A function with a non-scalar output ``y`` is reduced to the scalar
 gradient is exercised with a different weight.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Optional
+
 import numpy as np
 
 from npgpt import backend
 from npgpt.autograd import Tensor
+from npgpt.backend import Array
 
 
-def numerical_gradient(f, arrays, index, eps=1e-6):
+def numerical_gradient(f: Callable[..., Any], arrays: Sequence[Array], index: int, eps: float = 1e-6) -> np.ndarray:
     """Central differences of the scalar ``f(*arrays)`` w.r.t. ``arrays[index]``."""
     x = arrays[index]
     grad = np.zeros(x.shape, dtype=np.float64)
@@ -38,7 +44,8 @@ def numerical_gradient(f, arrays, index, eps=1e-6):
     return grad
 
 
-def check_gradients(fn, *arrays, wrt=None, rtol=1e-5, atol=1e-7, eps=1e-6, seed=0):
+def check_gradients(fn: Callable[..., Tensor], *arrays: Array, wrt: Optional[Iterable[int]] = None, rtol: float = 1e-5,
+                    atol: float = 1e-7, eps: float = 1e-6, seed: int = 0) -> bool:
     """Assert that ``fn``'s backward pass matches finite differences.
 
     ``fn`` maps Tensors to a Tensor; ``arrays`` are float64 arrays (or int
@@ -59,7 +66,7 @@ def check_gradients(fn, *arrays, wrt=None, rtol=1e-5, atol=1e-7, eps=1e-6, seed=
     weights = xp.asarray(np.random.default_rng(seed).standard_normal(out.shape))
     (out * Tensor(weights)).sum().backward()
 
-    def scalar(*values):
+    def scalar(*values: Array) -> Array:
         return (fn(*[Tensor(v) for v in values]).data * weights).sum()
 
     for i in wrt:

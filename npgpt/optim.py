@@ -18,16 +18,29 @@ updates NumPy arrays on the CPU and CuPy arrays on a GPU without copying
 anything between them.
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from npgpt import backend
+from npgpt.backend import Array
+
+if TYPE_CHECKING:
+    from npgpt.autograd import Tensor
+    from npgpt.nn import Module
 
 __all__ = ["Optimizer", "AdamW", "SGD", "param_groups", "configure_optimizer", "clip_grad_norm",
            "cosine_schedule"]
 
+# What an optimizer takes as its parameters: trainable tensors, ``(name, tensor)`` pairs (as
+# ``model.named_parameters()`` yields) or parameter groups (dicts with a ``"params"`` list).
+Params = Iterable[Union["Tensor", tuple[str, "Tensor"], dict[str, Any]]]
+
 
 # ====================================================================== base
-def _named(params):
+def _named(params: Params) -> list[dict[str, Any]]:
     """Normalise what a user passes into a list of groups ``{"params", "names", ...}``.
 
     Accepted: an iterable of Parameters, of ``(name, Parameter)`` pairs (as
@@ -75,9 +88,9 @@ class Optimizer:
     moments) and implement ``_update(p, grad, state, group)``.
     """
 
-    state_keys = ()
+    state_keys: tuple[str, ...] = ()
 
-    def __init__(self, params, defaults):
+    def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
         self.defaults = dict(defaults)
         self.param_groups = []
         for group in _named(params):
@@ -88,17 +101,17 @@ class Optimizer:
         self._scratch = {}    # name -> a work array of the parameter's shape (never saved)
         self.step_count = 0   # optimizer steps taken (calls to step())
 
-    def named_params(self):
+    def named_params(self) -> Iterator[tuple[str, Tensor, dict[str, Any]]]:
         for group in self.param_groups:
             for name, p in zip(group["names"], group["params"]):
                 yield name, p, group
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Forget the gradients (``p.grad = None``): the next backward pass writes fresh ones."""
         for _, p, _ in self.named_params():
             p.grad = None
 
-    def set_lr(self, lr):
+    def set_lr(self, lr: float) -> None:
         """Set the learning rate of every group (the trainer calls it each step with the schedule's value).
 
         A group with an ``"lr_scale"`` entry gets ``lr * lr_scale`` (fine-tuning gives a new
@@ -107,7 +120,7 @@ class Optimizer:
         for group in self.param_groups:
             group["lr"] = float(lr) * float(group.get("lr_scale", 1.0))
 
-    def step(self):
+    def step(self) -> None:
         """Apply one update to every parameter that has a gradient (those without are skipped)."""
         for name, p, group in self.named_params():
             if p.grad is None:
@@ -127,11 +140,11 @@ class Optimizer:
             self._update(p.data, p.grad, state, group, scratch)
         self.step_count += 1
 
-    def _update(self, w, g, state, group, scratch):
+    def _update(self, w: Array, g: Array, state: dict[str, Any], group: dict[str, Any], scratch: Array) -> None:
         raise NotImplementedError
 
     # ------------------------------------------------------------- state
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: step counts, hyper-parameters, state arrays.
 
         ``{"step_count": int, "param_groups": [{hyper-parameters..., "names": [...]}],
@@ -147,7 +160,7 @@ class Optimizer:
         return {"type": type(self).__name__, "step_count": self.step_count, "param_groups": groups,
                 "state": state}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a ``state_dict()``; the state arrays go to each parameter's device and dtype.
 
         The parameter names must be the same (a checkpoint of another model is
@@ -209,7 +222,8 @@ class AdamW(Optimizer):
 
     state_keys = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, params, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1):
+    def __init__(self, params: Params, lr: float = 3e-4, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
+                 weight_decay: float = 0.1) -> None:
         if lr < 0:
             raise ValueError(f"AdamW: lr must be >= 0, got {lr}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
@@ -221,7 +235,7 @@ class AdamW(Optimizer):
         super().__init__(params, dict(lr=float(lr), betas=(float(betas[0]), float(betas[1])),
                                       eps=float(eps), weight_decay=float(weight_decay)))
 
-    def _update(self, w, g, state, group, buf):
+    def _update(self, w: Array, g: Array, state: dict[str, Any], group: dict[str, Any], buf: Array) -> None:
         xp = backend.array_module(w)
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
         beta1, beta2 = group["betas"]
@@ -258,13 +272,13 @@ class SGD(Optimizer):
     ``theta <- theta - lr b_t`` (plain SGD when ``mu = 0``). PyTorch's convention.
     """
 
-    def __init__(self, params, lr=0.1, momentum=0.0, weight_decay=0.0):
+    def __init__(self, params: Params, lr: float = 0.1, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise ValueError(f"SGD: lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
         super().__init__(params, dict(lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay)))
         self.state_keys = ("momentum_buffer",) if momentum else ()
 
-    def _update(self, w, g, state, group, buf):
+    def _update(self, w: Array, g: Array, state: dict[str, Any], group: dict[str, Any], buf: Array) -> None:
         lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
         buf[...] = g
         if wd != 0.0:
@@ -282,7 +296,7 @@ class SGD(Optimizer):
 
 
 # ============================================================ parameter groups
-def param_groups(model, weight_decay=0.1):
+def param_groups(model: Module, weight_decay: float = 0.1) -> list[dict[str, Any]]:
     """Two AdamW groups for GPT-2: decay on linear layers' matrices, none elsewhere.
 
     Weight decay pulls weights towards zero. That is a sensible prior for the
@@ -310,13 +324,14 @@ def param_groups(model, weight_decay=0.1):
     return groups
 
 
-def configure_optimizer(model, lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8):
+def configure_optimizer(model: Module, lr: float = 3e-4, weight_decay: float = 0.1,
+                        betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8) -> AdamW:
     """``AdamW`` over :func:`param_groups` of ``model``: GPT-2's training optimizer."""
     return AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
 # ================================================================= clipping
-def clip_grad_norm(params, max_norm):
+def clip_grad_norm(params: Params | dict[str, Tensor], max_norm: Optional[float]) -> float:
     """Scale all gradients together so that their global L2 norm is at most ``max_norm``.
 
     ``||g|| = sqrt(sum_p sum_i g_{p,i}^2)`` over every parameter's gradient;
@@ -351,7 +366,7 @@ def clip_grad_norm(params, max_norm):
 
 
 # ================================================================= schedule
-def cosine_schedule(step, max_steps, lr, warmup_steps=0, min_lr=0.0):
+def cosine_schedule(step: int, max_steps: int, lr: float, warmup_steps: int = 0, min_lr: float = 0.0) -> float:
     """The learning rate at optimizer step ``step`` (0-based), docs/training.md eq. 12.
 
     Linear warmup over the first ``warmup_steps`` steps, from ``lr / warmup``

@@ -21,31 +21,34 @@ its gradients with ``npgpt.grad``, which returns them instead of writing
 training stays bit-for-bit reproducible.
 """
 
+from __future__ import annotations
+
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 from npgpt import backend
 from npgpt.autograd import Tensor, accumulate_grad, grad
+from npgpt.backend import Array
 
-_pools = {}
+_pools: dict[int, ThreadPoolExecutor] = {}
 
 
-def default_workers():
+def default_workers() -> int:
     """One worker per available CPU core."""
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
 
 
-def _pool(workers):
+def _pool(workers: int) -> ThreadPoolExecutor:
     if workers not in _pools:
         _pools[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="npgpt-shard")
     return _pools[workers]
 
 
-def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence, params: Sequence[Tensor],
+def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence[Array], params: Iterable[Tensor],
                      workers: Optional[int] = None) -> float:
     """Compute ``loss_fn(*batch)`` and add its gradients into ``p.grad`` of ``params``, sharded over threads.
 
@@ -76,7 +79,7 @@ def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence, params: Se
 
     bounds = [size * k // workers for k in range(workers + 1)]
 
-    def run_shard(start, stop):
+    def run_shard(start: int, stop: int) -> tuple[float, list[Optional[Array]]]:
         loss = loss_fn(*(a[start:stop] for a in batch)) * ((stop - start) / size)
         return loss.item(), grad(loss, params, allow_unused=True)
 
