@@ -18,11 +18,17 @@ checkpoint, so a resumed run draws exactly the batches the uninterrupted run
 would have drawn.
 """
 
+from __future__ import annotations
+
 import json
+import os
 import pathlib
 import time
+from collections.abc import Iterable, Iterator
+from typing import Any, Optional
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from npgpt import fileio
 from npgpt.progress import Progress
@@ -37,14 +43,14 @@ FORMAT_VERSION = 1
 
 
 # ================================================================ helpers
-def token_dtype(vocab_size):
+def token_dtype(vocab_size: int) -> np.dtype:
     """``uint16`` when every id (0 .. vocab_size-1) fits in 16 bits, else ``uint32``."""
     if vocab_size <= 0:
         raise ValueError(f"vocab_size must be positive, got {vocab_size}")
     return np.dtype("<u2") if vocab_size <= 2 ** 16 else np.dtype("<u4")
 
 
-def _vocab_size(tokenizer):
+def _vocab_size(tokenizer: Any) -> int:
     size = getattr(tokenizer, "vocab_size", None)
     if callable(size):
         size = size()
@@ -53,7 +59,7 @@ def _vocab_size(tokenizer):
     return int(size)
 
 
-def _eot_id(tokenizer):
+def _eot_id(tokenizer: Any) -> int:
     """The id of ``<|endoftext|>`` in ``tokenizer`` (a clear error when it has none)."""
     try:
         ids = tokenizer.encode(EOT, allowed_special={EOT})
@@ -67,12 +73,12 @@ def _eot_id(tokenizer):
 
 
 # ================================================================ prepare
-def split_documents(text):
+def split_documents(text: str) -> list[str]:
     """The documents of a text: the pieces between literal ``<|endoftext|>`` markers (empty ones dropped)."""
     return [doc for doc in text.split(EOT) if doc.strip()]
 
 
-def _read_documents(input_files):
+def _read_documents(input_files: Iterable[str | os.PathLike]) -> Iterator[tuple[pathlib.Path, str]]:
     paths = [pathlib.Path(p) for p in input_files]
     if not paths:
         raise ValueError("prepare: no input files given")
@@ -93,7 +99,9 @@ def _read_documents(input_files):
             yield path, doc
 
 
-def prepare(input_files, tokenizer, out_dir, val_fraction=0.1, tokenizer_dir=None, progress=True):
+def prepare(input_files: Iterable[str | os.PathLike], tokenizer: Any, out_dir: str | os.PathLike,
+            val_fraction: float = 0.1, tokenizer_dir: Optional[str | os.PathLike] = None,
+            progress: bool = True) -> dict[str, Any]:
     """Tokenize text files into ``out_dir/train.bin``, ``val.bin`` and ``meta.json``; returns the meta dict.
 
     Each file is one document, or several separated by literal
@@ -111,7 +119,8 @@ def prepare(input_files, tokenizer, out_dir, val_fraction=0.1, tokenizer_dir=Non
                              sources=sources, progress=progress)
 
 
-def prepare_documents(documents, tokenizer, out_dir, val_fraction=0.1, sources=None, progress=True):
+def prepare_documents(documents: Iterable[str], tokenizer: Any, out_dir: str | os.PathLike, val_fraction: float = 0.1,
+                      sources: Optional[list[dict[str, Any]]] = None, progress: bool = True) -> dict[str, Any]:
     """Like :func:`prepare` for a list of document strings (e.g. ``datasets.load_documents``)."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"prepare: val_fraction must lie strictly between 0 and 1, got {val_fraction}")
@@ -173,7 +182,7 @@ def prepare_documents(documents, tokenizer, out_dir, val_fraction=0.1, sources=N
 
 
 # ================================================================= reading
-def load_meta(data_dir):
+def load_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
     """The ``meta.json`` of a prepared data directory (clear errors when it is not one)."""
     data_dir = pathlib.Path(data_dir)
     if not data_dir.is_dir():
@@ -192,7 +201,7 @@ def load_meta(data_dir):
     return meta
 
 
-def load_tokens(path, dtype=None):
+def load_tokens(path: str | os.PathLike, dtype: DTypeLike = None) -> np.memmap:
     """A read-only ``numpy.memmap`` of a token file; ``dtype`` from the ``meta.json`` beside it if not given.
 
     ``path`` is a ``.bin`` file, or a data directory plus ``"train"``/``"val"``
@@ -222,7 +231,7 @@ class TokenFile:
     ``len()`` the number of tokens.
     """
 
-    def __init__(self, data_dir, split="train"):
+    def __init__(self, data_dir: str | os.PathLike, split: str = "train") -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         self.data_dir = pathlib.Path(data_dir)
@@ -231,10 +240,10 @@ class TokenFile:
         self.path = self.data_dir / f"{split}.bin"
         self.tokens = load_tokens(self.path, self.meta["dtype"])
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.tokens)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"TokenFile({str(self.path)!r}, tokens={len(self):,}, dtype={self.tokens.dtype.name})"
 
 
@@ -251,7 +260,7 @@ class BatchSampler:
     would have drawn next.
     """
 
-    def __init__(self, tokens, batch_size, block_size, seed=0):
+    def __init__(self, tokens: np.ndarray, batch_size: int, block_size: int, seed: int = 0) -> None:
         if batch_size <= 0 or block_size <= 0:
             raise ValueError(f"batch_size and block_size must be positive, got {batch_size}, {block_size}")
         n = len(tokens)
@@ -264,7 +273,7 @@ class BatchSampler:
         self.batches = 0
         self._offsets = np.arange(self.block_size + 1)
 
-    def next(self):
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
         """The next batch ``(x, y)``: two int64 arrays of shape (batch_size, block_size)."""
         starts = self.rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
         windows = np.asarray(self.tokens[starts[:, None] + self._offsets], dtype=np.int64)  # (B, T+1)
@@ -273,16 +282,16 @@ class BatchSampler:
 
     __next__ = next
 
-    def __iter__(self):
+    def __iter__(self) -> BatchSampler:
         return self
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """A JSON-serialisable snapshot: seed, shape, batches drawn and the generator's exact state."""
         return {"seed": self.seed, "batch_size": self.batch_size, "block_size": self.block_size,
                 "batches": self.batches, "tokens": len(self.tokens),
                 "bit_generator": _jsonable(self.rng.bit_generator.state)}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         current = {"batch_size": self.batch_size, "block_size": self.block_size, "tokens": len(self.tokens)}
         for key, value in current.items():
             if key in state and state[key] != value:
@@ -293,7 +302,7 @@ class BatchSampler:
         self.rng.bit_generator.state = state["bit_generator"]
 
 
-def _jsonable(value):
+def _jsonable(value: Any) -> Any:
     """NumPy generator states hold Python ints (PCG64) or arrays (MT19937): make them JSON-safe."""
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}

@@ -7,13 +7,15 @@ place. A rename within one file system is atomic, so a crash at any instant
 leaves either the old version or the new one, never a torn mixture.
 """
 
+from __future__ import annotations
+
 import os
 import pathlib
 import shutil
 import tempfile
 
 
-def fsync(path):
+def fsync(path: str | os.PathLike) -> None:
     """Flush a file's (or a directory's entries') data to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -22,7 +24,7 @@ def fsync(path):
         os.close(fd)
 
 
-def atomic_write(path, data):
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> pathlib.Path:
     """Write ``data`` (bytes or str, UTF-8) to ``path`` via a temporary file and a rename."""
     path = pathlib.Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
@@ -41,7 +43,7 @@ def atomic_write(path, data):
     return path
 
 
-def staging_directory(target):
+def staging_directory(target: str | os.PathLike) -> pathlib.Path:
     """A new, empty, private directory next to ``target`` to assemble its next version in.
 
     Named ``.<name>.saving-*``: :func:`stale_staging` finds those a killed
@@ -51,13 +53,13 @@ def staging_directory(target):
     return pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
 
 
-def stale_staging(target):
+def stale_staging(target: str | os.PathLike) -> list[pathlib.Path]:
     """Staging directories of ``target`` (see :func:`staging_directory`)."""
     target = pathlib.Path(target)
     return sorted(target.parent.glob(f".{target.name}.saving-*"))
 
 
-def backups(target):
+def backups(target: str | os.PathLike) -> list[pathlib.Path]:
     """Previous versions of ``target`` that :func:`replace_directory` parked, as ``.<name>.old-*/<name>``.
 
     One exists only if a crash hit between the two renames of a swap; it is
@@ -67,7 +69,7 @@ def backups(target):
     return sorted(target.parent.glob(f".{target.name}.old-*/{target.name}"))
 
 
-def replace_directory(staging, target):
+def replace_directory(staging: str | os.PathLike, target: str | os.PathLike) -> pathlib.Path:
     """Swap the fully written directory ``staging`` into place as ``target``.
 
     Between the two renames the previous ``target`` is still complete under
@@ -94,7 +96,7 @@ def replace_directory(staging, target):
     return target
 
 
-def read_utf8(path, what="file"):
+def read_utf8(path: str | os.PathLike, what: str = "file") -> str:
     """The text of a UTF-8 file; bytes that are not UTF-8 raise ``ValueError`` naming the file and line.
 
     A leading byte-order mark (some editors write one) is dropped. ``what``

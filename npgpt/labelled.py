@@ -16,11 +16,16 @@ Companion of ``docs/finetuning.md`` (section "Labelled data").
 Depends on ``npgpt.fileio`` only (and ``npgpt.datasets`` to fetch the reviews).
 """
 
+from __future__ import annotations
+
 import collections
 import csv
 import io
 import json
+import os
 import pathlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -30,7 +35,7 @@ __all__ = ["read_labelled_file", "movie_reviews", "label_counts", "LabelSet", "s
 
 
 # ----------------------------------------------------------------- data files
-def _format_of(path, fmt=None):
+def _format_of(path: str | os.PathLike, fmt: Optional[str] = None) -> str:
     if fmt is not None:
         fmt = fmt.lower()
         if fmt not in ("csv", "tsv", "jsonl"):
@@ -44,7 +49,7 @@ def _format_of(path, fmt=None):
     return known[suffix]
 
 
-def _column_index(column, header, path, header_row):
+def _column_index(column: str | int, header: list[str], path: pathlib.Path, header_row: bool) -> int:
     """Where ``column`` (a name, or an integer position for header-less files) is."""
     if header_row:
         if column in header:
@@ -60,7 +65,8 @@ def _column_index(column, header, path, header_row):
     return index
 
 
-def read_labelled_file(path, text_column="text", label_column="label", fmt=None, header=True):
+def read_labelled_file(path: str | os.PathLike, text_column: str | int = "text", label_column: str | int = "label",
+                       fmt: Optional[str] = None, header: bool = True) -> tuple[list[str], list[Any]]:
     """Read ``(texts, raw_labels)`` from a CSV, TSV or JSONL file.
 
     CSV/TSV files have a header row naming the columns (``header=False``:
@@ -76,7 +82,7 @@ def read_labelled_file(path, text_column="text", label_column="label", fmt=None,
     content = fileio.read_utf8(path, "data file")      # names the file and line of a non-UTF-8 byte
     texts, labels = [], []
 
-    def add(line_no, text, label):
+    def add(line_no: int, text: Any, label: Any) -> None:
         text = "" if text is None else str(text).strip()
         if not text:
             raise ValueError(f"{path}, line {line_no}: empty text in column {text_column!r}")
@@ -127,12 +133,12 @@ def read_labelled_file(path, text_column="text", label_column="label", fmt=None,
     return texts, labels
 
 
-def _prepend(first, rows):
+def _prepend(first: list[str], rows: Iterator[list[str]]) -> Iterator[list[str]]:
     yield first
     yield from rows
 
 
-def movie_reviews(path=None):
+def movie_reviews(path: Optional[str | os.PathLike] = None) -> tuple[list[str], list[int]]:
     """The movie-review snippets of Hutto & Gilbert (2014) as ``(texts, labels)``.
 
     Fetched (pinned, sha256-checked) by ``npgpt.datasets.fetch("movie-reviews")``
@@ -150,7 +156,8 @@ def movie_reviews(path=None):
     return [t for t, _ in kept], [int(r > 0) for _, r in kept]
 
 
-def label_counts(raw_labels, source="the data", allow_many_classes=False, few=5):
+def label_counts(raw_labels: Iterable[Any], source: str = "the data", allow_many_classes: bool = False,
+                 few: int = 5) -> tuple[collections.Counter[str], list[str]]:
     """Count the examples of each label; refuse labels that look like the wrong column.
 
     Returns ``(counts, warnings)``: a ``collections.Counter`` of the labels
@@ -179,7 +186,7 @@ class LabelSet:
     when they all are numbers, so "2" comes before "10").
     """
 
-    def __init__(self, names):
+    def __init__(self, names: Iterable[Any]) -> None:
         names = [str(n) for n in names]
         if len(names) < 2:
             raise ValueError(f"a classification task needs at least two classes, got {names}")
@@ -189,7 +196,7 @@ class LabelSet:
         self.index = {n: i for i, n in enumerate(names)}
 
     @classmethod
-    def infer(cls, raw_labels):
+    def infer(cls, raw_labels: Iterable[Any]) -> LabelSet:
         distinct = {str(v) for v in raw_labels}
         try:
             ordered = sorted(distinct, key=float)
@@ -197,10 +204,10 @@ class LabelSet:
             ordered = sorted(distinct)
         return cls(ordered)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.names)
 
-    def encode(self, raw_labels, source="the data"):
+    def encode(self, raw_labels: Iterable[Any], source: str = "the data") -> np.ndarray:
         """Class ids (int64 array) of raw labels; an unknown label is an error naming it."""
         ids = []
         for i, value in enumerate(raw_labels):
@@ -212,15 +219,15 @@ class LabelSet:
         return np.asarray(ids, dtype=np.int64)
 
     @property
-    def id2label(self):
+    def id2label(self) -> dict[int, str]:
         return {i: n for i, n in enumerate(self.names)}
 
     @property
-    def label2id(self):
+    def label2id(self) -> dict[str, int]:
         return dict(self.index)
 
 
-def split_indices(n, fractions=(0.8, 0.1, 0.1), seed=0):
+def split_indices(n: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> list[np.ndarray]:
     """A seeded random partition of ``range(n)`` into parts of the given fractions.
 
     The same ``n`` and ``seed`` always give the same parts, so a reported test
@@ -234,7 +241,8 @@ def split_indices(n, fractions=(0.8, 0.1, 0.1), seed=0):
     return np.split(order, bounds)
 
 
-def pad_batch(sequences, pad_id=0, side="right", max_length=None):
+def pad_batch(sequences: Iterable[Iterable[int]], pad_id: int = 0, side: str = "right",
+              max_length: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """Pad token id lists into ``(idx, mask)``, both int64 arrays of shape (B, T).
 
     ``mask[b, t]`` is 1 for a real token and 0 for padding (the Hugging Face

@@ -8,14 +8,22 @@ first): these run once per evaluation, not in a training step.
 Depends on ``npgpt.backend``.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Optional
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from npgpt import backend
+from npgpt.backend import Array
 
 __all__ = ["classification_metrics", "format_metrics"]
 
 
-def classification_metrics(y_true, y_pred, num_classes=None, label_names=None):
+def classification_metrics(y_true: ArrayLike | Array, y_pred: ArrayLike | Array, num_classes: Optional[int] = None,
+                           label_names: Optional[Iterable[str]] = None) -> dict[str, Any]:
     """Accuracy, precision, recall, F1 and the confusion matrix.
 
     ``confusion[i, j]`` counts examples of true class ``i`` predicted as ``j``.
@@ -56,7 +64,7 @@ def classification_metrics(y_true, y_pred, num_classes=None, label_names=None):
     return result
 
 
-def format_metrics(metrics):
+def format_metrics(metrics: dict[str, Any]) -> str:
     """The metrics as a short human-readable report (a few lines of text)."""
     names = metrics["labels"]
     width = max(6, max(len(n) for n in names))

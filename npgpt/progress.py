@@ -6,8 +6,11 @@ stays silent for short work and, once the work has taken 2 s, writes one line
 every 5 s: long jobs show signs of life without flooding a log.
 """
 
+from __future__ import annotations
+
 import sys
 import time
+from typing import Optional, TextIO
 
 
 class Progress:
@@ -19,7 +22,8 @@ class Progress:
 
     WIDTH = 30
 
-    def __init__(self, total, label, enabled=True, unit=None, stream=None):
+    def __init__(self, total: int, label: str, enabled: bool = True, unit: Optional[str] = None,
+                 stream: Optional[TextIO] = None) -> None:
         self.total, self.label, self.enabled, self.unit = max(int(total), 1), label, enabled, unit
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -28,7 +32,7 @@ class Progress:
         self.last = float("-inf")               # when the bar was last drawn
         self.drawn = False
 
-    def update(self, done, final=False):
+    def update(self, done: int, final: bool = False) -> None:
         self.done = done
         if not self.enabled:
             return
@@ -47,7 +51,7 @@ class Progress:
         self.stream.write(("\r" + line) if self.tty else (line + "\n"))
         self.stream.flush()
 
-    def close(self):
+    def close(self) -> None:
         """Draw the final state (only if the bar was shown at all) and end the line."""
         if self.enabled and self.drawn:
             self.update(self.done, final=True)
