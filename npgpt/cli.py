@@ -16,6 +16,8 @@ instead of exiting, so tests call it in-process. Errors the user can fix
 return 1 rather than a traceback.
 """
 
+from __future__ import annotations
+
 import argparse
 import dataclasses
 import difflib
@@ -23,6 +25,12 @@ import json
 import pathlib
 import sys
 import typing
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
+
+if TYPE_CHECKING:
+    from npgpt.settings import ConfigError
+    from npgpt.tokenizer import Tokenizer
 
 __all__ = ["main", "build_parser"]
 
@@ -31,7 +39,7 @@ __all__ = ["main", "build_parser"]
 class _Parser(argparse.ArgumentParser):
     """argparse, with a suggestion for a misspelled flag (``--max_steps``: did you mean ``--max-steps``?)."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         if message.startswith("unrecognized arguments:"):
             known = [o for o in self._option_string_actions if o.startswith("--")]
             hints = []
@@ -46,9 +54,10 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def _number(kind, low=None, high=None, low_open=False, what=None):
+def _number(kind: type, low: Optional[float] = None, high: Optional[float] = None, low_open: bool = False,
+            what: Optional[str] = None) -> Callable[[str], Any]:
     """An argparse type: ``kind`` in [low, high] (``low_open``: ``low`` excluded), or a usage error."""
-    def parse(text):
+    def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
@@ -66,14 +75,15 @@ NON_NEGATIVE_FLOAT = _number(float, 0.0, what="a number >= 0")
 FRACTION = _number(float, 0.0, 1.0, low_open=True, what="a number in (0, 1]")
 
 
-def _with_default(text, default):
+def _with_default(text: str, default: Any) -> str:
     """Help text that shows the default once (not when the text already explains it)."""
     if default in (None, "") or "default" in text:
         return text
     return f"{text} (default {default})"
 
 
-def _settings_flags(parser, config_class, flag_names=None, skip=(), required=()):
+def _settings_flags(parser: argparse.ArgumentParser, config_class: type, flag_names: Optional[dict[str, str]] = None,
+                    skip: Iterable[str] = (), required: Iterable[str] = ()) -> None:
     """One flag per field of a settings dataclass, typed and with its help text (npgpt.settings).
 
     ``max_steps`` becomes ``--max-steps`` unless ``flag_names`` maps it to
@@ -94,23 +104,23 @@ def _settings_flags(parser, config_class, flag_names=None, skip=(), required=())
                             help=_with_default(field.metadata["help"], field.default))
 
 
-def settings_given(args, config_class, skip=()):
+def settings_given(args: argparse.Namespace, config_class: type, skip: Iterable[str] = ()) -> dict[str, Any]:
     """The settings of ``config_class`` that were given on the command line, as a dict."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
             if f.name not in skip and getattr(args, f.name, None) is not None}
 
 
-def flag_of(field, flag_names=None):
+def flag_of(field: str, flag_names: Optional[dict[str, str]] = None) -> str:
     """The command-line flag of a settings field."""
     return (flag_names or {}).get(field, "--" + field.replace("_", "-"))
 
 
-def _overwrite_flag(parser):
+def _overwrite_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="write into the output directory even if it is not empty")
 
 
-def _add_tokenizer(sub):
+def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer",
                        description="Byte-level BPE tokenizers (npgpt.tokenizer).")
     tsub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True, parser_class=_Parser)
@@ -126,7 +136,7 @@ def _add_tokenizer(sub):
     t.set_defaults(command_parser=t)
 
 
-def _add_prepare(sub):
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="tokenize text files into train.bin / val.bin",
                        description="Tokenize text files into DATA_DIR/train.bin, val.bin and meta.json. Each file "
                                    "is a document (or several, separated by literal <|endoftext|> markers); the "
@@ -149,7 +159,7 @@ _METAVARS = {"data_dir": "DATA_DIR", "out_dir": "RUN_DIR", "tokenizer_dir": "DIR
 TRAIN_FLAG_NAMES = {"data_dir": "--data", "out_dir": "--out", "tokenizer_dir": "--tokenizer"}
 
 
-def _add_train(sub):
+def _add_train(sub: argparse._SubParsersAction) -> None:
     from npgpt.train import TrainConfig
 
     p = sub.add_parser("train", help="train a GPT-2 model on prepared data",
@@ -167,7 +177,7 @@ def _add_train(sub):
     p.set_defaults(command_parser=p)
 
 
-def _add_generate(sub):
+def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="continue a prompt with a trained model",
                        description="Continue PROMPT with a model directory (the tokenizer is read from it too). "
                                    "The text is printed as it is generated.")
@@ -184,7 +194,7 @@ def _add_generate(sub):
     p.set_defaults(command_parser=p)
 
 
-def _add_finetune(sub):
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
     from npgpt.finetune import FinetuneConfig
 
     p = sub.add_parser("finetune", help="fine-tune a model as a text classifier (docs/finetuning.md)",
@@ -219,7 +229,7 @@ def _add_finetune(sub):
     p.set_defaults(command_parser=p)
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     from npgpt import __version__
 
     parser = _Parser(prog="npgpt", description="npgpt: GPT-2 from scratch on NumPy.")
@@ -234,13 +244,13 @@ def build_parser():
 
 
 # =============================================================== commands
-def _load_tokenizer(directory):
+def _load_tokenizer(directory: str) -> Tokenizer:
     from npgpt.tokenizer import Tokenizer
 
     return Tokenizer.from_pretrained(directory)
 
 
-def _check_device(device):
+def _check_device(device: str) -> str:
     """A missing GPU is the user's to fix: report it as one line, not a traceback."""
     from npgpt import backend
 
@@ -250,7 +260,7 @@ def _check_device(device):
         raise ValueError(str(exc)) from None
 
 
-def _refuse_non_empty(directory, overwrite, what):
+def _refuse_non_empty(directory: str, overwrite: bool, what: str) -> None:
     """``--out`` must be a new or empty directory, unless ``--overwrite``."""
     path = pathlib.Path(directory)
     if path.exists() and not path.is_dir():
@@ -259,7 +269,7 @@ def _refuse_non_empty(directory, overwrite, what):
         raise FileExistsError(f"{what} {path} is not empty: choose another --out, or pass --overwrite")
 
 
-def cmd_tokenizer_train(args):
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from npgpt import fileio
     from npgpt.tokenizer import ENDOFTEXT, Tokenizer
 
@@ -277,7 +287,7 @@ def cmd_tokenizer_train(args):
     return 0
 
 
-def cmd_prepare(args):
+def cmd_prepare(args: argparse.Namespace) -> int:
     from npgpt.data import prepare
 
     _refuse_non_empty(args.out, args.overwrite, "data directory")
@@ -288,7 +298,7 @@ def cmd_prepare(args):
     return 0
 
 
-def cmd_train(args):
+def cmd_train(args: argparse.Namespace) -> int:
     from npgpt.train import TrainConfig, Trainer
 
     settings = {}
@@ -334,7 +344,7 @@ def cmd_train(args):
     return 0
 
 
-def cmd_generate(args):
+def cmd_generate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from npgpt.generation import stream
@@ -372,7 +382,7 @@ def cmd_generate(args):
     return 0
 
 
-def cmd_finetune(args):
+def cmd_finetune(args: argparse.Namespace) -> int:
     from npgpt import finetune as ft
     from npgpt import labelled
     from npgpt.classifier import GPTClassifier
@@ -428,11 +438,11 @@ def cmd_finetune(args):
 
 
 # Each group's flags, by settings class, for naming the flag in a ConfigError.
-def _flag_for(exc):
+def _flag_for(exc: ConfigError) -> str:
     return flag_of(exc.field, TRAIN_FLAG_NAMES if exc.owner == "TrainConfig" else None)
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 error, 2 bad usage, 128+N stopped by signal N)."""
     from npgpt.settings import ConfigError
 

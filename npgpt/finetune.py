@@ -16,9 +16,12 @@ The data it reads comes from ``npgpt.labelled`` (files, label sets, padding)
 and its scores from ``npgpt.metrics``.
 """
 
+from __future__ import annotations
+
 import dataclasses
-from collections.abc import Callable
-from typing import Optional
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import numpy as np
 
@@ -29,12 +32,17 @@ from npgpt.metrics import classification_metrics
 from npgpt.settings import setting
 from npgpt.tokenizer.bpe import ENDOFTEXT
 
+if TYPE_CHECKING:
+    from npgpt.autograd import Tensor
+    from npgpt.backend import Array
+    from npgpt.classifier import GPTClassifier
+
 __all__ = ["freeze", "pad_id_for", "Encoded", "FinetuneConfig", "FinetuneResult", "finetune", "evaluate",
            "predict"]
 
 
 # ------------------------------------------------------------------- freezing
-def freeze(classifier, train_last=None):
+def freeze(classifier: GPTClassifier, train_last: Optional[int] = None) -> list[str]:
     """Choose what trains: everything (``None``) or the last ``train_last`` blocks + ``ln_f`` + head.
 
     ``train_last=0`` trains the head alone (a linear probe of frozen features).
@@ -88,8 +96,8 @@ class FinetuneConfig:
     seed: int = setting(0, "seed of the split, the head's weights and the batch order")
     workers: Optional[int] = setting(None, "CPU threads to split each batch over (default: one per core)")
 
-    def __post_init__(self):
-        def fail(field, template):
+    def __post_init__(self) -> None:
+        def fail(field: str, template: str) -> NoReturn:
             settings.fail("FinetuneConfig", field, template)
 
         for name in ("epochs", "batch_size", "max_length", "patience"):
@@ -126,7 +134,8 @@ class FinetuneConfig:
 class Encoded:
     """Token ids of texts (truncated to ``max_length``) with their class ids."""
 
-    def __init__(self, tokenizer, texts, labels, max_length):
+    def __init__(self, tokenizer: Any, texts: Sequence[str], labels: Sequence[int] | np.ndarray,
+                 max_length: int) -> None:
         if len(texts) != len(labels):
             raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
         if not texts:
@@ -140,15 +149,16 @@ class Encoded:
             self.ids.append(ids)
         self.labels = np.asarray(labels, dtype=np.int64)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.ids)
 
-    def batch(self, rows, pad_id, side):
+    def batch(self, rows: Sequence[int] | np.ndarray, pad_id: int,
+              side: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         idx, mask = pad_batch([self.ids[r] for r in rows], pad_id=pad_id, side=side)
         return idx, mask, self.labels[rows]
 
 
-def _plain_text_encoder(tokenizer):
+def _plain_text_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
     """``tokenizer.encode`` that reads a special token's text in a review ("<|endoftext|>") as
     ordinary characters instead of refusing it (npgpt's and tiktoken's ``disallowed_special=()``)."""
     try:
@@ -158,7 +168,7 @@ def _plain_text_encoder(tokenizer):
     return lambda text: tokenizer.encode(text, disallowed_special=())
 
 
-def pad_id_for(classifier, tokenizer) -> int:
+def pad_id_for(classifier: GPTClassifier, tokenizer: Any) -> int:
     """The id to pad with: the classifier's, else ``<|endoftext|>``, else 0. Any id works -- the
     mask decides what is padding -- but end-of-text keeps the saved config natural for HF."""
     if classifier.pad_token_id is not None:
@@ -167,14 +177,16 @@ def pad_id_for(classifier, tokenizer) -> int:
     return int(special.get(ENDOFTEXT, 0))
 
 
-def predict(classifier, tokenizer, texts, batch_size=64, max_length=128, pad_side="right"):
+def predict(classifier: GPTClassifier, tokenizer: Any, texts: Sequence[str], batch_size: int = 64,
+            max_length: int = 128, pad_side: str = "right") -> np.ndarray:
     """Class probabilities (N, num_classes) of raw texts, in batches, without a graph."""
     max_length = min(int(max_length), classifier.config.block_size)     # the model sees no more
     data = Encoded(tokenizer, list(texts), [0] * len(texts), max_length)
     return _probabilities(classifier, data, pad_id_for(classifier, tokenizer), batch_size, pad_side)
 
 
-def _probabilities(classifier, data, pad_id, batch_size, pad_side):
+def _probabilities(classifier: GPTClassifier, data: Encoded, pad_id: int, batch_size: int,
+                   pad_side: str) -> np.ndarray:
     was_training = classifier.training
     classifier.eval()
     # Batches of similar length waste less work on padding; the order is restored below.
@@ -190,7 +202,8 @@ def _probabilities(classifier, data, pad_id, batch_size, pad_side):
     return probs
 
 
-def evaluate(classifier, data, pad_id=None, batch_size=64, pad_side="right"):
+def evaluate(classifier: GPTClassifier, data: Encoded, pad_id: Optional[int] = None, batch_size: int = 64,
+             pad_side: str = "right") -> dict[str, Any]:
     """Mean loss (eq. 2 or 8) and :func:`classification_metrics` of ``data`` (an :class:`Encoded`).
 
     ``pad_id`` defaults to the classifier's ``pad_token_id`` (or 0); the result
@@ -206,7 +219,8 @@ def evaluate(classifier, data, pad_id=None, batch_size=64, pad_side="right"):
     return metrics
 
 
-def _length_bucketed_batches(data, batch_size, rng, bucket=16):
+def _length_bucketed_batches(data: Encoded, batch_size: int, rng: np.random.Generator,
+                             bucket: int = 16) -> list[np.ndarray]:
     """One epoch of random batches whose texts have similar lengths.
 
     A padded batch costs as much as its longest text times its size. Texts are
@@ -228,16 +242,16 @@ def _length_bucketed_batches(data, batch_size, rng, bucket=16):
 class FinetuneResult:
     """What :func:`finetune` did: ``history`` (one dict per evaluation), the best step and loss."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.history, self.best_step, self.best_loss, self.stopped_early, self.steps = [], None, np.inf, False, 0
         self.stopped_by = None      # the signal number, when Ctrl-C / SIGTERM ended the run
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"FinetuneResult(steps={self.steps}, best_step={self.best_step}, "
                 f"best_val_loss={self.best_loss:.4f}, stopped_early={self.stopped_early})")
 
 
-def _optimizer(classifier, cfg):
+def _optimizer(classifier: GPTClassifier, cfg: FinetuneConfig) -> optim.AdamW:
     """AdamW with GPT-2's decay/no-decay groups; the head in a group of its own (``lr_scale``)."""
     groups = []
     for group in optim.param_groups(classifier, cfg.weight_decay):
@@ -250,9 +264,10 @@ def _optimizer(classifier, cfg):
     return optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-def finetune(classifier, tokenizer, train_texts, train_labels, val_texts, val_labels,
-             config: Optional[FinetuneConfig] = None, out_dir=None,
-             log: Optional[Callable[[str], None]] = print, **overrides) -> "FinetuneResult":
+def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[str],
+             train_labels: Sequence[int] | np.ndarray, val_texts: Iterable[str], val_labels: Sequence[int] | np.ndarray,
+             config: Optional[FinetuneConfig] = None, out_dir: Optional[str | os.PathLike] = None,
+             log: Optional[Callable[[str], None]] = print, **overrides: Any) -> FinetuneResult:
     """Fine-tune ``classifier`` on labelled texts; keep the weights with the lowest validation loss.
 
     Labels are class ids (0 .. num_classes-1; see :class:`LabelSet`). One
@@ -293,7 +308,7 @@ def finetune(classifier, tokenizer, train_texts, train_labels, val_texts, val_la
     device = classifier.device
     workers = engine.choose_workers(cfg.workers, classifier.device, classifier.config.dropout)
 
-    def loss_fn(idx, mask, labels):         # (b, T), (b, T), (b,)
+    def loss_fn(idx: Array, mask: Array, labels: Array) -> Tensor:         # (b, T), (b, T), (b,)
         return classifier(idx, attention_mask=mask, labels=labels)[1]
 
     result = FinetuneResult()

@@ -29,11 +29,14 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from npgpt import fileio, nn
+
+if TYPE_CHECKING:
+    from npgpt.optim import Optimizer
 
 __all__ = ["CHECKPOINT_DIR", "STATE_NAME", "OPTIMIZER_NAME", "is_complete", "find_checkpoint", "read_state",
            "remove_stale", "save_optimizer", "load_optimizer", "dropout_states", "restore_dropout_states",
@@ -80,7 +83,7 @@ def remove_stale(run_dir: os.PathLike | str) -> None:
 
 
 # ---------------------------------------------------------------- optimizer
-def save_optimizer(optimizer, path: pathlib.Path) -> None:
+def save_optimizer(optimizer: Optimizer, path: pathlib.Path) -> None:
     """The optimizer's arrays as safetensors tensors ``{name}.{key}``; steps and groups in the header."""
     from safetensors.numpy import save_file
 
@@ -97,7 +100,7 @@ def save_optimizer(optimizer, path: pathlib.Path) -> None:
     save_file(tensors, str(path), metadata={"npgpt_optimizer": json.dumps(meta)})
 
 
-def load_optimizer(optimizer, path: pathlib.Path) -> None:
+def load_optimizer(optimizer: Optimizer, path: pathlib.Path) -> None:
     """Restore what :func:`save_optimizer` wrote into ``optimizer``."""
     from safetensors import safe_open
 

@@ -30,6 +30,8 @@ the next step, so N steps + resume + N steps gives the same weights, bit for
 bit, as 2N steps in one go.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import json
 import math
@@ -38,11 +40,13 @@ import pathlib
 import shutil
 import sys
 import time
-from typing import Optional
+from collections.abc import Callable
+from typing import Any, NoReturn, Optional
 
 import npgpt.functional as F
 from npgpt import backend, engine, rundir, settings
-from npgpt.autograd import no_grad
+from npgpt.autograd import Tensor, no_grad
+from npgpt.backend import Array
 from npgpt.data import BatchSampler, TokenFile, load_meta
 from npgpt.engine import TrainingDiverged
 from npgpt.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
@@ -105,8 +109,8 @@ class TrainConfig:
                                                     "(default: a 2-core Zen 4)")
     tokenizer_dir: str = setting("", "tokenizer to store with the checkpoints (default: the data directory's)")
 
-    def __post_init__(self):
-        def fail(field, template):
+    def __post_init__(self) -> None:
+        def fail(field: str, template: str) -> NoReturn:
             settings.fail("TrainConfig", field, template)
 
         positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "max_steps",
@@ -139,11 +143,11 @@ class TrainConfig:
         if self.peak_flops <= 0:
             fail("peak_flops", f"{{name}} must be positive, got {self.peak_flops}")
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values):
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -151,7 +155,7 @@ class TrainConfig:
         return cls(**values)
 
 
-def _format_seconds(seconds):
+def _format_seconds(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
@@ -167,7 +171,8 @@ class Trainer:
     ``log`` is a function that receives each text line (default: print to stderr).
     """
 
-    def __init__(self, config, log=None, _state=None):
+    def __init__(self, config: TrainConfig, log: Optional[Callable[[str], None]] = None,
+                 _state: Optional[tuple[pathlib.Path, dict[str, Any]]] = None) -> None:
         self.config = config
         self.log = log if log is not None else (lambda line: print(line, file=sys.stderr, flush=True))
         self.run_dir = pathlib.Path(config.out_dir)
@@ -200,7 +205,7 @@ class Trainer:
             self._restore(*_state)
 
     # ------------------------------------------------------------- set-up
-    def _tokenizer_dir(self):
+    def _tokenizer_dir(self) -> Optional[pathlib.Path]:
         if self.config.tokenizer_dir:
             path = pathlib.Path(self.config.tokenizer_dir)
             if not path.is_dir():
@@ -212,7 +217,8 @@ class Trainer:
         return None
 
     @classmethod
-    def resume(cls, run_dir, log=None, **overrides):
+    def resume(cls, run_dir: str | os.PathLike, log: Optional[Callable[[str], None]] = None,
+               **overrides: Any) -> Trainer:
         """Continue the run in ``run_dir`` from its newest complete checkpoint.
 
         ``overrides`` may change settings that do not alter the model
@@ -236,7 +242,7 @@ class Trainer:
         values["out_dir"] = str(run_dir)
         return cls(TrainConfig.from_dict(values), log=log, _state=(checkpoint, state))
 
-    def _restore(self, checkpoint, state):
+    def _restore(self, checkpoint: pathlib.Path, state: dict[str, Any]) -> None:
         from npgpt import checkpoint as ckpt
 
         tensors = ckpt.read_tensors(checkpoint / ckpt.WEIGHTS_NAME)
@@ -250,15 +256,15 @@ class Trainer:
         self.log(f"resumed from {checkpoint} at step {self.step}")
 
     # ---------------------------------------------------------------- loss
-    def _loss_fn(self, scale):
-        def loss_fn(x, y):
+    def _loss_fn(self, scale: float) -> Callable[[Array, Array], Tensor]:
+        def loss_fn(x: Array, y: Array) -> Tensor:
             return F.cross_entropy(self.model(x), y) * scale
         return loss_fn
 
-    def _to_device(self, array):
+    def _to_device(self, array: Array) -> Array:
         return backend.to_device(array, self.device) if self.device != "cpu" else array
 
-    def evaluate(self):
+    def evaluate(self) -> float:
         """Mean validation loss over ``eval_iters`` fixed batches (the same ones every time).
 
         A fresh sampler with a fixed seed draws them, so successive
@@ -275,7 +281,7 @@ class Trainer:
         self.model.train()
         return total / c.eval_iters
 
-    def train_step(self):
+    def train_step(self) -> tuple[float, float, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm, lr)."""
         c = self.config
         lr = cosine_schedule(self.step, c.max_steps, c.lr, c.warmup_steps, c.min_lr)
@@ -295,7 +301,7 @@ class Trainer:
         return loss, norm, lr
 
     # ---------------------------------------------------------------- loop
-    def train(self, stop_at=None):
+    def train(self, stop_at: Optional[int] = None) -> dict[str, Any]:
         """Train until ``max_steps`` (or ``stop_at``); returns a dict of final figures.
 
         Ctrl-C or SIGTERM (``npgpt.interrupt``) finishes the step in progress,
@@ -305,7 +311,7 @@ class Trainer:
         with GracefulStop() as stop:
             return self._train(stop_at, stop)
 
-    def _train(self, stop_at, stop):
+    def _train(self, stop_at: Optional[int], stop: GracefulStop) -> dict[str, Any]:
         c = self.config
         end = c.max_steps if stop_at is None else min(int(stop_at), c.max_steps)
         if stop_at is not None and stop_at <= self.step:
@@ -369,7 +375,7 @@ class Trainer:
                 "stopped_by": stop.signum, **last}
 
     # ------------------------------------------------------------ logging
-    def _record(self, row):
+    def _record(self, row: dict[str, Any]) -> None:
         """Append a row to log.jsonl and loss.csv (step, train loss, val loss, lr)."""
         with open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -382,7 +388,7 @@ class Trainer:
                                      for k in ("train_loss", "val_loss", "lr")]
             f.write(",".join(str(x) for x in cells) + "\n")
 
-    def _truncate_logs(self, step):
+    def _truncate_logs(self, step: int) -> None:
         """Drop log rows after ``step``: a run killed after its last checkpoint redoes those steps."""
         for name, header in (("log.jsonl", 0), ("loss.csv", 1)):
             path = self.run_dir / name
@@ -399,9 +405,9 @@ class Trainer:
             os.replace(tmp, path)
 
     # --------------------------------------------------------- checkpoint
-    def save_checkpoint(self):
+    def save_checkpoint(self) -> pathlib.Path:
         """Write ``RUN_DIR/checkpoint`` atomically (``npgpt.rundir``); returns its path."""
-        def write_files(staging):
+        def write_files(staging: pathlib.Path) -> None:
             self.model.save_pretrained(staging)
             if self.tokenizer_dir is not None:
                 for item in sorted(self.tokenizer_dir.iterdir()):
@@ -416,7 +422,8 @@ class Trainer:
         return rundir.write_checkpoint(self.run_dir, write_files, state)
 
 
-def train(config=None, stop_at=None, resume=False, log=None, **settings):
+def train(config: Optional[TrainConfig] = None, stop_at: Optional[int] = None, resume: bool = False,
+          log: Optional[Callable[[str], None]] = None, **settings: Any) -> tuple[Trainer, dict[str, Any]]:
     """Train (or with ``resume=True`` continue) a run; returns ``(trainer, summary)``.
 
     ``train(data_dir=..., out_dir=..., max_steps=200)`` or ``train(TrainConfig(...))``.
