@@ -4,11 +4,13 @@ import argparse
 import importlib
 import json
 import sys
+from collections.abc import Sequence
+from typing import Optional
 
 from npgpt.bench import WORKLOADS
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m npgpt.bench", description=__doc__)
     sub = parser.add_subparsers(dest="workload", required=True)

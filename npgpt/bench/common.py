@@ -1,18 +1,21 @@
 """Small measuring helpers shared by the benchmark workloads."""
 
+from __future__ import annotations
+
 import resource
 import sys
 import time
+from collections.abc import Iterable
 
 
-def peak_rss_mb():
+def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def median(values):
+def median(values: Iterable[float]) -> float:
     ordered = sorted(values)
     n = len(ordered)
     mid = n // 2
@@ -22,10 +25,10 @@ def median(values):
 class Timer:
     """``with Timer() as t: ...`` then ``t.seconds``."""
 
-    def __enter__(self):
+    def __enter__(self) -> Timer:
         self.start = time.perf_counter()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> bool:
         self.seconds = time.perf_counter() - self.start
         return False

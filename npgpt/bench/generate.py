@@ -13,22 +13,31 @@ Each decoded token reads every weight once (498 MB), so the speed is bounded by 
 bandwidth; see docs/model.md, section "The KV cache".
 """
 
+from __future__ import annotations
+
+import argparse
 import inspect
+import os
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from npgpt.bench.common import peak_rss_mb
 
+if TYPE_CHECKING:
+    from npgpt.model import GPT
 
-def add_arguments(parser):
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=16, help="prompt length (default 16)")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens to generate (default 64)")
     parser.add_argument("--compare", choices=["torch"], default=None, help="also run transformers (PyTorch eager)")
 
 
-def _timed_steps(steps):
+def _timed_steps(steps: Iterable[object]) -> list[float]:
     """Seconds taken by each item of an iterator of decoding steps."""
     times, start = [], time.perf_counter()
     for _ in steps:
@@ -38,12 +47,12 @@ def _timed_steps(steps):
     return times
 
 
-def run_npgpt(model, prompt, new_tokens):
+def run_npgpt(model: GPT, prompt: np.ndarray, new_tokens: int) -> tuple[list[float], list[int]]:
     from npgpt import generation
 
     ids = []
 
-    def steps():
+    def steps() -> Iterator[None]:
         for token in generation.stream(model, prompt, new_tokens):
             ids.append(int(token[0]))
             yield
@@ -52,7 +61,7 @@ def run_npgpt(model, prompt, new_tokens):
     return _timed_steps(steps()), ids
 
 
-def run_torch(directory, prompt, new_tokens):
+def run_torch(directory: str | os.PathLike, prompt: np.ndarray, new_tokens: int) -> tuple[list[float], list[int], int]:
     import torch
     import transformers
 
@@ -62,7 +71,7 @@ def run_torch(directory, prompt, new_tokens):
     new_api = "cache" in inspect.signature(hf.forward).parameters
     cache_kw = "cache" if new_api else "past_key_values"
 
-    def steps(n, ids):
+    def steps(n: int, ids: list[int]) -> Iterator[None]:
         # Like npgpt's loop: the time up to a step's yield covers the forward
         # pass that produced its token (the prompt pass for the first one).
         with torch.no_grad():
@@ -81,7 +90,7 @@ def run_torch(directory, prompt, new_tokens):
     return times, ids, torch.get_num_threads()
 
 
-def run(args):
+def run(args: argparse.Namespace) -> dict[str, Any]:
     from npgpt.model import GPT, GPTConfig
 
     model = GPT(GPTConfig(), seed=0).eval()

@@ -9,20 +9,25 @@ speeches, the last one cut), npgpt's ``Tokenizer.train`` against Hugging Face ``
 ``--repeats`` runs; ratios are npgpt's speed over the reference's (1.0 = as fast).
 """
 
+from __future__ import annotations
+
+import argparse
 import os
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from npgpt.bench.common import median, peak_rss_mb
 from npgpt.tokenizer import ENDOFTEXT, GPT2_ENDOFTEXT_ID, GPT2_PATTERN
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="measured runs of each side (default 3)")
     parser.add_argument("--train-mb", type=float, default=5.0, help="training text in MB (default 5)")
     parser.add_argument("--vocab-size", type=int, default=16384, help="training vocabulary (default 16384)")
 
 
-def first_bytes(documents, n_bytes):
+def first_bytes(documents: Iterable[str], n_bytes: int) -> list[str]:
     """Whole documents from the start until ``n_bytes`` UTF-8 bytes, the last one cut to fit."""
     out, total = [], 0
     for doc in documents:
@@ -35,7 +40,7 @@ def first_bytes(documents, n_bytes):
     return out
 
 
-def _tiktoken_gpt2(path):
+def _tiktoken_gpt2(path: str | os.PathLike) -> Any:
     os.environ["TIKTOKEN_CACHE_DIR"] = ""       # offline, and no cached copy written
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe
@@ -44,7 +49,7 @@ def _tiktoken_gpt2(path):
                              mergeable_ranks=load_tiktoken_bpe(str(path)), special_tokens={ENDOFTEXT: GPT2_ENDOFTEXT_ID})
 
 
-def _hf_train(documents, vocab_size):
+def _hf_train(documents: list[str], vocab_size: int) -> tuple[float, int]:
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import models, pre_tokenizers, trainers
 
@@ -57,7 +62,7 @@ def _hf_train(documents, vocab_size):
     return time.perf_counter() - start, hf.get_vocab_size()
 
 
-def run(args):
+def run(args: argparse.Namespace) -> dict[str, Any]:
     from npgpt import datasets
     from npgpt.tokenizer import Tokenizer
 

