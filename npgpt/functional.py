@@ -20,11 +20,15 @@ NumPy and CuPy.
 """
 
 import math
+from typing import Any
 
 import numpy as np
 
 from npgpt import backend
 from npgpt.autograd import Tensor, _describe, _make, as_tensor
+from npgpt.inputs import check_token_ids
+
+Array = Any  # a numpy.ndarray or a cupy.ndarray
 
 
 def _xp(t):
@@ -37,7 +41,7 @@ def _check_float(name, t):
 
 
 # ---------------------------------------------------------------- linear
-def linear(x, weight, bias=None):
+def linear(x: Any, weight: Any, bias: Tensor | None = None) -> Tensor:
     """Affine map ``y = x W + b`` (docs/model.md eq. 1).
 
     Shapes: ``x`` (..., in), ``weight`` (in, out), ``bias`` (out,) -> (..., out).
@@ -73,7 +77,7 @@ def linear(x, weight, bias=None):
 
 
 # ------------------------------------------------------- softmax family
-def softmax(x, axis=-1):
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
     """``y_i = exp(x_i - m) / sum_j exp(x_j - m)``, ``m = max_j x_j`` (docs/model.md eq. 2).
 
     Subtracting the maximum changes nothing mathematically (eq. 2 is
@@ -90,14 +94,33 @@ def softmax(x, axis=-1):
     is good to a few float32 ulps for the entries that carry the probability.
     """
     _check_float("softmax", x)
-    xp = _xp(x)
-    y = x.data - x.data.max(axis=axis, keepdims=True)
-    xp.exp(y, out=y)
-    y /= y.sum(axis=axis, keepdims=True)
+    y = softmax_array(x.data, axis)
     return _make(y, (x,), lambda g: (y * (g - (g * y).sum(axis=axis, keepdims=True)),))
 
 
-def log_softmax(x, axis=-1):
+def softmax_array(x: Array, axis: int = -1, *, overwrite: bool = False) -> Array:
+    """The forward of ``softmax`` on a plain array: ``exp(x - m) / sum exp(x - m)``, ``m = max x``.
+
+    No graph, no gradient: for sampling, where the logits are arrays.
+    ``overwrite=True`` computes the result in ``x``'s own memory (the
+    attention op does this with its scores). The formula, and why it is
+    written this way in float32, is that of ``softmax``.
+    """
+    if x.dtype.kind != "f":
+        raise TypeError(f"softmax_array: expected a floating-point array, got dtype {x.dtype}")
+    xp = backend.array_module(x)
+    m = x.max(axis=axis, keepdims=True)
+    if overwrite:
+        x -= m
+        y = x
+    else:
+        y = x - m
+    xp.exp(y, out=y)
+    y /= y.sum(axis=axis, keepdims=True)
+    return y
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     """``y_i = (x_i - m) - log sum_j exp(x_j - m)``, ``m = max_j x_j`` (docs/model.md eq. 3).
 
     Gradient: ``dL/dx = g - softmax(x) * sum(g, axis)``, with the softmax
@@ -128,7 +151,7 @@ def log_softmax(x, axis=-1):
 _GELU_C = math.sqrt(2.0 / math.pi)
 
 
-def gelu(x):
+def gelu(x: Tensor) -> Tensor:
     """GPT-2's GELU, the tanh approximation (docs/model.md eq. 7):
 
     ``y = x/2 (1 + tanh(u))`` with ``u = c (x + 0.044715 x^3)``, ``c = sqrt(2/pi)``.
@@ -169,7 +192,7 @@ def _stable_sigmoid(xp, z):
     return (xp.where(z >= 0, 1.0, e) / (1.0 + e)).astype(z.dtype, copy=False)
 
 
-def sigmoid(x):
+def sigmoid(x: Tensor) -> Tensor:
     """``y = 1 / (1 + exp(-x))`` (docs/finetuning.md eq. 1); gradient ``g y (1 - y)``.
 
     Computed as ``exp(min(x,0)) / (1 + exp(-|x|))`` so that neither branch
@@ -180,7 +203,7 @@ def sigmoid(x):
     return _make(y, (x,), lambda g: (g * y * (1.0 - y),))
 
 
-def dropout(x, p, training=True, rng=None):
+def dropout(x: Tensor, p: float, training: bool = True, rng: Any = None) -> Tensor:
     """Inverted dropout: ``y = x * m / (1 - p)`` with ``m ~ Bernoulli(1 - p)``.
 
     Identity when not training or ``p == 0``. Scaling by ``1/(1-p)`` at train
@@ -188,19 +211,28 @@ def dropout(x, p, training=True, rng=None):
     ``g * m / (1 - p)``. ``rng`` is a ``Generator`` of the data's module
     (``numpy.random.default_rng(seed)``), for reproducible masks.
     """
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    _check_dropout_p(p)
     if not training or p == 0.0:
         return x
-    xp = _xp(x)
-    rng = rng if rng is not None else xp.random.default_rng()
-    mask = (rng.random(x.shape, dtype=np.float32) >= p).astype(x.dtype)
-    mask *= 1.0 / (1.0 - p)
+    mask = _dropout_mask(_xp(x), rng, x.shape, x.dtype, p)
     return _make(x.data * mask, (x,), lambda g: (g * mask,))
 
 
+def _check_dropout_p(p):
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+
+
+def _dropout_mask(xp, rng, shape, dtype, p):
+    """``m / (1 - p)`` with ``m ~ Bernoulli(1 - p)``: float32 uniforms ``u`` from ``rng``, kept where ``u >= p``."""
+    rng = rng if rng is not None else xp.random.default_rng()
+    mask = (rng.random(shape, dtype=np.float32) >= p).astype(dtype)
+    mask *= 1.0 / (1.0 - p)
+    return mask
+
+
 # ---------------------------------------------------------- normalisation
-def layer_norm(x, weight, bias, eps=1e-5):
+def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
     """Layer normalisation over the last axis (docs/model.md eq. 6):
 
     ``xhat = (x - mu) / sqrt(var + eps)``, ``y = xhat * w + b``, with ``mu`` and
@@ -244,31 +276,22 @@ def layer_norm(x, weight, bias, eps=1e-5):
 
 
 # -------------------------------------------------------------- embedding
-def check_token_ids(ids, num_embeddings, what="token id"):
-    """Validate an integer id array: integer dtype and every id in [0, n)."""
-    data = ids.data if isinstance(ids, Tensor) else ids
-    if not hasattr(data, "dtype"):
-        data = np.asarray(data)
-    if data.dtype.kind not in "iu":
-        raise TypeError(f"{what}s must be integers, got dtype {data.dtype}")
-    if data.size:
-        low, high = int(data.min()), int(data.max())
-        if low < 0 or high >= num_embeddings:
-            bad = low if low < 0 else high
-            raise ValueError(f"{what} {bad} is out of range: valid ids are 0..{num_embeddings - 1}")
-    return data
-
-
-def embedding(ids, weight):
+def embedding(ids: Any, weight: Tensor, *, validate: bool = True) -> Tensor:
     """Row lookup ``y[..., :] = W[ids[...], :]`` (docs/model.md eq. 8).
 
     Shapes: ``ids`` int (...), ``weight`` (V, C) -> (..., C). Gradient: each
     row of ``g`` is added to row ``ids`` of ``dL/dW`` -- a scatter-add, since
     a token that occurs twice collects both contributions.
+
+    ``ids`` are checked (integers, in ``0..V-1``) and moved to the weight's
+    device; ``validate=False`` skips both, for a caller that has done them
+    (``GPT.trunk``): the check reads the ids' minimum and maximum, a
+    device-to-host copy on a GPU.
     """
-    ids = check_token_ids(ids, weight.shape[0])
-    if backend.device_of(ids) != weight.device:
-        ids = backend.to_device(ids, weight.device)
+    if validate:
+        ids = check_token_ids(ids, weight.shape[0])
+        if backend.device_of(ids) != weight.device:
+            ids = backend.to_device(ids, weight.device)
     out = weight.data[ids]
 
     def backward(g):
@@ -281,7 +304,7 @@ def embedding(ids, weight):
 
 
 # ----------------------------------------------------------------- losses
-def cross_entropy(logits, targets, ignore_index=-100):
+def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100) -> Tensor:
     """Mean negative log-likelihood of the targets (docs/training.md eq. 2):
 
     ``L = -1/N sum_{i: y_i != ignore} log softmax(z_i)[y_i]``
@@ -345,7 +368,7 @@ def cross_entropy(logits, targets, ignore_index=-100):
     return _make(xp.asarray(loss, dtype=logits.dtype), (logits,), backward)
 
 
-def binary_cross_entropy_with_logits(logits, targets):
+def binary_cross_entropy_with_logits(logits: Tensor, targets: Any) -> Tensor:
     """Mean binary cross-entropy of sigmoid outputs (docs/finetuning.md eq. 2):
 
     ``L = -1/N sum [y log s(z) + (1 - y) log(1 - s(z))]``
@@ -371,8 +394,10 @@ def binary_cross_entropy_with_logits(logits, targets):
 
 
 # --------------------------------------------------------------- attention
-def scaled_dot_product_attention(q, k, v, causal=True, attn_mask=None, return_weights=False):
-    """``softmax(Q K^T / sqrt(D) + mask) V`` (docs/model.md eqs. 4 and 5).
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, attn_mask: Any = None,
+                                 return_weights: bool = False, dropout_p: float = 0.0,
+                                 rng: Any = None) -> Tensor | tuple[Tensor, Array]:
+    """``dropout(softmax(Q K^T / sqrt(D) + mask)) V`` (docs/model.md eqs. 4 and 5).
 
     Shapes: ``q`` (B, H, Tq, D), ``k`` and ``v`` (B, H, Tk, D) -> (B, H, Tq, D).
     With ``causal``, query ``i`` sees keys ``j <= i + (Tk - Tq)``: when a KV
@@ -383,13 +408,20 @@ def scaled_dot_product_attention(q, k, v, causal=True, attn_mask=None, return_we
     mask the probabilities are zeroed where masked, so a query with nothing
     to attend to (a padding position) outputs zeros and passes no gradient.
 
-    Gradient, with ``P`` the attention probabilities and ``s = 1/sqrt(D)``:
-    ``dV = P^T g``, ``dP = g V^T``, ``dS = P * (dP - sum(dP * P, -1))``,
-    ``dQ = s dS K``, ``dK = s dS^T Q``. ``P`` is the only large array saved
-    for the backward pass, and it is freed with the graph.
+    ``dropout_p > 0`` drops attention probabilities as GPT-2 does in training
+    (``attn_pdrop``): ``P' = P * M / (1 - p)``, ``M ~ Bernoulli(1 - p)``, one
+    float32 uniform per probability drawn from ``rng`` (a generator of the
+    data's module), exactly as ``dropout(P, p, rng=rng)`` would draw them.
 
-    With ``return_weights=True`` also returns ``P`` as an array (for
-    attention maps; it is not part of the graph).
+    Gradient, with ``P`` the attention probabilities, ``P'`` the dropped ones
+    (``P' = P`` without dropout) and ``s = 1/sqrt(D)``: ``dV = P'^T g``,
+    ``dP = (g V^T) * M / (1 - p)``, ``dS = P * (dP - sum(dP * P, -1))``,
+    ``dQ = s dS K``, ``dK = s dS^T Q``. ``P`` (and the mask, with dropout) are
+    the only large arrays saved for the backward pass; they are freed with
+    the graph.
+
+    With ``return_weights=True`` also returns ``P`` (before dropout) as an
+    array (for attention maps; it is not part of the graph).
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.ndim != 4:
@@ -397,6 +429,7 @@ def scaled_dot_product_attention(q, k, v, causal=True, attn_mask=None, return_we
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         raise ValueError(f"scaled_dot_product_attention: shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)} do not fit together")
+    _check_dropout_p(dropout_p)
     xp = _xp(q)
     Tq, Tk, D = q.shape[2], k.shape[2], q.shape[3]
     if causal and Tq > Tk:
@@ -412,17 +445,18 @@ def scaled_dot_product_attention(q, k, v, causal=True, attn_mask=None, return_we
         allowed = mask if allowed is None else allowed & mask
     if allowed is not None:
         scores = xp.where(allowed, scores, xp.finfo(scores.dtype).min)
-    scores -= scores.max(axis=-1, keepdims=True)
-    xp.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
+    P = softmax_array(scores, overwrite=True)           # attention probabilities
     if attn_mask is not None:
-        scores *= allowed       # only changes rows where every key is masked
-    P = scores                                          # attention probabilities
-    out = P @ v.data
+        P *= allowed            # only changes rows where every key is masked
+    keep = _dropout_mask(xp, rng, P.shape, P.dtype, dropout_p) if dropout_p > 0 else None
+    dropped = P if keep is None else P * keep
+    out = dropped @ v.data
 
     def backward(g):
-        gv = P.swapaxes(-1, -2) @ g if v.requires_grad else None
+        gv = dropped.swapaxes(-1, -2) @ g if v.requires_grad else None
         dP = g @ v.data.swapaxes(-1, -2)
+        if keep is not None:
+            dP *= keep
         dS = dP - (dP * P).sum(axis=-1, keepdims=True)
         dS *= P
         dS *= scale

@@ -100,6 +100,47 @@ def test_attention_gradient_with_padding_mask(xp):
     check_gradients(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), q, k, v)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_dropout_gradient_with_a_fixed_mask(xp, causal):
+    # A fresh generator with the same seed for every call: the same mask in the backward pass
+    # and in each finite-difference evaluation.
+    q, k, v = randn(xp, (2, 2, 3, 4), 0), randn(xp, (2, 2, 5, 4), 1), randn(xp, (2, 2, 5, 4), 2)
+    mask = xp.asarray([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]], dtype=bool)[:, None, None, :]
+    check_gradients(lambda q, k, v: F.scaled_dot_product_attention(
+        q, k, v, causal=causal, attn_mask=mask, dropout_p=0.4, rng=xp.random.default_rng(3)), q, k, v)
+
+
+def test_attention_dropout_drops_the_probabilities_as_dropout_would(xp):
+    q, k, v = (npgpt.Tensor(randn(xp, (2, 3, 6, 4), seed)) for seed in (4, 5, 6))
+    out, P = F.scaled_dot_product_attention(q, k, v, return_weights=True, dropout_p=0.3,
+                                            rng=xp.random.default_rng(9))
+    dropped = F.dropout(npgpt.Tensor(P), 0.3, rng=xp.random.default_rng(9)).data    # the same draws
+    np.testing.assert_allclose(host(out), host(dropped @ v.data), rtol=1e-12, atol=1e-12)
+    assert (host(dropped) == 0).any() and not (host(P) == 0).all()
+    plain = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0)
+    np.testing.assert_allclose(host(plain), host(P @ v.data), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="dropout probability must be in"):
+        F.scaled_dot_product_attention(q, k, v, dropout_p=1.0)
+
+
+def test_softmax_array_is_the_forward_of_softmax(xp):
+    x = randn(xp, (3, 7), 0, scale=30.0).astype(np.float32)
+    np.testing.assert_array_equal(host(F.softmax_array(x)), host(F.softmax(npgpt.Tensor(x))))
+    y = x.copy()
+    out = F.softmax_array(y, overwrite=True)
+    assert out is y and np.allclose(host(y).sum(-1), 1, atol=1e-6)
+    with pytest.raises(TypeError, match="floating-point"):
+        F.softmax_array(xp.arange(3))
+
+
+def test_embedding_can_trust_checked_ids(xp):
+    w = npgpt.Tensor(randn(xp, (5, 3), 0))
+    ids = xp.asarray([[4, 0]])
+    np.testing.assert_array_equal(host(F.embedding(ids, w, validate=False)), host(F.embedding(ids, w)))
+    with pytest.raises(ValueError, match="token id 5 is out of range"):
+        F.embedding(xp.asarray([[5]]), w)
+
+
 def test_dropout_gradient_uses_the_same_mask(xp):
     x = randn(xp, (4, 5), 0)
     check_gradients(lambda t: F.dropout(t, 0.3, training=True, rng=xp.random.default_rng(7)), x)
@@ -198,7 +239,8 @@ def explicit_attention(q, k, v, causal):
 @given(Tq=st.integers(1, 4), extra=st.integers(0, 3), D=st.integers(1, 5), causal=st.booleans(), seed=seeds)
 def test_attention_equals_the_explicit_formula(xp, Tq, extra, D, causal, seed):
     # docs/model.md eq. 4: softmax(Q K^T / sqrt(D) + M) V, with eq. 5's causal mask M
-    q, k, v = randn(xp, (2, 2, Tq, D), seed), randn(xp, (2, 2, Tq + extra, D), seed + 1), randn(xp, (2, 2, Tq + extra, D), seed + 2)
+    Tk = Tq + extra
+    q, k, v = randn(xp, (2, 2, Tq, D), seed), randn(xp, (2, 2, Tk, D), seed + 1), randn(xp, (2, 2, Tk, D), seed + 2)
     got = F.scaled_dot_product_attention(npgpt.tensor(q), npgpt.tensor(k), npgpt.tensor(v), causal=causal)
     np.testing.assert_allclose(host(got), explicit_attention(host(q), host(k), host(v), causal), rtol=1e-10, atol=1e-12)
 
@@ -330,7 +372,7 @@ def test_float32_cross_entropy_at_large_logits_agrees_with_float64(xp):
     z32, z64 = xp.asarray(z), xp.asarray(z, dtype=np.float64)
     for i in range(len(z)):                    # one row counted at a time: its own loss
         only_i = xp.asarray(np.where(np.arange(len(z)) == i, targets, -100))
-        ce = lambda t: F.cross_entropy(t, only_i)
+        ce = lambda t, only_i=only_i: F.cross_entropy(t, only_i)
         (loss32, grad32), (loss64, grad64) = value_and_grad(ce, z32), value_and_grad(ce, z64)
         assert abs(loss32 - loss64) <= 5e-7 * max(abs(loss64), 1.0), f"row {i}: loss {loss32} vs {loss64}"
         assert relative_to_largest(grad32, grad64) < 2e-6, f"row {i}"

@@ -27,6 +27,7 @@ MODULES = [
     ("npgpt", "index.md"),
     ("npgpt.backend", "backend.md"),
     ("npgpt.autograd", "autograd.md"),
+    ("npgpt.inputs", "model.md"),
     ("npgpt.functional", "model.md"),
     ("npgpt.nn", "model.md"),
     ("npgpt.model", "model.md"),

@@ -1,0 +1,95 @@
+"""Checking what a caller passes in: once, at the public entry points.
+
+Companion of ``docs/model.md`` (section "Inputs are checked once").
+
+A public entry point (``GPT.forward``, ``GPT.trunk``, ``generate``,
+``GPTClassifier.forward``, the ``npgpt.viz`` functions) turns its inputs into
+arrays and checks them with the helpers below, and then calls the layers with
+``validate=False``, which trust their inputs. Checks that look at the values
+(is every id below the vocabulary size?) read the array's minimum and
+maximum, which on a GPU is a copy from the device to the host; a decoding
+loop that checked every step would pay it for every token.
+
+``npgpt.tokenizer`` does not use this module: the tokenizer stands alone and
+has its own checks.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from npgpt.autograd import Tensor
+
+Array = Any  # a numpy.ndarray or a cupy.ndarray
+
+
+def as_array(x: Any) -> Array:
+    """``x`` as an array: a Tensor's data, an array as it is, anything else through ``numpy.asarray``.
+
+    Nothing is copied or moved: a CuPy array stays on its GPU.
+    """
+    if isinstance(x, Tensor):
+        return x.data
+    return x if hasattr(x, "dtype") and hasattr(x, "shape") else np.asarray(x)
+
+
+def check_token_ids(ids: Any, num_embeddings: int, what: str = "token id") -> Array:
+    """An integer array whose every entry lies in ``[0, num_embeddings)``; returns it as an array.
+
+    Raises ``TypeError`` for a non-integer dtype and ``ValueError`` naming
+    the first offending id. Any shape is accepted.
+    """
+    data = as_array(ids)
+    if data.dtype.kind not in "iu":
+        raise TypeError(f"{what}s must be integers, got dtype {data.dtype}")
+    if data.size:
+        low, high = int(data.min()), int(data.max())
+        if low < 0 or high >= num_embeddings:
+            bad = low if low < 0 else high
+            raise ValueError(f"{what} {bad} is out of range: valid ids are 0..{num_embeddings - 1}")
+    return data
+
+
+def token_batch(ids: Any, vocab_size: int, block_size: int | None = None, past_length: int = 0) -> Array:
+    """A batch of token ids: an integer (B, T) array, T >= 1, ids in range; returned as an array.
+
+    With ``block_size``, ``T + past_length`` (the positions already in a KV
+    cache) must not exceed it. A 1-D sequence is refused rather than guessed
+    at: the error says to pass ``ids[None]``.
+    """
+    data = as_array(ids)
+    if data.ndim != 2:
+        raise ValueError(f"token ids must be a 2-D (batch, time) array, got shape {tuple(data.shape)}; "
+                         "for one sequence pass ids[None]")
+    if data.dtype.kind not in "iu":
+        raise TypeError(f"token ids must be integers, got dtype {data.dtype}")
+    if data.shape[1] == 0:
+        raise ValueError("token ids are empty: need at least one position")
+    if block_size is not None and data.shape[1] + past_length > block_size:
+        raise ValueError(f"sequence length {data.shape[1]} (+ {past_length} cached positions) exceeds "
+                         f"block_size {block_size}")
+    return check_token_ids(data, vocab_size)
+
+
+def check_attention_mask(attention_mask: Any, shape: Sequence[int]) -> Array:
+    """A 0/1 mask of the given (B, T) shape, 1 = real token, as an integer array.
+
+    Booleans are accepted (True = real token). Every row needs at least one
+    real token: a row of padding only has nothing to attend to.
+    """
+    mask = as_array(attention_mask)
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, expected {tuple(shape)}: "
+                         "one entry per token (cached positions included)")
+    if mask.dtype == bool:
+        mask = mask.astype(np.int64)
+    if mask.dtype.kind not in "iu":
+        raise TypeError(f"attention_mask must hold 0/1 integers or booleans, got dtype {mask.dtype}")
+    if mask.size and (int(mask.min()) < 0 or int(mask.max()) > 1):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
+    empty = mask.sum(axis=1) == 0
+    if bool(empty.any()):
+        raise ValueError(f"sequence {int(empty.argmax())} of the batch is all padding: "
+                         "every sequence needs at least one real token")
+    return mask
