@@ -10,6 +10,10 @@ state dict is ``{dotted name: array}``. The layers below only hold weights;
 the arithmetic, and its gradient, lives in ``npgpt.functional``.
 """
 
+import copy
+from collections.abc import Iterable, Iterator
+from typing import Any
+
 import numpy as np
 
 import npgpt.functional as F
@@ -20,14 +24,14 @@ from npgpt.autograd import Tensor, as_tensor
 class Parameter(Tensor):
     """A Tensor that is a trainable weight: it requires a gradient from birth."""
 
-    def __init__(self, data, name=None):
+    def __init__(self, data: Any, name: str | None = None):
         super().__init__(data, requires_grad=True, name=name)
 
 
 class Module:
     """Base class of every layer: registers parameters and sub-modules by attribute."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         object.__setattr__(self, "_parameters", {})
         object.__setattr__(self, "_modules", {})
         object.__setattr__(self, "training", True)
@@ -47,17 +51,17 @@ class Module:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     # ------------------------------------------------------------ traversal
-    def named_modules(self, prefix=""):
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
         """``(dotted name, module)`` for this module and every descendant, depth first."""
         yield prefix, self
         for name, child in self._modules.items():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
-    def named_parameters(self):
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
         """``(dotted name, Parameter)`` pairs, e.g. ``("h.0.ln_1.weight", p)``.
 
         A parameter shared by two modules is listed once, under its first name.
@@ -69,19 +73,19 @@ class Module:
                     seen.add(id(p))
                     yield (f"{prefix}.{name}" if prefix else name), p
 
-    def parameters(self):
+    def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
 
-    def num_parameters(self):
+    def num_parameters(self) -> int:
         """The number of trainable scalars (shared parameters counted once)."""
         return sum(int(p.size) for p in self.parameters())
 
     # ------------------------------------------------------------- state
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """``{dotted name: array}``: the parameters' arrays themselves (not copies)."""
         return {name: p.data for name, p in self.named_parameters()}
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> tuple[list[str], list[str]]:
         """Copy arrays into the parameters in place (dtype and device of the parameter kept).
 
         With ``strict`` every parameter must be present and no other key may be;
@@ -109,15 +113,15 @@ class Module:
         return missing, unexpected
 
     # -------------------------------------------------------- mode, device
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "Module":
         for _, module in self.named_modules():
             object.__setattr__(module, "training", bool(mode))
         return self
 
-    def eval(self):
+    def eval(self) -> "Module":
         return self.train(False)
 
-    def to(self, device):
+    def to(self, device: str) -> "Module":
         """Move every parameter (and its gradient) to ``device`` in place; returns self.
 
         In place, so an optimizer built before the move still holds the same
@@ -132,47 +136,47 @@ class Module:
         return self
 
     @property
-    def device(self):
+    def device(self) -> str:
         params = self.parameters()
         return params[0].device if params else "cpu"
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         for p in self.parameters():
             p.grad = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         lines = [f"{type(self).__name__}({self.extra_repr()}"]
         for name, child in self._modules.items():
             lines.append(f"  ({name}): " + repr(child).replace("\n", "\n  "))
         return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return ""
 
 
 class ModuleList(Module):
     """A list of modules, registered under the names ``"0"``, ``"1"``, ..."""
 
-    def __init__(self, modules=()):
+    def __init__(self, modules: Iterable["Module"] = ()):
         super().__init__()
         self._items = []
         for m in modules:
             self.append(m)
 
-    def append(self, module):
+    def append(self, module: "Module") -> "ModuleList":
         if not isinstance(module, Module):
             raise TypeError(f"ModuleList holds Modules, got {type(module).__name__}")
         self._modules[str(len(self._items))] = module
         self._items.append(module)
         return self
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> "Module":
         return self._items[i]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._items)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator["Module"]:
         return iter(self._items)
 
 
@@ -193,77 +197,172 @@ class Linear(Module):
     script builds the same weights).
     """
 
-    def __init__(self, in_features, out_features, bias=True, std=0.02, rng=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, std: float = 0.02,
+                 rng: np.random.Generator | None = None):
         super().__init__()
         rng = rng if rng is not None else np.random.default_rng(0)
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight = Parameter(_float_init((in_features, out_features), std, rng))
         self.bias = Parameter(np.zeros(out_features, np.float32)) if bias else None
 
-    def forward(self, x):                       # (..., in) -> (..., out)
+    def forward(self, x: Any) -> Tensor:        # (..., in) -> (..., out)
         return F.linear(x, self.weight, self.bias)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 
 
 class Embedding(Module):
     """A table of ``num`` vectors of size ``dim``; ``y = W[ids]`` (docs/model.md eq. 8)."""
 
-    def __init__(self, num_embeddings, embedding_dim, std=0.02, rng=None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, std: float = 0.02,
+                 rng: np.random.Generator | None = None):
         super().__init__()
         rng = rng if rng is not None else np.random.default_rng(0)
         self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
         self.weight = Parameter(_float_init((num_embeddings, embedding_dim), std, rng))
 
-    def forward(self, ids):                     # int (...) -> (..., dim)
-        return F.embedding(ids, self.weight)
+    def forward(self, ids: Any, *, validate: bool = True) -> Tensor:   # int (...) -> (..., dim)
+        """``W[ids]``; ``validate=False`` trusts the ids (see ``F.embedding``)."""
+        return F.embedding(ids, self.weight, validate=validate)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"
 
 
 class LayerNorm(Module):
     """Layer normalisation over the last axis (docs/model.md eq. 6); weight 1, bias 0."""
 
-    def __init__(self, dim, eps=1e-5):
+    def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
         self.dim, self.eps = int(dim), float(eps)
         self.weight = Parameter(np.zeros(dim, np.float32) + 1.0)    # gains start at 1
         self.bias = Parameter(np.zeros(dim, np.float32))
 
-    def forward(self, x):                       # (..., dim) -> (..., dim)
+    def forward(self, x: Any) -> Tensor:        # (..., dim) -> (..., dim)
         return F.layer_norm(as_tensor(x), self.weight, self.bias, self.eps)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
+
+
+class RecordedGenerator:
+    """A random generator of one array module that remembers how much it has drawn.
+
+    NumPy's generators can report and take their state
+    (``bit_generator.state``); CuPy's keep theirs on the GPU and cannot. What
+    every generator can do is replay: seeded alike, and made to draw the
+    same amounts again, it arrives in the same state. So each draw is
+    recorded as ``[count, dtype, times]`` (consecutive draws of the same
+    size share one entry: a training run draws the same shapes every step,
+    and its record stays a few entries long).
+    """
+
+    def __init__(self, xp: Any, seed: int):
+        self.xp = xp
+        self.generator = backend.default_rng(seed, xp)
+        self.draws: list[list] = []
+
+    def random(self, shape: Any, dtype: Any = np.float32) -> Any:
+        """Uniform numbers in [0, 1) of ``shape``, as the wrapped generator's ``random``; recorded."""
+        count, name = int(np.prod(shape)), np.dtype(dtype).name
+        if self.draws and self.draws[-1][:2] == [count, name]:
+            self.draws[-1][2] += 1
+        else:
+            self.draws.append([count, name, 1])
+        return self.generator.random(shape, dtype=dtype)
+
+    @property
+    def bit_generator(self) -> Any:
+        """The wrapped generator's bit generator (NumPy's has a ``state``; CuPy's does not)."""
+        return self.generator.bit_generator
+
+    def state(self) -> dict:
+        """``{"draws": [...]}``, plus ``"bit_generator"``: the generator's own state where it has one (NumPy)."""
+        state = {"draws": copy.deepcopy(self.draws)}
+        own = getattr(self.generator.bit_generator, "state", None)     # CuPy: a method, not a dict
+        if isinstance(own, dict):
+            state["bit_generator"] = copy.deepcopy(own)
+        return state
+
+    def restore(self, state: dict) -> None:
+        """Continue from ``state`` (of ``state()``): set the generator's own state, or replay the draws."""
+        own = state.get("bit_generator")
+        if own is not None and isinstance(getattr(self.generator.bit_generator, "state", None), dict):
+            self.generator.bit_generator.state = own
+        else:
+            for count, name, times in state["draws"]:
+                for _ in range(times):
+                    self.generator.random(count, dtype=np.dtype(name))
+        self.draws = [list(d) for d in state["draws"]]
 
 
 class Dropout(Module):
     """Inverted dropout with probability ``p``, active only in training mode.
 
-    The module owns its random generator (seeded with ``seed``), so two
-    models built with the same seeds draw the same masks. One generator is
-    kept per array module, since a NumPy generator cannot fill CuPy arrays.
+    The module owns its random generator (seeded with ``seed``; without one,
+    with fresh entropy drawn once), so two models built with the same seeds
+    draw the same masks. One generator is kept per array module, since a
+    NumPy generator cannot fill CuPy arrays. ``get_rng_state`` and
+    ``set_rng_state`` save and restore where the generators are, on NumPy
+    and CuPy alike, so that a resumed training run draws the masks the
+    uninterrupted run would have drawn.
     """
 
-    def __init__(self, p=0.0, seed=None):
+    def __init__(self, p: float = 0.0, seed: int | None = None):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
-        self.p, self.seed = float(p), seed
-        self._rngs = {}
+        self.p = float(p)
+        self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy)
+        self._rngs = {}       # array module -> RecordedGenerator
+        self._pending = {}    # module name -> state from set_rng_state, applied at first use
 
-    def rng(self, xp):
+    def rng(self, xp: Any) -> RecordedGenerator:
+        """The generator for arrays of module ``xp`` (``numpy`` or ``cupy``), created at first use."""
         if xp not in self._rngs:
-            self._rngs[xp] = backend.default_rng(self.seed, xp)
+            generator = RecordedGenerator(xp, self.seed)
+            pending = self._pending.pop(xp.__name__, None)
+            if pending is not None:
+                generator.restore(pending)
+            self._rngs[xp] = generator
         return self._rngs[xp]
 
-    def forward(self, x):
+    def get_rng_state(self) -> dict | None:
+        """Where the generators are, as a JSON-serialisable dict; ``None`` if none was ever used.
+
+        ``{"seed": int, "generators": {"numpy": {"draws": [[count, dtype, times], ...],
+        "bit_generator": {...}}, "cupy": {"draws": [...]}}}``: one entry per array
+        module used. NumPy's entry carries the generator's own state (restored
+        at once); CuPy's only the record of draws (restored by replaying them).
+        """
+        generators = copy.deepcopy(self._pending)
+        generators.update({xp.__name__: g.state() for xp, g in self._rngs.items()})
+        return {"seed": self.seed, "generators": generators} if generators else None
+
+    def set_rng_state(self, state: dict | None) -> None:
+        """Continue from a ``get_rng_state()`` result (``None``: start again from the seed).
+
+        Each generator is restored when it is next used, so a state saved on
+        a GPU can be set on a machine without one.
+        """
+        self._rngs = {}
+        self._pending = {}
+        if state is None:
+            return
+        if isinstance(state, dict) and "bit_generator" in state and "state" in state:
+            # A bare NumPy bit-generator state, as trainer states saved before get_rng_state held.
+            state = {"seed": self.seed, "generators": {"numpy": {"draws": [], "bit_generator": state}}}
+        if not isinstance(state, dict) or "seed" not in state or "generators" not in state:
+            raise ValueError("Dropout.set_rng_state expects a dict from get_rng_state() (or None)")
+        self.seed = int(state["seed"])
+        self._pending = copy.deepcopy(dict(state["generators"]))
+
+    def forward(self, x: Any) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
         x = as_tensor(x)
         return F.dropout(x, self.p, training=True, rng=self.rng(backend.array_module(x.data)))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"p={self.p}"
