@@ -32,44 +32,22 @@ save and load), and ``config.json`` with ``architectures``, ``num_labels``,
 
 import json
 import pathlib
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 import npgpt.functional as F
-from npgpt import backend, nn
+from npgpt import backend, inputs, nn
 from npgpt.autograd import Tensor, no_grad
-from npgpt.model import GPT, GPTConfig
+from npgpt.model import GPT, GPTConfig, child_seeds
 
 ARCHITECTURE = "GPT2ForSequenceClassification"
 
-
-def _as_host_ids(idx):
-    if isinstance(idx, Tensor):
-        idx = idx.data
-    return idx if hasattr(idx, "dtype") else np.asarray(idx)
+Array = Any  # a numpy.ndarray or a cupy.ndarray
 
 
-def check_attention_mask(attention_mask, shape):
-    """Validate a 0/1 mask of the ids' shape; every sequence needs a real token."""
-    mask = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
-    if not hasattr(mask, "dtype"):
-        mask = np.asarray(mask)
-    if tuple(mask.shape) != tuple(shape):
-        raise ValueError(f"attention_mask has shape {tuple(mask.shape)} but the token ids have shape {tuple(shape)}")
-    if mask.dtype == bool:
-        mask = mask.astype(np.int64)
-    if mask.dtype.kind not in "iu":
-        raise TypeError(f"attention_mask must hold 0/1 integers or booleans, got dtype {mask.dtype}")
-    if mask.size and (int(mask.min()) < 0 or int(mask.max()) > 1):
-        raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
-    empty = mask.sum(axis=1) == 0
-    if bool(empty.any()):
-        raise ValueError(f"sequence {int(empty.argmax())} of the batch is all padding: "
-                         "every sequence needs at least one real token")
-    return mask
-
-
-def positions_from_mask(mask):
+def positions_from_mask(mask: Array) -> Array:
     """Position ids that count real tokens only (eq. 7): ``p[b, t] = sum_{u<=t} m[b, u] - 1``.
 
     Padding positions get 0 (any valid id would do: nothing reads them).
@@ -80,7 +58,7 @@ def positions_from_mask(mask):
     return xp.maximum(counted, 0).astype(xp.int64)
 
 
-def last_token_index(mask):
+def last_token_index(mask: Array) -> Array:
     """Index of the last real token of each row (eq. 5): ``max{t : m[b, t] = 1}``, (B,)."""
     xp = backend.array_module(mask)
     T = mask.shape[1]
@@ -99,7 +77,8 @@ class GPTClassifier(nn.Module):
     Hugging Face; the classifier itself never looks for it.
     """
 
-    def __init__(self, config=None, num_labels=1, labels=None, pad_token_id=None, seed=0, backbone=None):
+    def __init__(self, config: GPTConfig | None = None, num_labels: int = 1, labels: Sequence[str] | None = None,
+                 pad_token_id: int | None = None, seed: int = 0, backbone: GPT | None = None):
         super().__init__()
         if isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
             raise ValueError(f"num_labels must be a positive integer (1 for a sigmoid head), got {num_labels!r}")
@@ -124,52 +103,57 @@ class GPTClassifier(nn.Module):
         self.transformer = backbone
         # A small random head (Normal(0, 0.02) as GPT-2 initialises linears) on the
         # backbone's device: its first logits are near 0, i.e. p ~ 1/2 for every class.
+        # Its seed is child 1 of ``seed`` (child 0 seeds the backbone's dropout; see child_seeds).
         self.score = nn.Linear(self.config.n_embd, num_labels, bias=False, std=0.02,
-                               rng=np.random.default_rng(seed + 1))
+                               rng=np.random.default_rng(child_seeds(seed, 2)[1]))
         self.score.to(backbone.device)
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         """How many classes the head separates: 2 for a one-logit head."""
         return 2 if self.num_labels == 1 else self.num_labels
 
     # ---------------------------------------------------------- forward
-    def forward(self, idx, attention_mask=None, labels=None, inputs_embeds=None):
+    def forward(self, idx: Any, attention_mask: Any = None, labels: Any = None, inputs_embeds: Any = None, *,
+                validate: bool = True) -> Tensor | tuple[Tensor, Tensor]:
         """Logits (B, num_labels); ``(logits, loss)`` when ``labels`` (int (B,)) are given.
 
         ``idx``: int (B, T) token ids. ``attention_mask``: (B, T), 1 = real
         token, 0 = padding; ``None`` means no padding. ``inputs_embeds``
         (B, T, C) replaces the token-embedding lookup (the positions are still
         added), which is how ``npgpt.viz.saliency`` takes gradients with
-        respect to the embeddings.
+        respect to the embeddings. The inputs are checked once, here
+        (``GPT.check_inputs``), and the backbone's trunk runs unchecked;
+        ``validate=False`` skips the check too, for a caller that has made it
+        (arrays on the model's device, a 0/1 integer mask).
         """
         gpt = self.transformer
-        idx = gpt.check_ids(_as_host_ids(idx))                 # (B, T), on the model's device
+        mask = attention_mask
+        if validate:
+            idx, mask, _, inputs_embeds = gpt.check_inputs(idx, attention_mask=mask, inputs_embeds=inputs_embeds)
         xp = backend.array_module(idx)
         B, T = idx.shape
-        if attention_mask is None:      # no padding: plain positions 0..T-1, the last token is T-1
-            hidden = gpt.hidden_states(idx, inputs_embeds=inputs_embeds)             # (B, T, C)
+        if mask is None:                # no padding: plain positions 0..T-1, the last token is T-1
+            positions = None
             last = xp.full((B,), T - 1, dtype=xp.int64)
         else:
-            mask = backend.to_device(check_attention_mask(attention_mask, (B, T)), gpt.device).astype(xp.int64)
-            hidden = gpt.hidden_states(idx, attention_mask=mask, position_ids=positions_from_mask(mask),
-                                       inputs_embeds=inputs_embeds)                  # (B, T, C)
+            positions = positions_from_mask(mask)                                   # (B, T)
             last = last_token_index(mask)                                            # (B,)
+        hidden = gpt.trunk(idx, attention_mask=mask, position_ids=positions, inputs_embeds=inputs_embeds,
+                           validate=False)                                           # (B, T, C)
         pooled = hidden[xp.arange(B), last]                    # (B, C)
         logits = self.score(pooled)                            # (B, num_labels)
         if labels is None:
             return logits
         return logits, self.loss(logits, labels)
 
-    def loss(self, logits, labels):
+    def loss(self, logits: Tensor, labels: Any) -> Tensor:
         """Mean loss of class labels ``labels`` (int (B,)) given ``logits`` (B, num_labels).
 
         One logit: binary cross-entropy of ``s(z)`` against ``y`` in {0, 1}
         (eq. 2). Several: softmax cross-entropy (eq. 8).
         """
-        xp = backend.array_module(logits.data)
-        y = labels.data if isinstance(labels, Tensor) else labels
-        y = xp.asarray(backend.to_device(np.asarray(y) if not hasattr(y, "dtype") else y, logits.device))
+        y = backend.to_device(inputs.as_array(labels), logits.device)
         if y.dtype.kind not in "iu":
             raise TypeError(f"class labels must be integers, got dtype {y.dtype}")
         y = y.reshape(-1)
@@ -181,7 +165,7 @@ class GPTClassifier(nn.Module):
             return F.binary_cross_entropy_with_logits(logits, y.reshape(-1, 1).astype(logits.dtype))
         return F.cross_entropy(logits, y)
 
-    def predict_proba(self, idx, attention_mask=None):
+    def predict_proba(self, idx: Any, attention_mask: Any = None) -> np.ndarray:
         """Class probabilities (B, num_classes) as a NumPy array, without a graph.
 
         For one logit, column 1 is ``s(z)`` and column 0 is ``1 - s(z)``.
@@ -193,12 +177,12 @@ class GPTClassifier(nn.Module):
                 return np.stack([1.0 - p1, p1], axis=1)
             return F.softmax(logits, axis=-1).numpy().astype(np.float64)
 
-    def predict(self, idx, attention_mask=None):
+    def predict(self, idx: Any, attention_mask: Any = None) -> np.ndarray:
         """The most probable class of each sequence, int64 (B,)."""
         return self.predict_proba(idx, attention_mask).argmax(axis=1)
 
     # -------------------------------------------------------- checkpoints
-    def hf_config(self):
+    def hf_config(self) -> dict:
         """The ``config.json`` dict: GPT-2's keys plus the classification ones HF reads."""
         from npgpt import checkpoint
 
@@ -221,7 +205,7 @@ class GPTClassifier(nn.Module):
         })
         return cfg
 
-    def hf_state_dict(self):
+    def hf_state_dict(self) -> dict[str, np.ndarray]:
         """``{name: float32 NumPy array}`` in ``GPT2ForSequenceClassification``'s names and layouts.
 
         Our parameter names already are HF's (``transformer.h.0...``); only the
@@ -234,7 +218,7 @@ class GPTClassifier(nn.Module):
             state[name] = np.ascontiguousarray(array.T if name == "score.weight" else array)
         return state
 
-    def save_pretrained(self, directory, tokenizer=None):
+    def save_pretrained(self, directory: str | pathlib.Path, tokenizer: Any = None) -> pathlib.Path:
         """Write ``config.json`` + ``model.safetensors`` (and the tokenizer's files, if given).
 
         Written atomically: the files appear complete or not at all.
@@ -248,7 +232,9 @@ class GPTClassifier(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, name_or_dir, num_labels=None, labels=None, pad_token_id=None, seed=0):
+    def from_pretrained(cls, name_or_dir: str | pathlib.Path, num_labels: int | None = None,
+                        labels: Sequence[str] | None = None, pad_token_id: int | None = None,
+                        seed: int = 0) -> "GPTClassifier":
         """A classifier from a saved classifier directory or a pretrained language model.
 
         * A classifier directory (``config.json`` naming ``GPT2ForSequenceClassification``)

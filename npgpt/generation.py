@@ -17,16 +17,22 @@ earlier positions instead of recomputing them.
 """
 
 import numbers
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 import npgpt.functional as F
-from npgpt import backend
-from npgpt.autograd import Tensor, no_grad
+from npgpt import backend, inputs
+from npgpt.autograd import no_grad
+
+Array = Any  # a numpy.ndarray or a cupy.ndarray
 
 
 # ------------------------------------------------------------ validation
-def check_sampling_args(max_new_tokens=0, temperature=1.0, top_k=None, top_p=None):
+def check_sampling_args(max_new_tokens: int = 0, temperature: float = 1.0, top_k: int | None = None,
+                        top_p: float | None = None) -> None:
     """Raise a ValueError naming the first invalid sampling argument."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
@@ -38,26 +44,51 @@ def check_sampling_args(max_new_tokens=0, temperature=1.0, top_k=None, top_p=Non
         raise ValueError(f"top_p must be in (0, 1] (or None), got {top_p!r}")
 
 
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the next token is chosen: greedy, or sampled after temperature, top-k and top-p.
+
+    Checked once, when it is made (``check_sampling_args``); the decoding
+    loop then uses it for every token without checking again.
+    """
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        check_sampling_args(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+
 # --------------------------------------------------------------- filters
-def greedy(logits):
+def greedy(logits: Array) -> Array:
     """The most likely token of each row: (B, V) -> int (B,)."""
     xp = backend.array_module(logits)
     return xp.argmax(logits, axis=-1)
 
 
-def apply_temperature(logits, temperature):
+def apply_temperature(logits: Array, temperature: float) -> Array:
     """``z / tau``: the softmax of the result is ``p_v^(1/tau)`` renormalised."""
     check_sampling_args(temperature=temperature)
+    return _temperature(logits, temperature)
+
+
+def _temperature(logits, temperature):
     return logits / logits.dtype.type(temperature)
 
 
-def top_k_filter(logits, k):
+def top_k_filter(logits: Array, k: int) -> Array:
     """Keep each row's ``k`` largest logits, set the others to ``-inf``: (B, V) -> (B, V).
 
     Logits tied with the k-th largest are kept too, so a row may keep more
     than ``k`` when there are ties at the boundary.
     """
     check_sampling_args(top_k=k)
+    return _top_k(logits, k)
+
+
+def _top_k(logits, k):
     xp = backend.array_module(logits)
     V = logits.shape[-1]
     if k >= V:
@@ -66,14 +97,7 @@ def top_k_filter(logits, k):
     return xp.where(logits >= kth, logits, logits.dtype.type(float("-inf")))
 
 
-def softmax(logits):
-    """Row-wise probabilities ``exp(z - max z) / sum exp(z - max z)`` (docs/model.md eq. 2)."""
-    xp = backend.array_module(logits)
-    e = xp.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def top_p_filter(logits, p):
+def top_p_filter(logits: Array, p: float) -> Array:
     """Nucleus filtering: keep the most likely tokens until their mass reaches ``p``.
 
     Sorting each row by probability, token ``i`` is kept when the mass of the
@@ -82,18 +106,22 @@ def top_p_filter(logits, p):
     with the rest set to ``-inf`` (tokens tied with the last kept one are kept).
     """
     check_sampling_args(top_p=p)
+    return _top_p(logits, p)
+
+
+def _top_p(logits, p):
     if p >= 1.0:          # everything; rounding in the running sum must not drop the tail
         return logits.copy()
     xp = backend.array_module(logits)
     ordered = -xp.sort(-logits, axis=-1)                               # descending, (B, V)
-    probs = softmax(ordered.astype(xp.float64))
+    probs = F.softmax_array(ordered.astype(xp.float64), overwrite=True)
     mass_before = xp.cumsum(probs, axis=-1) - probs
     n_keep = xp.maximum((mass_before < p).sum(axis=-1, keepdims=True), 1)   # (B, 1)
     threshold = xp.take_along_axis(ordered, n_keep - 1, axis=-1)      # smallest kept logit
     return xp.where(logits >= threshold, logits, logits.dtype.type(float("-inf")))
 
 
-def sample(logits, rng):
+def sample(logits: Array, rng: np.random.Generator) -> Array:
     """Draw one token per row from ``softmax(logits)`` by inverting the CDF.
 
     The uniform numbers come from ``rng``, a NumPy ``Generator`` (on the host,
@@ -102,88 +130,56 @@ def sample(logits, rng):
     satisfies.
     """
     xp = backend.array_module(logits)
-    cdf = xp.cumsum(softmax(logits.astype(xp.float64)), axis=-1)       # (B, V)
+    cdf = xp.cumsum(F.softmax_array(logits.astype(xp.float64), overwrite=True), axis=-1)   # (B, V)
     u = 1.0 - rng.random(logits.shape[0])                              # in (0, 1]
     u = xp.asarray(u)[:, None] * cdf[:, -1:]
     return xp.minimum((cdf < u).sum(axis=-1), logits.shape[-1] - 1)
 
 
-def next_token(logits, do_sample=False, temperature=1.0, top_k=None, top_p=None, rng=None):
-    """The next token of each row: greedy, or sampled after temperature, top-k and top-p."""
-    if not do_sample:
+def next_token(logits: Array, sampling: SamplingConfig | None = None,
+               rng: np.random.Generator | None = None) -> Array:
+    """The next token of each row of ``logits`` (B, V): greedy, or sampled as ``sampling`` says.
+
+    Sampling applies temperature, then top-k, then top-p, and draws with
+    ``rng`` (a NumPy ``Generator``; a fresh one when None). ``sampling``
+    was checked when it was made, so nothing is checked here.
+    """
+    sampling = sampling if sampling is not None else SamplingConfig()
+    if not sampling.do_sample:
         return greedy(logits)
-    logits = apply_temperature(logits, temperature)
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None and top_p < 1.0:
-        logits = top_p_filter(logits, top_p)
+    logits = _temperature(logits, sampling.temperature)
+    if sampling.top_k is not None:
+        logits = _top_k(logits, sampling.top_k)
+    if sampling.top_p is not None and sampling.top_p < 1.0:
+        logits = _top_p(logits, sampling.top_p)
     return sample(logits, rng if rng is not None else np.random.default_rng())
 
 
 # ------------------------------------------------------------------ loop
-def stream(model, idx, max_new_tokens, *, do_sample=False, temperature=1.0, top_k=None, top_p=None,
-           eos_token_id=None, seed=None, use_cache=True):
-    """An iterator over the next token of every row, a (B,) int array per step (see ``generate``).
-
-    The arguments are checked at once; the model runs as the iterator is consumed.
-    """
-    check_sampling_args(max_new_tokens, temperature, top_k, top_p)
-    idx = prompt_ids(model, idx)
-    if eos_token_id is not None and not 0 <= int(eos_token_id) < model.config.vocab_size:
-        raise ValueError(f"eos_token_id {eos_token_id} is outside the vocabulary 0..{model.config.vocab_size - 1}")
-    return _decode(model, idx, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, seed, use_cache)
-
-
-def _decode(model, idx, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, seed, use_cache):
-    """The decoding loop behind ``stream``: one forward pass and one choice per step."""
-    xp = backend.array_module(idx)
-    B, T0 = idx.shape
-    block = model.config.block_size
-    rng = np.random.default_rng(seed)
-    ids = xp.empty((B, T0 + max_new_tokens), dtype=idx.dtype)         # all tokens, filled as we go
-    ids[:, :T0] = idx
-    done = xp.zeros(B, dtype=bool)
-    cache = model.new_cache(B) if use_cache else None
-    with no_grad():
-        for t in range(T0, T0 + max_new_tokens):
-            if not use_cache:
-                logits = model(ids[:, max(0, t - block):t])
-            elif t == T0 or cache.length == block:
-                # First step, or the context outgrew block_size: the oldest
-                # token drops out, every position shifts, so rebuild the cache.
-                cache.reset()
-                logits = model(ids[:, max(0, t - block):t], cache=cache)
-            else:
-                logits = model(ids[:, t - 1:t], cache=cache)
-            token = next_token(logits.data[:, -1, :], do_sample, temperature, top_k, top_p, rng)
-            if eos_token_id is not None:
-                token = xp.where(done, eos_token_id, token)
-                done |= token == eos_token_id
-            ids[:, t] = token
-            yield token
-            if eos_token_id is not None and bool(done.all()):
-                return
-
-
-def prompt_ids(model, idx):
+def prompt_ids(model: Any, idx: Any) -> Array:
     """Validate a prompt (int (B, T), ids in range) and put it on the model's device.
 
     Unlike ``model(idx)``, a prompt may be longer than ``block_size``: only
     its last ``block_size`` tokens are ever seen by the model.
     """
-    arr = idx.data if isinstance(idx, Tensor) else idx
-    if not hasattr(arr, "dtype"):
-        arr = np.asarray(arr)
-    if arr.ndim == 2:
-        F.check_token_ids(arr, model.config.vocab_size, what="token id")   # the whole prompt
-        model.check_ids(arr[:, -model.config.block_size:], 0)             # dtype, length of the window
-    else:
-        model.check_ids(arr, 0)                                           # raises the shape error
-    return backend.to_device(arr, model.device)
+    return backend.to_device(inputs.token_batch(idx, model.config.vocab_size), model.device)
 
 
-def generate(model, idx, max_new_tokens, *, do_sample=False, temperature=1.0, top_k=None, top_p=None,
-             eos_token_id=None, seed=None, use_cache=True):
+def stream(model: Any, idx: Any, max_new_tokens: int, *, do_sample: bool = False, temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
+           seed: int | None = None, use_cache: bool = True) -> Iterator[Array]:
+    """An iterator over the next token of every row, a (B,) int array per step (see ``generate``).
+
+    The arguments are checked at once; the model runs as the iterator is consumed.
+    """
+    ids, sampling, eos_token_id = _check(model, idx, max_new_tokens, do_sample, temperature, top_k, top_p,
+                                         eos_token_id)
+    return _decode(model, ids, max_new_tokens, sampling, eos_token_id, seed, use_cache)
+
+
+def generate(model: Any, idx: Any, max_new_tokens: int, *, do_sample: bool = False, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
+             seed: int | None = None, use_cache: bool = True) -> Array:
     """Continue each row of ``idx`` (int (B, T)); returns int (B, T + n) with n <= max_new_tokens.
 
     Greedy by default; ``do_sample=True`` samples after ``temperature``,
@@ -195,10 +191,61 @@ def generate(model, idx, max_new_tokens, *, do_sample=False, temperature=1.0, to
     context at each step. ``use_cache=False`` recomputes every step from
     scratch and gives the same ids (it exists to test that).
     """
-    tokens = list(stream(model, idx, max_new_tokens, do_sample=do_sample, temperature=temperature,
-                         top_k=top_k, top_p=top_p, eos_token_id=eos_token_id, seed=seed, use_cache=use_cache))
-    start = prompt_ids(model, idx)
-    xp = backend.array_module(start)
+    ids, sampling, eos_token_id = _check(model, idx, max_new_tokens, do_sample, temperature, top_k, top_p,
+                                         eos_token_id)
+    tokens = list(_decode(model, ids, max_new_tokens, sampling, eos_token_id, seed, use_cache))
+    xp = backend.array_module(ids)
     if not tokens:
-        return start.copy()
-    return xp.concatenate([start, xp.stack(tokens, axis=1).astype(start.dtype)], axis=1)
+        return ids.copy()
+    return xp.concatenate([ids, xp.stack(tokens, axis=1).astype(ids.dtype)], axis=1)
+
+
+def _check(model, idx, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id):
+    """The checks of ``stream`` and ``generate``, once: (prompt on the device, SamplingConfig, eos id)."""
+    check_sampling_args(max_new_tokens)
+    sampling = SamplingConfig(do_sample, temperature, top_k, top_p)
+    ids = prompt_ids(model, idx)
+    if eos_token_id is not None:
+        if not 0 <= int(eos_token_id) < model.config.vocab_size:
+            raise ValueError(f"eos_token_id {eos_token_id} is outside the vocabulary "
+                             f"0..{model.config.vocab_size - 1}")
+        eos_token_id = int(eos_token_id)
+    return ids, sampling, eos_token_id
+
+
+def _decode(model, idx, max_new_tokens, sampling, eos_token_id, seed, use_cache):
+    """The decoding loop: one trunk pass, the head on the last position, one choice per step.
+
+    Everything was checked before (``_check``): the model runs with
+    ``validate=False``, and the only copy from the device per step is the
+    check whether every row has ended, made only when there is an
+    ``eos_token_id``.
+    """
+    xp = backend.array_module(idx)
+    B, T0 = idx.shape
+    block = model.config.block_size
+    rng = np.random.default_rng(seed)
+    ids = xp.empty((B, T0 + max_new_tokens), dtype=idx.dtype)         # all tokens, filled as we go
+    ids[:, :T0] = idx
+    done = xp.zeros(B, dtype=bool)
+    cache = model.new_cache(B) if use_cache else None
+    with no_grad():
+        for t in range(T0, T0 + max_new_tokens):
+            if not use_cache:
+                hidden = model.trunk(ids[:, max(0, t - block):t], validate=False)
+            elif t == T0 or cache.length == block:
+                # First step, or the context outgrew block_size: the oldest
+                # token drops out, every position shifts, so rebuild the cache.
+                cache.reset()
+                hidden = model.trunk(ids[:, max(0, t - block):t], cache=cache, validate=False)
+            else:
+                hidden = model.trunk(ids[:, t - 1:t], cache=cache, validate=False)
+            logits = model.lm_head(hidden[:, -1])                      # (B, V): only the last position
+            token = next_token(logits.data, sampling, rng)
+            if eos_token_id is not None:
+                token = xp.where(done, eos_token_id, token)
+                done |= token == eos_token_id
+            ids[:, t] = token
+            yield token
+            if eos_token_id is not None and bool(done.all()):
+                return

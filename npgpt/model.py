@@ -7,20 +7,41 @@ The architecture is exactly OpenAI's GPT-2, with Hugging Face's parameter names
 onto it name for name (``npgpt.checkpoint``). Linear weights are stored
 (in, out), GPT-2's own "Conv1D" layout, so none has to be transposed.
 
-One forward pass serves training and generation: with a ``KVCache`` the keys
-and values of earlier positions are read from preallocated arrays instead of
-being recomputed (docs/model.md eq. 10), so each generated token costs O(T)
-attention work instead of O(T^2).
+The model is two parts, each computed in one place: the **trunk**
+(``GPT.trunk``: embeddings, blocks, final layer norm -> hidden states
+(B, T, C)) and the **head** (``GPT.lm_head``: hidden states -> logits, the
+tied ``wte``). ``model(idx)`` is ``lm_head(trunk(idx))``; the classifier, the
+decoding loop and ``npgpt.viz`` call the same trunk. With a ``KVCache`` the
+keys and values of earlier positions are read from preallocated arrays
+instead of being recomputed (docs/model.md eq. 10), so each generated token
+costs O(T) attention work instead of O(T^2).
 """
 
 import math
+import os
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 import npgpt.functional as F
-from npgpt import backend, generation, nn
-from npgpt.autograd import Tensor, is_grad_enabled
+from npgpt import backend, generation, inputs, nn
+from npgpt.autograd import Tensor, as_tensor, is_grad_enabled
+
+Array = Any  # a numpy.ndarray or a cupy.ndarray
+
+
+def child_seeds(seed: int | None, n: int) -> list[int]:
+    """``n`` independent seeds derived from ``seed``, as 64-bit integers.
+
+    ``numpy.random.SeedSequence(seed).spawn(n)``: each child hashes the seed
+    together with its own index, so no two children's streams overlap, nor
+    a child's with the parent's (as the stream of ``seed + 1`` is shared by
+    whatever else is seeded ``seed + 1``). One seed grows a tree:
+    ``default_rng(seed)`` draws a GPT's weights, child 0 seeds its dropout
+    modules (a grandchild each), child 1 a classifier's head.
+    """
+    return [int(child.generate_state(1, np.uint64)[0]) for child in np.random.SeedSequence(seed).spawn(n)]
 
 
 @dataclass
@@ -39,7 +60,7 @@ class GPTConfig:
     dropout: float = 0.0
     layer_norm_epsilon: float = 1e-5
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
@@ -52,7 +73,7 @@ class GPTConfig:
         if not self.layer_norm_epsilon > 0:
             raise ValueError(f"GPTConfig.layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}")
 
-    def num_parameters(self):
+    def num_parameters(self) -> int:
         """Parameter count from the shapes alone (docs/model.md eq. 11):
 
         ``V C + P C + L (12 C^2 + 13 C) + 2 C``, the LM head tied to ``wte``.
@@ -60,7 +81,8 @@ class GPTConfig:
         V, P, L, C = self.vocab_size, self.block_size, self.n_layer, self.n_embd
         return V * C + P * C + L * (12 * C * C + 13 * C) + 2 * C
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
+        """The fields as a plain dict (for ``config.json``)."""
         return asdict(self)
 
 
@@ -74,7 +96,8 @@ class KVCache:
     under ``no_grad()``.
     """
 
-    def __init__(self, config, batch_size, xp=np, dtype=np.float32, capacity=None):
+    def __init__(self, config: GPTConfig, batch_size: int, xp: Any = np, dtype: Any = np.float32,
+                 capacity: int | None = None):
         H, D = config.n_head, config.n_embd // config.n_head
         self.capacity = int(capacity or config.block_size)
         shape = (int(batch_size), H, self.capacity, D)
@@ -83,7 +106,7 @@ class KVCache:
         self.batch_size = int(batch_size)
         self.length = 0
 
-    def update(self, layer, k, v):
+    def update(self, layer: int, k: Array, v: Array) -> tuple[Array, Array]:
         """Store ``k, v`` (B, H, T, D) after the cached positions; return all keys and values so far."""
         start, stop = self.length, self.length + k.shape[2]
         if stop > self.capacity:
@@ -92,7 +115,7 @@ class KVCache:
         self.values[layer][:, :, start:stop] = v
         return self.keys[layer][:, :, :stop], self.values[layer][:, :, :stop]   # (B, H, stop, D)
 
-    def reset(self):
+    def reset(self) -> None:
         """Forget every position (the arrays are kept and overwritten)."""
         self.length = 0
 
@@ -100,7 +123,7 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention (docs/model.md eqs. 4, 5 and 9)."""
 
-    def __init__(self, config, rng, seed):
+    def __init__(self, config: GPTConfig, rng: Any, seed: int):
         super().__init__()
         C = config.n_embd
         self.n_head = config.n_head
@@ -108,14 +131,17 @@ class CausalSelfAttention(nn.Module):
         # Residual projections start smaller, so the residual stream's variance
         # does not grow with depth (GPT-2: std 0.02 / sqrt(2 n_layer)).
         self.c_proj = nn.Linear(C, C, std=0.02 / math.sqrt(2 * config.n_layer), rng=rng)
-        self.attn_dropout = nn.Dropout(config.dropout, seed=seed)
-        self.resid_dropout = nn.Dropout(config.dropout, seed=seed + 1)
+        attn_seed, resid_seed = child_seeds(seed, 2)
+        self.attn_dropout = nn.Dropout(config.dropout, seed=attn_seed)
+        self.resid_dropout = nn.Dropout(config.dropout, seed=resid_seed)
 
-    def forward(self, x, layer=0, cache=None, attn_mask=None):
+    def forward(self, x: Tensor, layer: int = 0, cache: KVCache | None = None,
+                attn_mask: Array | None = None) -> tuple[Tensor, Array]:
         """``x`` (B, T, C) -> (output (B, T, C), attention probabilities (B, H, T, T_keys)).
 
         ``attn_mask``: boolean, broadcastable to (B, H, T, T_keys), True = may attend
-        (hides padding; see ``GPT.hidden_states``).
+        (hides padding; see ``GPT.trunk``). In training mode the probabilities
+        are dropped inside the fused attention op (``dropout_p``).
         """
         B, T, C = x.shape
         H = self.n_head
@@ -126,40 +152,26 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k_all, v_all = cache.update(layer, k.data, v.data)         # (B, H, T_cached + T, D)
             k, v = Tensor(k_all), Tensor(v_all)
-        if self.training and self.attn_dropout.p > 0:
-            y, probs = self._attention_with_dropout(q, k, v, attn_mask)
-        else:
-            y, probs = F.scaled_dot_product_attention(q, k, v, causal=True, attn_mask=attn_mask, return_weights=True)
+        drop = self.attn_dropout
+        p = drop.p if drop.training else 0.0
+        rng = drop.rng(backend.array_module(x.data)) if p > 0 else None
+        y, probs = F.scaled_dot_product_attention(q, k, v, causal=True, attn_mask=attn_mask, return_weights=True,
+                                                  dropout_p=p, rng=rng)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)                   # heads side by side again
         return self.resid_dropout(self.c_proj(y)), probs
-
-    def _attention_with_dropout(self, q, k, v, attn_mask=None):
-        """Eqs. 4-5 from elementary ops, with dropout on the probabilities (training only).
-
-        The fused op has no dropout inside; GPT-2 drops attention
-        probabilities, so this path spells the formula out.
-        """
-        xp = backend.array_module(q.data)
-        Tq, Tk = q.shape[2], k.shape[2]
-        scores = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(q.shape[3]))   # (B, H, Tq, Tk)
-        hidden = ~xp.tril(xp.ones((Tq, Tk), dtype=bool), k=Tk - Tq)
-        if attn_mask is not None:
-            hidden = hidden | ~xp.asarray(attn_mask, dtype=bool)
-        probs = F.softmax(scores.masked_fill(hidden, float(xp.finfo(scores.dtype).min)))
-        return self.attn_dropout(probs) @ v, probs.data
 
 
 class MLP(nn.Module):
     """Position-wise feed-forward network: ``c_proj(gelu(c_fc(x)))``, 4x wide inside."""
 
-    def __init__(self, config, rng, seed):
+    def __init__(self, config: GPTConfig, rng: Any, seed: int):
         super().__init__()
         C = config.n_embd
         self.c_fc = nn.Linear(C, 4 * C, rng=rng)
         self.c_proj = nn.Linear(4 * C, C, std=0.02 / math.sqrt(2 * config.n_layer), rng=rng)
         self.dropout = nn.Dropout(config.dropout, seed=seed)
 
-    def forward(self, x):                                              # (B, T, C) -> (B, T, C)
+    def forward(self, x: Tensor) -> Tensor:                            # (B, T, C) -> (B, T, C)
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
 
 
@@ -169,14 +181,17 @@ class Block(nn.Module):
     ``x = x + attn(ln_1(x))``, then ``x = x + mlp(ln_2(x))``.
     """
 
-    def __init__(self, config, rng, seed):
+    def __init__(self, config: GPTConfig, rng: Any, seed: int):
         super().__init__()
+        attn_seed, mlp_seed = child_seeds(seed, 2)
         self.ln_1 = nn.LayerNorm(config.n_embd, config.layer_norm_epsilon)
-        self.attn = CausalSelfAttention(config, rng, seed)
+        self.attn = CausalSelfAttention(config, rng, attn_seed)
         self.ln_2 = nn.LayerNorm(config.n_embd, config.layer_norm_epsilon)
-        self.mlp = MLP(config, rng, seed + 2)
+        self.mlp = MLP(config, rng, mlp_seed)
 
-    def forward(self, x, layer=0, cache=None, attn_mask=None):         # (B, T, C) -> (B, T, C)
+    def forward(self, x: Tensor, layer: int = 0, cache: KVCache | None = None,
+                attn_mask: Array | None = None) -> tuple[Tensor, Array]:
+        """(B, T, C) -> ((B, T, C), this block's attention probabilities (B, H, T, T_keys))."""
         a, probs = self.attn(self.ln_1(x), layer, cache, attn_mask)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
@@ -197,12 +212,13 @@ class GPT(nn.Module):
     Weights are initialised as GPT-2's: Normal(0, 0.02), residual projections
     Normal(0, 0.02 / sqrt(2 n_layer)), biases 0, layer-norm gains 1, all drawn
     from ``numpy.random.default_rng(seed)`` (float32, on the CPU; move the
-    model with ``.to("cuda")``). ``init=False`` skips the random draw and
+    model with ``.to("cuda")``). The dropout modules' seeds are children of
+    ``seed`` (``child_seeds``). ``init=False`` skips the random draw and
     leaves the weights at zero, for a checkpoint to be loaded over them (for
     GPT-2 small that saves drawing 124 million random numbers).
     """
 
-    def __init__(self, config=None, seed=0, *, init=True):
+    def __init__(self, config: GPTConfig | None = None, seed: int = 0, *, init: bool = True):
         super().__init__()
         config = config if config is not None else GPTConfig()
         if not isinstance(config, GPTConfig):
@@ -210,55 +226,39 @@ class GPT(nn.Module):
         self.config = config
         rng = np.random.default_rng(seed) if init else _Zeros()
         C = config.n_embd
+        dropout_seed = child_seeds(seed, 1)[0]
+        seeds = child_seeds(dropout_seed, 1 + config.n_layer)          # embedding dropout, then one per block
         self.wte = nn.Embedding(config.vocab_size, C, rng=rng)        # token table, also the LM head
         self.wpe = nn.Embedding(config.block_size, C, rng=rng)        # learned position table
-        self.drop = nn.Dropout(config.dropout, seed=seed * 1000 + 1)
-        self.h = nn.ModuleList(Block(config, rng, seed=seed * 1000 + 10 * (i + 1)) for i in range(config.n_layer))
+        self.drop = nn.Dropout(config.dropout, seed=seeds[0])
+        self.h = nn.ModuleList(Block(config, rng, seed=seeds[i + 1]) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(C, config.layer_norm_epsilon)
 
     @property
-    def device(self):
+    def device(self) -> str:
         """Where the model's weights live (looked up once per forward pass, so kept cheap)."""
         return self.wte.weight.device
 
     # ------------------------------------------------------------ inputs
-    def check_ids(self, idx, past_length=0):
-        """Validate token ids: an integer (B, T) array with ids in range and T + past <= block_size."""
-        if isinstance(idx, Tensor):
-            idx = idx.data
-        if not hasattr(idx, "dtype"):
-            idx = np.asarray(idx)
-        if idx.ndim != 2:
-            raise ValueError(f"token ids must be a 2-D (batch, time) array, got shape {tuple(idx.shape)}; "
-                             "for one sequence pass ids[None]")
-        if idx.dtype.kind not in "iu":
-            raise TypeError(f"token ids must be integers, got dtype {idx.dtype}")
-        if idx.shape[1] == 0:
-            raise ValueError("token ids are empty: need at least one position")
-        if idx.shape[1] + past_length > self.config.block_size:
-            raise ValueError(f"sequence length {idx.shape[1]} (+ {past_length} cached positions) exceeds "
-                             f"block_size {self.config.block_size}")
-        F.check_token_ids(idx, self.config.vocab_size)
+    def check_ids(self, idx: Any, past_length: int = 0) -> Array:
+        """Validate token ids and put them on the model's device.
+
+        An integer (B, T) array (or Tensor, or nested lists), T >= 1, ids in
+        ``0..vocab_size-1`` and ``T + past_length <= block_size``.
+        """
+        idx = inputs.token_batch(idx, self.config.vocab_size, self.config.block_size, past_length)
         return backend.to_device(idx, self.device)
 
-    def new_cache(self, batch_size):
-        """An empty KV cache for ``batch_size`` sequences on the model's device."""
-        xp = backend.array_module(self.wte.weight.data)
-        return KVCache(self.config, batch_size, xp=xp, dtype=self.wte.weight.dtype)
+    def check_inputs(self, idx: Any, *, attention_mask: Any = None, position_ids: Any = None,
+                     inputs_embeds: Any = None, cache: KVCache | None = None
+                     ) -> tuple[Array, Array | None, Array | None, Tensor | None]:
+        """Validate the inputs of ``trunk`` and convert them: ``(idx, attention_mask, position_ids, inputs_embeds)``.
 
-    # ----------------------------------------------------------- forward
-    def forward(self, idx, targets=None, return_attention=False, cache=None):
-        """Logits of the next token at every position.
-
-        ``idx``: int (B, T) (a 1-D sequence is refused rather than guessed at:
-        pass ``ids[None]``). Returns ``logits`` (B, T, vocab_size) as a Tensor;
-        ``(logits, loss)`` when ``targets`` (int (B, T)) are given; and, with
-        ``return_attention=True``, additionally a list with one (B, H, T, T_keys)
-        array of attention probabilities per layer (last element of the tuple).
-
-        ``cache`` (a ``KVCache``, see ``new_cache``) holds the keys and values of
-        earlier positions: ``idx`` then continues the cached sequence, its
-        positions start at ``cache.length``, and the cache grows by T.
+        The ids as ``check_ids``; the mask as 0/1 integers of shape
+        (B, cached + T); the position ids (B, T) or (T,) in ``0..block_size-1``;
+        the embeddings a (B, T, C) Tensor; arrays on the model's device. What
+        ``trunk`` runs with ``validate=True``; a caller that passes
+        ``validate=False`` has called it (or built its inputs itself).
         """
         past = 0
         if cache is not None:
@@ -270,68 +270,97 @@ class GPT(nn.Module):
         B, T = idx.shape
         if cache is not None and cache.batch_size != B:
             raise ValueError(f"the KV cache holds {cache.batch_size} sequences but idx has batch {B}")
-        xp = backend.array_module(self.wte.weight.data)
-        positions = xp.arange(past, past + T)
-        x = self.drop(self.wte(idx) + self.wpe(positions))             # (B, T, C)
-        attentions = []
-        for layer, block in enumerate(self.h):
-            x, probs = block(x, layer, cache)
-            if return_attention:
-                attentions.append(probs)
-        if cache is not None:
-            cache.length += T
-        x = self.ln_f(x)
-        logits = F.linear(x, self.wte.weight.T)                        # tied head: x wte^T, (B, T, V)
-        out = (logits,)
-        if targets is not None:
-            out += (F.cross_entropy(logits, targets),)
-        if return_attention:
-            out += (attentions,)
-        return out[0] if len(out) == 1 else out
+        if attention_mask is not None:
+            attention_mask = backend.to_device(inputs.check_attention_mask(attention_mask, (B, past + T)),
+                                               self.device)
+        if position_ids is not None:
+            positions = inputs.as_array(position_ids)
+            if tuple(positions.shape) not in ((B, T), (T,)):
+                raise ValueError(f"position_ids of shape {tuple(positions.shape)} do not fit token ids {(B, T)}")
+            inputs.check_token_ids(positions, self.config.block_size, what="position id")
+            position_ids = backend.to_device(positions, self.device)
+        if inputs_embeds is not None:
+            inputs_embeds = as_tensor(inputs_embeds)
+            if tuple(inputs_embeds.shape) != (B, T, self.config.n_embd):
+                raise ValueError(f"inputs_embeds of shape {tuple(inputs_embeds.shape)}, expected "
+                                 f"{(B, T, self.config.n_embd)}")
+        return idx, attention_mask, position_ids, inputs_embeds
 
-    def hidden_states(self, idx, attention_mask=None, position_ids=None, inputs_embeds=None,
-                      return_attention=False):
-        """The final hidden states ``ln_f(x)`` (B, T, C), before the LM head (for classifiers).
+    def new_cache(self, batch_size: int) -> KVCache:
+        """An empty KV cache for ``batch_size`` sequences on the model's device."""
+        xp = backend.array_module(self.wte.weight.data)
+        return KVCache(self.config, batch_size, xp=xp, dtype=self.wte.weight.dtype)
+
+    # ------------------------------------------------------- trunk, head
+    def trunk(self, idx: Any, *, attention_mask: Any = None, position_ids: Any = None, inputs_embeds: Any = None,
+              cache: KVCache | None = None, return_attention: bool = False,
+              validate: bool = True) -> Tensor | tuple[Tensor, list[Array]]:
+        """The hidden states ``ln_f(x)`` (B, T, C) after the last block: everything but the head.
+
+        ``x_0 = drop(wte[idx] + wpe[positions])``, then every block, then the
+        final layer norm (docs/model.md eq. 9), the only place it is applied.
 
         ``attention_mask`` (B, T), 1 = real token, 0 = padding: no position
         attends to a padding position. ``position_ids`` (B, T) int replaces
         ``0..T-1`` (a left-padded sequence counts its positions from its first
-        real token). ``inputs_embeds`` (B, T, C) replaces the token-embedding
-        lookup ``wte(idx)`` (gradients with respect to the embeddings, for
-        saliency). With ``return_attention`` also the per-layer probabilities.
-        See docs/finetuning.md (section "Padding").
+        real token; docs/finetuning.md, section "Padding"). ``inputs_embeds``
+        (B, T, C) replaces the token-embedding lookup ``wte[idx]`` (gradients
+        with respect to the embeddings, for saliency). ``cache`` (a
+        ``KVCache``, see ``new_cache``) holds the keys and values of earlier
+        positions: ``idx`` then continues the cached sequence, its positions
+        start at ``cache.length``, the cache grows by T, and a mask covers the
+        cached positions too, (B, cache.length + T).
+
+        With ``return_attention`` returns ``(hidden, attentions)``, one
+        (B, H, T, T_keys) array of attention probabilities per layer.
+
+        The inputs are checked and converted by ``check_inputs``;
+        ``validate=False`` skips that for a caller that has (the decoding
+        loop), and then expects arrays on the model's device.
         """
-        idx = self.check_ids(idx)
-        B, T = idx.shape
-        xp = backend.array_module(self.wte.weight.data)
-        positions = xp.arange(T)
-        if position_ids is not None:
-            positions = backend.to_device(position_ids, self.device)
-            if tuple(positions.shape) not in ((B, T), (T,)):
-                raise ValueError(f"position_ids of shape {tuple(positions.shape)} do not fit token ids {(B, T)}")
-            F.check_token_ids(positions, self.config.block_size, what="position id")
-        if inputs_embeds is None:
-            tokens = self.wte(idx)                                     # (B, T, C)
-        elif tuple(inputs_embeds.shape) != (B, T, self.config.n_embd):
-            raise ValueError(f"inputs_embeds of shape {tuple(inputs_embeds.shape)}, expected "
-                             f"{(B, T, self.config.n_embd)}")
-        else:
-            tokens = inputs_embeds
-        x = self.drop(tokens + self.wpe(positions))                    # (B, T, C)
+        if validate:
+            idx, attention_mask, position_ids, inputs_embeds = self.check_inputs(
+                idx, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds,
+                cache=cache)
+        T = idx.shape[1]
+        past = cache.length if cache is not None else 0
+        if position_ids is None:
+            position_ids = backend.array_module(self.wte.weight.data).arange(past, past + T)
+        tokens = self.wte(idx, validate=False) if inputs_embeds is None else inputs_embeds     # (B, T, C)
+        x = self.drop(tokens + self.wpe(position_ids, validate=False))                        # (B, T, C)
         attn_mask = None
         if attention_mask is not None:
-            keys = backend.to_device(attention_mask, self.device) != 0     # (B, T)
-            attn_mask = keys[:, None, None, :]                         # (B, 1, 1, T): hides padded keys
+            attn_mask = (attention_mask != 0)[:, None, None, :]      # (B, 1, 1, T_keys): hides padded keys
         attentions = []
         for layer, block in enumerate(self.h):
-            x, probs = block(x, layer, attn_mask=attn_mask)
-            attentions.append(probs)
-        x = self.ln_f(x)
-        return (x, attentions) if return_attention else x
+            x, probs = block(x, layer, cache, attn_mask)
+            if return_attention:
+                attentions.append(probs)
+        if cache is not None:
+            cache.length += T
+        hidden = self.ln_f(x)
+        return (hidden, attentions) if return_attention else hidden
+
+    def lm_head(self, hidden: Tensor) -> Tensor:
+        """Logits ``h wte^T`` (..., vocab_size) from hidden states (..., C): the head tied to ``wte``."""
+        return F.linear(hidden, self.wte.weight.T)
+
+    def forward(self, idx: Any, *, attention_mask: Any = None, position_ids: Any = None, inputs_embeds: Any = None,
+                cache: KVCache | None = None, validate: bool = True) -> Tensor:
+        """Logits of the next token at every position: ``lm_head(trunk(idx))``, a (B, T, vocab_size) Tensor.
+
+        ``idx``: int (B, T) (a 1-D sequence is refused rather than guessed at:
+        pass ``ids[None]``). The keyword arguments are those of ``trunk``.
+        For the loss, ``F.cross_entropy(model(x), y)``; for attention maps,
+        ``model.trunk(x, return_attention=True)``.
+        """
+        return self.lm_head(self.trunk(idx, attention_mask=attention_mask, position_ids=position_ids,
+                                       inputs_embeds=inputs_embeds, cache=cache, validate=validate))
 
     # ----------------------------------------------- generation, checkpoints
-    def generate(self, idx, max_new_tokens, *, do_sample=False, temperature=1.0, top_k=None, top_p=None,
-                 eos_token_id=None, seed=None, use_cache=True):
+    def generate(self, idx: Any, max_new_tokens: int, *, do_sample: bool = False, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
+                 seed: int | None = None, use_cache: bool = True) -> Array:
         """Continue ``idx`` (int (B, T)): returns int (B, T + n), n <= max_new_tokens.
 
         Greedy unless ``do_sample``; see ``npgpt.generation.generate`` for the details.
@@ -340,14 +369,14 @@ class GPT(nn.Module):
                                    top_k=top_k, top_p=top_p, eos_token_id=eos_token_id, seed=seed,
                                    use_cache=use_cache)
 
-    def save_pretrained(self, directory):
+    def save_pretrained(self, directory: str | os.PathLike) -> Any:
         """Write ``config.json`` + ``model.safetensors`` in Hugging Face's GPT-2 layout."""
-        from npgpt import checkpoint     # deferred: checkpoint builds GPT objects
+        from npgpt import checkpoint  # deferred: checkpoint builds GPT objects
 
         return checkpoint.save_pretrained(self, directory)
 
     @classmethod
-    def from_pretrained(cls, name_or_dir):
+    def from_pretrained(cls, name_or_dir: str | os.PathLike) -> "GPT":
         """Load a GPT-2 checkpoint directory, or a model shipped in ``npgpt/pretrained/``."""
         from npgpt import checkpoint
 

@@ -19,10 +19,12 @@ shows); PNG output uses matplotlib when it is installed (the ``viz`` extra:
 
 import html
 import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from npgpt import backend
+from npgpt import backend, inputs
 from npgpt.autograd import Tensor, no_grad
 
 __all__ = ["attention_weights", "attention_map", "attention_svg", "saliency", "saliency_svg",
@@ -32,9 +34,7 @@ __all__ = ["attention_weights", "attention_map", "attention_svg", "saliency", "s
 # ------------------------------------------------------------------ helpers
 def _as_id_batch(ids):
     """Token ids as a NumPy int64 array of shape (1, T) (one sequence)."""
-    if isinstance(ids, Tensor):
-        ids = ids.data
-    ids = backend.to_numpy(ids) if hasattr(ids, "dtype") else np.asarray(ids)
+    ids = backend.to_numpy(inputs.as_array(ids))
     if ids.ndim == 2 and ids.shape[0] == 1:
         ids = ids[0]
     if ids.ndim != 1 or ids.size == 0:
@@ -52,7 +52,7 @@ def _encode(text_or_ids, tokenizer):
     return _as_id_batch(text_or_ids)
 
 
-def token_labels(ids, tokenizer=None):
+def token_labels(ids: Any, tokenizer: Any = None) -> list[str]:
     """Printable labels for token ids: each id decoded alone, or ``#id`` without a tokenizer.
 
     Byte-level BPE tokens often start with a space (" cat"); it is shown as a
@@ -69,29 +69,23 @@ def token_labels(ids, tokenizer=None):
     return labels
 
 
-def _model_device(model):
-    for p in model.parameters():
-        return p.device
-    return "cpu"
-
-
 # ---------------------------------------------------------------- attention
-def attention_weights(model, ids):
+def attention_weights(model: Any, ids: Any) -> np.ndarray:
     """Attention probabilities of every layer and head for one sequence.
 
     ``model`` is a ``GPT`` or a ``GPTClassifier`` (its backbone is used).
     Returns a NumPy array of shape (n_layer, n_head, T, T) whose row ``i`` of
     ``[l, h]`` is the distribution of query ``i`` over the keys ``j <= i``
-    (eq. 1). The LM head is not computed: only the blocks' attention is needed.
+    (eq. 1). Only the trunk runs (``GPT.trunk(..., return_attention=True)``):
+    the LM head is not needed.
     """
     gpt = getattr(model, "transformer", model)
-    idx = _as_id_batch(ids)
-    idx = backend.to_device(idx, _model_device(gpt))
+    idx = gpt.check_ids(_as_id_batch(ids))          # checked once, here; on the model's device
     was_training = gpt.training
     gpt.eval()                      # no dropout: the picture is of the deterministic model
     try:
         with no_grad():
-            _, attentions = gpt.hidden_states(idx, return_attention=True)   # one (1, H, T, T) per layer
+            _, attentions = gpt.trunk(idx, return_attention=True, validate=False)   # one (1, H, T, T) per layer
     finally:
         gpt.train(was_training)
     return np.stack([backend.to_numpy(a)[0] for a in attentions])   # (L, H, T, T)
@@ -110,7 +104,7 @@ def _colour_max(w):
     return float(body.max()) if body.size else 1.0
 
 
-def attention_svg(weights, tokens, title=None, cell=22):
+def attention_svg(weights: Any, tokens: Sequence[str], title: str | None = None, cell: int = 22) -> str:
     """An SVG heat map of one attention matrix: ``weights`` (Tq, Tk), ``tokens`` Tk labels.
 
     Row ``i`` is the query (labels on the left), column ``j`` the key (labels
@@ -161,7 +155,8 @@ def attention_svg(weights, tokens, title=None, cell=22):
     return "\n".join(out) + "\n"
 
 
-def save_figure(svg, path, png_draw=None):
+def save_figure(svg: str, path: str | pathlib.Path,
+                png_draw: Callable[[pathlib.Path], None] | None = None) -> pathlib.Path:
     """Write ``svg`` to ``path`` (``.svg``), or call ``png_draw(path)`` for ``.png``.
 
     PNG needs matplotlib; without it the error says how to install it.
@@ -183,7 +178,8 @@ def save_figure(svg, path, png_draw=None):
     return path
 
 
-def attention_map(model, text_or_ids, layer=0, head=0, tokenizer=None, path=None, title=None):
+def attention_map(model: Any, text_or_ids: Any, layer: int = 0, head: int = 0, tokenizer: Any = None,
+                  path: str | pathlib.Path | None = None, title: str | None = None) -> str:
     """Render the attention of ``layer`` / ``head`` over one text; return the SVG text.
 
     ``text_or_ids`` is a string (then ``tokenizer`` is needed) or token ids.
@@ -229,7 +225,7 @@ def _target_log_probability(model, idx, target, inputs_embeds):
     import npgpt.functional as F
 
     if hasattr(model, "num_labels"):                     # a GPTClassifier: target is a class
-        z = model(idx, inputs_embeds=inputs_embeds)      # (1, num_labels)
+        z = model(idx, inputs_embeds=inputs_embeds, validate=False)      # (1, num_labels)
         if model.num_labels == 1:
             if target not in (0, 1):
                 raise ValueError(f"a one-logit classifier has classes 0 and 1, not {target!r}")
@@ -239,9 +235,9 @@ def _target_log_probability(model, idx, target, inputs_embeds):
         if not 0 <= target < model.num_labels:
             raise ValueError(f"class {target!r} does not exist: the classifier has classes 0..{model.num_labels - 1}")
         return F.log_softmax(z, axis=-1)[0, int(target)]
-    # A language model: the next token's logits from the last hidden state and the tied head.
-    hidden = model.hidden_states(idx, inputs_embeds=inputs_embeds)   # (1, T, C)
-    logits = F.linear(hidden[:, -1], model.wte.weight.T)             # (1, V)
+    # A language model: the next token's logits, the head on the trunk's last hidden state.
+    hidden = model.trunk(idx, inputs_embeds=inputs_embeds, validate=False)   # (1, T, C)
+    logits = model.lm_head(hidden[:, -1])                                    # (1, V)
     V = logits.shape[-1]
     if not 0 <= int(target) < V:
         raise ValueError(f"target token {target!r} is outside the vocabulary 0..{V - 1}")
@@ -255,7 +251,7 @@ def _pair(z):
     return concat([z * 0.0, z], axis=-1)
 
 
-def saliency(model, text_or_ids, target, tokenizer=None):
+def saliency(model: Any, text_or_ids: Any, target: int | str, tokenizer: Any = None) -> tuple[list[str], np.ndarray]:
     """Gradient x input importance of every input token for one prediction (eq. 2).
 
     ``score = log p(target | x)``: for a ``GPTClassifier`` ``target`` is a class
@@ -276,8 +272,7 @@ def saliency(model, text_or_ids, target, tokenizer=None):
             raise ValueError(f"target {target!r} is {len(target_ids)} tokens; give one token (or its id)")
         target = target_ids[0]
     target = int(target)
-    device = _model_device(gpt)
-    idx = backend.to_device(idx, device)
+    idx = gpt.check_ids(idx)        # checked once, here; on the model's device
     # The embeddings become a leaf of the graph so that backward() fills their gradient;
     # they are copies, so the model's own weights are untouched.
     rows = gpt.wte.weight.data[idx]                                  # (1, T, C)
@@ -300,7 +295,7 @@ def saliency(model, text_or_ids, target, tokenizer=None):
     return token_labels(idx, tokenizer), backend.to_numpy(scores).astype(np.float64)
 
 
-def saliency_svg(tokens, scores, title=None):
+def saliency_svg(tokens: Sequence[str], scores: Any, title: str | None = None) -> str:
     """The tokens as a line of text, each on a background coloured by its score.
 
     Blue pushes towards the target, red away; intensity is ``|score|`` over

@@ -55,7 +55,7 @@ def test_round_trip_between_devices(xp):
 COMPUTE_MODULES = ["autograd.py", "functional.py", "nn.py", "model.py", "generation.py", "optim.py", "parallel.py"]
 HOST_SIDE_NUMPY = {
     # dtypes and type checks
-    "ndarray", "float16", "float32", "float64", "int32", "int64", "uint16", "uint32", "bool_", "dtype",
+    "ndarray", "float16", "float32", "float64", "int32", "int64", "uint16", "uint32", "uint64", "bool_", "dtype",
     "issubdtype", "floating", "integer", "finfo", "iinfo",
     # shapes and small host-side bookkeeping on Python lists/tuples
     "broadcast_shapes", "cumsum", "argsort", "prod", "array2string",

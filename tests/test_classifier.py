@@ -61,10 +61,26 @@ def test_head_is_linear_in_the_pooled_hidden_state():
     # docs/finetuning.md eq. 6: z_b = h_b W, with h_b the final hidden state at the last real token.
     model = make(num_labels=3)
     idx, mask = pad_batch(SEQUENCES, pad_id=0, side="right")
-    hidden = model.transformer.hidden_states(idx, attention_mask=mask, position_ids=positions_from_mask(mask))
+    hidden = model.transformer.trunk(idx, attention_mask=mask, position_ids=positions_from_mask(mask))
     pooled = hidden.numpy()[np.arange(len(SEQUENCES)), [len(s) - 1 for s in SEQUENCES]]
     np.testing.assert_allclose(model(idx, attention_mask=mask).numpy(), pooled @ model.score.weight.data,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_the_classifier_checks_once_and_runs_the_backbones_trunk(monkeypatch):
+    from npgpt import inputs
+
+    model = make()
+    idx, mask = pad_batch(SEQUENCES, pad_id=0, side="left")
+    calls, checks = [], []
+    trunk, check = model.transformer.trunk, inputs.check_token_ids
+    monkeypatch.setattr(model.transformer, "trunk", lambda *a, **k: calls.append(k) or trunk(*a, **k))
+    monkeypatch.setattr(model.transformer, "lm_head", lambda h: pytest.fail("a classifier has no LM head"))
+    monkeypatch.setattr(inputs, "check_token_ids", lambda *a, **k: checks.append(a) or check(*a, **k))
+    model(idx, attention_mask=mask)
+    assert len(calls) == 1 and calls[0]["validate"] is False     # the trunk trusts the checked inputs
+    assert len(checks) == 1                                      # the ids, once
+    np.testing.assert_array_equal(calls[0]["position_ids"], positions_from_mask(mask))
 
 
 def test_bad_masks_are_clear_errors():

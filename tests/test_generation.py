@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import npgpt.functional as F
 from npgpt import generation
 from npgpt.model import GPT, GPTConfig
 
@@ -43,7 +44,7 @@ def test_top_k_keeps_exactly_the_k_largest(z, k):
 def test_top_p_keeps_the_smallest_prefix_with_mass_at_least_p(z, p):
     # docs/model.md eq. 14: the nucleus is the shortest most-likely prefix with mass >= p
     out = generation.top_p_filter(z, p)
-    probs = generation.softmax(z.astype(np.float64))
+    probs = F.softmax_array(z.astype(np.float64))
     for row, prow, orow in zip(z, probs, out):
         kept = np.isfinite(orow)
         order = np.argsort(-row)
@@ -65,11 +66,11 @@ def test_temperature_scales_log_probabilities():
     # docs/model.md eq. 13: p_i(tau) proportional to exp(z_i / tau)
     z = np.array([[1.0, 2.0, 4.0]], np.float32)
     for tau in (0.5, 1.0, 3.0):
-        p = generation.softmax(generation.apply_temperature(z, tau))
+        p = F.softmax_array(generation.apply_temperature(z, tau))
         expected = np.exp(z / tau) / np.exp(z / tau).sum()
         np.testing.assert_allclose(p, expected, rtol=1e-6)
-    sharp = generation.softmax(generation.apply_temperature(z, 0.1))
-    flat = generation.softmax(generation.apply_temperature(z, 100.0))
+    sharp = F.softmax_array(generation.apply_temperature(z, 0.1))
+    flat = F.softmax_array(generation.apply_temperature(z, 100.0))
     assert sharp[0, 2] > 0.99 and flat.max() - flat.min() < 0.02
 
 
@@ -190,7 +191,8 @@ def test_stream_yields_one_token_per_step_and_checks_arguments_at_once():
     model = tiny()
     with pytest.raises(ValueError, match="temperature"):
         generation.stream(model, prompt(), 4, do_sample=True, temperature=0.0)
-    assert generation.next_token(np.zeros((1, 3), np.float32), True, np.float32(0.5), rng=np.random.default_rng(0)).shape == (1,)
+    sampling = generation.SamplingConfig(True, np.float32(0.5))
+    assert generation.next_token(np.zeros((1, 3), np.float32), sampling, rng=np.random.default_rng(0)).shape == (1,)
     steps = list(generation.stream(model, prompt(), 4))
     assert len(steps) == 4 and all(s.shape == (2,) for s in steps)
     np.testing.assert_array_equal(np.stack(steps, 1), model.generate(prompt(), 4)[:, 5:])
@@ -201,7 +203,7 @@ def test_generation_leaves_grad_mode_on():
 
     tiny().generate(prompt(), 2)
     assert is_grad_enabled()
-    assert math.isfinite(float(tiny()(prompt(), targets=prompt())[1].item()))
+    assert math.isfinite(F.cross_entropy(tiny()(prompt()), prompt()).item())
 
 
 def test_benchmark_loop_times_every_step_and_decodes_greedily():
@@ -212,3 +214,57 @@ def test_benchmark_loop_times_every_step_and_decodes_greedily():
     times, ids = run_npgpt(model, x, 6)
     assert len(times) == 6 and all(t > 0 for t in times)
     assert ids == model.generate(x, 6)[0, 5:].tolist()
+
+
+# ------------------------------------------------------- checked once, at the boundary
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=0), "temperature must be > 0"),
+    (dict(temperature=True), "temperature must be > 0"),
+    (dict(top_k=0), "top_k must be an integer >= 1"),
+    (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+])
+def test_sampling_config_is_checked_when_it_is_made(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generation.SamplingConfig(do_sample=True, **kwargs)
+    config = generation.SamplingConfig(do_sample=True, temperature=0.5, top_k=3, top_p=0.9)
+    with pytest.raises(AttributeError):
+        config.temperature = 0.0                 # frozen: it cannot become invalid later
+
+
+def test_the_decoding_loop_checks_nothing_per_token(monkeypatch):
+    from npgpt import inputs
+
+    model = tiny()
+    calls = {"sampling": 0, "ids": 0}
+    check_sampling, check_ids = generation.check_sampling_args, inputs.check_token_ids
+
+    def count_sampling(*args, **kwargs):
+        calls["sampling"] += 1
+        return check_sampling(*args, **kwargs)
+
+    def count_ids(*args, **kwargs):
+        calls["ids"] += 1
+        return check_ids(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "check_sampling_args", count_sampling)
+    monkeypatch.setattr(inputs, "check_token_ids", count_ids)
+    steps = generation.stream(model, prompt(), 12, do_sample=True, temperature=0.8, top_k=5, top_p=0.9, seed=0)
+    before = dict(calls)
+    assert before["sampling"] >= 1 and before["ids"] == 1        # the prompt and the settings, once
+    assert len(list(steps)) == 12                                 # 12 tokens, past block_size: cache rebuilt
+    assert calls == before                                        # ... and not one check more
+    # the public filters still check their argument when called on their own
+    with pytest.raises(ValueError, match="top_k"):
+        generation.top_k_filter(np.zeros((1, 4), np.float32), 0)
+    with pytest.raises(ValueError, match="top_p"):
+        generation.top_p_filter(np.zeros((1, 4), np.float32), 0.0)
+
+
+def test_generation_runs_the_trunk_and_the_head_on_the_last_position_only(monkeypatch):
+    model = tiny()
+    shapes = []
+    head = model.lm_head
+    monkeypatch.setattr(model, "lm_head", lambda h: shapes.append(h.shape) or head(h))
+    out = model.generate(prompt(B=2, T=5), 3)
+    assert shapes == [(2, 16)] * 3
+    np.testing.assert_array_equal(out[:, 5], model(prompt(B=2, T=5)).data[:, -1].argmax(-1))

@@ -134,13 +134,64 @@ def test_block_is_pre_ln_residual():
                                rtol=1e-4, atol=1e-6)
 
 
-def test_targets_give_logits_and_the_cross_entropy_loss():
+def test_an_untrained_model_has_a_loss_close_to_log_V():
     model = tiny()
     x, y = ids(seed=1), ids(seed=2)
-    logits, loss = model(x, targets=y)
-    assert loss.shape == () and abs(loss.item() - F.cross_entropy(logits, y).item()) < 1e-6
+    loss = F.cross_entropy(model(x), y)                  # the caller computes the loss
+    assert loss.shape == ()
     # an untrained model predicts roughly uniformly: loss close to log V
     assert abs(loss.item() - math.log(61)) < 0.2
+
+
+def test_forward_returns_only_the_logits_and_refuses_the_old_targets_argument():
+    model = tiny()
+    assert isinstance(model(ids()), Tensor)
+    with pytest.raises(TypeError, match="targets"):
+        model(ids(), targets=ids())
+    with pytest.raises(TypeError, match="return_attention"):
+        model(ids(), return_attention=True)
+
+
+def test_forward_is_the_head_of_the_trunk_and_ln_f_runs_once():
+    model = tiny()
+    x = ids()
+    calls = []
+    ln_f = model.ln_f.forward
+    model.ln_f.forward = lambda h: calls.append(1) or ln_f(h)
+    hidden = model.trunk(x)
+    assert hidden.shape == (2, 7, 16) and len(calls) == 1
+    logits = model(x)
+    assert len(calls) == 2                               # one final layer norm per forward pass
+    np.testing.assert_array_equal(logits.data, model.lm_head(hidden).data)
+    np.testing.assert_array_equal(model.lm_head(hidden).data, F.linear(hidden, model.wte.weight.T).data)
+    # the same with a padding mask and position ids: forward takes the trunk's arguments
+    mask = np.ones((2, 7), np.int64)
+    mask[1, :3] = 0
+    pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
+    np.testing.assert_array_equal(model(x, attention_mask=mask, position_ids=pos).data,
+                                  model.lm_head(model.trunk(x, attention_mask=mask, position_ids=pos)).data)
+
+
+def test_trunk_checks_its_inputs_unless_told_not_to(monkeypatch):
+    from npgpt import inputs
+
+    model = tiny()
+    x = ids()
+    checked = []
+    real = inputs.check_token_ids
+    monkeypatch.setattr(inputs, "check_token_ids", lambda *a, **k: checked.append(1) or real(*a, **k))
+    model.trunk(x)
+    assert len(checked) == 1                             # once, at the boundary; the embeddings trust it
+    model.trunk(x, validate=False)
+    assert len(checked) == 1
+    with pytest.raises(ValueError, match="position_ids of shape"):
+        model.trunk(x, position_ids=np.arange(3))
+    with pytest.raises(ValueError, match="position id 16 is out of range"):
+        model.trunk(x, position_ids=np.arange(7) + 10)
+    with pytest.raises(ValueError, match="inputs_embeds of shape"):
+        model.trunk(x, inputs_embeds=np.zeros((2, 7, 3), np.float32))
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 6\)"):
+        model.trunk(x, attention_mask=np.ones((2, 6), np.int64))
 
 
 def test_full_model_is_causal():
@@ -159,25 +210,43 @@ def test_full_model_is_causal():
 def test_return_attention_shapes_rows_and_causal_zeros():
     # docs/model.md eqs. 4 and 5: each row of P is a distribution over positions <= its own
     model = tiny()
-    logits, attentions = model(ids(B=3, T=6), return_attention=True)
+    hidden, attentions = model.trunk(ids(B=3, T=6), return_attention=True)
     assert len(attentions) == 2
     for P in attentions:
         assert P.shape == (3, 2, 6, 6)
         np.testing.assert_allclose(P.sum(-1), 1, rtol=1e-5)
         assert np.all(P[..., np.triu_indices(6, 1)[0], np.triu_indices(6, 1)[1]] == 0)
-    logits2, loss, att2 = model(ids(B=3, T=6), targets=ids(B=3, T=6), return_attention=True)
-    np.testing.assert_array_equal(att2[0], attentions[0])
+    np.testing.assert_array_equal(hidden.data, model.trunk(ids(B=3, T=6)).data)
 
 
-def test_attention_with_dropout_path_equals_fused_attention_without_dropout():
-    attn = tiny(dropout=0.1).h[0].attn
-    rng = np.random.default_rng(0)
-    q, k, v = (Tensor(rng.standard_normal((2, 2, 5, 8)).astype(np.float32)) for _ in range(3))
-    attn.attn_dropout.p = 0.0            # the explicit path with its dropout switched off
-    y, P = attn._attention_with_dropout(q, k, v)
-    y_ref, P_ref = F.scaled_dot_product_attention(q, k, v, return_weights=True)
-    np.testing.assert_allclose(y.data, y_ref.data, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(P, P_ref, rtol=1e-5, atol=1e-7)
+def test_attention_dropout_is_drawn_inside_the_fused_attention_op():
+    # Training mode: the block's attention drops probabilities in F.scaled_dot_product_attention,
+    # with the generator of its attn_dropout module; the same draws applied by hand agree.
+    model = tiny(dropout=0.5, seed=1).train()
+    attn = model.h[0].attn
+    x = Tensor(np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32))
+    attn.resid_dropout.p = 0.0                            # only the attention dropout is on
+    y, P = attn(x)
+    state = attn.attn_dropout.get_rng_state()
+    assert state["generators"]["numpy"]["draws"] == [[2 * 2 * 5 * 5, "float32", 1]]
+    replay = np.random.default_rng(attn.attn_dropout.seed)
+    keep = (replay.random(P.shape, dtype=np.float32) >= 0.5).astype(np.float32) / np.float32(0.5)
+    q, k, v = attn.c_attn(x).split(3, axis=2)
+    v = v.data.reshape(2, 5, 2, 8).transpose(0, 2, 1, 3)
+    by_hand = ((P * keep) @ v).transpose(0, 2, 1, 3).reshape(2, 5, 16)
+    expected = by_hand @ attn.c_proj.weight.data + attn.c_proj.bias.data
+    np.testing.assert_allclose(y.data, expected, rtol=1e-5, atol=1e-6)
+    assert (keep == 0).any() and np.all(P[..., np.triu_indices(5, 1)[0], np.triu_indices(5, 1)[1]] == 0)
+
+
+def test_dropout_seeds_are_children_of_the_model_seed():
+    model = tiny(seed=3, dropout=0.1)
+    seeds = [m.seed for _, m in model.named_modules() if isinstance(m, nn.Dropout)]
+    assert len(seeds) == 1 + 3 * 2 and len(set(seeds)) == len(seeds)       # all distinct
+    first_child = lambda seed: int(np.random.SeedSequence(seed).spawn(1)[0].generate_state(1, np.uint64)[0])
+    assert model.drop.seed == first_child(first_child(3))    # child 0 of child 0 of the seed
+    assert [m.seed for _, m in tiny(seed=3, dropout=0.1).named_modules() if isinstance(m, nn.Dropout)] == seeds
+    assert model.drop.seed not in [m.seed for _, m in tiny(seed=4).named_modules() if isinstance(m, nn.Dropout)]
 
 
 def test_dropout_only_in_training_mode_and_reproducible():
@@ -203,10 +272,9 @@ def test_finite_difference_gradient_of_the_loss_float64():
 
     def loss_value():
         with no_grad():
-            return model(x, targets=y)[1].item()
+            return F.cross_entropy(model(x), y).item()
 
-    _, loss = model(x, targets=y)
-    loss.backward()
+    F.cross_entropy(model(x), y).backward()
     eps = 1e-6
     for name in ("wte.weight", "wpe.weight", "h.0.attn.c_attn.weight", "h.1.attn.c_proj.bias",
                  "h.1.mlp.c_fc.weight", "h.0.ln_1.weight", "ln_f.bias"):

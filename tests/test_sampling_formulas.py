@@ -122,7 +122,7 @@ def test_filtered_tokens_are_never_sampled():
 @given(logit_rows, st.floats(0.05, 20.0))
 def test_temperature_is_a_power_of_the_probabilities(z, tau):
     # docs/generation.md eq. 4: softmax(z / tau) = p^(1/tau) / sum p^(1/tau).
-    q = generation.softmax(generation.apply_temperature(z, tau))
+    q = F.softmax_array(generation.apply_temperature(z, tau))
     p = reference_softmax(z)
     log_powered = np.log(p) / tau
     expected = reference_softmax(log_powered)
@@ -137,7 +137,7 @@ def test_temperature_keeps_the_order_and_moves_between_greedy_and_uniform(z):
         return -(q * np.log(np.clip(q, 1e-300, None))).sum(axis=-1)
 
     taus = [0.01, 0.3, 1.0, 3.0, 1000.0]
-    qs = [generation.softmax(generation.apply_temperature(z, t)) for t in taus]
+    qs = [F.softmax_array(generation.apply_temperature(z, t)) for t in taus]
     ents = np.array([entropy(q) for q in qs])
     assert np.all(np.diff(ents, axis=0) >= -1e-9)
     for q in qs:
@@ -164,7 +164,7 @@ def test_top_k_of_distinct_logits_keeps_exactly_k_and_one_is_greedy():
     z = np.random.default_rng(0).standard_normal((50, 30))
     for k in (1, 5, 29, 30):
         assert (np.isfinite(generation.top_k_filter(z, k)).sum(axis=-1) == k).all()
-    picks = generation.next_token(z, do_sample=True, top_k=1, rng=np.random.default_rng(0))
+    picks = generation.next_token(z, generation.SamplingConfig(do_sample=True, top_k=1), rng=np.random.default_rng(0))
     np.testing.assert_array_equal(picks, z.argmax(axis=-1))
 
 
@@ -176,7 +176,7 @@ def test_filtering_then_softmax_renormalises_the_kept_probabilities(z, k, top_p)
     for filtered in (generation.top_k_filter(z, k), generation.top_p_filter(z, top_p)):
         kept = np.isfinite(filtered)
         expected = np.where(kept, p, 0.0) / np.where(kept, p, 0.0).sum(axis=-1, keepdims=True)
-        np.testing.assert_allclose(generation.softmax(filtered), expected, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(F.softmax_array(filtered), expected, rtol=1e-9, atol=1e-12)
 
 
 def test_top_k_with_temperature_renormalises_the_tempered_distribution():
@@ -187,7 +187,8 @@ def test_top_k_with_temperature_renormalises_the_tempered_distribution():
         kept = np.isfinite(generation.top_k_filter(generation.apply_temperature(z, tau), 2))
         np.testing.assert_array_equal(kept, [[True, True, False, False]])
     n = 40_000
-    picks = generation.next_token(np.repeat(z, n, axis=0), do_sample=True, temperature=3.0, top_k=2,
+    picks = generation.next_token(np.repeat(z, n, axis=0),
+                                  generation.SamplingConfig(do_sample=True, temperature=3.0, top_k=2),
                                   rng=np.random.default_rng(0))
     expected = reference_softmax(z[0, :2] / 3.0)
     freq = np.bincount(picks, minlength=4)[:2] / n

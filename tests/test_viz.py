@@ -57,6 +57,27 @@ def test_attention_weights_are_the_softmax_of_scaled_scores():
     assert np.all(w[..., np.triu_indices(6, 1)[0], np.triu_indices(6, 1)[1]] == 0)
 
 
+def test_attention_weights_come_from_the_trunk_without_the_head(monkeypatch):
+    model = GPT(CONFIG, seed=0).eval()
+    calls = []
+    trunk = model.trunk
+    monkeypatch.setattr(model, "trunk", lambda *a, **k: calls.append(k) or trunk(*a, **k))
+    monkeypatch.setattr(model, "lm_head", lambda h: pytest.fail("attention maps need no LM head"))
+    weights = viz.attention_weights(model, IDS)
+    assert calls == [{"return_attention": True, "validate": False}]
+    _, expected = trunk(np.array([IDS]), return_attention=True)
+    np.testing.assert_array_equal(weights, np.stack([a[0] for a in expected]))
+
+
+def test_language_model_saliency_uses_the_trunk_and_the_tied_head(monkeypatch):
+    model = GPT(CONFIG, seed=0).eval()
+    heads = []
+    head = model.lm_head
+    monkeypatch.setattr(model, "lm_head", lambda h: heads.append(h.shape) or head(h))
+    viz.saliency(model, IDS, 3)
+    assert heads == [(1, CONFIG.n_embd)]                       # the last position only
+
+
 def test_attention_svg_is_valid_xml_with_one_cell_per_pair_and_escaped_labels():
     model = scaled(GPT(CONFIG, seed=0))
     tokenizer = CharTokenizer()
@@ -120,7 +141,7 @@ def _log_probability_with_scaled_embedding(model, ids, target, t, alpha):
         if model.num_labels == 1:
             return -np.log1p(np.exp(-z[0] if target == 1 else z[0]))
         return z[target] - np.log(np.exp(z).sum())
-    hidden = gpt.hidden_states(np.array([ids]), inputs_embeds=Tensor(e))
+    hidden = gpt.trunk(np.array([ids]), inputs_embeds=Tensor(e))
     logits = F.linear(hidden[:, -1], gpt.wte.weight.T).numpy()[0]
     return logits[target] - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
 
