@@ -81,11 +81,11 @@ class Tensor:
             data = np.asarray(data)
         if requires_grad and data.dtype.kind != "f":
             raise TypeError(f"only floating-point tensors can require gradients, got dtype {data.dtype}")
-        self.data = data
-        self.grad = None
+        self.data: Array = data
+        self.grad: Optional[Array] = None
         self.requires_grad = bool(requires_grad)
-        self._parents = ()
-        self._backward = None
+        self._parents: tuple[Tensor, ...] = ()
+        self._backward: Optional[Callable[[Array], tuple]] = None
         self.name = name
 
     # ------------------------------------------------------------------ basics
@@ -303,7 +303,7 @@ def grad(outputs: Tensor | Iterable[Tensor], inputs: Tensor | Iterable[Tensor],
     return found
 
 
-def tensor(data: Tensor | Array | ArrayLike, requires_grad: bool = False, dtype: DTypeLike = None,
+def tensor(data: Tensor | Array | ArrayLike, requires_grad: bool = False, dtype: Optional[DTypeLike] = None,
            device: Optional[str] = None) -> Tensor:
     """Make a tensor from a list, scalar or array (``npgpt.tensor``).
 

@@ -201,7 +201,7 @@ def load_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def load_tokens(path: str | os.PathLike, dtype: DTypeLike = None) -> np.memmap:
+def load_tokens(path: str | os.PathLike, dtype: Optional[DTypeLike] = None) -> np.memmap:
     """A read-only ``numpy.memmap`` of a token file; ``dtype`` from the ``meta.json`` beside it if not given.
 
     ``path`` is a ``.bin`` file, or a data directory plus ``"train"``/``"val"``

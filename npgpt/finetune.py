@@ -243,8 +243,12 @@ class FinetuneResult:
     """What :func:`finetune` did: ``history`` (one dict per evaluation), the best step and loss."""
 
     def __init__(self) -> None:
-        self.history, self.best_step, self.best_loss, self.stopped_early, self.steps = [], None, np.inf, False, 0
-        self.stopped_by = None      # the signal number, when Ctrl-C / SIGTERM ended the run
+        self.history: list[dict[str, Any]] = []
+        self.best_step: Optional[int] = None
+        self.best_loss: float = np.inf
+        self.stopped_early = False
+        self.steps = 0
+        self.stopped_by: Optional[int] = None      # the signal number, when Ctrl-C / SIGTERM ended the run
 
     def __repr__(self) -> str:
         return (f"FinetuneResult(steps={self.steps}, best_step={self.best_step}, "

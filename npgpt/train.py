@@ -333,7 +333,7 @@ class Trainer:
             self.log(f"step {0:>6d}/{c.max_steps} | val loss {val:.4f} | val ppl {math.exp(val):.2f}")
         started = interval_start = time.perf_counter()
         steps_done, interval_steps, interval_loss = 0, 0, 0.0
-        last = {"train_loss": None, "val_loss": None}
+        last: dict[str, Optional[float]] = {"train_loss": None, "val_loss": None}
         start_step = self.step
         saved_step = self.step if self.step > 0 else None     # a resumed run has its checkpoint already
         checkpoint_every = c.checkpoint_interval or c.eval_interval

@@ -6,6 +6,7 @@ import resource
 import sys
 import time
 from collections.abc import Iterable
+from typing import Literal
 
 
 def peak_rss_mb() -> float:
@@ -29,6 +30,6 @@ class Timer:
         self.start = time.perf_counter()
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.seconds = time.perf_counter() - self.start
         return False
