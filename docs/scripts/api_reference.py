@@ -51,6 +51,7 @@ MODULES = [
     ("npgpt.viz", "interpretability.md"),
     ("npgpt.gradcheck", "autograd.md"),
     ("npgpt.parallel", "performance.md"),
+    ("npgpt.flops", "performance.md"),
     ("npgpt.bench", "benchmarks.md"),
     ("npgpt.cli", "index.md"),
 ]
