@@ -18,6 +18,12 @@ name of the tensor that does not fit.
 Saving is atomic: both files are written into a temporary directory next to
 the target, flushed to disk (fsync), and only then renamed into place. A crash
 or an error while writing leaves the previous checkpoint untouched.
+
+This module knows files, not models: it reads and writes ``config.json`` and
+safetensors, and imports nothing of the model. The mapping of a model's
+parameters onto tensor names lives with each model (``GPT.save_pretrained``
+and ``GPT.from_pretrained`` in ``npgpt.model``, ``GPTClassifier``'s in
+``npgpt.classifier``), which import this module, never the other way round.
 """
 
 import json
@@ -29,7 +35,6 @@ import struct
 import numpy as np
 
 from npgpt import backend, fileio
-from npgpt.model import GPT, GPTConfig
 from npgpt.tokenizer.bpe import GPT2_ENDOFTEXT_ID
 
 CONFIG_NAME = "config.json"
@@ -45,7 +50,7 @@ class CheckpointError(ValueError):
 
 # =================================================================== saving
 def hf_config(config):
-    """The ``config.json`` dict transformers' ``GPT2Config`` expects for ``config``."""
+    """The ``config.json`` dict transformers' ``GPT2Config`` expects for ``config`` (a ``GPTConfig``)."""
     eos = GPT2_ENDOFTEXT_ID if config.vocab_size == GPT2_ENDOFTEXT_ID + 1 else None
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -80,17 +85,6 @@ def _write_tensors(tensors, path):
     from safetensors.numpy import save_file
 
     save_file(tensors, str(path), metadata={"format": "pt"})
-
-
-def save_pretrained(model, directory):
-    """Write ``model`` to ``directory`` (created if needed) atomically; returns the path.
-
-    Files of other kinds already in ``directory`` (a tokenizer's ``vocab.json``
-    ...) are kept.
-    """
-    tensors = {f"transformer.{name}": np.ascontiguousarray(backend.to_numpy(p.data).astype(np.float32, copy=False))
-               for name, p in model.named_parameters()}
-    return write_checkpoint(directory, hf_config(model.config), tensors)
 
 
 def write_checkpoint(directory, config, tensors):
@@ -137,7 +131,12 @@ def resolve(name_or_dir):
 
 
 def read_config(directory):
-    """``GPTConfig`` from a GPT-2 ``config.json``."""
+    """GPT-2's hyper-parameters from ``config.json``, as ``GPTConfig``'s field names and values (a dict).
+
+    ``GPTConfig.from_pretrained`` builds the config from it (this module knows
+    files, not models: it imports nothing of the model, so the model can
+    import it).
+    """
     path = pathlib.Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: a checkpoint needs {CONFIG_NAME} and {WEIGHTS_NAME}")
@@ -160,11 +159,11 @@ def read_config(directory):
     if raw.get("n_inner") not in (None, 4 * raw["n_embd"]):
         raise CheckpointError(f"{path}: n_inner {raw['n_inner']} is not 4 * n_embd, which npgpt's MLP assumes")
     try:
-        return GPTConfig(vocab_size=raw["vocab_size"], block_size=raw.get("n_positions", raw.get("n_ctx")),
-                         n_layer=raw["n_layer"], n_head=raw["n_head"], n_embd=raw["n_embd"],
-                         dropout=float(raw.get("resid_pdrop", 0.0)),
-                         layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)))
-    except ValueError as exc:
+        return {"vocab_size": raw["vocab_size"], "block_size": raw.get("n_positions", raw.get("n_ctx")),
+                "n_layer": raw["n_layer"], "n_head": raw["n_head"], "n_embd": raw["n_embd"],
+                "dropout": float(raw.get("resid_pdrop", 0.0)),
+                "layer_norm_epsilon": float(raw.get("layer_norm_epsilon", 1e-5))}
+    except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
 
 
@@ -235,7 +234,8 @@ def read_tensors(path):
     return tensors
 
 
-def _weights_path(directory):
+def weights_path(directory):
+    """``model.safetensors`` of a checkpoint directory; a pickle-only or sharded directory is refused."""
     path = directory / WEIGHTS_NAME
     if path.is_file():
         return path
@@ -247,40 +247,3 @@ def _weights_path(directory):
     if (directory / "model.safetensors.index.json").exists():
         raise CheckpointError(f"{directory} holds a sharded checkpoint; npgpt reads a single {WEIGHTS_NAME}")
     raise FileNotFoundError(f"{path} is missing: a checkpoint needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-
-
-def load_pretrained(name_or_dir):
-    """A ``GPT`` with the weights of a GPT-2 checkpoint (float32, on the CPU).
-
-    Accepts tensor names with or without the ``transformer.`` prefix, ignores
-    the causal-mask buffers old transformers versions saved, and accepts an
-    ``lm_head.weight`` only when it equals ``wte`` (GPT-2 ties them; npgpt
-    has no untied head). The model is returned in eval mode; its
-    ``config.dropout`` is the checkpoint's ``resid_pdrop`` (0.1 for OpenAI's
-    GPT-2), used only if it is switched to training mode.
-    """
-    directory = resolve(name_or_dir)
-    config = read_config(directory)
-    path = _weights_path(directory)
-    loaded = {}
-    for name, array in read_tensors(path).items():
-        loaded[name[len("transformer."):] if name.startswith("transformer.") else name] = array
-    head = loaded.pop("lm_head.weight", None)
-
-    model = GPT(config, init=False)
-    params = dict(model.named_parameters())
-    unexpected = sorted(set(loaded) - set(params))
-    if unexpected:
-        raise CheckpointError(f"{path}: unexpected tensors {unexpected} (not part of a GPT-2 model)")
-    for name, p in params.items():
-        if name not in loaded:
-            raise CheckpointError(f"{path}: tensor {name!r} is missing")
-        if loaded[name].shape != tuple(p.shape):
-            raise CheckpointError(f"{path}: tensor {name!r} has shape {loaded[name].shape}, "
-                                  f"but config.json implies {tuple(p.shape)}")
-    if head is not None and (head.shape != loaded["wte.weight"].shape or not np.array_equal(head, loaded["wte.weight"])):
-        raise CheckpointError(f"{path}: lm_head.weight differs from wte.weight; npgpt's LM head is tied to the "
-                              "token embedding (as GPT-2's is) and cannot hold a separate head")
-    for name, p in params.items():
-        p.data = loaded[name]          # the arrays just read are ours: no copy needed
-    return model.eval()

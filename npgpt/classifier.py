@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 import npgpt.functional as F
-from npgpt import backend, inputs, nn
+from npgpt import backend, checkpoint, inputs, nn
 from npgpt.autograd import Tensor, no_grad
 from npgpt.model import GPT, GPTConfig, child_seeds
 
@@ -184,8 +184,6 @@ class GPTClassifier(nn.Module):
     # -------------------------------------------------------- checkpoints
     def hf_config(self) -> dict:
         """The ``config.json`` dict: GPT-2's keys plus the classification ones HF reads."""
-        from npgpt import checkpoint
-
         cfg = checkpoint.hf_config(self.config)
         id2label = {str(i): name for i, name in enumerate(self.labels)}
         cfg.update({
@@ -223,8 +221,6 @@ class GPTClassifier(nn.Module):
 
         Written atomically: the files appear complete or not at all.
         """
-        from npgpt import checkpoint
-
         directory = pathlib.Path(directory)
         checkpoint.write_checkpoint(directory, self.hf_config(), self.hf_state_dict())
         if tokenizer is not None:
@@ -243,8 +239,6 @@ class GPTClassifier(nn.Module):
           ``"npgpt-small"``) becomes the backbone, and a new head with
           ``num_labels`` outputs is initialised (``num_labels`` is required).
         """
-        from npgpt import checkpoint
-
         directory = checkpoint.resolve(name_or_dir)
         config_path = directory / checkpoint.CONFIG_NAME
         saved = json.loads(config_path.read_text()) if config_path.is_file() else {}
@@ -264,14 +258,9 @@ class GPTClassifier(nn.Module):
             tensors = checkpoint.read_tensors(weights)
             if "score.weight" not in tensors:
                 raise checkpoint.CheckpointError(f"{weights} has no score.weight (the classification head)")
-            prefix = "transformer."
-            backbone_state = {k[len(prefix):] if k.startswith(prefix) else k: v
-                              for k, v in tensors.items() if k != "score.weight"}
-            backbone = GPT(checkpoint.read_config(directory), init=False)     # weights come next
-            try:                     # names and shapes are checked, with errors naming the tensor
-                backbone.load_state_dict(backbone_state, strict=True)
-            except (KeyError, ValueError) as exc:
-                raise checkpoint.CheckpointError(f"{weights}: {exc}") from None
+            backbone = GPT(GPTConfig.from_pretrained(directory), init=False)     # weights come next
+            # names and shapes are checked, with errors naming the tensor
+            backbone.load_hf_tensors({k: v for k, v in tensors.items() if k != "score.weight"}, weights)
             model = cls(num_labels=saved_labels, labels=labels or names, backbone=backbone, seed=seed,
                         pad_token_id=pad_token_id if pad_token_id is not None else saved.get("pad_token_id"))
             score = np.asarray(tensors["score.weight"], dtype=np.float32)

@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 
 import npgpt.functional as F
-from npgpt import backend, generation, inputs, nn
+from npgpt import backend, checkpoint, generation, inputs, nn
 from npgpt.autograd import Tensor, as_tensor, is_grad_enabled
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
+HF_PREFIX = "transformer."   # GPT-2's tensor names in Hugging Face files: transformer.h.0.attn.c_attn.weight
 
 
 def child_seeds(seed: int | None, n: int) -> list[int]:
@@ -84,6 +85,15 @@ class GPTConfig:
     def to_dict(self) -> dict:
         """The fields as a plain dict (for ``config.json``)."""
         return asdict(self)
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | os.PathLike) -> "GPTConfig":
+        """The config of a GPT-2 checkpoint directory (or shipped model), from its ``config.json``."""
+        directory = checkpoint.resolve(name_or_dir)
+        try:
+            return cls(**checkpoint.read_config(directory))
+        except ValueError as exc:
+            raise checkpoint.CheckpointError(f"{directory / checkpoint.CONFIG_NAME}: {exc}") from None
 
 
 class KVCache:
@@ -369,15 +379,58 @@ class GPT(nn.Module):
                                    top_k=top_k, top_p=top_p, eos_token_id=eos_token_id, seed=seed,
                                    use_cache=use_cache)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Any:
-        """Write ``config.json`` + ``model.safetensors`` in Hugging Face's GPT-2 layout."""
-        from npgpt import checkpoint  # deferred: checkpoint builds GPT objects
+    def hf_tensors(self) -> dict[str, np.ndarray]:
+        """The weights under GPT-2's Hugging Face names (``transformer.h.0...``), float32 NumPy arrays."""
+        return {HF_PREFIX + name: np.ascontiguousarray(backend.to_numpy(p.data).astype(np.float32, copy=False))
+                for name, p in self.named_parameters()}
 
-        return checkpoint.save_pretrained(self, directory)
+    def load_hf_tensors(self, tensors: dict[str, np.ndarray], source: Any = "the checkpoint") -> "GPT":
+        """Take weights named as in a Hugging Face GPT-2 file; every name and shape is checked first.
+
+        Accepts names with or without the ``transformer.`` prefix, and an
+        ``lm_head.weight`` only when it equals ``wte`` (GPT-2 ties them; npgpt
+        has no untied head). Errors (``CheckpointError``) name ``source`` and
+        the tensor. The arrays are taken over, not copied.
+        """
+        loaded = {name[len(HF_PREFIX):] if name.startswith(HF_PREFIX) else name: array
+                  for name, array in tensors.items()}
+        head = loaded.pop("lm_head.weight", None)
+        params = dict(self.named_parameters())
+        unexpected = sorted(set(loaded) - set(params))
+        if unexpected:
+            raise checkpoint.CheckpointError(f"{source}: unexpected tensors {unexpected} (not part of a GPT-2 model)")
+        for name, p in params.items():
+            if name not in loaded:
+                raise checkpoint.CheckpointError(f"{source}: tensor {name!r} is missing")
+            if tuple(loaded[name].shape) != tuple(p.shape):
+                raise checkpoint.CheckpointError(f"{source}: tensor {name!r} has shape {tuple(loaded[name].shape)}, "
+                                                 f"but config.json implies {tuple(p.shape)}")
+        wte = loaded["wte.weight"]
+        if head is not None and (head.shape != wte.shape or not np.array_equal(head, wte)):
+            raise checkpoint.CheckpointError(f"{source}: lm_head.weight differs from wte.weight; npgpt's LM head is "
+                                             "tied to the token embedding (as GPT-2's is) and cannot hold a "
+                                             "separate head")
+        for name, p in params.items():
+            p.data = backend.to_device(loaded[name], p.device)
+        return self
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Any:
+        """Write ``config.json`` + ``model.safetensors`` in Hugging Face's GPT-2 layout, atomically.
+
+        Files of other kinds already in ``directory`` (a tokenizer's ``vocab.json`` ...) are kept.
+        """
+        return checkpoint.write_checkpoint(directory, checkpoint.hf_config(self.config), self.hf_tensors())
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike) -> "GPT":
-        """Load a GPT-2 checkpoint directory, or a model shipped in ``npgpt/pretrained/``."""
-        from npgpt import checkpoint
+        """Load a GPT-2 checkpoint directory, or a model shipped in ``npgpt/pretrained/``.
 
-        return checkpoint.load_pretrained(name_or_dir)
+        The weights are float32, on the CPU; the model is returned in eval
+        mode. Its ``config.dropout`` is the checkpoint's ``resid_pdrop`` (0.1
+        for OpenAI's GPT-2), used only if it is switched to training mode.
+        """
+        directory = checkpoint.resolve(name_or_dir)
+        config = GPTConfig.from_pretrained(directory)
+        path = checkpoint.weights_path(directory)
+        model = cls(config, init=False)
+        return model.load_hf_tensors(checkpoint.read_tensors(path), path).eval()

@@ -122,8 +122,7 @@ def dropout_states(model: nn.Module) -> dict:
     states = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.Dropout):
-            state = module.get_rng_state() if hasattr(module, "get_rng_state") else (  # TEMP until nn API lands
-                module._rngs[np].bit_generator.state if np in module._rngs else None)
+            state = module.get_rng_state()
             if state is not None:
                 states[name] = state
     return states
@@ -132,10 +131,7 @@ def dropout_states(model: nn.Module) -> dict:
 def restore_dropout_states(model: nn.Module, states: dict) -> None:
     for name, module in model.named_modules():
         if isinstance(module, nn.Dropout) and name in states:
-            if hasattr(module, "set_rng_state"):
-                module.set_rng_state(states[name])
-            else:  # TEMP
-                module.rng(np).bit_generator.state = states[name]
+            module.set_rng_state(states[name])
 
 
 # ----------------------------------------------------------------- writing

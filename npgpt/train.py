@@ -47,6 +47,7 @@ import npgpt.functional as F
 from npgpt import backend, engine, rundir, settings
 from npgpt.autograd import Tensor, no_grad
 from npgpt.backend import Array
+from npgpt.checkpoint import WEIGHTS_NAME, read_tensors
 from npgpt.data import BatchSampler, TokenFile, load_meta
 from npgpt.engine import TrainingDiverged
 from npgpt.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
@@ -243,11 +244,8 @@ class Trainer:
         return cls(TrainConfig.from_dict(values), log=log, _state=(checkpoint, state))
 
     def _restore(self, checkpoint: pathlib.Path, state: dict[str, Any]) -> None:
-        from npgpt import checkpoint as ckpt
-
-        tensors = ckpt.read_tensors(checkpoint / ckpt.WEIGHTS_NAME)
-        weights = {name[len("transformer."):]: array for name, array in tensors.items()}
-        self.model.load_state_dict(weights)
+        weights = checkpoint / WEIGHTS_NAME
+        self.model.load_hf_tensors(read_tensors(weights), weights)
         rundir.load_optimizer(self.optimizer, checkpoint / rundir.OPTIMIZER_NAME)
         self.sampler.load_state_dict(state["sampler"])
         rundir.restore_dropout_states(self.model, state.get("dropout_rngs", {}))

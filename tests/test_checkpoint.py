@@ -40,7 +40,7 @@ def write_raw_safetensors(path, entries, cut=0):
 
 
 def saved(tmp_path, model=None, name="ckpt"):
-    return checkpoint.save_pretrained(model or small(), tmp_path / name)
+    return (model or small()).save_pretrained(tmp_path / name)
 
 
 # ------------------------------------------------------------- round trip
@@ -94,7 +94,7 @@ def test_a_failure_mid_save_leaves_the_old_checkpoint_intact(tmp_path, monkeypat
 def test_save_into_a_file_path_fails(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError):
-        checkpoint.save_pretrained(small(), tmp_path / "file")
+        small().save_pretrained(tmp_path / "file")
 
 
 # ------------------------------------------------------------ name lookup
