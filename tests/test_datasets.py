@@ -177,3 +177,64 @@ def test_real_movie_reviews_and_gpt2_files():
     assert len(lines) == 10_605 and len(lines[0].split("\t")) == 3
     assert sorted(p.name for p in real("gpt2-encoder").iterdir()) == ["encoder.json", "vocab.bpe"]
     assert real("gpt2-tiktoken").stat().st_size == 835_554
+
+
+RAW_REVIEWS = ("1\t2.26666666667\tA splash, even greater than the original.\r\n"
+               "2\t-0.6\tEffective but too tepid biopic\r\n"
+               "3\t0.0\tA film about a man.\r\n"                       # rated exactly 0: neither, dropped
+               '4\t-1.8125\t"Quoted" openings stay as they are\r\n')
+
+
+@pytest.fixture
+def raw_reviews(tmp_path, monkeypatch):
+    """A four-line stand-in for the fetched movie-reviews file (CRLF, no header, like the real one)."""
+    path = tmp_path / "movieReviewSnippets_GroundTruth.txt"
+    path.write_bytes(RAW_REVIEWS.encode("utf-8"))
+    monkeypatch.setattr(datasets, "fetch", lambda name: path if name == "movie-reviews" else pytest.fail(name))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".csv", ".jsonl"])
+def test_export_writes_a_labelled_file_that_finetune_reads(raw_reviews, tmp_path, suffix):
+    from npgpt import labelled
+
+    out = tmp_path / f"reviews{suffix}"
+    summary = datasets.export("movie-reviews", out)
+    assert summary == f"wrote {out}: 3 rows (2 negative, 1 positive)"
+    texts, labels = labelled.read_labelled_file(out)            # npgpt finetune's defaults: text, label
+    assert texts == ["A splash, even greater than the original.", "Effective but too tepid biopic",
+                     '"Quoted" openings stay as they are']
+    assert labels == ["positive", "negative", "negative"]
+
+
+def test_export_never_replaces_a_file_by_surprise(raw_reviews, tmp_path, capsys):
+    out = tmp_path / "reviews.tsv"
+    out.write_text("mine\n")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        datasets.export("movie-reviews", out)
+    assert out.read_text() == "mine\n"
+    assert datasets.main(["export", "movie-reviews", str(out)]) == 1
+    assert "exists" in capsys.readouterr().err and out.read_text() == "mine\n"
+    assert datasets.main(["export", "movie-reviews", str(out), "--overwrite"]) == 0
+    assert out.read_text().startswith("text\tlabel\n")
+
+
+def test_export_refuses_what_it_cannot_write(raw_reviews, tmp_path):
+    with pytest.raises(ValueError, match=r"\.tsv, \.csv or \.jsonl"):
+        datasets.export("movie-reviews", tmp_path / "reviews.txt")
+    with pytest.raises(KeyError, match="exportable: movie-reviews"):
+        datasets.export("sotu", tmp_path / "sotu.tsv")
+    raw_reviews.write_bytes(b"5\t1.5\tone\ttab too many\r\n")
+    with pytest.raises(ValueError, match="line 1: 4 tab-separated fields"):
+        datasets.export("movie-reviews", tmp_path / "reviews.tsv")
+    assert not (tmp_path / "reviews.tsv").exists()
+
+
+def test_real_export_labels_every_review_as_npgpt_labelled_does(tmp_path):
+    from npgpt import labelled
+
+    real("movie-reviews")
+    out = tmp_path / "reviews.tsv"
+    assert datasets.export("movie-reviews", out) == f"wrote {out}: 10,568 rows (5,326 negative, 5,242 positive)"
+    texts, labels = labelled.read_labelled_file(out)
+    assert (texts, [int(y == "positive") for y in labels]) == labelled.movie_reviews()
