@@ -3,9 +3,11 @@
 Run from the repository root, after fine-tuning the sentiment classifier of the example:
 
     python examples/sentiment.py --out /tmp/sentiment-classifier
-    python docs/scripts/interpretability_images.py --classifier /tmp/sentiment-classifier
+    python docs/scripts/interpretability_images.py --classifier /tmp/sentiment-classifier --out docs/images
 
-It writes into docs/images/:
+``--out`` is required: the script writes where it is told and nowhere else (``--out docs/images``
+regenerates the book's pictures, which are tracked; any other directory leaves them alone).
+It writes into that directory:
 
 * attention_layer{L}_head{H}.svg and .png -- attention maps of the language model for one sentence;
 * saliency_next_token.svg -- which words made the language model predict its next token;
@@ -40,7 +42,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="npgpt-small", help="language model (name or directory)")
     parser.add_argument("--classifier", default=None, help="a fine-tuned sentiment classifier directory")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "images"))
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="directory to write the pictures into (the book's are in docs/images)")
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,17 +1,18 @@
-"""Plot a training run's loss curve: ``python docs/scripts/loss_curve.py RUN_DIR [--out PNG]``.
+"""Plot a training run's loss curve: ``python docs/scripts/loss_curve.py RUN_DIR --out PNG``.
 
 Reads ``RUN_DIR/log.jsonl`` (written by ``npgpt train``) and draws the training loss (each
 step, faint, and a moving average) and the validation loss against the step, with the
 learning rate on a second axis. Needs matplotlib (``pip install -e ".[viz]"``).
 
-The figure in docs/training.md comes from the run described there:
+``--out`` is required: the script writes where it is told and nowhere else, so plotting your own
+run can never overwrite the book's figure by accident.
 
-    npgpt tokenizer train --input shakespeare.txt --vocab-size 2048 --out tok
-    npgpt prepare --input shakespeare.txt --tokenizer tok --out data
-    npgpt train --data data --out run --n-layer 4 --n-head 4 --n-embd 128 --block-size 128 \\
-        --batch-size 16 --max-steps 300 --warmup-steps 20 --lr 2e-3 --min-lr 2e-4 \\
-        --eval-interval 50 --eval-iters 10 --log-interval 25
-    python docs/scripts/loss_curve.py run --out docs/images/loss_curve.png
+The figure in docs/training.md, docs/images/loss_curve.png, comes from the run described there;
+the commands that repeat the run and redraw the figure are listed below it (section "The log line
+and MFU"), ending with
+
+    python docs/scripts/loss_curve.py runs/loss-curve/run --out docs/images/loss_curve.png \\
+           --title "4 layers, n_embd 128, BPE 2,048, Shakespeare (2 MB), 300 steps"
 """
 
 import argparse
@@ -89,7 +90,8 @@ def plot(rows, out, title=None, window=10):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a run directory written by `npgpt train`")
-    parser.add_argument("--out", default="docs/images/loss_curve.png", help="PNG to write")
+    parser.add_argument("--out", required=True, metavar="PNG",
+                        help="PNG to write (the book's figure is docs/images/loss_curve.png)")
     parser.add_argument("--title", default=None)
     parser.add_argument("--window", type=int, default=10, help="moving-average window of the training loss")
     args = parser.parse_args(argv)
