@@ -34,7 +34,7 @@ import struct
 
 import numpy as np
 
-from npgpt import backend, fileio
+from npgpt import fileio
 from npgpt.tokenizer.bpe import GPT2_ENDOFTEXT_ID
 
 CONFIG_NAME = "config.json"

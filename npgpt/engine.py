@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from npgpt import parallel
 from npgpt.autograd import Tensor
+from npgpt.mixed_precision import GradScaler
 from npgpt.optim import Optimizer, clip_grad_norm
 
-__all__ = ["TrainingDiverged", "optimizer_step", "choose_workers"]
+__all__ = ["TrainingDiverged", "StepResult", "optimizer_step", "choose_workers"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -42,10 +43,18 @@ def choose_workers(requested: Optional[int], device: str, dropout: float) -> int
     return parallel.default_workers() if (device == "cpu" and dropout == 0) else 1
 
 
+class StepResult(NamedTuple):
+    """What one optimizer step did: the loss, the gradient norm before clipping, and whether it was skipped."""
+
+    loss: float
+    grad_norm: float
+    skipped: bool = False      # mixed precision: inf/nan gradients, no update, the loss scale halved
+
+
 def optimizer_step(optimizer: Optimizer, loss_fn: Callable[..., Tensor], batches: Iterable[Sequence],
                    lr: float, grad_clip: Optional[float] = None, workers: Optional[int] = None,
-                   step: Optional[int] = None) -> tuple[float, float]:
-    """One optimizer step; returns ``(loss, gradient norm before clipping)``.
+                   step: Optional[int] = None, scaler: Optional[GradScaler] = None) -> StepResult:
+    """One optimizer step; returns a :class:`StepResult` (loss, gradient norm before clipping, skipped).
 
     Sets the learning rate (``optimizer.set_lr``), sums the gradients of
     ``loss_fn(*batch)`` over ``batches`` (each a tuple of arrays whose first
@@ -54,17 +63,38 @@ def optimizer_step(optimizer: Optimizer, loss_fn: Callable[..., Tensor], batches
     clips the global norm to ``grad_clip`` (eq. 11; ``None``/0: measure
     only), refuses a non-finite loss or norm *before* touching the weights
     (``TrainingDiverged`` naming ``step``), updates and clears the gradients.
+
+    With a ``scaler`` (mixed precision, ``npgpt.mixed_precision``) the loss
+    is multiplied by ``scaler.scale`` for the backward pass and the gradients
+    divided by it before clipping; a non-finite gradient norm then means a
+    float16 overflow, not divergence: the step is skipped (no update) and the
+    scale halved. A non-finite *loss* is divergence either way.
     """
     optimizer.set_lr(lr)
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    if scaler is not None:
+        scale = scaler.scale
+        unscaled_fn = loss_fn
+
+        def loss_fn(*batch):
+            return unscaled_fn(*batch) * scale
     loss = 0.0
     for batch in batches:
         loss += parallel.forward_backward(loss_fn, batch, params, workers=workers)
+    if scaler is not None:
+        loss /= scale
+        scaler.unscale(params)
     norm = clip_grad_norm(optimizer.param_groups, grad_clip if grad_clip else None)
+    if scaler is not None and math.isfinite(loss) and not math.isfinite(norm):
+        optimizer.zero_grad()
+        scaler.update(found_inf=True)
+        return StepResult(loss, norm, skipped=True)
     if not (math.isfinite(loss) and math.isfinite(norm)):
         optimizer.zero_grad()
         raise TrainingDiverged(f"training diverged at step {step}: loss {loss}, gradient norm {norm}; "
                                "the weights were not updated")
     optimizer.step()
     optimizer.zero_grad()
-    return loss, norm
+    if scaler is not None:
+        scaler.update(found_inf=False)
+    return StepResult(loss, norm)

@@ -29,6 +29,7 @@ from npgpt import backend, engine, optim, settings
 from npgpt.interrupt import GracefulStop
 from npgpt.labelled import pad_batch
 from npgpt.metrics import classification_metrics
+from npgpt.mixed_precision import DTYPES, GradScaler
 from npgpt.settings import setting
 from npgpt.tokenizer.bpe import ENDOFTEXT
 
@@ -95,6 +96,8 @@ class FinetuneConfig:
     patience: int = setting(2, "evaluations without a lower validation loss before stopping early")
     seed: int = setting(0, "seed of the split, the head's weights and the batch order")
     workers: Optional[int] = setting(None, "CPU threads to split each batch over (default: one per core)")
+    dtype: str = setting("float32", "float32, or float16 for mixed precision (float16 products, float32 weights, "
+                                    "loss scaling; for GPUs)")
 
     def __post_init__(self) -> None:
         def fail(field: str, template: str) -> NoReturn:
@@ -127,6 +130,8 @@ class FinetuneConfig:
                 fail(name, f"{{name}} must lie in [0, 1), got {getattr(self, name)}")
         if not self.eps > 0:
             fail("eps", f"{{name}} must be positive, got {self.eps}")
+        if self.dtype not in DTYPES:
+            fail("dtype", f"{{name}} must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.pad_side not in ("left", "right"):
             fail("pad_side", f"{{name}} must be 'left' or 'right', got {self.pad_side!r}")
 
@@ -311,6 +316,10 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     rng = np.random.default_rng(cfg.seed)
     device = classifier.device
     workers = engine.choose_workers(cfg.workers, classifier.device, classifier.config.dropout)
+    scaler = None
+    if cfg.dtype != "float32":          # mixed precision: float16 products, float32 master weights
+        classifier.transformer.set_compute_dtype(cfg.dtype)
+        scaler = GradScaler()
 
     def loss_fn(idx: Array, mask: Array, labels: Array) -> Tensor:         # (b, T), (b, T), (b,)
         return classifier(idx, attention_mask=mask, labels=labels)[1]
@@ -329,8 +338,8 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
                 idx, mask, y = train.batch(rows, pad_id, cfg.pad_side)
                 batch = tuple(backend.to_device(a, device) for a in (idx, mask, y))
                 lr = optim.cosine_schedule(step, max_steps, cfg.lr, warmup_steps=warmup)
-                loss, _ = engine.optimizer_step(opt, loss_fn, [batch], lr,
-                                         grad_clip=cfg.grad_clip, workers=workers, step=step + 1)
+                loss = engine.optimizer_step(opt, loss_fn, [batch], lr, grad_clip=cfg.grad_clip, workers=workers,
+                                             step=step + 1, scaler=scaler).loss
                 step += 1
                 running, counted = running + loss, counted + 1
                 if step % eval_every == 0 or step == max_steps:
@@ -366,7 +375,8 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     if best is not None:                    # restore the best weights seen
         for p in trainable:
             p.data[...] = best[id(p)]
-    for p in classifier.parameters():       # leave the model as we found it: all trainable
+    for p in classifier.parameters():       # leave the model as we found it: all trainable, float32
         p.requires_grad = True
+    classifier.transformer.set_compute_dtype(None)
     classifier.eval()
     return result

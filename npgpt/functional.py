@@ -41,7 +41,7 @@ def _check_float(name, t):
 
 
 # ---------------------------------------------------------------- linear
-def linear(x: Any, weight: Any, bias: Tensor | None = None) -> Tensor:
+def linear(x: Any, weight: Any, bias: Tensor | None = None, compute_dtype: Any = None) -> Tensor:
     """Affine map ``y = x W + b`` (docs/model.md eq. 1).
 
     Shapes: ``x`` (..., in), ``weight`` (in, out), ``bias`` (out,) -> (..., out).
@@ -51,8 +51,16 @@ def linear(x: Any, weight: Any, bias: Tensor | None = None) -> Tensor:
 
     Gradients (with ``X`` the inputs flattened to (N, in)):
     ``dL/dx = g W^T``, ``dL/dW = X^T g``, ``dL/db = sum_rows g``.
+
+    ``compute_dtype`` (e.g. ``float16``, mixed precision, docs/training.md):
+    the two products run on copies of ``X``, ``W`` and ``g`` in that type,
+    where a GPU's tensor cores are fast; the output and the gradients come
+    back in the inputs' own types, so everything else (layer norm, softmax,
+    the loss, the residual stream, the float32 weights) stays float32.
     """
     x, weight = as_tensor(x), as_tensor(weight)
+    if compute_dtype is not None and np.dtype(compute_dtype) != x.dtype:
+        return _linear_in(np.dtype(compute_dtype), x, weight, bias)
     if x.ndim < 1 or weight.ndim != 2 or x.shape[-1] != weight.shape[0]:
         raise ValueError(f"linear: input {tuple(x.shape)} does not fit weight {tuple(weight.shape)} "
                          "(expected x (..., in) and weight (in, out))")
@@ -72,6 +80,32 @@ def linear(x: Any, weight: Any, bias: Tensor | None = None) -> Tensor:
         if bias is None:
             return gx, gw
         return gx, gw, g2.sum(axis=0) if bias.requires_grad else None
+
+    return _make(out.reshape(lead + (weight.shape[1],)), parents, backward)
+
+
+def _linear_in(cd: np.dtype, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``linear`` with both products computed in ``cd`` (see ``linear``'s ``compute_dtype``)."""
+    if x.ndim < 1 or weight.ndim != 2 or x.shape[-1] != weight.shape[0]:
+        raise ValueError(f"linear: input {tuple(x.shape)} does not fit weight {tuple(weight.shape)} "
+                         "(expected x (..., in) and weight (in, out))")
+    lead = x.shape[:-1]
+    xc = x.data.reshape(-1, x.shape[-1]).astype(cd)
+    wc = weight.data.astype(cd)
+    out = xc @ wc
+    if bias is not None:
+        out += bias.data.astype(cd)
+    out = out.astype(x.dtype)
+    parents = (x, weight) if bias is None else (x, weight, bias)
+
+    def backward(g):
+        g2 = g.reshape(-1, g.shape[-1])
+        gc = g2.astype(cd)            # a scaled gradient too large for cd becomes inf: the scaler sees it
+        gx = (gc @ wc.T).astype(x.dtype).reshape(x.shape) if x.requires_grad else None
+        gw = (xc.T @ gc).astype(weight.dtype) if weight.requires_grad else None
+        if bias is None:
+            return gx, gw
+        return gx, gw, g2.sum(axis=0).astype(bias.dtype) if bias.requires_grad else None
 
     return _make(out.reshape(lead + (weight.shape[1],)), parents, backward)
 
@@ -396,7 +430,7 @@ def binary_cross_entropy_with_logits(logits: Tensor, targets: Any) -> Tensor:
 # --------------------------------------------------------------- attention
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, attn_mask: Any = None,
                                  return_weights: bool = False, dropout_p: float = 0.0,
-                                 rng: Any = None) -> Tensor | tuple[Tensor, Array]:
+                                 rng: Any = None, compute_dtype: Any = None) -> Tensor | tuple[Tensor, Array]:
     """``dropout(softmax(Q K^T / sqrt(D) + mask)) V`` (docs/model.md eqs. 4 and 5).
 
     Shapes: ``q`` (B, H, Tq, D), ``k`` and ``v`` (B, H, Tk, D) -> (B, H, Tq, D).
@@ -422,6 +456,10 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
 
     With ``return_weights=True`` also returns ``P`` (before dropout) as an
     array (for attention maps; it is not part of the graph).
+
+    ``compute_dtype`` (mixed precision): the four products run on copies in
+    that type; the scores are taken back to the inputs' type (float32) before
+    the mask and the softmax, and the output and gradients come back in it.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.ndim != 4:
@@ -435,7 +473,10 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
     if causal and Tq > Tk:
         raise ValueError(f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got {Tq} > {Tk}")
     scale = 1.0 / math.sqrt(D)
-    scores = q.data @ k.data.swapaxes(-1, -2)          # (B, H, Tq, Tk)
+    dtype = q.dtype
+    cd = np.dtype(compute_dtype) if compute_dtype is not None else dtype
+    qc, kc, vc = (t.data if t.dtype == cd else t.data.astype(cd) for t in (q, k, v))
+    scores = (qc @ kc.swapaxes(-1, -2)).astype(dtype, copy=False)     # (B, H, Tq, Tk)
     scores *= scale
     allowed = None
     if causal:
@@ -450,18 +491,21 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
         P *= allowed            # only changes rows where every key is masked
     keep = _dropout_mask(xp, rng, P.shape, P.dtype, dropout_p) if dropout_p > 0 else None
     dropped = P if keep is None else P * keep
-    out = dropped @ v.data
+    dropped_c = dropped if cd == dtype else dropped.astype(cd)
+    out = (dropped_c @ vc).astype(dtype, copy=False)
 
     def backward(g):
-        gv = dropped.swapaxes(-1, -2) @ g if v.requires_grad else None
-        dP = g @ v.data.swapaxes(-1, -2)
+        gc = g if cd == dtype else g.astype(cd)
+        gv = (dropped_c.swapaxes(-1, -2) @ gc).astype(dtype, copy=False) if v.requires_grad else None
+        dP = (gc @ vc.swapaxes(-1, -2)).astype(dtype, copy=False)
         if keep is not None:
             dP *= keep
         dS = dP - (dP * P).sum(axis=-1, keepdims=True)
         dS *= P
         dS *= scale
-        gq = dS @ k.data if q.requires_grad else None
-        gk = dS.swapaxes(-1, -2) @ q.data if k.requires_grad else None
+        dSc = dS if cd == dtype else dS.astype(cd)
+        gq = (dSc @ kc).astype(dtype, copy=False) if q.requires_grad else None
+        gk = (dSc.swapaxes(-1, -2) @ qc).astype(dtype, copy=False) if k.requires_grad else None
         return gq, gk, gv
 
     result = _make(out, (q, k, v), backward)

@@ -133,6 +133,8 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention (docs/model.md eqs. 4, 5 and 9)."""
 
+    compute_dtype: Any = None      # the type of the attention products (mixed precision; None: the input's)
+
     def __init__(self, config: GPTConfig, rng: Any, seed: int):
         super().__init__()
         C = config.n_embd
@@ -166,7 +168,7 @@ class CausalSelfAttention(nn.Module):
         p = drop.p if drop.training else 0.0
         rng = drop.rng(backend.array_module(x.data)) if p > 0 else None
         y, probs = F.scaled_dot_product_attention(q, k, v, causal=True, attn_mask=attn_mask, return_weights=True,
-                                                  dropout_p=p, rng=rng)
+                                                  dropout_p=p, rng=rng, compute_dtype=self.compute_dtype)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)                   # heads side by side again
         return self.resid_dropout(self.c_proj(y)), probs
 
@@ -219,6 +221,8 @@ class _Zeros:
 class GPT(nn.Module):
     """GPT-2 language model. ``model(idx)`` -> logits (B, T, vocab_size).
 
+    ``compute_dtype``: see ``set_compute_dtype`` (mixed precision).
+
     Weights are initialised as GPT-2's: Normal(0, 0.02), residual projections
     Normal(0, 0.02 / sqrt(2 n_layer)), biases 0, layer-norm gains 1, all drawn
     from ``numpy.random.default_rng(seed)`` (float32, on the CPU; move the
@@ -227,6 +231,8 @@ class GPT(nn.Module):
     leaves the weights at zero, for a checkpoint to be loaded over them (for
     GPT-2 small that saves drawing 124 million random numbers).
     """
+
+    compute_dtype: Any = None
 
     def __init__(self, config: GPTConfig | None = None, seed: int = 0, *, init: bool = True):
         super().__init__()
@@ -353,7 +359,21 @@ class GPT(nn.Module):
 
     def lm_head(self, hidden: Tensor) -> Tensor:
         """Logits ``h wte^T`` (..., vocab_size) from hidden states (..., C): the head tied to ``wte``."""
-        return F.linear(hidden, self.wte.weight.T)
+        return F.linear(hidden, self.wte.weight.T, compute_dtype=self.compute_dtype)
+
+    def set_compute_dtype(self, dtype: Any) -> "GPT":
+        """Run every matrix product in ``dtype`` (``"float16"``: mixed precision; ``None``: float32).
+
+        The weights stay float32 (the optimizer's master copy); each product
+        casts its operands (``F.linear``, attention), and layer norm, softmax,
+        GELU, the loss and the residual stream stay float32, where float16
+        would lose too much (docs/training.md, "Mixed precision").
+        """
+        dtype = None if dtype is None or np.dtype(dtype) == np.float32 else np.dtype(dtype)
+        for _, module in self.named_modules():
+            if hasattr(module, "compute_dtype"):
+                module.compute_dtype = dtype
+        return self
 
     def forward(self, idx: Any, *, attention_mask: Any = None, position_ids: Any = None, inputs_embeds: Any = None,
                 cache: KVCache | None = None, validate: bool = True) -> Tensor:

@@ -194,8 +194,11 @@ class Linear(Module):
 
     Weights ~ Normal(0, ``std``) (GPT-2 uses 0.02), bias 0, drawn from ``rng``
     (a NumPy ``Generator``; by default a fresh one seeded 0, so every run of a
-    script builds the same weights).
+    script builds the same weights). ``compute_dtype`` (``None``: the input's
+    own) is the type the products run in, for mixed precision (``F.linear``).
     """
+
+    compute_dtype: Any = None
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, std: float = 0.02,
                  rng: np.random.Generator | None = None):
@@ -206,7 +209,7 @@ class Linear(Module):
         self.bias = Parameter(np.zeros(out_features, np.float32)) if bias else None
 
     def forward(self, x: Any) -> Tensor:        # (..., in) -> (..., out)
-        return F.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias, compute_dtype=self.compute_dtype)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"

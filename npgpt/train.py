@@ -52,6 +52,7 @@ from npgpt.data import BatchSampler, TokenFile, load_meta
 from npgpt.engine import TrainingDiverged
 from npgpt.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
 from npgpt.interrupt import GracefulStop
+from npgpt.mixed_precision import DTYPES, GradScaler
 from npgpt.model import GPT, GPTConfig
 from npgpt.optim import AdamW, cosine_schedule, param_groups
 from npgpt.rundir import CHECKPOINT_DIR, find_checkpoint
@@ -105,6 +106,8 @@ class TrainConfig:
     checkpoint_interval: int = setting(0, "steps between checkpoints (0: at every evaluation)")
     seed: int = setting(1337, "seed of the initial weights, the batches and dropout")
     device: str = setting("cpu", "cpu or cuda")
+    dtype: str = setting("float32", "float32, or float16 for mixed precision: float16 matrix products, float32 "
+                                    "weights and loss, dynamic loss scaling (for GPUs; NumPy's float16 is slow)")
     workers: int = setting(0, "threads to split each batch over (0: one per core when possible)")
     peak_flops: float = setting(DEFAULT_PEAK_FLOPS, "peak FLOP/s of the machine, for the MFU "
                                                     "(default: a 2-core Zen 4)")
@@ -141,6 +144,9 @@ class TrainConfig:
                 fail(name, f"{{name}} must lie in [0, 1), got {getattr(self, name)}")
         if not self.eps > 0:
             fail("eps", f"{{name}} must be positive, got {self.eps}")
+        if self.dtype not in DTYPES:
+            fail("dtype", f"{{name}} must be one of {', '.join(DTYPES)}, got {self.dtype!r} (bfloat16: neither "
+                          "NumPy nor CuPy has it)")
         if self.peak_flops <= 0:
             fail("peak_flops", f"{{name}} must be positive, got {self.peak_flops}")
 
@@ -194,6 +200,11 @@ class Trainer:
         self.device = backend.check_device(config.device)
         self.model = GPT(self.model_config, seed=config.seed).to(self.device)
         self.model.train()
+        self.scaler: Optional[GradScaler] = None
+        self.last_step_skipped = False
+        if config.dtype != "float32":     # mixed precision: float16 products, float32 master weights
+            self.model.set_compute_dtype(config.dtype)
+            self.scaler = GradScaler()
         self.optimizer = AdamW(param_groups(self.model, config.weight_decay), lr=config.lr,
                                betas=(config.beta1, config.beta2), eps=config.eps,
                                weight_decay=config.weight_decay)
@@ -249,6 +260,8 @@ class Trainer:
         rundir.load_optimizer(self.optimizer, checkpoint / rundir.OPTIMIZER_NAME)
         self.sampler.load_state_dict(state["sampler"])
         rundir.restore_dropout_states(self.model, state.get("dropout_rngs", {}))
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.step = int(state["step"])
         self._truncate_logs(self.step)
         self.log(f"resumed from {checkpoint} at step {self.step}")
@@ -280,15 +293,20 @@ class Trainer:
         return total / c.eval_iters
 
     def train_step(self) -> tuple[float, float, float]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm, lr)."""
+        """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm, lr).
+
+        With mixed precision a step whose gradients overflowed float16 is
+        skipped (``npgpt.engine``); it still counts as a step (its batches
+        were drawn) and is logged with ``"skipped": true``.
+        """
         c = self.config
         lr = cosine_schedule(self.step, c.max_steps, c.lr, c.warmup_steps, c.min_lr)
         loss_fn = self._loss_fn(1.0 / c.grad_accum)      # eq. 4: each micro-batch weighs 1/K
         batches = ((self._to_device(x), self._to_device(y))
                    for x, y in (self.sampler.next() for _ in range(c.grad_accum)))
         try:
-            loss, norm = engine.optimizer_step(self.optimizer, loss_fn, batches, lr, c.grad_clip, self.workers,
-                                        step=self.step + 1)
+            result = engine.optimizer_step(self.optimizer, loss_fn, batches, lr, c.grad_clip, self.workers,
+                                           step=self.step + 1, scaler=self.scaler)
         except TrainingDiverged as exc:
             last = rundir.find_checkpoint(self.run_dir)
             where = (f"the last good checkpoint is {last} (step {rundir.read_state(last)['step']})"
@@ -296,7 +314,8 @@ class Trainer:
             raise TrainingDiverged(f"{exc} and {where}. Lower the learning rate "
                                    "(--lr) or increase the warmup (--warmup-steps) and resume.") from None
         self.step += 1
-        return loss, norm, lr
+        self.last_step_skipped = result.skipped
+        return result.loss, result.grad_norm, lr
 
     # ---------------------------------------------------------------- loop
     def train(self, stop_at: Optional[int] = None) -> dict[str, Any]:
@@ -343,6 +362,8 @@ class Trainer:
             interval_loss += loss
             last["train_loss"] = loss
             row = {"step": self.step, "train_loss": loss, "lr": lr, "grad_norm": norm}
+            if self.scaler is not None:
+                row.update(loss_scale=self.scaler.scale, skipped=self.last_step_skipped)
             if self.step % c.log_interval == 0 or self.step == end:
                 now = time.perf_counter()
                 tok_s = interval_steps * tokens_per_step / max(now - interval_start, 1e-9)
@@ -351,7 +372,8 @@ class Trainer:
                 row.update(tokens_per_s=tok_s, mfu=mfu)
                 self.log(f"step {self.step:>6d}/{c.max_steps} | loss {interval_loss / interval_steps:.4f} | "
                          f"lr {lr:.2e} | norm {norm:.3f} | {tok_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | "
-                         f"ETA {_format_seconds(eta)}")
+                         f"ETA {_format_seconds(eta)}"
+                         + (f" | loss scale {self.scaler.scale:g}" if self.scaler is not None else ""))
                 interval_start, interval_steps, interval_loss = now, 0, 0.0
             if self.step % c.eval_interval == 0 or self.step == c.max_steps:
                 val = self.evaluate()
@@ -416,6 +438,7 @@ class Trainer:
         c = self.config
         state = {"step": self.step, "train_config": c.to_dict(), "model_config": self.model_config.to_dict(),
                  "sampler": self.sampler.state_dict(), "dropout_rngs": rundir.dropout_states(self.model),
+                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
                  "data_meta": self.meta, "tokens_seen": self.step * c.batch_size * c.block_size * c.grad_accum}
         return rundir.write_checkpoint(self.run_dir, write_files, state)
 

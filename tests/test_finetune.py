@@ -336,3 +336,14 @@ def test_texts_longer_than_the_context_keep_their_start():
     long_text = " ".join(["film"] * 50)
     finetune.finetune(model, tokenizer, [long_text, "good"], [1, 0], [long_text], [1], epochs=1, log=None)
     assert finetune.predict(model, tokenizer, [long_text]).shape == (1, 2)
+
+
+def test_finetuning_in_mixed_precision_learns_and_leaves_the_model_float32():
+    train, val = toy_task(400, seed=0), toy_task(100, seed=1)
+    tokenizer = WordTokenizer(train[0])
+    model = small_classifier(tokenizer, 1)
+    finetune.finetune(model, tokenizer, *train, *val, epochs=6, lr=3e-3, batch_size=32, dtype="float16", log=None)
+    metrics = finetune.evaluate(model, finetune.Encoded(tokenizer, *val, 32), pad_id=0)
+    assert metrics["accuracy"] > 0.9
+    assert model.transformer.compute_dtype is None
+    assert all(p.dtype == np.float32 for p in model.parameters())
