@@ -1,0 +1,280 @@
+"""gpu: npgpt on an NVIDIA GPU through CuPy, against NumPy and PyTorch CUDA, in one run of a few minutes.
+
+What it measures (each figure in the JSON it prints):
+
+* **parity**: GPT-2 124M's logits (random weights, seed 0, float32) for the same
+  tokens on CuPy and on NumPy; ``max |diff|`` must be at most 1e-4.
+* **train steps** (forward, cross-entropy, backward, AdamW) of train-small
+  (vocab 8,192, T 128, 4 layers, n_embd 256, batch 8) and of GPT-2 124M at
+  T = 1024 (``--batch`` sequences), in float32 and in float16 mixed precision
+  (``GPT.set_compute_dtype`` + loss scaling): median step time, tokens/s,
+  MFU against the device's peak for that precision, peak device memory (the
+  CuPy memory pool's largest size during the steps).
+* **generate-124M**: greedy decoding with the KV cache, batch 1, 16-token
+  prompt, tokens/s after the prompt.
+* **PyTorch CUDA** in the same process when torch imports with CUDA: the
+  same train steps (eager; float16 through ``torch.autocast`` and its
+  ``GradScaler``) and the speed ratio npgpt / PyTorch.
+
+Without CUDA it says so and exits non-zero. ``--quick`` shrinks every
+workload (2 layers, T 64) so that the code paths can be exercised against the
+CuPy stand-in of the test-suite; its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from npgpt.bench.common import median
+from npgpt.flops import flops_per_token, model_flops_utilisation
+
+SMALL = dict(vocab_size=8192, block_size=128, n_layer=4, n_head=4, n_embd=256)
+GPT2 = dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+QUICK = dict(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=64)
+
+# Dense peak FLOP/s per precision of the GPUs people are likely to run this on (vendor data
+# sheets; float16 = tensor cores without sparsity, float32 = the CUDA cores without TF32).
+PEAKS = {
+    "H200": {"float32": 67e12, "float16": 989e12},
+    "H100": {"float32": 67e12, "float16": 989e12},
+    "A100": {"float32": 19.5e12, "float16": 312e12},
+    "L40S": {"float32": 91.6e12, "float16": 362e12},
+    "A10": {"float32": 31.2e12, "float16": 125e12},
+    "T4": {"float32": 8.1e12, "float16": 65e12},
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=5, help="measured steps per workload (default 5)")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps first (default 2)")
+    parser.add_argument("--batch", type=int, default=8, help="sequences per step of GPT-2 124M at T 1024 (default 8)")
+    parser.add_argument("--peak-flops", type=float, nargs=2, default=None, metavar=("FP32", "FP16"),
+                        help="the device's peak FLOP/s in float32 and float16 (default: from its name, if known)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch CUDA comparison")
+    parser.add_argument("--quick", action="store_true", help="tiny workloads, to test the code paths (no meaning)")
+
+
+def _sync() -> None:
+    import cupy
+
+    cupy.cuda.Device().synchronize()
+
+
+def _timed(step: Callable[[], Any], steps: int, warmup: int, sync: Callable[[], None]) -> float:
+    """Median seconds of ``step`` after ``warmup`` calls; the device is synchronised around each."""
+    times = []
+    for i in range(warmup + steps):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return median(times)
+
+
+def _pool_peak() -> Callable[[], int]:
+    """A function that samples CuPy's memory pool and returns the largest size seen, in bytes."""
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+    seen = [pool.total_bytes()]
+
+    def sample() -> int:
+        seen.append(pool.total_bytes())
+        return max(seen)
+    return sample
+
+
+def _model(cfg: dict[str, int], seed: int = 0) -> Any:
+    from npgpt.model import GPT, GPTConfig
+
+    return GPT(GPTConfig(**cfg), seed=seed)
+
+
+def parity(cfg: dict[str, int]) -> float:
+    """max |logits_CuPy - logits_NumPy| for one batch of GPT-2-shaped float32 inputs."""
+    from npgpt.autograd import no_grad
+    from npgpt.backend import to_numpy
+
+    model = _model(cfg)
+    ids = np.random.default_rng(1).integers(0, cfg["vocab_size"], (2, min(64, cfg["block_size"])))
+    with no_grad():
+        host = model(ids).data
+        model.to("cuda")
+        device = to_numpy(model(ids).data)
+    return float(np.abs(device - host).max())
+
+
+def train_npgpt(cfg: dict[str, int], batch: int, dtype: str, steps: int, warmup: int) -> dict[str, float]:
+    """Median train step of npgpt on the GPU; tokens/s, peak pool bytes, loss."""
+    import npgpt.functional as F
+    from npgpt import engine
+    from npgpt.backend import to_device
+    from npgpt.mixed_precision import GradScaler
+    from npgpt.optim import AdamW, param_groups
+
+    model = _model(cfg).to("cuda")
+    model.train()
+    scaler = None
+    if dtype != "float32":
+        model.set_compute_dtype(dtype)
+        scaler = GradScaler()
+    optimizer = AdamW(param_groups(model, 0.1), lr=3e-4)
+    rng = np.random.default_rng(0)
+    T = cfg["block_size"]
+    peak = _pool_peak()
+    losses = []
+
+    def loss_fn(x: Any, y: Any) -> Any:
+        return F.cross_entropy(model(x, validate=False), y)
+
+    def step() -> None:
+        tokens = to_device(rng.integers(0, cfg["vocab_size"], (batch, T + 1)), "cuda")
+        result = engine.optimizer_step(optimizer, loss_fn, [(tokens[:, :-1], tokens[:, 1:])], 3e-4, 1.0,
+                                       workers=1, scaler=scaler)
+        losses.append(result.loss)
+        peak()
+
+    seconds = _timed(step, steps, warmup, _sync)
+    return {"step_ms": 1000 * seconds, "tokens_per_s": batch * T / seconds, "peak_device_mb": peak() / 2 ** 20,
+            "loss": losses[-1], "flops_per_token": flops_per_token(model)}
+
+
+def train_torch(cfg: dict[str, int], batch: int, dtype: str, steps: int, warmup: int) -> dict[str, float]:
+    """The same train step in PyTorch eager on CUDA (float16 through autocast + GradScaler)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    C, H = cfg["n_embd"], cfg["n_head"]
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
+            self.c_attn, self.c_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+            self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            B, T, _ = x.shape
+            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+            q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+            return x + self.mlp_proj(nn.functional.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class TorchGPT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wte = nn.Embedding(cfg["vocab_size"], C)
+            self.wpe = nn.Embedding(cfg["block_size"], C)
+            self.h = nn.ModuleList(Block() for _ in range(cfg["n_layer"]))
+            self.ln_f = nn.LayerNorm(C)
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+            for block in self.h:
+                x = block(x)
+            return self.ln_f(x) @ self.wte.weight.T
+
+    device = torch.device("cuda")
+    model = TorchGPT().to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    half = dtype == "float16"
+    scaler = torch.amp.GradScaler("cuda", enabled=half)
+    rng = np.random.default_rng(0)
+    T = cfg["block_size"]
+    torch.cuda.reset_peak_memory_stats()
+
+    def step() -> None:
+        tokens = torch.from_numpy(rng.integers(0, cfg["vocab_size"], (batch, T + 1))).to(device)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=half):
+            logits = model(tokens[:, :-1])
+        loss = nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    seconds = _timed(step, steps, warmup, torch.cuda.synchronize)
+    return {"step_ms": 1000 * seconds, "tokens_per_s": batch * T / seconds,
+            "peak_device_mb": torch.cuda.max_memory_allocated() / 2 ** 20}
+
+
+def generate_npgpt(cfg: dict[str, int], new_tokens: int = 64) -> float:
+    """Greedy tokens/s after a 16-token prompt, with the KV cache, on the GPU."""
+    from npgpt.generation import stream
+
+    model = _model(cfg).to("cuda")
+    prompt = np.random.default_rng(0).integers(0, cfg["vocab_size"], (1, 16))
+    times = []
+    _sync()
+    last = time.perf_counter()
+    for _token in stream(model, prompt, new_tokens):
+        _sync()
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
+    return (len(times) - 1) / sum(times[1:])          # the first step is the prompt
+
+
+def _peaks(name: str, override: list[float] | None) -> dict[str, float] | None:
+    if override:
+        return {"float32": override[0], "float16": override[1]}
+    return next((peaks for key, peaks in PEAKS.items() if key in name), None)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from npgpt import backend
+
+    if not backend.cuda_available():
+        print("npgpt.bench gpu: no CUDA device (CuPy with a GPU is needed; pip install -e \".[gpu]\")",
+              file=sys.stderr)
+        raise SystemExit(2)
+    import cupy
+
+    name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    peaks = _peaks(name, args.peak_flops)
+    small, big = (QUICK, QUICK) if args.quick else (SMALL, GPT2)
+    steps, warmup = (1, 0) if args.quick else (args.steps, args.warmup)
+    result: dict[str, Any] = {"workload": "gpu", "device": name, "cupy": cupy.__version__,
+                              "peak_flops": peaks, "quick": bool(args.quick)}
+    diff = parity(big)
+    result["parity_max_abs_diff"] = diff
+    result["parity_ok"] = diff <= 1e-4
+    torch_ok = False
+    if not args.no_torch:
+        try:
+            import torch
+
+            torch_ok = torch.cuda.is_available()
+            result["torch"] = torch.__version__
+        except ImportError:
+            torch_ok = False
+    for label, cfg, batch in (("train_small", small, 8), ("train_124m", big, args.batch if not args.quick else 2)):
+        for dtype in ("float32", "float16"):
+            key = f"{label}_{dtype}"
+            ours = train_npgpt(cfg, batch, dtype, steps, warmup)
+            entry = {k: round(v, 4) if isinstance(v, float) else v for k, v in ours.items()}
+            if peaks:
+                entry["mfu"] = round(model_flops_utilisation(ours["tokens_per_s"], ours["flops_per_token"],
+                                                             peaks[dtype]), 4)
+            if torch_ok:
+                theirs = train_torch(cfg, batch, dtype, steps, warmup)
+                entry.update({f"torch_{k}": round(v, 2) for k, v in theirs.items()})
+                entry["speed_ratio_vs_torch"] = round(ours["tokens_per_s"] / theirs["tokens_per_s"], 3)
+            entry["batch"], entry["block_size"] = batch, cfg["block_size"]
+            result[key] = entry
+            cupy.get_default_memory_pool().free_all_blocks()
+    result["generate_124m_tokens_per_s"] = round(generate_npgpt(big, 8 if args.quick else 64), 2)
+    return result
