@@ -13,7 +13,9 @@ this test reads them instead:
 * ``python SCRIPT.py --flag`` needs the script in the repository and the flag among its
   ``add_argument`` calls;
 * what each command reads (``--input``, ``--data``, ``--model``, ...) must have been produced
-  before it on the page (``--out``, ``fetch``, ``export``, a shell redirection ``> FILE``).
+  before it on the page (``--out``, ``fetch``, ``export``, a shell redirection ``> FILE``);
+* a command started by a launcher (``mpiexec -n 2 npgpt train ...``) is checked as the command
+  it launches.
 
 Each page is its own fresh machine: a page may not rely on files another page made. A block
 preceded by ``<!-- skip -->`` is checked too (it is skipped by tests that run code, e.g. because
@@ -42,6 +44,8 @@ CACHE = "~/.cache/npgpt"
 READS = ("input", "tokenizer", "tokenizer_dir", "data", "data_dir", "val_data", "model", "config", "classifier")
 WRITES = ("out", "out_dir")
 SEPARATORS = {"&&", "||", ";", "|"}
+# Commands that run another command given after their own options.
+LAUNCHERS = {"mpiexec", "mpirun", "time", "env", "nohup"}
 
 
 def commands(block):
@@ -86,6 +90,11 @@ def effects(words):
     Raises AssertionError when the command cannot run as written (an unknown flag or script).
     """
     reads, writes = [], []
+    if words[0] in LAUNCHERS:                          # mpiexec -n 2 npgpt train ...: check what it launches
+        start = next((i for i, w in enumerate(words) if w in ("npgpt", "python")), None)
+        if start is None:
+            return reads, writes
+        words = words[start:]
     if ">" in words:                                   # cmd ... > FILE: the shell writes FILE
         at = words.index(">")
         writes.append(words[at + 1])
@@ -201,6 +210,7 @@ def test_the_checker_catches_what_a_reader_would_hit():
     assert check_page("```bash\npython examples/nothing.py\n```\n", "page")
     assert check_page("```bash\npython examples/sentiment.py --epoch 2\n```\n", "page")
     assert check_page("```bash\nnpgpt train --out run --resume\n```\n", "page")   # resumes a run never made
+    assert check_page("```bash\nmpiexec -n 2 npgpt train --data data --out run\n```\n", "page")  # launched too
 
 
 def test_commands_are_split_as_the_shell_splits_them():
