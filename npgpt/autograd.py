@@ -365,12 +365,13 @@ def as_tensor(x: Operand, like: Optional[Tensor] = None) -> Tensor:
     if like is not None:
         xp = backend.array_module(like.data)
         if isinstance(x, numbers.Number):
-            return Tensor(xp.asarray(x, dtype=like.dtype))
+            # Filled on the device (a kernel argument), not copied there as asarray(x) would be.
+            return Tensor(xp.full((), x, dtype=like.dtype))
         if backend.device_of(x) != like.device:
             raise ValueError(f"cannot combine a {backend.device_of(x)} array with {_describe(like)}; "
                              "move one of them with .to(device)")
         return Tensor(xp.asarray(x))
-    return Tensor(np.asarray(x))
+    return Tensor(x)     # an array stays where it is; anything else becomes a NumPy array
 
 
 def _check_same_device(op: str, *tensors: Tensor) -> None:

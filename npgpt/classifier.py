@@ -153,14 +153,15 @@ class GPTClassifier(nn.Module):
         One logit: binary cross-entropy of ``s(z)`` against ``y`` in {0, 1}
         (eq. 2). Several: softmax cross-entropy (eq. 8).
         """
-        y = backend.to_device(inputs.as_array(labels), logits.device)
+        y = inputs.as_array(labels)      # checked where it is: host labels need no copy back from a GPU
         if y.dtype.kind not in "iu":
             raise TypeError(f"class labels must be integers, got dtype {y.dtype}")
         y = y.reshape(-1)
         if y.shape[0] != logits.shape[0]:
             raise ValueError(f"{y.shape[0]} labels for a batch of {logits.shape[0]} logits")
-        if y.size and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-            raise ValueError(f"class labels must lie in 0..{self.num_classes - 1}, got {int(y.min())}..{int(y.max())}")
+        low, high = inputs.min_max(y) if y.size else (0, 0)
+        if low < 0 or high >= self.num_classes:
+            raise ValueError(f"class labels must lie in 0..{self.num_classes - 1}, got {low}..{high}")
         if self.num_labels == 1:
             return F.binary_cross_entropy_with_logits(logits, y.reshape(-1, 1).astype(logits.dtype))
         return F.cross_entropy(logits, y)

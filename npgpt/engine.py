@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional
 from npgpt import parallel
 from npgpt.autograd import Tensor
 from npgpt.mixed_precision import GradScaler
-from npgpt.optim import Optimizer, clip_grad_norm
+from npgpt.optim import Optimizer, clip_grad_norm_with_loss
 
 __all__ = ["TrainingDiverged", "StepResult", "optimizer_step", "choose_workers"]
 
@@ -78,13 +78,14 @@ def optimizer_step(optimizer: Optimizer, loss_fn: Callable[..., Tensor], batches
 
         def loss_fn(*batch):
             return unscaled_fn(*batch) * scale
-    loss = 0.0
+    loss = 0.0      # on a GPU a 0-d array: the micro-batches' losses add up there, read once with the norm
     for batch in batches:
-        loss += parallel.forward_backward(loss_fn, batch, params, workers=workers)
+        loss = loss + parallel.forward_backward(loss_fn, batch, params, workers=workers, as_array=True)
     if scaler is not None:
         loss /= scale
         scaler.unscale(params)
-    norm = clip_grad_norm(optimizer.param_groups, grad_clip if grad_clip else None)
+    # The step's one copy from a GPU: the loss and the gradient norm, read together.
+    norm, loss = clip_grad_norm_with_loss(optimizer.param_groups, grad_clip if grad_clip else None, loss)
     if scaler is not None and math.isfinite(loss) and not math.isfinite(norm):
         optimizer.zero_grad()
         scaler.update(found_inf=True)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import numpy as np
 
-from npgpt import backend, engine, optim, settings
+from npgpt import engine, optim, settings
 from npgpt.interrupt import GracefulStop
 from npgpt.labelled import pad_batch
 from npgpt.metrics import classification_metrics
@@ -314,7 +314,6 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     eval_every = int(cfg.eval_every) if cfg.eval_every else steps_per_epoch
     warmup = int(cfg.warmup * max_steps)
     rng = np.random.default_rng(cfg.seed)
-    device = classifier.device
     workers = engine.choose_workers(cfg.workers, classifier.device, classifier.config.dropout)
     scaler = None
     if cfg.dtype != "float32":          # mixed precision: float16 products, float32 master weights
@@ -336,7 +335,7 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
         while step < max_steps and not result.stopped_early and not stop.requested:
             for rows in _length_bucketed_batches(train, cfg.batch_size, rng):
                 idx, mask, y = train.batch(rows, pad_id, cfg.pad_side)
-                batch = tuple(backend.to_device(a, device) for a in (idx, mask, y))
+                batch = (idx, mask, y)      # host arrays: checked there, copied to the device by the model
                 lr = optim.cosine_schedule(step, max_steps, cfg.lr, warmup_steps=warmup)
                 loss = engine.optimizer_step(opt, loss_fn, [batch], lr, grad_clip=cfg.grad_clip, workers=workers,
                                              step=step + 1, scaler=scaler).loss

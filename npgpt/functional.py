@@ -26,7 +26,7 @@ import numpy as np
 
 from npgpt import backend
 from npgpt.autograd import Tensor, _describe, _make, as_tensor
-from npgpt.inputs import check_token_ids
+from npgpt.inputs import as_array, check_token_ids
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
 
@@ -363,23 +363,25 @@ def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100) -> Ten
     """
     _check_float("cross_entropy", logits)
     V = logits.shape[-1]
-    y = targets.data if isinstance(targets, Tensor) else targets
     xp = _xp(logits)
-    y = xp.asarray(y)
+    y = as_array(targets)
     if y.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integers, got dtype {y.dtype}")
     if tuple(y.shape) != tuple(logits.shape[:-1]):
         raise ValueError(f"cross_entropy: targets of shape {tuple(y.shape)} do not match logits "
                          f"{tuple(logits.shape)} (expected targets of shape {tuple(logits.shape[:-1])})")
     z = logits.data.reshape(-1, V)
+    # The checks read three numbers. They are taken where the targets are: host targets (a training
+    # batch) are checked before their one copy to the device, device targets cost one copy back.
     y = y.reshape(-1)
-    counted = y != ignore_index
-    n = int(counted.sum())
+    counted, y_safe = _counted_targets(y, ignore_index)
+    n, low, high = _count_min_max(counted, y_safe)
     if n == 0:
         raise ValueError("cross_entropy: every target equals ignore_index; the mean is undefined")
-    y_safe = xp.where(counted, y, 0)
-    if int(y_safe.min()) < 0 or int(y_safe.max()) >= V:
+    if low < 0 or high >= V:
         raise ValueError(f"cross_entropy: target ids must lie in 0..{V - 1} (or equal ignore_index={ignore_index})")
+    if backend.array_module(y) is not xp:
+        counted, y_safe = _counted_targets(xp.asarray(y), ignore_index)
     rows = xp.arange(z.shape[0])
     m = z.max(axis=1)
     e = z - m[:, None]
@@ -400,6 +402,22 @@ def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100) -> Ten
         return (grad.reshape(logits.shape),)
 
     return _make(xp.asarray(loss, dtype=logits.dtype), (logits,), backward)
+
+
+def _counted_targets(y, ignore_index):
+    """``(y != ignore_index, y with ignored entries set to 0)`` for flat targets ``y``."""
+    counted = y != ignore_index
+    return counted, backend.array_module(y).where(counted, y, 0)
+
+
+def _count_min_max(counted, y_safe):
+    """How many targets count, and the smallest and largest id: three ints, read from a device in one copy."""
+    if y_safe.size == 0:
+        return 0, 0, 0
+    xp = backend.array_module(y_safe)
+    stats = xp.stack([counted.sum(), y_safe.min(), y_safe.max()]).astype(xp.int64)
+    n, low, high = (int(v) for v in backend.to_numpy(stats))
+    return n, low, high
 
 
 def binary_cross_entropy_with_logits(logits: Tensor, targets: Any) -> Tensor:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from npgpt import backend
 from npgpt.autograd import Tensor
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
@@ -44,7 +45,7 @@ def check_token_ids(ids: Any, num_embeddings: int, what: str = "token id") -> Ar
     if data.dtype.kind not in "iu":
         raise TypeError(f"{what}s must be integers, got dtype {data.dtype}")
     if data.size:
-        low, high = int(data.min()), int(data.max())
+        low, high = min_max(data)
         if low < 0 or high >= num_embeddings:
             bad = low if low < 0 else high
             raise ValueError(f"{what} {bad} is out of range: valid ids are 0..{num_embeddings - 1}")
@@ -86,10 +87,32 @@ def check_attention_mask(attention_mask: Any, shape: Sequence[int]) -> Array:
         mask = mask.astype(np.int64)
     if mask.dtype.kind not in "iu":
         raise TypeError(f"attention_mask must hold 0/1 integers or booleans, got dtype {mask.dtype}")
-    if mask.size and (int(mask.min()) < 0 or int(mask.max()) > 1):
-        raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
     empty = mask.sum(axis=1) == 0
-    if bool(empty.any()):
-        raise ValueError(f"sequence {int(empty.argmax())} of the batch is all padding: "
+    reads = ([mask.min(), mask.max()] if mask.size else []) + ([_first_true(empty)] if empty.size else [])
+    values = _read_ints(*reads)
+    if mask.size and (values[0] < 0 or values[1] > 1):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
+    if empty.size and values[-1] >= 0:
+        raise ValueError(f"sequence {values[-1]} of the batch is all padding: "
                          "every sequence needs at least one real token")
     return mask
+
+
+def min_max(data: Array) -> tuple[int, int]:
+    """The smallest and the largest entry of a non-empty integer array, as ints (one copy from a GPU)."""
+    low, high = _read_ints(data.min(), data.max())
+    return low, high
+
+
+def _first_true(flags: Array) -> Array:
+    """The index of the first true entry of a non-empty 1-D boolean array, or -1 (a 0-d array, not read)."""
+    xp = backend.array_module(flags)
+    return xp.where(flags.any(), flags.argmax(), -1)
+
+
+def _read_ints(*scalars: Array) -> list[int]:
+    """0-d integer arrays as Python ints: on a GPU one copy to the host for all of them, not one each."""
+    if not any(backend.is_cupy_array(s) for s in scalars):
+        return [int(s) for s in scalars]
+    xp = backend.array_module(*scalars)
+    return [int(v) for v in backend.to_numpy(xp.stack([xp.asarray(s, dtype=xp.int64) for s in scalars]))]

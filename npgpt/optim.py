@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from npgpt.nn import Module
 
 __all__ = ["Optimizer", "AdamW", "SGD", "param_groups", "configure_optimizer", "clip_grad_norm",
-           "cosine_schedule"]
+           "clip_grad_norm_with_loss", "cosine_schedule"]
 
 # What an optimizer takes as its parameters: trainable tensors, ``(name, tensor)`` pairs (as
 # ``model.named_parameters()`` yields) or parameter groups (dicts with a ``"params"`` list).
@@ -341,6 +341,19 @@ def clip_grad_norm(params: Params | dict[str, Tensor], max_norm: Optional[float]
     before clipping, as a float (``inf``/``nan`` if a gradient is not finite:
     the caller decides what to do; nothing is scaled then).
     """
+    return clip_grad_norm_with_loss(params, max_norm, None)[0]
+
+
+def clip_grad_norm_with_loss(params: Params | dict[str, Tensor], max_norm: Optional[float],
+                             loss: Any) -> tuple[float, Optional[float]]:
+    """``clip_grad_norm``, and a training step's ``loss`` brought to the host with it: ``(norm, loss)``.
+
+    ``loss`` (a 0-d array on the gradients' device, or a number, or None)
+    travels in the same copy as the sum of squares: a step on a GPU reads
+    one pair of numbers from the device, which the trainer needs on the
+    host anyway, to refuse a non-finite step before the weights are
+    touched and to log the loss.
+    """
     if isinstance(params, dict):
         params = params.values()
     grads = []
@@ -353,16 +366,27 @@ def clip_grad_norm(params: Params | dict[str, Tensor], max_norm: Optional[float]
         elif p.grad is not None:
             grads.append(p.grad)
     if not grads:
-        return 0.0
+        return 0.0, _read_floats(loss)[0]
     xp = backend.array_module(grads[0])
     # A dot product per array (BLAS, no temporary g*g); the sum stays on the device.
-    total_sq = sum(xp.dot(g.reshape(-1), g.reshape(-1)).astype(xp.float64) for g in grads)
-    total = float(xp.sqrt(total_sq))      # one device -> host transfer per step
+    square_sum = sum(xp.dot(g.reshape(-1), g.reshape(-1)).astype(xp.float64) for g in grads)
+    total_sq, loss = _read_floats(square_sum, loss)       # one copy from a GPU per step, the loss with it
+    total = math.sqrt(total_sq)
     if max_norm is not None and math.isfinite(total) and total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:
             g *= scale
-    return total
+    return total, loss
+
+
+def _read_floats(*values: Any) -> list[Optional[float]]:
+    """Floats from 0-d arrays and numbers (None stays None); the device arrays among them in one copy."""
+    on_device = [v for v in values if backend.is_cupy_array(v)]
+    if on_device:
+        xp = backend.array_module(on_device[0])
+        read = iter(backend.to_numpy(xp.stack([v.astype(xp.float64) for v in on_device])).tolist())
+        return [next(read) if backend.is_cupy_array(v) else (None if v is None else float(v)) for v in values]
+    return [None if v is None else float(v) for v in values]
 
 
 # ================================================================= schedule

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
+import numpy as np
+
 from npgpt import backend
 from npgpt.autograd import Tensor, accumulate_grad, grad
 from npgpt.backend import Array
@@ -49,7 +51,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence[Array], params: Iterable[Tensor],
-                     workers: Optional[int] = None) -> float:
+                     workers: Optional[int] = None, as_array: bool = False) -> float | Array:
     """Compute ``loss_fn(*batch)`` and add its gradients into ``p.grad`` of ``params``, sharded over threads.
 
     ``batch`` is a tuple of arrays whose first axis is the batch (token ids
@@ -58,11 +60,15 @@ def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence[Array], par
     ``F.cross_entropy`` is when every target counts). Each thread takes its
     shard's gradients with ``npgpt.grad`` (nothing shared is written while
     the threads run); they are weighted (eq. 1) and added into ``.grad`` in
-    shard order. Returns the full-batch loss as a float.
+    shard order. Returns the full-batch loss as a float; with ``as_array=True``
+    as a 0-d float64 array on the parameters' device instead, so that a
+    caller who sums the losses of several batches reads them from a GPU
+    with one copy, not one per batch.
 
     With ``workers=1``, or a batch of one sequence, or on a GPU (where one
     stream already keeps the device busy), this is simply
-    ``loss_fn(*batch).backward()``.
+    ``loss_fn(*batch).backward()``. The batch may then be on the host: the
+    model checks it there and copies it to its device.
     """
     batch = tuple(batch)
     params = [p for p in params if p.requires_grad]
@@ -72,10 +78,11 @@ def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence[Array], par
         raise ValueError(f"forward_backward: the arrays of a batch must share their first axis, got "
                          f"{[tuple(a.shape) for a in batch]}")
     workers = min(workers, size)
-    if workers <= 1 or backend.device_of(batch[0]) != "cpu":
+    on_cpu = all(p.device == "cpu" for p in params[:1]) and backend.device_of(batch[0]) == "cpu"
+    if workers <= 1 or not on_cpu:
         loss = loss_fn(*batch)
         loss.backward()
-        return loss.item()
+        return loss.data.astype(backend.array_module(loss.data).float64) if as_array else loss.item()
 
     bounds = [size * k // workers for k in range(workers + 1)]
 
@@ -94,4 +101,4 @@ def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence[Array], par
         for p, g in zip(params, grads):
             if g is not None:
                 accumulate_grad(p, g)
-    return total
+    return np.asarray(total, dtype=np.float64) if as_array else total

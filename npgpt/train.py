@@ -272,9 +272,6 @@ class Trainer:
             return F.cross_entropy(self.model(x), y) * scale
         return loss_fn
 
-    def _to_device(self, array: Array) -> Array:
-        return backend.to_device(array, self.device) if self.device != "cpu" else array
-
     def evaluate(self) -> float:
         """Mean validation loss over ``eval_iters`` fixed batches (the same ones every time).
 
@@ -288,7 +285,7 @@ class Trainer:
         with no_grad():
             for _ in range(c.eval_iters):
                 x, y = sampler.next()
-                total += F.cross_entropy(self.model(self._to_device(x)), self._to_device(y)).item()
+                total += F.cross_entropy(self.model(x), y).item()     # host ids: checked there, then copied
         self.model.train()
         return total / c.eval_iters
 
@@ -302,8 +299,8 @@ class Trainer:
         c = self.config
         lr = cosine_schedule(self.step, c.max_steps, c.lr, c.warmup_steps, c.min_lr)
         loss_fn = self._loss_fn(1.0 / c.grad_accum)      # eq. 4: each micro-batch weighs 1/K
-        batches = ((self._to_device(x), self._to_device(y))
-                   for x, y in (self.sampler.next() for _ in range(c.grad_accum)))
+        # Host arrays: the model checks the ids there and copies each array to its device once.
+        batches = (self.sampler.next() for _ in range(c.grad_accum))
         try:
             result = engine.optimizer_step(self.optimizer, loss_fn, batches, lr, c.grad_clip, self.workers,
                                            step=self.step + 1, scaler=self.scaler)

@@ -1,4 +1,11 @@
-"""Shared test fixtures: the backends every op test runs on, and hypothesis settings."""
+"""Shared test fixtures: the devices every op test runs on, the CuPy stand-in, and hypothesis settings.
+
+With ``NPGPT_FAKE_CUDA=1`` in the environment, ``tests/fake_cupy.py`` stands in for CuPy (one
+CUDA device, on the host), so the "cuda" case of every device-parametrised test runs on a
+machine without a GPU: ``NPGPT_FAKE_CUDA=1 pytest -m gpu`` runs all of them (.ci/run does).
+"""
+
+import os
 
 import numpy as np
 import pytest
@@ -6,23 +13,67 @@ from hypothesis import HealthCheck, settings
 
 from npgpt import backend
 
+FAKE_CUDA = os.environ.get("NPGPT_FAKE_CUDA", "") == "1"
+if FAKE_CUDA:
+    import fake_cupy
+
+    fake_cupy.install()
+
 # Property tests do real numerical work; keep them quick but thorough enough,
 # and never let a slow CI machine turn into a deadline failure.
 settings.register_profile("npgpt", max_examples=30, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
 settings.load_profile("npgpt")
 
-BACKENDS = [pytest.param("numpy", id="numpy"),
-            pytest.param("cupy", id="cupy", marks=pytest.mark.gpu)]
+# The array modules under test, named by device (test ids read "cpu" / "cuda"). Everything that
+# runs on the GPU carries the `gpu` mark: `pytest -m gpu` selects exactly the device tests.
+BACKENDS = [pytest.param("numpy", id="cpu"),
+            pytest.param("cupy", id="cuda", marks=pytest.mark.gpu)]
+DEVICES = [pytest.param("cpu", id="cpu"),
+           pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
+
+_NO_CUDA = "CuPy with a CUDA GPU is not available (NPGPT_FAKE_CUDA=1 runs these on the CuPy stand-in)"
+
+
+def require_cuda():
+    """Skip the calling test unless CuPy and a GPU (or the stand-in) are there."""
+    if not backend.cuda_available():
+        pytest.skip(_NO_CUDA)
 
 
 @pytest.fixture(params=BACKENDS, scope="session")
 def xp(request):
-    """The array module under test: NumPy always, CuPy where a GPU is present."""
+    """The array module under test: NumPy always, CuPy where a GPU (or the stand-in) is present."""
     if request.param == "numpy":
         return np
-    if not backend.cuda_available():
-        pytest.skip("CuPy with a CUDA GPU is not available")
+    require_cuda()
     import cupy
 
     return cupy
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """The device under test: "cpu" always, "cuda" where a GPU (or the stand-in) is present."""
+    if request.param == "cuda":
+        require_cuda()
+    return request.param
+
+
+@pytest.fixture
+def cuda():
+    """"cuda", for a test that only makes sense on the device (mark it `gpu`); skipped without one."""
+    require_cuda()
+    return "cuda"
+
+
+@pytest.fixture
+def transfers():
+    """The stand-in's transfer counter, reset: ``transfers()`` gives the copies made since.
+
+    Counting needs the stand-in (``NPGPT_FAKE_CUDA=1``); on a real GPU the test is skipped.
+    """
+    if not FAKE_CUDA:
+        pytest.skip("counting host/device copies needs the CuPy stand-in (NPGPT_FAKE_CUDA=1)")
+    fake_cupy.reset_transfers()
+    return fake_cupy.transfers

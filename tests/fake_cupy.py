@@ -1,0 +1,850 @@
+"""A strict stand-in for CuPy that runs without a GPU: test infrastructure, not shipped with npgpt.
+
+``install()`` puts it into ``sys.modules`` as ``cupy`` and ``cupyx`` (with ``cupy.cuda``,
+``cupy.cuda.runtime`` and ``cupy.random``) and reports one CUDA device, so
+``npgpt.backend.cuda_available()`` is True and every "cuda" code path of npgpt runs on the host.
+
+Its arrays keep their values in a NumPy array, but they are not NumPy arrays (nor a subclass):
+what CuPy refuses, the stand-in refuses too.
+
+* ``numpy.asarray(x)``, ``numpy.array(x)`` and ``x.__array__()`` raise ``TypeError``: the host
+  gets a copy only through ``x.get()`` or ``cupy.asnumpy(x)``.
+* Arithmetic and ufuncs that mix a device array with a ``numpy.ndarray`` raise ``TypeError``, in
+  either operand order; Python and NumPy scalars are fine, as they are in CuPy.
+* NumPy functions called on device arrays dispatch as CuPy's ``__array_function__`` and
+  ``__array_ufunc__`` do: to the function of the same name in this module, or ``TypeError`` where
+  it has none (``numpy.add.at`` on a device array, for one).
+* Reductions and indexing return 0-d device arrays, never NumPy scalars.
+* Integer-array indices wrap around instead of raising ``IndexError`` (CuPy does not check them);
+  ``empty`` arrays hold garbage (NaN, or a large integer), not zeros.
+* Only names that the real CuPy has are exposed (``tests/test_fake_cupy.py`` checks them against
+  the installed package).
+
+Every copy between host and device is counted: ``transfers()`` returns the cumulative counts
+``{"to_host": n, "to_device": m}``, ``transfer_log()`` where each was made, and
+``reset_transfers()`` sets them back to zero. Device -> host: ``.get()``, ``cupy.asnumpy``,
+``.item()``, ``.tolist()``, ``float()``/``int()``/``bool()`` of an array, printing one, and the
+synchronisations a boolean mask or ``nonzero`` costs (the host must learn how many elements
+are selected). Host -> device: ``cupy.asarray``/``cupy.array`` of host data (Python numbers
+included: CuPy allocates device memory and copies them), ``.set()``, and host arrays or lists
+used as indices or as values of an indexed assignment.
+
+What it cannot show: kernels, speed, memory limits, the numerics of cuBLAS and of CuPy's
+reductions (the values are NumPy's), the random streams of cuRAND.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.machinery
+import sys
+import threading
+import types
+import warnings
+from typing import Any
+
+import numpy as np
+
+__all__ = ["install", "uninstall", "installed", "transfers", "reset_transfers", "transfer_log", "ndarray"]
+
+# ------------------------------------------------------------------------------------ counting
+_counts = {"to_host": 0, "to_device": 0}
+_log: list[tuple[str, str, int]] = []      # (kind, where, bytes) of the most recent transfers
+_lock = threading.Lock()
+_LOG_LIMIT = 10_000
+
+
+def transfers() -> dict[str, int]:
+    """Cumulative counts of copies: ``{"to_host": device -> host, "to_device": host -> device}``."""
+    with _lock:
+        return dict(_counts)
+
+
+def reset_transfers() -> None:
+    """Set both counts to zero and forget the log."""
+    with _lock:
+        for key in _counts:
+            _counts[key] = 0
+        _log.clear()
+
+
+def transfer_log() -> list[tuple[str, str, int]]:
+    """``(kind, "file:line in function", bytes)`` of each transfer since the last reset (oldest first)."""
+    with _lock:
+        return list(_log)
+
+
+def _caller() -> str:
+    """The first frame outside this file: the code that asked for the transfer."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back
+    if frame is None:
+        return "?"
+    return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+
+
+def _record(kind: str, nbytes: int) -> None:
+    where = _caller()
+    with _lock:
+        _counts[kind] += 1
+        _log.append((kind, where, int(nbytes)))
+        if len(_log) > _LOG_LIMIT:
+            del _log[: len(_log) - _LOG_LIMIT]
+
+
+# -------------------------------------------------------------------- arrays in and out
+# CuPy's kernels take Python and NumPy scalars as arguments (no copy); anything else that is not
+# a device array is refused with this message.
+_SCALAR_TYPES = frozenset([bool, int, float, complex] + [t for t in set(np.sctypeDict.values()) if issubclass(t, np.generic)])
+
+
+def _unsupported(x: Any) -> TypeError:
+    return TypeError(f"Unsupported type {type(x)}")
+
+
+def _dev(x: Any) -> Any:
+    """The NumPy array behind a device argument (recursively in lists, tuples, dicts); host arrays refused."""
+    if type(x) is ndarray:
+        return x._a
+    if isinstance(x, np.ndarray):
+        raise _unsupported(x)
+    if type(x) in (list, tuple):
+        return type(x)(_dev(v) for v in x)
+    if type(x) is dict:
+        return {k: _dev(v) for k, v in x.items()}
+    return x
+
+
+def _new(a: np.ndarray) -> ndarray:
+    out = ndarray.__new__(ndarray)
+    out._a = a
+    return out
+
+
+def _wrap(r: Any) -> Any:
+    """A routine's result as CuPy would give it: arrays (0-d for scalars) on the device."""
+    if isinstance(r, np.ndarray):
+        return _new(r)
+    if isinstance(r, np.generic):
+        return _new(np.asarray(r))
+    if type(r) is tuple:
+        return tuple(_wrap(v) for v in r)
+    if type(r) is list:
+        return [_wrap(v) for v in r]
+    return r
+
+
+def _holds_device_array(obj: Any) -> bool:
+    if type(obj) is ndarray:
+        return True
+    if type(obj) in (list, tuple):
+        return any(_holds_device_array(v) for v in obj)
+    return False
+
+
+def _upload(obj: Any, dtype: Any = None, ndmin: int = 0) -> ndarray:
+    """Host data to the device: always a copy, and counted (``cupy.asarray`` of a number too)."""
+    if _holds_device_array(obj):        # a list of device arrays is assembled on the device
+        return _new(np.array(_dev(obj), dtype=dtype, ndmin=ndmin))
+    host = np.array(obj, dtype=dtype, ndmin=ndmin)
+    if host.dtype == object:
+        raise ValueError(f"Unsupported dtype {host.dtype}")
+    _record("to_device", host.nbytes)
+    return _new(host)
+
+
+def _garbage(a: np.ndarray) -> np.ndarray:
+    """Fill freshly "allocated" memory with values no correct program reads."""
+    if a.dtype.kind in "fc":
+        a.fill(np.nan)
+    elif a.dtype.kind in "iu":
+        a.fill(np.iinfo(a.dtype).max // 3)
+    elif a.dtype.kind == "b":
+        a.fill(True)
+    return a
+
+
+# ------------------------------------------------------------------------------ indexing
+def _index(shape: tuple[int, ...], index: Any) -> tuple[tuple, bool]:
+    """A CuPy index as the equivalent NumPy index, and whether it is advanced.
+
+    Host arrays and lists in the index are copied to the device first (counted); integer arrays
+    wrap around (CuPy's take/scatter kernels use ``index % dim``); a boolean mask costs a
+    synchronisation, since the host must learn how many elements it selects.
+    """
+    items = list(index) if type(index) is tuple else [index]
+    out = []
+    for s in items:
+        if type(s) is ndarray:
+            out.append(s._a)
+        elif s is None or s is Ellipsis or isinstance(s, slice):
+            out.append(s)
+        elif isinstance(s, (list, tuple, np.ndarray)) or isinstance(s, (bool, np.bool_)):
+            host = np.array(s)
+            if isinstance(s, (list, tuple)) and host.size == 0:
+                host = host.astype(np.int32)       # an empty list means no indices, not an empty mask
+            if host.dtype.kind not in "biu":
+                raise IndexError("only integers, slices (`:`), ellipsis (`...`),numpy.newaxis (`None`) and "
+                                 "integer or boolean arrays are valid indices")
+            _record("to_device", host.nbytes)
+            out.append(host)
+        else:
+            out.append(s)                          # a Python or NumPy integer: a view, as in NumPy
+    consumed = sum((s.ndim if s.dtype == bool else 1) if isinstance(s, np.ndarray) else 1
+                   for s in out if s is not None and s is not Ellipsis)
+    axis, advanced = 0, False
+    for k, s in enumerate(out):
+        if s is None:
+            continue
+        if s is Ellipsis:
+            axis += max(len(shape) - consumed, 0)
+            continue
+        if isinstance(s, np.ndarray):
+            advanced = True
+            if s.dtype == bool:
+                _record("to_host", 4)
+                axis += s.ndim
+                continue
+            if s.dtype.kind not in "iu":
+                raise IndexError(f"arrays used as indices must be of integer or boolean type. (actual: {s.dtype.type})")
+            if axis < len(shape) and shape[axis] > 0:
+                out[k] = s % shape[axis]
+        axis += 1
+    return tuple(out), advanced
+
+
+def _indexed_value(value: Any, advanced: bool, dtype: np.dtype) -> Any:
+    """The value of ``a[index] = value`` as CuPy takes it (see ``_scatter_op`` and ``fill`` in CuPy)."""
+    if type(value) is ndarray:
+        return value._a
+    if isinstance(value, (np.ndarray, list, tuple)):
+        if advanced:                               # CuPy copies the host values to the device
+            return _upload(value, dtype=dtype)._a
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            return value.item()
+        if isinstance(value, np.ndarray):
+            raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
+        raise _unsupported(value)
+    return value
+
+
+# ------------------------------------------------------------------------------- the array
+def _should_use_rop(x: Any, y: Any) -> bool:
+    """CuPy's rule for a binary operator whose right operand is not a device array (see its core.pyx)."""
+    try:
+        y_ufunc = y.__array_ufunc__
+    except AttributeError:
+        return getattr(x, "__array_priority__", 0) < getattr(y, "__array_priority__", 0)
+    return y_ufunc is None
+
+
+def _binary(name: str) -> tuple:
+    def op(self, other):
+        if type(other) is ndarray:
+            return _MODULE_FUNCS[name](self, other)
+        if _should_use_rop(self, other):
+            return NotImplemented
+        return getattr(np, name)(self, other)      # NumPy dispatches back to __array_ufunc__
+
+    def rop(self, other):
+        return _MODULE_FUNCS[name](other, self)
+
+    def iop(self, other):
+        return _MODULE_FUNCS[name](self, other, out=self)
+
+    return op, rop, iop
+
+
+def _compare(name: str):
+    def op(self, other):
+        if type(other) is ndarray:
+            return _MODULE_FUNCS[name](self, other)
+        if not _should_use_rop(self, other):
+            if isinstance(other, np.ndarray) and other.ndim == 0:
+                other = other.item()
+            return getattr(np, name)(self, other)
+        return NotImplemented
+    return op
+
+
+class ndarray:  # noqa: N801  (CuPy's name)
+    """A device array of the stand-in: a NumPy array that the host may only read through ``get()``."""
+
+    __slots__ = ("_a",)
+    __array_priority__ = 100
+    __hash__ = None
+
+    def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
+        if memptr is not None or strides is not None:
+            raise NotImplementedError("the CuPy stand-in does not model memory pointers")
+        self._a = _garbage(np.empty(shape, dtype=dtype, order=order))
+
+    # ------------------------------------------------------------------ attributes
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    strides = property(lambda self: self._a.strides)
+    itemsize = property(lambda self: self._a.itemsize)
+    nbytes = property(lambda self: self._a.nbytes)
+    T = property(lambda self: _new(self._a.T))
+    mT = property(lambda self: _new(self._a.mT))
+    real = property(lambda self: _new(self._a.real))
+    imag = property(lambda self: _new(self._a.imag))
+
+    # --------------------------------------------------------------- to the host
+    def get(self, stream=None, order="C", out=None, blocking=True):
+        """A copy on the host (counted)."""
+        _record("to_host", self.nbytes)
+        host = np.array(self._a, order=order, copy=True)
+        if out is not None:
+            if not isinstance(out, np.ndarray):
+                raise TypeError("Only numpy.ndarray can be obtained fromcupy.ndarray")
+            if out.dtype != self.dtype or out.shape != self.shape:
+                raise TypeError(f"{out.dtype} {out.shape} array cannot be obtained from {self.dtype} {self.shape} array")
+            out[...] = host
+            return out
+        return host
+
+    def set(self, arr, stream=None):
+        """Copy a host array of the same shape and dtype into this one (counted)."""
+        if not isinstance(arr, np.ndarray):
+            raise TypeError("Only numpy.ndarray can be set to cupy.ndarray")
+        if arr.dtype != self.dtype:
+            raise TypeError(f"{arr.dtype} array cannot be set to {self.dtype} array")
+        if arr.shape != self.shape:
+            raise ValueError(f"Shape mismatch. Old shape: {self.shape}, new shape: {arr.shape}")
+        _record("to_device", arr.nbytes)
+        self._a[...] = arr
+
+    def item(self):
+        if self.size != 1:
+            raise ValueError("can only convert an array of size 1 to a Python scalar")
+        return self.get().item()
+
+    def tolist(self):
+        return self.get().tolist()
+
+    def tobytes(self, order="C"):
+        return self.get().tobytes(order)
+
+    def tofile(self, fid, sep="", format="%s"):  # noqa: A002  (CuPy's name)
+        self.get().tofile(fid, sep, format)
+
+    def __int__(self):
+        return int(self.get())
+
+    def __float__(self):
+        return float(self.get())
+
+    def __complex__(self):
+        return complex(self.get())
+
+    def __bool__(self):
+        if self.size == 0:
+            warnings.warn("The truth value of an empty array is ambiguous. Returning False, but in future "
+                          "this will result in an error. Use `array.size > 0` to check that an array is not "
+                          "empty.", DeprecationWarning, stacklevel=2)
+            return False
+        if self.size == 1:
+            return bool(self.get())
+        raise ValueError("The truth value of an array with more than one element is ambiguous. Use a.any() or a.all()")
+
+    def __repr__(self):
+        return repr(self.get())
+
+    def __str__(self):
+        return str(self.get())
+
+    def __format__(self, format_spec):
+        return format(self.get(), format_spec)
+
+    def __reduce__(self):
+        return _MODULE_FUNCS["array"], (self.get(),)
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct "
+                        "a NumPy array explicitly.")
+
+    # --------------------------------------------------------------- containers
+    def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of unsized object")
+        return self.shape[0]
+
+    def __iter__(self):
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d array")
+        return (self[i] for i in range(self.shape[0]))
+
+    def __getitem__(self, index):
+        np_index, _ = _index(self.shape, index)
+        return _wrap(self._a[np_index])
+
+    def __setitem__(self, index, value):
+        np_index, advanced = _index(self.shape, index)
+        self._a[np_index] = _indexed_value(value, advanced, self.dtype)
+
+    def scatter_add(self, slices, value):
+        """``cupyx.scatter_add(self, slices, value)``: repeated indices add up."""
+        np_index, advanced = _index(self.shape, slices)
+        v = _indexed_value(value, True, self.dtype)
+        if advanced:
+            if self.dtype.type not in (np.int32, np.float16, np.float32, np.float64, np.uint32, np.uint64):
+                raise TypeError("scatter_add only supports int32, float16, float32, float64, uint32, uint64, as data type")
+            np.add.at(self._a, np_index, v)
+        else:
+            np.add(self._a[np_index], v, out=self._a[np_index])
+
+    def fill(self, value):
+        if type(value) is ndarray:
+            if value.ndim != 0:
+                raise ValueError("non-scalar cupy.ndarray cannot be used for fill")
+            value = value._a
+        elif isinstance(value, np.ndarray):
+            if value.ndim != 0:
+                raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
+            value = value.item()
+        elif type(value) not in _SCALAR_TYPES:
+            raise _unsupported(value)
+        self._a.fill(value)
+
+    def dot(self, b, out=None):
+        if type(b) is not ndarray:
+            raise TypeError(f"Argument 'b' has incorrect type (expected cupy._core.core._ndarray_base, got {type(b).__name__})")
+        return _MODULE_FUNCS["dot"](self, b, out=out)
+
+    def nonzero(self):
+        _record("to_host", 8)                       # the number of nonzero elements sets the shape
+        return _wrap(self._a.nonzero())
+
+    def take(self, indices, axis=None, out=None):
+        idx = indices._a if type(indices) is ndarray else (indices if np.isscalar(indices) else _upload(indices)._a)
+        result = np.take(self._a, idx, axis=axis, mode="wrap", out=None if out is None else out._a)
+        return out if out is not None else _wrap(result)
+
+    def put(self, indices, values, mode="wrap"):
+        idx = indices._a if type(indices) is ndarray else _upload(indices)._a
+        vals = values._a if type(values) is ndarray else _upload(values, dtype=self.dtype)._a
+        np.put(self._a, idx, vals, mode=mode)
+
+    def ptp(self, axis=None, out=None, keepdims=False):
+        return _MODULE_FUNCS["ptp"](self, axis=axis, out=out, keepdims=keepdims)
+
+    def __copy__(self):
+        return _new(self._a.copy())
+
+    def __deepcopy__(self, memo):
+        return _new(self._a.copy())
+
+    # ------------------------------------------------------------- NumPy protocols
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        inout = inputs
+        if "out" in kwargs:
+            out = kwargs["out"]
+            if len(out) != 1:
+                raise ValueError("The 'out' parameter must have exactly one array value")
+            inout += out
+            kwargs["out"] = out[0]
+        if method != "__call__":
+            return NotImplemented                   # numpy.add.at(device array, ...) and the like
+        name = ufunc.__name__
+        func = _MODULE_FUNCS.get(name)
+        if func is None:
+            return NotImplemented
+        for x in inout:
+            if not (type(x) is ndarray or type(x) in _SCALAR_TYPES or isinstance(x, np.ndarray)):
+                return NotImplemented
+        if name in ("greater", "greater_equal", "less", "less_equal", "equal", "not_equal"):
+            inputs = tuple(x.item() if isinstance(x, np.ndarray) and x.ndim == 0 else x for x in inputs)
+        return func(*inputs, **kwargs)              # a numpy.ndarray among them: TypeError there
+
+    def __array_function__(self, func, types, args, kwargs):
+        try:
+            module = functools.reduce(getattr, func.__module__.split(".")[1:], _cupy)
+            ours = getattr(module, func.__name__)
+        except AttributeError:
+            return NotImplemented
+        if ours is func:
+            return NotImplemented
+        for t in types:
+            if t not in (ndarray, np.ndarray):
+                return NotImplemented
+        return ours(*args, **kwargs)
+
+    # ------------------------------------------------------------------ operators
+    def __neg__(self):
+        return _MODULE_FUNCS["negative"](self)
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return _MODULE_FUNCS["absolute"](self)
+
+    def __invert__(self):
+        return _MODULE_FUNCS["invert"](self)
+
+    def __matmul__(self, other):
+        if type(other) is not ndarray and _should_use_rop(self, other):
+            return NotImplemented
+        return _MODULE_FUNCS["matmul"](self, other)
+
+    def __rmatmul__(self, other):
+        return _MODULE_FUNCS["matmul"](other, self)
+
+
+ndarray.__module__ = "cupy"     # npgpt.backend.is_cupy_array looks at the type's module
+
+_OPERATORS = {"add": "add", "sub": "subtract", "mul": "multiply", "truediv": "true_divide",
+              "floordiv": "floor_divide", "mod": "remainder", "pow": "power", "and": "bitwise_and",
+              "or": "bitwise_or", "xor": "bitwise_xor", "lshift": "left_shift", "rshift": "right_shift"}
+for _op, _ufunc in _OPERATORS.items():
+    _f, _r, _i = _binary(_ufunc)
+    for _prefix, _fn in (("", _f), ("r", _r), ("i", _i)):
+        _fn.__name__ = f"__{_prefix}{_op}__"
+        setattr(ndarray, _fn.__name__, _fn)
+for _op, _ufunc in {"lt": "less", "le": "less_equal", "eq": "equal", "ne": "not_equal", "gt": "greater",
+                    "ge": "greater_equal"}.items():
+    _c = _compare(_ufunc)
+    _c.__name__ = f"__{_op}__"
+    setattr(ndarray, _c.__name__, _c)
+
+
+def _method(name: str):
+    def method(self, *args, **kwargs):
+        result = getattr(self._a, name)(*_dev(args), **_dev(kwargs))
+        out = kwargs.get("out")
+        return out if out is not None else _wrap(result)
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+for _name in ("all", "any", "argmax", "argmin", "argpartition", "argsort", "astype", "clip", "conj", "conjugate",
+              "copy", "cumprod", "cumsum", "diagonal", "flatten", "max", "mean", "min", "partition", "prod", "ravel",
+              "repeat", "reshape", "round", "searchsorted", "sort", "squeeze", "std", "sum", "swapaxes", "trace",
+              "transpose", "var", "view"):
+    setattr(ndarray, _name, _method(_name))
+
+
+# ------------------------------------------------------------------------------ routines
+def _routine(name: str, numpy_func: Any = None, result: Any = _wrap):
+    numpy_func = numpy_func if numpy_func is not None else getattr(np, name)
+
+    def routine(*args, **kwargs):
+        value = numpy_func(*_dev(args), **_dev(kwargs))
+        out = kwargs.get("out")
+        return out if type(out) is ndarray else result(value)
+    routine.__name__ = routine.__qualname__ = name
+    routine.__module__ = "cupy"
+    routine.__doc__ = f"``numpy.{name}`` on device arrays (the CuPy stand-in)."
+    return routine
+
+
+_UFUNCS = ("add subtract multiply divide true_divide floor_divide power negative positive absolute exp expm1 log "
+           "log1p log2 log10 sqrt square reciprocal tanh sinh cosh sin cos tan arctan maximum minimum fmax fmin "
+           "equal not_equal less less_equal greater greater_equal logical_and logical_or logical_not logical_xor "
+           "bitwise_and bitwise_or bitwise_xor invert left_shift right_shift isfinite isinf isnan sign floor ceil "
+           "trunc rint remainder mod fmod").split()
+_ROUTINES = ("clip sum mean max min amax amin argmax argmin cumsum cumprod prod std var sort argsort partition "
+             "argpartition take_along_axis concatenate stack vstack hstack broadcast_to broadcast_arrays reshape "
+             "ravel transpose swapaxes moveaxis expand_dims squeeze tril triu flip roll repeat tile pad dot matmul "
+             "einsum outer tensordot all any isclose searchsorted round around zeros ones full zeros_like ones_like "
+             "full_like arange linspace eye identity tri copy atleast_1d atleast_2d diagonal trace ptp").split()
+
+
+def _to_device_result(value: Any) -> ndarray:
+    return _new(np.asarray(value))
+
+
+def _synchronising(name: str):
+    """A routine whose result's shape depends on the data: CuPy reads a count back to the host."""
+    inner = _routine(name)
+
+    def routine(*args, **kwargs):
+        _record("to_host", 8)
+        return inner(*args, **kwargs)
+    routine.__name__ = routine.__qualname__ = name
+    routine.__module__ = "cupy"
+    return routine
+
+
+def where(condition, x=None, y=None):
+    if x is None and y is None:
+        _record("to_host", 8)
+        return _wrap(np.nonzero(_dev(condition)))
+    if x is None or y is None:
+        raise ValueError("Must provide both 'x' and 'y' or neither.")
+    return _wrap(np.where(*_dev((condition, x, y))))
+
+
+def split(ary, indices_or_sections, axis=0):
+    if isinstance(indices_or_sections, np.ndarray):      # CuPy reads the cut points on the host
+        indices_or_sections = indices_or_sections.tolist()
+    return _wrap(np.split(_dev(ary), indices_or_sections, axis))
+
+
+def array_split(ary, indices_or_sections, axis=0):
+    if isinstance(indices_or_sections, np.ndarray):
+        indices_or_sections = indices_or_sections.tolist()
+    return _wrap(np.array_split(_dev(ary), indices_or_sections, axis))
+
+
+def empty(shape, dtype=float, order="C"):
+    return _new(_garbage(np.empty(shape, dtype=dtype, order=order)))
+
+
+def empty_like(prototype, dtype=None, order="K", subok=None, shape=None):
+    return _new(_garbage(np.empty_like(_dev(prototype), dtype=dtype, order=order, shape=shape)))
+
+
+def asarray(a, dtype=None, order=None, *, blocking=False):
+    if type(a) is ndarray:
+        return a if dtype is None or np.dtype(dtype) == a.dtype else _new(a._a.astype(dtype))
+    return _upload(a, dtype)
+
+
+def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
+    if type(obj) is ndarray:
+        return _new(np.array(obj._a, dtype=dtype, copy=copy, order=order, ndmin=ndmin))
+    return _upload(obj, dtype, ndmin)
+
+
+def ascontiguousarray(a, dtype=None):
+    if type(a) is ndarray:
+        return _new(np.ascontiguousarray(a._a, dtype=dtype))
+    return _upload(a, dtype)
+
+
+def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
+    if type(a) is ndarray:
+        return a.get(stream=stream, order=order, out=out)
+    if out is not None:
+        out[...] = a
+        return out
+    return np.asarray(a, order=order)
+
+
+def get_array_module(*args):
+    return _cupy if any(type(a) is ndarray for a in args) else np
+
+
+def array2string(a, *args, **kwargs):
+    return np.array2string(asnumpy(a), *args, **kwargs)
+
+
+def array_repr(arr, max_line_width=None, precision=None, suppress_small=None):
+    return np.array_repr(asnumpy(arr), max_line_width, precision, suppress_small)
+
+
+def array_str(arr, max_line_width=None, precision=None, suppress_small=None):
+    return np.array_str(asnumpy(arr), max_line_width, precision, suppress_small)
+
+
+def result_type(*arrays_and_dtypes):
+    return np.result_type(*(a.dtype if type(a) is ndarray else a for a in arrays_and_dtypes))
+
+
+def shape(a):
+    return a.shape if type(a) is ndarray else np.shape(a)
+
+
+def ndim(a):
+    return a.ndim if type(a) is ndarray else np.ndim(a)
+
+
+_MODULE_FUNCS: dict[str, Any] = {}
+for _name in _UFUNCS + _ROUTINES:
+    _MODULE_FUNCS[_name] = _routine(_name)
+for _name in ("array_equal", "allclose", "count_nonzero"):    # CuPy answers with a 0-d device array
+    _MODULE_FUNCS[_name] = _routine(_name, result=_to_device_result)
+for _name in ("nonzero", "argwhere", "flatnonzero", "unique"):
+    _MODULE_FUNCS[_name] = _synchronising(_name)
+for _fn in (where, split, array_split, empty, empty_like, asarray, array, ascontiguousarray, asnumpy,
+            get_array_module, array2string, array_repr, array_str, result_type, shape, ndim):
+    _fn.__module__ = "cupy"
+    _MODULE_FUNCS[_fn.__name__] = _fn
+_MODULE_FUNCS["abs"] = _MODULE_FUNCS["absolute"]
+
+# Types and constants that CuPy takes over from NumPy unchanged.
+_NUMPY_NAMES = ("bool_ int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64 complex64 "
+                "complex128 intp dtype finfo iinfo issubdtype isscalar can_cast integer floating signedinteger "
+                "unsignedinteger number generic inexact newaxis inf nan pi e").split()
+
+
+# ------------------------------------------------------------------------------ random
+class BitGenerator:
+    """Base of the stand-in's bit generators (CuPy's keep their state on the device)."""
+
+    def __init__(self, seed=None):
+        if isinstance(seed, np.ndarray) or type(seed) is ndarray:
+            raise TypeError("the CuPy stand-in takes an int seed")
+        # Philox, not NumPy's default PCG64: like cuRAND's XORWOW, a stream unlike the CPU's.
+        self._numpy = np.random.Generator(np.random.Philox(seed))
+
+    def random_raw(self, size=None, out=False):
+        raw = _new(np.asarray(self._numpy.integers(0, 2 ** 32, size=size, dtype=np.uint32)))
+        return raw if out else None
+
+
+BitGenerator.__module__ = "cupy.random"
+
+
+class XORWOW(BitGenerator):
+    """Stands in for CuPy's default bit generator."""
+
+    def __init__(self, seed=None, *, size=-1):
+        super().__init__(seed)
+
+    def state(self):
+        """A device pointer to the state, as CuPy's (not a dict: it cannot be read or set from the host)."""
+        return id(self)
+
+
+XORWOW.__module__ = "cupy.random"
+
+
+class Generator:
+    """``cupy.random.Generator``: only the methods the real one implements, drawing device arrays."""
+
+    def __init__(self, bit_generator):
+        if not isinstance(bit_generator, BitGenerator):
+            raise TypeError("Generator needs a cupy.random BitGenerator")
+        self.bit_generator = bit_generator
+
+    def _host(self) -> np.random.Generator:
+        return self.bit_generator._numpy
+
+    def random(self, size=None, dtype=np.float64, out=None):
+        dtype = np.dtype(dtype)
+        # CuPy draws float64 for 'd' and float32 for anything else, then casts.
+        draws = np.asarray(self._host().random(size=() if size is None else size,
+                                              dtype=np.float64 if dtype.char == "d" else np.float32))
+        if out is not None:
+            if type(out) is not ndarray:
+                raise TypeError("out must be a cupy.ndarray")
+            out._a[...] = draws
+            return out
+        return _new(draws.astype(dtype, copy=False))
+
+    def standard_normal(self, size=None, dtype=np.float64, out=None):
+        dtype = np.dtype(dtype)
+        if dtype.char not in "fd":
+            raise TypeError(f"Unsupported dtype {dtype.name} for standard_normal")
+        draws = np.asarray(self._host().standard_normal(size=() if size is None else size, dtype=dtype))
+        if out is not None:
+            out._a[...] = draws
+            return out
+        return _new(draws)
+
+    def uniform(self, low=0.0, high=1.0, size=None, dtype=np.float64):
+        low, high = _dev(asarray(low)), _dev(asarray(high))
+        size = np.broadcast_shapes(low.shape, high.shape) if size is None else size
+        dtype = np.dtype(dtype)
+        draws = self._host().random(size=size, dtype=np.float64 if dtype.char == "d" else np.float32)
+        return _new(np.asarray(low + (high - low) * draws).astype(dtype, copy=False))
+
+    def integers(self, low, high=None, size=None, dtype=np.int64, endpoint=False):
+        low, high = (0, int(low)) if high is None else (int(low), int(high))
+        draws = self._host().integers(low, high, size=() if size is None else size, dtype=dtype, endpoint=endpoint)
+        return _new(np.asarray(draws))
+
+
+Generator.__module__ = "cupy.random"
+
+
+def default_rng(seed=None):
+    """A ``Generator`` on the stand-in's XORWOW (seeded alike, it draws alike)."""
+    if isinstance(seed, Generator):
+        return seed
+    if isinstance(seed, BitGenerator):
+        return Generator(seed)
+    return Generator(XORWOW(seed))
+
+
+# ------------------------------------------------------------------------------- modules
+def _module(name: str, doc: str, members: dict[str, Any]) -> types.ModuleType:
+    module = types.ModuleType(name, doc)
+    module.__dict__.update(members)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)     # importlib.util.find_spec works
+    return module
+
+
+def _get_device_count() -> int:
+    return 1
+
+
+def _get_device() -> int:
+    return 0
+
+
+def _is_available() -> bool:
+    return True
+
+
+_get_device_count.__name__ = "getDeviceCount"
+_get_device.__name__ = "getDevice"
+_is_available.__name__ = "is_available"
+_runtime = _module("cupy.cuda.runtime", "CUDA runtime of the stand-in: one device, number 0.",
+                   {"getDeviceCount": _get_device_count, "getDevice": _get_device})
+_cuda = _module("cupy.cuda", "CUDA of the stand-in.", {"runtime": _runtime, "is_available": _is_available})
+_random = _module("cupy.random", "Random numbers of the stand-in.",
+                  {"default_rng": default_rng, "Generator": Generator, "BitGenerator": BitGenerator, "XORWOW": XORWOW})
+_cupy = _module("cupy", "A strict CuPy stand-in for machines without a GPU (tests/fake_cupy.py).",
+                {**_MODULE_FUNCS, **{name: getattr(np, name) for name in _NUMPY_NAMES}, "ndarray": ndarray,
+                 "cuda": _cuda, "random": _random, "__version__": "0.0.0+stand-in"})
+
+
+def scatter_add(a, slices, value):
+    """``a[slices] += value`` with repeated indices summed (``cupyx.scatter_add``)."""
+    if type(a) is not ndarray:
+        raise TypeError(f"scatter_add needs a cupy.ndarray, got {type(a)}")
+    a.scatter_add(slices, value)
+
+
+scatter_add.__module__ = "cupyx"
+_cupyx = _module("cupyx", "cupyx of the stand-in.", {"scatter_add": scatter_add})
+
+MODULES = {"cupy": _cupy, "cupy.cuda": _cuda, "cupy.cuda.runtime": _runtime, "cupy.random": _random,
+           "cupyx": _cupyx}
+_saved: dict[str, types.ModuleType] = {}
+
+
+def _is_cupy_name(name: str) -> bool:
+    return name in ("cupy", "cupyx") or name.startswith(("cupy.", "cupyx.", "cupy_backends"))
+
+
+def installed() -> bool:
+    return sys.modules.get("cupy") is _cupy
+
+
+def install() -> types.ModuleType:
+    """Register the stand-in as ``cupy``/``cupyx``; npgpt then sees one CUDA device. Returns the ``cupy`` module.
+
+    A real CuPy imported before is put aside (``uninstall`` brings it back), and
+    ``npgpt.backend``'s cached view of CuPy is reset, so the order of imports does not matter.
+    """
+    if not installed():
+        for name in [n for n in sys.modules if _is_cupy_name(n)]:
+            _saved[name] = sys.modules.pop(name)
+        sys.modules.update(MODULES)
+    _reset_backend(_cupy, None)
+    return _cupy
+
+
+def uninstall() -> None:
+    """Remove the stand-in and restore what ``install`` put aside."""
+    if not installed():
+        return
+    for name in MODULES:
+        sys.modules.pop(name, None)
+    sys.modules.update(_saved)
+    _saved.clear()
+    _reset_backend(None, None)
+
+
+def _reset_backend(cupy: Any, error: Any) -> None:
+    backend = sys.modules.get("npgpt.backend")
+    if backend is not None:
+        backend._cupy, backend._cupy_error = cupy, error
