@@ -27,10 +27,12 @@ and ``GPT.from_pretrained`` in ``npgpt.model``, ``GPTClassifier``'s in
 """
 
 import json
+import math
 import os
 import pathlib
 import shutil
 import struct
+from typing import Any
 
 import numpy as np
 
@@ -42,10 +44,86 @@ WEIGHTS_NAME = "model.safetensors"
 PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent / "pretrained"
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")    # old transformers' causal-mask buffers
 _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": None}
+# Bytes per element of safetensors' dtypes, to check a tensor's byte range against its shape.
+_ITEMSIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+              "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+MAX_HEADER_BYTES = 100_000_000        # safetensors' own limit on the JSON header
+MAX_CONFIG_BYTES = 16 * 2 ** 20       # a config.json is a few kB; refuse to read gigabytes
+MAX_DIM = 2 ** 62                     # no tensor dimension or config size is larger (keeps messages short)
 
 
 class CheckpointError(ValueError):
     """A checkpoint directory exists but its contents are wrong (names the file or tensor)."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """``object_pairs_hook`` for ``json.loads``: a key given twice is an error, not "the last one wins"."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"the key {key!r} appears twice")
+        result[key] = value
+    return result
+
+
+def parse_json(data: bytes | str, path: Any, what: str = "") -> Any:
+    """JSON text -> Python value; anything malformed is a ``CheckpointError`` naming ``path``.
+
+    Malformed covers more than syntax: bytes that are not UTF-8, a key that
+    appears twice in one object, nesting deep enough to exhaust Python's
+    recursion limit, and integers longer than Python's limit on converting
+    digits (``sys.set_int_max_str_digits``).
+    """
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except RecursionError:
+        raise CheckpointError(f"{path}{what} is nested too deeply to be a checkpoint's JSON") from None
+    except ValueError as exc:         # JSONDecodeError, UnicodeDecodeError, too many digits, duplicate keys
+        raise CheckpointError(f"{path}{what} is not valid JSON: {exc}") from None
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """The JSON object in the file ``path`` (``config.json``): size, syntax and type checked."""
+    path = pathlib.Path(path)
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path} has {size:,} bytes; a config file has a few thousand")
+    raw = parse_json(path.read_bytes(), path)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def config_int(raw: dict, key: str, path: Any, low: int = 1) -> int:
+    """``raw[key]`` as an integer >= ``low`` (and below ``MAX_DIM``), or a ``CheckpointError``."""
+    value = raw[key]
+    if not _is_int(value):
+        raise CheckpointError(f"{path}: {key} must be an integer, got {value!r:.80}")
+    if not low <= value < MAX_DIM:
+        shown = str(value) if abs(value) < 10 ** 30 else f"a {len(str(abs(value)))}-digit number"
+        raise CheckpointError(f"{path}: {key} must lie in {low}..2**62, got {shown}")
+    return value
+
+
+def config_float(raw: dict, key: str, default: float, path: Any, low: float, high: float,
+                 high_open: bool = False, low_open: bool = False) -> float:
+    """``raw.get(key, default)`` as a finite float in [low, high] (ends excluded when ``*_open``)."""
+    value = raw.get(key, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckpointError(f"{path}: {key} must be a number, got {value!r:.80}")
+    value = float(value)
+    if (not math.isfinite(value) or value < low or value > high or (low_open and value == low)
+            or (high_open and value == high)):
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise CheckpointError(f"{path}: {key} must be a finite number in {interval}, got {value!r}")
+    return value
 
 
 # =================================================================== saving
@@ -137,41 +215,69 @@ def read_config(directory):
     files, not models: it imports nothing of the model, so the model can
     import it).
     """
+    return config_fields(read_raw_config(directory), pathlib.Path(directory) / CONFIG_NAME)
+
+
+def read_raw_config(directory: str | os.PathLike) -> dict:
+    """The ``config.json`` of a checkpoint directory as a dict, through the guarded reader
+    (``read_json_object``); its fields are not interpreted here."""
     path = pathlib.Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: a checkpoint needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(raw).__name__}")
+    return read_json_object(path)
+
+
+def config_fields(raw: dict, path: Any) -> dict:
+    """GPT-2's hyper-parameters in a parsed ``config.json``, each type- and range-checked.
+
+    Sizes are positive integers (never floats, booleans or nested values),
+    rates are finite numbers in range. Whether the sizes fit the weights
+    file is checked separately, before a model is built (``GPT.check_hf_shapes``).
+    """
+    for key in ("model_type", "activation_function"):
+        if key in raw and not isinstance(raw[key], str):
+            raise CheckpointError(f"{path}: {key} must be a string, got {raw[key]!r:.80}")
     if raw.get("model_type", "gpt2") != "gpt2":
-        raise CheckpointError(f"{path}: model_type {raw['model_type']!r} is not a GPT-2 model")
+        raise CheckpointError(f"{path}: model_type {raw['model_type']!r:.80} is not a GPT-2 model")
     activation = raw.get("activation_function", "gelu_new")
     if activation not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise CheckpointError(f"{path}: activation_function {activation!r} is not GPT-2's tanh GELU")
+        raise CheckpointError(f"{path}: activation_function {activation!r:.80} is not GPT-2's tanh GELU")
     missing = [k for k in ("vocab_size", "n_embd", "n_layer", "n_head") if k not in raw]
-    if "n_positions" not in raw and "n_ctx" not in raw:
+    if raw.get("n_positions") is None and raw.get("n_ctx") is None:
         missing.append("n_positions")
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}")
-    if raw.get("n_inner") not in (None, 4 * raw["n_embd"]):
-        raise CheckpointError(f"{path}: n_inner {raw['n_inner']} is not 4 * n_embd, which npgpt's MLP assumes")
-    try:
-        return {"vocab_size": raw["vocab_size"], "block_size": raw.get("n_positions", raw.get("n_ctx")),
-                "n_layer": raw["n_layer"], "n_head": raw["n_head"], "n_embd": raw["n_embd"],
-                "dropout": float(raw.get("resid_pdrop", 0.0)),
-                "layer_norm_epsilon": float(raw.get("layer_norm_epsilon", 1e-5))}
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+    sizes = {"vocab_size": "vocab_size", "n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd",
+             "block_size": "n_positions" if raw.get("n_positions") is not None else "n_ctx"}
+    fields: dict[str, Any] = {field: config_int(raw, key, path) for field, key in sizes.items()}
+    if raw.get("n_inner") is not None and raw.get("n_inner") != 4 * fields["n_embd"]:
+        raise CheckpointError(f"{path}: n_inner {raw['n_inner']!r:.80} is not 4 * n_embd, which npgpt's MLP assumes")
+    if fields["n_embd"] % fields["n_head"]:
+        raise CheckpointError(f"{path}: n_embd ({fields['n_embd']}) must be divisible by n_head ({fields['n_head']})")
+    for key in ("embd_pdrop", "attn_pdrop"):        # not used, but a malformed value means a malformed file
+        config_float(raw, key, 0.0, path, 0.0, 1.0, high_open=True)
+    fields["dropout"] = config_float(raw, "resid_pdrop", 0.0, path, 0.0, 1.0, high_open=True)
+    fields["layer_norm_epsilon"] = config_float(raw, "layer_norm_epsilon", 1e-5, path, 0.0, 1.0, low_open=True)
+    return fields
 
 
-def read_header(path):
+def _int_list(value: Any, length: int | None = None) -> bool:
+    """A list of non-negative integers below ``MAX_DIM`` (of ``length`` items when given)?"""
+    return (isinstance(value, list) and (length is None or len(value) == length)
+            and all(_is_int(v) and 0 <= v < MAX_DIM for v in value))
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict, int]:
     """The JSON header of a safetensors file, checked against the file's size.
 
     Returns ``{name: {"dtype", "shape", "data_offsets"}}`` (plus
-    ``__metadata__``) and the offset where the data begins.
+    ``__metadata__``) and the offset where the data begins. Any bytes at all
+    either pass or raise ``CheckpointError`` naming the file (and the tensor):
+    the header must be a JSON object of entries whose dtype is a string,
+    whose shape is a list of non-negative integers and whose two offsets lie
+    in the file and agree with the shape; the tensors must tile the data
+    without gaps or overlaps, up to the end of the file, as safetensors
+    requires.
     """
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -182,31 +288,59 @@ def read_header(path):
         if 8 + n > size:
             raise CheckpointError(f"{path} is truncated or corrupt: its header claims {n} bytes, "
                                   f"the file has {size - 8} after the length")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{path} has a corrupt header: {exc}") from None
+        if n > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path} is corrupt: its header claims {n:,} bytes, more than safetensors "
+                                  f"allows ({MAX_HEADER_BYTES:,})")
+        header = parse_json(f.read(n), path, " has a corrupt header: it")
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} has a corrupt header: a JSON {type(header).__name__}, not an object")
     start = 8 + n
+    ranges = []
     for name, info in header.items():
         if name == "__metadata__":
+            if not (isinstance(info, dict) and all(isinstance(v, str) for v in info.values())):
+                raise CheckpointError(f"{path}: the header's __metadata__ must map strings to strings")
             continue
-        try:
-            begin, end = info["data_offsets"]
-            dtype, shape = info["dtype"], tuple(info["shape"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: the header entry of tensor {name!r} is malformed: {info!r}") from None
-        if not 0 <= begin <= end:
-            raise CheckpointError(f"{path}: tensor {name!r} has invalid byte offsets {begin}..{end}")
+        if not (isinstance(info, dict) and isinstance(info.get("dtype"), str) and _int_list(info.get("shape"))
+                and _int_list(info.get("data_offsets"), 2)):
+            raise CheckpointError(f"{path}: the header entry of tensor {name!r:.200} is malformed (it needs a "
+                                  f"dtype string, a shape and two byte offsets, non-negative integers): "
+                                  f"{info!r:.200}")
+        begin, end = info["data_offsets"]
+        dtype, shape = info["dtype"], info["shape"]
+        if not begin <= end:
+            raise CheckpointError(f"{path}: tensor {name!r:.200} has invalid byte offsets {begin}..{end}")
         if start + end > size:
-            raise CheckpointError(f"{path} is truncated: tensor {name!r} needs bytes {begin}..{end} of the data "
-                                  f"but the file holds only {size - start}")
-        if dtype in _DTYPES:
-            itemsize = 2 if dtype == "BF16" else np.dtype(_DTYPES[dtype]).itemsize
-            if end - begin != itemsize * int(np.prod(shape)):
-                raise CheckpointError(f"{path}: tensor {name!r} of shape {shape} and dtype {dtype} "
-                                      f"should take {itemsize * int(np.prod(shape))} bytes, the header gives "
-                                      f"{end - begin}")
+            raise CheckpointError(f"{path} is truncated: tensor {name!r:.200} needs bytes {begin}..{end} of the "
+                                  f"data but the file holds only {size - start}")
+        if dtype in _ITEMSIZES:
+            nbytes, exact = (0 if 0 in shape else _ITEMSIZES[dtype]), True
+            for i, dim in enumerate(shape):      # one at a time: a long shape of huge dims stops at once
+                nbytes *= dim
+                if nbytes > end - begin and i + 1 < len(shape):
+                    exact = False
+                    break
+            if nbytes != end - begin:
+                shown = f"{tuple(shape)}" if len(shape) <= 8 else f"of {len(shape)} dimensions"
+                need = nbytes if exact else f"more than {end - begin}"
+                raise CheckpointError(f"{path}: tensor {name!r:.200} of shape {shown:.200} and dtype {dtype} "
+                                      f"should take {need} bytes, the header gives {end - begin}")
+        ranges.append((begin, end, name))
+    covered = 0
+    for begin, end, name in sorted(ranges):
+        if begin != covered:
+            raise CheckpointError(f"{path}: tensor {name!r:.200} starts at byte {begin} of the data, not at "
+                                  f"{covered} (tensors must follow each other without gaps or overlaps)")
+        covered = end
+    if start + covered != size:
+        raise CheckpointError(f"{path} is corrupt: its tensors end at byte {start + covered}, the file has {size}")
     return header, start
+
+
+def tensor_shapes(header: dict) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of a header's tensors, without the metadata and the old causal-mask buffers."""
+    return {name: tuple(info["shape"]) for name, info in header.items()
+            if name != "__metadata__" and not name.endswith(_IGNORED_SUFFIXES)}
 
 
 def _read_bf16(path, info, start):
@@ -216,22 +350,46 @@ def _read_bf16(path, info, start):
     return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
 
 
-def read_tensors(path):
-    """``{name: float32 array}`` from a safetensors file; float16/bfloat16 are upcast."""
-    from safetensors import safe_open
+def read_tensors(path: str | os.PathLike, allow_non_finite: bool = False) -> dict[str, np.ndarray]:
+    """``{name: float32 array}`` from a safetensors file; float16/bfloat16 are upcast.
+
+    A tensor holding NaN or infinity (or a float64 value beyond float32's
+    range) is refused with its name, unless ``allow_non_finite`` (to inspect
+    such a file). safetensors' own errors come out as ``CheckpointError``.
+    """
+    from safetensors import SafetensorError, safe_open
 
     header, start = read_header(path)
     tensors = {}
-    with safe_open(str(path), framework="np") as f:
-        for name, info in header.items():
-            if name == "__metadata__" or name.endswith(_IGNORED_SUFFIXES):
-                continue
-            if info["dtype"] not in _DTYPES:
-                raise CheckpointError(f"{path}: tensor {name!r} has dtype {info['dtype']}; "
-                                      "npgpt reads F32, F16, BF16 and F64")
-            array = _read_bf16(path, info, start) if info["dtype"] == "BF16" else f.get_tensor(name)
-            tensors[name] = np.ascontiguousarray(array, dtype=np.float32)
+    name = None
+    try:
+        with safe_open(str(path), framework="np") as f:
+            for name, info in header.items():
+                if name == "__metadata__" or name.endswith(_IGNORED_SUFFIXES):
+                    continue
+                if info["dtype"] not in _DTYPES:
+                    raise CheckpointError(f"{path}: tensor {name!r:.200} has dtype {info['dtype']!r:.40}; "
+                                          "npgpt reads F32, F16, BF16 and F64")
+                array = _read_bf16(path, info, start) if info["dtype"] == "BF16" else f.get_tensor(name)
+                with np.errstate(over="ignore"):          # float64 beyond float32's range becomes inf: refused below
+                    array = np.ascontiguousarray(array, dtype=np.float32)
+                if not allow_non_finite:
+                    _check_finite(array, name, path)
+                tensors[name] = array
+    except SafetensorError as exc:
+        where = f" (reading tensor {name!r:.200})" if name is not None else ""
+        raise CheckpointError(f"{path}: safetensors refuses the file{where}: {exc}") from None
     return tensors
+
+
+def _check_finite(array: np.ndarray, name: str, path: Any) -> None:
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = array.size - int(np.count_nonzero(finite))
+        first = np.unravel_index(int(np.argmin(finite)), array.shape)
+        raise CheckpointError(f"{path}: tensor {name!r} holds {bad:,} non-finite value(s) (NaN or infinity), the "
+                              f"first at index {tuple(int(i) for i in first)}; a model with them computes only "
+                              "NaN. To inspect such a file, load it with allow_non_finite=True")
 
 
 def weights_path(directory):

@@ -30,7 +30,6 @@ save and load), and ``config.json`` with ``architectures``, ``num_labels``,
 ``id2label`` and ``label2id``.
 """
 
-import json
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -231,7 +230,7 @@ class GPTClassifier(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_dir: str | pathlib.Path, num_labels: int | None = None,
                         labels: Sequence[str] | None = None, pad_token_id: int | None = None,
-                        seed: int = 0) -> "GPTClassifier":
+                        seed: int = 0, *, allow_non_finite: bool = False) -> "GPTClassifier":
         """A classifier from a saved classifier directory or a pretrained language model.
 
         * A classifier directory (``config.json`` naming ``GPT2ForSequenceClassification``)
@@ -239,39 +238,95 @@ class GPTClassifier(nn.Module):
         * A language model (a directory, or a shipped name such as
           ``"npgpt-small"``) becomes the backbone, and a new head with
           ``num_labels`` outputs is initialised (``num_labels`` is required).
+
+        ``config.json`` goes through the same guarded reader as a language
+        model's, and every classification field is type-checked; sizes are
+        compared with the weights file's header before anything is built.
+        Errors are ``CheckpointError``s naming the file (docs/model.md).
         """
         directory = checkpoint.resolve(name_or_dir)
         config_path = directory / checkpoint.CONFIG_NAME
-        saved = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        if ARCHITECTURE in saved.get("architectures", []):
-            saved_labels = int(saved.get("num_labels", len(saved.get("id2label", {})) or 2))
+        saved = checkpoint.read_raw_config(directory) if config_path.is_file() else {}
+        head = _classifier_fields(saved, config_path)
+        if head is not None:
+            saved_labels, names, id2label, saved_pad = head
             if num_labels is not None and int(num_labels) != saved_labels:
                 raise ValueError(f"{name_or_dir} holds a classifier with num_labels={saved_labels}, "
                                  f"not {num_labels}; load it without num_labels, or start from its backbone")
-            names = saved.get("npgpt_labels")
-            if names is None:       # written by Hugging Face: id2label maps logit index -> name
-                id2label = saved.get("id2label") or {}
-                names = [id2label.get(str(i), str(i)) for i in range(saved_labels)] if saved_labels > 1 else None
             weights = directory / checkpoint.WEIGHTS_NAME
             if not weights.is_file():
                 raise FileNotFoundError(f"{weights} is missing: a classifier checkpoint needs "
                                         f"{checkpoint.CONFIG_NAME} and {checkpoint.WEIGHTS_NAME}")
-            tensors = checkpoint.read_tensors(weights)
-            if "score.weight" not in tensors:
+            config = GPTConfig.from_pretrained(directory)
+            header, _ = checkpoint.read_header(weights)
+            shapes = checkpoint.tensor_shapes(header)
+            if "score.weight" not in shapes:
                 raise checkpoint.CheckpointError(f"{weights} has no score.weight (the classification head)")
-            backbone = GPT(GPTConfig.from_pretrained(directory), init=False)     # weights come next
-            # names and shapes are checked, with errors naming the tensor
-            backbone.load_hf_tensors({k: v for k, v in tensors.items() if k != "score.weight"}, weights)
+            score_shape = shapes.pop("score.weight")
+            if score_shape != (saved_labels, config.n_embd):
+                raise checkpoint.CheckpointError(f"{weights}: score.weight has shape {score_shape}, but "
+                                                 f"{config_path} implies ({saved_labels}, {config.n_embd})")
+            GPT.check_hf_shapes(config, shapes, weights)      # before anything is allocated
+            if names is None:
+                names = _names_from_id2label(id2label, saved_labels, config_path)
+            tensors = checkpoint.read_tensors(weights, allow_non_finite=allow_non_finite)
+            score = tensors.pop("score.weight")
+            backbone = GPT(config, init=False)     # weights come next
+            backbone.load_hf_tensors(tensors, weights)
             model = cls(num_labels=saved_labels, labels=labels or names, backbone=backbone, seed=seed,
-                        pad_token_id=pad_token_id if pad_token_id is not None else saved.get("pad_token_id"))
-            score = np.asarray(tensors["score.weight"], dtype=np.float32)
-            if score.shape != (saved_labels, model.config.n_embd):
-                raise ValueError(f"{name_or_dir}: score.weight has shape {score.shape}, expected "
-                                 f"({saved_labels}, {model.config.n_embd})")
+                        pad_token_id=pad_token_id if pad_token_id is not None else saved_pad)
             model.score.load_state_dict({"weight": score.T})
             return model.eval()
         if num_labels is None:
             raise ValueError(f"{name_or_dir} is a language model, not a classifier: say how many outputs "
                              "the new head has, e.g. num_labels=1 (sigmoid) or num_labels=3 (softmax)")
-        backbone = GPT.from_pretrained(directory)
+        backbone = GPT.from_pretrained(directory, allow_non_finite=allow_non_finite)
         return cls(num_labels=num_labels, labels=labels, backbone=backbone, seed=seed, pad_token_id=pad_token_id).eval()
+
+
+def _classifier_fields(saved: dict, path: pathlib.Path) -> tuple[int, list[str] | None, dict, int | None] | None:
+    """``(num_labels, npgpt_labels, id2label, pad_token_id)`` of a classifier's ``config.json``; None for a
+    language model.
+
+    Every field is type-checked (no value is stringified or guessed), so a
+    malformed file is a ``CheckpointError`` naming it.
+    """
+    def fail(message: str) -> None:
+        raise checkpoint.CheckpointError(f"{path}: {message}")
+
+    architectures = saved.get("architectures") or []
+    if not (isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)):
+        fail(f"architectures must be a list of strings, got {architectures!r:.80}")
+    if ARCHITECTURE not in architectures:
+        return None
+    id2label = saved.get("id2label") or {}
+    if not (isinstance(id2label, dict) and all(isinstance(v, str) for v in id2label.values())):
+        fail(f"id2label must map indices to label names (strings), got {id2label!r:.80}")
+    if saved.get("num_labels") is not None:
+        num_labels = checkpoint.config_int(saved, "num_labels", path)
+    else:
+        num_labels = len(id2label) or 2
+    names = saved.get("npgpt_labels")
+    classes = 2 if num_labels == 1 else num_labels
+    if names is not None:
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            fail(f"npgpt_labels must be a list of strings, got {names!r:.80}")
+        if len(names) != classes or len(set(names)) != len(names):
+            fail(f"npgpt_labels must name {classes} distinct classes (num_labels={num_labels}), got {names!r:.80}")
+    pad = saved.get("pad_token_id")
+    if pad is not None:
+        pad = checkpoint.config_int(saved, "pad_token_id", path, low=0)
+    return num_labels, names, id2label, pad
+
+
+def _names_from_id2label(id2label: dict, num_labels: int, path: pathlib.Path) -> list[str] | None:
+    """Class names from Hugging Face's ``id2label`` (logit index -> name); None for a one-logit head.
+
+    Called once ``num_labels`` has been checked against the head's shape, so the list is as long as the file allows.
+    """
+    if num_labels == 1:
+        return None
+    names = [id2label.get(str(i), str(i)) for i in range(num_labels)]
+    if len(set(names)) != len(names):
+        raise checkpoint.CheckpointError(f"{path}: id2label gives two classes the same name: {names!r:.80}")
+    return names

@@ -12,8 +12,10 @@ Companion of ``docs/training.md`` (section "From the command line").
 
 Each subcommand has ``--help``. ``main(argv)`` returns the exit status
 instead of exiting, so tests call it in-process. Errors the user can fix
-(a missing file, a bad setting) print one line, ``npgpt: error: ...``, and
-return 1 rather than a traceback.
+(a missing file, a bad setting, a malformed checkpoint, tokenizer or data
+file, a full or read-only disk, a run directory another trainer holds)
+print one line, ``npgpt: error: ...``, and return 1 rather than a
+traceback; ``--debug`` or ``NPGPT_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import os
 import pathlib
 import sys
 import typing
@@ -115,6 +118,12 @@ def flag_of(field: str, flag_names: Optional[dict[str, str]] = None) -> str:
     return (flag_names or {}).get(field, "--" + field.replace("_", "-"))
 
 
+def _debug_flag(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
+    # SUPPRESS on the subcommands, so that `npgpt --debug train` is not reset by train's own default.
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="on an error, show the Python traceback instead of one line (also: NPGPT_DEBUG=1)")
+
+
 def _overwrite_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="write into the output directory even if it is not empty")
@@ -133,6 +142,7 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--special-token", action="append", default=None, metavar="TOKEN",
                    help="a special token (repeatable; default: <|endoftext|>)")
     _overwrite_flag(t)
+    _debug_flag(t)
     t.set_defaults(command_parser=t)
 
 
@@ -149,6 +159,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                    default=0.1, help="share of every document's tokens held out for validation (default 0.1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _overwrite_flag(p)
+    _debug_flag(p)
     p.set_defaults(command_parser=p)
 
 
@@ -174,6 +185,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no log lines")
     _settings_flags(p, TrainConfig, TRAIN_FLAG_NAMES, required=("out_dir",))
+    _debug_flag(p)
     p.set_defaults(command_parser=p)
 
 
@@ -191,6 +203,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="sample from the smallest set of tokens with probability >= p")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=None, help="seed of the sampler (same seed, same text)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    _debug_flag(p)
     p.set_defaults(command_parser=p)
 
 
@@ -226,6 +239,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     _overwrite_flag(p)
     _settings_flags(p, FinetuneConfig)
+    _debug_flag(p)
     p.set_defaults(command_parser=p)
 
 
@@ -234,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="npgpt", description="npgpt: GPT-2 from scratch on NumPy.")
     parser.add_argument("--version", action="version", version=f"npgpt {__version__}")
+    _debug_flag(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     _add_tokenizer(sub)
     _add_prepare(sub)
@@ -303,15 +318,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     settings = {}
     if args.config:
-        path = pathlib.Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            settings.update(json.loads(path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"config file {path} is not valid JSON: {exc}") from None
-        if not isinstance(settings, dict):
-            raise ValueError(f"config file {path} must hold a JSON object of settings")
+        settings.update(_read_settings_file(args.config, TrainConfig))
     settings.update(settings_given(args, TrainConfig))
     if "device" in settings:
         _check_device(settings["device"])
@@ -342,6 +349,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     parts.append(f"{summary['tokens_per_s']:,.0f} tokens/s")
     print(", ".join(parts) + f"; checkpoint in {trainer.run_dir / 'checkpoint'}")
     return 0
+
+
+def _read_settings_file(name: str, config_class: type) -> dict[str, Any]:
+    """The settings in a ``--config`` JSON file, each value of its field's type (else a ValueError naming it)."""
+    from npgpt import fileio
+
+    path = pathlib.Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = fileio.read_utf8(path, "config file")
+    try:
+        values = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"config file {path} is not valid JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a JSON object of settings")
+    hints = typing.get_type_hints(config_class)
+    for key, value in values.items():
+        if key not in hints:
+            continue                   # named by TrainConfig.from_dict, with the list of known settings
+        kinds = [k for k in typing.get_args(hints[key]) or (hints[key],)]
+        ok = any((value is None if k is type(None) else
+                  isinstance(value, str) if k is str else
+                  isinstance(value, bool) if k is bool else
+                  isinstance(value, int) and not isinstance(value, bool) if k is int else
+                  isinstance(value, (int, float)) and not isinstance(value, bool) if k is float else False)
+                 for k in kinds)
+        if not ok:
+            expected = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise ValueError(f"config file {path}: {key} must be {expected}, got {value!r:.60}")
+    return values
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -442,6 +480,39 @@ def _flag_for(exc: ConfigError) -> str:
     return flag_of(exc.field, TRAIN_FLAG_NAMES if exc.owner == "TrainConfig" else None)
 
 
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """What a user can cause and fix: bad files and settings, a full or read-only disk, too little memory.
+
+    ``OSError`` covers missing files, permissions, a full disk (ENOSPC) and a
+    run directory another trainer holds; ``ValueError`` covers malformed
+    checkpoints (``CheckpointError``), tokenizer files (``TokenizerFileError``)
+    and data. Anything else is a bug in npgpt and keeps its traceback.
+    """
+    from safetensors import SafetensorError
+
+    from npgpt.datasets import DatasetUnavailable
+
+    return (OSError, ValueError, KeyError, MemoryError, SafetensorError, DatasetUnavailable)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of an expected error, on one line."""
+    if isinstance(exc, KeyError) and exc.args:
+        message = str(exc.args[0])
+    elif isinstance(exc, OSError) and exc.strerror and exc.filename:     # "[Errno 28] ..." -> "path: reason"
+        message = f"{exc.filename}: {exc.strerror}"
+    elif isinstance(exc, MemoryError):
+        message = f"out of memory: {exc}" if str(exc) else "out of memory"
+    else:
+        message = str(exc) or type(exc).__name__
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _debugging(args: argparse.Namespace) -> bool:
+    """``--debug`` or ``NPGPT_DEBUG`` set (to anything but 0): show tracebacks."""
+    return bool(getattr(args, "debug", False)) or os.environ.get("NPGPT_DEBUG", "0") not in ("", "0")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 error, 2 bad usage, 128+N stopped by signal N)."""
     from npgpt.settings import ConfigError
@@ -460,11 +531,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return handler(args)
     except ConfigError as exc:
+        if _debugging(args):
+            raise
         print(f"npgpt: error: {exc.message_for(_flag_for(exc))}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, FileExistsError, ValueError, TrainingDiverged, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"npgpt: error: {message}", file=sys.stderr)
+    except _expected_errors() + (TrainingDiverged,) as exc:
+        if _debugging(args):
+            raise
+        print(f"npgpt: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:          # a second Ctrl-C: stop at once; checkpoints are atomic
         print("npgpt: interrupted", file=sys.stderr)

@@ -182,8 +182,22 @@ def prepare_documents(documents: Iterable[str], tokenizer: Any, out_dir: str | o
 
 
 # ================================================================= reading
+_TOKEN_DTYPES = ("uint16", "uint32")
+_CHUNK = 1 << 24          # tokens per chunk when scanning a token file for out-of-range ids
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def load_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
-    """The ``meta.json`` of a prepared data directory (clear errors when it is not one)."""
+    """The ``meta.json`` of a prepared data directory (clear errors when it is not one).
+
+    Every field training reads is type-checked: ``dtype`` is ``"uint16"`` or
+    ``"uint32"`` and wide enough for ``vocab_size`` ids, counts are integers,
+    ``eot_token_id`` lies in the vocabulary, ``tokenizer`` is an object. A
+    malformed file is a ``ValueError`` naming it.
+    """
     data_dir = pathlib.Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data directory {data_dir} does not exist; create it with `npgpt prepare`")
@@ -191,13 +205,41 @@ def load_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: {data_dir} is not a prepared data directory "
                                 "(or its preparation did not finish); run `npgpt prepare`")
+    text = fileio.read_utf8(path, "data file")        # names the file and line of a byte that is not UTF-8
     try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        meta = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{path} is not valid JSON: nested too deeply") from None
+    except ValueError as exc:          # JSONDecodeError, or an integer beyond Python's digit limit
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")
     for key in ("dtype", "vocab_size"):
         if key not in meta:
             raise ValueError(f"{path} lacks {key!r}")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if not _is_int(version) or version > FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {version!r:.40} is not one this npgpt reads "
+                         f"(1..{FORMAT_VERSION}); was it written by a newer npgpt?")
+    vocab_size, dtype = meta["vocab_size"], meta["dtype"]
+    if not _is_int(vocab_size) or not 1 <= vocab_size <= 2 ** 32:
+        raise ValueError(f"{path}: vocab_size must be an integer in 1..2**32, got {vocab_size!r:.40}")
+    if dtype not in _TOKEN_DTYPES:
+        raise ValueError(f"{path}: dtype must be one of {', '.join(_TOKEN_DTYPES)}, got {dtype!r:.40}")
+    if vocab_size > 2 ** (8 * np.dtype(dtype).itemsize):
+        raise ValueError(f"{path}: dtype {dtype} cannot hold the ids of a vocabulary of {vocab_size:,} tokens")
+    for key in ("train_tokens", "val_tokens"):
+        if key in meta and (not _is_int(meta[key]) or meta[key] < 0):
+            raise ValueError(f"{path}: {key} must be an integer >= 0, got {meta[key]!r:.40}")
+    eot = meta.get("eot_token_id")
+    if eot is not None and (not _is_int(eot) or not 0 <= eot < vocab_size):
+        raise ValueError(f"{path}: eot_token_id must be an id in 0..{vocab_size - 1}, got {eot!r:.40}")
+    tokenizer = meta.get("tokenizer")
+    if tokenizer is not None:
+        if not isinstance(tokenizer, dict):
+            raise ValueError(f"{path}: tokenizer must be an object, got {tokenizer!r:.40}")
+        if tokenizer.get("dir") is not None and not isinstance(tokenizer["dir"], str):
+            raise ValueError(f"{path}: tokenizer.dir must be a directory name, got {tokenizer['dir']!r:.40}")
     return meta
 
 
@@ -231,7 +273,7 @@ class TokenFile:
     ``len()`` the number of tokens.
     """
 
-    def __init__(self, data_dir: str | os.PathLike, split: str = "train") -> None:
+    def __init__(self, data_dir: str | os.PathLike, split: str = "train", check_ids: bool = True) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         self.data_dir = pathlib.Path(data_dir)
@@ -239,6 +281,31 @@ class TokenFile:
         self.split = split
         self.path = self.data_dir / f"{split}.bin"
         self.tokens = load_tokens(self.path, self.meta["dtype"])
+        expected = self.meta.get(f"{split}_tokens")
+        if expected is not None and expected != len(self.tokens):
+            raise ValueError(f"{self.path} holds {len(self.tokens):,} {self.tokens.dtype.name} tokens, but "
+                             f"{self.data_dir / META_NAME} says {expected:,}: the file or its dtype does not match")
+        if check_ids:
+            self.check_ids()
+
+    def check_ids(self) -> None:
+        """Every id must lie in ``0 .. vocab_size - 1``; the first one that does not is named with its offset.
+
+        One pass over the file, in chunks (about a second per 2 GB), before any
+        training: an id beyond the vocabulary would otherwise index past the
+        embedding table steps later, or silently wrap.
+        """
+        vocab_size = self.meta["vocab_size"]
+        if vocab_size >= 2 ** (8 * self.tokens.dtype.itemsize):
+            return                     # every value the dtype can hold is an id
+        for start in range(0, len(self.tokens), _CHUNK):
+            chunk = self.tokens[start:start + _CHUNK]
+            if int(chunk.max()) >= vocab_size:
+                at = start + int(np.argmax(chunk >= vocab_size))
+                raise ValueError(f"{self.path}: token {at:,} (byte offset {at * self.tokens.dtype.itemsize:,}) is "
+                                 f"id {int(self.tokens[at])}, outside the vocabulary 0..{vocab_size - 1} of "
+                                 f"{self.data_dir / META_NAME}; the file is corrupt or was made with another "
+                                 "tokenizer (run `npgpt prepare` again)")
 
     def __len__(self) -> int:
         return len(self.tokens)

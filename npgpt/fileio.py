@@ -77,6 +77,8 @@ def replace_directory(staging: str | os.PathLike, target: str | os.PathLike) -> 
     that instant look there); it is deleted once the new one is in place.
     """
     staging, target = pathlib.Path(staging), pathlib.Path(target)
+    if target.exists() and not target.is_dir():     # a file there is someone's: never delete it to make room
+        raise NotADirectoryError(f"{target} exists and is not a directory")
     for item in staging.iterdir():
         if item.is_file():
             os.chmod(item, 0o644)     # temporary files are private; a model directory is for sharing

@@ -19,9 +19,11 @@ Depends on ``npgpt.fileio`` only (and ``npgpt.datasets`` to fetch the reviews).
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import io
 import json
+import math
 import os
 import pathlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -74,6 +76,11 @@ def read_labelled_file(path: str | os.PathLike, text_column: str | int = "text",
     object per line. Leading and trailing white space of texts is removed.
     Raises ``KeyError`` for a missing column and ``ValueError`` for an empty
     text or label, naming the file and the 1-based line.
+
+    Any field length works (a field is at most the file). A UTF-8 byte-order
+    mark is skipped. In JSONL a text is a string or a number and a label a
+    string or an integer: lists, objects, booleans, null and non-finite
+    numbers are refused with the line, never turned into strings.
     """
     path = pathlib.Path(path)
     if not path.is_file():
@@ -83,6 +90,8 @@ def read_labelled_file(path: str | os.PathLike, text_column: str | int = "text",
     texts, labels = [], []
 
     def add(line_no: int, text: Any, label: Any) -> None:
+        if fmt == "jsonl":
+            _check_json_fields(path, line_no, text, label, text_column, label_column)
         text = "" if text is None else str(text).strip()
         if not text:
             raise ValueError(f"{path}, line {line_no}: empty text in column {text_column!r}")
@@ -100,6 +109,8 @@ def read_labelled_file(path: str | os.PathLike, text_column: str | int = "text",
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}, line {line_no}: not valid JSON ({exc.msg})") from None
+            except (ValueError, RecursionError) as exc:      # a number beyond Python's digit limit, deep nesting
+                raise ValueError(f"{path}, line {line_no}: not valid JSON ({exc or 'nested too deeply'})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}, line {line_no}: expected a JSON object, got {type(record).__name__}")
             for column in (text_column, label_column):
@@ -110,27 +121,63 @@ def read_labelled_file(path: str | os.PathLike, text_column: str | int = "text",
     else:
         delimiter = "," if fmt == "csv" else "\t"
         # newline="" lets the csv module handle quoted newlines and CRLF line ends itself.
-        with io.StringIO(content, newline="") as f:
+        with io.StringIO(content, newline="") as f, _field_limit(len(content) + 1):
             # TSV has no quoting (IANA text/tab-separated-values): a text may start with '"'.
             quoting = csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE
             rows = csv.reader(f, delimiter=delimiter, quoting=quoting)
-            first = next(rows, None)
-            if first is None:
-                raise ValueError(f"{path} is empty")
-            t = _column_index(text_column, first, path, header)
-            y = _column_index(label_column, first, path, header)
-            body = rows if header else _prepend(first, rows)
-            start = 2 if header else 1
-            for line_no, row in enumerate(body, start):
-                if not row:                               # a blank line
-                    continue
-                if max(t, y) >= len(row):
-                    raise ValueError(f"{path}, line {line_no}: {len(row)} columns, but column "
-                                     f"{max(t, y)} is needed")
-                add(line_no, row[t], row[y])
+            try:
+                first = next(rows, None)
+                if first is None:
+                    raise ValueError(f"{path} is empty")
+                t = _column_index(text_column, first, path, header)
+                y = _column_index(label_column, first, path, header)
+                body = rows if header else _prepend(first, rows)
+                for row in body:
+                    line_no = rows.line_num         # the line the row ends on (a quoted field may span lines)
+                    if not row:                               # a blank line
+                        continue
+                    if max(t, y) >= len(row):
+                        raise ValueError(f"{path}, line {line_no}: {len(row)} columns, but column "
+                                         f"{max(t, y)} is needed")
+                    add(line_no, row[t], row[y])
+            except csv.Error as exc:
+                raise ValueError(f"{path}, line {rows.line_num}: not valid {fmt.upper()} ({exc})") from None
     if not texts:
         raise ValueError(f"{path} holds no examples")
     return texts, labels
+
+
+@contextlib.contextmanager
+def _field_limit(limit: int) -> Iterator[None]:
+    """Let the csv module read fields of up to ``limit`` characters (its default stops at 131,072)."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(max(old, min(limit, 2 ** 31 - 1)))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def _check_json_fields(path: pathlib.Path, line_no: int, text: Any, label: Any, text_column: Any,
+                       label_column: Any) -> None:
+    """A JSONL text is a string or a finite number, a label a string or an integer; nothing else is guessed at.
+
+    (null is let through: it is reported as an empty text or label.)
+    """
+    def refuse(column: Any, what: str, wanted: str) -> None:
+        raise ValueError(f"{path}, line {line_no}: field {column!r} is {what}, not {wanted}")
+
+    for value, column, is_label in ((text, text_column, False), (label, label_column, True)):
+        if isinstance(value, bool):            # before int: True is an int to Python
+            refuse(column, f"the boolean {json.dumps(value)}", f"a string or an integer (write \"{json.dumps(value)}\" "
+                   f"or {int(value)} if it is a class)" if is_label else "a string")
+        if isinstance(value, (list, dict)):
+            refuse(column, f"a JSON {'array' if isinstance(value, list) else 'object'}",
+                   "a string or an integer" if is_label else "a string")
+    if isinstance(label, float):
+        refuse(label_column, f"the number {label!r}", "a string or an integer (a class, not a score)")
+    if isinstance(text, float) and not math.isfinite(text):
+        refuse(text_column, f"the number {text!r}", "a string")
 
 
 def _prepend(first: list[str], rows: Iterator[list[str]]) -> Iterator[list[str]]:

@@ -86,6 +86,24 @@ class GPTConfig:
         """The fields as a plain dict (for ``config.json``)."""
         return asdict(self)
 
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{name: shape}`` of the model's weights (GPT-2's names without ``transformer.``), allocating nothing.
+
+        The same names and shapes as ``GPT(config).named_parameters()`` (tested), so
+        a checkpoint's header can be compared with its ``config.json`` before a
+        model is built.
+        """
+        V, P, C = self.vocab_size, self.block_size, self.n_embd
+        block = {"ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,),
+                 "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
+                 "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,), "mlp.c_proj.weight": (4 * C, C),
+                 "mlp.c_proj.bias": (C,)}
+        shapes = {"wte.weight": (V, C), "wpe.weight": (P, C)}
+        for i in range(self.n_layer):
+            shapes.update({f"h.{i}.{name}": shape for name, shape in block.items()})
+        shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
+        return shapes
+
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike) -> "GPTConfig":
         """The config of a GPT-2 checkpoint directory (or shipped model), from its ``config.json``."""
@@ -441,16 +459,56 @@ class GPT(nn.Module):
         """
         return checkpoint.write_checkpoint(directory, checkpoint.hf_config(self.config), self.hf_tensors())
 
+    @staticmethod
+    def check_hf_shapes(config: GPTConfig, shapes: dict[str, tuple[int, ...]], source: Any = "the checkpoint") -> None:
+        """Compare a checkpoint's ``{name: shape}`` (from its header) with what ``config`` implies.
+
+        Run before a model is built, so that a ``config.json`` claiming sizes its
+        weights file does not hold (``vocab_size: 10**12``, ``n_layer: 10**6``)
+        is a ``CheckpointError`` at once, not a ``MemoryError`` or a long wait.
+        Names may carry the ``transformer.`` prefix; ``lm_head.weight`` must
+        have ``wte``'s shape.
+        """
+        names = {name[len(HF_PREFIX):] if name.startswith(HF_PREFIX) else name: tuple(shape)
+                 for name, shape in shapes.items()}
+        head = names.pop("lm_head.weight", None)
+        needed = 4 + 12 * config.n_layer
+        if needed > 2 * len(names) + 16:      # checked first: listing the expected names costs O(n_layer)
+            raise checkpoint.CheckpointError(f"{source}: config.json says n_layer={config.n_layer}, which needs "
+                                             f"{needed:,} tensors; the file holds {len(names):,}")
+        expected = config.tensor_shapes()
+        unexpected = sorted(set(names) - set(expected))
+        if unexpected:
+            more = " ..." if len(unexpected) > 5 else ""
+            raise checkpoint.CheckpointError(f"{source}: unexpected tensors {unexpected[:5]}{more} "
+                                             "(not part of a GPT-2 model of this config.json)")
+        for name, shape in expected.items():
+            if name not in names:
+                raise checkpoint.CheckpointError(f"{source}: tensor {name!r} is missing")
+            if names[name] != shape:
+                raise checkpoint.CheckpointError(f"{source}: tensor {name!r} has shape {names[name]}, "
+                                                 f"but config.json implies {shape}")
+        if head is not None and head != expected["wte.weight"]:
+            raise checkpoint.CheckpointError(f"{source}: lm_head.weight has shape {head}, not wte's "
+                                             f"{expected['wte.weight']}")
+
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | os.PathLike) -> "GPT":
+    def from_pretrained(cls, name_or_dir: str | os.PathLike, *, allow_non_finite: bool = False) -> "GPT":
         """Load a GPT-2 checkpoint directory, or a model shipped in ``npgpt/pretrained/``.
 
         The weights are float32, on the CPU; the model is returned in eval
         mode. Its ``config.dropout`` is the checkpoint's ``resid_pdrop`` (0.1
         for OpenAI's GPT-2), used only if it is switched to training mode.
+        Every file is checked before the model is built (docs/model.md,
+        "What the loader guarantees"): errors are ``CheckpointError``s naming
+        the file and tensor. Weights holding NaN or infinity are refused
+        unless ``allow_non_finite``.
         """
         directory = checkpoint.resolve(name_or_dir)
         config = GPTConfig.from_pretrained(directory)
         path = checkpoint.weights_path(directory)
+        header, _ = checkpoint.read_header(path)
+        cls.check_hf_shapes(config, checkpoint.tensor_shapes(header), path)
         model = cls(config, init=False)
-        return model.load_hf_tensors(checkpoint.read_tensors(path), path).eval()
+        tensors = checkpoint.read_tensors(path, allow_non_finite=allow_non_finite)
+        return model.load_hf_tensors(tensors, path).eval()

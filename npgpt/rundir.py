@@ -16,20 +16,33 @@ checkpoint behind (the old one, perhaps parked as a backup, or the new one).
 This module is the only one that knows those names: the trainer asks it to
 :func:`write_checkpoint`, :func:`find_checkpoint` and :func:`remove_stale`.
 
+A run directory has one writer at a time: :func:`lock` takes an exclusive
+``flock`` on ``RUN_DIR/.lock`` (the kernel releases it when the process
+ends, however it ends) and writes the holder's pid, host and start time into
+it, so that a second trainer on the same directory is refused with a message
+naming the first, before it deletes or rewrites anything.
+
 Depends on ``npgpt.fileio`` and ``npgpt.nn`` (dropout generators); the
 optimizer and model are passed in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import shutil
+import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Optional
+
+try:
+    import fcntl
+except ImportError:          # not POSIX (Windows): runs are not locked
+    fcntl = None
 
 import numpy as np
 
@@ -38,13 +51,91 @@ from npgpt import fileio, nn
 if TYPE_CHECKING:
     from npgpt.optim import Optimizer
 
-__all__ = ["CHECKPOINT_DIR", "STATE_NAME", "OPTIMIZER_NAME", "is_complete", "find_checkpoint", "read_state",
-           "remove_stale", "save_optimizer", "load_optimizer", "dropout_states", "restore_dropout_states",
-           "write_checkpoint"]
+__all__ = ["CHECKPOINT_DIR", "STATE_NAME", "OPTIMIZER_NAME", "LOCK_NAME", "RunDirectoryLocked", "lock",
+           "is_complete", "find_checkpoint", "read_state", "remove_stale", "truncate_logs", "save_optimizer",
+           "load_optimizer", "dropout_states", "restore_dropout_states", "write_checkpoint"]
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
+LOCK_NAME = ".lock"
+LOGS = (("log.jsonl", 0), ("loss.csv", 1))      # the run's logs and their header lines
+
+
+# -------------------------------------------------------------------- lock
+class RunDirectoryLocked(OSError):
+    """Another process is writing to the run directory (the message names it: pid, host, start time)."""
+
+
+def _holder(path: pathlib.Path) -> str:
+    """Who holds the lock, from what the holder wrote into the lock file."""
+    try:
+        info = json.loads(path.read_text())
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not yet written its name into the lock file"
+
+
+@contextlib.contextmanager
+def lock(run_dir: os.PathLike | str, enabled: bool = True) -> Iterator[pathlib.Path]:
+    """Hold the run directory for writing: ``with rundir.lock(run_dir): ...``.
+
+    Creates the directory, takes an exclusive ``flock`` on ``RUN_DIR/.lock``
+    (released on exit, and by the kernel when the process dies, even by
+    SIGKILL) and records the holder in it; a clean exit deletes the file. A directory another process holds
+    raises :class:`RunDirectoryLocked` naming that process, at once. Also
+    refuses a run directory whose ``checkpoint`` is not a directory (a file
+    there is the user's, never deleted to make room). ``enabled=False`` does
+    nothing (for a process that does not write, such as an MPI rank other than 0).
+    """
+    run_dir = pathlib.Path(run_dir)
+    if not enabled:
+        yield run_dir / LOCK_NAME
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    fd = _acquire(path, run_dir)
+    try:
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        target = run_dir / CHECKPOINT_DIR
+        if target.exists() and not target.is_dir():
+            raise NotADirectoryError(f"{target} exists and is not a directory; npgpt keeps its checkpoint "
+                                     "there: move the file away, or choose another --out")
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)                   # while still held: a finished run leaves no lock file behind
+        os.close(fd)                          # releases the flock
+
+
+def _acquire(path: pathlib.Path, run_dir: pathlib.Path) -> int:
+    """A descriptor of the lock file ``path``, exclusively flock'ed; refused at once if another process holds it.
+
+    The holder deletes the file when it lets go, so a lock taken on a file that is no
+    longer at ``path`` (deleted between our open and our flock) is let go and taken again.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunDirectoryLocked(f"{run_dir} is in use by another training run ({_holder(path)}); wait "
+                                     "for it to end, or choose another --out") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def read_state(checkpoint: pathlib.Path) -> dict:
@@ -56,9 +147,13 @@ def is_complete(directory: pathlib.Path) -> bool:
     """A checkpoint is complete when its state file (written last) parses and its files are all there."""
     try:
         state = read_state(directory)
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):      # unreadable, torn, not UTF-8, absurd
         return False
-    return isinstance(state, dict) and all((directory / name).is_file() for name in state.get("files", []))
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return False
+    files = state.get("files", [])
+    return (isinstance(files, list) and all(isinstance(name, str) for name in files)
+            and all((directory / name).is_file() for name in files))
 
 
 def find_checkpoint(run_dir: os.PathLike | str) -> Optional[pathlib.Path]:
@@ -77,9 +172,44 @@ def find_checkpoint(run_dir: os.PathLike | str) -> Optional[pathlib.Path]:
 
 
 def remove_stale(run_dir: os.PathLike | str) -> None:
-    """Delete staging directories left by a save that was killed (they are never complete)."""
+    """Delete staging directories left by a save that was killed (they are never complete).
+
+    Only under :func:`lock`: another live writer's staging directory is not stale.
+    """
     for stale in fileio.stale_staging(pathlib.Path(run_dir) / CHECKPOINT_DIR):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _row_step(line: str, csv_row: bool) -> Optional[int]:
+    """The step of a log row, or None for a row that a crash or a full disk tore."""
+    try:
+        if csv_row:
+            cells = line.rstrip("\n").split(",")
+            return int(cells[0]) if len(cells) == 4 else None
+        row = json.loads(line)
+        return row["step"] if isinstance(row, dict) and isinstance(row.get("step"), int) else None
+    except (ValueError, RecursionError):
+        return None
+
+
+def truncate_logs(run_dir: os.PathLike | str, step: int) -> None:
+    """Keep the rows of ``log.jsonl`` and ``loss.csv`` up to ``step`` (a resumed run redoes the later ones).
+
+    A row that does not parse (the torn last line a full disk or a kill
+    leaves) is dropped rather than blocking the resume. Each file is replaced
+    atomically.
+    """
+    for name, header in LOGS:
+        path = pathlib.Path(run_dir) / name
+        if not path.exists():
+            continue
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True)
+        kept = [line if line.endswith("\n") else line + "\n" for line in lines[:header]]
+        for line in lines[header:]:
+            row_step = _row_step(line, csv_row=header > 0)
+            if row_step is not None and row_step <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        fileio.atomic_write(path, "".join(kept))
 
 
 # ---------------------------------------------------------------- optimizer
@@ -153,6 +283,8 @@ def write_checkpoint(run_dir: os.PathLike | str, write_files: Callable[[pathlib.
     the checkpoint complete.
     """
     target = pathlib.Path(run_dir) / CHECKPOINT_DIR
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{target} exists and is not a directory; npgpt will not replace it")
     staging_parent = fileio.staging_directory(target)
     staging = staging_parent / CHECKPOINT_DIR
     try:

@@ -263,7 +263,6 @@ class Trainer:
         if self.scaler is not None and state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
         self.step = int(state["step"])
-        self._truncate_logs(self.step)
         self.log(f"resumed from {checkpoint} at step {self.step}")
 
     # ---------------------------------------------------------------- loss
@@ -322,7 +321,11 @@ class Trainer:
         writes a checkpoint and returns early; ``"stopped_by"`` in the result
         is then the signal's number (else ``None``).
         """
-        with GracefulStop() as stop:
+        # One writer per run directory: a second trainer is refused before it touches the logs
+        # or the staging directories.
+        with rundir.lock(self.run_dir), GracefulStop() as stop:
+            if self.step > 0:            # resumed: the log rows after the checkpoint are redone
+                self._truncate_logs(self.step)
             return self._train(stop_at, stop)
 
     def _train(self, stop_at: Optional[int], stop: GracefulStop) -> dict[str, Any]:
@@ -407,19 +410,7 @@ class Trainer:
 
     def _truncate_logs(self, step: int) -> None:
         """Drop log rows after ``step``: a run killed after its last checkpoint redoes those steps."""
-        for name, header in (("log.jsonl", 0), ("loss.csv", 1)):
-            path = self.run_dir / name
-            if not path.exists():
-                continue
-            lines = path.read_text().splitlines(keepends=True)
-            kept = lines[:header]
-            for line in lines[header:]:
-                row_step = json.loads(line)["step"] if name == "log.jsonl" else int(line.split(",")[0])
-                if row_step <= step:
-                    kept.append(line)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(kept))
-            os.replace(tmp, path)
+        rundir.truncate_logs(self.run_dir, step)      # a torn last row (full disk, kill) is dropped
 
     # --------------------------------------------------------- checkpoint
     def save_checkpoint(self) -> pathlib.Path:

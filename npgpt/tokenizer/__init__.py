@@ -23,6 +23,8 @@ printing generated text as it comes without cutting a character apart).
 
 from npgpt.tokenizer.bpe import ENDOFTEXT, GPT2_ENDOFTEXT_ID, GPT2_PATTERN, bytes_to_unicode, pretokenize
 from npgpt.tokenizer.core import Tokenizer
+from npgpt.tokenizer.formats import TokenizerFileError
 from npgpt.tokenizer.stream import StreamDecoder
 
-__all__ = ["Tokenizer", "StreamDecoder", "ENDOFTEXT", "GPT2_ENDOFTEXT_ID", "GPT2_PATTERN", "bytes_to_unicode", "pretokenize"]
+__all__ = ["Tokenizer", "TokenizerFileError", "StreamDecoder", "ENDOFTEXT", "GPT2_ENDOFTEXT_ID", "GPT2_PATTERN",
+           "bytes_to_unicode", "pretokenize"]

@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 import regex
 
 from npgpt.tokenizer.bpe import _REFERENCE_PRETOKENIZE, ENDOFTEXT, Vocabulary, WordCache, pretokenize, token_bytes, token_text
-from npgpt.tokenizer.formats import read_dir, read_tiktoken, write_hf
+from npgpt.tokenizer.formats import TokenizerFileError, read_dir, read_tiktoken, write_hf
 from npgpt.tokenizer.train import train_bpe
 
 PRETRAINED = pathlib.Path(__file__).resolve().parents[1] / "pretrained"   # npgpt/pretrained/<name>/
@@ -219,10 +219,19 @@ class Tokenizer:
                               min_frequency=min_frequency, show_progress=show_progress))
 
     @classmethod
+    def _from_files(cls, source: str | os.PathLike, vocabulary: Vocabulary) -> Tokenizer:
+        """``cls(*vocabulary)``, with an inconsistency the readers let through named by its source."""
+        try:
+            return cls(*vocabulary)
+        except ValueError as exc:
+            raise TokenizerFileError(f"{source}: {exc}") from None
+
+    @classmethod
     def from_tiktoken(cls, path: str | os.PathLike, special_tokens: Optional[dict[str, int]] = None) -> Tokenizer:
-        """Read a ``.tiktoken`` ranks file; ``special_tokens`` defaults to GPT-2's
-        ``{"<|endoftext|>": 50256}``."""
-        return cls(*read_tiktoken(path, special_tokens))
+        """Read a ``.tiktoken`` ranks file of any size. ``special_tokens`` ({text: id}) take the ids after
+        the N ranks; the default is ``{"<|endoftext|>": N}``, which is GPT-2's 50256. A malformed file
+        is a ``TokenizerFileError`` (a ``ValueError``) naming it and the line."""
+        return cls._from_files(path, read_tiktoken(path, special_tokens))
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike) -> Tokenizer:
@@ -230,7 +239,9 @@ class Tokenizer:
 
         A directory may hold Hugging Face's layout (vocab.json + merges.txt, with special tokens
         named in special_tokens_map.json / tokenizer_config.json / added_tokens.json) or OpenAI's
-        (encoder.json + vocab.bpe). A name is looked up in ``npgpt/pretrained/<name>/``.
+        (encoder.json + vocab.bpe). A name is looked up in ``npgpt/pretrained/<name>/``. Malformed
+        files raise ``TokenizerFileError`` (a ``ValueError``) naming the file (docs/tokenizer.md,
+        "What the loaders guarantee").
         ``"gpt2"`` loads GPT-2's vocabulary from the npgpt cache, fetching it if needed
         (npgpt.datasets): a cached copy first, else ``gpt2-tiktoken`` through pip, else
         ``gpt2-encoder`` through npm (``GPT2_ROUTES``); all give the same ids. When every route
@@ -248,7 +259,7 @@ class Tokenizer:
             candidates.append(PRETRAINED / name)
         for path in candidates:
             if path.is_dir():
-                return cls(*read_dir(path))
+                return cls._from_files(path, read_dir(path))
         if name == "gpt2":
             return cls._from_gpt2_routes()
         raise FileNotFoundError(f"no tokenizer {name!r}: tried the directories {[str(p) for p in candidates]} "
