@@ -102,6 +102,10 @@ def _settings_flags(parser: argparse.ArgumentParser, config_class: type, flag_na
         if typing.get_origin(kind) is typing.Union:       # Optional[int] -> int
             kind = next(k for k in typing.get_args(kind) if k is not type(None))
         flag = flag_names.get(field.name, "--" + field.name.replace("_", "-"))
+        if kind is bool:                # a switch: present means True
+            parser.add_argument(flag, dest=field.name, action="store_const", const=True, default=None,
+                                help=field.metadata["help"])
+            continue
         parser.add_argument(flag, dest=field.name, type=kind, default=None, required=field.name in required,
                             metavar=_METAVARS.get(field.name, kind.__name__.upper()),
                             help=_with_default(field.metadata["help"], field.default))
@@ -243,6 +247,19 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(command_parser=p)
 
 
+def _add_plot(sub: Any) -> None:
+    p = sub.add_parser("plot", help="draw the loss curves of one or several runs",
+                       description="Draw the training and validation loss of run directories (their log.jsonl) "
+                                   "on one figure, against steps and against tokens seen. Needs matplotlib "
+                                   "(pip install -e \".[viz]\").")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of npgpt train or npgpt finetune")
+    p.add_argument("--out", required=True, metavar="PNG", help="the picture to write")
+    p.add_argument("--title", default=None, help="a title over the figure")
+    p.add_argument("--window", type=POSITIVE_INT, default=10,
+                   help="moving-average window of the training loss, in steps (default 10)")
+    p.set_defaults(command_parser=p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from npgpt import __version__
 
@@ -255,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_generate(sub)
     _add_finetune(sub)
+    _add_plot(sub)
     return parser
 
 
@@ -314,6 +332,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from npgpt.interrupt import exit_status
     from npgpt.train import TrainConfig, Trainer
 
     settings = {}
@@ -335,9 +354,9 @@ def cmd_train(args: argparse.Namespace) -> int:
               "(raise --max-steps to train longer)")
         return 0
     summary = trainer.train(stop_at=args.stop_at)
+    if not trainer.world.is_main:         # under mpiexec, rank 0 speaks for the job
+        return exit_status(summary["stopped_by"]) if summary["stopped_by"] is not None else 0
     if summary["stopped_by"] is not None:
-        from npgpt.interrupt import exit_status
-
         print(f"stopped at step {summary['step']}; continue with: npgpt train --out {args.out_dir} --resume",
               file=sys.stderr)
         return exit_status(summary["stopped_by"])
@@ -421,14 +440,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    """``npgpt finetune``; under mpiexec every rank trains and rank 0 alone prints and writes."""
+    import contextlib
+    import io
+
+    from npgpt import distributed
+
+    if distributed.world().is_main:
+        return _finetune(args)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return _finetune(args)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from npgpt import distributed, labelled
     from npgpt import finetune as ft
-    from npgpt import labelled
     from npgpt.classifier import GPTClassifier
     from npgpt.finetune import FinetuneConfig
     from npgpt.metrics import format_metrics
     from npgpt.tokenizer import Tokenizer
 
-    _refuse_non_empty(args.out, args.overwrite, "output directory")
+    if distributed.world().is_main:          # the others would see rank 0's files appear
+        _refuse_non_empty(args.out, args.overwrite, "output directory")
     config = FinetuneConfig(**settings_given(args, FinetuneConfig))
     texts, raw = labelled.read_labelled_file(args.data, args.text_column, args.label_column, fmt=args.format,
                                        header=not args.no_header)
@@ -465,13 +498,41 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     print("validation (best weights):\n" + format_metrics(metrics))
     report = {k: v for k, v in metrics.items() if k != "confusion"}
     report["confusion"] = metrics["confusion"].tolist()
-    (pathlib.Path(args.out) / "eval_results.json").write_text(json.dumps(report, indent=2) + "\n")
+    if distributed.world().is_main:
+        out = pathlib.Path(args.out)
+        (out / "eval_results.json").write_text(json.dumps(report, indent=2) + "\n")
+        # The curve, as npgpt train keeps it: one row per evaluation, and its picture.
+        (out / "log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in result.history))
+        from npgpt import plot
+
+        if plot.matplotlib_available() and result.history:
+            plot.plot_runs([out], out / plot.FIGURE_NAME, title=f"fine-tuning {args.model}")
     print(f"saved the classifier and tokenizer to {args.out} (load with GPTClassifier.from_pretrained)")
     if result.stopped_by is not None:
         from npgpt.interrupt import exit_status
 
         print(f"stopped at step {result.steps}; {args.out} holds the best classifier so far", file=sys.stderr)
         return exit_status(result.stopped_by)
+    return 0
+
+
+def _end_the_job_if_distributed(exc: BaseException) -> None:
+    """Under mpiexec a rank that fails must end the whole job, or the other ranks wait for it forever."""
+    from npgpt import distributed
+
+    world = distributed.world()
+    if world.size > 1:
+        print(f"npgpt: error on rank {world.rank} of {world.size}: {exc}", file=sys.stderr, flush=True)
+        world.abort(1)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from npgpt import plot
+
+    if not plot.matplotlib_available():
+        raise ValueError("npgpt plot needs matplotlib: pip install -e \".[viz]\"")
+    out = plot.plot_runs(args.runs, args.out, title=args.title, window=args.window)
+    print(f"wrote {out}")
     return 0
 
 
@@ -524,12 +585,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:          # --help, --version or a usage error: argparse has printed it
         return int(exc.code or 0)
-    handlers = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "finetune": cmd_finetune}
+    handlers = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "finetune": cmd_finetune,
+                "plot": cmd_plot}
     handler = cmd_tokenizer_train if args.command == "tokenizer" else handlers[args.command]
     from npgpt.train import TrainingDiverged
 
     try:
-        return handler(args)
+        try:
+            return handler(args)
+        except Exception as exc:
+            _end_the_job_if_distributed(exc)
+            raise
     except ConfigError as exc:
         if _debugging(args):
             raise

@@ -21,6 +21,7 @@ from typing import NamedTuple, Optional
 
 from npgpt import parallel
 from npgpt.autograd import Tensor
+from npgpt.distributed import OptimizerShard, World
 from npgpt.mixed_precision import GradScaler
 from npgpt.optim import Optimizer, clip_grad_norm_with_loss
 
@@ -53,7 +54,8 @@ class StepResult(NamedTuple):
 
 def optimizer_step(optimizer: Optimizer, loss_fn: Callable[..., Tensor], batches: Iterable[Sequence],
                    lr: float, grad_clip: Optional[float] = None, workers: Optional[int] = None,
-                   step: Optional[int] = None, scaler: Optional[GradScaler] = None) -> StepResult:
+                   step: Optional[int] = None, scaler: Optional[GradScaler] = None,
+                   world: Optional[World] = None, shard: Optional[OptimizerShard] = None) -> StepResult:
     """One optimizer step; returns a :class:`StepResult` (loss, gradient norm before clipping, skipped).
 
     Sets the learning rate (``optimizer.set_lr``), sums the gradients of
@@ -69,23 +71,54 @@ def optimizer_step(optimizer: Optimizer, loss_fn: Callable[..., Tensor], batches
     divided by it before clipping; a non-finite gradient norm then means a
     float16 overflow, not divergence: the step is skipped (no update) and the
     scale halved. A non-finite *loss* is divergence either way.
+
+    With a ``world`` of N ranks (``npgpt.distributed``) every batch is the
+    *global* batch: this rank computes its rows, weighted by its share of
+    them, and the gradients and loss are summed over ranks once per step,
+    after the last micro-batch. With a ``shard`` (ZeRO-1), ``optimizer``
+    holds only this rank's parameters: gradients are reduce-scattered to
+    their owners, the norm is summed over ranks, and after the update the
+    weights are all-gathered.
     """
     optimizer.set_lr(lr)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    # Every parameter gets a gradient, also those another rank's optimizer shard updates.
+    params = shard.params if shard is not None else [p for group in optimizer.param_groups for p in group["params"]]
     if scaler is not None:
         scale = scaler.scale
         unscaled_fn = loss_fn
 
         def loss_fn(*batch):
             return unscaled_fn(*batch) * scale
+    many = world is not None and world.size > 1
+    if many:
+        per_rank_fn = loss_fn
     loss = 0.0      # on a GPU a 0-d array: the micro-batches' losses add up there, read once with the norm
     for batch in batches:
+        if many:
+            size = batch[0].shape[0]
+            rows = world.rows(size)
+            batch = tuple(a[rows] for a in batch)
+            share = (rows.stop - rows.start) / size
+            if share == 0:           # a global batch smaller than the world: this rank sits it out
+                continue
+
+            def loss_fn(*b, _share=share):
+                return per_rank_fn(*b) * _share
         loss = loss + parallel.forward_backward(loss_fn, batch, params, workers=workers, as_array=True)
+    reduce = None
+    if many:
+        loss = world.sum_floats([float(loss)])[0]
+        if shard is not None:
+            world.reduce_scatter_grads(shard.params, shard.owners)
+            reduce = lambda local: world.sum_floats([local])[0]   # the norm of gradients spread over ranks
+        else:
+            world.allreduce_grads(params)
     if scaler is not None:
         loss /= scale
         scaler.unscale(params)
     # The step's one copy from a GPU: the loss and the gradient norm, read together.
-    norm, loss = clip_grad_norm_with_loss(optimizer.param_groups, grad_clip if grad_clip else None, loss)
+    norm, loss = clip_grad_norm_with_loss(optimizer.param_groups, grad_clip if grad_clip else None, loss,
+                                          reduce=reduce)
     if scaler is not None and math.isfinite(loss) and not math.isfinite(norm):
         optimizer.zero_grad()
         scaler.update(found_inf=True)
@@ -96,6 +129,8 @@ def optimizer_step(optimizer: Optimizer, loss_fn: Callable[..., Tensor], batches
                                "the weights were not updated")
     optimizer.step()
     optimizer.zero_grad()
+    if many and shard is not None:
+        world.allgather_params(shard.params, shard.owners)
     if scaler is not None:
         scaler.update(found_inf=False)
     return StepResult(loss, norm)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import numpy as np
 
-from npgpt import engine, optim, settings
+from npgpt import distributed, engine, optim, settings
 from npgpt.interrupt import GracefulStop
 from npgpt.labelled import pad_batch
 from npgpt.metrics import classification_metrics
@@ -297,6 +297,9 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     if config is not None and overrides:
         raise TypeError("pass either a FinetuneConfig or keyword settings, not both")
     log = log or (lambda *_: None)
+    world = distributed.world()           # under mpiexec: each rank its rows of every batch
+    if not world.is_main:
+        log, out_dir = (lambda *_: None), None       # rank 0 logs and writes
     max_length = min(cfg.max_length, classifier.config.block_size)    # longer texts keep their start
     train = Encoded(tokenizer, list(train_texts), train_labels, max_length)
     val = Encoded(tokenizer, list(val_texts), val_labels, max_length)
@@ -314,7 +317,8 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     eval_every = int(cfg.eval_every) if cfg.eval_every else steps_per_epoch
     warmup = int(cfg.warmup * max_steps)
     rng = np.random.default_rng(cfg.seed)
-    workers = engine.choose_workers(cfg.workers, classifier.device, classifier.config.dropout)
+    workers = engine.choose_workers(cfg.workers or (1 if world.size > 1 else None), classifier.device,
+                                    classifier.config.dropout)
     scaler = None
     if cfg.dtype != "float32":          # mixed precision: float16 products, float32 master weights
         classifier.transformer.set_compute_dtype(cfg.dtype)
@@ -338,7 +342,7 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
                 batch = (idx, mask, y)      # host arrays: checked there, copied to the device by the model
                 lr = optim.cosine_schedule(step, max_steps, cfg.lr, warmup_steps=warmup)
                 loss = engine.optimizer_step(opt, loss_fn, [batch], lr, grad_clip=cfg.grad_clip, workers=workers,
-                                             step=step + 1, scaler=scaler).loss
+                                             step=step + 1, scaler=scaler, world=world).loss
                 step += 1
                 running, counted = running + loss, counted + 1
                 if step % eval_every == 0 or step == max_steps:

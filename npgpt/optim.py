@@ -21,7 +21,7 @@ anything between them.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from npgpt import backend
@@ -331,7 +331,8 @@ def configure_optimizer(model: Module, lr: float = 3e-4, weight_decay: float = 0
 
 
 # ================================================================= clipping
-def clip_grad_norm(params: Params | dict[str, Tensor], max_norm: Optional[float]) -> float:
+def clip_grad_norm(params: Params | dict[str, Tensor], max_norm: Optional[float],
+                   reduce: Optional[Callable[[float], float]] = None) -> float:
     """Scale all gradients together so that their global L2 norm is at most ``max_norm``.
 
     ``||g|| = sqrt(sum_p sum_i g_{p,i}^2)`` over every parameter's gradient;
@@ -340,12 +341,16 @@ def clip_grad_norm(params: Params | dict[str, Tensor], max_norm: Optional[float]
     the update is unchanged, only its length is capped. Returns ``||g||``
     before clipping, as a float (``inf``/``nan`` if a gradient is not finite:
     the caller decides what to do; nothing is scaled then).
+
+    ``reduce`` sums the squared norm over processes that each hold part of
+    the gradients (``npgpt.distributed``, optimizer sharding); it is given
+    the local sum of squares and returns the global one.
     """
-    return clip_grad_norm_with_loss(params, max_norm, None)[0]
+    return clip_grad_norm_with_loss(params, max_norm, None, reduce)[0]
 
 
-def clip_grad_norm_with_loss(params: Params | dict[str, Tensor], max_norm: Optional[float],
-                             loss: Any) -> tuple[float, Optional[float]]:
+def clip_grad_norm_with_loss(params: Params | dict[str, Tensor], max_norm: Optional[float], loss: Any,
+                             reduce: Optional[Callable[[float], float]] = None) -> tuple[float, Optional[float]]:
     """``clip_grad_norm``, and a training step's ``loss`` brought to the host with it: ``(norm, loss)``.
 
     ``loss`` (a 0-d array on the gradients' device, or a number, or None)
@@ -365,13 +370,19 @@ def clip_grad_norm_with_loss(params: Params | dict[str, Tensor], max_norm: Optio
                 grads.append(p[1].grad)
         elif p.grad is not None:
             grads.append(p.grad)
-    if not grads:
+    if not grads and reduce is None:
         return 0.0, _read_floats(loss)[0]
-    xp = backend.array_module(grads[0])
-    # A dot product per array (BLAS, no temporary g*g); the sum stays on the device.
-    square_sum = sum(xp.dot(g.reshape(-1), g.reshape(-1)).astype(xp.float64) for g in grads)
-    total_sq, loss = _read_floats(square_sum, loss)       # one copy from a GPU per step, the loss with it
-    total = math.sqrt(total_sq)
+    if grads:
+        xp = backend.array_module(grads[0])
+        # A dot product per array (BLAS, no temporary g*g); the sum stays on the device.
+        square_sum = sum(xp.dot(g.reshape(-1), g.reshape(-1)).astype(xp.float64) for g in grads)
+        total_sq, loss = _read_floats(square_sum, loss)
+    else:
+        loss = _read_floats(loss)[0]
+        total_sq = 0.0                    # one device -> host transfer per step (above)
+    if reduce is not None:
+        total_sq = reduce(total_sq)
+    total = math.sqrt(total_sq) if math.isfinite(total_sq) else total_sq
     if max_norm is not None and math.isfinite(total) and total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:

@@ -213,11 +213,15 @@ def truncate_logs(run_dir: os.PathLike | str, step: int) -> None:
 
 
 # ---------------------------------------------------------------- optimizer
-def save_optimizer(optimizer: Optimizer, path: pathlib.Path) -> None:
-    """The optimizer's arrays as safetensors tensors ``{name}.{key}``; steps and groups in the header."""
+def save_optimizer(optimizer: Optimizer | dict[str, Any], path: pathlib.Path) -> None:
+    """The optimizer's arrays as safetensors tensors ``{name}.{key}``; steps and groups in the header.
+
+    Takes an optimizer or its ``state_dict()`` (the trainer merges the shards
+    of a ZeRO-1 run into one before saving).
+    """
     from safetensors.numpy import save_file
 
-    sd = optimizer.state_dict()
+    sd = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     tensors, steps = {}, {}
     for name, entry in sd["state"].items():
         steps[name] = entry["step"]
@@ -231,11 +235,21 @@ def save_optimizer(optimizer: Optimizer, path: pathlib.Path) -> None:
 
 
 def load_optimizer(optimizer: Optimizer, path: pathlib.Path) -> None:
-    """Restore what :func:`save_optimizer` wrote into ``optimizer``."""
+    """Restore what :func:`save_optimizer` wrote into ``optimizer``.
+
+    An optimizer over a subset of the saved parameters (one rank's shard,
+    ZeRO-1) takes just its own: the saved groups are cut to its names.
+    """
     from safetensors import safe_open
 
+    own = {name for group in optimizer.param_groups for name in group["names"]}
     with safe_open(str(path), framework="np") as f:
         meta = json.loads(f.metadata()["npgpt_optimizer"])
+        saved = {name for group in meta["param_groups"] for name in group["names"]}
+        if own < saved:              # a shard: keep this rank's names, in the saved order
+            for group in meta["param_groups"]:
+                group["names"] = [n for n in group["names"] if n in own]
+            meta["steps"] = {n: s for n, s in meta["steps"].items() if n in own}
         state = {}
         for name, step in meta["steps"].items():
             state[name] = {"step": step, **{key: f.get_tensor(f"{name}.{key}") for key in optimizer.state_keys}}

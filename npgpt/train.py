@@ -44,7 +44,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn, Optional
 
 import npgpt.functional as F
-from npgpt import backend, engine, rundir, settings
+from npgpt import backend, distributed, engine, plot, rundir, settings
 from npgpt.autograd import Tensor, no_grad
 from npgpt.backend import Array
 from npgpt.checkpoint import WEIGHTS_NAME, read_tensors
@@ -61,6 +61,7 @@ from npgpt.settings import setting
 __all__ = ["TrainConfig", "Trainer", "train", "TrainingDiverged", "find_checkpoint", "flops_per_token",
            "CHECKPOINT_DIR", "DEFAULT_PEAK_FLOPS"]
 
+CURVE_SECONDS = 30.0       # the loss-curve picture is redrawn at most this often
 _MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
 
 
@@ -106,6 +107,7 @@ class TrainConfig:
     checkpoint_interval: int = setting(0, "steps between checkpoints (0: at every evaluation)")
     seed: int = setting(1337, "seed of the initial weights, the batches and dropout")
     device: str = setting("cpu", "cpu or cuda")
+    shard_optimizer: bool = setting(False, "under mpiexec: keep 1/N of AdamW's moments on each rank (ZeRO-1)")
     dtype: str = setting("float32", "float32, or float16 for mixed precision: float16 matrix products, float32 "
                                     "weights and loss, dynamic loss scaling (for GPUs; NumPy's float16 is slow)")
     workers: int = setting(0, "threads to split each batch over (0: one per core when possible)")
@@ -181,7 +183,14 @@ class Trainer:
     def __init__(self, config: TrainConfig, log: Optional[Callable[[str], None]] = None,
                  _state: Optional[tuple[pathlib.Path, dict[str, Any]]] = None) -> None:
         self.config = config
+        # Under mpiexec: N ranks, each with the whole model and 1/N of every global batch (npgpt.distributed).
+        self.world = distributed.world()
         self.log = log if log is not None else (lambda line: print(line, file=sys.stderr, flush=True))
+        if not self.world.is_main:          # rank 0 logs and writes; the others compute
+            self.log = lambda line: None
+        if config.batch_size < self.world.size:
+            raise ValueError(f"--batch-size {config.batch_size} is the global batch and must be at least the "
+                             f"number of ranks ({self.world.size})")
         self.run_dir = pathlib.Path(config.out_dir)
         if not config.data_dir:
             raise ValueError("TrainConfig.data_dir is empty: point it at a directory made by `npgpt prepare`")
@@ -201,17 +210,25 @@ class Trainer:
         self.model = GPT(self.model_config, seed=config.seed).to(self.device)
         self.model.train()
         self.scaler: Optional[GradScaler] = None
+        self._can_draw: Optional[bool] = None          # matplotlib importable? (asked once)
+        self._curve_drawn = float("-inf")
         self.last_step_skipped = False
         if config.dtype != "float32":     # mixed precision: float16 products, float32 master weights
             self.model.set_compute_dtype(config.dtype)
             self.scaler = GradScaler()
-        self.optimizer = AdamW(param_groups(self.model, config.weight_decay), lr=config.lr,
+        groups = param_groups(self.model, config.weight_decay)
+        self.shard: Optional[distributed.OptimizerShard] = None
+        if config.shard_optimizer and self.world.size > 1:     # ZeRO-1: this rank's moments only
+            self.shard = distributed.OptimizerShard(list(self.model.named_parameters()), self.world)
+            groups = _owned_groups(groups, self.shard.owned_names)
+        self.optimizer = AdamW(groups, lr=config.lr,
                                betas=(config.beta1, config.beta2), eps=config.eps,
                                weight_decay=config.weight_decay)
         self.sampler = BatchSampler(self.train_tokens.tokens, config.batch_size, config.block_size, seed=config.seed)
         self.step = 0
         self.flops_per_token = flops_per_token(self.model)
-        self.workers = engine.choose_workers(config.workers, self.device, config.dropout)
+        self.workers = engine.choose_workers(config.workers or (1 if self.world.size > 1 else 0), self.device,
+                                             config.dropout)
         self.tokenizer_dir = self._tokenizer_dir()
         if _state is not None:
             self._restore(*_state)
@@ -281,12 +298,16 @@ class Trainer:
         sampler = BatchSampler(self.val_tokens.tokens, c.batch_size, c.block_size, seed=c.seed + 1)
         self.model.eval()
         total = 0.0
+        rows = self.world.rows(c.batch_size)          # each rank its rows of each batch; summed below
+        share = (rows.stop - rows.start) / c.batch_size
         with no_grad():
             for _ in range(c.eval_iters):
                 x, y = sampler.next()
-                total += F.cross_entropy(self.model(x), y).item()     # host ids: checked there, then copied
+                if share:
+                    x, y = x[rows], y[rows]
+                    total += F.cross_entropy(self.model(x), y).item() * share     # host ids: checked, then copied
         self.model.train()
-        return total / c.eval_iters
+        return self.world.sum_floats([total])[0] / c.eval_iters
 
     def train_step(self) -> tuple[float, float, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm, lr).
@@ -302,7 +323,8 @@ class Trainer:
         batches = (self.sampler.next() for _ in range(c.grad_accum))
         try:
             result = engine.optimizer_step(self.optimizer, loss_fn, batches, lr, c.grad_clip, self.workers,
-                                           step=self.step + 1, scaler=self.scaler)
+                                           step=self.step + 1, scaler=self.scaler, world=self.world,
+                                           shard=self.shard)
         except TrainingDiverged as exc:
             last = rundir.find_checkpoint(self.run_dir)
             where = (f"the last good checkpoint is {last} (step {rundir.read_state(last)['step']})"
@@ -321,12 +343,15 @@ class Trainer:
         writes a checkpoint and returns early; ``"stopped_by"`` in the result
         is then the signal's number (else ``None``).
         """
-        # One writer per run directory: a second trainer is refused before it touches the logs
-        # or the staging directories.
-        with rundir.lock(self.run_dir), GracefulStop() as stop:
+        # One writer per run directory (rank 0 under MPI): a second trainer is refused before it
+        # touches the logs or the staging directories.
+        with rundir.lock(self.run_dir, enabled=self.world.is_main), GracefulStop() as stop:
             if self.step > 0:            # resumed: the log rows after the checkpoint are redone
                 self._truncate_logs(self.step)
-            return self._train(stop_at, stop)
+            if self.world.size == 1:
+                return self._train(stop_at, stop)
+            with backend.blas_threads(1):       # one BLAS thread per rank: the ranks share the cores
+                return self._train(stop_at, stop)
 
     def _train(self, stop_at: Optional[int], stop: GracefulStop) -> dict[str, Any]:
         c = self.config
@@ -334,7 +359,8 @@ class Trainer:
         if stop_at is not None and stop_at <= self.step:
             raise ValueError(f"stop_at={stop_at} is not after the current step {self.step}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        rundir.remove_stale(self.run_dir)
+        if self.world.is_main:
+            rundir.remove_stale(self.run_dir)
         if self.step == 0 and rundir.find_checkpoint(self.run_dir) is not None:
             raise FileExistsError(f"{self.run_dir} already holds a checkpoint: resume it (--resume) "
                                   "or choose another --out")
@@ -361,7 +387,8 @@ class Trainer:
             interval_steps += 1
             interval_loss += loss
             last["train_loss"] = loss
-            row = {"step": self.step, "train_loss": loss, "lr": lr, "grad_norm": norm}
+            row = {"step": self.step, "tokens": self.step * tokens_per_step, "train_loss": loss, "lr": lr,
+                   "grad_norm": norm}
             if self.scaler is not None:
                 row.update(loss_scale=self.scaler.scale, skipped=self.last_step_skipped)
             if self.step % c.log_interval == 0 or self.step == end:
@@ -382,11 +409,14 @@ class Trainer:
                 self.log(f"step {self.step:>6d}/{c.max_steps} | val loss {val:.4f} | "
                          f"val ppl {math.exp(val):.2f}")
             self._record(row)
+            if "tokens_per_s" in row or "val_loss" in row:         # a logged step: refresh the picture
+                self._draw_curve(final=self.step == end)
             if self.step % checkpoint_every == 0 or self.step == end:
                 self.save_checkpoint()
                 saved_step = self.step
         if stop.requested and saved_step != self.step:
             self.save_checkpoint()
+            self._draw_curve(final=True)
         if stop.requested:
             self.log(f"{stop.name}: stopped at step {self.step} with a checkpoint; continue with --resume")
         elapsed = time.perf_counter() - started
@@ -396,7 +426,9 @@ class Trainer:
 
     # ------------------------------------------------------------ logging
     def _record(self, row: dict[str, Any]) -> None:
-        """Append a row to log.jsonl and loss.csv (step, train loss, val loss, lr)."""
+        """Append a row to log.jsonl and loss.csv (step, train loss, val loss, lr); rank 0 only."""
+        if not self.world.is_main:
+            return
         with open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         csv_path = self.run_dir / "loss.csv"
@@ -408,20 +440,49 @@ class Trainer:
                                      for k in ("train_loss", "val_loss", "lr")]
             f.write(",".join(str(x) for x in cells) + "\n")
 
+    def _draw_curve(self, final: bool = False) -> None:
+        """Redraw ``RUN_DIR/loss_curve.png`` (``npgpt.plot``) when matplotlib is there; rank 0 only.
+
+        At most every ``CURVE_SECONDS`` (drawing takes a tenth of a second;
+        a fast run logs many times a second), and always at the end.
+        """
+        now = time.perf_counter()
+        if not self.world.is_main or (not final and now - self._curve_drawn < CURVE_SECONDS):
+            return
+        if self._can_draw is None:
+            self._can_draw = plot.matplotlib_available()
+        if self._can_draw:
+            plot.plot_runs([self.run_dir], self.run_dir / plot.FIGURE_NAME, title=str(self.run_dir))
+            self._curve_drawn = now
+
     def _truncate_logs(self, step: int) -> None:
         """Drop log rows after ``step``: a run killed after its last checkpoint redoes those steps."""
+        if not self.world.is_main:
+            return
         rundir.truncate_logs(self.run_dir, step)      # a torn last row (full disk, kill) is dropped
 
     # --------------------------------------------------------- checkpoint
-    def save_checkpoint(self) -> pathlib.Path:
-        """Write ``RUN_DIR/checkpoint`` atomically (``npgpt.rundir``); returns its path."""
+    def save_checkpoint(self) -> Optional[pathlib.Path]:
+        """Write ``RUN_DIR/checkpoint`` atomically (``npgpt.rundir``); returns its path.
+
+        Under MPI every rank calls this (with a sharded optimizer the moments
+        are gathered from all of them into the usual single-file layout, so
+        any number of ranks can resume), and rank 0 writes; others return None.
+        """
+        optimizer_state = self.optimizer.state_dict()
+        if self.shard is not None:
+            optimizer_state = _merge_shards(self.world.gather(optimizer_state),
+                                            param_groups(self.model, self.config.weight_decay))
+        if not self.world.is_main:
+            return None
+
         def write_files(staging: pathlib.Path) -> None:
             self.model.save_pretrained(staging)
             if self.tokenizer_dir is not None:
                 for item in sorted(self.tokenizer_dir.iterdir()):
                     if item.is_file():
                         shutil.copy2(item, staging / item.name)
-            rundir.save_optimizer(self.optimizer, staging / rundir.OPTIMIZER_NAME)
+            rundir.save_optimizer(optimizer_state, staging / rundir.OPTIMIZER_NAME)
 
         c = self.config
         state = {"step": self.step, "train_config": c.to_dict(), "model_config": self.model_config.to_dict(),
@@ -429,6 +490,26 @@ class Trainer:
                  "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
                  "data_meta": self.meta, "tokens_seen": self.step * c.batch_size * c.block_size * c.grad_accum}
         return rundir.write_checkpoint(self.run_dir, write_files, state)
+
+
+def _owned_groups(groups: list[dict[str, Any]], owned: set[str]) -> list[dict[str, Any]]:
+    """``param_groups`` restricted to the parameters this rank owns (ZeRO-1); empty groups are kept."""
+    kept = []
+    for group in groups:
+        pairs = [(n, p) for n, p in zip(group["names"], group["params"]) if n in owned]
+        kept.append({**group, "names": [n for n, _ in pairs], "params": [p for _, p in pairs]})
+    return kept
+
+
+def _merge_shards(states: Optional[list[dict[str, Any]]], full_groups: list[dict[str, Any]]) -> Optional[dict]:
+    """The optimizer state of an unsharded run, from every rank's shard (on rank 0; None elsewhere)."""
+    if states is None:
+        return None
+    merged = dict(states[0])
+    merged["state"] = {name: entry for s in states for name, entry in s["state"].items()}
+    merged["param_groups"] = [{**{k: v for k, v in states[0]["param_groups"][i].items() if k != "names"},
+                               "names": list(group["names"])} for i, group in enumerate(full_groups)]
+    return merged
 
 
 def train(config: Optional[TrainConfig] = None, stop_at: Optional[int] = None, resume: bool = False,

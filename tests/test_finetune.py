@@ -291,6 +291,9 @@ def test_cli_finetunes_a_csv_into_a_loadable_classifier(model_dir, tmp_path, cap
     assert clf.labels == ["neg", "pos"] and clf.num_labels == 1
     assert json.loads((out / "config.json").read_text())["pad_token_id"] == tokenizer.special_tokens["<|endoftext|>"]
     results = json.loads((out / "eval_results.json").read_text())
+    history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert history and {"step", "train_loss", "val_loss"} <= set(history[0])
+    assert (out / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
     assert results["accuracy"] > 0.8 and results["labels"] == ["neg", "pos"]
     probs = finetune.predict(clf, tokenizer, ["the film was great", "the plot was awful"])
     assert probs.argmax(axis=1).tolist() == [1, 0]

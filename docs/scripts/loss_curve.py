@@ -16,28 +16,9 @@ and MFU"), ending with
 """
 
 import argparse
-import json
-import os
-import pathlib
 import sys
-import tempfile
 
-
-def read_log(run_dir):
-    path = pathlib.Path(run_dir) / "log.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run directory of `npgpt train`?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def moving_average(values, window):
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
+from npgpt.plot import moving_average, read_log, save_figure
 
 
 def plot(rows, out, title=None, window=10):
@@ -72,19 +53,7 @@ def plot(rows, out, title=None, window=10):
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    out = pathlib.Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp)
-        os.chmod(tmp, 0o644)          # mkstemp makes it private
-        os.replace(tmp, out)          # atomic: a reader never sees half a PNG
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def main(argv=None):

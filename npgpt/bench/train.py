@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", choices=["torch"], default=None, help="also run PyTorch eager")
     parser.add_argument("--workers", type=int, default=None,
                         help="threads the batch is sharded over (default: one per core; see npgpt.parallel)")
+    parser.add_argument("--ranks", type=int, default=1,
+                        help="also run as this many MPI ranks x 1 thread (mpiexec) and report the ratio ranks / "
+                             "one process with as many threads (docs/distributed.md)")
+    parser.add_argument("--rank-worker", action="store_true", help=argparse.SUPPRESS)   # what mpiexec runs
 
 
 def _batch(rng: np.random.Generator, cfg: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -131,8 +135,68 @@ def run_torch(cfg: dict[str, int], steps: int, warmup: int) -> tuple[float, floa
     return seconds, loss, torch.get_num_threads()
 
 
+def run_ranks(cfg: dict[str, int], steps: int, warmup: int) -> dict[str, float]:
+    """Inside ``mpiexec``: the same steps data-parallel over the world (global batch ``batch_size``).
+
+    Also times the gradient all-reduce alone, the communication the scaling
+    model of docs/distributed.md predicts.
+    """
+    import npgpt.functional as F
+    from npgpt import backend, distributed, engine
+    from npgpt.model import GPT, GPTConfig
+    from npgpt.optim import AdamW, param_groups
+
+    world = distributed.world()
+    model = GPT(GPTConfig(vocab_size=cfg["vocab_size"], block_size=cfg["block_size"], n_layer=cfg["n_layer"],
+                          n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=0.0))
+    optimizer = AdamW(param_groups(model, weight_decay=0.1), lr=3e-4)
+    rng = np.random.default_rng(0)
+
+    def loss_fn(x: np.ndarray, y: np.ndarray) -> Tensor:
+        return F.cross_entropy(model(x), y)
+
+    def step() -> float:
+        return engine.optimizer_step(optimizer, loss_fn, [_batch(rng, cfg)], 3e-4, 1.0, workers=1, world=world).loss
+
+    with backend.blas_threads(1):
+        seconds, loss = _time_steps(step, steps, warmup)
+        params = model.parameters()
+        for p in params:
+            p.grad = np.ones_like(p.data)
+        times = []
+        for _ in range(steps):
+            world.barrier()
+            start = time.perf_counter()
+            world.allreduce_grads(params)
+            times.append(time.perf_counter() - start)
+    return {"seconds": seconds, "loss": loss, "allreduce_s": median(times), "ranks": world.size,
+            "grad_bytes": sum(int(p.size) * 4 for p in params)}
+
+
+def _launch_ranks(ranks: int, steps: int, warmup: int) -> dict[str, float]:
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        raise SystemExit("npgpt.bench train --ranks: mpiexec not found (pip install -e \".[mpi]\")")
+    out = subprocess.run([mpiexec, "-n", str(ranks), sys.executable, "-m", "npgpt.bench", "train", "--json",
+                          "--rank-worker", "--steps", str(steps), "--warmup", str(warmup)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[0])
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = WORKLOAD
+    if args.rank_worker:
+        from npgpt import distributed
+
+        result = run_ranks(cfg, args.steps, args.warmup)
+        if not distributed.world().is_main:
+            raise SystemExit(0)                    # rank 0 reports for the job
+        return result
     tokens = cfg["batch_size"] * cfg["block_size"]
     seconds, loss, fpt = run_npgpt(cfg, args.steps, args.warmup, args.workers)
     result = {
@@ -145,6 +209,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "workers": args.workers or default_workers(),
         "flops_per_token": fpt,
     }
+    if args.ranks > 1:
+        ranked = _launch_ranks(args.ranks, args.steps, args.warmup)
+        single, _, _ = run_npgpt(cfg, args.steps, args.warmup, args.ranks)
+        one_thread, _, _ = run_npgpt(cfg, args.steps, args.warmup, 1)
+        # The scaling model's check (docs/distributed.md): a rank computes 1/N of the batch on one
+        # core, then waits for the all-reduce.
+        predicted = one_thread / args.ranks + ranked["allreduce_s"]
+        result.update({
+            "one_thread_step_ms": round(1000 * one_thread, 1),
+            "ranks_step_ms": round(1000 * ranked["seconds"], 1),
+            "predicted_ranks_step_ms": round(1000 * predicted, 1),
+            "ranks": args.ranks,
+            "ranks_tokens_per_s": round(tokens / ranked["seconds"], 1),
+            "threads_tokens_per_s": round(tokens / single, 1),
+            "ratio": round(single / ranked["seconds"], 3),
+            "allreduce_ms": round(1000 * ranked["allreduce_s"], 2),
+            "grad_mb": round(ranked["grad_bytes"] / 1e6, 1),
+        })
     if args.compare == "torch":
         torch_seconds, torch_loss, threads = run_torch(cfg, args.steps, args.warmup)
         result.update({
