@@ -1,6 +1,8 @@
 """A dependency-free progress bar: ``label [#########.....] 61.0% 4.21 MB/s 3.2s``.
 
-Used by the tokenizer trainer and by ``npgpt prepare``. On a terminal it is
+Used by the tokenizer trainer, ``npgpt prepare`` and, on a terminal, by
+``npgpt train`` (step, loss, tokens/s and ETA after the bar; the log lines are
+printed above it with :meth:`Progress.message`). On a terminal it is
 redrawn in place, at most ten times a second. Elsewhere (a log file, CI) it
 stays silent for short work and, once the work has taken 2 s, writes one line
 every 5 s: long jobs show signs of life without flooding a log.
@@ -31,9 +33,13 @@ class Progress:
         self.start = time.perf_counter()
         self.last = float("-inf")               # when the bar was last drawn
         self.drawn = False
+        self.note = ""
 
-    def update(self, done: int, final: bool = False) -> None:
+    def update(self, done: int, final: bool = False, note: Optional[str] = None) -> None:
+        """Record progress ``done`` (of ``total``); ``note`` is shown after the bar (e.g. a loss)."""
         self.done = done
+        if note is not None:
+            self.note = note
         if not self.enabled:
             return
         now = time.perf_counter()
@@ -48,7 +54,19 @@ class Progress:
         filled = int(round(self.WIDTH * frac))
         amount = f"{done / max(elapsed, 1e-9) / 1e6:.2f} M{self.unit}/s" if self.unit else f"{done}/{self.total}"
         line = f"{self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {100 * frac:5.1f}% {amount} {elapsed:.1f}s"
-        self.stream.write(("\r" + line) if self.tty else (line + "\n"))
+        if self.note:
+            line += f" | {self.note}"
+        self.stream.write(("\r\033[K" + line) if self.tty else (line + "\n"))
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        """Print a line of text; on a terminal above the bar, which is then drawn again under it."""
+        if self.tty and self.drawn:
+            self.stream.write("\r\033[K" + text + "\n")
+            self.last = float("-inf")
+            self.update(self.done, final=True)
+        else:
+            self.stream.write(text + "\n")
         self.stream.flush()
 
     def close(self) -> None:

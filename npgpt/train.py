@@ -55,6 +55,7 @@ from npgpt.interrupt import GracefulStop
 from npgpt.mixed_precision import DTYPES, GradScaler
 from npgpt.model import GPT, GPTConfig
 from npgpt.optim import AdamW, cosine_schedule, param_groups
+from npgpt.progress import Progress
 from npgpt.rundir import CHECKPOINT_DIR, find_checkpoint
 from npgpt.settings import setting
 
@@ -186,6 +187,12 @@ class Trainer:
         # Under mpiexec: N ranks, each with the whole model and 1/N of every global batch (npgpt.distributed).
         self.world = distributed.world()
         self.log = log if log is not None else (lambda line: print(line, file=sys.stderr, flush=True))
+        # On a terminal, a bar redrawn every step, with the log lines above it; in a log file
+        # (or with a log function given), one line per --log-interval.
+        self._bar: Optional[Progress] = None
+        if log is None and self.world.is_main and sys.stderr.isatty():
+            self._bar = Progress(config.max_steps, "train", stream=sys.stderr)
+            self.log = self._bar.message
         if not self.world.is_main:          # rank 0 logs and writes; the others compute
             self.log = lambda line: None
         if config.batch_size < self.world.size:
@@ -387,6 +394,11 @@ class Trainer:
             interval_steps += 1
             interval_loss += loss
             last["train_loss"] = loss
+            if self._bar is not None:
+                elapsed = time.perf_counter() - started
+                self._bar.update(self.step, note=f"step {self.step} | loss {loss:.4f} | "
+                                 f"{steps_done * tokens_per_step / max(elapsed, 1e-9):,.0f} tok/s | ETA "
+                                 f"{_format_seconds((c.max_steps - self.step) * elapsed / steps_done)}")
             row = {"step": self.step, "tokens": self.step * tokens_per_step, "train_loss": loss, "lr": lr,
                    "grad_norm": norm}
             if self.scaler is not None:
@@ -419,6 +431,8 @@ class Trainer:
             self._draw_curve(final=True)
         if stop.requested:
             self.log(f"{stop.name}: stopped at step {self.step} with a checkpoint; continue with --resume")
+        if self._bar is not None:
+            self._bar.close()
         elapsed = time.perf_counter() - started
         return {"step": self.step, "steps": self.step - start_step, "seconds": elapsed,
                 "tokens_per_s": steps_done * tokens_per_step / max(elapsed, 1e-9),

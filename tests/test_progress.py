@@ -17,7 +17,8 @@ def test_bar_draws_in_place_on_a_terminal():
     bar.update(1000)                       # within 0.1 s of the last draw: skipped
     bar.close()                            # ...but the final state is always drawn
     text = stream.getvalue()
-    assert text.startswith("\rtokenizing [###############...............]  50.0%")
+    # "\r" returns to the line's start and ESC[K clears it (a shorter line leaves no tail behind).
+    assert text.startswith("\r\033[Ktokenizing [###############...............]  50.0%")
     assert "100.0%" in text and "MB/s" in text and text.endswith("\n")
 
 
@@ -48,3 +49,31 @@ def test_disabled_bar_writes_nothing():
     bar.update(5)
     bar.close()
     assert stream.getvalue() == ""
+
+
+def test_a_message_goes_above_the_bar_which_is_drawn_again():
+    stream = Terminal()
+    bar = Progress(10, "train", stream=stream)
+    bar.update(3, final=True, note="loss 2.5")
+    bar.message("step 3 | val loss 2.4")
+    out = stream.getvalue()
+    assert out.count("train [") == 2 and "| loss 2.5" in out
+    assert out.index("step 3 | val loss 2.4\n") < out.rindex("train [")      # the log line, then the bar
+
+
+def test_training_on_a_terminal_shows_a_bar_with_loss_rate_and_eta(tmp_path, monkeypatch):
+    from char_tokenizer import CharTokenizer
+
+    from npgpt import data
+    from npgpt.train import TrainConfig, train
+
+    text = "to be or not to be, that is the question. " * 40
+    data.prepare_documents([text], CharTokenizer(text), tmp_path / "data", val_fraction=0.2, progress=False)
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    train(TrainConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "run"), n_layer=1, n_head=1, n_embd=8,
+                      block_size=8, batch_size=2, max_steps=6, log_interval=3, eval_interval=6, eval_iters=1))
+    out = terminal.getvalue()
+    assert "\r" in out and "train [" in out
+    assert "| step 6 | loss " in out and " tok/s | ETA " in out
+    assert "step      3/6 | loss" in out                  # the log line of the interval, above the bar
