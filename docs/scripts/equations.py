@@ -4,6 +4,12 @@ Run from the repository root: ``python docs/scripts/equations.py`` (``--check`` 
 the committed page is out of date). An equation is a ``$$ ... \\tag{N} $$`` block in a
 docs page; a test checks it when a test file cites it as ``docs/<page>.md eq. N``
 (also ``eqs. N and M`` / ``eqs. N, M``).
+
+A page's ``$$`` delimiters are read in pairs, in order, as MathJax reads them, outside code
+blocks and inline code; a display without ``\\tag`` is not numbered and not listed. A page whose
+delimiters do not pair up into displays is refused with an ``EquationError`` naming the page and
+the line: an odd number of ``$$``, a display that runs over a blank line (a ``$$`` left open
+swallows the prose after it), two tags in one display, or one number tagged twice.
 """
 
 import pathlib
@@ -13,8 +19,52 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 OUTPUT = DOCS / "equations.md"
-EQUATION = re.compile(r"\$\$(.*?)\\tag\{(\d+)\}(.*?)\$\$", re.S)
+DISPLAY = re.compile(r"\$\$(.*?)\$\$", re.S)
+TAG = re.compile(r"\\tag\{(\d+)\}")
+# Code is not maths: fenced blocks, then inline code spans, are blanked before the scan (their
+# newlines kept, so that line numbers stay right).
+FENCE = re.compile(r"^[ \t]*(```|~~~).*?^[ \t]*\1[^\n]*$", re.S | re.M)
+INLINE_CODE = re.compile(r"`[^`\n]+`")
 CITATION = re.compile(r"docs/([\w-]+)\.md,? eqs?\.\s*((?:\d+(?:\s*(?:,|and|&)\s*)?)+)")
+
+
+class EquationError(ValueError):
+    """A page's display maths cannot be read into equations; the message names the page and line."""
+
+
+def _blank(match):
+    return re.sub(r"[^\n]", " ", match.group())
+
+
+def page_equations(text, page="page"):
+    """{number: latex} for the tagged displays of one page's markdown ``text`` (``page``: its stem).
+
+    Raises ``EquationError`` (with ``docs/<page>.md line N``) where the ``$$`` do not pair up
+    into displays; see the module docstring.
+    """
+    scanned = INLINE_CODE.sub(_blank, FENCE.sub(_blank, text))
+    line_of = lambda offset: scanned.count("\n", 0, offset) + 1
+    where = lambda offset: f"docs/{page}.md line {line_of(offset)}"
+    found, end = {}, 0
+    for match in DISPLAY.finditer(scanned):
+        body, end = match.group(1), match.end()
+        if re.search(r"\n[ \t]*\n", body):
+            raise EquationError(f"{where(match.start())}: the $$ opened here is closed only at line "
+                                f"{line_of(match.end())}, after a blank line; a display cannot span paragraphs, "
+                                "so a $$ is missing or stray, and the text in between would be read as maths")
+        tags = TAG.findall(body)
+        if len(tags) > 1:
+            raise EquationError(f"{where(match.start())}: one display carries {len(tags)} tags ({', '.join(tags)})")
+        if not tags:
+            continue
+        number = int(tags[0])
+        if number in found:
+            raise EquationError(f"{where(match.start())}: equation ({number}) is tagged twice on the page")
+        found[number] = " ".join(TAG.sub(" ", body).split())
+    stray = scanned.find("$$", end)
+    if stray >= 0:
+        raise EquationError(f"{where(stray)}: this $$ is never closed (the page has an odd number of $$)")
+    return found
 
 
 def equations():
@@ -23,9 +73,8 @@ def equations():
     for page in sorted(DOCS.glob("*.md")):
         if page == OUTPUT:
             continue
-        for before, number, after in EQUATION.findall(page.read_text()):
-            latex = " ".join((before + after).split())
-            found[(page.stem, int(number))] = latex
+        for number, latex in page_equations(page.read_text(), page.stem).items():
+            found[(page.stem, number)] = latex
     return found
 
 
