@@ -39,6 +39,7 @@ MODULES = [
     ("npgpt.optim", "training.md"),
     ("npgpt.settings", "training.md"),
     ("npgpt.engine", "training.md"),
+    ("npgpt.mixed_precision", "training.md"),
     ("npgpt.rundir", "training.md"),
     ("npgpt.interrupt", "training.md"),
     ("npgpt.train", "training.md"),
@@ -52,6 +53,7 @@ MODULES = [
     ("npgpt.gradcheck", "autograd.md"),
     ("npgpt.parallel", "performance.md"),
     ("npgpt.flops", "performance.md"),
+    ("npgpt.distributed", "distributed.md"),
     ("npgpt.bench", "benchmarks.md"),
     ("npgpt.cli", "index.md"),
 ]
