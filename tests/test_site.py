@@ -2,8 +2,8 @@
 architecture diagram is current.
 
 The strict build fails on any warning: a broken link or anchor between chapters, a page that
-the nav forgets, a nav entry for a missing file that the hook did not drop. It needs no network
-(MathJax is loaded by the reader's browser, not by the build).
+the nav forgets, a nav entry for a missing file that the hook did not drop. It needs no network,
+and the site it writes serves MathJax itself (the hook copies it from django-static-mathjax).
 """
 
 import importlib.util
@@ -105,3 +105,26 @@ def test_the_strict_build_fails_on_a_broken_link(tmp_path):
     (tmp_path / "mkdocs.yml").write_text("site_name: t\nnav:\n  - index.md\n")
     proc = _build(tmp_path / "mkdocs.yml", tmp_path / "site")
     assert proc.returncode != 0 and "missing.md" in proc.stdout + proc.stderr
+
+
+def test_the_site_serves_mathjax_itself(tmp_path):
+    # The book reads offline: MathJax comes from the site (django-static-mathjax, the dev extra).
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("pymdownx")
+    hooks = _load("mkdocs_hooks", DOCS / "scripts" / "mkdocs_hooks.py")
+    if hooks.mathjax_dir() is None:
+        pytest.skip("django-static-mathjax is not installed (pip install -e '.[dev]')")
+    proc = _build(ROOT / "mkdocs.yml", tmp_path / "site")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    site = tmp_path / "site"
+    assert (site / hooks.MATHJAX_LOCAL).is_file()
+    assert (site / "javascripts" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").is_dir()
+    model = (site / "model.html").read_text()
+    assert hooks.MATHJAX_LOCAL in model and "cdn.jsdelivr.net" not in model
+
+
+def test_without_the_mathjax_package_the_pages_use_the_cdn():
+    hooks = _load("mkdocs_hooks", DOCS / "scripts" / "mkdocs_hooks.py")
+    scripts = ["javascripts/mathjax.js", hooks.MATHJAX_LOCAL]
+    assert hooks._use_cdn(scripts) == ["javascripts/mathjax.js", hooks.MATHJAX_CDN]
+    assert hooks.MATHJAX_LOCAL in (ROOT / "mkdocs.yml").read_text()

@@ -1,4 +1,4 @@
-"""MkDocs hook: keep the book's navigation in step with the chapters that exist.
+"""MkDocs hook: keep the book's navigation in step with the chapters that exist, and serve MathJax.
 
 ``mkdocs.yml`` lists every chapter in reading order, including chapters that another engineer
 may still be writing. A nav entry whose file does not exist would make ``mkdocs build
@@ -36,4 +36,45 @@ def _prune(items, docs_dir):
 def on_config(config):
     if config.nav:
         config.nav = _prune(config.nav, pathlib.Path(config.docs_dir))
+    if mathjax_dir() is None:
+        log.info("MathJax: django-static-mathjax is not installed; the pages load MathJax from %s", MATHJAX_CDN)
+        config.extra_javascript = _use_cdn(config.extra_javascript)
     return config
+
+
+# ------------------------------------------------------------------ MathJax, served by the site
+# The equations are typeset by MathJax 3 in the reader's browser. The site serves its own copy,
+# so the book reads offline: MathJax's release files come from the PyPI package
+# django-static-mathjax (MathJax 3.2.2, Apache-2.0; it installs the package ``mathjax`` with
+# MathJax's files under static/mathjax/ and depends on nothing, Django included), listed in the
+# dev extra. After each build the hook copies its es5/ directory into the site's
+# javascripts/mathjax/, which mkdocs.yml's extra_javascript names. Without the package (a
+# checkout that skipped the dev extra) the page loads the same MathJax from a CDN instead, and the
+# build says so: the site still builds, but then needs the network to show equations.
+MATHJAX_LOCAL = "javascripts/mathjax/tex-mml-chtml.js"
+MATHJAX_CDN = "https://cdn.jsdelivr.net/npm/mathjax@3.2.2/es5/tex-mml-chtml.js"
+
+
+def mathjax_dir():
+    """MathJax's es5/ directory as django-static-mathjax installs it, or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mathjax")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        es5 = pathlib.Path(location) / "static" / "mathjax" / "es5"
+        if (es5 / "tex-mml-chtml.js").is_file():
+            return es5
+    return None
+
+
+def _use_cdn(scripts):
+    """``scripts`` with the local MathJax replaced by the CDN's (entries may be str or ExtraScriptValue)."""
+    return [MATHJAX_CDN if str(getattr(s, "path", s)) == MATHJAX_LOCAL else s for s in scripts]
+
+
+def on_post_build(config):
+    es5 = mathjax_dir()
+    if es5 is not None:
+        import shutil
+
+        shutil.copytree(es5, pathlib.Path(config.site_dir) / "javascripts" / "mathjax", dirs_exist_ok=True)
