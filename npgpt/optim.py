@@ -326,7 +326,7 @@ def param_groups(model: Module, weight_decay: float = 0.1) -> list[dict[str, Any
 
 def configure_optimizer(model: Module, lr: float = 3e-4, weight_decay: float = 0.1,
                         betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8) -> AdamW:
-    """``AdamW`` over :func:`param_groups` of ``model``: GPT-2's training optimizer."""
+    """``AdamW`` over :func:`param_groups` of ``model``, with GPT-3's published settings (betas 0.9, 0.95; eps 1e-8)."""
     return AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 

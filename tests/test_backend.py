@@ -100,9 +100,24 @@ def test_every_xp_function_exists_in_cupy():
     assert not missing, "functions used through xp that CuPy lacks: " + ", ".join(sorted(missing))
 
 
+# Functions at the file boundary: they take the host arrays a safetensors file gives (or make the
+# host arrays one is written from) and move them to or from the device themselves, so NumPy is the
+# right module there. (The CuPy stand-in's device tests check that they do move them.)
+FILE_BOUNDARY = {"hf_tensors", "load_hf_tensors", "hf_state_dict"}
+
+
+def _without_file_boundary(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            node.body = [n for n in node.body if not (isinstance(n, ast.FunctionDef) and n.name in FILE_BOUNDARY)]
+    tree.body = [n for n in tree.body if not (isinstance(n, ast.FunctionDef) and n.name in FILE_BOUNDARY)]
+    return tree
+
+
 def test_numpy_is_called_only_for_host_side_bookkeeping():
     offenders = []
     for name, tree in _compute_sources():
+        tree = _without_file_boundary(tree)
         for chain in _attribute_chains(tree, "np"):
             if chain.split(".")[0] not in HOST_SIDE_NUMPY:
                 offenders.append(f"{name}: np.{chain}")

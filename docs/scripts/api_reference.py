@@ -42,6 +42,7 @@ MODULES = [
     ("npgpt.mixed_precision", "training.md"),
     ("npgpt.rundir", "training.md"),
     ("npgpt.interrupt", "training.md"),
+    ("npgpt.plot", "training.md"),
     ("npgpt.train", "training.md"),
     ("npgpt.checkpoint", "model.md"),
     ("npgpt.fileio", "training.md"),
