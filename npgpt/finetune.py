@@ -125,13 +125,7 @@ class FinetuneConfig:
         for name in ("weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 fail(name, f"{{name}} must be >= 0, got {getattr(self, name)}")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                fail(name, f"{{name}} must lie in [0, 1), got {getattr(self, name)}")
-        if not self.eps > 0:
-            fail("eps", f"{{name}} must be positive, got {self.eps}")
-        if self.dtype not in DTYPES:
-            fail("dtype", f"{{name}} must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        settings.check_adamw_and_dtype("FinetuneConfig", self, DTYPES)
         if self.pad_side not in ("left", "right"):
             fail("pad_side", f"{{name}} must be 'left' or 'right', got {self.pad_side!r}")
 

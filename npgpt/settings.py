@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NoReturn
 
-__all__ = ["setting", "ConfigError", "fail"]
+__all__ = ["setting", "ConfigError", "fail", "check_adamw_and_dtype"]
 
 
 def setting(default: Any, help: str) -> Any:
@@ -42,3 +42,15 @@ class ConfigError(ValueError):
 def fail(owner: str, field: str, template: str) -> NoReturn:
     """Raise :class:`ConfigError`; ``template`` says ``{name}`` where the setting's name goes."""
     raise ConfigError(owner, field, template)
+
+
+def check_adamw_and_dtype(owner: str, config: Any, dtypes: tuple[str, ...]) -> None:
+    """The settings every training loop shares: AdamW's betas in [0, 1) and eps > 0, a known ``dtype``."""
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(config, name) < 1:
+            fail(owner, name, f"{{name}} must lie in [0, 1), got {getattr(config, name)}")
+    if not config.eps > 0:
+        fail(owner, "eps", f"{{name}} must be positive, got {config.eps}")
+    if config.dtype not in dtypes:
+        fail(owner, "dtype", f"{{name}} must be one of {', '.join(dtypes)}, got {config.dtype!r} (bfloat16: "
+                             "neither NumPy nor CuPy has it)")

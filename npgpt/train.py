@@ -142,14 +142,7 @@ class TrainConfig:
         for name in ("grad_clip", "weight_decay", "checkpoint_interval", "workers"):
             if getattr(self, name) < 0:
                 fail(name, f"{{name}} must be >= 0, got {getattr(self, name)}")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                fail(name, f"{{name}} must lie in [0, 1), got {getattr(self, name)}")
-        if not self.eps > 0:
-            fail("eps", f"{{name}} must be positive, got {self.eps}")
-        if self.dtype not in DTYPES:
-            fail("dtype", f"{{name}} must be one of {', '.join(DTYPES)}, got {self.dtype!r} (bfloat16: neither "
-                          "NumPy nor CuPy has it)")
+        settings.check_adamw_and_dtype("TrainConfig", self, DTYPES)
         if self.peak_flops <= 0:
             fail("peak_flops", f"{{name}} must be positive, got {self.peak_flops}")
 

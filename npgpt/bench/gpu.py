@@ -152,40 +152,10 @@ def train_torch(cfg: dict[str, int], batch: int, dtype: str, steps: int, warmup:
     import torch
     from torch import nn
 
-    torch.manual_seed(0)
-    C, H = cfg["n_embd"], cfg["n_head"]
-
-    class Block(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
-            self.c_attn, self.c_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
-            self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            B, T, _ = x.shape
-            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
-            q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
-            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = x + self.c_proj(y.transpose(1, 2).reshape(B, T, C))
-            return x + self.mlp_proj(nn.functional.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
-
-    class TorchGPT(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.wte = nn.Embedding(cfg["vocab_size"], C)
-            self.wpe = nn.Embedding(cfg["block_size"], C)
-            self.h = nn.ModuleList(Block() for _ in range(cfg["n_layer"]))
-            self.ln_f = nn.LayerNorm(C)
-
-        def forward(self, idx: torch.Tensor) -> torch.Tensor:
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
-            for block in self.h:
-                x = block(x)
-            return self.ln_f(x) @ self.wte.weight.T
+    from npgpt.bench.train import torch_gpt
 
     device = torch.device("cuda")
-    model = TorchGPT().to(device)
+    model = torch_gpt(cfg, "cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
     half = dtype == "float16"
     scaler = torch.amp.GradScaler("cuda", enabled=half)

@@ -82,7 +82,8 @@ def run_npgpt(cfg: dict[str, int], steps: int, warmup: int, workers: Optional[in
     return seconds, loss, flops_per_token(model)
 
 
-def run_torch(cfg: dict[str, int], steps: int, warmup: int) -> tuple[float, float, int]:
+def torch_gpt(cfg: dict[str, int], device: str = "cpu") -> Any:
+    """The same GPT-2 in PyTorch eager: the reference the train benchmarks (here and ``gpu``) compare with."""
     import torch
     from torch import nn
 
@@ -113,12 +114,19 @@ def run_torch(cfg: dict[str, int], steps: int, warmup: int) -> tuple[float, floa
             self.ln_f = nn.LayerNorm(C)
 
         def forward(self, idx: torch.Tensor) -> torch.Tensor:
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
             for block in self.h:
                 x = block(x)
             return self.ln_f(x) @ self.wte.weight.T
 
-    model = TorchGPT()
+    return TorchGPT().to(device)
+
+
+def run_torch(cfg: dict[str, int], steps: int, warmup: int) -> tuple[float, float, int]:
+    import torch
+    from torch import nn
+
+    model = torch_gpt(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
     rng = np.random.default_rng(0)
 
