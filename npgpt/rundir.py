@@ -47,6 +47,7 @@ except ImportError:          # not POSIX (Windows): runs are not locked
 import numpy as np
 
 from npgpt import fileio, nn
+from npgpt.checkpoint import CheckpointError
 
 if TYPE_CHECKING:
     from npgpt.optim import Optimizer
@@ -238,8 +239,21 @@ def load_optimizer(optimizer: Optimizer, path: pathlib.Path) -> None:
     """Restore what :func:`save_optimizer` wrote into ``optimizer``.
 
     An optimizer over a subset of the saved parameters (one rank's shard,
-    ZeRO-1) takes just its own: the saved groups are cut to its names.
+    ZeRO-1) takes just its own: the saved groups are cut to its names. A
+    file that is not such a state (bad bytes, a header of the wrong shape,
+    missing moments) is a ``CheckpointError`` naming it.
     """
+    from safetensors import SafetensorError
+
+    try:
+        _load_optimizer(optimizer, path)
+    except CheckpointError:
+        raise
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        raise CheckpointError(f"{path} is not a valid optimizer state ({type(exc).__name__}: {exc})") from None
+
+
+def _load_optimizer(optimizer: Optimizer, path: pathlib.Path) -> None:
     from safetensors import safe_open
 
     own = {name for group in optimizer.param_groups for name in group["names"]}

@@ -47,7 +47,7 @@ import npgpt.functional as F
 from npgpt import backend, distributed, engine, plot, rundir, settings
 from npgpt.autograd import Tensor, no_grad
 from npgpt.backend import Array
-from npgpt.checkpoint import WEIGHTS_NAME, read_tensors
+from npgpt.checkpoint import WEIGHTS_NAME, CheckpointError, read_tensors
 from npgpt.data import BatchSampler, TokenFile, load_meta
 from npgpt.engine import TrainingDiverged
 from npgpt.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
@@ -275,11 +275,15 @@ class Trainer:
         weights = checkpoint / WEIGHTS_NAME
         self.model.load_hf_tensors(read_tensors(weights), weights)
         rundir.load_optimizer(self.optimizer, checkpoint / rundir.OPTIMIZER_NAME)
-        self.sampler.load_state_dict(state["sampler"])
-        rundir.restore_dropout_states(self.model, state.get("dropout_rngs", {}))
-        if self.scaler is not None and state.get("grad_scaler"):
-            self.scaler.load_state_dict(state["grad_scaler"])
-        self.step = int(state["step"])
+        try:     # the sampler's, the dropout generators' and the scaler's states, as saved
+            self.sampler.load_state_dict(state["sampler"])
+            rundir.restore_dropout_states(self.model, state.get("dropout_rngs") or {})
+            if self.scaler is not None and state.get("grad_scaler"):
+                self.scaler.load_state_dict(state["grad_scaler"])
+            self.step = int(state["step"])
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise CheckpointError(f"{checkpoint / rundir.STATE_NAME} holds a state npgpt cannot continue from "
+                                  f"({type(exc).__name__}: {exc})") from None
         self.log(f"resumed from {checkpoint} at step {self.step}")
 
     # ---------------------------------------------------------------- loss

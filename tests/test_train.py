@@ -269,3 +269,25 @@ def test_loss_curve_script_plots_a_real_log(tmp_path, data_dir):
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(FileNotFoundError, match="log.jsonl"):
         loss_curve.read_log(tmp_path / "nothing")
+
+
+def test_a_malformed_optimizer_or_trainer_state_is_a_named_error(tmp_path, data_dir):
+    from safetensors.numpy import save_file
+
+    from npgpt.checkpoint import CheckpointError
+
+    config = TrainConfig(out_dir=str(tmp_path), data_dir=str(data_dir), max_steps=4, eval_interval=2, **TINY)
+    train(config, stop_at=2, log=quiet)
+    ckpt = tmp_path / CHECKPOINT_DIR
+    state_path = ckpt / "trainer_state.json"
+    good_state = state_path.read_text()
+    state = json.loads(good_state)
+    state["sampler"] = "not a sampler state"
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="trainer_state.json holds a state npgpt cannot continue from"):
+        train(resume=True, out_dir=str(tmp_path), log=quiet)
+    state_path.write_text(good_state)
+    save_file({"x": np.zeros(1, np.float32)}, str(ckpt / "optimizer.safetensors"),
+              metadata={"npgpt_optimizer": json.dumps({"steps": 5})})
+    with pytest.raises(CheckpointError, match="optimizer.safetensors is not a valid optimizer state"):
+        train(resume=True, out_dir=str(tmp_path), log=quiet)
