@@ -783,17 +783,55 @@ def _is_available() -> bool:
     return True
 
 
+def _get_device_properties(device: int) -> dict:
+    return {"name": b"CuPy stand-in (NumPy)", "totalGlobalMem": 0}
+
+
+class Device:
+    """``cupy.cuda.Device``: the one device; synchronising does nothing (the stand-in is synchronous)."""
+
+    def __init__(self, device: int = 0) -> None:
+        self.id = int(device)
+
+    def synchronize(self) -> None:
+        pass
+
+
+class MemoryPool:
+    """``cupy.cuda.MemoryPool``: the stand-in allocates through NumPy, so the pool is always empty."""
+
+    def total_bytes(self) -> int:
+        return 0
+
+    def used_bytes(self) -> int:
+        return 0
+
+    def free_all_blocks(self) -> None:
+        pass
+
+
+_POOL = MemoryPool()
+
+
+def get_default_memory_pool() -> MemoryPool:
+    return _POOL
+
+
 _get_device_count.__name__ = "getDeviceCount"
 _get_device.__name__ = "getDevice"
+_get_device_properties.__name__ = "getDeviceProperties"
 _is_available.__name__ = "is_available"
 _runtime = _module("cupy.cuda.runtime", "CUDA runtime of the stand-in: one device, number 0.",
-                   {"getDeviceCount": _get_device_count, "getDevice": _get_device})
-_cuda = _module("cupy.cuda", "CUDA of the stand-in.", {"runtime": _runtime, "is_available": _is_available})
+                   {"getDeviceCount": _get_device_count, "getDevice": _get_device,
+                    "getDeviceProperties": _get_device_properties})
+_cuda = _module("cupy.cuda", "CUDA of the stand-in.", {"runtime": _runtime, "is_available": _is_available,
+                                                      "Device": Device, "MemoryPool": MemoryPool})
 _random = _module("cupy.random", "Random numbers of the stand-in.",
                   {"default_rng": default_rng, "Generator": Generator, "BitGenerator": BitGenerator, "XORWOW": XORWOW})
 _cupy = _module("cupy", "A strict CuPy stand-in for machines without a GPU (tests/fake_cupy.py).",
                 {**_MODULE_FUNCS, **{name: getattr(np, name) for name in _NUMPY_NAMES}, "ndarray": ndarray,
-                 "cuda": _cuda, "random": _random, "__version__": "0.0.0+stand-in"})
+                 "cuda": _cuda, "random": _random, "__version__": "0.0.0+stand-in",
+                 "get_default_memory_pool": get_default_memory_pool})
 
 
 def scatter_add(a, slices, value):

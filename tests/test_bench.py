@@ -1,5 +1,7 @@
 """The benchmark workloads' accounting (not their speed: speed is never tested)."""
 
+import pytest
+
 from npgpt.bench.train import WORKLOAD
 from npgpt.flops import flops_per_token, model_flops_utilisation
 from npgpt.model import GPTConfig
@@ -47,3 +49,22 @@ def test_gpu_peaks_are_found_by_device_name():
     assert _peaks("NVIDIA H200", None)["float16"] == 989e12
     assert _peaks("Some Future GPU", None) is None
     assert _peaks("x", [1.0, 2.0]) == {"float32": 1.0, "float16": 2.0}
+
+
+@pytest.mark.gpu
+def test_gpu_bench_runs_its_code_paths_on_a_device():
+    # On the CuPy stand-in (NPGPT_FAKE_CUDA=1) or a real GPU: every workload runs, tiny (--quick).
+    import argparse
+
+    from npgpt import backend
+    from npgpt.bench import gpu
+
+    if not backend.cuda_available():
+        pytest.skip("CuPy with a CUDA GPU is not available (NPGPT_FAKE_CUDA=1 runs this on the CuPy stand-in)")
+    parser = argparse.ArgumentParser()
+    gpu.add_arguments(parser)
+    result = gpu.run(parser.parse_args(["--quick", "--no-torch", "--peak-flops", "1e12", "2e12"]))
+    assert result["parity_ok"] and result["parity_max_abs_diff"] <= 1e-4
+    for key in ("train_small_float32", "train_small_float16", "train_124m_float32", "train_124m_float16"):
+        assert result[key]["tokens_per_s"] > 0 and 0 < result[key]["mfu"] and result[key]["peak_device_mb"] >= 0
+    assert result["generate_124m_tokens_per_s"] > 0
