@@ -19,6 +19,12 @@ Saving is atomic: both files are written into a temporary directory next to
 the target, flushed to disk (fsync), and only then renamed into place. A crash
 or an error while writing leaves the previous checkpoint untouched.
 
+A sharded checkpoint (``model-00001-of-00002.safetensors`` ... and the
+``model.safetensors.index.json`` that maps each tensor to its shard, as the Hub stores GPT-2
+medium and larger) loads as one: ``weights_path`` returns the index, and ``weight_shapes`` and
+``read_weights`` check every shard against it and merge them. ``resolve`` finds a directory
+locally, among the models shipped with npgpt, or on the Hugging Face Hub (``npgpt.hub``).
+
 This module knows files, not models: it reads and writes ``config.json`` and
 safetensors, and imports nothing of the model. The mapping of a model's
 parameters onto tensor names lives with each model (``GPT.save_pretrained``
@@ -36,11 +42,12 @@ from typing import Any
 
 import numpy as np
 
-from npgpt import fileio
+from npgpt import fileio, hub
 from npgpt.tokenizer.bpe import GPT2_ENDOFTEXT_ID
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"     # a sharded checkpoint: tensor name -> shard file
 PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent / "pretrained"
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")    # old transformers' causal-mask buffers
 _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": None}
@@ -193,19 +200,41 @@ def write_checkpoint(directory, config, tensors):
 
 
 # ================================================================== loading
-def resolve(name_or_dir):
-    """The checkpoint directory for a path, or for the name of a model shipped with npgpt."""
+def resolve(name_or_dir: str | os.PathLike, revision: str | None = None) -> pathlib.Path:
+    """The checkpoint directory for a path, a model shipped with npgpt, or a Hugging Face Hub repo id.
+
+    Tried in this order: a local directory, ``npgpt/pretrained/<name>``, then (for a ``str``
+    such as ``"gpt2"`` or ``"org/name"``) the Hub through ``huggingface_hub``, which downloads
+    ``config.json`` and the safetensors weights into its cache, or finds them there
+    (``npgpt.hub``). ``revision`` (a branch, tag or commit) applies to the Hub only.
+    """
     path = pathlib.Path(name_or_dir)
-    tried = [path]
-    if path.is_dir():
-        return path
     shipped = PRETRAINED_DIR / str(name_or_dir)
-    tried.append(shipped)
-    if shipped.is_dir():
-        return shipped
+    tried = [path, shipped]
+    for local in tried:
+        if local.is_dir():
+            if revision is not None:
+                raise ValueError(f"revision={revision!r} names a version of a Hub repo, but {local} is a local "
+                                 "directory, which has one version; drop revision=")
+            return local
     available = sorted(p.name for p in PRETRAINED_DIR.iterdir() if p.is_dir()) if PRETRAINED_DIR.is_dir() else []
-    raise FileNotFoundError(f"no checkpoint {str(name_or_dir)!r}: tried {', '.join(str(t) for t in tried)} "
-                            f"(shipped models: {available or 'none'})")
+    missing = (f"no checkpoint {str(name_or_dir)!r}: tried {', '.join(str(t) for t in tried)} "
+               f"(shipped models: {available or 'none'})")
+    if not hub.is_repo_id(name_or_dir):
+        raise FileNotFoundError(missing)
+    try:
+        directory = hub.snapshot(str(name_or_dir), hub.MODEL_FILES, revision)
+        if not (directory / WEIGHTS_NAME).is_file() and (directory / INDEX_NAME).is_file():
+            shards = sorted(set(read_index(directory / INDEX_NAME).values()))
+            directory = hub.snapshot(str(name_or_dir), shards, revision=directory.name)   # the same commit
+    except (hub.HubNotInstalled, FileNotFoundError) as exc:
+        raise FileNotFoundError(f"{missing}, then the Hugging Face Hub: {exc}") from None
+    if not (directory / WEIGHTS_NAME).is_file() and not (directory / INDEX_NAME).is_file():
+        files = hub.repo_files(str(name_or_dir), directory, revision)
+        pickles = [n for n in files if n.endswith((".bin", ".bin.index.json"))]
+        if pickles:
+            raise CheckpointError(pickle_refusal(f"the Hub repo {str(name_or_dir)!r} ({directory})", pickles[0]))
+    return directory
 
 
 def read_config(directory):
@@ -392,16 +421,96 @@ def _check_finite(array: np.ndarray, name: str, path: Any) -> None:
                               "NaN. To inspect such a file, load it with allow_non_finite=True")
 
 
-def weights_path(directory):
-    """``model.safetensors`` of a checkpoint directory; a pickle-only or sharded directory is refused."""
+def pickle_refusal(where: Any, name: str = "pytorch_model.bin") -> str:
+    """Why npgpt will not load ``name`` (a pickle) from ``where``, and what to do instead."""
+    return (f"{where} holds only {name}: npgpt reads safetensors only, because a .bin file is a pickle and "
+            "loading it would run code from the file. Use a repo or directory that has model.safetensors, or "
+            "convert this one where you trust it: GPT2LMHeadModel.from_pretrained(dir)"
+            ".save_pretrained(dir, safe_serialization=True)")
+
+
+def weights_path(directory: str | os.PathLike) -> pathlib.Path:
+    """The weights of a checkpoint directory: ``model.safetensors``, else the index of a sharded
+    checkpoint (``model.safetensors.index.json``); a pickle-only directory is refused.
+
+    Read what it names with ``weight_shapes`` and ``read_weights``, which take either.
+    """
+    directory = pathlib.Path(directory)
     path = directory / WEIGHTS_NAME
     if path.is_file():
         return path
+    if (directory / INDEX_NAME).is_file():
+        return directory / INDEX_NAME
     if (directory / "pytorch_model.bin").exists():
-        raise CheckpointError(f"{directory} holds only pytorch_model.bin: npgpt reads safetensors only, "
-                              "because a .bin file is a pickle and loading it would run code from the file. "
-                              "Convert it where you trust it: GPT2LMHeadModel.from_pretrained(dir)"
-                              ".save_pretrained(dir, safe_serialization=True)")
-    if (directory / "model.safetensors.index.json").exists():
-        raise CheckpointError(f"{directory} holds a sharded checkpoint; npgpt reads a single {WEIGHTS_NAME}")
-    raise FileNotFoundError(f"{path} is missing: a checkpoint needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+        raise CheckpointError(pickle_refusal(directory))
+    raise FileNotFoundError(f"{path} is missing: a checkpoint needs {CONFIG_NAME} and {WEIGHTS_NAME} "
+                            f"(or {INDEX_NAME} and its shards)")
+
+
+# ======================================================= sharded checkpoints
+def read_index(path: str | os.PathLike) -> dict[str, str]:
+    """The ``weight_map`` ({tensor name: shard file name}) of a ``model.safetensors.index.json``.
+
+    The file goes through the guarded JSON reader; ``weight_map`` must be a non-empty object
+    whose values are plain file names ending in ``.safetensors`` (no directory part, so an index
+    cannot point outside its checkpoint). Anything else is a ``CheckpointError`` naming the file.
+    """
+    path = pathlib.Path(path)
+    raw = read_json_object(path)
+    if not isinstance(raw.get("metadata", {}), dict):
+        raise CheckpointError(f"{path}: metadata must be a JSON object, got {raw['metadata']!r:.80}")
+    weight_map = raw.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{path} must hold a non-empty object weight_map (tensor name -> shard file), "
+                              f"got {weight_map!r:.80}")
+    for name, shard in weight_map.items():
+        if not (isinstance(shard, str) and shard.endswith(".safetensors") and "/" not in shard
+                and "\\" not in shard):
+            raise CheckpointError(f"{path}: tensor {name!r:.200} maps to {shard!r:.200}, which is not the file name "
+                                  "of a .safetensors shard in the same directory")
+    return weight_map
+
+
+def _shard_headers(index: pathlib.Path) -> dict[pathlib.Path, dict]:
+    """``{shard path: header}`` of a sharded checkpoint, each header checked (``read_header``) and
+    the shards checked against the index: every shard is there, every tensor is in the shard the
+    index names, and no shard holds a tensor the index does not place in it."""
+    weight_map = read_index(index)
+    headers = {}
+    for shard in sorted(set(weight_map.values())):
+        path = index.parent / shard
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: {index} places tensors in it")
+        headers[path] = read_header(path)[0]
+    for name, shard in weight_map.items():
+        if name not in headers[index.parent / shard]:
+            raise CheckpointError(f"{index}: tensor {name!r:.200} should be in {shard}, which does not hold it")
+    for path, header in headers.items():
+        for name in header:
+            if name != "__metadata__" and weight_map.get(name) != path.name:
+                where = f"places it in {weight_map[name]}" if name in weight_map else "does not name it"
+                raise CheckpointError(f"{path} holds tensor {name!r:.200}, but {index} {where}")
+    return headers
+
+
+def weight_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of the tensors of a weights file or of a sharded checkpoint's index
+    (``weights_path``), from the headers only: nothing is allocated."""
+    path = pathlib.Path(path)
+    if path.name != INDEX_NAME:
+        return tensor_shapes(read_header(path)[0])
+    shapes: dict[str, tuple[int, ...]] = {}
+    for header in _shard_headers(path).values():
+        shapes.update(tensor_shapes(header))
+    return shapes
+
+
+def read_weights(path: str | os.PathLike, allow_non_finite: bool = False) -> dict[str, np.ndarray]:
+    """``read_tensors`` of a weights file, or of every shard of a sharded checkpoint's index, merged."""
+    path = pathlib.Path(path)
+    if path.name != INDEX_NAME:
+        return read_tensors(path, allow_non_finite=allow_non_finite)
+    tensors: dict[str, np.ndarray] = {}
+    for shard in _shard_headers(path):
+        tensors.update(read_tensors(shard, allow_non_finite=allow_non_finite))
+    return tensors

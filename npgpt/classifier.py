@@ -230,8 +230,12 @@ class GPTClassifier(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_dir: str | pathlib.Path, num_labels: int | None = None,
                         labels: Sequence[str] | None = None, pad_token_id: int | None = None,
-                        seed: int = 0, *, allow_non_finite: bool = False) -> "GPTClassifier":
+                        seed: int = 0, *, revision: str | None = None,
+                        allow_non_finite: bool = False) -> "GPTClassifier":
         """A classifier from a saved classifier directory or a pretrained language model.
+
+        ``name_or_dir`` is looked up as ``GPT.from_pretrained`` does: a local directory, a
+        shipped model, then a Hugging Face Hub repo id (``revision`` picks its version).
 
         * A classifier directory (``config.json`` naming ``GPT2ForSequenceClassification``)
           is loaded whole; ``num_labels``, if given, must agree with it.
@@ -244,7 +248,7 @@ class GPTClassifier(nn.Module):
         compared with the weights file's header before anything is built.
         Errors are ``CheckpointError``s naming the file (docs/model.md).
         """
-        directory = checkpoint.resolve(name_or_dir)
+        directory = checkpoint.resolve(name_or_dir, revision)
         config_path = directory / checkpoint.CONFIG_NAME
         saved = checkpoint.read_raw_config(directory) if config_path.is_file() else {}
         head = _classifier_fields(saved, config_path)
@@ -253,13 +257,9 @@ class GPTClassifier(nn.Module):
             if num_labels is not None and int(num_labels) != saved_labels:
                 raise ValueError(f"{name_or_dir} holds a classifier with num_labels={saved_labels}, "
                                  f"not {num_labels}; load it without num_labels, or start from its backbone")
-            weights = directory / checkpoint.WEIGHTS_NAME
-            if not weights.is_file():
-                raise FileNotFoundError(f"{weights} is missing: a classifier checkpoint needs "
-                                        f"{checkpoint.CONFIG_NAME} and {checkpoint.WEIGHTS_NAME}")
+            weights = checkpoint.weights_path(directory)     # model.safetensors, or a sharded checkpoint's index
             config = GPTConfig.from_pretrained(directory)
-            header, _ = checkpoint.read_header(weights)
-            shapes = checkpoint.tensor_shapes(header)
+            shapes = checkpoint.weight_shapes(weights)
             if "score.weight" not in shapes:
                 raise checkpoint.CheckpointError(f"{weights} has no score.weight (the classification head)")
             score_shape = shapes.pop("score.weight")
@@ -269,7 +269,7 @@ class GPTClassifier(nn.Module):
             GPT.check_hf_shapes(config, shapes, weights)      # before anything is allocated
             if names is None:
                 names = _names_from_id2label(id2label, saved_labels, config_path)
-            tensors = checkpoint.read_tensors(weights, allow_non_finite=allow_non_finite)
+            tensors = checkpoint.read_weights(weights, allow_non_finite=allow_non_finite)
             score = tensors.pop("score.weight")
             backbone = GPT(config, init=False)     # weights come next
             backbone.load_hf_tensors(tensors, weights)

