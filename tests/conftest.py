@@ -14,6 +14,9 @@ from hypothesis import HealthCheck, settings
 from npgpt import backend
 
 FAKE_CUDA = os.environ.get("NPGPT_FAKE_CUDA", "") == "1"
+# The suite never reaches the Hugging Face Hub (tests/test_hub.py builds its own cache): a name
+# that is not found locally fails at once instead of waiting for a network that may not be there.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if FAKE_CUDA:
     import fake_cupy
 
