@@ -279,7 +279,7 @@ def data_parallel_step(params: float, tokens_per_gpu: float, gpus: int, link: Li
 
     Compute: ``6 N D / (peak * MFU)`` for ``N`` parameters and ``D`` tokens
     per GPU (eq. 1). All-reduce: the ring's bandwidth term
-    ``2 (n-1)/n * S / B`` for ``S`` gradient bytes (eq. 2), plus a latency
+    ``2 (n-1)/n * S / beta`` for ``S`` gradient bytes and a bandwidth ``beta`` (eq. 2), plus a latency
     term per bucket, ``2 (n-1) a`` for a ring or ``2 log2(n) a`` for a tree,
     whichever is smaller, as NCCL chooses (eq. 3). No overlap of the two is
     assumed: the efficiency ``compute / (compute + all-reduce)`` is a floor.
