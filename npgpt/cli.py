@@ -8,6 +8,7 @@ Companion of ``docs/training.md`` (section "From the command line").
     npgpt prepare --input a.txt b.txt --tokenizer tok/ --out data/
     npgpt train --data data/ --out run/ --max-steps 2000 [--stop-at 1000] [--resume]
     npgpt generate --model run/checkpoint "Once upon a time"
+    npgpt generate --model run/checkpoint --prompts prompts.txt      # one prompt per line, one batch
     npgpt finetune --model run/checkpoint --data reviews.csv --text-column text --label-column label --out clf/
 
 Each subcommand has ``--help``. ``main(argv)`` returns the exit status
@@ -195,9 +196,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="continue a prompt with a trained model",
-                       description="Continue PROMPT with a model directory (the tokenizer is read from it too). "
-                                   "The text is printed as it is generated.")
-    p.add_argument("prompt", metavar="PROMPT", help="text to continue")
+                       description="Continue PROMPT, or every line of --prompts FILE, with a model directory (the "
+                                   "tokenizer is read from it too). The text is printed as it is generated.")
+    p.add_argument("prompt", metavar="PROMPT", nargs="?", default=None, help="text to continue")
+    p.add_argument("--prompts", metavar="FILE", default=None,
+                   help="continue each line of FILE instead (one prompt per line, blank lines skipped), all in one "
+                        "left-padded batch; each text is printed under a line '==> prompt I of N <==', in order; "
+                        "with --seed, each prompt gets the text it would get alone")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                   help="print the tokens as they are generated (the default; with --prompts, the prompts after "
+                        "the first wait for the ones before them to end); --no-stream prints when all is done")
     p.add_argument("--model", required=True, metavar="DIR", help="model directory, e.g. RUN_DIR/checkpoint")
     p.add_argument("--max-new-tokens", type=POSITIVE_INT, default=100, help="tokens to generate (default 100)")
     p.add_argument("--temperature", type=NON_NEGATIVE_FLOAT, default=1.0,
@@ -402,41 +410,95 @@ def _read_settings_file(name: str, config_class: type) -> dict[str, Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from npgpt.generation import stream
+    from npgpt import backend
+    from npgpt.generation import generate, stream
     from npgpt.model import GPT
-    from npgpt.tokenizer import ENDOFTEXT, StreamDecoder
+    from npgpt.tokenizer import ENDOFTEXT
 
+    if (args.prompt is None) == (args.prompts is None):
+        raise ValueError("give a PROMPT or --prompts FILE (not both)")
+    texts = [args.prompt] if args.prompts is None else _read_prompts(args.prompts)
     model = GPT.from_pretrained(args.model).to(_check_device(args.device))
     try:
         tokenizer = _load_tokenizer(args.model)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{args.model} holds no tokenizer files ({exc}); models written by "
                                 "`npgpt train` carry them") from None
-    ids = tokenizer.encode(args.prompt, allowed_special="all")     # a typed <|endoftext|> means the token
-    if not ids:
+    # A typed <|endoftext|> means the token; several prompts are padded on the left with it.
+    ids, mask = tokenizer.encode_batch(texts, padding="left", allowed_special="all")
+    if ids.shape[1] == 0 or not mask[:, -1].all():
         raise ValueError("the prompt is empty: give some text to continue")
     block = model.config.block_size
-    if len(ids) > block:
-        print(f"npgpt: warning: the prompt has {len(ids):,} tokens and the model's context is {block:,}: "
-              f"it sees only the last {block:,}", file=sys.stderr)
+    for i, length in enumerate(mask.sum(axis=1).tolist()):
+        if length > block:
+            which = "the prompt" if len(texts) == 1 else f"prompt {i + 1}"
+            print(f"npgpt: warning: {which} has {length:,} tokens and the model's context is {block:,}: "
+                  f"it sees only the last {block:,}", file=sys.stderr)
     eos = tokenizer.special_tokens.get(ENDOFTEXT)
-    tokens = stream(model, np.asarray([ids], dtype=np.int64), args.max_new_tokens,
-                          do_sample=args.temperature > 0,
-                          temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k,
-                          top_p=args.top_p, seed=args.seed, eos_token_id=eos)
-    # Print each piece as it comes; the decoder holds back a character split across tokens.
-    decoder = StreamDecoder(tokenizer)
-    sys.stdout.write(args.prompt)
-    for token in tokens:
-        token = int(token[0])
-        if token == eos:
-            break
-        sys.stdout.write(decoder.push(token))
-        sys.stdout.flush()
-    sys.stdout.write(decoder.flush() + "\n")
+    seed = args.seed if args.seed is None or len(texts) == 1 else [args.seed] * len(texts)   # each as alone
+    settings = dict(attention_mask=mask, do_sample=args.temperature > 0,
+                    temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k,
+                    top_p=args.top_p, seed=seed, eos_token_id=eos)
+    if args.stream:
+        steps = (backend.to_numpy(step) for step in stream(model, ids, args.max_new_tokens, **settings))
+    else:
+        steps = backend.to_numpy(generate(model, ids, args.max_new_tokens, **settings))[:, ids.shape[1]:].T
+    _print_continuations(tokenizer, texts, steps, eos)
     return 0
+
+
+def _read_prompts(path: str) -> list[str]:
+    """The prompts of ``--prompts FILE``: one per line, blank lines skipped."""
+    prompts = [line for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"{path} holds no prompt: write one prompt per line")
+    return prompts
+
+
+def _print_continuations(tokenizer: Tokenizer, texts: list[str], steps: Iterable[Any], eos: Optional[int]) -> None:
+    """Write each text and its continuation as the steps (one id per text each) come; stop a text at ``eos``.
+
+    With several texts, each goes under a line ``==> prompt I of N <==``, in order: the current
+    text is written piece by piece, the later ones are held until the texts before them have
+    ended. A ``StreamDecoder`` per text holds back a character split across tokens.
+    """
+    from npgpt.tokenizer import StreamDecoder
+
+    n = len(texts)
+    decoders = [StreamDecoder(tokenizer) for _ in texts]
+    held, ended = [""] * n, [False] * n
+    current = 0
+
+    def start(i: int) -> None:
+        if n > 1:
+            sys.stdout.write(("\n" if i else "") + f"==> prompt {i + 1} of {n} <==\n")
+        sys.stdout.write(texts[i] + held[i])
+
+    start(0)
+    for step in steps:
+        for i, token in enumerate(step.tolist()):
+            if ended[i]:
+                continue
+            if token == eos:
+                ended[i] = True
+                continue
+            piece = decoders[i].push(token)
+            if i == current:
+                sys.stdout.write(piece)
+            else:
+                held[i] += piece
+        while current < n and ended[current]:
+            sys.stdout.write(decoders[current].flush() + "\n")
+            current += 1
+            if current < n:
+                start(current)
+        sys.stdout.flush()
+        if current == n:
+            break
+    for i in range(current, n):
+        if i > current:
+            start(i)
+        sys.stdout.write(decoders[i].flush() + "\n")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:

@@ -13,11 +13,13 @@ is taken from the data), so they can be used and tested on their own:
 
 The loop (``generate``) feeds the model one new token at a time with a KV
 cache, under ``no_grad``: each step reads the cached keys and values of the
-earlier positions instead of recomputing them.
+earlier positions instead of recomputing them. A batch of prompts of
+different lengths is padded on the left and comes with an attention mask
+(docs/generation.md, "Several prompts at once: padding").
 """
 
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,6 +158,56 @@ def next_token(logits: Array, sampling: SamplingConfig | None = None,
 
 
 # ------------------------------------------------------------------ loop
+class RowGenerators:
+    """One NumPy generator per row of a batch, for ``seed=[s_0, ..., s_{B-1}]``.
+
+    ``random(B)`` draws one number from each row's own generator, so row ``i``
+    draws exactly what ``numpy.random.default_rng(s_i)`` draws for that row
+    generated alone: each row's sample equals the sample it gets alone with
+    ``seed=s_i``, whatever else is in the batch.
+    """
+
+    def __init__(self, seeds: Sequence[int]) -> None:
+        self.generators = [np.random.default_rng(s) for s in seeds]
+
+    def random(self, size: int) -> np.ndarray:
+        """One uniform number in [0, 1) per row (``size`` must be the number of rows)."""
+        if size != len(self.generators):
+            raise ValueError(f"RowGenerators holds {len(self.generators)} generators, asked for {size} numbers")
+        return np.array([g.random() for g in self.generators])
+
+
+def apply_repetition_penalty(logits: Array, ids: Any, penalty: float) -> Array:
+    """CTRL's repetition penalty: the logit of every token that occurs in the row of ``ids``
+    (int (B, T)) is divided by ``penalty`` where it is positive and multiplied where negative.
+
+    ``penalty > 1`` makes repeating less likely; 1 changes nothing. Each token counts once,
+    however often it occurs (as transformers' ``RepetitionPenaltyLogitsProcessor``).
+    """
+    check_generation_args(repetition_penalty=penalty)
+    xp = backend.array_module(logits)
+    B, V = logits.shape
+    seen = xp.zeros((B, V), dtype=bool)
+    seen[xp.arange(B)[:, None], xp.asarray(inputs.check_token_ids(ids, V))] = True
+    return _penalize(logits, seen, penalty)
+
+
+def _penalize(logits, seen, penalty):
+    """``apply_repetition_penalty`` with the tokens that occurred as a boolean (B, V) array, unchecked."""
+    xp = backend.array_module(logits)
+    p = logits.dtype.type(penalty)
+    return xp.where(seen, xp.where(logits < 0, logits * p, logits / p), logits)
+
+
+def check_generation_args(*, min_new_tokens: int = 0, repetition_penalty: float = 1.0) -> None:
+    """Raise a ValueError naming the first invalid loop setting (the sampling ones: ``check_sampling_args``)."""
+    if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, (int, np.integer)) or min_new_tokens < 0:
+        raise ValueError(f"min_new_tokens must be an integer >= 0, got {min_new_tokens!r}")
+    if isinstance(repetition_penalty, bool) or not (isinstance(repetition_penalty, numbers.Real)
+                                                    and 0 < repetition_penalty < float("inf")):
+        raise ValueError(f"repetition_penalty must be a number > 0 (1.0: no penalty), got {repetition_penalty!r}")
+
+
 def prompt_ids(model: Any, idx: Any) -> Array:
     """Validate a prompt (int (B, T), ids in range) and put it on the model's device.
 
@@ -165,87 +217,206 @@ def prompt_ids(model: Any, idx: Any) -> Array:
     return backend.to_device(inputs.token_batch(idx, model.config.vocab_size), model.device)
 
 
-def stream(model: Any, idx: Any, max_new_tokens: int, *, do_sample: bool = False, temperature: float = 1.0,
-           top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
-           seed: int | None = None, use_cache: bool = True) -> Iterator[Array]:
+@dataclass(frozen=True)
+class _Plan:
+    """What the decoding loop runs with, every part checked once by ``_check``."""
+
+    ids: Array                      # (B, T) prompt on the device
+    mask: Array | None              # (B, T) 0/1 on the device; None when no position is padding
+    max_new_tokens: int
+    sampling: SamplingConfig
+    eos: tuple[int, ...] | None     # the ids that end a row
+    filler: int | None              # what a finished row emits: pad_token_id, else the first eos id
+    min_new_tokens: int
+    repetition_penalty: float
+    rng: Any                        # a numpy Generator, or RowGenerators (one per row)
+    use_cache: bool
+
+
+def stream(model: Any, idx: Any, max_new_tokens: int | None = None, *, attention_mask: Any = None,
+           max_length: int | None = None, min_new_tokens: int = 0, do_sample: bool = False,
+           temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           repetition_penalty: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
+           pad_token_id: int | None = None, seed: int | Sequence[int] | None = None,
+           use_cache: bool = True) -> Iterator[Array]:
     """An iterator over the next token of every row, a (B,) int array per step (see ``generate``).
 
     The arguments are checked at once; the model runs as the iterator is consumed.
     """
-    ids, sampling, eos_token_id = _check(model, idx, max_new_tokens, do_sample, temperature, top_k, top_p,
-                                         eos_token_id)
-    return _decode(model, ids, max_new_tokens, sampling, eos_token_id, seed, use_cache)
+    plan = _check(model, idx, max_new_tokens, max_length, attention_mask, min_new_tokens,
+                  SamplingConfig(do_sample, temperature, top_k, top_p), repetition_penalty, eos_token_id,
+                  pad_token_id, seed, use_cache)
+    return _decode(model, plan)
 
 
-def generate(model: Any, idx: Any, max_new_tokens: int, *, do_sample: bool = False, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
-             seed: int | None = None, use_cache: bool = True) -> Array:
+def generate(model: Any, idx: Any, max_new_tokens: int | None = None, *, attention_mask: Any = None,
+             max_length: int | None = None, min_new_tokens: int = 0, do_sample: bool = False,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             repetition_penalty: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
+             pad_token_id: int | None = None, seed: int | Sequence[int] | None = None,
+             use_cache: bool = True) -> Array:
     """Continue each row of ``idx`` (int (B, T)); returns int (B, T + n) with n <= max_new_tokens.
 
     Greedy by default; ``do_sample=True`` samples after ``temperature``,
-    ``top_k`` and ``top_p`` (same ``seed``, same sample). A row that emits
-    ``eos_token_id`` keeps emitting it (as padding) and the loop stops early
-    once every row has. The model sees at most its last ``block_size``
-    tokens: once the sequence is longer, the context is cropped and, since
-    every position then shifts, the KV cache is rebuilt from the cropped
-    context at each step. ``use_cache=False`` recomputes every step from
-    scratch and gives the same ids (it exists to test that).
+    ``top_k`` and ``top_p`` (same ``seed``, same sample). The length is
+    ``max_new_tokens`` new tokens, or ``max_length`` in all (prompt and its
+    padding included, as in transformers); give one of the two.
+
+    ``attention_mask`` (B, T), 1 = token, 0 = padding, marks a left-padded
+    batch (``Tokenizer.encode_batch(texts, padding="left")`` makes one):
+    positions count from each row's first token, padding is never attended,
+    and each row comes out as it would generated alone (sampling too when
+    ``seed`` is a list with one seed per row: row ``i`` then draws from its
+    own ``default_rng(seed[i])``; one int seeds one generator for the batch).
+
+    ``eos_token_id`` (an id or a list of ids) ends a row: after it the row
+    emits ``pad_token_id`` (or the eos id when there is none), and the loop
+    stops once every row has ended. ``min_new_tokens`` forbids the eos ids
+    until that many tokens are out. ``repetition_penalty`` (CTRL; > 1
+    discourages repeats) divides the positive logits, and multiplies the
+    negative ones, of the tokens already in the row (padding is not counted),
+    before temperature, top-k and top-p.
+
+    The model sees at most its last ``block_size`` tokens: once the sequence
+    is longer, the context is cropped and, since every position then shifts,
+    the KV cache is rebuilt from the cropped context at each step.
+    ``use_cache=False`` recomputes every step from scratch and gives the same
+    ids (it exists to test that).
     """
-    ids, sampling, eos_token_id = _check(model, idx, max_new_tokens, do_sample, temperature, top_k, top_p,
-                                         eos_token_id)
-    tokens = list(_decode(model, ids, max_new_tokens, sampling, eos_token_id, seed, use_cache))
-    xp = backend.array_module(ids)
+    plan = _check(model, idx, max_new_tokens, max_length, attention_mask, min_new_tokens,
+                  SamplingConfig(do_sample, temperature, top_k, top_p), repetition_penalty, eos_token_id,
+                  pad_token_id, seed, use_cache)
+    tokens = list(_decode(model, plan))
+    ids = plan.ids
     if not tokens:
         return ids.copy()
+    xp = backend.array_module(ids)
     return xp.concatenate([ids, xp.stack(tokens, axis=1).astype(ids.dtype)], axis=1)
 
 
-def _check(model, idx, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id):
-    """The checks of ``stream`` and ``generate``, once: (prompt on the device, SamplingConfig, eos id)."""
-    check_sampling_args(max_new_tokens)
-    sampling = SamplingConfig(do_sample, temperature, top_k, top_p)
+def _token_id(model, value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer token id, got {value!r}")
+    if not 0 <= int(value) < model.config.vocab_size:
+        raise ValueError(f"{name} {value} is outside the vocabulary 0..{model.config.vocab_size - 1}")
+    return int(value)
+
+
+def _check(model, idx, max_new_tokens, max_length, attention_mask, min_new_tokens, sampling,
+           repetition_penalty, eos_token_id, pad_token_id, seed, use_cache) -> _Plan:
+    """The checks of ``stream`` and ``generate``, once, before the first step."""
     ids = prompt_ids(model, idx)
+    B, T = ids.shape
+    if max_length is not None:
+        if max_new_tokens is not None:
+            raise ValueError("give max_new_tokens or max_length, not both")
+        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < T:
+            raise ValueError(f"max_length must be an integer >= the prompt's length {T} (padding included), "
+                             f"got {max_length!r}")
+        max_new_tokens = int(max_length) - T
+    elif max_new_tokens is None:
+        raise ValueError("give max_new_tokens (the tokens to add) or max_length (the total length)")
+    check_sampling_args(max_new_tokens)
+    check_generation_args(min_new_tokens=min_new_tokens, repetition_penalty=repetition_penalty)
+    mask = None
+    if attention_mask is not None:
+        mask = backend.to_device(inputs.check_attention_mask(attention_mask, (B, T)), model.device)
+        right_padded, all_real = inputs._read_ints((mask[:, 1:] < mask[:, :-1]).any(), mask.min())
+        if right_padded:
+            raise ValueError("attention_mask must pad on the left (0s before the 1s of each row): generation "
+                             "appends to the end of every row; Tokenizer.encode_batch(texts, padding='left') "
+                             "pads that way")
+        if all_real:
+            mask = None                 # no padding: the plain positions 0..T-1 are the mask's
+    eos = None
+    filler = None
     if eos_token_id is not None:
-        if not 0 <= int(eos_token_id) < model.config.vocab_size:
-            raise ValueError(f"eos_token_id {eos_token_id} is outside the vocabulary "
-                             f"0..{model.config.vocab_size - 1}")
-        eos_token_id = int(eos_token_id)
-    return ids, sampling, eos_token_id
+        eos_ids = [eos_token_id] if isinstance(eos_token_id, (int, np.integer)) else list(eos_token_id)
+        if not eos_ids:
+            raise ValueError("eos_token_id is an empty list: give an id, a list of ids, or None")
+        eos = tuple(_token_id(model, e, "eos_token_id") for e in eos_ids)
+        filler = eos[0]
+    if pad_token_id is not None:
+        filler = _token_id(model, pad_token_id, "pad_token_id")
+    if seed is None or isinstance(seed, (int, np.integer)):
+        rng = np.random.default_rng(seed)
+    else:
+        seeds = list(seed)
+        if len(seeds) != B:
+            raise ValueError(f"seed has {len(seeds)} entries for a batch of {B} rows: give one seed per row "
+                             "(or one int for the whole batch)")
+        rng = RowGenerators(seeds)
+    return _Plan(ids, mask, int(max_new_tokens), sampling, eos, filler, int(min_new_tokens),
+                 float(repetition_penalty), rng, bool(use_cache))
 
 
-def _decode(model, idx, max_new_tokens, sampling, eos_token_id, seed, use_cache):
+def _decode(model, plan):
     """The decoding loop: one trunk pass, the head on the last position, one choice per step.
 
     Everything was checked before (``_check``): the model runs with
     ``validate=False``, and the only copy from the device per step is the
     check whether every row has ended, made only when there is an
-    ``eos_token_id``.
+    ``eos_token_id``. With padding, the growing mask (the prompt's, then a
+    1 per new token) goes to the trunk at every step, so that the cached
+    padding positions stay hidden, and each row's position counts its own
+    tokens.
     """
+    idx, mask = plan.ids, plan.mask
     xp = backend.array_module(idx)
     B, T0 = idx.shape
+    n = plan.max_new_tokens
     block = model.config.block_size
-    rng = np.random.default_rng(seed)
-    ids = xp.empty((B, T0 + max_new_tokens), dtype=idx.dtype)         # all tokens, filled as we go
+    ids = xp.empty((B, T0 + n), dtype=idx.dtype)                     # all tokens, filled as we go
     ids[:, :T0] = idx
+    if mask is not None:
+        real = xp.ones((B, T0 + n), dtype=mask.dtype)                 # the mask of all tokens: new ones are real
+        real[:, :T0] = mask
+    position = None                                                   # (B, 1): the next token's position
+    eos = plan.eos
+    if eos is not None:       # one id compares as a number; several as an array, copied to the device once
+        eos = eos[0] if len(eos) == 1 else xp.asarray(np.array(eos, dtype=np.int64))
     done = xp.zeros(B, dtype=bool)
-    cache = model.new_cache(B) if use_cache else None
+    rows = xp.arange(B)
+    seen = None
+    if plan.repetition_penalty != 1.0:
+        V = model.config.vocab_size
+        seen = xp.zeros((B, V + 1), dtype=bool)                       # column V takes the padding, then goes
+        seen[rows[:, None], idx if mask is None else xp.where(mask != 0, idx, V)] = True
+        seen = seen[:, :V]
+    cache = model.new_cache(B) if plan.use_cache else None
     with no_grad():
-        for t in range(T0, T0 + max_new_tokens):
-            if not use_cache:
-                hidden = model.trunk(ids[:, max(0, t - block):t], validate=False)
-            elif t == T0 or cache.length == block:
-                # First step, or the context outgrew block_size: the oldest
-                # token drops out, every position shifts, so rebuild the cache.
-                cache.reset()
-                hidden = model.trunk(ids[:, max(0, t - block):t], cache=cache, validate=False)
+        for step, t in enumerate(range(T0, T0 + n)):
+            if cache is not None and t > T0 and cache.length < block:
+                # The last token continues the cached sequence.
+                hidden = model.trunk(ids[:, t - 1:t], attention_mask=None if mask is None else real[:, :t],
+                                     position_ids=position, cache=cache, validate=False)
+                if position is not None:
+                    position = position + 1
             else:
-                hidden = model.trunk(ids[:, t - 1:t], cache=cache, validate=False)
-            logits = model.lm_head(hidden[:, -1])                      # (B, V): only the last position
-            token = next_token(logits.data, sampling, rng)
-            if eos_token_id is not None:
-                token = xp.where(done, eos_token_id, token)
-                done |= token == eos_token_id
+                # First step, no cache, or the context outgrew block_size: the oldest
+                # token drops out, every position shifts, so (re)build from the window.
+                start = max(0, t - block)
+                window = positions = None
+                if mask is not None:
+                    window = real[:, start:t]
+                    positions = xp.maximum(xp.cumsum(window, axis=1) - 1, 0)   # counted from the first token
+                    position = positions[:, -1:] + 1
+                if cache is not None:
+                    cache.reset()
+                hidden = model.trunk(ids[:, start:t], attention_mask=window, position_ids=positions, cache=cache,
+                                     validate=False)
+            logits = model.lm_head(hidden[:, -1]).data                 # (B, V): only the last position
+            if seen is not None:
+                logits = _penalize(logits, seen, plan.repetition_penalty)
+            if eos is not None and step < plan.min_new_tokens:
+                logits[:, eos] = logits.dtype.type(float("-inf"))
+            token = next_token(logits, plan.sampling, plan.rng)
+            if eos is not None:
+                token = xp.where(done, plan.filler, token)
+                done |= token == eos if isinstance(eos, int) else (token[:, None] == eos).any(axis=1)
             ids[:, t] = token
+            if seen is not None:
+                seen[rows, token] = True
             yield token
-            if eos_token_id is not None and bool(done.all()):
+            if eos is not None and bool(done.all()):
                 return

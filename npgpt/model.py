@@ -19,6 +19,7 @@ costs O(T) attention work instead of O(T^2).
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -406,15 +407,20 @@ class GPT(nn.Module):
                                        inputs_embeds=inputs_embeds, cache=cache, validate=validate))
 
     # ----------------------------------------------- generation, checkpoints
-    def generate(self, idx: Any, max_new_tokens: int, *, do_sample: bool = False, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
-                 seed: int | None = None, use_cache: bool = True) -> Array:
-        """Continue ``idx`` (int (B, T)): returns int (B, T + n), n <= max_new_tokens.
+    def generate(self, idx: Any, max_new_tokens: int | None = None, *, attention_mask: Any = None,
+                 max_length: int | None = None, min_new_tokens: int = 0, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 repetition_penalty: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
+                 pad_token_id: int | None = None, seed: int | Sequence[int] | None = None,
+                 use_cache: bool = True) -> Array:
+        """Continue ``idx`` (int (B, T), left-padded as ``attention_mask`` says): returns int (B, T + n).
 
         Greedy unless ``do_sample``; see ``npgpt.generation.generate`` for the details.
         """
-        return generation.generate(self, idx, max_new_tokens, do_sample=do_sample, temperature=temperature,
-                                   top_k=top_k, top_p=top_p, eos_token_id=eos_token_id, seed=seed,
+        return generation.generate(self, idx, max_new_tokens, attention_mask=attention_mask, max_length=max_length,
+                                   min_new_tokens=min_new_tokens, do_sample=do_sample, temperature=temperature,
+                                   top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                                   eos_token_id=eos_token_id, pad_token_id=pad_token_id, seed=seed,
                                    use_cache=use_cache)
 
     def hf_tensors(self) -> dict[str, np.ndarray]:

@@ -131,6 +131,37 @@ def test_a_decode_step_copies_at_most_one_number_per_token(transfers):
         assert {k: (counts[1][k] - counts[0][k]) / 8 for k in per_token} == per_token, settings
 
 
+BATCHED = dict(attention_mask=np.array([[0, 0, 1], [1, 1, 1], [0, 1, 1]]), repetition_penalty=1.5, min_new_tokens=2,
+               pad_token_id=0)
+
+
+@pytest.mark.parametrize("settings", [dict(eos_token_id=7), dict(eos_token_id=[7, 8], do_sample=True, seed=[1, 2, 3])],
+                         ids=["greedy", "sampled"])
+def test_left_padded_generation_on_the_device_equals_the_cpus(device, settings):
+    prompt = np.array([[0, 0, 2], [1, 1, 30], [0, 4, 5]])
+    reference, model = tiny().eval(), tiny(device).eval()
+    expected = reference.generate(prompt, 20, **BATCHED, **settings)     # crosses block_size
+    np.testing.assert_array_equal(host(model.generate(prompt, 20, **BATCHED, **settings)), expected)
+    np.testing.assert_array_equal(host(model.generate(prompt, 20, use_cache=False, **BATCHED, **settings)), expected)
+
+
+@pytest.mark.gpu
+def test_a_left_padded_decode_step_copies_no_more_than_an_unpadded_one(transfers):
+    # The mask, the positions, the penalty's record of seen tokens and min_new_tokens stay on the device.
+    model = tiny("cuda").eval()
+    prompt = np.array([[0, 0, 2], [1, 1, 30], [0, 4, 5]])
+    for settings, per_token in ((dict(), {"to_host": 0, "to_device": 0}),
+                                (dict(eos_token_id=39), {"to_host": 1, "to_device": 0}),
+                                (dict(do_sample=True, seed=[0, 1, 2]), {"to_host": 0, "to_device": 1})):
+        counts = []
+        for n in (1, 9):
+            before = transfers()
+            model.generate(prompt, n, **BATCHED, **settings)
+            after = transfers()
+            counts.append({k: after[k] - before[k] for k in after})
+        assert {k: (counts[1][k] - counts[0][k]) / 8 for k in per_token} == per_token, settings
+
+
 def test_the_generate_command_writes_the_cpus_text_on_the_device(device, capsys):
     argv = ["generate", "--model", "npgpt-small", "--max-new-tokens", "12", "--temperature", "0", "To be"]
     assert main([*argv, "--device", "cpu"]) == 0
@@ -149,6 +180,21 @@ def test_the_generate_command_reads_two_numbers_per_token(transfers, capsys):
         assert main([*argv, "--max-new-tokens", str(n)]) == 0
         reads.append(transfers()["to_host"] - before)
     capsys.readouterr()
+    assert (reads[1] - reads[0]) / 8 <= 2
+
+
+@pytest.mark.gpu
+def test_the_generate_command_reads_two_numbers_per_step_for_a_batch_of_prompts(transfers, capsys, tmp_path):
+    # --prompts: one copy of the step's (B,) ids for all prompts, and the "every row ended?" boolean.
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("To be\nROMEO: What light\nThe whale\n")
+    argv = ["generate", "--model", "npgpt-small", "--temperature", "0", "--device", "cuda", "--prompts", str(prompts)]
+    reads = []
+    for n in (2, 10):
+        before = transfers()["to_host"]
+        assert main([*argv, "--max-new-tokens", str(n)]) == 0
+        reads.append(transfers()["to_host"] - before)
+    assert capsys.readouterr().out.count("==> prompt ") == 6
     assert (reads[1] - reads[0]) / 8 <= 2
 
 

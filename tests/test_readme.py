@@ -41,7 +41,8 @@ BASH = re.compile(r"```bash\n(.*?)```", re.S)
 SHIPPED = {p.name for p in (ROOT / "npgpt" / "pretrained").iterdir() if p.is_dir()}
 CACHE = "~/.cache/npgpt"
 # Namespace attributes (argparse dests) that name something a command reads, and that it writes.
-READS = ("input", "tokenizer", "tokenizer_dir", "data", "data_dir", "val_data", "model", "config", "classifier")
+READS = ("input", "tokenizer", "tokenizer_dir", "data", "data_dir", "val_data", "model", "config", "classifier",
+         "prompts")
 WRITES = ("out", "out_dir")
 SEPARATORS = {"&&", "||", ";", "|"}
 # Commands that run another command given after their own options.
@@ -207,6 +208,7 @@ def test_the_checker_catches_what_a_reader_would_hit():
     assert check_page("```bash\nnpgpt tokenizer train --input ~/.cache/npgpt/sotu/*.txt --vocab-size 300 "
                       "--out tok\n```\n", "page")                       # sotu was never fetched
     assert check_page("```bash\nnpgpt generate --model run/checkpoint \"Hi\"\n```\n", "page")
+    assert check_page("```bash\nnpgpt generate --model npgpt-small --prompts prompts.txt\n```\n", "page")
     assert check_page("```bash\npython examples/nothing.py\n```\n", "page")
     assert check_page("```bash\npython examples/sentiment.py --epoch 2\n```\n", "page")
     assert check_page("```bash\nnpgpt train --out run --resume\n```\n", "page")   # resumes a run never made

@@ -6,13 +6,16 @@ import itertools
 import os
 import pathlib
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import regex
 
 from npgpt.tokenizer.bpe import _REFERENCE_PRETOKENIZE, ENDOFTEXT, Vocabulary, WordCache, pretokenize, token_bytes, token_text
 from npgpt.tokenizer.formats import TokenizerFileError, read_dir, read_tiktoken, write_hf
 from npgpt.tokenizer.train import train_bpe
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PRETRAINED = pathlib.Path(__file__).resolve().parents[1] / "pretrained"   # npgpt/pretrained/<name>/
 
@@ -155,9 +158,39 @@ class Tokenizer:
             start = m.end()
         return ids + self._encode_words(text[start:])
 
-    def encode_batch(self, texts: Iterable[str], **kwargs: Any) -> list[list[int]]:
-        """``[encode(t, **kwargs) for t in texts]``; the word cache is shared across texts."""
-        return [self.encode(t, **kwargs) for t in texts]
+    def encode_batch(self, texts: Iterable[str], *, padding: Optional[Literal["left", "right"]] = None,
+                     pad_token_id: Optional[int] = None, **kwargs: Any) -> list[list[int]] | tuple[np.ndarray, np.ndarray]:
+        """``[encode(t, **kwargs) for t in texts]``; the word cache is shared across texts.
+
+        With ``padding="left"`` (what generation needs: each row then ends with its own last
+        token) or ``"right"``, returns ``(ids, mask)`` instead: two int64 NumPy arrays of shape
+        (number of texts, longest length), ``mask`` 1 at a token and 0 at padding, the padding
+        holding ``pad_token_id``, by default the id of ``<|endoftext|>`` if the tokenizer has
+        it, else 0. They are the ``idx`` and ``attention_mask`` of ``GPT.generate``. An empty
+        text is a row of padding only.
+        """
+        if padding is None:
+            if pad_token_id is not None:
+                raise ValueError("pad_token_id is only used with padding='left' or 'right'")
+            return [self.encode(t, **kwargs) for t in texts]
+        if padding not in ("left", "right"):
+            raise ValueError(f"padding must be 'left', 'right' or None, got {padding!r}")
+        if pad_token_id is None:
+            pad_token_id = self.special_tokens.get(ENDOFTEXT, 0)
+        elif isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int):
+            raise ValueError(f"pad_token_id must be an integer id, got {pad_token_id!r}")
+        self._check_ids([pad_token_id])
+        import numpy as np  # here: encoding one text needs no NumPy
+
+        rows = [self.encode(t, **kwargs) for t in texts]
+        width = max(map(len, rows), default=0)
+        ids = np.full((len(rows), width), pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            cols = slice(width - len(row), width) if padding == "left" else slice(0, len(row))
+            ids[i, cols] = row
+            mask[i, cols] = 1
+        return ids, mask
 
     def _encode_reference(self, text: str) -> list[int]:
         """The textbook encoder, kept to test the fast one against: no cache, no cleverness.
