@@ -174,7 +174,7 @@ class RowGenerators:
         """One uniform number in [0, 1) per row (``size`` must be the number of rows)."""
         if size != len(self.generators):
             raise ValueError(f"RowGenerators holds {len(self.generators)} generators, asked for {size} numbers")
-        return np.array([g.random() for g in self.generators])
+        return np.asarray([g.random() for g in self.generators])
 
 
 def apply_repetition_penalty(logits: Array, ids: Any, penalty: float) -> Array:
@@ -374,7 +374,7 @@ def _decode(model, plan):
     position = None                                                   # (B, 1): the next token's position
     eos = plan.eos
     if eos is not None:       # one id compares as a number; several as an array, copied to the device once
-        eos = eos[0] if len(eos) == 1 else xp.asarray(np.array(eos, dtype=np.int64))
+        eos = eos[0] if len(eos) == 1 else xp.asarray(np.asarray(eos, dtype=np.int64))
     done = xp.zeros(B, dtype=bool)
     rows = xp.arange(B)
     seen = None
