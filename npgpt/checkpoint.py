@@ -63,16 +63,6 @@ class CheckpointError(ValueError):
     """A checkpoint directory exists but its contents are wrong (names the file or tensor)."""
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
-    """``object_pairs_hook`` for ``json.loads``: a key given twice is an error, not "the last one wins"."""
-    result = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"the key {key!r} appears twice")
-        result[key] = value
-    return result
-
-
 def parse_json(data: bytes | str, path: Any, what: str = "") -> Any:
     """JSON text -> Python value; anything malformed is a ``CheckpointError`` naming ``path``.
 
@@ -83,7 +73,7 @@ def parse_json(data: bytes | str, path: Any, what: str = "") -> Any:
     """
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        return json.loads(text, object_pairs_hook=fileio.unique_keys)
     except RecursionError:
         raise CheckpointError(f"{path}{what} is nested too deeply to be a checkpoint's JSON") from None
     except ValueError as exc:         # JSONDecodeError, UnicodeDecodeError, too many digits, duplicate keys

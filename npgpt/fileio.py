@@ -13,6 +13,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+from typing import Any
 
 
 def fsync(path: str | os.PathLike) -> None:
@@ -115,3 +116,18 @@ def read_utf8(path: str | os.PathLike, what: str = "file") -> str:
         raise ValueError(f"{what} {path} is not UTF-8 text: line {line}, byte {exc.start} "
                          f"({raw[exc.start:exc.start + 1]!r}) cannot be decoded; convert it to UTF-8 "
                          "(e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """``object_pairs_hook`` for ``json.loads``: a key given twice in one object is an error.
+
+    JSON allows duplicate keys and ``json.loads`` keeps the last one silently;
+    for a config or a vocabulary that hides a corrupt or tampered file, so
+    the loaders of checkpoints and tokenizers refuse it.
+    """
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"the key {key!r:.80} appears twice")
+        result[key] = value
+    return result

@@ -36,3 +36,13 @@ class CharTokenizer:
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "chars.json").write_text(json.dumps({"chars": self.chars, "offset": self.offset}))
+
+
+def prepare_two_documents(text, out, val_fraction=0.2):
+    """Token files of ``text`` cut into two documents, with this character tokenizer: the tests' data directory."""
+    from npgpt import data
+
+    half = len(text) // 2
+    data.prepare_documents([text[:half], text[half:]], CharTokenizer(text), out, val_fraction=val_fraction,
+                           progress=False)
+    return out

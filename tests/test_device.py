@@ -13,11 +13,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from char_tokenizer import CharTokenizer
+from char_tokenizer import prepare_two_documents
 
 import npgpt
 import npgpt.functional as F
-from npgpt import backend, data, engine, finetune, nn, viz
+from npgpt import backend, engine, finetune, nn, viz
 from npgpt.classifier import GPTClassifier
 from npgpt.cli import main
 from npgpt.model import GPT, GPTConfig
@@ -208,8 +208,7 @@ TRAIN = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4, warmup
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
-    data.prepare_documents([TEXT[: len(TEXT) // 2], TEXT[len(TEXT) // 2:]], CharTokenizer(TEXT), out,
-                           val_fraction=0.2, progress=False)
+    prepare_two_documents(TEXT, out)
     return out
 
 

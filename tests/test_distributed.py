@@ -11,9 +11,8 @@ import time
 
 import numpy as np
 import pytest
-from char_tokenizer import CharTokenizer
+from char_tokenizer import prepare_two_documents
 
-from npgpt import data
 from npgpt.distributed import World, partition
 
 MPIEXEC = shutil.which("mpiexec")
@@ -29,8 +28,7 @@ needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found (pip i
 def data_dir(tmp_path_factory):
     pytest.importorskip("mpi4py")
     out = tmp_path_factory.mktemp("mpi") / "data"
-    data.prepare_documents([TEXT[: len(TEXT) // 2], TEXT[len(TEXT) // 2:]], CharTokenizer(TEXT), out,
-                           val_fraction=0.2, progress=False)
+    prepare_two_documents(TEXT, out)
     return out
 
 

@@ -31,7 +31,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from char_tokenizer import CharTokenizer
+from char_tokenizer import prepare_two_documents
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -161,8 +161,7 @@ def base_tokenizer():
 @functools.cache
 def base_data():
     def write(out):
-        data.prepare_documents([TEXT[: len(TEXT) // 2], TEXT[len(TEXT) // 2:]], CharTokenizer(TEXT), out,
-                               val_fraction=0.2, progress=False)
+        prepare_two_documents(TEXT, out)
         return out
     return _files(write)
 

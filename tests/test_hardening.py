@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import pytest
-from char_tokenizer import CharTokenizer
+from char_tokenizer import prepare_two_documents
 
 from npgpt import checkpoint, data, fileio, labelled, rundir
 from npgpt.checkpoint import CheckpointError
@@ -489,8 +489,7 @@ def test_from_tiktoken_checks_the_special_token_ids(tokenizer, tmp_path, special
 @pytest.fixture
 def data_dir(tmp_path):
     out = tmp_path / "data"
-    data.prepare_documents([TEXT[: len(TEXT) // 2], TEXT[len(TEXT) // 2:]], CharTokenizer(TEXT), out,
-                           val_fraction=0.2, progress=False)
+    prepare_two_documents(TEXT, out)
     return out
 
 

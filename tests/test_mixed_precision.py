@@ -4,10 +4,9 @@ import json
 
 import numpy as np
 import pytest
-from char_tokenizer import CharTokenizer
+from char_tokenizer import prepare_two_documents
 
 import npgpt.functional as F
-from npgpt import data
 from npgpt.autograd import Tensor
 from npgpt.mixed_precision import GradScaler
 from npgpt.model import GPT, GPTConfig
@@ -26,8 +25,7 @@ def quiet(line):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
-    data.prepare_documents([TEXT[: len(TEXT) // 2], TEXT[len(TEXT) // 2:]], CharTokenizer(TEXT), out,
-                           val_fraction=0.2, progress=False)
+    prepare_two_documents(TEXT, out)
     return out
 
 

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from char_tokenizer import CharTokenizer
+from char_tokenizer import CharTokenizer, prepare_two_documents
 
 import npgpt.functional as F
 from npgpt import data
@@ -34,8 +34,7 @@ def quiet(line):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
-    data.prepare_documents([TEXT[: len(TEXT) // 2], TEXT[len(TEXT) // 2:]], CharTokenizer(TEXT), out,
-                           val_fraction=0.2, progress=False)
+    prepare_two_documents(TEXT, out)
     return out
 
 

@@ -34,16 +34,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
-    """``object_pairs_hook``: a key given twice in one object is an error, not "the last one wins"."""
-    result = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"the key {key!r:.80} appears twice")
-        result[key] = value
-    return result
-
-
 def read_text(path: str | os.PathLike) -> str:
     """The text of a UTF-8 tokenizer file; a byte that is not UTF-8 is an error naming the file and line."""
     try:
@@ -59,7 +49,7 @@ def read_json(path: str | os.PathLike) -> Any:
     recursion limit, integers beyond its digit limit) is an error naming the file and line."""
     text = read_text(path)
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        return json.loads(text, object_pairs_hook=fileio.unique_keys)
     except RecursionError:
         raise TokenizerFileError(f"{path}: nested too deeply to be a tokenizer file") from None
     except ValueError as exc:
