@@ -12,7 +12,7 @@ and prints them, so each can be re-run by hand:
 3. ``npgpt prepare`` the token files;
 4. ``npgpt train`` a 4-layer, 4-head, 256-wide GPT-2 (5.3 M parameters, context 128);
 5. export the final checkpoint in float16 (half the size; npgpt and Hugging Face upcast it
-   when loading) with its tokenizer to ``npgpt/pretrained/npgpt-small``.
+   when loading) with its tokenizer and the run's ``log.jsonl`` to ``npgpt/pretrained/npgpt-small``.
 
 The model card (data, size, steps, time, validation loss) is in docs/training.md; the
 figures come from ``npgpt/pretrained/npgpt-small/training.json``, written by step 5.
@@ -84,6 +84,9 @@ def export(run_dir, out_dir):
         "dtype": "float16",
     }
     (out_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    # The step-by-step log too (about 4,000 short rows), so the run's loss curve can be drawn
+    # from the shipped model: npgpt plot needs a directory holding log.jsonl.
+    (out_dir / "log.jsonl").write_text((run_dir / "train" / "log.jsonl").read_text())
     print(json.dumps(record, indent=2))
 
 
