@@ -59,53 +59,39 @@ def linear(x: Any, weight: Any, bias: Tensor | None = None, compute_dtype: Any =
     the loss, the residual stream, the float32 weights) stays float32.
     """
     x, weight = as_tensor(x), as_tensor(weight)
-    if compute_dtype is not None and np.dtype(compute_dtype) != x.dtype:
-        return _linear_in(np.dtype(compute_dtype), x, weight, bias)
     if x.ndim < 1 or weight.ndim != 2 or x.shape[-1] != weight.shape[0]:
         raise ValueError(f"linear: input {tuple(x.shape)} does not fit weight {tuple(weight.shape)} "
                          "(expected x (..., in) and weight (in, out))")
     if bias is not None and tuple(bias.shape) != (weight.shape[1],):
         raise ValueError(f"linear: bias of shape {tuple(bias.shape)} does not fit weight {tuple(weight.shape)}")
+    cd = np.dtype(compute_dtype) if compute_dtype is not None else None
+    if cd == x.dtype:
+        cd = None                          # nothing to cast: the products run in the inputs' own types
     lead = x.shape[:-1]
     x2 = x.data.reshape(-1, x.shape[-1])   # one large GEMM instead of a batch of small ones
-    out = x2 @ weight.data
+    w = weight.data
+    if cd is not None:
+        x2, w = x2.astype(cd), w.astype(cd)
+    out = x2 @ w
     if bias is not None:
-        out += bias.data
+        out += bias.data if cd is None else bias.data.astype(cd)
+    if cd is not None:
+        out = out.astype(x.dtype)
     parents = (x, weight) if bias is None else (x, weight, bias)
 
     def backward(g):
         g2 = g.reshape(-1, g.shape[-1])
-        gx = (g2 @ weight.data.T).reshape(x.shape) if x.requires_grad else None
-        gw = x2.T @ g2 if weight.requires_grad else None
+        gc = g2 if cd is None else g2.astype(cd)   # a scaled gradient too large for cd becomes inf: the scaler sees it
+        gx = gw = None
+        if x.requires_grad:
+            gx = gc @ w.T
+            gx = (gx if cd is None else gx.astype(x.dtype)).reshape(x.shape)
+        if weight.requires_grad:
+            gw = x2.T @ gc
+            gw = gw if cd is None else gw.astype(weight.dtype)
         if bias is None:
             return gx, gw
         return gx, gw, g2.sum(axis=0) if bias.requires_grad else None
-
-    return _make(out.reshape(lead + (weight.shape[1],)), parents, backward)
-
-
-def _linear_in(cd: np.dtype, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``linear`` with both products computed in ``cd`` (see ``linear``'s ``compute_dtype``)."""
-    if x.ndim < 1 or weight.ndim != 2 or x.shape[-1] != weight.shape[0]:
-        raise ValueError(f"linear: input {tuple(x.shape)} does not fit weight {tuple(weight.shape)} "
-                         "(expected x (..., in) and weight (in, out))")
-    lead = x.shape[:-1]
-    xc = x.data.reshape(-1, x.shape[-1]).astype(cd)
-    wc = weight.data.astype(cd)
-    out = xc @ wc
-    if bias is not None:
-        out += bias.data.astype(cd)
-    out = out.astype(x.dtype)
-    parents = (x, weight) if bias is None else (x, weight, bias)
-
-    def backward(g):
-        g2 = g.reshape(-1, g.shape[-1])
-        gc = g2.astype(cd)            # a scaled gradient too large for cd becomes inf: the scaler sees it
-        gx = (gc @ wc.T).astype(x.dtype).reshape(x.shape) if x.requires_grad else None
-        gw = (xc.T @ gc).astype(weight.dtype) if weight.requires_grad else None
-        if bias is None:
-            return gx, gw
-        return gx, gw, g2.sum(axis=0).astype(bias.dtype) if bias.requires_grad else None
 
     return _make(out.reshape(lead + (weight.shape[1],)), parents, backward)
 
