@@ -438,23 +438,13 @@ class GPT(nn.Module):
         """
         loaded = {name[len(HF_PREFIX):] if name.startswith(HF_PREFIX) else name: array
                   for name, array in tensors.items()}
+        self.check_hf_shapes(self.config, {name: array.shape for name, array in loaded.items()}, source)
         head = loaded.pop("lm_head.weight", None)
-        params = dict(self.named_parameters())
-        unexpected = sorted(set(loaded) - set(params))
-        if unexpected:
-            raise checkpoint.CheckpointError(f"{source}: unexpected tensors {unexpected} (not part of a GPT-2 model)")
-        for name, p in params.items():
-            if name not in loaded:
-                raise checkpoint.CheckpointError(f"{source}: tensor {name!r} is missing")
-            if tuple(loaded[name].shape) != tuple(p.shape):
-                raise checkpoint.CheckpointError(f"{source}: tensor {name!r} has shape {tuple(loaded[name].shape)}, "
-                                                 f"but config.json implies {tuple(p.shape)}")
-        wte = loaded["wte.weight"]
-        if head is not None and (head.shape != wte.shape or not np.array_equal(head, wte)):
+        if head is not None and not np.array_equal(head, loaded["wte.weight"]):
             raise checkpoint.CheckpointError(f"{source}: lm_head.weight differs from wte.weight; npgpt's LM head is "
                                              "tied to the token embedding (as GPT-2's is) and cannot hold a "
                                              "separate head")
-        for name, p in params.items():
+        for name, p in self.named_parameters():
             p.data = backend.to_device(loaded[name], p.device)
         return self
 
