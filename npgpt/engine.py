@@ -83,28 +83,20 @@ def optimizer_step(optimizer: Optimizer, loss_fn: Callable[..., Tensor], batches
     optimizer.set_lr(lr)
     # Every parameter gets a gradient, also those another rank's optimizer shard updates.
     params = shard.params if shard is not None else [p for group in optimizer.param_groups for p in group["params"]]
-    if scaler is not None:
-        scale = scaler.scale
-        unscaled_fn = loss_fn
-
-        def loss_fn(*batch):
-            return unscaled_fn(*batch) * scale
+    scale = scaler.scale if scaler is not None else 1.0
     many = world is not None and world.size > 1
-    if many:
-        per_rank_fn = loss_fn
     loss = 0.0      # on a GPU a 0-d array: the micro-batches' losses add up there, read once with the norm
     for batch in batches:
+        weight = scale              # the loss scale, times this rank's share of the global batch
         if many:
             size = batch[0].shape[0]
             rows = world.rows(size)
             batch = tuple(a[rows] for a in batch)
-            share = (rows.stop - rows.start) / size
-            if share == 0:           # a global batch smaller than the world: this rank sits it out
+            weight *= (rows.stop - rows.start) / size
+            if weight == 0:          # a global batch smaller than the world: this rank sits it out
                 continue
-
-            def loss_fn(*b, _share=share):
-                return per_rank_fn(*b) * _share
-        loss = loss + parallel.forward_backward(loss_fn, batch, params, workers=workers, as_array=True)
+        weighted = loss_fn if weight == 1.0 else (lambda *b, w=weight: loss_fn(*b) * w)
+        loss = loss + parallel.forward_backward(weighted, batch, params, workers=workers, as_array=True)
     reduce = None
     if many:
         loss = world.sum_floats([float(loss)])[0]

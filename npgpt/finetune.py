@@ -103,15 +103,8 @@ class FinetuneConfig:
         def fail(field: str, template: str) -> NoReturn:
             settings.fail("FinetuneConfig", field, template)
 
-        for name in ("epochs", "batch_size", "max_length", "patience"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                fail(name, f"{{name}} must be a positive integer, got {value!r}")
-            setattr(self, name, int(value))
-        for name in ("eval_every", "workers"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-                fail(name, f"{{name}} must be a positive integer, got {value!r}")
+        settings.require_positive_ints("FinetuneConfig", self, ("epochs", "batch_size", "max_length", "patience"))
+        settings.require_positive_ints("FinetuneConfig", self, ("eval_every", "workers"), allow_none=True)
         if self.train_last is not None and (int(self.train_last) != self.train_last or self.train_last < 0):
             fail("train_last", f"{{name}} must be a non-negative integer, got {self.train_last!r}")
         if not self.lr > 0:
@@ -122,9 +115,7 @@ class FinetuneConfig:
             fail("head_lr", f"{{name}} must be positive, got {self.head_lr}")
         if not 0.0 <= self.warmup < 1.0:
             fail("warmup", f"{{name}} is a fraction of the steps in [0, 1), got {self.warmup}")
-        for name in ("weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
-                fail(name, f"{{name}} must be >= 0, got {getattr(self, name)}")
+        settings.require_non_negative("FinetuneConfig", self, ("weight_decay", "grad_clip"))
         settings.check_adamw_and_dtype("FinetuneConfig", self, DTYPES)
         if self.pad_side not in ("left", "right"):
             fail("pad_side", f"{{name}} must be 'left' or 'right', got {self.pad_side!r}")

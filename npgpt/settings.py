@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NoReturn
 
-__all__ = ["setting", "ConfigError", "fail", "check_adamw_and_dtype"]
+__all__ = ["setting", "ConfigError", "fail", "require_positive_ints", "require_non_negative", "check_adamw_and_dtype"]
 
 
 def setting(default: Any, help: str) -> Any:
@@ -54,3 +54,21 @@ def check_adamw_and_dtype(owner: str, config: Any, dtypes: tuple[str, ...]) -> N
     if config.dtype not in dtypes:
         fail(owner, "dtype", f"{{name}} must be one of {', '.join(dtypes)}, got {config.dtype!r} (bfloat16: "
                              "neither NumPy nor CuPy has it)")
+
+
+def require_positive_ints(owner: str, config: Any, names: tuple[str, ...], allow_none: bool = False) -> None:
+    """Each named setting is a whole number >= 1 (``None`` too with ``allow_none``); stored as an ``int``."""
+    for name in names:
+        value = getattr(config, name)
+        if value is None and allow_none:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
+            fail(owner, name, f"{{name}} must be a positive integer, got {value!r}")
+        setattr(config, name, int(value))
+
+
+def require_non_negative(owner: str, config: Any, names: tuple[str, ...]) -> None:
+    """Each named setting is >= 0."""
+    for name in names:
+        if getattr(config, name) < 0:
+            fail(owner, name, f"{{name}} must be >= 0, got {getattr(config, name)}")

@@ -120,13 +120,9 @@ class TrainConfig:
         def fail(field: str, template: str) -> NoReturn:
             settings.fail("TrainConfig", field, template)
 
-        positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "max_steps",
-                    "eval_interval", "eval_iters", "log_interval")
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value <= 0:
-                fail(name, f"{{name}} must be a positive integer, got {value!r}")
-            setattr(self, name, int(value))
+        settings.require_positive_ints("TrainConfig", self, ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
+                                                             "grad_accum", "max_steps", "eval_interval", "eval_iters",
+                                                             "log_interval"))
         if self.warmup_steps is None:
             self.warmup_steps = min(100, self.max_steps // 10)
         if not 0 <= self.warmup_steps <= self.max_steps:
@@ -139,9 +135,7 @@ class TrainConfig:
             fail("min_lr", f"{{name}} must lie in 0..lr ({self.lr}), got {self.min_lr}")
         if not 0 <= self.dropout < 1:
             fail("dropout", f"{{name}} must lie in [0, 1), got {self.dropout}")
-        for name in ("grad_clip", "weight_decay", "checkpoint_interval", "workers"):
-            if getattr(self, name) < 0:
-                fail(name, f"{{name}} must be >= 0, got {getattr(self, name)}")
+        settings.require_non_negative("TrainConfig", self, ("grad_clip", "weight_decay", "checkpoint_interval", "workers"))
         settings.check_adamw_and_dtype("TrainConfig", self, DTYPES)
         if self.peak_flops <= 0:
             fail("peak_flops", f"{{name}} must be positive, got {self.peak_flops}")
