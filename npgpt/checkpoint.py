@@ -92,14 +92,10 @@ def read_json_object(path: str | os.PathLike) -> dict:
     return raw
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def config_int(raw: dict, key: str, path: Any, low: int = 1) -> int:
     """``raw[key]`` as an integer >= ``low`` (and below ``MAX_DIM``), or a ``CheckpointError``."""
     value = raw[key]
-    if not _is_int(value):
+    if not fileio.is_int(value):
         raise CheckpointError(f"{path}: {key} must be an integer, got {value!r:.80}")
     if not low <= value < MAX_DIM:
         shown = str(value) if abs(value) < 10 ** 30 else f"a {len(str(abs(value)))}-digit number"
@@ -283,7 +279,7 @@ def config_fields(raw: dict, path: Any) -> dict:
 def _int_list(value: Any, length: int | None = None) -> bool:
     """A list of non-negative integers below ``MAX_DIM`` (of ``length`` items when given)?"""
     return (isinstance(value, list) and (length is None or len(value) == length)
-            and all(_is_int(v) and 0 <= v < MAX_DIM for v in value))
+            and all(fileio.is_int(v) and 0 <= v < MAX_DIM for v in value))
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, int]:

@@ -186,10 +186,6 @@ _TOKEN_DTYPES = ("uint16", "uint32")
 _CHUNK = 1 << 24          # tokens per chunk when scanning a token file for out-of-range ids
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def load_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
     """The ``meta.json`` of a prepared data directory (clear errors when it is not one).
 
@@ -218,21 +214,21 @@ def load_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
         if key not in meta:
             raise ValueError(f"{path} lacks {key!r}")
     version = meta.get("format_version", FORMAT_VERSION)
-    if not _is_int(version) or version > FORMAT_VERSION:
+    if not fileio.is_int(version) or version > FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {version!r:.40} is not one this npgpt reads "
                          f"(1..{FORMAT_VERSION}); was it written by a newer npgpt?")
     vocab_size, dtype = meta["vocab_size"], meta["dtype"]
-    if not _is_int(vocab_size) or not 1 <= vocab_size <= 2 ** 32:
+    if not fileio.is_int(vocab_size) or not 1 <= vocab_size <= 2 ** 32:
         raise ValueError(f"{path}: vocab_size must be an integer in 1..2**32, got {vocab_size!r:.40}")
     if dtype not in _TOKEN_DTYPES:
         raise ValueError(f"{path}: dtype must be one of {', '.join(_TOKEN_DTYPES)}, got {dtype!r:.40}")
     if vocab_size > 2 ** (8 * np.dtype(dtype).itemsize):
         raise ValueError(f"{path}: dtype {dtype} cannot hold the ids of a vocabulary of {vocab_size:,} tokens")
     for key in ("train_tokens", "val_tokens"):
-        if key in meta and (not _is_int(meta[key]) or meta[key] < 0):
+        if key in meta and (not fileio.is_int(meta[key]) or meta[key] < 0):
             raise ValueError(f"{path}: {key} must be an integer >= 0, got {meta[key]!r:.40}")
     eot = meta.get("eot_token_id")
-    if eot is not None and (not _is_int(eot) or not 0 <= eot < vocab_size):
+    if eot is not None and (not fileio.is_int(eot) or not 0 <= eot < vocab_size):
         raise ValueError(f"{path}: eot_token_id must be an id in 0..{vocab_size - 1}, got {eot!r:.40}")
     tokenizer = meta.get("tokenizer")
     if tokenizer is not None:

@@ -131,3 +131,8 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
             raise ValueError(f"the key {key!r:.80} appears twice")
         result[key] = value
     return result
+
+
+def is_int(value: Any) -> bool:
+    """Is ``value`` (parsed from JSON) an integer? ``true`` and ``false`` are not, though Python's bools are ints."""
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -30,10 +30,6 @@ class TokenizerFileError(ValueError):
     """A tokenizer file is malformed. The message starts with the file (``path:line`` where there is a line)."""
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def read_text(path: str | os.PathLike) -> str:
     """The text of a UTF-8 tokenizer file; a byte that is not UTF-8 is an error naming the file and line."""
     try:
@@ -66,7 +62,7 @@ def _check_special_ids(path: Any, special_tokens: Any, n_ranks: int) -> dict[str
     for text, i in special_tokens.items():
         if not isinstance(text, str) or not text:
             raise TokenizerFileError(f"{path}: a special token must be a non-empty str, got {text!r:.80}")
-        if not _is_int(i) or not n_ranks <= i < n_ranks + k:
+        if not fileio.is_int(i) or not n_ranks <= i < n_ranks + k:
             raise TokenizerFileError(f"{path}: special token {text!r:.80} has id {i!r:.40}; the file has {n_ranks} "
                                      f"ranks (ids 0..{n_ranks - 1}), so its {k} special token(s) take the ids "
                                      f"{n_ranks}..{n_ranks + k - 1}")
@@ -146,7 +142,7 @@ def read_vocab_merges(vocab_path: str | os.PathLike, merges_path: str | os.PathL
     n = len(vocab)
     owner: list[Optional[str]] = [None] * n
     for text, i in vocab.items():
-        if not _is_int(i) or not 0 <= i < n:
+        if not fileio.is_int(i) or not 0 <= i < n:
             raise TokenizerFileError(f"{vocab_path}: token {text!r:.80} has id {i!r:.40}; the ids of {n} tokens "
                                      f"are the integers 0..{n - 1}, each used once")
         if owner[i] is not None:
@@ -297,7 +293,7 @@ def special_names(path: pathlib.Path) -> tuple[str, ...]:
             raise TokenizerFileError(f"{file}: expected a JSON object, got {type(data).__name__}")
         if name == "added_tokens.json":
             for text, i in data.items():
-                if not _is_int(i) or i < 0:
+                if not fileio.is_int(i) or i < 0:
                     raise TokenizerFileError(f"{file}: token {text!r:.80} has id {i!r:.40}, not an integer >= 0")
                 names.append(text)
             continue
