@@ -321,7 +321,7 @@ def _check(model, idx, max_new_tokens, max_length, attention_mask, min_new_token
     mask = None
     if attention_mask is not None:
         mask = backend.to_device(inputs.check_attention_mask(attention_mask, (B, T)), model.device)
-        right_padded, all_real = inputs._read_ints((mask[:, 1:] < mask[:, :-1]).any(), mask.min())
+        right_padded, all_real = inputs.read_ints((mask[:, 1:] < mask[:, :-1]).any(), mask.min())
         if right_padded:
             raise ValueError("attention_mask must pad on the left (0s before the 1s of each row): generation "
                              "appends to the end of every row; Tokenizer.encode_batch(texts, padding='left') "

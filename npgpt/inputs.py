@@ -89,7 +89,7 @@ def check_attention_mask(attention_mask: Any, shape: Sequence[int]) -> Array:
         raise TypeError(f"attention_mask must hold 0/1 integers or booleans, got dtype {mask.dtype}")
     empty = mask.sum(axis=1) == 0
     reads = ([mask.min(), mask.max()] if mask.size else []) + ([_first_true(empty)] if empty.size else [])
-    values = _read_ints(*reads)
+    values = read_ints(*reads)
     if mask.size and (values[0] < 0 or values[1] > 1):
         raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
     if empty.size and values[-1] >= 0:
@@ -100,7 +100,7 @@ def check_attention_mask(attention_mask: Any, shape: Sequence[int]) -> Array:
 
 def min_max(data: Array) -> tuple[int, int]:
     """The smallest and the largest entry of a non-empty integer array, as ints (one copy from a GPU)."""
-    low, high = _read_ints(data.min(), data.max())
+    low, high = read_ints(data.min(), data.max())
     return low, high
 
 
@@ -110,7 +110,7 @@ def _first_true(flags: Array) -> Array:
     return xp.where(flags.any(), flags.argmax(), -1)
 
 
-def _read_ints(*scalars: Array) -> list[int]:
+def read_ints(*scalars: Array) -> list[int]:
     """0-d integer arrays as Python ints: on a GPU one copy to the host for all of them, not one each."""
     if not any(backend.is_cupy_array(s) for s in scalars):
         return [int(s) for s in scalars]
