@@ -34,9 +34,7 @@ def read_text(path: str | os.PathLike) -> str:
     """The text of a UTF-8 tokenizer file; a byte that is not UTF-8 is an error naming the file and line."""
     try:
         return fileio.read_utf8(path, "tokenizer file")
-    except FileNotFoundError:
-        raise
-    except ValueError as exc:
+    except ValueError as exc:            # not UTF-8 (a missing file is a FileNotFoundError, let through)
         raise TokenizerFileError(str(exc)) from None
 
 
@@ -271,7 +269,7 @@ def special_names(path: pathlib.Path) -> tuple[str, ...]:
     """
     names = []
 
-    def token_text(value: Any, file: pathlib.Path, key: str) -> Optional[str]:
+    def name_in(value: Any, file: pathlib.Path, key: str) -> Optional[str]:
         if isinstance(value, str):
             return value
         if isinstance(value, dict):
@@ -303,9 +301,9 @@ def special_names(path: pathlib.Path) -> tuple[str, ...]:
                     continue
                 if not isinstance(value, list):
                     raise TokenizerFileError(f"{file}: additional_special_tokens must be a list, got {value!r:.80}")
-                names += [t for t in (token_text(v, file, key) for v in value) if t is not None]
+                names += [t for t in (name_in(v, file, key) for v in value) if t is not None]
             elif key.endswith("_token"):
-                text = token_text(value, file, key)
+                text = name_in(value, file, key)
                 if text is not None:
                     names.append(text)
         decoder = data.get("added_tokens_decoder")
@@ -317,7 +315,7 @@ def special_names(path: pathlib.Path) -> tuple[str, ...]:
         for i, value in decoder.items():
             if not isinstance(value, dict):
                 raise TokenizerFileError(f"{file}: added_tokens_decoder[{i!r:.40}] must be an object, got {value!r:.80}")
-            text = token_text(value, file, f"added_tokens_decoder[{i!r:.40}]")
+            text = name_in(value, file, f"added_tokens_decoder[{i!r:.40}]")
             if value.get("special") is True:
                 names.append(text)
     return tuple(names)
