@@ -68,3 +68,14 @@ def test_gpu_bench_runs_its_code_paths_on_a_device():
     for key in ("train_small_float32", "train_small_float16", "train_124m_float32", "train_124m_float16"):
         assert result[key]["tokens_per_s"] > 0 and 0 < result[key]["mfu"] and result[key]["peak_device_mb"] >= 0
     assert result["generate_124m_tokens_per_s"] > 0
+
+
+def test_fit_exponent_recovers_a_power_law():
+    from npgpt.bench.common import fit_exponent
+
+    sizes = [1, 2, 4, 8, 16]
+    assert abs(fit_exponent(sizes, [3.0 * s for s in sizes]) - 1.0) < 1e-12
+    assert abs(fit_exponent(sizes, [0.5 * s * s for s in sizes]) - 2.0) < 1e-12
+    assert abs(fit_exponent(sizes, [7.0 for _ in sizes])) < 1e-12
+    with pytest.raises(ValueError, match="at least two"):
+        fit_exponent([1], [1.0])

@@ -33,3 +33,22 @@ class Timer:
     def __exit__(self, *exc: object) -> Literal[False]:
         self.seconds = time.perf_counter() - self.start
         return False
+
+
+def fit_exponent(sizes: Iterable[float], costs: Iterable[float]) -> float:
+    """The exponent ``k`` of the power law ``cost ~ c * size**k`` that fits best (least squares in log-log).
+
+    A linear algorithm gives ``k`` near 1, a quadratic one near 2: the tables of
+    docs/benchmarks.md ("How cost grows") report this number next to the figures.
+    """
+    import math
+
+    xs = [math.log(s) for s in sizes]
+    ys = [math.log(c) for c in costs]
+    if len(xs) != len(ys) or len(xs) < 2:
+        raise ValueError(f"fit_exponent needs at least two (size, cost) pairs, got {len(xs)} sizes and {len(ys)} costs")
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        raise ValueError("fit_exponent needs at least two different sizes")
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
