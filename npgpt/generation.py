@@ -383,7 +383,8 @@ def _decode(model, plan):
         seen = xp.zeros((B, V + 1), dtype=bool)                       # column V takes the padding, then goes
         seen[rows[:, None], idx if mask is None else xp.where(mask != 0, idx, V)] = True
         seen = seen[:, :V]
-    cache = model.new_cache(B) if plan.use_cache else None
+    # Capacity for the whole generation, or block_size once the window slides.
+    cache = model.new_cache(B, min(block, T0 + n)) if plan.use_cache else None
     with no_grad():
         for step, t in enumerate(range(T0, T0 + n)):
             if cache is not None and t > T0 and cache.length < block:

@@ -144,6 +144,21 @@ class KVCache:
         self.values[layer][:, :, start:stop] = v
         return self.keys[layer][:, :, :stop], self.values[layer][:, :, :stop]   # (B, H, stop, D)
 
+    def append_qkv(self, layer: int, qkv: Array, n_head: int) -> tuple[Array, Array, Array]:
+        """Split ``qkv`` (B, T, 3C) = [q | k | v] into heads, store k and v; return ``q`` (B, H, T, D)
+        and all keys and values so far (B, H, length + T, D).
+
+        The decoding step's attention input without autograd's reshape/transpose
+        wrappers: ``q`` is a view of ``qkv``, and k and v are copied once, into
+        the cache (``update``).
+        """
+        B, T, C3 = qkv.shape
+        C = C3 // 3
+        q, k, v = (qkv[:, :, i * C:(i + 1) * C].reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+                   for i in range(3))
+        k_all, v_all = self.update(layer, k, v)
+        return q, k_all, v_all
+
     def reset(self) -> None:
         """Forget every position (the arrays are kept and overwritten)."""
         self.length = 0
@@ -177,18 +192,26 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         H = self.n_head
         D = C // H
-        q, k, v = self.c_attn(x).split(3, axis=2)                      # 3 x (B, T, C)
-        # Split the channels into H heads of D: (B, T, C) -> (B, T, H, D) -> (B, H, T, D).
-        q, k, v = (t.reshape(B, T, H, D).transpose(0, 2, 1, 3) for t in (q, k, v))
+        qkv = self.c_attn(x)                                           # (B, T, 3C) = [q | k | v]
         if cache is not None:
-            k_all, v_all = cache.update(layer, k.data, v.data)         # (B, H, T_cached + T, D)
-            k, v = Tensor(k_all), Tensor(v_all)
+            # Decoding: no gradient flows (the cache is inference-only), so the heads
+            # are split on the arrays and the new keys and values go straight into the
+            # cache (``KVCache.append_qkv``), without autograd's wrappers.
+            q, k, v = (Tensor(a) for a in cache.append_qkv(layer, qkv.data, H))
+        else:
+            # Split the channels into H heads of D: (B, T, C) -> (B, T, H, D) -> (B, H, T, D).
+            q, k, v = (t.reshape(B, T, H, D).transpose(0, 2, 1, 3) for t in qkv.split(3, axis=2))
         drop = self.attn_dropout
         p = drop.p if drop.training else 0.0
         rng = drop.rng(backend.array_module(x.data)) if p > 0 else None
-        y, probs = F.scaled_dot_product_attention(q, k, v, causal=True, attn_mask=attn_mask, return_weights=True,
+        # One query (a decoding step) is the last position: it may see every key, so the
+        # causal mask would allow everything and is not built (the same result).
+        y, probs = F.scaled_dot_product_attention(q, k, v, causal=T > 1, attn_mask=attn_mask, return_weights=True,
                                                   dropout_p=p, rng=rng, compute_dtype=self.compute_dtype)
-        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)                   # heads side by side again
+        if cache is not None:
+            y = Tensor(y.data.transpose(0, 2, 1, 3).reshape(B, T, C))  # a view when T == 1
+        else:
+            y = y.transpose(0, 2, 1, 3).reshape(B, T, C)               # heads side by side again
         return self.resid_dropout(self.c_proj(y)), probs
 
 
@@ -321,10 +344,15 @@ class GPT(nn.Module):
                                  f"{(B, T, self.config.n_embd)}")
         return idx, attention_mask, position_ids, inputs_embeds
 
-    def new_cache(self, batch_size: int) -> KVCache:
-        """An empty KV cache for ``batch_size`` sequences on the model's device."""
+    def new_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
+        """An empty KV cache for ``batch_size`` sequences of up to ``capacity`` positions (default
+        ``block_size``) on the model's device.
+
+        A generation that will stop short of ``block_size`` asks for just what it
+        needs: GPT-2 small's full cache is 75 MB per row.
+        """
         xp = backend.array_module(self.wte.weight.data)
-        return KVCache(self.config, batch_size, xp=xp, dtype=self.wte.weight.dtype)
+        return KVCache(self.config, batch_size, xp=xp, dtype=self.wte.weight.dtype, capacity=capacity)
 
     # ------------------------------------------------------- trunk, head
     def trunk(self, idx: Any, *, attention_mask: Any = None, position_ids: Any = None, inputs_embeds: Any = None,
@@ -379,6 +407,24 @@ class GPT(nn.Module):
     def lm_head(self, hidden: Tensor) -> Tensor:
         """Logits ``h wte^T`` (..., vocab_size) from hidden states (..., C): the head tied to ``wte``."""
         return F.linear(hidden, self.wte.weight.T, compute_dtype=self.compute_dtype)
+
+    def loss(self, idx: Any, targets: Any, *, ignore_index: int = -100, attention_mask: Any = None,
+             validate: bool = True) -> Tensor:
+        """The training loss: mean cross-entropy of ``targets`` under the logits of ``idx`` (docs/training.md eq. 2).
+
+        Equal to ``F.cross_entropy(model(idx), targets)``, but computed by the
+        fused ``F.linear_cross_entropy``, which never holds the (B, T, V)
+        logits: for GPT-2 at 1,024 tokens that saves three arrays of 206 MB
+        and a pass of ``exp`` (docs/performance.md, "Where the memory goes").
+        With a ``compute_dtype`` (mixed precision) the head runs unfused, as
+        ``lm_head`` then ``F.cross_entropy``: the fused op forms the logits'
+        gradient before the loss scale is known, and float16 would flush it
+        to zero.
+        """
+        hidden = self.trunk(idx, attention_mask=attention_mask, validate=validate)
+        if self.compute_dtype is not None:
+            return F.cross_entropy(self.lm_head(hidden), targets, ignore_index=ignore_index)
+        return F.linear_cross_entropy(hidden, self.wte.weight, targets, ignore_index=ignore_index)
 
     def set_compute_dtype(self, dtype: Any) -> "GPT":
         """Run every matrix product in ``dtype`` (``"float16"``: mixed precision; ``None``: float32).
