@@ -145,8 +145,7 @@ class Tensor:
         ``retain_graph=True``. To get gradients *returned* instead of added
         into ``.grad``, use :func:`grad`.
         """
-        seed = _output_gradient(self, grad)
-        _backpropagate([(self, seed)], retain_graph, on_leaf=accumulate_grad)
+        backward(self, grad, retain_graph=retain_graph)
 
     # ---------------------------------------------------------- operators
     def __add__(self, other: Operand) -> Tensor: return add(self, other)
@@ -250,6 +249,20 @@ def _backpropagate(seeds: list[tuple[Tensor, Array]], retain_graph: bool, on_lea
             pending[key] = pg if key not in pending else pending[key] + pg
         if not retain_graph:  # free the saved arrays as soon as they are used
             node._backward, node._parents = None, ()
+
+
+def backward(output: Tensor, grad: Tensor | Array | None = None, *, retain_graph: bool = False,
+             on_leaf: Callable[[Tensor, Array], None] = accumulate_grad) -> None:
+    """Backpropagate from ``output``, handing each leaf's gradient to ``on_leaf(leaf, g)`` as soon as it is complete.
+
+    ``t.backward()`` is ``backward(t)``: ``on_leaf`` defaults to
+    ``accumulate_grad`` (``leaf.grad += g``). Another ``on_leaf`` decides
+    itself where gradients go -- ``npgpt.parallel`` adds the shards'
+    gradients into ``.grad`` in a fixed order while the walk goes on, so a
+    thread never holds a full set of gradients of its own. ``g`` may be an
+    array that other nodes also received: copy it before changing it.
+    """
+    _backpropagate([(output, _output_gradient(output, grad))], retain_graph, on_leaf=on_leaf)
 
 
 def grad(outputs: Tensor | Iterable[Tensor], inputs: Tensor | Iterable[Tensor],

@@ -162,6 +162,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="output directory")
     p.add_argument("--val-fraction", type=_number(float, 0.0, 1.0, low_open=True, what="a number in (0, 1)"),
                    default=0.1, help="share of every document's tokens held out for validation (default 0.1)")
+    p.add_argument("--workers", type=POSITIVE_INT, default=None, metavar="N",
+                   help="processes that encode documents in parallel; the files are the same for any N "
+                        "(default: one per CPU core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _overwrite_flag(p)
     _debug_flag(p)
@@ -333,16 +336,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     _refuse_non_empty(args.out, args.overwrite, "data directory")
     meta = prepare(args.input, _load_tokenizer(args.tokenizer), args.out, val_fraction=args.val_fraction,
-                   progress=not args.quiet)
+                   progress=not args.quiet, workers=args.workers)
     print(f"wrote {args.out}: {meta['train_tokens']:,} training and {meta['val_tokens']:,} validation tokens "
           f"({meta['dtype']}, vocabulary {meta['vocab_size']:,})")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from npgpt import backend
     from npgpt.interrupt import exit_status
     from npgpt.train import TrainConfig, Trainer
 
+    backend.retain_freed_memory()      # every step reuses the last one's memory (docs/performance.md)
     settings = {}
     if args.config:
         settings.update(_read_settings_file(args.config, TrainConfig))
@@ -506,8 +511,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     import contextlib
     import io
 
-    from npgpt import distributed
+    from npgpt import backend, distributed
 
+    backend.retain_freed_memory()      # every step reuses the last one's memory (docs/performance.md)
     if distributed.world().is_main:
         return _finetune(args)
     with contextlib.redirect_stdout(io.StringIO()):

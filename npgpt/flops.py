@@ -21,16 +21,18 @@ __all__ = ["DEFAULT_PEAK_FLOPS", "flops_per_token", "model_flops_utilisation"]
 DEFAULT_PEAK_FLOPS = 195e9
 
 
-def flops_per_token(model_or_config: Any) -> int:
+def flops_per_token(model_or_config: Any, seq_len: int | None = None) -> int:
     """Training FLOPs per token, ``6 N + 12 n_layer T C`` (docs/performance.md eq. 2).
 
     ``N`` counts the weights that take part in multiply-adds: every parameter
     but the position table (the tied token table counts once, as the LM
-    head). Takes a ``GPT`` or just its ``GPTConfig`` (nothing is allocated).
+    head). ``T`` is the length of the trained sequences, ``seq_len``, by
+    default the model's ``block_size``. Takes a ``GPT`` or just its
+    ``GPTConfig`` (nothing is allocated).
     """
     c = getattr(model_or_config, "config", model_or_config)
     n = c.num_parameters() - c.block_size * c.n_embd
-    return 6 * n + 12 * c.n_layer * c.block_size * c.n_embd
+    return 6 * n + 12 * c.n_layer * (seq_len or c.block_size) * c.n_embd
 
 
 def model_flops_utilisation(tokens_per_s: float, flops_per_token: float,

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from npgpt import backend
-from npgpt.autograd import Tensor, _describe, _make, as_tensor
+from npgpt.autograd import Tensor, _describe, _make, as_tensor, is_grad_enabled
 from npgpt.inputs import as_array, check_token_ids
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
@@ -388,6 +388,107 @@ def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100) -> Ten
         return (grad.reshape(logits.shape),)
 
     return _make(xp.asarray(loss, dtype=logits.dtype), (logits,), backward)
+
+
+# Rows of logits a fused head computes at a time: one (rows, V) float32 block of about this size.
+# For GPT-2's vocabulary that is ~330 rows (66 MB); BLAS itself splits the inner dimension into
+# blocks of a few hundred, so accumulating dW block by block costs it little.
+HEAD_BLOCK_BYTES = 64 * 2**20
+
+
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Any, ignore_index: int = -100,
+                         block_rows: int | None = None) -> Tensor:
+    """The LM head and the loss in one op: ``cross_entropy(h W^T, y)`` (docs/training.md eq. 2).
+
+    Shapes: ``hidden`` (..., C), ``weight`` (V, C) -- the tied ``wte`` --,
+    ``targets`` int (...). The value is that of ``cross_entropy(linear(h, W^T), y)``:
+
+    ``L = 1/N sum_{i counted} (m_i - z_iy + log s_i)``, ``z_i = h_i W^T``,
+
+    with ``m_i``, ``s_i`` as in ``cross_entropy``. Gradient (``g = dL/dL``, a
+    scalar): with ``D_i = (softmax(z_i) - onehot(y_i)) / N`` (0 for ignored
+    rows), ``dL/dh = g D W`` and ``dL/dW = g D^T H``.
+
+    Why fused: the logits of a batch are its largest array ((N, V): 206 MB
+    for GPT-2 at 1,024 tokens), and the unfused pair keeps them, a copy for
+    the softmax, and their gradient. Here the rows go through in blocks of
+    ``block_rows`` (default: ~64 MB of logits): each block's logits are made,
+    turned into ``D`` in place right away (the loss is the last op of the
+    graph, so its gradient is known up to the factor ``g``), and multiplied
+    into ``dL/dh`` and ``dL/dW``; only those two survive, and the backward
+    pass just scales them by ``g``. Nothing (N, V) ever exists, and ``exp``
+    runs once per logit instead of twice. Under ``no_grad`` (or when neither
+    input needs a gradient) only the loss is computed.
+    """
+    hidden, weight = as_tensor(hidden), as_tensor(weight)
+    _check_float("linear_cross_entropy", hidden)
+    if weight.ndim != 2 or hidden.ndim < 1 or hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear_cross_entropy: hidden {tuple(hidden.shape)} does not fit weight "
+                         f"{tuple(weight.shape)} (expected hidden (..., C) and weight (V, C))")
+    V, C = weight.shape
+    xp = _xp(hidden)
+    y = as_array(targets)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"linear_cross_entropy: targets must be integers, got dtype {y.dtype}")
+    if tuple(y.shape) != tuple(hidden.shape[:-1]):
+        raise ValueError(f"linear_cross_entropy: targets of shape {tuple(y.shape)} do not match hidden "
+                         f"{tuple(hidden.shape)} (expected targets of shape {tuple(hidden.shape[:-1])})")
+    y = y.reshape(-1)
+    counted, y_safe = _counted_targets(y, ignore_index)
+    n, low, high = _count_min_max(counted, y_safe)
+    if n == 0:
+        raise ValueError("linear_cross_entropy: every target equals ignore_index; the mean is undefined")
+    if low < 0 or high >= V:
+        raise ValueError(f"linear_cross_entropy: target ids must lie in 0..{V - 1} "
+                         f"(or equal ignore_index={ignore_index})")
+    if backend.array_module(y) is not xp:
+        counted, y_safe = _counted_targets(xp.asarray(y), ignore_index)
+    h = hidden.data.reshape(-1, C)
+    W = weight.data
+    N = h.shape[0]
+    if block_rows is None:
+        block_rows = max(1, HEAD_BLOCK_BYTES // (V * W.dtype.itemsize))
+    block_rows = int(block_rows)
+    if block_rows < 1:
+        raise ValueError(f"linear_cross_entropy: block_rows must be >= 1, got {block_rows}")
+    want_grad = is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    weights = counted.astype(W.dtype) * (1.0 / n)           # dL/dloss_i: 1/N, or 0 for an ignored row
+    total = xp.zeros((), dtype=xp.float64)
+    gh = xp.empty_like(h) if want_grad and hidden.requires_grad else None
+    gW = xp.zeros_like(W) if want_grad and weight.requires_grad else None
+    for start in range(0, N, block_rows):
+        rows = slice(start, min(start + block_rows, N))
+        hb, yb, wb = h[rows], y_safe[rows], weights[rows]
+        z = hb @ W.T                                        # this block's logits (rows, V)
+        picked = z[xp.arange(z.shape[0]), yb]
+        m = z.max(axis=1)
+        z -= m[:, None]
+        xp.exp(z, out=z)                                    # z now holds exp(z - m)
+        s = z.sum(axis=1)                                   # >= 1: the maximum contributes exp(0)
+        per_row = m - picked
+        per_row += xp.log(s)
+        total += (per_row * counted[rows]).sum(dtype=xp.float64)
+        if not want_grad:
+            continue
+        z *= (wb / s)[:, None]                              # D: w * softmax, row by row ...
+        z[xp.arange(z.shape[0]), yb] -= wb                  # ... minus w * the one-hot target
+        if gh is not None:
+            xp.matmul(z, W, out=gh[rows])
+        if gW is not None:
+            gW += z.T @ hb
+    loss = xp.asarray(total / n, dtype=hidden.dtype)
+    if not want_grad:
+        return Tensor(loss)
+
+    def backward(g):
+        # ``g`` is a scalar: 1, or a loss scale. On the host a product by 1.0 (exact anyway) is skipped,
+        # which saves a copy of dL/dW; on a GPU reading ``g`` would cost a device-to-host copy.
+        scale = None if xp is np and float(g) == 1.0 else g.astype(W.dtype)
+        out_h = None if gh is None else (gh if scale is None else gh * scale).reshape(hidden.shape)
+        out_W = None if gW is None else (gW if scale is None else gW * scale)
+        return out_h, out_W
+
+    return _make(loss, (hidden, weight), backward)
 
 
 def _counted_targets(y, ignore_index):

@@ -408,6 +408,24 @@ class GPT(nn.Module):
         """Logits ``h wte^T`` (..., vocab_size) from hidden states (..., C): the head tied to ``wte``."""
         return F.linear(hidden, self.wte.weight.T, compute_dtype=self.compute_dtype)
 
+    def loss(self, idx: Any, targets: Any, *, ignore_index: int = -100, attention_mask: Any = None,
+             validate: bool = True) -> Tensor:
+        """The training loss: mean cross-entropy of ``targets`` under the logits of ``idx`` (docs/training.md eq. 2).
+
+        Equal to ``F.cross_entropy(model(idx), targets)``, but computed by the
+        fused ``F.linear_cross_entropy``, which never holds the (B, T, V)
+        logits: for GPT-2 at 1,024 tokens that saves three arrays of 206 MB
+        and a pass of ``exp`` (docs/performance.md, "Where the memory goes").
+        With a ``compute_dtype`` (mixed precision) the head runs unfused, as
+        ``lm_head`` then ``F.cross_entropy``: the fused op forms the logits'
+        gradient before the loss scale is known, and float16 would flush it
+        to zero.
+        """
+        hidden = self.trunk(idx, attention_mask=attention_mask, validate=validate)
+        if self.compute_dtype is not None:
+            return F.cross_entropy(self.lm_head(hidden), targets, ignore_index=ignore_index)
+        return F.linear_cross_entropy(hidden, self.wte.weight, targets, ignore_index=ignore_index)
+
     def set_compute_dtype(self, dtype: Any) -> "GPT":
         """Run every matrix product in ``dtype`` (``"float16"``: mixed precision; ``None``: float32).
 

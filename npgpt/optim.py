@@ -10,12 +10,22 @@ hyper-parameters (``lr``, ``weight_decay`` ...). GPT-2 training uses two
 groups: weight decay on the matrices of the linear layers, none on biases,
 LayerNorm gains and the embeddings (:func:`param_groups`).
 
-Every update is written in place into ``p.data`` with ``out=`` arguments and
-one preallocated scratch array per parameter: a step allocates nothing, and
-the optimizer keeps pointing at the very arrays the model uses. All the array
+Every update is written in place into ``p.data`` with ``out=`` arguments: the
+optimizer keeps pointing at the very arrays the model uses. All the array
 work goes through ``xp = backend.array_module(p.data)``, so the same code
 updates NumPy arrays on the CPU and CuPy arrays on a GPU without copying
 anything between them.
+
+On the CPU a step goes through the parameters in blocks of ``BLOCK``
+elements, split between threads (docs/performance.md, "The optimizer
+step"). An update is a dozen elementwise passes over the weight, its
+gradient and its state; over a whole GPT-2 matrix each pass would stream
+hundreds of MB from memory, but a block of 256 K elements (1 MB per array)
+stays in the cache for all of them, and NumPy's single-threaded ufuncs
+release the GIL, so two threads use both cores. The arithmetic is
+elementwise, so the result is bit-for-bit the same however it is split. On
+a GPU each parameter is one call per pass: one kernel per array is what a
+GPU wants.
 """
 
 from __future__ import annotations
@@ -33,6 +43,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Optimizer", "AdamW", "SGD", "param_groups", "configure_optimizer", "clip_grad_norm",
            "clip_grad_norm_with_loss", "cosine_schedule"]
+
+# Elements of a parameter updated at a time on the CPU: 1 MB per float32 array, so a block's weight,
+# gradient, moments and scratch (5 MB) stay in the level-3 cache through every pass of an update.
+BLOCK = 2**18
 
 # What an optimizer takes as its parameters: trainable tensors, ``(name, tensor)`` pairs (as
 # ``model.named_parameters()`` yields) or parameter groups (dicts with a ``"params"`` list).
@@ -98,7 +112,6 @@ class Optimizer:
                 group.setdefault(key, value)
             self.param_groups.append(group)
         self.state = {}       # name -> {"step": int, key: array, ...}; created at the first update
-        self._scratch = {}    # name -> a work array of the parameter's shape (never saved)
         self.step_count = 0   # optimizer steps taken (calls to step())
 
     def named_params(self) -> Iterator[tuple[str, Tensor, dict[str, Any]]]:
@@ -122,6 +135,7 @@ class Optimizer:
 
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient (those without are skipped)."""
+        work = []          # (parameter, gradient, state, group) of every update of this step
         for name, p, group in self.named_params():
             if p.grad is None:
                 continue
@@ -133,12 +147,50 @@ class Optimizer:
                 xp = backend.array_module(p.data)
                 state = {"step": 0, **{k: xp.zeros_like(p.data) for k in self.state_keys}}
                 self.state[name] = state
-            scratch = self._scratch.get(name)
-            if scratch is None or scratch.shape != p.data.shape or backend.device_of(scratch) != p.device:
-                scratch = self._scratch[name] = backend.array_module(p.data).empty_like(p.data)
             state["step"] += 1
-            self._update(p.data, p.grad, state, group, scratch)
+            work.append((p, p.grad, state, group))
+        if work and backend.device_of(work[0][0].data) == "cpu":
+            self._step_in_blocks(work)
+        else:
+            for p, g, state, group in work:
+                self._update(p.data, g, state, group, backend.array_module(p.data).empty_like(p.data))
         self.step_count += 1
+
+    def _step_in_blocks(self, work: list[tuple[Tensor, Array, dict[str, Any], dict[str, Any]]]) -> None:
+        """The CPU step: every parameter cut into blocks of ``BLOCK`` elements, the blocks shared by threads.
+
+        A block's weight, gradient and state slices stay in the cache through
+        all the passes of ``_update``; each thread has one scratch block.
+        """
+        from npgpt import parallel
+
+        blocks = []        # (weight, gradient, state) slices: flat views, written in place
+        for p, g, state, group in work:
+            arrays = {k: v for k, v in state.items() if k != "step"}
+            if not all(a.flags.c_contiguous for a in (p.data, *arrays.values())):
+                # A flat view of a strided array would be a copy, and the update would be lost.
+                self._update(p.data, g, state, group, backend.array_module(p.data).empty_like(p.data))
+                continue
+            w, g = p.data.reshape(-1), g.reshape(-1)
+            arrays = {k: v.reshape(-1) for k, v in arrays.items()}
+            for start in range(0, w.size, BLOCK):
+                part = slice(start, start + BLOCK)
+                blocks.append((w[part], g[part], {"step": state["step"], **{k: v[part] for k, v in arrays.items()}},
+                               group))
+        workers = min(parallel.default_workers(), len(blocks))
+        if not blocks:
+            return
+
+        def run(k: int) -> None:
+            scratch = backend.array_module(blocks[0][0]).empty(BLOCK, dtype=blocks[0][0].dtype)
+            for w, g, state, group in blocks[k::workers]:
+                self._update(w, g, state, group, scratch[:w.size])
+
+        if workers <= 1:
+            run(0)
+            return
+        for future in [parallel.thread_pool(workers).submit(run, k) for k in range(workers)]:
+            future.result()
 
     def _update(self, w: Array, g: Array, state: dict[str, Any], group: dict[str, Any], scratch: Array) -> None:
         raise NotImplementedError

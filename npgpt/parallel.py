@@ -15,15 +15,20 @@ gradients (docs/performance.md eq. 1):
 
     dL/dθ = Σ_k (n_k / N) dL_k/dθ,
 
-where shard ``k`` holds ``n_k`` of the ``N`` sequences. Each thread takes
-its gradients with ``npgpt.grad``, which returns them instead of writing
-``.grad``; they are summed in shard order afterwards, so the result does not depend on thread timing and
-training stays bit-for-bit reproducible.
+where shard ``k`` holds ``n_k`` of the ``N`` sequences. Each thread walks
+its own graph back (``npgpt.autograd.backward``) and hands over each
+parameter's gradient the moment it is complete; it is added into ``.grad``
+in shard order -- shard 0's first, then shard 1's, whichever thread finished
+first -- so the result does not depend on thread timing and training stays
+bit-for-bit reproducible. A shard's gradient is freed once it is added:
+the threads never hold a second full set of gradients (for GPT-2 small,
+500 MB each).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
@@ -31,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from npgpt import backend
-from npgpt.autograd import Tensor, accumulate_grad, grad
+from npgpt.autograd import Tensor, accumulate_grad, backward
 from npgpt.backend import Array
 
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -44,7 +49,8 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
+def thread_pool(workers: int) -> ThreadPoolExecutor:
+    """The process's pool of ``workers`` threads (made once, kept: threads are slow to start)."""
     if workers not in _pools:
         _pools[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="npgpt-shard")
     return _pools[workers]
@@ -85,20 +91,60 @@ def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence[Array], par
         return loss.data.astype(backend.array_module(loss.data).float64) if as_array else loss.item()
 
     bounds = [size * k // workers for k in range(workers + 1)]
+    sums = _OrderedSum(params, workers)
 
-    def run_shard(start: int, stop: int) -> tuple[float, list[Optional[Array]]]:
+    def run_shard(k: int) -> float:
+        start, stop = bounds[k], bounds[k + 1]
         loss = loss_fn(*(a[start:stop] for a in batch)) * ((stop - start) / size)
-        return loss.item(), grad(loss, params, allow_unused=True)
+        backward(loss, on_leaf=lambda leaf, g: sums.add(k, leaf, g))
+        return loss.item()
 
     with backend.blas_threads(1):
-        futures = [_pool(workers).submit(run_shard, bounds[k], bounds[k + 1]) for k in range(workers)]
-        results = [f.result() for f in futures]
-
-    # Sum in shard order (not completion order): bit-reproducible gradients.
+        futures = [thread_pool(workers).submit(run_shard, k) for k in range(workers)]
+        losses = [f.result() for f in futures]
+    sums.finish()
     total = 0.0
-    for loss, grads in results:
+    for loss in losses:                 # in shard order, as the gradients
         total += loss
-        for p, g in zip(params, grads):
-            if g is not None:
-                accumulate_grad(p, g)
     return np.asarray(total, dtype=np.float64) if as_array else total
+
+
+class _OrderedSum:
+    """Adds the shards' gradients into ``.grad`` in shard order, each as soon as its turn has come.
+
+    Shard ``k``'s gradient of a parameter waits only until shards
+    ``0..k-1`` have delivered theirs; then it is added (``.grad`` is
+    created from shard 0's, or from the first one to arrive in order) and
+    dropped. One lock per parameter keeps the additions of one parameter
+    in order while different parameters are added at the same time.
+    """
+
+    def __init__(self, params: list[Tensor], shards: int) -> None:
+        self.shards = shards
+        self.params = {id(p): p for p in params}
+        self.waiting = {id(p): [None] * shards for p in params}   # delivered, not yet added
+        self.added = {id(p): 0 for p in params}                    # shards 0..added-1 are in .grad
+        self.locks = {id(p): threading.Lock() for p in params}
+
+    def add(self, shard: int, leaf: Tensor, g: Array) -> None:
+        key = id(leaf)
+        if key not in self.params:      # a leaf that is not being trained (requires_grad input data)
+            return
+        with self.locks[key]:
+            self.waiting[key][shard] = g
+            waiting = self.waiting[key]
+            k = self.added[key]
+            while k < self.shards and waiting[k] is not None:
+                accumulate_grad(self.params[key], waiting[k])
+                waiting[k] = None
+                k += 1
+            self.added[key] = k
+
+    def finish(self) -> None:
+        """After every shard: add what still waits (a parameter some shard did not reach), in order."""
+        for key, waiting in self.waiting.items():
+            for k in range(self.added[key], self.shards):
+                if waiting[k] is not None:
+                    accumulate_grad(self.params[key], waiting[k])
+                    waiting[k] = None
+            self.added[key] = self.shards

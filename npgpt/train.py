@@ -43,7 +43,6 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn, Optional
 
-import npgpt.functional as F
 from npgpt import backend, distributed, engine, plot, rundir, settings
 from npgpt.autograd import Tensor, no_grad
 from npgpt.backend import Array
@@ -283,7 +282,7 @@ class Trainer:
     # ---------------------------------------------------------------- loss
     def _loss_fn(self, scale: float) -> Callable[[Array, Array], Tensor]:
         def loss_fn(x: Array, y: Array) -> Tensor:
-            return F.cross_entropy(self.model(x), y) * scale
+            return self.model.loss(x, y) * scale
         return loss_fn
 
     def evaluate(self) -> float:
@@ -303,7 +302,7 @@ class Trainer:
                 x, y = sampler.next()
                 if share:
                     x, y = x[rows], y[rows]
-                    total += F.cross_entropy(self.model(x), y).item() * share     # host ids: checked, then copied
+                    total += self.model.loss(x, y).item() * share     # host ids: checked, then copied
         self.model.train()
         return self.world.sum_floats([total])[0] / c.eval_iters
 

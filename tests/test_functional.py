@@ -157,6 +157,47 @@ def test_softmax_rows_sum_to_one_and_ignore_constant_shifts(xp, shape, shift, se
     np.testing.assert_allclose(host(F.softmax(npgpt.tensor(x + shift))), p, rtol=1e-9, atol=1e-15)
 
 
+@given(lead=hnp.array_shapes(min_dims=1, max_dims=2, max_side=4), V=st.integers(2, 6), C=st.integers(1, 4),
+       block_rows=st.integers(1, 5), seed=seeds)
+def test_linear_cross_entropy_gradient(xp, lead, V, C, block_rows, seed):
+    targets = np.random.default_rng(seed).integers(0, V, size=lead)
+    if targets.size > 1:
+        targets.reshape(-1)[-1] = -100                        # one ignored row
+    y = xp.asarray(targets)
+    check_gradients(lambda h, w: F.linear_cross_entropy(h, w, y, block_rows=block_rows),
+                    randn(xp, lead + (C,), seed), randn(xp, (V, C), seed + 1))
+
+
+@given(N=st.integers(1, 9), V=st.integers(2, 7), C=st.integers(1, 4), block_rows=st.integers(1, 10),
+       scale=st.sampled_from([1.0, 0.25, 1024.0]), seed=seeds)
+def test_linear_cross_entropy_equals_the_head_then_the_loss(xp, N, V, C, block_rows, scale, seed):
+    # docs/training.md eq. 2 with z = h W^T: the fused op is exactly linear then cross_entropy,
+    # in value and in both gradients, however the rows are split into blocks and whatever
+    # scalar multiplies the loss afterwards (a loss scale, 1/K of accumulation).
+    h, w = randn(xp, (N, C), seed), randn(xp, (V, C), seed + 1)
+    y = np.random.default_rng(seed).integers(0, V, size=N)
+    y[0] = -100 if N > 1 else y[0]
+    y = xp.asarray(y)
+    results = []
+    for fused in (True, False):
+        ht, wt = npgpt.tensor(h, requires_grad=True), npgpt.tensor(w, requires_grad=True)
+        loss = (F.linear_cross_entropy(ht, wt, y, block_rows=block_rows) if fused
+                else F.cross_entropy(F.linear(ht, wt.T), y)) * scale
+        loss.backward()
+        results.append((host(loss), host(ht.grad), host(wt.grad)))
+    for fused, plain in zip(*results):
+        np.testing.assert_allclose(fused, plain, rtol=1e-12, atol=1e-15)
+
+
+def test_linear_cross_entropy_records_no_graph_without_grad():
+    h = npgpt.tensor(np.ones((3, 2)), requires_grad=True)
+    w = npgpt.tensor(np.ones((4, 2)), requires_grad=True)
+    with npgpt.no_grad():
+        loss = F.linear_cross_entropy(h, w, np.array([0, 1, 3]))
+    assert not loss.requires_grad
+    assert float(loss.item()) == pytest.approx(math.log(4))
+
+
 @given(shape=shapes, seed=seeds)
 def test_log_softmax_is_log_of_softmax(xp, shape, seed):
     # docs/model.md eq. 3
@@ -425,3 +466,12 @@ def test_clear_errors_for_bad_input():
         F.layer_norm(x, npgpt.tensor(np.ones(2)), npgpt.tensor(np.ones(3)))
     with pytest.raises(TypeError, match="softmax: expected a floating-point tensor"):
         F.softmax(npgpt.tensor([1, 2]))
+    w = npgpt.tensor(np.ones((4, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"hidden \(2, 3\) does not fit weight \(3, 4\)"):
+        F.linear_cross_entropy(x, w.T, np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"targets of shape \(3,\) do not match hidden \(2, 3\)"):
+        F.linear_cross_entropy(x, w, np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="target ids must lie in 0..3"):
+        F.linear_cross_entropy(x, w, np.array([0, 4]))
+    with pytest.raises(ValueError, match="block_rows must be >= 1"):
+        F.linear_cross_entropy(x, w, np.array([0, 1]), block_rows=0)

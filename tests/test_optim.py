@@ -259,3 +259,31 @@ def test_cosine_schedule_values():
         cosine_schedule(0, 10, 1.0, 11)
     with pytest.raises(ValueError, match="min_lr"):
         cosine_schedule(0, 10, 1.0, 0, 2.0)
+
+
+def test_a_step_in_blocks_equals_the_step_over_whole_arrays(monkeypatch):
+    # docs/training.md eqs. 5-9 are elementwise: cutting the parameters into blocks shared by threads
+    # (npgpt.optim.BLOCK) must give bit-for-bit the update of whole arrays, strided parameters included.
+    import npgpt.optim as optim
+
+    rng = np.random.default_rng(0)
+    shapes = [(37, 11), (5,), (300,), (16, 16)]
+
+    def run(block):
+        monkeypatch.setattr(optim, "BLOCK", block)
+        params = [nn.Parameter(data.copy()) for data in datas]
+        params[3].data = params[3].data.T            # a strided parameter: updated whole
+        opt = optim.AdamW([{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "weight_decay": 0.0}],
+                          lr=1e-2)
+        for step in range(3):
+            for p, g in zip(params, grads[step]):
+                p.grad = g
+            opt.step()
+        return [p.data.copy() for p in params]
+
+    datas = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
+    whole = run(2**30)
+    for block in (1, 7, 64):
+        for a, b in zip(run(block), whole):
+            assert np.array_equal(a, b)
