@@ -268,3 +268,85 @@ def test_generation_runs_the_trunk_and_the_head_on_the_last_position_only(monkey
     out = model.generate(prompt(B=2, T=5), 3)
     assert shapes == [(2, 16)] * 3
     np.testing.assert_array_equal(out[:, 5], model(prompt(B=2, T=5)).data[:, -1].argmax(-1))
+
+
+# ------------------------------------------------------- the decoding step's cache
+def test_a_cached_chunk_after_cached_tokens_equals_the_full_pass():
+    # docs/model.md eq. 10 with several new queries at once: causal among them, all cached keys visible
+    from npgpt.autograd import no_grad
+
+    model = tiny()
+    x = prompt(B=2, T=9)
+    with no_grad():
+        cache = model.new_cache(2, capacity=9)
+        parts = [model(x[:, :3], cache=cache).data, model(x[:, 3:7], cache=cache).data,
+                 model(x[:, 7:8], cache=cache).data, model(x[:, 8:9], cache=cache).data]
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), model(x).data, rtol=1e-5, atol=1e-6)
+    assert cache.length == 9 and cache.capacity == 9
+
+
+def test_append_qkv_splits_heads_as_the_model_does_and_stores_k_and_v():
+    from npgpt.model import KVCache
+
+    config = tiny().config                            # n_embd 16, 2 heads of 8
+    qkv = np.random.default_rng(0).standard_normal((2, 3, 48)).astype(np.float32)
+    cache = KVCache(config, 2, capacity=5)
+    q, k_all, v_all = cache.append_qkv(1, qkv, 2)
+    heads = qkv.reshape(2, 3, 3, 2, 8)                # (B, T, [q|k|v], H, D)
+    np.testing.assert_array_equal(q, heads[:, :, 0].transpose(0, 2, 1, 3))
+    np.testing.assert_array_equal(k_all, heads[:, :, 1].transpose(0, 2, 1, 3))
+    np.testing.assert_array_equal(cache.values[1][:, :, :3], heads[:, :, 2].transpose(0, 2, 1, 3))
+    assert k_all.shape == (2, 2, 3, 8) and not np.any(cache.keys[0])          # other layers untouched
+
+
+def test_the_generation_cache_holds_only_the_positions_it_will_use(monkeypatch):
+    model = tiny()
+    capacities = []
+    new_cache = model.new_cache
+    monkeypatch.setattr(model, "new_cache", lambda B, capacity=None: capacities.append(capacity) or new_cache(B, capacity))
+    model.generate(prompt(), 3)
+    model.generate(prompt(), 30)                      # past block_size 16: the window slides, the cache is full-size
+    assert capacities == [8, 16]
+
+
+# ------------------------------------------------------- the benchmark's helpers
+def test_benchmark_batched_prompts_are_left_padded_and_decoded_per_row():
+    from npgpt.bench.generate import padded_prompts, run_npgpt
+
+    model = tiny()
+    ids, mask = padded_prompts(4, 6, 41, pad_id=40)
+    assert ids.shape == mask.shape == (4, 6) and mask.sum(1).tolist() == [6, 5, 4, 3]
+    assert np.all(ids[mask == 0] == 40) and np.all(np.diff(mask, axis=1) >= 0)          # padding on the left
+    times, rows = run_npgpt(model, ids, 5, attention_mask=mask)
+    assert len(times) == 5 and len(rows) == 4
+    assert rows == model.generate(ids, 5, attention_mask=mask)[:, 6:].tolist()
+
+
+def test_benchmark_weight_bytes_count_every_weight_but_the_unused_position_rows():
+    from npgpt.bench.generate import weight_bytes_per_token
+
+    model = tiny()
+    config = model.config
+    assert weight_bytes_per_token(model) == 4 * (config.num_parameters() - (config.block_size - 1) * config.n_embd)
+
+
+def test_benchmark_scaling_rows_time_both_series_and_fit_their_exponents():
+    from npgpt.bench.generate import scaling_rows
+
+    result = scaling_rows(tiny(block_size=32), [8, 16, 32], cached_steps=2, uncached_steps=1)
+    assert [r["context"] for r in result["rows"]] == [8, 16, 32]
+    assert all(r["cached_ms"] > 0 and r["uncached_ms"] > 0 and r["attention_ms"] > 0 for r in result["rows"])
+    assert {"exponent_cached", "exponent_attention", "exponent_uncached"} <= set(result)
+
+
+def test_benchmark_batched_transformers_run_chooses_the_same_ids(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from npgpt.bench.generate import padded_prompts, run_npgpt, run_torch_batched
+
+    model = tiny(block_size=32)
+    model.save_pretrained(tmp_path)
+    ids, mask = padded_prompts(3, 5, 41, pad_id=40)
+    _, ours = run_npgpt(model, ids, 6, attention_mask=mask, eos_token_id=40, pad_token_id=40)
+    times, theirs = run_torch_batched(tmp_path, ids, mask, 6, pad_id=40)
+    assert len(times) == 6 and theirs == ours

@@ -1,16 +1,32 @@
 """generate-124M: greedy decoding with the KV cache on GPT-2 small (124M parameters).
 
-The workload: GPT-2 small's configuration, random weights (seed 0), float32, batch 1, a
-16-token prompt, 64 new tokens chosen greedily with the KV cache. Reports ``prompt_ms`` (the
-forward pass over the prompt that yields the first new token), ``tokens_per_s`` (the new
-tokens after that one, each a one-token forward pass, per second) and the peak resident
-memory. ``--compare torch`` saves the weights, loads them into Hugging Face transformers'
-``GPT2LMHeadModel`` (PyTorch eager, default thread count) and decodes the same prompt in the
-same process with its KV cache, reporting its figures, the speed ratio and whether both chose
-the same tokens.
+The workload: GPT-2 small's configuration, random weights (seed 0), float32, a 16-token
+prompt, 64 new tokens chosen greedily with the KV cache, in two shapes:
 
-Each decoded token reads every weight once (498 MB), so the speed is bounded by memory
-bandwidth; see docs/model.md, section "The KV cache".
+* **batch 1**: ``prompt_ms`` (the forward pass over the prompt that yields the first new
+  token), ``tokens_per_s`` (the new tokens after that one, each a one-token forward pass, per
+  second) and the peak resident memory;
+* **batch B** (``--batch``, default 8; 0 skips it): B different prompts of different lengths
+  (the longest ``--prompt-tokens``), left-padded with an attention mask, all decoded together;
+  ``batch_tokens_per_s`` counts every row's tokens after the first step.
+
+Each decoded step reads every weight once (``weight_mb_per_token``, 495 MB: all but the rows of
+the position table it does not use), so batch 1 is bounded by memory bandwidth. The run measures
+that bound on this machine (``roofline_gb_s``: a 256 MiB ``x @ W`` in the layout the model uses,
+both cores) and the time the model's own 49 matrix products take alone (``gemv_floor_ms``), and
+reports how close decoding comes: ``achieved_gb_s`` (weight bytes per token times tokens/s) and
+its ``fraction_of_roofline``.
+
+``--compare torch`` saves the weights, loads them into Hugging Face transformers'
+``GPT2LMHeadModel`` (PyTorch eager, default thread count) and decodes the same prompts in the
+same process: batch 1 with its KV cache in a loop like npgpt's, batch B with its own batched
+``generate`` (same padding and mask); it reports its figures, the speed ratios and whether both
+chose the same tokens.
+
+``--scaling`` measures instead how a decoding step's cost grows with the context
+(``--contexts``, default 64 ... 1024 tokens), with the KV cache and without it (every step
+recomputes the whole context), and fits the exponent of each series (``fit_exponent``). See
+docs/model.md, section "The KV cache".
 """
 
 from __future__ import annotations
@@ -20,21 +36,28 @@ import inspect
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from npgpt.bench.common import peak_rss_mb
+from npgpt.bench.common import fit_exponent, median, peak_rss_mb
 
 if TYPE_CHECKING:
     from npgpt.model import GPT
+
+ENDOFTEXT = 50256          # GPT-2's <|endoftext|>: the eos and padding id of the batched workload
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=16, help="prompt length (default 16)")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens to generate (default 64)")
+    parser.add_argument("--batch", type=int, default=8, help="rows of the batched workload (default 8; 0 skips it)")
     parser.add_argument("--compare", choices=["torch"], default=None, help="also run transformers (PyTorch eager)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="measure a step's cost against the context length instead, with and without the cache")
+    parser.add_argument("--contexts", default="64,128,256,512,1024",
+                        help="context lengths of --scaling, comma-separated (default 64,128,256,512,1024)")
 
 
 def _timed_steps(steps: Iterable[object]) -> list[float]:
@@ -47,18 +70,25 @@ def _timed_steps(steps: Iterable[object]) -> list[float]:
     return times
 
 
-def run_npgpt(model: GPT, prompt: np.ndarray, new_tokens: int) -> tuple[list[float], list[int]]:
+def run_npgpt(model: GPT, prompt: np.ndarray, new_tokens: int,
+              attention_mask: np.ndarray | None = None, **settings: Any) -> tuple[list[float], list[list[int]] | list[int]]:
+    """Decode greedily, timing each step: ``(seconds per step, ids)``.
+
+    ``ids`` is the list of new ids for a one-row prompt, else one list per row.
+    """
     from npgpt import generation
 
-    ids = []
+    rows: list[list[int]] = []
 
     def steps() -> Iterator[None]:
-        for token in generation.stream(model, prompt, new_tokens):
-            ids.append(int(token[0]))
+        for token in generation.stream(model, prompt, new_tokens, attention_mask=attention_mask, **settings):
+            rows.append(token.tolist())
             yield
 
-    list(generation.stream(model, prompt, 4))          # warm-up: pages the weights in
-    return _timed_steps(steps()), ids
+    list(generation.stream(model, prompt, 4, attention_mask=attention_mask, **settings))   # warm-up: pages the weights in
+    times = _timed_steps(steps())
+    per_row = [list(r) for r in zip(*rows)]
+    return times, per_row[0] if len(prompt) == 1 else per_row
 
 
 def run_torch(directory: str | os.PathLike, prompt: np.ndarray, new_tokens: int) -> tuple[list[float], list[int], int]:
@@ -90,32 +120,240 @@ def run_torch(directory: str | os.PathLike, prompt: np.ndarray, new_tokens: int)
     return times, ids, torch.get_num_threads()
 
 
+def run_torch_batched(directory: str | os.PathLike, ids: np.ndarray, mask: np.ndarray, new_tokens: int,
+                      pad_id: int = ENDOFTEXT) -> tuple[list[float], list[list[int]]]:
+    """transformers' own batched ``generate`` (greedy, left-padded, eos = pad = ``pad_id``), timed per step.
+
+    A streamer's ``put`` is called with the prompt, then once per step with the new
+    tokens (on the CPU, at once): the gaps between the calls are the steps' times.
+    """
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    hf = transformers.GPT2LMHeadModel.from_pretrained(directory).eval()
+
+    class Clock(transformers.generation.streamers.BaseStreamer):
+        def __init__(self) -> None:
+            self.stamps: list[float] = []
+
+        def put(self, value: Any) -> None:
+            self.stamps.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    def generate(n: int, clock: Clock | None = None) -> np.ndarray:
+        with torch.no_grad():
+            return hf.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), max_new_tokens=n,
+                               do_sample=False, eos_token_id=pad_id, pad_token_id=pad_id,
+                               streamer=clock).numpy()
+
+    generate(4)                                          # warm-up
+    clock = Clock()
+    out = generate(new_tokens, clock)
+    return list(np.diff(clock.stamps)), out[:, ids.shape[1]:].tolist()
+
+
+def padded_prompts(rows: int, longest: int, vocab_size: int, pad_id: int = ENDOFTEXT,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` different random prompts of lengths from ``longest`` down to about half of it, left-padded.
+
+    Returns ``(ids, mask)`` (int64 (rows, longest)): padding holds ``pad_id`` and mask 0.
+    """
+    rng = np.random.default_rng(seed)
+    lengths = np.linspace(longest, max(1, longest // 2), rows).round().astype(int)
+    ids = np.full((rows, longest), pad_id, dtype=np.int64)
+    mask = np.zeros((rows, longest), dtype=np.int64)
+    for i, n in enumerate(lengths):
+        ids[i, longest - n:] = rng.integers(0, vocab_size, n)
+        mask[i, longest - n:] = 1
+    return ids, mask
+
+
+# ------------------------------------------------------------ how close to the bandwidth
+def weight_bytes_per_token(model: GPT) -> int:
+    """Bytes of weights one decoding step reads: every parameter, but one row of the position table."""
+    wpe = model.wpe.weight
+    total = sum(p.data.nbytes for p in model.parameters())
+    return total - wpe.data.nbytes + wpe.data.nbytes // wpe.shape[0]
+
+
+def _best_seconds(f: Any, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def roofline_gb_s(mib: int = 256, repeats: int = 5) -> float:
+    """GB/s of one large one-row product ``x @ W``, W (in, out) float32 of ``mib`` MiB, BLAS on every core.
+
+    The streaming rate a decoding step could reach at best on this machine: the
+    same kind of product, on a matrix far larger than the caches, with no Python
+    in between.
+    """
+    n_in = 4096
+    w = np.ones((n_in, mib * 2**20 // (4 * n_in)), dtype=np.float32)
+    x = np.ones((1, n_in), dtype=np.float32)
+    return w.nbytes / _best_seconds(lambda: x @ w, repeats) / 1e9
+
+
+def gemv_floor_ms(model: GPT, repeats: int = 5) -> float:
+    """Milliseconds of a step's matrix products alone: the blocks' 48 and the LM head, one row each.
+
+    The model's own weights, nothing else: a step's time minus this is what
+    everything else costs (attention, layer norm, GELU, Python).
+    """
+    from npgpt.autograd import Tensor, no_grad
+
+    C = model.config.n_embd
+    weights = [p.data for name, p in model.named_parameters() if name.startswith("h.") and p.data.ndim == 2]
+    rows = {n: np.ones((1, n), dtype=np.float32) for n in {w.shape[0] for w in weights}}
+    hidden = Tensor(np.ones((1, C), dtype=np.float32))
+
+    def products() -> None:
+        for w in weights:
+            rows[w.shape[0]] @ w
+        model.lm_head(hidden)
+
+    with no_grad():
+        return 1000 * _best_seconds(products, repeats)
+
+
+# ------------------------------------------------------------ the workloads
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.scaling:
+        return scaling(args)
     from npgpt.model import GPT, GPTConfig
 
     model = GPT(GPTConfig(), seed=0).eval()
-    prompt = np.random.default_rng(0).integers(0, model.config.vocab_size, (1, args.prompt_tokens))
+    V = model.config.vocab_size
+    prompt = np.random.default_rng(0).integers(0, V, (1, args.prompt_tokens))
     times, ids = run_npgpt(model, prompt, args.new_tokens)
     decode = sum(times[1:])
-    result = {
+    tokens_per_s = (len(times) - 1) / decode
+    weight_bytes = weight_bytes_per_token(model)
+    achieved = weight_bytes * tokens_per_s / 1e9
+    roofline = roofline_gb_s()
+    result: dict[str, Any] = {
         "workload": "generate-124M",
         "prompt_tokens": args.prompt_tokens,
         "new_tokens": args.new_tokens,
         "prompt_ms": round(1000 * times[0], 1),
-        "tokens_per_s": round((len(times) - 1) / decode, 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "tokens_per_s": round(tokens_per_s, 1),
+        "ms_per_token": round(1000 * decode / (len(times) - 1), 2),
+        "gemv_floor_ms": round(gemv_floor_ms(model), 2),
+        "weight_mb_per_token": round(weight_bytes / 1e6, 1),
+        "achieved_gb_s": round(achieved, 1),
+        "roofline_gb_s": round(roofline, 1),
+        "fraction_of_roofline": round(achieved / roofline, 3),
     }
+    batch_ids = batch_mask = None
+    if args.batch:
+        batch_ids, batch_mask = padded_prompts(args.batch, args.prompt_tokens, V)
+        batch_times, batch_out = run_npgpt(model, batch_ids, args.new_tokens, attention_mask=batch_mask,
+                                           eos_token_id=ENDOFTEXT, pad_token_id=ENDOFTEXT)
+        batch_decode = sum(batch_times[1:])
+        result.update({
+            "batch": args.batch,
+            "batch_prompt_ms": round(1000 * batch_times[0], 1),
+            "batch_tokens_per_s": round(args.batch * (len(batch_times) - 1) / batch_decode, 1),
+        })
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     if args.compare == "torch":
         with tempfile.TemporaryDirectory() as directory:
             model.save_pretrained(directory)
             del model
             torch_times, torch_ids, threads = run_torch(directory, prompt, args.new_tokens)
-        torch_decode = sum(torch_times[1:])
-        result.update({
-            "torch_prompt_ms": round(1000 * torch_times[0], 1),
-            "torch_tokens_per_s": round((len(torch_times) - 1) / torch_decode, 1),
-            "torch_threads": threads,
-            "speed_ratio_vs_torch": round(torch_decode / decode, 3),
-            "same_ids_as_torch": torch_ids == ids,
-        })
+            torch_decode = sum(torch_times[1:])
+            result.update({
+                "torch_prompt_ms": round(1000 * torch_times[0], 1),
+                "torch_tokens_per_s": round((len(torch_times) - 1) / torch_decode, 1),
+                "torch_threads": threads,
+                "speed_ratio_vs_torch": round(torch_decode / decode, 3),
+                "same_ids_as_torch": torch_ids == ids,
+            })
+            if args.batch:
+                bt_times, bt_out = run_torch_batched(directory, batch_ids, batch_mask, args.new_tokens)
+                bt_decode = sum(bt_times[1:])
+                result.update({
+                    "batch_torch_prompt_ms": round(1000 * bt_times[0], 1),
+                    "batch_torch_tokens_per_s": round(args.batch * (len(bt_times) - 1) / bt_decode, 1),
+                    "batch_speed_ratio_vs_torch": round((bt_decode / (len(bt_times) - 1))
+                                                       / (batch_decode / (len(batch_times) - 1)), 3),
+                    "batch_same_ids_as_torch": bt_out == batch_out,
+                })
     return result
+
+
+# ------------------------------------------------------------ cost growth
+def step_ms(model: GPT, context: int, steps: int, use_cache: bool) -> float:
+    """Median milliseconds of a decoding step whose context holds about ``context`` tokens.
+
+    The prompt is ``context - steps`` tokens and the ``steps`` timed steps after
+    the first (the prompt's pass) end at ``context`` tokens; ``use_cache=False``
+    makes each of them run the model over the whole context again.
+    """
+    prompt = np.random.default_rng(context).integers(0, model.config.vocab_size, (1, context - steps))
+    times, _ = run_npgpt(model, prompt, steps + 1, use_cache=use_cache)
+    return 1000 * median(times[1:])
+
+
+def attention_ms(model: GPT, context: int, repeats: int = 20) -> float:
+    """Milliseconds of one decoding step's attention alone (all layers): one query against ``context`` cached keys."""
+    import npgpt.functional as F
+    from npgpt.autograd import Tensor, no_grad
+
+    H, C = model.config.n_head, model.config.n_embd
+    rng = np.random.default_rng(0)
+    q = Tensor(rng.standard_normal((1, H, 1, C // H), dtype=np.float32))
+    k, v = (Tensor(rng.standard_normal((1, H, context, C // H), dtype=np.float32)) for _ in range(2))
+
+    def layers() -> None:
+        for _ in range(model.config.n_layer):
+            F.scaled_dot_product_attention(q, k, v, causal=False, return_weights=True)
+
+    with no_grad():
+        return 1000 * _best_seconds(layers, repeats)
+
+
+def scaling_rows(model: GPT, contexts: Sequence[int], cached_steps: int = 8,
+                 uncached_steps: int = 2) -> dict[str, Any]:
+    """A decoding step's cost against the context length, with and without the KV cache, and the fitted exponents.
+
+    With the cache a step reads every weight once (constant) and attends over
+    the cached keys (linear in the context): nearly flat until the cache's bytes
+    approach the weights'. Without it a step runs the model over the whole
+    context: linear in the context for the matrix products, plus attention's
+    quadratic term, which for GPT-2 small stays below a quarter of the work at
+    1024 tokens (``T / 6C``).
+    """
+    rows = []
+    for context in contexts:
+        rows.append({
+            "context": int(context),
+            "cached_ms": round(step_ms(model, context, cached_steps, True), 2),
+            "attention_ms": round(attention_ms(model, context), 3),
+            "uncached_ms": round(step_ms(model, context, uncached_steps, False), 1),
+        })
+    sizes = [r["context"] for r in rows]
+    return {
+        "rows": rows,
+        "exponent_cached": round(fit_exponent(sizes, [r["cached_ms"] for r in rows]), 3),
+        "exponent_attention": round(fit_exponent(sizes, [r["attention_ms"] for r in rows]), 3),
+        "exponent_uncached": round(fit_exponent(sizes, [r["uncached_ms"] for r in rows]), 3),
+    }
+
+
+def scaling(args: argparse.Namespace) -> dict[str, Any]:
+    from npgpt.model import GPT, GPTConfig
+
+    contexts = [int(c) for c in args.contexts.split(",")]
+    model = GPT(GPTConfig(), seed=0).eval()
+    if max(contexts) > model.config.block_size:
+        raise SystemExit(f"--contexts: at most block_size = {model.config.block_size} tokens")
+    return {"workload": "generate-124M-scaling", "model": "GPT-2 small (124M), random weights",
+            **scaling_rows(model, contexts)}
