@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Optional
@@ -35,7 +37,7 @@ from npgpt.progress import Progress
 from npgpt.tokenizer.bpe import ENDOFTEXT
 
 __all__ = ["EOT", "prepare", "prepare_documents", "split_documents", "load_tokens", "load_meta", "TokenFile",
-           "BatchSampler", "token_dtype"]
+           "BatchSampler", "token_dtype", "default_workers"]
 
 EOT = ENDOFTEXT          # separates documents in a token stream
 META_NAME = "meta.json"
@@ -101,7 +103,7 @@ def _read_documents(input_files: Iterable[str | os.PathLike]) -> Iterator[tuple[
 
 def prepare(input_files: Iterable[str | os.PathLike], tokenizer: Any, out_dir: str | os.PathLike,
             val_fraction: float = 0.1, tokenizer_dir: Optional[str | os.PathLike] = None,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, workers: Optional[int] = None) -> dict[str, Any]:
     """Tokenize text files into ``out_dir/train.bin``, ``val.bin`` and ``meta.json``; returns the meta dict.
 
     Each file is one document, or several separated by literal
@@ -111,19 +113,48 @@ def prepare(input_files: Iterable[str | os.PathLike], tokenizer: Any, out_dir: s
     documents end. The last ``val_fraction`` of every document is the validation
     split. The tokenizer is saved into ``out_dir/tokenizer`` (when it has a
     ``save`` method), so training and generation find it there.
+
+    ``workers`` processes (default: one per CPU core) encode contiguous runs of documents; the
+    files are the same bytes whatever their number (see :func:`prepare_documents`).
     """
     paths = [pathlib.Path(p) for p in input_files]
     docs = list(_read_documents(paths))
     sources = [{"path": str(p), "bytes": p.stat().st_size} for p in paths]
     return prepare_documents([d for _, d in docs], tokenizer, out_dir, val_fraction=val_fraction,
-                             sources=sources, progress=progress)
+                             sources=sources, progress=progress, workers=workers)
+
+
+_TASK_BYTES = 1 << 21          # text per task of a worker: small enough to balance, large enough to amortise
+_MIN_TASK_BYTES = 1 << 18      # below this a second process costs more than it saves
+
+
+def default_workers() -> int:
+    """One worker per CPU core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:     # not Linux
+        return os.cpu_count() or 1
 
 
 def prepare_documents(documents: Iterable[str], tokenizer: Any, out_dir: str | os.PathLike, val_fraction: float = 0.1,
-                      sources: Optional[list[dict[str, Any]]] = None, progress: bool = True) -> dict[str, Any]:
-    """Like :func:`prepare` for a list of document strings (e.g. ``datasets.load_documents``)."""
+                      sources: Optional[list[dict[str, Any]]] = None, progress: bool = True,
+                      workers: Optional[int] = None) -> dict[str, Any]:
+    """Like :func:`prepare` for a list of document strings (e.g. ``datasets.load_documents``).
+
+    The documents are cut into runs of about 2 MB of text, in order; ``workers`` processes
+    (``multiprocessing``; default one per core, never more than there are runs) encode a run
+    each, and the parent appends each run's tokens to the files in run order as they come back.
+    So the files are byte-identical for any number of workers, and memory holds the text plus a
+    few runs' tokens, never the whole stream. With an npgpt ``Tokenizer`` a document's ids go
+    from its caches to the file as packed integers (``Tokenizer.encode_ordinary_array``), never
+    as a list of Python ints.
+    """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"prepare: val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    if workers is None:
+        workers = default_workers()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"prepare: workers must be an integer >= 1 (the number of processes), got {workers!r}")
     documents = [d for d in documents if d.strip()]
     if not documents:
         raise ValueError("prepare: no non-empty documents to tokenize")
@@ -133,52 +164,157 @@ def prepare_documents(documents: Iterable[str], tokenizer: Any, out_dir: str | o
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    total_bytes = sum(len(d.encode("utf-8")) for d in documents)
+    sizes = [len(d.encode("utf-8")) for d in documents]
+    total_bytes = sum(sizes)
+    runs = _runs(sizes, max(_MIN_TASK_BYTES, min(_TASK_BYTES, total_bytes // workers + 1)))
+    workers = min(workers, len(runs))
     bar = Progress(total_bytes, "tokenizing", enabled=progress, unit="B")
-    done_bytes = 0
-    train_pieces, val_pieces = [], []
     started = time.perf_counter()
-    for doc in documents:
-        ids = tokenizer.encode(doc, allowed_special=set(), disallowed_special=())   # specials as plain text
-        ids = np.asarray(list(ids) + [eot], dtype=np.int64)
-        # The validation split is the tail of *every* document, not the tail of the whole
-        # stream: with a few large sources (plays, speeches, a novel) the stream's tail would
-        # be one source only, and the validation loss would measure a change of domain.
-        n_val = int(len(ids) * val_fraction)
-        train_pieces.append(ids[:len(ids) - n_val])
-        val_pieces.append(ids[len(ids) - n_val:])
-        done_bytes += len(doc.encode("utf-8"))
-        bar.update(done_bytes)
-    bar.close()
-    seconds = time.perf_counter() - started
-    train, val = np.concatenate(train_pieces), np.concatenate(val_pieces)
-    if val.size == 0:                # every document is tiny: fall back to the stream's tail
-        stream = train
-        n_val = max(1, int(round(len(stream) * val_fraction)))
-        train, val = stream[:len(stream) - n_val], stream[len(stream) - n_val:]
-    if train.size < 1:
-        raise ValueError(f"prepare: {train.size + val.size} tokens are too few to split into train and validation")
-    for split in (train, val):
-        if split.size and (split.min() < 0 or split.max() >= vocab_size):
-            raise ValueError(f"prepare: the tokenizer produced ids outside 0..{vocab_size - 1}")
-    train, val = train.astype(dtype), val.astype(dtype)
-    n_train = len(train)
+    files = {split: _TempFile(out_dir / f"{split}.bin") for split in ("train", "val")}
+    try:
+        counts = {"train": 0, "val": 0}
+        done_bytes = 0
+        encoded = _encode_runs(documents, runs, tokenizer, eot, dtype, vocab_size, val_fraction, workers)
+        for (a, b), pieces in zip(runs, encoded, strict=True):
+            for split, piece in zip(("train", "val"), pieces):
+                files[split].write(piece)
+                counts[split] += len(piece) // dtype.itemsize
+            done_bytes += sum(sizes[a:b])
+            bar.update(done_bytes)
+        bar.close()
+        seconds = time.perf_counter() - started
+        if counts["val"] == 0:         # every document is tiny: the stream's tail is the validation split
+            n_val = max(1, int(round(counts["train"] * val_fraction)))
+            if counts["train"] - n_val >= 1:
+                files["val"].write(files["train"].cut_tail((counts["train"] - n_val) * dtype.itemsize))
+                counts["train"] -= n_val
+                counts["val"] = n_val
+        if counts["train"] < 1:
+            raise ValueError(f"prepare: {counts['train'] + counts['val']} tokens are too few to split into "
+                             "train and validation")
 
-    tokenizer_info = {"class": f"{type(tokenizer).__module__}.{type(tokenizer).__name__}",
-                      "vocab_size": vocab_size, "eot_token_id": eot, "dir": None}
-    if hasattr(tokenizer, "save"):
-        tokenizer.save(out_dir / "tokenizer")
-        tokenizer_info["dir"] = "tokenizer"
-    meta = {"format_version": FORMAT_VERSION, "dtype": dtype.name, "vocab_size": vocab_size,
-            "eot_token_id": eot, "train_tokens": int(n_train), "val_tokens": int(len(val)),
-            "documents": len(documents), "val_fraction": val_fraction, "tokenizer": tokenizer_info,
-            "sources": sources or [], "tokenize_seconds": round(seconds, 3)}
-    # The token files first, meta.json last: a directory with a meta.json is complete.
-    fileio.atomic_write(out_dir / "train.bin", train.tobytes())
-    fileio.atomic_write(out_dir / "val.bin", val.tobytes())
+        tokenizer_info = {"class": f"{type(tokenizer).__module__}.{type(tokenizer).__name__}",
+                          "vocab_size": vocab_size, "eot_token_id": eot, "dir": None}
+        if hasattr(tokenizer, "save"):
+            tokenizer.save(out_dir / "tokenizer")
+            tokenizer_info["dir"] = "tokenizer"
+        meta = {"format_version": FORMAT_VERSION, "dtype": dtype.name, "vocab_size": vocab_size,
+                "eot_token_id": eot, "train_tokens": counts["train"], "val_tokens": counts["val"],
+                "documents": len(documents), "val_fraction": val_fraction, "tokenizer": tokenizer_info,
+                "sources": sources or [], "tokenize_seconds": round(seconds, 3)}
+        # The token files first, meta.json last: a directory with a meta.json is complete.
+        for f in files.values():
+            f.commit()
+    finally:
+        for f in files.values():
+            f.discard()
     fileio.atomic_write(out_dir / META_NAME, json.dumps(meta, indent=2) + "\n")
     fileio.fsync(out_dir)
     return meta
+
+
+def _runs(sizes: list[int], run_bytes: int) -> list[tuple[int, int]]:
+    """Cut documents (their sizes in bytes) into consecutive ``[a, b)`` runs of about ``run_bytes``."""
+    runs, a, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        total += size
+        if total >= run_bytes:
+            runs.append((a, i + 1))
+            a, total = i + 1, 0
+    if a < len(sizes):
+        runs.append((a, len(sizes)))
+    return runs
+
+
+# What every task of one prepare needs, set once per process (inherited by forked workers, or
+# sent once to each spawned one) so that a task is only a pair of indices.
+_JOB: dict[str, Any] = {}
+
+
+def _start_job(documents: list[str], tokenizer: Any, eot: int, dtype: np.dtype, vocab_size: int,
+               val_fraction: float) -> None:
+    _JOB.update(documents=documents, tokenizer=tokenizer, eot=eot, dtype=dtype, vocab_size=vocab_size,
+                val_fraction=val_fraction)
+
+
+def _encode_run(run: tuple[int, int]) -> tuple[bytes, bytes]:
+    """The train and validation tokens of documents ``run[0]:run[1]``, packed as the files hold them."""
+    tokenizer, eot, dtype, vocab_size = _JOB["tokenizer"], _JOB["eot"], _JOB["dtype"], _JOB["vocab_size"]
+    packed = getattr(tokenizer, "encode_ordinary_array", None)      # npgpt's Tokenizer: no Python ints
+    train, val = [], []
+    for doc in _JOB["documents"][run[0]:run[1]]:
+        if packed is not None:
+            ids = np.frombuffer(packed(doc), dtype=np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+        else:
+            ids = np.asarray(list(tokenizer.encode(doc, allowed_special=set(), disallowed_special=())),
+                             dtype=np.int64)                         # special tokens' text as plain text
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+            raise ValueError(f"prepare: the tokenizer produced ids outside 0..{vocab_size - 1}")
+        stream = np.empty(ids.size + 1, dtype=dtype)
+        stream[:-1] = ids
+        stream[-1] = eot
+        # The validation split is the tail of *every* document, not the tail of the whole
+        # stream: with a few large sources (plays, speeches, a novel) the stream's tail would
+        # be one source only, and the validation loss would measure a change of domain.
+        n_train = stream.size - int(stream.size * _JOB["val_fraction"])
+        train.append(stream[:n_train])
+        val.append(stream[n_train:])
+    return np.concatenate(train).tobytes(), np.concatenate(val).tobytes()
+
+
+def _encode_runs(documents: list[str], runs: list[tuple[int, int]], tokenizer: Any, eot: int, dtype: np.dtype,
+                 vocab_size: int, val_fraction: float, workers: int) -> Iterator[tuple[bytes, bytes]]:
+    """``_encode_run`` of every run, in order: in this process, or in a pool of ``workers``."""
+    job = (documents, tokenizer, eot, dtype, vocab_size, val_fraction)
+    if workers == 1:
+        _start_job(*job)
+        try:
+            yield from map(_encode_run, runs)
+        finally:
+            _JOB.clear()
+        return
+    import multiprocessing
+
+    # fork shares the documents and the tokenizer (with its warm caches) without copying them;
+    # elsewhere (macOS, Windows) the default start method sends each worker a copy.
+    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
+    with context.Pool(workers, initializer=_start_job, initargs=job) as pool:
+        yield from pool.imap(_encode_run, runs)
+
+
+class _TempFile:
+    """A file written in pieces beside ``path``, renamed onto it by ``commit`` (never half-written)."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        self.file = os.fdopen(fd, "w+b")
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+
+    def cut_tail(self, offset: int) -> bytes:
+        """Remove and return everything after byte ``offset``."""
+        self.file.flush()
+        self.file.seek(offset)
+        tail = self.file.read()
+        self.file.seek(offset)
+        self.file.truncate()
+        return tail
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.chmod(self.tmp, 0o644)      # mkstemp makes files private; these are for sharing
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        """Close and delete the temporary file, unless ``commit`` has renamed it."""
+        if not self.file.closed:
+            self.file.close()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
 
 
 # ================================================================= reading

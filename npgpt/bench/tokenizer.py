@@ -40,7 +40,8 @@ def first_bytes(documents: Iterable[str], n_bytes: int) -> list[str]:
     return out
 
 
-def _tiktoken_gpt2(path: str | os.PathLike) -> Any:
+def tiktoken_gpt2(path: str | os.PathLike) -> Any:
+    """tiktoken's GPT-2 ``Encoding`` from a local ``gpt2.tiktoken`` ranks file, offline."""
     os.environ["TIKTOKEN_CACHE_DIR"] = ""       # offline, and no cached copy written
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gpt2 = Tokenizer.from_pretrained("gpt2")
     load_npgpt = time.perf_counter() - start
     start = time.perf_counter()
-    enc = _tiktoken_gpt2(datasets.fetch("gpt2-tiktoken"))
+    enc = tiktoken_gpt2(datasets.fetch("gpt2-tiktoken"))
     load_tiktoken = time.perf_counter() - start
 
     ours, warm, theirs, ids, ref = [], [], [], None, None

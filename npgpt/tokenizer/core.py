@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import array
 import os
 import pathlib
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import regex
 
-from npgpt.tokenizer.bpe import _REFERENCE_PRETOKENIZE, ENDOFTEXT, Vocabulary, WordCache, pretokenize, token_bytes, token_text
+from npgpt.tokenizer.bpe import (
+    _REFERENCE_PRETOKENIZE,
+    ENDOFTEXT,
+    ChunkCache,
+    Vocabulary,
+    WordCache,
+    encode_chunks,
+    token_bytes,
+    token_text,
+)
 from npgpt.tokenizer.formats import TokenizerFileError, read_dir, read_tiktoken, write_hf
 from npgpt.tokenizer.train import train_bpe
 
@@ -67,7 +76,11 @@ class Tokenizer:
                 raise ValueError(f"merge {r} ({a}, {b}) makes {joined!r}, which is not in the vocabulary")
             self._ranks.setdefault((a, b), r)  # a repeated pair keeps its first (lowest) rank
             self._merged.append(self._id_of[joined])
-        self._cache = WordCache(self._ranks, self._merged, self._byte_ids)
+        # Ids travel packed as an array.array of this type: 2 bytes each while they fit, else 4.
+        self._typecode = "H" if n <= 1 << 16 else "I"
+        self._cache = WordCache(self._ranks, self._merged, self._byte_ids, self._typecode)
+        self._first = ChunkCache(self._cache, "")
+        self._spaced = ChunkCache(self._cache, " ")
 
     # ------------------------------------------------------------------ basic facts
     @property
@@ -110,18 +123,28 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ encoding
     def _encode_words(self, text: str) -> list[int]:
-        """Ids of text without special tokens: pre-tokenize, then look each pre-token up.
-
-        Natural text repeats its words (SOTU: 2.0 M pre-tokens, 32 k distinct), so the ids of
-        each pre-token are cached; the lookups and the joining of their ids run in C
-        (``map``/``chain``), and only a cache miss runs Python code: the merge loop.
-        """
-        words = pretokenize(text)
-        return list(itertools.chain.from_iterable(map(self._cache.__getitem__, words)))
+        """Ids of text without special tokens, as a list (see ``encode_ordinary_array``)."""
+        return self.encode_ordinary_array(text).tolist()
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of ``text``, every special token's text treated as ordinary text."""
         return self._encode_words(text)
+
+    def encode_ordinary_array(self, text: str) -> array.array:
+        """``encode_ordinary(text)`` as an ``array.array`` of unsigned ints: typecode ``"H"``
+        (16 bits) when every id fits, else ``"I"`` (32 bits).
+
+        What ``npgpt.data.prepare`` writes to disk: the ids never exist as Python ints.
+        Natural text repeats itself, so the ids of every chunk between two spaces and of every
+        pre-token are cached, and a text is one ``str.split`` plus one dict lookup per chunk
+        (``bpe.encode_chunks``); only a new pre-token runs Python code, the merge loop
+        (docs/tokenizer.md, "Encoding fast").
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        ids = array.array(self._typecode)
+        ids.frombytes(encode_chunks(text, self._first, self._spaced))
+        return ids
 
     def encode(self, text: str, *, allowed_special: Collection[str] | Literal["all"] = frozenset(),
                disallowed_special: Collection[str] | Literal["all"] = "all") -> list[int]:
