@@ -92,8 +92,12 @@ _CACHE_KEY_LIMIT = 256      # ... and never stores a key longer than this (a 1 M
 # \s also matches U+001C..U+001F.
 _WS = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 # A whitespace run with a space after its first character: the only place where cutting the text
-# before a space can change its pre-tokens (see ``encode_chunks``).
-_CROWDED_SPACE = re.compile(f"[{_WS}]+ [{_WS}]*")
+# before a space can change its pre-tokens (see ``encode_chunks``). The look-behind lets a match
+# start only where a run starts: without it "\n" * n costs O(n^2), a failed try at each position.
+_CROWDED_SPACE = re.compile(f"(?<![{_WS}])[{_WS}]+ [{_WS}]*")
+# In ASCII text a crowded space is one of these pairs; six substring searches rule them out faster
+# than the pattern can.
+_ASCII_CROWDED = ("  ", "\n ", "\t ", "\r ", "\x0b ", "\x0c ")
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -261,6 +265,9 @@ def encode_chunks(text: str, first: ChunkCache, spaced: ChunkCache) -> bytes:
     ``first`` caches chunks that start a piece of text, ``spaced`` those that followed a space.
     """
     parts: list[bytes] = []
+    if text.isascii() and not any(pair in text for pair in _ASCII_CROWDED):
+        _split_at_spaces(text, parts, first, spaced)
+        return b"".join(parts)
     start, n = 0, len(text)
     for m in _CROWDED_SPACE.finditer(text):
         a, b = m.span()
