@@ -175,3 +175,71 @@ def test_prepare_with_a_trained_bpe_tokenizer_round_trips(tmp_path):
     assert tok.decode(train + val).count(EOT) == 3
     assert meta["eot_token_id"] == tok.encode(EOT, allowed_special={EOT})[0]
     assert tokenizer.Tokenizer.from_pretrained(tmp_path / "out" / "tokenizer") == tok
+
+
+def _read_splits(out):
+    return (out / "train.bin").read_bytes(), (out / "val.bin").read_bytes()
+
+
+@pytest.mark.parametrize("bpe", [False, True], ids=["char-tokenizer", "npgpt-bpe"])
+def test_any_number_of_workers_writes_the_same_files(tmp_path, monkeypatch, bpe):
+    """Runs of documents encoded by a pool come back in order: the files equal one process's."""
+    texts = [TEXT_A * (i % 3 + 1) + f"document {i}\n" + TEXT_B for i in range(12)]
+    if bpe:
+        from npgpt.tokenizer import Tokenizer
+        tok = Tokenizer.train(texts, 300, show_progress=False)
+    else:
+        tok = CharTokenizer("".join(texts))
+    monkeypatch.setattr(data, "_MIN_TASK_BYTES", 64)       # many small runs, so the pool has work to share
+    monkeypatch.setattr(data, "_TASK_BYTES", 64)
+    metas = {}
+    for workers in (1, 2, 3):
+        metas[workers] = data.prepare_documents(texts, tok, tmp_path / str(workers), progress=False, workers=workers)
+    documents = [list(tok.encode(t, allowed_special=set(), disallowed_special=())) + [metas[1]["eot_token_id"]]
+                 for t in texts]
+    assert both_splits(tmp_path / "1") == split_each_document(documents, 0.1)
+    assert _read_splits(tmp_path / "2") == _read_splits(tmp_path / "3") == _read_splits(tmp_path / "1")
+    for meta in metas.values():
+        meta.pop("tokenize_seconds")
+    assert metas[1] == metas[2] == metas[3]
+
+
+def test_tiny_documents_take_the_streams_tail_for_validation(tmp_path, monkeypatch):
+    """When no document is long enough to give a token, the stream's last tokens are cut from
+    train.bin (already written) into val.bin."""
+    texts = ["a", "b", "ab", "ba", "a", "b"]          # 2-3 tokens each: int(n * 0.1) == 0
+    tok = CharTokenizer("ab")
+    monkeypatch.setattr(data, "_MIN_TASK_BYTES", 2)
+    monkeypatch.setattr(data, "_TASK_BYTES", 2)
+    meta = data.prepare_documents(texts, tok, tmp_path / "out", val_fraction=0.25, progress=False, workers=2)
+    stream = [i for t in texts for i in tok.encode(t) + [tok.eot_id]]
+    n_val = round(len(stream) * 0.25)
+    assert both_splits(tmp_path / "out") == (stream[:-n_val], stream[-n_val:])
+    assert (meta["train_tokens"], meta["val_tokens"]) == (len(stream) - n_val, n_val)
+
+
+def test_workers_must_be_a_positive_integer(tmp_path, capsys):
+    tok = CharTokenizer(TEXT_A)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+            data.prepare_documents([TEXT_A], tok, tmp_path / "out", workers=bad)
+    from npgpt.cli import main
+    assert main(["prepare", "--input", str(_files(tmp_path, TEXT_A)[0]), "--tokenizer", str(tmp_path), "--out",
+                 str(tmp_path / "cli"), "--workers", "0"]) == 2
+    assert "--workers: expected an integer >= 1, got '0'" in capsys.readouterr().err
+    assert data.default_workers() >= 1
+
+
+def test_a_worker_that_fails_leaves_no_files(tmp_path, monkeypatch):
+    class Broken(CharTokenizer):
+        def encode(self, text, allowed_special=(), disallowed_special="all"):
+            if text == TEXT_B:
+                raise RuntimeError("tokenizer crashed")
+            return super().encode(text, allowed_special)
+
+    monkeypatch.setattr(data, "_MIN_TASK_BYTES", 16)
+    monkeypatch.setattr(data, "_TASK_BYTES", 16)
+    with pytest.raises(RuntimeError, match="crashed"):
+        data.prepare_documents([TEXT_A, TEXT_A, TEXT_B, TEXT_A], Broken(TEXT_A + TEXT_B), tmp_path / "out",
+                               progress=False, workers=2)
+    assert list((tmp_path / "out").iterdir()) == []

@@ -201,6 +201,58 @@ def test_long_word_merge_loop_equals_short_one(small, raw):
     assert bpe(list(ids), small._ranks, small._merged) == short
 
 
+WHITESPACE = st.sampled_from([" ", "  ", "\n", "\n ", " \n", "\t", "\r\n", "\xa0", "\u3000", "\x85", "\x0b "])
+SPACED = st.lists(st.sampled_from(WORDS + ["x", "'s", "😀", ".", ""]) | WHITESPACE, max_size=30).map(" ".join)
+
+
+@given(SPACED | st.lists(TRICKY, max_size=40).map("".join))
+def test_cutting_at_spaces_equals_tiktoken(gpt2, tiktoken_gpt2, text):
+    """The chunk encoder cuts text at single spaces after a non-space and cuts out whitespace
+    runs with a space inside ("\n  "): the ids are tiktoken's, with the caches cold or warm."""
+    fresh = Tokenizer(gpt2._tokens, gpt2.merges, gpt2.special_tokens)
+    assert fresh.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
+    assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)       # warm, shared caches
+
+
+@given(SPACED)
+def test_cutting_at_spaces_equals_reference(small, text):
+    assert small.encode_ordinary(text) == small._encode_reference(text)
+
+
+@pytest.mark.parametrize("text", ["\n" * 20_000, " \n" * 10_000, "\n " * 10_000, "\t  " * 7_000, "  x" * 7_000,
+                                  "x" + " " * 20_000 + "y", "\n" * 20_000 + " x", "\u3000 " * 10_000],
+                         ids=["newlines", "space-newline", "newline-space", "tab-spaces", "indented", "space-run",
+                              "newlines-then-word", "unicode-space"])
+def test_long_whitespace_runs_equal_tiktoken(gpt2, tiktoken_gpt2, text):
+    assert gpt2.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+
+
+def test_text_without_spaces_equals_tiktoken(gpt2, tiktoken_gpt2):
+    rng = random.Random(0)
+    letters = "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=30_000))
+    words = "".join(rng.choice(WORDS) for _ in range(5_000))              # real words run together
+    for text in (letters, words):
+        assert gpt2.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+
+
+def test_encode_ordinary_array_packs_the_ids(gpt2, small):
+    text = "The cat sits on the mat. " * 3
+    packed = gpt2.encode_ordinary_array(text)
+    assert packed.typecode == "H" and packed.tolist() == gpt2.encode_ordinary(text)
+    wide = Tokenizer([bytes([b]) for b in range(256)] + [f"<|{i}|>".encode() for i in range(65_300)], [],
+                     {f"<|{i}|>": 256 + i for i in range(65_300)})
+    assert wide.encode_ordinary_array("ab").typecode == "I" and wide.encode_ordinary("ab") == [97, 98]
+    with pytest.raises(TypeError, match="str"):
+        small.encode_ordinary_array(b"bytes")
+
+
+def test_caches_do_not_keep_long_pieces(small):
+    """A 1 MB run is encoded, not stored: the caches' memory stays bounded by their entry count."""
+    before = len(small._cache), len(small._first), len(small._spaced)
+    assert small.decode(small.encode("q" * 5_000)) == "q" * 5_000
+    assert (len(small._cache), len(small._first), len(small._spaced)) == before
+
+
 def test_repeated_characters_do_not_take_quadratic_time(small):
     text = "ha" * 50_000
     ids = small.encode(text)
