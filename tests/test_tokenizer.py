@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import npgpt
 from npgpt import datasets
 from npgpt.tokenizer import ENDOFTEXT, GPT2_PATTERN, StreamDecoder, Tokenizer, bytes_to_unicode, pretokenize
-from npgpt.tokenizer.bpe import bpe, bpe_long
+from npgpt.tokenizer.bpe import bpe, bpe_long, crowded_runs
 
 WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
          "but have an they you were their one all we can her has there been if more when will would who "
@@ -212,6 +212,13 @@ def test_cutting_at_spaces_equals_tiktoken(gpt2, tiktoken_gpt2, text):
     fresh = Tokenizer(gpt2._tokens, gpt2.merges, gpt2.special_tokens)
     assert fresh.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
     assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)       # warm, shared caches
+
+
+@given(SPACED | st.lists(TRICKY, max_size=40).map("".join))
+def test_crowded_runs_are_the_whitespace_runs_with_an_inner_space(text):
+    """crowded_runs: every maximal run of regex's \\s holding a space after its first character."""
+    expected = [m.span() for m in regex.finditer(r"\s+", text) if " " in m.group()[1:]]
+    assert crowded_runs(text) == expected
 
 
 @given(SPACED)

@@ -84,20 +84,21 @@ def pretokenize(text: str) -> list[str]:
         pos = b
     words += _ASCII_PRETOKENIZE.findall(text, pos)
     return words
+
+
 _LONG_WORD = 48             # pre-tokens longer than this (in bytes) use the O(n log n) merge loop
 _CACHE_LIMIT = 1 << 20      # a cache is cleared when it holds more entries than this ...
 _CACHE_KEY_LIMIT = 256      # ... and never stores a key longer than this (a 1 MB run is encoded, not kept)
 
 # The characters `regex` counts as \s (tested against it), spelled out for Python's `re`, whose own
 # \s also matches U+001C..U+001F.
-_WS = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-# A whitespace run with a space after its first character: the only place where cutting the text
-# before a space can change its pre-tokens (see ``encode_chunks``). The look-behind lets a match
-# start only where a run starts: without it "\n" * n costs O(n^2), a failed try at each position.
-_CROWDED_SPACE = re.compile(f"(?<![{_WS}])[{_WS}]+ [{_WS}]*")
-# In ASCII text a crowded space is one of these pairs; six substring searches rule them out faster
-# than the pattern can.
-_ASCII_CROWDED = ("  ", "\n ", "\t ", "\r ", "\x0b ", "\x0c ")
+_UNICODE_WS = "\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_WS = "\t\n\x0b\x0c\r " + _UNICODE_WS
+_WS_CHARS = frozenset(regex.findall(f"[{_WS}]", "".join(map(chr, range(0x3001)))))
+_WS_RUN = re.compile(f"[{_WS}]*")
+# Whitespace other than the space and the newline: rare, so looked for alone (one fast scan each)
+# before its pair with a space is (see ``crowded_runs``).
+_RARE_WS = sorted(_WS_CHARS - {" ", "\n"})
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -250,6 +251,35 @@ class ChunkCache(dict):
         return ids
 
 
+def crowded_runs(text: str) -> list[tuple[int, int]]:
+    """The ``[a, b)`` spans, in order, of every whitespace run of ``text`` (as long as it goes)
+    with a space after its first character: ``"  "``, ``"\n    "`` before an indented line.
+
+    Found with ``str.find`` of each pair "whitespace, space", which skips the ordinary spaces in
+    C: a pattern would stop at every space of the text to reject it, and costs more than the
+    rest of a warm encode. Each run is widened to its ends; scanning on from its end keeps the
+    search linear however long the run ("\n" * 1_000_000 + " ").
+    """
+    pairs = ["  ", "\n "] + [c + " " for c in _RARE_WS if c in text]
+    found = {pair: i for pair in pairs if (i := text.find(pair)) >= 0}
+    runs = []
+    while found:
+        i = min(found.values())
+        a = i
+        while a and text[a - 1] in _WS_CHARS:
+            a -= 1
+        b = _WS_RUN.match(text, i).end()
+        runs.append((a, b))
+        for pair, j in list(found.items()):
+            if j < b:
+                j = text.find(pair, b)
+                if j < 0:
+                    del found[pair]
+                else:
+                    found[pair] = j
+    return runs
+
+
 def encode_chunks(text: str, first: ChunkCache, spaced: ChunkCache) -> bytes:
     """The packed ids of ``text`` (as ``ChunkCache`` packs them), cut at spaces instead of by the pattern.
 
@@ -258,19 +288,15 @@ def encode_chunks(text: str, first: ChunkCache, spaced: ChunkCache) -> bytes:
     cached whole. Cutting before a space is exact where the character before it is not
     whitespace: the pre-token before the cut cannot go on past it, and the pattern has no
     look-behind (``_safe_cut``). Inside a whitespace run with a space after its first character
-    (``_CROWDED_SPACE``: "  ", "\n   " before an indented line) it is not: GPT-2 makes the run,
-    less its last character, one pre-token; the last character starts the next piece. So those
-    runs are cut out first and the text between them is split at its spaces.
+    (``crowded_runs``) it is not: GPT-2 makes the run, less its last character, one pre-token
+    (``\\s+(?!\\S)``); the last character starts the next piece. So those runs are cut out first
+    and the text between them is split at its spaces.
 
     ``first`` caches chunks that start a piece of text, ``spaced`` those that followed a space.
     """
     parts: list[bytes] = []
-    if text.isascii() and not any(pair in text for pair in _ASCII_CROWDED):
-        _split_at_spaces(text, parts, first, spaced)
-        return b"".join(parts)
     start, n = 0, len(text)
-    for m in _CROWDED_SPACE.finditer(text):
-        a, b = m.span()
+    for a, b in crowded_runs(text):
         _split_at_spaces(text[start:a], parts, first, spaced)
         if b == n:                             # the run ends the text: one pre-token
             parts.append(first[text[a:]])
