@@ -121,7 +121,8 @@ def scaling_rows(train_sizes_mb: Iterable[float] = TRAIN_SIZES_MB, encode_sizes_
     Training: ``Tokenizer.train(documents, vocab_size)`` on the first MB of SOTU + Shakespeare +
     Moby-Dick (17 MB; larger sizes repeat it from the start). Encoding: ``encode_ordinary`` of each
     ``pathological_text`` with a fresh GPT-2 tokenizer (such a pre-token is never cached anyway),
-    best of two; tiktoken's time beside it, until one of its encodes takes ``TIKTOKEN_LIMIT_S``.
+    best of two; tiktoken's time beside it, until one of its encodes takes ``TIKTOKEN_LIMIT_S`` or
+    fails (its regex engine overflows its stack on some of these inputs: ``tiktoken_error``).
     """
     from npgpt import datasets
     from npgpt.tokenizer import Tokenizer
@@ -153,10 +154,17 @@ def scaling_rows(train_sizes_mb: Iterable[float] = TRAIN_SIZES_MB, encode_sizes_
             row = {"mb": mb, "seconds": round(min(times), 4), "tokens": len(ids)}
             if tiktoken_ok:
                 start = time.perf_counter()
-                ref = enc.encode_ordinary(text)
-                row["tiktoken_seconds"] = round(time.perf_counter() - start, 4)
-                row["ids_equal_tiktoken"] = ids == ref
-                tiktoken_ok = row["tiktoken_seconds"] < TIKTOKEN_LIMIT_S
+                try:
+                    ref = enc.encode_ordinary(text)
+                except BaseException as exc:   # tiktoken's Rust panics are BaseExceptions
+                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                        raise
+                    row["tiktoken_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+                    tiktoken_ok = False
+                else:
+                    row["tiktoken_seconds"] = round(time.perf_counter() - start, 4)
+                    row["ids_equal_tiktoken"] = ids == ref
+                    tiktoken_ok = row["tiktoken_seconds"] < TIKTOKEN_LIMIT_S
             rows.append(row)
         entry = {"rows": rows, "exponent": round(fit_exponent([r["mb"] for r in rows], [r["seconds"] for r in rows]), 2)}
         timed = [r for r in rows if "tiktoken_seconds" in r]
