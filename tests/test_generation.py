@@ -342,11 +342,11 @@ def test_benchmark_scaling_rows_time_both_series_and_fit_their_exponents():
 def test_benchmark_batched_transformers_run_chooses_the_same_ids(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from npgpt.bench.generate import padded_prompts, run_npgpt, run_torch_batched
+    from npgpt.bench.generate import load_torch, padded_prompts, run_npgpt, run_torch_batched
 
     model = tiny(block_size=32)
     model.save_pretrained(tmp_path)
     ids, mask = padded_prompts(3, 5, 41, pad_id=40)
     _, ours = run_npgpt(model, ids, 6, attention_mask=mask, eos_token_id=40, pad_token_id=40)
-    times, theirs = run_torch_batched(tmp_path, ids, mask, 6, pad_id=40)
+    times, theirs = run_torch_batched(load_torch(tmp_path), ids, mask, 6, pad_id=40)
     assert len(times) == 6 and theirs == ours

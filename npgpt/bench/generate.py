@@ -54,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens to generate (default 64)")
     parser.add_argument("--batch", type=int, default=8, help="rows of the batched workload (default 8; 0 skips it)")
     parser.add_argument("--compare", choices=["torch"], default=None, help="also run transformers (PyTorch eager)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each workload (default 1); with --compare, pairs alternating which runs first")
     parser.add_argument("--scaling", action="store_true",
                         help="measure a step's cost against the context length instead, with and without the cache")
     parser.add_argument("--contexts", default="64,128,256,512,1024",
@@ -91,12 +93,18 @@ def run_npgpt(model: GPT, prompt: np.ndarray, new_tokens: int,
     return times, per_row[0] if len(prompt) == 1 else per_row
 
 
-def run_torch(directory: str | os.PathLike, prompt: np.ndarray, new_tokens: int) -> tuple[list[float], list[int], int]:
-    import torch
+def load_torch(directory: str | os.PathLike) -> Any:
+    """transformers' ``GPT2LMHeadModel`` from the checkpoint npgpt saved, in eval mode."""
     import transformers
 
     transformers.logging.set_verbosity_error()
-    hf = transformers.GPT2LMHeadModel.from_pretrained(directory).eval()
+    return transformers.GPT2LMHeadModel.from_pretrained(directory).eval()
+
+
+def run_torch(hf: Any, prompt: np.ndarray, new_tokens: int) -> tuple[list[float], list[int], int]:
+    """transformers' model decoding greedily with its KV cache in a loop like npgpt's: ``(seconds per step, ids, threads)``."""
+    import torch
+
     # transformers 5 renamed the KV cache argument and output from past_key_values to cache.
     new_api = "cache" in inspect.signature(hf.forward).parameters
     cache_kw = "cache" if new_api else "past_key_values"
@@ -120,7 +128,7 @@ def run_torch(directory: str | os.PathLike, prompt: np.ndarray, new_tokens: int)
     return times, ids, torch.get_num_threads()
 
 
-def run_torch_batched(directory: str | os.PathLike, ids: np.ndarray, mask: np.ndarray, new_tokens: int,
+def run_torch_batched(hf: Any, ids: np.ndarray, mask: np.ndarray, new_tokens: int,
                       pad_id: int = ENDOFTEXT) -> tuple[list[float], list[list[int]]]:
     """transformers' own batched ``generate`` (greedy, left-padded, eos = pad = ``pad_id``), timed per step.
 
@@ -129,9 +137,6 @@ def run_torch_batched(directory: str | os.PathLike, ids: np.ndarray, mask: np.nd
     """
     import torch
     import transformers
-
-    transformers.logging.set_verbosity_error()
-    hf = transformers.GPT2LMHeadModel.from_pretrained(directory).eval()
 
     class Clock(transformers.generation.streamers.BaseStreamer):
         def __init__(self) -> None:
@@ -224,7 +229,22 @@ def gemv_floor_ms(model: GPT, repeats: int = 5) -> float:
 
 
 # ------------------------------------------------------------ the workloads
+def _per_second(times: list[float], rows: int = 1) -> float:
+    """Tokens per second after the first step (the prompt's pass): ``rows`` tokens per step."""
+    return rows * (len(times) - 1) / sum(times[1:])
+
+
+def _spread(values: list[float], digits: int) -> dict[str, Any]:
+    return {"median": round(median(values), digits), "range": [round(min(values), digits), round(max(values), digits)]}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The batch-1 and batch-B workloads, ``--repeats`` times; with ``--compare torch`` paired with
+    transformers, alternating which of the two runs first.
+
+    The machine is shared and its speed drifts: a ratio comes from runs made
+    side by side, and the median over pairs (with its range) is reported.
+    """
     if args.scaling:
         return scaling(args)
     from npgpt.model import GPT, GPTConfig
@@ -232,60 +252,91 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = GPT(GPTConfig(), seed=0).eval()
     V = model.config.vocab_size
     prompt = np.random.default_rng(0).integers(0, V, (1, args.prompt_tokens))
-    times, ids = run_npgpt(model, prompt, args.new_tokens)
-    decode = sum(times[1:])
-    tokens_per_s = (len(times) - 1) / decode
+    batch = padded_prompts(args.batch, args.prompt_tokens, V) if args.batch else None
+    settings = dict(eos_token_id=ENDOFTEXT, pad_token_id=ENDOFTEXT)
+    hf = None
+    if args.compare == "torch":
+        with tempfile.TemporaryDirectory() as directory:
+            model.save_pretrained(directory)
+            hf = load_torch(directory)
+
+    def ours() -> dict[str, Any]:
+        times, ids = run_npgpt(model, prompt, args.new_tokens)
+        out = {"times": times, "ids": ids}
+        if batch is not None:
+            out["batch_times"], out["batch_ids"] = run_npgpt(model, batch[0], args.new_tokens,
+                                                              attention_mask=batch[1], **settings)
+        return out
+
+    def theirs() -> dict[str, Any]:
+        times, ids, threads = run_torch(hf, prompt, args.new_tokens)
+        out = {"times": times, "ids": ids, "threads": threads}
+        if batch is not None:
+            out["batch_times"], out["batch_ids"] = run_torch_batched(hf, batch[0], batch[1], args.new_tokens)
+        return out
+
+    pairs = []
+    for r in range(args.repeats):
+        if hf is None:
+            pairs.append((ours(), None))
+        elif r % 2:
+            t = theirs()
+            pairs.append((ours(), t))
+        else:
+            pairs.append((ours(), theirs()))
+    tokens_per_s = [_per_second(o["times"]) for o, _ in pairs]
     weight_bytes = weight_bytes_per_token(model)
-    achieved = weight_bytes * tokens_per_s / 1e9
+    achieved = weight_bytes * median(tokens_per_s) / 1e9
     roofline = roofline_gb_s()
+    first = pairs[0][0]
     result: dict[str, Any] = {
         "workload": "generate-124M",
         "prompt_tokens": args.prompt_tokens,
         "new_tokens": args.new_tokens,
-        "prompt_ms": round(1000 * times[0], 1),
-        "tokens_per_s": round(tokens_per_s, 1),
-        "ms_per_token": round(1000 * decode / (len(times) - 1), 2),
+        "repeats": args.repeats,
+        "prompt_ms": round(1000 * median([o["times"][0] for o, _ in pairs]), 1),
+        "tokens_per_s": round(median(tokens_per_s), 1),
+        "tokens_per_s_range": [round(min(tokens_per_s), 1), round(max(tokens_per_s), 1)],
+        "ms_per_token": round(1000 / median(tokens_per_s), 2),
         "gemv_floor_ms": round(gemv_floor_ms(model), 2),
         "weight_mb_per_token": round(weight_bytes / 1e6, 1),
         "achieved_gb_s": round(achieved, 1),
         "roofline_gb_s": round(roofline, 1),
         "fraction_of_roofline": round(achieved / roofline, 3),
     }
-    batch_ids = batch_mask = None
-    if args.batch:
-        batch_ids, batch_mask = padded_prompts(args.batch, args.prompt_tokens, V)
-        batch_times, batch_out = run_npgpt(model, batch_ids, args.new_tokens, attention_mask=batch_mask,
-                                           eos_token_id=ENDOFTEXT, pad_token_id=ENDOFTEXT)
-        batch_decode = sum(batch_times[1:])
+    if batch is not None:
+        batch_rate = [_per_second(o["batch_times"], args.batch) for o, _ in pairs]
         result.update({
             "batch": args.batch,
-            "batch_prompt_ms": round(1000 * batch_times[0], 1),
-            "batch_tokens_per_s": round(args.batch * (len(batch_times) - 1) / batch_decode, 1),
+            "batch_prompt_ms": round(1000 * median([o["batch_times"][0] for o, _ in pairs]), 1),
+            "batch_tokens_per_s": round(median(batch_rate), 1),
+            "batch_tokens_per_s_range": [round(min(batch_rate), 1), round(max(batch_rate), 1)],
         })
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    if args.compare == "torch":
-        with tempfile.TemporaryDirectory() as directory:
-            model.save_pretrained(directory)
-            del model
-            torch_times, torch_ids, threads = run_torch(directory, prompt, args.new_tokens)
-            torch_decode = sum(torch_times[1:])
+    if hf is not None:
+        torch_rate = [_per_second(t["times"]) for _, t in pairs]
+        ratio = [_per_second(o["times"]) / _per_second(t["times"]) for o, t in pairs]
+        result.update({
+            "torch_prompt_ms": round(1000 * median([t["times"][0] for _, t in pairs]), 1),
+            "torch_tokens_per_s": round(median(torch_rate), 1),
+            "torch_tokens_per_s_range": [round(min(torch_rate), 1), round(max(torch_rate), 1)],
+            "torch_threads": pairs[0][1]["threads"],
+            "speed_ratio_vs_torch": round(median(ratio), 3),
+            "speed_ratio_range": [round(min(ratio), 3), round(max(ratio), 3)],
+            "same_ids_as_torch": all(o["ids"] == t["ids"] == first["ids"] for o, t in pairs),
+        })
+        if batch is not None:
+            torch_batch = [_per_second(t["batch_times"], args.batch) for _, t in pairs]
+            batch_ratio = [_per_second(o["batch_times"]) / _per_second(t["batch_times"]) for o, t in pairs]
             result.update({
-                "torch_prompt_ms": round(1000 * torch_times[0], 1),
-                "torch_tokens_per_s": round((len(torch_times) - 1) / torch_decode, 1),
-                "torch_threads": threads,
-                "speed_ratio_vs_torch": round(torch_decode / decode, 3),
-                "same_ids_as_torch": torch_ids == ids,
+                "batch_torch_prompt_ms": round(1000 * median([t["batch_times"][0] for _, t in pairs]), 1),
+                "batch_torch_tokens_per_s": round(median(torch_batch), 1),
+                "batch_torch_tokens_per_s_range": [round(min(torch_batch), 1), round(max(torch_batch), 1)],
+                "batch_speed_ratio_vs_torch": round(median(batch_ratio), 3),
+                "batch_speed_ratio_range": [round(min(batch_ratio), 3), round(max(batch_ratio), 3)],
+                "batch_same_ids_as_torch": all(o["batch_ids"] == t["batch_ids"] == first["batch_ids"]
+                                               for o, t in pairs),
             })
-            if args.batch:
-                bt_times, bt_out = run_torch_batched(directory, batch_ids, batch_mask, args.new_tokens)
-                bt_decode = sum(bt_times[1:])
-                result.update({
-                    "batch_torch_prompt_ms": round(1000 * bt_times[0], 1),
-                    "batch_torch_tokens_per_s": round(args.batch * (len(bt_times) - 1) / bt_decode, 1),
-                    "batch_speed_ratio_vs_torch": round((bt_decode / (len(bt_times) - 1))
-                                                       / (batch_decode / (len(batch_times) - 1)), 3),
-                    "batch_same_ids_as_torch": bt_out == batch_out,
-                })
     return result
 
 
