@@ -188,14 +188,18 @@ class Tensor:
     def masked_fill(self, mask: Tensor | Array, value: float | Array) -> Tensor: return masked_fill(self, mask, value)
 
 
-def accumulate_grad(leaf: Tensor, grad: Array) -> None:
-    """``leaf.grad += grad``, creating ``.grad`` as a copy the first time.
+def accumulate_grad(leaf: Tensor, grad: Array, owned: bool = False) -> None:
+    """``leaf.grad += grad``, creating ``.grad`` from ``grad`` the first time.
 
-    A copy, because the same gradient array may also flow to other nodes (``a + b``
-    hands one array to both), and a later in-place ``+=`` must not change theirs.
+    From a copy, unless ``owned``: the same gradient array may also flow to
+    other nodes (``a + b`` hands one array to both), and a later in-place
+    ``+=`` must not change theirs. ``owned=True`` says nothing else refers
+    to ``grad`` (the walk made it, or an op declared it ``fresh``), so it
+    becomes ``.grad`` itself: for GPT-2's tied embedding that saves a
+    154 MB copy.
     """
     if leaf.grad is None:
-        leaf.grad = grad.copy()
+        leaf.grad = grad if owned else grad.copy()
     else:
         leaf.grad += grad
 
@@ -217,50 +221,122 @@ def _output_gradient(output: Tensor, grad: Tensor | Array | None) -> Array:
     return grad
 
 
-def _backpropagate(seeds: list[tuple[Tensor, Array]], retain_graph: bool, on_leaf: Callable[[Tensor, Array], None],
+class RowGradient:
+    """A gradient that is zero except in some rows: ``dL/dW`` of a lookup ``W[ids]`` (docs/model.md eq. 8).
+
+    An embedding's backward returns one instead of a dense (V, C) array
+    mostly of zeros. The walk adds its rows straight into the other
+    gradient of the same weight when there is one -- GPT-2's tied ``wte``
+    also gets the LM head's -- and makes it dense only when it is alone:
+    for GPT-2 small that saves two 154 MB arrays per backward pass.
+    """
+
+    __slots__ = ("ids", "rows", "shape")
+
+    def __init__(self, ids: Array, rows: Array, shape: tuple[int, ...]) -> None:
+        self.ids, self.rows, self.shape = ids, rows, tuple(shape)
+
+    @property
+    def dtype(self) -> Any:
+        return self.rows.dtype
+
+    def add_into(self, dense: Array) -> Array:
+        """``dense[ids] += rows`` (repeated ids summed), in place; returns ``dense``."""
+        return backend.scatter_add(dense, self.ids, self.rows)
+
+    def dense(self) -> Array:
+        """The full gradient: zeros with the rows added."""
+        return self.add_into(backend.array_module(self.rows).zeros(self.shape, dtype=self.rows.dtype))
+
+
+def _sum_gradients(total: Any, total_owned: bool, pg: Any, pg_fresh: bool) -> Array:
+    """``total + pg`` for two gradients of one tensor, written into one of them if nothing else sees it.
+
+    Either may be a ``RowGradient``. IEEE addition is commutative, so which
+    array receives the sum changes no bit.
+    """
+    if isinstance(total, RowGradient):
+        total, total_owned, pg, pg_fresh = pg, pg_fresh, total, True
+    if isinstance(pg, RowGradient):
+        if isinstance(total, RowGradient):
+            total, total_owned = total.dense(), True
+        return pg.add_into(total if total_owned else total.copy())
+    if total.shape == pg.shape and total.dtype == pg.dtype:
+        if total_owned:
+            total += pg                              # into the walk's own array
+            return total
+        if pg_fresh:
+            pg += total                              # into the op's new array
+            return pg
+    return total + pg
+
+
+def _backpropagate(seeds: list[tuple[Tensor, Array]], retain_graph: bool, on_leaf: Callable[..., None],
                    on_node: Optional[Callable[[Tensor, Array], None]] = None) -> None:
     """The reverse walk (docs/autograd.md eq. 2) from ``seeds``, a list of ``(output, dL/doutput)``.
 
     Visits the nodes in reverse topological order, so a node's gradient is
-    complete (every path summed) when it is reached. ``on_leaf(leaf, g)``
-    receives each leaf's gradient; ``on_node(node, g)``, if given, every
-    node's (``grad`` uses it to read gradients of intermediate tensors).
+    complete (every path summed) when it is reached. ``on_leaf(leaf, g,
+    owned)`` receives each leaf's gradient (``owned``: nothing else refers
+    to ``g``); ``on_node(node, g)``, if given, every node's (``grad`` uses
+    it to read gradients of intermediate tensors).
+
+    Memory: where two gradients of one tensor meet, their sum is written
+    into one of them if nothing else can see it -- an array this walk made,
+    or one an op returned from a backward declared ``fresh`` (see
+    ``_make``) -- instead of into a third array. IEEE addition is
+    commutative, so which one receives the sum changes no bit.
     """
     xp = backend.array_module(seeds[0][1])
     pending = {}     # gradient sums of nodes not yet visited
+    owned = set()    # keys of pending arrays nothing else refers to: the walk may write into them
     for output, g in seeds:
         key = id(output)
         pending[key] = g if key not in pending else pending[key] + g
     for node in reversed(_topological_order([output for output, _ in seeds])):
-        g = pending.pop(id(node), None)
+        key = id(node)
+        g = pending.pop(key, None)
+        g_owned = key in owned
+        owned.discard(key)
         if g is None:
             continue
+        if isinstance(g, RowGradient):
+            g, g_owned = g.dense(), True
         if on_node is not None:
             on_node(node, g)
         if node._backward is None:  # a leaf: hand its gradient over
-            on_leaf(node, g)
+            on_leaf(node, g, g_owned)
             continue
+        fresh = getattr(node._backward, "fresh", False) and not retain_graph
         parent_grads = node._backward(g)
         for parent, pg in zip(node._parents, parent_grads):
             if pg is None or not parent.requires_grad:
                 continue
-            pg = xp.asarray(pg)  # NumPy turns 0-d results into scalars; keep arrays
+            if not isinstance(pg, RowGradient):
+                pg = xp.asarray(pg)  # NumPy turns 0-d results into scalars; keep arrays
             key = id(parent)
-            pending[key] = pg if key not in pending else pending[key] + pg
+            if key not in pending:
+                pending[key] = pg
+                if fresh:
+                    owned.add(key)
+                continue
+            pending[key] = _sum_gradients(pending[key], key in owned, pg, fresh)
+            owned.add(key)
         if not retain_graph:  # free the saved arrays as soon as they are used
             node._backward, node._parents = None, ()
 
 
 def backward(output: Tensor, grad: Tensor | Array | None = None, *, retain_graph: bool = False,
-             on_leaf: Callable[[Tensor, Array], None] = accumulate_grad) -> None:
-    """Backpropagate from ``output``, handing each leaf's gradient to ``on_leaf(leaf, g)`` as soon as it is complete.
+             on_leaf: Callable[[Tensor, Array, bool], None] = accumulate_grad) -> None:
+    """Backpropagate from ``output``, handing each leaf's gradient to ``on_leaf(leaf, g, owned)`` once complete.
 
     ``t.backward()`` is ``backward(t)``: ``on_leaf`` defaults to
     ``accumulate_grad`` (``leaf.grad += g``). Another ``on_leaf`` decides
     itself where gradients go -- ``npgpt.parallel`` adds the shards'
     gradients into ``.grad`` in a fixed order while the walk goes on, so a
-    thread never holds a full set of gradients of its own. ``g`` may be an
-    array that other nodes also received: copy it before changing it.
+    thread never holds a full set of gradients of its own. Unless
+    ``owned`` is True, ``g`` may be an array that other nodes also
+    received: copy it before changing it.
     """
     _backpropagate([(output, _output_gradient(output, grad))], retain_graph, on_leaf=on_leaf)
 
@@ -302,7 +378,7 @@ def grad(outputs: Tensor | Iterable[Tensor], inputs: Tensor | Iterable[Tensor],
             found[i] = g
 
     _backpropagate([(o, _output_gradient(o, g)) for o, g in zip(outputs, grad_outputs)], retain_graph,
-                   on_leaf=lambda leaf, g: None, on_node=on_node)
+                   on_leaf=lambda leaf, g, owned: None, on_node=on_node)
     seen = set()
     for i, g in enumerate(found):       # one array handed to two inputs (x + y): give each its own
         if g is not None:
@@ -357,13 +433,22 @@ def _topological_order(roots: list[Tensor]) -> list[Tensor]:
     return order
 
 
-def _make(data: Array, parents: tuple[Tensor, ...], backward: Callable[[Array], tuple]) -> Tensor:
-    """Wrap an op's result; record the graph only when a gradient can flow."""
+def _make(data: Array, parents: tuple[Tensor, ...], backward: Callable[[Array], tuple],
+          fresh: bool = False) -> Tensor:
+    """Wrap an op's result; record the graph only when a gradient can flow.
+
+    ``fresh=True`` declares that every array ``backward`` returns is new and
+    referenced nowhere else once the graph is freed (not a view, not the
+    incoming gradient, not an array the closure keeps for a second call),
+    so the walk may add other gradients into it in place.
+    """
     out = Tensor(data)
     if _grad_enabled and any(p.requires_grad for p in parents):
         out.requires_grad = True
         out._parents = parents
         out._backward = backward
+        if fresh:
+            backward.fresh = True
     return out
 
 

@@ -96,7 +96,7 @@ def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence[Array], par
     def run_shard(k: int) -> float:
         start, stop = bounds[k], bounds[k + 1]
         loss = loss_fn(*(a[start:stop] for a in batch)) * ((stop - start) / size)
-        backward(loss, on_leaf=lambda leaf, g: sums.add(k, leaf, g))
+        backward(loss, on_leaf=lambda leaf, g, owned: sums.add(k, leaf, g, owned))
         return loss.item()
 
     with backend.blas_threads(1):
@@ -126,16 +126,16 @@ class _OrderedSum:
         self.added = {id(p): 0 for p in params}                    # shards 0..added-1 are in .grad
         self.locks = {id(p): threading.Lock() for p in params}
 
-    def add(self, shard: int, leaf: Tensor, g: Array) -> None:
+    def add(self, shard: int, leaf: Tensor, g: Array, owned: bool = False) -> None:
         key = id(leaf)
         if key not in self.params:      # a leaf that is not being trained (requires_grad input data)
             return
         with self.locks[key]:
-            self.waiting[key][shard] = g
+            self.waiting[key][shard] = (g, owned)
             waiting = self.waiting[key]
             k = self.added[key]
             while k < self.shards and waiting[k] is not None:
-                accumulate_grad(self.params[key], waiting[k])
+                accumulate_grad(self.params[key], *waiting[k])
                 waiting[k] = None
                 k += 1
             self.added[key] = k
@@ -145,6 +145,6 @@ class _OrderedSum:
         for key, waiting in self.waiting.items():
             for k in range(self.added[key], self.shards):
                 if waiting[k] is not None:
-                    accumulate_grad(self.params[key], waiting[k])
+                    accumulate_grad(self.params[key], *waiting[k])
                     waiting[k] = None
             self.added[key] = self.shards

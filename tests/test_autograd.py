@@ -328,3 +328,30 @@ def test_grad_refuses_unused_inputs_unless_allowed_and_never_aliases():
     np.testing.assert_array_equal(gb, np.ones(2))
     with pytest.raises(ValueError, match="does not require grad"):
         npgpt.grad((a * 2).sum(), [npgpt.tensor(np.ones(2))])
+
+
+def test_sums_written_in_place_change_no_gradient():
+    # docs/autograd.md eq. 2: where paths meet, their gradients add. The walk writes such sums into
+    # arrays nothing else sees (fresh op results, its own sums); the values must be those of plain
+    # sums, and a graph kept for a second backward must not have its saved gradients overwritten.
+    import npgpt.functional as F
+
+    rng = np.random.default_rng(0)
+    h, w = rng.standard_normal((5, 3)), rng.standard_normal((7, 3))
+    y = np.array([0, 6, 2, 2, 1])
+
+    def grads(times, retain):
+        ht, wt = npgpt.tensor(h, requires_grad=True), npgpt.tensor(w, requires_grad=True)
+        emb = F.embedding(np.array([1, 2, 2, 0, 6]), wt)               # wt reached twice (tied)
+        x = ht + F.gelu(ht) + emb                                        # ht reached twice, one pass-through
+        loss = F.linear_cross_entropy(F.layer_norm(x, None, None), wt, y)
+        for i in range(times):
+            loss.backward(retain_graph=retain and i < times - 1)
+        return ht.grad, wt.grad
+
+    once_h, once_w = grads(1, False)
+    twice_h, twice_w = grads(2, True)
+    np.testing.assert_allclose(twice_h, 2 * once_h, rtol=1e-12)
+    np.testing.assert_allclose(twice_w, 2 * once_w, rtol=1e-12)
+    check_gradients(lambda ht, wt: F.linear_cross_entropy(
+        F.layer_norm(ht + F.gelu(ht) + F.embedding(np.array([1, 2, 2, 0, 6]), wt), None, None), wt, y), h, w)

@@ -8,7 +8,7 @@ from npgpt.model import GPTConfig
 
 
 def train_small_config():
-    return GPTConfig(**{k: v for k, v in WORKLOAD.items() if k != "batch_size"})
+    return GPTConfig(**{k: v for k, v in WORKLOAD.items() if k not in ("batch_size", "seq_len", "steps", "warmup")})
 
 
 def test_flops_per_token_formula():

@@ -1,15 +1,24 @@
-"""train-small: full training steps (forward, cross-entropy, backward, AdamW) of a small GPT.
+"""Training steps (forward, cross-entropy, backward, AdamW) of a GPT: train-small and train-124m.
 
-The workload: vocab 8,192, block 128, 4 layers, 4 heads, n_embd 256, batch 8, float32,
-dropout 0, random tokens (seed 0). Reports the median step time over ``--steps`` steps after
-``--warmup`` steps, tokens/s, the model FLOPs utilisation (MFU) against ``--peak-flops``, and
-the peak resident memory. ``--compare torch`` runs the same model, written in PyTorch eager,
-in the same process afterwards, and reports the speed ratio.
+* **train-small**: vocab 8,192, block 128, 4 layers, 4 heads, n_embd 256, batch 8.
+* **train-124m**: GPT-2 small exactly (vocab 50,257, block 1,024, 12 layers, 12 heads,
+  n_embd 768), sequences of 256 tokens, batch 4.
+
+Both float32, dropout 0, random tokens (seed 0), AdamW (weight decay 0.1). Reports the median
+step time over ``--steps`` steps after ``--warmup`` steps, tokens/s, the model FLOPs
+utilisation (MFU) against ``--peak-flops``, the peak resident memory and where npgpt's memory
+goes (parameters, gradients, Adam moments, activations, temporaries; ``memory_breakdown``).
+``--compare torch`` runs the same model written in PyTorch eager, each side in a process of its
+own (so that each peak RSS is its own), ``--pairs`` times with the order alternating, and
+reports each pair's speed ratio and their median.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional
@@ -23,12 +32,28 @@ from npgpt.parallel import default_workers
 if TYPE_CHECKING:
     from npgpt.autograd import Tensor
 
-WORKLOAD = dict(vocab_size=8192, block_size=128, n_layer=4, n_head=4, n_embd=256, batch_size=8)
+WORKLOADS = {
+    "train-small": dict(vocab_size=8192, block_size=128, seq_len=128, n_layer=4, n_head=4, n_embd=256,
+                        batch_size=8, steps=10, warmup=3),
+    "train-124m": dict(vocab_size=50257, block_size=1024, seq_len=256, n_layer=12, n_head=12, n_embd=768,
+                       batch_size=4, steps=4, warmup=1),
+}
+WORKLOAD = WORKLOADS["train-small"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=10, help="measured steps (default 10)")
-    parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps first (default 3)")
+    parser.add_argument("--workload", dest="train_workload", choices=sorted(WORKLOADS), default="train-small",
+                        help="the model and batch (default train-small)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="measured steps (default 10 for train-small, 4 for train-124m)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="unmeasured steps first (default 3 for train-small, 1 for train-124m)")
+    parser.add_argument("--pairs", type=int, default=1,
+                        help="with --compare: run npgpt and the reference this many times each, alternating "
+                             "which goes first, and report every pair's ratio and the median (default 1)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the memory breakdown (an extra, untimed step traced by tracemalloc)")
+    parser.add_argument("--side", choices=["npgpt", "torch"], help=argparse.SUPPRESS)   # one side, in a child
     parser.add_argument("--peak-flops", type=float, default=DEFAULT_PEAK_FLOPS,
                         help=f"peak float32 FLOP/s of the machine for the MFU (default {DEFAULT_PEAK_FLOPS:.3g}: a 2-core "
                              "Zen 4's measured matmul peak, see docs/benchmarks.md)")
@@ -42,8 +67,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _batch(rng: np.random.Generator, cfg: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    tokens = rng.integers(0, cfg["vocab_size"], size=(cfg["batch_size"], cfg["block_size"] + 1))
+    tokens = rng.integers(0, cfg["vocab_size"], size=(cfg["batch_size"], cfg["seq_len"] + 1))
     return tokens[:, :-1], tokens[:, 1:]
+
+
+def _model_config(cfg: dict[str, int]) -> Any:
+    from npgpt.model import GPTConfig
+
+    return GPTConfig(vocab_size=cfg["vocab_size"], block_size=cfg["block_size"], n_layer=cfg["n_layer"],
+                     n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=0.0)
 
 
 def _time_steps(step: Callable[[], float], steps: int, warmup: int) -> tuple[float, float]:
@@ -56,20 +88,21 @@ def _time_steps(step: Callable[[], float], steps: int, warmup: int) -> tuple[flo
     return median(times), loss
 
 
-def run_npgpt(cfg: dict[str, int], steps: int, warmup: int, workers: Optional[int] = None) -> tuple[float, float, int]:
-    import npgpt.functional as F
-    from npgpt import parallel
-    from npgpt.model import GPT, GPTConfig
+def run_npgpt(cfg: dict[str, int], steps: int, warmup: int, workers: Optional[int] = None,
+              memory: bool = False) -> tuple[float, float, dict[str, float]]:
+    """npgpt's side: (median step seconds, last loss, memory breakdown in MB, or {} without ``memory``)."""
+    from npgpt import backend, parallel
+    from npgpt.model import GPT
     from npgpt.optim import AdamW, param_groups
 
-    model = GPT(GPTConfig(vocab_size=cfg["vocab_size"], block_size=cfg["block_size"], n_layer=cfg["n_layer"],
-                          n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=0.0))
+    backend.retain_freed_memory()                 # as `npgpt train` does
+    model = GPT(_model_config(cfg))
     optimizer = AdamW(param_groups(model, weight_decay=0.1), lr=3e-4)
     params = model.parameters()
     rng = np.random.default_rng(0)
 
     def loss_fn(x: np.ndarray, y: np.ndarray) -> Tensor:
-        return F.cross_entropy(model(x), y)
+        return model.loss(x, y)
 
     def step() -> float:
         x, y = _batch(rng, cfg)
@@ -79,7 +112,48 @@ def run_npgpt(cfg: dict[str, int], steps: int, warmup: int, workers: Optional[in
         return loss
 
     seconds, loss = _time_steps(step, steps, warmup)
-    return seconds, loss, flops_per_token(model)
+    breakdown = memory_breakdown(model, optimizer, loss_fn, _batch(rng, cfg)) if memory else {}
+    return seconds, loss, breakdown
+
+
+def memory_breakdown(model: Any, optimizer: Any, loss_fn: Callable[..., Tensor], batch: tuple) -> dict[str, float]:
+    """Where a training step's memory goes, in MB (docs/performance.md, "Where the memory goes").
+
+    Parameters, gradients and Adam's moments are counted from the arrays.
+    Read with ``tracemalloc`` (NumPy reports its allocations to it) on one
+    untimed step of the whole batch in one thread: ``activations``, what
+    the graph holds when the forward pass ends (every array saved for the
+    backward pass, and the loss); ``step_peak``, the most the step had
+    allocated at any moment on top of the parameters and Adam's moments
+    (activations not yet freed, gradients, temporaries). ``baseline_rss``
+    is the process before the model existed: the interpreter, NumPy and its
+    BLAS. Peak RSS is about baseline + parameters + moments + step peak.
+    """
+    import tracemalloc
+
+    mb = 1e6
+    params = model.parameters()
+    out = {"parameters": sum(p.data.nbytes for p in params) / mb,
+           "gradients": sum(p.data.nbytes for p in params) / mb,
+           "adam_moments": sum(a.nbytes for state in optimizer.state.values()
+                               for k, a in state.items() if k != "step") / mb}
+    optimizer.zero_grad()
+    tracemalloc.start()
+    try:
+        loss = loss_fn(*batch)
+        out["activations"] = tracemalloc.get_traced_memory()[0] / mb
+        loss.backward()
+        del loss
+        optimizer.step()
+        out["step_peak"] = tracemalloc.get_traced_memory()[1] / mb
+    finally:
+        tracemalloc.stop()
+    optimizer.zero_grad()
+    out["baseline_rss"] = _BASELINE_RSS_MB
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+_BASELINE_RSS_MB = peak_rss_mb()
 
 
 def torch_gpt(cfg: dict[str, int], device: str = "cpu") -> Any:
@@ -119,28 +193,57 @@ def torch_gpt(cfg: dict[str, int], device: str = "cpu") -> Any:
                 x = block(x)
             return self.ln_f(x) @ self.wte.weight.T
 
-    return TorchGPT().to(device)
+    model = TorchGPT()
+    with torch.no_grad():             # GPT-2's initialisation (as npgpt's), so the loss starts at log V
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif p.ndim == 2:
+                p.normal_(0.0, 0.02)
+    return model.to(device)
 
 
-def run_torch(cfg: dict[str, int], steps: int, warmup: int) -> tuple[float, float, int]:
+def run_torch(cfg: dict[str, int], steps: int, warmup: int, memory: bool = False) -> tuple[float, float, dict]:
+    """PyTorch's side: (median step seconds, last loss, memory facts in MB, or {} without ``memory``)."""
     import torch
     from torch import nn
 
+    baseline = peak_rss_mb()               # the interpreter, NumPy and PyTorch's libraries
     model = torch_gpt(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
     rng = np.random.default_rng(0)
 
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = model(x)
+        return nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), y.reshape(-1))
+
     def step() -> float:
         x, y = (torch.from_numpy(a) for a in _batch(rng, cfg))
-        logits = model(x)
-        loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), y.reshape(-1))
+        loss = loss_of(x, y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
     seconds, loss = _time_steps(step, steps, warmup)
-    return seconds, loss, torch.get_num_threads()
+    facts = {}
+    if memory:
+        # What autograd saves for the backward pass: the storages the saved tensors live in,
+        # each counted once (the same storage is often saved by two ops).
+        storages = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        x, y = (torch.from_numpy(a) for a in _batch(rng, cfg))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss_of(x, y).backward()
+        optimizer.zero_grad(set_to_none=True)
+        facts = {"activations_saved": round(sum(storages.values()) / 1e6, 1), "threads": torch.get_num_threads(),
+                 "baseline_rss": round(baseline, 1)}
+    return seconds, loss, facts
 
 
 def run_ranks(cfg: dict[str, int], steps: int, warmup: int) -> dict[str, float]:
@@ -149,19 +252,17 @@ def run_ranks(cfg: dict[str, int], steps: int, warmup: int) -> dict[str, float]:
     Also times the gradient all-reduce alone, the communication the scaling
     model of docs/distributed.md predicts.
     """
-    import npgpt.functional as F
     from npgpt import backend, distributed, engine
-    from npgpt.model import GPT, GPTConfig
+    from npgpt.model import GPT
     from npgpt.optim import AdamW, param_groups
 
     world = distributed.world()
-    model = GPT(GPTConfig(vocab_size=cfg["vocab_size"], block_size=cfg["block_size"], n_layer=cfg["n_layer"],
-                          n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=0.0))
+    model = GPT(_model_config(cfg))
     optimizer = AdamW(param_groups(model, weight_decay=0.1), lr=3e-4)
     rng = np.random.default_rng(0)
 
     def loss_fn(x: np.ndarray, y: np.ndarray) -> Tensor:
-        return F.cross_entropy(model(x), y)
+        return model.loss(x, y)
 
     def step() -> float:
         return engine.optimizer_step(optimizer, loss_fn, [_batch(rng, cfg)], 3e-4, 1.0, workers=1, world=world).loss
@@ -182,10 +283,7 @@ def run_ranks(cfg: dict[str, int], steps: int, warmup: int) -> dict[str, float]:
 
 
 def _launch_ranks(ranks: int, steps: int, warmup: int) -> dict[str, float]:
-    import json
     import shutil
-    import subprocess
-    import sys
 
     mpiexec = shutil.which("mpiexec")
     if mpiexec is None:
@@ -196,8 +294,38 @@ def _launch_ranks(ranks: int, steps: int, warmup: int) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[0])
 
 
+def _side(args: argparse.Namespace, cfg: dict[str, int], side: str) -> dict[str, Any]:
+    """Measure one side in this process: its step time, loss, peak RSS and memory facts."""
+    memory = not args.no_memory
+    if side == "torch":
+        seconds, loss, facts = run_torch(cfg, args.steps, args.warmup, memory)
+    else:
+        seconds, loss, facts = run_npgpt(cfg, args.steps, args.warmup, args.workers, memory)
+    return {"seconds": seconds, "loss": loss, "peak_rss_mb": round(peak_rss_mb(), 1), "memory": facts}
+
+
+def _side_in_child(args: argparse.Namespace, side: str) -> dict[str, Any]:
+    """Run ``_side`` in a fresh interpreter, so that its peak RSS is its own."""
+    command = [sys.executable, "-m", "npgpt.bench", "train", "--json", "--side", side, "--workload", args.train_workload,
+               "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    if args.workers is not None:
+        command += ["--workers", str(args.workers)]
+    if args.no_memory:
+        command.append("--no-memory")
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"npgpt.bench train: the {side} side failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = WORKLOAD
+    cfg = WORKLOADS[args.train_workload]
+    args.steps = cfg["steps"] if args.steps is None else args.steps
+    args.warmup = cfg["warmup"] if args.warmup is None else args.warmup
+    if args.steps < 1 or args.warmup < 0 or args.pairs < 1:
+        raise SystemExit("npgpt.bench train: --steps and --pairs must be >= 1 and --warmup >= 0")
+    if args.side:
+        return _side(args, cfg, args.side)
     if args.rank_worker:
         from npgpt import distributed
 
@@ -205,18 +333,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not distributed.world().is_main:
             raise SystemExit(0)                    # rank 0 reports for the job
         return result
-    tokens = cfg["batch_size"] * cfg["block_size"]
-    seconds, loss, fpt = run_npgpt(cfg, args.steps, args.warmup, args.workers)
+    tokens = cfg["batch_size"] * cfg["seq_len"]
+    fpt = flops_per_token(_model_config(cfg), cfg["seq_len"])
+    if args.compare == "torch":
+        mine, theirs = [], []
+        for pair in range(args.pairs):            # alternate who goes first: the machine drifts
+            for side in (("npgpt", "torch") if pair % 2 == 0 else ("torch", "npgpt")):
+                (mine if side == "npgpt" else theirs).append(_side_in_child(args, side))
+        npgpt_side = mine[len(mine) // 2]
+    else:
+        npgpt_side = _side(args, cfg, "npgpt")
+        mine, theirs = [npgpt_side], []
+    seconds = median(m["seconds"] for m in mine)
     result = {
-        "workload": "train-small",
+        "workload": args.train_workload,
         "step_ms": round(1000 * seconds, 1),
         "tokens_per_s": round(tokens / seconds, 1),
         "mfu": round(model_flops_utilisation(tokens / seconds, fpt, args.peak_flops), 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "final_loss": round(loss, 4),
+        "peak_rss_mb": max(m["peak_rss_mb"] for m in mine),
+        "final_loss": round(npgpt_side["loss"], 4),
         "workers": args.workers or default_workers(),
         "flops_per_token": fpt,
     }
+    if npgpt_side["memory"]:
+        result["memory_mb"] = npgpt_side["memory"]
     if args.ranks > 1:
         ranked = _launch_ranks(args.ranks, args.steps, args.warmup)
         single, _, _ = run_npgpt(cfg, args.steps, args.warmup, args.ranks)
@@ -235,12 +375,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "allreduce_ms": round(1000 * ranked["allreduce_s"], 2),
             "grad_mb": round(ranked["grad_bytes"] / 1e6, 1),
         })
-    if args.compare == "torch":
-        torch_seconds, torch_loss, threads = run_torch(cfg, args.steps, args.warmup)
+    if theirs:
+        ratios = [t["seconds"] / m["seconds"] for m, t in zip(mine, theirs)]
+        torch_seconds = median(t["seconds"] for t in theirs)
         result.update({
             "torch_step_ms": round(1000 * torch_seconds, 1),
             "torch_tokens_per_s": round(tokens / torch_seconds, 1),
-            "torch_threads": threads,
-            "speed_ratio_vs_torch": round(torch_seconds / seconds, 3),
+            "torch_final_loss": round(theirs[0]["loss"], 4),
+            "torch_peak_rss_mb": max(t["peak_rss_mb"] for t in theirs),
+            "speed_ratio_vs_torch": round(median(ratios), 3),
+            "speed_ratios": [round(r, 3) for r in ratios],
+            "rss_ratio_vs_torch": round(max(m["peak_rss_mb"] for m in mine) /
+                                        max(t["peak_rss_mb"] for t in theirs), 3),
         })
+        if theirs[0]["memory"]:
+            result["torch_memory_mb"] = theirs[0]["memory"]
     return result
