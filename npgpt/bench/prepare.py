@@ -36,7 +36,7 @@ CORPORA = ("sotu", "shakespeare", "moby-dick")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mb", type=float, default=100.0, help="corpus size in MB (default 100)")
     parser.add_argument("--workers", type=int, default=2, help="processes / threads of each side (default 2)")
-    parser.add_argument("--pairs", type=int, default=2, help="measured (npgpt, tiktoken) pairs (default 2)")
+    parser.add_argument("--pairs", type=int, default=3, help="measured (npgpt, tiktoken) pairs (default 3)")
 
 
 def write_corpus(directory: pathlib.Path, mb: float) -> tuple[list[pathlib.Path], int, int]:
