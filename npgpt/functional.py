@@ -466,7 +466,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Any, ignore_in
     weights = counted.astype(W.dtype) * (1.0 / n)           # dL/dloss_i: 1/N, or 0 for an ignored row
     total = xp.zeros((), dtype=xp.float64)
     gh = xp.empty_like(h) if want_grad and hidden.requires_grad else None
-    gW = xp.zeros_like(W) if want_grad and weight.requires_grad else None
+    gW = xp.empty_like(W) if want_grad and weight.requires_grad else None
     for start in range(0, N, block_rows):
         rows = slice(start, min(start + block_rows, N))
         hb, yb, wb = h[rows], y_safe[rows], weights[rows]
@@ -485,8 +485,10 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Any, ignore_in
         z[xp.arange(z.shape[0]), yb] -= wb                  # ... minus w * the one-hot target
         if gh is not None:
             xp.matmul(z, W, out=gh[rows])
-        if gW is not None:
-            gW += z.T @ hb
+        if gW is not None and start == 0:
+            xp.matmul(z.T, hb, out=gW)                      # the first block writes dW ...
+        elif gW is not None:
+            gW += z.T @ hb                                  # ... the others add to it
     loss = xp.asarray(total / n, dtype=hidden.dtype)
     if not want_grad:
         return Tensor(loss)

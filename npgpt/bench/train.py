@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "which goes first, and report every pair's ratio and the median (default 1)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the memory breakdown (an extra, untimed step traced by tracemalloc)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="how a step's time grows with the sequence length: train-small's model at T = "
+                             "128, 256, 512, 1024 (batch 8), with the fitted exponent (docs/benchmarks.md)")
     parser.add_argument("--side", choices=["npgpt", "torch"], help=argparse.SUPPRESS)   # one side, in a child
     parser.add_argument("--peak-flops", type=float, default=DEFAULT_PEAK_FLOPS,
                         help=f"peak float32 FLOP/s of the machine for the MFU (default {DEFAULT_PEAK_FLOPS:.3g}: a 2-core "
@@ -318,7 +321,35 @@ def _side_in_child(args: argparse.Namespace, side: str) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+SCALING_LENGTHS = (128, 256, 512, 1024)
+
+
+def run_scaling(steps: int, warmup: int, workers: Optional[int]) -> dict[str, Any]:
+    """Step time of train-small's model against the sequence length T (batch 8 throughout).
+
+    The work of a step is ``B T (6 N + 12 L C T)`` FLOPs (docs/performance.md eq. 2): linear in
+    T but for attention's term, which is quadratic, so the fitted exponent of time against T
+    should lie a little above 1 and the time per token grow only by attention's share.
+    """
+    from npgpt.bench.common import fit_exponent
+
+    rows = []
+    for T in SCALING_LENGTHS:
+        cfg = dict(WORKLOADS["train-small"], block_size=T, seq_len=T)
+        seconds, _, _ = run_npgpt(cfg, steps, warmup, workers)
+        tokens = cfg["batch_size"] * T
+        fpt = flops_per_token(_model_config(cfg), T)
+        rows.append({"T": T, "step_ms": round(1000 * seconds, 1), "us_per_token": round(1e6 * seconds / tokens, 2),
+                     "flops_per_token": fpt, "mfu": round(model_flops_utilisation(tokens / seconds, fpt), 3)})
+    sizes = [r["T"] for r in rows]
+    return {"workload": "train-small-vs-T", "rows": rows,
+            "exponent_step_vs_T": round(fit_exponent(sizes, [r["step_ms"] for r in rows]), 3),
+            "exponent_flops_vs_T": round(fit_exponent(sizes, [r["T"] * r["flops_per_token"] for r in rows]), 3)}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.scaling:
+        return run_scaling(args.steps or 3, 1 if args.warmup is None else args.warmup, args.workers)
     cfg = WORKLOADS[args.train_workload]
     args.steps = cfg["steps"] if args.steps is None else args.steps
     args.warmup = cfg["warmup"] if args.warmup is None else args.warmup
