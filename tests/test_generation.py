@@ -333,7 +333,7 @@ def test_benchmark_weight_bytes_count_every_weight_but_the_unused_position_rows(
 def test_benchmark_scaling_rows_time_both_series_and_fit_their_exponents():
     from npgpt.bench.generate import scaling_rows
 
-    result = scaling_rows(tiny(block_size=32), [8, 16, 32], cached_steps=2, uncached_steps=1)
+    result = scaling_rows(tiny(block_size=32), [8, 16, 32], cached_steps=2, uncached_steps=1, rounds=1)
     assert [r["context"] for r in result["rows"]] == [8, 16, 32]
     assert all(r["cached_ms"] > 0 and r["uncached_ms"] > 0 and r["attention_ms"] > 0 for r in result["rows"])
     assert {"exponent_cached", "exponent_attention", "exponent_uncached"} <= set(result)

@@ -25,8 +25,12 @@ chose the same tokens.
 
 ``--scaling`` measures instead how a decoding step's cost grows with the context
 (``--contexts``, default 64 ... 1024 tokens), with the KV cache and without it (every step
-recomputes the whole context), and fits the exponent of each series (``fit_exponent``). See
-docs/model.md, section "The KV cache".
+recomputes the whole context), keeping each context's fastest step over two rounds, and fits the
+exponent of each series (``fit_exponent``). See docs/model.md, section "The KV cache", and
+docs/generation.md, "What a step costs".
+
+``peak_rss_mb`` is the whole process's: with ``--compare`` it holds transformers' copy of the
+model too.
 """
 
 from __future__ import annotations
@@ -341,8 +345,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------ cost growth
-def step_ms(model: GPT, context: int, steps: int, use_cache: bool) -> float:
-    """Median milliseconds of a decoding step whose context holds about ``context`` tokens.
+def step_ms(model: GPT, context: int, steps: int, use_cache: bool) -> list[float]:
+    """Milliseconds of each of ``steps`` decoding steps whose context ends at ``context`` tokens.
 
     The prompt is ``context - steps`` tokens and the ``steps`` timed steps after
     the first (the prompt's pass) end at ``context`` tokens; ``use_cache=False``
@@ -350,7 +354,7 @@ def step_ms(model: GPT, context: int, steps: int, use_cache: bool) -> float:
     """
     prompt = np.random.default_rng(context).integers(0, model.config.vocab_size, (1, context - steps))
     times, _ = run_npgpt(model, prompt, steps + 1, use_cache=use_cache)
-    return 1000 * median(times[1:])
+    return [1000 * t for t in times[1:]]
 
 
 def attention_ms(model: GPT, context: int, repeats: int = 20) -> float:
@@ -371,8 +375,8 @@ def attention_ms(model: GPT, context: int, repeats: int = 20) -> float:
         return 1000 * _best_seconds(layers, repeats)
 
 
-def scaling_rows(model: GPT, contexts: Sequence[int], cached_steps: int = 8,
-                 uncached_steps: int = 2) -> dict[str, Any]:
+def scaling_rows(model: GPT, contexts: Sequence[int], cached_steps: int = 8, uncached_steps: int = 2,
+                 rounds: int = 2) -> dict[str, Any]:
     """A decoding step's cost against the context length, with and without the KV cache, and the fitted exponents.
 
     With the cache a step reads every weight once (constant) and attends over
@@ -381,15 +385,19 @@ def scaling_rows(model: GPT, contexts: Sequence[int], cached_steps: int = 8,
     context: linear in the context for the matrix products, plus attention's
     quadratic term, which for GPT-2 small stays below a quarter of the work at
     1024 tokens (``T / 6C``).
+
+    The contexts are measured ``rounds`` times in turn and each row keeps its
+    fastest step: on a shared machine a slow step says how busy the machine
+    was, the fastest what the step costs.
     """
-    rows = []
-    for context in contexts:
-        rows.append({
-            "context": int(context),
-            "cached_ms": round(step_ms(model, context, cached_steps, True), 2),
-            "attention_ms": round(attention_ms(model, context), 3),
-            "uncached_ms": round(step_ms(model, context, uncached_steps, False), 1),
-        })
+    cached: dict[int, list[float]] = {c: [] for c in contexts}
+    uncached: dict[int, list[float]] = {c: [] for c in contexts}
+    for _ in range(rounds):
+        for context in contexts:
+            cached[context] += step_ms(model, context, cached_steps, True)
+            uncached[context] += step_ms(model, context, uncached_steps, False)
+    rows = [{"context": int(c), "cached_ms": round(min(cached[c]), 2), "attention_ms": round(attention_ms(model, c), 3),
+             "uncached_ms": round(min(uncached[c]), 1)} for c in contexts]
     sizes = [r["context"] for r in rows]
     return {
         "rows": rows,
