@@ -21,7 +21,9 @@ its ``fraction_of_roofline``.
 ``GPT2LMHeadModel`` (PyTorch eager, default thread count) and decodes the same prompts in the
 same process: batch 1 with its KV cache in a loop like npgpt's, batch B with its own batched
 ``generate`` (same padding and mask); it reports its figures, the speed ratios and whether both
-chose the same tokens.
+chose the same tokens. ``--repeats N`` runs the workloads N times, with ``--compare`` in pairs
+alternating which of the two goes first, and reports medians, ranges and the median of the
+paired ratios (the machine's speed drifts: only runs made side by side compare).
 
 ``--scaling`` measures instead how a decoding step's cost grows with the context
 (``--contexts``, default 64 ... 1024 tokens), with the KV cache and without it (every step
@@ -29,8 +31,9 @@ recomputes the whole context), keeping each context's fastest step over two roun
 exponent of each series (``fit_exponent``). See docs/model.md, section "The KV cache", and
 docs/generation.md, "What a step costs".
 
-``peak_rss_mb`` is the whole process's: with ``--compare`` it holds transformers' copy of the
-model too.
+``fastest_step_ms`` (and ``torch_fastest_step_ms``) is the quickest single step of all the runs:
+on a shared machine, what a step costs when nothing else runs. ``peak_rss_mb`` is the whole
+process's: with ``--compare`` it holds transformers' copy of the model too.
 """
 
 from __future__ import annotations
@@ -302,6 +305,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "tokens_per_s": round(median(tokens_per_s), 1),
         "tokens_per_s_range": [round(min(tokens_per_s), 1), round(max(tokens_per_s), 1)],
         "ms_per_token": round(1000 / median(tokens_per_s), 2),
+        "fastest_step_ms": round(1000 * min(min(o["times"][1:]) for o, _ in pairs), 2),
         "gemv_floor_ms": round(gemv_floor_ms(model), 2),
         "weight_mb_per_token": round(weight_bytes / 1e6, 1),
         "achieved_gb_s": round(achieved, 1),
@@ -324,6 +328,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "torch_prompt_ms": round(1000 * median([t["times"][0] for _, t in pairs]), 1),
             "torch_tokens_per_s": round(median(torch_rate), 1),
             "torch_tokens_per_s_range": [round(min(torch_rate), 1), round(max(torch_rate), 1)],
+            "torch_fastest_step_ms": round(1000 * min(min(t["times"][1:]) for _, t in pairs), 2),
             "torch_threads": pairs[0][1]["threads"],
             "speed_ratio_vs_torch": round(median(ratio), 3),
             "speed_ratio_range": [round(min(ratio), 3), round(max(ratio), 3)],
