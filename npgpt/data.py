@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import pickle
 import sys
 import tempfile
 import time
@@ -232,15 +233,45 @@ _JOB: dict[str, Any] = {}
 
 
 def _start_job(documents: list[str], tokenizer: Any, eot: int, dtype: np.dtype, vocab_size: int,
-               val_fraction: float) -> None:
+               val_fraction: float, share: Optional[str] = None) -> None:
     _JOB.update(documents=documents, tokenizer=tokenizer, eot=eot, dtype=dtype, vocab_size=vocab_size,
-                val_fraction=val_fraction)
+                val_fraction=val_fraction, share=share, shared_seen=set(), shared_count=0)
+
+
+def _learn_from_others(caches: Any) -> None:
+    """Add the cache entries other workers have published in the ``share`` directory since last time.
+
+    Workers publish what their caches learned after each run (``_publish``), so a word or chunk
+    new to the corpus is encoded by one worker, not by each: with 2 workers about half of the
+    cold work. Entries depend only on their keys, so the ids are the same in any case.
+    """
+    share, seen = _JOB["share"], _JOB["shared_seen"]
+    mine = f"{os.getpid()}-"
+    for name in sorted(os.listdir(share)):
+        if name.endswith(".pkl") and not name.startswith(mine) and name not in seen:
+            with open(os.path.join(share, name), "rb") as f:
+                caches.add(pickle.load(f))
+            seen.add(name)
+
+
+def _publish(caches: Any, mark: tuple[int, ...]) -> None:
+    entries = caches.entries_since(mark)
+    if any(entries):
+        _JOB["shared_count"] += 1
+        path = os.path.join(_JOB["share"], f"{os.getpid()}-{_JOB['shared_count']:06d}")
+        with open(path + ".tmp", "wb") as f:
+            pickle.dump(entries, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(path + ".tmp", path + ".pkl")     # others never read a half-written file
 
 
 def _encode_run(run: tuple[int, int]) -> tuple[bytes, bytes]:
     """The train and validation tokens of documents ``run[0]:run[1]``, packed as the files hold them."""
     tokenizer, eot, dtype, vocab_size = _JOB["tokenizer"], _JOB["eot"], _JOB["dtype"], _JOB["vocab_size"]
     packed = getattr(tokenizer, "encode_ordinary_array", None)      # npgpt's Tokenizer: no Python ints
+    caches = getattr(tokenizer, "caches", None) if _JOB["share"] else None
+    if caches is not None:
+        _learn_from_others(caches)
+        mark = caches.mark()
     train, val = [], []
     for doc in _JOB["documents"][run[0]:run[1]]:
         if packed is not None:
@@ -259,6 +290,8 @@ def _encode_run(run: tuple[int, int]) -> tuple[bytes, bytes]:
         n_train = stream.size - int(stream.size * _JOB["val_fraction"])
         train.append(stream[:n_train])
         val.append(stream[n_train:])
+    if caches is not None:
+        _publish(caches, mark)
     return np.concatenate(train).tobytes(), np.concatenate(val).tobytes()
 
 
@@ -278,7 +311,8 @@ def _encode_runs(documents: list[str], runs: list[tuple[int, int]], tokenizer: A
     # fork shares the documents and the tokenizer (with its warm caches) without copying them;
     # elsewhere (macOS, Windows) the default start method sends each worker a copy.
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
-    with context.Pool(workers, initializer=_start_job, initargs=job) as pool:
+    with tempfile.TemporaryDirectory(prefix="npgpt-prepare-") as share, \
+            context.Pool(workers, initializer=_start_job, initargs=(*job, share)) as pool:
         yield from pool.imap(_encode_run, runs)
 
 

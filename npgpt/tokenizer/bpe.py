@@ -262,6 +262,43 @@ class ChunkCache(dict):
         return ids
 
 
+class EncodeCaches:
+    """A tokenizer's three caches: pre-token -> ids (``words``), and chunk -> ids for a text's first
+    chunk (``first``) and for the chunks after a space (``spaced``); all hold packed ids.
+
+    ``mark``, ``entries_since`` and ``add`` let processes that encode with the same vocabulary
+    share what each has learned (``npgpt.data.prepare`` does, so that of two workers only one pays
+    for a new word): an entry depends on its key only, so adding another process's entries never
+    changes an id.
+    """
+
+    def __init__(self, ranks: dict[tuple[int, int], int], merged: Sequence[int], byte_ids: Sequence[int],
+                 typecode: str) -> None:
+        self.words = WordCache(ranks, merged, byte_ids, typecode)
+        self.first = ChunkCache(self.words, "")
+        self.spaced = ChunkCache(self.words, " ")
+
+    def encode(self, text: str) -> bytes:
+        """The packed ids of ``text`` (``encode_chunks``)."""
+        return encode_chunks(text, self.first, self.spaced)
+
+    def mark(self) -> tuple[int, int, int]:
+        """Where the caches stand now, for ``entries_since``."""
+        return len(self.words), len(self.first), len(self.spaced)
+
+    def entries_since(self, mark: tuple[int, int, int]) -> tuple[list[tuple[str, bytes]], ...]:
+        """The entries added since ``mark`` (the newest ones of each dict, which keeps insertion order)."""
+        return tuple(list(itertools.islice(reversed(cache.items()), len(cache) - n)) if len(cache) > n else []
+                     for cache, n in zip((self.words, self.first, self.spaced), mark))
+
+    def add(self, entries: tuple[list[tuple[str, bytes]], ...]) -> None:
+        """Take entries that ``entries_since`` gave (here or in another process)."""
+        for cache, items in zip((self.words, self.first, self.spaced), entries):
+            if len(cache) + len(items) > _CACHE_LIMIT:
+                cache.clear()
+            cache.update(items)
+
+
 def crowded_runs(text: str) -> list[tuple[int, int]]:
     """The ``[a, b)`` spans, in order, of every whitespace run of ``text`` (as long as it goes)
     with a space after its first character: ``"  "``, ``"\n    "`` before an indented line.

@@ -10,16 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import regex
 
-from npgpt.tokenizer.bpe import (
-    _REFERENCE_PRETOKENIZE,
-    ENDOFTEXT,
-    ChunkCache,
-    Vocabulary,
-    WordCache,
-    encode_chunks,
-    token_bytes,
-    token_text,
-)
+from npgpt.tokenizer.bpe import _REFERENCE_PRETOKENIZE, ENDOFTEXT, EncodeCaches, Vocabulary, token_bytes, token_text
 from npgpt.tokenizer.formats import TokenizerFileError, read_dir, read_tiktoken, write_hf
 from npgpt.tokenizer.train import train_bpe
 
@@ -78,9 +69,9 @@ class Tokenizer:
             self._merged.append(self._id_of[joined])
         # Ids travel packed as an array.array of this type: 2 bytes each while they fit, else 4.
         self._typecode = "H" if n <= 1 << 16 else "I"
-        self._cache = WordCache(self._ranks, self._merged, self._byte_ids, self._typecode)
-        self._first = ChunkCache(self._cache, "")
-        self._spaced = ChunkCache(self._cache, " ")
+        self.caches = EncodeCaches(self._ranks, self._merged, self._byte_ids, self._typecode)
+        """The encoder's caches (``npgpt.tokenizer.bpe.EncodeCaches``); processes that encode with
+        this vocabulary can share their entries (``npgpt.data.prepare`` does)."""
 
     # ------------------------------------------------------------------ basic facts
     @property
@@ -143,7 +134,7 @@ class Tokenizer:
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
         ids = array.array(self._typecode)
-        ids.frombytes(encode_chunks(text, self._first, self._spaced))
+        ids.frombytes(self.caches.encode(text))
         return ids
 
     def encode(self, text: str, *, allowed_special: Collection[str] | Literal["all"] = frozenset(),
