@@ -16,7 +16,7 @@ to fetch GPT-2's vocabulary for ``"gpt2"`` and ``npgpt.hub`` for a Hugging Face 
     tok = Tokenizer.train(texts, vocab_size=4096)
     tok.save("my-tokenizer")                      # Hugging Face's vocab.json + merges.txt layout
 
-The package: ``bpe.py`` (pre-tokenizer, byte map, merge loops, word cache), ``train.py``
+The package: ``bpe.py`` (pre-tokenizer, byte map, merge loops, the encoder's caches), ``train.py``
 (incremental training), ``formats.py`` (Hugging Face / OpenAI / tiktoken files), ``core.py``
 (the ``Tokenizer`` class) and ``stream.py`` (``StreamDecoder``: ids to text one at a time, for
 printing generated text as it comes without cutting a character apart).
