@@ -293,35 +293,56 @@ def _backpropagate(seeds: list[tuple[Tensor, Array]], retain_graph: bool, on_lea
     for output, g in seeds:
         key = id(output)
         pending[key] = g if key not in pending else pending[key] + g
-    for node in reversed(_topological_order([output for output, _ in seeds])):
+    order = _topological_order([output for output, _ in seeds])
+    # A leaf (a parameter) is handed over as soon as the last node that uses it is done, not when
+    # the order reaches it, which for most parameters is the very end: otherwise every gradient of
+    # the model waits in ``pending`` until the walk ends (with two threads, two full sets at once).
+    uses = {}
+    for node in order:
+        for parent in node._parents:
+            if parent.requires_grad and parent._backward is None:
+                uses[id(parent)] = uses.get(id(parent), 0) + 1
+
+    def visit(node: Tensor) -> Optional[Array]:
         key = id(node)
         g = pending.pop(key, None)
         g_owned = key in owned
         owned.discard(key)
         if g is None:
-            continue
+            return None
         if isinstance(g, RowGradient):
             g, g_owned = g.dense(), True
         if on_node is not None:
             on_node(node, g)
         if node._backward is None:  # a leaf: hand its gradient over
             on_leaf(node, g, g_owned)
+            return None
+        return g
+
+    for node in reversed(order):
+        g = visit(node)
+        if g is None:
             continue
         fresh = getattr(node._backward, "fresh", False) and not retain_graph
         parent_grads = node._backward(g)
         for parent, pg in zip(node._parents, parent_grads):
-            if pg is None or not parent.requires_grad:
+            if not parent.requires_grad:
                 continue
-            if not isinstance(pg, RowGradient):
-                pg = xp.asarray(pg)  # NumPy turns 0-d results into scalars; keep arrays
             key = id(parent)
-            if key not in pending:
-                pending[key] = pg
-                if fresh:
+            if pg is not None:
+                if not isinstance(pg, RowGradient):
+                    pg = xp.asarray(pg)  # NumPy turns 0-d results into scalars; keep arrays
+                if key not in pending:
+                    pending[key] = pg
+                    if fresh:
+                        owned.add(key)
+                else:
+                    pending[key] = _sum_gradients(pending[key], key in owned, pg, fresh)
                     owned.add(key)
-                continue
-            pending[key] = _sum_gradients(pending[key], key in owned, pg, fresh)
-            owned.add(key)
+            if key in uses:
+                uses[key] -= 1
+                if uses[key] == 0:   # the leaf's gradient is complete
+                    visit(parent)
         if not retain_graph:  # free the saved arrays as soon as they are used
             node._backward, node._parents = None, ()
 
