@@ -67,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure a step's cost against the context length instead, with and without the cache")
     parser.add_argument("--contexts", default="64,128,256,512,1024",
                         help="context lengths of --scaling, comma-separated (default 64,128,256,512,1024)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of the matrix products, npgpt's BLAS and PyTorch alike (default: each "
+                             "library's own; 1 is steadier on a busy machine)")
 
 
 def _timed_steps(steps: Iterable[object]) -> list[float]:
@@ -252,8 +255,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     The machine is shared and its speed drifts: a ratio comes from runs made
     side by side, and the median over pairs (with its range) is reported.
     """
-    if args.scaling:
-        return scaling(args)
+    if args.threads is None:
+        return scaling(args) if args.scaling else _run(args)
+    from npgpt.backend import blas_threads
+
+    if args.compare == "torch":
+        import torch
+
+        torch.set_num_threads(args.threads)
+    with blas_threads(args.threads):
+        return scaling(args) if args.scaling else _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     from npgpt.model import GPT, GPTConfig
 
     model = GPT(GPTConfig(), seed=0).eval()
@@ -298,6 +312,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     first = pairs[0][0]
     result: dict[str, Any] = {
         "workload": "generate-124M",
+        "threads": args.threads,
         "prompt_tokens": args.prompt_tokens,
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
@@ -420,4 +435,4 @@ def scaling(args: argparse.Namespace) -> dict[str, Any]:
     if max(contexts) > model.config.block_size:
         raise SystemExit(f"--contexts: at most block_size = {model.config.block_size} tokens")
     return {"workload": "generate-124M-scaling", "model": "GPT-2 small (124M), random weights",
-            **scaling_rows(model, contexts)}
+            "threads": args.threads, **scaling_rows(model, contexts)}
