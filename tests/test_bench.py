@@ -1,5 +1,6 @@
 """The benchmark workloads' accounting (not their speed: speed is never tested)."""
 
+import numpy as np
 import pytest
 
 from npgpt.bench.train import WORKLOAD
@@ -79,3 +80,43 @@ def test_fit_exponent_recovers_a_power_law():
     assert abs(fit_exponent(sizes, [7.0 for _ in sizes])) < 1e-12
     with pytest.raises(ValueError, match="at least two"):
         fit_exponent([1], [1.0])
+
+
+def test_train_124m_is_gpt2_small_at_256_tokens():
+    from npgpt.bench.train import WORKLOADS, _model_config
+
+    cfg = WORKLOADS["train-124m"]
+    config = _model_config(cfg)
+    assert config.num_parameters() == 124_439_808                 # GPT-2 small exactly
+    assert (cfg["seq_len"], cfg["batch_size"]) == (256, 4)
+    # docs/performance.md eq. 2 with T = 256: 6 N + 12 L T C, N without the position table
+    n = 124_439_808 - 1024 * 768
+    assert flops_per_token(config, 256) == 6 * n + 12 * 12 * 256 * 768
+
+
+def test_memory_breakdown_counts_the_arrays_of_a_step():
+    from npgpt.bench.train import memory_breakdown
+    from npgpt.model import GPT
+    from npgpt.optim import AdamW, param_groups
+
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
+    optimizer = AdamW(param_groups(model, 0.1))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 64, (4, 17))
+    batch = (tokens[:, :-1], tokens[:, 1:])
+    model.loss(*batch).backward()
+    optimizer.step()                                 # the moments exist from the first step on
+    optimizer.zero_grad()
+    got = memory_breakdown(model, optimizer, lambda x, y: model.loss(x, y), batch)
+    params = sum(p.data.nbytes for p in model.parameters()) / 1e6
+    assert got["parameters"] == got["gradients"] == pytest.approx(params, abs=0.05)
+    assert got["adam_moments"] == pytest.approx(2 * params, abs=0.05)
+    assert 0 < got["activations"] < got["step_peak"]    # the peak holds the gradients on top
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_retain_freed_memory_is_idempotent():
+    from npgpt import backend
+
+    first = backend.retain_freed_memory()
+    assert isinstance(first, bool) and backend.retain_freed_memory() == first
