@@ -602,8 +602,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
     if attn_mask is not None:
         mask = xp.asarray(attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask, dtype=bool)
         allowed = mask if allowed is None else allowed & mask
-    if allowed is not None:
-        scores = xp.where(allowed, scores, xp.finfo(scores.dtype).min)
+    if allowed is not None:         # in place: the scores are this op's own array
+        xp.copyto(scores, xp.finfo(scores.dtype).min, where=~allowed)
     P = softmax_array(scores, overwrite=True)           # attention probabilities
     if attn_mask is not None:
         P *= allowed            # only changes rows where every key is masked
@@ -618,7 +618,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
         dP = (gc @ vc.swapaxes(-1, -2)).astype(dtype, copy=False)
         if keep is not None:
             dP *= keep
-        dS = dP - (dP * P).sum(axis=-1, keepdims=True)
+        dS = dP                     # dS = P * (dP - sum(dP * P)) * s, written over dP
+        dS -= (dP * P).sum(axis=-1, keepdims=True)
         dS *= P
         dS *= scale
         dSc = dS if cd == dtype else dS.astype(cd)

@@ -579,6 +579,12 @@ def where(condition, x=None, y=None):
     return _wrap(np.where(*_dev((condition, x, y))))
 
 
+def copyto(dst, src, casting="same_kind", where=None):
+    if type(dst) is not ndarray:
+        raise _unsupported(dst)
+    np.copyto(dst._a, _dev(src), casting=casting, where=True if where is None else _dev(where))
+
+
 def split(ary, indices_or_sections, axis=0):
     if isinstance(indices_or_sections, np.ndarray):      # CuPy reads the cut points on the host
         indices_or_sections = indices_or_sections.tolist()
@@ -661,7 +667,7 @@ for _name in ("array_equal", "allclose", "count_nonzero"):    # CuPy answers wit
     _MODULE_FUNCS[_name] = _routine(_name, result=_to_device_result)
 for _name in ("nonzero", "argwhere", "flatnonzero", "unique"):
     _MODULE_FUNCS[_name] = _synchronising(_name)
-for _fn in (where, split, array_split, empty, empty_like, asarray, array, ascontiguousarray, asnumpy,
+for _fn in (where, copyto, split, array_split, empty, empty_like, asarray, array, ascontiguousarray, asnumpy,
             get_array_module, array2string, array_repr, array_str, result_type, shape, ndim):
     _fn.__module__ = "cupy"
     _MODULE_FUNCS[_fn.__name__] = _fn
