@@ -3,13 +3,18 @@
 Companion of ``docs/autograd.md``.
 
 A ``Tensor`` wraps an array (``numpy.ndarray`` or ``cupy.ndarray``) in
-``.data``. Every differentiable operation on tensors returns a new tensor that
-remembers
+``.data``. Every differentiable operation on tensors returns a new tensor
+whose ``_node`` (a ``Node``) remembers
 
-* ``_parents``: the tensors it was computed from, and
+* ``_parents``: the nodes of the tensors it was computed from (a leaf --
+  a parameter, an input with ``requires_grad`` -- is its own node), and
 * ``_backward``: a function that maps the gradient of the loss with respect to
   this output, ``dL/dy``, to the gradients with respect to each parent,
   ``dL/dx_k = dL/dy * dy/dx_k`` (the chain rule, docs/autograd.md eq. 1).
+
+The graph holds nodes, not tensors: an intermediate result that its
+backward does not need (the residual stream, say) is freed as soon as the
+program drops it, as in PyTorch, instead of living until the backward pass.
 
 The graph is built as the program runs ("define-by-run"). ``loss.backward()``
 sorts the graph topologically and walks it from the loss back to the leaves,
@@ -69,7 +74,10 @@ def _describe(t: Tensor) -> str:
 class Tensor:
     """An array with an optional gradient and the recipe that produced it."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "name", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_node", "name", "__weakref__")
+    # A leaf is its own node in the graph: nothing to walk back into.
+    _parents: tuple = ()
+    _backward = None
     # Make ``ndarray + Tensor`` call ``Tensor.__radd__`` instead of NumPy's ``__add__``.
     __array_priority__ = 1000
 
@@ -84,8 +92,7 @@ class Tensor:
         self.data: Array = data
         self.grad: Optional[Array] = None
         self.requires_grad = bool(requires_grad)
-        self._parents: tuple[Tensor, ...] = ()
-        self._backward: Optional[Callable[[Array], tuple]] = None
+        self._node: Optional[Node] = None      # set by the op that computed this tensor
         self.name = name
 
     # ------------------------------------------------------------------ basics
@@ -95,7 +102,7 @@ class Tensor:
     size = property(lambda self: self.data.size)
     device = property(lambda self: backend.device_of(self.data))
     T = property(lambda self: self.transpose())
-    is_leaf = property(lambda self: self._backward is None)
+    is_leaf = property(lambda self: self._node is None)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -221,6 +228,47 @@ def _output_gradient(output: Tensor, grad: Tensor | Array | None) -> Array:
     return grad
 
 
+class Node:
+    """What the graph keeps of a tensor an op computed: how to pass its gradient back -- not its data.
+
+    ``_backward`` maps ``dL/dy`` to the gradients of the parents;
+    ``_parents`` are the parents' nodes (a leaf tensor is its own node; an
+    input that needs no gradient is ``CONSTANT``). PyTorch calls this the
+    ``grad_fn``. Because children hold nodes, not tensors, an intermediate
+    array lives only as long as the program or a backward closure needs it.
+    """
+
+    __slots__ = ("_backward", "_parents", "__weakref__")
+    requires_grad = True
+
+    def __init__(self, backward: Callable[[Array], tuple], parents: tuple) -> None:
+        self._backward, self._parents = backward, parents
+
+
+class _Constant:
+    """The node of an input that needs no gradient."""
+
+    __slots__ = ()
+    requires_grad = False
+    _backward = None
+    _parents: tuple = ()
+
+
+CONSTANT = _Constant()
+
+
+def _released(g: Array) -> tuple:
+    raise RuntimeError("backward through a graph that was already walked and freed: call backward(retain_graph=True) "
+                       "the first time to walk it twice")
+
+
+def _node_of(t: Tensor) -> Any:
+    """The graph's handle on ``t``: its node, the tensor itself for a leaf, ``CONSTANT`` without a gradient."""
+    if not t.requires_grad:
+        return CONSTANT
+    return t._node if t._node is not None else t
+
+
 class RowGradient:
     """A gradient that is zero except in some rows: ``dL/dW`` of a lookup ``W[ids]`` (docs/model.md eq. 8).
 
@@ -290,6 +338,7 @@ def _backpropagate(seeds: list[tuple[Tensor, Array]], retain_graph: bool, on_lea
     xp = backend.array_module(seeds[0][1])
     pending = {}     # gradient sums of nodes not yet visited
     owned = set()    # keys of pending arrays nothing else refers to: the walk may write into them
+    seeds = [(_node_of(output), g) for output, g in seeds]
     for output, g in seeds:
         key = id(output)
         pending[key] = g if key not in pending else pending[key] + g
@@ -344,7 +393,7 @@ def _backpropagate(seeds: list[tuple[Tensor, Array]], retain_graph: bool, on_lea
                 if uses[key] == 0:   # the leaf's gradient is complete
                     visit(parent)
         if not retain_graph:  # free the saved arrays as soon as they are used
-            node._backward, node._parents = None, ()
+            node._backward, node._parents = _released, ()
 
 
 def backward(output: Tensor, grad: Tensor | Array | None = None, *, retain_graph: bool = False,
@@ -390,7 +439,7 @@ def grad(outputs: Tensor | Iterable[Tensor], inputs: Tensor | Iterable[Tensor],
         if not isinstance(x, Tensor) or not x.requires_grad:
             raise ValueError(f"grad(): input {i} ({_describe(x) if isinstance(x, Tensor) else type(x).__name__}) "
                              "does not require grad")
-    wanted = {id(x): i for i, x in enumerate(inputs)}
+    wanted = {id(_node_of(x)): i for i, x in enumerate(inputs)}
     found = [None] * len(inputs)
 
     def on_node(node: Tensor, g: Array) -> None:
@@ -466,8 +515,7 @@ def _make(data: Array, parents: tuple[Tensor, ...], backward: Callable[[Array], 
     out = Tensor(data)
     if _grad_enabled and any(p.requires_grad for p in parents):
         out.requires_grad = True
-        out._parents = parents
-        out._backward = backward
+        out._node = Node(backward, tuple(_node_of(p) for p in parents))
         if fresh:
             backward.fresh = True
     return out
@@ -529,13 +577,15 @@ def _binary(op: str, a: Operand, b: Operand) -> tuple[Tensor, Tensor]:
 def add(a: Operand, b: Operand) -> Tensor:
     """``a + b``; gradient 1 to each input, summed over broadcast axes."""
     a, b = _binary("add", a, b)
-    return _make(a.data + b.data, (a, b), lambda g: (unbroadcast(g, a.shape), unbroadcast(g, b.shape)))
+    sa, sb = a.shape, b.shape            # the closure keeps shapes, not the tensors (nor their data)
+    return _make(a.data + b.data, (a, b), lambda g: (unbroadcast(g, sa), unbroadcast(g, sb)))
 
 
 def sub(a: Operand, b: Operand) -> Tensor:
     """``a - b``; gradients ``g`` and ``-g``."""
     a, b = _binary("sub", a, b)
-    return _make(a.data - b.data, (a, b), lambda g: (unbroadcast(g, a.shape), unbroadcast(-g, b.shape)))
+    sa, sb = a.shape, b.shape
+    return _make(a.data - b.data, (a, b), lambda g: (unbroadcast(g, sa), unbroadcast(-g, sb)))
 
 
 def mul(a: Operand, b: Operand) -> Tensor:
@@ -640,9 +690,11 @@ def getitem(a: Tensor, index: Any) -> Tensor:
     except IndexError as exc:
         raise IndexError(f"index {index!r} is invalid for {_describe(a)}: {exc}") from None
 
+    shape = a.shape
+
     def backward(g: Array) -> tuple[Array]:
         xp = backend.array_module(g)
-        full = xp.zeros(a.shape, dtype=g.dtype)
+        full = xp.zeros(shape, dtype=g.dtype)
         parts = index if isinstance(index, tuple) else (index,)
         if any(hasattr(p, "shape") or isinstance(p, list) for p in parts):
             backend.scatter_add(full, index, g)   # advanced indexing may repeat positions
@@ -676,7 +728,8 @@ def sum_(a: Tensor, axis: Axes = None, keepdims: bool = False) -> Tensor:
     axes = _normalize_axes(axis, a.ndim)
     out = a.data.sum(axis=axes, keepdims=keepdims)
     xp = backend.array_module(a.data)
-    return _make(out, (a,), lambda g: (xp.broadcast_to(_expand_like(g, a.shape, axes, keepdims), a.shape).copy(),))
+    shape = a.shape
+    return _make(out, (a,), lambda g: (xp.broadcast_to(_expand_like(g, shape, axes, keepdims), shape).copy(),))
 
 
 def mean(a: Tensor, axis: Axes = None, keepdims: bool = False) -> Tensor:
@@ -711,7 +764,8 @@ def reshape(a: Tensor, shape: int | Sequence[int]) -> Tensor:
         out = a.data.reshape(shape)
     except ValueError:
         raise ValueError(f"cannot reshape {_describe(a)} ({a.size} elements) into shape {shape}") from None
-    return _make(out, (a,), lambda g: (g.reshape(a.shape),))
+    source = a.shape
+    return _make(out, (a,), lambda g: (g.reshape(source),))
 
 
 def transpose(a: Tensor, axes: Optional[Sequence[int]] = None) -> Tensor:

@@ -196,7 +196,23 @@ def test_graph_is_released_after_backward():
     loss.backward()
     gc.collect()
     assert ref() is None
-    assert loss._parents == () and loss._backward is None
+    assert loss._node._parents == ()
+    with pytest.raises(RuntimeError, match="already walked and freed.*retain_graph=True"):
+        loss.backward()
+
+
+def test_the_graph_keeps_nodes_not_the_tensors_its_backward_does_not_need():
+    # A sum's backward needs only shapes: once the program drops the intermediate tensors, their
+    # arrays are freed before the backward pass (the residual stream of a network is such a sum).
+    x = npgpt.tensor(np.ones(1000), requires_grad=True)
+    shifted = x + 1.0
+    array = weakref.ref(shifted.data)
+    loss = (shifted + x).sum()
+    del shifted
+    gc.collect()
+    assert array() is None
+    loss.backward()
+    np.testing.assert_allclose(x.grad, 2.0)
 
 
 def test_retain_graph_allows_a_second_backward():
