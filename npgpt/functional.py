@@ -190,21 +190,20 @@ def gelu(x: Tensor) -> Tensor:
     xp = _xp(x)
     a = x.data
 
-    def tanh_u():
-        t = a * a
-        t *= 0.044715 * a
+    def tanh_u(square):
+        t = square * (0.044715 * a)
         t += a
         t *= _GELU_C
         return xp.tanh(t, out=t)
 
-    t = tanh_u()
+    t = tanh_u(a * a)
     t += 1.0
     t *= a
     t *= 0.5                          # y, written over t
 
     def backward(g):
-        t = tanh_u()
-        d = a * a
+        d = a * a                     # x^2, for t and for the derivative of u
+        t = tanh_u(d)
         d *= 3 * 0.044715
         d += 1.0
         d *= _GELU_C
