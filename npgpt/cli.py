@@ -420,6 +420,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from npgpt.model import GPT
     from npgpt.tokenizer import ENDOFTEXT
 
+    backend.retain_freed_memory()      # a generation's buffers (the decoding head's copy) reuse freed memory
     if (args.prompt is None) == (args.prompts is None):
         raise ValueError("give a PROMPT or --prompts FILE (not both)")
     texts = [args.prompt] if args.prompts is None else _read_prompts(args.prompts)

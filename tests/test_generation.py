@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import npgpt
 import npgpt.functional as F
 from npgpt import generation
 from npgpt.model import GPT, GPTConfig
@@ -350,3 +351,22 @@ def test_benchmark_batched_transformers_run_chooses_the_same_ids(tmp_path):
     _, ours = run_npgpt(model, ids, 6, attention_mask=mask, eos_token_id=40, pad_token_id=40)
     times, theirs = run_torch_batched(load_torch(tmp_path), ids, mask, 6, pad_id=40)
     assert len(times) == 6 and theirs == ours
+
+
+def test_a_generation_with_the_head_copied_chooses_the_same_tokens(monkeypatch):
+    # The decoding head (wte^T made contiguous, generation.decoding_head) is the same matrix in
+    # another layout: the logits agree to rounding and greedy decoding picks the same ids.
+    model = tiny(seed=3, block_size=32)
+    prompts = np.random.default_rng(1).integers(0, model.config.vocab_size, (3, 5))
+    monkeypatch.setattr(generation, "HEAD_COPY_MIN_ROW_STEPS", 10**9)
+    plain = model.generate(prompts, 12)
+    assert generation.decoding_head(model, 3, 12) is None
+    monkeypatch.setattr(generation, "HEAD_COPY_MIN_ROW_STEPS", 1)
+    head = generation.decoding_head(model, 3, 12)
+    w = model.wte.weight.data
+    assert head.flags.c_contiguous and np.array_equal(head, w.T)
+    hidden = np.random.default_rng(2).standard_normal((3, w.shape[1])).astype(w.dtype)
+    np.testing.assert_allclose(hidden @ head, model.lm_head(npgpt.tensor(hidden)).data, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(model.generate(prompts, 12), plain)
+    model.set_compute_dtype("float16")
+    assert generation.decoding_head(model, 3, 12) is None       # mixed precision keeps its own head

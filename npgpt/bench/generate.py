@@ -255,6 +255,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     The machine is shared and its speed drifts: a ratio comes from runs made
     side by side, and the median over pairs (with its range) is reported.
     """
+    from npgpt.backend import retain_freed_memory
+
+    retain_freed_memory()       # as `npgpt generate` does: the decoding head's copy reuses freed memory
     if args.threads is None:
         return scaling(args) if args.scaling else _run(args)
     from npgpt.backend import blas_threads
