@@ -367,9 +367,10 @@ def decoding_head(model: Any, rows: int, steps: int) -> Array | None:
     so it can never be out of date with the weights.
     """
     w = model.wte.weight.data
-    if backend.array_module(w) is not np or model.compute_dtype is not None or rows * steps < HEAD_COPY_MIN_ROW_STEPS:
+    xp = backend.array_module(w)
+    if xp is not np or model.compute_dtype is not None or rows * steps < HEAD_COPY_MIN_ROW_STEPS:
         return None
-    head = np.empty((w.shape[1], w.shape[0]), dtype=w.dtype)
+    head = xp.empty((w.shape[1], w.shape[0]), dtype=w.dtype)
     for start in range(0, w.shape[0], 256):     # a transpose in bands of rows stays in the cache: ~2.5x faster
         head[:, start:start + 256] = w[start:start + 256].T
     return head
