@@ -35,8 +35,10 @@ if TYPE_CHECKING:
 WORKLOADS = {
     "train-small": dict(vocab_size=8192, block_size=128, seq_len=128, n_layer=4, n_head=4, n_embd=256,
                         batch_size=8, steps=10, warmup=3),
+    # One thread with two-threaded BLAS: two shards are faster but each holds its own LM-head
+    # gradient, which takes the peak memory above PyTorch's (docs/performance.md).
     "train-124m": dict(vocab_size=50257, block_size=1024, seq_len=256, n_layer=12, n_head=12, n_embd=768,
-                       batch_size=4, steps=4, warmup=1),
+                       batch_size=4, steps=4, warmup=1, workers=1),
 }
 WORKLOAD = WORKLOADS["train-small"]
 
@@ -62,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "Zen 4's measured matmul peak, see docs/benchmarks.md)")
     parser.add_argument("--compare", choices=["torch"], default=None, help="also run PyTorch eager")
     parser.add_argument("--workers", type=int, default=None,
-                        help="threads the batch is sharded over (default: one per core; see npgpt.parallel)")
+                        help="threads the batch is sharded over (default: one per core; 1 for train-124m; see "
+                             "npgpt.parallel)")
     parser.add_argument("--ranks", type=int, default=1,
                         help="also run as this many MPI ranks x 1 thread (mpiexec) and report the ratio ranks / "
                              "one process with as many threads (docs/distributed.md)")
@@ -351,6 +354,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.scaling:
         return run_scaling(args.steps or 3, 1 if args.warmup is None else args.warmup, args.workers)
     cfg = WORKLOADS[args.train_workload]
+    if args.workers is None:
+        args.workers = cfg.get("workers")     # the workload's own choice, else one per core
     args.steps = cfg["steps"] if args.steps is None else args.steps
     args.warmup = cfg["warmup"] if args.warmup is None else args.warmup
     if args.steps < 1 or args.warmup < 0 or args.pairs < 1:
