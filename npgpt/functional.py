@@ -364,24 +364,8 @@ def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100) -> Ten
     _check_float("cross_entropy", logits)
     V = logits.shape[-1]
     xp = _xp(logits)
-    y = as_array(targets)
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"cross_entropy: targets must be integers, got dtype {y.dtype}")
-    if tuple(y.shape) != tuple(logits.shape[:-1]):
-        raise ValueError(f"cross_entropy: targets of shape {tuple(y.shape)} do not match logits "
-                         f"{tuple(logits.shape)} (expected targets of shape {tuple(logits.shape[:-1])})")
     z = logits.data.reshape(-1, V)
-    # The checks read three numbers. They are taken where the targets are: host targets (a training
-    # batch) are checked before their one copy to the device, device targets cost one copy back.
-    y = y.reshape(-1)
-    counted, y_safe = _counted_targets(y, ignore_index)
-    n, low, high = _count_min_max(counted, y_safe)
-    if n == 0:
-        raise ValueError("cross_entropy: every target equals ignore_index; the mean is undefined")
-    if low < 0 or high >= V:
-        raise ValueError(f"cross_entropy: target ids must lie in 0..{V - 1} (or equal ignore_index={ignore_index})")
-    if backend.array_module(y) is not xp:
-        counted, y_safe = _counted_targets(xp.asarray(y), ignore_index)
+    counted, y_safe, n = _checked_targets("cross_entropy", targets, "logits", logits.shape, V, ignore_index, xp)
     rows = xp.arange(z.shape[0])
     m = z.max(axis=1)
     e = z - m[:, None]
@@ -441,22 +425,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Any, ignore_in
                          f"{tuple(weight.shape)} (expected hidden (..., C) and weight (V, C))")
     V, C = weight.shape
     xp = _xp(hidden)
-    y = as_array(targets)
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"linear_cross_entropy: targets must be integers, got dtype {y.dtype}")
-    if tuple(y.shape) != tuple(hidden.shape[:-1]):
-        raise ValueError(f"linear_cross_entropy: targets of shape {tuple(y.shape)} do not match hidden "
-                         f"{tuple(hidden.shape)} (expected targets of shape {tuple(hidden.shape[:-1])})")
-    y = y.reshape(-1)
-    counted, y_safe = _counted_targets(y, ignore_index)
-    n, low, high = _count_min_max(counted, y_safe)
-    if n == 0:
-        raise ValueError("linear_cross_entropy: every target equals ignore_index; the mean is undefined")
-    if low < 0 or high >= V:
-        raise ValueError(f"linear_cross_entropy: target ids must lie in 0..{V - 1} "
-                         f"(or equal ignore_index={ignore_index})")
-    if backend.array_module(y) is not xp:
-        counted, y_safe = _counted_targets(xp.asarray(y), ignore_index)
+    counted, y_safe, n = _checked_targets("linear_cross_entropy", targets, "hidden", hidden.shape, V, ignore_index,
+                                          xp)
     h = hidden.data.reshape(-1, C)
     W = weight.data
     N = h.shape[0]
@@ -505,6 +475,32 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Any, ignore_in
         return out_h, out_W
 
     return _make(loss, (hidden, weight), backward, fresh=True)
+
+
+def _checked_targets(op, targets, what, shape, V, ignore_index, xp):
+    """The targets of a loss over inputs of ``shape`` (..., last), checked: ``(counted, y_safe, n)``, flat, on ``xp``.
+
+    Integers, of ``shape[:-1]``, each in ``0..V-1`` or ``ignore_index``, at
+    least one counted. The checks read three numbers. They are taken where
+    the targets are: host targets (a training batch) are checked before
+    their one copy to the device, device targets cost one copy back.
+    """
+    y = as_array(targets)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"{op}: targets must be integers, got dtype {y.dtype}")
+    if tuple(y.shape) != tuple(shape[:-1]):
+        raise ValueError(f"{op}: targets of shape {tuple(y.shape)} do not match {what} {tuple(shape)} "
+                         f"(expected targets of shape {tuple(shape[:-1])})")
+    y = y.reshape(-1)
+    counted, y_safe = _counted_targets(y, ignore_index)
+    n, low, high = _count_min_max(counted, y_safe)
+    if n == 0:
+        raise ValueError(f"{op}: every target equals ignore_index; the mean is undefined")
+    if low < 0 or high >= V:
+        raise ValueError(f"{op}: target ids must lie in 0..{V - 1} (or equal ignore_index={ignore_index})")
+    if backend.array_module(y) is not xp:
+        counted, y_safe = _counted_targets(xp.asarray(y), ignore_index)
+    return counted, y_safe, n
 
 
 def _counted_targets(y, ignore_index):
