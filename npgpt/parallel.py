@@ -132,19 +132,22 @@ class _OrderedSum:
             return
         with self.locks[key]:
             self.waiting[key][shard] = (g, owned)
-            waiting = self.waiting[key]
-            k = self.added[key]
-            while k < self.shards and waiting[k] is not None:
-                accumulate_grad(self.params[key], *waiting[k])
-                waiting[k] = None
-                k += 1
-            self.added[key] = k
+            self._add_waiting(key)
 
     def finish(self) -> None:
         """After every shard: add what still waits (a parameter some shard did not reach), in order."""
-        for key, waiting in self.waiting.items():
-            for k in range(self.added[key], self.shards):
-                if waiting[k] is not None:
-                    accumulate_grad(self.params[key], *waiting[k])
-                    waiting[k] = None
-            self.added[key] = self.shards
+        for key in self.waiting:
+            self._add_waiting(key, past_gaps=True)
+
+    def _add_waiting(self, key: int, past_gaps: bool = False) -> None:
+        """Add the waiting gradients of one parameter in shard order, up to the first shard not yet delivered
+        (or past such gaps, once every shard is done)."""
+        waiting = self.waiting[key]
+        for k in range(self.added[key], self.shards):
+            if waiting[k] is not None:
+                accumulate_grad(self.params[key], *waiting[k])
+                waiting[k] = None
+            elif not past_gaps:
+                self.added[key] = k
+                return
+        self.added[key] = self.shards
