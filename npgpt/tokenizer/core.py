@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import regex
 
+from npgpt.tokenizer import chat
 from npgpt.tokenizer.bpe import _REFERENCE_PRETOKENIZE, ENDOFTEXT, EncodeCaches, Vocabulary, token_bytes, token_text
 from npgpt.tokenizer.formats import TokenizerFileError, read_dir, read_tiktoken, write_hf
 from npgpt.tokenizer.train import train_bpe
@@ -38,8 +39,11 @@ class Tokenizer:
     """
 
     def __init__(self, tokens: Iterable[bytes], merges: Iterable[tuple[int, int]],
-                 special_tokens: Optional[Mapping[str, int]] = None) -> None:
+                 special_tokens: Optional[Mapping[str, int]] = None, *, chat_template: Optional[str] = None) -> None:
         special_tokens = dict(special_tokens or {})
+        if chat_template is not None and not isinstance(chat_template, str):
+            raise TypeError(f"chat_template must be a Jinja string or None, got {type(chat_template).__name__}")
+        self._chat_template = chat_template
         self._tokens = [bytes(t) for t in tokens]
         self.special_tokens = special_tokens
         self.merges = [tuple(m) for m in merges]
@@ -110,7 +114,32 @@ class Tokenizer:
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, Tokenizer) and self._tokens == other._tokens
-                and self.merges == other.merges and self.special_tokens == other.special_tokens)
+                and self.merges == other.merges and self.special_tokens == other.special_tokens
+                and self._chat_template == other._chat_template)
+
+    # ------------------------------------------------------------------ chat (npgpt/tokenizer/chat.py)
+    @property
+    def chat_template(self) -> Optional[str]:
+        """The Jinja string that lays a conversation out as text (tokenizer_config.json's
+        ``chat_template``, as Hugging Face stores it), or None for a tokenizer not made for chat."""
+        return self._chat_template
+
+    @property
+    def end_of_turn_id(self) -> Optional[int]:
+        """The id that ends a turn (``<|im_end|>``), where a chat answer stops; None without a chat template."""
+        return chat.end_of_turn_id(self)
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = False) -> str:
+        """The text of a conversation (a list of ``{"role", "content"}``, roles system/user/assistant)
+        under this tokenizer's chat template; ``add_generation_prompt`` appends the header that asks
+        the assistant to answer. ``ChatTemplateError`` (a ValueError) without a template or for a bad message."""
+        return chat.render(self._chat_template, messages, add_generation_prompt)
+
+    def apply_chat_template(self, messages: Sequence[Mapping[str, str]], *,
+                            add_generation_prompt: bool = False) -> list[int]:
+        """The ids of ``render_chat(messages, ...)``: the role markers as their special ids, every
+        message's content as ordinary text (a content holding ``"<|im_end|>"`` cannot end a turn)."""
+        return chat.encode(self, messages, add_generation_prompt)[0]
 
     # ------------------------------------------------------------------ encoding
     def _encode_words(self, text: str) -> list[int]:
@@ -266,10 +295,11 @@ class Tokenizer:
                               min_frequency=min_frequency, show_progress=show_progress))
 
     @classmethod
-    def _from_files(cls, source: str | os.PathLike, vocabulary: Vocabulary) -> Tokenizer:
+    def _from_files(cls, source: str | os.PathLike, vocabulary: Vocabulary,
+                    chat_template: Optional[str] = None) -> Tokenizer:
         """``cls(*vocabulary)``, with an inconsistency the readers let through named by its source."""
         try:
-            return cls(*vocabulary)
+            return cls(*vocabulary, chat_template=chat_template)
         except ValueError as exc:
             raise TokenizerFileError(f"{source}: {exc}") from None
 
@@ -318,7 +348,7 @@ class Tokenizer:
                 if revision is not None:
                     raise ValueError(f"revision={revision!r} names a version of a Hub repo, but {path} is a local "
                                      "directory, which has one version; drop revision=")
-                return cls._from_files(path, read_dir(path))
+                return cls._from_files(path, read_dir(path), chat.read_template(path))
         if name == "gpt2" and revision is None:
             return cls._from_gpt2_routes()
         missing = (f"no tokenizer {name!r}: tried the directories {[str(p) for p in candidates]} "
@@ -331,7 +361,7 @@ class Tokenizer:
             directory = hub.snapshot(name, hub.TOKENIZER_FILES, revision)
         except (hub.HubNotInstalled, FileNotFoundError) as exc:
             raise FileNotFoundError(f"{missing}, then the Hugging Face Hub: {exc}") from None
-        return cls._from_files(directory, read_dir(directory))
+        return cls._from_files(directory, read_dir(directory), chat.read_template(directory))
 
     @classmethod
     def _from_gpt2_routes(cls) -> Tokenizer:
@@ -358,5 +388,5 @@ class Tokenizer:
     def save(self, directory: str | os.PathLike) -> pathlib.Path:
         """Write Hugging Face's GPT-2 layout into ``directory`` (created if needed), each file
         atomically: vocab.json, merges.txt (``#version: 0.2``), special_tokens_map.json,
-        tokenizer_config.json. Returns the directory as a Path."""
-        return write_hf(directory, self._tokens, self.merges, self.special_tokens)
+        tokenizer_config.json (with the ``chat_template``, if any). Returns the directory as a Path."""
+        return write_hf(directory, self._tokens, self.merges, self.special_tokens, self._chat_template)

@@ -228,9 +228,10 @@ def read_dir(path: pathlib.Path) -> Vocabulary:
 
 
 def write_hf(directory: str | os.PathLike, tokens: Sequence[bytes], merges: Iterable[tuple[int, int]],
-             special_tokens: dict[str, int]) -> pathlib.Path:
+             special_tokens: dict[str, int], chat_template: Optional[str] = None) -> pathlib.Path:
     """Write Hugging Face's GPT-2 layout into ``directory`` (created if needed), each file
-    atomically: vocab.json, merges.txt, special_tokens_map.json, tokenizer_config.json."""
+    atomically: vocab.json, merges.txt, special_tokens_map.json, tokenizer_config.json (which holds
+    ``chat_template`` when there is one, where ``transformers`` looks for it)."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     special_ids = {i: s for s, i in special_tokens.items()}
@@ -249,7 +250,8 @@ def write_hf(directory: str | os.PathLike, tokens: Sequence[bytes], merges: Iter
               "model_max_length": 1024, "npgpt_tokenizer_format": FORMAT_VERSION, **special_map,
               "added_tokens_decoder": {str(special_tokens[s]): {
                   "content": s, "lstrip": False, "rstrip": False, "normalized": False,
-                  "single_word": False, "special": True} for s in specials}}
+                  "single_word": False, "special": True} for s in specials},
+              **({"chat_template": chat_template} if chat_template is not None else {})}
     files = {"vocab.json": json.dumps(vocab, ensure_ascii=False), "merges.txt": merges_text,
              "special_tokens_map.json": json.dumps(special_map, indent=2),
              "tokenizer_config.json": json.dumps(config, indent=2)}
