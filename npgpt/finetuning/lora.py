@@ -1,0 +1,554 @@
+"""LoRA: low-rank adapters on frozen weights (Hu et al. 2021), saved in PEFT's format.
+
+Companion of ``docs/agent.md`` (section "LoRA"), whose equations the names
+below follow. A target layer ``y = x W + b`` (``W`` frozen, stored (in, out)
+as GPT-2's Conv1D) learns a low-rank correction instead of ``W`` itself:
+
+    y = x W + b + s * (x A^T) B^T,       s = alpha / r        (docs/agent.md eq. 20)
+
+with ``A`` (r, in) drawn as PEFT draws it and ``B`` (out, r) zero, so the
+adapted model starts as the base model. Only ``A`` and ``B`` train:
+``r (in + out)`` numbers per layer instead of ``in * out``.
+
+* :func:`lora_linear` is the fused op (forward and hand-written backward);
+* :class:`LoRALinear` replaces an ``nn.Linear`` and holds ``A``, ``B``;
+* :func:`apply_lora` wraps a model's target layers and freezes the rest
+  (``npgpt finetune``, ``npgpt sft`` and ``npgpt train --init-from`` call it
+  through :func:`lora_from_settings`);
+* :func:`merge` / :func:`unmerge` fold ``s (B A)^T`` into ``W`` and back,
+  :func:`unload` leaves a plain model with the merged weights;
+* :func:`save_adapter` / :func:`load_adapter` write and read
+  ``adapter_config.json`` + ``adapter_model.safetensors`` with PEFT's
+  tensor names (``base_model.model.transformer.h.0.attn.c_attn.lora_A.weight``),
+  so ``peft.PeftModel.from_pretrained`` loads npgpt's adapters onto
+  ``transformers``' GPT-2 and npgpt loads PEFT's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import re
+import shutil
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import numpy as np
+
+from npgpt import backend, nn
+from npgpt.autograd import Tensor, _make, as_tensor
+
+Array = Any  # a numpy.ndarray or a cupy.ndarray
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."     # PEFT's name for the wrapped model inside its PeftModel
+GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
+
+
+# =================================================================== the op
+def lora_linear(x: Any, weight: Any, bias: Optional[Tensor], lora_A: Any, lora_B: Any, scale: float,
+                keep: Optional[Array] = None, compute_dtype: Any = None) -> Tensor:
+    """``y = x W + b + s (x_d A^T) B^T`` with ``x_d = x * keep`` (docs/agent.md eq. 20).
+
+    Shapes: ``x`` (..., in), ``weight`` (in, out), ``bias`` (out,) or None,
+    ``lora_A`` (r, in), ``lora_B`` (out, r), ``keep`` broadcastable to ``x``
+    (LoRA dropout's mask, already divided by 1 - p; None: no dropout) ->
+    (..., out). ``s`` is ``alpha / r``.
+
+    Gradients, with ``X`` the inputs flattened to (N, in), ``X_d = X * keep``,
+    ``u = X_d A^T`` (N, r) and ``h = g B`` (N, r) (docs/agent.md eq. 21):
+
+    ``dL/dB = s g^T u``, ``dL/dA = s h^T X_d``,
+    ``dL/dx = g W^T + s (h A) * keep``, ``dL/dW = X^T g``, ``dL/db = sum_rows g``.
+
+    Only ``u`` (r numbers per row) is kept beside the input, and the
+    (in, out) update ``s (B A)^T`` is never formed: the correction costs
+    ``2 N r (in + out)`` multiply-adds against ``N in out`` for the frozen
+    product. ``dL/dW`` is computed only if ``weight.requires_grad`` (never,
+    in LoRA training). ``compute_dtype`` as ``F.linear``'s (mixed precision).
+    """
+    x, weight, lora_A, lora_B = as_tensor(x), as_tensor(weight), as_tensor(lora_A), as_tensor(lora_B)
+    if x.ndim < 1 or weight.ndim != 2 or x.shape[-1] != weight.shape[0]:
+        raise ValueError(f"lora_linear: input {tuple(x.shape)} does not fit weight {tuple(weight.shape)} "
+                         "(expected x (..., in) and weight (in, out))")
+    n_in, n_out = weight.shape
+    if lora_A.ndim != 2 or lora_A.shape[1] != n_in or lora_B.ndim != 2 or lora_B.shape != (n_out, lora_A.shape[0]):
+        raise ValueError(f"lora_linear: lora_A {tuple(lora_A.shape)} and lora_B {tuple(lora_B.shape)} do not fit "
+                         f"weight {tuple(weight.shape)} (expected A (r, {n_in}) and B ({n_out}, r))")
+    if bias is not None and tuple(bias.shape) != (n_out,):
+        raise ValueError(f"lora_linear: bias of shape {tuple(bias.shape)} does not fit weight {tuple(weight.shape)}")
+    cd = np.dtype(compute_dtype) if compute_dtype is not None else None
+    cd = None if cd == x.dtype else cd
+    cast = (lambda a: a) if cd is None else (lambda a: a.astype(cd))
+    s = float(scale)
+    lead = x.shape[:-1]
+    x2 = x.data.reshape(-1, n_in)                                   # (N, in)
+    keep2 = None if keep is None else backend.array_module(x2).broadcast_to(keep, x.shape).reshape(-1, n_in)
+    xd = x2 if keep2 is None else x2 * keep2                        # (N, in)
+    w, a, b = cast(weight.data), cast(lora_A.data), cast(lora_B.data)
+    u = cast(xd) @ a.T                                              # (N, r)
+    out = cast(x2) @ w                                              # (N, out)
+    out += (u * s) @ b.T
+    if bias is not None:
+        out += cast(bias.data)
+    if cd is not None:
+        out = out.astype(x.dtype)
+    parents = (x, weight, lora_A, lora_B) + (() if bias is None else (bias,))
+
+    def backward(g):                                                # g (..., out)
+        g2 = g.reshape(-1, n_out)
+        gc = cast(g2)
+        h = gc @ b                                                  # (N, r)
+        gx = gw = ga = gb = None
+        if x.requires_grad:
+            gx = gc @ w.T
+            hA = (h * s) @ a                                        # (N, in)
+            gx += hA if keep2 is None else hA * keep2
+            gx = gx.astype(x.dtype, copy=False).reshape(x.shape)
+        if weight.requires_grad:
+            gw = (cast(x2).T @ gc).astype(weight.dtype, copy=False)
+        if lora_A.requires_grad:
+            ga = ((h * s).T @ cast(xd)).astype(lora_A.dtype, copy=False)
+        if lora_B.requires_grad:
+            gb = ((gc * s).T @ u).astype(lora_B.dtype, copy=False)
+        grads = (gx, gw, ga, gb)
+        if bias is None:
+            return grads
+        return grads + (g2.sum(axis=0) if bias.requires_grad else None,)
+
+    return _make(out.reshape(lead + (n_out,)), parents, backward, fresh=True)
+
+
+def delta_weight(lora_A: Array, lora_B: Array, scale: float) -> Array:
+    """The update LoRA adds to a stored (in, out) weight: ``s (B A)^T`` (docs/agent.md eq. 22)."""
+    return (lora_B @ lora_A).T * scale
+
+
+# ================================================================ the layer
+class LoRALinear(nn.Module):
+    """An ``nn.Linear`` whose weight and bias are frozen and which learns ``A`` and ``B`` beside them.
+
+    It takes over the wrapped layer's ``weight`` and ``bias`` Parameters
+    themselves (so the base model's names, ``h.0.attn.c_attn.weight``, do
+    not change) and adds ``lora_A`` (r, in), drawn from
+    U(-1/sqrt(in), 1/sqrt(in)) as PEFT's default (Kaiming-uniform with
+    a = sqrt 5) draws it, and ``lora_B`` (out, r), zero.
+    """
+
+    compute_dtype: Any = None
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
+                 rng: np.random.Generator | None = None, seed: int | None = None):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
+        rng = rng if rng is not None else np.random.default_rng(0)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.rank, self.alpha = int(rank), float(alpha)
+        self.scale = self.alpha / self.rank
+        self.weight = base.weight
+        self.bias = base.bias
+        self.compute_dtype = base.compute_dtype
+        bound = 1.0 / math.sqrt(self.in_features)
+        xp = backend.array_module(base.weight.data)
+        A = rng.uniform(-bound, bound, (self.rank, self.in_features)).astype(np.float32)
+        self.lora_A = nn.Parameter(backend.to_device(A, base.weight.device) if xp is not np else A)
+        self.lora_B = nn.Parameter(xp.zeros((self.out_features, self.rank), dtype=np.float32))
+        self.lora_dropout = nn.Dropout(dropout, seed=seed)
+        self.merged_base: Array | None = None    # the exact base weight while merged
+
+    @property
+    def merged(self) -> bool:
+        return self.merged_base is not None
+
+    def forward(self, x: Any) -> Tensor:        # (..., in) -> (..., out)
+        if self.merged:                         # the update lives in the weight: a plain product
+            from npgpt import functional as F
+            return F.linear(x, self.weight, self.bias, compute_dtype=self.compute_dtype)
+        x = as_tensor(x)
+        keep = None
+        drop = self.lora_dropout
+        if drop.training and drop.p > 0:
+            # Inverted dropout on the adapter's input only, as PEFT does: the frozen path sees x.
+            xp = backend.array_module(x.data)
+            keep = (drop.rng(xp).random(x.shape, dtype=np.float32) >= drop.p).astype(x.dtype)
+            keep *= 1.0 / (1.0 - drop.p)
+        return lora_linear(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scale, keep,
+                           compute_dtype=self.compute_dtype)
+
+    def merge(self) -> None:
+        """``W <- W + s (B A)^T`` (eq. 22); the base weight is kept so :meth:`unmerge` restores it bit for bit."""
+        if self.merged:
+            return
+        self.merged_base = self.weight.data
+        self.weight.data = self.merged_base + delta_weight(self.lora_A.data, self.lora_B.data, self.scale)
+
+    def unmerge(self) -> None:
+        """Give the weight back its base values: exactly, not ``W + D - D`` (which rounds)."""
+        if self.merged:
+            self.weight.data, self.merged_base = self.merged_base, None
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_features}, {self.out_features}, rank={self.rank}, alpha={self.alpha:g}, "
+                f"dropout={self.lora_dropout.p:g}{', merged' if self.merged else ''}")
+
+
+# ================================================================ settings
+@dataclasses.dataclass
+class LoRAConfig:
+    """Which layers get an adapter and how large: PEFT's ``LoraConfig`` fields of the same meaning.
+
+    ``targets`` names layers as PEFT's ``target_modules`` does: ``c_attn``
+    matches every layer whose name ends with ``.c_attn`` (``c_proj`` both the
+    attention's and the MLP's; ``mlp.c_proj`` only the MLP's). ``train``
+    lists name prefixes that train fully besides the adapters (PEFT's
+    ``modules_to_save``; the classifier's ``score`` head).
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("c_attn",)
+    train: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or int(self.rank) != self.rank or self.rank < 1:
+            raise ValueError(f"LoRA rank must be a positive integer, got {self.rank!r}")
+        self.rank = int(self.rank)
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"LoRA alpha must be a positive number, got {self.alpha!r}")
+        self.alpha = float(self.alpha)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.targets, str):
+            self.targets = tuple(t.strip() for t in self.targets.split(",") if t.strip())
+        self.targets = tuple(self.targets)
+        if not self.targets:
+            raise ValueError("LoRA targets: name at least one layer, e.g. c_attn or c_attn,c_proj,c_fc")
+        self.train = tuple(self.train)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+def lora_from_settings(rank: Optional[int], alpha: Optional[float] = None, dropout: float = 0.0,
+                       targets: str | Sequence[str] = "c_attn", train: Sequence[str] = (),
+                       seed: int = 0) -> Optional[LoRAConfig]:
+    """The :class:`LoRAConfig` of the ``--lora-*`` flags; ``None`` when ``rank`` is None or 0 (no LoRA).
+
+    ``alpha`` defaults to ``2 r`` (a common choice: ``s = 2``).
+    """
+    if not rank:
+        return None
+    return LoRAConfig(rank=rank, alpha=float(alpha) if alpha is not None else 2.0 * rank, dropout=dropout,
+                      targets=targets, train=tuple(train), seed=seed)
+
+
+def matches(name: str, target: str) -> bool:
+    """PEFT's rule for one ``target_modules`` entry: the layer's name is it, or ends with ``.`` + it."""
+    return name == target or name.endswith("." + target)
+
+
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    *path, leaf = name.split(".")
+    module = model
+    for part in path:
+        module = module._modules[part]
+    return module, leaf
+
+
+def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
+    """Freeze ``model`` and put a :class:`LoRALinear` on every ``nn.Linear`` that ``config.targets`` names.
+
+    Every parameter gets ``requires_grad = False`` except the adapters' ``A``
+    and ``B`` and those under ``config.train``'s prefixes. Works on a ``GPT``
+    and on a ``GPTClassifier`` (names as ``named_modules`` gives them).
+    Returns the wrapped layers' names. A target that matches no linear
+    layer is an error naming what the model has.
+    """
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if any(isinstance(m, LoRALinear) for _, m in model.named_modules()):
+        raise ValueError("the model already carries LoRA adapters (merge or unload them first)")
+    chosen = [(name, m) for name, m in linears if any(matches(name, t) for t in config.targets)]
+    for target in config.targets:
+        if not any(matches(name, target) for name, _ in linears):
+            kinds = sorted({name.rsplit(".", 1)[-1] for name, _ in linears})
+            raise ValueError(f"LoRA target {target!r} matches no linear layer of the model "
+                             f"(it has {', '.join(kinds)})")
+    for p in model.parameters():
+        p.requires_grad = False
+    rng = np.random.default_rng(config.seed)
+    seeds = np.random.SeedSequence(config.seed).spawn(len(chosen))
+    for (name, linear), seed in zip(chosen, seeds):
+        parent, leaf = _parent(model, name)
+        setattr(parent, leaf, LoRALinear(linear, config.rank, config.alpha, config.dropout, rng=rng,
+                                         seed=int(seed.generate_state(1, np.uint64)[0])))
+    for name, p in model.named_parameters():
+        p.requires_grad = (name.endswith(".lora_A") or name.endswith(".lora_B")
+                           or any(name.startswith(prefix) for prefix in config.train))
+    return [name for name, _ in chosen]
+
+
+def adapters(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+    """``(name, layer)`` of every LoRA layer of ``model``."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` scalars, adapters included in the total (as PEFT counts them)."""
+    params = model.parameters()
+    return sum(int(p.size) for p in params if p.requires_grad), sum(int(p.size) for p in params)
+
+
+def describe_trainable(model: nn.Module) -> str:
+    """``trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364`` (PEFT's line)."""
+    trainable, total = trainable_parameters(model)
+    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+
+
+def max_dropout(model: nn.Module) -> float:
+    """The largest dropout probability of any ``nn.Dropout`` in ``model`` (LoRA's included)."""
+    return max([m.p for _, m in model.named_modules() if isinstance(m, nn.Dropout)], default=0.0)
+
+
+# ================================================================== merging
+def merge(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its weight (eq. 22); ``model`` then computes the same logits with plain products."""
+    for _, layer in adapters(model):
+        layer.merge()
+    return model
+
+
+def unmerge(model: nn.Module) -> nn.Module:
+    """Undo :func:`merge`: every weight gets back its exact base values."""
+    for _, layer in adapters(model):
+        layer.unmerge()
+    return model
+
+
+def unload(model: nn.Module, merge_weights: bool = True) -> nn.Module:
+    """Replace every :class:`LoRALinear` by a plain ``nn.Linear`` (PEFT's ``merge_and_unload``).
+
+    With ``merge_weights`` the linear gets the merged weight; without, the
+    base weight (the adapter is dropped). All parameters train again.
+    """
+    for name, layer in adapters(model):
+        if merge_weights:
+            layer.merge()
+        else:
+            layer.unmerge()
+        linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, std=0.0)
+        linear.weight, linear.bias = layer.weight, layer.bias
+        linear.compute_dtype = layer.compute_dtype
+        parent, leaf = _parent(model, name)
+        setattr(parent, leaf, linear)
+    for p in model.parameters():
+        p.requires_grad = True
+    return model
+
+
+# ============================================================ PEFT's files
+def _layer_prefix(model: nn.Module) -> str:
+    """Where npgpt's names sit in the Hugging Face model PEFT wraps: GPT2LMHeadModel's ``transformer.``
+    (a ``GPT``); a ``GPTClassifier``'s names already start with it."""
+    from npgpt.model import GPT, HF_PREFIX
+
+    return HF_PREFIX if isinstance(model, GPT) else ""
+
+
+def adapter_tensors(model: nn.Module) -> dict[str, np.ndarray]:
+    """``{PEFT name: float32 array}``: ``lora_A.weight`` (r, in) and ``lora_B.weight`` (out, r) of each
+    layer, and the fully trained modules (``config.train``), under ``base_model.model.``."""
+    prefix = PEFT_PREFIX + _layer_prefix(model)
+    tensors = {}
+    for name, layer in adapters(model):
+        for part in ("lora_A", "lora_B"):
+            tensors[f"{prefix}{name}.{part}.weight"] = backend.to_numpy(getattr(layer, part).data)
+    for name, p in model.named_parameters():
+        if p.requires_grad and not (name.endswith(".lora_A") or name.endswith(".lora_B")):
+            array = backend.to_numpy(p.data)
+            tensors[prefix + name] = array.T if name == "score.weight" else array   # torch's (out, in)
+    return {k: np.ascontiguousarray(v.astype(np.float32, copy=False)) for k, v in tensors.items()}
+
+
+def _shortest_targets(model: nn.Module, chosen: Sequence[str]) -> list[str]:
+    """PEFT ``target_modules`` that select exactly ``chosen``: for each layer the shortest name suffix
+    (``c_attn``, ``attn.c_proj``, ``h.0.attn.c_proj``) that takes no layer outside ``chosen``."""
+    linears = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, LoRALinear))]
+    picked, targets = set(chosen), []
+    for name in chosen:
+        parts = name.split(".")
+        for k in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-k:])
+            if all(n in picked for n in linears if matches(n, suffix)):
+                break
+        if suffix not in targets:
+            targets.append(suffix)
+    return sorted(targets)
+
+
+def adapter_config(model: nn.Module, base_model: str | None = None) -> dict:
+    """``adapter_config.json``: the fields PEFT's ``LoraConfig`` needs to rebuild these adapters."""
+    layers = adapters(model)
+    if not layers:
+        raise ValueError("the model carries no LoRA adapters to save")
+    first = layers[0][1]
+    ranks = {(m.rank, m.alpha, m.lora_dropout.p) for _, m in layers}
+    if len(ranks) > 1:
+        raise ValueError("adapters of different ranks, alphas or dropouts cannot share one adapter_config.json")
+    targets = _shortest_targets(model, [name for name, _ in layers])
+    classifier = hasattr(model, "score")
+    trained = sorted({name.split(".")[0] for name, p in model.named_parameters()
+                      if p.requires_grad and not (name.endswith(".lora_A") or name.endswith(".lora_B"))})
+    return {
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS" if classifier else "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": first.rank,
+        "lora_alpha": first.alpha,
+        "lora_dropout": first.lora_dropout.p,
+        "target_modules": targets,
+        "fan_in_fan_out": True,          # GPT-2's Conv1D stores W (in, out)
+        "bias": "none",
+        "modules_to_save": trained or None,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "inference_mode": True,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "revision": None,
+    }
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str | None = None) -> pathlib.Path:
+    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT's format), atomically."""
+    from safetensors.numpy import save_file
+
+    from npgpt import fileio
+
+    directory = pathlib.Path(directory)
+    config = adapter_config(model, base_model)
+    tensors = adapter_tensors(model)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = fileio.staging_directory(directory)
+    try:
+        with open(staging / ADAPTER_CONFIG, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+            f.write("\n")
+        save_file(tensors, str(staging / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        fileio.replace_directory(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+class AdapterError(ValueError):
+    """An adapter directory npgpt cannot load; the message names the file and the problem."""
+
+
+def read_adapter_config(directory: str | os.PathLike) -> dict:
+    """The checked ``adapter_config.json`` of ``directory`` (features npgpt does not implement are refused)."""
+    from npgpt import checkpoint
+
+    path = pathlib.Path(directory) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise AdapterError(f"{directory} holds no {ADAPTER_CONFIG}: not a PEFT adapter directory")
+    raw = checkpoint.read_json_object(path)
+
+    def refuse(message: str) -> None:
+        raise AdapterError(f"{path}: {message}")
+
+    if raw.get("peft_type", "LORA") != "LORA":
+        refuse(f"peft_type is {raw.get('peft_type')!r}; npgpt loads LoRA adapters only")
+    for key, plain in (("use_dora", False), ("bias", "none"), ("rank_pattern", {}), ("alpha_pattern", {}),
+                       ("layers_to_transform", None)):
+        if raw.get(key) not in (None, plain):
+            refuse(f"{key} is {raw[key]!r}; npgpt implements plain LoRA ({key}: {plain!r})")
+    r = raw.get("r")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        refuse(f"r must be a positive integer, got {r!r}")
+    alpha = raw.get("lora_alpha", 8)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        refuse(f"lora_alpha must be a positive number, got {alpha!r}")
+    targets = raw.get("target_modules")
+    if not (isinstance(targets, str) or (isinstance(targets, list) and targets
+                                         and all(isinstance(t, str) for t in targets))):
+        refuse(f"target_modules must be a list of layer names or a regular expression, got {targets!r}")
+    return raw
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike) -> list[str]:
+    """Put the adapters of a PEFT directory (npgpt's or ``peft``'s own) on ``model``; returns the layers' names.
+
+    ``target_modules`` is matched as PEFT matches it (a list: by name
+    suffix; a string: a regular expression over the whole name); with
+    ``use_rslora`` the scale is ``alpha / sqrt(r)``. Every tensor's name and
+    shape is checked against the model before anything changes.
+    """
+    from npgpt import checkpoint
+
+    directory = pathlib.Path(directory)
+    raw = read_adapter_config(directory)
+    weights_path = directory / ADAPTER_WEIGHTS
+    if not weights_path.is_file():
+        raise AdapterError(f"{directory} holds no {ADAPTER_WEIGHTS}"
+                           + (" (adapter_model.bin is a pickle, which npgpt does not load: loading one runs code)"
+                              if (directory / "adapter_model.bin").exists() else ""))
+    tensors = checkpoint.read_tensors(weights_path)
+    targets = raw["target_modules"]
+    if isinstance(targets, str):
+        pattern = re.compile(targets)
+        pick = lambda name: pattern.fullmatch(_layer_prefix(model) + name) is not None or pattern.fullmatch(name)
+    else:
+        pick = lambda name: any(matches(name, t) for t in targets)
+    chosen = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and pick(name)]
+    if not chosen:
+        raise AdapterError(f"{directory / ADAPTER_CONFIG}: target_modules {targets!r} match no layer of the model")
+    prefix = PEFT_PREFIX + _layer_prefix(model)
+    names = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
+    expected = {}
+    r = int(raw["r"])
+    modules = dict(model.named_modules())
+    for name in chosen:
+        m = modules[name]
+        expected[f"{name}.lora_A.weight"] = (r, m.in_features)
+        expected[f"{name}.lora_B.weight"] = (m.out_features, r)
+    own = dict(model.named_parameters())
+    for key in (raw.get("modules_to_save") or []):
+        for pname, p in own.items():
+            if pname == key or pname.startswith(key + "."):
+                expected[pname] = tuple(p.shape[::-1]) if pname == "score.weight" else tuple(p.shape)
+    for key, shape in expected.items():
+        if key not in names:
+            raise AdapterError(f"{weights_path}: tensor {prefix + key!r} is missing")
+        if tuple(names[key].shape) != shape:
+            raise AdapterError(f"{weights_path}: tensor {prefix + key!r} has shape {tuple(names[key].shape)}, "
+                               f"the model needs {shape}")
+    unexpected = sorted(set(names) - set(expected))
+    if unexpected:
+        raise AdapterError(f"{weights_path}: unexpected tensors {[prefix + k for k in unexpected[:5]]} "
+                           "(not an adapter of this model and adapter_config.json)")
+    alpha = float(raw.get("lora_alpha", 8))
+    config = LoRAConfig(rank=r, alpha=alpha, dropout=float(raw.get("lora_dropout") or 0.0),
+                        targets=tuple(chosen), train=tuple(raw.get("modules_to_save") or ()))
+    apply_lora(model, dataclasses.replace(config, targets=tuple(chosen)))
+    scale = alpha / math.sqrt(r) if raw.get("use_rslora") else alpha / r
+    for name, layer in adapters(model):
+        layer.scale = scale
+        layer.lora_A.data = backend.to_device(names[f"{name}.lora_A.weight"].astype(np.float32), layer.weight.device)
+        layer.lora_B.data = backend.to_device(names[f"{name}.lora_B.weight"].astype(np.float32), layer.weight.device)
+    for pname, p in model.named_parameters():
+        if pname in expected and not pname.endswith((".lora_A", ".lora_B")):
+            value = names[pname].T if pname == "score.weight" else names[pname]
+            p.data = backend.to_device(np.ascontiguousarray(value.astype(np.float32)), p.device)
+    return chosen

@@ -1,0 +1,254 @@
+"""LoRA (npgpt.finetuning.lora): the fused op's gradient in float64, the documented forward and merge
+(docs/agent.md eqs. 20, 21 and 22), freezing, PEFT's file format both ways with ``peft`` itself, merging."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import npgpt
+from npgpt import backend
+from npgpt.finetuning import lora
+from npgpt.gradcheck import check_gradients
+from npgpt.model import GPT, GPTConfig
+
+TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=8)
+seeds = st.integers(0, 2**16)
+
+
+def randn(xp, shape, seed, scale=1.0):
+    return xp.asarray(np.random.default_rng(seed).standard_normal(shape) * scale, dtype=np.float64)
+
+
+def host(t):
+    return backend.to_numpy(t.data if isinstance(t, npgpt.Tensor) else t)
+
+
+def random_adapters(model, seed=0, scale=0.5):
+    """Non-zero B everywhere (a fresh adapter's B is zero, which would hide every mistake)."""
+    rng = np.random.default_rng(seed)
+    for _, layer in lora.adapters(model):
+        layer.lora_B.data = backend.to_device((rng.standard_normal(layer.lora_B.shape) * scale).astype(np.float32),
+                                              layer.weight.device)
+
+
+def logits(model, ids):
+    with npgpt.no_grad():
+        return host(model.eval()(ids))
+
+
+# ======================================================= the op (eqs. 20, 21)
+@given(lead=st.lists(st.integers(1, 3), min_size=1, max_size=2), n_in=st.integers(1, 5), n_out=st.integers(1, 4),
+       rank=st.integers(1, 3), bias=st.booleans(), dropout=st.booleans(), seed=seeds)
+def test_lora_linear_gradient_matches_finite_differences(xp, lead, n_in, n_out, rank, bias, dropout, seed):
+    # docs/agent.md eq. 21: every gradient, W's and b's too, with and without the dropout mask
+    shape = tuple(lead) + (n_in,)
+    x, W, b = randn(xp, shape, seed), randn(xp, (n_in, n_out), seed + 1), randn(xp, (n_out,), seed + 2)
+    A, B = randn(xp, (rank, n_in), seed + 3), randn(xp, (n_out, rank), seed + 4)
+    keep = None
+    if dropout:
+        keep = xp.asarray((np.random.default_rng(seed + 5).random(shape) >= 0.3) / 0.7)
+    if bias:
+        check_gradients(lambda x, W, b, A, B: lora.lora_linear(x, W, b, A, B, 1.7, keep), x, W, b, A, B)
+    else:
+        check_gradients(lambda x, W, A, B: lora.lora_linear(x, W, None, A, B, 0.5, keep), x, W, A, B)
+
+
+@given(n_in=st.integers(1, 6), n_out=st.integers(1, 6), rank=st.integers(1, 4), seed=seeds)
+def test_lora_linear_is_the_documented_formula(n_in, n_out, rank, seed):
+    # docs/agent.md eq. 20: y = x W + b + (alpha/r) (x A^T) B^T, and eq. 22: the same as x (W + s (BA)^T) + b
+    x, W, b = randn(np, (3, n_in), seed), randn(np, (n_in, n_out), seed + 1), randn(np, (n_out,), seed + 2)
+    A, B = randn(np, (rank, n_in), seed + 3), randn(np, (n_out, rank), seed + 4)
+    s = 16.0 / rank
+    y = lora.lora_linear(x, W, npgpt.Tensor(b), A, B, s).numpy()
+    np.testing.assert_allclose(y, x @ W + b + s * (x @ A.T) @ B.T, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, x @ (W + lora.delta_weight(A, B, s)) + b, rtol=1e-10, atol=1e-10)
+
+
+def test_lora_linear_refuses_shapes_that_do_not_fit():
+    x, W = np.zeros((2, 5)), np.zeros((5, 4))
+    with pytest.raises(ValueError, match=r"lora_A \(2, 3\) and lora_B \(4, 2\) do not fit weight \(5, 4\)"):
+        lora.lora_linear(x, W, None, np.zeros((2, 3)), np.zeros((4, 2)), 1.0)
+    with pytest.raises(ValueError, match=r"input \(2, 5\) does not fit weight \(4, 4\)"):
+        lora.lora_linear(x, np.zeros((4, 4)), None, np.zeros((2, 4)), np.zeros((4, 2)), 1.0)
+
+
+# ================================================================ the model
+def test_a_fresh_adapter_leaves_the_model_unchanged_and_trains_only_A_and_B(device):
+    # docs/agent.md eq. 20 with B = 0: the adapted model is the base model, logits bit for bit
+    model = GPT(TINY, seed=1).to(device)
+    ids = np.random.default_rng(0).integers(0, TINY.vocab_size, (2, 10))
+    before = logits(model, ids)
+    wrapped = lora.apply_lora(model, lora.LoRAConfig(rank=2, alpha=4, targets=("c_attn", "c_proj")))
+    assert wrapped == ["h.0.attn.c_attn", "h.0.attn.c_proj", "h.0.mlp.c_proj",
+                       "h.1.attn.c_attn", "h.1.attn.c_proj", "h.1.mlp.c_proj"]
+    np.testing.assert_array_equal(logits(model, ids), before)
+    model.train()
+    npgpt.F.cross_entropy(model(ids[:, :-1]), backend.to_device(ids[:, 1:], device)).backward()
+    for name, p in model.named_parameters():
+        if name.endswith((".lora_A", ".lora_B")):
+            assert p.requires_grad and p.grad is not None and p.grad.shape == p.shape, name
+        else:
+            assert not p.requires_grad and p.grad is None, name
+    # B starts at 0, so at the first step only B moves: dL/dA = s (g B)^T X = 0 (eq. 21)
+    for _, layer in lora.adapters(model):
+        assert not host(layer.lora_A.grad).any()
+        assert host(layer.lora_B.grad).any()
+
+
+def test_trainable_parameters_are_counted_as_peft_counts_them():
+    model = GPT(TINY, seed=1)
+    total = model.num_parameters()
+    lora.apply_lora(model, lora.LoRAConfig(rank=4, targets=("c_attn",)))
+    C = TINY.n_embd
+    expected = TINY.n_layer * 4 * (C + 3 * C)          # r (in + out) per c_attn
+    assert lora.trainable_parameters(model) == (expected, total + expected)
+    assert lora.describe_trainable(model) == (f"trainable params: {expected:,} || all params: {total + expected:,} "
+                                              f"|| trainable%: {100 * expected / (total + expected):.4f}")
+
+
+def test_targets_that_match_nothing_are_refused_naming_the_layers():
+    with pytest.raises(ValueError, match=r"'q_proj' matches no linear layer of the model \(it has c_attn, c_fc, c_proj\)"):
+        lora.apply_lora(GPT(TINY), lora.LoRAConfig(targets=("c_attn", "q_proj")))
+    for bad, message in [({"rank": 0}, "rank must be a positive integer"), ({"alpha": -1}, "alpha must be a positive number"),
+                         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"), ({"targets": ""}, "name at least one")]:
+        with pytest.raises(ValueError, match=message):
+            lora.LoRAConfig(**bad)
+
+
+def test_lora_dropout_masks_only_the_adapter_input():
+    # PEFT's placement: y = x W + b + s (dropout(x) A^T) B^T; with B = 0 dropout changes nothing
+    model = GPT(TINY, seed=1)
+    ids = np.random.default_rng(0).integers(0, TINY.vocab_size, (2, 10))
+    base = logits(model, ids)
+    lora.apply_lora(model, lora.LoRAConfig(rank=2, dropout=0.5))
+    with npgpt.no_grad():
+        np.testing.assert_allclose(host(model.train()(ids)), base, rtol=0, atol=1e-6)
+        random_adapters(model)
+        a, b = host(model(ids)), host(model(ids))
+    assert not np.allclose(a, b)             # two masks drawn
+    np.testing.assert_array_equal(logits(model, ids), logits(model, ids))   # none in eval mode
+
+
+# ================================================================ merging (eq. 22)
+def test_merge_gives_the_same_logits_and_unmerge_restores_the_base_exactly(device):
+    model = GPT(TINY, seed=1).to(device)
+    ids = np.random.default_rng(0).integers(0, TINY.vocab_size, (2, 12))
+    lora.apply_lora(model, lora.LoRAConfig(rank=3, alpha=6, targets=("c_attn", "c_proj", "c_fc")))
+    random_adapters(model)
+    base = {name: host(layer.weight).copy() for name, layer in lora.adapters(model)}
+    unmerged = logits(model, ids)
+    lora.merge(model)
+    for name, layer in lora.adapters(model):     # eq. 22: W + s (B A)^T
+        np.testing.assert_allclose(host(layer.weight), base[name] + lora.delta_weight(
+            host(layer.lora_A), host(layer.lora_B), layer.scale), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(logits(model, ids), unmerged, rtol=0, atol=1e-5)
+    lora.unmerge(model)
+    for name, layer in lora.adapters(model):
+        np.testing.assert_array_equal(host(layer.weight), base[name])
+    np.testing.assert_array_equal(logits(model, ids), unmerged)
+    lora.unload(model)
+    assert not lora.adapters(model) and all(p.requires_grad for p in model.parameters())
+    np.testing.assert_allclose(logits(model, ids), unmerged, rtol=0, atol=1e-5)
+
+
+# ================================================================ PEFT's files
+def test_save_and_load_round_trip_in_npgpt(tmp_path):
+    model = GPT(TINY, seed=1)
+    ids = np.random.default_rng(0).integers(0, TINY.vocab_size, (2, 9))
+    lora.apply_lora(model, lora.LoRAConfig(rank=2, alpha=3, dropout=0.1, targets=("c_attn", "mlp.c_proj")))
+    random_adapters(model)
+    lora.save_adapter(model, tmp_path / "adapter", base_model="tiny")
+    config = json.loads((tmp_path / "adapter" / lora.ADAPTER_CONFIG).read_text())
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (2, 3.0, 0.1)
+    assert config["target_modules"] == ["c_attn", "mlp.c_proj"]
+    fresh = GPT(TINY, seed=1)
+    lora.load_adapter(fresh, tmp_path / "adapter")
+    assert [n for n, _ in lora.adapters(fresh)] == [n for n, _ in lora.adapters(model)]
+    np.testing.assert_array_equal(logits(fresh, ids), logits(model, ids))
+
+
+def test_saved_targets_name_exactly_the_adapted_layers(tmp_path):
+    # "c_proj" alone would also take the MLP's c_proj when PEFT reads the file: the names must be exact
+    model = GPT(TINY, seed=1)
+    lora.apply_lora(model, lora.LoRAConfig(rank=2, targets=("attn.c_proj",)))
+    lora.save_adapter(model, tmp_path / "a")
+    fresh = GPT(TINY, seed=1)
+    assert lora.load_adapter(fresh, tmp_path / "a") == ["h.0.attn.c_proj", "h.1.attn.c_proj"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"use_dora": True}, "use_dora is True; npgpt implements plain LoRA"),
+    ({"peft_type": "IA3"}, "npgpt loads LoRA adapters only"),
+    ({"r": 0}, "r must be a positive integer"),
+    ({"target_modules": ["q_proj"]}, r"match no layer of the model"),
+])
+def test_adapters_npgpt_cannot_load_are_refused_naming_the_file(tmp_path, change, message):
+    model = GPT(TINY, seed=1)
+    lora.apply_lora(model, lora.LoRAConfig(rank=2))
+    lora.save_adapter(model, tmp_path / "a")
+    path = tmp_path / "a" / lora.ADAPTER_CONFIG
+    config = json.loads(path.read_text())
+    config.update(change)
+    path.write_text(json.dumps(config))
+    with pytest.raises(lora.AdapterError, match=message):
+        lora.load_adapter(GPT(TINY, seed=1), tmp_path / "a")
+
+
+def test_an_adapter_of_another_model_is_refused_before_anything_changes(tmp_path):
+    model = GPT(TINY, seed=1)
+    lora.apply_lora(model, lora.LoRAConfig(rank=2))
+    lora.save_adapter(model, tmp_path / "a")
+    wider = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16))
+    with pytest.raises(lora.AdapterError, match=r"lora_A.weight' has shape \(2, 8\), the model needs \(2, 16\)"):
+        lora.load_adapter(wider, tmp_path / "a")
+    assert not lora.adapters(wider)
+    with pytest.raises(lora.AdapterError, match="holds no adapter_config.json"):
+        lora.load_adapter(wider, tmp_path)
+
+
+@pytest.fixture
+def saved_base(tmp_path):
+    model = GPT(TINY, seed=3)
+    model.save_pretrained(tmp_path / "base")
+    return tmp_path / "base"
+
+
+def test_peft_loads_npgpts_adapter_onto_transformers_gpt2_with_equal_logits(saved_base, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    model = GPT.from_pretrained(saved_base)
+    lora.apply_lora(model, lora.LoRAConfig(rank=4, alpha=8, targets=("c_attn", "c_proj", "c_fc")))
+    random_adapters(model)
+    lora.save_adapter(model, tmp_path / "adapter", base_model=str(saved_base))
+    ids = np.random.default_rng(1).integers(0, TINY.vocab_size, (3, 11))
+    hf = peft.PeftModel.from_pretrained(transformers.GPT2LMHeadModel.from_pretrained(saved_base), tmp_path / "adapter")
+    with torch.no_grad():
+        theirs = hf.eval()(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(logits(model, ids), theirs, rtol=0, atol=1e-4)
+    assert not np.allclose(logits(GPT.from_pretrained(saved_base), ids), theirs, atol=1e-3)   # the adapter matters
+
+
+def test_an_adapter_made_by_peft_loads_into_npgpt_with_equal_logits(saved_base, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    hf = peft.get_peft_model(transformers.GPT2LMHeadModel.from_pretrained(saved_base),
+                             peft.LoraConfig(r=3, lora_alpha=5, target_modules=["c_attn", "mlp.c_proj"],
+                                             fan_in_fan_out=True, lora_dropout=0.1))
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.3)
+    hf.save_pretrained(tmp_path / "peft")
+    ids = np.random.default_rng(2).integers(0, TINY.vocab_size, (2, 13))
+    with torch.no_grad():
+        theirs = hf.eval()(torch.tensor(ids)).logits.numpy()
+    model = GPT.from_pretrained(saved_base)
+    assert lora.load_adapter(model, tmp_path / "peft") == ["h.0.attn.c_attn", "h.0.mlp.c_proj",
+                                                           "h.1.attn.c_attn", "h.1.mlp.c_proj"]
+    np.testing.assert_allclose(logits(model, ids), theirs, rtol=0, atol=1e-4)
