@@ -271,6 +271,26 @@ def _add_plot(sub: Any) -> None:
     p.set_defaults(command_parser=p)
 
 
+def _add_lora(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lora", help="LoRA adapters: fold one into its base model (docs/agent.md)",
+                       description="Work with LoRA adapters saved in PEFT's format (adapter_config.json + "
+                                   "adapter_model.safetensors), npgpt's or peft's own.")
+    lsub = p.add_subparsers(dest="lora_command", metavar="ACTION", required=True, parser_class=_Parser)
+    m = lsub.add_parser("merge", help="write the base model with the adapter folded into its weights",
+                        description="Load the base model, put the adapter on it, fold W + (alpha/r) (B A)^T into "
+                                    "each adapted weight and save an ordinary checkpoint (with the base's "
+                                    "tokenizer): it loads anywhere GPT-2 loads, with no adapter code.")
+    m.add_argument("adapter", metavar="ADAPTER", help="adapter directory (adapter_config.json + "
+                                                      "adapter_model.safetensors)")
+    m.add_argument("--base", default=None, metavar="DIR", help="the base model (directory, shipped name or Hub id; "
+                   "default: the adapter's base_model_name_or_path)")
+    m.add_argument("--out", required=True, metavar="DIR", help="directory for the merged model")
+    _overwrite_flag(m)
+    _debug_flag(m)
+    m.set_defaults(command_parser=m)
+    p.set_defaults(command_parser=p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from npgpt import __version__
 
@@ -283,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_generate(sub)
     _add_finetune(sub)
+    _add_lora(sub)
     _add_plot(sub)
     return parser
 
@@ -561,7 +582,7 @@ def _finetune(args: argparse.Namespace) -> int:
     print(f"{len(train_texts)} training and {len(val_texts)} validation texts; classes {labels.names}; "
           f"{'one logit + sigmoid' if num_labels == 1 else f'{num_labels} logits + softmax'}")
     result = ft.finetune(classifier, tokenizer, train_texts, train_y, val_texts, val_y, config=config,
-                         out_dir=args.out)
+                         out_dir=args.out, base_model=args.model)
     val = ft.Encoded(tokenizer, val_texts, val_y, min(config.max_length, classifier.config.block_size))
     metrics = ft.evaluate(classifier, val, ft.pad_id_for(classifier, tokenizer))
     print("validation (best weights):\n" + format_metrics(metrics))
@@ -577,11 +598,30 @@ def _finetune(args: argparse.Namespace) -> int:
         if plot.matplotlib_available() and result.history:
             plot.plot_runs([out], out / plot.FIGURE_NAME, title=f"fine-tuning {args.model}")
     print(f"saved the classifier and tokenizer to {args.out} (load with GPTClassifier.from_pretrained)")
+    if config.lora_rank:
+        print(f"saved the LoRA adapter and the head to {pathlib.Path(args.out) / 'adapter'} (PEFT's format; "
+              f"the classifier in {args.out} has it merged)")
     if result.stopped_by is not None:
         from npgpt.interrupt import exit_status
 
         print(f"stopped at step {result.steps}; {args.out} holds the best classifier so far", file=sys.stderr)
         return exit_status(result.stopped_by)
+    return 0
+
+
+def cmd_lora(args: argparse.Namespace) -> int:
+    """``npgpt lora merge ADAPTER --out DIR``."""
+    from npgpt.finetuning import lora
+
+    _refuse_non_empty(args.out, args.overwrite, "output directory")
+    merged, base = lora.merge_adapter(args.adapter, base=args.base)
+    merged.save_pretrained(args.out)
+    try:
+        _load_tokenizer(base).save(args.out)
+        tokenizer = " and its tokenizer"
+    except (OSError, ValueError):        # no tokenizer files, or none npgpt reads
+        tokenizer = f" ({base} holds no tokenizer to copy)"
+    print(f"merged {args.adapter} into {base}; wrote the model{tokenizer} to {args.out}")
     return 0
 
 
@@ -655,7 +695,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:          # --help, --version or a usage error: argparse has printed it
         return int(exc.code or 0)
     handlers = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "finetune": cmd_finetune,
-                "plot": cmd_plot}
+                "lora": cmd_lora, "plot": cmd_plot}
     handler = cmd_tokenizer_train if args.command == "tokenizer" else handlers[args.command]
     from npgpt.train import TrainingDiverged
 

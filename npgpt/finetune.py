@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Optional
 import numpy as np
 
 from npgpt import distributed, engine, optim, settings
+from npgpt.finetuning import lora
 from npgpt.interrupt import GracefulStop
 from npgpt.labelled import pad_batch
 from npgpt.metrics import classification_metrics
@@ -69,13 +70,15 @@ def freeze(classifier: GPTClassifier, train_last: Optional[int] = None) -> list[
 
 # ---------------------------------------------------------------- the loop
 @dataclasses.dataclass
-class FinetuneConfig:
+class FinetuneConfig(lora.LoRASettings):
     """Settings of :func:`finetune` (every one has a default; ``npgpt finetune`` has a flag for each).
 
     ``warmup`` is a fraction of the steps (linear warmup before the cosine
     decay); ``head_lr`` defaults to ``lr`` (a fresh head can take a larger
     one); ``workers`` CPU threads (``npgpt.parallel``; ``None``: one per core
-    without dropout, else 1).
+    without dropout, else 1). The ``lora_*`` settings (inherited from
+    ``npgpt.finetuning.lora.LoRASettings``) train low-rank adapters and the
+    head instead of the backbone's weights (docs/agent.md, "LoRA").
     """
 
     epochs: int = setting(3, "passes over the training texts")
@@ -119,6 +122,10 @@ class FinetuneConfig:
         settings.check_adamw_and_dtype("FinetuneConfig", self, DTYPES)
         if self.pad_side not in ("left", "right"):
             fail("pad_side", f"{{name}} must be 'left' or 'right', got {self.pad_side!r}")
+        self.check_lora()
+        if self.lora_rank and self.train_last is not None:
+            fail("train_last", "{name} chooses blocks to train in full; with LoRA the adapters train instead "
+                               "(use one or the other)")
 
 
 class Encoded:
@@ -245,6 +252,14 @@ class FinetuneResult:
                 f"best_val_loss={self.best_loss:.4f}, stopped_early={self.stopped_early})")
 
 
+def _save(classifier: GPTClassifier, out_dir: str | os.PathLike, tokenizer: Any, base_model: Optional[str]) -> None:
+    """The classifier (adapters merged in, if it has any) and, with LoRA, its adapter in ``out_dir/adapter``."""
+    with lora.merged_view(classifier):
+        classifier.save_pretrained(out_dir, tokenizer=tokenizer)
+    if lora.adapters(classifier):      # after the classifier: saving it replaces the whole directory
+        lora.save_adapter(classifier, os.path.join(out_dir, "adapter"), base_model=base_model)
+
+
 def _optimizer(classifier: GPTClassifier, cfg: FinetuneConfig) -> optim.AdamW:
     """AdamW with GPT-2's decay/no-decay groups; the head in a group of its own (``lr_scale``)."""
     groups = []
@@ -261,7 +276,8 @@ def _optimizer(classifier: GPTClassifier, cfg: FinetuneConfig) -> optim.AdamW:
 def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[str],
              train_labels: Sequence[int] | np.ndarray, val_texts: Iterable[str], val_labels: Sequence[int] | np.ndarray,
              config: Optional[FinetuneConfig] = None, out_dir: Optional[str | os.PathLike] = None,
-             log: Optional[Callable[[str], None]] = print, **overrides: Any) -> FinetuneResult:
+             log: Optional[Callable[[str], None]] = print, base_model: Optional[str] = None,
+             **overrides: Any) -> FinetuneResult:
     """Fine-tune ``classifier`` on labelled texts; keep the weights with the lowest validation loss.
 
     Labels are class ids (0 .. num_classes-1; see :class:`LabelSet`). One
@@ -276,6 +292,10 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     the step in progress and stops as if early (``result.stopped_by`` holds
     the signal); with ``out_dir`` the classifier written there is then the
     best one seen, or the current one when no evaluation has run yet.
+    With LoRA (``lora_rank``) ``out_dir`` holds the classifier with the
+    adapters merged, and ``out_dir/adapter`` the adapters and the head in
+    PEFT's format (``base_model``, the backbone's name, is written into it);
+    the classifier is returned with its adapters on.
     Returns a :class:`FinetuneResult`.
     """
     cfg = config if config is not None else FinetuneConfig(**overrides)
@@ -294,7 +314,12 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
                              f"got {int(data.labels.min())}..{int(data.labels.max())}")
     pad_id = pad_id_for(classifier, tokenizer)
     classifier.pad_token_id = pad_id          # saved in config.json: Hugging Face needs one to batch
-    freeze(classifier, cfg.train_last)
+    adapter = cfg.lora_config(train=("score.",), seed=cfg.seed)
+    if adapter is not None:             # the backbone frozen; its adapters and the head train
+        lora.apply_lora(classifier, adapter)
+        log(lora.describe_trainable(classifier))
+    else:
+        freeze(classifier, cfg.train_last)
     trainable = [p for p in classifier.parameters() if p.requires_grad]
     opt = _optimizer(classifier, cfg)
     steps_per_epoch = -(-len(train) // cfg.batch_size)
@@ -303,7 +328,7 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     warmup = int(cfg.warmup * max_steps)
     rng = np.random.default_rng(cfg.seed)
     workers = engine.choose_workers(cfg.workers or (1 if world.size > 1 else None), classifier.device,
-                                    classifier.config.dropout)
+                                    lora.max_dropout(classifier))
     scaler = None
     if cfg.dtype != "float32":          # mixed precision: float16 products, float32 master weights
         classifier.transformer.set_compute_dtype(cfg.dtype)
@@ -343,7 +368,7 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
                         result.best_loss, result.best_step, bad_evaluations = metrics["loss"], step, 0
                         best = {id(p): p.data.copy() for p in trainable}
                         if out_dir is not None:
-                            classifier.save_pretrained(out_dir, tokenizer=tokenizer)
+                            _save(classifier, out_dir, tokenizer, base_model)
                     else:
                         bad_evaluations += 1
                         if bad_evaluations >= cfg.patience:
@@ -355,7 +380,7 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     if stop.requested:
         result.stopped_by = stop.signum
         if out_dir is not None and result.best_step is None:
-            classifier.save_pretrained(out_dir, tokenizer=tokenizer)
+            _save(classifier, out_dir, tokenizer, base_model)
         saved = (f"; the classifier in {out_dir} is from step {result.best_step or step}"
                  if out_dir is not None else "")
         log(f"{stop.name}: stopped at step {step}{saved}")

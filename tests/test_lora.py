@@ -252,3 +252,104 @@ def test_an_adapter_made_by_peft_loads_into_npgpt_with_equal_logits(saved_base, 
     assert lora.load_adapter(model, tmp_path / "peft") == ["h.0.attn.c_attn", "h.0.mlp.c_proj",
                                                            "h.1.attn.c_attn", "h.1.mlp.c_proj"]
     np.testing.assert_allclose(logits(model, ids), theirs, rtol=0, atol=1e-4)
+
+
+# ================================================== the classifier fine-tune with --lora-*
+def toy_reviews(n, seed):
+    """Neutral words and one sentiment word; label pos iff the word is a positive one."""
+    rng = np.random.default_rng(seed)
+    good, bad, neutral = ["good", "great", "fine"], ["bad", "awful", "poor"], ["the", "film", "was", "a", "plot"]
+    texts, labels = [], []
+    for _ in range(n):
+        y = int(rng.integers(0, 2))
+        words = list(rng.choice(neutral, size=int(rng.integers(2, 6))))
+        words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(good if y else bad)))
+        texts.append(" ".join(words))
+        labels.append(y)
+    return texts, labels
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    from npgpt.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train(toy_reviews(200, seed=5)[0], 280, show_progress=False)
+    directory = tmp_path_factory.mktemp("lm")
+    GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32),
+        seed=4).save_pretrained(directory)
+    tokenizer.save(directory)
+    return directory
+
+
+def test_lora_fine_tune_learns_with_the_backbone_frozen_and_saves_both_forms(lm_dir, tmp_path, capsys):
+    from npgpt import cli
+    from npgpt.classifier import GPTClassifier
+    from npgpt.tokenizer import Tokenizer
+
+    texts, labels = toy_reviews(300, seed=0)
+    data = tmp_path / "reviews.tsv"
+    data.write_text("text\tlabel\n" + "".join(f"{t}\t{'pos' if y else 'neg'}\n" for t, y in zip(texts, labels)))
+    out = tmp_path / "clf"
+    status = cli.main(["finetune", "--model", str(lm_dir), "--data", str(data), "--out", str(out), "--epochs", "4",
+                       "--lr", "1e-2", "--batch-size", "16", "--lora-rank", "4", "--lora-alpha", "8",
+                       "--lora-targets", "c_attn,c_proj,c_fc"])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    assert "trainable params: " in printed.out and f"{out / 'adapter'}" in printed.out
+    assert json.loads((out / "eval_results.json").read_text())["accuracy"] > 0.8
+    config = json.loads((out / "adapter" / lora.ADAPTER_CONFIG).read_text())
+    assert (config["task_type"], config["modules_to_save"], config["target_modules"]) == (
+        "SEQ_CLS", ["score"], ["c_attn", "c_fc", "c_proj"])
+    assert config["base_model_name_or_path"] == str(lm_dir) and config["npgpt_labels"] == ["neg", "pos"]
+    # out/ holds an ordinary classifier: the base weights plus s (B A)^T (eq. 22), nothing else moved
+    merged = GPTClassifier.from_pretrained(out)
+    base = GPT.from_pretrained(lm_dir)
+    adapted = GPTClassifier.from_pretrained(lm_dir, num_labels=1)
+    lora.load_adapter(adapted, out / "adapter")
+    layers = dict(lora.adapters(adapted))
+    for name, p in merged.transformer.named_parameters():
+        layer = layers.get("transformer." + name.rsplit(".", 1)[0])
+        expected = host(dict(base.named_parameters())[name])
+        if layer is not None and name.endswith(".weight"):
+            expected = expected + lora.delta_weight(host(layer.lora_A), host(layer.lora_B), layer.scale)
+            np.testing.assert_allclose(host(p), expected, rtol=0, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(host(p), expected, err_msg=name)
+    tokenizer = Tokenizer.from_pretrained(out)
+    ids, mask = np.array([tokenizer.encode("the film was great")]), None
+    np.testing.assert_allclose(adapted.predict_proba(ids, mask), merged.predict_proba(ids, mask), atol=1e-5)
+    # npgpt lora merge: the adapter alone (with its head) rebuilds the same classifier, labels included
+    assert cli.main(["lora", "merge", str(out / "adapter"), "--out", str(tmp_path / "merged")]) == 0
+    again = GPTClassifier.from_pretrained(tmp_path / "merged")
+    assert again.labels == ["neg", "pos"]
+    np.testing.assert_allclose(again.predict_proba(ids, mask), merged.predict_proba(ids, mask), atol=1e-5)
+    assert (tmp_path / "merged" / "vocab.json").is_file()
+
+
+def test_lora_merge_command_writes_a_plain_gpt2_with_the_adapted_logits(saved_base, tmp_path, capsys):
+    from npgpt import cli
+
+    model = GPT.from_pretrained(saved_base)
+    lora.apply_lora(model, lora.LoRAConfig(rank=2, targets=("c_attn", "c_fc")))
+    random_adapters(model)
+    lora.save_adapter(model, tmp_path / "adapter")          # no base named: --base says it
+    ids = np.random.default_rng(0).integers(0, TINY.vocab_size, (2, 8))
+    assert cli.main(["lora", "merge", str(tmp_path / "adapter"), "--out", str(tmp_path / "m")]) == 1
+    assert "names no base model (base_model_name_or_path): say which with --base" in capsys.readouterr().err
+    assert cli.main(["lora", "merge", str(tmp_path / "adapter"), "--base", str(saved_base),
+                     "--out", str(tmp_path / "m")]) == 0
+    np.testing.assert_allclose(logits(GPT.from_pretrained(tmp_path / "m"), ids), logits(model, ids), rtol=0, atol=1e-5)
+
+
+def test_lora_flags_are_checked_and_named():
+    from npgpt.finetune import FinetuneConfig
+    from npgpt.settings import ConfigError
+
+    for bad, message in [({"lora_rank": -1}, "lora_rank must be a non-negative integer"),
+                         ({"lora_rank": 4, "lora_dropout": 1.5}, r"lora_dropout must be in \[0, 1\)"),
+                         ({"lora_alpha": 8.0}, "lora_rank is needed with the other LoRA settings"),
+                         ({"lora_rank": 4, "train_last": 1}, "with LoRA the adapters train instead")]:
+        with pytest.raises(ConfigError, match=message):
+            FinetuneConfig(**bad)
+    assert FinetuneConfig(lora_rank=4).lora_config(train=("score.",)) == lora.LoRAConfig(
+        rank=4, alpha=8.0, targets=("c_attn",), train=("score.",))

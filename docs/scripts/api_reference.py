@@ -51,6 +51,7 @@ MODULES = [
     ("npgpt.labelled", "finetuning.md"),
     ("npgpt.metrics", "finetuning.md"),
     ("npgpt.finetune", "finetuning.md"),
+    ("npgpt.finetuning.lora", "agent.md"),
     ("npgpt.viz", "interpretability.md"),
     ("npgpt.gradcheck", "autograd.md"),
     ("npgpt.parallel", "performance.md"),

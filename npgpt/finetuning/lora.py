@@ -26,6 +26,7 @@ adapted model starts as the base model. Only ``A`` and ``B`` train:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -33,13 +34,14 @@ import os
 import pathlib
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 import numpy as np
 
-from npgpt import backend, nn
+from npgpt import backend, nn, settings
 from npgpt.autograd import Tensor, _make, as_tensor
+from npgpt.settings import setting
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
 
@@ -237,6 +239,45 @@ class LoRAConfig:
         return self.alpha / self.rank
 
 
+@dataclasses.dataclass
+class LoRASettings:
+    """The ``--lora-*`` flags, as fields a command's settings dataclass inherits (``FinetuneConfig``, ...).
+
+    ``lora_rank`` 0 (the default) trains without LoRA. A subclass that
+    defines ``__post_init__`` calls :meth:`check_lora` from it.
+    """
+
+    lora_rank: int = setting(0, "LoRA rank r: train low-rank adapters on frozen weights (docs/agent.md; 0: off)")
+    lora_alpha: Optional[float] = setting(None, "LoRA alpha; the update is scaled by alpha / r (default 2 r)")
+    lora_dropout: float = setting(0.0, "dropout on the LoRA adapters' input, in [0, 1)")
+    lora_targets: str = setting("c_attn", "comma-separated layers that get adapters: c_attn, c_proj, c_fc, "
+                                          "or a longer name such as mlp.c_proj")
+
+    def __post_init__(self) -> None:
+        self.check_lora()
+
+    def check_lora(self) -> None:
+        """Refuse bad ``--lora-*`` values with a ``ConfigError`` naming the flag."""
+        owner = type(self).__name__
+        value = self.lora_rank
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 0:
+            settings.fail(owner, "lora_rank", f"{{name}} must be a non-negative integer (0: no LoRA), got {value!r}")
+        self.lora_rank = int(value)
+        if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            settings.fail(owner, "lora_alpha", f"{{name}} must be a positive number, got {self.lora_alpha!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            settings.fail(owner, "lora_dropout", f"{{name}} must be in [0, 1), got {self.lora_dropout!r}")
+        if not [t for t in str(self.lora_targets).split(",") if t.strip()]:
+            settings.fail(owner, "lora_targets", "{name} must name at least one layer, e.g. c_attn,c_proj")
+        if not self.lora_rank and (self.lora_alpha is not None or self.lora_dropout or self.lora_targets != "c_attn"):
+            settings.fail(owner, "lora_rank", "{name} is needed with the other LoRA settings (e.g. --lora-rank 8)")
+
+    def lora_config(self, train: Sequence[str] = (), seed: int = 0) -> Optional[LoRAConfig]:
+        """The :class:`LoRAConfig` these settings describe; ``None`` without LoRA."""
+        return lora_from_settings(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets,
+                                  train=train, seed=seed)
+
+
 def lora_from_settings(rank: Optional[int], alpha: Optional[float] = None, dropout: float = 0.0,
                        targets: str | Sequence[str] = "c_attn", train: Sequence[str] = (),
                        seed: int = 0) -> Optional[LoRAConfig]:
@@ -332,6 +373,26 @@ def unmerge(model: nn.Module) -> nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def merged_view(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, ``model`` is a plain model with the merged weights (eq. 22); afterwards it has its
+    adapters back, untouched. For saving an adapted model as an ordinary checkpoint."""
+    swapped = []
+    try:
+        for name, layer in adapters(model):
+            linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, std=0.0)
+            linear.weight = layer.weight if layer.merged else nn.Parameter(
+                layer.weight.data + delta_weight(layer.lora_A.data, layer.lora_B.data, layer.scale))
+            linear.bias = layer.bias
+            parent, leaf = _parent(model, name)
+            setattr(parent, leaf, linear)
+            swapped.append((parent, leaf, layer))
+        yield model
+    finally:
+        for parent, leaf, layer in swapped:
+            setattr(parent, leaf, layer)
+
+
 def unload(model: nn.Module, merge_weights: bool = True) -> nn.Module:
     """Replace every :class:`LoRALinear` by a plain ``nn.Linear`` (PEFT's ``merge_and_unload``).
 
@@ -406,7 +467,7 @@ def adapter_config(model: nn.Module, base_model: str | None = None) -> dict:
     classifier = hasattr(model, "score")
     trained = sorted({name.split(".")[0] for name, p in model.named_parameters()
                       if p.requires_grad and not (name.endswith(".lora_A") or name.endswith(".lora_B"))})
-    return {
+    config = {
         "peft_type": "LORA",
         "task_type": "SEQ_CLS" if classifier else "CAUSAL_LM",
         "base_model_name_or_path": base_model,
@@ -427,6 +488,9 @@ def adapter_config(model: nn.Module, base_model: str | None = None) -> dict:
         "layers_pattern": None,
         "revision": None,
     }
+    if classifier:        # the class names (PEFT ignores the key, with a warning)
+        config["npgpt_labels"] = list(model.labels)
+    return config
 
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str | None = None) -> pathlib.Path:
@@ -552,3 +616,33 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> list[str]:
             value = names[pname].T if pname == "score.weight" else names[pname]
             p.data = backend.to_device(np.ascontiguousarray(value.astype(np.float32)), p.device)
     return chosen
+
+
+def merge_adapter(directory: str | os.PathLike, base: str | os.PathLike | None = None) -> tuple[nn.Module, str]:
+    """The base model with the adapter of ``directory`` folded in and unloaded: ``(plain model, base's name)``.
+
+    ``base`` defaults to the adapter's ``base_model_name_or_path``. A
+    classifier's adapter (``task_type`` ``SEQ_CLS``, a ``score`` head among
+    ``modules_to_save``) gives a ``GPTClassifier`` whose head is the adapter's.
+    """
+    from npgpt import checkpoint
+    from npgpt.classifier import GPTClassifier
+    from npgpt.model import GPT
+
+    raw = read_adapter_config(directory)
+    base = base if base is not None else raw.get("base_model_name_or_path")
+    if not base:
+        raise AdapterError(f"{pathlib.Path(directory) / ADAPTER_CONFIG} names no base model "
+                           "(base_model_name_or_path): say which with --base")
+    if raw.get("task_type") == "SEQ_CLS":
+        tensors = checkpoint.read_tensors(pathlib.Path(directory) / ADAPTER_WEIGHTS)
+        head = tensors.get(PEFT_PREFIX + "score.weight")
+        if head is None:
+            raise AdapterError(f"{pathlib.Path(directory) / ADAPTER_WEIGHTS} holds no score.weight: a classifier's "
+                               "adapter needs its head")
+        model: nn.Module = GPTClassifier.from_pretrained(base, num_labels=int(head.shape[0]),
+                                                         labels=raw.get("npgpt_labels"))
+    else:
+        model = GPT.from_pretrained(base)
+    load_adapter(model, directory)
+    return unload(model).eval(), str(base)
