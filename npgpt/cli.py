@@ -158,7 +158,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                                    "<|endoftext|> token is appended after each. The tokenizer is copied into "
                                    "DATA_DIR/tokenizer.")
     p.add_argument("--input", nargs="+", required=True, metavar="FILE", help="UTF-8 text files")
-    p.add_argument("--tokenizer", required=True, metavar="DIR", help="a tokenizer directory (npgpt tokenizer train)")
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="a tokenizer directory (npgpt tokenizer train), "
+                   "or a model whose tokenizer to use: a model directory, npgpt-small, gpt2, or a Hub id; prepare "
+                   "with the tokenizer of the model that `npgpt train --init-from` starts from")
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="output directory")
     p.add_argument("--val-fraction", type=_number(float, 0.0, 1.0, low_open=True, what="a number in (0, 1)"),
                    default=0.1, help="share of every document's tokens held out for validation (default 0.1)")
@@ -182,7 +184,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     from npgpt.train import TrainConfig
 
     p = sub.add_parser("train", help="train a GPT-2 model on prepared data",
-                       description="Train a GPT-2 model from scratch on a prepared data directory. Checkpoints go "
+                       description="Train a GPT-2 model from scratch on a prepared data directory, or continue training "
+                                   "a pretrained one with --init-from MODEL (its weights, architecture and tokenizer; "
+                                   "nanoGPT's init_from). Checkpoints go "
                                    "to RUN_DIR/checkpoint (a Hugging Face GPT-2 model directory plus the tokenizer, "
                                    "optimizer and trainer state); the loss curve to RUN_DIR/loss.csv and log.jsonl. "
                                    "Ctrl-C finishes the step in progress, writes a checkpoint and stops; "
@@ -382,7 +386,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if "data_dir" not in settings:
             raise ValueError("npgpt train needs --data DATA_DIR (or --resume)")
-        trainer = Trainer(TrainConfig.from_dict(settings), log=log)
+        trainer = Trainer(TrainConfig.from_dict(settings), log=log, given=set(settings))
     if args.resume and trainer.step >= trainer.config.max_steps:
         print(f"{args.out_dir} is already at step {trainer.step} of {trainer.config.max_steps}: nothing to do "
               "(raise --max-steps to train longer)")

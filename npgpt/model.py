@@ -534,6 +534,29 @@ class GPT(nn.Module):
             raise checkpoint.CheckpointError(f"{source}: lm_head.weight has shape {head}, not wte's "
                                              f"{expected['wte.weight']}")
 
+    def crop_block_size(self, block_size: int) -> "GPT":
+        """Shorten the context to ``block_size`` positions, in place: the position table keeps its first
+        ``block_size`` rows (as nanoGPT does). A position table cannot grow: the model never learned
+        the positions it does not have, so a larger ``block_size`` is refused."""
+        old = self.config.block_size
+        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or not 1 <= block_size <= old:
+            raise ValueError(f"block_size may only shrink the model's context of {old} positions; got {block_size!r}")
+        if block_size < old:
+            self.wpe.weight = nn.Parameter(self.wpe.weight.data[:block_size].copy())     # (block_size, C)
+            self.wpe.num_embeddings = int(block_size)
+            self.config.block_size = int(block_size)
+        return self
+
+    def set_dropout(self, p: float) -> "GPT":
+        """Set every dropout probability (embedding, attention, residual) to ``p``, and ``config.dropout``."""
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {p!r}")
+        for _, module in self.named_modules():
+            if isinstance(module, nn.Dropout):
+                module.p = float(p)
+        self.config.dropout = float(p)
+        return self
+
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike, *, revision: str | None = None,
                         allow_non_finite: bool = False) -> "GPT":

@@ -40,7 +40,7 @@ import pathlib
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, NoReturn, Optional
 
 from npgpt import backend, distributed, engine, plot, rundir, settings
@@ -114,6 +114,9 @@ class TrainConfig:
     peak_flops: float = setting(DEFAULT_PEAK_FLOPS, "peak FLOP/s of the machine, for the MFU "
                                                     "(default: a 2-core Zen 4)")
     tokenizer_dir: str = setting("", "tokenizer to store with the checkpoints (default: the data directory's)")
+    init_from: str = setting("", "start from this model instead of random weights: its weights, architecture and "
+                                 "tokenizer (a directory, npgpt-small, or a Hugging Face Hub id with the hub extra); "
+                                 "the data must be prepared with its tokenizer, and --block-size may only shrink it")
 
     def __post_init__(self) -> None:
         def fail(field: str, template: str) -> NoReturn:
@@ -158,17 +161,89 @@ def _format_seconds(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+# ================================================================= starting from a model
+ARCHITECTURE = ("n_layer", "n_head", "n_embd")
+
+
+def start_from(config: TrainConfig, given: Optional[Collection[str]] = None) -> tuple[TrainConfig, GPT]:
+    """The model named by ``config.init_from``, and ``config`` with its architecture (docs/training.md,
+    "Starting from a pretrained model").
+
+    ``given`` names the settings that were set on purpose (the command line knows); by default,
+    those that differ from ``TrainConfig``'s defaults. An architecture setting given with another
+    value than the model's is refused, and so is a ``block_size`` larger than the model's; a smaller
+    one crops the position table (``GPT.crop_block_size``). ``dropout`` is a training setting and
+    applies. The data directory must hold tokens of the model's own tokenizer: the check compares
+    the tokenizer saved with the data to the model's, and a mismatch names both.
+    """
+    from npgpt.tokenizer import Tokenizer
+
+    name = config.init_from
+    defaults = TrainConfig()
+    if given is None:
+        given = {f for f in ARCHITECTURE + ("block_size",) if getattr(config, f) != getattr(defaults, f)}
+    model = GPT.from_pretrained(name)
+    arch = model.config
+    for field in ARCHITECTURE:
+        if field in given and getattr(config, field) != getattr(arch, field):
+            settings.fail("TrainConfig", field, f"{{name}}={getattr(config, field)} would change the architecture "
+                                                f"of {name} ({field}={getattr(arch, field)}); with init_from the "
+                                                "architecture is the model's: drop the setting")
+    block_size = config.block_size if "block_size" in given else arch.block_size
+    if block_size > arch.block_size:
+        settings.fail("TrainConfig", "block_size", f"{{name}}={block_size} is longer than the {arch.block_size} "
+                                                   f"positions {name} was trained with; it may only shrink")
+    model.crop_block_size(block_size).set_dropout(config.dropout)
+    try:
+        tokenizer = Tokenizer.from_pretrained(name)
+    except (FileNotFoundError, ValueError) as exc:
+        raise FileNotFoundError(f"{name} holds no tokenizer, so its data cannot be checked: {exc}") from None
+    _check_same_tokenizer(config.data_dir, tokenizer, name)
+    resolved = dataclasses.replace(config, block_size=block_size,
+                                   **{f: getattr(arch, f) for f in ARCHITECTURE})
+    return resolved, model
+
+
+def _describe(tokenizer: Any) -> str:
+    specials = ", ".join(sorted(tokenizer.special_tokens))
+    return f"{tokenizer.vocab_size:,} ids, {len(tokenizer.merges):,} merges, special tokens {specials or 'none'}"
+
+
+def _check_same_tokenizer(data_dir: str, tokenizer: Any, name: str) -> None:
+    """Refuse a data directory whose tokens were made by another tokenizer than ``name``'s, naming both."""
+    from npgpt.tokenizer import Tokenizer
+
+    meta = load_meta(data_dir)
+    sub = (meta.get("tokenizer") or {}).get("dir")
+    directory = pathlib.Path(data_dir) / sub if sub else None
+    fix = f"prepare the data with the model's tokenizer: npgpt prepare --tokenizer {name} --input ... --out DIR"
+    if directory is None or not directory.is_dir():
+        if int(meta["vocab_size"]) != tokenizer.vocab_size:
+            raise ValueError(f"{data_dir} holds ids of a {int(meta['vocab_size']):,}-id vocabulary, but {name}'s "
+                             f"tokenizer has {_describe(tokenizer)}; {fix}")
+        return                    # no saved tokenizer to compare: the sizes agree, which is all we can check
+    data_tokenizer = Tokenizer.from_pretrained(directory)
+    same = (data_tokenizer.vocab_size == tokenizer.vocab_size and data_tokenizer.merges == tokenizer.merges
+            and data_tokenizer.special_tokens == tokenizer.special_tokens
+            and all(data_tokenizer.token_bytes(i) == tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)))
+    if not same:
+        raise ValueError(f"{data_dir} was prepared with another tokenizer than {name}'s: the data's ({directory}) has "
+                         f"{_describe(data_tokenizer)}; {name}'s has {_describe(tokenizer)}; {fix}")
+
+
 # ================================================================= trainer
 class Trainer:
     """Holds the model, optimizer, samplers and run directory of one training run.
 
     ``Trainer(config)`` starts a new run (the run directory must not hold a
     checkpoint yet); ``Trainer.resume(run_dir, **overrides)`` continues one.
-    ``log`` is a function that receives each text line (default: print to stderr).
+    ``log`` is a function that receives each text line (default: print to stderr). ``given``: the
+    settings set on purpose, for ``start_from`` (the command line passes the flags it was given).
     """
 
     def __init__(self, config: TrainConfig, log: Optional[Callable[[str], None]] = None,
-                 _state: Optional[tuple[pathlib.Path, dict[str, Any]]] = None) -> None:
+                 _state: Optional[tuple[pathlib.Path, dict[str, Any]]] = None,
+                 given: Optional[Collection[str]] = None) -> None:
         self.config = config
         # Under mpiexec: N ranks, each with the whole model and 1/N of every global batch (npgpt.distributed).
         self.world = distributed.world()
@@ -192,15 +267,22 @@ class Trainer:
         self.meta = load_meta(config.data_dir)
         self.train_tokens = TokenFile(config.data_dir, "train")
         self.val_tokens = TokenFile(config.data_dir, "val")
+        if config.init_from and _state is None:      # fine-tuning: the model, its architecture, its tokenizer
+            config, model = start_from(config, given)
+            self.config = config
+            self.model_config = model.config
+        else:
+            vocab_size = int(_state[1]["model_config"]["vocab_size"]) if _state else int(self.meta["vocab_size"])
+            self.model_config = GPTConfig(vocab_size=vocab_size, block_size=config.block_size,
+                                          n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
+                                          dropout=config.dropout)
+            model = GPT(self.model_config, seed=config.seed)
         for split in (self.train_tokens, self.val_tokens):
             if len(split) < config.block_size + 1:
                 raise ValueError(f"{split.path} holds {len(split):,} tokens, fewer than block_size + 1 = "
                                  f"{config.block_size + 1}; use a smaller --block-size or more text")
-        self.model_config = GPTConfig(vocab_size=int(self.meta["vocab_size"]), block_size=config.block_size,
-                                      n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
-                                      dropout=config.dropout)
         self.device = backend.check_device(config.device)
-        self.model = GPT(self.model_config, seed=config.seed).to(self.device)
+        self.model = model.to(self.device)
         self.model.train()
         self.scaler: Optional[GradScaler] = None
         self._can_draw: Optional[bool] = None          # matplotlib importable? (asked once)
