@@ -1,0 +1,201 @@
+"""The batching scheduler of ``npgpt serve`` (npgpt/apps/serve/batcher.py, docs/serving.md): requests
+that share decoding steps get exactly the tokens they get alone, stop strings cut exactly, slots are
+freed. No HTTP here: tests/test_serve.py drives the real server."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from npgpt.apps.serve.batcher import Batcher, QueueFull, make_job
+from npgpt.apps.serve.text import TextStream
+from npgpt.generation import SamplingConfig
+from npgpt.model import GPT, GPTConfig
+from npgpt.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer.from_pretrained("npgpt-small")
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=48, n_layer=2, n_head=2, n_embd=32)
+    return GPT(config, seed=3).eval()
+
+
+def run_jobs(batcher, specs):
+    """Submit every (prompt, max_new_tokens, sampling, kwargs) at once; return each job's events."""
+    done = [threading.Event() for _ in specs]
+    events = [[] for _ in specs]
+    jobs = []
+    for i, (prompt, n_new, sampling, kw) in enumerate(specs):
+        def deliver(event, i=i):
+            events[i].append(event)
+            if event[0] == "done":
+                done[i].set()
+        jobs.append(make_job(batcher.tokenizer, prompt, n_new, sampling, deliver=deliver, **kw))
+    for job in jobs:
+        batcher.submit(job)
+    for d in done:
+        assert d.wait(60)
+    return events
+
+
+def texts(events, n=1):
+    out = [""] * n
+    for e in events:
+        if e[0] == "piece":
+            out[e[1]] += e[2].text
+    return out
+
+
+def tokens(events):
+    return [(t, lp) for e in events if e[0] == "piece" for t, lp, _ in e[2].tokens]
+
+
+SAMPLED = SamplingConfig(do_sample=True, temperature=0.9, top_p=0.95)
+
+
+def crowd(tokenizer, size=9):
+    rng = np.random.default_rng(0)
+    specs = []
+    for i in range(size):
+        prompt = rng.integers(0, tokenizer.vocab_size - 1, int(rng.integers(1, 20))).tolist()
+        sampling = SAMPLED if i % 2 else SamplingConfig()
+        specs.append((prompt, int(rng.integers(3, 25)), sampling, {"seed": 100 + i, "top_logprobs": 3}))
+    return specs
+
+
+def test_a_request_gets_the_same_tokens_and_logprobs_alone_and_in_a_crowd(model, tokenizer):
+    specs = crowd(tokenizer)
+    batcher = Batcher(model, tokenizer, max_batch=4)      # fewer slots than requests: some wait and join later
+    batcher.start()
+    try:
+        alone = [run_jobs(batcher, [spec])[0] for spec in specs]
+        together = run_jobs(batcher, specs)
+    finally:
+        batcher.stop()
+    assert max(batcher.batch_sizes) == 4 and 1 in batcher.batch_sizes     # it did batch, and ran alone
+    for a, b in zip(alone, together):
+        assert texts(a) == texts(b)
+        assert tokens(a) == tokens(b)                      # the log-probabilities too, to the bit
+        assert [e for e in a if e[0] != "piece"] == [e for e in b if e[0] != "piece"]
+
+
+def test_n_choices_draw_from_their_own_generators(model, tokenizer):
+    batcher = Batcher(model, tokenizer, max_batch=8)
+    batcher.start()
+    try:
+        three = run_jobs(batcher, [([5, 6, 7], 12, SAMPLED, {"seed": 1, "n": 3})])[0]
+        one = run_jobs(batcher, [([5, 6, 7], 12, SAMPLED, {"seed": 1})])[0]
+    finally:
+        batcher.stop()
+    t3 = texts(three, 3)
+    assert t3[0] == texts(one)[0]                          # choice 0 is the request with n=1
+    assert len(set(t3)) == 3
+    assert three[-1] == ("done", 36)
+    assert sorted(e[1:] for e in three if e[0] == "finish") == [(0, "length"), (1, "length"), (2, "length")]
+
+
+def test_greedy_decoding_equals_the_librarys_generate(model, tokenizer):
+    prompt = [11, 12, 13, 14]
+    batcher = Batcher(model, tokenizer, max_batch=2)
+    batcher.start()
+    try:
+        events = run_jobs(batcher, [(prompt, 20, SamplingConfig(), {})])[0]
+    finally:
+        batcher.stop()
+    expected = model.generate(np.array([prompt]), 20)[0, 4:].tolist()
+    assert texts(events)[0] == tokenizer.decode(expected)
+
+
+def test_an_end_token_stops_a_choice_and_is_not_text(model, tokenizer):
+    prompt = [11, 12, 13, 14]
+    greedy = model.generate(np.array([prompt]), 20)[0, 4:].tolist()
+    k = next(j for j in range(1, 20) if greedy[j] not in greedy[:j])     # a token greedy decoding first makes at k
+    batcher = Batcher(model, tokenizer, max_batch=2)
+    batcher.start()
+    try:
+        events = run_jobs(batcher, [(prompt, 20, SamplingConfig(), {"end_ids": [greedy[k]]})])[0]
+    finally:
+        batcher.stop()
+    assert ("finish", 0, "stop") in events and events[-1] == ("done", k + 1)
+    assert texts(events)[0] == tokenizer.decode(greedy[:k])
+
+
+def test_a_cancelled_job_frees_its_slot_at_the_next_step(model, tokenizer):
+    batcher = Batcher(model, tokenizer, max_batch=1, max_queue=1)
+    seen = []
+    job = make_job(tokenizer, [1, 2], 40, SamplingConfig(), deliver=seen.append)
+    started = threading.Event()
+    batcher.on_step = lambda size: started.set()
+    batcher.start()
+    try:
+        batcher.submit(job)
+        assert started.wait(30)
+        job.cancelled = True
+        later = run_jobs(batcher, [([3, 4], 2, SamplingConfig(), {})])[0]   # gets the only slot
+        assert later[-1] == ("done", 2)
+        assert seen[-1][0] == "done" and seen[-1][1] < 40
+    finally:
+        batcher.stop()
+
+
+def test_a_full_queue_refuses_with_a_retry_delay(model, tokenizer):
+    batcher = Batcher(model, tokenizer, max_batch=1, max_queue=2)   # not started: nothing leaves the queue
+    for _ in range(2):
+        batcher.submit(make_job(tokenizer, [1], 1, SamplingConfig()))
+    with pytest.raises(QueueFull) as info:
+        batcher.submit(make_job(tokenizer, [1], 1, SamplingConfig()))
+    assert info.value.retry_after >= 1
+    with pytest.raises(ValueError, match="n=3 choices do not fit"):
+        batcher.submit(make_job(tokenizer, [1], 1, SamplingConfig(), n=3))
+
+
+# ------------------------------------------------------------------------ text
+class Letters:
+    """A tokenizer whose token i is the i-th character of an alphabet (and one two-byte character)."""
+
+    alphabet = ["a", "b", "\n", "c", "é"]
+
+    def token_bytes(self, i):
+        return self.alphabet[i].encode()
+
+    def decode(self, ids):
+        return "".join(self.alphabet[i] for i in ids)
+
+
+def stream_text(ids, stops):
+    s = TextStream(Letters(), stops)
+    pieces = []
+    for i in ids:
+        pieces.append(s.push(i).text)
+        if s.stopped:
+            break
+    pieces.append(s.finish().text)
+    return pieces, s.stopped
+
+
+def test_a_stop_string_is_cut_exactly_and_never_sent_in_part():
+    pieces, stopped = stream_text([0, 2, 1, 2, 2, 3], ["\n\n"])
+    assert stopped and "".join(pieces) == "a\nb"
+    assert pieces[:2] == ["a", ""]                # the first "\n" waits: it may begin the stop string
+    pieces, stopped = stream_text([0, 2, 1], ["\n\n"])
+    assert not stopped and "".join(pieces) == "a\nb"      # it did not: released with the next text
+    pieces, stopped = stream_text([0, 1, 3, 0], ["bc", "ca", "b"])
+    assert stopped and "".join(pieces) == "a"        # the earliest stop string wins
+    pieces, stopped = stream_text([0, 1], ["ab"])
+    assert stopped and pieces == ["", "", ""]       # push "a", push "b" (the stop), finish
+
+
+def test_released_tokens_follow_the_released_text():
+    s = TextStream(Letters(), ["bc"])
+    assert [t for t, _, _ in s.push(0, -0.5, [(1, -1.0)]).tokens] == ["a"]
+    assert s.push(1, -0.1).tokens == []                                   # "b" may start "bc"
+    piece = s.push(3, -0.2)
+    assert s.stopped and piece.text == "" and piece.tokens == []         # the stop began at "b"'s start
+    s = TextStream(Letters(), [])
+    entry = s.push(0, -0.5, [(1, -1.0), (2, -2.0)]).tokens[0]
+    assert entry == ("a", -0.5, [("b", -1.0), ("\n", -2.0)])
