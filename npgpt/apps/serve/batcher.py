@@ -121,13 +121,15 @@ class Batcher:
     jobs waiting for slots before ``submit`` raises ``QueueFull``.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 32, max_queue: int = 256) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 32, max_queue: int = 256,
+                 blas_threads: int | None = 1) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.blas_threads = blas_threads
         w = model.wte.weight.data
         self.xp = backend.array_module(w)
         # Two slots at least: a step never runs on one row (see SlotCache).
@@ -204,21 +206,30 @@ class Batcher:
 
     # --------------------------------------------------------------- loop
     def _loop(self) -> None:
-        with no_grad():
-            while True:
-                with self.lock:
-                    while not (self.rows or self.waiting or self.chores or self.stopping):
-                        self.lock.wait()
-                    if self.stopping and not self.rows and not self.waiting and not self.chores:
-                        return
-                    chores = list(self.chores)
-                    self.chores.clear()
-                for fn, future in chores:
-                    if future.set_running_or_notify_cancel():
-                        try:
-                            future.set_result(fn())
-                        except BaseException as exc:       # the caller sees it; the server keeps serving
-                            future.set_exception(exc)
+        # One BLAS thread by default: a decoding step's products are small (a few rows), and a second
+        # OpenBLAS thread spinning beside the event loop's thread costs more than it brings
+        # (docs/serving.md, "Threads"). threadpoolctl's limit holds for the process while it runs.
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(self.blas_threads):
+            self._serve()
+
+    def _serve(self) -> None:
+        while True:
+            with self.lock:
+                while not (self.rows or self.waiting or self.chores or self.stopping):
+                    self.lock.wait()
+                if self.stopping and not self.rows and not self.waiting and not self.chores:
+                    return
+                chores = list(self.chores)
+                self.chores.clear()
+            for fn, future in chores:           # outside no_grad: saliency needs gradients
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:       # the caller sees it; the server keeps serving
+                        future.set_exception(exc)
+            with no_grad():
                 self._retire_cancelled()
                 self._admit()
                 if self.rows:
