@@ -275,6 +275,30 @@ def _add_plot(sub: Any) -> None:
     p.set_defaults(command_parser=p)
 
 
+# SFTConfig fields whose flags are not simply --field-name.
+SFT_FLAG_NAMES = {"out_dir": "--out"}
+
+
+def _add_sft(sub: argparse._SubParsersAction) -> None:
+    from npgpt.finetuning.sft import SFTConfig
+
+    p = sub.add_parser("sft", help="fine-tune a model to answer: supervised fine-tuning on conversations",
+                       description="Supervised fine-tuning (docs/agent.md): train MODEL on conversations, a JSONL "
+                                   "file of {\"messages\": [...]} or {\"prompt\", \"response\"} lines, with the "
+                                   "loss on the assistant's tokens only. A model without a chat template gets "
+                                   "npgpt's (ChatML) first. Checkpoints go to RUN_DIR/checkpoint, a model directory "
+                                   "that `npgpt chat` opens; Ctrl-C finishes the step in progress, writes a "
+                                   "checkpoint and stops; --resume continues.")
+    p.add_argument("--config", metavar="FILE", help="JSON file of SFT settings (flags override it)")
+    p.add_argument("--stop-at", type=POSITIVE_INT, default=None, metavar="K",
+                   help="stop after step K with a checkpoint (continue later with --resume)")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no log lines")
+    _settings_flags(p, SFTConfig, SFT_FLAG_NAMES, required=("out_dir",))
+    _debug_flag(p)
+    p.set_defaults(command_parser=p)
+
+
 def _add_lora(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lora", help="LoRA adapters: fold one into its base model (docs/agent.md)",
                        description="Work with LoRA adapters saved in PEFT's format (adapter_config.json + "
@@ -307,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_generate(sub)
     _add_finetune(sub)
+    _add_sft(sub)
     _add_lora(sub)
     _add_plot(sub)
     return parser
@@ -532,6 +557,47 @@ def _print_continuations(tokenizer: Tokenizer, texts: list[str], steps: Iterable
         sys.stdout.write(decoders[i].flush() + "\n")
 
 
+def cmd_sft(args: argparse.Namespace) -> int:
+    from npgpt import backend
+    from npgpt.finetuning.sft import SFTConfig, SFTTrainer
+    from npgpt.interrupt import exit_status
+
+    backend.retain_freed_memory()
+    settings = {}
+    if args.config:
+        settings.update(_read_settings_file(args.config, SFTConfig))
+    settings.update(settings_given(args, SFTConfig))
+    if "device" in settings:
+        _check_device(settings["device"])
+    log = (lambda line: None) if args.quiet else None
+    if args.resume:
+        settings.pop("out_dir", None)
+        trainer = SFTTrainer.resume(args.out_dir, log=log, **settings)
+    else:
+        missing = [flag for key, flag in (("model", "--model"), ("data", "--data")) if key not in settings]
+        if missing:
+            raise ValueError(f"npgpt sft needs {' and '.join(missing)} (or --resume)")
+        trainer = SFTTrainer(SFTConfig.from_dict(settings), log=log)
+    if args.resume and trainer.step >= trainer.config.max_steps:
+        print(f"{args.out_dir} is already at step {trainer.step} of {trainer.config.max_steps}: nothing to do "
+              "(raise --max-steps to train longer)")
+        return 0
+    summary = trainer.train(stop_at=args.stop_at)
+    if not trainer.world.is_main:
+        return exit_status(summary["stopped_by"]) if summary["stopped_by"] is not None else 0
+    if summary["stopped_by"] is not None:
+        print(f"stopped at step {summary['step']}; continue with: npgpt sft --out {args.out_dir} --resume",
+              file=sys.stderr)
+        return exit_status(summary["stopped_by"])
+    parts = [f"step {summary['step']}"]
+    if summary["train_loss"] is not None:
+        parts.append(f"train loss {summary['train_loss']:.4f}")
+    if summary["val_loss"] is not None:
+        parts.append(f"held-out response loss {summary['val_loss']:.4f}")
+    print(", ".join(parts) + f"; talk to it: npgpt chat {trainer.run_dir / 'checkpoint'}")
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     """``npgpt finetune``; under mpiexec every rank trains and rank 0 alone prints and writes."""
     import contextlib
@@ -651,7 +717,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 # Each group's flags, by settings class, for naming the flag in a ConfigError.
 def _flag_for(exc: ConfigError) -> str:
-    return flag_of(exc.field, TRAIN_FLAG_NAMES if exc.owner == "TrainConfig" else None)
+    names = {"TrainConfig": TRAIN_FLAG_NAMES, "SFTConfig": SFT_FLAG_NAMES}.get(exc.owner)
+    return flag_of(exc.field, names)
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -699,7 +766,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:          # --help, --version or a usage error: argparse has printed it
         return int(exc.code or 0)
     handlers = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "finetune": cmd_finetune,
-                "lora": cmd_lora, "plot": cmd_plot}
+                "sft": cmd_sft, "lora": cmd_lora, "plot": cmd_plot}
     handler = cmd_tokenizer_train if args.command == "tokenizer" else handlers[args.command]
     from npgpt.train import TrainingDiverged
 

@@ -244,18 +244,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, log: Optional[Callable[[str], None]] = None,
                  _state: Optional[tuple[pathlib.Path, dict[str, Any]]] = None,
                  given: Optional[Collection[str]] = None) -> None:
-        self.config = config
-        # Under mpiexec: N ranks, each with the whole model and 1/N of every global batch (npgpt.distributed).
-        self.world = distributed.world()
-        self.log = log if log is not None else (lambda line: print(line, file=sys.stderr, flush=True))
-        # On a terminal, a bar redrawn every step, with the log lines above it; in a log file
-        # (or with a log function given), one line per --log-interval.
-        self._bar: Optional[Progress] = None
-        if log is None and self.world.is_main and sys.stderr.isatty():
-            self._bar = Progress(config.max_steps, "train", stream=sys.stderr)
-            self.log = self._bar.message
-        if not self.world.is_main:          # rank 0 logs and writes; the others compute
-            self.log = lambda line: None
+        self._setup_logging(config, log)
         if config.batch_size < self.world.size:
             raise ValueError(f"--batch-size {config.batch_size} is the global batch and must be at least the "
                              f"number of ranks ({self.world.size})")
@@ -284,6 +273,31 @@ class Trainer:
         self.device = backend.check_device(config.device)
         self.model = model.to(self.device)
         self.model.train()
+        self.sampler = BatchSampler(self.train_tokens.tokens, config.batch_size, config.block_size, seed=config.seed)
+        self._setup_optimizer()
+        self.tokenizer_dir = self._tokenizer_dir()
+        if _state is not None:
+            self._restore(*_state)
+
+    def _setup_logging(self, config: Any, log: Optional[Callable[[str], None]]) -> None:
+        """The config, the MPI world and where log lines go (shared with ``npgpt.finetuning.sft``)."""
+        self.config = config
+        # Under mpiexec: N ranks, each with the whole model and 1/N of every global batch (npgpt.distributed).
+        self.world = distributed.world()
+        self.log = log if log is not None else (lambda line: print(line, file=sys.stderr, flush=True))
+        # On a terminal, a bar redrawn every step, with the log lines above it; in a log file
+        # (or with a log function given), one line per --log-interval.
+        self._bar: Optional[Progress] = None
+        if log is None and self.world.is_main and sys.stderr.isatty():
+            self._bar = Progress(config.max_steps, "train", stream=sys.stderr)
+            self.log = self._bar.message
+        if not self.world.is_main:          # rank 0 logs and writes; the others compute
+            self.log = lambda line: None
+
+    def _setup_optimizer(self) -> None:
+        """Mixed precision, AdamW (sharded under ZeRO-1), the step counter and the worker threads, for
+        ``self.model`` on its device (shared with ``npgpt.finetuning.sft``)."""
+        config = self.config
         self.scaler: Optional[GradScaler] = None
         self._can_draw: Optional[bool] = None          # matplotlib importable? (asked once)
         self._curve_drawn = float("-inf")
@@ -299,14 +313,10 @@ class Trainer:
         self.optimizer = AdamW(groups, lr=config.lr,
                                betas=(config.beta1, config.beta2), eps=config.eps,
                                weight_decay=config.weight_decay)
-        self.sampler = BatchSampler(self.train_tokens.tokens, config.batch_size, config.block_size, seed=config.seed)
         self.step = 0
         self.flops_per_token = flops_per_token(self.model)
         self.workers = engine.choose_workers(config.workers or (1 if self.world.size > 1 else 0), self.device,
                                              config.dropout)
-        self.tokenizer_dir = self._tokenizer_dir()
-        if _state is not None:
-            self._restore(*_state)
 
     # ------------------------------------------------------------- set-up
     def _tokenizer_dir(self) -> Optional[pathlib.Path]:
@@ -415,6 +425,11 @@ class Trainer:
         return result.loss, result.grad_norm, lr
 
     # ---------------------------------------------------------------- loop
+    def tokens_per_step(self) -> int:
+        """Tokens one optimizer step trains on: the tokens/s, MFU and tokens-seen figures count these."""
+        c = self.config
+        return c.batch_size * c.block_size * c.grad_accum
+
     def train(self, stop_at: Optional[int] = None) -> dict[str, Any]:
         """Train until ``max_steps`` (or ``stop_at``); returns a dict of final figures.
 
@@ -444,7 +459,7 @@ class Trainer:
             raise FileExistsError(f"{self.run_dir} already holds a checkpoint: resume it (--resume) "
                                   "or choose another --out")
         n_params = self.model.num_parameters()
-        tokens_per_step = c.batch_size * c.block_size * c.grad_accum
+        tokens_per_step = self.tokens_per_step()
         self.log(f"model: {n_params:,} parameters, {self.model_config.n_layer} layers, {self.model_config.n_head} "
                  f"heads, n_embd {self.model_config.n_embd}, vocab {self.model_config.vocab_size:,}, "
                  f"block {self.model_config.block_size}; {tokens_per_step:,} tokens per step, "
@@ -548,6 +563,14 @@ class Trainer:
         rundir.truncate_logs(self.run_dir, step)      # a torn last row (full disk, kill) is dropped
 
     # --------------------------------------------------------- checkpoint
+    def _gathered_optimizer_state(self) -> Optional[dict[str, Any]]:
+        """AdamW's state as one unsharded dict on rank 0 (every rank must call this under ZeRO-1)."""
+        optimizer_state = self.optimizer.state_dict()
+        if self.shard is not None:
+            optimizer_state = _merge_shards(self.world.gather(optimizer_state),
+                                            param_groups(self.model, self.config.weight_decay))
+        return optimizer_state
+
     def save_checkpoint(self) -> Optional[pathlib.Path]:
         """Write ``RUN_DIR/checkpoint`` atomically (``npgpt.rundir``); returns its path.
 
@@ -555,10 +578,7 @@ class Trainer:
         are gathered from all of them into the usual single-file layout, so
         any number of ranks can resume), and rank 0 writes; others return None.
         """
-        optimizer_state = self.optimizer.state_dict()
-        if self.shard is not None:
-            optimizer_state = _merge_shards(self.world.gather(optimizer_state),
-                                            param_groups(self.model, self.config.weight_decay))
+        optimizer_state = self._gathered_optimizer_state()
         if not self.world.is_main:
             return None
 

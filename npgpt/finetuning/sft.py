@@ -1,21 +1,33 @@
 """Supervised fine-tuning (SFT) of a language model on conversations (docs/agent.md).
 
-This part: giving a pretrained model the chat template's role markers. The tokenizer gains
+Three parts. Giving a pretrained model the chat template's role markers: the tokenizer gains
 ``<|im_start|>`` and ``<|im_end|>`` as special tokens (``npgpt.tokenizer.chat.with_chat_tokens``),
-and the model's token table grows by as many rows. The LM head is tied to that table, so it grows
-with it: a new row is both the marker's input vector and its output vector.
+and the model's token table grows by as many rows; the LM head is tied to that table, so it grows
+with it, and a new row is both the marker's input vector and its output vector. The loss: next-token
+cross-entropy on the assistant's tokens only (docs/agent.md eqs. 1-3). The run: ``SFTTrainer``, the
+pretraining loop (``npgpt.train.Trainer``) with conversations for batches, behind ``npgpt sft``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+import os
+import pathlib
+from collections.abc import Callable
+from typing import Any, Optional
 
-from npgpt import backend, nn
-from npgpt.tokenizer.chat import with_chat_tokens
-
-if TYPE_CHECKING:
-    from npgpt.model import GPT
-    from npgpt.tokenizer import Tokenizer
+from npgpt import backend, engine, nn, rundir, settings
+from npgpt.autograd import Tensor, no_grad
+from npgpt.checkpoint import CheckpointError
+from npgpt.finetuning import conversations
+from npgpt.finetuning.conversations import IGNORE_INDEX, count_trained
+from npgpt.mixed_precision import DTYPES
+from npgpt.model import GPT
+from npgpt.optim import cosine_schedule
+from npgpt.settings import setting
+from npgpt.tokenizer import Tokenizer
+from npgpt.tokenizer.chat import IM_END, IM_START, with_chat_tokens
+from npgpt.train import DEFAULT_PEAK_FLOPS, Trainer
 
 
 def resize_token_embeddings(model: GPT, vocab_size: int) -> GPT:
@@ -57,3 +69,266 @@ def add_chat_tokens(model: GPT, tokenizer: Tokenizer) -> tuple[GPT, Tokenizer]:
     chat_tokenizer = with_chat_tokens(tokenizer)
     resize_token_embeddings(model, chat_tokenizer.vocab_size)
     return model, chat_tokenizer
+
+
+# ================================================================= the loss
+def sft_loss(model: GPT, x: Any, y: Any) -> Tensor:
+    """The SFT loss of a batch (docs/agent.md eq. 1): the mean next-token cross-entropy over the targets
+    the assistant says, ``y != IGNORE_INDEX``, all rows of the batch together (a long answer weighs
+    more than a short one, token for token); every other position contributes nothing, and its
+    gradient is exactly zero (eq. 3)."""
+    return model.loss(x, y, ignore_index=IGNORE_INDEX)
+
+
+def step_loss(model: GPT, rows: int, trained: int) -> Callable[[Any, Any], Tensor]:
+    """The loss of any slice of a step's batches, weighted so that the step's gradient is eq. 1's over
+    the whole step: ``trained`` targets in micro-batches of ``rows`` conversations.
+
+    The engine adds micro-batches' gradients, and splits each micro-batch by rows over threads and
+    MPI ranks, weighting a slice of ``n`` rows by ``n / rows`` as if its loss were a mean over rows
+    (docs/performance.md eq. 1). A slice with ``t`` targets and masked mean ``m`` therefore returns
+    ``m t rows / (trained n)``: weighted by ``n / rows`` it is its targets' sum over ``trained``, and
+    the slices add up to the mean over every target of the step, however the rows were split.
+    """
+    def loss_fn(x: Any, y: Any) -> Tensor:
+        return sft_loss(model, x, y) * (count_trained(y) * rows / (trained * x.shape[0]))
+    return loss_fn
+
+
+# ================================================================= settings
+@dataclasses.dataclass
+class SFTConfig:
+    """Everything that defines a supervised fine-tuning run (saved in every checkpoint); one flag each."""
+
+    model: str = setting("", "the model to fine-tune: a directory, npgpt-small, or a Hub id (hub extra)")
+    data: str = setting("", "conversations, one JSON object per line: {\"messages\": [...]} or {\"prompt\", \"response\"}")
+    val_data: str = setting("", "held-out conversations (default: --val-fraction of --data, chosen by --seed)")
+    out_dir: str = setting("", "run directory for checkpoints and logs")
+    val_fraction: float = setting(0.1, "share of --data held out when there is no --val-data")
+    block_size: Optional[int] = setting(None, "context length in tokens; may only shrink the model's (default: the "
+                                              "model's)")
+    dropout: float = setting(0.0, "dropout probability while fine-tuning")
+    batch_size: int = setting(8, "conversations per micro-batch, each a row padded to the longest")
+    grad_accum: int = setting(1, "micro-batches summed per optimizer step")
+    max_steps: int = setting(300, "total optimizer steps of the run (the LR schedule spans them)")
+    lr: float = setting(1e-4, "peak learning rate")
+    min_lr: Optional[float] = setting(None, "learning rate at the end of the cosine decay (default: lr / 10)")
+    warmup_steps: Optional[int] = setting(None, "steps of linear warmup (default: min(100, max_steps // 10))")
+    weight_decay: float = setting(0.0, "AdamW weight decay on the linear layers' matrices")
+    beta1: float = setting(0.9, "AdamW beta1")
+    beta2: float = setting(0.95, "AdamW beta2")
+    eps: float = setting(1e-8, "AdamW epsilon")
+    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)")
+    eval_interval: int = setting(50, "steps between validation runs and checkpoints")
+    eval_iters: int = setting(0, "validation batches per run (0: every held-out conversation)")
+    log_interval: int = setting(10, "steps between log lines")
+    checkpoint_interval: int = setting(0, "steps between checkpoints (0: at every evaluation)")
+    seed: int = setting(1337, "seed of the split, the batches and dropout")
+    device: str = setting("cpu", "cpu or cuda")
+    shard_optimizer: bool = setting(False, "under mpiexec: keep 1/N of AdamW's moments on each rank (ZeRO-1)")
+    dtype: str = setting("float32", "float32, or float16 for mixed precision (for GPUs)")
+    workers: int = setting(0, "threads to split each batch over (0: one per core when possible)")
+    peak_flops: float = setting(DEFAULT_PEAK_FLOPS, "peak FLOP/s of the machine, for the MFU")
+
+    def __post_init__(self) -> None:
+        name = "SFTConfig"
+        settings.require_positive_ints(name, self, ("batch_size", "grad_accum", "max_steps", "eval_interval",
+                                                    "log_interval"))
+        settings.require_positive_ints(name, self, ("block_size",), allow_none=True)
+        settings.require_non_negative(name, self, ("eval_iters", "grad_clip", "weight_decay", "checkpoint_interval",
+                                                   "workers"))
+        if self.warmup_steps is None:
+            self.warmup_steps = min(100, self.max_steps // 10)
+        if not 0 <= self.warmup_steps <= self.max_steps:
+            settings.fail(name, "warmup_steps", f"{{name}} must lie in 0..max_steps ({self.max_steps}), "
+                                                f"got {self.warmup_steps}")
+        if not self.lr > 0:
+            settings.fail(name, "lr", f"{{name}} must be positive, got {self.lr}")
+        if self.min_lr is None:
+            self.min_lr = self.lr / 10
+        if not 0 <= self.min_lr <= self.lr:
+            settings.fail(name, "min_lr", f"{{name}} must lie in 0..lr ({self.lr}), got {self.min_lr}")
+        if not 0 <= self.dropout < 1:
+            settings.fail(name, "dropout", f"{{name}} must lie in [0, 1), got {self.dropout}")
+        if not 0 < self.val_fraction < 1:
+            settings.fail(name, "val_fraction", f"{{name}} must lie strictly between 0 and 1, got {self.val_fraction}")
+        settings.check_adamw_and_dtype(name, self, DTYPES)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SFTConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown SFT settings {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+# ================================================================= the trainer
+class SFTTrainer(Trainer):
+    """Supervised fine-tuning with the pretraining loop (``npgpt.train.Trainer``): the same step, logs,
+    plots, checkpoints, exact resume, Ctrl-C and MPI; here the batches are padded conversations and
+    the loss is eq. 1.
+
+    ``SFTTrainer(config)`` starts a run from ``config.model``: a model without a chat template first
+    gets npgpt's (``add_chat_tokens``), and the checkpoint's tokenizer carries it.
+    ``SFTTrainer.resume(run_dir)`` continues one.
+    """
+
+    def __init__(self, config: SFTConfig, log: Optional[Callable[[str], None]] = None,
+                 _state: Optional[tuple[pathlib.Path, dict[str, Any]]] = None) -> None:
+        if not config.out_dir:
+            raise ValueError("SFTConfig.out_dir is empty: name a run directory for checkpoints and logs")
+        if _state is None and not (config.model and config.data):
+            raise ValueError("supervised fine-tuning needs a model (--model) and conversations (--data)")
+        self._setup_logging(config, log)
+        self.run_dir = pathlib.Path(config.out_dir)
+        source = _state[0] if _state is not None else config.model
+        model, self.tokenizer = GPT.from_pretrained(source), Tokenizer.from_pretrained(source)
+        if self.tokenizer.chat_template is None:
+            model, self.tokenizer = add_chat_tokens(model, self.tokenizer)
+            self.log(f"{config.model} has no chat template: added npgpt's (ChatML), its role markers "
+                     f"{IM_START} and {IM_END} as ids {self.tokenizer.special_tokens[IM_START]} and "
+                     f"{self.tokenizer.special_tokens[IM_END]}")
+        if config.block_size is None:
+            config = dataclasses.replace(config, block_size=model.config.block_size)
+        elif config.block_size > model.config.block_size:
+            settings.fail("SFTConfig", "block_size", f"{{name}}={config.block_size} is longer than the "
+                                                     f"{model.config.block_size} positions of {source}; it may only shrink")
+        model.crop_block_size(config.block_size).set_dropout(config.dropout)
+        self.config = config
+        self.model_config = model.config
+        examples = conversations.load(config.data, self.tokenizer, config.block_size)
+        if config.val_data:
+            self.train_examples = examples
+            self.val_examples = conversations.load(config.val_data, self.tokenizer, config.block_size)
+        else:
+            self.train_examples, self.val_examples = conversations.split(examples, config.val_fraction, config.seed)
+        if config.batch_size < self.world.size:
+            raise ValueError(f"--batch-size {config.batch_size} is the global batch and must be at least the "
+                             f"number of ranks ({self.world.size})")
+        self.pad_id = conversations.pad_id_of(self.tokenizer)
+        self.sampler = conversations.ConversationSampler(self.train_examples, config.batch_size, self.pad_id,
+                                                         seed=config.seed)
+        self.device = backend.check_device(config.device)
+        self.model = model.to(self.device)
+        self.model.train()
+        self._setup_optimizer()
+        self.meta = {"train_conversations": len(self.train_examples), "val_conversations": len(self.val_examples)}
+        self.tokenizer_dir = None
+        if _state is not None:
+            self._restore(*_state)
+
+    @classmethod
+    def resume(cls, run_dir: str | os.PathLike, log: Optional[Callable[[str], None]] = None,
+               **overrides: Any) -> SFTTrainer:
+        """Continue the run in ``run_dir`` from its newest checkpoint; ``overrides`` as ``Trainer.resume``."""
+        run_dir = pathlib.Path(run_dir)
+        checkpoint = rundir.find_checkpoint(run_dir)
+        if checkpoint is None:
+            raise FileNotFoundError(f"{run_dir} holds no complete checkpoint to resume from "
+                                    f"(expected {run_dir / rundir.CHECKPOINT_DIR}/{rundir.STATE_NAME})")
+        state = rundir.read_state(checkpoint)
+        if "sft_config" not in state:
+            raise ValueError(f"{checkpoint} is not a checkpoint of npgpt sft (resume it with the command that wrote it)")
+        values = dict(state["sft_config"])
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key in ("model", "data", "val_data", "block_size", "val_fraction") and value != values[key]:
+                raise ValueError(f"cannot resume with {key}={value}: the run was started with {key}={values[key]}")
+            values[key] = value
+        values["out_dir"] = str(run_dir)
+        return cls(SFTConfig.from_dict(values), log=log, _state=(checkpoint, state))
+
+    def tokens_per_step(self) -> int:
+        """Conversations per step times their mean length: what a step trains on, on average (rows
+        differ in length, so a single step's count varies around it)."""
+        c = self.config
+        mean = sum(len(e.ids) - 1 for e in self.train_examples) / len(self.train_examples)
+        return max(1, round(c.batch_size * c.grad_accum * mean))
+
+    # ---------------------------------------------------------------- the step
+    def evaluate(self) -> float:
+        """Eq. 1 over the held-out conversations (all of them, or ``eval_iters`` batches): the mean
+        cross-entropy of every assistant token, the same fixed set every time."""
+        c = self.config
+        self.model.eval()
+        total, count = 0.0, 0
+        with no_grad():
+            for k, (x, y) in enumerate(conversations.batches(self.val_examples, c.batch_size, self.pad_id)):
+                if c.eval_iters and k == c.eval_iters:
+                    break
+                rows = self.world.rows(x.shape[0])
+                x, y = x[rows], y[rows]
+                n = conversations.count_trained(y)
+                if n:
+                    total += sft_loss(self.model, x, y).item() * n
+                    count += n
+        self.model.train()
+        total, count = self.world.sum_floats([total, float(count)])
+        return total / count
+
+    def train_step(self) -> tuple[float, float, float]:
+        """One optimizer step over ``grad_accum`` micro-batches of conversations: eq. 1 over all of
+        their assistant tokens (``step_loss``); returns (loss, gradient norm, lr)."""
+        c = self.config
+        lr = cosine_schedule(self.step, c.max_steps, c.lr, c.warmup_steps, c.min_lr)
+        batches = [self.sampler.next() for _ in range(c.grad_accum)]
+        trained = sum(conversations.count_trained(y) for _, y in batches)
+        result = engine.optimizer_step(self.optimizer, step_loss(self.model, c.batch_size, trained), batches, lr,
+                                       c.grad_clip, self.workers, step=self.step + 1, scaler=self.scaler,
+                                       world=self.world, shard=self.shard)
+        self.step += 1
+        self.last_step_skipped = result.skipped
+        return result.loss, result.grad_norm, lr
+
+    # ---------------------------------------------------------------- checkpoints
+    def _restore(self, checkpoint: pathlib.Path, state: dict[str, Any]) -> None:
+        rundir.load_optimizer(self.optimizer, checkpoint / rundir.OPTIMIZER_NAME)
+        try:
+            self.sampler.load_state_dict(state["sampler"])
+            rundir.restore_dropout_states(self.model, state.get("dropout_rngs") or {})
+            if self.scaler is not None and state.get("grad_scaler"):
+                self.scaler.load_state_dict(state["grad_scaler"])
+            self.step = int(state["step"])
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise CheckpointError(f"{checkpoint / rundir.STATE_NAME} holds a state npgpt cannot continue from "
+                                  f"({type(exc).__name__}: {exc})") from None
+        self.log(f"resumed from {checkpoint} at step {self.step}")
+
+    def save_checkpoint(self) -> Optional[pathlib.Path]:
+        """``RUN_DIR/checkpoint``: the model and its chat tokenizer (a directory ``npgpt chat`` opens),
+        AdamW's moments and the run's state, written atomically (``npgpt.rundir``)."""
+        optimizer_state = self._gathered_optimizer_state()
+        if not self.world.is_main:
+            return None
+
+        def write_files(staging: pathlib.Path) -> None:
+            self.model.save_pretrained(staging)
+            self.tokenizer.save(staging)
+            rundir.save_optimizer(optimizer_state, staging / rundir.OPTIMIZER_NAME)
+
+        state = {"step": self.step, "sft_config": self.config.to_dict(), "model_config": self.model_config.to_dict(),
+                 "sampler": self.sampler.state_dict(), "dropout_rngs": rundir.dropout_states(self.model),
+                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                 "data": self.meta, "tokens_seen": self.step * self.tokens_per_step()}
+        return rundir.write_checkpoint(self.run_dir, write_files, state)
+
+
+def sft(config: Optional[SFTConfig] = None, stop_at: Optional[int] = None, resume: bool = False,
+        log: Optional[Callable[[str], None]] = None, **values: Any) -> tuple[SFTTrainer, dict[str, Any]]:
+    """Fine-tune (or with ``resume=True`` continue); returns ``(trainer, summary)``.
+
+    ``sft(model="npgpt-small", data="chats.jsonl", out_dir="run", max_steps=200)`` or ``sft(SFTConfig(...))``.
+    """
+    if resume:
+        run_dir = values.pop("out_dir", None) or (config.out_dir if config is not None else None)
+        if run_dir is None:
+            raise ValueError("sft(resume=True) needs out_dir, the run directory to continue")
+        trainer = SFTTrainer.resume(run_dir, log=log, **values)
+    else:
+        trainer = SFTTrainer(config if config is not None else SFTConfig(**values), log=log)
+    return trainer, trainer.train(stop_at=stop_at)
