@@ -83,10 +83,11 @@ def parse_json(data: bytes | str, path: Any, what: str = "") -> Any:
 def read_json_object(path: str | os.PathLike) -> dict:
     """The JSON object in the file ``path`` (``config.json``): size, syntax and type checked."""
     path = pathlib.Path(path)
-    size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise CheckpointError(f"{path} has {size:,} bytes; a config file has a few thousand")
-    raw = parse_json(path.read_bytes(), path)
+    try:    # a regular file of at most MAX_CONFIG_BYTES (not a link to /dev/zero, not a sparse giant)
+        data = fileio.read_bytes(path, "config file", limit=MAX_CONFIG_BYTES)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    raw = parse_json(data, path)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} must hold a JSON object, got {type(raw).__name__}")
     return raw
@@ -237,7 +238,7 @@ def read_raw_config(directory: str | os.PathLike) -> dict:
     """The ``config.json`` of a checkpoint directory as a dict, through the guarded reader
     (``read_json_object``); its fields are not interpreted here."""
     path = pathlib.Path(directory) / CONFIG_NAME
-    if not path.is_file():
+    if not path.exists():             # a link to a device or a FIFO is refused by the reader, not called missing
         raise FileNotFoundError(f"{path} is missing: a checkpoint needs {CONFIG_NAME} and {WEIGHTS_NAME}")
     return read_json_object(path)
 
@@ -423,9 +424,11 @@ def weights_path(directory: str | os.PathLike) -> pathlib.Path:
     """
     directory = pathlib.Path(directory)
     path = directory / WEIGHTS_NAME
-    if path.is_file():
+    if path.exists():
+        if not path.is_file():        # a FIFO would block the reader, a device feed it forever
+            raise CheckpointError(f"{path} is not a regular file (a device, FIFO or socket, or a link to one)")
         return path
-    if (directory / INDEX_NAME).is_file():
+    if (directory / INDEX_NAME).exists():
         return directory / INDEX_NAME
     if (directory / "pytorch_model.bin").exists():
         raise CheckpointError(pickle_refusal(directory))

@@ -8,7 +8,7 @@ Companion of ``docs/training.md`` (section "From the command line").
     npgpt prepare --input a.txt b.txt --tokenizer tok/ --out data/
     npgpt train --data data/ --out run/ --max-steps 2000 [--stop-at 1000] [--resume]
     npgpt generate --model run/checkpoint "Once upon a time"
-    npgpt generate --model run/checkpoint --prompts prompts.txt      # one prompt per line, one batch
+    npgpt generate --model run/checkpoint --prompts prompts.txt      # one prompt per line, in batches
     npgpt finetune --model run/checkpoint --data reviews.csv --text-column text --label-column label --out clf/
 
 Each subcommand has ``--help``. ``main(argv)`` returns the exit status
@@ -201,15 +201,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(command_parser=p)
 
 
+PROMPT_BATCH = 32      # prompts of a --prompts file generated at once: memory grows with it, speed flattens
+
+
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="continue a prompt with a trained model",
                        description="Continue PROMPT, or every line of --prompts FILE, with a model directory (the "
                                    "tokenizer is read from it too). The text is printed as it is generated.")
     p.add_argument("prompt", metavar="PROMPT", nargs="?", default=None, help="text to continue")
     p.add_argument("--prompts", metavar="FILE", default=None,
-                   help="continue each line of FILE instead (one prompt per line, blank lines skipped), all in one "
-                        "left-padded batch; each text is printed under a line '==> prompt I of N <==', in order; "
-                        "with --seed, each prompt gets the text it would get alone")
+                   help="continue each line of FILE instead (one prompt per line, blank lines skipped), in "
+                        "left-padded batches of --batch-size; each text is printed under a line "
+                        "'==> prompt I of N <==', in order; with --seed, each prompt gets the text it would get alone")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=PROMPT_BATCH, metavar="N",
+                   help=f"prompts of --prompts FILE generated together (default {PROMPT_BATCH}); a larger batch "
+                        "is faster per prompt and needs more memory")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                    help="print the tokens as they are generated (the default; with --prompts, the prompts after "
                         "the first wait for the ones before them to end); --no-stream prints when all is done")
@@ -438,9 +444,9 @@ def _read_settings_file(name: str, config_class: type) -> dict[str, Any]:
     from npgpt import fileio
 
     path = pathlib.Path(name)
-    if not path.is_file():
+    if not path.exists():              # a special file is refused by read_utf8, not called missing
         raise FileNotFoundError(f"config file {path} does not exist")
-    text = fileio.read_utf8(path, "config file")
+    text = fileio.read_utf8(path, "config file", limit=fileio.MAX_SMALL_FILE)
     try:
         values = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -480,38 +486,51 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{args.model} holds no tokenizer files ({exc}); models written by "
                                 "`npgpt train` carry them") from None
-    # A typed <|endoftext|> means the token; several prompts are padded on the left with it.
-    ids, mask = tokenizer.encode_batch(texts, padding="left", allowed_special="all")
-    if ids.shape[1] == 0 or not mask[:, -1].all():
-        raise ValueError("the prompt is empty: give some text to continue")
-    block = model.config.block_size
-    for i, length in enumerate(mask.sum(axis=1).tolist()):
-        if length > block:
-            which = "the prompt" if len(texts) == 1 else f"prompt {i + 1}"
-            print(f"npgpt: warning: {which} has {length:,} tokens and the model's context is {block:,}: "
-                  f"it sees only the last {block:,}", file=sys.stderr)
+    # Prompts are encoded as `npgpt prepare` encoded the training text: a typed <|endoftext|> is
+    # the token (prepare cut documents there and appended it), every other special token's text
+    # is ordinary text (prepare never produced those ids, so the model never saw them).
+    specials = {"allowed_special": {ENDOFTEXT} & set(tokenizer.special_tokens), "disallowed_special": ()}
     eos = tokenizer.special_tokens.get(ENDOFTEXT)
-    seed = args.seed if args.seed is None or len(texts) == 1 else [args.seed] * len(texts)   # each as alone
-    settings = dict(attention_mask=mask, do_sample=args.temperature > 0,
-                    temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k,
-                    top_p=args.top_p, seed=seed, eos_token_id=eos)
-    if args.stream:
-        steps = (backend.to_numpy(step) for step in stream(model, ids, args.max_new_tokens, **settings))
-    else:
-        steps = backend.to_numpy(generate(model, ids, args.max_new_tokens, **settings))[:, ids.shape[1]:].T
-    _print_continuations(tokenizer, texts, steps, eos)
+    block = model.config.block_size
+    # A file of many prompts goes in batches: one batch of all would hold every row's cache at once.
+    for first in range(0, len(texts), args.batch_size):
+        batch = texts[first:first + args.batch_size]
+        ids, mask = tokenizer.encode_batch(batch, padding="left", **specials)   # padded with <|endoftext|>
+        if ids.shape[1] == 0 or not mask[:, -1].all():
+            raise ValueError("the prompt is empty: give some text to continue")
+        for i, length in enumerate(mask.sum(axis=1).tolist()):
+            if length > block:
+                which = "the prompt" if len(texts) == 1 else f"prompt {first + i + 1}"
+                print(f"npgpt: warning: {which} has {length:,} tokens and the model's context is {block:,}: "
+                      f"it sees only the last {block:,}", file=sys.stderr)
+        seed = args.seed if args.seed is None or len(texts) == 1 else [args.seed] * len(batch)   # each as alone
+        settings = dict(attention_mask=mask, do_sample=args.temperature > 0,
+                        temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k,
+                        top_p=args.top_p, seed=seed, eos_token_id=eos)
+        if args.stream:
+            steps = (backend.to_numpy(step) for step in stream(model, ids, args.max_new_tokens, **settings))
+        else:
+            steps = backend.to_numpy(generate(model, ids, args.max_new_tokens, **settings))[:, ids.shape[1]:].T
+        _print_continuations(tokenizer, batch, steps, eos, first=first, total=len(texts))
     return 0
 
 
 def _read_prompts(path: str) -> list[str]:
-    """The prompts of ``--prompts FILE``: one per line, blank lines skipped."""
-    prompts = [line for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The prompts of ``--prompts FILE``: one per line, blank lines skipped (a regular file of at most
+    ``fileio.MAX_TEXT_FILE`` bytes)."""
+    from npgpt import fileio
+
+    if not pathlib.Path(path).exists():
+        raise FileNotFoundError(f"prompts file {path} does not exist")
+    prompts = [line for line in fileio.read_utf8(path, "prompts file", limit=fileio.MAX_TEXT_FILE).splitlines()
+               if line.strip()]
     if not prompts:
         raise ValueError(f"{path} holds no prompt: write one prompt per line")
     return prompts
 
 
-def _print_continuations(tokenizer: Tokenizer, texts: list[str], steps: Iterable[Any], eos: Optional[int]) -> None:
+def _print_continuations(tokenizer: Tokenizer, texts: list[str], steps: Iterable[Any], eos: Optional[int],
+                         first: int = 0, total: Optional[int] = None) -> None:
     """Write each text and its continuation as the steps (one id per text each) come; stop a text at ``eos``.
 
     With several texts, each goes under a line ``==> prompt I of N <==``, in order: the current
@@ -521,13 +540,14 @@ def _print_continuations(tokenizer: Tokenizer, texts: list[str], steps: Iterable
     from npgpt.tokenizer import StreamDecoder
 
     n = len(texts)
+    total = n if total is None else total      # texts are prompts first+1 .. first+n of total
     decoders = [StreamDecoder(tokenizer) for _ in texts]
     held, ended = [""] * n, [False] * n
     current = 0
 
     def start(i: int) -> None:
-        if n > 1:
-            sys.stdout.write(("\n" if i else "") + f"==> prompt {i + 1} of {n} <==\n")
+        if total > 1:
+            sys.stdout.write(("\n" if first + i else "") + f"==> prompt {first + i + 1} of {total} <==\n")
         sys.stdout.write(texts[i] + held[i])
 
     start(0)

@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from npgpt import fileio
+from npgpt.fileio import excerpt
 from npgpt.progress import Progress
 from npgpt.tokenizer.bpe import ENDOFTEXT
 
@@ -368,10 +369,10 @@ def load_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data directory {data_dir} does not exist; create it with `npgpt prepare`")
     path = data_dir / META_NAME
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path} is missing: {data_dir} is not a prepared data directory "
                                 "(or its preparation did not finish); run `npgpt prepare`")
-    text = fileio.read_utf8(path, "data file")        # names the file and line of a byte that is not UTF-8
+    text = fileio.read_utf8(path, "data file", limit=fileio.MAX_SMALL_FILE)   # names the file (and line)
     try:
         meta = json.loads(text)
     except RecursionError:
@@ -385,27 +386,27 @@ def load_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
             raise ValueError(f"{path} lacks {key!r}")
     version = meta.get("format_version", FORMAT_VERSION)
     if not fileio.is_int(version) or version > FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {version!r:.40} is not one this npgpt reads "
+        raise ValueError(f"{path}: format_version {excerpt(version)} is not one this npgpt reads "
                          f"(1..{FORMAT_VERSION}); was it written by a newer npgpt?")
     vocab_size, dtype = meta["vocab_size"], meta["dtype"]
     if not fileio.is_int(vocab_size) or not 1 <= vocab_size <= 2 ** 32:
-        raise ValueError(f"{path}: vocab_size must be an integer in 1..2**32, got {vocab_size!r:.40}")
+        raise ValueError(f"{path}: vocab_size must be an integer in 1..2**32, got {excerpt(vocab_size)}")
     if dtype not in _TOKEN_DTYPES:
-        raise ValueError(f"{path}: dtype must be one of {', '.join(_TOKEN_DTYPES)}, got {dtype!r:.40}")
+        raise ValueError(f"{path}: dtype must be one of {', '.join(_TOKEN_DTYPES)}, got {excerpt(dtype)}")
     if vocab_size > 2 ** (8 * np.dtype(dtype).itemsize):
         raise ValueError(f"{path}: dtype {dtype} cannot hold the ids of a vocabulary of {vocab_size:,} tokens")
     for key in ("train_tokens", "val_tokens"):
         if key in meta and (not fileio.is_int(meta[key]) or meta[key] < 0):
-            raise ValueError(f"{path}: {key} must be an integer >= 0, got {meta[key]!r:.40}")
+            raise ValueError(f"{path}: {key} must be an integer >= 0, got {excerpt(meta[key])}")
     eot = meta.get("eot_token_id")
     if eot is not None and (not fileio.is_int(eot) or not 0 <= eot < vocab_size):
-        raise ValueError(f"{path}: eot_token_id must be an id in 0..{vocab_size - 1}, got {eot!r:.40}")
+        raise ValueError(f"{path}: eot_token_id must be an id in 0..{vocab_size - 1}, got {excerpt(eot)}")
     tokenizer = meta.get("tokenizer")
     if tokenizer is not None:
         if not isinstance(tokenizer, dict):
-            raise ValueError(f"{path}: tokenizer must be an object, got {tokenizer!r:.40}")
+            raise ValueError(f"{path}: tokenizer must be an object, got {excerpt(tokenizer)}")
         if tokenizer.get("dir") is not None and not isinstance(tokenizer["dir"], str):
-            raise ValueError(f"{path}: tokenizer.dir must be a directory name, got {tokenizer['dir']!r:.40}")
+            raise ValueError(f"{path}: tokenizer.dir must be a directory name, got {excerpt(tokenizer['dir'])}")
     return meta
 
 
@@ -416,8 +417,10 @@ def load_tokens(path: str | os.PathLike, dtype: Optional[DTypeLike] = None) -> n
     via :class:`TokenFile`.
     """
     path = pathlib.Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"token file {path} does not exist")
+    if not path.is_file():             # memory-mapping a FIFO would block, a device read forever
+        raise ValueError(f"token file {path} is not a regular file (a device, FIFO or socket, or a link to one)")
     if dtype is None:
         meta_path = path.parent / META_NAME
         if not meta_path.is_file():

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import stat
 import tempfile
-from typing import Any
+from typing import Any, Optional
 
 
 def fsync(path: str | os.PathLike) -> None:
@@ -99,16 +100,53 @@ def replace_directory(staging: str | os.PathLike, target: str | os.PathLike) -> 
     return target
 
 
-def read_utf8(path: str | os.PathLike, what: str = "file") -> str:
+MAX_SMALL_FILE = 16 * 2 ** 20          # a JSON file of settings or state (config.json, meta.json, ...): a few kB
+MAX_TOKENIZER_FILE = 256 * 2 ** 20     # vocab.json / merges.txt / .tiktoken: GPT-2's are ~1 MB, the largest known ~40 MB
+MAX_TEXT_FILE = 2 ** 30                # text read whole into lists (labelled examples, prompts): ~10x in Python objects
+
+
+def read_bytes(path: str | os.PathLike, what: str = "file", limit: Optional[int] = MAX_SMALL_FILE) -> bytes:
+    """The bytes of the regular file ``path``, refused before reading when it cannot be what ``what`` says.
+
+    Refused (``ValueError`` naming ``what`` and the file): anything that is not a regular file
+    after following links (``/dev/zero``, a FIFO, a socket: each would be read forever or block),
+    and a file over ``limit`` bytes (``None``: no limit), judged by its size before a byte is read,
+    so a 50 GiB sparse file costs one ``stat``. The opened file is checked again, and at most
+    ``limit`` bytes are ever read, even from a file that grows meanwhile.
+    """
+    path = pathlib.Path(path)
+    try:
+        info = os.stat(path)     # before opening: opening a FIFO would wait for a writer
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    _check_regular(path, info, what, limit)
+    with open(path, "rb") as f:
+        _check_regular(path, os.fstat(f.fileno()), what, limit)     # the file opened, if swapped meanwhile
+        data = f.read() if limit is None else f.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise ValueError(f"{what} {path} grew beyond {limit:,} bytes while it was read")
+    return data
+
+
+def _check_regular(path: pathlib.Path, info: os.stat_result, what: str, limit: Optional[int]) -> None:
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(f"{what} {path} is a directory, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{what} {path} is not a regular file (a device, FIFO or socket, or a link to one)")
+    if limit is not None and info.st_size > limit:
+        raise ValueError(f"{what} {path} has {info.st_size:,} bytes, more than such a file may have "
+                         f"({limit:,}); is it the right file?")
+
+
+def read_utf8(path: str | os.PathLike, what: str = "file", limit: Optional[int] = None) -> str:
     """The text of a UTF-8 file; bytes that are not UTF-8 raise ``ValueError`` naming the file and line.
 
     A leading byte-order mark (some editors write one) is dropped. ``what``
     says what the file is for, in the message ("input file", "data file").
+    The file is read by :func:`read_bytes`: a regular file of at most ``limit`` bytes.
     """
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    raw = path.read_bytes()
+    raw = read_bytes(path, what, limit)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -116,6 +154,17 @@ def read_utf8(path: str | os.PathLike, what: str = "file") -> str:
         raise ValueError(f"{what} {path} is not UTF-8 text: line {line}, byte {exc.start} "
                          f"({raw[exc.start:exc.start + 1]!r}) cannot be decoded; convert it to UTF-8 "
                          "(e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def excerpt(value: Any, n: int = 16) -> str:
+    """At most ``n`` characters of ``repr(value)`` for an error message (``'root:x:0:0:ro...``).
+
+    Messages about a malformed file quote it so the reader can find the spot, but a file may be a
+    link to one that is none of npgpt's business (``/etc/passwd``, a key): a few characters
+    locate the problem without copying the file into a log.
+    """
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + "..."
 
 
 def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
@@ -128,7 +177,7 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     result = {}
     for key, value in pairs:
         if key in result:
-            raise ValueError(f"the key {key!r:.80} appears twice")
+            raise ValueError(f"the key {excerpt(key)} appears twice")
         result[key] = value
     return result
 

@@ -83,10 +83,11 @@ def read_labelled_file(path: str | os.PathLike, text_column: str | int = "text",
     numbers are refused with the line, never turned into strings.
     """
     path = pathlib.Path(path)
-    if not path.is_file():
+    if not path.exists():              # a special file is refused by read_utf8, not called missing
         raise FileNotFoundError(f"data file {path} does not exist")
     fmt = _format_of(path, fmt)
-    content = fileio.read_utf8(path, "data file")      # names the file and line of a non-UTF-8 byte
+    # A regular file of at most 1 GiB (fileio.MAX_TEXT_FILE); names the file and line of a non-UTF-8 byte.
+    content = fileio.read_utf8(path, "data file", limit=fileio.MAX_TEXT_FILE)
     texts, labels = [], []
 
     def add(line_no: int, text: Any, label: Any) -> None:

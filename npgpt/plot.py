@@ -24,6 +24,8 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any, Optional
 
+from npgpt import fileio
+
 __all__ = ["read_log", "moving_average", "save_figure", "plot_runs", "matplotlib_available", "FIGURE_NAME"]
 
 FIGURE_NAME = "loss_curve.png"
@@ -44,7 +46,7 @@ def read_log(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run directory of `npgpt train`?")
     rows = []
-    lines = path.read_text().splitlines()
+    lines = fileio.read_utf8(path, "log file").splitlines()    # a regular file (not a link to a device)
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -75,7 +77,7 @@ def _tokens_per_step(run_dir: pathlib.Path, rows: list[dict[str, Any]]) -> Optio
             return row["tokens"] / row["step"]
     state = run_dir / "checkpoint" / "trainer_state.json"
     try:
-        c = json.loads(state.read_text())["train_config"]
+        c = json.loads(fileio.read_bytes(state, "training state"))["train_config"]
         return c["batch_size"] * c["block_size"] * c.get("grad_accum", 1)
     except (OSError, KeyError, ValueError, TypeError):
         return None

@@ -71,7 +71,7 @@ class RunDirectoryLocked(OSError):
 def _holder(path: pathlib.Path) -> str:
     """Who holds the lock, from what the holder wrote into the lock file."""
     try:
-        info = json.loads(path.read_text())
+        info = json.loads(fileio.read_bytes(path, "lock file", limit=4096))
         return f"pid {info['pid']} on {info['host']}, started {info['started']}"
     except (OSError, ValueError, KeyError, TypeError):
         return "a process that has not yet written its name into the lock file"
@@ -141,7 +141,8 @@ def _acquire(path: pathlib.Path, run_dir: pathlib.Path) -> int:
 
 def read_state(checkpoint: pathlib.Path) -> dict:
     """The parsed ``trainer_state.json`` of a checkpoint directory."""
-    return json.loads((pathlib.Path(checkpoint) / STATE_NAME).read_text())
+    path = pathlib.Path(checkpoint) / STATE_NAME
+    return json.loads(fileio.read_utf8(path, "training state", limit=fileio.MAX_SMALL_FILE))
 
 
 def is_complete(directory: pathlib.Path) -> bool:
@@ -204,7 +205,8 @@ def truncate_logs(run_dir: os.PathLike | str, step: int) -> None:
         path = pathlib.Path(run_dir) / name
         if not path.exists():
             continue
-        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True)
+        raw = fileio.read_bytes(path, "log file", limit=None)      # a regular file (not a link to a device)
+        lines = raw.decode("utf-8", errors="replace").splitlines(keepends=True)
         kept = [line if line.endswith("\n") else line + "\n" for line in lines[:header]]
         for line in lines[header:]:
             row_step = _row_step(line, csv_row=header > 0)

@@ -26,9 +26,12 @@ import pathlib
 import random
 import re
 import struct
+import subprocess
+import sys
 import tempfile
 from unittest import mock
 
+import hostile_files
 import numpy as np
 import pytest
 from char_tokenizer import prepare_two_documents
@@ -511,3 +514,22 @@ def test_mutated_csv_files_load_or_raise_a_named_error(body, fmt, long_field):
             assert str(path) in str(exc), exc
             return
         assert texts[0] == long_text and all(isinstance(t, str) and t for t in texts)
+
+
+# ------------------------------------------------------------------ special and oversized files
+def test_every_reader_refuses_special_and_oversized_files_at_once(tmp_path):
+    """Each file npgpt reads (tests/hostile_files.py lists them), replaced by a link to /dev/zero, a FIFO
+    or a 50 GiB sparse file, is refused within seconds with the reader's own error naming the file.
+
+    In a subprocess under a 3 GiB address-space limit: a reader that reads /dev/zero whole would
+    otherwise take the test run's memory, and one that opens a FIFO would wait for ever.
+    """
+    proc = subprocess.run([sys.executable, str(pathlib.Path(__file__).parent / "hostile_files.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    cases = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(cases) == 3 * len(hostile_files.READERS) - len(hostile_files.UNBOUNDED), proc.stdout
+    bad = [c for c in cases if not c["expected"] or c["file"] not in c["message"] or c["seconds"] > 3]
+    assert not bad, "\n".join(f"{c['reader']} / {c['kind']}: {c['error']} after {c['seconds']:.1f} s: "
+                              f"{c['message'][-200:]}" for c in bad)

@@ -742,3 +742,35 @@ def test_integer_and_string_labels_still_work(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text('{"text": "a", "label": 1}\n{"text": 7, "label": "neg"}\n')
     assert labelled.read_labelled_file(path) == (["a", "7"], [1, "neg"])
+
+
+# ============================================================ a tokenizer file that links elsewhere
+SECRET_LINE = "root:x:0:0:secret-account:/root:/bin/sh-with-a-long-tail"
+SECRET_JSON = '{"api_key": "sk-0123456789abcdefghijklmnopqrstuvwxyz"}'
+
+
+def _longest_shared_run(message, secret):
+    """The longest run of characters of ``secret`` that ``message`` quotes."""
+    return max((n for i in range(len(secret)) for n in range(1, len(secret) - i + 1) if secret[i:i + n] in message),
+               default=0)
+
+
+@pytest.mark.parametrize("name", ["vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json",
+                                  "added_tokens.json", "ranks.tiktoken"])
+@pytest.mark.parametrize("secret", [SECRET_LINE + "\nbin:x:1:1::/:\n", SECRET_JSON + "\n"], ids=["passwd", "json"])
+def test_a_tokenizer_file_linked_to_another_file_quotes_a_few_characters_at_most(tok_dir, tokenizer, tmp_path,
+                                                                                  name, secret):
+    other = tmp_path / "private"
+    other.write_text(secret)
+    if name == "ranks.tiktoken":
+        path, load = tmp_path / name, lambda: Tokenizer.from_tiktoken(tmp_path / name)
+    else:
+        path, load = tok_dir / name, lambda: Tokenizer.from_pretrained(tok_dir)
+    path.unlink(missing_ok=True)
+    path.symlink_to(other)
+    if secret == SECRET_JSON + "\n" and name in ("special_tokens_map.json", "tokenizer_config.json"):
+        load()                         # an object without *_token keys names no special token: nothing to refuse
+        return
+    exc = error_of(load)
+    assert isinstance(exc, TokenizerFileError) and str(path) in str(exc), exc
+    assert _longest_shared_run(str(exc), secret.splitlines()[0]) <= 16, exc

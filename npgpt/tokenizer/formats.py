@@ -20,6 +20,7 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Optional
 
 from npgpt import fileio
+from npgpt.fileio import excerpt
 from npgpt.tokenizer.bpe import ENDOFTEXT, Vocabulary, bpe, token_bytes, token_text
 
 FORMAT_VERSION = 1          # written to tokenizer_config.json as "npgpt_tokenizer_format"
@@ -31,10 +32,19 @@ class TokenizerFileError(ValueError):
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """The text of a UTF-8 tokenizer file; a byte that is not UTF-8 is an error naming the file and line."""
+    """The text of a UTF-8 tokenizer file; a byte that is not UTF-8, a file over
+    ``fileio.MAX_TOKENIZER_FILE`` bytes or one that is no regular file is an error naming it."""
     try:
-        return fileio.read_utf8(path, "tokenizer file")
-    except ValueError as exc:            # not UTF-8 (a missing file is a FileNotFoundError, let through)
+        return fileio.read_utf8(path, "tokenizer file", limit=fileio.MAX_TOKENIZER_FILE)
+    except ValueError as exc:            # a missing file is a FileNotFoundError, let through
+        raise TokenizerFileError(str(exc)) from None
+
+
+def read_raw(path: str | os.PathLike) -> bytes:
+    """The bytes of a tokenizer file, bounded as ``read_text`` bounds them."""
+    try:
+        return fileio.read_bytes(path, "tokenizer file", limit=fileio.MAX_TOKENIZER_FILE)
+    except ValueError as exc:
         raise TokenizerFileError(str(exc)) from None
 
 
@@ -59,13 +69,13 @@ def _check_special_ids(path: Any, special_tokens: Any, n_ranks: int) -> dict[str
     k = len(special_tokens)
     for text, i in special_tokens.items():
         if not isinstance(text, str) or not text:
-            raise TokenizerFileError(f"{path}: a special token must be a non-empty str, got {text!r:.80}")
+            raise TokenizerFileError(f"{path}: a special token must be a non-empty str, got {excerpt(text)}")
         if not fileio.is_int(i) or not n_ranks <= i < n_ranks + k:
-            raise TokenizerFileError(f"{path}: special token {text!r:.80} has id {i!r:.40}; the file has {n_ranks} "
+            raise TokenizerFileError(f"{path}: special token {excerpt(text)} has id {excerpt(i)}; the file has {n_ranks} "
                                      f"ranks (ids 0..{n_ranks - 1}), so its {k} special token(s) take the ids "
                                      f"{n_ranks}..{n_ranks + k - 1}")
     if len(set(special_tokens.values())) != k:
-        raise TokenizerFileError(f"{path}: two special tokens share an id: {special_tokens!r:.200}")
+        raise TokenizerFileError(f"{path}: two special tokens share an id: {excerpt(special_tokens)}")
     return dict(special_tokens)
 
 
@@ -79,19 +89,19 @@ def read_tiktoken(path: str | os.PathLike, special_tokens: Optional[dict[str, in
     the id after the last rank (50256 for GPT-2's 50,256 ranks); given ones take ids N, N+1, ...
     """
     ranked, lines = [], {}
-    for line_no, line in enumerate(pathlib.Path(path).read_bytes().splitlines(), 1):
+    for line_no, line in enumerate(read_raw(path).splitlines(), 1):
         if line.strip():
             try:
                 token, rank = line.split()
                 if not rank.isdigit():
-                    raise ValueError(f"rank {rank!r:.40} is not a non-negative integer")
+                    raise ValueError(f"rank {excerpt(rank)} is not a non-negative integer")
                 ranked.append((int(rank), base64.b64decode(token, validate=True), line_no))
             except ValueError as e:
                 raise TokenizerFileError(f"{path}:{line_no}: not a '<base64> <rank>' line ({e})") from None
             if not ranked[-1][1]:
                 raise TokenizerFileError(f"{path}:{line_no}: an empty token")
             if ranked[-1][1] in lines:
-                raise TokenizerFileError(f"{path}:{line_no}: token {ranked[-1][1]!r:.80} already appears on line "
+                raise TokenizerFileError(f"{path}:{line_no}: token {excerpt(ranked[-1][1])} already appears on line "
                                          f"{lines[ranked[-1][1]]}")
             lines[ranked[-1][1]] = line_no
     ranked.sort()
@@ -114,7 +124,7 @@ def read_tiktoken(path: str | os.PathLike, special_tokens: Optional[dict[str, in
         if len(token) > 1:
             parts = bpe([byte_ids[b] for b in token], ranks, merged)
             if len(parts) != 2:
-                raise TokenizerFileError(f"{path}:{line_no}: token {token!r:.80} (rank {rank}) is not one merge "
+                raise TokenizerFileError(f"{path}:{line_no}: token {excerpt(token)} (rank {rank}) is not one merge "
                                          "of lower-ranked tokens")
             ranks[tuple(parts)] = len(merges)
             merges.append(tuple(parts))
@@ -136,15 +146,15 @@ def read_vocab_merges(vocab_path: str | os.PathLike, merges_path: str | os.PathL
     vocab = read_json(vocab_path)
     if not isinstance(vocab, dict) or not vocab:
         raise TokenizerFileError(f"{vocab_path}: expected a non-empty JSON object of token -> id, "
-                                 f"got {type(vocab).__name__} {vocab!r:.40}")
+                                 f"got {type(vocab).__name__} {excerpt(vocab)}")
     n = len(vocab)
     owner: list[Optional[str]] = [None] * n
     for text, i in vocab.items():
         if not fileio.is_int(i) or not 0 <= i < n:
-            raise TokenizerFileError(f"{vocab_path}: token {text!r:.80} has id {i!r:.40}; the ids of {n} tokens "
+            raise TokenizerFileError(f"{vocab_path}: token {excerpt(text)} has id {excerpt(i)}; the ids of {n} tokens "
                                      f"are the integers 0..{n - 1}, each used once")
         if owner[i] is not None:
-            raise TokenizerFileError(f"{vocab_path}: tokens {owner[i]!r:.80} and {text!r:.80} both have id {i}")
+            raise TokenizerFileError(f"{vocab_path}: tokens {excerpt(owner[i])} and {excerpt(text)} both have id {i}")
         if not text:
             raise TokenizerFileError(f"{vocab_path}: id {i} is the empty string, which is no token")
         owner[i] = text
@@ -169,14 +179,14 @@ def read_vocab_merges(vocab_path: str | os.PathLike, merges_path: str | os.PathL
             continue
         parts = line.split(" ")
         if len(parts) != 2 or parts[0] not in vocab or parts[1] not in vocab:
-            raise TokenizerFileError(f"{merges_path}:{line_no}: {line!r:.80} is not a merge of two tokens of "
+            raise TokenizerFileError(f"{merges_path}:{line_no}: {excerpt(line)} is not a merge of two tokens of "
                                      f"{vocab_path}")
         a, b = vocab[parts[0]], vocab[parts[1]]
         if a in specials.values() or b in specials.values():
-            raise TokenizerFileError(f"{merges_path}:{line_no}: {line!r:.80} merges a special token")
+            raise TokenizerFileError(f"{merges_path}:{line_no}: {excerpt(line)} merges a special token")
         if tokens[a] + tokens[b] not in ordinary:
-            raise TokenizerFileError(f"{merges_path}:{line_no}: {line!r:.80} makes "
-                                     f"{token_text(tokens[a] + tokens[b])!r:.80}, which is not in {vocab_path}")
+            raise TokenizerFileError(f"{merges_path}:{line_no}: {excerpt(line)} makes "
+                                     f"{excerpt(token_text(tokens[a] + tokens[b]))}, which is not in {vocab_path}")
         merges.append((a, b))
     made = {tokens[a] + tokens[b] for a, b in merges}
     for text, i in vocab.items():
@@ -187,7 +197,7 @@ def read_vocab_merges(vocab_path: str | os.PathLike, merges_path: str | os.PathL
     if unreachable:
         i = unreachable[0]
         raise TokenizerFileError(f"{merges_path}: {len(unreachable):,} ordinary token(s) of {vocab_path} are never "
-                                 f"produced by these merges, e.g. {owner[i]!r:.80} (id {i}): the merges file is "
+                                 f"produced by these merges, e.g. {excerpt(owner[i])} (id {i}): the merges file is "
                                  "truncated, reordered or belongs to another vocabulary")
     return tokens, merges, specials
 
@@ -222,7 +232,7 @@ def _unreachable(tokens: list[bytes], merges: list[tuple[int, int]], ordinary: d
 def read_dir(path: pathlib.Path) -> Vocabulary:
     """``(tokens, merges, special_tokens)`` from a tokenizer directory of either layout."""
     for vocab, merges in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
-        if (path / vocab).is_file() and (path / merges).is_file():
+        if (path / vocab).exists() and (path / merges).exists():     # a special file is refused by the reader
             return read_vocab_merges(path / vocab, path / merges, special_names(path))
     raise FileNotFoundError(f"{path} holds neither vocab.json + merges.txt nor encoder.json + vocab.bpe")
 
@@ -277,16 +287,16 @@ def special_names(path: pathlib.Path) -> tuple[str, ...]:
         if isinstance(value, dict):
             content = value.get("content")
             if not isinstance(content, str):
-                raise TokenizerFileError(f"{file}: {key} is an object without a string 'content': {value!r:.80}")
+                raise TokenizerFileError(f"{file}: {key} is an object without a string 'content': {excerpt(value)}")
             return content
         if value is None or isinstance(value, (bool, int, float)):
             return None
         raise TokenizerFileError(f"{file}: {key} must be a token (a string or an object with 'content'), "
-                                 f"got {value!r:.80}")
+                                 f"got {excerpt(value)}")
 
     for name in ("special_tokens_map.json", "tokenizer_config.json", "added_tokens.json"):
         file = path / name
-        if not file.is_file():
+        if not file.exists():         # a link to a device or a FIFO is refused by read_json, not skipped
             continue
         data = read_json(file)
         if not isinstance(data, dict):
@@ -294,7 +304,7 @@ def special_names(path: pathlib.Path) -> tuple[str, ...]:
         if name == "added_tokens.json":
             for text, i in data.items():
                 if not fileio.is_int(i) or i < 0:
-                    raise TokenizerFileError(f"{file}: token {text!r:.80} has id {i!r:.40}, not an integer >= 0")
+                    raise TokenizerFileError(f"{file}: token {excerpt(text)} has id {excerpt(i)}, not an integer >= 0")
                 names.append(text)
             continue
         for key, value in data.items():
@@ -302,7 +312,7 @@ def special_names(path: pathlib.Path) -> tuple[str, ...]:
                 if value is None:
                     continue
                 if not isinstance(value, list):
-                    raise TokenizerFileError(f"{file}: additional_special_tokens must be a list, got {value!r:.80}")
+                    raise TokenizerFileError(f"{file}: additional_special_tokens must be a list, got {excerpt(value)}")
                 names += [t for t in (name_in(v, file, key) for v in value) if t is not None]
             elif key.endswith("_token"):
                 text = name_in(value, file, key)
@@ -313,11 +323,11 @@ def special_names(path: pathlib.Path) -> tuple[str, ...]:
             continue
         if not isinstance(decoder, dict):
             raise TokenizerFileError(f"{file}: added_tokens_decoder must be an object of id -> token, "
-                                     f"got {decoder!r:.80}")
+                                     f"got {excerpt(decoder)}")
         for i, value in decoder.items():
             if not isinstance(value, dict):
-                raise TokenizerFileError(f"{file}: added_tokens_decoder[{i!r:.40}] must be an object, got {value!r:.80}")
-            text = name_in(value, file, f"added_tokens_decoder[{i!r:.40}]")
+                raise TokenizerFileError(f"{file}: added_tokens_decoder[{excerpt(i)}] must be an object, got {excerpt(value)}")
+            text = name_in(value, file, f"added_tokens_decoder[{excerpt(i)}]")
             if value.get("special") is True:
                 names.append(text)
     return tuple(names)
