@@ -62,6 +62,9 @@ __all__ = ["TrainConfig", "Trainer", "train", "TrainingDiverged", "find_checkpoi
            "CHECKPOINT_DIR", "DEFAULT_PEAK_FLOPS"]
 
 CURVE_SECONDS = 30.0       # the loss-curve picture is redrawn at most this often
+# A validation loss beyond this is divergence: exp(loss), the perplexity, overflows a float64 (log of
+# its largest value, 709.78); a uniform guess over GPT-2's 50,257 tokens scores 10.8.
+MAX_VAL_LOSS = math.log(sys.float_info.max)
 _MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
 
 
@@ -398,6 +401,25 @@ class Trainer:
         self.model.train()
         return self.world.sum_floats([total])[0] / c.eval_iters
 
+    def validate(self) -> float:
+        """``evaluate()``, with a loss no model that is learning reaches treated as divergence.
+
+        A non-finite loss, or one beyond ``MAX_VAL_LOSS`` (where the perplexity ``exp(loss)``
+        overflows a float; a uniform guess over a vocabulary of 50,257 scores 10.8), raises
+        ``TrainingDiverged`` naming the last good checkpoint, as a non-finite training loss does.
+        """
+        val = self.evaluate()
+        if not math.isfinite(val) or val > MAX_VAL_LOSS:
+            raise self._diverged(f"training diverged at step {self.step}: validation loss {val:.6g}")
+        return val
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        last = rundir.find_checkpoint(self.run_dir)
+        where = (f"the last good checkpoint is {last} (step {rundir.read_state(last)['step']})"
+                 if last is not None else "no checkpoint was written yet")
+        return TrainingDiverged(f"{what}; {where}. Lower the learning rate (--lr) or increase the warmup "
+                                "(--warmup-steps) and resume.")
+
     def train_step(self) -> tuple[float, float, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm, lr).
 
@@ -415,11 +437,7 @@ class Trainer:
                                            step=self.step + 1, scaler=self.scaler, world=self.world,
                                            shard=self.shard)
         except TrainingDiverged as exc:
-            last = rundir.find_checkpoint(self.run_dir)
-            where = (f"the last good checkpoint is {last} (step {rundir.read_state(last)['step']})"
-                     if last is not None else "no checkpoint was written yet")
-            raise TrainingDiverged(f"{exc} and {where}. Lower the learning rate "
-                                   "(--lr) or increase the warmup (--warmup-steps) and resume.") from None
+            raise self._diverged(str(exc)) from None
         self.step += 1
         self.last_step_skipped = result.skipped
         return result.loss, result.grad_norm, lr
@@ -465,7 +483,7 @@ class Trainer:
                  f"block {self.model_config.block_size}; {tokens_per_step:,} tokens per step, "
                  f"{self.workers} worker(s), device {self.device}")
         if self.step == 0:
-            val = self.evaluate()
+            val = self.validate()
             self._record({"step": 0, "val_loss": val, "val_ppl": math.exp(val)})
             self.log(f"step {0:>6d}/{c.max_steps} | val loss {val:.4f} | val ppl {math.exp(val):.2f}")
         started = interval_start = time.perf_counter()
@@ -502,7 +520,7 @@ class Trainer:
                          + (f" | loss scale {self.scaler.scale:g}" if self.scaler is not None else ""))
                 interval_start, interval_steps, interval_loss = now, 0, 0.0
             if self.step % c.eval_interval == 0 or self.step == c.max_steps:
-                val = self.evaluate()
+                val = self.validate()
                 last["val_loss"] = val
                 row.update(val_loss=val, val_ppl=math.exp(val))
                 self.log(f"step {self.step:>6d}/{c.max_steps} | val loss {val:.4f} | "

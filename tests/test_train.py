@@ -152,6 +152,27 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path
     assert (tmp_path / CHECKPOINT_DIR / "model.safetensors").read_bytes() == saved
 
 
+@pytest.mark.parametrize("val_loss", [800.0, 1e308, float("inf"), float("nan")])
+def test_a_validation_loss_beyond_exp_range_is_divergence_in_train_and_at_resume(tmp_path, data_dir, val_loss,
+                                                                                  monkeypatch, capsys):
+    """A finite loss above log(float max) = 709.78 overflows the perplexity exp(loss): it stops the run as a
+    non-finite loss does, naming the step and the last good checkpoint, in a fresh run and at a resume."""
+    from npgpt.cli import main
+    from npgpt.train import MAX_VAL_LOSS, Trainer
+
+    assert 709 < MAX_VAL_LOSS < 710 and math.isfinite(math.exp(MAX_VAL_LOSS))
+    config = TrainConfig(out_dir=str(tmp_path / "run"), data_dir=str(data_dir), max_steps=6, eval_interval=2, **TINY)
+    train(config, stop_at=4, log=quiet)
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: val_loss)
+    with pytest.raises(TrainingDiverged, match=r"step 6: validation loss .*last good checkpoint .*step 4"):
+        train(resume=True, out_dir=str(tmp_path / "run"), log=quiet)
+    with pytest.raises(TrainingDiverged, match=r"step 0: validation loss .*no checkpoint was written yet"):
+        train(TrainConfig(out_dir=str(tmp_path / "fresh"), data_dir=str(data_dir), max_steps=2, **TINY), log=quiet)
+    assert main(["train", "--resume", "--out", str(tmp_path / "run"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("npgpt: error: training diverged at step 6") and err.count("\n") == 1, err
+
+
 def test_the_loss_is_the_negative_mean_log_likelihood_of_the_next_tokens():
     # docs/training.md eqs. 1 and 2: L_train = -(1/N) sum_i log p(x_i | x_<i), p from the model's softmax
     model = GPT(GPTConfig(vocab_size=30, block_size=8, n_layer=1, n_head=2, n_embd=8))
