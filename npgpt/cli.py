@@ -145,7 +145,7 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
                    help="size of the vocabulary: 256 byte tokens + merges + special tokens")
     t.add_argument("--out", required=True, metavar="DIR", help="directory to save the tokenizer into")
     t.add_argument("--special-token", action="append", default=None, metavar="TOKEN",
-                   help="a special token (repeatable; default: <|endoftext|>)")
+                   help="a special token, spelled <|name|> (repeatable; default: <|endoftext|>)")
     _overwrite_flag(t)
     _debug_flag(t)
     t.set_defaults(command_parser=t)

@@ -391,3 +391,63 @@ def test_generate_command_continues_every_prompt_of_a_file(tmp_path):
     empty.write_text("\n\n")
     refused = npgpt_command("generate", "--model", "npgpt-small", "--prompts", str(empty))
     assert refused.returncode == 1 and "no prompt" in refused.stderr
+
+
+def _spy_on_generation(monkeypatch):
+    """Record the prompt ids of each call of ``generation.generate`` / ``generation.stream`` (the real ones run)."""
+    calls = []
+    for name in ("generate", "stream"):
+        real = getattr(generation, name)
+
+        def spy(model, ids, *args, _real=real, **kwargs):
+            calls.append((np.asarray(ids), np.asarray(kwargs["attention_mask"])))
+            return _real(model, ids, *args, **kwargs)
+        monkeypatch.setattr(generation, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
+def test_a_prompts_file_is_generated_in_batches_with_the_same_text(tmp_path, monkeypatch, capsys, stream):
+    """A prompts file of any length runs in batches of --batch-size (all in one batch held a 10 MB file's
+    292,428 rows at once); the text is what one batch gives, numbered over the whole file."""
+    from npgpt.cli import main
+
+    path = tmp_path / "prompts.txt"
+    path.write_text("ROMEO:\nThe whale\n\nTo be\nOnce upon\nA\n")
+    common = ["generate", "--model", "npgpt-small", "--max-new-tokens", "4", "--seed", "5", "--prompts", str(path),
+              stream]
+    calls = _spy_on_generation(monkeypatch)
+    assert main([*common, "--batch-size", "2"]) == 0
+    batched = capsys.readouterr().out
+    assert [len(ids) for ids, _ in calls] == [2, 2, 1]
+    calls.clear()
+    assert main([*common, "--batch-size", "64"]) == 0
+    assert [len(ids) for ids, _ in calls] == [5]
+    assert capsys.readouterr().out == batched
+    assert [b.split(" <==")[0] for b in batched.split("==> prompt ")[1:]] == [f"{i} of 5" for i in range(1, 6)]
+
+
+def test_prompts_are_encoded_as_prepare_encoded_the_training_text(tmp_path, monkeypatch, capsys):
+    """`npgpt prepare` turns a typed <|endoftext|> into the token and every other special token's text into
+    ordinary text; `npgpt generate` must encode a prompt the same way, or "<|sep|>" becomes an id the model
+    never saw in training."""
+    from npgpt import data
+    from npgpt.cli import main
+    from npgpt.tokenizer import ENDOFTEXT
+
+    text = "the cat sat on the mat. " * 40
+    tok = Tokenizer.train(text, 266, special_tokens=(ENDOFTEXT, "<|sep|>"), show_progress=False)
+    model_dir = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=8)).save_pretrained(
+        tmp_path / "model")
+    tok.save(model_dir)
+    prompt = "the cat<|sep|>sat<|endoftext|>on the"
+    (tmp_path / "doc.txt").write_text(prompt)
+    meta = data.prepare([tmp_path / "doc.txt"], tok, tmp_path / "data", val_fraction=0.01, progress=False, workers=1)
+    prepared = np.concatenate([np.fromfile(tmp_path / "data" / f"{s}.bin", dtype=meta["dtype"]) for s in ("train", "val")])
+    calls = _spy_on_generation(monkeypatch)
+    assert main(["generate", "--model", str(model_dir), "--max-new-tokens", "2", "--seed", "1", prompt]) == 0
+    capsys.readouterr()
+    (ids, _), = calls
+    # prepare appends <|endoftext|> after the last document; the prompt has none there
+    assert ids[0].tolist() == prepared[:-1].tolist()
+    assert tok.special_tokens["<|sep|>"] not in ids[0].tolist() and tok.special_tokens[ENDOFTEXT] in ids[0].tolist()

@@ -11,7 +11,7 @@ import random
 
 import pytest
 import regex
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import npgpt
@@ -382,6 +382,47 @@ def test_several_special_tokens_survive_a_save(tmp_path):
     tok = Tokenizer.train(corpus(3000), 300, special_tokens=(ENDOFTEXT, "<|pad|>"), show_progress=False)
     tok.save(tmp_path)
     assert Tokenizer.from_pretrained(tmp_path).special_tokens == {ENDOFTEXT: 298, "<|pad|>": 299}
+
+
+@pytest.mark.parametrize("special", ["e", "", "the", " ", "<|a b|>", "endoftext", "<|>", "<||>"])
+def test_special_tokens_spelled_as_text_are_refused(special, tmp_path, capsys):
+    """A special token replaces its text wherever it is allowed: spelled as ordinary text ("the", " ") it
+    would swallow that text, and "e" or "" saved a tokenizer its own loader refused. Only <|name|> is taken."""
+    from npgpt.cli import main
+
+    with pytest.raises(ValueError, match="is not spelled <|name|>"):
+        Tokenizer.train(corpus(300), 270, special_tokens=(ENDOFTEXT, special), show_progress=False)
+    (tmp_path / "a.txt").write_text(corpus(300))
+    assert main(["tokenizer", "train", "--input", str(tmp_path / "a.txt"), "--vocab-size", "270",
+                 "--special-token", special, "--out", str(tmp_path / "tok")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("npgpt: error: special token") and err.count("\n") == 1, err
+    assert not (tmp_path / "tok").exists()
+
+
+SPECIAL_NAMES = st.from_regex(r"<\|\S{1,6}\|>", fullmatch=True)
+
+
+@pytest.mark.filterwarnings("ignore:training stopped")
+@settings(max_examples=60, deadline=None)
+@given(texts=st.lists(st.text(max_size=40) | st.sampled_from(WORDS), min_size=1, max_size=12),
+       specials=st.lists(SPECIAL_NAMES, max_size=3), extra=st.integers(0, 40))
+def test_whatever_train_accepts_save_and_load_give_back(tmp_path_factory, texts, specials, extra):
+    """Round trip (docs/tokenizer.md, "Special tokens"): for any texts and any special tokens train
+    accepts, from_pretrained(save(tok)) == tok, and it encodes text with specials in it alike."""
+    texts = [t + (specials[0] if specials else "") + t for t in texts]       # special texts inside the corpus too
+    try:
+        tok = Tokenizer.train(texts, 256 + len(set(specials)) + extra, special_tokens=specials, min_frequency=1,
+                              show_progress=False)
+    except ValueError as exc:          # only: nothing to count once the specials are cut out
+        assert "no text to train on" in str(exc)
+        return
+    directory = tmp_path_factory.mktemp("tok")
+    tok.save(directory)
+    loaded = Tokenizer.from_pretrained(directory)
+    assert loaded == tok
+    sample = "".join(texts)
+    assert loaded.encode(sample, allowed_special="all") == tok.encode(sample, allowed_special="all")
 
 
 def test_hugging_face_loaders_encode_identically(small, tmp_path):

@@ -24,6 +24,9 @@ import regex
 #                               previous rule gave up (e.g. a newline before a word)
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENDOFTEXT = "<|endoftext|>"
+# How a special token is spelled: <|name|>, no whitespace. Such a marker is not text anyone writes by
+# chance, so recognising it never swallows ordinary text ("the", " "); GPT-2's files spell theirs so.
+SPECIAL_SHAPE = regex.compile(r"<\|\S+\|>")
 GPT2_ENDOFTEXT_ID = 50256          # its id in GPT-2's 50,257-token vocabulary: the last one
 _REFERENCE_PRETOKENIZE = regex.compile(GPT2_PATTERN)
 # The same pattern, factored so that `regex` runs it ~10% faster (tests check they agree). The

@@ -15,16 +15,14 @@ import base64
 import json
 import os
 import pathlib
-import re
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Optional
 
 from npgpt import fileio
 from npgpt.fileio import excerpt
-from npgpt.tokenizer.bpe import ENDOFTEXT, Vocabulary, bpe, token_bytes, token_text
+from npgpt.tokenizer.bpe import ENDOFTEXT, SPECIAL_SHAPE, Vocabulary, bpe, token_bytes, token_text
 
 FORMAT_VERSION = 1          # written to tokenizer_config.json as "npgpt_tokenizer_format"
-_SPECIAL_SHAPE = re.compile(r"<\|[^\s]+\|>")     # <|endoftext|>: how special tokens are spelled in GPT-2's files
 
 
 class TokenizerFileError(ValueError):
@@ -190,7 +188,7 @@ def read_vocab_merges(vocab_path: str | os.PathLike, merges_path: str | os.PathL
         merges.append((a, b))
     made = {tokens[a] + tokens[b] for a, b in merges}
     for text, i in vocab.items():
-        if len(tokens[i]) > 1 and tokens[i] not in made and i not in specials.values() and _SPECIAL_SHAPE.fullmatch(text):
+        if len(tokens[i]) > 1 and tokens[i] not in made and i not in specials.values() and SPECIAL_SHAPE.fullmatch(text):
             del ordinary[tokens[i]]
             tokens[i], specials[text] = text.encode("utf-8"), i
     unreachable = _unreachable(tokens, merges, ordinary)

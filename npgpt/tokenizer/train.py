@@ -14,7 +14,29 @@ from collections.abc import Iterable
 import regex
 
 from npgpt.progress import Progress
-from npgpt.tokenizer.bpe import ENDOFTEXT, Vocabulary, pretokenize
+from npgpt.tokenizer.bpe import ENDOFTEXT, SPECIAL_SHAPE, Vocabulary, pretokenize
+
+
+def check_special_tokens(special_tokens: Iterable[str]) -> list[str]:
+    """The special tokens to train with, each once, in order; each must be spelled ``<|name|>``
+    (``bpe.SPECIAL_SHAPE``: no whitespace), else a ``ValueError`` naming it.
+
+    A special token replaces its text wherever it is allowed (``npgpt generate`` allows
+    ``<|endoftext|>`` in prompts). Spelled as ordinary text ("the", " ", "e") it would turn that
+    text into an id the training data never held, and "e" or "" cannot even be saved: vocab.json
+    would spell two tokens alike. The marker form rules both out, so whatever ``train`` accepts,
+    ``save`` writes and ``from_pretrained`` reads back unchanged.
+    """
+    tokens = []
+    for s in special_tokens:
+        if not isinstance(s, str):
+            raise TypeError(f"a special token must be a str, got {type(s).__name__}")
+        if not SPECIAL_SHAPE.fullmatch(s):
+            raise ValueError(f"special token {s!r:.60} is not spelled <|name|> (a name without whitespace between "
+                             "'<|' and '|>', like <|endoftext|>): a special token spelled as ordinary text would "
+                             "replace that text wherever it is allowed")
+        tokens.append(s)
+    return list(dict.fromkeys(tokens))
 
 
 def train_bpe(texts: str | Iterable[str], vocab_size: int, *, special_tokens: Iterable[str] = (ENDOFTEXT,),
@@ -39,10 +61,11 @@ def train_bpe(texts: str | Iterable[str], vocab_size: int, *, special_tokens: It
     ``len(tokenizer)`` / ``tokenizer.vocab_size`` report its real size.
 
     Raises:
-        ValueError: ``vocab_size`` leaves no room for the bytes and special tokens, or the texts
-            hold no text at all (empty, or only special tokens).
+        ValueError: ``vocab_size`` leaves no room for the bytes and special tokens, the texts
+            hold no text at all (empty, or only special tokens), or a special token is not
+            spelled ``<|name|>`` (``check_special_tokens``).
     """
-    special_tokens = list(dict.fromkeys(special_tokens))
+    special_tokens = check_special_tokens(special_tokens)
     if vocab_size < 256 + len(special_tokens):
         raise ValueError(f"vocab_size={vocab_size} is below the 256 byte tokens plus "
                          f"{len(special_tokens)} special tokens")
