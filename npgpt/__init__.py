@@ -38,6 +38,7 @@ _EXPORTS = {
     "GPTClassifier": ("npgpt.classifier", "GPTClassifier"),
     "Tokenizer": ("npgpt.tokenizer", "Tokenizer"),
     "StreamDecoder": ("npgpt.tokenizer", "StreamDecoder"),
+    "ChatSession": ("npgpt.apps.chat", "ChatSession"),
 }
 
 __all__ = list(_EXPORTS)
@@ -61,6 +62,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:       # for type checkers and IDEs: the names as if imported eagerly
     from npgpt import functional, nn
     from npgpt import functional as F
+    from npgpt.apps.chat import ChatSession
     from npgpt.autograd import Tensor, concat, grad, is_grad_enabled, no_grad, split, stack, tensor, where
     from npgpt.backend import cuda_available
     from npgpt.classifier import GPTClassifier

@@ -305,6 +305,29 @@ def _add_sft(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(command_parser=p)
 
 
+def _add_chat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="talk to a chat model (one fine-tuned with npgpt sft)",
+                       description="Talk to MODEL, a model whose tokenizer has a chat template (npgpt sft writes "
+                                   "one). Type a message and press Enter; the answer is printed as it is generated. "
+                                   "/reset forgets the conversation, /exit (or Ctrl-D) ends it; Ctrl-C stops the "
+                                   "answer in progress and keeps the session. When the conversation outgrows the "
+                                   "model's context, the oldest turns are dropped (never the system prompt), with "
+                                   "a notice. --message TEXT answers once and exits.")
+    p.add_argument("model", metavar="MODEL", help="model directory (e.g. RUN_DIR/checkpoint), shipped name or Hub id")
+    p.add_argument("--system", default=None, metavar="TEXT", help="system prompt, kept for the whole session")
+    p.add_argument("--message", default=None, metavar="TEXT", help="answer this one message, print it and exit")
+    p.add_argument("--max-new-tokens", type=POSITIVE_INT, default=200, help="most tokens per answer (default 200)")
+    p.add_argument("--temperature", type=NON_NEGATIVE_FLOAT, default=0.7,
+                   help="sampling temperature; 0 = greedy (default 0.7)")
+    p.add_argument("--top-k", type=POSITIVE_INT, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=FRACTION, default=None,
+                   help="sample from the smallest set of tokens with probability >= p")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=None, help="seed of the sampler (same seed, same session)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    _debug_flag(p)
+    p.set_defaults(command_parser=p)
+
+
 def _add_lora(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lora", help="LoRA adapters: fold one into its base model (docs/agent.md)",
                        description="Work with LoRA adapters saved in PEFT's format (adapter_config.json + "
@@ -338,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_finetune(sub)
     _add_sft(sub)
+    _add_chat(sub)
     _add_lora(sub)
     _add_plot(sub)
     return parser
@@ -618,6 +642,50 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    from npgpt.apps.chat import ChatSession
+
+    notice = lambda line: print(line, file=sys.stderr, flush=True)       # noqa: E731
+    session = ChatSession.from_pretrained(args.model, device=_check_device(args.device), system=args.system,
+                                          max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                          top_k=args.top_k, top_p=args.top_p, seed=args.seed, on_notice=notice)
+    if args.message is not None:
+        _print_answer(session, args.message)
+        return 0
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {args.model}: /reset forgets, /exit ends, Ctrl-C stops an answer", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            return 0
+        except KeyboardInterrupt:          # Ctrl-C at the prompt: a fresh line, the session goes on
+            print(file=sys.stderr)
+            continue
+        text = line.strip()
+        if text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            session.reset()
+            print("(conversation forgotten)", file=sys.stderr)
+            continue
+        if not text:
+            continue
+        try:
+            _print_answer(session, line)
+        except KeyboardInterrupt:          # the answer so far stays in the history
+            print("\n(stopped)", file=sys.stderr, flush=True)
+        except ValueError as exc:          # a message too long for the context: say so, and go on
+            print(f"npgpt: {exc}", file=sys.stderr, flush=True)
+
+
+def _print_answer(session: Any, message: str) -> None:
+    for piece in session.stream(message):
+        print(piece, end="", flush=True)
+    print(flush=True)
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     """``npgpt finetune``; under mpiexec every rank trains and rank 0 alone prints and writes."""
     import contextlib
@@ -786,7 +854,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:          # --help, --version or a usage error: argparse has printed it
         return int(exc.code or 0)
     handlers = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "finetune": cmd_finetune,
-                "sft": cmd_sft, "lora": cmd_lora, "plot": cmd_plot}
+                "sft": cmd_sft, "chat": cmd_chat, "lora": cmd_lora, "plot": cmd_plot}
     handler = cmd_tokenizer_train if args.command == "tokenizer" else handlers[args.command]
     from npgpt.train import TrainingDiverged
 
