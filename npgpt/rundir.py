@@ -33,16 +33,10 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Optional
-
-try:
-    import fcntl
-except ImportError:          # not POSIX (Windows): runs are not locked
-    fcntl = None
 
 import numpy as np
 
@@ -59,84 +53,38 @@ __all__ = ["CHECKPOINT_DIR", "STATE_NAME", "OPTIMIZER_NAME", "LOCK_NAME", "RunDi
 CHECKPOINT_DIR = "checkpoint"
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
-LOCK_NAME = ".lock"
+LOCK_NAME = fileio.LOCK_NAME
 LOGS = (("log.jsonl", 0), ("loss.csv", 1))      # the run's logs and their header lines
 
 
 # -------------------------------------------------------------------- lock
-class RunDirectoryLocked(OSError):
-    """Another process is writing to the run directory (the message names it: pid, host, start time)."""
-
-
-def _holder(path: pathlib.Path) -> str:
-    """Who holds the lock, from what the holder wrote into the lock file."""
-    try:
-        info = json.loads(fileio.read_bytes(path, "lock file", limit=4096))
-        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "a process that has not yet written its name into the lock file"
+RunDirectoryLocked = fileio.DirectoryLocked      # another process writes to the run directory
 
 
 @contextlib.contextmanager
 def lock(run_dir: os.PathLike | str, enabled: bool = True) -> Iterator[pathlib.Path]:
     """Hold the run directory for writing: ``with rundir.lock(run_dir): ...``.
 
-    Creates the directory, takes an exclusive ``flock`` on ``RUN_DIR/.lock``
-    (released on exit, and by the kernel when the process dies, even by
-    SIGKILL) and records the holder in it; a clean exit deletes the file. A directory another process holds
-    raises :class:`RunDirectoryLocked` naming that process, at once. Also
-    refuses a run directory whose ``checkpoint`` is not a directory (a file
-    there is the user's, never deleted to make room). ``enabled=False`` does
-    nothing (for a process that does not write, such as an MPI rank other than 0).
+    ``npgpt.fileio.hold``: creates the directory, takes an exclusive
+    ``flock`` on ``RUN_DIR/.lock`` (released on exit, and by the kernel when
+    the process dies, even by SIGKILL) and records the holder in it; a clean
+    exit deletes the file. A directory another process holds (a trainer,
+    ``prepare``, ``finetune`` ...) raises :class:`RunDirectoryLocked` naming
+    that process, at once. Also refuses a run directory whose ``checkpoint``
+    is not a directory (a file there is the user's, never deleted to make
+    room). ``enabled=False`` does nothing (for a process that does not write,
+    such as an MPI rank other than 0).
     """
     run_dir = pathlib.Path(run_dir)
     if not enabled:
         yield run_dir / LOCK_NAME
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_NAME
-    fd = _acquire(path, run_dir)
-    try:
-        holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+    with fileio.hold(run_dir, "training run") as path:
         target = run_dir / CHECKPOINT_DIR
         if target.exists() and not target.is_dir():
             raise NotADirectoryError(f"{target} exists and is not a directory; npgpt keeps its checkpoint "
                                      "there: move the file away, or choose another --out")
         yield path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)                   # while still held: a finished run leaves no lock file behind
-        os.close(fd)                          # releases the flock
-
-
-def _acquire(path: pathlib.Path, run_dir: pathlib.Path) -> int:
-    """A descriptor of the lock file ``path``, exclusively flock'ed; refused at once if another process holds it.
-
-    The holder deletes the file when it lets go, so a lock taken on a file that is no
-    longer at ``path`` (deleted between our open and our flock) is let go and taken again.
-    """
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is None:
-            return fd
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunDirectoryLocked(f"{run_dir} is in use by another training run ({_holder(path)}); wait "
-                                     "for it to end, or choose another --out") from None
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            if os.path.samestat(os.fstat(fd), os.stat(path)):
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
 
 
 def read_state(checkpoint: pathlib.Path) -> dict:
@@ -180,6 +128,7 @@ def remove_stale(run_dir: os.PathLike | str) -> None:
     """
     for stale in fileio.stale_staging(pathlib.Path(run_dir) / CHECKPOINT_DIR):
         shutil.rmtree(stale, ignore_errors=True)
+    fileio.remove_abandoned(run_dir)          # temporary files of dead writers (logs, the curve)
 
 
 def _row_step(line: str, csv_row: bool) -> Optional[int]:
@@ -234,7 +183,8 @@ def save_optimizer(optimizer: Optimizer | dict[str, Any], path: pathlib.Path) ->
     meta = {"type": sd["type"], "step_count": sd["step_count"], "param_groups": sd["param_groups"], "steps": steps}
     if not tensors:    # safetensors cannot write an empty file; an optimizer before its first step
         tensors["__empty__"] = np.zeros(0, np.float32)
-    save_file(tensors, str(path), metadata={"npgpt_optimizer": json.dumps(meta)})
+    with fileio.naming(path):
+        save_file(tensors, str(path), metadata={"npgpt_optimizer": json.dumps(meta)})
 
 
 def load_optimizer(optimizer: Optimizer, path: pathlib.Path) -> None:
@@ -318,11 +268,12 @@ def write_checkpoint(run_dir: os.PathLike | str, write_files: Callable[[pathlib.
     staging_parent = fileio.staging_directory(target)
     staging = staging_parent / CHECKPOINT_DIR
     try:
-        write_files(staging)
+        with fileio.naming(staging):        # a full disk names the file (the innermost naming wins)
+            write_files(staging)
         _test_pause(state.get("step"))
         state = {**state, "files": sorted(p.name for p in staging.iterdir()),
                  "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        with open(staging / STATE_NAME, "w") as f:        # written last: marks the checkpoint complete
+        with fileio.naming(staging / STATE_NAME), open(staging / STATE_NAME, "w") as f:   # last: marks it complete
             json.dump(state, f, indent=2, default=_json_default)
             f.write("\n")
         fileio.replace_directory(staging, target)
