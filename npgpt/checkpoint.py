@@ -36,7 +36,6 @@ import json
 import math
 import os
 import pathlib
-import shutil
 import struct
 from typing import Any
 
@@ -159,30 +158,39 @@ def _write_tensors(tensors, path):
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 
-def write_checkpoint(directory, config, tensors):
-    """Write ``config`` (a dict) and ``tensors`` ({name: array}) to ``directory`` atomically.
+def write_checkpoint(directory, config, tensors, write_extra=None):
+    """Write ``config`` (a dict) and ``tensors`` ({name: array}) to ``directory``: complete or refused.
 
     Shared by ``save_pretrained`` and ``npgpt.classifier`` (whose config and
-    tensor names are those of ``GPT2ForSequenceClassification``).
+    tensor names are those of ``GPT2ForSequenceClassification``);
+    ``write_extra(staging)``, if given, writes more files of the same version
+    (the tokenizer's). Only these files are replaced: anything else in
+    ``directory`` (a run's ``checkpoint/``, the user's folders, a trainer's
+    ``.lock``) stays as it was.
+
+    Every file is first written in a private directory inside ``directory``
+    (``fileio.private_directory``), so a full disk or a kill there leaves the
+    previous version whole. Then ``fileio.publish`` renames them into place,
+    ``config.json`` last (it is what makes a directory a model): when the new
+    version differs from the old one in anything but its weights, the old
+    ``config.json`` is removed first, so that a kill between two renames
+    leaves a directory that is refused ("no config.json"), never one whose
+    files come from two versions. A save that changes only the weights
+    (fine-tuning's repeated saves) is one rename: atomic.
     """
     directory = pathlib.Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"save_pretrained: {directory} exists and is not a directory")
-    staging = fileio.staging_directory(directory)
-    try:
-        with open(staging / CONFIG_NAME, "w") as f:
+    directory.mkdir(parents=True, exist_ok=True)
+    with fileio.private_directory(directory, ".saving.") as staging:
+        with fileio.naming(staging / CONFIG_NAME), open(staging / CONFIG_NAME, "w") as f:
             json.dump(config, f, indent=2, sort_keys=True)
             f.write("\n")
-        _write_tensors(tensors, staging / WEIGHTS_NAME)
-        if directory.exists():       # keep the files we do not own (tokenizer files ...)
-            for item in directory.iterdir():
-                if item.name not in (CONFIG_NAME, WEIGHTS_NAME) and item.is_file():
-                    shutil.copy2(item, staging / item.name)
-        fileio.replace_directory(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with fileio.naming(staging / WEIGHTS_NAME):
+            _write_tensors(tensors, staging / WEIGHTS_NAME)
+        if write_extra is not None:
+            write_extra(staging)
+        fileio.publish(staging, directory, last=CONFIG_NAME, alone=WEIGHTS_NAME)
     return directory
 
 

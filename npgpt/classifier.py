@@ -219,12 +219,13 @@ class GPTClassifier(nn.Module):
     def save_pretrained(self, directory: str | pathlib.Path, tokenizer: Any = None) -> pathlib.Path:
         """Write ``config.json`` + ``model.safetensors`` (and the tokenizer's files, if given).
 
-        Written atomically: the files appear complete or not at all.
+        Complete or refused (``npgpt.checkpoint.write_checkpoint``): a kill or a full disk
+        leaves the previous version or a directory that is refused, never a mixture; files
+        other than these in ``directory`` are left alone.
         """
         directory = pathlib.Path(directory)
-        checkpoint.write_checkpoint(directory, self.hf_config(), self.hf_state_dict())
-        if tokenizer is not None:
-            tokenizer.save(directory)
+        checkpoint.write_checkpoint(directory, self.hf_config(), self.hf_state_dict(),
+                                    write_extra=None if tokenizer is None else tokenizer.save)
         return directory
 
     @classmethod

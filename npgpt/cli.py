@@ -22,6 +22,7 @@ traceback; ``--debug`` or ``NPGPT_DEBUG=1`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -29,7 +30,7 @@ import os
 import pathlib
 import sys
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 if TYPE_CHECKING:
@@ -385,25 +386,48 @@ def _check_device(device: str) -> str:
 
 
 def _refuse_non_empty(directory: str, overwrite: bool, what: str) -> None:
-    """``--out`` must be a new or empty directory, unless ``--overwrite``."""
+    """``--out`` must be a new or empty directory (its lock file aside), unless ``--overwrite``."""
+    from npgpt import fileio
+
     path = pathlib.Path(directory)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{what} {path} exists and is not a directory")
-    if not overwrite and path.is_dir() and any(path.iterdir()):
+    if not overwrite and path.is_dir() and any(p.name != fileio.LOCK_NAME for p in path.iterdir()):
         raise FileExistsError(f"{what} {path} is not empty: choose another --out, or pass --overwrite")
+
+
+@contextlib.contextmanager
+def _sole_writer(directory: str, overwrite: bool, what: str, command: str, enabled: bool = True) -> Iterator[None]:
+    """Write ``--out`` as its one writer: locked (``fileio.hold``; a holder is refused at once, named),
+    cleared of dead writers' temporary files, and new or empty unless ``--overwrite``.
+
+    ``enabled=False`` (an MPI rank other than 0, which writes nothing) does none of it.
+    """
+    from npgpt import fileio
+
+    if not enabled:
+        yield
+        return
+    path = pathlib.Path(directory)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{what} {path} exists and is not a directory")
+    with fileio.hold(path, command):
+        fileio.remove_abandoned(path)
+        _refuse_non_empty(directory, overwrite, what)
+        yield
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from npgpt import fileio
     from npgpt.tokenizer import ENDOFTEXT, Tokenizer
 
-    _refuse_non_empty(args.out, args.overwrite, "tokenizer directory")
-    texts = [fileio.read_utf8(name, "input file") for name in args.input]
-    if not any(texts):
-        raise ValueError(f"the input files ({', '.join(args.input)}) are empty: there is nothing to learn from")
-    special = tuple(args.special_token) if args.special_token else (ENDOFTEXT,)
-    tokenizer = Tokenizer.train(texts, args.vocab_size, special_tokens=special)
-    tokenizer.save(args.out)
+    with _sole_writer(args.out, args.overwrite, "tokenizer directory", "npgpt tokenizer train"):
+        texts = [fileio.read_utf8(name, "input file") for name in args.input]
+        if not any(texts):
+            raise ValueError(f"the input files ({', '.join(args.input)}) are empty: there is nothing to learn from")
+        special = tuple(args.special_token) if args.special_token else (ENDOFTEXT,)
+        tokenizer = Tokenizer.train(texts, args.vocab_size, special_tokens=special)
+        tokenizer.save(args.out)
     size = tokenizer.vocab_size
     note = "" if size == args.vocab_size else (f" (the text has too few distinct byte pairs for "
                                                 f"{args.vocab_size:,})")
@@ -414,9 +438,9 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from npgpt.data import prepare
 
-    _refuse_non_empty(args.out, args.overwrite, "data directory")
-    meta = prepare(args.input, _load_tokenizer(args.tokenizer), args.out, val_fraction=args.val_fraction,
-                   progress=not args.quiet, workers=args.workers)
+    with _sole_writer(args.out, args.overwrite, "data directory", "npgpt prepare"):
+        meta = prepare(args.input, _load_tokenizer(args.tokenizer), args.out, val_fraction=args.val_fraction,
+                       progress=not args.quiet, workers=args.workers)
     print(f"wrote {args.out}: {meta['train_tokens']:,} training and {meta['val_tokens']:,} validation tokens "
           f"({meta['dtype']}, vocabulary {meta['vocab_size']:,})")
     return 0
@@ -701,15 +725,22 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from npgpt import distributed, labelled
+    from npgpt import distributed
+
+    # Rank 0 alone writes (the others would see its files appear and its lock held).
+    with _sole_writer(args.out, args.overwrite, "output directory", "npgpt finetune",
+                      enabled=distributed.world().is_main):
+        return _finetune_holding(args)
+
+
+def _finetune_holding(args: argparse.Namespace) -> int:
+    from npgpt import distributed, fileio, labelled
     from npgpt import finetune as ft
     from npgpt.classifier import GPTClassifier
     from npgpt.finetune import FinetuneConfig
     from npgpt.metrics import format_metrics
     from npgpt.tokenizer import Tokenizer
 
-    if distributed.world().is_main:          # the others would see rank 0's files appear
-        _refuse_non_empty(args.out, args.overwrite, "output directory")
     config = FinetuneConfig(**settings_given(args, FinetuneConfig))
     texts, raw = labelled.read_labelled_file(args.data, args.text_column, args.label_column, fmt=args.format,
                                        header=not args.no_header)
@@ -748,9 +779,9 @@ def _finetune(args: argparse.Namespace) -> int:
     report["confusion"] = metrics["confusion"].tolist()
     if distributed.world().is_main:
         out = pathlib.Path(args.out)
-        (out / "eval_results.json").write_text(json.dumps(report, indent=2) + "\n")
+        fileio.atomic_write(out / "eval_results.json", json.dumps(report, indent=2) + "\n")
         # The curve, as npgpt train keeps it: one row per evaluation, and its picture.
-        (out / "log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in result.history))
+        fileio.atomic_write(out / "log.jsonl", "".join(json.dumps(row) + "\n" for row in result.history))
         from npgpt import plot
 
         if plot.matplotlib_available() and result.history:
@@ -789,7 +820,13 @@ def _end_the_job_if_distributed(exc: BaseException) -> None:
 
     world = distributed.world()
     if world.size > 1:
-        print(f"npgpt: error on rank {world.rank} of {world.size}: {exc}", file=sys.stderr, flush=True)
+        message = _one_line(exc) if isinstance(exc, _expected_errors()) else f"{type(exc).__name__}: {exc}"
+        print(f"npgpt: error on rank {world.rank} of {world.size}: {message}", file=sys.stderr, flush=True)
+        # MPI_Abort prints a banner of its own ("Abort(1) on node 0 ..."); the last line the user
+        # reads must be the one that says what went wrong, so this process's stderr ends here.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
         world.abort(1)
 
 

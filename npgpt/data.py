@@ -165,6 +165,8 @@ def prepare_documents(documents: Iterable[str], tokenizer: Any, out_dir: str | o
     eot = _eot_id(tokenizer)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    fileio.remove_abandoned(out_dir)                      # token files of a killed prepare
+    fileio.remove_abandoned(tempfile.gettempdir(), f"{_SHARE_PREFIX}*")   # and its workers' caches
 
     sizes = [len(d.encode("utf-8")) for d in documents]
     total_bytes = sum(sizes)
@@ -226,6 +228,9 @@ def _runs(sizes: list[int], run_bytes: int) -> list[tuple[int, int]]:
     if a < len(sizes):
         runs.append((a, len(sizes)))
     return runs
+
+
+_SHARE_PREFIX = "npgpt-prepare-"      # the workers' shared cache directory, in $TMPDIR
 
 
 # What every task of one prepare needs, set once per process (inherited by forked workers, or
@@ -312,8 +317,8 @@ def _encode_runs(documents: list[str], runs: list[tuple[int, int]], tokenizer: A
     # fork shares the documents and the tokenizer (with its warm caches) without copying them;
     # elsewhere (macOS, Windows) the default start method sends each worker a copy.
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
-    with tempfile.TemporaryDirectory(prefix="npgpt-prepare-") as share, \
-            context.Pool(workers, initializer=_start_job, initargs=(*job, share)) as pool:
+    with fileio.private_directory(tempfile.gettempdir(), _SHARE_PREFIX) as share, \
+            context.Pool(workers, initializer=_start_job, initargs=(*job, str(share))) as pool:
         yield from pool.imap(_encode_run, runs)
 
 
@@ -322,11 +327,12 @@ class _TempFile:
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, self.tmp = fileio.temporary_file(path)     # flock'ed: a later prepare knows it is not debris
         self.file = os.fdopen(fd, "w+b")
 
     def write(self, data: bytes) -> None:
-        self.file.write(data)
+        with fileio.naming(self.tmp):
+            self.file.write(data)
 
     def cut_tail(self, offset: int) -> bytes:
         """Remove and return everything after byte ``offset``."""
@@ -338,11 +344,12 @@ class _TempFile:
         return tail
 
     def commit(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
+        with fileio.naming(self.tmp):
+            self.file.flush()
+            os.fsync(self.file.fileno())
         os.chmod(self.tmp, 0o644)      # mkstemp makes files private; these are for sharing
         os.replace(self.tmp, self.path)
+        self.file.close()              # after the rename: the flock guards the file until it has its name
 
     def discard(self) -> None:
         """Close and delete the temporary file, unless ``commit`` has renamed it."""

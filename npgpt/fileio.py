@@ -104,14 +104,16 @@ def temporary_file(path: str | os.PathLike) -> tuple[int, str]:
 
 
 # ".NAME.PID-XXXXXXXX.tmp" (temporary_file), ".PREFIX.PID-XXXXXXXX" and "npgpt-PREFIX-PID-XXXXXXXX"
-# (private_directory); XXXXXXXX is tempfile's random part.
-_TAGGED = re.compile(r"^(?:\..+\.|npgpt-[a-z]+-)(\d+)-[A-Za-z0-9_]{8}(?:\.tmp)?$")
+# (private_directory), ".NAME.saving-PID-XXXXXXXX" (staging_directory); XXXXXXXX is tempfile's random part.
+_RANDOM = "[A-Za-z0-9_]{8}"
+_TAGGED = re.compile(rf"^(?:\..+\.(\d+)-{_RANDOM}\.tmp|\.saving\.(\d+)-{_RANDOM}|\..+\.saving-(\d+)-{_RANDOM}"
+                     rf"|npgpt-[a-z]+-(\d+)-{_RANDOM})$")
 
 
 def _writer_pid(name: str) -> Optional[int]:
     """The pid in a name made by :func:`temporary_file` or :func:`private_directory`, or None."""
     match = _TAGGED.match(name)
-    return int(match.group(1)) if match else None
+    return int(next(g for g in match.groups() if g is not None)) if match else None
 
 
 def abandoned(path: str | os.PathLike) -> bool:
@@ -383,11 +385,12 @@ def _test_pause_holding(directory: pathlib.Path) -> None:
 def staging_directory(target: str | os.PathLike) -> pathlib.Path:
     """A new, empty, private directory next to ``target`` to assemble its next version in.
 
-    Named ``.<name>.saving-*``: :func:`stale_staging` finds those a killed
-    writer left behind (they are never complete, and are never read).
+    Named ``.<name>.saving-<pid>-*``: :func:`stale_staging` finds those a
+    killed writer left behind (they are never complete, and are never read),
+    and :func:`remove_abandoned` deletes those whose writer's pid is gone.
     """
     target = pathlib.Path(target)
-    return pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+    return pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-{os.getpid()}-", dir=target.parent))
 
 
 def stale_staging(target: str | os.PathLike) -> list[pathlib.Path]:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import numpy as np
 
-from npgpt import distributed, engine, optim, settings
+from npgpt import distributed, engine, fileio, optim, settings
 from npgpt.finetuning import lora
 from npgpt.interrupt import GracefulStop
 from npgpt.labelled import pad_batch
@@ -252,12 +253,30 @@ class FinetuneResult:
                 f"best_val_loss={self.best_loss:.4f}, stopped_early={self.stopped_early})")
 
 
-def _save(classifier: GPTClassifier, out_dir: str | os.PathLike, tokenizer: Any, base_model: Optional[str]) -> None:
-    """The classifier (adapters merged in, if it has any) and, with LoRA, its adapter in ``out_dir/adapter``."""
-    with lora.merged_view(classifier):
-        classifier.save_pretrained(out_dir, tokenizer=tokenizer)
-    if lora.adapters(classifier):      # after the classifier: saving it replaces the whole directory
-        lora.save_adapter(classifier, os.path.join(out_dir, "adapter"), base_model=base_model)
+def _save(classifier: GPTClassifier, out_dir: str | os.PathLike, tokenizer: Any, base_model: Optional[str],
+          saved_step: Optional[int]) -> None:
+    """The classifier (adapters merged in, if it has any) and, with LoRA, its adapter in ``out_dir/adapter``.
+
+    A failed save leaves the directory as it was (``npgpt.checkpoint.write_checkpoint``): the
+    classifier this run saved at ``saved_step``, the one that was there before, or none; a full
+    disk or a file-size limit is an ``OSError`` naming the file and which of those is intact.
+    """
+    try:
+        with lora.merged_view(classifier):
+            classifier.save_pretrained(out_dir, tokenizer=tokenizer)
+        if lora.adapters(classifier):
+            lora.save_adapter(classifier, os.path.join(out_dir, "adapter"), base_model=base_model)
+    except Exception as exc:
+        if not fileio.disk_full(exc):
+            raise
+        if saved_step is not None:
+            intact = f"the classifier of step {saved_step} in {out_dir} is intact"
+        elif (pathlib.Path(out_dir) / "config.json").is_file():
+            intact = f"the classifier that was in {out_dir} before is intact"
+        else:
+            intact = f"{out_dir} holds no classifier yet"
+        code = fileio.errno_of(exc)
+        raise OSError(code, f"{os.strerror(code)}; {intact}", getattr(exc, "filename", None) or str(out_dir)) from exc
 
 
 def _optimizer(classifier: GPTClassifier, cfg: FinetuneConfig) -> optim.AdamW:
@@ -339,6 +358,7 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
 
     result = FinetuneResult()
     best = None
+    saved_step = None          # the step of the classifier this run last wrote into out_dir
     bad_evaluations = 0
     running, counted = 0.0, 0
     classifier.train()
@@ -368,7 +388,8 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
                         result.best_loss, result.best_step, bad_evaluations = metrics["loss"], step, 0
                         best = {id(p): p.data.copy() for p in trainable}
                         if out_dir is not None:
-                            _save(classifier, out_dir, tokenizer, base_model)
+                            _save(classifier, out_dir, tokenizer, base_model, saved_step)
+                            saved_step = step
                     else:
                         bad_evaluations += 1
                         if bad_evaluations >= cfg.patience:
@@ -380,7 +401,7 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     if stop.requested:
         result.stopped_by = stop.signum
         if out_dir is not None and result.best_step is None:
-            _save(classifier, out_dir, tokenizer, base_model)
+            _save(classifier, out_dir, tokenizer, base_model, saved_step)
         saved = (f"; the classifier in {out_dir} is from step {result.best_step or step}"
                  if out_dir is not None else "")
         log(f"{stop.name}: stopped at step {step}{saved}")

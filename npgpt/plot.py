@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -138,14 +137,15 @@ def save_figure(fig: Any, out: str | os.PathLike) -> pathlib.Path:
 
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix or ".png", dir=out.parent)
-    os.close(fd)
+    fd, tmp = fileio.temporary_file(out)     # ".NAME.PID-XXXXXXXX.tmp", flock'ed until renamed
     try:
-        fig.savefig(tmp)
+        with fileio.naming(tmp):
+            fig.savefig(tmp, format=(out.suffix or ".png")[1:])
         os.chmod(tmp, 0o644)          # mkstemp makes it private
         os.replace(tmp, out)          # atomic: a viewer never sees half a picture
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        os.close(fd)
         plt.close(fig)
     return out

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any, NoReturn, Optional
 
-from npgpt import backend, distributed, engine, plot, rundir, settings
+from npgpt import backend, distributed, engine, fileio, plot, rundir, settings
 from npgpt.autograd import Tensor, no_grad
 from npgpt.backend import Array
 from npgpt.checkpoint import WEIGHTS_NAME, CheckpointError, read_tensors
@@ -460,10 +460,24 @@ class Trainer:
         with rundir.lock(self.run_dir, enabled=self.world.is_main), GracefulStop() as stop:
             if self.step > 0:            # resumed: the log rows after the checkpoint are redone
                 self._truncate_logs(self.step)
-            if self.world.size == 1:
-                return self._train(stop_at, stop)
-            with backend.blas_threads(1):       # one BLAS thread per rank: the ranks share the cores
-                return self._train(stop_at, stop)
+            try:
+                if self.world.size == 1:
+                    return self._train(stop_at, stop)
+                with backend.blas_threads(1):       # one BLAS thread per rank: the ranks share the cores
+                    return self._train(stop_at, stop)
+            except Exception as exc:
+                if fileio.disk_full(exc):
+                    raise self._disk_full(exc) from exc
+                raise
+
+    def _disk_full(self, exc: BaseException) -> OSError:
+        """A full disk or a file-size limit, naming the file and the checkpoint that is still whole."""
+        code = exc.errno if isinstance(exc, OSError) and exc.errno else fileio.errno_of(exc)
+        last = rundir.find_checkpoint(self.run_dir)
+        intact = (f"the previous checkpoint {last} (step {rundir.read_state(last)['step']}) is intact"
+                  if last is not None else f"{self.run_dir} holds no checkpoint yet")
+        filename = getattr(exc, "filename", None) or self.run_dir
+        return OSError(code, f"{os.strerror(code)}; {intact}", str(filename))
 
     def _train(self, stop_at: Optional[int], stop: GracefulStop) -> dict[str, Any]:
         c = self.config
@@ -548,11 +562,11 @@ class Trainer:
         """Append a row to log.jsonl and loss.csv (step, train loss, val loss, lr); rank 0 only."""
         if not self.world.is_main:
             return
-        with open(self.run_dir / "log.jsonl", "a") as f:
+        with fileio.naming(self.run_dir / "log.jsonl"), open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         csv_path = self.run_dir / "loss.csv"
         new = not csv_path.exists()
-        with open(csv_path, "a") as f:
+        with fileio.naming(csv_path), open(csv_path, "a") as f:
             if new:
                 f.write("step,train_loss,val_loss,lr\n")
             cells = [row["step"]] + [("" if row.get(k) is None else f"{row[k]:.6g}")

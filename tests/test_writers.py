@@ -7,7 +7,6 @@ tests check.
 """
 
 import errno
-import json
 import os
 import pathlib
 import random
@@ -20,7 +19,6 @@ import tempfile
 import textwrap
 import time
 
-import numpy as np
 import pytest
 
 from npgpt import fileio, rundir
@@ -243,7 +241,8 @@ def test_a_second_writer_of_the_same_command_is_refused_naming_the_first(
     first = _paused_command(argv, {"NPGPT_TEST_PAUSE_HOLDING": "120"}, "npgpt-test: holding")
     try:
         assert main(argv + ["--overwrite"]) == 1
-        one_line_error(capsys, f"is in use by another npgpt {command} (pid {first.pid} on ")
+        name = "tokenizer train" if command == "tokenizer" else command
+        one_line_error(capsys, f"is in use by another npgpt {name} (pid {first.pid} on ")
     finally:
         _stop(first)                                       # SIGKILL: the kernel lets go of the lock
     assert main(argv + ["--overwrite"]) == 0               # a dead holder never blocks
@@ -436,12 +435,12 @@ def test_under_mpi_the_last_line_of_a_full_disk_is_npgpts(data_dir, tmp_path):
 
 
 # ============================================ kills at random moments (CI)
-def _kill_at_random(argv, seconds, rng):
-    """Start ``python -m npgpt ARGV`` and SIGKILL it (and its workers) after a random part of ``seconds``."""
+def _kill_at_random(argv, seconds):
+    """Start ``python -m npgpt ARGV`` and SIGKILL it (and its workers) after ``seconds``, unless it ended."""
     proc = subprocess.Popen([sys.executable, "-m", "npgpt", *argv], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        proc.wait(timeout=rng.uniform(0.0, seconds))
+        proc.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -474,21 +473,33 @@ def _complete_or_refused(command, out):
         return "refused"
 
 
+# Two versions of each command's output, so that a killed overwrite has something to mix up.
+VARIANTS = {"prepare": (["--val-fraction", "0.1"], ["--val-fraction", "0.3"]),
+            "finetune": (["--seed", "0"], ["--seed", "1", "--softmax"]),
+            "tokenizer": (["--vocab-size", "300"], ["--vocab-size", "280"])}
+
+
+def _seconds(argv):
+    started = time.time()
+    assert subprocess.run([sys.executable, "-m", "npgpt", *argv], cwd=ROOT, env=ENV,
+                          capture_output=True).returncode == 0
+    return time.time() - started
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["prepare", "finetune", "tokenizer"])
 def test_kills_at_random_moments_leave_output_complete_or_refused(command, corpus, tok_dir, lm_dir, reviews,
                                                                   tmp_path, capsys):
     rng = random.Random(27)
     out = tmp_path / "out"
-    argv = command_args(command, out, corpus, tok_dir, lm_dir, reviews) + ["--overwrite"]
-    started = time.time()
-    assert subprocess.run([sys.executable, "-m", "npgpt", *argv], cwd=ROOT, env=ENV,
-                          capture_output=True).returncode == 0
-    seconds = time.time() - started
+    argvs = [command_args(command, out, corpus, tok_dir, lm_dir, reviews) + ["--overwrite", *variant]
+             for variant in VARIANTS[command]]
+    seconds = _seconds(argvs[1])
+    startup = _seconds(["--version"])                     # the kills that matter come after the imports
     outcomes = []
-    for _ in range(4):
-        _kill_at_random(argv, seconds * 1.2, rng)
-        outcomes.append(_complete_or_refused(command, out))
-    assert main(argv) == 0                                  # a killed writer never blocks the next
+    for trial in range(6):
+        status = _kill_at_random(argvs[trial % 2], startup + rng.uniform(0.0, seconds - startup))
+        outcomes.append((status, _complete_or_refused(command, out)))
+    assert main(argvs[0]) == 0, outcomes                   # a killed writer never blocks the next
     assert _complete_or_refused(command, out) == "complete" and debris(out, tmp_path) == []
     assert not (out / rundir.LOCK_NAME).exists()

@@ -386,7 +386,8 @@ class Tokenizer:
               f"and copy {datasets.cache_dir()} here, or set NPGPT_CACHE to a copy.")
 
     def save(self, directory: str | os.PathLike) -> pathlib.Path:
-        """Write Hugging Face's GPT-2 layout into ``directory`` (created if needed), each file
-        atomically: vocab.json, merges.txt (``#version: 0.2``), special_tokens_map.json,
-        tokenizer_config.json (with the ``chat_template``, if any). Returns the directory as a Path."""
+        """Write Hugging Face's GPT-2 layout into ``directory`` (created if needed): vocab.json,
+        merges.txt (``#version: 0.2``), special_tokens_map.json, tokenizer_config.json (with the
+        ``chat_template``, if any). Complete or refused: vocab.json is renamed into place last, and
+        other files there are kept (``npgpt.fileio.publish``). Returns the directory as a Path."""
         return write_hf(directory, self._tokens, self.merges, self.special_tokens, self._chat_template)

@@ -237,8 +237,8 @@ def read_dir(path: pathlib.Path) -> Vocabulary:
 
 def write_hf(directory: str | os.PathLike, tokens: Sequence[bytes], merges: Iterable[tuple[int, int]],
              special_tokens: dict[str, int], chat_template: Optional[str] = None) -> pathlib.Path:
-    """Write Hugging Face's GPT-2 layout into ``directory`` (created if needed), each file
-    atomically: vocab.json, merges.txt, special_tokens_map.json, tokenizer_config.json (which holds
+    """Write Hugging Face's GPT-2 layout into ``directory`` (created if needed), complete or
+    refused: vocab.json, merges.txt, special_tokens_map.json, tokenizer_config.json (which holds
     ``chat_template`` when there is one, where ``transformers`` looks for it)."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -263,8 +263,12 @@ def write_hf(directory: str | os.PathLike, tokens: Sequence[bytes], merges: Iter
     files = {"vocab.json": json.dumps(vocab, ensure_ascii=False), "merges.txt": merges_text,
              "special_tokens_map.json": json.dumps(special_map, indent=2),
              "tokenizer_config.json": json.dumps(config, indent=2)}
-    for name, text in files.items():
-        fileio.atomic_write(directory / name, text)
+    # Written aside, then published vocab.json last (``fileio.publish``): a kill or a full disk
+    # leaves the previous tokenizer, or a directory the loader refuses, never files of two.
+    with fileio.private_directory(directory, ".saving.") as staging:
+        for name, text in files.items():
+            fileio.atomic_write(staging / name, text)
+        fileio.publish(staging, directory, last="vocab.json")
     return directory
 
 
