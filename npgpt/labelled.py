@@ -33,7 +33,7 @@ import numpy as np
 
 from npgpt import fileio
 
-__all__ = ["read_labelled_file", "movie_reviews", "label_counts", "LabelSet", "split_indices", "pad_batch"]
+__all__ = ["read_labelled_file", "movie_reviews", "label_counts", "label_name", "LabelSet", "split_indices", "pad_batch"]
 
 
 # ----------------------------------------------------------------- data files
@@ -204,18 +204,46 @@ def movie_reviews(path: Optional[str | os.PathLike] = None) -> tuple[list[str], 
     return [t for t, _ in kept], [int(r > 0) for _, r in kept]
 
 
+# Spellings of "no value" that a spreadsheet or pandas writes into an empty cell.
+NULL_LIKE = frozenset({"nan", "none", "null", "na", "n/a", "nil", "undefined", "missing"})
+
+
+def label_name(value: Any) -> str:
+    """The class name of a raw label: its text, with a number that is an integer written as one.
+
+    ``1``, ``"1"``, ``"1.0"``, ``"01"`` and ``"1e0"`` are one class, ``"1"``: a CSV column that a
+    spreadsheet wrote as ``1.0`` in some rows and ``1`` in others holds two spellings, not two
+    classes. Other numbers (``"0.5"``) and all other text are kept as written.
+    """
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if math.isfinite(number) and number == int(number) and abs(number) < 2 ** 53:
+        return str(int(number))
+    return text
+
+
 def label_counts(raw_labels: Iterable[Any], source: str = "the data", allow_many_classes: bool = False,
                  few: int = 5) -> tuple[collections.Counter[str], list[str]]:
     """Count the examples of each label; refuse labels that look like the wrong column.
 
-    Returns ``(counts, warnings)``: a ``collections.Counter`` of the labels
-    (as strings) and one warning line per class with fewer than ``few``
-    examples (a typo such as "postive" makes a class of one). When there are
+    Returns ``(counts, warnings)``: a ``collections.Counter`` of the class
+    names (:func:`label_name`) and one warning line per class with fewer than
+    ``few`` examples (a typo such as "postive" makes a class of one), per
+    class that several spellings of one number made (``"1"`` and ``"1.0"``),
+    and per class spelled like a missing value (``NaN``, ``None``, ``null``:
+    ``NULL_LIKE``). When there are
     more than two classes and more than half of them have a single example,
     the column is most likely not a label at all (a rating, an id, the text):
     that is a ``ValueError`` unless ``allow_many_classes``.
     """
-    counts = collections.Counter(str(v) for v in raw_labels)
+    raw_labels = list(raw_labels)
+    spellings: dict[str, set[str]] = collections.defaultdict(set)
+    for v in raw_labels:
+        spellings[label_name(v)].add(str(v).strip())
+    counts = collections.Counter(label_name(v) for v in raw_labels)
     singletons = sum(1 for n in counts.values() if n == 1)
     if len(counts) > 2 and singletons > len(counts) / 2 and not allow_many_classes:
         examples = ", ".join(repr(k) for k in list(counts)[:3])
@@ -223,6 +251,10 @@ def label_counts(raw_labels: Iterable[Any], source: str = "the data", allow_many
                          "occur once: is --label-column the right column? Pass --allow-many-classes if it is")
     warnings = [f"class {name!r} has only {n} example{'s' if n != 1 else ''} in {source}"
                 for name, n in sorted(counts.items()) if n < few]
+    warnings += [f"the labels {', '.join(map(repr, sorted(spellings[name])))} of {source} are one class, {name!r}"
+                 for name in sorted(counts) if len(spellings[name]) > 1]
+    warnings += [f"class {name!r} ({counts[name]:,} examples of {source}) is spelled like a missing value: "
+                 "is the label column complete?" for name in sorted(counts) if name.lower() in NULL_LIKE]
     return counts, warnings
 
 
@@ -235,7 +267,7 @@ class LabelSet:
     """
 
     def __init__(self, names: Iterable[Any]) -> None:
-        names = [str(n) for n in names]
+        names = [label_name(n) for n in names]
         if len(names) < 2:
             raise ValueError(f"a classification task needs at least two classes, got {names}")
         if len(set(names)) != len(names):
@@ -245,9 +277,9 @@ class LabelSet:
 
     @classmethod
     def infer(cls, raw_labels: Iterable[Any]) -> LabelSet:
-        distinct = {str(v) for v in raw_labels}
+        distinct = {label_name(v) for v in raw_labels}
         try:
-            ordered = sorted(distinct, key=float)
+            ordered = sorted(distinct, key=lambda name: (float(name), name))   # ties (0.5, 0.50): by text
         except ValueError:
             ordered = sorted(distinct)
         return cls(ordered)
@@ -259,7 +291,7 @@ class LabelSet:
         """Class ids (int64 array) of raw labels; an unknown label is an error naming it."""
         ids = []
         for i, value in enumerate(raw_labels):
-            key = str(value)
+            key = label_name(value)
             if key not in self.index:
                 raise ValueError(f"label {value!r} (example {i + 1} of {source}) is not one of the "
                                  f"expected labels {self.names}")

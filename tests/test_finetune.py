@@ -75,6 +75,36 @@ def test_label_set_orders_numbers_numerically_and_rejects_unknown_labels():
         labelled.LabelSet(["only"])
 
 
+def test_spellings_of_one_number_are_one_class_with_a_warning(tmp_path, capsys):
+    """A CSV whose label column a spreadsheet wrote as 1.0 in some rows and 1 in others has two classes, not
+    four: "1", "1.0", "01" and 1 are the class "1" (labelled.label_name), and the merge is reported."""
+    path = tmp_path / "mixed.csv"
+    path.write_text("text,label\n" + "".join(f"text {i},{lab}\n" for i, lab in
+                                              enumerate(["1", "1.0", "0", "0.0", "1", "01", "0", "1e0"] * 3)))
+    texts, raw = labelled.read_labelled_file(path)
+    labels = labelled.LabelSet.infer(raw)
+    assert labels.names == ["0", "1"]
+    assert labels.encode(raw).tolist() == [1, 1, 0, 0, 1, 1, 0, 1] * 3
+    assert labels.encode([1, "1.0", 0]).tolist() == [1, 1, 0]
+    counts, warnings = labelled.label_counts(raw, source="mixed.csv")
+    assert counts == {"1": 15, "0": 9}
+    assert "the labels '01', '1', '1.0', '1e0' of mixed.csv are one class, '1'" in warnings
+    assert "the labels '0', '0.0' of mixed.csv are one class, '0'" in warnings
+    assert labelled.LabelSet.infer(["0.5", "1.5", "0.50"]).names == ["0.5", "0.50", "1.5"]    # not integers: kept
+    with pytest.raises(ValueError, match="distinct"):
+        labelled.LabelSet(["1", "1.0"])
+
+
+@pytest.mark.parametrize("null", ["NaN", "None", "null", "nan", "N/A"])
+def test_labels_spelled_like_a_missing_value_are_warned(tmp_path, null):
+    raw = ["pos", "neg", null] * 6
+    counts, warnings = labelled.label_counts(raw, source="d.csv")
+    assert counts[null] == 6
+    assert f"class {null!r} (6 examples of d.csv) is spelled like a missing value: is the label column complete?" \
+        in warnings
+    assert not any("missing value" in w for w in labelled.label_counts(["pos", "neg"] * 6)[1])
+
+
 def test_split_is_a_seeded_partition():
     train, val, test = labelled.split_indices(103, (0.8, 0.1, 0.1), seed=7)
     assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(103))
