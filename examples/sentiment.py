@@ -21,9 +21,11 @@ from collections import Counter
 import numpy as np
 
 import npgpt.functional as F
-from npgpt import Tensor, finetune, labelled, nn, optim
-from npgpt.metrics import format_metrics
-from npgpt.classifier import GPTClassifier
+from npgpt import Tensor, nn
+from npgpt.finetuning import finetune, labelled
+from npgpt.finetuning.classifier import GPTClassifier
+from npgpt.finetuning.metrics import format_metrics
+from npgpt.training import optim
 
 WORD = re.compile(r"[a-z0-9']+")
 

@@ -12,10 +12,10 @@ and prints them, so each can be re-run by hand:
 3. ``npgpt prepare`` the token files;
 4. ``npgpt train`` a 4-layer, 4-head, 256-wide GPT-2 (5.3 M parameters, context 128);
 5. export the final checkpoint in float16 (half the size; npgpt and Hugging Face upcast it
-   when loading) with its tokenizer and the run's ``log.jsonl`` to ``npgpt/pretrained/npgpt-small``.
+   when loading) with its tokenizer and the run's ``log.jsonl`` to ``npgpt/io/pretrained/npgpt-small``.
 
 The model card (data, size, steps, time, validation loss) is in docs/training.md; the
-figures come from ``npgpt/pretrained/npgpt-small/training.json``, written by step 5.
+figures come from ``npgpt/io/pretrained/npgpt-small/training.json``, written by step 5.
 """
 
 import argparse
@@ -55,11 +55,11 @@ def write_corpora(run_dir):
 
 def export(run_dir, out_dir):
     """Write the final checkpoint as float16 with its tokenizer, plus the training record."""
-    from npgpt import GPT, Tokenizer
-    from npgpt.checkpoint import hf_config, write_checkpoint
-    from npgpt.train import find_checkpoint
-
     from safetensors.numpy import load_file
+
+    from npgpt import GPT, Tokenizer
+    from npgpt.io.checkpoint import hf_config, write_checkpoint
+    from npgpt.training.train import find_checkpoint
 
     checkpoint = find_checkpoint(run_dir / "train")
     model = GPT.from_pretrained(checkpoint)
@@ -94,7 +94,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=pathlib.Path, default=ROOT / "runs" / "npgpt-small")
     parser.add_argument("--max-steps", type=int, default=4000)
-    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "npgpt" / "pretrained" / "npgpt-small")
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "npgpt" / "io" / "pretrained" / "npgpt-small")
     parser.add_argument("--export-only", action="store_true", help="only step 5, from an existing run")
     args = parser.parse_args(argv)
     run = args.run_dir

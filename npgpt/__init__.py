@@ -35,7 +35,7 @@ _EXPORTS = {
     "GPT": ("npgpt.model", "GPT"),
     "GPTConfig": ("npgpt.model", "GPTConfig"),
     "KVCache": ("npgpt.model", "KVCache"),
-    "GPTClassifier": ("npgpt.classifier", "GPTClassifier"),
+    "GPTClassifier": ("npgpt.finetuning.classifier", "GPTClassifier"),
     "Tokenizer": ("npgpt.tokenizer", "Tokenizer"),
     "StreamDecoder": ("npgpt.tokenizer", "StreamDecoder"),
     "ChatSession": ("npgpt.apps.chat", "ChatSession"),
@@ -46,7 +46,7 @@ __all__ = list(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
-        # Submodules (``npgpt.train``) are found by the import system, not here.
+        # Submodules (``npgpt.training.train``) are found by the import system, not here.
         raise AttributeError(f"module 'npgpt' has no attribute {name!r}")
     module_name, attribute = _EXPORTS[name]
     module = importlib.import_module(module_name)
@@ -65,6 +65,6 @@ if TYPE_CHECKING:       # for type checkers and IDEs: the names as if imported e
     from npgpt.apps.chat import ChatSession
     from npgpt.autograd import Tensor, concat, grad, is_grad_enabled, no_grad, split, stack, tensor, where
     from npgpt.backend import cuda_available
-    from npgpt.classifier import GPTClassifier
+    from npgpt.finetuning.classifier import GPTClassifier
     from npgpt.model import GPT, GPTConfig, KVCache
     from npgpt.tokenizer import StreamDecoder, Tokenizer

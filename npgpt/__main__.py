@@ -1,8 +1,8 @@
-"""``python -m npgpt ...``: the same command line as ``npgpt`` (see ``npgpt.cli``)."""
+"""``python -m npgpt ...``: the same command line as ``npgpt`` (see ``npgpt.apps.cli``)."""
 
 import sys
 
-from npgpt.cli import main
+from npgpt.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

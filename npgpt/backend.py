@@ -163,7 +163,7 @@ def _threadpool_controller() -> Any:
 def blas_threads(n: int) -> Iterator[None]:
     """Run the block with NumPy's BLAS limited to ``n`` threads; the previous limit comes back after.
 
-    ``npgpt.parallel`` runs shards of a batch in Python threads; each GEMM
+    ``npgpt.training.parallel`` runs shards of a batch in Python threads; each GEMM
     must then use one core, or the BLAS threads of two shards fight over the
     same two cores (and OpenBLAS workers spin after each call). NumPy has no
     API for its BLAS's thread count; ``threadpoolctl`` finds the loaded

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from npgpt import backend
-from npgpt.autograd import RowGradient, Tensor, _describe, _make, as_tensor, is_grad_enabled
-from npgpt.inputs import as_array, check_token_ids
+from npgpt.autograd.core import RowGradient, Tensor, _describe, _make, as_tensor, is_grad_enabled
+from npgpt.io.inputs import as_array, check_token_ids
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
 

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 import npgpt.functional as F
-from npgpt import backend, inputs
+from npgpt import backend
 from npgpt.autograd import no_grad
+from npgpt.io import inputs
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
 

@@ -4,7 +4,7 @@ Companion of ``docs/model.md``.
 
 The architecture is exactly OpenAI's GPT-2, with Hugging Face's parameter names
 (``wte.weight``, ``h.0.attn.c_attn.weight``, ...), so a GPT-2 checkpoint maps
-onto it name for name (``npgpt.checkpoint``). Linear weights are stored
+onto it name for name (``npgpt.io.checkpoint``). Linear weights are stored
 (in, out), GPT-2's own "Conv1D" layout, so none has to be transposed.
 
 The model is two parts, each computed in one place: the **trunk**
@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 import npgpt.functional as F
-from npgpt import backend, checkpoint, generation, inputs, nn
+from npgpt import backend, generation, nn
 from npgpt.autograd import Tensor, as_tensor, is_grad_enabled
+from npgpt.io import checkpoint, inputs
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
 HF_PREFIX = "transformer."   # GPT-2's tensor names in Hugging Face files: transformer.h.0.attn.c_attn.weight
@@ -560,9 +561,9 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike, *, revision: str | None = None,
                         allow_non_finite: bool = False) -> "GPT":
-        """Load a GPT-2 checkpoint directory, a model shipped in ``npgpt/pretrained/``, or a Hub repo.
+        """Load a GPT-2 checkpoint directory, a model shipped in ``npgpt/io/pretrained/``, or a Hub repo.
 
-        Tried in that order (``npgpt.checkpoint.resolve``): a name such as ``"gpt2"`` or
+        Tried in that order (``npgpt.io.checkpoint.resolve``): a name such as ``"gpt2"`` or
         ``"org/name"`` that is neither a directory nor a shipped model is downloaded from the
         Hugging Face Hub into its cache, or read from there (needs ``pip install -e ".[hub]"``;
         ``revision``, a branch, tag or commit, picks the version). Only safetensors are read,

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from npgpt import backend, inputs
+from npgpt import backend
 from npgpt.autograd import Tensor, no_grad
+from npgpt.io import inputs
 
 __all__ = ["attention_weights", "attention_map", "attention_svg", "saliency", "saliency_svg",
            "token_labels", "save_figure"]

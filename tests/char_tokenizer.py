@@ -1,4 +1,4 @@
-"""A tiny character-level tokenizer with the interface ``npgpt.data`` uses (a test helper).
+"""A tiny character-level tokenizer with the interface ``npgpt.training.data`` uses (a test helper).
 
 It lets the data and training tests run on real text without depending on the BPE trainer:
 ``vocab_size``, ``encode(text, allowed_special=...)``, ``decode(ids)``, ``save(dir)``.
@@ -40,7 +40,7 @@ class CharTokenizer:
 
 def prepare_two_documents(text, out, val_fraction=0.2):
     """Token files of ``text`` cut into two documents, with this character tokenizer: the tests' data directory."""
-    from npgpt import data
+    from npgpt.training import data
 
     half = len(text) // 2
     data.prepare_documents([text[:half], text[half:]], CharTokenizer(text), out, val_fraction=val_fraction,

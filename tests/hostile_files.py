@@ -42,7 +42,7 @@ def _model(directory):
 
 
 def _data(directory):
-    from npgpt import data
+    from npgpt.training import data
 
     (directory / "a.txt").write_text(TEXT)
     data.prepare([directory / "a.txt"], _tokenizer(), directory / "data", progress=False, workers=1)
@@ -72,14 +72,14 @@ def _tiktoken(directory):
 
 
 def _meta(directory):
-    from npgpt import data
+    from npgpt.training import data
 
     out = _data(directory)
     return out / "meta.json", lambda: data.load_meta(out), ValueError
 
 
 def _config(directory):
-    from npgpt.checkpoint import CheckpointError
+    from npgpt.io.checkpoint import CheckpointError
     from npgpt.model import GPT
 
     out = _model(directory / "model")
@@ -87,7 +87,7 @@ def _config(directory):
 
 
 def _weights(directory):
-    from npgpt.checkpoint import CheckpointError
+    from npgpt.io.checkpoint import CheckpointError
     from npgpt.model import GPT
 
     out = _model(directory / "model")
@@ -95,7 +95,7 @@ def _weights(directory):
 
 
 def _trainer_state(directory):
-    from npgpt.train import Trainer, train
+    from npgpt.training.train import Trainer, train
 
     train(data_dir=str(_data(directory)), out_dir=str(directory / "run"), max_steps=1, n_layer=1, n_head=2,
           n_embd=8, block_size=8, batch_size=2, eval_iters=1, log=lambda line: None)
@@ -104,7 +104,7 @@ def _trainer_state(directory):
 
 
 def _labelled(directory):
-    from npgpt import labelled
+    from npgpt.finetuning import labelled
 
     path = directory / "reviews.csv"
     path.write_text("text,label\ngood,pos\nbad,neg\n")
@@ -114,7 +114,7 @@ def _labelled(directory):
 def _command(argv_of, name):
     """A reader behind the command line: ``main(argv)`` must return 1 with the file named on stderr."""
     def case(directory):
-        from npgpt.cli import main
+        from npgpt.apps.cli import main
 
         path = directory / name
         path.write_text(TEXT)

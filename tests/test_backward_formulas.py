@@ -15,7 +15,7 @@ import pytest
 import npgpt
 import npgpt.functional as F
 from npgpt import GPT, GPTConfig, nn
-from npgpt.optim import AdamW
+from npgpt.training.optim import AdamW
 
 RTOL, ATOL = 1e-10, 1e-12
 

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from npgpt import generation, inputs
+from npgpt import generation
+from npgpt.io import inputs
 from npgpt.model import GPT, GPTConfig
 from npgpt.tokenizer import Tokenizer
 
@@ -410,7 +411,7 @@ def _spy_on_generation(monkeypatch):
 def test_a_prompts_file_is_generated_in_batches_with_the_same_text(tmp_path, monkeypatch, capsys, stream):
     """A prompts file of any length runs in batches of --batch-size (all in one batch held a 10 MB file's
     292,428 rows at once); the text is what one batch gives, numbered over the whole file."""
-    from npgpt.cli import main
+    from npgpt.apps.cli import main
 
     path = tmp_path / "prompts.txt"
     path.write_text("ROMEO:\nThe whale\n\nTo be\nOnce upon\nA\n")
@@ -431,9 +432,9 @@ def test_prompts_are_encoded_as_prepare_encoded_the_training_text(tmp_path, monk
     """`npgpt prepare` turns a typed <|endoftext|> into the token and every other special token's text into
     ordinary text; `npgpt generate` must encode a prompt the same way, or "<|sep|>" becomes an id the model
     never saw in training."""
-    from npgpt import data
-    from npgpt.cli import main
+    from npgpt.apps.cli import main
     from npgpt.tokenizer import ENDOFTEXT
+    from npgpt.training import data
 
     text = "the cat sat on the mat. " * 40
     tok = Tokenizer.train(text, 266, special_tokens=(ENDOFTEXT, "<|sep|>"), show_progress=False)

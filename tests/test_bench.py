@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from npgpt.bench.train import WORKLOAD
-from npgpt.flops import flops_per_token, model_flops_utilisation
 from npgpt.model import GPTConfig
+from npgpt.training.flops import flops_per_token, model_flops_utilisation
 
 
 def train_small_config():
@@ -97,7 +97,7 @@ def test_train_124m_is_gpt2_small_at_256_tokens():
 def test_memory_breakdown_counts_the_arrays_of_a_step():
     from npgpt.bench.train import memory_breakdown
     from npgpt.model import GPT
-    from npgpt.optim import AdamW, param_groups
+    from npgpt.training.optim import AdamW, param_groups
 
     model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
     optimizer = AdamW(param_groups(model, 0.1))

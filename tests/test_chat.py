@@ -6,7 +6,7 @@ import json
 import pytest
 
 import npgpt
-from npgpt.cli import main
+from npgpt.apps.cli import main
 from npgpt.finetuning.sft import SFTConfig, SFTTrainer
 from npgpt.tokenizer.chat import ChatTemplateError
 

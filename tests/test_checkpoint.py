@@ -6,9 +6,9 @@ import struct
 import numpy as np
 import pytest
 
-from npgpt import checkpoint
 from npgpt.autograd import no_grad
-from npgpt.checkpoint import CheckpointError
+from npgpt.io import checkpoint
+from npgpt.io.checkpoint import CheckpointError
 from npgpt.model import GPT, GPTConfig
 
 SMALL = dict(vocab_size=100, block_size=64, n_layer=2, n_head=2, n_embd=32)

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 import npgpt.functional as F
-from npgpt import Tensor, backend, checkpoint
-from npgpt.classifier import GPTClassifier, last_token_index, positions_from_mask
-from npgpt.gradcheck import check_gradients
-from npgpt.labelled import pad_batch
+from npgpt import Tensor, backend
+from npgpt.autograd.gradcheck import check_gradients
+from npgpt.finetuning.classifier import GPTClassifier, last_token_index, positions_from_mask
+from npgpt.finetuning.labelled import pad_batch
+from npgpt.io import checkpoint
 from npgpt.model import GPT, GPTConfig
 
 CONFIG = GPTConfig(vocab_size=61, block_size=24, n_layer=2, n_head=2, n_embd=16)
@@ -68,7 +69,7 @@ def test_head_is_linear_in_the_pooled_hidden_state():
 
 
 def test_the_classifier_checks_once_and_runs_the_backbones_trunk(monkeypatch):
-    from npgpt import inputs
+    from npgpt.io import inputs
 
     model = make()
     idx, mask = pad_batch(SEQUENCES, pad_id=0, side="left")

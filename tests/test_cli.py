@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from npgpt import backend
-from npgpt.cli import main
+from npgpt.apps.cli import main
 
 TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
         "Arise, fair sun, and kill the envious moon,\nWho is already sick and pale with grief.\n\n"

@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from npgpt.cli import TRAIN_FLAG_NAMES, build_parser, flag_of, main
-from npgpt.finetune import FinetuneConfig
-from npgpt.train import TrainConfig
+from npgpt.apps.cli import TRAIN_FLAG_NAMES, build_parser, flag_of, main
+from npgpt.finetuning.finetune import FinetuneConfig
+from npgpt.training.train import TrainConfig
 
 TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
         "Arise, fair sun, and kill the envious moon,\nWho is already sick and pale with grief.\n\n"
@@ -138,7 +138,7 @@ def test_a_signal_stops_training_with_a_checkpoint_and_one_line(prepared, tmp_pa
 
 @pytest.mark.slow
 def test_a_signal_stops_finetuning_and_keeps_a_classifier(prepared, tmp_path):
-    from npgpt.classifier import GPTClassifier
+    from npgpt.finetuning.classifier import GPTClassifier
 
     data = tmp_path / "reviews.csv"
     rows = ["text,label"] + [f"{'good' if i % 2 else 'bad'} film number {i},{i % 2}" for i in range(2000)]
@@ -155,7 +155,7 @@ def test_a_signal_stops_finetuning_and_keeps_a_classifier(prepared, tmp_path):
 
 def test_stop_request_is_polled_between_steps():
     """GracefulStop turns the first signal into a request and the second into KeyboardInterrupt."""
-    from npgpt.interrupt import GracefulStop, exit_status
+    from npgpt.training.interrupt import GracefulStop, exit_status
 
     with GracefulStop() as stop:
         assert not stop.requested
@@ -268,7 +268,7 @@ def test_finetune_refuses_a_label_column_that_looks_like_scores(prepared, tmp_pa
 
 
 def test_label_counts_and_rare_class_warnings():
-    from npgpt.labelled import label_counts
+    from npgpt.finetuning.labelled import label_counts
 
     raw = ["pos"] * 30 + ["neg"] * 28 + ["postive"]
     counts, warnings = label_counts(raw, source="r.csv")

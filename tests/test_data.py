@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from char_tokenizer import EOT, CharTokenizer
 
-from npgpt import data
+from npgpt.training import data
 
 TEXT_A = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
 TEXT_B = "All:\nSpeak, speak.\n"
@@ -223,7 +223,7 @@ def test_workers_must_be_a_positive_integer(tmp_path, capsys):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="workers must be an integer >= 1"):
             data.prepare_documents([TEXT_A], tok, tmp_path / "out", workers=bad)
-    from npgpt.cli import main
+    from npgpt.apps.cli import main
     assert main(["prepare", "--input", str(_files(tmp_path, TEXT_A)[0]), "--tokenizer", str(tmp_path), "--out",
                  str(tmp_path / "cli"), "--workers", "0"]) == 2
     assert "--workers: expected an integer >= 1, got '0'" in capsys.readouterr().err

@@ -196,7 +196,7 @@ def raw_reviews(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("suffix", [".tsv", ".csv", ".jsonl"])
 def test_export_writes_a_labelled_file_that_finetune_reads(raw_reviews, tmp_path, suffix):
-    from npgpt import labelled
+    from npgpt.finetuning import labelled
 
     out = tmp_path / f"reviews{suffix}"
     summary = datasets.export("movie-reviews", out)
@@ -231,7 +231,7 @@ def test_export_refuses_what_it_cannot_write(raw_reviews, tmp_path):
 
 
 def test_real_export_labels_every_review_as_npgpt_labelled_does(tmp_path):
-    from npgpt import labelled
+    from npgpt.finetuning import labelled
 
     real("movie-reviews")
     out = tmp_path / "reviews.tsv"

@@ -17,12 +17,14 @@ from char_tokenizer import prepare_two_documents
 
 import npgpt
 import npgpt.functional as F
-from npgpt import backend, engine, finetune, nn, viz
-from npgpt.classifier import GPTClassifier
-from npgpt.cli import main
+from npgpt import backend, nn, viz
+from npgpt.apps.cli import main
+from npgpt.finetuning import finetune
+from npgpt.finetuning.classifier import GPTClassifier
 from npgpt.model import GPT, GPTConfig
-from npgpt.optim import AdamW, param_groups
-from npgpt.train import TrainConfig, Trainer
+from npgpt.training import engine
+from npgpt.training.optim import AdamW, param_groups
+from npgpt.training.train import TrainConfig, Trainer
 
 CONFIG = dict(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16)
 RTOL, ATOL = 1e-4, 1e-6        # float32 on a GPU sums in another order than on the CPU
@@ -85,7 +87,7 @@ def test_checking_inputs_already_on_the_device_reads_them_once(transfers):
 
 
 def test_forward_backward_can_leave_the_loss_on_the_device(device):
-    from npgpt import parallel
+    from npgpt.training import parallel
 
     x, y = batch()
     a, b = tiny(device), tiny(device)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from char_tokenizer import prepare_two_documents
 
-from npgpt.distributed import World, partition
+from npgpt.training.distributed import World, partition
 
 MPIEXEC = shutil.which("mpiexec")
 TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n") * 40
@@ -181,7 +181,7 @@ def test_the_scaling_model_is_the_documented_formula():
     # docs/distributed.md eq. 3: latency min(2 (n-1), 2 log2 n) a per bucket.
     import math
 
-    from npgpt.distributed import Link, data_parallel_step
+    from npgpt.training.distributed import Link, data_parallel_step
 
     link = Link("test", bandwidth=1e9, latency=1e-5)
     compute, comm = data_parallel_step(1e6, 1000, 8, link, peak=1e12, mfu=0.5, grad_bytes=4, bucket=2 ** 20)

@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_shipped_model_loads_by_name_and_is_small():
-    files = list((ROOT / "npgpt" / "pretrained" / "npgpt-small").iterdir())
+    files = list((ROOT / "npgpt" / "io" / "pretrained" / "npgpt-small").iterdir())
     assert sum(f.stat().st_size for f in files) < 20 * 2**20             # ships inside the package
     model = npgpt.GPT.from_pretrained("npgpt-small")
     tokenizer = npgpt.Tokenizer.from_pretrained("npgpt-small")

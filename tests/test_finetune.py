@@ -9,8 +9,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from npgpt import finetune, labelled, metrics
-from npgpt.classifier import GPTClassifier
+from npgpt.finetuning import finetune, labelled, metrics
+from npgpt.finetuning.classifier import GPTClassifier
 from npgpt.model import GPTConfig
 
 
@@ -296,7 +296,7 @@ def model_dir(tmp_path_factory):
 
 
 def run_cli(*argv):
-    from npgpt import cli
+    from npgpt.apps import cli
 
     return cli.main(["finetune", *map(str, argv)])
 

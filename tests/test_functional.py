@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 import npgpt
 import npgpt.functional as F
 from npgpt import backend
-from npgpt.gradcheck import check_gradients
+from npgpt.autograd.gradcheck import check_gradients
 
 shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=5)
 seeds = st.integers(0, 2**16)

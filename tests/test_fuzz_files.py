@@ -38,13 +38,14 @@ from char_tokenizer import prepare_two_documents
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from npgpt import data, labelled
-from npgpt.checkpoint import CheckpointError
-from npgpt.classifier import GPTClassifier
+from npgpt.finetuning import labelled
+from npgpt.finetuning.classifier import GPTClassifier
+from npgpt.io.checkpoint import CheckpointError
 from npgpt.model import GPT, GPTConfig
 from npgpt.tokenizer import ENDOFTEXT, Tokenizer, TokenizerFileError
 from npgpt.tokenizer.bpe import token_bytes
 from npgpt.tokenizer.formats import special_names
+from npgpt.training import data
 
 pytestmark = pytest.mark.slow
 

@@ -233,7 +233,7 @@ def test_sampling_config_is_checked_when_it_is_made(kwargs, message):
 
 
 def test_the_decoding_loop_checks_nothing_per_token(monkeypatch):
-    from npgpt import inputs
+    from npgpt.io import inputs
 
     model = tiny()
     calls = {"sampling": 0, "ids": 0}

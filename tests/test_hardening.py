@@ -23,14 +23,16 @@ import numpy as np
 import pytest
 from char_tokenizer import prepare_two_documents
 
-from npgpt import checkpoint, data, fileio, labelled, rundir
-from npgpt.checkpoint import CheckpointError
-from npgpt.classifier import GPTClassifier
-from npgpt.cli import main
+from npgpt.apps.cli import main
+from npgpt.finetuning import labelled
+from npgpt.finetuning.classifier import GPTClassifier
+from npgpt.io import checkpoint, fileio
+from npgpt.io.checkpoint import CheckpointError
 from npgpt.model import GPT, GPTConfig
 from npgpt.tokenizer import ENDOFTEXT, Tokenizer, TokenizerFileError
 from npgpt.tokenizer.bpe import token_text
 from npgpt.tokenizer.formats import read_tiktoken
+from npgpt.training import data, rundir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=8)
@@ -202,7 +204,7 @@ def test_a_config_claiming_huge_sizes_is_refused_at_once_under_a_memory_limit(tm
     script = textwrap.dedent(f"""
         import resource, sys, time
         from npgpt.model import GPT
-        from npgpt.checkpoint import CheckpointError
+        from npgpt.io.checkpoint import CheckpointError
         resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
         for name in ("vocab", "layers"):
             start = time.perf_counter()
@@ -543,7 +545,7 @@ def _holder_process(run, hold_seconds=120):
     """A separate process that holds RUN's lock until killed; returns it once it holds the lock."""
     script = textwrap.dedent(f"""
         import sys, time
-        from npgpt import rundir
+        from npgpt.training import rundir
         with rundir.lock({str(run)!r}):
             print("holding", flush=True)
             time.sleep({hold_seconds})

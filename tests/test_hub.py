@@ -20,10 +20,11 @@ import sys
 import numpy as np
 import pytest
 
-from npgpt import checkpoint, datasets, hub
+from npgpt import datasets
 from npgpt.autograd import no_grad
-from npgpt.checkpoint import CheckpointError
-from npgpt.classifier import GPTClassifier
+from npgpt.finetuning.classifier import GPTClassifier
+from npgpt.io import checkpoint, hub
+from npgpt.io.checkpoint import CheckpointError
 from npgpt.model import GPT
 from npgpt.tokenizer import Tokenizer
 

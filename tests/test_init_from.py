@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import npgpt
-from npgpt.cli import main
-from npgpt.data import prepare_documents
-from npgpt.settings import ConfigError
-from npgpt.train import TrainConfig, Trainer
+from npgpt.apps.cli import main
+from npgpt.training.data import prepare_documents
+from npgpt.training.settings import ConfigError
+from npgpt.training.train import TrainConfig, Trainer
 
 QUICK = dict(batch_size=8, eval_iters=4, log_interval=100, eval_interval=100, warmup_steps=0, workers=1)
 

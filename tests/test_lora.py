@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 import npgpt
 from npgpt import backend
+from npgpt.autograd.gradcheck import check_gradients
 from npgpt.finetuning import lora
-from npgpt.gradcheck import check_gradients
 from npgpt.model import GPT, GPTConfig
 
 TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=8)
@@ -282,8 +282,8 @@ def lm_dir(tmp_path_factory):
 
 
 def test_lora_fine_tune_learns_with_the_backbone_frozen_and_saves_both_forms(lm_dir, tmp_path, capsys):
-    from npgpt import cli
-    from npgpt.classifier import GPTClassifier
+    from npgpt.apps import cli
+    from npgpt.finetuning.classifier import GPTClassifier
     from npgpt.tokenizer import Tokenizer
 
     texts, labels = toy_reviews(300, seed=0)
@@ -327,7 +327,7 @@ def test_lora_fine_tune_learns_with_the_backbone_frozen_and_saves_both_forms(lm_
 
 
 def test_lora_merge_command_writes_a_plain_gpt2_with_the_adapted_logits(saved_base, tmp_path, capsys):
-    from npgpt import cli
+    from npgpt.apps import cli
 
     model = GPT.from_pretrained(saved_base)
     lora.apply_lora(model, lora.LoRAConfig(rank=2, targets=("c_attn", "c_fc")))
@@ -342,8 +342,8 @@ def test_lora_merge_command_writes_a_plain_gpt2_with_the_adapted_logits(saved_ba
 
 
 def test_lora_flags_are_checked_and_named():
-    from npgpt.finetune import FinetuneConfig
-    from npgpt.settings import ConfigError
+    from npgpt.finetuning.finetune import FinetuneConfig
+    from npgpt.training.settings import ConfigError
 
     for bad, message in [({"lora_rank": -1}, "lora_rank must be a non-negative integer"),
                          ({"lora_rank": 4, "lora_dropout": 1.5}, r"lora_dropout must be in \[0, 1\)"),

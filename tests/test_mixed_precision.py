@@ -8,9 +8,9 @@ from char_tokenizer import prepare_two_documents
 
 import npgpt.functional as F
 from npgpt.autograd import Tensor
-from npgpt.mixed_precision import GradScaler
 from npgpt.model import GPT, GPTConfig
-from npgpt.train import TrainConfig, Trainer, train
+from npgpt.training.mixed_precision import GradScaler
+from npgpt.training.train import TrainConfig, Trainer, train
 
 TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
         "Arise, fair sun, and kill the envious moon,\nWho is already sick and pale with grief.\n") * 12
@@ -121,7 +121,7 @@ def test_an_inf_gradient_skips_exactly_one_step_and_halves_the_scale(tmp_path, d
 
 def _inf_slope(w):
     """A term whose value is 0 and whose gradient with respect to ``w`` is inf: a float16 overflow, staged."""
-    from npgpt.autograd import _make
+    from npgpt.autograd.core import _make
 
     return _make(np.zeros((), np.float32), (w,), lambda g: (np.full(w.shape, np.inf, np.float32),))
 

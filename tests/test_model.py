@@ -173,7 +173,7 @@ def test_forward_is_the_head_of_the_trunk_and_ln_f_runs_once():
 
 
 def test_trunk_checks_its_inputs_unless_told_not_to(monkeypatch):
-    from npgpt import inputs
+    from npgpt.io import inputs
 
     model = tiny()
     x = ids()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from npgpt import nn
 from npgpt.model import GPT, GPTConfig
-from npgpt.optim import SGD, AdamW, clip_grad_norm, configure_optimizer, cosine_schedule, param_groups
+from npgpt.training.optim import SGD, AdamW, clip_grad_norm, configure_optimizer, cosine_schedule, param_groups
 
 
 def _params(rng, shapes, dtype=np.float64):
@@ -263,8 +263,8 @@ def test_cosine_schedule_values():
 
 def test_a_step_in_blocks_equals_the_step_over_whole_arrays(monkeypatch):
     # docs/training.md eqs. 5-9 are elementwise: cutting the parameters into blocks shared by threads
-    # (npgpt.optim.BLOCK) must give bit-for-bit the update of whole arrays, strided parameters included.
-    import npgpt.optim as optim
+    # (npgpt.training.optim.BLOCK) must give bit-for-bit the update of whole arrays, strided parameters included.
+    import npgpt.training.optim as optim
 
     rng = np.random.default_rng(0)
     shapes = [(37, 11), (5,), (300,), (16, 16)]

@@ -6,7 +6,8 @@ import pytest
 
 import npgpt
 import npgpt.functional as F
-from npgpt import backend, parallel
+from npgpt import backend
+from npgpt.training import parallel
 
 
 def tiny_lm(seed=0, V=11, C=8):

@@ -1,10 +1,10 @@
-"""Loss-curve pictures of runs (npgpt.plot; `npgpt plot`), drawn from log.jsonl."""
+"""Loss-curve pictures of runs (npgpt.training.plot; `npgpt plot`), drawn from log.jsonl."""
 
 import json
 
 import pytest
 
-from npgpt.plot import moving_average, plot_runs, read_log
+from npgpt.training.plot import moving_average, plot_runs, read_log
 
 pytest.importorskip("matplotlib")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -43,7 +43,7 @@ def test_several_runs_on_one_figure(tmp_path):
 
 
 def test_npgpt_plot_command(tmp_path, capsys):
-    from npgpt.cli import main
+    from npgpt.apps.cli import main
 
     a = fake_run(tmp_path / "a")
     assert main(["plot", str(a), "--out", str(tmp_path / "c.png")]) == 0
@@ -55,8 +55,8 @@ def test_npgpt_plot_command(tmp_path, capsys):
 def test_training_draws_its_loss_curve_into_the_run_directory(tmp_path):
     from char_tokenizer import CharTokenizer
 
-    from npgpt import data
-    from npgpt.train import TrainConfig, train
+    from npgpt.training import data
+    from npgpt.training.train import TrainConfig, train
 
     text = "to be or not to be, that is the question. " * 40
     data.prepare_documents([text], CharTokenizer(text), tmp_path / "data", val_fraction=0.2, progress=False)

@@ -2,7 +2,7 @@
 
 import io
 
-from npgpt.progress import Progress
+from npgpt.training.progress import Progress
 
 
 class Terminal(io.StringIO):
@@ -32,7 +32,7 @@ def test_short_work_is_silent_in_a_log():
 
 def test_long_work_writes_whole_lines_in_a_log(monkeypatch):
     clock = iter([0.0, 3.0, 4.0, 9.0, 9.5])
-    monkeypatch.setattr("npgpt.progress.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("npgpt.training.progress.time.perf_counter", lambda: next(clock))
     stream = io.StringIO()
     bar = Progress(100, "training BPE", stream=stream)
     bar.update(10)                         # t=3: past 2 s, first line
@@ -64,8 +64,8 @@ def test_a_message_goes_above_the_bar_which_is_drawn_again():
 def test_training_on_a_terminal_shows_a_bar_with_loss_rate_and_eta(tmp_path, monkeypatch):
     from char_tokenizer import CharTokenizer
 
-    from npgpt import data
-    from npgpt.train import TrainConfig, train
+    from npgpt.training import data
+    from npgpt.training.train import TrainConfig, train
 
     text = "to be or not to be, that is the question. " * 40
     data.prepare_documents([text], CharTokenizer(text), tmp_path / "data", val_fraction=0.2, progress=False)

@@ -7,7 +7,7 @@ earlier line of the same page. Running the blocks would take an hour (they train
 this test reads them instead:
 
 * each ``npgpt ...`` and ``python -m npgpt.datasets ...`` command is parsed by the real argparse
-  parser of the command line (``npgpt.cli.build_parser``, ``npgpt.datasets.build_parser``): a
+  parser of the command line (``npgpt.apps.cli.build_parser``, ``npgpt.datasets.build_parser``): a
   flag that does not exist, a missing required argument or a bad value fails here as it would
   for the reader;
 * ``python SCRIPT.py --flag`` needs the script in the repository and the flag among its
@@ -33,12 +33,13 @@ import subprocess
 
 import pytest
 
-from npgpt import cli, datasets
+from npgpt import datasets
+from npgpt.apps import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BASH = re.compile(r"```bash\n(.*?)```", re.S)
-SHIPPED = {p.name for p in (ROOT / "npgpt" / "pretrained").iterdir() if p.is_dir()}
+SHIPPED = {p.name for p in (ROOT / "npgpt" / "io" / "pretrained").iterdir() if p.is_dir()}
 CACHE = "~/.cache/npgpt"
 # Namespace attributes (argparse dests) that name something a command reads, and that it writes.
 READS = ("input", "tokenizer", "tokenizer_dir", "data", "data_dir", "val_data", "model", "config", "classifier",

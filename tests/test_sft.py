@@ -8,13 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import npgpt
-from npgpt import F, engine
-from npgpt.cli import main
+from npgpt import F
+from npgpt.apps.cli import main
 from npgpt.finetuning import conversations as conv
 from npgpt.finetuning.conversations import IGNORE_INDEX
 from npgpt.finetuning.sft import SFTConfig, SFTTrainer, sft_loss, step_loss
-from npgpt.optim import AdamW
 from npgpt.tokenizer.chat import CHATML_V1
+from npgpt.training import engine
+from npgpt.training.optim import AdamW
 
 WORDS = ["cat", "dog", "horse", "apple", "river", "table", "window", "garden", "music", "winter", "summer", "bread"]
 QUIET = dict(log_interval=100, eval_interval=100, workers=1, warmup_steps=0)

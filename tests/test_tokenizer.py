@@ -254,7 +254,7 @@ def test_encode_ordinary_array_packs_the_ids(gpt2, small):
 
 
 def test_cache_entries_move_between_tokenizers(small):
-    """What one process's caches learned, another can take (npgpt.data.prepare's workers do):
+    """What one process's caches learned, another can take (npgpt.training.data.prepare's workers do):
     it then encodes the same text without a single miss, to the same ids."""
     text = corpus(300, seed=7)
     one = Tokenizer(small._tokens, small.merges, small.special_tokens)
@@ -388,7 +388,7 @@ def test_several_special_tokens_survive_a_save(tmp_path):
 def test_special_tokens_spelled_as_text_are_refused(special, tmp_path, capsys):
     """A special token replaces its text wherever it is allowed: spelled as ordinary text ("the", " ") it
     would swallow that text, and "e" or "" saved a tokenizer its own loader refused. Only <|name|> is taken."""
-    from npgpt.cli import main
+    from npgpt.apps.cli import main
 
     with pytest.raises(ValueError, match="is not spelled <|name|>"):
         Tokenizer.train(corpus(300), 270, special_tokens=(ENDOFTEXT, special), show_progress=False)
@@ -478,7 +478,7 @@ def test_transformers_loads_saved_gpt2_and_encodes_identically(gpt2, tmp_path):
 
 def test_the_tokenizer_stands_alone():
     """npgpt/tokenizer imports only the standard library, regex, NumPy (for encode_batch's padded arrays),
-    itself, npgpt.datasets, npgpt.progress, npgpt.fileio and npgpt.hub (which import nothing of the model)."""
+    itself, npgpt.datasets, npgpt.training.progress, npgpt.io.fileio and npgpt.io.hub (which import nothing of the model)."""
     import ast
     import pathlib
     import sys
@@ -490,13 +490,14 @@ def test_the_tokenizer_stands_alone():
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):   # "from npgpt import x" imports npgpt.x
-                names = [f"npgpt.{a.name}" for a in node.names] if node.module == "npgpt" else [node.module]
+            elif isinstance(node, ast.ImportFrom):   # "from npgpt.io import x" imports npgpt.io.x
+                packages = ("npgpt", "npgpt.io", "npgpt.training")
+                names = [f"{node.module}.{a.name}" for a in node.names] if node.module in packages else [node.module]
             else:
                 continue
             for name in names:
                 ok = (name.split(".")[0] in allowed or name.startswith("npgpt.tokenizer")
-                      or name in ("npgpt.datasets", "npgpt.progress", "npgpt.fileio", "npgpt.hub"))
+                      or name in ("npgpt.datasets", "npgpt.training.progress", "npgpt.io.fileio", "npgpt.io.hub"))
                 assert ok, f"{source.name} imports {name}"
 
 

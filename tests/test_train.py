@@ -14,11 +14,11 @@ import pytest
 from char_tokenizer import CharTokenizer, prepare_two_documents
 
 import npgpt.functional as F
-from npgpt import data
-from npgpt.flops import flops_per_token
 from npgpt.model import GPT, GPTConfig
-from npgpt.optim import AdamW
-from npgpt.train import CHECKPOINT_DIR, TrainConfig, Trainer, TrainingDiverged, find_checkpoint, train
+from npgpt.training import data
+from npgpt.training.flops import flops_per_token
+from npgpt.training.optim import AdamW
+from npgpt.training.train import CHECKPOINT_DIR, TrainConfig, Trainer, TrainingDiverged, find_checkpoint, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
@@ -157,8 +157,8 @@ def test_a_validation_loss_beyond_exp_range_is_divergence_in_train_and_at_resume
                                                                                   monkeypatch, capsys):
     """A finite loss above log(float max) = 709.78 overflows the perplexity exp(loss): it stops the run as a
     non-finite loss does, naming the step and the last good checkpoint, in a fresh run and at a resume."""
-    from npgpt.cli import main
-    from npgpt.train import MAX_VAL_LOSS, Trainer
+    from npgpt.apps.cli import main
+    from npgpt.training.train import MAX_VAL_LOSS, Trainer
 
     assert 709 < MAX_VAL_LOSS < 710 and math.isfinite(math.exp(MAX_VAL_LOSS))
     config = TrainConfig(out_dir=str(tmp_path / "run"), data_dir=str(data_dir), max_steps=6, eval_interval=2, **TINY)
@@ -294,7 +294,7 @@ def test_loss_curve_script_plots_a_real_log(tmp_path, data_dir):
 def test_a_malformed_optimizer_or_trainer_state_is_a_named_error(tmp_path, data_dir):
     from safetensors.numpy import save_file
 
-    from npgpt.checkpoint import CheckpointError
+    from npgpt.io.checkpoint import CheckpointError
 
     config = TrainConfig(out_dir=str(tmp_path), data_dir=str(data_dir), max_steps=4, eval_interval=2, **TINY)
     train(config, stop_at=2, log=quiet)

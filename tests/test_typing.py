@@ -62,9 +62,9 @@ def test_the_check_tells_annotated_from_bare_functions():
 
 def test_the_walk_finds_functions_methods_and_constructors():
     names = {name for name, _ in public_functions()}
-    assert "npgpt.optim.cosine_schedule" in names
-    assert "npgpt.optim.AdamW.__init__" in names
-    assert "npgpt.data.BatchSampler.next" in names
+    assert "npgpt.training.optim.cosine_schedule" in names
+    assert "npgpt.training.optim.AdamW.__init__" in names
+    assert "npgpt.training.data.BatchSampler.next" in names
     assert not any(".__main__." in name for name in names)
     assert not any(name.split(".")[-1].startswith("_") and not name.endswith(".__init__") for name in names)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from npgpt import viz
-from npgpt.classifier import GPTClassifier
+from npgpt.finetuning.classifier import GPTClassifier
 from npgpt.model import GPT, GPTConfig
 
 CONFIG = GPTConfig(vocab_size=61, block_size=24, n_layer=2, n_head=2, n_embd=16)

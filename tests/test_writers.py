@@ -21,9 +21,10 @@ import time
 
 import pytest
 
-from npgpt import fileio, rundir
-from npgpt.cli import main
+from npgpt.apps.cli import main
+from npgpt.io import fileio
 from npgpt.model import GPT, GPTConfig
+from npgpt.training import rundir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=8)
@@ -115,7 +116,7 @@ def _holder_process(run, hold_seconds=120):
     """A separate process that holds RUN as a trainer does, until killed; returns it once it holds the lock."""
     script = textwrap.dedent(f"""
         import time
-        from npgpt import rundir
+        from npgpt.training import rundir
         with rundir.lock({str(run)!r}):
             print("holding", flush=True)
             time.sleep({hold_seconds})
@@ -145,7 +146,7 @@ def _stop(proc):
 
 # =================================== 1. a save replaces only the files it writes
 def test_save_pretrained_replaces_only_its_own_files(tmp_path):
-    from npgpt.classifier import GPTClassifier
+    from npgpt.finetuning.classifier import GPTClassifier
 
     out = tmp_path / "out"
     (out / "checkpoint").mkdir(parents=True)
@@ -166,7 +167,7 @@ def test_save_pretrained_replaces_only_its_own_files(tmp_path):
 
 
 def test_a_failed_save_leaves_the_previous_model_and_no_debris(tmp_path, monkeypatch):
-    from npgpt import checkpoint
+    from npgpt.io import checkpoint
 
     out = GPT(TINY, seed=0).save_pretrained(tmp_path / "out")
     before = snapshot(out)
@@ -184,7 +185,7 @@ def test_a_failed_save_leaves_the_previous_model_and_no_debris(tmp_path, monkeyp
 
 
 def test_finetune_overwrite_keeps_a_runs_checkpoint_and_user_folders(lm_dir, reviews, tmp_path, capsys):
-    from npgpt.classifier import GPTClassifier
+    from npgpt.finetuning.classifier import GPTClassifier
 
     out = tmp_path / "run"
     shutil.copytree(lm_dir, out / "checkpoint")
@@ -282,7 +283,7 @@ def test_a_killed_prepares_token_files_are_removed_by_the_next(corpus, tok_dir, 
     out.mkdir()
     _die_while_writing(f"""
         import pathlib
-        from npgpt import data
+        from npgpt.training import data
         for split in ("train", "val"):
             data._TempFile(pathlib.Path({str(out)!r}) / f"{{split}}.bin").write(b"x" * 1000)
     """, ROOT)
@@ -296,7 +297,7 @@ def test_a_live_writers_temporary_file_is_kept(tmp_path):
     out.mkdir()
     script = textwrap.dedent(f"""
         import pathlib, time
-        from npgpt import data
+        from npgpt.training import data
         f = data._TempFile(pathlib.Path({str(out)!r}) / "train.bin")
         f.write(b"x" * 1000)
         print(f.tmp, flush=True)
@@ -340,7 +341,8 @@ def test_a_killed_prepares_cache_directory_is_removed_by_the_next(corpus, tok_di
 def test_a_killed_finetunes_save_is_cleaned_up_by_the_next(lm_dir, reviews, tmp_path, capsys):
     out = tmp_path / "clf"
     _die_while_writing(f"""
-        from npgpt import checkpoint, cli
+        from npgpt.apps import cli
+        from npgpt.io import checkpoint
         real = checkpoint._write_tensors
 
         def dying(tensors, path):
@@ -378,7 +380,7 @@ def test_a_file_size_limit_names_the_file_and_the_intact_checkpoint(data_dir, tm
 
 def test_a_full_disk_during_a_save_names_the_file_and_the_intact_checkpoint(data_dir, tmp_path, monkeypatch,
                                                                             capsys):
-    from npgpt import checkpoint
+    from npgpt.io import checkpoint
 
     run = tmp_path / "run"
     assert main(["train", "--data", str(data_dir), "--out", str(run), "--max-steps", "6", "--stop-at", "2",
@@ -396,7 +398,7 @@ def test_a_full_disk_during_a_save_names_the_file_and_the_intact_checkpoint(data
 
 
 def test_a_full_disk_in_finetune_names_the_file_and_what_is_intact(lm_dir, reviews, tmp_path, monkeypatch, capsys):
-    from npgpt import checkpoint
+    from npgpt.io import checkpoint
 
     out = tmp_path / "clf"
 
@@ -449,10 +451,10 @@ def _kill_at_random(argv, seconds):
 
 def _complete_or_refused(command, out):
     """Load what ``command`` wrote into ``out``: it loads whole, or raises a named error (never a mixture)."""
-    from npgpt import data
-    from npgpt.checkpoint import CheckpointError
-    from npgpt.classifier import GPTClassifier
+    from npgpt.finetuning.classifier import GPTClassifier
+    from npgpt.io.checkpoint import CheckpointError
     from npgpt.tokenizer import Tokenizer, TokenizerFileError
+    from npgpt.training import data
 
     try:
         if command == "tokenizer":

@@ -27,51 +27,67 @@ MODULES = [
     ("npgpt", "index.md"),
     ("npgpt.backend", "backend.md"),
     ("npgpt.autograd", "autograd.md"),
-    ("npgpt.inputs", "model.md"),
+    ("npgpt.io.inputs", "model.md"),
     ("npgpt.functional", "model.md"),
     ("npgpt.nn", "model.md"),
     ("npgpt.model", "model.md"),
     ("npgpt.generation", "generation.md"),
     ("npgpt.tokenizer", "tokenizer.md"),
-    ("npgpt.progress", "tokenizer.md"),
-    ("npgpt.data", "training.md"),
+    ("npgpt.training.progress", "tokenizer.md"),
+    ("npgpt.training.data", "training.md"),
     ("npgpt.datasets", "training.md"),
-    ("npgpt.optim", "training.md"),
-    ("npgpt.settings", "training.md"),
-    ("npgpt.engine", "training.md"),
-    ("npgpt.mixed_precision", "training.md"),
-    ("npgpt.rundir", "training.md"),
-    ("npgpt.interrupt", "training.md"),
-    ("npgpt.plot", "training.md"),
-    ("npgpt.train", "training.md"),
-    ("npgpt.checkpoint", "model.md"),
-    ("npgpt.hub", "model.md"),
-    ("npgpt.fileio", "training.md"),
-    ("npgpt.classifier", "finetuning.md"),
-    ("npgpt.labelled", "finetuning.md"),
-    ("npgpt.metrics", "finetuning.md"),
-    ("npgpt.finetune", "finetuning.md"),
+    ("npgpt.training.optim", "training.md"),
+    ("npgpt.training.settings", "training.md"),
+    ("npgpt.training.engine", "training.md"),
+    ("npgpt.training.mixed_precision", "training.md"),
+    ("npgpt.training.rundir", "training.md"),
+    ("npgpt.training.interrupt", "training.md"),
+    ("npgpt.training.plot", "training.md"),
+    ("npgpt.training.train", "training.md"),
+    ("npgpt.io.checkpoint", "model.md"),
+    ("npgpt.io.hub", "model.md"),
+    ("npgpt.io.fileio", "training.md"),
+    ("npgpt.finetuning.classifier", "finetuning.md"),
+    ("npgpt.finetuning.labelled", "finetuning.md"),
+    ("npgpt.finetuning.metrics", "finetuning.md"),
+    ("npgpt.finetuning.finetune", "finetuning.md"),
     ("npgpt.finetuning.lora", "agent.md"),
     ("npgpt.finetuning.conversations", "agent.md"),
     ("npgpt.finetuning.sft", "agent.md"),
     ("npgpt.apps.chat", "agent.md"),
     ("npgpt.viz", "interpretability.md"),
-    ("npgpt.gradcheck", "autograd.md"),
-    ("npgpt.parallel", "performance.md"),
-    ("npgpt.flops", "performance.md"),
-    ("npgpt.distributed", "distributed.md"),
+    ("npgpt.autograd.gradcheck", "autograd.md"),
+    ("npgpt.training.parallel", "performance.md"),
+    ("npgpt.training.flops", "performance.md"),
+    ("npgpt.training.distributed", "distributed.md"),
     ("npgpt.bench", "benchmarks.md"),
-    ("npgpt.cli", "index.md"),
+    ("npgpt.apps.cli", "index.md"),
+    ("npgpt.apps.serve", "agent.md"),
 ]
 
 
+# Subpackages that only group modules (their ``__init__`` is a docstring): each of their modules
+# is documented on its own. The other subpackages (autograd, tokenizer, datasets, bench) have a
+# public face of their own and are documented as one module.
+GROUPS = ("npgpt.training", "npgpt.finetuning", "npgpt.io", "npgpt.apps")
+
+
 def package_modules():
-    """Names of npgpt's top-level modules and subpackages (not ``__main__``)."""
+    """Names of npgpt's top-level modules and subpackages, with the grouping packages' modules
+    in place of the groups (never ``__main__``)."""
     import pkgutil
 
     import npgpt
 
-    return sorted(f"npgpt.{m.name}" for m in pkgutil.iter_modules(npgpt.__path__) if m.name != "__main__")
+    names = []
+    for m in pkgutil.iter_modules(npgpt.__path__):
+        name = f"npgpt.{m.name}"
+        if name in GROUPS:
+            package = importlib.import_module(name)
+            names += [f"{name}.{s.name}" for s in pkgutil.iter_modules(package.__path__) if s.name != "__main__"]
+        elif m.name != "__main__":
+            names.append(name)
+    return sorted(names)
 
 
 def modules():

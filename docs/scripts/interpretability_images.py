@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from npgpt import viz  # noqa: E402
 from npgpt.autograd import no_grad  # noqa: E402
-from npgpt.classifier import GPTClassifier  # noqa: E402
+from npgpt.finetuning.classifier import GPTClassifier  # noqa: E402
 from npgpt.model import GPT  # noqa: E402
 from npgpt.tokenizer import Tokenizer  # noqa: E402
 

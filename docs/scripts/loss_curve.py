@@ -18,7 +18,7 @@ and MFU"), ending with
 import argparse
 import sys
 
-from npgpt.plot import moving_average, read_log, save_figure
+from npgpt.training.plot import moving_average, read_log, save_figure
 
 
 def plot(rows, out, title=None, window=10):

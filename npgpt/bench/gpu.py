@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from npgpt.bench.common import median
-from npgpt.flops import flops_per_token, model_flops_utilisation
+from npgpt.training.flops import flops_per_token, model_flops_utilisation
 
 SMALL = dict(vocab_size=8192, block_size=128, n_layer=4, n_head=4, n_embd=256)
 GPT2 = dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
@@ -115,10 +115,10 @@ def parity(cfg: dict[str, int]) -> float:
 def train_npgpt(cfg: dict[str, int], batch: int, dtype: str, steps: int, warmup: int) -> dict[str, float]:
     """Median train step of npgpt on the GPU; tokens/s, peak pool bytes, loss."""
     import npgpt.functional as F
-    from npgpt import engine
     from npgpt.backend import to_device
-    from npgpt.mixed_precision import GradScaler
-    from npgpt.optim import AdamW, param_groups
+    from npgpt.training import engine
+    from npgpt.training.mixed_precision import GradScaler
+    from npgpt.training.optim import AdamW, param_groups
 
     model = _model(cfg).to("cuda")
     model.train()

@@ -5,7 +5,7 @@ The corpus is every document of SOTU, Shakespeare and Moby-Dick (17 MB, fetched 
 repetition, documents separated by ``<|endoftext|>``) into a temporary directory. Both sides start
 from those files and end with ``train.bin`` / ``val.bin`` on disk, GPT-2's vocabulary:
 
-* npgpt: ``npgpt.data.prepare(files, tokenizer, out, workers=N)`` with a fresh ``Tokenizer``
+* npgpt: ``npgpt.training.data.prepare(files, tokenizer, out, workers=N)`` with a fresh ``Tokenizer``
   (empty caches; loading the vocabulary is not timed);
 * the reference, as nanoGPT's ``prepare.py`` does it: read the files, cut the same documents
   (``data.split_documents``), tiktoken's ``encode_ordinary_batch(docs, num_threads=N)``, append
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def write_corpus(directory: pathlib.Path, mb: float) -> tuple[list[pathlib.Path], int, int]:
     """The benchmark's text files in ``directory``: (paths, documents, bytes)."""
     from npgpt import datasets
-    from npgpt.data import EOT
+    from npgpt.training.data import EOT
 
     documents = [d for name in CORPORA for d in datasets.load_documents(name)]
     paths, count, total, target = [], 0, 0, int(mb * 1e6)
@@ -62,8 +62,8 @@ def write_corpus(directory: pathlib.Path, mb: float) -> tuple[list[pathlib.Path]
 
 def run_npgpt(paths: list[str], out: str, workers: int) -> float:
     """Seconds of ``data.prepare`` from the files to the token files, with a fresh GPT-2 tokenizer."""
-    from npgpt import data
     from npgpt.tokenizer import Tokenizer
+    from npgpt.training import data
 
     gpt2 = Tokenizer.from_pretrained("gpt2")
     fresh = Tokenizer([gpt2.token_bytes(i) for i in range(len(gpt2))], gpt2.merges, gpt2.special_tokens)
@@ -78,7 +78,7 @@ def run_tiktoken(paths: list[str], out: str, workers: int) -> float:
 
     from npgpt import datasets
     from npgpt.bench.tokenizer import tiktoken_gpt2
-    from npgpt.data import split_documents
+    from npgpt.training.data import split_documents
 
     enc = tiktoken_gpt2(datasets.fetch("gpt2-tiktoken"))
     eot = enc.eot_token

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from npgpt.bench.common import median, peak_rss_mb
-from npgpt.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
-from npgpt.parallel import default_workers
+from npgpt.training.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
+from npgpt.training.parallel import default_workers
 
 if TYPE_CHECKING:
     from npgpt.autograd import Tensor
@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", choices=["torch"], default=None, help="also run PyTorch eager")
     parser.add_argument("--workers", type=int, default=None,
                         help="threads the batch is sharded over (default: one per core; 1 for train-124m; see "
-                             "npgpt.parallel)")
+                             "npgpt.training.parallel)")
     parser.add_argument("--ranks", type=int, default=1,
                         help="also run as this many MPI ranks x 1 thread (mpiexec) and report the ratio ranks / "
                              "one process with as many threads (docs/distributed.md)")
@@ -97,9 +97,10 @@ def _time_steps(step: Callable[[], float], steps: int, warmup: int) -> tuple[flo
 def run_npgpt(cfg: dict[str, int], steps: int, warmup: int, workers: Optional[int] = None,
               memory: bool = False) -> tuple[float, float, dict[str, float]]:
     """npgpt's side: (median step seconds, last loss, memory breakdown in MB, or {} without ``memory``)."""
-    from npgpt import backend, parallel
+    from npgpt import backend
     from npgpt.model import GPT
-    from npgpt.optim import AdamW, param_groups
+    from npgpt.training import parallel
+    from npgpt.training.optim import AdamW, param_groups
 
     backend.retain_freed_memory()                 # as `npgpt train` does
     model = GPT(_model_config(cfg))
@@ -258,9 +259,10 @@ def run_ranks(cfg: dict[str, int], steps: int, warmup: int) -> dict[str, float]:
     Also times the gradient all-reduce alone, the communication the scaling
     model of docs/distributed.md predicts.
     """
-    from npgpt import backend, distributed, engine
+    from npgpt import backend
     from npgpt.model import GPT
-    from npgpt.optim import AdamW, param_groups
+    from npgpt.training import distributed, engine
+    from npgpt.training.optim import AdamW, param_groups
 
     world = distributed.world()
     model = GPT(_model_config(cfg))
@@ -363,7 +365,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.side:
         return _side(args, cfg, args.side)
     if args.rank_worker:
-        from npgpt import distributed
+        from npgpt.training import distributed
 
         result = run_ranks(cfg, args.steps, args.warmup)
         if not distributed.world().is_main:

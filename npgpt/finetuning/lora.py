@@ -39,9 +39,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from npgpt import backend, nn, settings
-from npgpt.autograd import Tensor, _make, as_tensor
-from npgpt.settings import setting
+from npgpt import backend, nn
+from npgpt.autograd.core import Tensor, _make, as_tensor
+from npgpt.training import settings
+from npgpt.training.settings import setting
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
 
@@ -497,7 +498,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str
     """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT's format), atomically."""
     from safetensors.numpy import save_file
 
-    from npgpt import fileio
+    from npgpt.io import fileio
 
     directory = pathlib.Path(directory)
     config = adapter_config(model, base_model)
@@ -522,7 +523,7 @@ class AdapterError(ValueError):
 
 def read_adapter_config(directory: str | os.PathLike) -> dict:
     """The checked ``adapter_config.json`` of ``directory`` (features npgpt does not implement are refused)."""
-    from npgpt import checkpoint
+    from npgpt.io import checkpoint
 
     path = pathlib.Path(directory) / ADAPTER_CONFIG
     if not path.is_file():
@@ -559,7 +560,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> list[str]:
     ``use_rslora`` the scale is ``alpha / sqrt(r)``. Every tensor's name and
     shape is checked against the model before anything changes.
     """
-    from npgpt import checkpoint
+    from npgpt.io import checkpoint
 
     directory = pathlib.Path(directory)
     raw = read_adapter_config(directory)
@@ -625,8 +626,8 @@ def merge_adapter(directory: str | os.PathLike, base: str | os.PathLike | None =
     classifier's adapter (``task_type`` ``SEQ_CLS``, a ``score`` head among
     ``modules_to_save``) gives a ``GPTClassifier`` whose head is the adapter's.
     """
-    from npgpt import checkpoint
-    from npgpt.classifier import GPTClassifier
+    from npgpt.finetuning.classifier import GPTClassifier
+    from npgpt.io import checkpoint
     from npgpt.model import GPT
 
     raw = read_adapter_config(directory)

@@ -5,7 +5,7 @@ Three parts. Giving a pretrained model the chat template's role markers: the tok
 and the model's token table grows by as many rows; the LM head is tied to that table, so it grows
 with it, and a new row is both the marker's input vector and its output vector. The loss: next-token
 cross-entropy on the assistant's tokens only (docs/agent.md eqs. 1-3). The run: ``SFTTrainer``, the
-pretraining loop (``npgpt.train.Trainer``) with conversations for batches, behind ``npgpt sft``.
+pretraining loop (``npgpt.training.train.Trainer``) with conversations for batches, behind ``npgpt sft``.
 """
 
 from __future__ import annotations
@@ -16,18 +16,19 @@ import pathlib
 from collections.abc import Callable
 from typing import Any, Optional
 
-from npgpt import backend, engine, nn, rundir, settings
+from npgpt import backend, nn
 from npgpt.autograd import Tensor, no_grad
-from npgpt.checkpoint import CheckpointError
 from npgpt.finetuning import conversations
 from npgpt.finetuning.conversations import IGNORE_INDEX, count_trained
-from npgpt.mixed_precision import DTYPES
+from npgpt.io.checkpoint import CheckpointError
 from npgpt.model import GPT
-from npgpt.optim import cosine_schedule
-from npgpt.settings import setting
 from npgpt.tokenizer import Tokenizer
 from npgpt.tokenizer.chat import IM_END, IM_START, with_chat_tokens
-from npgpt.train import DEFAULT_PEAK_FLOPS, Trainer
+from npgpt.training import engine, rundir, settings
+from npgpt.training.mixed_precision import DTYPES
+from npgpt.training.optim import cosine_schedule
+from npgpt.training.settings import setting
+from npgpt.training.train import DEFAULT_PEAK_FLOPS, Trainer
 
 
 def resize_token_embeddings(model: GPT, vocab_size: int) -> GPT:
@@ -168,7 +169,7 @@ class SFTConfig:
 
 # ================================================================= the trainer
 class SFTTrainer(Trainer):
-    """Supervised fine-tuning with the pretraining loop (``npgpt.train.Trainer``): the same step, logs,
+    """Supervised fine-tuning with the pretraining loop (``npgpt.training.train.Trainer``): the same step, logs,
     plots, checkpoints, exact resume, Ctrl-C and MPI; here the batches are padded conversations and
     the loss is eq. 1.
 
@@ -301,7 +302,7 @@ class SFTTrainer(Trainer):
 
     def save_checkpoint(self) -> Optional[pathlib.Path]:
         """``RUN_DIR/checkpoint``: the model and its chat tokenizer (a directory ``npgpt chat`` opens),
-        AdamW's moments and the run's state, written atomically (``npgpt.rundir``)."""
+        AdamW's moments and the run's state, written atomically (``npgpt.training.rundir``)."""
         optimizer_state = self._gathered_optimizer_state()
         if not self.world.is_main:
             return None

@@ -9,7 +9,7 @@ adjacent pair of tokens and adds their concatenation as a new token; the ordered
 
 Pure Python plus ``regex`` (for ``\\p{L}`` and ``\\p{N}``; NumPy only for ``encode_batch``'s
 padded arrays): the tokenizer stands alone, imports nothing else of npgpt except ``npgpt.datasets``
-to fetch GPT-2's vocabulary for ``"gpt2"`` and ``npgpt.hub`` for a Hugging Face Hub repo id.
+to fetch GPT-2's vocabulary for ``"gpt2"`` and ``npgpt.io.hub`` for a Hugging Face Hub repo id.
 
     tok = Tokenizer.from_pretrained("gpt2")
     tok.encode("The cat sits on the mat.")        # [464, 3797, 10718, 319, 262, 2603, 13]

@@ -270,7 +270,7 @@ class EncodeCaches:
     chunk (``first``) and for the chunks after a space (``spaced``); all hold packed ids.
 
     ``mark``, ``entries_since`` and ``add`` let processes that encode with the same vocabulary
-    share what each has learned (``npgpt.data.prepare`` does, so that of two workers only one pays
+    share what each has learned (``npgpt.training.data.prepare`` does, so that of two workers only one pays
     for a new word): an entry depends on its key only, so adding another process's entries never
     changes an id.
     """

@@ -18,7 +18,7 @@ from npgpt.tokenizer.train import train_bpe
 if TYPE_CHECKING:
     import numpy as np
 
-PRETRAINED = pathlib.Path(__file__).resolve().parents[1] / "pretrained"   # npgpt/pretrained/<name>/
+PRETRAINED = pathlib.Path(__file__).resolve().parents[1] / "io" / "pretrained"   # npgpt/io/pretrained/<name>/
 
 # GPT-2's vocabulary comes from either of two pinned artefacts of npgpt.datasets, which give the same
 # tokenizer (tested): tiktoken's ranks file through pip, else OpenAI's two files through npm.
@@ -75,7 +75,7 @@ class Tokenizer:
         self._typecode = "H" if n <= 1 << 16 else "I"
         self.caches = EncodeCaches(self._ranks, self._merged, self._byte_ids, self._typecode)
         """The encoder's caches (``npgpt.tokenizer.bpe.EncodeCaches``); processes that encode with
-        this vocabulary can share their entries (``npgpt.data.prepare`` does)."""
+        this vocabulary can share their entries (``npgpt.training.data.prepare`` does)."""
 
     # ------------------------------------------------------------------ basic facts
     @property
@@ -154,7 +154,7 @@ class Tokenizer:
         """``encode_ordinary(text)`` as an ``array.array`` of unsigned ints: typecode ``"H"``
         (16 bits) when every id fits, else ``"I"`` (32 bits).
 
-        What ``npgpt.data.prepare`` writes to disk: the ids never exist as Python ints.
+        What ``npgpt.training.data.prepare`` writes to disk: the ids never exist as Python ints.
         Natural text repeats itself, so the ids of every chunk between two spaces and of every
         pre-token are cached, and a text is one ``str.split`` plus one dict lookup per chunk
         (``bpe.encode_chunks``); only a new pre-token runs Python code, the merge loop
@@ -316,7 +316,7 @@ class Tokenizer:
 
         A directory may hold Hugging Face's layout (vocab.json + merges.txt, with special tokens
         named in special_tokens_map.json / tokenizer_config.json / added_tokens.json) or OpenAI's
-        (encoder.json + vocab.bpe). A name is looked up in ``npgpt/pretrained/<name>/``. Malformed
+        (encoder.json + vocab.bpe). A name is looked up in ``npgpt/io/pretrained/<name>/``. Malformed
         files raise ``TokenizerFileError`` (a ``ValueError``) naming the file (docs/tokenizer.md,
         "What the loaders guarantee").
         ``"gpt2"`` loads GPT-2's vocabulary from the npgpt cache, fetching it if needed
@@ -326,7 +326,7 @@ class Tokenizer:
         Any other name such as ``"openai-community/gpt2"`` or ``"org/name"`` is a Hugging Face
         Hub repo id: its vocab.json, merges.txt and special-token files are downloaded into the
         Hub's cache, or read from there (needs ``pip install -e ".[hub]"``; ``HF_HOME`` and
-        ``HF_HUB_OFFLINE`` are honoured, see ``npgpt.hub``).
+        ``HF_HUB_OFFLINE`` are honoured, see ``npgpt.io.hub``).
 
         The order is: a local directory, a shipped tokenizer, the pinned ``"gpt2"``, the Hub. So
         ``"gpt2"`` never needs the Hub; with ``revision`` (a branch, tag or commit of a Hub repo)
@@ -353,7 +353,7 @@ class Tokenizer:
             return cls._from_gpt2_routes()
         missing = (f"no tokenizer {name!r}: tried the directories {[str(p) for p in candidates]} "
                    f"and the name 'gpt2' (GPT-2's vocabulary, fetched into the cache)")
-        from npgpt import hub  # imported here: only a Hub repo id needs it
+        from npgpt.io import hub  # imported here: only a Hub repo id needs it
 
         if not hub.is_repo_id(name_or_dir):
             raise FileNotFoundError(missing)
@@ -389,5 +389,5 @@ class Tokenizer:
         """Write Hugging Face's GPT-2 layout into ``directory`` (created if needed): vocab.json,
         merges.txt (``#version: 0.2``), special_tokens_map.json, tokenizer_config.json (with the
         ``chat_template``, if any). Complete or refused: vocab.json is renamed into place last, and
-        other files there are kept (``npgpt.fileio.publish``). Returns the directory as a Path."""
+        other files there are kept (``npgpt.io.fileio.publish``). Returns the directory as a Path."""
         return write_hf(directory, self._tokens, self.merges, self.special_tokens, self._chat_template)

@@ -18,8 +18,8 @@ import pathlib
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Optional
 
-from npgpt import fileio
-from npgpt.fileio import excerpt
+from npgpt.io import fileio
+from npgpt.io.fileio import excerpt
 from npgpt.tokenizer.bpe import ENDOFTEXT, SPECIAL_SHAPE, Vocabulary, bpe, token_bytes, token_text
 
 FORMAT_VERSION = 1          # written to tokenizer_config.json as "npgpt_tokenizer_format"

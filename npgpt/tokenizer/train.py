@@ -13,8 +13,8 @@ from collections.abc import Iterable
 
 import regex
 
-from npgpt.progress import Progress
 from npgpt.tokenizer.bpe import ENDOFTEXT, SPECIAL_SHAPE, Vocabulary, pretokenize
+from npgpt.training.progress import Progress
 
 
 def check_special_tokens(special_tokens: Iterable[str]) -> list[str]:

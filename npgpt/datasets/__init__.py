@@ -275,7 +275,7 @@ def movie_review_rows(path: Optional[str | os.PathLike] = None) -> list[tuple[st
     ``id<TAB>mean rating<TAB>sentence`` per line, no header, CRLF line ends, ratings from -4 to
     +4. A mean rating above 0 is positive, below 0 negative; the 37 sentences rated exactly 0
     say neither and are dropped, leaving 10,568 (5,242 positive). This is the rule of
-    ``npgpt.labelled.movie_reviews`` (which gives 1 and 0 for the two words); a test checks that
+    ``npgpt.finetuning.labelled.movie_reviews`` (which gives 1 and 0 for the two words); a test checks that
     the two agree row by row.
     """
     path = pathlib.Path(path) if path is not None else fetch("movie-reviews")
@@ -303,7 +303,7 @@ def export(name: str, out: str | os.PathLike, overwrite: bool = False) -> str:
     writes a file writes where it is told, and does not replace a file by surprise. The file
     appears complete or not at all (a temporary file and a rename).
     """
-    from npgpt import fileio
+    from npgpt.io import fileio
 
     if name not in EXPORTS:
         raise KeyError(f"cannot export {name!r}; exportable: {', '.join(EXPORTS)}")
@@ -373,6 +373,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

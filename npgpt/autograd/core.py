@@ -402,7 +402,7 @@ def backward(output: Tensor, grad: Tensor | Array | None = None, *, retain_graph
 
     ``t.backward()`` is ``backward(t)``: ``on_leaf`` defaults to
     ``accumulate_grad`` (``leaf.grad += g``). Another ``on_leaf`` decides
-    itself where gradients go -- ``npgpt.parallel`` adds the shards'
+    itself where gradients go -- ``npgpt.training.parallel`` adds the shards'
     gradients into ``.grad`` in a fixed order while the walk goes on, so a
     thread never holds a full set of gradients of its own. Unless
     ``owned`` is True, ``g`` may be an array that other nodes also
@@ -424,7 +424,7 @@ def grad(outputs: Tensor | Iterable[Tensor], inputs: Tensor | Iterable[Tensor],
     depend on is an error, or ``None`` with ``allow_unused=True``. Because
     nothing is written into shared ``.grad`` arrays, threads can take
     gradients of separate graphs over the same parameters at the same time
-    (``npgpt.parallel`` does).
+    (``npgpt.training.parallel`` does).
     """
     outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     single = isinstance(inputs, Tensor)

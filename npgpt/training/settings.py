@@ -4,7 +4,7 @@ Companion of ``docs/training.md`` (section "From the command line").
 
 ``TrainConfig`` and ``FinetuneConfig`` are dataclasses whose fields are built
 with :func:`setting`, which stores the field's ``--help`` text in its
-metadata. ``npgpt.cli`` generates one flag per field from them
+metadata. ``npgpt.apps.cli`` generates one flag per field from them
 (``max_steps`` -> ``--max-steps``), so a setting cannot exist without its
 flag, and the help cannot drift from the code. A bad value raises
 :class:`ConfigError`, which knows the field it is about, so the command line

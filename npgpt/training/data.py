@@ -33,10 +33,10 @@ from typing import Any, Optional
 import numpy as np
 from numpy.typing import DTypeLike
 
-from npgpt import fileio
-from npgpt.fileio import excerpt
-from npgpt.progress import Progress
+from npgpt.io import fileio
+from npgpt.io.fileio import excerpt
 from npgpt.tokenizer.bpe import ENDOFTEXT
+from npgpt.training.progress import Progress
 
 __all__ = ["EOT", "prepare", "prepare_documents", "split_documents", "load_tokens", "load_meta", "TokenFile",
            "BatchSampler", "token_dtype", "default_workers"]

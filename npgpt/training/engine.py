@@ -1,16 +1,16 @@
-"""One optimizer step, shared by pretraining (``npgpt.train``) and fine-tuning (``npgpt.finetune``).
+"""One optimizer step, shared by pretraining (``npgpt.training.train``) and fine-tuning (``npgpt.finetuning.finetune``).
 
 Companion of ``docs/training.md`` (section "One step").
 
 A step of either loop is the same five things: set the learning rate; run
 forward and backward over the micro-batches, each sharded over CPU threads
-(``npgpt.parallel``), summing their gradients (eq. 4); clip the global
+(``npgpt.training.parallel``), summing their gradients (eq. 4); clip the global
 gradient norm (eq. 11); refuse a non-finite loss or norm before the weights
 are touched; update with the optimizer and clear the gradients. The loops
 differ only in where batches come from, what they log and how they save,
 so those stay in their own modules and the step lives here, once.
 
-Depends on ``npgpt.parallel`` and ``npgpt.optim``.
+Depends on ``npgpt.training.parallel`` and ``npgpt.training.optim``.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, Optional
 
-from npgpt import parallel
 from npgpt.autograd import Tensor
-from npgpt.distributed import OptimizerShard, World
-from npgpt.mixed_precision import GradScaler
-from npgpt.optim import Optimizer, clip_grad_norm_with_loss
+from npgpt.training import parallel
+from npgpt.training.distributed import OptimizerShard, World
+from npgpt.training.mixed_precision import GradScaler
+from npgpt.training.optim import Optimizer, clip_grad_norm_with_loss
 
 __all__ = ["TrainingDiverged", "StepResult", "optimizer_step", "choose_workers"]
 
@@ -66,13 +66,13 @@ def optimizer_step(optimizer: Optimizer, loss_fn: Callable[..., Tensor], batches
     only), refuses a non-finite loss or norm *before* touching the weights
     (``TrainingDiverged`` naming ``step``), updates and clears the gradients.
 
-    With a ``scaler`` (mixed precision, ``npgpt.mixed_precision``) the loss
+    With a ``scaler`` (mixed precision, ``npgpt.training.mixed_precision``) the loss
     is multiplied by ``scaler.scale`` for the backward pass and the gradients
     divided by it before clipping; a non-finite gradient norm then means a
     float16 overflow, not divergence: the step is skipped (no update) and the
     scale halved. A non-finite *loss* is divergence either way.
 
-    With a ``world`` of N ranks (``npgpt.distributed``) every batch is the
+    With a ``world`` of N ranks (``npgpt.training.distributed``) every batch is the
     *global* batch: this rank computes its rows, weighted by its share of
     them, and the gradients and loss are summed over ranks once per step,
     after the last micro-batch. With a ``shard`` (ZeRO-1), ``optimizer``

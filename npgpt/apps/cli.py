@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 if TYPE_CHECKING:
-    from npgpt.settings import ConfigError
     from npgpt.tokenizer import Tokenizer
+    from npgpt.training.settings import ConfigError
 
 __all__ = ["main", "build_parser"]
 
@@ -89,7 +89,7 @@ def _with_default(text: str, default: Any) -> str:
 
 def _settings_flags(parser: argparse.ArgumentParser, config_class: type, flag_names: Optional[dict[str, str]] = None,
                     skip: Iterable[str] = (), required: Iterable[str] = ()) -> None:
-    """One flag per field of a settings dataclass, typed and with its help text (npgpt.settings).
+    """One flag per field of a settings dataclass, typed and with its help text (npgpt.training.settings).
 
     ``max_steps`` becomes ``--max-steps`` unless ``flag_names`` maps it to
     another flag. Flags default to ``None`` so that the command knows which
@@ -182,7 +182,7 @@ TRAIN_FLAG_NAMES = {"data_dir": "--data", "out_dir": "--out", "tokenizer_dir": "
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from npgpt.train import TrainConfig
+    from npgpt.training.train import TrainConfig
 
     p = sub.add_parser("train", help="train a GPT-2 model on prepared data",
                        description="Train a GPT-2 model from scratch on a prepared data directory, or continue training "
@@ -234,7 +234,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    from npgpt.finetune import FinetuneConfig
+    from npgpt.finetuning.finetune import FinetuneConfig
 
     p = sub.add_parser("finetune", help="fine-tune a model as a text classifier (docs/finetuning.md)",
                        description="Fine-tune a pretrained GPT as a classifier on a labelled CSV, TSV or JSONL "
@@ -387,7 +387,7 @@ def _check_device(device: str) -> str:
 
 def _refuse_non_empty(directory: str, overwrite: bool, what: str) -> None:
     """``--out`` must be a new or empty directory (its lock file aside), unless ``--overwrite``."""
-    from npgpt import fileio
+    from npgpt.io import fileio
 
     path = pathlib.Path(directory)
     if path.exists() and not path.is_dir():
@@ -403,7 +403,7 @@ def _sole_writer(directory: str, overwrite: bool, what: str, command: str, enabl
 
     ``enabled=False`` (an MPI rank other than 0, which writes nothing) does none of it.
     """
-    from npgpt import fileio
+    from npgpt.io import fileio
 
     if not enabled:
         yield
@@ -418,7 +418,7 @@ def _sole_writer(directory: str, overwrite: bool, what: str, command: str, enabl
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from npgpt import fileio
+    from npgpt.io import fileio
     from npgpt.tokenizer import ENDOFTEXT, Tokenizer
 
     with _sole_writer(args.out, args.overwrite, "tokenizer directory", "npgpt tokenizer train"):
@@ -436,7 +436,7 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from npgpt.data import prepare
+    from npgpt.training.data import prepare
 
     with _sole_writer(args.out, args.overwrite, "data directory", "npgpt prepare"):
         meta = prepare(args.input, _load_tokenizer(args.tokenizer), args.out, val_fraction=args.val_fraction,
@@ -448,8 +448,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from npgpt import backend
-    from npgpt.interrupt import exit_status
-    from npgpt.train import TrainConfig, Trainer
+    from npgpt.training.interrupt import exit_status
+    from npgpt.training.train import TrainConfig, Trainer
 
     backend.retain_freed_memory()      # every step reuses the last one's memory (docs/performance.md)
     settings = {}
@@ -489,7 +489,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _read_settings_file(name: str, config_class: type) -> dict[str, Any]:
     """The settings in a ``--config`` JSON file, each value of its field's type (else a ValueError naming it)."""
-    from npgpt import fileio
+    from npgpt.io import fileio
 
     path = pathlib.Path(name)
     if not path.exists():              # a special file is refused by read_utf8, not called missing
@@ -566,7 +566,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def _read_prompts(path: str) -> list[str]:
     """The prompts of ``--prompts FILE``: one per line, blank lines skipped (a regular file of at most
     ``fileio.MAX_TEXT_FILE`` bytes)."""
-    from npgpt import fileio
+    from npgpt.io import fileio
 
     if not pathlib.Path(path).exists():
         raise FileNotFoundError(f"prompts file {path} does not exist")
@@ -628,7 +628,7 @@ def _print_continuations(tokenizer: Tokenizer, texts: list[str], steps: Iterable
 def cmd_sft(args: argparse.Namespace) -> int:
     from npgpt import backend
     from npgpt.finetuning.sft import SFTConfig, SFTTrainer
-    from npgpt.interrupt import exit_status
+    from npgpt.training.interrupt import exit_status
 
     backend.retain_freed_memory()
     settings = {}
@@ -715,7 +715,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     import contextlib
     import io
 
-    from npgpt import backend, distributed
+    from npgpt import backend
+    from npgpt.training import distributed
 
     backend.retain_freed_memory()      # every step reuses the last one's memory (docs/performance.md)
     if distributed.world().is_main:
@@ -725,7 +726,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from npgpt import distributed
+    from npgpt.training import distributed
 
     # Rank 0 alone writes (the others would see its files appear and its lock held).
     with _sole_writer(args.out, args.overwrite, "output directory", "npgpt finetune",
@@ -734,12 +735,14 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _finetune_holding(args: argparse.Namespace) -> int:
-    from npgpt import distributed, fileio, labelled
-    from npgpt import finetune as ft
-    from npgpt.classifier import GPTClassifier
-    from npgpt.finetune import FinetuneConfig
-    from npgpt.metrics import format_metrics
+    from npgpt.finetuning import finetune as ft
+    from npgpt.finetuning import labelled
+    from npgpt.finetuning.classifier import GPTClassifier
+    from npgpt.finetuning.finetune import FinetuneConfig
+    from npgpt.finetuning.metrics import format_metrics
+    from npgpt.io import fileio
     from npgpt.tokenizer import Tokenizer
+    from npgpt.training import distributed
 
     config = FinetuneConfig(**settings_given(args, FinetuneConfig))
     texts, raw = labelled.read_labelled_file(args.data, args.text_column, args.label_column, fmt=args.format,
@@ -782,7 +785,7 @@ def _finetune_holding(args: argparse.Namespace) -> int:
         fileio.atomic_write(out / "eval_results.json", json.dumps(report, indent=2) + "\n")
         # The curve, as npgpt train keeps it: one row per evaluation, and its picture.
         fileio.atomic_write(out / "log.jsonl", "".join(json.dumps(row) + "\n" for row in result.history))
-        from npgpt import plot
+        from npgpt.training import plot
 
         if plot.matplotlib_available() and result.history:
             plot.plot_runs([out], out / plot.FIGURE_NAME, title=f"fine-tuning {args.model}")
@@ -791,7 +794,7 @@ def _finetune_holding(args: argparse.Namespace) -> int:
         print(f"saved the LoRA adapter and the head to {pathlib.Path(args.out) / 'adapter'} (PEFT's format; "
               f"the classifier in {args.out} has it merged)")
     if result.stopped_by is not None:
-        from npgpt.interrupt import exit_status
+        from npgpt.training.interrupt import exit_status
 
         print(f"stopped at step {result.steps}; {args.out} holds the best classifier so far", file=sys.stderr)
         return exit_status(result.stopped_by)
@@ -816,7 +819,7 @@ def cmd_lora(args: argparse.Namespace) -> int:
 
 def _end_the_job_if_distributed(exc: BaseException) -> None:
     """Under mpiexec a rank that fails must end the whole job, or the other ranks wait for it forever."""
-    from npgpt import distributed
+    from npgpt.training import distributed
 
     world = distributed.world()
     if world.size > 1:
@@ -831,7 +834,7 @@ def _end_the_job_if_distributed(exc: BaseException) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from npgpt import plot
+    from npgpt.training import plot
 
     if not plot.matplotlib_available():
         raise ValueError("npgpt plot needs matplotlib: pip install -e \".[viz]\"")
@@ -881,7 +884,7 @@ def _debugging(args: argparse.Namespace) -> bool:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 error, 2 bad usage, 128+N stopped by signal N)."""
-    from npgpt.settings import ConfigError
+    from npgpt.training.settings import ConfigError
 
     parser = build_parser()
     try:
@@ -893,7 +896,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handlers = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "finetune": cmd_finetune,
                 "sft": cmd_sft, "chat": cmd_chat, "lora": cmd_lora, "plot": cmd_plot}
     handler = cmd_tokenizer_train if args.command == "tokenizer" else handlers[args.command]
-    from npgpt.train import TrainingDiverged
+    from npgpt.training.train import TrainingDiverged
 
     try:
         try:

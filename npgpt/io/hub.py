@@ -6,7 +6,7 @@ Companion of ``docs/model.md``, section "Loading GPT-2 from the Hub".
 come here once a name is neither a local directory nor a model shipped with npgpt. This module
 knows the Hub, not models: ``snapshot`` returns the local directory that holds the files asked
 for, and the loaders read it like any other directory (with every check of
-``npgpt.checkpoint`` and ``npgpt.tokenizer.formats``).
+``npgpt.io.checkpoint`` and ``npgpt.tokenizer.formats``).
 
 Downloading is ``huggingface_hub.snapshot_download``'s, so its cache is the one every
 Hugging Face library shares (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else

@@ -162,7 +162,7 @@ class Optimizer:
         A block's weight, gradient and state slices stay in the cache through
         all the passes of ``_update``; each thread has one scratch block.
         """
-        from npgpt import parallel
+        from npgpt.training import parallel
 
         blocks = []        # (weight, gradient, state) slices: flat views, written in place
         for p, g, state, group in work:
@@ -395,7 +395,7 @@ def clip_grad_norm(params: Params | dict[str, Tensor], max_norm: Optional[float]
     the caller decides what to do; nothing is scaled then).
 
     ``reduce`` sums the squared norm over processes that each hold part of
-    the gradients (``npgpt.distributed``, optimizer sharding); it is given
+    the gradients (``npgpt.training.distributed``, optimizer sharding); it is given
     the local sum of squares and returns the global one.
     """
     return clip_grad_norm_with_loss(params, max_norm, None, reduce)[0]

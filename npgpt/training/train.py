@@ -43,20 +43,22 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any, NoReturn, Optional
 
-from npgpt import backend, distributed, engine, fileio, plot, rundir, settings
+from npgpt import backend
 from npgpt.autograd import Tensor, no_grad
 from npgpt.backend import Array
-from npgpt.checkpoint import WEIGHTS_NAME, CheckpointError, read_tensors
-from npgpt.data import BatchSampler, TokenFile, load_meta
-from npgpt.engine import TrainingDiverged
-from npgpt.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
-from npgpt.interrupt import GracefulStop
-from npgpt.mixed_precision import DTYPES, GradScaler
+from npgpt.io import fileio
+from npgpt.io.checkpoint import WEIGHTS_NAME, CheckpointError, read_tensors
 from npgpt.model import GPT, GPTConfig
-from npgpt.optim import AdamW, cosine_schedule, param_groups
-from npgpt.progress import Progress
-from npgpt.rundir import CHECKPOINT_DIR, find_checkpoint
-from npgpt.settings import setting
+from npgpt.training import distributed, engine, plot, rundir, settings
+from npgpt.training.data import BatchSampler, TokenFile, load_meta
+from npgpt.training.engine import TrainingDiverged
+from npgpt.training.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
+from npgpt.training.interrupt import GracefulStop
+from npgpt.training.mixed_precision import DTYPES, GradScaler
+from npgpt.training.optim import AdamW, cosine_schedule, param_groups
+from npgpt.training.progress import Progress
+from npgpt.training.rundir import CHECKPOINT_DIR, find_checkpoint
+from npgpt.training.settings import setting
 
 __all__ = ["TrainConfig", "Trainer", "train", "TrainingDiverged", "find_checkpoint", "flops_per_token",
            "CHECKPOINT_DIR", "DEFAULT_PEAK_FLOPS"]
@@ -76,7 +78,7 @@ class TrainConfig:
     it. ``stop_at`` ends this invocation early, after step ``stop_at``, with a
     checkpoint; ``--resume`` continues to ``max_steps``. ``workers`` is the
     number of threads the batch is split over (0 = one per core, on a CPU and
-    without dropout; see ``npgpt.parallel``). ``warmup_steps`` and ``min_lr``
+    without dropout; see ``npgpt.training.parallel``). ``warmup_steps`` and ``min_lr``
     default to ``None``, which means "fit the run": ``min(100, max_steps // 10)``
     warmup steps and ``lr / 10``, so that any ``max_steps`` and any ``lr`` make a
     valid run (the resolved values are what a checkpoint stores).
@@ -285,7 +287,7 @@ class Trainer:
     def _setup_logging(self, config: Any, log: Optional[Callable[[str], None]]) -> None:
         """The config, the MPI world and where log lines go (shared with ``npgpt.finetuning.sft``)."""
         self.config = config
-        # Under mpiexec: N ranks, each with the whole model and 1/N of every global batch (npgpt.distributed).
+        # Under mpiexec: N ranks, each with the whole model and 1/N of every global batch (npgpt.training.distributed).
         self.world = distributed.world()
         self.log = log if log is not None else (lambda line: print(line, file=sys.stderr, flush=True))
         # On a terminal, a bar redrawn every step, with the log lines above it; in a log file
@@ -424,7 +426,7 @@ class Trainer:
         """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm, lr).
 
         With mixed precision a step whose gradients overflowed float16 is
-        skipped (``npgpt.engine``); it still counts as a step (its batches
+        skipped (``npgpt.training.engine``); it still counts as a step (its batches
         were drawn) and is logged with ``"skipped": true``.
         """
         c = self.config
@@ -451,7 +453,7 @@ class Trainer:
     def train(self, stop_at: Optional[int] = None) -> dict[str, Any]:
         """Train until ``max_steps`` (or ``stop_at``); returns a dict of final figures.
 
-        Ctrl-C or SIGTERM (``npgpt.interrupt``) finishes the step in progress,
+        Ctrl-C or SIGTERM (``npgpt.training.interrupt``) finishes the step in progress,
         writes a checkpoint and returns early; ``"stopped_by"`` in the result
         is then the signal's number (else ``None``).
         """
@@ -574,7 +576,7 @@ class Trainer:
             f.write(",".join(str(x) for x in cells) + "\n")
 
     def _draw_curve(self, final: bool = False) -> None:
-        """Redraw ``RUN_DIR/loss_curve.png`` (``npgpt.plot``) when matplotlib is there; rank 0 only.
+        """Redraw ``RUN_DIR/loss_curve.png`` (``npgpt.training.plot``) when matplotlib is there; rank 0 only.
 
         At most every ``CURVE_SECONDS`` (drawing takes a tenth of a second;
         a fast run logs many times a second), and always at the end.
@@ -604,7 +606,7 @@ class Trainer:
         return optimizer_state
 
     def save_checkpoint(self) -> Optional[pathlib.Path]:
-        """Write ``RUN_DIR/checkpoint`` atomically (``npgpt.rundir``); returns its path.
+        """Write ``RUN_DIR/checkpoint`` atomically (``npgpt.training.rundir``); returns its path.
 
         Under MPI every rank calls this (with a sharded optimizer the moments
         are gathered from all of them into the usual single-file layout, so

@@ -23,7 +23,7 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from npgpt import fileio
+from npgpt.io import fileio
 
 __all__ = ["read_log", "moving_average", "save_figure", "plot_runs", "matplotlib_available", "FIGURE_NAME"]
 

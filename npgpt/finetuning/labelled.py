@@ -13,7 +13,7 @@ Companion of ``docs/finetuning.md`` (section "Labelled data").
   mask the classifier needs (1 = real token, 0 = padding).
 * :func:`movie_reviews` is the labelled corpus the book's examples use.
 
-Depends on ``npgpt.fileio`` only (and ``npgpt.datasets`` to fetch the reviews).
+Depends on ``npgpt.io.fileio`` only (and ``npgpt.datasets`` to fetch the reviews).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from npgpt import fileio
+from npgpt.io import fileio
 
 __all__ = ["read_labelled_file", "movie_reviews", "label_counts", "label_name", "LabelSet", "split_indices", "pad_batch"]
 

@@ -11,7 +11,7 @@ is written last, so a checkpoint is complete exactly when it parses and
 lists files that are all there.
 
 A new checkpoint is assembled under a staging name and swapped in with
-``npgpt.fileio.replace_directory``; a crash at any instant leaves a complete
+``npgpt.io.fileio.replace_directory``; a crash at any instant leaves a complete
 checkpoint behind (the old one, perhaps parked as a backup, or the new one).
 This module is the only one that knows those names: the trainer asks it to
 :func:`write_checkpoint`, :func:`find_checkpoint` and :func:`remove_stale`.
@@ -22,7 +22,7 @@ ends, however it ends) and writes the holder's pid, host and start time into
 it, so that a second trainer on the same directory is refused with a message
 naming the first, before it deletes or rewrites anything.
 
-Depends on ``npgpt.fileio`` and ``npgpt.nn`` (dropout generators); the
+Depends on ``npgpt.io.fileio`` and ``npgpt.nn`` (dropout generators); the
 optimizer and model are passed in.
 """
 
@@ -40,11 +40,12 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from npgpt import fileio, nn
-from npgpt.checkpoint import CheckpointError
+from npgpt import nn
+from npgpt.io import fileio
+from npgpt.io.checkpoint import CheckpointError
 
 if TYPE_CHECKING:
-    from npgpt.optim import Optimizer
+    from npgpt.training.optim import Optimizer
 
 __all__ = ["CHECKPOINT_DIR", "STATE_NAME", "OPTIMIZER_NAME", "LOCK_NAME", "RunDirectoryLocked", "lock",
            "is_complete", "find_checkpoint", "read_state", "remove_stale", "truncate_logs", "save_optimizer",
@@ -65,7 +66,7 @@ RunDirectoryLocked = fileio.DirectoryLocked      # another process writes to the
 def lock(run_dir: os.PathLike | str, enabled: bool = True) -> Iterator[pathlib.Path]:
     """Hold the run directory for writing: ``with rundir.lock(run_dir): ...``.
 
-    ``npgpt.fileio.hold``: creates the directory, takes an exclusive
+    ``npgpt.io.fileio.hold``: creates the directory, takes an exclusive
     ``flock`` on ``RUN_DIR/.lock`` (released on exit, and by the kernel when
     the process dies, even by SIGKILL) and records the holder in it; a clean
     exit deletes the file. A directory another process holds (a trainer,
@@ -111,7 +112,7 @@ def find_checkpoint(run_dir: os.PathLike | str) -> Optional[pathlib.Path]:
 
     Normally ``RUN_DIR/checkpoint``. If a crash hit the instant between the
     two renames of a save, the previous checkpoint is still complete as a
-    backup (``npgpt.fileio.backups``), and it is used. Half-written staging
+    backup (``npgpt.io.fileio.backups``), and it is used. Half-written staging
     directories are never considered.
     """
     target = pathlib.Path(run_dir) / CHECKPOINT_DIR

@@ -23,13 +23,13 @@ A sharded checkpoint (``model-00001-of-00002.safetensors`` ... and the
 ``model.safetensors.index.json`` that maps each tensor to its shard, as the Hub stores GPT-2
 medium and larger) loads as one: ``weights_path`` returns the index, and ``weight_shapes`` and
 ``read_weights`` check every shard against it and merge them. ``resolve`` finds a directory
-locally, among the models shipped with npgpt, or on the Hugging Face Hub (``npgpt.hub``).
+locally, among the models shipped with npgpt, or on the Hugging Face Hub (``npgpt.io.hub``).
 
 This module knows files, not models: it reads and writes ``config.json`` and
 safetensors, and imports nothing of the model. The mapping of a model's
 parameters onto tensor names lives with each model (``GPT.save_pretrained``
 and ``GPT.from_pretrained`` in ``npgpt.model``, ``GPTClassifier``'s in
-``npgpt.classifier``), which import this module, never the other way round.
+``npgpt.finetuning.classifier``), which import this module, never the other way round.
 """
 
 import json
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from npgpt import fileio, hub
+from npgpt.io import fileio, hub
 from npgpt.tokenizer.bpe import GPT2_ENDOFTEXT_ID
 
 CONFIG_NAME = "config.json"
@@ -161,7 +161,7 @@ def _write_tensors(tensors, path):
 def write_checkpoint(directory, config, tensors, write_extra=None):
     """Write ``config`` (a dict) and ``tensors`` ({name: array}) to ``directory``: complete or refused.
 
-    Shared by ``save_pretrained`` and ``npgpt.classifier`` (whose config and
+    Shared by ``save_pretrained`` and ``npgpt.finetuning.classifier`` (whose config and
     tensor names are those of ``GPT2ForSequenceClassification``);
     ``write_extra(staging)``, if given, writes more files of the same version
     (the tokenizer's). Only these files are replaced: anything else in
@@ -198,10 +198,10 @@ def write_checkpoint(directory, config, tensors, write_extra=None):
 def resolve(name_or_dir: str | os.PathLike, revision: str | None = None) -> pathlib.Path:
     """The checkpoint directory for a path, a model shipped with npgpt, or a Hugging Face Hub repo id.
 
-    Tried in this order: a local directory, ``npgpt/pretrained/<name>``, then (for a ``str``
+    Tried in this order: a local directory, ``npgpt/io/pretrained/<name>``, then (for a ``str``
     such as ``"gpt2"`` or ``"org/name"``) the Hub through ``huggingface_hub``, which downloads
     ``config.json`` and the safetensors weights into its cache, or finds them there
-    (``npgpt.hub``). ``revision`` (a branch, tag or commit) applies to the Hub only.
+    (``npgpt.io.hub``). ``revision`` (a branch, tag or commit) applies to the Hub only.
     """
     path = pathlib.Path(name_or_dir)
     shipped = PRETRAINED_DIR / str(name_or_dir)

@@ -6,14 +6,14 @@ Companion of ``docs/finetuning.md``.
 * :class:`FinetuneConfig` holds the settings (``npgpt finetune`` has a flag
   for each).
 * :func:`finetune` trains with the pretraining loop's own step
-  (``npgpt.engine.optimizer_step``: sharded backward, clipping, AdamW), the
-  warmup + cosine schedule of ``npgpt.optim`` and the atomic checkpoint
-  writer of ``npgpt.checkpoint``; it evaluates on a held-out split after each
+  (``npgpt.training.engine.optimizer_step``: sharded backward, clipping, AdamW), the
+  warmup + cosine schedule of ``npgpt.training.optim`` and the atomic checkpoint
+  writer of ``npgpt.io.checkpoint``; it evaluates on a held-out split after each
   epoch and stops early when the validation loss stops improving.
 * :func:`evaluate` and :func:`predict` run a classifier over texts.
 
-The data it reads comes from ``npgpt.labelled`` (files, label sets, padding)
-and its scores from ``npgpt.metrics``.
+The data it reads comes from ``npgpt.finetuning.labelled`` (files, label sets, padding)
+and its scores from ``npgpt.finetuning.metrics``.
 """
 
 from __future__ import annotations
@@ -26,19 +26,20 @@ from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import numpy as np
 
-from npgpt import distributed, engine, fileio, optim, settings
 from npgpt.finetuning import lora
-from npgpt.interrupt import GracefulStop
-from npgpt.labelled import pad_batch
-from npgpt.metrics import classification_metrics
-from npgpt.mixed_precision import DTYPES, GradScaler
-from npgpt.settings import setting
+from npgpt.finetuning.labelled import pad_batch
+from npgpt.finetuning.metrics import classification_metrics
+from npgpt.io import fileio
 from npgpt.tokenizer.bpe import ENDOFTEXT
+from npgpt.training import distributed, engine, optim, settings
+from npgpt.training.interrupt import GracefulStop
+from npgpt.training.mixed_precision import DTYPES, GradScaler
+from npgpt.training.settings import setting
 
 if TYPE_CHECKING:
     from npgpt.autograd import Tensor
     from npgpt.backend import Array
-    from npgpt.classifier import GPTClassifier
+    from npgpt.finetuning.classifier import GPTClassifier
 
 __all__ = ["freeze", "pad_id_for", "Encoded", "FinetuneConfig", "FinetuneResult", "finetune", "evaluate",
            "predict"]
@@ -76,7 +77,7 @@ class FinetuneConfig(lora.LoRASettings):
 
     ``warmup`` is a fraction of the steps (linear warmup before the cosine
     decay); ``head_lr`` defaults to ``lr`` (a fresh head can take a larger
-    one); ``workers`` CPU threads (``npgpt.parallel``; ``None``: one per core
+    one); ``workers`` CPU threads (``npgpt.training.parallel``; ``None``: one per core
     without dropout, else 1). The ``lora_*`` settings (inherited from
     ``npgpt.finetuning.lora.LoRASettings``) train low-rank adapters and the
     head instead of the backbone's weights (docs/agent.md, "LoRA").
@@ -257,7 +258,7 @@ def _save(classifier: GPTClassifier, out_dir: str | os.PathLike, tokenizer: Any,
           saved_step: Optional[int]) -> None:
     """The classifier (adapters merged in, if it has any) and, with LoRA, its adapter in ``out_dir/adapter``.
 
-    A failed save leaves the directory as it was (``npgpt.checkpoint.write_checkpoint``): the
+    A failed save leaves the directory as it was (``npgpt.io.checkpoint.write_checkpoint``): the
     classifier this run saved at ``saved_step``, the one that was there before, or none; a full
     disk or a file-size limit is an ``OSError`` naming the file and which of those is intact.
     """

@@ -37,8 +37,9 @@ from typing import Any
 import numpy as np
 
 import npgpt.functional as F
-from npgpt import backend, checkpoint, inputs, nn
+from npgpt import backend, nn
 from npgpt.autograd import Tensor, no_grad
+from npgpt.io import checkpoint, inputs
 from npgpt.model import GPT, GPTConfig, child_seeds
 
 ARCHITECTURE = "GPT2ForSequenceClassification"
@@ -219,7 +220,7 @@ class GPTClassifier(nn.Module):
     def save_pretrained(self, directory: str | pathlib.Path, tokenizer: Any = None) -> pathlib.Path:
         """Write ``config.json`` + ``model.safetensors`` (and the tokenizer's files, if given).
 
-        Complete or refused (``npgpt.checkpoint.write_checkpoint``): a kill or a full disk
+        Complete or refused (``npgpt.io.checkpoint.write_checkpoint``): a kill or a full disk
         leaves the previous version or a directory that is refused, never a mixture; files
         other than these in ``directory`` are left alone.
         """
