@@ -349,6 +349,30 @@ def _add_lora(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(command_parser=p)
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="perplexity, bits per byte and multiple-choice accuracy (docs/agent.md)",
+                       description="Evaluate a language model: perplexity and bits per byte of a text with a "
+                                   "sliding window (--text), accuracy on multiple-choice questions (--choices: "
+                                   'JSONL lines {"context": ..., "choices": [...], "gold": i}). lm-eval-harness '
+                                   "runs npgpt models too: python -m npgpt.apps.lm_eval_plugin --model npgpt ...")
+    p.add_argument("eval_model", metavar="MODEL", help="model directory, shipped name (npgpt-small) or Hub id")
+    p.add_argument("--text", action="append", default=None, metavar="FILE",
+                   help="a UTF-8 text to score (repeat for several; each is scored on its own)")
+    p.add_argument("--choices", action="append", default=None, metavar="FILE",
+                   help="multiple-choice questions, JSONL (repeat for several)")
+    p.add_argument("--stride", type=POSITIVE_INT, default=None,
+                   help="tokens between the starts of two windows (default: half the window; equal to the window: "
+                        "disjoint windows, faster and pessimistic)")
+    p.add_argument("--max-length", type=POSITIVE_INT, default=None,
+                   help="tokens per window (default: the model's context)")
+    p.add_argument("--adapter", default=None, metavar="DIR", help="a LoRA adapter to put on the model first")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16, help="choices scored together (default 16)")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    _debug_flag(p)
+    p.set_defaults(command_parser=p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from npgpt import __version__
 
@@ -364,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sft(sub)
     _add_chat(sub)
     _add_lora(sub)
+    _add_eval(sub)
     _add_plot(sub)
     return parser
 
@@ -801,6 +826,41 @@ def _finetune_holding(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``npgpt eval MODEL --text FILE --choices FILE``."""
+    from npgpt.apps import evaluation
+    from npgpt.model import GPT
+
+    if not args.text and not args.choices:
+        raise ValueError("say what to evaluate on: --text FILE (perplexity) and/or --choices FILE (multiple choice)")
+    model = GPT.from_pretrained(args.eval_model)
+    if args.adapter:
+        from npgpt.finetuning import lora
+
+        lora.load_adapter(model, args.adapter)
+    model.to(_check_device(args.device)).eval()
+    tokenizer = _load_tokenizer(args.eval_model)
+    report: dict[str, Any] = {"model": args.eval_model}
+    for path in args.text or []:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        result = evaluation.text_perplexity(model, tokenizer, text, stride=args.stride, max_length=args.max_length)
+        report[path] = result.to_dict()
+        if not args.json:
+            print(f"{path}: perplexity {result.perplexity:.3f}  bits per byte {result.bits_per_byte:.4f}  "
+                  f"({result.tokens:,} tokens, {result.bytes:,} bytes, {result.windows:,} windows)")
+    for path in args.choices or []:
+        result = evaluation.multiple_choice(model, tokenizer, evaluation.read_choices(path),
+                                            batch_size=args.batch_size)
+        report[path] = {k: v for k, v in result.items() if k != "loglikelihoods"}
+        if not args.json:
+            print(f"{path}: acc {result['acc']:.4f}  acc_norm {result['acc_norm']:.4f}  "
+                  f"({result['questions']:,} questions; chance {result['chance']:.4f})")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
 def cmd_lora(args: argparse.Namespace) -> int:
     """``npgpt lora merge ADAPTER --out DIR``."""
     from npgpt.finetuning import lora
@@ -894,7 +954,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:          # --help, --version or a usage error: argparse has printed it
         return int(exc.code or 0)
     handlers = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "finetune": cmd_finetune,
-                "sft": cmd_sft, "chat": cmd_chat, "lora": cmd_lora, "plot": cmd_plot}
+                "sft": cmd_sft, "chat": cmd_chat, "lora": cmd_lora, "eval": cmd_eval, "plot": cmd_plot}
     handler = cmd_tokenizer_train if args.command == "tokenizer" else handlers[args.command]
     from npgpt.training.train import TrainingDiverged
 
