@@ -33,7 +33,6 @@ import math
 import os
 import pathlib
 import re
-import shutil
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
@@ -495,7 +494,13 @@ def adapter_config(model: nn.Module, base_model: str | None = None) -> dict:
 
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str | None = None) -> pathlib.Path:
-    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT's format), atomically."""
+    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT's format): complete or refused.
+
+    As ``checkpoint.write_checkpoint`` writes a model: both files are written
+    in a private directory first, then published (``fileio.publish``) with
+    the config last, so a kill never leaves a config beside weights of
+    another version; other files in ``directory`` are left alone.
+    """
     from safetensors.numpy import save_file
 
     from npgpt.io import fileio
@@ -503,17 +508,14 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, base_model: str
     directory = pathlib.Path(directory)
     config = adapter_config(model, base_model)
     tensors = adapter_tensors(model)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = fileio.staging_directory(directory)
-    try:
-        with open(staging / ADAPTER_CONFIG, "w") as f:
+    directory.mkdir(parents=True, exist_ok=True)
+    with fileio.private_directory(directory, ".saving.") as staging:
+        with fileio.naming(staging / ADAPTER_CONFIG), open(staging / ADAPTER_CONFIG, "w") as f:
             json.dump(config, f, indent=2, sort_keys=True)
             f.write("\n")
-        save_file(tensors, str(staging / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        fileio.replace_directory(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with fileio.naming(staging / ADAPTER_WEIGHTS):
+            save_file(tensors, str(staging / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        fileio.publish(staging, directory, last=ADAPTER_CONFIG, alone=ADAPTER_WEIGHTS)
     return directory
 
 
