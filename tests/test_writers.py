@@ -505,3 +505,19 @@ def test_kills_at_random_moments_leave_output_complete_or_refused(command, corpu
     assert main(argvs[0]) == 0, outcomes                   # a killed writer never blocks the next
     assert _complete_or_refused(command, out) == "complete" and debris(out, tmp_path) == []
     assert not (out / rundir.LOCK_NAME).exists()
+
+
+def test_a_link_at_a_saved_name_is_replaced_not_followed(tmp_path):
+    from npgpt.tokenizer import Tokenizer
+
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("not npgpt's")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("config.json", "model.safetensors", "vocab.json"):
+        (out / name).symlink_to(elsewhere)
+    GPT(TINY).save_pretrained(out)
+    Tokenizer.train(TEXT, 270, show_progress=False).save(out)
+    assert elsewhere.read_text() == "not npgpt's"
+    assert not any((out / name).is_symlink() for name in ("config.json", "model.safetensors", "vocab.json"))
+    assert GPT.from_pretrained(out).config.n_embd == TINY.n_embd

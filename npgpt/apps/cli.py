@@ -14,8 +14,8 @@ Companion of ``docs/training.md`` (section "From the command line").
 Each subcommand has ``--help``. ``main(argv)`` returns the exit status
 instead of exiting, so tests call it in-process. Errors the user can fix
 (a missing file, a bad setting, a malformed checkpoint, tokenizer or data
-file, a full or read-only disk, a run directory another trainer holds)
-print one line, ``npgpt: error: ...``, and return 1 rather than a
+file, a full or read-only disk, an output directory another npgpt command
+holds) print one line, ``npgpt: error: ...``, and return 1 rather than a
 traceback; ``--debug`` or ``NPGPT_DEBUG=1`` shows the traceback instead.
 """
 
