@@ -156,3 +156,57 @@ def test_the_command(tiny, tmp_path, capsys):
     assert "--block-size=65 is longer than the 64 positions" in capsys.readouterr().err
     assert main(["sft", "--out", str(tmp_path / "r4")]) == 1
     assert "needs --model and --data" in capsys.readouterr().err
+
+
+def _npgpt(*args, ranks=1):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "npgpt", *map(str, args)]
+    if ranks > 1:
+        mpiexec = shutil.which("mpiexec")
+        if mpiexec is None:
+            pytest.skip("mpiexec not found (pip install -e \".[mpi]\")")
+        command = [mpiexec, "-n", str(ranks)] + command
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_with_a_checkpoint_and_resume_continues(tiny, tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = _npgpt("sft", "--model", tiny / "model", "--data", tiny / "chats.jsonl", "--out", run, "--max-steps",
+                  "100000", "--batch-size", "2", "--log-interval", "1", "--eval-interval", "100000", "--workers", "1")
+    deadline = time.time() + 120
+    for line in proc.stderr:
+        if "step      2/" in line:
+            break
+        assert time.time() < deadline
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and f"continue with: npgpt sft --out {run} --resume" in err
+    step = json.loads((run / "checkpoint" / "trainer_state.json").read_text())["step"]
+    assert main(["sft", "--out", str(run), "--resume", "--stop-at", str(step + 1), "--quiet"]) == 0
+    assert json.loads((run / "checkpoint" / "trainer_state.json").read_text())["step"] == step + 1
+
+
+@pytest.mark.slow
+def test_two_mpi_ranks_train_as_one_process(tiny, tmp_path):
+    pytest.importorskip("mpi4py")
+    from safetensors.numpy import load_file
+
+    args = ["sft", "--model", tiny / "model", "--data", tiny / "chats.jsonl", "--max-steps", "3", "--batch-size", "4",
+            "--lr", "3e-3", "--workers", "1", "--quiet"]
+    for ranks in (1, 2):
+        proc = _npgpt(*args, "--out", tmp_path / f"r{ranks}", ranks=ranks)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    one, two = (load_file(tmp_path / f"r{r}" / "checkpoint" / "model.safetensors") for r in (1, 2))
+    for name in one:
+        np.testing.assert_allclose(one[name], two[name], rtol=1e-4, atol=1e-5, err_msg=name)
