@@ -107,7 +107,9 @@ def effects(words):
             return reads, writes
         for name in READS:
             if getattr(args, name, None):
-                reads += [v for v in _as_list(getattr(args, name)) if not (name == "model" and v in SHIPPED)]
+                # A shipped model's name (npgpt-small) names a model or its tokenizer, not a file.
+                reads += [v for v in _as_list(getattr(args, name))
+                          if not (name in ("model", "tokenizer") and v in SHIPPED)]
         for name in WRITES:
             if getattr(args, name, None):
                 writes.append(getattr(args, name))

