@@ -10,10 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import npgpt
+from npgpt.autograd.gradcheck import check_gradients
 from npgpt.finetuning import dpo
-from npgpt.gradcheck import check_gradients
 from npgpt.model import GPT, GPTConfig
-from npgpt.optim import AdamW
+from npgpt.training.optim import AdamW
 
 logps = st.floats(-30, 0, allow_nan=False)
 

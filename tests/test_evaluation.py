@@ -154,7 +154,7 @@ def test_bad_question_files_name_the_line(tmp_path, line, message):
 
 
 def test_npgpt_eval_prints_perplexity_and_accuracy(saved, tmp_path, capsys):
-    from npgpt import cli
+    from npgpt.apps import cli
 
     directory, model, tokenizer = saved
     (tmp_path / "t.txt").write_text(TEXT)
