@@ -495,12 +495,16 @@ class GPT(nn.Module):
             p.data = backend.to_device(loaded[name], p.device)
         return self
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Any:
-        """Write ``config.json`` + ``model.safetensors`` in Hugging Face's GPT-2 layout, atomically.
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None) -> Any:
+        """Write ``config.json`` + ``model.safetensors`` in Hugging Face's GPT-2 layout (and the tokenizer's
+        files, if given, as one version with them).
 
-        Files of other kinds already in ``directory`` (a tokenizer's ``vocab.json`` ...) are kept.
+        Complete or refused (``npgpt.io.checkpoint.write_checkpoint``): a kill or a full disk leaves
+        the previous version or a directory that is refused, never a mixture. Other files already
+        in ``directory`` (a run's ``checkpoint/``, the user's) are kept.
         """
-        return checkpoint.write_checkpoint(directory, checkpoint.hf_config(self.config), self.hf_tensors())
+        return checkpoint.write_checkpoint(directory, checkpoint.hf_config(self.config), self.hf_tensors(),
+                                           write_extra=None if tokenizer is None else tokenizer.save)
 
     @staticmethod
     def check_hf_shapes(config: GPTConfig, shapes: dict[str, tuple[int, ...]], source: Any = "the checkpoint") -> None:

@@ -521,3 +521,71 @@ def test_a_link_at_a_saved_name_is_replaced_not_followed(tmp_path):
     assert elsewhere.read_text() == "not npgpt's"
     assert not any((out / name).is_symlink() for name in ("config.json", "model.safetensors", "vocab.json"))
     assert GPT.from_pretrained(out).config.n_embd == TINY.n_embd
+
+
+# A save killed after each of its steps: the renames into the directory, and the removal of
+# the old config.json. What is left must be the old version whole, the new one whole, or refused.
+_SAVE_KILLED_AFTER = textwrap.dedent("""
+    import os, pathlib, signal, sys
+    from npgpt.finetuning.classifier import GPTClassifier
+    from npgpt.model import GPTConfig
+    from npgpt.tokenizer import Tokenizer
+
+    out, after, num_labels, seed, vocab = pathlib.Path(sys.argv[1]), int(sys.argv[2]), *map(int, sys.argv[3:6])
+    config = GPTConfig(vocab_size=vocab, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    tokenizer = Tokenizer.train({text!r}, vocab, show_progress=False)
+    classifier = GPTClassifier(config, num_labels=num_labels, seed=seed)
+    events = [0]
+    real_replace, real_unlink = os.replace, os.unlink
+
+    def count(path):
+        if pathlib.Path(path).parent == out:
+            events[0] += 1
+            if events[0] == after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def replace(a, b):
+        real_replace(a, b)
+        count(b)
+
+    def unlink(path, *args, **kwargs):
+        real_unlink(path, *args, **kwargs)
+        count(path)
+
+    if after == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.replace, os.unlink = replace, unlink
+    classifier.save_pretrained(out, tokenizer=tokenizer)
+""").format(text=TEXT)
+
+
+def _save_version(out, after, num_labels, seed, vocab):
+    return subprocess.run([sys.executable, "-c", _SAVE_KILLED_AFTER, str(out), str(after), str(num_labels), str(seed),
+                           str(vocab)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("new", [(1, 1, 280), (2, 1, 270)], ids=["another-model", "new-weights-only"])
+def test_a_save_killed_after_any_step_leaves_old_new_or_refused(tmp_path, new):
+    from npgpt.finetuning.classifier import GPTClassifier
+    from npgpt.io.checkpoint import CheckpointError
+
+    versions = {}
+    for name, spec in (("old", (2, 0, 270)), ("new", new)):
+        assert _save_version(tmp_path / name, -1, *spec).returncode == 0
+        versions[name] = snapshot(tmp_path / name)
+    seen = set()
+    for after in range(0, 9):
+        out = tmp_path / f"killed-{after}"
+        shutil.copytree(tmp_path / "old", out)
+        _save_version(out, after, *new)
+        left = {name: data for name, data in snapshot(out).items() if not name.startswith(".")}
+        if "config.json" not in left:
+            with pytest.raises((CheckpointError, FileNotFoundError), match=str(out)):
+                GPTClassifier.from_pretrained(out)
+            seen.add("refused")
+            continue
+        match = [name for name, files in versions.items() if left == files]
+        assert match, f"killed after step {after}: the files are a mixture of two versions"
+        seen.add(match[0])
+    assert seen >= {"old", "new"}

@@ -865,15 +865,15 @@ def cmd_lora(args: argparse.Namespace) -> int:
     """``npgpt lora merge ADAPTER --out DIR``."""
     from npgpt.finetuning import lora
 
-    _refuse_non_empty(args.out, args.overwrite, "output directory")
-    merged, base = lora.merge_adapter(args.adapter, base=args.base)
-    merged.save_pretrained(args.out)
-    try:
-        _load_tokenizer(base).save(args.out)
-        tokenizer = " and its tokenizer"
-    except (OSError, ValueError):        # no tokenizer files, or none npgpt reads
-        tokenizer = f" ({base} holds no tokenizer to copy)"
-    print(f"merged {args.adapter} into {base}; wrote the model{tokenizer} to {args.out}")
+    with _sole_writer(args.out, args.overwrite, "output directory", "npgpt lora merge"):
+        merged, base = lora.merge_adapter(args.adapter, base=args.base)
+        try:
+            tokenizer = _load_tokenizer(base)
+            saved = " and its tokenizer"
+        except (OSError, ValueError):        # no tokenizer files, or none npgpt reads
+            tokenizer, saved = None, f" ({base} holds no tokenizer to copy)"
+        merged.save_pretrained(args.out, tokenizer=tokenizer)      # one version: model and tokenizer
+    print(f"merged {args.adapter} into {base}; wrote the model{saved} to {args.out}")
     return 0
 
 

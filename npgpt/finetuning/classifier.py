@@ -252,6 +252,9 @@ class GPTClassifier(nn.Module):
         """
         directory = checkpoint.resolve(name_or_dir, revision)
         config_path = directory / checkpoint.CONFIG_NAME
+        if not config_path.is_file() and num_labels is None:      # e.g. a save killed before its last rename
+            raise FileNotFoundError(f"{config_path} is missing: {name_or_dir} holds no complete model or "
+                                    "classifier (a checkpoint needs config.json and model.safetensors)")
         saved = checkpoint.read_raw_config(directory) if config_path.is_file() else {}
         head = _classifier_fields(saved, config_path)
         if head is not None:
