@@ -45,7 +45,7 @@ class Running:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         self.log_path = directory.parent / f"serve-{self.port}.log"
         self.log_file = open(self.log_path, "w")
-        self.process = subprocess.Popen([sys.executable, "-m", "npgpt.apps.serve", str(directory), "--port",
+        self.process = subprocess.Popen([sys.executable, "-m", "npgpt", "serve", str(directory), "--port",
                                          str(self.port), *options], stdout=self.log_file, stderr=subprocess.STDOUT,
                                         env=env)
         deadline = time.monotonic() + 60

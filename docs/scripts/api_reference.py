@@ -65,7 +65,7 @@ MODULES = [
     ("npgpt.training.distributed", "distributed.md"),
     ("npgpt.bench", "benchmarks.md"),
     ("npgpt.apps.cli", "index.md"),
-    ("npgpt.apps.serve", "agent.md"),
+    ("npgpt.apps.serve", "serving.md"),
 ]
 
 

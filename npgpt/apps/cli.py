@@ -373,6 +373,20 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(command_parser=p)
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from npgpt.apps.serve.server import add_arguments
+
+    p = sub.add_parser("serve", help="serve a model over HTTP with OpenAI's API, and a page (docs/serving.md)",
+                       description="Serve MODEL at http://HOST:PORT: OpenAI's /v1/completions, "
+                                   "/v1/chat/completions (a model with a chat template) and /v1/models, streamed "
+                                   "or not, concurrent requests batched; the page at /, /health, /metrics. "
+                                   "Needs the serve extra: pip install -e \".[serve]\". SIGTERM or Ctrl-C stop it: "
+                                   "running requests get --grace seconds to finish.")
+    add_arguments(p)
+    _debug_flag(p)
+    p.set_defaults(command_parser=p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from npgpt import __version__
 
@@ -389,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_chat(sub)
     _add_lora(sub)
     _add_eval(sub)
+    _add_serve(sub)
     _add_plot(sub)
     return parser
 
@@ -691,6 +706,12 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from npgpt.apps.serve.server import run
+
+    return run(args)
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from npgpt.apps.chat import ChatSession
 
@@ -954,7 +975,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:          # --help, --version or a usage error: argparse has printed it
         return int(exc.code or 0)
     handlers = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "finetune": cmd_finetune,
-                "sft": cmd_sft, "chat": cmd_chat, "lora": cmd_lora, "eval": cmd_eval, "plot": cmd_plot}
+                "sft": cmd_sft, "chat": cmd_chat, "lora": cmd_lora, "eval": cmd_eval, "serve": cmd_serve, "plot": cmd_plot}
     handler = cmd_tokenizer_train if args.command == "tokenizer" else handlers[args.command]
     from npgpt.training.train import TrainingDiverged
 

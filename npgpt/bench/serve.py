@@ -13,9 +13,11 @@ throughput a server without batching would give on this machine, in the same run
 * ``mixed_streams``: replayed requests whose text differs from what the same request got in the
   crowd. Every request is seeded and a row's arithmetic never depends on the batch, so any
   difference means tokens crossed between streams (or the batch changed a result) -- must be 0;
-* ``ttft_ms_p50/p95``: time from sending a request to its first token; ``token_ms_p50/p95``: the
-  gaps between a stream's later tokens;
-* ``tokens_per_s`` with the clients, ``sequential_tokens_per_s`` one at a time, and their
+* ``ttft_ms_p50/p95``: time from sending a request to its first text; ``token_ms_p50/p95``: the
+  gaps between a stream's later pieces of text (one per token, but for a token that ends inside
+  a UTF-8 character);
+* ``tokens_per_s`` (the completion tokens of the answers' ``usage``) with the clients,
+  ``sequential_tokens_per_s`` one at a time, and their
   ``speedup`` (the issue's target: >= 3x at 32 clients);
 * ``mean_batch``: the mean rows per decoding step (the server's /metrics), and the machine's load
   average before and after (``load_before``/``load_after``): other jobs slow both phases.
@@ -52,13 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def request(i: int, max_tokens: int) -> dict[str, Any]:
     """Request number ``i`` of the workload (the same in both phases)."""
     return {"model": "npgpt-small", "prompt": f"{SPEAKERS[i % len(SPEAKERS)]}:\n", "max_tokens": max_tokens,
-            "temperature": 0.8, "top_p": 0.95, "seed": i, "stream": True}
+            "temperature": 0.8, "top_p": 0.95, "seed": i, "stream": True, "stream_options": {"include_usage": True}}
 
 
 async def stream_one(client: Any, url: str, body: dict[str, Any]) -> dict[str, Any]:
     """Send one streaming request; its text, token times, and anything wrong with the stream."""
     start = time.perf_counter()
-    times, text, ids, finish, problem = [], "", set(), None, None
+    times, text, ids, finish, problem, tokens = [], "", set(), None, None, None
     async with client.stream("POST", url + "/v1/completions", json=body) as response:
         if response.status_code != 200:
             return {"problem": f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"}
@@ -71,6 +73,8 @@ async def stream_one(client: Any, url: str, body: dict[str, Any]) -> dict[str, A
                 continue
             chunk = json.loads(line.removeprefix("data: "))
             ids.add(chunk["id"])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
             for choice in chunk["choices"]:
                 if choice["text"]:
                     times.append(time.perf_counter())
@@ -80,7 +84,9 @@ async def stream_one(client: Any, url: str, body: dict[str, Any]) -> dict[str, A
         problem = "the stream ended without finish_reason and [DONE]"
     elif len(ids) != 1:
         problem = f"chunks with {len(ids)} different ids in one stream"
-    return {"text": text, "start": start, "times": times, "problem": problem}
+    elif tokens is None:
+        problem = "the stream ended without its usage chunk"
+    return {"text": text, "start": start, "times": times, "tokens": tokens, "problem": problem}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -142,7 +148,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "npgpt.apps.serve", args.model, "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "npgpt", "serve", args.model, "--port", str(port),
                                "--max-batch", str(args.clients), "--model-name", "npgpt-small"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -173,8 +179,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ok = [r for r in crowd.values() if not r.get("problem")]
     ttft = [(r["times"][0] - r["start"]) * 1000 for r in ok if r["times"]]
     gaps = [(b - a) * 1000 for r in ok for a, b in zip(r["times"], r["times"][1:])]
-    tokens = sum(len(r["times"]) for r in ok)
-    alone_tokens = sum(len(r["times"]) for r in alone.values() if not r.get("problem"))
+    tokens = sum(r["tokens"] for r in ok)
+    alone_tokens = sum(r["tokens"] for r in alone.values() if not r.get("problem"))
     rate = tokens / crowd_s
     alone_rate = alone_tokens / alone_s
     return {

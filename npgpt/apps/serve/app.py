@@ -69,6 +69,7 @@ class Server:
             raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
 
     def check_model(self, name: str) -> None:
+        """404 unless ``name`` is the served model's name."""
         if name != self.name:
             raise ApiError(404, f"The model '{name}' does not exist; this server serves '{self.name}'",
                            param="model", code="model_not_found")
@@ -90,6 +91,7 @@ class Server:
         return wanted
 
     def job(self, prompt: list[int], req: Any, max_new: int, top_logprobs: int | None, deliver) -> Job:
+        """The batcher's ``Job`` for a checked request (temperature 0: greedy; top_p 1: no filter)."""
         greedy = req.temperature == 0
         sampling = SamplingConfig(do_sample=not greedy, temperature=1.0 if greedy else req.temperature,
                                   top_p=None if req.top_p >= 1 else req.top_p)
@@ -100,6 +102,7 @@ class Server:
                         end_ids=self.end_ids, top_logprobs=top_logprobs, deliver=deliver)
 
     def submit(self, job: Job) -> None:
+        """Queue ``job``: 429 with Retry-After when the queue is full, 503 while shutting down."""
         try:
             self.batcher.submit(job)
         except QueueFull as exc:

@@ -154,6 +154,7 @@ class Batcher:
 
     # ---------------------------------------------------------------- API
     def start(self) -> None:
+        """Start the model's thread (jobs submitted before wait for it)."""
         self.thread = threading.Thread(target=self._loop, name="npgpt-batcher", daemon=True)
         self.thread.start()
 
@@ -192,10 +193,12 @@ class Batcher:
 
     @property
     def queue_depth(self) -> int:
+        """Jobs waiting for a slot."""
         return len(self.waiting)
 
     @property
     def running(self) -> int:
+        """Rows (choices) in the decoding batch."""
         return len(self.rows)
 
     def tokens_per_second(self, window: float = 10.0) -> float:

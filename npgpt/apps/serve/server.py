@@ -1,31 +1,34 @@
-"""Loading a model and serving it with uvicorn: what ``npgpt serve`` runs (docs/serving.md)."""
+"""Loading a model and serving it with uvicorn: what ``npgpt serve`` runs (docs/serving.md).
+
+``add_arguments`` gives the command its options (``npgpt.apps.cli`` calls it); ``run`` serves.
+"""
 
 import argparse
 import logging
 import os
 import pathlib
 import signal
-from collections.abc import Sequence
 from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``npgpt serve``."""
-    p.add_argument("model", help="a checkpoint directory (model + tokenizer), or a shipped model: npgpt-small")
+    p.add_argument("model", metavar="MODEL", help="a checkpoint directory (model + tokenizer), or a shipped model: npgpt-small")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    p.add_argument("--api-key", default=os.environ.get("NPGPT_API_KEY"),
+    p.add_argument("--api-key", metavar="KEY", default=os.environ.get("NPGPT_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on the API (default: $NPGPT_API_KEY, else none)")
-    p.add_argument("--model-name", help="the name clients pass as 'model' (default: the directory's name)")
-    p.add_argument("--max-batch", type=int, default=32, help="sequences decoded together at most (default 32)")
-    p.add_argument("--max-queue", type=int, default=256,
+    p.add_argument("--model-name", metavar="NAME", help="the name clients pass as 'model' (default: the directory's name)")
+    p.add_argument("--max-batch", type=int, metavar="N", default=32, help="sequences decoded together at most (default 32)")
+    p.add_argument("--max-queue", type=int, metavar="N", default=256,
                    help="requests waiting for a slot before new ones get 429 (default 256)")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB; 413 past it)")
-    p.add_argument("--grace", type=float, default=30.0,
+    p.add_argument("--max-body-bytes", type=int, metavar="N", default=1 << 20,
+                   help="largest request body (default 1 MiB; 413 past it)")
+    p.add_argument("--grace", type=float, metavar="SECONDS", default=30.0,
                    help="seconds SIGTERM waits for running requests before cancelling them (default 30)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--blas-threads", type=int, default=1,
+    p.add_argument("--blas-threads", type=int, metavar="N", default=1,
                    help="BLAS threads for the model (default 1: a decoding step's products are small; 0: BLAS's own default)")
 
 
@@ -66,9 +69,3 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda number, frame: None)
     uvicorn.Server(config).run()
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="npgpt serve", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
