@@ -243,3 +243,116 @@ def test_a_worker_that_fails_leaves_no_files(tmp_path, monkeypatch):
         data.prepare_documents([TEXT_A, TEXT_A, TEXT_B, TEXT_A], Broken(TEXT_A + TEXT_B), tmp_path / "out",
                                progress=False, workers=2)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+# ------------------------------------------------------------------ the tokenizer beside the ids
+OTHER_TEXT = TEXT_B * 20 + "Speak louder, all of you! We proceed no further tonight, citizens.\n" * 9   # same size
+TRAIN_FLAGS = dict(n_layer=1, n_head=2, n_embd=8, block_size=8, batch_size=2, max_steps=1, eval_iters=1)
+
+
+def _bpe(text, vocab_size=290):
+    from npgpt.tokenizer import Tokenizer
+
+    return Tokenizer.train(text, vocab_size, show_progress=False)
+
+
+def _train(data_dir, out, log=None):
+    from npgpt.train import train
+
+    return train(data_dir=str(data_dir), out_dir=str(out), log=log or (lambda line: None), **TRAIN_FLAGS)
+
+
+@pytest.fixture
+def bpe_data(tmp_path):
+    out = tmp_path / "data"
+    data.prepare(_files(tmp_path, TEXT_A * 20, TEXT_B * 20), _bpe(TEXT_A * 20 + TEXT_B * 20), out, progress=False,
+                 workers=1)
+    return out
+
+
+def test_meta_json_records_the_tokenizers_digest_and_train_verifies_it(bpe_data, tmp_path):
+    meta = data.load_meta(bpe_data)
+    assert meta["tokenizer"]["dir"] == "tokenizer"
+    assert meta["tokenizer"]["sha256"] == data.tokenizer_digest(bpe_data / "tokenizer")
+    assert data.tokenizer_dir(bpe_data) == bpe_data / "tokenizer"
+    _train(bpe_data, tmp_path / "run")
+    # Another tokenizer of the same size saved over it: the ids no longer mean what they meant.
+    _bpe(OTHER_TEXT).save(bpe_data / "tokenizer")
+    with pytest.raises(ValueError, match=r"tokenizer is not the one that made the token ids .* run `npgpt prepare`"):
+        data.tokenizer_dir(bpe_data)
+    with pytest.raises(ValueError, match="not the one that made the token ids"):
+        _train(bpe_data, tmp_path / "run2")
+
+
+def test_a_deleted_tokenizer_or_one_outside_the_data_directory_is_refused(bpe_data, tmp_path):
+    import shutil
+
+    meta_path = bpe_data / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    shutil.copytree(bpe_data / "tokenizer", tmp_path / "elsewhere")
+    for outside in ("../elsewhere", str(tmp_path / "elsewhere"), "tokenizer/../../elsewhere"):
+        meta_path.write_text(json.dumps({**meta, "tokenizer": {**meta["tokenizer"], "dir": outside}}))
+        with pytest.raises(ValueError, match="tokenizer.dir must name a directory inside the data directory"):
+            _train(bpe_data, tmp_path / "run")
+    meta_path.write_text(json.dumps(meta))
+    shutil.rmtree(bpe_data / "tokenizer")
+    (bpe_data / "tokenizer").symlink_to(tmp_path / "elsewhere")              # a link out of the data directory
+    with pytest.raises(ValueError, match="is a link out of the data directory"):
+        _train(bpe_data, tmp_path / "run")
+    (bpe_data / "tokenizer").unlink()
+    with pytest.raises(FileNotFoundError, match=r"tokenizer .* was deleted"):
+        _train(bpe_data, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def _snapshot(out):
+    return {name: (out / name).read_bytes() for name in ("meta.json", "train.bin", "val.bin")}
+
+
+@pytest.mark.parametrize("where, when", [("Tokenizer.save", "after"), ("_TempFile.commit", "before"),
+                                         ("_TempFile.commit", "after"), ("replace_directory", "before"),
+                                         ("replace_directory", "after"), ("atomic_write", "before")])
+def test_a_killed_prepare_overwrite_reads_as_not_prepared(bpe_data, tmp_path, monkeypatch, where, when):
+    """`prepare --overwrite` killed at each step that writes: the directory is the old data complete, or
+    reads as not prepared, never the old ids beside the new tokenizer (nor the new ids beside the old)."""
+    from npgpt import fileio
+    from npgpt.tokenizer import Tokenizer
+
+    old_tok, old = Tokenizer.from_pretrained(bpe_data / "tokenizer"), _snapshot(bpe_data)
+    new_tok = _bpe(OTHER_TEXT)
+    owner, name = {"Tokenizer.save": (Tokenizer, "save"), "_TempFile.commit": (data._TempFile, "commit"),
+                   "replace_directory": (fileio, "replace_directory"), "atomic_write": (fileio, "atomic_write")}[where]
+    real = getattr(owner, name)
+
+    def killed(*args, **kwargs):
+        if when == "after":
+            real(*args, **kwargs)
+        raise KeyboardInterrupt            # the kill, at this point of the run
+
+    monkeypatch.setattr(owner, name, killed)
+    with pytest.raises(KeyboardInterrupt):
+        data.prepare(_files(tmp_path, TEXT_B * 30), new_tok, bpe_data, progress=False, workers=1)
+    monkeypatch.undo()
+    if (bpe_data / "meta.json").exists():          # then it is the old data, whole and consistent
+        assert _snapshot(bpe_data) == old
+        assert data.tokenizer_dir(bpe_data) == bpe_data / "tokenizer"
+        assert Tokenizer.from_pretrained(bpe_data / "tokenizer") == old_tok
+        _train(bpe_data, tmp_path / "run")
+    else:
+        with pytest.raises(FileNotFoundError, match="meta.json is missing.*preparation did not finish"):
+            data.load_meta(bpe_data)
+        with pytest.raises(FileNotFoundError, match="meta.json is missing"):
+            _train(bpe_data, tmp_path / "run")
+    data.prepare(_files(tmp_path, TEXT_B * 30), new_tok, bpe_data, progress=False, workers=1)    # the rerun
+    assert Tokenizer.from_pretrained(data.tokenizer_dir(bpe_data)) == new_tok
+    assert not [p.name for p in bpe_data.iterdir() if p.name.startswith(".") and p.name != ".lock"]   # no debris
+
+
+def test_a_data_directory_from_before_the_digest_still_trains_with_a_note(bpe_data, tmp_path):
+    meta = json.loads((bpe_data / "meta.json").read_text())
+    del meta["tokenizer"]["sha256"]
+    (bpe_data / "meta.json").write_text(json.dumps(meta))
+    lines = []
+    _train(bpe_data, tmp_path / "run", log=lines.append)
+    assert any("records no digest of its tokenizer" in line for line in lines), lines
+    assert (tmp_path / "run" / "checkpoint" / "vocab.json").is_file()

@@ -20,14 +20,16 @@ would have drawn.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
 import pickle
+import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Optional
 
 import numpy as np
@@ -38,11 +40,13 @@ from npgpt.io.fileio import excerpt
 from npgpt.tokenizer.bpe import ENDOFTEXT
 from npgpt.training.progress import Progress
 
-__all__ = ["EOT", "prepare", "prepare_documents", "split_documents", "load_tokens", "load_meta", "TokenFile",
+__all__ = ["EOT", "prepare", "prepare_documents", "split_documents", "load_tokens", "load_meta", "tokenizer_dir",
+           "tokenizer_digest", "TokenFile",
            "BatchSampler", "token_dtype", "default_workers"]
 
 EOT = ENDOFTEXT          # separates documents in a token stream
 META_NAME = "meta.json"
+TOKENIZER_DIR = "tokenizer"      # DATA/tokenizer: the tokenizer that made the ids, saved by prepare
 FORMAT_VERSION = 1
 
 
@@ -175,6 +179,7 @@ def prepare_documents(documents: Iterable[str], tokenizer: Any, out_dir: str | o
     bar = Progress(total_bytes, "tokenizing", enabled=progress, unit="B")
     started = time.perf_counter()
     files = {split: _TempFile(out_dir / f"{split}.bin") for split in ("train", "val")}
+    staging = None
     try:
         counts = {"train": 0, "val": 0}
         done_bytes = 0
@@ -200,18 +205,30 @@ def prepare_documents(documents: Iterable[str], tokenizer: Any, out_dir: str | o
         tokenizer_info = {"class": f"{type(tokenizer).__module__}.{type(tokenizer).__name__}",
                           "vocab_size": vocab_size, "eot_token_id": eot, "dir": None}
         if hasattr(tokenizer, "save"):
-            tokenizer.save(out_dir / "tokenizer")
-            tokenizer_info["dir"] = "tokenizer"
+            staging = fileio.staging_directory(out_dir / TOKENIZER_DIR)
+            tokenizer.save(staging)
+            tokenizer_info.update(dir=TOKENIZER_DIR, sha256=tokenizer_digest(staging))
         meta = {"format_version": FORMAT_VERSION, "dtype": dtype.name, "vocab_size": vocab_size,
                 "eot_token_id": eot, "train_tokens": counts["train"], "val_tokens": counts["val"],
                 "documents": len(documents), "val_fraction": val_fraction, "tokenizer": tokenizer_info,
                 "sources": sources or [], "tokenize_seconds": round(seconds, 3)}
-        # The token files first, meta.json last: a directory with a meta.json is complete.
+        # Everything new is ready beside the old. From here a kill must leave "not prepared", never
+        # the old ids beside the new tokenizer: meta.json goes first, the new files take their
+        # names, and meta.json (with the tokenizer's digest) comes back last. A directory with a
+        # meta.json is complete.
+        if os.path.lexists(out_dir / META_NAME):
+            os.unlink(out_dir / META_NAME)
+            fileio.fsync(out_dir)
         for f in files.values():
             f.commit()
+        if staging is not None:
+            fileio.replace_directory(staging, out_dir / TOKENIZER_DIR)
+            staging = None
     finally:
         for f in files.values():
             f.discard()
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     fileio.atomic_write(out_dir / META_NAME, json.dumps(meta, indent=2) + "\n")
     fileio.fsync(out_dir)
     return meta
@@ -412,9 +429,69 @@ def load_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
     if tokenizer is not None:
         if not isinstance(tokenizer, dict):
             raise ValueError(f"{path}: tokenizer must be an object, got {excerpt(tokenizer)}")
-        if tokenizer.get("dir") is not None and not isinstance(tokenizer["dir"], str):
-            raise ValueError(f"{path}: tokenizer.dir must be a directory name, got {excerpt(tokenizer['dir'])}")
+        sub = tokenizer.get("dir")
+        if sub is not None and (not isinstance(sub, str) or not sub or pathlib.PurePath(sub).is_absolute()
+                                or ".." in pathlib.PurePath(sub).parts):
+            raise ValueError(f"{path}: tokenizer.dir must name a directory inside the data directory, got "
+                             f"{excerpt(sub)}")
+        digest = tokenizer.get("sha256")
+        if digest is not None and not (isinstance(digest, str) and len(digest) == 64
+                                       and all(c in "0123456789abcdef" for c in digest)):
+            raise ValueError(f"{path}: tokenizer.sha256 must be 64 hexadecimal digits, got {excerpt(digest)}")
     return meta
+
+
+def tokenizer_digest(directory: str | os.PathLike) -> str:
+    """The SHA-256 of a tokenizer directory: of each regular file's name and bytes, in name order.
+
+    Hidden files (a writer's ``.lock``) are left out. ``prepare`` records it in ``meta.json``;
+    :func:`tokenizer_dir` compares it with the files there before training reads them.
+    """
+    directory = pathlib.Path(directory)
+    h = hashlib.sha256()
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        raw = fileio.read_bytes(path, "tokenizer file", limit=fileio.MAX_TOKENIZER_FILE)
+        h.update(path.name.encode("utf-8") + b"\0" + len(raw).to_bytes(8, "little") + raw)
+    return h.hexdigest()
+
+
+def tokenizer_dir(data_dir: str | os.PathLike, meta: Optional[dict[str, Any]] = None,
+                  log: Optional[Callable[[str], None]] = None) -> Optional[pathlib.Path]:
+    """The directory of the tokenizer that made a data directory's ids, checked; None if it has none.
+
+    The directory ``meta.json`` names must lie inside the data directory (a link out of it is
+    refused too), exist, and hold exactly the files whose digest ``prepare`` recorded
+    (:func:`tokenizer_digest`): a tokenizer swapped, edited or deleted after ``prepare`` would
+    make the ids mean other text, so it is refused, naming what to do. A ``meta.json`` written
+    before digests were recorded loads as before, with a note through ``log``.
+    """
+    data_dir = pathlib.Path(data_dir)
+    info = (load_meta(data_dir) if meta is None else meta).get("tokenizer") or {}
+    if not info.get("dir"):
+        return None
+    path = data_dir / info["dir"]
+    digest = info.get("sha256")
+    if os.path.lexists(path) and not path.resolve().is_relative_to(data_dir.resolve()):
+        raise ValueError(f"{path} is a link out of the data directory {data_dir}: the tokenizer that made the ids "
+                         "is kept inside it; run `npgpt prepare` again")
+    if not path.is_dir():
+        if digest is None:             # an older npgpt's data directory: as before, no tokenizer
+            return None
+        raise FileNotFoundError(f"the tokenizer {path} that made the token ids of {data_dir} was deleted; "
+                                "run `npgpt prepare` again")
+    if digest is None:
+        if log is not None:
+            log(f"note: {data_dir / META_NAME} records no digest of its tokenizer (an older npgpt wrote it), so "
+                f"{path} is not checked against the ids; `npgpt prepare` again records one")
+        return path
+    actual = tokenizer_digest(path)
+    if actual != digest:
+        raise ValueError(f"{path}: this tokenizer is not the one that made the token ids of {data_dir} (its files' "
+                         f"sha256 is {actual[:12]}..., {META_NAME} records {digest[:12]}...): it was changed or "
+                         "replaced after `npgpt prepare`; run `npgpt prepare` again")
+    return path
 
 
 def load_tokens(path: str | os.PathLike, dtype: Optional[DTypeLike] = None) -> np.memmap:

@@ -50,7 +50,7 @@ from npgpt.io import fileio
 from npgpt.io.checkpoint import WEIGHTS_NAME, CheckpointError, read_tensors
 from npgpt.model import GPT, GPTConfig
 from npgpt.training import distributed, engine, plot, rundir, settings
-from npgpt.training.data import BatchSampler, TokenFile, load_meta
+from npgpt.training.data import BatchSampler, TokenFile, load_meta, tokenizer_dir
 from npgpt.training.engine import TrainingDiverged
 from npgpt.training.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
 from npgpt.training.interrupt import GracefulStop
@@ -219,10 +219,9 @@ def _check_same_tokenizer(data_dir: str, tokenizer: Any, name: str) -> None:
     from npgpt.tokenizer import Tokenizer
 
     meta = load_meta(data_dir)
-    sub = (meta.get("tokenizer") or {}).get("dir")
-    directory = pathlib.Path(data_dir) / sub if sub else None
+    directory = tokenizer_dir(data_dir, meta)          # checked against the digest prepare recorded
     fix = f"prepare the data with the model's tokenizer: npgpt prepare --tokenizer {name} --input ... --out DIR"
-    if directory is None or not directory.is_dir():
+    if directory is None:
         if int(meta["vocab_size"]) != tokenizer.vocab_size:
             raise ValueError(f"{data_dir} holds ids of a {int(meta['vocab_size']):,}-id vocabulary, but {name}'s "
                              f"tokenizer has {_describe(tokenizer)}; {fix}")
@@ -330,10 +329,8 @@ class Trainer:
             if not path.is_dir():
                 raise FileNotFoundError(f"tokenizer directory {path} does not exist")
             return path
-        sub = (self.meta.get("tokenizer") or {}).get("dir")
-        if sub and (pathlib.Path(self.config.data_dir) / sub).is_dir():
-            return pathlib.Path(self.config.data_dir) / sub
-        return None
+        # The data directory's own tokenizer, checked against the digest prepare recorded.
+        return tokenizer_dir(self.config.data_dir, self.meta, log=self.log)
 
     @classmethod
     def resume(cls, run_dir: str | os.PathLike, log: Optional[Callable[[str], None]] = None,
