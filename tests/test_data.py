@@ -257,7 +257,7 @@ def _bpe(text, vocab_size=290):
 
 
 def _train(data_dir, out, log=None):
-    from npgpt.train import train
+    from npgpt.training.train import train
 
     return train(data_dir=str(data_dir), out_dir=str(out), log=log or (lambda line: None), **TRAIN_FLAGS)
 
@@ -315,7 +315,7 @@ def _snapshot(out):
 def test_a_killed_prepare_overwrite_reads_as_not_prepared(bpe_data, tmp_path, monkeypatch, where, when):
     """`prepare --overwrite` killed at each step that writes: the directory is the old data complete, or
     reads as not prepared, never the old ids beside the new tokenizer (nor the new ids beside the old)."""
-    from npgpt import fileio
+    from npgpt.io import fileio
     from npgpt.tokenizer import Tokenizer
 
     old_tok, old = Tokenizer.from_pretrained(bpe_data / "tokenizer"), _snapshot(bpe_data)
