@@ -1,6 +1,6 @@
 """Text generation: choosing the next token from the logits, and the decoding loop.
 
-Companion of ``docs/model.md`` (section "Generating text").
+Companion of ``docs/generation.md`` (the model chapter's section "Generating text" introduces it).
 
 The filters work on plain logit arrays (B, V) of either backend (the module
 is taken from the data), so they can be used and tested on their own:

@@ -100,3 +100,10 @@ def test_the_tokenizer_loads_no_model_or_autograd():
     loaded = loaded_after("from npgpt import Tokenizer; Tokenizer")
     assert "npgpt.tokenizer" in loaded
     assert not {"npgpt.model", "npgpt.autograd", "npgpt.functional", "npgpt.backend"} & loaded, loaded
+
+
+def test_the_model_loads_no_threads_or_processes():
+    """The model is the teaching path: the thread pool and the process group are the trainer's equipment."""
+    loaded = loaded_after("import npgpt.model")
+    assert "npgpt.model" in loaded
+    assert not {"npgpt.training.parallel", "npgpt.training.distributed"} & loaded, loaded

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 import npgpt
 from npgpt import datasets
-from npgpt.tokenizer import ENDOFTEXT, GPT2_PATTERN, StreamDecoder, Tokenizer, bytes_to_unicode, pretokenize
+from npgpt.tokenizer import ENDOFTEXT, GPT2_PATTERN, StreamDecoder, Tokenizer, bytes_to_unicode, pretokenize, reference
 from npgpt.tokenizer.bpe import bpe, bpe_long, crowded_runs
+from npgpt.tokenizer.reference import MergeTable
 
 WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
          "but have an they you were their one all we can her has there been if more when will would who "
@@ -50,6 +51,11 @@ def gpt2():
         return Tokenizer.from_pretrained("gpt2")
     except datasets.DatasetUnavailable as e:
         pytest.skip(f"GPT-2's vocabulary cannot be fetched here: {e}")
+
+
+@pytest.fixture(scope="module")
+def gpt2_table(gpt2):
+    return MergeTable.of(gpt2)
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +106,9 @@ def test_known_answer(gpt2):
 
 
 @pytest.mark.parametrize("text", ADVERSARIAL, ids=range(len(ADVERSARIAL)))
-def test_gpt2_equals_tiktoken_on_adversarial_text(gpt2, tiktoken_gpt2, text):
+def test_gpt2_equals_tiktoken_on_adversarial_text(gpt2, gpt2_table, tiktoken_gpt2, text):
     assert gpt2.encode(text) == tiktoken_gpt2.encode_ordinary(text)
-    assert gpt2._encode_reference(text) == tiktoken_gpt2.encode_ordinary(text)
+    assert reference.encode(text, gpt2_table) == tiktoken_gpt2.encode_ordinary(text)
 
 
 @pytest.mark.parametrize("char", ["a", " ", "😀", "1", "\n"])
@@ -177,28 +183,28 @@ def test_round_trip_gpt2(gpt2, text):
 
 @given(st.lists(st.sampled_from(WORDS + ["\n", "  ", "x", "'s", "😀"]), max_size=40).map(" ".join) | st.text())
 def test_fast_encoder_equals_reference(small, text):
-    assert small.encode_ordinary(text) == small._encode_reference(text)
+    assert small.encode_ordinary(text) == reference.encode(text, MergeTable.of(small))
 
 
 @given(st.text(max_size=200))
-def test_fast_encoder_equals_reference_gpt2(gpt2, text):
-    assert gpt2.encode_ordinary(text) == gpt2._encode_reference(text)
+def test_fast_encoder_equals_reference_gpt2(gpt2, gpt2_table, text):
+    assert gpt2.encode_ordinary(text) == reference.encode(text, gpt2_table)
 
 
 @given(st.lists(st.integers(0, 255), min_size=2, max_size=300))
 def test_long_word_merge_loop_equals_short_one(small, raw):
     """The heap-based loop for long pre-tokens merges exactly like the in-place one."""
-    ids = [small._byte_ids[b] for b in raw]
+    table = MergeTable.of(small)
+    ids = [table.byte_ids[b] for b in raw]
     short = list(ids)
-    get, never = small._ranks.get, len(small._merged)
-    while True:                                 # the textbook loop on raw ids
-        ranked = [(get(p, never), i) for i, p in enumerate(zip(short, short[1:]))]
-        if not ranked or min(ranked)[0] == never:
+    while len(short) >= 2:                      # the textbook loop on raw ids
+        pairs = [p for p in zip(short, short[1:]) if p in table.ranks]
+        if not pairs:
             break
-        r, i = min(ranked)
-        short[i:i + 2] = [small._merged[r]]
-    assert bpe_long(list(ids), small._ranks, small._merged) == short
-    assert bpe(list(ids), small._ranks, small._merged) == short
+        best = min(pairs, key=table.ranks.__getitem__)
+        short = reference.merge(short, best, table.made[table.ranks[best]])
+    assert bpe_long(list(ids), table.ranks, table.made) == short
+    assert bpe(list(ids), table.ranks, table.made) == short
 
 
 WHITESPACE = st.sampled_from([" ", "  ", "\n", "\n ", " \n", "\t", "\r\n", "\xa0", "\u3000", "\x85", "\x0b "])
@@ -223,7 +229,7 @@ def test_crowded_runs_are_the_whitespace_runs_with_an_inner_space(text):
 
 @given(SPACED)
 def test_cutting_at_spaces_equals_reference(small, text):
-    assert small.encode_ordinary(text) == small._encode_reference(text)
+    assert small.encode_ordinary(text) == reference.encode(text, MergeTable.of(small))
 
 
 @pytest.mark.parametrize("text", ["\n" * 20_000, " \n" * 10_000, "\n " * 10_000, "\t  " * 7_000, "  x" * 7_000,
@@ -301,7 +307,7 @@ def test_decode_errors(small):
     with pytest.raises(ValueError, match="token id -1 is out of range"):
         small.decode([-1])
     # 0xE2 0x82 is the start of '€' (E2 82 AC) cut short: not valid UTF-8 on its own.
-    cut = [small._byte_ids[0xE2], small._byte_ids[0x82]]
+    cut = [small.token_to_id(bytes_to_unicode()[0xE2]), small.token_to_id(bytes_to_unicode()[0x82])]
     assert small.decode(cut) == "\ufffd"
     with pytest.raises(UnicodeDecodeError):
         small.decode(cut, errors="strict")
@@ -328,7 +334,7 @@ def test_training_reaches_the_vocab_size_and_its_merges_are_well_formed(small):
     known = set(range(256))                     # ids that exist before each merge
     for r, (a, b) in enumerate(small.merges):
         assert a in known and b in known, f"merge {r} uses a token made later"
-        new = small._merged[r]
+        new = MergeTable.of(small).made[r]
         assert small.token_bytes(new) == small.token_bytes(a) + small.token_bytes(b)
         known.add(new)
     assert known == set(range(small.vocab_size - 1))   # every ordinary id is made, none is missing
@@ -465,7 +471,7 @@ def test_reads_a_tokenizer_that_hugging_face_trained(tmp_path):
     assert tok.special_tokens == {ENDOFTEXT: 0} and tok.vocab_size == hf.get_vocab_size()
     text = corpus(2000, seed=7) + "".join(ADVERSARIAL[:-1])
     assert tok.encode(text) == hf.encode(text).ids
-    assert tok.encode(text) == tok._encode_reference(text)
+    assert tok.encode(text) == reference.encode(text, MergeTable.of(tok))
 
 
 def test_transformers_loads_saved_gpt2_and_encodes_identically(gpt2, tmp_path):
@@ -640,7 +646,7 @@ def test_stream_decoder_holds_back_flushes_and_rejects_bad_ids(small):
     import numpy as np
 
     decoder = StreamDecoder(small)
-    assert decoder.push(np.int64(small._byte_ids[0xC3])) == "" and decoder.pending == b"\xc3"
+    assert decoder.push(np.int64(small.token_to_id(bytes_to_unicode()[0xC3]))) == "" and decoder.pending == b"\xc3"
     with pytest.raises(ValueError, match=f"token id {small.vocab_size} is out of range"):
         decoder.push(small.vocab_size)
     with pytest.raises(ValueError, match="token id -1 is out of range"):
@@ -648,10 +654,10 @@ def test_stream_decoder_holds_back_flushes_and_rejects_bad_ids(small):
     with pytest.raises(TypeError, match="one integer token id"):
         decoder.push(np.array([65, 66]))
     assert decoder.pending == b"\xc3"                      # a rejected id changes nothing
-    assert decoder.push(small._byte_ids[0xA9]) == "é" and decoder.pending == b""
-    assert decoder.push(small._byte_ids[0xE2]) == ""       # € (E2 82 AC) cut after its first byte
+    assert decoder.push(small.token_to_id(bytes_to_unicode()[0xA9])) == "é" and decoder.pending == b""
+    assert decoder.push(small.token_to_id(bytes_to_unicode()[0xE2])) == ""       # € (E2 82 AC) cut after its first byte
     assert decoder.flush() == "\ufffd" and decoder.pending == b""
-    assert decoder.push(small._byte_ids[0x82]) == "\ufffd"  # a fresh stream: a stray continuation byte
+    assert decoder.push(small.token_to_id(bytes_to_unicode()[0x82])) == "\ufffd"  # a fresh stream: a stray continuation byte
     assert decoder.flush() == ""
     assert npgpt.StreamDecoder is StreamDecoder
 

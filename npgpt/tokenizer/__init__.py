@@ -16,17 +16,19 @@ to fetch GPT-2's vocabulary for ``"gpt2"`` and ``npgpt.io.hub`` for a Hugging Fa
     tok = Tokenizer.train(texts, vocab_size=4096)
     tok.save("my-tokenizer")                      # Hugging Face's vocab.json + merges.txt layout
 
-The package: ``bpe.py`` (pre-tokenizer, byte map, merge loops, the encoder's caches), ``train.py``
+The package: ``reference.py`` (GPT-2's pattern and the textbook encoder, for reading and
+testing), ``bpe.py`` (the fast pre-tokenizer, byte map, merge loops, the encoder's caches), ``train.py``
 (incremental training), ``formats.py`` (Hugging Face / OpenAI / tiktoken files), ``core.py``
 (the ``Tokenizer`` class) and ``stream.py`` (``StreamDecoder``: ids to text one at a time, for
 printing generated text as it comes without cutting a character apart) and ``chat.py`` (chat
 templates: a conversation as text and ids, the role markers as special tokens; docs/agent.md).
 """
 
-from npgpt.tokenizer.bpe import ENDOFTEXT, GPT2_ENDOFTEXT_ID, GPT2_PATTERN, bytes_to_unicode, pretokenize
+from npgpt.tokenizer.bpe import ENDOFTEXT, GPT2_ENDOFTEXT_ID, bytes_to_unicode, pretokenize
 from npgpt.tokenizer.chat import ChatTemplateError
 from npgpt.tokenizer.core import Tokenizer
 from npgpt.tokenizer.formats import TokenizerFileError
+from npgpt.tokenizer.reference import GPT2_PATTERN
 from npgpt.tokenizer.stream import StreamDecoder
 
 __all__ = ["Tokenizer", "TokenizerFileError", "ChatTemplateError", "StreamDecoder", "ENDOFTEXT", "GPT2_ENDOFTEXT_ID",

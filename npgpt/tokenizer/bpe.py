@@ -14,21 +14,13 @@ from collections.abc import Sequence
 
 import regex
 
-# GPT-2's pre-tokenizer. Alternatives are tried left to right at each position:
-#   's 't 're 've 'm 'll 'd     English contractions, split off the word before them
-#   ' ?\p{L}+'                  a run of letters, with the single space before it if any
-#   ' ?\p{N}+'                  a run of digits (any script), with its space
-#   ' ?[^\s\p{L}\p{N}]+'        a run of punctuation/symbols, with its space
-#   '\s+(?!\S)'                 whitespace, but leave the last space to the next word
-#   '\s+'                       the one whitespace character left before a non-space that the
-#                               previous rule gave up (e.g. a newline before a word)
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# GPT-2's pre-tokenizer as published (GPT2_PATTERN) and the textbook encoder are in
+# npgpt.tokenizer.reference; this module holds the fast path, tested equal to them.
 ENDOFTEXT = "<|endoftext|>"
 # How a special token is spelled: <|name|>, no whitespace. Such a marker is not text anyone writes by
 # chance, so recognising it never swallows ordinary text ("the", " "); GPT-2's files spell theirs so.
 SPECIAL_SHAPE = regex.compile(r"<\|\S+\|>")
 GPT2_ENDOFTEXT_ID = 50256          # its id in GPT-2's 50,257-token vocabulary: the last one
-_REFERENCE_PRETOKENIZE = regex.compile(GPT2_PATTERN)
 # The same pattern, factored so that `regex` runs it ~10% faster (tests check they agree). The
 # order of two alternatives only matters where both can match, and a letter run (which starts
 # with a letter or a space) never can where a contraction (which starts with ') does; so the

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 import regex
 
 from npgpt.tokenizer import chat
-from npgpt.tokenizer.bpe import _REFERENCE_PRETOKENIZE, ENDOFTEXT, EncodeCaches, Vocabulary, token_bytes, token_text
+from npgpt.tokenizer.bpe import ENDOFTEXT, EncodeCaches, Vocabulary, token_bytes, token_text
 from npgpt.tokenizer.formats import TokenizerFileError, read_dir, read_tiktoken, write_hf
 from npgpt.tokenizer.train import train_bpe
 
@@ -234,32 +234,6 @@ class Tokenizer:
             ids[i, cols] = row
             mask[i, cols] = 1
         return ids, mask
-
-    def _encode_reference(self, text: str) -> list[int]:
-        """The textbook encoder, kept to test the fast one against: no cache, no cleverness.
-
-        For each pre-token: start from its bytes; while some adjacent pair is in the merge list,
-        merge every occurrence (left to right) of the pair with the lowest rank.
-        """
-        ids = []
-        for word in _REFERENCE_PRETOKENIZE.findall(text):
-            parts = [self._byte_ids[b] for b in word.encode("utf-8")]
-            while len(parts) >= 2:
-                pairs = [p for p in zip(parts, parts[1:]) if p in self._ranks]
-                if not pairs:
-                    break
-                best = min(pairs, key=self._ranks.__getitem__)
-                new_id, out, i = self._merged[self._ranks[best]], [], 0
-                while i < len(parts):
-                    if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
-                        out.append(new_id)
-                        i += 2
-                    else:
-                        out.append(parts[i])
-                        i += 1
-                parts = out
-            ids += parts
-        return ids
 
     # ------------------------------------------------------------------ decoding
     def _check_ids(self, ids: Sequence[int]) -> None:

@@ -63,10 +63,12 @@ def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence[Array], par
     ``batch`` is a tuple of arrays whose first axis is the batch (token ids
     and targets; or ids, attention mask and labels). ``loss_fn`` must return
     a scalar Tensor that is a **mean** over the sequences it is given (as
-    ``F.cross_entropy`` is when every target counts). Each thread takes its
-    shard's gradients with ``npgpt.grad`` (nothing shared is written while
-    the threads run); they are weighted (eq. 1) and added into ``.grad`` in
-    shard order. Returns the full-batch loss as a float; with ``as_array=True``
+    ``F.cross_entropy`` is when every target counts). Each thread runs the
+    backward walk of its shard's loss, weighted by the shard's share of the
+    batch (eq. 1), and hands every leaf gradient to an in-order adder
+    (``_OrderedSum``) instead of writing ``.grad`` itself, so the sums are
+    added into ``.grad`` in shard order whatever order the threads finish in.
+    Returns the full-batch loss as a float; with ``as_array=True``
     as a 0-d float64 array on the parameters' device instead, so that a
     caller who sums the losses of several batches reads them from a GPU
     with one copy, not one per batch.

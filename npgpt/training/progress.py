@@ -6,6 +6,8 @@ printed above it with :meth:`Progress.message`). On a terminal it is
 redrawn in place, at most ten times a second. Elsewhere (a log file, CI) it
 stays silent for short work and, once the work has taken 2 s, writes one line
 every 5 s: long jobs show signs of life without flooding a log.
+
+Companion of ``docs/training.md`` (section "The log line and MFU").
 """
 
 from __future__ import annotations
