@@ -35,6 +35,7 @@ EXEMPT = {
     "npgpt.bench.generate:_run": _BENCH,
     "npgpt.bench.tokenizer:run": _BENCH,
     "npgpt.bench.train:run": _BENCH,
+    "npgpt.bench.serve:run": _BENCH,
     # the walk and the step
     "npgpt.autograd.core:_backpropagate": _CORE,
     "npgpt.autograd.core:grad": _CORE,
