@@ -158,8 +158,9 @@ def test_a_seeded_request_gets_the_same_text_alone_and_in_a_crowd(client):
 
 
 def test_errors_surface_as_the_clients_exceptions(client, server):
-    with pytest.raises(openai.BadRequestError, match="maximum context length is 64 tokens"):
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 64 tokens") as info:
         client.completions.create(model=MODEL, prompt="word " * 80, max_tokens=5)
+    assert info.value.param == "prompt" and info.value.code == "context_length_exceeded"
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="gpt-4", prompt="x")
     with pytest.raises(openai.AuthenticationError):
@@ -266,6 +267,9 @@ def test_a_full_queue_answers_429_with_retry_after(one_slot):
         r = post(one_slot, "/v1/completions", {"model": "long", "prompt": "Hi", "max_tokens": 1}, key=None)
         assert_error(r, 429)
         assert int(r.headers["Retry-After"]) >= 1
+        client = openai.OpenAI(base_url=one_slot.url + "/v1", api_key="none", max_retries=0)
+        with pytest.raises(openai.RateLimitError):
+            client.completions.create(model="long", prompt="Hi", max_tokens=1)
     waiting.join()
 
 
@@ -293,6 +297,9 @@ def test_sigterm_finishes_the_running_request_and_exits_0(tmp_path):
         lines = r.iter_lines()
         got.append(next(lines))
         running.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(httpx.TransportError):             # no new connections meanwhile
+            httpx.get(running.url + "/health", timeout=2)
         got.extend(lines)
     got = [line for line in got if line]                  # events are separated by blank lines
     events = [json.loads(line[6:]) for line in got if line.startswith("data: {")]
@@ -302,3 +309,20 @@ def test_sigterm_finishes_the_running_request_and_exits_0(tmp_path):
     assert code == 0, log
     with pytest.raises(httpx.TransportError):
         httpx.get(running.url + "/health", timeout=2)
+
+
+def test_sigterm_cancels_what_outlasts_the_grace_period_and_exits_0(tmp_path):
+    running = Running(save_tiny(tmp_path / "slow", block_size=1024, n_embd=64, n_layer=4, chat=False), "--grace", "1")
+    start = None
+    with pytest.raises(httpx.TransportError):        # the stream is cut: no [DONE]
+        with httpx.stream("POST", running.url + "/v1/completions", timeout=60,
+                          json={**LONG, "model": "slow"}) as r:
+            lines = r.iter_lines()
+            next(lines)
+            running.process.send_signal(signal.SIGTERM)
+            start = time.monotonic()
+            for line in lines:
+                assert line != "data: [DONE]"
+    code, log = running.stop()
+    assert code == 0, log
+    assert time.monotonic() - start < 15

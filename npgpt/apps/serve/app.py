@@ -74,19 +74,19 @@ class Server:
             raise ApiError(404, f"The model '{name}' does not exist; this server serves '{self.name}'",
                            param="model", code="model_not_found")
 
-    def budget(self, prompt: list[int], asked: int | None, default: int | None) -> int:
+    def budget(self, prompt: list[int], asked: int | None, default: int | None, what: str = "prompt") -> int:
         """The number of tokens to generate, or a 400 with the numbers when the prompt and
         the completion do not fit the model's context (the server never slides the window)."""
         block = self.model.config.block_size
         room = block - len(prompt)
         wanted = asked if asked is not None else (min(default, room) if default is not None else room)
         if not prompt:
-            raise ApiError(400, "the prompt is empty: give at least one token of text", param="prompt")
+            raise ApiError(400, "the prompt is empty: give at least one token of text", param=what)
         if wanted > room or room < 1:
             raise ApiError(400, f"This model's maximum context length is {block} tokens. However, you requested "
                            f"{len(prompt) + max(wanted, 1)} tokens ({len(prompt)} in the prompt, {max(wanted, 1)} for "
                            "the completion). Please reduce the prompt or the completion length.",
-                           param="max_tokens" if asked is not None and len(prompt) < block else "messages",
+                           param="max_tokens" if asked is not None and len(prompt) < block else what,
                            code="context_length_exceeded")
         return wanted
 
@@ -210,7 +210,7 @@ def create_app(server: Server) -> FastAPI:
         except ValueError as exc:
             raise ApiError(400, f"the conversation does not fit the chat template: {exc}", param="messages") from None
         asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        max_new = server.budget(prompt, asked, default=None)
+        max_new = server.budget(prompt, asked, default=None, what="messages")
         top = (req.top_logprobs or 0) if req.logprobs else None
         if req.top_logprobs and not req.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")

@@ -280,10 +280,11 @@ class Batcher:
         last = np.zeros((run, 1), dtype=np.int64)
         last[:B, 0] = [choice.last for _, choice in self.rows]
         lengths = cache.lengths[:run]
-        self.mask[xp.arange(run), xp.asarray(lengths)] = 1                   # each row sees its new token
-        cache.rows = run
+        columns = xp.array(lengths)                        # one copy to the device per step: positions, mask, cache
+        self.mask[xp.arange(run), columns] = 1                               # each row sees its new token
+        cache.rows, cache.columns = run, columns
         hidden = model.trunk(backend.to_device(last, model.device), attention_mask=self.mask[:run],
-                             position_ids=xp.asarray(lengths[:, None]), cache=cache, validate=False)
+                             position_ids=columns[:, None], cache=cache, validate=False)
         cache.lengths[:run] += 1
         if B == 1:                          # the free slot's token is thrown away: keep it empty
             self._clear_slot(1)

@@ -39,8 +39,9 @@ class SlotCache(KVCache):
     def __init__(self, config: GPTConfig, slots: int, xp: Any = np, dtype: Any = np.float32):
         super().__init__(config, slots, xp=xp, dtype=dtype, capacity=config.block_size)
         self.xp = xp
-        self.lengths = np.zeros(slots, dtype=np.int64)     # host copy: the scheduler reads it every step
+        self.lengths = np.zeros(slots, dtype=np.int64)     # on the host: the scheduler reads it every step
         self.rows = 0
+        self.columns: Array | None = None                  # lengths[:rows] on the device, set for each step
 
     def update(self, layer: int, k: Array, v: Array) -> tuple[Array, Array]:
         """Write one new position per row, row ``r`` at its column ``lengths[r]``; return every
@@ -49,11 +50,11 @@ class SlotCache(KVCache):
         if k.shape[0] != B or k.shape[2] != 1:
             raise ValueError(f"SlotCache takes one new position for each of its {B} running rows, got k of shape "
                              f"{tuple(k.shape)}")
-        at = self.lengths[:B]
-        if at.max(initial=0) >= self.capacity:
+        if self.lengths[:B].max(initial=0) >= self.capacity:
             raise ValueError(f"SlotCache: a row is full ({self.capacity} positions)")
-        r = self.xp.arange(B)
-        col = self.xp.asarray(at)
+        if self.columns is None or self.columns.shape[0] != B:
+            raise ValueError("SlotCache: set columns (the running rows' lengths, on the device) before the step")
+        r, col = self.xp.arange(B), self.columns
         self.keys[layer][r, :, col] = k[:, :, 0]           # (B, H, D) into row r, column lengths[r]
         self.values[layer][r, :, col] = v[:, :, 0]
         return self.keys[layer][:B], self.values[layer][:B]
