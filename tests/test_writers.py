@@ -589,3 +589,32 @@ def test_a_save_killed_after_any_step_leaves_old_new_or_refused(tmp_path, new):
         assert match, f"killed after step {after}: the files are a mixture of two versions"
         seen.add(match[0])
     assert seen >= {"old", "new"}
+
+
+@pytest.mark.parametrize("command", ["prepare", "tokenizer"])
+def test_a_file_size_limit_in_prepare_and_tokenizer_train_names_the_file(command, corpus, tok_dir, tmp_path):
+    out = tmp_path / "out"
+    big = tmp_path / "big.txt"
+    big.write_text(corpus.read_text() * 20)
+    argv = command_args(command, out, big, tok_dir, None, None)
+    proc = subprocess.run([sys.executable, "-m", "npgpt", *argv], preexec_fn=_limited(3000), cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith("npgpt: error: "), proc.stderr
+    assert f"{out}/" in last and "File too large" in last, last
+    assert not out.exists() or debris(out) == []
+
+
+@pytest.mark.parametrize("command", ["prepare", "train"])
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(command, corpus, tok_dir, data_dir,
+                                                                       tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("not npgpt's")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / rundir.LOCK_NAME).symlink_to(elsewhere)
+    argv = (command_args("prepare", out, corpus, tok_dir, None, None) if command == "prepare" else
+            ["train", "--data", str(data_dir), "--out", str(out), "--max-steps", "2", *TRAIN_FLAGS])
+    assert main(argv + (["--overwrite"] if command == "prepare" else [])) == 1
+    one_line_error(capsys, str(out / rundir.LOCK_NAME), "not a regular file")
+    assert elsewhere.read_text() == "not npgpt's" and (out / rundir.LOCK_NAME).is_symlink()

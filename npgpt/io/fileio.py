@@ -44,6 +44,7 @@ except ImportError:          # not POSIX (Windows): directories are not locked
     fcntl = None
 
 LOCK_NAME = ".lock"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def fsync(path: str | os.PathLike) -> None:
@@ -131,9 +132,11 @@ def abandoned(path: str | os.PathLike) -> bool:
     if fcntl is None or not guard.exists():
         return True
     try:
-        fd = os.open(guard, os.O_RDONLY)
+        fd = os.open(guard, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)
     except FileNotFoundError:
         return True
+    except OSError:
+        return False                        # not a file we made (a link, a FIFO ...): never ours to delete
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -295,7 +298,17 @@ def _acquire(path: pathlib.Path, directory: pathlib.Path) -> int:
     longer at ``path`` (deleted between our open and our flock) is let go and taken again.
     """
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:   # never through a link, never a FIFO or device: the lock file is truncated and written
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+                raise
+            fd = None
+        if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+            if fd is not None:
+                os.close(fd)
+            raise FileExistsError(f"{path} is not a regular file (a link, a directory, a FIFO or a device); npgpt "
+                                  f"keeps the lock of {directory} there: move it away")
         if fcntl is None:
             return fd
         try:
@@ -323,7 +336,7 @@ def _refuse_held_ancestors(directory: pathlib.Path) -> None:
         if not lock_file.is_file():
             continue
         try:
-            fd = os.open(lock_file, os.O_RDONLY)
+            fd = os.open(lock_file, os.O_RDONLY | os.O_NONBLOCK)      # a FIFO put there must not block us
         except OSError:
             continue
         try:
