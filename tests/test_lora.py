@@ -353,3 +353,55 @@ def test_lora_flags_are_checked_and_named():
             FinetuneConfig(**bad)
     assert FinetuneConfig(lora_rank=4).lora_config(train=("score.",)) == lora.LoRAConfig(
         rank=4, alpha=8.0, targets=("c_attn",), train=("score.",))
+
+
+# ================================================================ npgpt sft --lora-*
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory):
+    """A tiny random GPT with npgpt-small's tokenizer (no chat template yet) and a few conversations."""
+    from npgpt.tokenizer import Tokenizer
+
+    root = tmp_path_factory.mktemp("lora-sft")
+    GPT(GPTConfig(vocab_size=8192, block_size=64, n_layer=1, n_head=2, n_embd=16), seed=3).save_pretrained(
+        root / "model")
+    Tokenizer.from_pretrained("npgpt-small").save(root / "model")
+    words = ["cat", "dog", "horse", "apple", "river", "table", "window", "garden"]
+    rows = [{"prompt": f"Define {w}.", "response": f"A {w} has {len(w)} letters."} for w in words]
+    (root / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows * 3))
+    return root
+
+
+def test_sft_with_lora_trains_only_adapters_and_resumes_exactly(chat_model, tmp_path):
+    from npgpt.finetuning.sft import ADAPTER_DIR, SFTConfig, SFTTrainer
+
+    settings = dict(model=str(chat_model / "model"), data=str(chat_model / "chats.jsonl"), max_steps=6, lr=1e-2,
+                    batch_size=3, log_interval=100, eval_interval=100, workers=1, warmup_steps=0,
+                    lora_rank=4, lora_targets="c_attn,c_fc", lora_dropout=0.1)
+    quiet = lambda line: None
+    a = SFTTrainer(SFTConfig(out_dir=str(tmp_path / "a"), **settings), log=quiet)
+    start = a.evaluate()
+    base = {name: host(p).copy() for name, p in a.model.named_parameters()}
+    a.train()
+    assert a.evaluate() < start
+    for name, p in a.model.named_parameters():          # the base is frozen: only A and B moved
+        moved = not np.array_equal(base[name], host(p))
+        assert moved == name.endswith((".lora_A", ".lora_B")), name
+    SFTTrainer(SFTConfig(out_dir=str(tmp_path / "b"), **settings), log=quiet).train(stop_at=3)
+    SFTTrainer.resume(tmp_path / "b", log=quiet).train()
+    for run in ("a", "b"):
+        assert (tmp_path / run / "checkpoint" / ADAPTER_DIR / lora.ADAPTER_WEIGHTS).is_file()
+    # exact resume: the same adapters, and the same merged checkpoint (what npgpt chat loads)
+    ta = _read(tmp_path / "a" / "checkpoint" / ADAPTER_DIR / lora.ADAPTER_WEIGHTS)
+    tb = _read(tmp_path / "b" / "checkpoint" / ADAPTER_DIR / lora.ADAPTER_WEIGHTS)
+    assert ta.keys() == tb.keys() and all(np.array_equal(ta[k], tb[k]) for k in ta)
+    merged = GPT.from_pretrained(tmp_path / "a" / "checkpoint")
+    ids = np.array([[1, 2, 3, 4]])
+    np.testing.assert_allclose(logits(merged, ids), logits(a.model, ids), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot resume with lora_rank=8"):
+        SFTTrainer.resume(tmp_path / "b", log=quiet, lora_rank=8)
+
+
+def _read(path):
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))

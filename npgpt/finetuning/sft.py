@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from npgpt import backend, nn
 from npgpt.autograd import Tensor, no_grad
-from npgpt.finetuning import conversations
+from npgpt.finetuning import conversations, lora
 from npgpt.finetuning.conversations import IGNORE_INDEX, count_trained
 from npgpt.io.checkpoint import CheckpointError
 from npgpt.model import GPT
@@ -96,10 +96,17 @@ def step_loss(model: GPT, rows: int, trained: int) -> Callable[[Any, Any], Tenso
     return loss_fn
 
 
+ADAPTER_DIR = "adapter"        # RUN_DIR/checkpoint/adapter: a LoRA run's adapter (PEFT's files)
+
+
 # ================================================================= settings
 @dataclasses.dataclass
-class SFTConfig:
-    """Everything that defines a supervised fine-tuning run (saved in every checkpoint); one flag each."""
+class SFTConfig(lora.LoRASettings):
+    """Everything that defines a supervised fine-tuning run (saved in every checkpoint); one flag each.
+
+    The ``lora_*`` settings (``npgpt.finetuning.lora.LoRASettings``) train low-rank adapters on the
+    frozen model instead of its weights (docs/agent.md, "LoRA").
+    """
 
     model: str = setting("", "the model to fine-tune: a directory, npgpt-small, or a Hub id (hub extra)")
     data: str = setting("", "conversations, one JSON object per line: {\"messages\": [...]} or {\"prompt\", \"response\"}")
@@ -154,6 +161,7 @@ class SFTConfig:
         if not 0 < self.val_fraction < 1:
             settings.fail(name, "val_fraction", f"{{name}} must lie strictly between 0 and 1, got {self.val_fraction}")
         settings.check_adamw_and_dtype(name, self, DTYPES)
+        self.check_lora()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -188,6 +196,12 @@ class SFTTrainer(Trainer):
         self.run_dir = pathlib.Path(config.out_dir)
         source = _state[0] if _state is not None else config.model
         model, self.tokenizer = GPT.from_pretrained(source), Tokenizer.from_pretrained(source)
+        if _state is not None and config.lora_rank:
+            # A LoRA checkpoint's weights are merged (for npgpt chat); training goes on from the exact
+            # base, rebuilt from --model as the run began, and the adapter saved beside the weights.
+            model, tokenizer = GPT.from_pretrained(config.model), Tokenizer.from_pretrained(config.model)
+            if tokenizer.chat_template is None:
+                model, _ = add_chat_tokens(model, tokenizer)
         if self.tokenizer.chat_template is None:
             model, self.tokenizer = add_chat_tokens(model, self.tokenizer)
             self.log(f"{config.model} has no chat template: added npgpt's (ChatML), its role markers "
@@ -199,6 +213,12 @@ class SFTTrainer(Trainer):
             settings.fail("SFTConfig", "block_size", f"{{name}}={config.block_size} is longer than the "
                                                      f"{model.config.block_size} positions of {source}; it may only shrink")
         model.crop_block_size(config.block_size).set_dropout(config.dropout)
+        adapter = config.lora_config(seed=config.seed)
+        if adapter is not None and _state is not None:
+            lora.load_adapter(model, _state[0] / ADAPTER_DIR)
+        elif adapter is not None:
+            lora.apply_lora(model, adapter)
+            self.log(lora.describe_trainable(model))
         self.config = config
         self.model_config = model.config
         examples = conversations.load(config.data, self.tokenizer, config.block_size)
@@ -217,6 +237,9 @@ class SFTTrainer(Trainer):
         self.model = model.to(self.device)
         self.model.train()
         self._setup_optimizer()
+        if config.lora_dropout:           # threads would share the adapters' dropout generators
+            self.workers = engine.choose_workers(config.workers or (1 if self.world.size > 1 else 0), self.device,
+                                                 lora.max_dropout(self.model))
         self.meta = {"train_conversations": len(self.train_examples), "val_conversations": len(self.val_examples)}
         self.tokenizer_dir = None
         if _state is not None:
@@ -238,7 +261,8 @@ class SFTTrainer(Trainer):
         for key, value in overrides.items():
             if value is None:
                 continue
-            if key in ("model", "data", "val_data", "block_size", "val_fraction") and value != values[key]:
+            if key in ("model", "data", "val_data", "block_size", "val_fraction", "lora_rank", "lora_alpha",
+                       "lora_dropout", "lora_targets") and value != values.get(key, value):
                 raise ValueError(f"cannot resume with {key}={value}: the run was started with {key}={values[key]}")
             values[key] = value
         values["out_dir"] = str(run_dir)
@@ -308,8 +332,11 @@ class SFTTrainer(Trainer):
             return None
 
         def write_files(staging: pathlib.Path) -> None:
-            self.model.save_pretrained(staging)
+            with lora.merged_view(self.model):           # with LoRA: the adapters folded in, for npgpt chat
+                self.model.save_pretrained(staging)
             self.tokenizer.save(staging)
+            if self.config.lora_rank:                     # and the adapter itself, in PEFT's format
+                lora.save_adapter(self.model, staging / ADAPTER_DIR, base_model=self.config.model)
             rundir.save_optimizer(optimizer_state, staging / rundir.OPTIMIZER_NAME)
 
         state = {"step": self.step, "sft_config": self.config.to_dict(), "model_config": self.model_config.to_dict(),

@@ -272,7 +272,8 @@ def write_checkpoint(run_dir: os.PathLike | str, write_files: Callable[[pathlib.
         with fileio.naming(staging):        # a full disk names the file (the innermost naming wins)
             write_files(staging)
         _test_pause(state.get("step"))
-        state = {**state, "files": sorted(p.name for p in staging.iterdir()),
+        # Every file, those in subdirectories too (a LoRA run's adapter/), as paths relative to the checkpoint.
+        state = {**state, "files": sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()),
                  "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         with fileio.naming(staging / STATE_NAME), open(staging / STATE_NAME, "w") as f:   # last: marks it complete
             json.dump(state, f, indent=2, default=_json_default)
