@@ -194,31 +194,7 @@ class SFTTrainer(Trainer):
             raise ValueError("supervised fine-tuning needs a model (--model) and conversations (--data)")
         self._setup_logging(config, log)
         self.run_dir = pathlib.Path(config.out_dir)
-        source = _state[0] if _state is not None else config.model
-        model, self.tokenizer = GPT.from_pretrained(source), Tokenizer.from_pretrained(source)
-        if _state is not None and config.lora_rank:
-            # A LoRA checkpoint's weights are merged (for npgpt chat); training goes on from the exact
-            # base, rebuilt from --model as the run began, and the adapter saved beside the weights.
-            model, tokenizer = GPT.from_pretrained(config.model), Tokenizer.from_pretrained(config.model)
-            if tokenizer.chat_template is None:
-                model, _ = add_chat_tokens(model, tokenizer)
-        if self.tokenizer.chat_template is None:
-            model, self.tokenizer = add_chat_tokens(model, self.tokenizer)
-            self.log(f"{config.model} has no chat template: added npgpt's (ChatML), its role markers "
-                     f"{IM_START} and {IM_END} as ids {self.tokenizer.special_tokens[IM_START]} and "
-                     f"{self.tokenizer.special_tokens[IM_END]}")
-        if config.block_size is None:
-            config = dataclasses.replace(config, block_size=model.config.block_size)
-        elif config.block_size > model.config.block_size:
-            settings.fail("SFTConfig", "block_size", f"{{name}}={config.block_size} is longer than the "
-                                                     f"{model.config.block_size} positions of {source}; it may only shrink")
-        model.crop_block_size(config.block_size).set_dropout(config.dropout)
-        adapter = config.lora_config(seed=config.seed)
-        if adapter is not None and _state is not None:
-            lora.load_adapter(model, _state[0] / ADAPTER_DIR)
-        elif adapter is not None:
-            lora.apply_lora(model, adapter)
-            self.log(lora.describe_trainable(model))
+        model, config = self._prepare_model(config, _state)
         self.config = config
         self.model_config = model.config
         examples = conversations.load(config.data, self.tokenizer, config.block_size)
@@ -244,6 +220,38 @@ class SFTTrainer(Trainer):
         self.tokenizer_dir = None
         if _state is not None:
             self._restore(*_state)
+
+    def _prepare_model(self, config: SFTConfig, _state: Optional[tuple[pathlib.Path, dict[str, Any]]]
+                       ) -> tuple[GPT, SFTConfig]:
+        """The model to train and ``config`` with its block size: loaded, given the chat tokens if it has
+        none, cropped, dropout set, and with LoRA its adapters (new, or the checkpoint's on resume);
+        ``self.tokenizer`` is set on the way."""
+        source = _state[0] if _state is not None else config.model
+        model, self.tokenizer = GPT.from_pretrained(source), Tokenizer.from_pretrained(source)
+        if _state is not None and config.lora_rank:
+            # A LoRA checkpoint's weights are merged (for npgpt chat); training goes on from the exact
+            # base, rebuilt from --model as the run began, and the adapter saved beside the weights.
+            model, tokenizer = GPT.from_pretrained(config.model), Tokenizer.from_pretrained(config.model)
+            if tokenizer.chat_template is None:
+                model, _ = add_chat_tokens(model, tokenizer)
+        if self.tokenizer.chat_template is None:
+            model, self.tokenizer = add_chat_tokens(model, self.tokenizer)
+            self.log(f"{config.model} has no chat template: added npgpt's (ChatML), its role markers "
+                     f"{IM_START} and {IM_END} as ids {self.tokenizer.special_tokens[IM_START]} and "
+                     f"{self.tokenizer.special_tokens[IM_END]}")
+        if config.block_size is None:
+            config = dataclasses.replace(config, block_size=model.config.block_size)
+        elif config.block_size > model.config.block_size:
+            settings.fail("SFTConfig", "block_size", f"{{name}}={config.block_size} is longer than the "
+                                                     f"{model.config.block_size} positions of {source}; it may only shrink")
+        model.crop_block_size(config.block_size).set_dropout(config.dropout)
+        adapter = config.lora_config(seed=config.seed)
+        if adapter is not None and _state is not None:
+            lora.load_adapter(model, _state[0] / ADAPTER_DIR)
+        elif adapter is not None:
+            lora.apply_lora(model, adapter)
+            self.log(lora.describe_trainable(model))
+        return model, config
 
     @classmethod
     def resume(cls, run_dir: str | os.PathLike, log: Optional[Callable[[str], None]] = None,
