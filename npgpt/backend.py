@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, Optional
@@ -129,6 +130,22 @@ def to_numpy(array: Any) -> np.ndarray:
     return array.get() if is_cupy_array(array) else np.asarray(array)
 
 
+def read_scalars(*values: Any, kind: type = float) -> list[Any]:
+    """Python numbers (``kind``: ``float`` or ``int``) from 0-d arrays and numbers; ``None`` stays ``None``.
+
+    The GPU arrays among ``values`` are read in one copy to the host, not one each: every copy
+    from a GPU waits for the device to finish its queue (docs/gpu.md), so a step that needs its
+    loss, its gradient norm and an overflow flag pays that wait once.
+    """
+    on_device = [v for v in values if is_cupy_array(v)]
+    read = iter(())
+    if on_device:
+        xp = array_module(on_device[0])
+        dtype = xp.float64 if kind is float else xp.int64
+        read = iter(to_numpy(xp.stack([xp.asarray(v, dtype=dtype) for v in on_device])).tolist())
+    return [None if v is None else kind(next(read) if is_cupy_array(v) else v) for v in values]
+
+
 def scatter_add(target: Array, indices: Any, values: Array) -> Array:
     """``target[indices] += values`` with repeated indices summed, in place.
 
@@ -157,6 +174,17 @@ def _threadpool_controller() -> Any:
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
+
+
+def default_workers() -> int:
+    """The CPU cores this process may run on (its affinity on Linux, else the machine's count).
+
+    The one default for how many threads share a batch (``npgpt.training.parallel``) and how
+    many processes encode a corpus (``npgpt.training.data``).
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 @contextlib.contextmanager

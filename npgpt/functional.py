@@ -513,9 +513,7 @@ def _count_min_max(counted, y_safe):
     """How many targets count, and the smallest and largest id: three ints, read from a device in one copy."""
     if y_safe.size == 0:
         return 0, 0, 0
-    xp = backend.array_module(y_safe)
-    stats = xp.stack([counted.sum(), y_safe.min(), y_safe.max()]).astype(xp.int64)
-    n, low, high = (int(v) for v in backend.to_numpy(stats))
+    n, low, high = backend.read_scalars(counted.sum(), y_safe.min(), y_safe.max(), kind=int)
     return n, low, high
 
 

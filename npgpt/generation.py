@@ -322,7 +322,7 @@ def _check(model, idx, max_new_tokens, max_length, attention_mask, min_new_token
     mask = None
     if attention_mask is not None:
         mask = backend.to_device(inputs.check_attention_mask(attention_mask, (B, T)), model.device)
-        right_padded, all_real = inputs.read_ints((mask[:, 1:] < mask[:, :-1]).any(), mask.min())
+        right_padded, all_real = backend.read_scalars((mask[:, 1:] < mask[:, :-1]).any(), mask.min(), kind=int)
         if right_padded:
             raise ValueError("attention_mask must pad on the left (0s before the 1s of each row): generation "
                              "appends to the end of every row; Tokenizer.encode_batch(texts, padding='left') "
@@ -428,7 +428,7 @@ def _decode(model, plan):
                 window = positions = None
                 if mask is not None:
                     window = real[:, start:t]
-                    positions = xp.maximum(xp.cumsum(window, axis=1) - 1, 0)   # counted from the first token
+                    positions = inputs.positions_from_mask(window)       # counted from the first real token
                     position = positions[:, -1:] + 1
                 if cache is not None:
                     cache.reset()

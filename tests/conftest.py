@@ -80,3 +80,12 @@ def transfers():
         pytest.skip("counting host/device copies needs the CuPy stand-in (NPGPT_FAKE_CUDA=1)")
     fake_cupy.reset_transfers()
     return fake_cupy.transfers
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast lane: the tests listed in tests/slow_tests.py carry the ``slow`` mark too."""
+    import slow_tests
+
+    for item in items:
+        if slow_tests.is_slow(item.path.name, getattr(item, "originalname", item.name)):
+            item.add_marker(pytest.mark.slow)

@@ -8,9 +8,10 @@ import pytest
 import npgpt.functional as F
 from npgpt import Tensor, backend
 from npgpt.autograd.gradcheck import check_gradients
-from npgpt.finetuning.classifier import GPTClassifier, last_token_index, positions_from_mask
+from npgpt.finetuning.classifier import GPTClassifier, last_token_index
 from npgpt.finetuning.labelled import pad_batch
 from npgpt.io import checkpoint
+from npgpt.io.inputs import positions_from_mask
 from npgpt.model import GPT, GPTConfig
 
 CONFIG = GPTConfig(vocab_size=61, block_size=24, n_layer=2, n_head=2, n_embd=16)

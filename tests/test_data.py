@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from char_tokenizer import EOT, CharTokenizer
 
+from npgpt import backend
 from npgpt.training import data
 
 TEXT_A = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
@@ -227,7 +228,7 @@ def test_workers_must_be_a_positive_integer(tmp_path, capsys):
     assert main(["prepare", "--input", str(_files(tmp_path, TEXT_A)[0]), "--tokenizer", str(tmp_path), "--out",
                  str(tmp_path / "cli"), "--workers", "0"]) == 2
     assert "--workers: expected an integer >= 1, got '0'" in capsys.readouterr().err
-    assert data.default_workers() >= 1
+    assert backend.default_workers() >= 1
 
 
 def test_a_worker_that_fails_leaves_no_files(tmp_path, monkeypatch):

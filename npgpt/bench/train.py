@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from npgpt.backend import default_workers
 from npgpt.bench.common import median, peak_rss_mb
 from npgpt.training.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
-from npgpt.training.parallel import default_workers
 
 if TYPE_CHECKING:
     from npgpt.autograd import Tensor

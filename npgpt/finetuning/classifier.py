@@ -47,17 +47,6 @@ ARCHITECTURE = "GPT2ForSequenceClassification"
 Array = Any  # a numpy.ndarray or a cupy.ndarray
 
 
-def positions_from_mask(mask: Array) -> Array:
-    """Position ids that count real tokens only (eq. 7): ``p[b, t] = sum_{u<=t} m[b, u] - 1``.
-
-    Padding positions get 0 (any valid id would do: nothing reads them).
-    ``mask`` (B, T) int -> (B, T) int64, same array module.
-    """
-    xp = backend.array_module(mask)
-    counted = xp.cumsum(mask, axis=1) - 1
-    return xp.maximum(counted, 0).astype(xp.int64)
-
-
 def last_token_index(mask: Array) -> Array:
     """Index of the last real token of each row (eq. 5): ``max{t : m[b, t] = 1}``, (B,)."""
     xp = backend.array_module(mask)
@@ -137,7 +126,7 @@ class GPTClassifier(nn.Module):
             positions = None
             last = xp.full((B,), T - 1, dtype=xp.int64)
         else:
-            positions = positions_from_mask(mask)                                   # (B, T)
+            positions = inputs.positions_from_mask(mask)                                   # (B, T)
             last = last_token_index(mask)                                            # (B,)
         hidden = gpt.trunk(idx, attention_mask=mask, position_ids=positions, inputs_embeds=inputs_embeds,
                            validate=False)                                           # (B, T, C)

@@ -89,7 +89,7 @@ def check_attention_mask(attention_mask: Any, shape: Sequence[int]) -> Array:
         raise TypeError(f"attention_mask must hold 0/1 integers or booleans, got dtype {mask.dtype}")
     empty = mask.sum(axis=1) == 0
     reads = ([mask.min(), mask.max()] if mask.size else []) + ([_first_true(empty)] if empty.size else [])
-    values = read_ints(*reads)
+    values = backend.read_scalars(*reads, kind=int)
     if mask.size and (values[0] < 0 or values[1] > 1):
         raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
     if empty.size and values[-1] >= 0:
@@ -98,9 +98,21 @@ def check_attention_mask(attention_mask: Any, shape: Sequence[int]) -> Array:
     return mask
 
 
+def positions_from_mask(mask: Array) -> Array:
+    """Position ids that count real tokens only (docs/finetuning.md eq. 7): ``p[b, t] = sum_{u<=t} m[b, u] - 1``.
+
+    Padding positions get 0 (any valid id would do: nothing reads them). The classifier
+    and the decoding loop of a left-padded batch both count positions so.
+    ``mask`` (B, T) int -> (B, T) int64, same array module.
+    """
+    xp = backend.array_module(mask)
+    counted = xp.cumsum(mask, axis=1) - 1
+    return xp.maximum(counted, 0).astype(xp.int64)
+
+
 def min_max(data: Array) -> tuple[int, int]:
     """The smallest and the largest entry of a non-empty integer array, as ints (one copy from a GPU)."""
-    low, high = read_ints(data.min(), data.max())
+    low, high = backend.read_scalars(data.min(), data.max(), kind=int)
     return low, high
 
 
@@ -108,11 +120,3 @@ def _first_true(flags: Array) -> Array:
     """The index of the first true entry of a non-empty 1-D boolean array, or -1 (a 0-d array, not read)."""
     xp = backend.array_module(flags)
     return xp.where(flags.any(), flags.argmax(), -1)
-
-
-def read_ints(*scalars: Array) -> list[int]:
-    """0-d integer arrays as Python ints: on a GPU one copy to the host for all of them, not one each."""
-    if not any(backend.is_cupy_array(s) for s in scalars):
-        return [int(s) for s in scalars]
-    xp = backend.array_module(*scalars)
-    return [int(v) for v in backend.to_numpy(xp.stack([xp.asarray(s, dtype=xp.int64) for s in scalars]))]

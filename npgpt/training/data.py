@@ -35,6 +35,7 @@ from typing import Any, Optional
 import numpy as np
 from numpy.typing import DTypeLike
 
+from npgpt.backend import default_workers
 from npgpt.io import fileio
 from npgpt.io.fileio import excerpt
 from npgpt.tokenizer.bpe import ENDOFTEXT
@@ -42,7 +43,7 @@ from npgpt.training.progress import Progress
 
 __all__ = ["EOT", "prepare", "prepare_documents", "split_documents", "load_tokens", "load_meta", "tokenizer_dir",
            "tokenizer_digest", "TokenFile",
-           "BatchSampler", "token_dtype", "default_workers"]
+           "BatchSampler", "token_dtype"]
 
 EOT = ENDOFTEXT          # separates documents in a token stream
 META_NAME = "meta.json"
@@ -132,14 +133,6 @@ def prepare(input_files: Iterable[str | os.PathLike], tokenizer: Any, out_dir: s
 
 _TASK_BYTES = 1 << 21          # text per task of a worker: small enough to balance, large enough to amortise
 _MIN_TASK_BYTES = 1 << 18      # below this a second process costs more than it saves
-
-
-def default_workers() -> int:
-    """One worker per CPU core this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:     # not Linux
-        return os.cpu_count() or 1
 
 
 def prepare_documents(documents: Iterable[str], tokenizer: Any, out_dir: str | os.PathLike, val_fraction: float = 0.1,

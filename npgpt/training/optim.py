@@ -423,14 +423,14 @@ def clip_grad_norm_with_loss(params: Params | dict[str, Tensor], max_norm: Optio
         elif p.grad is not None:
             grads.append(p.grad)
     if not grads and reduce is None:
-        return 0.0, _read_floats(loss)[0]
+        return 0.0, backend.read_scalars(loss)[0]
     if grads:
         xp = backend.array_module(grads[0])
         # A dot product per array (BLAS, no temporary g*g); the sum stays on the device.
         square_sum = sum(xp.dot(g.reshape(-1), g.reshape(-1)).astype(xp.float64) for g in grads)
-        total_sq, loss = _read_floats(square_sum, loss)
+        total_sq, loss = backend.read_scalars(square_sum, loss)
     else:
-        loss = _read_floats(loss)[0]
+        loss = backend.read_scalars(loss)[0]
         total_sq = 0.0                    # one device -> host transfer per step (above)
     if reduce is not None:
         total_sq = reduce(total_sq)
@@ -440,16 +440,6 @@ def clip_grad_norm_with_loss(params: Params | dict[str, Tensor], max_norm: Optio
         for g in grads:
             g *= scale
     return total, loss
-
-
-def _read_floats(*values: Any) -> list[Optional[float]]:
-    """Floats from 0-d arrays and numbers (None stays None); the device arrays among them in one copy."""
-    on_device = [v for v in values if backend.is_cupy_array(v)]
-    if on_device:
-        xp = backend.array_module(on_device[0])
-        read = iter(backend.to_numpy(xp.stack([v.astype(xp.float64) for v in on_device])).tolist())
-        return [next(read) if backend.is_cupy_array(v) else (None if v is None else float(v)) for v in values]
-    return [None if v is None else float(v) for v in values]
 
 
 # ================================================================= schedule

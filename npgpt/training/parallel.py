@@ -27,7 +27,6 @@ the threads never hold a second full set of gradients (for GPT-2 small,
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,16 +36,9 @@ import numpy as np
 
 from npgpt import backend
 from npgpt.autograd import Tensor, accumulate_grad, backward
-from npgpt.backend import Array
+from npgpt.backend import Array, default_workers  # default_workers: read here by engine and optim too
 
 _pools: dict[int, ThreadPoolExecutor] = {}
-
-
-def default_workers() -> int:
-    """One worker per available CPU core."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def thread_pool(workers: int) -> ThreadPoolExecutor:
