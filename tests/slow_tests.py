@@ -23,7 +23,12 @@ SLOW_MODULES = {
 # module -> test functions (every parametrisation of each)
 SLOW_TESTS = {
     "test_bench.py": ["test_gpu_bench_has_help_and_refuses_to_run_without_cuda"],
-    "test_checkpoint.py": ["test_parity_loading_a_transformers_checkpoint"],
+    "test_evaluation.py": ["test_sliding_window_equals_hugging_faces_perplexity_guide"],
+    "test_chat_datasets.py": ["test_the_pinned_instruction_set_holds_out_whole_words"],
+    "test_chat_template.py": ["test_transformers_renders_the_same_text"],
+    "test_generation.py": ["test_benchmark_batched_transformers_run_chooses_the_same_ids"],
+    "test_model.py": ["test_dot_products_of_unit_variance_vectors_have_variance_d_k"],
+    "test_checkpoint.py": ["test_parity_loading_a_transformers_checkpoint", "test_parity_transformers_loading_our_checkpoint"],
     "test_cli.py": ["test_python_dash_m_runs_the_same_command", "test_stop_and_resume_through_the_cli_is_bit_identical"],
     "test_cli_manners.py": ["test_a_misspelled_flag_gets_the_subcommands_usage_and_a_suggestion",
                             "test_a_short_run_works_with_the_default_warmup_and_min_lr",

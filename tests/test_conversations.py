@@ -49,7 +49,7 @@ def test_both_conventions_read(tok, tmp_path):
     (json.dumps({"prompt": "Hi", "response": "Yo", "messages": []}), "not both"),
     (json.dumps({"text": "Hi"}), "needs 'messages', or 'prompt' and 'response'"),
     (json.dumps(["Hi"]), "must be a JSON object"),
-    ("{not json", "not a JSON object"),
+    ("{not json", "not valid JSON"),
     (b'{"prompt": "caf\xe9", "response": "x"}', "not UTF-8 \\(byte 0xe9 at column 16\\)"),
 ])
 def test_a_bad_line_is_refused_with_file_line_and_rule(tok, tmp_path, line, rule):

@@ -278,7 +278,7 @@ def duplicate_into_first_shard(directory, index, name):
 
 
 @pytest.mark.parametrize("edit, error, message", [
-    (lambda d, ix: "{not json", CheckpointError, r"model.safetensors.index.json is not valid JSON"),
+    (lambda d, ix: "{not json", CheckpointError, r"model.safetensors.index.json: not valid JSON"),
     (lambda d, ix: "[]", CheckpointError, r"model.safetensors.index.json must hold a JSON object"),
     (lambda d, ix: {**ix, "weight_map": []}, CheckpointError, r"index.json must hold a non-empty object weight_map"),
     (lambda d, ix: {"metadata": {}}, CheckpointError, r"index.json must hold a non-empty object weight_map"),

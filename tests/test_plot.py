@@ -30,7 +30,7 @@ def test_read_log_skips_a_torn_last_line_but_not_a_torn_middle(tmp_path):
     run = fake_run(tmp_path / "run", torn=True)
     assert read_log(run)[-1] == {"step": 30, "val_loss": 3.6}
     (run / "log.jsonl").write_text('{"step": 1\n{"step": 2}\n')
-    with pytest.raises(ValueError, match="line 1: not a JSON row"):
+    with pytest.raises(ValueError, match="line 1: not valid JSON"):
         read_log(run)
 
 

@@ -535,10 +535,7 @@ def _read_settings_file(name: str, config_class: type) -> dict[str, Any]:
     if not path.exists():              # a special file is refused by read_utf8, not called missing
         raise FileNotFoundError(f"config file {path} does not exist")
     text = fileio.read_utf8(path, "config file", limit=fileio.MAX_SMALL_FILE)
-    try:
-        values = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"config file {path} is not valid JSON: {exc}") from None
+    values = fileio.parse_json(text, f"config file {path}")
     if not isinstance(values, dict):
         raise ValueError(f"config file {path} must hold a JSON object of settings")
     hints = typing.get_type_hints(config_class)

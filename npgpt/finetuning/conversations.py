@@ -23,7 +23,6 @@ always later, is never attended to by a real token.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from collections.abc import Iterator, Sequence
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from npgpt.io import fileio
 from npgpt.tokenizer.chat import ChatTemplateError, check_messages, encode
 
 if TYPE_CHECKING:
@@ -139,10 +139,7 @@ def read_records(path: str | os.PathLike) -> Iterator[tuple[int, list[dict[str, 
                                 f"{exc.start + 1})") from None
             if not text.strip():
                 continue
-            try:
-                record = json.loads(text)
-            except (json.JSONDecodeError, RecursionError) as exc:
-                raise DataError(f"{path}:{number}: not a JSON object ({exc})") from None
+            record = fileio.parse_json(text, f"{path}:{number}", DataError)
             try:
                 yield number, messages_of(record)
             except ValueError as exc:

@@ -106,12 +106,7 @@ def read_labelled_file(path: str | os.PathLike, text_column: str | int = "text",
         for line_no, line in enumerate(content.split("\n"), 1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}, line {line_no}: not valid JSON ({exc.msg})") from None
-            except (ValueError, RecursionError) as exc:      # a number beyond Python's digit limit, deep nesting
-                raise ValueError(f"{path}, line {line_no}: not valid JSON ({exc or 'nested too deeply'})") from None
+            record = fileio.parse_json(line, f"{path}, line {line_no}")
             if not isinstance(record, dict):
                 raise ValueError(f"{path}, line {line_no}: expected a JSON object, got {type(record).__name__}")
             for column in (text_column, label_column):

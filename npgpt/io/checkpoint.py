@@ -62,23 +62,6 @@ class CheckpointError(ValueError):
     """A checkpoint directory exists but its contents are wrong (names the file or tensor)."""
 
 
-def parse_json(data: bytes | str, path: Any, what: str = "") -> Any:
-    """JSON text -> Python value; anything malformed is a ``CheckpointError`` naming ``path``.
-
-    Malformed covers more than syntax: bytes that are not UTF-8, a key that
-    appears twice in one object, nesting deep enough to exhaust Python's
-    recursion limit, and integers longer than Python's limit on converting
-    digits (``sys.set_int_max_str_digits``).
-    """
-    try:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text, object_pairs_hook=fileio.unique_keys)
-    except RecursionError:
-        raise CheckpointError(f"{path}{what} is nested too deeply to be a checkpoint's JSON") from None
-    except ValueError as exc:         # JSONDecodeError, UnicodeDecodeError, too many digits, duplicate keys
-        raise CheckpointError(f"{path}{what} is not valid JSON: {exc}") from None
-
-
 def read_json_object(path: str | os.PathLike) -> dict:
     """The JSON object in the file ``path`` (``config.json``): size, syntax and type checked."""
     path = pathlib.Path(path)
@@ -86,7 +69,7 @@ def read_json_object(path: str | os.PathLike) -> dict:
         data = fileio.read_bytes(path, "config file", limit=MAX_CONFIG_BYTES)
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
-    raw = parse_json(data, path)
+    raw = fileio.parse_json(data, path, CheckpointError)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} must hold a JSON object, got {type(raw).__name__}")
     return raw
@@ -315,7 +298,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
         if n > MAX_HEADER_BYTES:
             raise CheckpointError(f"{path} is corrupt: its header claims {n:,} bytes, more than safetensors "
                                   f"allows ({MAX_HEADER_BYTES:,})")
-        header = parse_json(f.read(n), path, " has a corrupt header: it")
+        header = fileio.parse_json(f.read(n), f"{path} has a corrupt header", CheckpointError)
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} has a corrupt header: a JSON {type(header).__name__}, not an object")
     start = 8 + n

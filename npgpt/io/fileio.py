@@ -277,7 +277,7 @@ class DirectoryLocked(OSError):
 def _holder(path: pathlib.Path) -> tuple[str, str]:
     """(what the holder is, who it is), from what the holder wrote into the lock file."""
     try:
-        info = json.loads(read_bytes(path, "lock file", limit=4096))
+        info = read_json(path, "lock file", limit=4096)
         what = info.get("command", "npgpt process")
         return str(what)[:80], f"pid {info['pid']} on {info['host']}, started {info['started']}"
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -531,6 +531,32 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
             raise ValueError(f"the key {excerpt(key)} appears twice")
         result[key] = value
     return result
+
+
+def parse_json(data: bytes | str, where: Any, error: type[Exception] = ValueError) -> Any:
+    """JSON text (or UTF-8 bytes) -> its value; anything malformed is ``error`` naming ``where``.
+
+    The one guarded JSON reader of the package: checkpoints, tokenizer files, data and run
+    directories, settings files and JSON Lines records all parse through it. Malformed covers more
+    than syntax: bytes that are not UTF-8, a key given twice in one object (``unique_keys``),
+    nesting deep enough to exhaust Python's recursion limit, and integers longer than Python's
+    limit on converting digits (``sys.set_int_max_str_digits``). The message reads
+    ``"{where}: not valid JSON (why)"``.
+    """
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except RecursionError:
+        raise error(f"{where}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:          # JSONDecodeError, UnicodeDecodeError, too many digits, a repeated key
+        raise error(f"{where}: not valid JSON ({exc})") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "file", limit: Optional[int] = MAX_SMALL_FILE,
+              error: type[Exception] = ValueError) -> Any:
+    """The JSON value in the file ``path``: read as :func:`read_bytes` reads (bounded, a regular
+    file), parsed as :func:`parse_json` parses."""
+    return parse_json(read_bytes(path, what, limit), path, error)
 
 
 def is_int(value: Any) -> bool:

@@ -49,14 +49,7 @@ def read_raw(path: str | os.PathLike) -> bytes:
 def read_json(path: str | os.PathLike) -> Any:
     """The JSON value in a tokenizer file; malformed JSON (syntax, repeated keys, nesting beyond Python's
     recursion limit, integers beyond its digit limit) is an error naming the file and line."""
-    text = read_text(path)
-    try:
-        return json.loads(text, object_pairs_hook=fileio.unique_keys)
-    except RecursionError:
-        raise TokenizerFileError(f"{path}: nested too deeply to be a tokenizer file") from None
-    except ValueError as exc:
-        where = f":{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise TokenizerFileError(f"{path}{where}: not valid JSON ({exc})") from None
+    return fileio.parse_json(read_text(path), path, TokenizerFileError)
 
 
 def _check_special_ids(path: Any, special_tokens: Any, n_ranks: int) -> dict[str, int]:

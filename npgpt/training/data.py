@@ -390,12 +390,7 @@ def load_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} is missing: {data_dir} is not a prepared data directory "
                                 "(or its preparation did not finish); run `npgpt prepare`")
     text = fileio.read_utf8(path, "data file", limit=fileio.MAX_SMALL_FILE)   # names the file (and line)
-    try:
-        meta = json.loads(text)
-    except RecursionError:
-        raise ValueError(f"{path} is not valid JSON: nested too deeply") from None
-    except ValueError as exc:          # JSONDecodeError, or an integer beyond Python's digit limit
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    meta = fileio.parse_json(text, path)
     if not isinstance(meta, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")
     for key in ("dtype", "vocab_size"):

@@ -17,7 +17,6 @@ only when drawing.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from collections.abc import Sequence
@@ -50,11 +49,11 @@ def read_log(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            rows.append(fileio.parse_json(line, f"{path}, line {i + 1}"))
+        except ValueError:
             if i == len(lines) - 1:
                 break                  # the row being written when the process stopped
-            raise ValueError(f"{path}, line {i + 1}: not a JSON row") from None
+            raise
     return rows
 
 
@@ -76,7 +75,7 @@ def _tokens_per_step(run_dir: pathlib.Path, rows: list[dict[str, Any]]) -> Optio
             return row["tokens"] / row["step"]
     state = run_dir / "checkpoint" / "trainer_state.json"
     try:
-        c = json.loads(fileio.read_bytes(state, "training state"))["train_config"]
+        c = fileio.read_json(state, "training state")["train_config"]
         return c["batch_size"] * c["block_size"] * c.get("grad_accum", 1)
     except (OSError, KeyError, ValueError, TypeError):
         return None

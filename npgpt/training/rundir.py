@@ -91,7 +91,7 @@ def lock(run_dir: os.PathLike | str, enabled: bool = True) -> Iterator[pathlib.P
 def read_state(checkpoint: pathlib.Path) -> dict:
     """The parsed ``trainer_state.json`` of a checkpoint directory."""
     path = pathlib.Path(checkpoint) / STATE_NAME
-    return json.loads(fileio.read_utf8(path, "training state", limit=fileio.MAX_SMALL_FILE))
+    return fileio.parse_json(fileio.read_utf8(path, "training state", limit=fileio.MAX_SMALL_FILE), path)
 
 
 def is_complete(directory: pathlib.Path) -> bool:
@@ -138,9 +138,9 @@ def _row_step(line: str, csv_row: bool) -> Optional[int]:
         if csv_row:
             cells = line.rstrip("\n").split(",")
             return int(cells[0]) if len(cells) == 4 else None
-        row = json.loads(line)
+        row = fileio.parse_json(line, "a log row")
         return row["step"] if isinstance(row, dict) and isinstance(row.get("step"), int) else None
-    except (ValueError, RecursionError):
+    except ValueError:
         return None
 
 
@@ -211,7 +211,7 @@ def _load_optimizer(optimizer: Optimizer, path: pathlib.Path) -> None:
 
     own = {name for group in optimizer.param_groups for name in group["names"]}
     with safe_open(str(path), framework="np") as f:
-        meta = json.loads(f.metadata()["npgpt_optimizer"])
+        meta = fileio.parse_json(f.metadata()["npgpt_optimizer"], f"{path} (its optimizer metadata)")
         saved = {name for group in meta["param_groups"] for name in group["names"]}
         if own < saved:              # a shard: keep this rank's names, in the saved order
             for group in meta["param_groups"]:
