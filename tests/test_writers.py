@@ -618,3 +618,21 @@ def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(command,
     assert main(argv + (["--overwrite"] if command == "prepare" else [])) == 1
     one_line_error(capsys, str(out / rundir.LOCK_NAME), "not a regular file")
     assert elsewhere.read_text() == "not npgpt's" and (out / rundir.LOCK_NAME).is_symlink()
+
+
+def test_a_killed_saves_staging_is_removed_by_the_next_save_of_the_same_directory(tmp_path):
+    from npgpt.tokenizer import Tokenizer
+
+    out = tmp_path / "data" / "tokenizer"            # where prepare saves its tokenizer
+    out.mkdir(parents=True)
+    _die_while_writing(f"""
+        from npgpt.io import fileio
+        with fileio.private_directory({str(out)!r}, ".saving.") as staging:
+            fileio.atomic_write(staging / "vocab.json", "{{}}")
+            fileio.temporary_file({str(out / "vocab.json")!r})
+            import os, signal
+            os.kill(os.getpid(), signal.SIGKILL)
+    """, ROOT)
+    assert len(debris(out)) == 2
+    Tokenizer.train(TEXT, 270, show_progress=False).save(out)
+    assert debris(out) == [] and Tokenizer.from_pretrained(out).vocab_size == 270

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import pathlib
@@ -95,9 +96,11 @@ def temporary_file(path: str | os.PathLike) -> tuple[int, str]:
     Named ``.<name>.<pid>-XXXXXXXX.tmp`` and ``flock``'ed through the returned
     descriptor: keep it open until the file is renamed onto ``path`` (or
     deleted), so that :func:`remove_abandoned` can tell this writer's file,
-    which it never deletes, from a dead writer's.
+    which it never deletes, from a dead writer's. Dead writers' files of the
+    same name are deleted first.
     """
     path = pathlib.Path(path)
+    remove_abandoned(path.parent, f".{glob.escape(path.name)}.*.tmp")      # a killed writer's, of this name
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     if fcntl is not None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)     # new and ours: never blocks
@@ -174,8 +177,10 @@ def private_directory(parent: str | os.PathLike, prefix: str) -> Iterator[pathli
 
     Its ``.lock`` is ``flock``'ed while it is in use, so that
     :func:`remove_abandoned` deletes it only after its writer died (a kill
-    leaves it behind: no exit code runs).
+    leaves it behind: no exit code runs); each call first deletes the
+    abandoned ones of the same ``prefix`` in ``parent``.
     """
+    remove_abandoned(parent, f"{glob.escape(prefix)}*")        # a killed writer's, of this kind
     path = pathlib.Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
     fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -206,6 +211,8 @@ def publish(staging: str | os.PathLike, directory: str | os.PathLike, last: str,
         os.chmod(staging / name, 0o644)      # temporary files are private; these are for sharing
         with naming(staging / name):
             fsync(staging / name)
+    for name in names:                        # a killed writer's temporary files of these names
+        remove_abandoned(directory, f".{glob.escape(name)}.*.tmp")
     changed = [name for name in names if name != alone and not _same_bytes(staging / name, directory / name)]
     if changed and (directory / last).exists():
         os.unlink(directory / last)           # from here until the last rename: refused, never mixed
