@@ -43,6 +43,7 @@ class Running:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        self.signalled = False
         self.log_path = directory.parent / f"serve-{self.port}.log"
         self.log_file = open(self.log_path, "w")
         self.process = subprocess.Popen([sys.executable, "-m", "npgpt", "serve", str(directory), "--port",
@@ -62,9 +63,14 @@ class Running:
     def log(self):
         return self.log_path.read_text()
 
-    def stop(self, timeout=30):
-        if self.process.poll() is None:
+    def terminate(self):
+        """SIGTERM, once (a test may send it before ``stop``)."""
+        if not self.signalled and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+            self.signalled = True
+
+    def stop(self, timeout=30):
+        self.terminate()
         code = self.process.wait(timeout)
         self.log_file.close()
         return code, self.log()

@@ -2,7 +2,6 @@
 a tiny chat model), spoken to by OpenAI's own Python client and by raw HTTP for the error paths."""
 
 import json
-import signal
 import threading
 import time
 
@@ -293,10 +292,10 @@ def test_sigterm_finishes_the_running_request_and_exits_0(tmp_path):
                       "--grace", "30")
     got = []
     with httpx.stream("POST", running.url + "/v1/completions", timeout=60,
-                      json={"model": "stopping", "prompt": "Go", "max_tokens": 400, "stream": True}) as r:
+                      json={"model": "stopping", "prompt": "Go", "max_tokens": 400, "stream": True, "temperature": 0}) as r:
         lines = r.iter_lines()
         got.append(next(lines))
-        running.process.send_signal(signal.SIGTERM)
+        running.terminate()
         time.sleep(0.5)
         with pytest.raises(httpx.TransportError):             # no new connections meanwhile
             httpx.get(running.url + "/health", timeout=2)
@@ -312,14 +311,15 @@ def test_sigterm_finishes_the_running_request_and_exits_0(tmp_path):
 
 
 def test_sigterm_cancels_what_outlasts_the_grace_period_and_exits_0(tmp_path):
-    running = Running(save_tiny(tmp_path / "slow", block_size=1024, n_embd=64, n_layer=4, chat=False), "--grace", "1")
+    running = Running(save_tiny(tmp_path / "slow", block_size=1024, n_embd=128, n_layer=4, chat=False),
+                      "--grace", "0.2")
     start = None
     with pytest.raises(httpx.TransportError):        # the stream is cut: no [DONE]
         with httpx.stream("POST", running.url + "/v1/completions", timeout=60,
                           json={**LONG, "model": "slow"}) as r:
             lines = r.iter_lines()
             next(lines)
-            running.process.send_signal(signal.SIGTERM)
+            running.terminate()
             start = time.monotonic()
             for line in lines:
                 assert line != "data: [DONE]"

@@ -68,4 +68,6 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda number, frame: None)
     uvicorn.Server(config).run()
+    for sig in (signal.SIGTERM, signal.SIGINT):     # stopped: a second signal while exiting changes nothing
+        signal.signal(sig, signal.SIG_IGN)
     return 0
