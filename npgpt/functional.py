@@ -243,16 +243,19 @@ def dropout(x: Tensor, p: float, training: bool = True, rng: Any = None) -> Tens
     ``g * m / (1 - p)``. ``rng`` is a ``Generator`` of the data's module
     (``numpy.random.default_rng(seed)``), for reproducible masks.
     """
-    _check_dropout_p(p)
+    check_dropout(p)
     if not training or p == 0.0:
         return x
     mask = _dropout_mask(_xp(x), rng, x.shape, x.dtype, p)
     return _make(x.data * mask, (x,), lambda g: (g * mask,))
 
 
-def _check_dropout_p(p):
+def check_dropout(p: float, what: str = "dropout probability") -> None:
+    """The one check of a dropout probability: ``0 <= p < 1`` (``p = 1`` would drop every unit and
+    divide the survivors by 0); else a ValueError naming ``what``. The model's config, the training
+    settings and the LoRA adapters all check theirs with it."""
     if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        raise ValueError(f"{what} must be in [0, 1), got {p!r}")
 
 
 def _dropout_mask(xp, rng, shape, dtype, p):
@@ -582,7 +585,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         raise ValueError(f"scaled_dot_product_attention: shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)} do not fit together")
-    _check_dropout_p(dropout_p)
+    check_dropout(dropout_p)
     xp = _xp(q)
     Tq, Tk, D = q.shape[2], k.shape[2], q.shape[3]
     if causal and Tq > Tk:

@@ -38,6 +38,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+import npgpt.functional as F
 from npgpt import backend, nn
 from npgpt.autograd.core import Tensor, _make, as_tensor
 from npgpt.training import settings
@@ -169,7 +170,6 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: Any) -> Tensor:        # (..., in) -> (..., out)
         if self.merged:                         # the update lives in the weight: a plain product
-            from npgpt import functional as F
             return F.linear(x, self.weight, self.bias, compute_dtype=self.compute_dtype)
         x = as_tensor(x)
         keep = None
@@ -225,8 +225,7 @@ class LoRAConfig:
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
             raise ValueError(f"LoRA alpha must be a positive number, got {self.alpha!r}")
         self.alpha = float(self.alpha)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+        F.check_dropout(self.dropout, "LoRA dropout")
         if isinstance(self.targets, str):
             self.targets = tuple(t.strip() for t in self.targets.split(",") if t.strip())
         self.targets = tuple(self.targets)
@@ -265,8 +264,7 @@ class LoRASettings:
         self.lora_rank = int(value)
         if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
             settings.fail(owner, "lora_alpha", f"{{name}} must be a positive number, got {self.lora_alpha!r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            settings.fail(owner, "lora_dropout", f"{{name}} must be in [0, 1), got {self.lora_dropout!r}")
+        settings.check_dropout(owner, self, "lora_dropout")
         if not [t for t in str(self.lora_targets).split(",") if t.strip()]:
             settings.fail(owner, "lora_targets", "{name} must name at least one layer, e.g. c_attn,c_proj")
         if not self.lora_rank and (self.lora_alpha is not None or self.lora_dropout or self.lora_targets != "c_attn"):

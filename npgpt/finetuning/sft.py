@@ -156,8 +156,7 @@ class SFTConfig(lora.LoRASettings):
             self.min_lr = self.lr / 10
         if not 0 <= self.min_lr <= self.lr:
             settings.fail(name, "min_lr", f"{{name}} must lie in 0..lr ({self.lr}), got {self.min_lr}")
-        if not 0 <= self.dropout < 1:
-            settings.fail(name, "dropout", f"{{name}} must lie in [0, 1), got {self.dropout}")
+        settings.check_dropout(name, self)
         if not 0 < self.val_fraction < 1:
             settings.fail(name, "val_fraction", f"{{name}} must lie strictly between 0 and 1, got {self.val_fraction}")
         settings.check_adamw_and_dtype(name, self, DTYPES)

@@ -56,6 +56,16 @@ def check_adamw_and_dtype(owner: str, config: Any, dtypes: tuple[str, ...]) -> N
                              "neither NumPy nor CuPy has it)")
 
 
+def check_dropout(owner: str, config: Any, field: str = "dropout") -> None:
+    """A dropout setting, checked by ``npgpt.functional.check_dropout`` and refused as a ConfigError naming it."""
+    from npgpt.functional import check_dropout  # here: the settings alone load no array code
+
+    try:
+        check_dropout(getattr(config, field), "{name}")
+    except ValueError as exc:
+        fail(owner, field, str(exc))
+
+
 def require_positive_ints(owner: str, config: Any, names: tuple[str, ...], allow_none: bool = False) -> None:
     """Each named setting is a whole number >= 1 (``None`` too with ``allow_none``); stored as an ``int``."""
     for name in names:

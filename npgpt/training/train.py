@@ -140,8 +140,7 @@ class TrainConfig:
             self.min_lr = self.lr / 10
         if not 0 <= self.min_lr <= self.lr:
             fail("min_lr", f"{{name}} must lie in 0..lr ({self.lr}), got {self.min_lr}")
-        if not 0 <= self.dropout < 1:
-            fail("dropout", f"{{name}} must lie in [0, 1), got {self.dropout}")
+        settings.check_dropout("TrainConfig", self)
         settings.require_non_negative("TrainConfig", self, ("grad_clip", "weight_decay", "checkpoint_interval", "workers"))
         settings.check_adamw_and_dtype("TrainConfig", self, DTYPES)
         if self.peak_flops <= 0:
