@@ -530,7 +530,7 @@ def binary_cross_entropy_with_logits(logits: Tensor, targets: Any) -> Tensor:
     """
     _check_float("binary_cross_entropy_with_logits", logits)
     xp = _xp(logits)
-    y = targets.data if isinstance(targets, Tensor) else xp.asarray(targets)
+    y = xp.asarray(as_array(targets))
     if tuple(y.shape) != tuple(logits.shape):
         raise ValueError(f"binary_cross_entropy_with_logits: targets {tuple(y.shape)} do not match "
                          f"logits {tuple(logits.shape)}")
@@ -600,7 +600,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
     if causal:
         allowed = xp.tril(xp.ones((Tq, Tk), dtype=bool), k=Tk - Tq)
     if attn_mask is not None:
-        mask = xp.asarray(attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask, dtype=bool)
+        mask = xp.asarray(as_array(attn_mask), dtype=bool)
         allowed = mask if allowed is None else allowed & mask
     if allowed is not None:         # in place: the scores are this op's own array
         xp.copyto(scores, xp.finfo(scores.dtype).min, where=~allowed)

@@ -19,6 +19,7 @@ import numpy as np
 import npgpt.functional as F
 from npgpt import backend
 from npgpt.autograd import Tensor, as_tensor
+from npgpt.io.inputs import as_array
 
 
 class Parameter(Tensor):
@@ -101,14 +102,14 @@ class Module:
             if name not in state_dict:
                 continue
             value = state_dict[name]
-            value = value.data if isinstance(value, Tensor) else value
+            value = as_array(value)
             if tuple(value.shape) != tuple(p.shape):
                 raise ValueError(f"load_state_dict: {name} has shape {tuple(value.shape)} in the state dict "
                                  f"but {tuple(p.shape)} in the model")
         for name, p in own.items():        # only write once everything has been checked
             if name in state_dict:
                 value = state_dict[name]
-                value = value.data if isinstance(value, Tensor) else value
+                value = as_array(value)
                 p.data[...] = backend.to_device(value, p.device).astype(p.dtype, copy=False)
         return missing, unexpected
 

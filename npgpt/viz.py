@@ -116,7 +116,7 @@ def attention_svg(weights: Any, tokens: Sequence[str], title: str | None = None,
     which is always 1 (the first token can only attend to itself) and would
     otherwise wash out every other row.
     """
-    w = backend.to_numpy(weights.data if isinstance(weights, Tensor) else weights).astype(np.float64)
+    w = backend.to_numpy(inputs.as_array(weights)).astype(np.float64)
     if w.ndim != 2:
         raise ValueError(f"attention_svg needs one (Tq, Tk) matrix, got shape {w.shape}")
     Tq, Tk = w.shape

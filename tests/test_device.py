@@ -21,6 +21,7 @@ from npgpt import backend, nn, viz
 from npgpt.apps.cli import main
 from npgpt.finetuning import finetune
 from npgpt.finetuning.classifier import GPTClassifier
+from npgpt.io.inputs import as_array
 from npgpt.model import GPT, GPTConfig
 from npgpt.training import engine
 from npgpt.training.optim import AdamW, param_groups
@@ -35,7 +36,7 @@ def tiny(device="cpu", **overrides):
 
 
 def host(a):
-    return backend.to_numpy(a.data if isinstance(a, npgpt.Tensor) else a)
+    return backend.to_numpy(as_array(a))
 
 
 def batch(seed=0, B=3, T=12, V=40):

@@ -13,6 +13,7 @@ import npgpt
 import npgpt.functional as F
 from npgpt import backend
 from npgpt.autograd.gradcheck import check_gradients
+from npgpt.io.inputs import as_array
 
 shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=5)
 seeds = st.integers(0, 2**16)
@@ -27,7 +28,7 @@ def ints(xp, shape, high, seed):
 
 
 def host(a):
-    return backend.to_numpy(a.data if isinstance(a, npgpt.Tensor) else a)
+    return backend.to_numpy(as_array(a))
 
 
 # =================================================================== gradient checks (float64)

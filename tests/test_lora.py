@@ -12,6 +12,7 @@ import npgpt
 from npgpt import backend
 from npgpt.autograd.gradcheck import check_gradients
 from npgpt.finetuning import lora
+from npgpt.io.inputs import as_array
 from npgpt.model import GPT, GPTConfig
 
 TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=8)
@@ -23,7 +24,7 @@ def randn(xp, shape, seed, scale=1.0):
 
 
 def host(t):
-    return backend.to_numpy(t.data if isinstance(t, npgpt.Tensor) else t)
+    return backend.to_numpy(as_array(t))
 
 
 def random_adapters(model, seed=0, scale=0.5):
