@@ -1,10 +1,14 @@
 """Token files and batches: prepare -> train.bin / val.bin / meta.json -> memmap -> (x, y) windows."""
 
 import json
+import os
 
 import numpy as np
 import pytest
+import regex
 from char_tokenizer import EOT, CharTokenizer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from npgpt import backend
 from npgpt.training import data
@@ -357,3 +361,117 @@ def test_a_data_directory_from_before_the_digest_still_trains_with_a_note(bpe_da
     _train(bpe_data, tmp_path / "run", log=lines.append)
     assert any("records no digest of its tokenizer" in line for line in lines), lines
     assert (tmp_path / "run" / "checkpoint" / "vocab.json").is_file()
+
+
+# ------------------------------------------------------------------ long documents in pieces
+WHITE_AND_TEXT = st.sampled_from(list("ab Z09'sdtlmvre\t\n\r\x0b\x0c\x1c!?.,") + ["  ", "é", "\xa0", "\u3000", "中",
+                                                                                 "😀", "\u0301", "٣", "\x85", " 's",
+                                                                                 "\r\n", "<|", "|>"])
+
+
+@pytest.fixture(scope="module")
+def small_bpe():
+    return _bpe(TEXT_A * 20 + TEXT_B * 20 + "Let us kill him, and we'll have corn at our own price.\n" * 10, 300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.lists(WHITE_AND_TEXT, max_size=60).map("".join) | st.text(), piece=st.integers(1, 12),
+       keep=st.integers(0, 5))
+def test_pieces_cut_at_safe_places_encode_to_the_ids_of_the_whole(small_bpe, text, piece, keep):
+    """A long document is encoded in pieces cut between a non-space and a space character: GPT-2's pre-tokens
+    (docs/tokenizer.md, "Pre-tokenization") of the pieces are those of the whole, so the ids are too."""
+    from npgpt.tokenizer import GPT2_PATTERN
+
+    pieces, rest = data._cut_pieces(text, piece, keep=keep)
+    parts = [*pieces, rest]
+    assert "".join(parts) == text and len(rest) >= min(keep, len(text))
+    assert all(len(p) >= piece for p in pieces)
+    assert [w for p in parts for w in regex.findall(GPT2_PATTERN, p)] == regex.findall(GPT2_PATTERN, text)
+    assert [i for p in parts for i in small_bpe.encode_ordinary(p)] == small_bpe.encode_ordinary(text)
+
+
+def test_one_long_document_is_encoded_in_pieces_by_every_worker_with_the_same_ids(tmp_path, monkeypatch, small_bpe):
+    """A single file that is one document used to be one task (one worker, and its whole token list in
+    memory); now it is cut into pieces that the workers share, and the files are the bytes of the whole."""
+    text = "\r\n".join(f"{TEXT_A}{i} {TEXT_B * (i % 4)}" for i in range(300)) + "  \n"
+    path = tmp_path / "one.txt"
+    path.write_bytes(text.encode("utf-8"))
+    whole = small_bpe.encode_ordinary(text.replace("\r\n", "\n")) + [small_bpe.special_tokens[EOT]]
+    expected = split_each_document([whole], 0.1)
+    monkeypatch.setattr(data, "_MIN_TASK_BYTES", 500)
+    monkeypatch.setattr(data, "_TASK_BYTES", 500)
+    tasks = []
+    real_tasks = data._tasks
+    monkeypatch.setattr(data, "_tasks", lambda *a: (tasks.append(t) or t for t in real_tasks(*a)))
+    for workers in (1, 2, 3):
+        tasks.clear()
+        meta = data.prepare([path], small_bpe, tmp_path / str(workers), progress=False, workers=workers)
+        assert both_splits(tmp_path / str(workers)) == expected
+        assert meta["documents"] == 1 and meta["train_tokens"] + meta["val_tokens"] == len(whole)
+        assert len(tasks) > 10 and all(kind == "piece" for kind, _, _ in tasks)
+    assert _read_splits(tmp_path / "1") == _read_splits(tmp_path / "2") == _read_splits(tmp_path / "3")
+
+
+def test_documents_and_markers_split_across_reads_give_the_ids_of_whole_files(tmp_path, monkeypatch, small_bpe):
+    """Files are read in chunks: a marker, a CRLF or a character cut by a chunk's end changes nothing."""
+    texts = [TEXT_A * 30 + EOT + "  \n" + EOT + TEXT_B * 3 + EOT, "é" * 50 + "\r\n" + TEXT_B * 40, TEXT_A * 5]
+    paths = _files(tmp_path, *texts)
+    monkeypatch.setattr(data, "_MIN_TASK_BYTES", 64)
+    monkeypatch.setattr(data, "_TASK_BYTES", 64)
+    expected = None
+    for read_chars in (1, 2, 7, 13, 1 << 20):
+        monkeypatch.setattr(data, "_READ_CHARS", read_chars)
+        meta = data.prepare(paths, small_bpe, tmp_path / f"r{read_chars}", progress=False, workers=1)
+        got = both_splits(tmp_path / f"r{read_chars}")
+        if expected is None:
+            docs = [d for t in texts for d in data.split_documents(t.replace("\r\n", "\n"))]
+            expected = split_each_document([small_bpe.encode_ordinary(d) + [meta["eot_token_id"]] for d in docs], 0.1)
+            assert meta["documents"] == len(docs) == 4
+        assert got == expected, read_chars
+
+
+def test_a_byte_that_is_not_utf8_is_named_with_its_line_and_offset(tmp_path, monkeypatch, small_bpe):
+    path = tmp_path / "bad.txt"
+    path.write_bytes((("x" * 100 + "\n") * 30 + "é" * 5).encode() + b"\xff tail")
+    monkeypatch.setattr(data, "_READ_CHARS", 64)
+    with pytest.raises(ValueError, match=r"prepare: .*bad.txt is not UTF-8 text \(line 31, byte 3,040: invalid start"):
+        data.prepare([path], small_bpe, tmp_path / "out", progress=False, workers=1)
+    assert not (tmp_path / "out" / "meta.json").exists()
+
+
+@pytest.mark.slow
+def test_prepare_of_one_large_file_peaks_below_three_times_its_size(tmp_path):
+    """Memory (issue 27: one 101 MB file peaked at 1.56 GB, 15x): in a fresh process, the peak resident
+    memory that `prepare` adds for a 20 MB single-document file stays under 3x the file (on one worker; a
+    forked worker shares the parent's pages). It was 15x: the document was encoded in one piece."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import random, resource, sys
+        from npgpt.tokenizer import Tokenizer
+        from npgpt.training import data
+        rng = random.Random(0)
+        words = [w.strip(".,:") for w in ({TEXT_A * 3 + TEXT_B!r}).split()] + ["citizen", "corn", "price"]
+        lines = (" ".join(rng.choice(words) for _ in range(12)) for _ in range(260_000))
+        path = {str(tmp_path / "big.txt")!r}
+        with open(path, "w") as f:
+            f.write("\\n".join(lines))
+        tok = Tokenizer.train(open(path).read(200_000), 400, show_progress=False)
+        def status(key):            # kB, from /proc/self/status
+            return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1])
+        open("/proc/self/clear_refs", "w").write("5")     # the peak (VmHWM) restarts from now
+        before = status("VmRSS:")
+        data.prepare([path], tok, {str(tmp_path / "out")!r}, progress=False, workers=1)
+        peak = status("VmHWM:")
+        import os
+        print(os.path.getsize(path) / 1024, before, peak)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    size_kb, before_kb, peak_kb = map(float, proc.stdout.split())
+    assert size_kb > 10_000
+    assert peak_kb - before_kb < 3 * size_kb, f"prepare added {(peak_kb - before_kb) / size_kb:.2f}x the file"
+    print(f"prepare added {(peak_kb - before_kb) / size_kb:.2f}x the file")

@@ -30,9 +30,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
+import regex
 from numpy.typing import DTypeLike
 
 from npgpt.backend import default_workers
@@ -87,7 +88,7 @@ def split_documents(text: str) -> list[str]:
     return [doc for doc in text.split(EOT) if doc.strip()]
 
 
-def _read_documents(input_files: Iterable[str | os.PathLike]) -> Iterator[tuple[pathlib.Path, str]]:
+def _check_inputs(input_files: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
     paths = [pathlib.Path(p) for p in input_files]
     if not paths:
         raise ValueError("prepare: no input files given")
@@ -96,16 +97,128 @@ def _read_documents(input_files: Iterable[str | os.PathLike]) -> Iterator[tuple[
             raise FileNotFoundError(f"prepare: input file {path} does not exist")
         if not path.is_file():
             raise ValueError(f"prepare: {path} is not a regular file")
+    return paths
+
+
+# A segment is (text, ends): a whole document (ends, and the first of its document), or one piece of
+# a long document cut at a safe place, ``ends`` on its last piece.
+Segment = tuple[str, bool]
+_SAFE_CUT = regex.compile(r"\S(?=\s)")     # a cut after it changes no pre-token (see _cut_pieces)
+_READ_CHARS = 1 << 20                      # characters read from a file at a time
+
+
+def _cut_pieces(text: str, piece_chars: Optional[int], keep: int = 0) -> tuple[list[str], str]:
+    """Cut pieces of about ``piece_chars`` off the front of a long document's ``text``: ``(pieces, rest)``.
+
+    A cut falls between a character that is not whitespace and one that is (``_SAFE_CUT``).
+    There GPT-2's pre-tokenizer (``bpe.GPT2_PATTERN``) ends a pre-token in the whole text and
+    in the piece before the cut alike, and starts the next one where the piece after the cut
+    starts (no alternative spans non-space then space, and its one look-ahead, ``\\s+(?!\\S)``,
+    ends inside a run of whitespace): so encoding the pieces one by one gives exactly the ids of
+    the whole (a property test). The last ``keep`` characters are never cut off: they may be the
+    start of an ``<|endoftext|>`` marker whose end is not read yet.
+    """
+    pieces, start = [], 0
+    if piece_chars is None:
+        return pieces, text
+    while len(text) - start - keep > piece_chars:
+        match = _SAFE_CUT.search(text, start + piece_chars, len(text) - keep)
+        if match is None:              # no whitespace yet: wait for more text (or the document's end)
+            break
+        pieces.append(text[start:match.end()])
+        start = match.end()
+    return pieces, text[start:]
+
+
+def _segments_of_files(paths: list[pathlib.Path], piece_chars: Optional[int]) -> Iterator[Segment]:
+    """The documents of the files, streamed: each file read in chunks, split at ``<|endoftext|>``
+    markers (empty documents dropped, as :func:`split_documents` does), a long document cut into
+    pieces as it is read (``_cut_pieces``), so memory holds a piece, not a file."""
     for path in paths:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"prepare: {path} is not UTF-8 text ({exc})") from None
-        docs = split_documents(text)
-        if not docs:
+        documents, text, cut = 0, "", False
+        # Text mode, as read_text: UTF-8, and universal newlines ("\r\n" -> "\n"), for the same ids.
+        with open(path, encoding="utf-8") as f:
+            while True:
+                try:
+                    chunk = f.read(_READ_CHARS)
+                except UnicodeDecodeError:
+                    raise ValueError(f"prepare: {path} is not UTF-8 text ({_utf8_error(path)})") from None
+                *ended, text = (text + chunk).split(EOT)
+                if not chunk:              # the end of the file ends its last document
+                    ended.append(text)
+                for doc in ended:
+                    if cut or doc.strip():     # a document already cut into pieces ends, even if blank
+                        documents += 1
+                        yield doc, True
+                    cut = False
+                if not chunk:
+                    break
+                pieces, text = _cut_pieces(text, piece_chars, keep=len(EOT) - 1)
+                for piece in pieces:
+                    yield piece, False
+                    cut = True
+        if not documents:
             raise ValueError(f"prepare: {path} is empty (no text besides whitespace and {EOT} markers)")
-        for doc in docs:
-            yield path, doc
+
+
+def _utf8_error(path: pathlib.Path) -> str:
+    """Where the first byte that is not UTF-8 lies in ``path``: its line and byte offset."""
+    import codecs
+
+    decoder, offset, line = codecs.getincrementaldecoder("utf-8")(), 0, 1
+    with open(path, "rb") as f:
+        while block := f.read(_READ_CHARS):
+            pending = decoder.getstate()[0]           # the start of a character cut by the last block
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                newlines = (pending + block)[:exc.start].count(b"\n")
+                return f"line {line + newlines}, byte {offset - len(pending) + exc.start:,}: {exc.reason}"
+            offset += len(block)
+            line += block.count(b"\n")
+    return "its last character is cut short"
+
+
+def _segments_of_documents(documents: list[str], piece_chars: Optional[int]) -> Iterator[Segment]:
+    for doc in documents:
+        pieces, rest = _cut_pieces(doc, piece_chars)
+        for piece in pieces:
+            yield piece, False
+        yield rest, True
+
+
+def _tasks(segments: Iterable[Segment], run_chars: int) -> Iterator[tuple[str, list[str], bool]]:
+    """Work for the encoders, in order: ``("docs", documents, True)``, a run of whole documents of
+    about ``run_chars`` characters, or ``("piece", [text], last)``, one piece of a long document."""
+    run, size, inside = [], 0, False
+    for text, ends in segments:
+        if inside or not ends:             # a piece of a long document: after the run before it
+            if run:
+                yield "docs", run, True
+                run, size = [], 0
+            yield "piece", [text], ends
+            inside = not ends
+            continue
+        run.append(text)
+        size += len(text)
+        if size >= run_chars:
+            yield "docs", run, True
+            run, size = [], 0
+    if run:
+        yield "docs", run, True
+
+
+def _cuts_safely(tokenizer: Any) -> bool:
+    """Does ``tokenizer`` pre-tokenize with GPT-2's pattern, so that ``_cut_pieces`` keeps its ids?
+
+    npgpt's Tokenizer does, and so does tiktoken's ``gpt2`` encoding; for any other tokenizer a
+    long document is encoded whole (other patterns, cl100k's for one, can join a punctuation
+    mark to the newlines after it).
+    """
+    from npgpt.tokenizer import Tokenizer
+    from npgpt.tokenizer.bpe import GPT2_PATTERN
+
+    return isinstance(tokenizer, Tokenizer) or getattr(tokenizer, "_pat_str", None) == GPT2_PATTERN
 
 
 def prepare(input_files: Iterable[str | os.PathLike], tokenizer: Any, out_dir: str | os.PathLike,
@@ -121,18 +234,21 @@ def prepare(input_files: Iterable[str | os.PathLike], tokenizer: Any, out_dir: s
     split. The tokenizer is saved into ``out_dir/tokenizer`` (when it has a
     ``save`` method), so training and generation find it there.
 
-    ``workers`` processes (default: one per CPU core) encode contiguous runs of documents; the
+    The files are streamed: read in chunks, a long document cut into pieces of about 512 kB at
+    places that change no id (``_cut_pieces``), so memory holds a few pieces, not the corpus,
+    and the ``workers`` processes (default: one per CPU core) share even a single huge file. The
     files are the same bytes whatever their number (see :func:`prepare_documents`).
     """
-    paths = [pathlib.Path(p) for p in input_files]
-    docs = list(_read_documents(paths))
+    paths = _check_inputs(input_files)
     sources = [{"path": str(p), "bytes": p.stat().st_size} for p in paths]
-    return prepare_documents([d for _, d in docs], tokenizer, out_dir, val_fraction=val_fraction,
-                             sources=sources, progress=progress, workers=workers)
+    total = sum(s["bytes"] for s in sources)
+    return _prepare(lambda piece_chars: _segments_of_files(paths, piece_chars), total, tokenizer, out_dir,
+                    val_fraction, sources, progress, workers)
 
 
 _TASK_BYTES = 1 << 21          # text per task of a worker: small enough to balance, large enough to amortise
 _MIN_TASK_BYTES = 1 << 18      # below this a second process costs more than it saves
+_PIECE_CHARS = 1 << 19         # a long document's pieces: encoding one holds ~20x its size (its chunk list)
 
 
 def prepare_documents(documents: Iterable[str], tokenizer: Any, out_dir: str | os.PathLike, val_fraction: float = 0.1,
@@ -140,23 +256,33 @@ def prepare_documents(documents: Iterable[str], tokenizer: Any, out_dir: str | o
                       workers: Optional[int] = None) -> dict[str, Any]:
     """Like :func:`prepare` for a list of document strings (e.g. ``datasets.load_documents``).
 
-    The documents are cut into runs of about 2 MB of text, in order; ``workers`` processes
-    (``multiprocessing``; default one per core, never more than there are runs) encode a run
-    each, and the parent appends each run's tokens to the files in run order as they come back.
-    So the files are byte-identical for any number of workers, and memory holds the text plus a
-    few runs' tokens, never the whole stream. With an npgpt ``Tokenizer`` a document's ids go
-    from its caches to the file as packed integers (``Tokenizer.encode_ordinary_array``), never
-    as a list of Python ints.
+    The documents are cut into runs of about 2 MB of text, in order, and a long document into
+    pieces of about 512 kB; ``workers`` processes (``multiprocessing``; default one per core, never
+    more than there are runs) encode a run or a piece each, and the parent appends the tokens to
+    the files in order as they come back (a long document's validation tail is moved from
+    ``train.bin`` to ``val.bin`` when its last piece is in). So the files are byte-identical for
+    any number of workers, and memory holds the text plus a few runs' tokens, never the whole
+    stream. With an npgpt ``Tokenizer`` a document's ids go from its caches to the file as
+    packed integers (``Tokenizer.encode_ordinary_array``), never as a list of Python ints.
     """
+    documents = [d for d in documents if d.strip()]
+    if not documents:
+        raise ValueError("prepare: no non-empty documents to tokenize")
+    total = sum(len(d.encode("utf-8", errors="surrogatepass")) for d in documents)
+    return _prepare(lambda piece_chars: _segments_of_documents(documents, piece_chars), total, tokenizer, out_dir,
+                    val_fraction, sources, progress, workers)
+
+
+def _prepare(segments: Callable[[Optional[int]], Iterator[Segment]], total: int, tokenizer: Any,
+             out_dir: str | os.PathLike, val_fraction: float, sources: Optional[list[dict[str, Any]]],
+             progress: bool, workers: Optional[int]) -> dict[str, Any]:
+    """``prepare`` of the documents that ``segments(piece_chars)`` yields (about ``total`` characters)."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"prepare: val_fraction must lie strictly between 0 and 1, got {val_fraction}")
     if workers is None:
         workers = default_workers()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"prepare: workers must be an integer >= 1 (the number of processes), got {workers!r}")
-    documents = [d for d in documents if d.strip()]
-    if not documents:
-        raise ValueError("prepare: no non-empty documents to tokenize")
     vocab_size = _vocab_size(tokenizer)
     dtype = token_dtype(vocab_size)
     eot = _eot_id(tokenizer)
@@ -165,24 +291,37 @@ def prepare_documents(documents: Iterable[str], tokenizer: Any, out_dir: str | o
     fileio.remove_abandoned(out_dir)                      # token files of a killed prepare
     fileio.remove_abandoned(tempfile.gettempdir(), f"{_SHARE_PREFIX}*")   # and its workers' caches
 
-    sizes = [len(d.encode("utf-8")) for d in documents]
-    total_bytes = sum(sizes)
-    runs = _runs(sizes, max(_MIN_TASK_BYTES, min(_TASK_BYTES, total_bytes // workers + 1)))
-    workers = min(workers, len(runs))
-    bar = Progress(total_bytes, "tokenizing", enabled=progress, unit="B")
+    run_chars = max(_MIN_TASK_BYTES, min(_TASK_BYTES, total // workers + 1))
+    workers = max(1, min(workers, -(-total // run_chars)))       # never more than there are runs
+    tasks = _tasks(segments(min(run_chars, _PIECE_CHARS) if _cuts_safely(tokenizer) else None), run_chars)
+    bar = Progress(total, "tokenizing", enabled=progress, unit="B")
     started = time.perf_counter()
     files = {split: _TempFile(out_dir / f"{split}.bin") for split in ("train", "val")}
     staging = None
     try:
         counts = {"train": 0, "val": 0}
-        done_bytes = 0
-        encoded = _encode_runs(documents, runs, tokenizer, eot, dtype, vocab_size, val_fraction, workers)
-        for (a, b), pieces in zip(runs, encoded, strict=True):
-            for split, piece in zip(("train", "val"), pieces):
-                files[split].write(piece)
-                counts[split] += len(piece) // dtype.itemsize
-            done_bytes += sum(sizes[a:b])
-            bar.update(done_bytes)
+        done, documents, long_tokens = 0, 0, 0
+        for out in _encode_tasks(tasks, tokenizer, eot, dtype, vocab_size, val_fraction, workers):
+            files["train"].write(out.train)
+            n = len(out.train) // dtype.itemsize
+            counts["train"] += n
+            if out.val is not None:    # a run of whole documents, each split by _encode_task
+                files["val"].write(out.val)
+                counts["val"] += len(out.val) // dtype.itemsize
+                documents += out.documents
+            else:                      # a piece of a long document: at its last, its validation tail moves
+                long_tokens += n
+                if out.ends:
+                    n_val = int(long_tokens * val_fraction)          # as _encode_task splits a whole one
+                    if n_val:
+                        files["val"].write(files["train"].cut_tail((counts["train"] - n_val) * dtype.itemsize))
+                        counts["train"] -= n_val
+                        counts["val"] += n_val
+                    documents += 1
+                    long_tokens = 0
+            done += out.nbytes
+            bar.update(min(done, total))
+        bar.update(total)
         bar.close()
         seconds = time.perf_counter() - started
         if counts["val"] == 0:         # every document is tiny: the stream's tail is the validation split
@@ -203,7 +342,7 @@ def prepare_documents(documents: Iterable[str], tokenizer: Any, out_dir: str | o
             tokenizer_info.update(dir=TOKENIZER_DIR, sha256=tokenizer_digest(staging))
         meta = {"format_version": FORMAT_VERSION, "dtype": dtype.name, "vocab_size": vocab_size,
                 "eot_token_id": eot, "train_tokens": counts["train"], "val_tokens": counts["val"],
-                "documents": len(documents), "val_fraction": val_fraction, "tokenizer": tokenizer_info,
+                "documents": documents, "val_fraction": val_fraction, "tokenizer": tokenizer_info,
                 "sources": sources or [], "tokenize_seconds": round(seconds, 3)}
         # Everything new is ready beside the old. From here a kill must leave "not prepared", never
         # the old ids beside the new tokenizer: meta.json goes first, the new files take their
@@ -227,37 +366,34 @@ def prepare_documents(documents: Iterable[str], tokenizer: Any, out_dir: str | o
     return meta
 
 
-def _runs(sizes: list[int], run_bytes: int) -> list[tuple[int, int]]:
-    """Cut documents (their sizes in bytes) into consecutive ``[a, b)`` runs of about ``run_bytes``."""
-    runs, a, total = [], 0, 0
-    for i, size in enumerate(sizes):
-        total += size
-        if total >= run_bytes:
-            runs.append((a, i + 1))
-            a, total = i + 1, 0
-    if a < len(sizes):
-        runs.append((a, len(sizes)))
-    return runs
-
-
 _SHARE_PREFIX = "npgpt-prepare-"      # the workers' shared cache directory, in $TMPDIR
 
 
+class _Encoded(NamedTuple):
+    """What an encoder returns for a task: packed tokens, in the dtype of the files."""
+
+    train: bytes                 # a run's training tokens, or a piece's tokens
+    val: Optional[bytes]         # a run's validation tokens; None for a piece
+    nbytes: int                  # the UTF-8 bytes of text encoded (for the progress bar)
+    documents: int               # whole documents in a run
+    ends: bool                   # a piece: the last of its document (its <|endoftext|> appended)
+
+
 # What every task of one prepare needs, set once per process (inherited by forked workers, or
-# sent once to each spawned one) so that a task is only a pair of indices.
+# sent once to each spawned one), so that a task carries only its text.
 _JOB: dict[str, Any] = {}
 
 
-def _start_job(documents: list[str], tokenizer: Any, eot: int, dtype: np.dtype, vocab_size: int,
-               val_fraction: float, share: Optional[str] = None) -> None:
-    _JOB.update(documents=documents, tokenizer=tokenizer, eot=eot, dtype=dtype, vocab_size=vocab_size,
-                val_fraction=val_fraction, share=share, shared_seen=set(), shared_count=0)
+def _start_job(tokenizer: Any, eot: int, dtype: np.dtype, vocab_size: int, val_fraction: float,
+               share: Optional[str] = None) -> None:
+    _JOB.update(tokenizer=tokenizer, eot=eot, dtype=dtype, vocab_size=vocab_size, val_fraction=val_fraction,
+                share=share, shared_seen=set(), shared_count=0)
 
 
 def _learn_from_others(caches: Any) -> None:
     """Add the cache entries other workers have published in the ``share`` directory since last time.
 
-    Workers publish what their caches learned after each run (``_publish``), so a word or chunk
+    Workers publish what their caches learned after each task (``_publish``), so a word or chunk
     new to the corpus is encoded by one worker, not by each: with 2 workers about half of the
     cold work. Entries depend only on their keys, so the ids are the same in any case.
     """
@@ -280,56 +416,85 @@ def _publish(caches: Any, mark: tuple[int, ...]) -> None:
         os.replace(path + ".tmp", path + ".pkl")     # others never read a half-written file
 
 
-def _encode_run(run: tuple[int, int]) -> tuple[bytes, bytes]:
-    """The train and validation tokens of documents ``run[0]:run[1]``, packed as the files hold them."""
-    tokenizer, eot, dtype, vocab_size = _JOB["tokenizer"], _JOB["eot"], _JOB["dtype"], _JOB["vocab_size"]
+def _encode_text(text: str) -> np.ndarray:
+    """The ids of ``text`` as ordinary text (a special token's text stays text), checked."""
+    tokenizer, vocab_size = _JOB["tokenizer"], _JOB["vocab_size"]
     packed = getattr(tokenizer, "encode_ordinary_array", None)      # npgpt's Tokenizer: no Python ints
-    caches = getattr(tokenizer, "caches", None) if _JOB["share"] else None
+    if packed is not None:
+        ids = np.frombuffer(packed(text), dtype=np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+    else:
+        ids = np.asarray(list(tokenizer.encode(text, allowed_special=set(), disallowed_special=())), dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(f"prepare: the tokenizer produced ids outside 0..{vocab_size - 1}")
+    return ids
+
+
+def _encode_task(task: tuple[str, list[str], bool]) -> _Encoded:
+    """Encode one task of ``_tasks``: a run of documents, each split into train and validation
+    tokens, or one piece of a long document (split by the parent when its last piece is in)."""
+    kind, texts, ends = task
+    eot, dtype = _JOB["eot"], _JOB["dtype"]
+    caches = getattr(_JOB["tokenizer"], "caches", None) if _JOB["share"] else None
     if caches is not None:
         _learn_from_others(caches)
         mark = caches.mark()
-    train, val = [], []
-    for doc in _JOB["documents"][run[0]:run[1]]:
-        if packed is not None:
-            ids = np.frombuffer(packed(doc), dtype=np.uint16 if vocab_size <= 1 << 16 else np.uint32)
-        else:
-            ids = np.asarray(list(tokenizer.encode(doc, allowed_special=set(), disallowed_special=())),
-                             dtype=np.int64)                         # special tokens' text as plain text
-        if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-            raise ValueError(f"prepare: the tokenizer produced ids outside 0..{vocab_size - 1}")
-        stream = np.empty(ids.size + 1, dtype=dtype)
-        stream[:-1] = ids
-        stream[-1] = eot
-        # The validation split is the tail of *every* document, not the tail of the whole
-        # stream: with a few large sources (plays, speeches, a novel) the stream's tail would
-        # be one source only, and the validation loss would measure a change of domain.
-        n_train = stream.size - int(stream.size * _JOB["val_fraction"])
-        train.append(stream[:n_train])
-        val.append(stream[n_train:])
+    nbytes = sum(len(t.encode("utf-8", errors="surrogatepass")) for t in texts)
+    if kind == "piece":
+        ids = _encode_text(texts[0])
+        stream = np.empty(ids.size + ends, dtype=dtype)
+        stream[:ids.size] = ids
+        if ends:
+            stream[-1] = eot
+        result = _Encoded(stream.tobytes(), None, nbytes, 0, ends)
+    else:
+        train, val = [], []
+        for doc in texts:
+            ids = _encode_text(doc)
+            stream = np.empty(ids.size + 1, dtype=dtype)
+            stream[:-1] = ids
+            stream[-1] = eot
+            # The validation split is the tail of *every* document, not the tail of the whole
+            # stream: with a few large sources (plays, speeches, a novel) the stream's tail would
+            # be one source only, and the validation loss would measure a change of domain.
+            n_train = stream.size - int(stream.size * _JOB["val_fraction"])
+            train.append(stream[:n_train])
+            val.append(stream[n_train:])
+        result = _Encoded(np.concatenate(train).tobytes(), np.concatenate(val).tobytes(), nbytes, len(texts), True)
     if caches is not None:
         _publish(caches, mark)
-    return np.concatenate(train).tobytes(), np.concatenate(val).tobytes()
+    return result
 
 
-def _encode_runs(documents: list[str], runs: list[tuple[int, int]], tokenizer: Any, eot: int, dtype: np.dtype,
-                 vocab_size: int, val_fraction: float, workers: int) -> Iterator[tuple[bytes, bytes]]:
-    """``_encode_run`` of every run, in order: in this process, or in a pool of ``workers``."""
-    job = (documents, tokenizer, eot, dtype, vocab_size, val_fraction)
+def _encode_tasks(tasks: Iterator[tuple[str, list[str], bool]], tokenizer: Any, eot: int, dtype: np.dtype,
+                  vocab_size: int, val_fraction: float, workers: int) -> Iterator[_Encoded]:
+    """``_encode_task`` of every task, in order: in this process, or in a pool of ``workers``.
+
+    At most two tasks per worker are in flight: the tasks are read from the files only as fast
+    as the workers encode them, so a corpus never sits in memory as a queue of tasks.
+    """
+    job = (tokenizer, eot, dtype, vocab_size, val_fraction)
     if workers == 1:
         _start_job(*job)
         try:
-            yield from map(_encode_run, runs)
+            yield from map(_encode_task, tasks)
         finally:
             _JOB.clear()
         return
+    import collections
     import multiprocessing
 
-    # fork shares the documents and the tokenizer (with its warm caches) without copying them;
-    # elsewhere (macOS, Windows) the default start method sends each worker a copy.
+    # fork shares the tokenizer (with its warm caches) without copying it; elsewhere (macOS,
+    # Windows) the default start method sends each worker a copy.
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
     with fileio.private_directory(tempfile.gettempdir(), _SHARE_PREFIX) as share, \
             context.Pool(workers, initializer=_start_job, initargs=(*job, str(share))) as pool:
-        yield from pool.imap(_encode_run, runs)
+        in_flight: collections.deque = collections.deque()
+        for task in tasks:
+            in_flight.append(pool.apply_async(_encode_task, (task,)))
+            if len(in_flight) >= 2 * workers:
+                yield in_flight.popleft().get()
+        while in_flight:
+            yield in_flight.popleft().get()
 
 
 class _TempFile:
