@@ -111,7 +111,7 @@ def _cut_pieces(text: str, piece_chars: Optional[int], keep: int = 0) -> tuple[l
     """Cut pieces of about ``piece_chars`` off the front of a long document's ``text``: ``(pieces, rest)``.
 
     A cut falls between a character that is not whitespace and one that is (``_SAFE_CUT``).
-    There GPT-2's pre-tokenizer (``bpe.GPT2_PATTERN``) ends a pre-token in the whole text and
+    There GPT-2's pre-tokenizer (``tokenizer.GPT2_PATTERN``) ends a pre-token in the whole text and
     in the piece before the cut alike, and starts the next one where the piece after the cut
     starts (no alternative spans non-space then space, and its one look-ahead, ``\\s+(?!\\S)``,
     ends inside a run of whitespace): so encoding the pieces one by one gives exactly the ids of
@@ -215,8 +215,7 @@ def _cuts_safely(tokenizer: Any) -> bool:
     long document is encoded whole (other patterns, cl100k's for one, can join a punctuation
     mark to the newlines after it).
     """
-    from npgpt.tokenizer import Tokenizer
-    from npgpt.tokenizer.bpe import GPT2_PATTERN
+    from npgpt.tokenizer import GPT2_PATTERN, Tokenizer
 
     return isinstance(tokenizer, Tokenizer) or getattr(tokenizer, "_pat_str", None) == GPT2_PATTERN
 
@@ -276,16 +275,14 @@ def prepare_documents(documents: Iterable[str], tokenizer: Any, out_dir: str | o
 def _prepare(segments: Callable[[Optional[int]], Iterator[Segment]], total: int, tokenizer: Any,
              out_dir: str | os.PathLike, val_fraction: float, sources: Optional[list[dict[str, Any]]],
              progress: bool, workers: Optional[int]) -> dict[str, Any]:
-    """``prepare`` of the documents that ``segments(piece_chars)`` yields (about ``total`` characters)."""
+    """``prepare`` of the documents that ``segments(piece_chars)`` yields (about ``total`` bytes)."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"prepare: val_fraction must lie strictly between 0 and 1, got {val_fraction}")
-    if workers is None:
-        workers = default_workers()
+    workers = default_workers() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"prepare: workers must be an integer >= 1 (the number of processes), got {workers!r}")
-    vocab_size = _vocab_size(tokenizer)
+    vocab_size, eot = _vocab_size(tokenizer), _eot_id(tokenizer)
     dtype = token_dtype(vocab_size)
-    eot = _eot_id(tokenizer)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fileio.remove_abandoned(out_dir)                      # token files of a killed prepare
@@ -295,75 +292,111 @@ def _prepare(segments: Callable[[Optional[int]], Iterator[Segment]], total: int,
     workers = max(1, min(workers, -(-total // run_chars)))       # never more than there are runs
     tasks = _tasks(segments(min(run_chars, _PIECE_CHARS) if _cuts_safely(tokenizer) else None), run_chars)
     bar = Progress(total, "tokenizing", enabled=progress, unit="B")
-    started = time.perf_counter()
-    files = {split: _TempFile(out_dir / f"{split}.bin") for split in ("train", "val")}
-    staging = None
+    started, done = time.perf_counter(), 0
+    splits = _Splits(out_dir, dtype, val_fraction)
     try:
-        counts = {"train": 0, "val": 0}
-        done, documents, long_tokens = 0, 0, 0
         for out in _encode_tasks(tasks, tokenizer, eot, dtype, vocab_size, val_fraction, workers):
-            files["train"].write(out.train)
-            n = len(out.train) // dtype.itemsize
-            counts["train"] += n
-            if out.val is not None:    # a run of whole documents, each split by _encode_task
-                files["val"].write(out.val)
-                counts["val"] += len(out.val) // dtype.itemsize
-                documents += out.documents
-            else:                      # a piece of a long document: at its last, its validation tail moves
-                long_tokens += n
-                if out.ends:
-                    n_val = int(long_tokens * val_fraction)          # as _encode_task splits a whole one
-                    if n_val:
-                        files["val"].write(files["train"].cut_tail((counts["train"] - n_val) * dtype.itemsize))
-                        counts["train"] -= n_val
-                        counts["val"] += n_val
-                    documents += 1
-                    long_tokens = 0
+            splits.add(out)
             done += out.nbytes
             bar.update(min(done, total))
         bar.update(total)
         bar.close()
-        seconds = time.perf_counter() - started
-        if counts["val"] == 0:         # every document is tiny: the stream's tail is the validation split
-            n_val = max(1, int(round(counts["train"] * val_fraction)))
-            if counts["train"] - n_val >= 1:
-                files["val"].write(files["train"].cut_tail((counts["train"] - n_val) * dtype.itemsize))
-                counts["train"] -= n_val
-                counts["val"] = n_val
-        if counts["train"] < 1:
-            raise ValueError(f"prepare: {counts['train'] + counts['val']} tokens are too few to split into "
-                             "train and validation")
+        splits.finish()
+        meta = {"format_version": FORMAT_VERSION, "dtype": dtype.name, "vocab_size": vocab_size,
+                "eot_token_id": eot, "train_tokens": splits.counts["train"], "val_tokens": splits.counts["val"],
+                "documents": splits.documents, "val_fraction": val_fraction,
+                "tokenizer": {"class": f"{type(tokenizer).__module__}.{type(tokenizer).__name__}",
+                              "vocab_size": vocab_size, "eot_token_id": eot, "dir": None},
+                "sources": sources or [], "tokenize_seconds": round(time.perf_counter() - started, 3)}
+        _replace_data(out_dir, splits, tokenizer, meta)
+    finally:
+        splits.discard()
+    return meta
 
-        tokenizer_info = {"class": f"{type(tokenizer).__module__}.{type(tokenizer).__name__}",
-                          "vocab_size": vocab_size, "eot_token_id": eot, "dir": None}
+
+class _Splits:
+    """``train.bin`` and ``val.bin`` being written beside their final names, with their token counts."""
+
+    def __init__(self, out_dir: pathlib.Path, dtype: np.dtype, val_fraction: float) -> None:
+        self.files = {split: _TempFile(out_dir / f"{split}.bin") for split in ("train", "val")}
+        self.counts = {"train": 0, "val": 0}
+        self.dtype, self.val_fraction = dtype, val_fraction
+        self.documents = 0
+        self._long = 0                 # tokens of the long document whose pieces are coming in
+
+    def add(self, out: _Encoded) -> None:
+        """Append a task's tokens: a run's two splits, or a long document's piece (to train.bin,
+        its validation tail moved to val.bin when its last piece is in, as ``_encode_task``
+        splits a whole document)."""
+        n = self._append("train", out.train)
+        if out.val is not None:
+            self._append("val", out.val)
+            self.documents += out.documents
+            return
+        self._long += n
+        if out.ends:
+            self._move_tail(int(self._long * self.val_fraction))
+            self.documents += 1
+            self._long = 0
+
+    def finish(self) -> None:
+        """When every document is tiny (no token reached val.bin), the stream's tail is the validation split."""
+        if self.counts["val"] == 0:
+            n_val = max(1, int(round(self.counts["train"] * self.val_fraction)))
+            if self.counts["train"] - n_val >= 1:
+                self._move_tail(n_val)
+        if self.counts["train"] < 1:
+            raise ValueError(f"prepare: {self.counts['train'] + self.counts['val']} tokens are too few to split "
+                             "into train and validation")
+
+    def _append(self, split: str, tokens: bytes) -> int:
+        self.files[split].write(tokens)
+        n = len(tokens) // self.dtype.itemsize
+        self.counts[split] += n
+        return n
+
+    def _move_tail(self, n: int) -> None:
+        """Move the last ``n`` tokens of train.bin to the end of val.bin."""
+        if n:
+            self.files["val"].write(self.files["train"].cut_tail((self.counts["train"] - n) * self.dtype.itemsize))
+            self.counts["train"] -= n
+            self.counts["val"] += n
+
+    def commit(self) -> None:
+        for f in self.files.values():
+            f.commit()
+
+    def discard(self) -> None:
+        for f in self.files.values():
+            f.discard()
+
+
+def _replace_data(out_dir: pathlib.Path, splits: _Splits, tokenizer: Any, meta: dict[str, Any]) -> None:
+    """Put the new data in place of the old: complete, or read as not prepared, at every instant.
+
+    The tokenizer is saved beside the data first (a staging directory) and its digest goes into
+    ``meta``. From the moment the old ``meta.json`` is removed until the new one is written, a
+    kill leaves a directory that reads as not prepared, never the old ids beside the new
+    tokenizer; before it, the old data are whole.
+    """
+    staging = None
+    try:
         if hasattr(tokenizer, "save"):
             staging = fileio.staging_directory(out_dir / TOKENIZER_DIR)
             tokenizer.save(staging)
-            tokenizer_info.update(dir=TOKENIZER_DIR, sha256=tokenizer_digest(staging))
-        meta = {"format_version": FORMAT_VERSION, "dtype": dtype.name, "vocab_size": vocab_size,
-                "eot_token_id": eot, "train_tokens": counts["train"], "val_tokens": counts["val"],
-                "documents": documents, "val_fraction": val_fraction, "tokenizer": tokenizer_info,
-                "sources": sources or [], "tokenize_seconds": round(seconds, 3)}
-        # Everything new is ready beside the old. From here a kill must leave "not prepared", never
-        # the old ids beside the new tokenizer: meta.json goes first, the new files take their
-        # names, and meta.json (with the tokenizer's digest) comes back last. A directory with a
-        # meta.json is complete.
+            meta["tokenizer"].update(dir=TOKENIZER_DIR, sha256=tokenizer_digest(staging))
         if os.path.lexists(out_dir / META_NAME):
             os.unlink(out_dir / META_NAME)
             fileio.fsync(out_dir)
-        for f in files.values():
-            f.commit()
+        splits.commit()
         if staging is not None:
             fileio.replace_directory(staging, out_dir / TOKENIZER_DIR)
             staging = None
     finally:
-        for f in files.values():
-            f.discard()
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     fileio.atomic_write(out_dir / META_NAME, json.dumps(meta, indent=2) + "\n")
     fileio.fsync(out_dir)
-    return meta
 
 
 _SHARE_PREFIX = "npgpt-prepare-"      # the workers' shared cache directory, in $TMPDIR
