@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from npgpt.autograd import no_grad
-from npgpt.io import checkpoint
+from npgpt.io import checkpoint, hub
 from npgpt.io.checkpoint import CheckpointError
 from npgpt.model import GPT, GPTConfig
 
@@ -99,7 +99,7 @@ def test_save_into_a_file_path_fails(tmp_path):
 
 # ------------------------------------------------------------ name lookup
 def test_from_pretrained_looks_in_the_shipped_models(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint, "PRETRAINED_DIR", tmp_path)
+    monkeypatch.setattr(hub, "PRETRAINED_DIR", tmp_path)
     saved(tmp_path, small(seed=5), name="tiny-shipped")
     np.testing.assert_array_equal(logits(GPT.from_pretrained("tiny-shipped")), logits(small(seed=5)))
     expected = r"no checkpoint 'nope': tried nope, .*nope \(shipped models: \['tiny-shipped'\]\)"

@@ -151,7 +151,7 @@ def test_a_local_directory_then_a_shipped_model_come_before_the_hub(hf_home, sav
 
     shipped = tmp_path / "shipped"
     shutil.copytree(saved["v1"], shipped / "tiny")
-    monkeypatch.setattr(checkpoint, "PRETRAINED_DIR", shipped)
+    monkeypatch.setattr(hub, "PRETRAINED_DIR", shipped)
     add_snapshot(hf_home, "tiny", commit_of("tiny"), files_of(saved["main"]))
     np.testing.assert_array_equal(npgpt_logits(GPT.from_pretrained("tiny")), local)
 

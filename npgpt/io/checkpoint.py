@@ -47,7 +47,6 @@ from npgpt.tokenizer.bpe import GPT2_ENDOFTEXT_ID
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"     # a sharded checkpoint: tensor name -> shard file
-PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent / "pretrained"
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")    # old transformers' causal-mask buffers
 _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": None}
 # Bytes per element of safetensors' dtypes, to check a tensor's byte range against its shape.
@@ -186,27 +185,17 @@ def resolve(name_or_dir: str | os.PathLike, revision: str | None = None) -> path
     ``config.json`` and the safetensors weights into its cache, or finds them there
     (``npgpt.io.hub``). ``revision`` (a branch, tag or commit) applies to the Hub only.
     """
-    path = pathlib.Path(name_or_dir)
-    shipped = PRETRAINED_DIR / str(name_or_dir)
-    tried = [path, shipped]
-    for local in tried:
-        if local.is_dir():
-            if revision is not None:
-                raise ValueError(f"revision={revision!r} names a version of a Hub repo, but {local} is a local "
-                                 "directory, which has one version; drop revision=")
-            return local
-    available = sorted(p.name for p in PRETRAINED_DIR.iterdir() if p.is_dir()) if PRETRAINED_DIR.is_dir() else []
-    missing = (f"no checkpoint {str(name_or_dir)!r}: tried {', '.join(str(t) for t in tried)} "
-               f"(shipped models: {available or 'none'})")
-    if not hub.is_repo_id(name_or_dir):
-        raise FileNotFoundError(missing)
-    try:
-        directory = hub.snapshot(str(name_or_dir), hub.MODEL_FILES, revision)
-        if not (directory / WEIGHTS_NAME).is_file() and (directory / INDEX_NAME).is_file():
-            shards = sorted(set(read_index(directory / INDEX_NAME).values()))
+    local = hub.local_dir(name_or_dir, revision)
+    if local is not None:
+        return local
+    directory = hub.resolve(name_or_dir, hub.MODEL_FILES, revision, what="checkpoint")
+    if not (directory / WEIGHTS_NAME).is_file() and (directory / INDEX_NAME).is_file():
+        shards = sorted(set(read_index(directory / INDEX_NAME).values()))
+        try:
             directory = hub.snapshot(str(name_or_dir), shards, revision=directory.name)   # the same commit
-    except (hub.HubNotInstalled, FileNotFoundError) as exc:
-        raise FileNotFoundError(f"{missing}, then the Hugging Face Hub: {exc}") from None
+        except (hub.HubNotInstalled, FileNotFoundError) as exc:
+            raise FileNotFoundError(f"{name_or_dir!r}: the shards of {INDEX_NAME}, from the Hugging Face Hub: "
+                                    f"{exc}") from None
     if not (directory / WEIGHTS_NAME).is_file() and not (directory / INDEX_NAME).is_file():
         files = hub.repo_files(str(name_or_dir), directory, revision)
         pickles = [n for n in files if n.endswith((".bin", ".bin.index.json"))]

@@ -41,6 +41,61 @@ class HubNotInstalled(ModuleNotFoundError):
     """A Hub repo id was given but ``huggingface_hub`` is not installed (the message says what to install)."""
 
 
+# The models (and their tokenizers) shipped inside the package: npgpt/io/pretrained/<name>/.
+PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent / "pretrained"
+
+
+def shipped_names() -> list[str]:
+    """The names of the models shipped with npgpt (``npgpt-small``)."""
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if p.is_dir()) if PRETRAINED_DIR.is_dir() else []
+
+
+def _local_candidates(name_or_dir: str | os.PathLike) -> list[pathlib.Path]:
+    """Where a name may be on this machine: the path itself, then (for a bare name) the shipped models."""
+    name = str(name_or_dir)
+    candidates = [pathlib.Path(name_or_dir)]
+    if "/" not in name and os.sep not in name and name not in ("", ".", ".."):
+        candidates.append(PRETRAINED_DIR / name)
+    return candidates
+
+
+def local_dir(name_or_dir: str | os.PathLike, revision: Optional[str] = None) -> Optional[pathlib.Path]:
+    """The directory ``name_or_dir`` names on this machine (a path, else a shipped model), or None.
+
+    A ``revision`` names a version of a Hub repo, so it is refused for a local directory, which
+    has one version.
+    """
+    for path in _local_candidates(name_or_dir):
+        if path.is_dir():
+            if revision is not None:
+                raise ValueError(f"revision={revision!r} names a version of a Hub repo, but {path} is a local "
+                                 "directory, which has one version; drop revision=")
+            return path
+    return None
+
+
+def resolve(name_or_dir: str | os.PathLike, files: Iterable[str], revision: Optional[str] = None, *,
+            what: str = "checkpoint", also_tried: str = "") -> pathlib.Path:
+    """The directory of a model or a tokenizer: the one lookup both use.
+
+    Tried in this order: a local directory, one shipped with npgpt (``npgpt/io/pretrained/<name>``),
+    then, for a Hub repo id, a snapshot of ``files`` from the Hugging Face Hub (downloaded into its
+    cache or found there, :func:`snapshot`). When nothing is found, a ``FileNotFoundError`` says
+    what was tried (``also_tried``: what the caller tried besides, for its message).
+    """
+    found = local_dir(name_or_dir, revision)
+    if found is not None:
+        return found
+    tried = ", ".join(str(p) for p in _local_candidates(name_or_dir))
+    missing = f"no {what} {str(name_or_dir)!r}: tried {tried}{also_tried} (shipped models: {shipped_names() or 'none'})"
+    if not is_repo_id(name_or_dir):
+        raise FileNotFoundError(missing)
+    try:
+        return snapshot(str(name_or_dir), files, revision)
+    except (HubNotInstalled, FileNotFoundError) as exc:
+        raise FileNotFoundError(f"{missing}, then the Hugging Face Hub: {exc}") from None
+
+
 def is_repo_id(name: Any) -> bool:
     """Could ``name`` be a Hub repo id? A ``str`` such as ``"gpt2"`` or ``"org/name"``; a ``Path`` never is."""
     return (isinstance(name, str) and _REPO_ID.fullmatch(name) is not None and ".." not in name

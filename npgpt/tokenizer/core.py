@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import regex
 
+from npgpt.io import hub
 from npgpt.tokenizer import chat
 from npgpt.tokenizer.bpe import ENDOFTEXT, EncodeCaches, Vocabulary, token_bytes, token_text
 from npgpt.tokenizer.formats import TokenizerFileError, read_dir, read_tiktoken, write_hf
@@ -18,7 +19,6 @@ from npgpt.tokenizer.train import train_bpe
 if TYPE_CHECKING:
     import numpy as np
 
-PRETRAINED = pathlib.Path(__file__).resolve().parents[1] / "io" / "pretrained"   # npgpt/io/pretrained/<name>/
 
 # GPT-2's vocabulary comes from either of two pinned artefacts of npgpt.datasets, which give the same
 # tokenizer (tested): tiktoken's ranks file through pip, else OpenAI's two files through npm.
@@ -313,28 +313,10 @@ class Tokenizer:
         Returns:
             Tokenizer
         """
-        candidates = [pathlib.Path(name_or_dir)]
-        name = str(name_or_dir)
-        if "/" not in name and os.sep not in name and name not in (".", ".."):
-            candidates.append(PRETRAINED / name)
-        for path in candidates:
-            if path.is_dir():
-                if revision is not None:
-                    raise ValueError(f"revision={revision!r} names a version of a Hub repo, but {path} is a local "
-                                     "directory, which has one version; drop revision=")
-                return cls._from_files(path, read_dir(path), chat.read_template(path))
-        if name == "gpt2" and revision is None:
+        if str(name_or_dir) == "gpt2" and revision is None and hub.local_dir(name_or_dir) is None:
             return cls._from_gpt2_routes()
-        missing = (f"no tokenizer {name!r}: tried the directories {[str(p) for p in candidates]} "
-                   f"and the name 'gpt2' (GPT-2's vocabulary, fetched into the cache)")
-        from npgpt.io import hub  # imported here: only a Hub repo id needs it
-
-        if not hub.is_repo_id(name_or_dir):
-            raise FileNotFoundError(missing)
-        try:
-            directory = hub.snapshot(name, hub.TOKENIZER_FILES, revision)
-        except (hub.HubNotInstalled, FileNotFoundError) as exc:
-            raise FileNotFoundError(f"{missing}, then the Hugging Face Hub: {exc}") from None
+        directory = hub.resolve(name_or_dir, hub.TOKENIZER_FILES, revision, what="tokenizer",
+                                also_tried=", the name 'gpt2' (GPT-2's vocabulary, fetched into the cache)")
         return cls._from_files(directory, read_dir(directory), chat.read_template(directory))
 
     @classmethod
