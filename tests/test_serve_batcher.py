@@ -143,6 +143,33 @@ def test_a_cancelled_job_frees_its_slot_at_the_next_step(model, tokenizer):
         batcher.stop()
 
 
+def test_a_failing_step_fails_its_requests_and_the_batcher_keeps_serving(model, tokenizer):
+    batcher = Batcher(model, tokenizer, max_batch=2)
+    real = batcher._logits
+    calls = []
+
+    def breaks_once(last):
+        calls.append(1)
+        if len(calls) == 3:                                # the prefill, one step, then a failure
+            raise MemoryError("no room for the logits")
+        return real(last)
+
+    batcher._logits = breaks_once
+    seen = []
+    done = threading.Event()
+    job = make_job(tokenizer, [1, 2], 10, SamplingConfig(), deliver=lambda e: (seen.append(e), e[0] == "error" and done.set()))
+    batcher.start()
+    try:
+        batcher.submit(job)
+        assert done.wait(30)
+        assert seen[-1] == ("error", "MemoryError: no room for the logits")
+        assert batcher.running == 0
+        later = run_jobs(batcher, [([3, 4], 2, SamplingConfig(), {})])[0]
+        assert later[-1] == ("done", 2)
+    finally:
+        batcher.stop()
+
+
 def test_a_full_queue_refuses_with_a_retry_delay(model, tokenizer):
     batcher = Batcher(model, tokenizer, max_batch=1, max_queue=2)   # not started: nothing leaves the queue
     for _ in range(2):

@@ -284,6 +284,9 @@ async def _answer(server: Server, request: Request, req: Any, prompt: list[int],
                     if event[0] == "done":
                         done(event[1])
                         break
+                    if event[0] == "error":            # the status line has gone: the error is an event
+                        yield protocol.sse(ApiError(500, f"generation failed: {event[1]}", type="server_error").body())
+                        return
                     if event[0] == "piece":
                         _, k, piece = event
                         yield protocol.sse({**head, "choices": [_chunk(piece, k, offsets, top_logprobs, chat)]})
@@ -316,6 +319,8 @@ async def _answer(server: Server, request: Request, req: Any, prompt: list[int],
             if event[0] == "done":
                 done(event[1])
                 break
+            if event[0] == "error":
+                raise ApiError(500, f"generation failed: {event[1]}", type="server_error")
             if event[0] == "piece":
                 texts[event[1]] += event[2].text
                 tokens[event[1]] += event[2].tokens

@@ -26,6 +26,7 @@ its event loop (``loop.call_soon_threadsafe``).
 
 import collections
 import concurrent.futures
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +40,8 @@ from npgpt.apps.serve.slots import SlotCache
 from npgpt.apps.serve.text import Piece, TextStream
 from npgpt.autograd import no_grad
 from npgpt.generation import SamplingConfig
+
+log = logging.getLogger("npgpt.serve")
 
 
 class QueueFull(Exception):
@@ -70,7 +73,8 @@ class Job:
     """One request: a prompt and how to continue it.
 
     ``deliver(event)`` is called from the model thread with ``("piece", index, Piece)``,
-    ``("finish", index, reason)`` and, last, ``("done", completion_tokens)``.
+    ``("finish", index, reason)`` and, last, ``("done", completion_tokens)``; or, if decoding
+    failed, ``("error", message)`` and nothing after it.
     ``top_logprobs``: None for no log-probabilities, else how many alternatives
     to report besides the chosen token. Setting ``cancelled`` (the client went
     away) frees the job's slots at the next step.
@@ -140,6 +144,7 @@ class Batcher:
         # The tied head as a contiguous (C, V) copy on the CPU, made once: the weights never change here.
         self.head = generation.decoding_head(model, rows=1 << 20, steps=1)
         self.rows: list[tuple[Job, Choice]] = []                   # running row r -> its job and choice
+        self._admitting: Job | None = None                         # the job in its prefill
         self.waiting: collections.deque[Job] = collections.deque()
         self.chores: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]] = collections.deque()
         self.lock = threading.Condition()
@@ -232,11 +237,28 @@ class Batcher:
                         future.set_result(fn())
                     except BaseException as exc:       # the caller sees it; the server keeps serving
                         future.set_exception(exc)
-            with no_grad():
-                self._retire_cancelled()
-                self._admit()
-                if self.rows:
-                    self._step()
+            try:
+                with no_grad():
+                    self._retire_cancelled()
+                    self._admit()
+                    if self.rows:
+                        self._step()
+            except Exception as exc:          # a bug or no memory: fail these requests, keep serving
+                log.exception("decoding failed")
+                self._fail_running(f"{type(exc).__name__}: {exc}")
+
+    def _fail_running(self, message: str) -> None:
+        """End every running job (and one caught in its prefill) with an ``("error", message)`` event."""
+        jobs = {id(job): job for job, _ in self.rows}
+        if self._admitting is not None:
+            jobs[id(self._admitting)] = self._admitting
+        for job in jobs.values():
+            job.cancelled = True
+            job.deliver(("error", message))
+        for slot in range(len(self.rows)):
+            self._clear_slot(slot)
+        self.rows.clear()
+        self._admitting = None
 
     def _admit(self) -> None:
         while True:
@@ -251,7 +273,9 @@ class Batcher:
                 if len(self.rows) + len(job.choices) > self.max_batch:
                     return                      # first come, first served: later jobs wait too
                 self.waiting.popleft()
+            self._admitting = job
             self._prefill(job)
+            self._admitting = None
 
     def _prefill(self, job: Job) -> None:
         """The prompt through the trunk alone, the first token of each choice, the keys into slots."""
