@@ -326,3 +326,18 @@ def test_sigterm_cancels_what_outlasts_the_grace_period_and_exits_0(tmp_path):
     code, log = running.stop()
     assert code == 0, log
     assert time.monotonic() - start < 15
+
+
+@pytest.mark.slow
+def test_the_load_test_runs_and_finds_no_error_and_no_mixed_stream():
+    # python -m npgpt.bench serve, shortened: what it reports, not how fast (docs/benchmarks.md has that)
+    import argparse
+
+    from npgpt.bench import serve as bench
+
+    result = bench.run(argparse.Namespace(model="npgpt-small", clients=4, seconds=3, sequential_seconds=2,
+                                          max_tokens=8))
+    assert result["errors"] == 0 and result["first_error"] is None
+    assert result["requests"] >= 4 and result["replayed"] >= 1 and result["mixed_streams"] == 0
+    assert result["mean_batch"] > 1 and result["tokens_per_s"] > 0 and result["speedup"] > 0
+    assert result["ttft_ms_p50"] <= result["ttft_ms_p95"]
