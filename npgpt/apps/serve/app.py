@@ -124,8 +124,9 @@ def _events() -> tuple[asyncio.Queue, Any]:
     return queue, deliver
 
 
-def create_app(server: Server) -> FastAPI:
-    """The FastAPI application of ``server`` (its batcher starts and stops with the app)."""
+def create_app(server: Server) -> Any:
+    """The ASGI application of ``server``: the FastAPI routes inside the API key check and the
+    request log (``_Logged``); the batcher starts and stops with it."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
