@@ -111,6 +111,22 @@ def _labelled(directory):
     return path, lambda: labelled.read_labelled_file(path), ValueError
 
 
+def _choices(directory):
+    from npgpt.apps import evaluation
+
+    path = directory / "choices.jsonl"
+    path.write_text('{"context": "2 + 2 =", "choices": [" 4", " 5"], "gold": 0}\n')
+    return path, lambda: evaluation.read_choices(path), ValueError
+
+
+def _conversations(directory):
+    from npgpt.finetuning import conversations
+
+    path = directory / "chats.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
+    return path, lambda: list(conversations.read_records(path)), ValueError
+
+
 def _command(argv_of, name):
     """A reader behind the command line: ``main(argv)`` must return 1 with the file named on stderr."""
     def case(directory):
@@ -143,14 +159,17 @@ READERS = {
                               "settings.json"),
     "prompts file": _command(lambda d, p: ["generate", "--model", str(_model(d / "m")), "--prompts", str(p)],
                              "prompts.txt"),
+    "choices file": _choices,
+    "conversation file": _conversations,
+    "eval text": _command(lambda d, p: ["eval", "npgpt-small", "--text", str(p)], "text.txt"),
     "tokenizer train input": _command(lambda d, p: ["tokenizer", "train", "--input", str(p), "--vocab-size", "300",
                                                     "--out", str(d / "t")], "corpus.txt"),
     "prepare input": _command(lambda d, p: ["prepare", "--input", str(p), "--tokenizer",
                                             str(_tokenizer().save(d / "tok")), "--out", str(d / "d"), "--quiet"],
                               "corpus.txt"),
 }
-# Text that is read whole by design may be as large as the disk; its special files are refused.
-UNBOUNDED = {"tokenizer train input", "prepare input"}
+# Text that is streamed (or read whole by design) may be as large as the disk; its special files are refused.
+UNBOUNDED = {"tokenizer train input", "prepare input", "conversation file"}
 
 
 def make_hostile(path: pathlib.Path, kind: str) -> None:

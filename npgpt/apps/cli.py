@@ -847,6 +847,7 @@ def _finetune_holding(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """``npgpt eval MODEL --text FILE --choices FILE``."""
     from npgpt.apps import evaluation
+    from npgpt.io import fileio
     from npgpt.model import GPT
 
     if not args.text and not args.choices:
@@ -860,8 +861,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tokenizer = _load_tokenizer(args.eval_model)
     report: dict[str, Any] = {"model": args.eval_model}
     for path in args.text or []:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = fileio.read_utf8(path, "text file", limit=fileio.MAX_TEXT_FILE)     # a regular file, bounded
         result = evaluation.text_perplexity(model, tokenizer, text, stride=args.stride, max_length=args.max_length)
         report[path] = result.to_dict()
         if not args.json:

@@ -32,6 +32,7 @@ import numpy as np
 from npgpt import backend
 from npgpt.autograd import no_grad
 from npgpt.functional import log_softmax
+from npgpt.io import fileio
 
 __all__ = ["Perplexity", "sequence_logprobs", "text_perplexity", "encode_pair", "loglikelihood_tokens",
            "loglikelihood", "MultipleChoice", "read_choices", "multiple_choice"]
@@ -235,18 +236,19 @@ def read_choices(path: str | os.PathLike) -> list[MultipleChoice]:
     a bad line is refused with the file and line number."""
     path = pathlib.Path(path)
     questions = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-                if not isinstance(raw, dict) or set(raw) - {"context", "choices", "gold", "id"} or \
-                        not {"context", "choices", "gold"} <= set(raw):
-                    raise ValueError('expected an object with "context", "choices" and "gold"')
-                questions.append(MultipleChoice(raw["context"], raw["choices"], raw["gold"]))
-            except ValueError as exc:        # json.JSONDecodeError is a ValueError
-                raise ValueError(f"{path} line {number}: {exc}") from None
+    # A regular file of at most fileio.MAX_TEXT_FILE bytes (not a FIFO, not a link to /dev/zero).
+    text = fileio.read_utf8(path, "choices file", limit=fileio.MAX_TEXT_FILE)
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            if not isinstance(raw, dict) or set(raw) - {"context", "choices", "gold", "id"} or \
+                    not {"context", "choices", "gold"} <= set(raw):
+                raise ValueError('expected an object with "context", "choices" and "gold"')
+            questions.append(MultipleChoice(raw["context"], raw["choices"], raw["gold"]))
+        except ValueError as exc:        # json.JSONDecodeError is a ValueError
+            raise ValueError(f"{path} line {number}: {exc}") from None
     if not questions:
         raise ValueError(f"{path} holds no questions")
     return questions

@@ -128,8 +128,10 @@ def tokenize(tokenizer: Tokenizer, messages: list[dict[str, str]], max_tokens: i
 def read_records(path: str | os.PathLike) -> Iterator[tuple[int, list[dict[str, str]]]]:
     """``(line number, messages)`` for every non-blank line of a JSONL file; a bad line is a ``DataError``."""
     path = pathlib.Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"conversation file {path} does not exist")
+    if not path.is_file():             # a FIFO would block, a device be read for ever
+        raise DataError(f"conversation file {path} is not a regular file (a device, FIFO or socket, or a link to one)")
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             try:
