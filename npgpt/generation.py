@@ -18,6 +18,7 @@ different lengths is padded on the left and comes with an attention mask
 (docs/generation.md, "Several prompts at once: padding").
 """
 
+import dataclasses
 import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,54 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         check_sampling_args(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to continue a prompt: Hugging Face's ``GenerationConfig`` fields, with their names and defaults.
+
+    One object for the Python API (``generate(model, ids, generation_config=config)``, or the same
+    fields as keywords, which override the config's), the ``npgpt generate`` flags and the server.
+    Checked when made; what depends on the prompt (``max_length`` against its length, token ids
+    against the vocabulary) is checked when it is used. Give ``max_new_tokens`` (tokens to add) or
+    ``max_length`` (prompt, its padding and the new tokens), not both. ``eos_token_id`` is an id or
+    a sequence of ids; ``pad_token_id`` what a finished row emits (default: the first eos id).
+    """
+
+    max_new_tokens: int | None = None
+    max_length: int | None = None
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens is not None and self.max_length is not None:
+            raise ValueError("give max_new_tokens or max_length, not both")
+        if self.max_new_tokens is not None:
+            check_sampling_args(self.max_new_tokens)
+        check_sampling_args(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        check_generation_args(min_new_tokens=self.min_new_tokens, repetition_penalty=self.repetition_penalty)
+        if self.eos_token_id is not None and not isinstance(self.eos_token_id, (int, np.integer)):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))   # hashable, like the rest
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        """The part that chooses each token (``do_sample``, ``temperature``, ``top_k``, ``top_p``)."""
+        return SamplingConfig(self.do_sample, self.temperature, self.top_k, self.top_p)
+
+    def update(self, **changes: Any) -> "GenerationConfig":
+        """A copy with ``changes`` applied (each a field name; an unknown name is a TypeError naming the fields)."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"unknown generation setting(s) {unknown}; the settings are "
+                            f"{[f.name for f in dataclasses.fields(self)]}")
+        return dataclasses.replace(self, **changes)
 
 
 # --------------------------------------------------------------- filters
@@ -234,29 +283,39 @@ class _Plan:
     use_cache: bool
 
 
+def _settings(generation_config: GenerationConfig | None, max_new_tokens: int | None,
+              settings: dict[str, Any]) -> GenerationConfig:
+    """The config a call runs with: ``generation_config`` (or the defaults) updated by the keywords."""
+    if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+        raise TypeError(f"generation_config must be a GenerationConfig, got {type(generation_config).__name__}")
+    if max_new_tokens is not None:
+        settings = {"max_new_tokens": max_new_tokens, **settings}
+    config = generation_config or GenerationConfig()
+    if settings.get("max_new_tokens") is not None and "max_length" not in settings:
+        settings["max_length"] = None          # a call's max_new_tokens replaces the config's max_length
+    elif settings.get("max_length") is not None and "max_new_tokens" not in settings:
+        settings["max_new_tokens"] = None
+    return config.update(**settings) if settings else config
+
+
 def stream(model: Any, idx: Any, max_new_tokens: int | None = None, *, attention_mask: Any = None,
-           max_length: int | None = None, min_new_tokens: int = 0, do_sample: bool = False,
-           temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-           repetition_penalty: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
-           pad_token_id: int | None = None, seed: int | Sequence[int] | None = None,
-           use_cache: bool = True) -> Iterator[Array]:
+           generation_config: GenerationConfig | None = None, seed: int | Sequence[int] | None = None,
+           **settings: Any) -> Iterator[Array]:
     """An iterator over the next token of every row, a (B,) int array per step (see ``generate``).
 
     The arguments are checked at once; the model runs as the iterator is consumed.
     """
-    plan = _check(model, idx, max_new_tokens, max_length, attention_mask, min_new_tokens,
-                  SamplingConfig(do_sample, temperature, top_k, top_p), repetition_penalty, eos_token_id,
-                  pad_token_id, seed, use_cache)
+    plan = _check(model, idx, _settings(generation_config, max_new_tokens, settings), attention_mask, seed)
     return _decode(model, plan)
 
 
 def generate(model: Any, idx: Any, max_new_tokens: int | None = None, *, attention_mask: Any = None,
-             max_length: int | None = None, min_new_tokens: int = 0, do_sample: bool = False,
-             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             repetition_penalty: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
-             pad_token_id: int | None = None, seed: int | Sequence[int] | None = None,
-             use_cache: bool = True) -> Array:
+             generation_config: GenerationConfig | None = None, seed: int | Sequence[int] | None = None,
+             **settings: Any) -> Array:
     """Continue each row of ``idx`` (int (B, T)); returns int (B, T + n) with n <= max_new_tokens.
+
+    The settings are the fields of ``GenerationConfig``: pass one as ``generation_config``, or
+    its fields as keywords (``max_new_tokens=20, do_sample=True``), which override it.
 
     Greedy by default; ``do_sample=True`` samples after ``temperature``,
     ``top_k`` and ``top_p`` (same ``seed``, same sample). The length is
@@ -284,9 +343,7 @@ def generate(model: Any, idx: Any, max_new_tokens: int | None = None, *, attenti
     ``use_cache=False`` recomputes every step from scratch and gives the same
     ids (it exists to test that).
     """
-    plan = _check(model, idx, max_new_tokens, max_length, attention_mask, min_new_tokens,
-                  SamplingConfig(do_sample, temperature, top_k, top_p), repetition_penalty, eos_token_id,
-                  pad_token_id, seed, use_cache)
+    plan = _check(model, idx, _settings(generation_config, max_new_tokens, settings), attention_mask, seed)
     tokens = list(_decode(model, plan))
     ids = plan.ids
     if not tokens:
@@ -303,22 +360,18 @@ def _token_id(model, value, name):
     return int(value)
 
 
-def _check(model, idx, max_new_tokens, max_length, attention_mask, min_new_tokens, sampling,
-           repetition_penalty, eos_token_id, pad_token_id, seed, use_cache) -> _Plan:
-    """The checks of ``stream`` and ``generate``, once, before the first step."""
+def _check(model: Any, idx: Any, config: GenerationConfig, attention_mask: Any, seed: Any) -> _Plan:
+    """The checks that need the prompt and the model, once, before the first step."""
     ids = prompt_ids(model, idx)
     B, T = ids.shape
+    max_new_tokens, max_length = config.max_new_tokens, config.max_length
     if max_length is not None:
-        if max_new_tokens is not None:
-            raise ValueError("give max_new_tokens or max_length, not both")
         if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < T:
             raise ValueError(f"max_length must be an integer >= the prompt's length {T} (padding included), "
                              f"got {max_length!r}")
         max_new_tokens = int(max_length) - T
     elif max_new_tokens is None:
         raise ValueError("give max_new_tokens (the tokens to add) or max_length (the total length)")
-    check_sampling_args(max_new_tokens)
-    check_generation_args(min_new_tokens=min_new_tokens, repetition_penalty=repetition_penalty)
     mask = None
     if attention_mask is not None:
         mask = backend.to_device(inputs.check_attention_mask(attention_mask, (B, T)), model.device)
@@ -329,6 +382,7 @@ def _check(model, idx, max_new_tokens, max_length, attention_mask, min_new_token
                              "pads that way")
         if all_real:
             mask = None                 # no padding: the plain positions 0..T-1 are the mask's
+    eos_token_id, pad_token_id = config.eos_token_id, config.pad_token_id
     eos = None
     filler = None
     if eos_token_id is not None:
@@ -347,8 +401,8 @@ def _check(model, idx, max_new_tokens, max_length, attention_mask, min_new_token
             raise ValueError(f"seed has {len(seeds)} entries for a batch of {B} rows: give one seed per row "
                              "(or one int for the whole batch)")
         rng = RowGenerators(seeds)
-    return _Plan(ids, mask, int(max_new_tokens), sampling, eos, filler, int(min_new_tokens),
-                 float(repetition_penalty), rng, bool(use_cache))
+    return _Plan(ids, mask, int(max_new_tokens), config.sampling, eos, filler, int(config.min_new_tokens),
+                 float(config.repetition_penalty), rng, bool(config.use_cache))
 
 
 # A decoding step multiplies each sequence's last hidden row by the tied table, z = h wte^T. Read

@@ -370,3 +370,39 @@ def test_a_generation_with_the_head_copied_chooses_the_same_tokens(monkeypatch):
     np.testing.assert_array_equal(model.generate(prompts, 12), plain)
     model.set_compute_dtype("float16")
     assert generation.decoding_head(model, 3, 12) is None       # mixed precision keeps its own head
+
+
+# ------------------------------------------------------------------ GenerationConfig
+def test_a_generation_config_gives_what_its_fields_as_keywords_give():
+    model, ids = tiny(), prompt()
+    config = generation.GenerationConfig(max_new_tokens=6, do_sample=True, temperature=0.8, top_k=5,
+                                         repetition_penalty=1.3, eos_token_id=[3, 4], pad_token_id=0)
+    as_keywords = generation.generate(model, ids, 6, do_sample=True, temperature=0.8, top_k=5, repetition_penalty=1.3,
+                                      eos_token_id=[3, 4], pad_token_id=0, seed=7)
+    np.testing.assert_array_equal(generation.generate(model, ids, generation_config=config, seed=7), as_keywords)
+    steps = list(generation.stream(model, ids, generation_config=config, seed=7))
+    np.testing.assert_array_equal(np.stack(steps, axis=1), as_keywords[:, ids.shape[1]:])
+
+
+def test_keywords_override_the_config_and_max_new_tokens_replaces_its_max_length():
+    model, ids = tiny(), prompt()
+    config = generation.GenerationConfig(max_length=ids.shape[1] + 2)
+    assert generation.generate(model, ids, generation_config=config).shape[1] == ids.shape[1] + 2
+    assert generation.generate(model, ids, 5, generation_config=config).shape[1] == ids.shape[1] + 5
+    greedy = generation.generate(model, ids, 4)
+    sampled = generation.GenerationConfig(max_new_tokens=4, do_sample=True, temperature=5.0)
+    np.testing.assert_array_equal(generation.generate(model, ids, generation_config=sampled, do_sample=False), greedy)
+
+
+def test_a_generation_config_is_checked_when_made_and_names_the_setting():
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        generation.GenerationConfig(temperature=0)
+    with pytest.raises(ValueError, match="not both"):
+        generation.GenerationConfig(max_new_tokens=3, max_length=9)
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        generation.GenerationConfig(repetition_penalty=-1.0)
+    with pytest.raises(TypeError, match=r"unknown generation setting\(s\) \['top_q'\]"):
+        generation.generate(tiny(), prompt(), 3, top_q=0.9)
+    with pytest.raises(TypeError, match="generation_config must be a GenerationConfig"):
+        generation.generate(tiny(), prompt(), 3, generation_config={"do_sample": True})
+    assert generation.GenerationConfig(eos_token_id=[1, 2]).eos_token_id == (1, 2)     # hashable: a server groups by it

@@ -557,7 +557,7 @@ def _read_settings_file(name: str, config_class: type) -> dict[str, Any]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from npgpt import backend
-    from npgpt.generation import generate, stream
+    from npgpt.generation import GenerationConfig, generate, stream
     from npgpt.model import GPT
     from npgpt.tokenizer import ENDOFTEXT
 
@@ -576,6 +576,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # is ordinary text (prepare never produced those ids, so the model never saw them).
     specials = {"allowed_special": {ENDOFTEXT} & set(tokenizer.special_tokens), "disallowed_special": ()}
     eos = tokenizer.special_tokens.get(ENDOFTEXT)
+    # The flags as Hugging Face's generation settings (a temperature of 0 means greedy).
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                              temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k,
+                              top_p=args.top_p, eos_token_id=eos)
     block = model.config.block_size
     # A file of many prompts goes in batches: one batch of all would hold every row's cache at once.
     for first in range(0, len(texts), args.batch_size):
@@ -589,13 +593,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 print(f"npgpt: warning: {which} has {length:,} tokens and the model's context is {block:,}: "
                       f"it sees only the last {block:,}", file=sys.stderr)
         seed = args.seed if args.seed is None or len(texts) == 1 else [args.seed] * len(batch)   # each as alone
-        settings = dict(attention_mask=mask, do_sample=args.temperature > 0,
-                        temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k,
-                        top_p=args.top_p, seed=seed, eos_token_id=eos)
+        settings = dict(attention_mask=mask, generation_config=config, seed=seed)
         if args.stream:
-            steps = (backend.to_numpy(step) for step in stream(model, ids, args.max_new_tokens, **settings))
+            steps = (backend.to_numpy(step) for step in stream(model, ids, **settings))
         else:
-            steps = backend.to_numpy(generate(model, ids, args.max_new_tokens, **settings))[:, ids.shape[1]:].T
+            steps = backend.to_numpy(generate(model, ids, **settings))[:, ids.shape[1]:].T
         _print_continuations(tokenizer, batch, steps, eos, first=first, total=len(texts))
     return 0
 
