@@ -34,7 +34,8 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PAGES = sorted((ROOT / "docs").glob("*.md"))
+# The English chapters and the Chinese edition (docs/zh/), whose listings run on the Chinese data.
+PAGES = sorted((ROOT / "docs").glob("*.md")) + sorted((ROOT / "docs" / "zh").glob("*.md"))
 BLOCK = re.compile(r"(<!-- skip -->\s*\n)?```python\n(.*?)```\n(?:\s*```text\n(.*?)```)?", re.S)
 # A number as Python prints one: optional sign, digits (optionally grouped by thousands with
 # commas), an optional fraction, an optional exponent. Digits glued to letters (``head0``,
@@ -106,7 +107,7 @@ def same_output(actual, expected):
 def listings(page):
     """(code, expected output or None) for each runnable python block of a page."""
     found = []
-    for skip, code, expected in BLOCK.findall(page.read_text()):
+    for skip, code, expected in BLOCK.findall(page.read_text(encoding="utf-8")):
         if not skip:
             found.append((code, expected if expected else None))
     return found
@@ -117,7 +118,7 @@ def normalise(text):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT / "docs")) for p in PAGES])
 def test_docs_listings_run_and_show_real_output(page):
     blocks = listings(page)
     if not blocks:

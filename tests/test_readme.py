@@ -37,7 +37,7 @@ from npgpt import datasets
 from npgpt.apps import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs" / "zh").glob("*.md"))]
 BASH = re.compile(r"```bash\n(.*?)```", re.S)
 SHIPPED = {p.name for p in (ROOT / "npgpt" / "io" / "pretrained").iterdir() if p.is_dir()}
 CACHE = "~/.cache/npgpt"
@@ -183,9 +183,9 @@ def check_page(page_text, name):
     return problems
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_every_command_runs_as_written(page):
-    problems = check_page(page.read_text(), page.name)
+    problems = check_page(page.read_text(encoding="utf-8"), str(page.relative_to(ROOT)))
     assert not problems, "\n".join(problems)
 
 

@@ -60,6 +60,9 @@ def test_site_builds_strictly(tmp_path):
     model = (site / "model.html").read_text()
     assert 'class="arithmatex"' in model and "\\tag{4}" in model, "equations are not handed to MathJax"
     assert not (site / "scripts").exists(), "docs/scripts/ must not be published"
+    for page in sorted((DOCS / "zh").glob("*.md")):             # the switch, both ways, on the built pages
+        assert f'href="../{page.stem}.html"' in (site / "zh" / f"{page.stem}.html").read_text(encoding="utf-8")
+        assert f'href="zh/{page.stem}.html"' in (site / f"{page.stem}.html").read_text(encoding="utf-8")
 
 
 def test_every_page_is_in_the_nav_once():
@@ -67,7 +70,7 @@ def test_every_page_is_in_the_nav_once():
     listed = list(_nav_pages(config["nav"]))
     assert len(listed) == len(set(listed)), "a page appears twice in the nav"
     not_in_nav = set((config.get("not_in_nav") or "").split())
-    pages = {p.name for p in DOCS.glob("*.md")}
+    pages = {p.name for p in DOCS.glob("*.md")} | {f"zh/{p.name}" for p in (DOCS / "zh").glob("*.md")}
     missing = sorted(pages - set(listed) - not_in_nav)
     assert not missing, f"pages in docs/ that mkdocs.yml's nav does not list: {missing}"
 
@@ -128,3 +131,40 @@ def test_without_the_mathjax_package_the_pages_use_the_cdn():
     scripts = ["javascripts/mathjax.js", hooks.MATHJAX_LOCAL]
     assert hooks._use_cdn(scripts) == ["javascripts/mathjax.js", hooks.MATHJAX_CDN]
     assert hooks.MATHJAX_LOCAL in (ROOT / "mkdocs.yml").read_text()
+
+
+# ------------------------------------------------------------------ the Chinese edition
+ZH_PAGES = sorted((DOCS / "zh").glob("*.md"))
+
+
+@pytest.mark.parametrize("page", ZH_PAGES, ids=[p.name for p in ZH_PAGES])
+def test_a_chinese_page_shares_its_equations_with_the_english_page_by_label(page):
+    """docs/zh/X.md's (N) is docs/X.md's eq. N, character for character, so one test checks both
+    and the equation index (which lists the English pages) covers the Chinese ones."""
+    equations = _load("equations", DOCS / "scripts" / "equations.py")
+    english = DOCS / page.name
+    assert english.is_file(), f"docs/zh/{page.name} has no English edition docs/{page.name}"
+    zh = equations.page_equations(page.read_text(encoding="utf-8"), f"zh/{page.stem}")
+    en = equations.page_equations(english.read_text(encoding="utf-8"), page.stem)
+    for number, latex in zh.items():
+        assert en.get(number) == latex, f"docs/zh/{page.name} ({number}) is not docs/{page.name} eq. {number}"
+
+
+def test_the_language_switch_links_each_pair_of_editions(tmp_path):
+    hooks = _load("mkdocs_hooks", DOCS / "scripts" / "mkdocs_hooks.py")
+    (tmp_path / "zh").mkdir()
+    for name in ("model.md", "zh/model.md", "gpu.md"):
+        (tmp_path / name).write_text("# t\n")
+    assert hooks.language_switch("model.md", tmp_path) == "**English** · [中文](zh/model.md)"
+    assert hooks.language_switch("zh/model.md", tmp_path) == "[English](../model.md) · **中文**"
+    assert hooks.language_switch("gpu.md", tmp_path) is None                 # no Chinese edition: no switch
+
+    class Page:
+        class file:
+            src_uri = "zh/model.md"
+
+    class Config:
+        docs_dir = str(tmp_path)
+
+    out = hooks.on_page_markdown("# 标题\n\n正文\n", Page, Config, None)
+    assert out == "# 标题\n\n[English](../model.md) · **中文**\n{: .language-switch }\n\n正文\n"

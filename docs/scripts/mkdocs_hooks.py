@@ -1,4 +1,5 @@
-"""MkDocs hook: keep the book's navigation in step with the chapters that exist, and serve MathJax.
+"""MkDocs hook: keep the book's navigation in step with the chapters that exist, serve MathJax,
+and link each chapter to its edition in the other language (English | 中文).
 
 ``mkdocs.yml`` lists every chapter in reading order, including chapters that another engineer
 may still be writing. A nav entry whose file does not exist would make ``mkdocs build
@@ -40,6 +41,37 @@ def on_config(config):
         log.info("MathJax: django-static-mathjax is not installed; the pages load MathJax from %s", MATHJAX_CDN)
         config.extra_javascript = _use_cdn(config.extra_javascript)
     return config
+
+
+# ------------------------------------------------------------------ English | 中文
+# The Chinese edition of the book's core lives in docs/zh/, one page per English chapter of the
+# same file name (docs/zh/model.md is the edition of docs/model.md). The readthedocs theme has no
+# language switch of its own, so this hook writes one under the title of every page that has an
+# edition in the other language. It is an ordinary markdown link: the strict build checks it like
+# any other, so a switch can never point at a page that does not exist.
+ZH = "zh/"
+
+
+def language_switch(src_uri, docs_dir):
+    """The switch line for the page ``src_uri`` (e.g. ``"model.md"``, ``"zh/model.md"``), or None."""
+    docs_dir = pathlib.Path(docs_dir)
+    if src_uri.startswith(ZH):
+        english = src_uri[len(ZH):]
+        if (docs_dir / english).is_file():
+            return f"[English](../{english}) · **中文**"
+    elif "/" not in src_uri and (docs_dir / ZH / src_uri).is_file():
+        return f"**English** · [中文]({ZH}{src_uri})"
+    return None
+
+
+def on_page_markdown(markdown, page, config, files):
+    switch = language_switch(page.file.src_uri, config.docs_dir)
+    if switch is None:
+        return markdown
+    title, _, rest = markdown.partition("\n")
+    if not title.startswith("# "):                     # no title line: the switch goes first
+        return f"{switch}\n{{: .language-switch }}\n\n{markdown}"
+    return f"{title}\n\n{switch}\n{{: .language-switch }}\n\n{rest.lstrip(chr(10))}"
 
 
 # ------------------------------------------------------------------ MathJax, served by the site
