@@ -35,11 +35,14 @@ def fixed_output(monkeypatch, tokenizer, continuations):
         for t in range(n):
             yield np.array([row[t] if t < len(row) else eos for row in rows], dtype=np.int64)
 
-    def stream(model, ids, max_new_tokens, **settings):
-        return steps(max_new_tokens)
+    def length(settings):           # the command passes its flags as a GenerationConfig
+        return settings["generation_config"].max_new_tokens
 
-    def generate(model, ids, max_new_tokens, **settings):
-        return np.concatenate([ids, np.stack(list(steps(max_new_tokens)), axis=1)], axis=1)
+    def stream(model, ids, **settings):
+        return steps(length(settings))
+
+    def generate(model, ids, **settings):
+        return np.concatenate([ids, np.stack(list(steps(length(settings))), axis=1)], axis=1)
 
     monkeypatch.setattr(generation, "stream", stream)
     monkeypatch.setattr(generation, "generate", generate)
