@@ -465,6 +465,8 @@ def _complete_or_refused(command, out):
             for split in ("train", "val"):
                 tokens = data.TokenFile(out, split)
                 assert len(tokens) == meta[f"{split}_tokens"]
+            # and the tokenizer beside them is the one that made them (its digest, item 2)
+            assert Tokenizer.from_pretrained(data.tokenizer_dir(out)).vocab_size == meta["vocab_size"]
         else:
             classifier = GPTClassifier.from_pretrained(out)
             tokenizer = Tokenizer.from_pretrained(out)
@@ -476,7 +478,7 @@ def _complete_or_refused(command, out):
 
 
 # Two versions of each command's output, so that a killed overwrite has something to mix up.
-VARIANTS = {"prepare": (["--val-fraction", "0.1"], ["--val-fraction", "0.3"]),
+VARIANTS = {"prepare": (["--val-fraction", "0.1"], ["--val-fraction", "0.3", "--tokenizer", "npgpt-small"]),
             "finetune": (["--seed", "0"], ["--seed", "1", "--softmax"]),
             "tokenizer": (["--vocab-size", "300"], ["--vocab-size", "280"])}
 
