@@ -289,6 +289,23 @@ def test_meta_json_records_the_tokenizers_digest_and_train_verifies_it(bpe_data,
         _train(bpe_data, tmp_path / "run2")
 
 
+def test_train_tokenizer_must_be_the_one_that_made_the_ids(bpe_data, tmp_path):
+    """`train --tokenizer DIR` stores DIR with the checkpoints: it must be the data's tokenizer, in any layout."""
+    from npgpt.training.train import train
+
+    _bpe(OTHER_TEXT).save(tmp_path / "other")
+    with pytest.raises(ValueError, match="is not the tokenizer that made the token ids"):
+        train(data_dir=str(bpe_data), out_dir=str(tmp_path / "run"), tokenizer_dir=str(tmp_path / "other"),
+              log=lambda line: None, **TRAIN_FLAGS)
+    same = tmp_path / "same"
+    same.mkdir()
+    for name in ("vocab.json", "merges.txt"):            # the same tokenizer, without its json extras
+        (same / name).write_bytes((bpe_data / "tokenizer" / name).read_bytes())
+    (same / "special_tokens_map.json").write_text(json.dumps({"eos_token": EOT}))
+    train(data_dir=str(bpe_data), out_dir=str(tmp_path / "run"), tokenizer_dir=str(same), log=lambda line: None,
+          **TRAIN_FLAGS)
+
+
 def test_a_deleted_tokenizer_or_one_outside_the_data_directory_is_refused(bpe_data, tmp_path):
     import shutil
 

@@ -50,7 +50,7 @@ from npgpt.io import fileio
 from npgpt.io.checkpoint import WEIGHTS_NAME, CheckpointError, read_tensors
 from npgpt.model import GPT, GPTConfig
 from npgpt.training import distributed, engine, plot, rundir, settings
-from npgpt.training.data import BatchSampler, TokenFile, load_meta, tokenizer_dir
+from npgpt.training.data import BatchSampler, TokenFile, load_meta, tokenizer_digest, tokenizer_dir
 from npgpt.training.engine import TrainingDiverged
 from npgpt.training.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
 from npgpt.training.interrupt import GracefulStop
@@ -208,6 +208,13 @@ def start_from(config: TrainConfig, given: Optional[Collection[str]] = None) -> 
     return resolved, model
 
 
+def _same_tokenizer(a: pathlib.Path, b: pathlib.Path) -> bool:
+    """Do two tokenizer directories hold the same vocabulary, merges and special tokens (in any layout)?"""
+    from npgpt.tokenizer import Tokenizer
+
+    return Tokenizer.from_pretrained(a) == Tokenizer.from_pretrained(b)
+
+
 def _describe(tokenizer: Any) -> str:
     specials = ", ".join(sorted(tokenizer.special_tokens))
     return f"{tokenizer.vocab_size:,} ids, {len(tokenizer.merges):,} merges, special tokens {specials or 'none'}"
@@ -323,13 +330,19 @@ class Trainer:
 
     # ------------------------------------------------------------- set-up
     def _tokenizer_dir(self) -> Optional[pathlib.Path]:
-        if self.config.tokenizer_dir:
-            path = pathlib.Path(self.config.tokenizer_dir)
-            if not path.is_dir():
-                raise FileNotFoundError(f"tokenizer directory {path} does not exist")
-            return path
-        # The data directory's own tokenizer, checked against the digest prepare recorded.
-        return tokenizer_dir(self.config.data_dir, self.meta, log=self.log)
+        """The tokenizer to store with the checkpoints: the data directory's own, checked against the
+        digest prepare recorded, or ``--tokenizer DIR``, which must be that same tokenizer."""
+        own = tokenizer_dir(self.config.data_dir, self.meta, log=self.log)
+        if not self.config.tokenizer_dir:
+            return own
+        path = pathlib.Path(self.config.tokenizer_dir)
+        if not path.is_dir():
+            raise FileNotFoundError(f"tokenizer directory {path} does not exist")
+        if own is not None and tokenizer_digest(path) != tokenizer_digest(own) and not _same_tokenizer(path, own):
+            raise ValueError(f"--tokenizer {path} is not the tokenizer that made the token ids of "
+                             f"{self.config.data_dir} (that is {own}); leave --tokenizer out, or prepare the data "
+                             "with this one")
+        return path
 
     @classmethod
     def resume(cls, run_dir: str | os.PathLike, log: Optional[Callable[[str], None]] = None,
