@@ -17,7 +17,7 @@ what CuPy refuses, the stand-in refuses too.
 * Reductions and indexing return 0-d device arrays, never NumPy scalars.
 * Integer-array indices wrap around instead of raising ``IndexError`` (CuPy does not check them);
   ``empty`` arrays hold garbage (NaN, or a large integer), not zeros.
-* Only names that the real CuPy has are exposed (``tests/test_fake_cupy.py`` checks them against
+* Only names that the real CuPy has are exposed (``tests/suites/test_fake_cupy.py`` checks them against
   the installed package).
 
 Every copy between host and device is counted: ``transfers()`` returns the cumulative counts

@@ -1,6 +1,6 @@
 """Every file npgpt reads, replaced by a hostile one: a link to /dev/zero, a FIFO, a huge sparse file.
 
-A test helper, run as a script in a subprocess under an address-space limit (tests/test_fuzz_files.py,
+A test helper, run as a script in a subprocess under an address-space limit (tests/suites/test_fuzz_files.py,
 ``test_every_reader_refuses_special_and_oversized_files_at_once``), because a reader that does
 not bound its read eats memory at the speed of ``/dev/zero``, and one that opens a FIFO waits
 forever: neither may take the test run down with it.

@@ -6,7 +6,7 @@ whole suite either way (``.ci/run``); the fast lane is for the edit-test loop.
 
 How the list was made: ``pytest -m "not slow" --durations=80`` (on the 2-core machine, shared),
 then every test that took over about 1.5 s there, and every module whose fixtures alone take
-seconds (a transformers model, a server process, a site build). ``tests/test_fast_lane.py``
+seconds (a transformers model, a server process, a site build). ``tests/suites/test_fast_lane.py``
 checks that each name below still exists, so a renamed test does not drift into the fast lane
 unnoticed.
 """

@@ -2,7 +2,7 @@
 
 Run from the repository root: ``python tools/function_sizes.py`` prints the longest and the
 most branched functions; ``--over LINES COMPLEXITY`` lists only those over either limit.
-``tests/test_function_sizes.py`` enforces the limits below, with each exemption named and
+``tests/suites/test_function_sizes.py`` enforces the limits below, with each exemption named and
 justified, so a function that grows past them is a decision someone wrote down.
 
 * **length**: the lines of the function's body, docstring excluded, blank and comment lines
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "npgpt"
 
-# The limits every function meets unless it is exempted in tests/test_function_sizes.py.
+# The limits every function meets unless it is exempted in tests/suites/test_function_sizes.py.
 MAX_LINES = 60
 MAX_COMPLEXITY = 15
 

@@ -5,7 +5,7 @@ and link each chapter to its edition in the other language (English | 中文).
 may still be writing. A nav entry whose file does not exist would make ``mkdocs build
 --strict`` fail, so this hook drops such entries (logging them) before the build; as soon as
 the file lands, it appears at its place in the book. The opposite mistake, a page in docs/
-that the nav forgets, is caught by ``tests/test_site.py``.
+that the nav forgets, is caught by ``tests/suites/test_site.py``.
 """
 
 import logging

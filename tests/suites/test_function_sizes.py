@@ -9,7 +9,7 @@ import importlib.util
 import pathlib
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("function_sizes", ROOT / "tools" / "function_sizes.py")
 function_sizes = importlib.util.module_from_spec(spec)
 sys.modules["function_sizes"] = function_sizes      # dataclasses look their module up by name
@@ -69,7 +69,7 @@ def test_every_function_meets_the_limits_or_is_exempted_with_a_reason():
             if (s.lines > function_sizes.MAX_LINES or s.complexity > function_sizes.MAX_COMPLEXITY)
             and s.name not in EXEMPT]
     assert not over, (f"over {function_sizes.MAX_LINES} lines or complexity {function_sizes.MAX_COMPLEXITY} "
-                      "(split it, or add it to EXEMPT in tests/test_function_sizes.py with the reason): "
+                      "(split it, or add it to EXEMPT in tests/suites/test_function_sizes.py with the reason): "
                       + "; ".join(f"{s.name} ({s.lines} lines, complexity {s.complexity})" for s in over))
 
 
@@ -78,7 +78,7 @@ def test_every_exemption_is_still_needed():
     stale = [name for name in EXEMPT if name not in sizes
              or (sizes[name].lines <= function_sizes.MAX_LINES
                  and sizes[name].complexity <= function_sizes.MAX_COMPLEXITY)]
-    assert not stale, f"remove from EXEMPT in tests/test_function_sizes.py (gone or within the limits now): {stale}"
+    assert not stale, f"remove from EXEMPT in tests/suites/test_function_sizes.py (gone or within the limits now): {stale}"
 
 
 def test_the_measure_counts_what_its_docstring_says(tmp_path):

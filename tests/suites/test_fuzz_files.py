@@ -10,11 +10,11 @@ TypeError, IndexError, RecursionError, UnicodeDecodeError, SafetensorError, Memo
 Memory: instead of an address-space limit per example, every GPT built while loading is
 checked to hold no more parameters than its weights file has bytes, which is what "sizes are
 compared with the header before allocating" guarantees (a config claiming 10**12 tokens is
-refused before the model exists); tests/test_hardening.py also loads such configs in a
+refused before the model exists); tests/suites/test_hardening.py also loads such configs in a
 subprocess under RLIMIT_AS.
 
 Bounded for CI: a fixed number of examples per property (``fuzz(n)`` below; 590 in all), no
-deadline. ``NPGPT_FUZZ_SCALE=20 pytest tests/test_fuzz_files.py`` runs twenty times as many.
+deadline. ``NPGPT_FUZZ_SCALE=20 pytest tests/suites/test_fuzz_files.py`` runs twenty times as many.
 """
 
 import base64
@@ -525,7 +525,7 @@ def test_every_reader_refuses_special_and_oversized_files_at_once(tmp_path):
     In a subprocess under a 3 GiB address-space limit: a reader that reads /dev/zero whole would
     otherwise take the test run's memory, and one that opens a FIFO would wait for ever.
     """
-    proc = subprocess.run([sys.executable, str(pathlib.Path(__file__).parent / "hostile_files.py"), str(tmp_path)],
+    proc = subprocess.run([sys.executable, str(pathlib.Path(__file__).parents[1] / "hostile_files.py"), str(tmp_path)],
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
     cases = [json.loads(line) for line in proc.stdout.splitlines()]

@@ -4,7 +4,7 @@ Every loader must turn bad bytes into one named error (``CheckpointError`` for c
 ``TokenizerFileError`` for tokenizer files, ``ValueError`` for token data and labelled files),
 never a ``TypeError``, ``IndexError``, ``RecursionError``, ``MemoryError`` or a hang; a run
 directory has one writer; the command line reports every expected failure as one line.
-The property tests that mutate valid files at random are in tests/test_fuzz_files.py.
+The property tests that mutate valid files at random are in tests/suites/test_fuzz_files.py.
 """
 
 import errno
@@ -35,7 +35,7 @@ from npgpt.tokenizer.formats import read_tiktoken
 from npgpt.tokenizer.reference import MergeTable
 from npgpt.training import data, rundir
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=8)
 TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
         "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n"

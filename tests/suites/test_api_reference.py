@@ -11,7 +11,7 @@ import re
 
 import npgpt
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("api_reference", ROOT / "docs" / "scripts" / "api_reference.py")
 api_reference = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(api_reference)

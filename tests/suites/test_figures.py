@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 SCRIPTS = DOCS / "scripts"
 # ![alt](target "optional title") in Markdown, and <img ... src="..."> in raw HTML

@@ -9,7 +9,7 @@ import numpy as np
 
 import npgpt
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_shipped_model_loads_by_name_and_is_small():

@@ -22,7 +22,7 @@ A wrong result still fails: a different word, a missing line, an id off by one, 
 by two units in its last digit. A number that moves further than one unit across BLAS builds
 (anything a few hundred steps of training amplify) is not stable enough to print at that
 precision; the listing has to print it at a precision that is stable, or compute something that
-is (tests/test_docs.py checks every page with this rule on each run).
+is (tests/suites/test_docs.py checks every page with this rule on each run).
 """
 
 import json
@@ -33,7 +33,7 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 # The English chapters and the Chinese edition (docs/zh/), whose listings run on the Chinese data.
 PAGES = sorted((ROOT / "docs").glob("*.md")) + sorted((ROOT / "docs" / "zh").glob("*.md"))
 BLOCK = re.compile(r"(<!-- skip -->\s*\n)?```python\n(.*?)```\n(?:\s*```text\n(.*?)```)?", re.S)

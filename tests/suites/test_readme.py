@@ -36,7 +36,7 @@ import pytest
 from npgpt import datasets
 from npgpt.apps import cli
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs" / "zh").glob("*.md"))]
 BASH = re.compile(r"```bash\n(.*?)```", re.S)
 SHIPPED = {p.name for p in (ROOT / "npgpt" / "io" / "pretrained").iterdir() if p.is_dir()}

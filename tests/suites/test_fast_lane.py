@@ -6,7 +6,7 @@ import pathlib
 import pytest
 import slow_tests
 
-TESTS = pathlib.Path(__file__).resolve().parent
+TESTS = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_functions(path):
@@ -18,9 +18,12 @@ test_functions.__test__ = False          # a helper, not a test
 
 
 def test_every_listed_module_and_test_exists():
-    missing = [m for m in slow_tests.SLOW_MODULES if not (TESTS / m).is_file()]
+    def find(module):
+        return next((p for p in (TESTS / module, TESTS / "suites" / module) if p.is_file()), None)
+
+    missing = [m for m in slow_tests.SLOW_MODULES if find(m) is None]
     for module, names in slow_tests.SLOW_TESTS.items():
-        path = next((p for p in (TESTS / module, TESTS / "suites" / module) if p.is_file()), None)
+        path = find(module)
         if path is None:
             missing.append(module)
             continue
