@@ -26,6 +26,7 @@ import numpy as np
 
 from npgpt import backend
 from npgpt.autograd.core import RowGradient, Tensor, _describe, _make, as_tensor, is_grad_enabled
+from npgpt.backend import speed
 from npgpt.io.inputs import as_array, check_token_ids
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
@@ -391,10 +392,6 @@ def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100) -> Ten
     return _make(xp.asarray(loss, dtype=logits.dtype), (logits,), backward, fresh=True)
 
 
-# Rows of logits a fused head computes at a time: one (rows, V) float32 block of about this size.
-# For GPT-2's vocabulary that is ~330 rows (66 MB); BLAS itself splits the inner dimension into
-# blocks of a few hundred, so accumulating dW block by block costs it little.
-HEAD_BLOCK_BYTES = 64 * 2**20
 
 
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Any, ignore_index: int = -100,
@@ -434,7 +431,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Any, ignore_in
     W = weight.data
     N = h.shape[0]
     if block_rows is None:
-        block_rows = max(1, HEAD_BLOCK_BYTES // (V * W.dtype.itemsize))
+        block_rows = max(1, speed.HEAD_BLOCK_BYTES // (V * W.dtype.itemsize))   # the speed policy
     block_rows = int(block_rows)
     if block_rows < 1:
         raise ValueError(f"linear_cross_entropy: block_rows must be >= 1, got {block_rows}")

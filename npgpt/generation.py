@@ -29,6 +29,7 @@ import numpy as np
 import npgpt.functional as F
 from npgpt import backend
 from npgpt.autograd import no_grad
+from npgpt.backend import speed
 from npgpt.io import inputs
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
@@ -405,25 +406,17 @@ def _check(model: Any, idx: Any, config: GenerationConfig, attention_mask: Any, 
                  float(config.repetition_penalty), rng, bool(config.use_cache))
 
 
-# A decoding step multiplies each sequence's last hidden row by the tied table, z = h wte^T. Read
-# through the transpose, wte (V, C) streams slower than a contiguous (C, V) matrix, and for a few
-# rows OpenBLAS repacks it at every step: GPT-2's head costs 5.9 ms per step at batch 1 and 17.3 ms
-# at batch 8 through the transpose, 4.4 and 11.5 ms from a copy. The copy (154 MB for GPT-2)
-# takes ~65 ms to make, so a generation makes one when it has at least this many rows x steps.
-HEAD_COPY_MIN_ROW_STEPS = 64
-
-
 def decoding_head(model: Any, rows: int, steps: int) -> Array | None:
     """``wte^T`` as a contiguous (C, V) array for the head of a generation on the CPU, or None.
 
-    None (use ``model.lm_head``) on a GPU, with a ``compute_dtype``, or when
-    ``rows * steps`` is below ``HEAD_COPY_MIN_ROW_STEPS``: the copy would
-    cost more than it saves. It is made per generation and dropped with it,
+    None (use ``model.lm_head``) with a ``compute_dtype``, or when the speed
+    policy says the copy would cost more than it saves (on a GPU, or below
+    ``npgpt.backend.speed.HEAD_COPY_MIN_ROW_STEPS`` rows x steps). It is made per generation and dropped with it,
     so it can never be out of date with the weights.
     """
     w = model.wte.weight.data
     xp = backend.array_module(w)
-    if xp is not np or model.compute_dtype is not None or rows * steps < HEAD_COPY_MIN_ROW_STEPS:
+    if model.compute_dtype is not None or not speed.copy_decoding_head(w, rows, steps):
         return None
     head = xp.empty((w.shape[1], w.shape[0]), dtype=w.dtype)
     for start in range(0, w.shape[0], 256):     # a transpose in bands of rows stays in the cache: ~2.5x faster

@@ -132,3 +132,15 @@ def test_the_compatibility_check_catches_a_numpy_only_function():
     chains = _attribute_chains(tree, "xp")
     assert chains == {"nditer", "exp"}
     assert hasattr(cupy, "exp") and not hasattr(cupy, "nditer")
+
+
+def test_the_speed_policy_keeps_threads_and_the_head_copy_on_the_cpu(xp):
+    """npgpt.backend.speed: threads and the decoding head's copy pay on the CPU only, the copy from 64 rows x steps."""
+    from npgpt.backend import speed
+
+    a = xp.zeros(3)
+    on_cpu = xp is np
+    assert speed.threads_pay(a) is on_cpu and speed.threads_pay(np.zeros(1), a) is on_cpu
+    assert speed.copy_decoding_head(a, 8, 8) is on_cpu
+    assert not speed.copy_decoding_head(a, 1, speed.HEAD_COPY_MIN_ROW_STEPS - 1)
+    assert speed.thread_pool(2) is speed.thread_pool(2)          # made once, kept

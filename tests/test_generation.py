@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 import npgpt
 import npgpt.functional as F
 from npgpt import generation
+from npgpt.backend import speed
 from npgpt.model import GPT, GPTConfig
 
 
@@ -358,10 +359,10 @@ def test_a_generation_with_the_head_copied_chooses_the_same_tokens(monkeypatch):
     # another layout: the logits agree to rounding and greedy decoding picks the same ids.
     model = tiny(seed=3, block_size=32)
     prompts = np.random.default_rng(1).integers(0, model.config.vocab_size, (3, 5))
-    monkeypatch.setattr(generation, "HEAD_COPY_MIN_ROW_STEPS", 10**9)
+    monkeypatch.setattr(speed, "HEAD_COPY_MIN_ROW_STEPS", 10**9)
     plain = model.generate(prompts, 12)
     assert generation.decoding_head(model, 3, 12) is None
-    monkeypatch.setattr(generation, "HEAD_COPY_MIN_ROW_STEPS", 1)
+    monkeypatch.setattr(speed, "HEAD_COPY_MIN_ROW_STEPS", 1)
     head = generation.decoding_head(model, 3, 12)
     w = model.wte.weight.data
     assert head.flags.c_contiguous and np.array_equal(head, w.T)

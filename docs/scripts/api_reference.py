@@ -26,6 +26,7 @@ OUTPUT = ROOT / "docs" / "api.md"
 MODULES = [
     ("npgpt", "index.md"),
     ("npgpt.backend", "backend.md"),
+    ("npgpt.backend.speed", "performance.md"),
     ("npgpt.autograd", "autograd.md"),
     ("npgpt.io.inputs", "model.md"),
     ("npgpt.functional", "model.md"),

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from npgpt import backend
-from npgpt.backend import Array
+from npgpt.backend import Array, speed
 
 if TYPE_CHECKING:
     from npgpt.autograd import Tensor
@@ -44,9 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["Optimizer", "AdamW", "SGD", "param_groups", "configure_optimizer", "clip_grad_norm",
            "clip_grad_norm_with_loss", "cosine_schedule"]
 
-# Elements of a parameter updated at a time on the CPU: 1 MB per float32 array, so a block's weight,
-# gradient, moments and scratch (5 MB) stay in the level-3 cache through every pass of an update.
-BLOCK = 2**18
+# Elements of a parameter updated at a time on the CPU (the speed policy's ADAMW_BLOCK, 1 MB of float32).
+BLOCK = speed.ADAMW_BLOCK
 
 # What an optimizer takes as its parameters: trainable tensors, ``(name, tensor)`` pairs (as
 # ``model.named_parameters()`` yields) or parameter groups (dicts with a ``"params"`` list).
@@ -149,7 +148,7 @@ class Optimizer:
                 self.state[name] = state
             state["step"] += 1
             work.append((p, p.grad, state, group))
-        if work and backend.device_of(work[0][0].data) == "cpu":
+        if work and speed.threads_pay(work[0][0].data):
             self._step_in_blocks(work)
         else:
             for p, g, state, group in work:
@@ -162,8 +161,6 @@ class Optimizer:
         A block's weight, gradient and state slices stay in the cache through
         all the passes of ``_update``; each thread has one scratch block.
         """
-        from npgpt.training import parallel
-
         blocks = []        # (weight, gradient, state) slices: flat views, written in place
         for p, g, state, group in work:
             arrays = {k: v for k, v in state.items() if k != "step"}
@@ -177,7 +174,7 @@ class Optimizer:
                 part = slice(start, start + BLOCK)
                 blocks.append((w[part], g[part], {"step": state["step"], **{k: v[part] for k, v in arrays.items()}},
                                group))
-        workers = min(parallel.default_workers(), len(blocks))
+        workers = min(speed.default_workers(), len(blocks))
         if not blocks:
             return
 
@@ -189,7 +186,7 @@ class Optimizer:
         if workers <= 1:
             run(0)
             return
-        for future in [parallel.thread_pool(workers).submit(run, k) for k in range(workers)]:
+        for future in [speed.thread_pool(workers).submit(run, k) for k in range(workers)]:
             future.result()
 
     def _update(self, w: Array, g: Array, state: dict[str, Any], group: dict[str, Any], scratch: Array) -> None:

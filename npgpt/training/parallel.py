@@ -29,23 +29,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
 
 from npgpt import backend
 from npgpt.autograd import Tensor, accumulate_grad, backward
-from npgpt.backend import Array, default_workers  # default_workers: read here by engine and optim too
-
-_pools: dict[int, ThreadPoolExecutor] = {}
-
-
-def thread_pool(workers: int) -> ThreadPoolExecutor:
-    """The process's pool of ``workers`` threads (made once, kept: threads are slow to start)."""
-    if workers not in _pools:
-        _pools[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="npgpt-shard")
-    return _pools[workers]
+from npgpt.backend import Array, default_workers, speed  # default_workers: read here by engine and optim too
 
 
 def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence[Array], params: Iterable[Tensor],
@@ -78,8 +68,7 @@ def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence[Array], par
         raise ValueError(f"forward_backward: the arrays of a batch must share their first axis, got "
                          f"{[tuple(a.shape) for a in batch]}")
     workers = min(workers, size)
-    on_cpu = all(p.device == "cpu" for p in params[:1]) and backend.device_of(batch[0]) == "cpu"
-    if workers <= 1 or not on_cpu:
+    if workers <= 1 or not speed.threads_pay(batch[0], *(p.data for p in params[:1])):
         loss = loss_fn(*batch)
         loss.backward()
         return loss.data.astype(backend.array_module(loss.data).float64) if as_array else loss.item()
@@ -94,7 +83,7 @@ def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence[Array], par
         return loss.item()
 
     with backend.blas_threads(1):
-        futures = [thread_pool(workers).submit(run_shard, k) for k in range(workers)]
+        futures = [speed.thread_pool(workers).submit(run_shard, k) for k in range(workers)]
         losses = [f.result() for f in futures]
     sums.finish()
     total = 0.0

@@ -13,17 +13,14 @@ and nowhere else:
   pass of an embedding lookup;
 * moving arrays between host and device (``cupy.asarray`` / ``.get()``);
 * finding out whether CuPy and a GPU are usable at all;
-* how many threads the CPU's BLAS may use (through ``threadpoolctl``).
+* the CPU speed policy (``npgpt.backend.speed``): how many threads, how the
+  BLAS and the allocator behave, the block sizes, when a copy pays.
 
 Devices are named ``"cpu"`` (NumPy) and ``"cuda"`` (CuPy, the current GPU).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import os
-from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, Optional
 
@@ -168,79 +165,10 @@ def default_rng(seed: Optional[int] = None, xp: ModuleType = np) -> Any:
     return xp.random.default_rng(seed)
 
 
-@functools.cache
-def _threadpool_controller() -> Any:
-    """threadpoolctl's view of the BLAS/OpenMP libraries loaded in this process (found once)."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-def default_workers() -> int:
-    """The CPU cores this process may run on (its affinity on Linux, else the machine's count).
-
-    The one default for how many threads share a batch (``npgpt.training.parallel``) and how
-    many processes encode a corpus (``npgpt.training.data``).
-    """
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
-@contextlib.contextmanager
-def blas_threads(n: int) -> Iterator[None]:
-    """Run the block with NumPy's BLAS limited to ``n`` threads; the previous limit comes back after.
-
-    ``npgpt.training.parallel`` runs shards of a batch in Python threads; each GEMM
-    must then use one core, or the BLAS threads of two shards fight over the
-    same two cores (and OpenBLAS workers spin after each call). NumPy has no
-    API for its BLAS's thread count; ``threadpoolctl`` finds the loaded
-    library (OpenBLAS, MKL, BLIS) and calls its own setter, and restores what
-    was set before, including a user's ``OPENBLAS_NUM_THREADS``.
-    """
-    with _threadpool_controller().limit(limits=int(n), user_api="blas"):
-        yield
-
-
-def blas_thread_count() -> int:
-    """The thread count of NumPy's BLAS now (the largest, if several BLAS libraries are loaded); 0 if none."""
-    counts = [info["num_threads"] for info in _threadpool_controller().info() if info["user_api"] == "blas"]
-    return max(counts, default=0)
-
-
-# glibc's mallopt parameters (malloc.h); other C libraries have no such call.
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-
-
-@functools.cache
-def retain_freed_memory() -> bool:
-    """Ask the C allocator to keep freed memory for reuse instead of handing it back to the kernel.
-
-    Why: a training step allocates and frees the same large arrays every
-    step. glibc serves a large request (above 128 KB to 32 MB, adaptively)
-    with a fresh ``mmap`` and unmaps it on ``free``, and worker threads get
-    heaps of their own that it trims; each new page then costs a page fault
-    in which the kernel zeroes it. Measured on train-small: ~9,000 faults
-    and 30-50 ms of kernel time per step, one tenth of the step's CPU time
-    (docs/performance.md, "Memory the kernel zeroes"). With ``mmap``
-    disabled, trimming off and one arena, freed blocks are reused and a
-    step costs ~3,500 faults and ~13 ms. The peak is unchanged: memory
-    freed after the peak simply stays mapped, as a caching allocator keeps it.
-
-    Process-wide and once; ``npgpt train``, ``npgpt finetune`` and the
-    benchmarks call it. Returns whether it took effect (False where the C
-    library is not glibc, e.g. macOS or musl).
-    """
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) and mallopt(_M_ARENA_MAX, 1))
+# The CPU speed policy lives in npgpt.backend.speed; its switches are also reachable from here.
+from npgpt.backend.speed import (  # noqa: E402, F401
+    blas_thread_count,
+    blas_threads,
+    default_workers,
+    retain_freed_memory,
+)

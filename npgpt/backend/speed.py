@@ -1,0 +1,154 @@
+"""The CPU speed policy: every trick that makes the CPU path fast, each with what it buys.
+
+Companion of ``docs/performance.md``. The rest of npgpt computes the same numbers with or
+without these switches; what changes is how long it takes. So they live here, in one place an
+engineer can read without the book, and the teaching path (``functional``, ``model``,
+``generation``) only asks this module what to do. Device questions ("is this a GPU?") are
+answered here and in ``npgpt.backend``, nowhere else.
+
+Each knob, where it acts, and what it buys (measured on the project's 2-core machine,
+docs/performance.md):
+
+* ``retain_freed_memory``, the C allocator: ~9,000 -> ~3,500 page faults and 30-50 -> ~13 ms of
+  kernel time per train-small step;
+* ``blas_threads(1)`` inside each thread-shard: the shards' BLAS threads no longer fight over
+  the same two cores;
+* ``default_workers`` and ``thread_pool``: one shard per core, threads made once (slow to start);
+* ``threads_pay``: threads on the CPU only, where a GPU stream already keeps the device busy;
+* ``ADAMW_BLOCK``: the CPU AdamW update in 1 MB slices that stay in the L3 cache;
+* ``HEAD_BLOCK_BYTES``: the fused head and loss ~66 MB of logits at a time for GPT-2, not
+  (B*T, 50,257) at once;
+* ``HEAD_COPY_MIN_ROW_STEPS`` and ``copy_decoding_head``: GPT-2's decoding head 5.9 -> 4.4 ms per
+  step at batch 1, 17.3 -> 11.5 ms at batch 8, from a contiguous copy that costs ~65 ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+# Elements of a parameter updated at a time on the CPU: 1 MB per float32 array, so a block's weight,
+# gradient, moments and scratch (5 MB) stay in the level-3 cache through every pass of an update.
+ADAMW_BLOCK = 2**18
+
+# Rows of logits a fused head computes at a time: one (rows, V) float32 block of about this size.
+# For GPT-2's vocabulary that is ~330 rows (66 MB); BLAS itself splits the inner dimension into
+# blocks of a few hundred, so accumulating dW block by block costs it little.
+HEAD_BLOCK_BYTES = 64 * 2**20
+
+# A decoding step multiplies each sequence's last hidden row by the tied table, z = h wte^T. Read
+# through the transpose, wte (V, C) streams slower than a contiguous (C, V) matrix, and for a few
+# rows OpenBLAS repacks it at every step: GPT-2's head costs 5.9 ms per step at batch 1 and 17.3 ms
+# at batch 8 through the transpose, 4.4 and 11.5 ms from a copy. The copy (154 MB for GPT-2)
+# takes ~65 ms to make, so a generation makes one when it has at least this many rows x steps.
+HEAD_COPY_MIN_ROW_STEPS = 64
+
+
+def _on_gpu(array: Any) -> bool:
+    from npgpt import backend  # here: npgpt.backend imports this module
+
+    return backend.is_cupy_array(array)
+
+
+def threads_pay(*arrays: Any) -> bool:
+    """Do Python threads speed up work on these arrays? On the CPU, yes (two cores, two shards);
+    on a GPU, no: one stream already keeps the device busy, and threads would only queue."""
+    return not any(_on_gpu(a) for a in arrays)
+
+
+def copy_decoding_head(weight: Any, rows: int, steps: int) -> bool:
+    """Should a generation of ``rows`` x ``steps`` make a contiguous copy of the tied head ``weight``?
+    On the CPU when the work is large enough to repay the copy (``HEAD_COPY_MIN_ROW_STEPS``)."""
+    return not _on_gpu(weight) and rows * steps >= HEAD_COPY_MIN_ROW_STEPS
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def thread_pool(workers: int) -> ThreadPoolExecutor:
+    """The process's pool of ``workers`` threads (made once, kept: threads are slow to start)."""
+    if workers not in _pools:
+        _pools[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="npgpt-shard")
+    return _pools[workers]
+
+
+@functools.cache
+def _threadpool_controller() -> Any:
+    """threadpoolctl's view of the BLAS/OpenMP libraries loaded in this process (found once)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def default_workers() -> int:
+    """The CPU cores this process may run on (its affinity on Linux, else the machine's count).
+
+    The one default for how many threads share a batch (``npgpt.training.parallel``) and how
+    many processes encode a corpus (``npgpt.training.data``).
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """Run the block with NumPy's BLAS limited to ``n`` threads; the previous limit comes back after.
+
+    ``npgpt.training.parallel`` runs shards of a batch in Python threads; each GEMM
+    must then use one core, or the BLAS threads of two shards fight over the
+    same two cores (and OpenBLAS workers spin after each call). NumPy has no
+    API for its BLAS's thread count; ``threadpoolctl`` finds the loaded
+    library (OpenBLAS, MKL, BLIS) and calls its own setter, and restores what
+    was set before, including a user's ``OPENBLAS_NUM_THREADS``.
+    """
+    with _threadpool_controller().limit(limits=int(n), user_api="blas"):
+        yield
+
+
+def blas_thread_count() -> int:
+    """The thread count of NumPy's BLAS now (the largest, if several BLAS libraries are loaded); 0 if none."""
+    counts = [info["num_threads"] for info in _threadpool_controller().info() if info["user_api"] == "blas"]
+    return max(counts, default=0)
+
+
+# glibc's mallopt parameters (malloc.h); other C libraries have no such call.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+@functools.cache
+def retain_freed_memory() -> bool:
+    """Ask the C allocator to keep freed memory for reuse instead of handing it back to the kernel.
+
+    Why: a training step allocates and frees the same large arrays every
+    step. glibc serves a large request (above 128 KB to 32 MB, adaptively)
+    with a fresh ``mmap`` and unmaps it on ``free``, and worker threads get
+    heaps of their own that it trims; each new page then costs a page fault
+    in which the kernel zeroes it. Measured on train-small: ~9,000 faults
+    and 30-50 ms of kernel time per step, one tenth of the step's CPU time
+    (docs/performance.md, "Memory the kernel zeroes"). With ``mmap``
+    disabled, trimming off and one arena, freed blocks are reused and a
+    step costs ~3,500 faults and ~13 ms. The peak is unchanged: memory
+    freed after the peak simply stays mapped, as a caching allocator keeps it.
+
+    Process-wide and once; ``npgpt train``, ``npgpt finetune`` and the
+    benchmarks call it. Returns whether it took effect (False where the C
+    library is not glibc, e.g. macOS or musl).
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) and mallopt(_M_ARENA_MAX, 1))
