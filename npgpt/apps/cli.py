@@ -819,7 +819,8 @@ def _finetune_holding(args: argparse.Namespace) -> int:
     print(f"{len(train_texts)} training and {len(val_texts)} validation texts; classes {labels.names}; "
           f"{'one logit + sigmoid' if num_labels == 1 else f'{num_labels} logits + softmax'}")
     result = ft.finetune(classifier, tokenizer, train_texts, train_y, val_texts, val_y, config=config,
-                         out_dir=args.out, base_model=args.model)
+                         out_dir=args.out, base_model=args.model, progress=True)
+    print(f"validating the best classifier on {len(val_texts)} texts...", flush=True)
     val = ft.Encoded(tokenizer, val_texts, val_y, min(config.max_length, classifier.config.block_size))
     metrics = ft.evaluate(classifier, val, ft.pad_id_for(classifier, tokenizer))
     print("validation (best weights):\n" + format_metrics(metrics))

@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
@@ -34,6 +36,7 @@ from npgpt.tokenizer.bpe import ENDOFTEXT
 from npgpt.training import distributed, engine, optim, settings
 from npgpt.training.interrupt import GracefulStop
 from npgpt.training.mixed_precision import DTYPES, GradScaler
+from npgpt.training.progress import Progress, format_seconds
 from npgpt.training.settings import setting
 
 if TYPE_CHECKING:
@@ -98,6 +101,7 @@ class FinetuneConfig(lora.LoRASettings):
     max_length: int = setting(128, "tokens kept per text (the start of longer texts)")
     pad_side: str = setting("right", "where padding goes: right or left")
     eval_every: Optional[int] = setting(None, "steps between evaluations (default: once per epoch)")
+    log_interval: int = setting(50, "steps between progress lines when not on a terminal (a terminal gets a bar)")
     patience: int = setting(2, "evaluations without a lower validation loss before stopping early")
     seed: int = setting(0, "seed of the split, the head's weights and the batch order")
     workers: Optional[int] = setting(None, "CPU threads to split each batch over (default: one per core)")
@@ -108,7 +112,8 @@ class FinetuneConfig(lora.LoRASettings):
         def fail(field: str, template: str) -> NoReturn:
             settings.fail("FinetuneConfig", field, template)
 
-        settings.require_positive_ints("FinetuneConfig", self, ("epochs", "batch_size", "max_length", "patience"))
+        settings.require_positive_ints("FinetuneConfig", self, ("epochs", "batch_size", "max_length", "patience",
+                                                                 "log_interval"))
         settings.require_positive_ints("FinetuneConfig", self, ("eval_every", "workers"), allow_none=True)
         if self.train_last is not None and (int(self.train_last) != self.train_last or self.train_last < 0):
             fail("train_last", f"{{name}} must be a non-negative integer, got {self.train_last!r}")
@@ -254,6 +259,35 @@ class FinetuneResult:
                 f"best_val_loss={self.best_loss:.4f}, stopped_early={self.stopped_early})")
 
 
+class _Heartbeat:
+    """Signs of life between evaluations: a bar on a terminal, else a line every ``interval`` steps."""
+
+    def __init__(self, total: int, log: Callable[[str], None], interval: int) -> None:
+        self.total, self.log, self.interval = total, log, interval
+        self.bar = Progress(total, "finetune", stream=sys.stderr) if sys.stderr.isatty() else None
+        self.started, self.tokens, self.first = time.perf_counter(), 0, None
+
+    def message(self, line: str) -> None:
+        self.bar.message(line) if self.bar is not None else self.log(line)
+
+    def step(self, step: int, loss: float, tokens: int) -> None:
+        if self.first is None:          # time from the end of the first step: it pays for warm-up costs
+            self.first, self.started = step, time.perf_counter()
+            return
+        self.tokens += tokens
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        eta = format_seconds((self.total - step) * elapsed / (step - self.first))
+        note = f"step {step}/{self.total} | loss {loss:.4f} | {self.tokens / elapsed:,.0f} tok/s | ETA {eta}"
+        if self.bar is not None:
+            self.bar.update(step, note=note)
+        elif step % self.interval == 0:
+            self.log(note.replace(" | ", "  "))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _save(classifier: GPTClassifier, out_dir: str | os.PathLike, tokenizer: Any, base_model: Optional[str],
           saved_step: Optional[int]) -> None:
     """The classifier (adapters merged in, if it has any) and, with LoRA, its adapter in ``out_dir/adapter``.
@@ -297,7 +331,7 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
              train_labels: Sequence[int] | np.ndarray, val_texts: Iterable[str], val_labels: Sequence[int] | np.ndarray,
              config: Optional[FinetuneConfig] = None, out_dir: Optional[str | os.PathLike] = None,
              log: Optional[Callable[[str], None]] = print, base_model: Optional[str] = None,
-             **overrides: Any) -> FinetuneResult:
+             progress: bool = False, **overrides: Any) -> FinetuneResult:
     """Fine-tune ``classifier`` on labelled texts; keep the weights with the lowest validation loss.
 
     Labels are class ids (0 .. num_classes-1; see :class:`LabelSet`). One
@@ -308,7 +342,11 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     weights so far are kept (and, with ``out_dir``, written there atomically
     with the tokenizer); ``patience`` evaluations without improvement stop
     training early. At the end the best weights are restored. ``log``
-    receives progress lines (``None``: silence). Ctrl-C or SIGTERM finishes
+    receives progress lines (``None``: silence). ``progress=True`` (what
+    ``npgpt finetune`` passes) shows signs of life between evaluations: on a
+    terminal a bar (step, loss, tokens/s, ETA) with the log lines above it,
+    elsewhere a line every ``log_interval`` steps; either way "validating..."
+    when an evaluation starts. Ctrl-C or SIGTERM finishes
     the step in progress and stops as if early (``result.stopped_by`` holds
     the signal); with ``out_dir`` the classifier written there is then the
     best one seen, or the current one when no evaluation has run yet.
@@ -364,6 +402,8 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     running, counted = 0.0, 0
     classifier.train()
     step = 0
+    bar = _Heartbeat(max_steps, log, cfg.log_interval) if progress else None
+    log = bar.message if bar is not None else log
     with GracefulStop() as stop:
         log(f"fine-tuning {sum(int(p.size) for p in trainable):,} of {classifier.num_parameters():,} parameters "
             f"on {len(train)} texts ({steps_per_epoch} steps per epoch), validating on {len(val)}")
@@ -376,7 +416,11 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
                                              step=step + 1, scaler=scaler, world=world).loss
                 step += 1
                 running, counted = running + loss, counted + 1
+                if bar is not None:
+                    bar.step(step, loss, int(mask.sum()))
                 if step % eval_every == 0 or step == max_steps:
+                    if bar is not None:
+                        bar.message(f"validating on {len(val)} texts...")
                     metrics = evaluate(classifier, val, pad_id, pad_side=cfg.pad_side)
                     entry = {"step": step, "epoch": step / steps_per_epoch, "train_loss": running / counted,
                              "val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"], "val_f1": metrics["f1"]}
@@ -399,6 +443,8 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
                             break
                 if step >= max_steps or stop.requested:
                     break
+    if bar is not None:
+        bar.close()
     if stop.requested:
         result.stopped_by = stop.signum
         if out_dir is not None and result.best_step is None:

@@ -17,6 +17,14 @@ import time
 from typing import Optional, TextIO
 
 
+def format_seconds(seconds: float) -> str:
+    """``75`` -> ``'1m15s'``, ``3725`` -> ``'1h02m05s'``: the ETA of a progress line."""
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
 class Progress:
     """``Progress(total, label)``; call ``update(done)`` as work completes, then ``close()``.
 

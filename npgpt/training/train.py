@@ -56,7 +56,7 @@ from npgpt.training.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flop
 from npgpt.training.interrupt import GracefulStop
 from npgpt.training.mixed_precision import DTYPES, GradScaler
 from npgpt.training.optim import AdamW, cosine_schedule, param_groups
-from npgpt.training.progress import Progress
+from npgpt.training.progress import Progress, format_seconds
 from npgpt.training.rundir import CHECKPOINT_DIR, find_checkpoint
 from npgpt.training.settings import setting
 
@@ -156,13 +156,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
         return cls(**values)
-
-
-def _format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
 # ================================================================= starting from a model
@@ -528,7 +521,7 @@ class Trainer:
                 elapsed = time.perf_counter() - started
                 self._bar.update(self.step, note=f"step {self.step} | loss {loss:.4f} | "
                                  f"{steps_done * tokens_per_step / max(elapsed, 1e-9):,.0f} tok/s | ETA "
-                                 f"{_format_seconds((c.max_steps - self.step) * elapsed / steps_done)}")
+                                 f"{format_seconds((c.max_steps - self.step) * elapsed / steps_done)}")
             row = {"step": self.step, "tokens": self.step * tokens_per_step, "train_loss": loss, "lr": lr,
                    "grad_norm": norm}
             if self.scaler is not None:
@@ -541,7 +534,7 @@ class Trainer:
                 row.update(tokens_per_s=tok_s, mfu=mfu)
                 self.log(f"step {self.step:>6d}/{c.max_steps} | loss {interval_loss / interval_steps:.4f} | "
                          f"lr {lr:.2e} | norm {norm:.3f} | {tok_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | "
-                         f"ETA {_format_seconds(eta)}"
+                         f"ETA {format_seconds(eta)}"
                          + (f" | loss scale {self.scaler.scale:g}" if self.scaler is not None else ""))
                 interval_start, interval_steps, interval_loss = now, 0, 0.0
             if self.step % c.eval_interval == 0 or self.step == c.max_steps:
