@@ -325,7 +325,7 @@ def test_cli_finetunes_a_csv_into_a_loadable_classifier(model_dir, tmp_path, cap
     assert history and {"step", "train_loss", "val_loss"} <= set(history[0])
     assert (out / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
     assert results["accuracy"] > 0.8 and results["labels"] == ["neg", "pos"]
-    probs = finetune.predict(clf, tokenizer, ["the film was great", "the plot was awful"])
+    probs = finetune.text_probabilities(clf, tokenizer, ["the film was great", "the plot was awful"])
     assert probs.argmax(axis=1).tolist() == [1, 0]
 
 
@@ -368,7 +368,7 @@ def test_texts_longer_than_the_context_keep_their_start():
     model = small_classifier(tokenizer)                          # block_size 32
     long_text = " ".join(["film"] * 50)
     finetune.finetune(model, tokenizer, [long_text, "good"], [1, 0], [long_text], [1], epochs=1, log=None)
-    assert finetune.predict(model, tokenizer, [long_text]).shape == (1, 2)
+    assert finetune.text_probabilities(model, tokenizer, [long_text]).shape == (1, 2)
 
 
 def test_finetuning_in_mixed_precision_learns_and_leaves_the_model_float32():

@@ -81,3 +81,42 @@ def test_finetune_log_interval_must_be_positive(model_dir, tmp_path, capsys):
     data = write_reviews(tmp_path / "reviews.csv", 20)
     assert cli("finetune", "--model", model_dir, "--data", data, "--out", tmp_path / "o", "--log-interval", "0") == 1
     assert "npgpt: error: --log-interval must be a positive integer, got 0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 2. a classifier usable from the command line
+def test_classify_prints_label_and_probabilities_per_text(classifier_dir, capsys):
+    assert cli("classify", classifier_dir, "the film was great and the plot was great",
+               "the film was awful and the plot was awful") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "label\tp(neg)\tp(pos)\ttext"
+    rows = [line.split("\t") for line in lines[1:]]
+    assert [r[0] for r in rows] == ["pos", "neg"]
+    for r in rows:
+        assert abs(float(r[1]) + float(r[2]) - 1) < 2e-4
+        assert r[0] == ("pos" if float(r[2]) > float(r[1]) else "neg")
+
+
+def test_classify_input_file_to_tsv_matches_the_python_method(classifier_dir, tmp_path, capsys):
+    from npgpt import GPTClassifier, Tokenizer
+
+    texts, _ = toy_reviews(10, seed=3)
+    (tmp_path / "in.txt").write_text("\n".join(texts[:5]) + "\n\n" + "\n".join(texts[5:]) + "\n")
+    assert cli("classify", classifier_dir, "--input", tmp_path / "in.txt", "--output", tmp_path / "out.tsv") == 0
+    rows = [line.split("\t") for line in (tmp_path / "out.tsv").read_text().splitlines()[1:]]
+    classifier = GPTClassifier.from_pretrained(classifier_dir)
+    expected = classifier.classify(texts, Tokenizer.from_pretrained(classifier_dir))
+    assert [r[3] for r in rows] == texts                       # blank line skipped, order kept
+    assert [r[0] for r in rows] == [e.label for e in expected]
+    assert [float(r[2]) for r in rows] == pytest.approx([e.probabilities["pos"] for e in expected], abs=1e-4)
+    assert expected[0].score == max(expected[0].probabilities.values())
+
+
+def test_classify_refuses_texts_and_input_together_and_a_language_model(classifier_dir, model_dir, tmp_path, capsys):
+    (tmp_path / "in.txt").write_text("a text\n")
+    assert cli("classify", classifier_dir, "x", "--input", tmp_path / "in.txt") == 1
+    assert "give TEXT arguments or --input FILE (not both)" in capsys.readouterr().err
+    assert cli("classify", classifier_dir) == 1
+    capsys.readouterr()
+    assert cli("classify", model_dir, "some text") == 1
+    err = capsys.readouterr().err
+    assert "npgpt: error:" in err and "classifier" in err

@@ -269,6 +269,21 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(command_parser=p)
 
 
+def _add_classify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("classify", help="classify texts with a fine-tuned classifier (docs/finetuning.md)",
+                       description="Print the class of each TEXT (or of each non-empty line of --input FILE) as "
+                                   "tab-separated lines: label, the probability of each class, the text.")
+    p.add_argument("model", metavar="MODEL", help="a classifier directory written by npgpt finetune")
+    p.add_argument("texts", metavar="TEXT", nargs="*", help="texts to classify")
+    p.add_argument("--input", metavar="FILE", default=None, help="classify each non-empty line of FILE instead")
+    p.add_argument("--output", metavar="FILE", default=None, help="write the table to FILE (default: standard output)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, metavar="N", help="texts per batch (default 64)")
+    p.add_argument("--max-length", type=POSITIVE_INT, default=128, metavar="N",
+                   help="tokens kept per text, as fine-tuning kept them (default 128)")
+    _debug_flag(p)
+    p.set_defaults(command_parser=p)
+
+
 def _add_plot(sub: Any) -> None:
     p = sub.add_parser("plot", help="draw the loss curves of one or several runs",
                        description="Draw the training and validation loss of run directories (their log.jsonl) "
@@ -399,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_generate(sub)
     _add_finetune(sub)
+    _add_classify(sub)
     _add_sft(sub)
     _add_chat(sub)
     _add_lora(sub)
@@ -602,17 +618,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_prompts(path: str) -> list[str]:
-    """The prompts of ``--prompts FILE``: one per line, blank lines skipped (a regular file of at most
-    ``fileio.MAX_TEXT_FILE`` bytes)."""
+def _read_prompts(path: str, what: str = "prompts") -> list[str]:
+    """The prompts of ``--prompts FILE`` (or the texts of ``classify --input``): one per line, blank
+    lines skipped (a regular file of at most ``fileio.MAX_TEXT_FILE`` bytes)."""
     from npgpt.io import fileio
 
     if not pathlib.Path(path).exists():
-        raise FileNotFoundError(f"prompts file {path} does not exist")
-    prompts = [line for line in fileio.read_utf8(path, "prompts file", limit=fileio.MAX_TEXT_FILE).splitlines()
+        raise FileNotFoundError(f"{what} file {path} does not exist")
+    prompts = [line for line in fileio.read_utf8(path, f"{what} file", limit=fileio.MAX_TEXT_FILE).splitlines()
                if line.strip()]
     if not prompts:
-        raise ValueError(f"{path} holds no prompt: write one prompt per line")
+        raise ValueError(f"{path} holds no {what[:-1]}: write one per line")
     return prompts
 
 
@@ -847,6 +863,29 @@ def _finetune_holding(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_classify(args: argparse.Namespace) -> int:
+    """``npgpt classify MODEL TEXT ...``: one line per text, ``label<TAB>p(class 0)<TAB>...<TAB>text``."""
+    from npgpt.finetuning.classifier import GPTClassifier
+    from npgpt.io import fileio
+
+    if bool(args.texts) == (args.input is not None):
+        raise ValueError("give TEXT arguments or --input FILE (not both)")
+    texts = list(args.texts) if args.input is None else _read_prompts(args.input, "texts")
+    classifier = GPTClassifier.from_pretrained(args.model)
+    tokenizer = _load_tokenizer(args.model)
+    results = classifier.classify(texts, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
+    header = "\t".join(["label", *(f"p({name})" for name in classifier.labels), "text"])
+    lines = [header] + ["\t".join([r.label, *(f"{r.probabilities[name]:.4f}" for name in classifier.labels),
+                                    " ".join(text.split())]) for r, text in zip(results, texts)]
+    table = "\n".join(lines) + "\n"
+    if args.output is None:
+        sys.stdout.write(table)
+    else:
+        fileio.atomic_write(args.output, table)
+        print(f"wrote {len(texts):,} classified texts to {args.output}", file=sys.stderr)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """``npgpt eval MODEL --text FILE --choices FILE``."""
     from npgpt.apps import evaluation
@@ -975,7 +1014,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:          # --help, --version or a usage error: argparse has printed it
         return int(exc.code or 0)
     handlers = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "finetune": cmd_finetune,
-                "sft": cmd_sft, "chat": cmd_chat, "lora": cmd_lora, "eval": cmd_eval, "serve": cmd_serve, "plot": cmd_plot}
+                "classify": cmd_classify, "sft": cmd_sft, "chat": cmd_chat, "lora": cmd_lora, "eval": cmd_eval,
+                "serve": cmd_serve, "plot": cmd_plot}
     handler = cmd_tokenizer_train if args.command == "tokenizer" else handlers[args.command]
     from npgpt.training.train import TrainingDiverged
 

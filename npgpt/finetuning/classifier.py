@@ -30,6 +30,7 @@ save and load), and ``config.json`` with ``architectures``, ``num_labels``,
 ``id2label`` and ``label2id``.
 """
 
+import dataclasses
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -53,6 +54,15 @@ def last_token_index(mask: Array) -> Array:
     T = mask.shape[1]
     # t * m[b, t] is largest at the last t with m = 1 (every row has one: checked before).
     return (mask * xp.arange(T)).argmax(axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+    """One text's class: its ``label``, that label's probability ``score``, and every class's."""
+
+    label: str
+    score: float
+    probabilities: dict[str, float]
 
 
 class GPTClassifier(nn.Module):
@@ -168,8 +178,26 @@ class GPTClassifier(nn.Module):
             return F.softmax(logits, axis=-1).numpy().astype(np.float64)
 
     def predict(self, idx: Any, attention_mask: Any = None) -> np.ndarray:
-        """The most probable class of each sequence, int64 (B,)."""
+        """The most probable class of each sequence of token ids, int64 (B,). For texts: :meth:`classify`."""
         return self.predict_proba(idx, attention_mask).argmax(axis=1)
+
+    def classify(self, texts: str | Sequence[str], tokenizer: Any, batch_size: int = 64,
+                 max_length: int = 128) -> list[Classification]:
+        """The class of each text, with its probabilities: what ``npgpt classify`` prints.
+
+        ``texts``: one string or a list. Each text is encoded by ``tokenizer``
+        (the one saved beside the classifier), cut to its first ``max_length``
+        tokens as fine-tuning cut it (``FinetuneConfig.max_length``), and run
+        in padded batches of ``batch_size``. ``predict`` and ``predict_proba``
+        take token ids instead.
+        """
+        from npgpt.finetuning.finetune import text_probabilities  # the fine-tuning side encodes and pads
+
+        if isinstance(texts, str):
+            texts = [texts]
+        probs = text_probabilities(self, tokenizer, texts, batch_size=batch_size, max_length=max_length)
+        return [Classification(self.labels[int(row.argmax())], float(row.max()),
+                               {name: float(p) for name, p in zip(self.labels, row)}) for row in probs]
 
     # -------------------------------------------------------- checkpoints
     def hf_config(self) -> dict:

@@ -10,7 +10,7 @@ Companion of ``docs/finetuning.md``.
   warmup + cosine schedule of ``npgpt.training.optim`` and the atomic checkpoint
   writer of ``npgpt.io.checkpoint``; it evaluates on a held-out split after each
   epoch and stops early when the validation loss stops improving.
-* :func:`evaluate` and :func:`predict` run a classifier over texts.
+* :func:`evaluate` and :func:`text_probabilities` run a classifier over texts.
 
 The data it reads comes from ``npgpt.finetuning.labelled`` (files, label sets, padding)
 and its scores from ``npgpt.finetuning.metrics``.
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from npgpt.finetuning.classifier import GPTClassifier
 
 __all__ = ["freeze", "pad_id_for", "Encoded", "FinetuneConfig", "FinetuneResult", "finetune", "evaluate",
-           "predict"]
+           "text_probabilities"]
 
 
 # ------------------------------------------------------------------- freezing
@@ -181,9 +181,12 @@ def pad_id_for(classifier: GPTClassifier, tokenizer: Any) -> int:
     return int(special.get(ENDOFTEXT, 0))
 
 
-def predict(classifier: GPTClassifier, tokenizer: Any, texts: Sequence[str], batch_size: int = 64,
-            max_length: int = 128, pad_side: str = "right") -> np.ndarray:
-    """Class probabilities (N, num_classes) of raw texts, in batches, without a graph."""
+def text_probabilities(classifier: GPTClassifier, tokenizer: Any, texts: Sequence[str], batch_size: int = 64,
+                       max_length: int = 128, pad_side: str = "right") -> np.ndarray:
+    """Class probabilities (N, num_classes) of raw texts, in batches, without a graph.
+
+    ``GPTClassifier.classify`` wraps this with the class names.
+    """
     max_length = min(int(max_length), classifier.config.block_size)     # the model sees no more
     data = Encoded(tokenizer, list(texts), [0] * len(texts), max_length)
     return _probabilities(classifier, data, pad_id_for(classifier, tokenizer), batch_size, pad_side)

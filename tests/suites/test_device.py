@@ -332,12 +332,12 @@ def test_fine_tuning_on_the_device_follows_the_cpu(device, num_labels, tmp_path)
         results[where] = (result, model)
     (cpu, cpu_model), (dev, dev_model) = results["cpu"], results[device]
     np.testing.assert_allclose([h["val_loss"] for h in dev.history], [h["val_loss"] for h in cpu.history], rtol=1e-3)
-    probs = finetune.predict(dev_model, tokenizer, val[0][:5])
+    probs = finetune.text_probabilities(dev_model, tokenizer, val[0][:5])
     assert isinstance(probs, np.ndarray)
-    np.testing.assert_allclose(probs, finetune.predict(cpu_model, tokenizer, val[0][:5]), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(probs, finetune.text_probabilities(cpu_model, tokenizer, val[0][:5]), rtol=1e-3, atol=1e-5)
     dev_model.save_pretrained(tmp_path / "clf")                       # written from the device
     loaded = GPTClassifier.from_pretrained(tmp_path / "clf").to(device)
-    np.testing.assert_allclose(finetune.predict(loaded, tokenizer, val[0][:5]), probs, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(finetune.text_probabilities(loaded, tokenizer, val[0][:5]), probs, rtol=1e-5, atol=1e-7)
 
 
 def test_the_classifier_predicts_on_the_device(device):
