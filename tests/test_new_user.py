@@ -120,3 +120,17 @@ def test_classify_refuses_texts_and_input_together_and_a_language_model(classifi
     assert cli("classify", model_dir, "some text") == 1
     err = capsys.readouterr().err
     assert "npgpt: error:" in err and "classifier" in err
+
+
+# ---------------------------------------------------------------- 6. messages that point the right way
+def test_a_classifier_given_to_generate_is_named_as_one(classifier_dir, capsys):
+    assert cli("generate", "--model", classifier_dir, "--max-new-tokens", "2", "the film") == 1
+    err = capsys.readouterr().err
+    assert "is a classifier (GPT2ForSequenceClassification), not a language model" in err
+    assert f"npgpt classify {classifier_dir} TEXT" in err and "unexpected tensors" not in err
+
+
+def test_a_language_model_given_to_classify_says_to_fine_tune_it(model_dir, capsys):
+    assert cli("classify", model_dir, "some text") == 1
+    err = capsys.readouterr().err
+    assert "is a language model, not a classifier: fine-tune one first with `npgpt finetune" in err

@@ -431,6 +431,30 @@ def _load_tokenizer(directory: str) -> Tokenizer:
     return Tokenizer.from_pretrained(directory)
 
 
+def _require_model_kind(directory: str, kind: str) -> None:
+    """Refuse a classifier where a language model is needed, and the reverse, saying which command fits.
+
+    The kind is read from ``config.json``'s ``architectures`` (Hugging Face's field); a directory
+    without one (or a Hub name) is left to the loader, whose errors name the file.
+    """
+    from npgpt.finetuning.classifier import ARCHITECTURE
+    from npgpt.io import fileio
+
+    config = pathlib.Path(directory) / "config.json"
+    try:
+        architectures = fileio.read_json(config, "config.json").get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return
+    is_classifier = ARCHITECTURE in architectures
+    if kind == "language model" and is_classifier:
+        raise ValueError(f"{directory} is a classifier ({ARCHITECTURE}), not a language model: it answers "
+                         f"with a class, not text; use `npgpt classify {directory} TEXT`")
+    if kind == "classifier" and not is_classifier:
+        raise ValueError(f"{directory} is a language model, not a classifier: fine-tune one first with "
+                         f"`npgpt finetune --model {directory} --data LABELLED_FILE --out DIR`, then "
+                         "`npgpt classify DIR TEXT`")
+
+
 def _check_device(device: str) -> str:
     """A missing GPU is the user's to fix: report it as one line, not a traceback."""
     from npgpt import backend
@@ -581,6 +605,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if (args.prompt is None) == (args.prompts is None):
         raise ValueError("give a PROMPT or --prompts FILE (not both)")
     texts = [args.prompt] if args.prompts is None else _read_prompts(args.prompts)
+    _require_model_kind(args.model, "language model")
     model = GPT.from_pretrained(args.model).to(_check_device(args.device))
     try:
         tokenizer = _load_tokenizer(args.model)
@@ -731,6 +756,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from npgpt.apps.chat import ChatSession
 
     notice = lambda line: print(line, file=sys.stderr, flush=True)       # noqa: E731
+    _require_model_kind(args.model, "language model")
     session = ChatSession.from_pretrained(args.model, device=_check_device(args.device), system=args.system,
                                           max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, on_notice=notice)
@@ -871,6 +897,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if bool(args.texts) == (args.input is not None):
         raise ValueError("give TEXT arguments or --input FILE (not both)")
     texts = list(args.texts) if args.input is None else _read_prompts(args.input, "texts")
+    _require_model_kind(args.model, "classifier")
     classifier = GPTClassifier.from_pretrained(args.model)
     tokenizer = _load_tokenizer(args.model)
     results = classifier.classify(texts, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
@@ -894,6 +921,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if not args.text and not args.choices:
         raise ValueError("say what to evaluate on: --text FILE (perplexity) and/or --choices FILE (multiple choice)")
+    _require_model_kind(args.eval_model, "language model")
     model = GPT.from_pretrained(args.eval_model)
     if args.adapter:
         from npgpt.finetuning import lora
