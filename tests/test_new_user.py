@@ -134,3 +134,27 @@ def test_a_language_model_given_to_classify_says_to_fine_tune_it(model_dir, caps
     assert cli("classify", model_dir, "some text") == 1
     err = capsys.readouterr().err
     assert "is a language model, not a classifier: fine-tune one first with `npgpt finetune" in err
+
+
+def test_dtype_float64_is_refused_for_what_it_is(tmp_path, capsys):
+    assert cli("train", "--data", tmp_path, "--out", tmp_path / "run", "--dtype", "float64") == 1
+    err = capsys.readouterr().err
+    assert "--dtype must be one of float32, float16, got 'float64' (training runs in float32" in err
+    assert "bfloat16" not in err
+
+
+def test_an_unknown_extension_points_a_command_line_user_to_format(model_dir, tmp_path, capsys):
+    (tmp_path / "reviews.txt").write_text("text\tlabel\na\tb\n")
+    assert cli("finetune", "--model", model_dir, "--data", tmp_path / "reviews.txt", "--out", tmp_path / "o") == 1
+    assert "--format csv|tsv|jsonl on the command line" in capsys.readouterr().err
+
+
+def test_a_mistyped_subcommand_gets_a_suggestion(capsys):
+    assert cli("generat", "--model", "m", "x") == 2
+    assert "invalid choice: 'generat'" in (err := capsys.readouterr().err) and "(did you mean generate?)" in err
+
+
+def test_generate_given_text_says_to_encode_it_first(model_dir):
+    model = GPT.from_pretrained(model_dir)
+    with pytest.raises(TypeError, match=r"token ids are needed, not text \('text'\): encode it first"):
+        model.generate("text", max_new_tokens=2)

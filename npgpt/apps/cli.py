@@ -28,6 +28,7 @@ import difflib
 import json
 import os
 import pathlib
+import re
 import sys
 import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -56,6 +57,12 @@ class _Parser(argparse.ArgumentParser):
                         hints.append(f"{flag}: did you mean {close[0]}?")
             if hints:
                 message += " (" + "; ".join(hints) + ")"
+        choice = re.match(r"argument \w+: invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:                  # a mistyped subcommand: npgpt generat -> did you mean generate?
+            names = re.findall(r"'([^']*)'", choice.group(2))
+            close = difflib.get_close_matches(choice.group(1), names, n=1, cutoff=0.6)
+            if close:
+                message += f" (did you mean {close[0]}?)"
         super().error(message)
 
 

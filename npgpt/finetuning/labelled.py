@@ -47,7 +47,8 @@ def _format_of(path: str | os.PathLike, fmt: Optional[str] = None) -> str:
     known = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
     if suffix not in known:
         raise ValueError(f"cannot tell the format of {path} from its extension {suffix!r}: "
-                         "name it .csv, .tsv or .jsonl, or pass fmt='csv'|'tsv'|'jsonl'")
+                         "name it .csv, .tsv or .jsonl, or give the format: --format csv|tsv|jsonl on the command line, "
+                         "fmt='csv'|'tsv'|'jsonl' in Python")
     return known[suffix]
 
 

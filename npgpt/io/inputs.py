@@ -59,6 +59,9 @@ def token_batch(ids: Any, vocab_size: int, block_size: int | None = None, past_l
     cache) must not exceed it. A 1-D sequence is refused rather than guessed
     at: the error says to pass ``ids[None]``.
     """
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"token ids are needed, not text ({ids[:20]!r}): encode it first, e.g. "
+                        "ids = np.array([tokenizer.encode(text)]), then pass ids")
     data = as_array(ids)
     if data.ndim != 2:
         raise ValueError(f"token ids must be a 2-D (batch, time) array, got shape {tuple(data.shape)}; "
