@@ -158,3 +158,31 @@ def test_generate_given_text_says_to_encode_it_first(model_dir):
     model = GPT.from_pretrained(model_dir)
     with pytest.raises(TypeError, match=r"token ids are needed, not text \('text'\): encode it first"):
         model.generate("text", max_new_tokens=2)
+
+
+def test_decode_of_a_batch_says_to_decode_row_by_row(model_dir):
+    import numpy as np
+
+    from npgpt.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained(model_dir)
+    for batch in (np.array([[1, 2], [3, 4]]), [[1, 2], [3, 4]]):
+        with pytest.raises(ValueError, match=r"decode takes one sequence of ids.*row by row"):
+            tokenizer.decode(batch)
+    assert tokenizer.decode(np.array([104, 105])) == "hi"
+
+
+def test_paths_here_get_local_advice_not_the_hub(model_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(model_dir, tmp_path / "run" / "checkpoint")
+    assert cli("generate", "--model", "run", "x") == 1                    # a run directory, not its checkpoint
+    assert "run is a training run's directory, not a checkpoint: its checkpoint is in run/checkpoint" in \
+        capsys.readouterr().err
+    for typo in ("run/chekpoint", "rnu/checkpoint", "./rnu"):
+        assert cli("generate", "--model", typo, "x") == 1
+        err = capsys.readouterr().err
+        assert "Hub" not in err, err
+    assert cli("generate", "--model", "run/chekpoint", "x") == 1
+    assert "did you mean run/checkpoint?" in capsys.readouterr().err

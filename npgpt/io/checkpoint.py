@@ -187,6 +187,7 @@ def resolve(name_or_dir: str | os.PathLike, revision: str | None = None) -> path
     """
     local = hub.local_dir(name_or_dir, revision)
     if local is not None:
+        hub.refuse_run_directory(local, hub.MODEL_FILES, "checkpoint")
         return local
     directory = hub.resolve(name_or_dir, hub.MODEL_FILES, revision, what="checkpoint")
     if not (directory / WEIGHTS_NAME).is_file() and (directory / INDEX_NAME).is_file():

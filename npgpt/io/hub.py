@@ -20,6 +20,7 @@ Imports only the standard library (``huggingface_hub`` when a download is asked 
 the tokenizer package, which must stand alone, can use it.
 """
 
+import difflib
 import os
 import pathlib
 import re
@@ -83,17 +84,58 @@ def resolve(name_or_dir: str | os.PathLike, files: Iterable[str], revision: Opti
     cache or found there, :func:`snapshot`). When nothing is found, a ``FileNotFoundError`` says
     what was tried (``also_tried``: what the caller tried besides, for its message).
     """
+    files = list(files)
     found = local_dir(name_or_dir, revision)
     if found is not None:
+        refuse_run_directory(found, files, what)
         return found
     tried = ", ".join(str(p) for p in _local_candidates(name_or_dir))
     missing = f"no {what} {str(name_or_dir)!r}: tried {tried}{also_tried} (shipped models: {shipped_names() or 'none'})"
-    if not is_repo_id(name_or_dir):
-        raise FileNotFoundError(missing)
+    guess = _did_you_mean(name_or_dir)
+    if not is_repo_id(name_or_dir) or _looks_local(name_or_dir) or "/" in guess:     # a typo of a path here: no Hub
+        raise FileNotFoundError(missing + guess)
     try:
         return snapshot(str(name_or_dir), files, revision)
     except (HubNotInstalled, FileNotFoundError) as exc:
         raise FileNotFoundError(f"{missing}, then the Hugging Face Hub: {exc}") from None
+
+
+def refuse_run_directory(directory: pathlib.Path, files: list[str], what: str) -> None:
+    """A training run's directory given where its model is meant: say where the model is (``RUN/checkpoint``)."""
+    inner = directory / "checkpoint"
+    if not any((directory / f).exists() for f in files) and any((inner / f).exists() for f in files):
+        raise FileNotFoundError(f"{directory} is a training run's directory, not a {what}: its {what} is in "
+                                f"{inner} (pass that)")
+
+
+def _looks_local(name: Any) -> bool:
+    """A name whose first part is a directory here (``run/chekpoint``) or that starts like a path
+    (``./``, ``../``, ``~``) means this machine, not the Hub: a typo in it gets no Hub advice."""
+    name = str(name)
+    return name.startswith((".", "~", os.sep)) or (os.sep in name and pathlib.Path(name).parent.is_dir())
+
+
+def _did_you_mean(name: Any) -> str:
+    """'; did you mean run/checkpoint?' when one mistyped part of a local path has a close match here
+    (a bare name, which may be a Hub id such as ``gpt2``, is compared with the shipped models only)."""
+    if "/" not in str(name) and os.sep not in str(name) and not _looks_local(name):
+        close = difflib.get_close_matches(str(name), shipped_names(), n=1, cutoff=0.8)
+        return f"; did you mean {close[0]}?" if close else ""
+    parts = pathlib.Path(str(name)).parts
+    for i, part in enumerate(parts):
+        parent = pathlib.Path(*parts[:i]) if i else pathlib.Path(".")
+        if (parent / part).exists():
+            continue
+        try:
+            names = [p.name for p in parent.iterdir()]
+        except OSError:
+            return ""
+        for close in difflib.get_close_matches(part, names, n=3, cutoff=0.6):
+            fixed = pathlib.Path(*parts[:i], close, *parts[i + 1:])
+            if fixed.exists():
+                return f"; did you mean {fixed}?"
+        return ""
+    return ""
 
 
 def is_repo_id(name: Any) -> bool:
@@ -149,10 +191,10 @@ def snapshot(repo_id: str, files: Iterable[str], revision: Optional[str] = None)
         raise FileNotFoundError(f"the Hugging Face Hub has no repo {repo_id!r} (or it is private or gated and "
                                 "no token was given: huggingface-cli login)") from None
     except EntryNotFoundError as exc:         # LocalEntryNotFoundError: not in the cache, and no Hub to ask
-        cache = cache_dir() or "huggingface_hub's default cache (~/.cache/huggingface/hub)"
+        cache = cache_dir() or "~/.cache/huggingface/hub, huggingface_hub's default"
         why = ("HF_HUB_OFFLINE is set" if offline()
                else f"the Hub could not be reached: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-        raise FileNotFoundError(f"{where} is not in the Hub cache {cache}, and {why}") from None
+        raise FileNotFoundError(f"{where} is not in the Hub cache ({cache}), and {why}") from None
     return pathlib.Path(path)
 
 

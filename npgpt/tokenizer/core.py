@@ -243,8 +243,15 @@ class Tokenizer:
             raise ValueError(f"token id {bad} is out of range: this vocabulary has ids 0..{n - 1}")
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        """The bytes that ``ids`` stand for."""
+        """The bytes that ``ids`` stand for (one sequence of ids)."""
+        shape = getattr(ids, "shape", None)
+        if shape is not None and len(shape) != 1:
+            raise ValueError(f"decode takes one sequence of ids (1-D), got an array of shape {tuple(shape)}; "
+                             "decode a batch row by row: [tokenizer.decode(row) for row in ids]")
         ids = list(ids)
+        if ids and isinstance(ids[0], (list, tuple)):
+            raise ValueError("decode takes one sequence of ids, got a list of lists; decode a batch row by "
+                             "row: [tokenizer.decode(row) for row in ids]")
         self._check_ids(ids)
         return b"".join(map(self._tokens.__getitem__, ids))
 
