@@ -467,9 +467,9 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Any, ignore_in
         return Tensor(loss)
 
     def backward(g):
-        # ``g`` is a scalar: 1, or a loss scale. On the host a product by 1.0 (exact anyway) is skipped,
-        # which saves a copy of dL/dW; on a GPU reading ``g`` would cost a device-to-host copy.
-        scale = None if xp is np and float(g) == 1.0 else g.astype(W.dtype)
+        # ``g`` is a scalar: 1, or a loss scale. Where reading it is free (the host), a product by 1.0
+        # (exact anyway) is skipped, which saves a copy of dL/dW (npgpt.backend.speed).
+        scale = None if speed.reading_is_free(g) and float(g) == 1.0 else g.astype(W.dtype)
         out_h = None if gh is None else (gh if scale is None else gh * scale).reshape(hidden.shape)
         out_W = None if gW is None else (gW if scale is None else gW * scale)
         return out_h, out_W

@@ -15,6 +15,8 @@ docs/performance.md):
   the same two cores;
 * ``default_workers`` and ``thread_pool``: one shard per core, threads made once (slow to start);
 * ``threads_pay``: threads on the CPU only, where a GPU stream already keeps the device busy;
+* ``reading_is_free``: shortcuts that need a value in Python (skip a product by a loss scale of 1)
+  on the host only; on a GPU the read itself would wait for the device;
 * ``ADAMW_BLOCK``: the CPU AdamW update in 1 MB slices that stay in the L3 cache;
 * ``HEAD_BLOCK_BYTES``: the fused head and loss ~66 MB of logits at a time for GPT-2, not
   (B*T, 50,257) at once;
@@ -58,6 +60,13 @@ def threads_pay(*arrays: Any) -> bool:
     """Do Python threads speed up work on these arrays? On the CPU, yes (two cores, two shards);
     on a GPU, no: one stream already keeps the device busy, and threads would only queue."""
     return not any(_on_gpu(a) for a in arrays)
+
+
+def reading_is_free(array: Any) -> bool:
+    """Can a value be read into Python without waiting? On the host, yes; from a GPU every read is
+    a copy that waits for the device's queue (docs/gpu.md), so a shortcut that needs the value is
+    taken on the CPU only."""
+    return not _on_gpu(array)
 
 
 def copy_decoding_head(weight: Any, rows: int, steps: int) -> bool:

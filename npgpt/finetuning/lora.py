@@ -159,7 +159,7 @@ class LoRALinear(nn.Module):
         bound = 1.0 / math.sqrt(self.in_features)
         xp = backend.array_module(base.weight.data)
         A = rng.uniform(-bound, bound, (self.rank, self.in_features)).astype(np.float32)
-        self.lora_A = nn.Parameter(backend.to_device(A, base.weight.device) if xp is not np else A)
+        self.lora_A = nn.Parameter(backend.to_device(A, base.weight.device))       # no copy on the CPU
         self.lora_B = nn.Parameter(xp.zeros((self.out_features, self.rank), dtype=np.float32))
         self.lora_dropout = nn.Dropout(dropout, seed=seed)
         self.merged_base: Array | None = None    # the exact base weight while merged

@@ -339,7 +339,7 @@ class Batcher:
             sel = xp.asarray(members)
             draws = _Draws([rows[r][1].rng for r in members])
             picked = generation.next_token(logits[sel], sampling, draws)
-            for r, t in zip(members, picked if xp is np else backend.to_numpy(picked)):
+            for r, t in zip(members, backend.to_numpy(picked)):     # no copy on the CPU
                 tokens[r] = int(t)
         want = [r for r, (job, _) in enumerate(rows) if job.top_logprobs is not None]
         chosen_lp = top_ids = top_lp = None
