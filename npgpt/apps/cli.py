@@ -509,7 +509,8 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from npgpt.tokenizer import ENDOFTEXT, Tokenizer
 
     with _sole_writer(args.out, args.overwrite, "tokenizer directory", "npgpt tokenizer train"):
-        texts = [fileio.read_utf8(name, "input file") for name in args.input]
+        # Each a regular file of at most fileio.MAX_TEXT_FILE (1 GiB): BPE training holds it whole, and more.
+        texts = [fileio.read_utf8(name, "input file", limit=fileio.MAX_TEXT_FILE) for name in args.input]
         if not any(texts):
             raise ValueError(f"the input files ({', '.join(args.input)}) are empty: there is nothing to learn from")
         special = tuple(args.special_token) if args.special_token else (ENDOFTEXT,)

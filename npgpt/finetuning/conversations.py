@@ -43,6 +43,9 @@ TRUNCATION_RULE = ("a conversation longer than the context loses its oldest exch
                    "follows it up to the next user turn), never the system prompt nor the last exchange")
 
 
+MAX_LINE = 16 * 2 ** 20        # bytes in one JSONL line (one conversation): far beyond any context window
+
+
 class DataError(ValueError):
     """A line of a conversation file that cannot be used; the message starts with ``file:line``."""
 
@@ -133,7 +136,10 @@ def read_records(path: str | os.PathLike) -> Iterator[tuple[int, list[dict[str, 
     if not path.is_file():             # a FIFO would block, a device be read for ever
         raise DataError(f"conversation file {path} is not a regular file (a device, FIFO or socket, or a link to one)")
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
+        # A line at a time, each at most MAX_LINE bytes: a file may be large, one conversation is not.
+        for number, raw in enumerate(iter(lambda: f.readline(MAX_LINE + 1), b""), 1):
+            if len(raw) > MAX_LINE:
+                raise DataError(f"{path}:{number}: a line longer than {MAX_LINE:,} bytes is no conversation")
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:

@@ -531,6 +531,6 @@ def test_every_reader_refuses_special_and_oversized_files_at_once(tmp_path):
     cases = [json.loads(line) for line in proc.stdout.splitlines()]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(cases) == 3 * len(hostile_files.READERS) - len(hostile_files.UNBOUNDED), proc.stdout
-    bad = [c for c in cases if not c["expected"] or c["file"] not in c["message"] or c["seconds"] > 3]
+    bad = [c for c in cases if not c["expected"] or c["file"] not in c["message"] or c["seconds"] > 5]
     assert not bad, "\n".join(f"{c['reader']} / {c['kind']}: {c['error']} after {c['seconds']:.1f} s: "
                               f"{c['message'][-200:]}" for c in bad)
