@@ -20,6 +20,7 @@ different lengths is padded on the left and comes with an attention mask
 
 import dataclasses
 import numbers
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -406,6 +407,15 @@ def _check(model: Any, idx: Any, config: GenerationConfig, attention_mask: Any, 
                  float(config.repetition_penalty), rng, bool(config.use_cache))
 
 
+class ContextWindowWarning(UserWarning):
+    """Generating past ``block_size``: every later token recomputes the whole window (no KV cache)."""
+
+    def __init__(self, block_size: int, first_slow_token: int) -> None:
+        super().__init__(f"generating past the model's context of {block_size:,} tokens: from new token "
+                         f"{first_slow_token:,} on, the oldest token drops out and every step recomputes the "
+                         f"whole window of {block_size:,} tokens (no KV cache), many times slower per token")
+
+
 def decoding_head(model: Any, rows: int, steps: int) -> Array | None:
     """``wte^T`` as a contiguous (C, V) array for the head of a generation on the CPU, or None.
 
@@ -459,6 +469,8 @@ def _decode(model, plan):
         seen = seen[:, :V]
     # Capacity for the whole generation, or block_size once the window slides.
     cache = model.new_cache(B, min(block, T0 + n)) if plan.use_cache else None
+    if cache is not None and T0 + n > block:
+        warnings.warn(ContextWindowWarning(block, max(T0, block) - T0 + 1), stacklevel=3)
     head = decoding_head(model, B, n)
     with no_grad():
         for step, t in enumerate(range(T0, T0 + n)):

@@ -186,3 +186,37 @@ def test_paths_here_get_local_advice_not_the_hub(model_dir, tmp_path, monkeypatc
         assert "Hub" not in err, err
     assert cli("generate", "--model", "run/chekpoint", "x") == 1
     assert "did you mean run/checkpoint?" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 4. speed surprises get a word
+def test_generating_past_the_context_warns_once_through_the_command(model_dir):
+    import subprocess
+    import sys
+
+    # A process of its own: pytest would catch the warning before it reaches stderr.
+    run = subprocess.run([sys.executable, "-m", "npgpt", "generate", "--model", str(model_dir), "--max-new-tokens",
+                          "70", "--temperature", "0", "the film"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    err = run.stderr
+    assert err.count("npgpt: warning: generating past the model's context of 64 tokens") == 1, err
+    assert "UserWarning" not in err
+
+
+def test_generating_within_the_context_does_not_warn(model_dir):
+    import warnings
+
+    import numpy as np
+
+    model = GPT.from_pretrained(model_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.generate(np.array([[1, 2, 3]]), max_new_tokens=61)          # 64 tokens: the whole context, no more
+    from npgpt.generation import ContextWindowWarning
+
+    with pytest.warns(ContextWindowWarning, match="from new token 62 on"):
+        model.generate(np.array([[1, 2, 3]]), max_new_tokens=62)
+
+
+def test_float16_on_a_cpu_is_said_to_be_meant_for_gpus(tmp_path, capsys):
+    cli("train", "--data", tmp_path / "absent", "--out", tmp_path / "run", "--dtype", "float16")
+    assert "npgpt: warning: --dtype float16 is meant for GPUs" in capsys.readouterr().err
