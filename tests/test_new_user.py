@@ -220,3 +220,22 @@ def test_generating_within_the_context_does_not_warn(model_dir):
 def test_float16_on_a_cpu_is_said_to_be_meant_for_gpus(tmp_path, capsys):
     cli("train", "--data", tmp_path / "absent", "--out", tmp_path / "run", "--dtype", "float16")
     assert "npgpt: warning: --dtype float16 is meant for GPUs" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 5. MPI without mpi4py
+def test_a_rank_without_mpi4py_gets_one_line_saying_what_to_install(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    hidden = tmp_path / "site" / "mpi4py"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('No module named mpi4py')\n")
+    env = dict(os.environ, PMI_RANK="0", PMI_SIZE="2",
+               PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    run = subprocess.run([sys.executable, "-m", "npgpt", "train", "--data", str(tmp_path / "data"), "--out",
+                          str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [
+        'npgpt: error: this process was started by an MPI launcher (mpiexec) but mpi4py is not installed: '
+        'pip install -e ".[mpi]" (it brings mpi4py and an mpiexec)']

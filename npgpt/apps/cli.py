@@ -977,6 +977,8 @@ def _end_the_job_if_distributed(exc: BaseException) -> None:
     """Under mpiexec a rank that fails must end the whole job, or the other ranks wait for it forever."""
     from npgpt.training import distributed
 
+    if isinstance(exc, distributed.MPINotInstalled):
+        return                              # no MPI to end the job with: each rank prints its line and exits
     world = distributed.world()
     if world.size > 1:
         message = _one_line(exc) if isinstance(exc, _expected_errors()) else f"{type(exc).__name__}: {exc}"
@@ -1016,8 +1018,9 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from safetensors import SafetensorError
 
     from npgpt.datasets import DatasetUnavailable
+    from npgpt.training.distributed import MPINotInstalled
 
-    return (OSError, ValueError, KeyError, MemoryError, SafetensorError, DatasetUnavailable)
+    return (OSError, ValueError, KeyError, MemoryError, SafetensorError, DatasetUnavailable, MPINotInstalled)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -48,7 +48,7 @@ import numpy as np
 from npgpt import backend
 from npgpt.backend import Array
 
-__all__ = ["World", "world", "BUCKET_BYTES", "partition", "OptimizerShard", "Link", "NVLINK", "INFINIBAND",
+__all__ = ["World", "world", "MPINotInstalled", "BUCKET_BYTES", "partition", "OptimizerShard", "Link", "NVLINK", "INFINIBAND",
            "data_parallel_step"]
 
 BUCKET_BYTES = 32 * 2 ** 20      # a few large messages: 32 MiB of float32 gradients per collective
@@ -207,6 +207,10 @@ class World:
         return self._nccl or None
 
 
+class MPINotInstalled(RuntimeError):
+    """Launched as an MPI rank without mpi4py: a one-line error for the command line, not a traceback."""
+
+
 def world() -> World:
     """The world this process belongs to: MPI's when launched by ``mpiexec`` (and mpi4py is there), else one rank.
 
@@ -217,9 +221,9 @@ def world() -> World:
         return World()
     try:
         from mpi4py import MPI
-    except ImportError as exc:
-        raise RuntimeError("this process was started by an MPI launcher but mpi4py is not installed: "
-                           "pip install -e \".[mpi]\"") from exc
+    except ImportError:
+        raise MPINotInstalled("this process was started by an MPI launcher (mpiexec) but mpi4py is not "
+                              "installed: pip install -e \".[mpi]\" (it brings mpi4py and an mpiexec)") from None
     comm = MPI.COMM_WORLD
     return World(comm) if comm.Get_size() > 1 else World()
 
