@@ -239,3 +239,46 @@ def test_a_rank_without_mpi4py_gets_one_line_saying_what_to_install(tmp_path):
     assert run.stderr.strip().splitlines() == [
         'npgpt: error: this process was started by an MPI launcher (mpiexec) but mpi4py is not installed: '
         'pip install -e ".[mpi]" (it brings mpi4py and an mpiexec)']
+
+
+# ---------------------------------------------------------------- 7. loss curves
+def test_plot_names_a_mistyped_run_before_asking_for_matplotlib(tmp_path, monkeypatch, capsys):
+    from npgpt.training import plot
+
+    monkeypatch.setattr(plot, "matplotlib_available", lambda: False)
+    assert cli("plot", tmp_path / "rnu", "--out", tmp_path / "c.png") == 1
+    err = capsys.readouterr().err
+    assert "rnu/log.jsonl does not exist" in err and "matplotlib" not in err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.jsonl").write_text('{"step": 1, "train_loss": 2.0}\n')
+    assert cli("plot", tmp_path / "run", "--out", tmp_path / "c.png") == 1
+    assert 'matplotlib is not installed (pip install -e ".[viz]"' in capsys.readouterr().err
+
+
+def test_finetune_says_where_the_curve_is_or_why_there_is_none(model_dir, tmp_path, monkeypatch, capsys):
+    from npgpt.training import plot
+
+    data = write_reviews(tmp_path / "reviews.csv", 40)
+    assert cli("finetune", "--model", model_dir, "--data", data, "--out", tmp_path / "a", "--epochs", "1") == 0
+    assert f"loss curve: {tmp_path / 'a' / plot.FIGURE_NAME}" in capsys.readouterr().out
+    monkeypatch.setattr(plot, "matplotlib_available", lambda: False)
+    assert cli("finetune", "--model", model_dir, "--data", data, "--out", tmp_path / "b", "--epochs", "1") == 0
+    assert f"not drawing {plot.FIGURE_NAME}: matplotlib is not installed" in capsys.readouterr().out
+
+
+def test_train_says_once_why_there_is_no_curve_and_where_it_is(tmp_path, monkeypatch, capsys):
+    from npgpt.training import plot
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("To be, or not to be, that is the question.\n" * 60)
+    assert cli("tokenizer", "train", "--input", corpus, "--vocab-size", "280", "--out", tmp_path / "tok") == 0
+    assert cli("prepare", "--input", corpus, "--tokenizer", tmp_path / "tok", "--out", tmp_path / "data", "--quiet") == 0
+    tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+            "--max-steps", "12", "--eval-interval", "4", "--eval-iters", "1", "--log-interval", "2"]
+    capsys.readouterr()
+    assert cli("train", "--data", tmp_path / "data", "--out", tmp_path / "a", *tiny) == 0
+    assert f"loss curve: {tmp_path / 'a' / plot.FIGURE_NAME}" in capsys.readouterr().err
+    monkeypatch.setattr(plot, "matplotlib_available", lambda: False)
+    assert cli("train", "--data", tmp_path / "data", "--out", tmp_path / "b", *tiny) == 0
+    err = capsys.readouterr().err
+    assert err.count(f"not drawing {plot.FIGURE_NAME}: matplotlib is not installed") == 1, err

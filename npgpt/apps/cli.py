@@ -883,8 +883,10 @@ def _finetune_holding(args: argparse.Namespace) -> int:
         fileio.atomic_write(out / "log.jsonl", "".join(json.dumps(row) + "\n" for row in result.history))
         from npgpt.training import plot
 
-        if plot.matplotlib_available() and result.history:
-            plot.plot_runs([out], out / plot.FIGURE_NAME, title=f"fine-tuning {args.model}")
+        if not plot.matplotlib_available():
+            print(f"not drawing {plot.FIGURE_NAME}: {plot.NO_MATPLOTLIB}")
+        elif result.history:
+            print(f"loss curve: {plot.plot_runs([out], out / plot.FIGURE_NAME, title=f'fine-tuning {args.model}')}")
     print(f"saved the classifier and tokenizer to {args.out} (load with GPTClassifier.from_pretrained)")
     if config.lora_rank:
         print(f"saved the LoRA adapter and the head to {pathlib.Path(args.out) / 'adapter'} (PEFT's format; "
@@ -994,8 +996,10 @@ def _end_the_job_if_distributed(exc: BaseException) -> None:
 def cmd_plot(args: argparse.Namespace) -> int:
     from npgpt.training import plot
 
+    for run in args.runs:             # a mistyped run directory is named before matplotlib is asked for
+        plot.read_log(run)
     if not plot.matplotlib_available():
-        raise ValueError("npgpt plot needs matplotlib: pip install -e \".[viz]\"")
+        raise ValueError(f"npgpt plot needs matplotlib: {plot.NO_MATPLOTLIB}")
     out = plot.plot_runs(args.runs, args.out, title=args.title, window=args.window)
     print(f"wrote {out}")
     return 0

@@ -29,6 +29,9 @@ __all__ = ["read_log", "moving_average", "save_figure", "plot_runs", "matplotlib
 FIGURE_NAME = "loss_curve.png"
 
 
+NO_MATPLOTLIB = 'matplotlib is not installed (pip install -e ".[viz]", or pip install matplotlib)'
+
+
 def matplotlib_available() -> bool:
     """True when matplotlib can be imported (the trainer draws only then)."""
     try:

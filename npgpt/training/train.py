@@ -588,9 +588,13 @@ class Trainer:
             return
         if self._can_draw is None:
             self._can_draw = plot.matplotlib_available()
+            if not self._can_draw:            # said once: the run goes on without its picture
+                self.log(f"not drawing {plot.FIGURE_NAME}: {plot.NO_MATPLOTLIB}")
         if self._can_draw:
-            plot.plot_runs([self.run_dir], self.run_dir / plot.FIGURE_NAME, title=str(self.run_dir))
+            figure = plot.plot_runs([self.run_dir], self.run_dir / plot.FIGURE_NAME, title=str(self.run_dir))
             self._curve_drawn = now
+            if final:
+                self.log(f"loss curve: {figure}")
 
     def _truncate_logs(self, step: int) -> None:
         """Drop log rows after ``step``: a run killed after its last checkpoint redoes those steps."""
