@@ -145,6 +145,7 @@ def top_k_filter(logits: Array, k: int) -> Array:
 def _top_k(logits, k):
     xp = backend.array_module(logits)
     V = logits.shape[-1]
+    k = int(k)          # CuPy's partition takes a Python int, not a NumPy integer (NumPy takes both)
     if k >= V:
         return logits.copy()
     kth = -xp.partition(-logits, k - 1, axis=-1)[..., k - 1:k]        # k-th largest, (B, 1)

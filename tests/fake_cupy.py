@@ -554,6 +554,22 @@ _ROUTINES = ("clip sum mean max min amax amin argmax argmin cumsum cumprod prod 
              "full_like arange linspace eye identity tri copy atleast_1d atleast_2d diagonal trace ptp").split()
 
 
+def _check_kth(kth: Any) -> None:
+    """CuPy's partition takes ``kth`` as a Python ``int`` or a sequence of them; a NumPy integer is
+    neither (``isinstance(numpy.int64(3), int)`` is False), so CuPy tries to iterate it and fails."""
+    if not isinstance(kth, int) and not isinstance(kth, (list, tuple)):
+        raise TypeError(f"'{type(kth).__name__}' object is not iterable")
+
+
+def _kth_checked(name: str, routine: Any) -> Any:
+    def checked(a, kth, *args, **kwargs):
+        _check_kth(kth)
+        return routine(a, kth, *args, **kwargs)
+    checked.__name__ = checked.__qualname__ = name
+    checked.__module__, checked.__doc__ = routine.__module__, routine.__doc__
+    return checked
+
+
 def _to_device_result(value: Any) -> ndarray:
     return _new(np.asarray(value))
 
@@ -672,6 +688,9 @@ for _fn in (where, copyto, split, array_split, empty, empty_like, asarray, array
     _fn.__module__ = "cupy"
     _MODULE_FUNCS[_fn.__name__] = _fn
 _MODULE_FUNCS["abs"] = _MODULE_FUNCS["absolute"]
+for _name in ("partition", "argpartition"):
+    _MODULE_FUNCS[_name] = _kth_checked(_name, _MODULE_FUNCS[_name])
+    setattr(ndarray, _name, _kth_checked(_name, getattr(ndarray, _name)))
 
 # Types and constants that CuPy takes over from NumPy unchanged.
 _NUMPY_NAMES = ("bool_ int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64 complex64 "
@@ -782,7 +801,7 @@ def _get_device_count() -> int:
 
 
 def _get_device() -> int:
-    return 0
+    return _current_device
 
 
 def _is_available() -> bool:
@@ -801,6 +820,34 @@ class Device:
 
     def synchronize(self) -> None:
         pass
+
+    def use(self) -> None:
+        """Make this the current device; as in CUDA, a number past the devices there is an error."""
+        global _current_device
+        if not 0 <= self.id < _get_device_count():
+            raise RuntimeError(f"cudaErrorInvalidDevice: invalid device ordinal {self.id}")
+        _current_device = self.id
+
+
+class Stream:
+    """``cupy.cuda.Stream``: the stand-in runs every op at once, so a stream only counts its synchronisations."""
+
+    synchronizations = 0
+
+    def __init__(self) -> None:
+        self.ptr = 0
+
+    def synchronize(self) -> None:
+        Stream.synchronizations += 1
+
+
+_current_device = 0
+_STREAM = Stream()
+
+
+def get_current_stream() -> Stream:
+    """``cupy.cuda.get_current_stream``: the null stream of the one device."""
+    return _STREAM
 
 
 class MemoryPool:
@@ -831,7 +878,8 @@ _runtime = _module("cupy.cuda.runtime", "CUDA runtime of the stand-in: one devic
                    {"getDeviceCount": _get_device_count, "getDevice": _get_device,
                     "getDeviceProperties": _get_device_properties})
 _cuda = _module("cupy.cuda", "CUDA of the stand-in.", {"runtime": _runtime, "is_available": _is_available,
-                                                      "Device": Device, "MemoryPool": MemoryPool})
+                                                      "Device": Device, "MemoryPool": MemoryPool,
+                                                      "Stream": Stream, "get_current_stream": get_current_stream})
 _random = _module("cupy.random", "Random numbers of the stand-in.",
                   {"default_rng": default_rng, "Generator": Generator, "BitGenerator": BitGenerator, "XORWOW": XORWOW})
 _cupy = _module("cupy", "A strict CuPy stand-in for machines without a GPU (tests/fake_cupy.py).",
@@ -891,4 +939,4 @@ def uninstall() -> None:
 def _reset_backend(cupy: Any, error: Any) -> None:
     backend = sys.modules.get("npgpt.backend")
     if backend is not None:
-        backend._cupy, backend._cupy_error = cupy, error
+        backend._cupy, backend._cupy_error, backend._cuda_checked = cupy, error, None

@@ -34,8 +34,9 @@ Array = Any
 DEVICES = ("cpu", "cuda")
 
 _CUPY_HINT = (
-    "install the GPU extra with `pip install -e \".[gpu]\"` (CuPy for CUDA 12, "
-    "package cupy-cuda12x) on a machine with an NVIDIA GPU and driver"
+    "install the GPU extra for the machine's CUDA: `pip install -e \".[gpu]\"` (CUDA 13, cupy-cuda13x) or "
+    "`pip install -e \".[gpu-cuda12]\"` (CUDA 12, cupy-cuda12x with its CUDA libraries), on a machine with an "
+    "NVIDIA GPU and driver (`nvidia-smi` prints the driver's CUDA version)"
 )
 
 _cupy = None           # the cupy module once imported successfully
@@ -55,23 +56,63 @@ def _import_cupy() -> Optional[ModuleType]:
     return _cupy
 
 
-def cuda_available() -> bool:
-    """True when CuPy imports and sees at least one CUDA device."""
+_cuda_checked: Optional[str] = None    # "" once a GPU has computed; else why not (checked once)
+
+
+def cuda_unavailable_reason() -> Optional[str]:
+    """Why npgpt cannot compute on a GPU here, in words; ``None`` when it can.
+
+    Counting devices is not enough: a machine can see a GPU yet fail at the
+    first kernel (NVRTC, which compiles CuPy's kernels, missing or of the
+    wrong CUDA version) or the first matrix product (cuBLAS missing). So the
+    first call runs one tiny elementwise kernel and one tiny GEMM on the
+    current device and checks their results; the answer is kept.
+    """
+    global _cuda_checked
     cupy = _import_cupy()
     if cupy is None:
-        return False
+        return f"CuPy could not be imported ({_cupy_error})"
+    if _cuda_checked is None:
+        _cuda_checked = _try_the_device(cupy)
+    return _cuda_checked or None
+
+
+def _try_the_device(cupy: ModuleType) -> str:
     try:
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return f"the CUDA driver did not answer ({type(exc).__name__}: {exc})"
+    if count < 1:
+        return "CuPy sees no CUDA GPU"
+    steps = (("an elementwise kernel (compiled by NVRTC)", lambda: cupy.arange(4, dtype=cupy.float32) * 2 + 1,
+              [1.0, 3.0, 5.0, 7.0]),
+             ("a matrix product (cuBLAS)", lambda: cupy.ones((2, 3), dtype=cupy.float32) @ cupy.ones((3, 2), dtype=cupy.float32),
+              [[3.0, 3.0], [3.0, 3.0]]))
+    for what, compute, expected in steps:
+        try:
+            got = compute().get().tolist()
+        except Exception as exc:
+            return f"{what} failed on the GPU ({type(exc).__name__}: {exc})"
+        if got != expected:
+            return f"{what} computed {got} instead of {expected}"
+    return ""
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports, sees a CUDA device and computes a tiny kernel and GEMM right on it.
+
+    :func:`cuda_unavailable_reason` says why not.
+    """
+    return cuda_unavailable_reason() is None
 
 
 def _require_cuda() -> ModuleType:
     cupy = _import_cupy()
     if cupy is None:
         raise RuntimeError(f"device 'cuda' needs CuPy, which could not be imported ({_cupy_error}); {_CUPY_HINT}")
-    if not cuda_available():
-        raise RuntimeError(f"device 'cuda' was asked for but CuPy sees no CUDA GPU; {_CUPY_HINT}")
+    reason = cuda_unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"device 'cuda' was asked for but cannot be used: {reason}; {_CUPY_HINT}")
     return cupy
 
 

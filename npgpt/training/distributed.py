@@ -48,13 +48,18 @@ import numpy as np
 from npgpt import backend
 from npgpt.backend import Array
 
-__all__ = ["World", "world", "MPINotInstalled", "BUCKET_BYTES", "partition", "OptimizerShard", "Link", "NVLINK", "INFINIBAND",
+__all__ = ["World", "world", "local_rank", "MPINotInstalled", "BUCKET_BYTES", "partition", "OptimizerShard", "Link",
+           "NVLINK", "INFINIBAND",
            "data_parallel_step"]
 
 BUCKET_BYTES = 32 * 2 ** 20      # a few large messages: 32 MiB of float32 gradients per collective
 
 # Environment variables by which MPI launchers (MPICH/Hydra, Open MPI, PMIx, Slurm's PMI) tell a process it is a rank.
 _LAUNCHER_VARIABLES = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
+# ... and the ones by which they say which rank a process is *on its own machine* (Open MPI, MPICH/Hydra
+# and Intel MPI, PMI/PMIx launchers, Slurm's srun, MVAPICH2), first found wins.
+_LOCAL_RANK_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "PMIX_LOCAL_RANK",
+                         "SLURM_LOCALID", "MV2_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK")
 
 
 class World:
@@ -117,6 +122,25 @@ class World:
         if self.comm is not None:
             self.comm.Abort(code)
 
+    def use_local_gpu(self) -> Optional[int]:
+        """Make GPU ``local_rank() % GPUs`` this process's current device; the number chosen, or ``None``.
+
+        Under ``mpiexec -n 8`` on one machine every rank would otherwise use
+        GPU 0 (CuPy's default), and NCCL refuses two ranks on one GPU. A world
+        of one, or a machine without CuPy, changes nothing.
+        """
+        if self.comm is None:
+            return None
+        cupy = backend._import_cupy()
+        if cupy is None:
+            return None
+        count = cupy.cuda.runtime.getDeviceCount()
+        if count < 1:
+            return None
+        number = local_rank() % count
+        cupy.cuda.Device(number).use()
+        return number
+
     def allreduce_grads(self, params: Sequence[Any]) -> None:
         """Sum ``p.grad`` over ranks, in place, bucketed (a parameter without a gradient counts as 0)."""
         if self.comm is None:
@@ -172,6 +196,7 @@ class World:
                 self._mpi_allreduce(host)
                 buf[...] = backend.to_device(host, "cuda")
                 return
+            _finish_device_work()
         self._mpi_allreduce(buf)
 
     def _mpi_allreduce(self, buf: Array) -> None:
@@ -186,6 +211,8 @@ class World:
         staged = backend.is_cupy_array(send) and not _cuda_aware()
         s = backend.to_numpy(send) if staged else send
         r = np.empty(recv.shape, dtype=recv.dtype) if staged else recv
+        if backend.is_cupy_array(send) and not staged:
+            _finish_device_work()
         if name == "Reduce_scatter":
             self.comm.Reduce_scatter(s, r, recvcounts=counts, op=MPI.SUM)
         else:
@@ -195,11 +222,21 @@ class World:
             recv[...] = backend.to_device(r, "cuda")
 
     def _nccl_comm(self) -> Any:
-        """A NCCL communicator over the same ranks (one GPU each), made once; ``None`` without NCCL."""
+        """A NCCL communicator over the same ranks (one GPU each), made once; ``None`` without NCCL.
+
+        CuPy 14's ``cupy.cuda.nccl`` imports even where libnccl is missing: it
+        then says ``available = False`` and has none of NCCL's names, so the
+        flag, not an ``ImportError``, says whether NCCL is there. Every rank
+        decides alike (the same flag is broadcast from rank 0), so no rank
+        waits for a communicator the others never make.
+        """
         if self._nccl is None:
             try:
                 from cupy.cuda import nccl
+                usable = bool(getattr(nccl, "available", False)) and hasattr(nccl, "NcclCommunicator")
             except ImportError:
+                usable = False
+            if not self.broadcast(usable):
                 self._nccl = False
                 return None
             uid = self.broadcast(nccl.get_unique_id() if self.is_main else None)
@@ -226,6 +263,17 @@ def world() -> World:
                               "installed: pip install -e \".[mpi]\" (it brings mpi4py and an mpiexec)") from None
     comm = MPI.COMM_WORLD
     return World(comm) if comm.Get_size() > 1 else World()
+
+
+def local_rank() -> int:
+    """This process's rank among the ranks on its own machine, from the launcher's environment (0 if none says)."""
+    for name in _LOCAL_RANK_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value:
+            if not value.isdigit():
+                raise ValueError(f"the launcher's {name}={value!r} is not a local rank (a whole number >= 0)")
+            return int(value)
+    return 0
 
 
 def partition(sizes: Sequence[int], ranks: int) -> list[int]:
@@ -331,6 +379,14 @@ def _unflatten(flat: Array, params: Sequence[Any], attribute: str) -> None:
 
 def _zeros_like(a: Array) -> Array:
     return backend.array_module(a).zeros_like(a)
+
+
+def _finish_device_work() -> None:
+    """Wait for CuPy's current stream: MPI reads device buffers directly, outside CuPy's stream order,
+    so the kernels that write them must have finished (mpi4py's CuPy demo does the same)."""
+    import cupy
+
+    cupy.cuda.get_current_stream().synchronize()
 
 
 def _cuda_aware() -> bool:

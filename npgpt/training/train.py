@@ -273,6 +273,8 @@ class Trainer:
             if len(split) < config.block_size + 1:
                 raise ValueError(f"{split.path} holds {len(split):,} tokens, fewer than block_size + 1 = "
                                  f"{config.block_size + 1}; use a smaller --block-size or more text")
+        if isinstance(config.device, str) and config.device.lower().startswith("cuda"):
+            self.world.use_local_gpu()     # under mpiexec: one GPU per rank of this machine, before any GPU work
         self.device = backend.check_device(config.device)
         self.model = model.to(self.device)
         self.model.train()
