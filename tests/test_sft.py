@@ -210,3 +210,16 @@ def test_two_mpi_ranks_train_as_one_process(tiny, tmp_path):
     one, two = (load_file(tmp_path / f"r{r}" / "checkpoint" / "model.safetensors") for r in (1, 2))
     for name in one:
         np.testing.assert_allclose(one[name], two[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_a_step_and_an_answer_on_each_device(tiny, tmp_path, device):
+    """The same run on the CPU and on the device (CuPy; the stand-in in CI): finite, equal within float32."""
+    settings = dict(model=str(tiny / "model"), data=str(tiny / "chats.jsonl"), max_steps=2, lr=3e-3, batch_size=3,
+                    **QUIET)
+    results = {}
+    for where in dict.fromkeys(("cpu", device)):
+        trainer = SFTTrainer(SFTConfig(out_dir=str(tmp_path / where), device=where, **settings), log=lambda line: None)
+        results[where] = trainer.train()["val_loss"]
+        session = npgpt.ChatSession(trainer.model, trainer.tokenizer, temperature=0, max_new_tokens=4)
+        assert isinstance(session.send("Define cat."), str)
+    assert np.isfinite(results[device]) and results[device] == pytest.approx(results["cpu"], rel=1e-4)
