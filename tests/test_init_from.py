@@ -104,3 +104,24 @@ def test_the_command_line_composes(data, tmp_path, capsys):
     assert main(["train", "--init-from", "npgpt-small", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r2"),
                  "--n-layer", "4", "--n-head", "8"]) == 1
     assert "--n-head=8 would change the architecture of npgpt-small (n_head=4)" in capsys.readouterr().err
+
+
+def test_a_hub_id_works_through_the_hub_extra(data, tmp_path, monkeypatch):
+    """--init-from org/name: model and tokenizer from the Hugging Face Hub's cache (built here, offline)."""
+    pytest.importorskip("huggingface_hub")
+    home = tmp_path / "hf"
+    repo = home / "hub" / "models--someone--tiny-chat"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    npgpt.GPT.from_pretrained("npgpt-small").save_pretrained(snapshot)
+    npgpt.Tokenizer.from_pretrained("npgpt-small").save(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    trainer = Trainer(TrainConfig(data_dir=str(data / "data"), out_dir=str(tmp_path / "run"),
+                                  init_from="someone/tiny-chat", max_steps=1, **QUICK), log=lambda line: None)
+    ids = np.array([[5, 6, 7]])
+    with npgpt.no_grad():
+        np.testing.assert_array_equal(trainer.model.eval()(ids).numpy(),
+                                      npgpt.GPT.from_pretrained("npgpt-small")(ids).numpy())
