@@ -373,7 +373,7 @@ def chat_model(tmp_path_factory):
 
 
 def test_sft_with_lora_trains_only_adapters_and_resumes_exactly(chat_model, tmp_path):
-    from npgpt.finetuning.sft import ADAPTER_DIR, SFTConfig, SFTTrainer
+    from npgpt.finetuning.sft import SFTConfig, SFTTrainer
 
     settings = dict(model=str(chat_model / "model"), data=str(chat_model / "chats.jsonl"), max_steps=6, lr=1e-2,
                     batch_size=3, log_interval=100, eval_interval=100, workers=1, warmup_steps=0,
@@ -390,10 +390,10 @@ def test_sft_with_lora_trains_only_adapters_and_resumes_exactly(chat_model, tmp_
     SFTTrainer(SFTConfig(out_dir=str(tmp_path / "b"), **settings), log=quiet).train(stop_at=3)
     SFTTrainer.resume(tmp_path / "b", log=quiet).train()
     for run in ("a", "b"):
-        assert (tmp_path / run / "checkpoint" / ADAPTER_DIR / lora.ADAPTER_WEIGHTS).is_file()
+        assert (tmp_path / run / "checkpoint" / lora.CHECKPOINT_ADAPTER / lora.ADAPTER_WEIGHTS).is_file()
     # exact resume: the same adapters, and the same merged checkpoint (what npgpt chat loads)
-    ta = _read(tmp_path / "a" / "checkpoint" / ADAPTER_DIR / lora.ADAPTER_WEIGHTS)
-    tb = _read(tmp_path / "b" / "checkpoint" / ADAPTER_DIR / lora.ADAPTER_WEIGHTS)
+    ta = _read(tmp_path / "a" / "checkpoint" / lora.CHECKPOINT_ADAPTER / lora.ADAPTER_WEIGHTS)
+    tb = _read(tmp_path / "b" / "checkpoint" / lora.CHECKPOINT_ADAPTER / lora.ADAPTER_WEIGHTS)
     assert ta.keys() == tb.keys() and all(np.array_equal(ta[k], tb[k]) for k in ta)
     merged = GPT.from_pretrained(tmp_path / "a" / "checkpoint")
     ids = np.array([[1, 2, 3, 4]])
@@ -406,3 +406,44 @@ def _read(path):
     from safetensors.numpy import load_file
 
     return load_file(str(path))
+
+
+# ================================================================ npgpt train --init-from --lora-*
+@pytest.fixture(scope="module")
+def prepared(chat_model):
+    """Token files of a few sentences in the tiny model's tokenizer (npgpt-small's)."""
+    from npgpt.tokenizer import Tokenizer
+    from npgpt.training.data import prepare_documents
+
+    rng = np.random.default_rng(0)
+    words = ["the miller", "sold", "a blue kettle", "by the river", "a fox", "found", "seven lanterns", "at dawn"]
+    docs = [" ".join(f"{rng.choice(words)} {rng.choice(words)}." for _ in range(60)) for _ in range(6)]
+    prepare_documents(docs, Tokenizer.from_pretrained("npgpt-small"), chat_model / "data", val_fraction=0.2,
+                      progress=False, workers=1)
+    return chat_model
+
+
+def test_train_init_from_with_lora_freezes_the_base_and_resumes_exactly(prepared, tmp_path):
+    from npgpt.training.settings import ConfigError
+    from npgpt.training.train import TrainConfig, Trainer
+
+    settings = dict(data_dir=str(prepared / "data"), init_from=str(prepared / "model"), block_size=32, max_steps=4,
+                    lr=1e-2, batch_size=4, eval_iters=2, log_interval=100, eval_interval=100, warmup_steps=0,
+                    workers=1, lora_rank=2, lora_targets="c_attn,c_proj", lora_dropout=0.1)
+    quiet = lambda line: None
+    a = Trainer(TrainConfig(out_dir=str(tmp_path / "a"), **settings), log=quiet)
+    frozen = {n: host(p).copy() for n, p in a.model.named_parameters() if not n.endswith((".lora_A", ".lora_B"))}
+    a.train()
+    for name, p in a.model.named_parameters():
+        if name in frozen:
+            np.testing.assert_array_equal(host(p), frozen[name], err_msg=name)
+    Trainer(TrainConfig(out_dir=str(tmp_path / "b"), **settings), log=quiet).train(stop_at=2)
+    Trainer.resume(tmp_path / "b", log=quiet).train()
+    ta = _read(tmp_path / "a" / "checkpoint" / lora.CHECKPOINT_ADAPTER / lora.ADAPTER_WEIGHTS)
+    tb = _read(tmp_path / "b" / "checkpoint" / lora.CHECKPOINT_ADAPTER / lora.ADAPTER_WEIGHTS)
+    assert all(np.array_equal(ta[k], tb[k]) for k in ta) and any(ta[k].any() for k in ta if "lora_B" in k)
+    merged = GPT.from_pretrained(tmp_path / "b" / "checkpoint")            # an ordinary checkpoint, merged
+    ids = np.array([[5, 6, 7, 8, 9]])
+    np.testing.assert_allclose(logits(merged, ids), logits(a.model, ids), rtol=0, atol=1e-5)
+    with pytest.raises(ConfigError, match="adapts a pretrained model: give --init-from too"):
+        TrainConfig(data_dir="d", out_dir="o", lora_rank=4)

@@ -56,6 +56,7 @@ MODULES = [
     ("npgpt.finetuning.dpo", "agent.md"),
     ("npgpt.apps.evaluation", "agent.md"),
     ("npgpt.apps.lm_eval_plugin", "agent.md"),
+    ("npgpt.apps.eval_tasks", "agent.md"),
     ("npgpt.finetuning.conversations", "agent.md"),
     ("npgpt.finetuning.sft", "agent.md"),
     ("npgpt.apps.chat", "agent.md"),

@@ -48,6 +48,7 @@ Array = Any  # a numpy.ndarray or a cupy.ndarray
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+CHECKPOINT_ADAPTER = "adapter"        # RUN_DIR/checkpoint/adapter: a LoRA run's adapter beside the merged model
 PEFT_PREFIX = "base_model.model."     # PEFT's name for the wrapped model inside its PeftModel
 GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
 

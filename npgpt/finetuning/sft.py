@@ -96,9 +96,6 @@ def step_loss(model: GPT, rows: int, trained: int) -> Callable[[Any, Any], Tenso
     return loss_fn
 
 
-ADAPTER_DIR = "adapter"        # RUN_DIR/checkpoint/adapter: a LoRA run's adapter (PEFT's files)
-
-
 # ================================================================= settings
 @dataclasses.dataclass
 class SFTConfig(lora.LoRASettings):
@@ -212,9 +209,6 @@ class SFTTrainer(Trainer):
         self.model = model.to(self.device)
         self.model.train()
         self._setup_optimizer()
-        if config.lora_dropout:           # threads would share the adapters' dropout generators
-            self.workers = engine.choose_workers(config.workers or (1 if self.world.size > 1 else 0), self.device,
-                                                 lora.max_dropout(self.model))
         self.meta = {"train_conversations": len(self.train_examples), "val_conversations": len(self.val_examples)}
         self.tokenizer_dir = None
         if _state is not None:
@@ -246,7 +240,7 @@ class SFTTrainer(Trainer):
         model.crop_block_size(config.block_size).set_dropout(config.dropout)
         adapter = config.lora_config(seed=config.seed)
         if adapter is not None and _state is not None:
-            lora.load_adapter(model, _state[0] / ADAPTER_DIR)
+            lora.load_adapter(model, _state[0] / lora.CHECKPOINT_ADAPTER)
         elif adapter is not None:
             lora.apply_lora(model, adapter)
             self.log(lora.describe_trainable(model))
@@ -343,7 +337,7 @@ class SFTTrainer(Trainer):
                 self.model.save_pretrained(staging)
             self.tokenizer.save(staging)
             if self.config.lora_rank:                     # and the adapter itself, in PEFT's format
-                lora.save_adapter(self.model, staging / ADAPTER_DIR, base_model=self.config.model)
+                lora.save_adapter(self.model, staging / lora.CHECKPOINT_ADAPTER, base_model=self.config.model)
             rundir.save_optimizer(optimizer_state, staging / rundir.OPTIMIZER_NAME)
 
         state = {"step": self.step, "sft_config": self.config.to_dict(), "model_config": self.model_config.to_dict(),

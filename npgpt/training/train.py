@@ -46,6 +46,7 @@ from typing import Any, NoReturn, Optional
 from npgpt import backend
 from npgpt.autograd import Tensor, no_grad
 from npgpt.backend import Array
+from npgpt.finetuning import lora
 from npgpt.io import fileio
 from npgpt.io.checkpoint import WEIGHTS_NAME, CheckpointError, read_tensors
 from npgpt.model import GPT, GPTConfig
@@ -71,7 +72,7 @@ _MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(lora.LoRASettings):
     """Everything that defines a training run (saved in every checkpoint).
 
     ``max_steps`` is the run's total length: the learning-rate schedule spans
@@ -145,6 +146,9 @@ class TrainConfig:
         settings.check_adamw_and_dtype("TrainConfig", self, DTYPES)
         if self.peak_flops <= 0:
             fail("peak_flops", f"{{name}} must be positive, got {self.peak_flops}")
+        self.check_lora()
+        if self.lora_rank and not self.init_from:
+            fail("lora_rank", "{name} adapts a pretrained model: give --init-from too")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -259,10 +263,12 @@ class Trainer:
         self.meta = load_meta(config.data_dir)
         self.train_tokens = TokenFile(config.data_dir, "train")
         self.val_tokens = TokenFile(config.data_dir, "val")
-        if config.init_from and _state is None:      # fine-tuning: the model, its architecture, its tokenizer
+        if config.init_from and (_state is None or config.lora_rank):   # the model, its architecture, its tokenizer
             config, model = start_from(config, given)
             self.config = config
             self.model_config = model.config
+            if config.lora_rank:        # the base frozen; a resumed run takes its adapters back
+                self._attach_lora(model, _state[0] if _state is not None else None)
         else:
             vocab_size = int(_state[1]["model_config"]["vocab_size"]) if _state else int(self.meta["vocab_size"])
             self.model_config = GPTConfig(vocab_size=vocab_size, block_size=config.block_size,
@@ -320,8 +326,9 @@ class Trainer:
                                weight_decay=config.weight_decay)
         self.step = 0
         self.flops_per_token = flops_per_token(self.model)
+        # Dropout makes a step single-threaded; the model's own and LoRA's count alike.
         self.workers = engine.choose_workers(config.workers or (1 if self.world.size > 1 else 0), self.device,
-                                             config.dropout)
+                                             lora.max_dropout(self.model))
 
     # ------------------------------------------------------------- set-up
     def _tokenizer_dir(self) -> Optional[pathlib.Path]:
@@ -365,9 +372,18 @@ class Trainer:
         values["out_dir"] = str(run_dir)
         return cls(TrainConfig.from_dict(values), log=log, _state=(checkpoint, state))
 
+    def _attach_lora(self, model: GPT, checkpoint: Optional[pathlib.Path]) -> None:
+        """LoRA adapters on ``model`` (``--lora-rank``): new ones, or those of ``checkpoint`` when resuming."""
+        if checkpoint is not None:
+            lora.load_adapter(model, checkpoint / lora.CHECKPOINT_ADAPTER)
+        else:
+            lora.apply_lora(model, self.config.lora_config(seed=self.config.seed))
+            self.log(lora.describe_trainable(model))
+
     def _restore(self, checkpoint: pathlib.Path, state: dict[str, Any]) -> None:
         weights = checkpoint / WEIGHTS_NAME
-        self.model.load_hf_tensors(read_tensors(weights), weights)
+        if not self.config.lora_rank:        # a LoRA run's saved weights are merged: its base came from init_from
+            self.model.load_hf_tensors(read_tensors(weights), weights)
         rundir.load_optimizer(self.optimizer, checkpoint / rundir.OPTIMIZER_NAME)
         try:     # the sampler's, the dropout generators' and the scaler's states, as saved
             self.sampler.load_state_dict(state["sampler"])
@@ -625,7 +641,10 @@ class Trainer:
             return None
 
         def write_files(staging: pathlib.Path) -> None:
-            self.model.save_pretrained(staging)
+            with lora.merged_view(self.model):           # with LoRA: the adapters folded in
+                self.model.save_pretrained(staging)
+            if self.config.lora_rank:                     # and the adapter itself, in PEFT's format
+                lora.save_adapter(self.model, staging / lora.CHECKPOINT_ADAPTER, base_model=self.config.init_from)
             if self.tokenizer_dir is not None:
                 for item in sorted(self.tokenizer_dir.iterdir()):
                     if item.is_file():
