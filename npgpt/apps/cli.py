@@ -962,9 +962,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_lora(args: argparse.Namespace) -> int:
     """``npgpt lora merge ADAPTER --out DIR``."""
     from npgpt.finetuning import lora
+    from npgpt.finetuning.classifier import GPTClassifier
+    from npgpt.model import GPT
 
     with _sole_writer(args.out, args.overwrite, "output directory", "npgpt lora merge"):
-        merged, base = lora.merge_adapter(args.adapter, base=args.base)
+        base, outputs, labels = lora.adapter_base(args.adapter, args.base)
+        model = (GPTClassifier.from_pretrained(base, num_labels=outputs, labels=labels) if outputs
+                 else GPT.from_pretrained(base))
+        merged = lora.merge_adapter(model, args.adapter)
         try:
             tokenizer = _load_tokenizer(base)
             saved = " and its tokenizer"

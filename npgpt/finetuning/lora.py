@@ -620,31 +620,31 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> list[str]:
     return chosen
 
 
-def merge_adapter(directory: str | os.PathLike, base: str | os.PathLike | None = None) -> tuple[nn.Module, str]:
-    """The base model with the adapter of ``directory`` folded in and unloaded: ``(plain model, base's name)``.
+def adapter_base(directory: str | os.PathLike, base: str | os.PathLike | None = None
+                 ) -> tuple[str, Optional[int], Optional[list[str]]]:
+    """What an adapter goes on: ``(base model, outputs, class names)``; the last two ``None`` but for a
+    classifier's adapter (``task_type`` ``SEQ_CLS``, whose ``score`` head is among its tensors).
 
-    ``base`` defaults to the adapter's ``base_model_name_or_path``. A
-    classifier's adapter (``task_type`` ``SEQ_CLS``, a ``score`` head among
-    ``modules_to_save``) gives a ``GPTClassifier`` whose head is the adapter's.
+    ``base`` defaults to the adapter's ``base_model_name_or_path``.
     """
-    from npgpt.finetuning.classifier import GPTClassifier
     from npgpt.io import checkpoint
-    from npgpt.model import GPT
 
     raw = read_adapter_config(directory)
     base = base if base is not None else raw.get("base_model_name_or_path")
     if not base:
         raise AdapterError(f"{pathlib.Path(directory) / ADAPTER_CONFIG} names no base model "
                            "(base_model_name_or_path): say which with --base")
-    if raw.get("task_type") == "SEQ_CLS":
-        tensors = checkpoint.read_tensors(pathlib.Path(directory) / ADAPTER_WEIGHTS)
-        head = tensors.get(PEFT_PREFIX + "score.weight")
-        if head is None:
-            raise AdapterError(f"{pathlib.Path(directory) / ADAPTER_WEIGHTS} holds no score.weight: a classifier's "
-                               "adapter needs its head")
-        model: nn.Module = GPTClassifier.from_pretrained(base, num_labels=int(head.shape[0]),
-                                                         labels=raw.get("npgpt_labels"))
-    else:
-        model = GPT.from_pretrained(base)
+    if raw.get("task_type") != "SEQ_CLS":
+        return str(base), None, None
+    head = checkpoint.read_tensors(pathlib.Path(directory) / ADAPTER_WEIGHTS).get(PEFT_PREFIX + "score.weight")
+    if head is None:
+        raise AdapterError(f"{pathlib.Path(directory) / ADAPTER_WEIGHTS} holds no score.weight: a classifier's "
+                           "adapter needs its head")
+    return str(base), int(head.shape[0]), raw.get("npgpt_labels")
+
+
+def merge_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """``model`` (the base: a ``GPT``, or a ``GPTClassifier`` for a classifier's adapter, as
+    :func:`adapter_base` says) with the adapter of ``directory`` folded in and unloaded: a plain model."""
     load_adapter(model, directory)
-    return unload(model).eval(), str(base)
+    return unload(model).eval()
