@@ -17,17 +17,19 @@ import numpy as np
 import npgpt
 import npgpt.functional as F
 from npgpt import GPT, Tokenizer
+from npgpt.apps.cli import HelpWithDefaults
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("prompt", nargs="?", default="The cat sits on the")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=HelpWithDefaults)
+    parser.add_argument("prompt", nargs="?", default="The cat sits on the", help="the text to continue")
     parser.add_argument("--model", default="npgpt-small",
-                        help="a shipped model name (default npgpt-small) or a GPT-2 checkpoint directory "
+                        help="a shipped model name or a GPT-2 checkpoint directory "
                              "holding config.json, model.safetensors and the tokenizer files")
-    parser.add_argument("--top", type=int, default=10, help="how many candidates to print (default 10)")
+    parser.add_argument("--top", type=int, default=10, help="how many candidates to print")
     parser.add_argument("--continue-tokens", type=int, default=12,
-                        help="greedy continuation length (default 12; 0 to skip)")
+                        help="greedy continuation length (0 to skip)")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()

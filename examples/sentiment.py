@@ -22,6 +22,7 @@ import numpy as np
 
 import npgpt.functional as F
 from npgpt import Tensor, nn
+from npgpt.apps.cli import HelpWithDefaults
 from npgpt.finetuning import finetune, labelled
 from npgpt.finetuning.classifier import GPTClassifier
 from npgpt.finetuning.metrics import format_metrics
@@ -68,10 +69,11 @@ def bag_of_words_baseline(train, val, test, epochs=5, lr=0.01, seed=0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=HelpWithDefaults)
     parser.add_argument("--model", default="npgpt-small", help="pretrained model name or directory")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=3, help="passes over the training reviews")
+    parser.add_argument("--batch-size", type=int, default=32, help="reviews per step")
     parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the backbone")
     parser.add_argument("--head-lr", type=float, default=1e-3, help="peak learning rate of the new head")
     parser.add_argument("--train-last", type=int, default=None,
@@ -79,7 +81,7 @@ def main(argv=None):
     parser.add_argument("--max-length", type=int, default=64, help="tokens kept per review")
     parser.add_argument("--limit", type=int, default=None, help="use a random subset of this many reviews (quick runs)")
     parser.add_argument("--out", default=None, help="write the fine-tuned classifier and tokenizer here")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the head and the batches")
     args = parser.parse_args(argv)
 
     from npgpt.tokenizer import Tokenizer

@@ -1,6 +1,6 @@
 """The exact recipe of the model that ships with npgpt as "npgpt-small".
 
-    python examples/train_npgpt_small.py [--run-dir runs/npgpt-small] [--max-steps 4000]
+    python examples/train_npgpt_small.py --run-dir RUN_DIR [--out MODEL_DIR] [--max-steps 4000]
 
 Every step is npgpt's own command line; this script only strings the commands together
 and prints them, so each can be re-run by hand:
@@ -12,7 +12,10 @@ and prints them, so each can be re-run by hand:
 3. ``npgpt prepare`` the token files;
 4. ``npgpt train`` a 4-layer, 4-head, 256-wide GPT-2 (5.3 M parameters, context 128);
 5. export the final checkpoint in float16 (half the size; npgpt and Hugging Face upcast it
-   when loading) with its tokenizer and the run's ``log.jsonl`` to ``npgpt/io/pretrained/npgpt-small``.
+   when loading) with its tokenizer and the run's ``log.jsonl`` to ``--out`` (default
+   ``RUN_DIR/model``). Replacing the model that ships inside the package
+   (``npgpt/io/pretrained/npgpt-small``) takes ``--replace-shipped``: a recipe run by mistake
+   must not overwrite it.
 
 The model card (data, size, steps, time, validation loss) is in docs/training.md; the
 figures come from ``npgpt/io/pretrained/npgpt-small/training.json``, written by step 5.
@@ -26,6 +29,8 @@ import subprocess
 import sys
 
 import numpy as np
+
+from npgpt.apps.cli import HelpWithDefaults
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CORPORA = ("shakespeare", "sotu", "moby-dick")
@@ -90,13 +95,27 @@ def export(run_dir, out_dir):
     print(json.dumps(record, indent=2))
 
 
+SHIPPED = ROOT / "npgpt" / "io" / "pretrained" / "npgpt-small"
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=pathlib.Path, default=ROOT / "runs" / "npgpt-small")
-    parser.add_argument("--max-steps", type=int, default=4000)
-    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "npgpt" / "io" / "pretrained" / "npgpt-small")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=HelpWithDefaults)
+    parser.add_argument("--run-dir", type=pathlib.Path, required=True,
+                        help="where the corpora, tokenizer, token files and the training run go")
+    parser.add_argument("--max-steps", type=int, default=4000, help="training steps")
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="where the exported model goes (default: RUN_DIR/model)")
+    parser.add_argument("--replace-shipped", action="store_true",
+                        help=f"export into the shipped model's directory ({SHIPPED.relative_to(ROOT)}), replacing it")
     parser.add_argument("--export-only", action="store_true", help="only step 5, from an existing run")
     args = parser.parse_args(argv)
+    if args.replace_shipped:
+        args.out = SHIPPED
+    elif args.out is None:
+        args.out = args.run_dir / "model"
+    elif args.out.resolve() == SHIPPED.resolve():
+        parser.error(f"--out {args.out} is the model that ships with npgpt: pass --replace-shipped to replace it")
     run = args.run_dir
     if not args.export_only:
         files = write_corpora(run)

@@ -282,3 +282,30 @@ def test_train_says_once_why_there_is_no_curve_and_where_it_is(tmp_path, monkeyp
     assert cli("train", "--data", tmp_path / "data", "--out", tmp_path / "b", *tiny) == 0
     err = capsys.readouterr().err
     assert err.count(f"not drawing {plot.FIGURE_NAME}: matplotlib is not installed") == 1, err
+
+
+# ---------------------------------------------------------------- 8. examples
+EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.parametrize("script", ["next_word.py", "sentiment.py", "train_npgpt_small.py"])
+def test_examples_help_shows_their_defaults(script):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, str(EXAMPLES / script), "--help"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "(default: " in run.stdout and "(default: None)" not in run.stdout
+
+
+def test_the_recipe_never_overwrites_the_shipped_model_by_default(tmp_path):
+    import subprocess
+    import sys
+
+    shipped = EXAMPLES.parent / "npgpt" / "io" / "pretrained" / "npgpt-small"
+    run = subprocess.run([sys.executable, str(EXAMPLES / "train_npgpt_small.py"), "--out", str(shipped),
+                          "--run-dir", str(tmp_path), "--export-only"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "pass --replace-shipped to replace it" in run.stderr
+    run = subprocess.run([sys.executable, str(EXAMPLES / "train_npgpt_small.py")], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 2 and "--run-dir" in run.stderr            # a place of the user's choosing

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from npgpt.tokenizer import Tokenizer
     from npgpt.training.settings import ConfigError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "HelpWithDefaults"]
 
 
 # ======================================================== argument parsing
@@ -64,6 +64,17 @@ class _Parser(argparse.ArgumentParser):
             if close:
                 message += f" (did you mean {close[0]}?)"
         super().error(message)
+
+
+class HelpWithDefaults(argparse.HelpFormatter):
+    """``--help`` that ends each option's help with its default, when it has a real one (not None/False):
+    the examples' parsers use it, so every flag shows what it does when left out."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _number(kind: type, low: Optional[float] = None, high: Optional[float] = None, low_open: bool = False,
