@@ -194,7 +194,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 # What the value of a flag is, in its usage line (default: its type, INT / FLOAT / STR).
 _METAVARS = {"data_dir": "DATA_DIR", "out_dir": "RUN_DIR", "tokenizer_dir": "DIR", "device": "DEVICE",
-             "pad_side": "SIDE"}
+             "pad_side": "SIDE", "init_from": "MODEL", "model": "MODEL", "data": "FILE", "val_data": "FILE"}
 # TrainConfig fields whose flags are not simply --field-name.
 TRAIN_FLAG_NAMES = {"data_dir": "--data", "out_dir": "--out", "tokenizer_dir": "--tokenizer"}
 
