@@ -112,13 +112,19 @@ def _lm_eval_yaml(task: str, data: pathlib.Path) -> str:
             "metric_list:\n  - metric: acc\n  - metric: acc_norm\n")
 
 
-def write(out_dir: str | pathlib.Path, tokenizer: Any, n: int = 500, seed: int = 0) -> dict[str, int]:
-    """Write the three tasks (and the two lm-eval YAMLs) into ``out_dir``; returns each file's item count."""
+def write(out_dir: str | pathlib.Path, tokenizer: Any, n: int = 500, seed: int = 0,
+          plays: Optional[int] = None) -> dict[str, int]:
+    """Write the three tasks (and the two lm-eval YAMLs) into ``out_dir``; returns each file's item count.
+
+    ``plays`` keeps the held-out text of the first ``plays`` plays only (a quicker perplexity); the
+    cloze questions are drawn from all of them either way.
+    """
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tails = shakespeare_heldout(tokenizer)
-    (out / "shakespeare-heldout.txt").write_text("\n\n".join(tails), encoding="utf-8")
-    counts = {"shakespeare-heldout.txt": len(tails)}
+    kept = tails[:plays] if plays else tails
+    (out / "shakespeare-heldout.txt").write_text("\n\n".join(kept), encoding="utf-8")
+    counts = {"shakespeare-heldout.txt": len(kept)}
     for name, questions in (("shakespeare-cloze", shakespeare_cloze(tails, n, seed)),
                             ("wordnet-gloss", wordnet_gloss(n, seed))):
         path = out / f"{name}.jsonl"
@@ -138,8 +144,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="the tokenizer whose validation split the held-out text is (default npgpt-small)")
     parser.add_argument("--questions", type=int, default=500, help="questions per multiple-choice task (default 500)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the questions and their choices (default 0)")
+    parser.add_argument("--plays", type=int, default=None,
+                        help="held-out text of the first N plays only (default: all 42)")
     args = parser.parse_args(argv)
-    counts = write(args.out, Tokenizer.from_pretrained(args.tokenizer), args.questions, args.seed)
+    if args.questions < 1 or (args.plays is not None and args.plays < 1):
+        parser.error("--questions and --plays must be positive")
+    counts = write(args.out, Tokenizer.from_pretrained(args.tokenizer), args.questions, args.seed, args.plays)
     for name, count in counts.items():
         print(f"{pathlib.Path(args.out) / name}: {count:,} {'plays' if name.endswith('.txt') else 'questions'}")
     return 0
