@@ -26,20 +26,26 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
-    with playwright.sync_playwright() as p:
+def browser():
+    with playwright.sync_playwright() as p:        # one Playwright per module: it runs an event loop
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page()
-        page.problems = []
-        page.on("console", lambda m: m.type in ("error", "warning") and page.problems.append(m.text))
-        page.on("pageerror", lambda e: page.problems.append(str(e)))
-        # Fetching from anywhere but the server would break offline use: refuse and record it.
-        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(server.url)
-                   or route.request.url.startswith("data:") else (page.problems.append(route.request.url),
-                                                                  route.abort()))
-        page.add_init_script("localStorage.setItem('npgpt-key', 'page-key')")
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    page = browser.new_page()
+    page.problems = []
+    page.on("console", lambda m: m.type in ("error", "warning") and page.problems.append(m.text))
+    page.on("pageerror", lambda e: page.problems.append(str(e)))
+    # Fetching from anywhere but the server would break offline use: refuse and record it.
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(server.url)
+               or route.request.url.startswith("data:") else (page.problems.append(route.request.url),
+                                                              route.abort()))
+    page.add_init_script("localStorage.setItem('npgpt-key', 'page-key')")
+    yield page
+    page.close()
 
 
 def test_a_conversation_streams_and_shows_what_the_model_does(page, server):
@@ -90,29 +96,27 @@ def test_a_conversation_streams_and_shows_what_the_model_does(page, server):
     assert page.problems == []
 
 
-def test_a_base_model_continues_the_message_and_shows_its_tokens(tmp_path):
+def test_a_base_model_continues_the_message_and_shows_its_tokens(tmp_path, browser):
     # No chat template: the page sends the message as a prompt to /v1/completions (logprobs as a dict).
     running = Running(save_tiny(tmp_path / "tiny-base", block_size=128, n_embd=64, n_layer=4, chat=False))
     try:
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page()
-            problems = []
-            page.on("console", lambda m: m.type in ("error", "warning") and problems.append(m.text))
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.goto(running.url + "/")
-            page.wait_for_function("document.getElementById('head').options.length === 2")
-            assert "no chat template" in page.inner_text("#model")
-            page.click("#settings summary")
-            page.fill("#temperature", "0")
-            page.fill("#prompt", "Once upon a time")
-            page.press("#prompt", "Enter")
-            page.wait_for_selector(".assistant[data-done='1']", timeout=60000)
-            tops = page.eval_on_selector_all(".assistant .token[data-top]", "s => s.map(x => JSON.parse(x.dataset.top))")
-            assert tops and all(len(t) == 5 for t in tops)
-            page.wait_for_function("document.querySelector('#attention svg') !== null")
-            assert "layer 0, head 0" in page.inner_html("#attention")
-            assert page.inner_text("#status") == "" and problems == []
-            browser.close()
+        page = browser.new_page()
+        problems = []
+        page.on("console", lambda m: m.type in ("error", "warning") and problems.append(m.text))
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(running.url + "/")
+        page.wait_for_function("document.getElementById('head').options.length === 2")
+        assert "no chat template" in page.inner_text("#model")
+        page.click("#settings summary")
+        page.fill("#temperature", "0")
+        page.fill("#prompt", "Once upon a time")
+        page.press("#prompt", "Enter")
+        page.wait_for_selector(".assistant[data-done='1']", timeout=60000)
+        tops = page.eval_on_selector_all(".assistant .token[data-top]", "s => s.map(x => JSON.parse(x.dataset.top))")
+        assert tops and all(len(t) == 5 for t in tops)
+        page.wait_for_function("document.querySelector('#attention svg') !== null")
+        assert "layer 0, head 0" in page.inner_html("#attention")
+        assert page.inner_text("#status") == "" and problems == []
+        page.close()
     finally:
         assert running.stop()[0] == 0

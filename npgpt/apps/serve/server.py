@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds SIGTERM waits for running requests before cancelling them (default 30)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--blas-threads", type=int, metavar="N", default=1,
-                   help="BLAS threads for the model (default 1: a decoding step's products are small; 0: BLAS's own default)")
+                   help="BLAS threads for the model (default 1: a decoding step's products are small; 0 leaves it to BLAS)")
 
 
 def build(args: argparse.Namespace) -> Any:
