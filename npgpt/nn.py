@@ -10,7 +10,6 @@ state dict is ``{dotted name: array}``. The layers below only hold weights;
 the arithmetic, and its gradient, lives in ``npgpt.functional``.
 """
 
-import copy
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import npgpt.functional as F
 from npgpt import backend
 from npgpt.autograd import Tensor, as_tensor
+from npgpt.backend import philox
 from npgpt.io.inputs import as_array
 
 
@@ -250,67 +250,38 @@ class LayerNorm(Module):
         return f"{self.dim}, eps={self.eps}"
 
 
-class RecordedGenerator:
-    """A random generator of one array module that remembers how much it has drawn.
+class CounterGenerator:
+    """A dropout module's random numbers on one array module: Philox, keyed by the module's seed.
 
-    NumPy's generators can report and take their state
-    (``bit_generator.state``); CuPy's keep theirs on the GPU and cannot. What
-    every generator can do is replay: seeded alike, and made to draw the
-    same amounts again, it arrives in the same state. So each draw is
-    recorded as ``[count, dtype, times]`` (consecutive draws of the same
-    size share one entry: a training run draws the same shapes every step,
-    and its record stays a few entries long).
+    Draw ``n`` of the module (its ``n``-th mask) is ``philox.uniform(size,
+    key=seed, stream=n)``: a function of the seed and the draw number only
+    (``npgpt.backend.philox``, docs/gpu.md eq. 1). Nothing else is kept, so the
+    masks are the same on NumPy, on the CuPy stand-in and on any GPU, and a
+    resumed run continues from one number (no generator state, nothing to
+    replay). The count lives in the :class:`Dropout` module, shared by every
+    array module it ever draws on.
     """
 
-    def __init__(self, xp: Any, seed: int):
-        self.xp = xp
-        self.generator = backend.default_rng(seed, xp)
-        self.draws: list[list] = []
+    def __init__(self, xp: Any, owner: "Dropout") -> None:
+        self.xp, self.owner = xp, owner
 
     def random(self, shape: Any, dtype: Any = np.float32) -> Any:
-        """Uniform numbers in [0, 1) of ``shape``, as the wrapped generator's ``random``; recorded."""
-        count, name = int(np.prod(shape)), np.dtype(dtype).name
-        if self.draws and self.draws[-1][:2] == [count, name]:
-            self.draws[-1][2] += 1
-        else:
-            self.draws.append([count, name, 1])
-        return self.generator.random(shape, dtype=dtype)
-
-    @property
-    def bit_generator(self) -> Any:
-        """The wrapped generator's bit generator (NumPy's has a ``state``; CuPy's does not)."""
-        return self.generator.bit_generator
-
-    def state(self) -> dict:
-        """``{"draws": [...]}``, plus ``"bit_generator"``: the generator's own state where it has one (NumPy)."""
-        state = {"draws": copy.deepcopy(self.draws)}
-        own = getattr(self.generator.bit_generator, "state", None)     # CuPy: a method, not a dict
-        if isinstance(own, dict):
-            state["bit_generator"] = copy.deepcopy(own)
-        return state
-
-    def restore(self, state: dict) -> None:
-        """Continue from ``state`` (of ``state()``): set the generator's own state, or replay the draws."""
-        own = state.get("bit_generator")
-        if own is not None and isinstance(getattr(self.generator.bit_generator, "state", None), dict):
-            self.generator.bit_generator.state = own
-        else:
-            for count, name, times in state["draws"]:
-                for _ in range(times):
-                    self.generator.random(count, dtype=np.dtype(name))
-        self.draws = [list(d) for d in state["draws"]]
+        """Uniform numbers in [0, 1) of ``shape`` (float32 or float64): the module's next draw."""
+        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(n) for n in shape)
+        values = philox.uniform(int(np.prod(shape)), self.owner.seed, self.owner.draws, self.xp, dtype)
+        self.owner.draws += 1
+        return values.reshape(shape)
 
 
 class Dropout(Module):
     """Inverted dropout with probability ``p``, active only in training mode.
 
-    The module owns its random generator (seeded with ``seed``; without one,
-    with fresh entropy drawn once), so two models built with the same seeds
-    draw the same masks. One generator is kept per array module, since a
-    NumPy generator cannot fill CuPy arrays. ``get_rng_state`` and
-    ``set_rng_state`` save and restore where the generators are, on NumPy
-    and CuPy alike, so that a resumed training run draws the masks the
-    uninterrupted run would have drawn.
+    The masks come from a counter-based generator (:class:`CounterGenerator`):
+    the ``n``-th mask the module draws is a function of its ``seed`` and of
+    ``n`` only, the same on every device. ``get_rng_state`` is ``{"seed",
+    "draws"}``; ``set_rng_state`` continues from it at once, so a resumed
+    training run draws the masks the uninterrupted run would have drawn.
+    Without a seed, fresh entropy is drawn once.
     """
 
     def __init__(self, p: float = 0.0, seed: int | None = None):
@@ -319,48 +290,39 @@ class Dropout(Module):
             raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
         self.p = float(p)
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy)
-        self._rngs = {}       # array module -> RecordedGenerator
-        self._pending = {}    # module name -> state from set_rng_state, applied at first use
+        self.seed &= 2 ** 64 - 1                      # Philox's key is 64 bits
+        self.draws = 0                                # masks drawn so far: the counter of the next one
 
-    def rng(self, xp: Any) -> RecordedGenerator:
-        """The generator for arrays of module ``xp`` (``numpy`` or ``cupy``), created at first use."""
-        if xp not in self._rngs:
-            generator = RecordedGenerator(xp, self.seed)
-            pending = self._pending.pop(xp.__name__, None)
-            if pending is not None:
-                generator.restore(pending)
-            self._rngs[xp] = generator
-        return self._rngs[xp]
+    def rng(self, xp: Any) -> CounterGenerator:
+        """The generator for arrays of module ``xp`` (``numpy`` or ``cupy``): the module's next draws."""
+        return CounterGenerator(xp, self)
 
     def get_rng_state(self) -> dict | None:
-        """Where the generators are, as a JSON-serialisable dict; ``None`` if none was ever used.
-
-        ``{"seed": int, "generators": {"numpy": {"draws": [[count, dtype, times], ...],
-        "bit_generator": {...}}, "cupy": {"draws": [...]}}}``: one entry per array
-        module used. NumPy's entry carries the generator's own state (restored
-        at once); CuPy's only the record of draws (restored by replaying them).
-        """
-        generators = copy.deepcopy(self._pending)
-        generators.update({xp.__name__: g.state() for xp, g in self._rngs.items()})
-        return {"seed": self.seed, "generators": generators} if generators else None
+        """``{"seed": int, "draws": int}``, JSON-serialisable; ``None`` if the module never drew."""
+        return {"seed": self.seed, "draws": self.draws} if self.draws else None
 
     def set_rng_state(self, state: dict | None) -> None:
         """Continue from a ``get_rng_state()`` result (``None``: start again from the seed).
 
-        Each generator is restored when it is next used, so a state saved on
-        a GPU can be set on a machine without one.
+        A state written before the counter-based generator (``{"seed", "generators": {module:
+        {"draws": [[count, dtype, times], ...]}}}``) is taken as its number of draws: the run goes
+        on with as many masks drawn, from the new generator.
         """
-        self._rngs = {}
-        self._pending = {}
         if state is None:
+            self.draws = 0
             return
         if isinstance(state, dict) and "bit_generator" in state and "state" in state:
-            # A bare NumPy bit-generator state, as trainer states saved before get_rng_state held.
-            state = {"seed": self.seed, "generators": {"numpy": {"draws": [], "bit_generator": state}}}
-        if not isinstance(state, dict) or "seed" not in state or "generators" not in state:
+            state = {"seed": self.seed, "draws": 0}       # a bare NumPy generator state (the oldest checkpoints)
+        if not isinstance(state, dict) or "seed" not in state or not ("draws" in state or "generators" in state):
             raise ValueError("Dropout.set_rng_state expects a dict from get_rng_state() (or None)")
-        self.seed = int(state["seed"])
-        self._pending = copy.deepcopy(dict(state["generators"]))
+        if "draws" in state:
+            draws = state["draws"]
+        else:
+            draws = max((sum(int(t) for _, _, t in g.get("draws", [])) for g in state["generators"].values()),
+                        default=0)
+        if isinstance(draws, bool) or not isinstance(draws, int) or draws < 0:
+            raise ValueError(f"Dropout.set_rng_state: draws must be a whole number >= 0, got {draws!r}")
+        self.seed, self.draws = int(state["seed"]) & (2 ** 64 - 1), draws
 
     def forward(self, x: Any) -> Tensor:
         if not self.training or self.p == 0.0:

@@ -179,30 +179,43 @@ def test_dropout_rng_state_round_trips_through_json():
     assert a.get_rng_state() is None                           # never used
     a(x), a(x), a(Tensor(np.ones((3,), np.float32)))
     state = json.loads(json.dumps(a.get_rng_state()))
-    assert state["seed"] == 11
-    assert state["generators"]["numpy"]["draws"] == [[42, "float32", 2], [3, "float32", 1]]
+    assert state == {"seed": 11, "draws": 3}                   # O(1): a seed and a count, nothing to replay
     expected = [a(x).data for _ in range(3)]
-    for saved in (state, {**state, "generators": {"numpy": {"draws": state["generators"]["numpy"]["draws"]}}}):
-        # with NumPy's own generator state, and (as on CuPy, which has none) by replaying the draws
-        b = nn.Dropout(0.5, seed=99)
-        b.set_rng_state(saved)
-        assert b.get_rng_state()["seed"] == 11                 # pending: restored at its next use
-        for mask in expected:
-            np.testing.assert_array_equal(b(x).data, mask)
+    b = nn.Dropout(0.5, seed=99)
+    b.set_rng_state(state)
+    for mask in expected:
+        np.testing.assert_array_equal(b(x).data, mask)
     b.set_rng_state(None)                                      # from the seed again
     np.testing.assert_array_equal(b(x).data, nn.Dropout(0.5, seed=11)(x).data)
     with pytest.raises(ValueError, match="get_rng_state"):
         b.set_rng_state({"state": 1})
+    with pytest.raises(ValueError, match="draws must be a whole number"):
+        b.set_rng_state({"seed": 1, "draws": -2})
 
 
-def test_dropout_accepts_a_bare_numpy_generator_state():
-    x = Tensor(np.ones((5, 5), np.float32))
-    generator = np.random.default_rng(4)
-    generator.random(10)
-    a = nn.Dropout(0.5, seed=1)
-    a.set_rng_state(generator.bit_generator.state)
-    keep = generator.random((5, 5), dtype=np.float32) >= 0.5
-    np.testing.assert_array_equal(a(x).data != 0, keep)
+def test_dropout_mask_n_is_philox_of_the_seed_and_n():
+    """docs/gpu.md eq. 1: mask n keeps unit i where uniform_i(key=seed, stream=n) >= p, scaled by 1/(1-p)."""
+    from npgpt.backend import philox
+
+    x = Tensor(np.ones((3, 5), np.float32))
+    a = nn.Dropout(0.25, seed=2 ** 40 + 7)
+    masks = [a(x).data for _ in range(3)]
+    for n, mask in enumerate(masks):
+        keep = philox.uniform(15, 2 ** 40 + 7, n).reshape(3, 5) >= 0.25
+        np.testing.assert_array_equal(mask, keep.astype(np.float32) * np.float32(1 / 0.75))
+
+
+def test_dropout_states_of_the_replaying_generator_resume_by_their_count():
+    # Checkpoints written before the counter-based generator recorded the draws; their count is the counter.
+    x = Tensor(np.ones((2, 2), np.float32))
+    a = nn.Dropout(0.5, seed=3)
+    a.set_rng_state({"seed": 3, "generators": {"numpy": {"draws": [[4, "float32", 2], [9, "float32", 1]],
+                                                         "bit_generator": {}}}})
+    assert a.get_rng_state() == {"seed": 3, "draws": 3}
+    b = nn.Dropout(0.5, seed=3)
+    for _ in range(3):
+        b(x)
+    np.testing.assert_array_equal(a(x).data, b(x).data)
 
 
 def test_dropout_without_a_seed_draws_entropy_once_and_can_be_replayed():

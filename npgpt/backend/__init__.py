@@ -9,7 +9,8 @@ module made it (``xp = array_module(x)``) and calls ``xp.exp``, ``xp.matmul``
 runs on both. The few places where they differ live here, in this one module,
 and nowhere else:
 
-* scatter-add (``np.add.at`` vs ``cupyx.scatter_add``), used by the backward
+* scatter-add (``np.add.at`` on NumPy; a one-hot matrix product on CuPy,
+  whose ``cupyx.scatter_add`` is nondeterministic), used by the backward
   pass of an embedding lookup;
 * moving arrays between host and device (``cupy.asarray`` / ``.get()``);
 * finding out whether CuPy and a GPU are usable at all;
@@ -184,20 +185,60 @@ def read_scalars(*values: Any, kind: type = float) -> list[Any]:
     return [None if v is None else kind(next(read) if is_cupy_array(v) else v) for v in values]
 
 
+# The one-hot blocks of a deterministic scatter-add hold at most this many numbers (256 MB of float32).
+ONE_HOT_BLOCK = 2 ** 26
+
+
 def scatter_add(target: Array, indices: Any, values: Array) -> Array:
     """``target[indices] += values`` with repeated indices summed, in place.
 
     Plain fancy-index ``+=`` keeps only the last write of a repeated index,
     which would lose gradient when a token appears twice in a batch. NumPy
-    spells the unbuffered version ``np.add.at``, CuPy ``cupyx.scatter_add``.
+    spells the unbuffered version ``np.add.at``, which adds in index order.
+    On CuPy, ``cupyx.scatter_add`` is ``atomicAdd``: repeated ids are summed
+    in whatever order the threads arrive, so two runs differ in the last
+    bits. For the case that matters (rows of a table chosen by one integer
+    array: an embedding's gradient) npgpt sums by a one-hot matrix product
+    instead, deterministic on a given GPU (:func:`add_rows`). Other index
+    kinds on CuPy (tuples of arrays) still use ``cupyx.scatter_add``.
     """
     if is_cupy_array(target):
+        if is_cupy_array(indices) and indices.dtype.kind in "iu" and target.ndim >= 1:
+            return add_rows(target, indices, values)
         import cupyx
 
         cupyx.scatter_add(target, indices, values)
     else:
         # np.add.at is the unbuffered add; NumPy >= 2 has a fast path for it.
         np.add.at(target, indices, values)
+    return target
+
+
+def add_rows(target: Array, ids: Array, values: Array) -> Array:
+    """``target[ids] += values``, repeated ids summed by a matrix product: ``target += onehot(ids)^T values``.
+
+    Shapes: ``target`` (V, ...), ``ids`` any integer shape ``S`` (negative ids count from the end),
+    ``values`` ``S + (...)``. Row ``v`` of the product is ``sum_n [ids_n = v] values_n``, a GEMM
+    whose order of additions is fixed, so the result is the same on every run (no atomics). The
+    one-hot matrix is built in blocks of rows of ``target``, at most :data:`ONE_HOT_BLOCK` numbers
+    each: ``ceil(V N / ONE_HOT_BLOCK)`` products for ``N`` ids (7 for GPT-2's vocabulary and 8,192
+    tokens), ``2 V N C`` FLOPs in all.
+    """
+    xp = array_module(target, ids)
+    V = target.shape[0]
+    ids = ids.reshape(-1)
+    ids = xp.where(ids < 0, ids + V, ids)
+    rows = values.reshape(ids.size, -1)                          # (N, C)
+    # A 2-D table is written in place; another shape through a (V, C) array added at the end (a
+    # reshape of a strided array would be a copy, and writes into it would be lost).
+    table = target if target.ndim == 2 else xp.zeros((V, rows.shape[1]), dtype=target.dtype)
+    block = max(1, ONE_HOT_BLOCK // max(1, ids.size))
+    for start in range(0, V, block):
+        stop = min(V, start + block)
+        one_hot = (xp.arange(start, stop, dtype=ids.dtype)[:, None] == ids[None, :]).astype(rows.dtype)
+        table[start:stop] += one_hot @ rows                      # (b, N) @ (N, C)
+    if table is not target:
+        target += table.reshape(target.shape)
     return target
 
 

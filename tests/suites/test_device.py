@@ -273,8 +273,8 @@ def test_training_on_the_device_stops_and_resumes_exactly(device, data_dir, tmp_
     _run(["train", "--out", str(tmp_path / "straight"), *flags])
     _run(["train", "--out", str(tmp_path / "stopped"), "--stop-at", "3", *flags])
     state = json.loads((tmp_path / "stopped" / "checkpoint" / "trainer_state.json").read_text())
-    generators = [g for rngs in state["dropout_rngs"].values() for g in (rngs or {}).get("generators", {})]
-    assert generators and set(generators) == {"cupy" if device == "cuda" else "numpy"}   # the device's generators
+    counts = [rngs["draws"] for rngs in state["dropout_rngs"].values() if rngs]
+    assert counts and all(n > 0 for n in counts)                   # a count per module: nothing to replay
     _run(["train", "--out", str(tmp_path / "stopped"), "--resume", "--quiet"])
     assert _files(tmp_path / "stopped") == _files(tmp_path / "straight")
 
@@ -289,8 +289,10 @@ def test_dropout_generators_continue_exactly_on_the_device(device):
     again = nn.Dropout(0.5, seed=0)
     again.set_rng_state(state)
     assert [host(again(x)).tolist() for _ in range(3)] == [e.tolist() for e in expected]
-    own = state["generators"][xp.__name__]
-    assert ("bit_generator" in own) == (device == "cpu")             # CuPy's state cannot be read: replayed
+    assert state == {"seed": 11, "draws": 1}
+    on_the_cpu = nn.Dropout(0.5, seed=11)
+    first = host(on_the_cpu(npgpt.Tensor(np.ones((4, 8), dtype=np.float32))))
+    assert host(nn.Dropout(0.5, seed=11)(x)).tolist() == first.tolist()     # the same masks on every device
 
 
 # --------------------------------------------------------- fine-tuning, classifier
