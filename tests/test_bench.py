@@ -120,3 +120,12 @@ def test_retain_freed_memory_is_idempotent():
 
     first = backend.retain_freed_memory()
     assert isinstance(first, bool) and backend.retain_freed_memory() == first
+
+
+def test_lora_bench_sides_train_what_they_say():
+    # python -m npgpt.bench lora: the npgpt LoRA side trains 2.4% of npgpt-small's shape, the full side all of it
+    from npgpt.bench.lora import _npgpt_side
+
+    lora_side = _npgpt_side(8, steps=1, warmup=0)
+    assert lora_side["trainable"] == 4 * 8 * (256 + 768 + 256 + 256 + 256 + 1024 + 1024 + 256)
+    assert lora_side["total"] == 5289472 + lora_side["trainable"] and lora_side["loss"] > 0
