@@ -21,10 +21,11 @@ PyTorch's ``GradScaler`` implements it:
   skipped and ``S`` halved; after ``growth_interval`` good steps in a row it
   is doubled, to find the largest scale that does not overflow.
 
-NumPy has float16 but no bfloat16; CuPy 14 has no bfloat16 either, so
-npgpt offers float16 only. bfloat16 keeps float32's exponent range and
-needs no loss scaling; it would be the better choice where the array module
-has it.
+npgpt offers float16 only. bfloat16 (float32's exponent range, 8 bits of
+mantissa, no loss scaling needed) exists for both array modules as
+``ml_dtypes.bfloat16`` (CuPy 14 has minimal support for it), but npgpt does
+not train in it yet: docs/gpu.md ("bfloat16") says what works and what is
+missing.
 
 Depends on ``npgpt.autograd`` (nothing else of npgpt).
 """

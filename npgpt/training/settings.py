@@ -60,7 +60,7 @@ def _why_not_dtype(dtype: Any) -> str:
     """A word on why a common dtype is not offered, for the error that refuses it."""
     reasons = {"float64": "training runs in float32; float64 would double the memory and the time for no "
                           "better model",
-               "bfloat16": "neither NumPy nor CuPy computes in it", "half": "say float16",
+               "bfloat16": "npgpt does not train in bfloat16 yet; docs/gpu.md says why", "half": "say float16",
                "float": "say float32", "fp16": "say float16", "fp32": "say float32"}
     reason = reasons.get(str(dtype).lower())
     return f" ({reason})" if reason else ""
