@@ -25,6 +25,9 @@ ERRATA = [
     ("finetuning.md", r"GPT2ForSequenceClassification` instead searches for `pad_token_id`",
      "current transformers pools the rightmost non-pad token"),
     ("finetuning.md", r"a text that contains that\s+token is then cut at it", "only a text ending with the pad id is affected"),
+    ("tokenizer.md", r"Early merges such as `e`\+` `\s+touch",
+     "no pre-token holds e followed by a space (the space starts the next word); GPT-2's first merge is ' '+'t'"),
+    ("tokenizer.md", r"ing \(36\), under \(385\)", "rank 385 is ' under' with its space; 'under' alone is rank 3162"),
 ]
 
 
