@@ -28,6 +28,7 @@ ERRATA = [
     ("tokenizer.md", r"Early merges such as `e`\+` `\s+touch",
      "no pre-token holds e followed by a space (the space starts the next word); GPT-2's first merge is ' '+'t'"),
     ("tokenizer.md", r"ing \(36\), under \(385\)", "rank 385 is ' under' with its space; 'under' alone is rank 3162"),
+    ("autograd.md", r"the engine, about 700 lines", "npgpt/autograd/core.py is about 880 lines"),
 ]
 
 
