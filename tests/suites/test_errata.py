@@ -29,6 +29,14 @@ ERRATA = [
      "no pre-token holds e followed by a space (the space starts the next word); GPT-2's first merge is ' '+'t'"),
     ("tokenizer.md", r"ing \(36\), under \(385\)", "rank 385 is ' under' with its space; 'under' alone is rank 3162"),
     ("autograd.md", r"the engine, about 700 lines", "npgpt/autograd/core.py is about 880 lines"),
+    ("gpu.md", r"about 0\.6 TFLOP for GPT-2 at B = 8, T = 1024: a few per cent",
+     "the one-hot product adds about 9% to the step's 7.0 TFLOP"),
+    ("gpu.md", r"output word \$i\$ of counter \$\(\\lfloor i/4 \\rfloor, 0, n\)\$",
+     "the counter has four words, (i // 4, 0, n mod 2^32, n // 2^32), and word i mod 4 is used"),
+    ("gpu.md", r"\(`autograd\.py`, `functional\.py`, `nn\.py`,\s+`model\.py`, `generation\.py`, `optim\.py`\)",
+     "the compute modules moved to autograd/core.py, training/optim.py, training/parallel.py"),
+    ("solutions.md", r"Printing every `--log-interval` steps, as the trainer does, pays this once per interval",
+     "the trainer reads the loss and the gradient norm in one copy every step"),
 ]
 
 
