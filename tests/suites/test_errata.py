@@ -40,6 +40,8 @@ ERRATA = [
     ("benchmarks.md", r"the products run at 0\.8–0\.9 of what one large product achieves",
      "494 MB in 17.4-18.1 ms is 27.3-28.4 GB/s, 0.89-0.93 of the 30.6 GB/s product"),
     ("benchmarks.md", r"tiktoken is 6–10x faster on these inputs", "the table gives 3.2x (spaces) to 9.2x"),
+    ("performance.md", r"`T` positions they cost `2 T C` forwards",
+     "each of Q K^T and P V costs 2 T C per token forwards, 12 T C per block with the backward pass (eq. 2)"),
 ]
 
 
