@@ -42,6 +42,9 @@ ERRATA = [
     ("benchmarks.md", r"tiktoken is 6–10x faster on these inputs", "the table gives 3.2x (spaces) to 9.2x"),
     ("performance.md", r"`T` positions they cost `2 T C` forwards",
      "each of Q K^T and P V costs 2 T C per token forwards, 12 T C per block with the backward pass (eq. 2)"),
+    ("gpu.md", r"PyTorch's and JAX's GPU dropout", "JAX's default generator is Threefry, not Philox"),
+    ("gpu.md", r"with 8\s+bits of mantissa", "bfloat16 stores 7 mantissa bits (8 bits of precision)"),
+    ("training.md", r"with 8 bits of mantissa", "bfloat16 stores 7 mantissa bits (8 bits of precision)"),
 ]
 
 
