@@ -43,6 +43,8 @@ ERRATA = [
     ("performance.md", r"`T` positions they cost `2 T C` forwards",
      "each of Q K^T and P V costs 2 T C per token forwards, 12 T C per block with the backward pass (eq. 2)"),
     ("gpu.md", r"PyTorch's and JAX's GPU dropout", "JAX's default generator is Threefry, not Philox"),
+    ("gpu.md", r"about 13 MB of state\s+per module on an H100",
+     "CuPy's XORWOW holds 256,000 states of 48 bytes (12.3 MB) on any GPU; no H100 was measured"),
     ("gpu.md", r"with 8\s+bits of mantissa", "bfloat16 stores 7 mantissa bits (8 bits of precision)"),
     ("training.md", r"with 8 bits of mantissa", "bfloat16 stores 7 mantissa bits (8 bits of precision)"),
 ]
