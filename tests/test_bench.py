@@ -41,7 +41,7 @@ def test_gpu_bench_has_help_and_refuses_to_run_without_cuda():
         return
     env_free = subprocess.run([sys.executable, "-m", "npgpt.bench", "gpu", "--json"], capture_output=True, text=True,
                               env={**__import__("os").environ, "NPGPT_FAKE_CUDA": "0"})
-    assert env_free.returncode != 0 and "no CUDA device" in env_free.stderr
+    assert env_free.returncode != 0 and "no usable CUDA device" in env_free.stderr
 
 
 def test_gpu_peaks_are_found_by_device_name():
@@ -67,7 +67,8 @@ def test_gpu_bench_runs_its_code_paths_on_a_device():
     result = gpu.run(parser.parse_args(["--quick", "--no-torch", "--peak-flops", "1e12", "2e12"]))
     assert result["parity_ok"] and result["parity_max_abs_diff"] <= 1e-4
     for key in ("train_small_float32", "train_small_float16", "train_124m_float32", "train_124m_float16"):
-        assert result[key]["tokens_per_s"] > 0 and 0 < result[key]["mfu"] and result[key]["peak_device_mb"] >= 0
+        assert result[key]["tokens_per_s"] > 0 and 0 < result[key]["mfu"]
+        assert result[key]["reserved_mb"] >= result[key]["allocated_mb"] >= 0      # like with like (PyTorch's two)
     assert result["generate_124m_tokens_per_s"] > 0
 
 
@@ -129,3 +130,38 @@ def test_lora_bench_sides_train_what_they_say():
     lora_side = _npgpt_side(8, steps=1, warmup=0)
     assert lora_side["trainable"] == 4 * 8 * (256 + 768 + 256 + 256 + 256 + 1024 + 1024 + 256)
     assert lora_side["total"] == 5289472 + lora_side["trainable"] and lora_side["loss"] > 0
+
+
+@pytest.mark.parametrize("name, fp32, fp16", [
+    ("NVIDIA H100 80GB HBM3", 67e12, 989e12), ("NVIDIA H100 PCIe", 51e12, 756e12), ("NVIDIA H100 NVL", 60e12, 835e12),
+    ("NVIDIA H200", 67e12, 989e12), ("NVIDIA H200 NVL", 60e12, 835e12), ("NVIDIA GH200 480GB", 67e12, 989e12),
+    ("NVIDIA A100-SXM4-80GB", 19.5e12, 312e12)])
+def test_the_peak_of_each_h100_and_h200_variant_is_its_own(name, fp32, fp16):
+    from npgpt.training.flops import device_peak_flops
+
+    assert (device_peak_flops(name, "float32"), device_peak_flops(name, "float16")) == (fp32, fp16)
+    assert device_peak_flops("CuPy stand-in (NumPy)") is None
+
+
+@pytest.mark.slow
+def test_the_prepared_gpu_check_writes_one_json_even_without_a_gpu(tmp_path):
+    # benchmarks/gpu_check.sh (docs/gpu.md, "The first GPU"): every part runs or is recorded as failed.
+    import json
+    import os
+    import pathlib
+    import subprocess
+
+    from npgpt import backend
+
+    if backend.cuda_available():
+        pytest.skip("a GPU is here: the script would measure it (run it by hand)")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "NPGPT_FAKE_CUDA": ""}
+    out = tmp_path / "check.json"
+    subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), str(out)], env=env, check=True, timeout=400,
+                   capture_output=True)
+    report = json.loads(out.read_text())
+    assert report["device"]["usable"] is False and report["device"]["reason"]
+    assert report["device_tests"]["exit_status"] == 0 and report["bench_exit_status"] == 2
+    assert "no usable CUDA device" in report["bench_log_tail"][-1]
+    assert report["data_parallel"] == "fewer than 2 GPUs or no mpiexec"

@@ -208,3 +208,21 @@ def test_top_k_given_as_a_numpy_integer_works_on_every_device(xp):
     logits = xp.asarray(np.array([[1.0, 3.0, 2.0, 0.5]], dtype=np.float32))
     kept = backend.to_numpy(top_k_filter(logits, np.int64(2)))
     assert np.isfinite(kept).tolist() == [[False, True, True, False]]
+
+
+# ------------------------------------------------------------------------- the trainer's MFU on a GPU
+def test_the_trainers_mfu_takes_the_gpus_own_peak_unless_one_is_given(monkeypatch, tmp_path):
+    from char_tokenizer import prepare_two_documents
+
+    from npgpt.training import train as training
+
+    data = tmp_path / "data"
+    prepare_two_documents("ROMEO: But, soft! what light through yonder window breaks? " * 20, data)
+    monkeypatch.setattr(backend, "check_device", lambda device: "cuda" if device == "cuda" else "cpu")
+    monkeypatch.setattr(backend, "device_name", lambda: "NVIDIA H100 PCIe")
+    monkeypatch.setattr(training.GPT, "to", lambda self, device: self)      # stays on the host for this check
+    cfg = dict(data_dir=str(data), out_dir=str(tmp_path / "run"), n_layer=1, n_head=1, n_embd=8, block_size=8,
+               batch_size=2, max_steps=1)
+    assert training.Trainer(training.TrainConfig(**cfg, device="cuda", dtype="float16")).peak_flops == 756e12
+    assert training.Trainer(training.TrainConfig(**cfg, device="cuda", peak_flops=1e15)).peak_flops == 1e15
+    assert training.Trainer(training.TrainConfig(**cfg)).peak_flops == training.DEFAULT_PEAK_FLOPS

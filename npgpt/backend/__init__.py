@@ -133,6 +133,15 @@ def check_device(device: Optional[str]) -> str:
     return name
 
 
+def device_name() -> str:
+    """The name CUDA reports for the current GPU ("NVIDIA H100 80GB HBM3" ...); "cpu" without one."""
+    if not cuda_available():
+        return "cpu"
+    runtime = _cupy.cuda.runtime
+    name = runtime.getDeviceProperties(runtime.getDevice())["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def is_cupy_array(x: Any) -> bool:
     """True for a ``cupy.ndarray``, checked without importing CuPy."""
     return type(x).__module__.split(".")[0] == "cupy"

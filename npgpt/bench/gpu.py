@@ -32,23 +32,11 @@ from typing import Any
 import numpy as np
 
 from npgpt.bench.common import median
-from npgpt.training.flops import flops_per_token, model_flops_utilisation
+from npgpt.training.flops import device_peak_flops, flops_per_token, model_flops_utilisation
 
 SMALL = dict(vocab_size=8192, block_size=128, n_layer=4, n_head=4, n_embd=256)
 GPT2 = dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
 QUICK = dict(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=64)
-
-# Dense peak FLOP/s per precision of the GPUs people are likely to run this on (vendor data
-# sheets; float16 = tensor cores without sparsity, float32 = the CUDA cores without TF32).
-PEAKS = {
-    "H200": {"float32": 67e12, "float16": 989e12},
-    "H100": {"float32": 67e12, "float16": 989e12},
-    "A100": {"float32": 19.5e12, "float16": 312e12},
-    "L40S": {"float32": 91.6e12, "float16": 362e12},
-    "A10": {"float32": 31.2e12, "float16": 125e12},
-    "T4": {"float32": 8.1e12, "float16": 65e12},
-}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=5, help="measured steps per workload (default 5)")
@@ -79,16 +67,21 @@ def _timed(step: Callable[[], Any], steps: int, warmup: int, sync: Callable[[], 
     return median(times)
 
 
-def _pool_peak() -> Callable[[], int]:
-    """A function that samples CuPy's memory pool and returns the largest size seen, in bytes."""
+def _pool_peak() -> Callable[[], tuple[int, int]]:
+    """A function that samples CuPy's memory pool: the largest (reserved, allocated) bytes seen.
+
+    Reserved is what the pool holds from the driver (``total_bytes``), allocated what arrays use of
+    it (``used_bytes``): PyTorch's ``max_memory_reserved`` and ``max_memory_allocated`` are the
+    same two measures, and each is compared with its own kind.
+    """
     import cupy
 
     pool = cupy.get_default_memory_pool()
-    seen = [pool.total_bytes()]
+    seen = [(pool.total_bytes(), pool.used_bytes())]
 
-    def sample() -> int:
-        seen.append(pool.total_bytes())
-        return max(seen)
+    def sample() -> tuple[int, int]:
+        seen.append((pool.total_bytes(), pool.used_bytes()))
+        return max(r for r, _ in seen), max(a for _, a in seen)
     return sample
 
 
@@ -114,7 +107,6 @@ def parity(cfg: dict[str, int]) -> float:
 
 def train_npgpt(cfg: dict[str, int], batch: int, dtype: str, steps: int, warmup: int) -> dict[str, float]:
     """Median train step of npgpt on the GPU; tokens/s, peak pool bytes, loss."""
-    import npgpt.functional as F
     from npgpt.backend import to_device
     from npgpt.training import engine
     from npgpt.training.mixed_precision import GradScaler
@@ -133,7 +125,7 @@ def train_npgpt(cfg: dict[str, int], batch: int, dtype: str, steps: int, warmup:
     losses = []
 
     def loss_fn(x: Any, y: Any) -> Any:
-        return F.cross_entropy(model(x, validate=False), y)
+        return model.loss(x, y, validate=False)          # the trainer's own loss path (fused head + loss)
 
     def step() -> None:
         tokens = to_device(rng.integers(0, cfg["vocab_size"], (batch, T + 1)), "cuda")
@@ -143,8 +135,9 @@ def train_npgpt(cfg: dict[str, int], batch: int, dtype: str, steps: int, warmup:
         peak()
 
     seconds = _timed(step, steps, warmup, _sync)
-    return {"step_ms": 1000 * seconds, "tokens_per_s": batch * T / seconds, "peak_device_mb": peak() / 2 ** 20,
-            "loss": losses[-1], "flops_per_token": flops_per_token(model)}
+    reserved, allocated = peak()
+    return {"step_ms": 1000 * seconds, "tokens_per_s": batch * T / seconds, "reserved_mb": reserved / 2 ** 20,
+            "allocated_mb": allocated / 2 ** 20, "loss": losses[-1], "flops_per_token": flops_per_token(model)}
 
 
 def train_torch(cfg: dict[str, int], batch: int, dtype: str, steps: int, warmup: int) -> dict[str, float]:
@@ -177,7 +170,8 @@ def train_torch(cfg: dict[str, int], batch: int, dtype: str, steps: int, warmup:
 
     seconds = _timed(step, steps, warmup, torch.cuda.synchronize)
     return {"step_ms": 1000 * seconds, "tokens_per_s": batch * T / seconds,
-            "peak_device_mb": torch.cuda.max_memory_allocated() / 2 ** 20}
+            "reserved_mb": torch.cuda.max_memory_reserved() / 2 ** 20,
+            "allocated_mb": torch.cuda.max_memory_allocated() / 2 ** 20}
 
 
 def generate_npgpt(cfg: dict[str, int], new_tokens: int = 64) -> float:
@@ -200,15 +194,16 @@ def generate_npgpt(cfg: dict[str, int], new_tokens: int = 64) -> float:
 def _peaks(name: str, override: list[float] | None) -> dict[str, float] | None:
     if override:
         return {"float32": override[0], "float16": override[1]}
-    return next((peaks for key, peaks in PEAKS.items() if key in name), None)
+    known = device_peak_flops(name)
+    return None if known is None else {dtype: device_peak_flops(name, dtype) for dtype in ("float32", "float16")}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from npgpt import backend
 
     if not backend.cuda_available():
-        print("npgpt.bench gpu: no CUDA device (CuPy with a GPU is needed; pip install -e \".[gpu]\")",
-              file=sys.stderr)
+        print(f"npgpt.bench gpu: no usable CUDA device: {backend.cuda_unavailable_reason()} "
+              "(docs/gpu.md, \"Installing\")", file=sys.stderr)
         raise SystemExit(2)
     import cupy
 
@@ -237,8 +232,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ours = train_npgpt(cfg, batch, dtype, steps, warmup)
             entry = {k: round(v, 4) if isinstance(v, float) else v for k, v in ours.items()}
             if peaks:
-                entry["mfu"] = round(model_flops_utilisation(ours["tokens_per_s"], ours["flops_per_token"],
-                                                             peaks[dtype]), 4)
+                mfu = model_flops_utilisation(ours["tokens_per_s"], ours["flops_per_token"], peaks[dtype])
+                entry["mfu"] = float(f"{mfu:.4g}")        # 4 significant digits: a tiny run's MFU is not 0
             if torch_ok:
                 theirs = train_torch(cfg, batch, dtype, steps, warmup)
                 entry.update({f"torch_{k}": round(v, 2) for k, v in theirs.items()})

@@ -14,11 +14,33 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DEFAULT_PEAK_FLOPS", "flops_per_token", "model_flops_utilisation"]
+__all__ = ["DEFAULT_PEAK_FLOPS", "DEVICE_PEAKS", "device_peak_flops", "flops_per_token", "model_flops_utilisation"]
 
 # float32 matrix-multiply peak of the 2-core Zen 4 machines this project is measured on
 # (docs/performance.md): the denominator of the MFU. Pass your machine's own peak.
 DEFAULT_PEAK_FLOPS = 195e9
+
+# Dense peak FLOP/s of NVIDIA GPUs per precision (vendor data sheets; float16 = tensor cores without
+# sparsity, float32 = CUDA cores without TF32), looked up by a piece of the name CUDA reports, first
+# match wins: so the more specific names come first. An H100 reports "H100 80GB HBM3" (SXM),
+# "H100 PCIe" or "H100 NVL", and the three differ by a third; a GH200's GPU is an H100 SXM's.
+DEVICE_PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("GH200", {"float32": 67e12, "float16": 989e12}),
+    ("H200 NVL", {"float32": 60e12, "float16": 835e12}),
+    ("H200", {"float32": 67e12, "float16": 989e12}),
+    ("H100 NVL", {"float32": 60e12, "float16": 835e12}),
+    ("H100 PCIe", {"float32": 51e12, "float16": 756e12}),
+    ("H100", {"float32": 67e12, "float16": 989e12}),
+    ("A100", {"float32": 19.5e12, "float16": 312e12}),
+    ("L40S", {"float32": 91.6e12, "float16": 362e12}),
+    ("A10", {"float32": 31.2e12, "float16": 125e12}),
+    ("T4", {"float32": 8.1e12, "float16": 65e12}),
+)
+
+
+def device_peak_flops(name: str, dtype: str = "float32") -> float | None:
+    """The peak FLOP/s of the GPU named ``name`` (as CUDA reports it) in ``dtype``; ``None`` if unknown."""
+    return next((peaks[dtype] for key, peaks in DEVICE_PEAKS if key in name), None)
 
 
 def flops_per_token(model_or_config: Any, seq_len: int | None = None) -> int:

@@ -53,7 +53,7 @@ from npgpt.model import GPT, GPTConfig
 from npgpt.training import distributed, engine, plot, rundir, settings
 from npgpt.training.data import BatchSampler, TokenFile, load_meta, tokenizer_digest, tokenizer_dir
 from npgpt.training.engine import TrainingDiverged
-from npgpt.training.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
+from npgpt.training.flops import DEFAULT_PEAK_FLOPS, device_peak_flops, flops_per_token, model_flops_utilisation
 from npgpt.training.interrupt import GracefulStop
 from npgpt.training.mixed_precision import DTYPES, GradScaler
 from npgpt.training.optim import AdamW, cosine_schedule, param_groups
@@ -279,9 +279,7 @@ class Trainer:
             if len(split) < config.block_size + 1:
                 raise ValueError(f"{split.path} holds {len(split):,} tokens, fewer than block_size + 1 = "
                                  f"{config.block_size + 1}; use a smaller --block-size or more text")
-        if isinstance(config.device, str) and config.device.lower().startswith("cuda"):
-            self.world.use_local_gpu()     # under mpiexec: one GPU per rank of this machine, before any GPU work
-        self.device = backend.check_device(config.device)
+        self._choose_device(config)
         self.model = model.to(self.device)
         self.model.train()
         self.sampler = BatchSampler(self.train_tokens.tokens, config.batch_size, config.block_size, seed=config.seed)
@@ -289,6 +287,15 @@ class Trainer:
         self.tokenizer_dir = self._tokenizer_dir()
         if _state is not None:
             self._restore(*_state)
+
+    def _choose_device(self, config: Any) -> None:
+        """``self.device``, and the peak FLOP/s of the MFU: the GPU's own unless ``peak_flops`` was set."""
+        if isinstance(config.device, str) and config.device.lower().startswith("cuda"):
+            self.world.use_local_gpu()     # under mpiexec: one GPU per rank of this machine, before any GPU work
+        self.device = backend.check_device(config.device)
+        self.peak_flops = config.peak_flops
+        if self.device == "cuda" and config.peak_flops == DEFAULT_PEAK_FLOPS:
+            self.peak_flops = device_peak_flops(backend.device_name(), config.dtype) or config.peak_flops
 
     def _setup_logging(self, config: Any, log: Optional[Callable[[str], None]]) -> None:
         """The config, the MPI world and where log lines go (shared with ``npgpt.finetuning.sft``)."""
@@ -547,7 +554,7 @@ class Trainer:
             if self.step % c.log_interval == 0 or self.step == end:
                 now = time.perf_counter()
                 tok_s = interval_steps * tokens_per_step / max(now - interval_start, 1e-9)
-                mfu = model_flops_utilisation(tok_s, self.flops_per_token, c.peak_flops)
+                mfu = model_flops_utilisation(tok_s, self.flops_per_token, self.peak_flops)
                 eta = (c.max_steps - self.step) * (now - started) / steps_done
                 row.update(tokens_per_s=tok_s, mfu=mfu)
                 self.log(f"step {self.step:>6d}/{c.max_steps} | loss {interval_loss / interval_steps:.4f} | "
