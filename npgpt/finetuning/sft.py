@@ -205,7 +205,7 @@ class SFTTrainer(Trainer):
         self.pad_id = conversations.pad_id_of(self.tokenizer)
         self.sampler = conversations.ConversationSampler(self.train_examples, config.batch_size, self.pad_id,
                                                          seed=config.seed)
-        self.device = backend.check_device(config.device)
+        self._choose_device(config)              # one GPU per rank; the MFU peak of that GPU
         self.model = model.to(self.device)
         self.model.train()
         self._setup_optimizer()
