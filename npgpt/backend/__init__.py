@@ -35,7 +35,7 @@ Array = Any
 DEVICES = ("cpu", "cuda")
 
 _CUPY_HINT = (
-    "install the GPU extra for the machine's CUDA: `pip install -e \".[gpu]\"` (CUDA 13, cupy-cuda13x) or "
+    "install CuPy through the GPU extra for the machine's CUDA: `pip install -e \".[gpu]\"` (CUDA 13, cupy-cuda13x) or "
     "`pip install -e \".[gpu-cuda12]\"` (CUDA 12, cupy-cuda12x with its CUDA libraries), on a machine with an "
     "NVIDIA GPU and driver (`nvidia-smi` prints the driver's CUDA version)"
 )
