@@ -90,6 +90,7 @@ class GenerationConfig:
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
     use_cache: bool = True
+    prompt_lookup: int | None = None   # guess up to N tokens from the context, verify in one pass (npgpt.prompt_lookup)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None and self.max_length is not None:
@@ -98,6 +99,9 @@ class GenerationConfig:
             check_sampling_args(self.max_new_tokens)
         check_sampling_args(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
         check_generation_args(min_new_tokens=self.min_new_tokens, repetition_penalty=self.repetition_penalty)
+        lookup = self.prompt_lookup
+        if lookup is not None and (isinstance(lookup, bool) or not isinstance(lookup, (int, np.integer)) or lookup < 0):
+            raise ValueError(f"prompt_lookup must be an integer >= 0 (0 or None: off), got {lookup!r}")
         if self.eos_token_id is not None and not isinstance(self.eos_token_id, (int, np.integer)):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))   # hashable, like the rest
 
@@ -284,6 +288,7 @@ class _Plan:
     repetition_penalty: float
     rng: Any                        # a numpy Generator, or RowGenerators (one per row)
     use_cache: bool
+    prompt_lookup: int = 0          # tokens guessed per pass (npgpt.prompt_lookup); 0: plain decoding
 
 
 def _settings(generation_config: GenerationConfig | None, max_new_tokens: int | None,
@@ -309,7 +314,7 @@ def stream(model: Any, idx: Any, max_new_tokens: int | None = None, *, attention
     The arguments are checked at once; the model runs as the iterator is consumed.
     """
     plan = _check(model, idx, _settings(generation_config, max_new_tokens, settings), attention_mask, seed)
-    return _decode(model, plan)
+    return _steps(model, plan)
 
 
 def generate(model: Any, idx: Any, max_new_tokens: int | None = None, *, attention_mask: Any = None,
@@ -345,9 +350,14 @@ def generate(model: Any, idx: Any, max_new_tokens: int | None = None, *, attenti
     the KV cache is rebuilt from the cropped context at each step.
     ``use_cache=False`` recomputes every step from scratch and gives the same
     ids (it exists to test that).
+
+    ``prompt_lookup=N`` (greedy, one row, within ``block_size``; else a ValueError
+    that says why) guesses up to N tokens from an earlier occurrence of the last
+    n-gram and verifies them in one pass (``npgpt.prompt_lookup``): the same ids
+    as plain greedy decoding, in fewer passes when the output repeats the input.
     """
     plan = _check(model, idx, _settings(generation_config, max_new_tokens, settings), attention_mask, seed)
-    tokens = list(_decode(model, plan))
+    tokens = list(_steps(model, plan))
     ids = plan.ids
     if not tokens:
         return ids.copy()
@@ -405,7 +415,7 @@ def _check(model: Any, idx: Any, config: GenerationConfig, attention_mask: Any, 
                              "(or one int for the whole batch)")
         rng = RowGenerators(seeds)
     return _Plan(ids, mask, int(max_new_tokens), config.sampling, eos, filler, int(config.min_new_tokens),
-                 float(config.repetition_penalty), rng, bool(config.use_cache))
+                 float(config.repetition_penalty), rng, bool(config.use_cache), int(config.prompt_lookup or 0))
 
 
 class ContextWindowWarning(UserWarning):
@@ -433,6 +443,15 @@ def decoding_head(model: Any, rows: int, steps: int) -> Array | None:
     for start in range(0, w.shape[0], 256):     # a transpose in bands of rows stays in the cache: ~2.5x faster
         head[:, start:start + 256] = w[start:start + 256].T
     return head
+
+
+def _steps(model, plan):
+    """The tokens of ``plan``: prompt lookup's loop when it asks for one (``npgpt.prompt_lookup``), else ``_decode``."""
+    if not plan.prompt_lookup:
+        return _decode(model, plan)
+    from npgpt import prompt_lookup
+    prompt_lookup.check(plan, model.config.block_size)
+    return prompt_lookup.decode(model, plan, plan.prompt_lookup, decoding_head(model, 1, plan.max_new_tokens))
 
 
 def _decode(model, plan):
