@@ -41,7 +41,8 @@ def propose(history: np.ndarray, max_tokens: int, ngram_sizes: tuple[int, ...] =
 
     For each n in ``ngram_sizes``, the last n tokens are searched for earlier in ``history``; at
     the most recent earlier occurrence (one that is followed by at least one token), the tokens
-    after it are returned, repeated periodically where they reach the end of ``history``. Empty when nothing matches or ``max_tokens`` is 0.
+    after it are returned, repeated periodically where they reach the end of ``history``. Empty
+    when nothing matches or ``max_tokens`` is 0.
     """
     L = len(history)
     if max_tokens <= 0:

@@ -152,3 +152,18 @@ def test_prompt_lookup_on_the_gpu_gives_the_cpu_ids():
     plain = generation.generate(model, ids, 30)
     on_gpu = generation.generate(model.to("cuda"), ids, 30, prompt_lookup=8)
     assert np.array_equal(backend.to_numpy(on_gpu), plain)
+
+
+# ---------------------------------------------------------------- CLI
+@pytest.mark.slow
+def test_the_cli_flag_prints_the_plain_greedy_text(capsys):
+    from npgpt.apps.cli import main
+
+    prompt = "ROMEO: O Juliet, O Juliet, wherefore art thou? Say it again: O Juliet,"
+    args = ["generate", "--model", "npgpt-small", "--temperature", "0", "--max-new-tokens", "24", prompt]
+    assert main(args) == 0
+    plain = capsys.readouterr().out
+    assert main(args[:-1] + ["--prompt-lookup", "8", prompt]) == 0
+    assert capsys.readouterr().out == plain
+    assert main(args[:3] + ["--prompt-lookup", "8", prompt]) != 0        # sampling (the default temperature 1)
+    assert "--prompt-lookup is exact for greedy decoding only" in capsys.readouterr().err
