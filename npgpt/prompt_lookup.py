@@ -10,7 +10,10 @@ guessed tokens through the model in ONE pass with the KV cache costs little more
 one (the weights are read once for k + 1 rows), and yields the model's own greedy choice after
 every prefix of the guess. Accepting the longest prefix of the guess that agrees with those
 choices, plus the model's choice after it, gives 1 to k + 1 tokens per pass: exactly the tokens
-plain greedy decoding gives, in fewer passes. A wrong guess costs one slightly wider pass.
+plain greedy decoding gives, in fewer passes. A wrong guess costs one slightly wider pass; to keep
+that cost small on text that does not repeat, the guess's length adapts (``decode``): after a guess
+that was wholly accepted the next may be twice as long (up to N), after a rejected one it is only as
+long as the agreement went (at least 1).
 
 The guess (``propose``): for n = 3, then 2, then 1 (``NGRAM_SIZES``), look for the context's last
 n tokens earlier in the context; at the most recent earlier occurrence, propose the k tokens
@@ -110,6 +113,7 @@ def decode(model: Any, plan: Any, num_tokens: int, head: Any = None) -> Any:
 
     cache = model.new_cache(1, T0 + n)
     produced = 0
+    size = num_tokens                     # the next guess's length, adapted to how the last one fared
     with no_grad():
         hidden = model.trunk(ids, cache=cache, validate=False)     # the prompt: (1, T0, C)
         new = choices(hidden[0, -1:], 0)                           # (1,)
@@ -122,7 +126,7 @@ def decode(model: Any, plan: Any, num_tokens: int, head: Any = None) -> Any:
                 yield new[j:j + 1]
                 if token in eos or produced == n:
                     return
-            guess = propose(history[:length], min(num_tokens, n - produced - 1))
+            guess = propose(history[:length], min(size, n - produced - 1))
             k = len(guess)
             block = xp.asarray(np.concatenate([history[length - 1:length], guess])[None])   # (1, k + 1): last + guess
             before = cache.length                                          # = length - 1
@@ -132,4 +136,6 @@ def decode(model: Any, plan: Any, num_tokens: int, head: Any = None) -> Any:
             agree = pred_host[:k] == guess
             a = k if agree.all() else int(np.argmin(agree))                # guessed tokens accepted
             cache.length = before + 1 + a                                  # drop the rejected guesses
+            if k:                   # all accepted: guess twice as far; else only as far as the agreement went
+                size = min(num_tokens, 2 * size) if a == k else max(1, a)
             new, new_host = pred[:a + 1], pred_host[:a + 1]

@@ -31,6 +31,13 @@ recomputes the whole context), keeping each context's fastest step over two roun
 exponent of each series (``fit_exponent``). See docs/model.md, section "The KV cache", and
 docs/generation.md, "What a step costs".
 
+``--prompt-lookup N`` measures instead prompt-lookup decoding (``npgpt.prompt_lookup``) against
+plain greedy decoding (``prompt_lookup_workload``): the same ids, and the time of each, in pairs
+alternating which runs first, on an input-grounded task (quote a given passage) and on open-ended
+text, with the shipped ``npgpt-small`` and with GPT-2 124M random weights; and the cost of a
+verifying pass over k + 1 tokens against a one-token step. With ``--compare torch``,
+transformers' ``generate(prompt_lookup_num_tokens=N)`` on the same model and prompt too.
+
 ``fastest_step_ms`` (and ``torch_fastest_step_ms``) is the quickest single step of all the runs:
 on a shared machine, what a step costs when nothing else runs. ``peak_rss_mb`` is the whole
 process's: with ``--compare`` it holds transformers' copy of the model too.
@@ -67,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure a step's cost against the context length instead, with and without the cache")
     parser.add_argument("--contexts", default="64,128,256,512,1024",
                         help="context lengths of --scaling, comma-separated (default 64,128,256,512,1024)")
+    parser.add_argument("--prompt-lookup", type=int, default=None, metavar="N",
+                        help="measure prompt-lookup decoding (N guessed tokens) against plain greedy instead")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads of the matrix products, npgpt's BLAS and PyTorch alike (default: each "
                              "library's own; 1 is steadier on a busy machine)")
@@ -258,8 +267,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from npgpt.backend import retain_freed_memory
 
     retain_freed_memory()       # as `npgpt generate` does: the decoding head's copy reuses freed memory
+    workload = prompt_lookup_workload if args.prompt_lookup else scaling if args.scaling else _run
     if args.threads is None:
-        return scaling(args) if args.scaling else _run(args)
+        return workload(args)
     from npgpt.backend import blas_threads
 
     if args.compare == "torch":
@@ -267,7 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         torch.set_num_threads(args.threads)
     with blas_threads(args.threads):
-        return scaling(args) if args.scaling else _run(args)
+        return workload(args)
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
@@ -439,3 +449,138 @@ def scaling(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"--contexts: at most block_size = {model.config.block_size} tokens")
     return {"workload": "generate-124M-scaling", "model": "GPT-2 small (124M), random weights",
             "threads": args.threads, **scaling_rows(model, contexts)}
+
+
+# ------------------------------------------------------------ prompt lookup
+PASSAGE = ("Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him. "
+           "The evil that men do lives after them; the good is oft interred with their bones; so let it be "
+           "with Caesar. The noble Brutus hath told you Caesar was ambitious: if it were so, it was a "
+           "grievous fault, and grievously hath Caesar answer'd it.")
+QUOTE_PROMPT = f"{PASSAGE}\n\n{PASSAGE[:40]}"     # the passage, then its start again: go on quoting
+OPEN_PROMPT = "The history of the city begins in the"
+
+
+def _timed_generate(model: GPT, ids: np.ndarray, new_tokens: int, lookup: int) -> tuple[float, np.ndarray]:
+    from npgpt import generation
+
+    start = time.perf_counter()
+    out = generation.generate(model, ids, new_tokens, prompt_lookup=lookup)
+    return time.perf_counter() - start, out[0, ids.shape[1]:]
+
+
+def _timed_hf(hf: Any, ids: np.ndarray, new_tokens: int, lookup: int) -> tuple[float, np.ndarray]:
+    import torch
+
+    kw = {"prompt_lookup_num_tokens": lookup} if lookup else {}
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = hf.generate(torch.from_numpy(ids), attention_mask=torch.ones_like(torch.from_numpy(ids)),
+                          max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                          pad_token_id=0, **kw)
+    return time.perf_counter() - start, out[0, ids.shape[1]:].numpy()
+
+
+def _lookup_task(model: GPT, ids: np.ndarray, args: argparse.Namespace, hf: Any = None) -> dict[str, Any]:
+    """Plain greedy vs prompt lookup on one prompt, ``--repeats`` pairs alternating which runs first."""
+    # npgpt-small's context is 128 tokens; prompt lookup works within it (transformers' verifying
+    # pass may reach N + 1 positions past the last token: leave it that room).
+    N = args.prompt_lookup
+    n = min(args.new_tokens, model.config.block_size - ids.shape[1] - N - 1)
+    _timed_generate(model, ids, 4, 0)                       # warm-up: pages the weights in
+    plain_s, lookup_s, same = [], [], True
+    for r in range(args.repeats):
+        order = (0, N) if r % 2 == 0 else (N, 0)
+        got = {k: _timed_generate(model, ids, n, k) for k in order}
+        plain_s.append(got[0][0])
+        lookup_s.append(got[N][0])
+        same &= bool(np.array_equal(got[0][1], got[N][1]))
+    # How much of the output the guesses covered: passes the verifying loop made.
+    from npgpt import prompt_lookup
+
+    widths = []
+    trunk = model.trunk
+    model.trunk = lambda idx, **kw: (widths.append(idx.shape[1]), trunk(idx, **kw))[1]
+    try:
+        _timed_generate(model, ids, n, N)
+    finally:
+        del model.trunk
+    out = {"prompt_tokens": int(ids.shape[1]), "new_tokens": n, "same_ids": same,
+           "passes": len(widths), "tokens_per_pass": round(n / len(widths), 2),
+           "plain_tokens_per_s": round(n / median(plain_s), 1), "lookup_tokens_per_s": round(n / median(lookup_s), 1),
+           "speedup": _spread([p / q for p, q in zip(plain_s, lookup_s)], 2)}
+    del prompt_lookup
+    if hf is not None:
+        _timed_hf(hf, ids, 4, 0)
+        hf_plain, hf_lookup, ours_again, hf_same = [], [], [], True
+        for r in range(args.repeats):
+            order = ("ours", "hf") if r % 2 == 0 else ("hf", "ours")
+            for who in order:
+                if who == "ours":
+                    ours_again.append(_timed_generate(model, ids, n, N)[0])
+                else:
+                    t_plain, ids_plain = _timed_hf(hf, ids, n, 0)
+                    t_look, ids_look = _timed_hf(hf, ids, n, N)
+                    hf_plain.append(t_plain)
+                    hf_lookup.append(t_look)
+                    hf_same &= bool(np.array_equal(ids_plain, ids_look))
+        out.update({"torch_plain_tokens_per_s": round(n / median(hf_plain), 1),
+                    "torch_lookup_tokens_per_s": round(n / median(hf_lookup), 1),
+                    "torch_lookup_same_ids": hf_same,
+                    "lookup_vs_torch_lookup": _spread([t / o for t, o in zip(hf_lookup, ours_again)], 2)})
+    return out
+
+
+def verify_cost(model: GPT, context: int = 256, widths: Sequence[int] = (1, 2, 4, 8, 16),
+                repeats: int = 7) -> dict[str, float]:
+    """Median ms of one pass over ``w`` new tokens after ``context`` cached ones (trunk and head, as
+    prompt lookup's verifying pass runs), for each ``w``; the cache is cut back after each."""
+    from npgpt.autograd import no_grad
+    from npgpt.generation import decoding_head
+
+    V = model.config.vocab_size
+    ids = np.random.default_rng(1).integers(0, V, (1, context + max(widths)))
+    cache = model.new_cache(1, context + max(widths))
+    head = decoding_head(model, 1, 64)
+    out = {}
+    with no_grad():
+        model.trunk(ids[:, :context], cache=cache, validate=False)
+        times: dict[int, list[float]] = {w: [] for w in widths}
+        for _ in range(repeats):
+            for w in widths:                   # interleaved, so drift hits every width alike
+                start = time.perf_counter()
+                hidden = model.trunk(ids[:, context:context + w], cache=cache, validate=False)
+                logits = hidden.data[0] @ head if head is not None else model.lm_head(hidden[0]).data
+                logits.argmax(axis=-1)
+                times[w].append(time.perf_counter() - start)
+                cache.length = context
+    one = median(times[widths[0]])
+    for w in widths:
+        out[f"step_ms_{w}_tokens"] = round(1000 * median(times[w]), 1)
+        out[f"cost_{w}_vs_1"] = round(median(times[w]) / one, 2)
+    return out
+
+
+def prompt_lookup_workload(args: argparse.Namespace) -> dict[str, Any]:
+    """Prompt lookup vs plain greedy: npgpt-small and GPT-2 124M (random weights) on a quoting
+    task and on open-ended text; the verifying pass's cost; transformers with ``--compare torch``."""
+    from npgpt.model import GPT, GPTConfig
+    from npgpt.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_pretrained("npgpt-small")
+    quote = np.array([tok.encode(QUOTE_PROMPT)])
+    open_ended = np.array([tok.encode(OPEN_PROMPT)])
+    result: dict[str, Any] = {"prompt_lookup": args.prompt_lookup, "repeats": args.repeats,
+                              "load_before": os.getloadavg()[0]}
+    models = {"npgpt_small": GPT.from_pretrained("npgpt-small").eval(), "gpt2_124m_random": GPT(GPTConfig(), seed=0).eval()}
+    for name, model in models.items():
+        hf = None
+        if args.compare == "torch":
+            with tempfile.TemporaryDirectory() as directory:
+                model.save_pretrained(directory)
+                hf = load_torch(directory)
+        result[f"{name}_quote"] = _lookup_task(model, quote, args, hf)
+        result[f"{name}_open"] = _lookup_task(model, open_ended, args, hf)
+        del hf
+    result["gpt2_124m_random_verify"] = verify_cost(models["gpt2_124m_random"])
+    result["load_after"] = os.getloadavg()[0]
+    return result
