@@ -618,17 +618,30 @@ def _read_settings_file(name: str, config_class: type) -> dict[str, Any]:
     return values
 
 
+def _generation_settings(args: argparse.Namespace, eos: Optional[int]) -> tuple[Any, int]:
+    """``npgpt generate``'s flags as Hugging Face's generation settings (a temperature of 0 means
+    greedy), and the prompts generated together."""
+    from npgpt.generation import GenerationConfig
+
+    if args.prompt_lookup is not None and args.temperature > 0:
+        raise ValueError("--prompt-lookup is exact for greedy decoding only: add --temperature 0")
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                              temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k,
+                              top_p=args.top_p, eos_token_id=eos, prompt_lookup=args.prompt_lookup)
+    # A file of many prompts goes in batches: one batch of all would hold every row's cache at once.
+    # Prompt lookup decodes one row at a time (rows would accept different numbers of guesses).
+    return config, 1 if args.prompt_lookup else args.batch_size
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from npgpt import backend
-    from npgpt.generation import GenerationConfig, generate, stream
+    from npgpt.generation import generate, stream
     from npgpt.model import GPT
     from npgpt.tokenizer import ENDOFTEXT
 
     backend.retain_freed_memory()      # a generation's buffers (the decoding head's copy) reuse freed memory
     if (args.prompt is None) == (args.prompts is None):
         raise ValueError("give a PROMPT or --prompts FILE (not both)")
-    if args.prompt_lookup is not None and args.temperature > 0:
-        raise ValueError("--prompt-lookup is exact for greedy decoding only: add --temperature 0")
     texts = [args.prompt] if args.prompts is None else _read_prompts(args.prompts)
     _require_model_kind(args.model, "language model")
     model = GPT.from_pretrained(args.model).to(_check_device(args.device))
@@ -642,14 +655,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # is ordinary text (prepare never produced those ids, so the model never saw them).
     specials = {"allowed_special": {ENDOFTEXT} & set(tokenizer.special_tokens), "disallowed_special": ()}
     eos = tokenizer.special_tokens.get(ENDOFTEXT)
-    # The flags as Hugging Face's generation settings (a temperature of 0 means greedy).
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
-                              temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k,
-                              top_p=args.top_p, eos_token_id=eos, prompt_lookup=args.prompt_lookup)
+    config, batch_size = _generation_settings(args, eos)
     block = model.config.block_size
-    # A file of many prompts goes in batches: one batch of all would hold every row's cache at once.
-    # Prompt lookup decodes one row at a time (rows would accept different numbers of guesses).
-    batch_size = 1 if args.prompt_lookup else args.batch_size
     for first in range(0, len(texts), batch_size):
         batch = texts[first:first + batch_size]
         ids, mask = tokenizer.encode_batch(batch, padding="left", **specials)   # padded with <|endoftext|>
