@@ -196,7 +196,7 @@ def test_graph_is_released_after_backward():
     loss.backward()
     gc.collect()
     assert ref() is None
-    assert loss._node._parents == ()
+    assert loss._node.parents == ()
     with pytest.raises(RuntimeError, match="already walked and freed.*retain_graph=True"):
         loss.backward()
 

@@ -6,9 +6,10 @@ A ``Tensor`` wraps an array (``numpy.ndarray`` or ``cupy.ndarray``) in
 ``.data``. Every differentiable operation on tensors returns a new tensor
 whose ``_node`` (a ``Node``) remembers
 
-* ``_parents``: the nodes of the tensors it was computed from (a leaf --
-  a parameter, an input with ``requires_grad`` -- is its own node), and
-* ``_backward``: a function that maps the gradient of the loss with respect to
+* ``parents``: the nodes of the tensors it was computed from (a tensor no
+  op computed that needs a gradient -- a parameter -- has a ``Leaf``; one
+  that needs none is ``CONSTANT``), and
+* ``backward``: a function that maps the gradient of the loss with respect to
   this output, ``dL/dy``, to the gradients with respect to each parent,
   ``dL/dx_k = dL/dy * dy/dx_k`` (the chain rule, docs/autograd.md eq. 1).
 
@@ -34,6 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import threading
+import weakref
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Optional, Union
 
@@ -75,9 +79,6 @@ class Tensor:
     """An array with an optional gradient and the recipe that produced it."""
 
     __slots__ = ("data", "grad", "requires_grad", "_node", "name", "__weakref__")
-    # A leaf is its own node in the graph: nothing to walk back into.
-    _parents: tuple = ()
-    _backward = None
     # Make ``ndarray + Tensor`` call ``Tensor.__radd__`` instead of NumPy's ``__add__``.
     __array_priority__ = 1000
 
@@ -92,7 +93,7 @@ class Tensor:
         self.data: Array = data
         self.grad: Optional[Array] = None
         self.requires_grad = bool(requires_grad)
-        self._node: Optional[Node] = None      # set by the op that computed this tensor
+        self._node: Optional[Node | Leaf] = None     # the op's Node, or a Leaf once a graph uses it
         self.name = name
 
     # ------------------------------------------------------------------ basics
@@ -102,7 +103,7 @@ class Tensor:
     size = property(lambda self: self.data.size)
     device = property(lambda self: backend.device_of(self.data))
     T = property(lambda self: self.transpose())
-    is_leaf = property(lambda self: self._node is None)
+    is_leaf = property(lambda self: not isinstance(self._node, Node))
 
     def __len__(self) -> int:
         return len(self.data)
@@ -231,30 +232,54 @@ def _output_gradient(output: Tensor, grad: Tensor | Array | None) -> Array:
 class Node:
     """What the graph keeps of a tensor an op computed: how to pass its gradient back -- not its data.
 
-    ``_backward`` maps ``dL/dy`` to the gradients of the parents;
-    ``_parents`` are the parents' nodes (a leaf tensor is its own node; an
-    input that needs no gradient is ``CONSTANT``). PyTorch calls this the
+    ``backward`` maps ``dL/dy`` to the gradients of the parents (the chain
+    rule, eq. 1); ``parents`` are the parents' nodes. PyTorch calls this the
     ``grad_fn``. Because children hold nodes, not tensors, an intermediate
     array lives only as long as the program or a backward closure needs it.
+    ``fresh`` is the op's promise that every array ``backward`` returns is
+    new and seen nowhere else, so the walk may add other gradients into it
+    in place (see ``GradientSum``).
     """
 
-    __slots__ = ("_backward", "_parents", "__weakref__")
+    __slots__ = ("backward", "parents", "fresh", "__weakref__")
     requires_grad = True
 
-    def __init__(self, backward: Callable[[Array], tuple], parents: tuple) -> None:
-        self._backward, self._parents = backward, parents
+    def __init__(self, backward: Callable[[Array], tuple], parents: tuple, fresh: bool = False) -> None:
+        self.backward, self.parents, self.fresh = backward, parents, fresh
+
+    def release(self) -> None:
+        """Drop the closure and the parents: the arrays the op saved for its backward pass are freed."""
+        self.backward, self.parents = _released, ()
 
 
-class _Constant:
-    """The node of an input that needs no gradient."""
+class Leaf:
+    """The node of a tensor no op computed that needs a gradient (a parameter, an input).
+
+    The walk hands a leaf's gradient to its caller instead of passing it on.
+    It keeps its tensor through a weak reference, so a tensor the program
+    has dropped is not kept alive by a graph, nor by a reference cycle.
+    """
+
+    __slots__ = ("tensor", "__weakref__")
+    requires_grad = True
+    parents: tuple = ()
+    fresh = False
+
+    def __init__(self, tensor: Tensor) -> None:
+        self.tensor = weakref.ref(tensor)
+
+
+class Constant:
+    """The node of an input that needs no gradient: the walk never goes there."""
 
     __slots__ = ()
     requires_grad = False
-    _backward = None
-    _parents: tuple = ()
+    parents: tuple = ()
 
 
-CONSTANT = _Constant()
+CONSTANT = Constant()
+GraphNode = Union[Node, Leaf, Constant]
+_new_leaf = threading.Lock()      # two threads must not give one parameter two leaves
 
 
 def _released(g: Array) -> tuple:
@@ -262,11 +287,15 @@ def _released(g: Array) -> tuple:
                        "the first time to walk it twice")
 
 
-def _node_of(t: Tensor) -> Any:
-    """The graph's handle on ``t``: its node, the tensor itself for a leaf, ``CONSTANT`` without a gradient."""
+def _node_of(t: Tensor) -> GraphNode:
+    """The graph's handle on ``t``: the node that computed it, its ``Leaf``, or ``CONSTANT`` without a gradient."""
     if not t.requires_grad:
         return CONSTANT
-    return t._node if t._node is not None else t
+    if t._node is None:
+        with _new_leaf:
+            if t._node is None:
+                t._node = Leaf(t)
+    return t._node
 
 
 class RowGradient:
@@ -297,103 +326,147 @@ class RowGradient:
         return self.add_into(backend.array_module(self.rows).zeros(self.shape, dtype=self.rows.dtype))
 
 
-def _sum_gradients(total: Any, total_owned: bool, pg: Any, pg_fresh: bool) -> Array:
-    """``total + pg`` for two gradients of one tensor, written into one of them if nothing else sees it.
+class GradientSum:
+    """The gradients of the nodes the walk has not reached yet, each the sum of the shares that arrived.
 
-    Either may be a ``RowGradient``. IEEE addition is commutative, so which
-    array receives the sum changes no bit.
+    This is where the walk's memory policy lives, so the walk itself is the
+    chain rule and nothing else:
+
+    * a share is summed into an array nothing else can see -- one this
+      object made, or one an op declared ``fresh`` -- instead of into a
+      third array (IEEE addition is commutative: which array receives the
+      sum changes no bit). ``in_place=False`` (``retain_graph``) trusts no
+      op's promise, since a second walk would see the same arrays again;
+    * a ``RowGradient`` is added row by row into the weight's dense
+      gradient and made dense only when it arrives alone;
+    * ``pop`` says whether the caller may keep the array (``owned``).
     """
-    if isinstance(total, RowGradient):
-        total, total_owned, pg, pg_fresh = pg, pg_fresh, total, True
-    if isinstance(pg, RowGradient):
+
+    def __init__(self, xp: Any, in_place: bool = True) -> None:
+        self.xp, self.in_place = xp, in_place
+        self.pending: dict[int, Any] = {}     # id(node) -> the sum so far (an array or a RowGradient)
+        self.owned: set[int] = set()          # ids whose sum nothing else refers to: it may be written into
+
+    def add(self, node: GraphNode, share: Any, fresh: bool = False) -> None:
+        """Add ``share`` (``None``: nothing) to the gradient of ``node`` (nothing if it needs none)."""
+        if share is None or not node.requires_grad:
+            return
+        if not isinstance(share, RowGradient):
+            share = self.xp.asarray(share)      # NumPy turns 0-d results into scalars; keep arrays
+        key, fresh = id(node), fresh and self.in_place
+        if key not in self.pending:
+            self.pending[key] = share
+            if fresh:
+                self.owned.add(key)
+            return
+        self.pending[key] = self._sum(self.pending[key], key in self.owned, share, fresh)
+        self.owned.add(key)
+
+    def pop(self, node: GraphNode) -> tuple[Optional[Array], bool]:
+        """``(dL/dnode, owned)``, forgotten here; ``(None, False)`` if no gradient reached ``node``."""
+        key = id(node)
+        g, owned = self.pending.pop(key, None), key in self.owned
+        self.owned.discard(key)
+        if isinstance(g, RowGradient):
+            return g.dense(), True
+        return g, owned
+
+    @staticmethod
+    def _sum(total: Any, total_owned: bool, share: Any, share_fresh: bool) -> Any:
+        """``total + share``, written into one of them if nothing else sees it (either may be a RowGradient)."""
         if isinstance(total, RowGradient):
-            total, total_owned = total.dense(), True
-        return pg.add_into(total if total_owned else total.copy())
-    if total.shape == pg.shape and total.dtype == pg.dtype:
-        if total_owned:
-            total += pg                              # into the walk's own array
-            return total
-        if pg_fresh:
-            pg += total                              # into the op's new array
-            return pg
-    return total + pg
+            total, total_owned, share, share_fresh = share, share_fresh, total, True
+        if isinstance(share, RowGradient):
+            if isinstance(total, RowGradient):
+                total, total_owned = total.dense(), True
+            return share.add_into(total if total_owned else total.copy())
+        if total.shape == share.shape and total.dtype == share.dtype:
+            if total_owned:
+                total += share                   # into the walk's own array
+                return total
+            if share_fresh:
+                share += total                   # into the op's new array
+                return share
+        return total + share
+
+
+def _topological_order(roots: list[GraphNode]) -> list[GraphNode]:
+    """Nodes that need a gradient, each after all of its parents (iterative DFS from ``roots``).
+
+    Iterative rather than recursive so that deep graphs (many layers, long
+    generation loops) cannot hit Python's recursion limit.
+    """
+    order, visited = [], set()
+    stack = [(root, False) for root in reversed(roots)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        for parent in node.parents:
+            if parent.requires_grad and id(parent) not in visited:
+                stack.append((parent, False))
+    return order
+
+
+def _backward_order(roots: list[GraphNode]) -> list[GraphNode]:
+    """The order of the walk: each node after every node that uses it, a leaf right after the last one.
+
+    The reverse of the topological order, so that a node's gradient is
+    complete (every path summed) when it is reached -- except that a leaf (a
+    parameter) comes as soon as the last node that uses it is done, not
+    where the topological order has it, which for most parameters is the
+    very end: otherwise every gradient of the model would wait in the
+    ``GradientSum`` until the walk ends (with two threads, two full sets at
+    once). A leaf whose tensor the program has dropped is left out: no one
+    can read its gradient.
+    """
+    order = _topological_order(roots)
+    uses = Counter(id(p) for node in order for p in node.parents if isinstance(p, Leaf))
+    walk = [node for node in order if isinstance(node, Leaf) and not uses[id(node)]]   # roots only
+    for node in reversed(order):
+        if isinstance(node, Leaf):
+            continue
+        walk.append(node)
+        for parent in node.parents:
+            if isinstance(parent, Leaf):
+                uses[id(parent)] -= 1
+                if uses[id(parent)] == 0:
+                    walk.append(parent)
+    return [node for node in walk if not isinstance(node, Leaf) or node.tensor() is not None]
 
 
 def _backpropagate(seeds: list[tuple[Tensor, Array]], retain_graph: bool, on_leaf: Callable[..., None],
-                   on_node: Optional[Callable[[Tensor, Array], None]] = None) -> None:
+                   on_node: Optional[Callable[[GraphNode, Array], None]] = None) -> None:
     """The reverse walk (docs/autograd.md eq. 2) from ``seeds``, a list of ``(output, dL/doutput)``.
 
-    Visits the nodes in reverse topological order, so a node's gradient is
-    complete (every path summed) when it is reached. ``on_leaf(leaf, g,
-    owned)`` receives each leaf's gradient (``owned``: nothing else refers
-    to ``g``); ``on_node(node, g)``, if given, every node's (``grad`` uses
-    it to read gradients of intermediate tensors).
-
-    Memory: where two gradients of one tensor meet, their sum is written
-    into one of them if nothing else can see it -- an array this walk made,
-    or one an op returned from a backward declared ``fresh`` (see
-    ``_make``) -- instead of into a third array. IEEE addition is
-    commutative, so which one receives the sum changes no bit.
+    ``on_leaf(tensor, g, owned)`` receives each leaf's gradient once it is
+    complete (``owned``: nothing else refers to ``g``); ``on_node(node,
+    g)``, if given, every node's (``grad`` reads intermediate gradients so).
+    Unless ``retain_graph``, each node is released once it has passed its
+    gradient on, freeing the arrays its op saved.
     """
-    xp = backend.array_module(seeds[0][1])
-    pending = {}     # gradient sums of nodes not yet visited
-    owned = set()    # keys of pending arrays nothing else refers to: the walk may write into them
-    seeds = [(_node_of(output), g) for output, g in seeds]
-    for output, g in seeds:
-        key = id(output)
-        pending[key] = g if key not in pending else pending[key] + g
-    order = _topological_order([output for output, _ in seeds])
-    # A leaf (a parameter) is handed over as soon as the last node that uses it is done, not when
-    # the order reaches it, which for most parameters is the very end: otherwise every gradient of
-    # the model waits in ``pending`` until the walk ends (with two threads, two full sets at once).
-    uses = {}
-    for node in order:
-        for parent in node._parents:
-            if parent.requires_grad and parent._backward is None:
-                uses[id(parent)] = uses.get(id(parent), 0) + 1
-
-    def visit(node: Tensor) -> Optional[Array]:
-        key = id(node)
-        g = pending.pop(key, None)
-        g_owned = key in owned
-        owned.discard(key)
-        if g is None:
-            return None
-        if isinstance(g, RowGradient):
-            g, g_owned = g.dense(), True
-        if on_node is not None:
-            on_node(node, g)
-        if node._backward is None:  # a leaf: hand its gradient over
-            on_leaf(node, g, g_owned)
-            return None
-        return g
-
-    for node in reversed(order):
-        g = visit(node)
+    roots = [_node_of(output) for output, _ in seeds]
+    sums = GradientSum(backend.array_module(seeds[0][1]), in_place=not retain_graph)
+    for root, (_, g) in zip(roots, seeds):
+        sums.add(root, g)
+    for node in _backward_order(roots):
+        g, owned = sums.pop(node)                       # complete: every path into it is summed
         if g is None:
             continue
-        fresh = getattr(node._backward, "fresh", False) and not retain_graph
-        parent_grads = node._backward(g)
-        for parent, pg in zip(node._parents, parent_grads):
-            if not parent.requires_grad:
-                continue
-            key = id(parent)
-            if pg is not None:
-                if not isinstance(pg, RowGradient):
-                    pg = xp.asarray(pg)  # NumPy turns 0-d results into scalars; keep arrays
-                if key not in pending:
-                    pending[key] = pg
-                    if fresh:
-                        owned.add(key)
-                else:
-                    pending[key] = _sum_gradients(pending[key], key in owned, pg, fresh)
-                    owned.add(key)
-            if key in uses:
-                uses[key] -= 1
-                if uses[key] == 0:   # the leaf's gradient is complete
-                    visit(parent)
-        if not retain_graph:  # free the saved arrays as soon as they are used
-            node._backward, node._parents = _released, ()
+        if on_node is not None:
+            on_node(node, g)
+        if isinstance(node, Leaf):                      # a parameter: its gradient goes to the caller
+            on_leaf(node.tensor(), g, owned)
+            continue
+        for parent, share in zip(node.parents, node.backward(g)):   # the chain rule: dL/dx_k = g dy/dx_k
+            sums.add(parent, share, node.fresh)
+        if not retain_graph:
+            node.release()
 
 
 def backward(output: Tensor, grad: Tensor | Array | None = None, *, retain_graph: bool = False,
@@ -479,30 +552,6 @@ def tensor(data: Tensor | Array | ArrayLike, requires_grad: bool = False, dtype:
     return Tensor(array.astype(dtype if dtype is not None else array.dtype, copy=True), requires_grad=requires_grad)
 
 
-# ====================================================================== graph
-def _topological_order(roots: list[Tensor]) -> list[Tensor]:
-    """Nodes that need a gradient, each after all of its parents (iterative DFS from ``roots``).
-
-    Iterative rather than recursive so that deep graphs (many layers, long
-    generation loops) cannot hit Python's recursion limit.
-    """
-    order, visited = [], set()
-    stack = [(root, False) for root in reversed(roots)]
-    while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            order.append(node)
-            continue
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        stack.append((node, True))
-        for parent in node._parents:
-            if parent.requires_grad and id(parent) not in visited:
-                stack.append((parent, False))
-    return order
-
-
 def _make(data: Array, parents: tuple[Tensor, ...], backward: Callable[[Array], tuple],
           fresh: bool = False) -> Tensor:
     """Wrap an op's result; record the graph only when a gradient can flow.
@@ -515,9 +564,7 @@ def _make(data: Array, parents: tuple[Tensor, ...], backward: Callable[[Array], 
     out = Tensor(data)
     if _grad_enabled and any(p.requires_grad for p in parents):
         out.requires_grad = True
-        out._node = Node(backward, tuple(_node_of(p) for p in parents))
-        if fresh:
-            backward.fresh = True
+        out._node = Node(backward, tuple(_node_of(p) for p in parents), fresh)
     return out
 
 
