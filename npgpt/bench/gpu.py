@@ -109,12 +109,12 @@ def train_npgpt(cfg: dict[str, int], batch: int, dtype: str, steps: int, warmup:
     """Median train step of npgpt on the GPU; tokens/s, peak pool bytes, loss."""
     from npgpt.backend import to_device
     from npgpt.training import engine
-    from npgpt.training.mixed_precision import GradScaler
+    from npgpt.training.mixed_precision import NO_LOSS_SCALING, GradScaler
     from npgpt.training.optim import AdamW, param_groups
 
     model = _model(cfg).to("cuda")
     model.train()
-    scaler = None
+    scaler = NO_LOSS_SCALING
     if dtype != "float32":
         model.set_compute_dtype(dtype)
         scaler = GradScaler()

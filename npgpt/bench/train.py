@@ -273,7 +273,8 @@ def run_ranks(cfg: dict[str, int], steps: int, warmup: int) -> dict[str, float]:
         return model.loss(x, y)
 
     def step() -> float:
-        return engine.optimizer_step(optimizer, loss_fn, [_batch(rng, cfg)], 3e-4, 1.0, workers=1, world=world).loss
+        return engine.optimizer_step(optimizer, loss_fn, [_batch(rng, cfg)], 3e-4, 1.0, workers=1,
+                                     group=distributed.process_group(world)).loss
 
     with backend.blas_threads(1):
         seconds, loss = _time_steps(step, steps, warmup)

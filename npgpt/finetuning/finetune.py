@@ -35,7 +35,7 @@ from npgpt.io import fileio
 from npgpt.tokenizer.bpe import ENDOFTEXT
 from npgpt.training import distributed, engine, optim, settings
 from npgpt.training.interrupt import GracefulStop
-from npgpt.training.mixed_precision import DTYPES, GradScaler
+from npgpt.training.mixed_precision import DTYPES, NO_LOSS_SCALING, GradScaler
 from npgpt.training.progress import Progress, format_seconds
 from npgpt.training.settings import setting
 
@@ -390,7 +390,8 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     rng = np.random.default_rng(cfg.seed)
     workers = engine.choose_workers(cfg.workers or (1 if world.size > 1 else None), classifier.device,
                                     lora.max_dropout(classifier))
-    scaler = None
+    group = distributed.process_group(world)     # the step's ranks: one, or DataParallel
+    scaler = NO_LOSS_SCALING
     if cfg.dtype != "float32":          # mixed precision: float16 products, float32 master weights
         classifier.transformer.set_compute_dtype(cfg.dtype)
         scaler = GradScaler()
@@ -416,7 +417,7 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
                 batch = (idx, mask, y)      # host arrays: checked there, copied to the device by the model
                 lr = optim.cosine_schedule(step, max_steps, cfg.lr, warmup_steps=warmup)
                 loss = engine.optimizer_step(opt, loss_fn, [batch], lr, grad_clip=cfg.grad_clip, workers=workers,
-                                             step=step + 1, scaler=scaler, world=world).loss
+                                             step=step + 1, scaler=scaler, group=group).loss
                 step += 1
                 running, counted = running + loss, counted + 1
                 if bar is not None:

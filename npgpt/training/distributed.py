@@ -29,8 +29,9 @@ float32 moments per parameter are most of a trainer's memory after the
 activations, so this saves ``2 (N-1)/N`` of them per rank.
 
 Without MPI (no mpi4py, or a plain ``npgpt train``), :func:`world` is a
-world of one and every function here is a no-op: the single-process path
-is unchanged.
+world of one, and the training step runs on ``SINGLE_PROCESS``, a
+:class:`ProcessGroup` whose every method does nothing; under ``mpiexec`` it
+runs on a :class:`DataParallel` group over the world.
 
 Depends on ``npgpt.backend``.
 """
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -48,8 +49,8 @@ import numpy as np
 from npgpt import backend
 from npgpt.backend import Array
 
-__all__ = ["World", "world", "local_rank", "MPINotInstalled", "BUCKET_BYTES", "partition", "OptimizerShard", "Link",
-           "NVLINK", "INFINIBAND",
+__all__ = ["World", "world", "local_rank", "MPINotInstalled", "ProcessGroup", "SINGLE_PROCESS", "DataParallel",
+           "process_group", "BUCKET_BYTES", "partition", "OptimizerShard", "Link", "NVLINK", "INFINIBAND",
            "data_parallel_step"]
 
 BUCKET_BYTES = 32 * 2 ** 20      # a few large messages: 32 MiB of float32 gradients per collective
@@ -274,6 +275,87 @@ def local_rank() -> int:
                 raise ValueError(f"the launcher's {name}={value!r} is not a local rank (a whole number >= 0)")
             return int(value)
     return 0
+
+
+class ProcessGroup:
+    """The processes one training step runs on, as the step sees them: here, a single one.
+
+    Every batch is this process's whole, nothing is summed over processes,
+    and every method does nothing. ``DataParallel`` overrides them for the
+    ranks of an ``mpiexec`` job; the training step (``npgpt.training.engine``) calls
+    the same methods either way, so it has no ``if many ranks``.
+    """
+
+    sum_norm: Optional[Callable[[float], float]] = None   # the norm's sum of squares over ranks (ZeRO-1)
+
+    def parameters(self, optimizer: Any) -> list[Any]:
+        """Every parameter that gets a gradient: the optimizer's."""
+        return [p for group in optimizer.param_groups for p in group["params"]]
+
+    def local_batches(self, batches: Iterable[Sequence[Array]]) -> Iterator[tuple[Sequence[Array], float]]:
+        """``(rows, share)`` of each batch: this process's rows and their share of the batch (here all, 1)."""
+        return ((batch, 1.0) for batch in batches)
+
+    def sum_gradients(self, params: Sequence[Any], loss: Any) -> Any:
+        """Sum ``p.grad`` and ``loss`` over the processes; returns the loss."""
+        return loss
+
+    def sum(self, value: float) -> float:
+        """A float summed over the processes."""
+        return value
+
+    def share_weights(self) -> None:
+        """After the update: send each process the weights others updated (ZeRO-1)."""
+
+
+SINGLE_PROCESS = ProcessGroup()
+
+
+class DataParallel(ProcessGroup):
+    """The ranks of ``world``: each computes its rows of every global batch, the gradients are summed.
+
+    With a ``shard`` (ZeRO-1) this rank's optimizer holds only the
+    parameters it owns: gradients are reduce-scattered to their owners, the
+    norm is summed over ranks, and after the update the weights are
+    all-gathered.
+    """
+
+    def __init__(self, world: World, shard: Optional[OptimizerShard] = None) -> None:
+        self.world, self.shard = world, shard
+        if shard is not None:
+            self.sum_norm = self.sum
+
+    def parameters(self, optimizer: Any) -> list[Any]:
+        """All parameters, also those another rank's optimizer shard updates: every one gets a gradient."""
+        return self.shard.params if self.shard is not None else super().parameters(optimizer)
+
+    def local_batches(self, batches: Iterable[Sequence[Array]]) -> Iterator[tuple[Sequence[Array], float]]:
+        """This rank's rows of each global batch, weighted by their share; a rank with no rows sits it out."""
+        for batch in batches:
+            size = batch[0].shape[0]
+            rows = self.world.rows(size)
+            if rows.stop > rows.start:
+                yield tuple(a[rows] for a in batch), (rows.stop - rows.start) / size
+
+    def sum_gradients(self, params: Sequence[Any], loss: Any) -> float:
+        loss = self.sum(float(loss))
+        if self.shard is not None:
+            self.world.reduce_scatter_grads(self.shard.params, self.shard.owners)
+        else:
+            self.world.allreduce_grads(params)
+        return loss
+
+    def sum(self, value: float) -> float:
+        return self.world.sum_floats([value])[0]
+
+    def share_weights(self) -> None:
+        if self.shard is not None:
+            self.world.allgather_params(self.shard.params, self.shard.owners)
+
+
+def process_group(world: World, shard: Optional[OptimizerShard] = None) -> ProcessGroup:
+    """The group a training step runs on: ``SINGLE_PROCESS`` for a world of one, else ``DataParallel``."""
+    return SINGLE_PROCESS if world.size == 1 else DataParallel(world, shard)
 
 
 def partition(sizes: Sequence[int], ranks: int) -> list[int]:

@@ -32,17 +32,44 @@ Depends on ``npgpt.autograd`` (nothing else of npgpt).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 
 from npgpt.autograd import Tensor
 
-__all__ = ["GradScaler", "DTYPES"]
+__all__ = ["LossScaler", "NO_LOSS_SCALING", "GradScaler", "DTYPES"]
 
 # The working types a run may ask for; the products of a "float16" run are float16.
 DTYPES = ("float32", "float16")
 
 
-class GradScaler:
+class LossScaler:
+    """The loss scaling of a float32 run: the scale is 1 and every method does nothing.
+
+    ``GradScaler`` overrides it; the training step (``npgpt.engine``) calls
+    the same three methods either way, so it has no ``if mixed precision``.
+    """
+
+    scale = 1.0
+
+    def scaled(self, loss_fn: Callable[..., Tensor], weight: float = 1.0) -> Callable[..., Tensor]:
+        """``loss_fn`` multiplied by ``scale * weight`` (``loss_fn`` itself when that is 1)."""
+        factor = self.scale * weight
+        return loss_fn if factor == 1.0 else (lambda *batch: loss_fn(*batch) * factor)
+
+    def unscale(self, params: Iterable[Tensor], loss: float) -> float:
+        """The gradients and ``loss`` divided by the scale (in place for the gradients); returns the loss."""
+        return loss
+
+    def overflowed(self, loss: float, norm: float) -> bool:
+        """Whether this step overflowed and must be skipped; adjusts the scale."""
+        return False
+
+
+NO_LOSS_SCALING = LossScaler()
+
+
+class GradScaler(LossScaler):
     """Dynamic loss scaling: ``scale`` multiplies the loss; ``update`` adjusts it after each step.
 
     ``init_scale`` 2**16, ``growth_factor`` 2, ``backoff_factor`` 0.5 and
@@ -60,12 +87,24 @@ class GradScaler:
         self.good_steps = 0          # finite steps since the scale last changed
         self.skipped_steps = 0       # steps skipped because of inf/nan gradients, in all
 
-    def unscale(self, params: Iterable[Tensor]) -> None:
-        """Divide the gradients by the scale, in place: they are then the true float32 gradients."""
+    def unscale(self, params: Iterable[Tensor], loss: float) -> float:
+        """Divide the gradients (in place) and ``loss`` by the scale: they are then the true float32 ones."""
         inverse = 1.0 / self.scale
         for p in params:
             if p.grad is not None:
                 p.grad *= inverse
+        return loss / self.scale
+
+    def overflowed(self, loss: float, norm: float) -> bool:
+        """A finite loss with a non-finite gradient norm: float16 overflowed, so skip the step and halve the scale.
+
+        A non-finite *loss* is divergence, not overflow: the step raises, and the scale is left alone.
+        """
+        if not math.isfinite(loss):
+            return False
+        found_inf = not math.isfinite(norm)
+        self.update(found_inf)
+        return found_inf
 
     def update(self, found_inf: bool) -> None:
         """After a step: halve the scale if it overflowed, double it after ``growth_interval`` good steps."""

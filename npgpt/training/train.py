@@ -55,7 +55,7 @@ from npgpt.training.data import BatchSampler, TokenFile, load_meta, tokenizer_di
 from npgpt.training.engine import TrainingDiverged
 from npgpt.training.flops import DEFAULT_PEAK_FLOPS, device_peak_flops, flops_per_token, model_flops_utilisation
 from npgpt.training.interrupt import GracefulStop
-from npgpt.training.mixed_precision import DTYPES, GradScaler
+from npgpt.training.mixed_precision import DTYPES, NO_LOSS_SCALING, GradScaler
 from npgpt.training.optim import AdamW, cosine_schedule, param_groups
 from npgpt.training.progress import Progress, format_seconds
 from npgpt.training.rundir import CHECKPOINT_DIR, find_checkpoint
@@ -328,6 +328,7 @@ class Trainer:
         if config.shard_optimizer and self.world.size > 1:     # ZeRO-1: this rank's moments only
             self.shard = distributed.OptimizerShard(list(self.model.named_parameters()), self.world)
             groups = _owned_groups(groups, self.shard.owned_names)
+        self.group = distributed.process_group(self.world, self.shard)   # the step's ranks: one, or DataParallel
         self.optimizer = AdamW(groups, lr=config.lr,
                                betas=(config.beta1, config.beta2), eps=config.eps,
                                weight_decay=config.weight_decay)
@@ -419,16 +420,12 @@ class Trainer:
         sampler = BatchSampler(self.val_tokens.tokens, c.batch_size, c.block_size, seed=c.seed + 1)
         self.model.eval()
         total = 0.0
-        rows = self.world.rows(c.batch_size)          # each rank its rows of each batch; summed below
-        share = (rows.stop - rows.start) / c.batch_size
+        batches = (sampler.next() for _ in range(c.eval_iters))
         with no_grad():
-            for _ in range(c.eval_iters):
-                x, y = sampler.next()
-                if share:
-                    x, y = x[rows], y[rows]
-                    total += self.model.loss(x, y).item() * share     # host ids: checked, then copied
+            for (x, y), share in self.group.local_batches(batches):      # under mpiexec: this rank's rows
+                total += self.model.loss(x, y).item() * share            # host ids: checked, then copied
         self.model.train()
-        return self.world.sum_floats([total])[0] / c.eval_iters
+        return self.group.sum(total) / c.eval_iters
 
     def validate(self) -> float:
         """``evaluate()``, with a loss no model that is learning reaches treated as divergence.
@@ -463,8 +460,8 @@ class Trainer:
         batches = (self.sampler.next() for _ in range(c.grad_accum))
         try:
             result = engine.optimizer_step(self.optimizer, loss_fn, batches, lr, c.grad_clip, self.workers,
-                                           step=self.step + 1, scaler=self.scaler, world=self.world,
-                                           shard=self.shard)
+                                           step=self.step + 1, scaler=self.scaler or NO_LOSS_SCALING,
+                                           group=self.group)
         except TrainingDiverged as exc:
             raise self._diverged(str(exc)) from None
         self.step += 1
