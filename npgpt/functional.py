@@ -27,7 +27,7 @@ import numpy as np
 from npgpt import backend
 from npgpt.autograd.core import RowGradient, Tensor, _describe, _make, as_tensor, is_grad_enabled
 from npgpt.backend import speed
-from npgpt.io.inputs import as_array, check_token_ids
+from npgpt.io.inputs import as_array
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
 
@@ -316,22 +316,21 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 
 
 # -------------------------------------------------------------- embedding
-def embedding(ids: Any, weight: Tensor, *, validate: bool = True) -> Tensor:
+def embedding(ids: Array, weight: Tensor) -> Tensor:
     """Row lookup ``y[..., :] = W[ids[...], :]`` (docs/model.md eq. 8).
 
     Shapes: ``ids`` int (...), ``weight`` (V, C) -> (..., C). Gradient: each
     row of ``g`` is added to row ``ids`` of ``dL/dW`` -- a scatter-add, since
     a token that occurs twice collects both contributions.
 
-    ``ids`` are checked (integers, in ``0..V-1``) and moved to the weight's
-    device; ``validate=False`` skips both, for a caller that has done them
-    (``GPT.trunk``): the check reads the ids' minimum and maximum, a
-    device-to-host copy on a GPU.
+    ``ids`` must be an integer array on the weight's device; their values are
+    trusted, not read: checking them (``npgpt.inputs.check_token_ids``) costs
+    a device-to-host copy on a GPU, so the model's entry points do it once,
+    before the trunk (``inputs.gpt_inputs``).
     """
-    if validate:
-        ids = check_token_ids(ids, weight.shape[0])
-        if backend.device_of(ids) != weight.device:
-            ids = backend.to_device(ids, weight.device)
+    ids = as_array(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
     out = weight.data[ids]
 
     def backward(g):

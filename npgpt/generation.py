@@ -29,11 +29,45 @@ import numpy as np
 
 import npgpt.functional as F
 from npgpt import backend
-from npgpt.autograd import no_grad
-from npgpt.backend import speed
+from npgpt.autograd import Tensor, no_grad
 from npgpt.io import inputs
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
+
+
+# ------------------------------------------------------------ the KV cache
+class KVCache:
+    """Keys and values of the positions seen so far, per layer, preallocated (docs/model.md eq. 10).
+
+    ``keys[i]`` and ``values[i]`` are (B, H, capacity, D) arrays; positions
+    ``0 .. length-1`` are filled. Writing a new token's key is one slice
+    assignment, never a concatenation, so a generation of N tokens copies
+    O(N) and not O(N^2) numbers. No gradient flows through a cache: use it
+    under ``no_grad()``.
+    """
+
+    def __init__(self, config: Any, batch_size: int, xp: Any = np, dtype: Any = np.float32,
+                 capacity: int | None = None):
+        H, D = config.n_head, config.n_embd // config.n_head
+        self.capacity = int(capacity or config.block_size)
+        shape = (int(batch_size), H, self.capacity, D)
+        self.keys = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
+        self.batch_size = int(batch_size)
+        self.length = 0
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store ``k, v`` (B, H, T, D) after the cached positions; return all keys and values so far."""
+        start, stop = self.length, self.length + k.shape[2]
+        if stop > self.capacity:
+            raise ValueError(f"KVCache: {stop} positions do not fit a cache of capacity {self.capacity}")
+        self.keys[layer][:, :, start:stop] = k.data
+        self.values[layer][:, :, start:stop] = v.data
+        return Tensor(self.keys[layer][:, :, :stop]), Tensor(self.values[layer][:, :, :stop])  # (B, H, stop, D)
+
+    def reset(self) -> None:
+        """Forget every position (the arrays are kept and overwritten)."""
+        self.length = 0
 
 
 # ------------------------------------------------------------ validation
@@ -427,38 +461,20 @@ class ContextWindowWarning(UserWarning):
                          f"whole window of {block_size:,} tokens (no KV cache), many times slower per token")
 
 
-def decoding_head(model: Any, rows: int, steps: int) -> Array | None:
-    """``wte^T`` as a contiguous (C, V) array for the head of a generation on the CPU, or None.
-
-    None (use ``model.lm_head``) with a ``compute_dtype``, or when the speed
-    policy says the copy would cost more than it saves (on a GPU, or below
-    ``npgpt.backend.speed.HEAD_COPY_MIN_ROW_STEPS`` rows x steps). It is made per generation and dropped with it,
-    so it can never be out of date with the weights.
-    """
-    w = model.wte.weight.data
-    xp = backend.array_module(w)
-    if model.compute_dtype is not None or not speed.copy_decoding_head(w, rows, steps):
-        return None
-    head = xp.empty((w.shape[1], w.shape[0]), dtype=w.dtype)
-    for start in range(0, w.shape[0], 256):     # a transpose in bands of rows stays in the cache: ~2.5x faster
-        head[:, start:start + 256] = w[start:start + 256].T
-    return head
-
-
 def _steps(model, plan):
     """The tokens of ``plan``: prompt lookup's loop when it asks for one (``npgpt.prompt_lookup``), else ``_decode``."""
     if not plan.prompt_lookup:
         return _decode(model, plan)
     from npgpt import prompt_lookup
     prompt_lookup.check(plan, model.config.block_size)
-    return prompt_lookup.decode(model, plan, plan.prompt_lookup, decoding_head(model, 1, plan.max_new_tokens))
+    return prompt_lookup.decode(model, plan, plan.prompt_lookup, model.decoding_weight(1, plan.max_new_tokens))
 
 
 def _decode(model, plan):
     """The decoding loop: one trunk pass, the head on the last position, one choice per step.
 
-    Everything was checked before (``_check``): the model runs with
-    ``validate=False``, and the only copy from the device per step is the
+    Everything was checked before (``_check``): the trunk, which trusts its
+    inputs, runs directly, and the only copy from the device per step is the
     check whether every row has ended, made only when there is an
     ``eos_token_id``. With padding, the growing mask (the prompt's, then a
     1 per new token) goes to the trunk at every step, so that the cached
@@ -491,13 +507,13 @@ def _decode(model, plan):
     cache = model.new_cache(B, min(block, T0 + n)) if plan.use_cache else None
     if cache is not None and T0 + n > block:
         warnings.warn(ContextWindowWarning(block, max(T0, block) - T0 + 1), stacklevel=3)
-    head = decoding_head(model, B, n)
+    head = model.decoding_weight(B, n)                                # the LM head's copy for this generation, or None
     with no_grad():
         for step, t in enumerate(range(T0, T0 + n)):
             if cache is not None and t > T0 and cache.length < block:
                 # The last token continues the cached sequence.
                 hidden = model.trunk(ids[:, t - 1:t], attention_mask=None if mask is None else real[:, :t],
-                                     position_ids=position, cache=cache, validate=False)
+                                     position_ids=position, cache=cache)
                 if position is not None:
                     position = position + 1
             else:
@@ -511,10 +527,9 @@ def _decode(model, plan):
                     position = positions[:, -1:] + 1
                 if cache is not None:
                     cache.reset()
-                hidden = model.trunk(ids[:, start:t], attention_mask=window, position_ids=positions, cache=cache,
-                                     validate=False)
+                hidden = model.trunk(ids[:, start:t], attention_mask=window, position_ids=positions, cache=cache)
             last = hidden[:, -1]                                       # only the last position
-            logits = model.lm_head(last).data if head is None else last.data @ head      # (B, V)
+            logits = model.lm_head(last, head).data                    # (B, V)
             if seen is not None:
                 logits = _penalize(logits, seen, plan.repetition_penalty)
             if eos is not None and step < plan.min_new_tokens:

@@ -1,25 +1,18 @@
 """GPT-2: token and position embeddings, a stack of pre-LN Transformer blocks, a tied LM head.
 
-Companion of ``docs/model.md``.
+Companion of ``docs/model.md``, in the chapter's order: the config, attention, the MLP, the block,
+the whole GPT (``trunk``, ``lm_head``, ``forward``, ``loss``). The KV cache that attention reads
+while decoding is ``npgpt.generation.KVCache``; Hugging Face's names and files, ``npgpt.io.hf_gpt2``.
 
-The architecture is exactly OpenAI's GPT-2, with Hugging Face's parameter names
-(``wte.weight``, ``h.0.attn.c_attn.weight``, ...), so a GPT-2 checkpoint maps
-onto it name for name (``npgpt.io.checkpoint``). Linear weights are stored
-(in, out), GPT-2's own "Conv1D" layout, so none has to be transposed.
-
-The model is two parts, each computed in one place: the **trunk**
-(``GPT.trunk``: embeddings, blocks, final layer norm -> hidden states
-(B, T, C)) and the **head** (``GPT.lm_head``: hidden states -> logits, the
-tied ``wte``). ``model(idx)`` is ``lm_head(trunk(idx))``; the classifier, the
-decoding loop and ``npgpt.viz`` call the same trunk. With a ``KVCache`` the
-keys and values of earlier positions are read from preallocated arrays
-instead of being recomputed (docs/model.md eq. 10), so each generated token
-costs O(T) attention work instead of O(T^2).
+Exactly OpenAI's GPT-2, with Hugging Face's parameter names (``wte.weight``, ``h.0.attn.c_attn.weight``),
+linear weights stored (in, out) as GPT-2's "Conv1D" does. The public entry points (``forward``,
+``loss``, ``generate``) check their inputs once (``npgpt.io.inputs``); the layers below them trust them.
 """
+
+from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,22 +20,19 @@ import numpy as np
 
 import npgpt.functional as F
 from npgpt import backend, generation, nn
-from npgpt.autograd import Tensor, as_tensor, is_grad_enabled
-from npgpt.io import checkpoint, inputs
+from npgpt.autograd import Tensor
+from npgpt.backend import speed
+from npgpt.generation import KVCache
+from npgpt.io import checkpoint, hf_gpt2, inputs
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
-HF_PREFIX = "transformer."   # GPT-2's tensor names in Hugging Face files: transformer.h.0.attn.c_attn.weight
 
 
 def child_seeds(seed: int | None, n: int) -> list[int]:
-    """``n`` independent seeds derived from ``seed``, as 64-bit integers.
+    """``n`` independent seeds derived from ``seed``: ``numpy.random.SeedSequence(seed).spawn(n)``.
 
-    ``numpy.random.SeedSequence(seed).spawn(n)``: each child hashes the seed
-    together with its own index, so no two children's streams overlap, nor
-    a child's with the parent's (as the stream of ``seed + 1`` is shared by
-    whatever else is seeded ``seed + 1``). One seed grows a tree:
-    ``default_rng(seed)`` draws a GPT's weights, child 0 seeds its dropout
-    modules (a grandchild each), child 1 a classifier's head.
+    Each child hashes the seed with its own index, so no two streams overlap. ``default_rng(seed)``
+    draws a GPT's weights, child 0 seeds its dropout modules, child 1 a classifier's head.
     """
     return [int(child.generate_state(1, np.uint64)[0]) for child in np.random.SeedSequence(seed).spawn(n)]
 
@@ -88,81 +78,14 @@ class GPTConfig:
         """The fields as a plain dict (for ``config.json``)."""
         return asdict(self)
 
-    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
-        """``{name: shape}`` of the model's weights (GPT-2's names without ``transformer.``), allocating nothing.
-
-        The same names and shapes as ``GPT(config).named_parameters()`` (tested), so
-        a checkpoint's header can be compared with its ``config.json`` before a
-        model is built.
-        """
-        V, P, C = self.vocab_size, self.block_size, self.n_embd
-        block = {"ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,),
-                 "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
-                 "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,), "mlp.c_proj.weight": (4 * C, C),
-                 "mlp.c_proj.bias": (C,)}
-        shapes = {"wte.weight": (V, C), "wpe.weight": (P, C)}
-        for i in range(self.n_layer):
-            shapes.update({f"h.{i}.{name}": shape for name, shape in block.items()})
-        shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
-        return shapes
-
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | os.PathLike) -> "GPTConfig":
+    def from_pretrained(cls, name_or_dir: str | os.PathLike) -> GPTConfig:
         """The config of a GPT-2 checkpoint directory (or shipped model), from its ``config.json``."""
         directory = checkpoint.resolve(name_or_dir)
         try:
             return cls(**checkpoint.read_config(directory))
         except ValueError as exc:
             raise checkpoint.CheckpointError(f"{directory / checkpoint.CONFIG_NAME}: {exc}") from None
-
-
-class KVCache:
-    """Keys and values of the positions seen so far, per layer, preallocated.
-
-    ``keys[i]`` and ``values[i]`` are (B, H, capacity, D) arrays; positions
-    ``0 .. length-1`` are filled. Writing a new token's key is one slice
-    assignment, never a concatenation, so a generation of N tokens copies
-    O(N) and not O(N^2) numbers. No gradient flows through a cache: use it
-    under ``no_grad()``.
-    """
-
-    def __init__(self, config: GPTConfig, batch_size: int, xp: Any = np, dtype: Any = np.float32,
-                 capacity: int | None = None):
-        H, D = config.n_head, config.n_embd // config.n_head
-        self.capacity = int(capacity or config.block_size)
-        shape = (int(batch_size), H, self.capacity, D)
-        self.keys = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
-        self.values = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
-        self.batch_size = int(batch_size)
-        self.length = 0
-
-    def update(self, layer: int, k: Array, v: Array) -> tuple[Array, Array]:
-        """Store ``k, v`` (B, H, T, D) after the cached positions; return all keys and values so far."""
-        start, stop = self.length, self.length + k.shape[2]
-        if stop > self.capacity:
-            raise ValueError(f"KVCache: {stop} positions do not fit a cache of capacity {self.capacity}")
-        self.keys[layer][:, :, start:stop] = k
-        self.values[layer][:, :, start:stop] = v
-        return self.keys[layer][:, :, :stop], self.values[layer][:, :, :stop]   # (B, H, stop, D)
-
-    def append_qkv(self, layer: int, qkv: Array, n_head: int) -> tuple[Array, Array, Array]:
-        """Split ``qkv`` (B, T, 3C) = [q | k | v] into heads, store k and v; return ``q`` (B, H, T, D)
-        and all keys and values so far (B, H, length + T, D).
-
-        The decoding step's attention input without autograd's reshape/transpose
-        wrappers: ``q`` is a view of ``qkv``, and k and v are copied once, into
-        the cache (``update``).
-        """
-        B, T, C3 = qkv.shape
-        C = C3 // 3
-        q, k, v = (qkv[:, :, i * C:(i + 1) * C].reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
-                   for i in range(3))
-        k_all, v_all = self.update(layer, k, v)
-        return q, k_all, v_all
-
-    def reset(self) -> None:
-        """Forget every position (the arrays are kept and overwritten)."""
-        self.length = 0
 
 
 class CausalSelfAttention(nn.Module):
@@ -186,22 +109,17 @@ class CausalSelfAttention(nn.Module):
                 attn_mask: Array | None = None) -> tuple[Tensor, Array]:
         """``x`` (B, T, C) -> (output (B, T, C), attention probabilities (B, H, T, T_keys)).
 
-        ``attn_mask``: boolean, broadcastable to (B, H, T, T_keys), True = may attend
-        (hides padding; see ``GPT.trunk``). In training mode the probabilities
-        are dropped inside the fused attention op (``dropout_p``).
+        ``attn_mask``: boolean, broadcastable to (B, H, T, T_keys), True = may
+        attend (hides padding; see ``GPT.trunk``). With a ``cache`` the keys and
+        values of earlier positions come from it (eq. 10). In training mode the
+        probabilities are dropped inside the fused attention op (``dropout_p``).
         """
         B, T, C = x.shape
         H = self.n_head
-        D = C // H
-        qkv = self.c_attn(x)                                           # (B, T, 3C) = [q | k | v]
+        # Split the channels into H heads of D: (B, T, C) -> (B, T, H, D) -> (B, H, T, D).
+        q, k, v = (t.reshape(B, T, H, C // H).transpose(0, 2, 1, 3) for t in self.c_attn(x).split(3, axis=2))
         if cache is not None:
-            # Decoding: no gradient flows (the cache is inference-only), so the heads
-            # are split on the arrays and the new keys and values go straight into the
-            # cache (``KVCache.append_qkv``), without autograd's wrappers.
-            q, k, v = (Tensor(a) for a in cache.append_qkv(layer, qkv.data, H))
-        else:
-            # Split the channels into H heads of D: (B, T, C) -> (B, T, H, D) -> (B, H, T, D).
-            q, k, v = (t.reshape(B, T, H, D).transpose(0, 2, 1, 3) for t in qkv.split(3, axis=2))
+            k, v = cache.update(layer, k, v)                    # every position so far: (B, H, past + T, D)
         drop = self.attn_dropout
         p = drop.p if drop.training else 0.0
         rng = drop.rng(backend.array_module(x.data)) if p > 0 else None
@@ -209,10 +127,7 @@ class CausalSelfAttention(nn.Module):
         # causal mask would allow everything and is not built (the same result).
         y, probs = F.scaled_dot_product_attention(q, k, v, causal=T > 1, attn_mask=attn_mask, return_weights=True,
                                                   dropout_p=p, rng=rng, compute_dtype=self.compute_dtype)
-        if cache is not None:
-            y = Tensor(y.data.transpose(0, 2, 1, 3).reshape(B, T, C))  # a view when T == 1
-        else:
-            y = y.transpose(0, 2, 1, 3).reshape(B, T, C)               # heads side by side again
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)           # heads side by side again
         return self.resid_dropout(self.c_proj(y)), probs
 
 
@@ -262,17 +177,13 @@ class _Zeros:
 
 
 class GPT(nn.Module):
-    """GPT-2 language model. ``model(idx)`` -> logits (B, T, vocab_size).
+    """GPT-2 language model: the **trunk** (embeddings, blocks, final layer norm -> hidden states
+    (B, T, C)) and the **head** (hidden states -> logits, tied to ``wte``), each computed in one place.
 
-    ``compute_dtype``: see ``set_compute_dtype`` (mixed precision).
-
-    Weights are initialised as GPT-2's: Normal(0, 0.02), residual projections
-    Normal(0, 0.02 / sqrt(2 n_layer)), biases 0, layer-norm gains 1, all drawn
-    from ``numpy.random.default_rng(seed)`` (float32, on the CPU; move the
-    model with ``.to("cuda")``). The dropout modules' seeds are children of
-    ``seed`` (``child_seeds``). ``init=False`` skips the random draw and
-    leaves the weights at zero, for a checkpoint to be loaded over them (for
-    GPT-2 small that saves drawing 124 million random numbers).
+    Weights are initialised as GPT-2's: Normal(0, 0.02), residual projections Normal(0, 0.02 /
+    sqrt(2 n_layer)), biases 0, layer-norm gains 1, drawn from ``default_rng(seed)`` (float32, CPU;
+    move with ``.to("cuda")``); the dropout seeds are children of ``seed``. ``init=False`` leaves
+    the weights at zero for a checkpoint to be loaded over them.
     """
 
     compute_dtype: Any = None
@@ -285,8 +196,7 @@ class GPT(nn.Module):
         self.config = config
         rng = np.random.default_rng(seed) if init else _Zeros()
         C = config.n_embd
-        dropout_seed = child_seeds(seed, 1)[0]
-        seeds = child_seeds(dropout_seed, 1 + config.n_layer)          # embedding dropout, then one per block
+        seeds = child_seeds(child_seeds(seed, 1)[0], 1 + config.n_layer)   # embedding dropout, then one per block
         self.wte = nn.Embedding(config.vocab_size, C, rng=rng)        # token table, also the LM head
         self.wpe = nn.Embedding(config.block_size, C, rng=rng)        # learned position table
         self.drop = nn.Dropout(config.dropout, seed=seeds[0])
@@ -298,106 +208,30 @@ class GPT(nn.Module):
         """Where the model's weights live (looked up once per forward pass, so kept cheap)."""
         return self.wte.weight.device
 
-    # ------------------------------------------------------------ inputs
-    def check_ids(self, idx: Any, past_length: int = 0) -> Array:
-        """Validate token ids and put them on the model's device.
-
-        An integer (B, T) array (or Tensor, or nested lists), T >= 1, ids in
-        ``0..vocab_size-1`` and ``T + past_length <= block_size``.
-        """
-        idx = inputs.token_batch(idx, self.config.vocab_size, self.config.block_size, past_length)
-        return backend.to_device(idx, self.device)
-
-    def check_inputs(self, idx: Any, *, attention_mask: Any = None, position_ids: Any = None,
-                     inputs_embeds: Any = None, cache: KVCache | None = None
-                     ) -> tuple[Array, Array | None, Array | None, Tensor | None]:
-        """Validate the inputs of ``trunk`` and convert them: ``(idx, attention_mask, position_ids, inputs_embeds)``.
-
-        The ids as ``check_ids``; the mask as 0/1 integers of shape
-        (B, cached + T); the position ids (B, T) or (T,) in ``0..block_size-1``;
-        the embeddings a (B, T, C) Tensor; arrays on the model's device. What
-        ``trunk`` runs with ``validate=True``; a caller that passes
-        ``validate=False`` has called it (or built its inputs itself).
-        """
-        past = 0
-        if cache is not None:
-            if is_grad_enabled():
-                raise RuntimeError("a KV cache is for inference: no gradient flows through it; "
-                                   "call the model under npgpt.no_grad()")
-            past = cache.length
-        idx = self.check_ids(idx, past)
-        B, T = idx.shape
-        if cache is not None and cache.batch_size != B:
-            raise ValueError(f"the KV cache holds {cache.batch_size} sequences but idx has batch {B}")
-        if attention_mask is not None:
-            attention_mask = backend.to_device(inputs.check_attention_mask(attention_mask, (B, past + T)),
-                                               self.device)
-        if position_ids is not None:
-            positions = inputs.as_array(position_ids)
-            if tuple(positions.shape) not in ((B, T), (T,)):
-                raise ValueError(f"position_ids of shape {tuple(positions.shape)} do not fit token ids {(B, T)}")
-            inputs.check_token_ids(positions, self.config.block_size, what="position id")
-            position_ids = backend.to_device(positions, self.device)
-        if inputs_embeds is not None:
-            inputs_embeds = as_tensor(inputs_embeds)
-            if tuple(inputs_embeds.shape) != (B, T, self.config.n_embd):
-                raise ValueError(f"inputs_embeds of shape {tuple(inputs_embeds.shape)}, expected "
-                                 f"{(B, T, self.config.n_embd)}")
-        return idx, attention_mask, position_ids, inputs_embeds
-
-    def new_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
-        """An empty KV cache for ``batch_size`` sequences of up to ``capacity`` positions (default
-        ``block_size``) on the model's device.
-
-        A generation that will stop short of ``block_size`` asks for just what it
-        needs: GPT-2 small's full cache is 75 MB per row.
-        """
-        xp = backend.array_module(self.wte.weight.data)
-        return KVCache(self.config, batch_size, xp=xp, dtype=self.wte.weight.dtype, capacity=capacity)
-
     # ------------------------------------------------------- trunk, head
-    def trunk(self, idx: Any, *, attention_mask: Any = None, position_ids: Any = None, inputs_embeds: Any = None,
-              cache: KVCache | None = None, return_attention: bool = False,
-              validate: bool = True) -> Tensor | tuple[Tensor, list[Array]]:
+    def trunk(self, idx: Array, *, attention_mask: Array | None = None, position_ids: Array | None = None,
+              inputs_embeds: Tensor | None = None, cache: KVCache | None = None,
+              return_attention: bool = False) -> Tensor | tuple[Tensor, list[Array]]:
         """The hidden states ``ln_f(x)`` (B, T, C) after the last block: everything but the head.
 
-        ``x_0 = drop(wte[idx] + wpe[positions])``, then every block, then the
-        final layer norm (docs/model.md eq. 9), the only place it is applied.
-
-        ``attention_mask`` (B, T), 1 = real token, 0 = padding: no position
-        attends to a padding position. ``position_ids`` (B, T) int replaces
-        ``0..T-1`` (a left-padded sequence counts its positions from its first
-        real token; docs/finetuning.md, section "Padding"). ``inputs_embeds``
-        (B, T, C) replaces the token-embedding lookup ``wte[idx]`` (gradients
-        with respect to the embeddings, for saliency). ``cache`` (a
-        ``KVCache``, see ``new_cache``) holds the keys and values of earlier
-        positions: ``idx`` then continues the cached sequence, its positions
-        start at ``cache.length``, the cache grows by T, and a mask covers the
-        cached positions too, (B, cache.length + T).
-
-        With ``return_attention`` returns ``(hidden, attentions)``, one
-        (B, H, T, T_keys) array of attention probabilities per layer.
-
-        The inputs are checked and converted by ``check_inputs``;
-        ``validate=False`` skips that for a caller that has (the decoding
-        loop), and then expects arrays on the model's device.
+        ``x_0 = drop(wte[idx] + wpe[positions])``, every block, then the final layer norm (eq. 9).
+        ``attention_mask`` (B, T_keys): 1 = real token, 0 = padding, never attended to.
+        ``position_ids`` (B, T) replace ``past..past+T-1`` (a left-padded row counts from its first
+        real token); ``inputs_embeds`` (B, T, C) replace ``wte[idx]`` (saliency); ``cache`` holds
+        the ``past`` earlier positions and grows by T. ``return_attention``: also one (B, H, T,
+        T_keys) array of attention probabilities per layer. The trunk trusts its inputs: arrays on
+        the model's device, as ``inputs.gpt_inputs`` makes them for ``forward`` and ``loss``.
         """
-        if validate:
-            idx, attention_mask, position_ids, inputs_embeds = self.check_inputs(
-                idx, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds,
-                cache=cache)
         T = idx.shape[1]
         past = cache.length if cache is not None else 0
         if position_ids is None:
             position_ids = backend.array_module(self.wte.weight.data).arange(past, past + T)
-        tokens = self.wte(idx, validate=False) if inputs_embeds is None else inputs_embeds     # (B, T, C)
-        x = self.drop(tokens + self.wpe(position_ids, validate=False))                        # (B, T, C)
-        attn_mask = None
-        if attention_mask is not None:
-            attn_mask = (attention_mask != 0)[:, None, None, :]      # (B, 1, 1, T_keys): hides padded keys
+        tokens = self.wte(idx) if inputs_embeds is None else inputs_embeds       # (B, T, C)
+        x = self.drop(tokens + self.wpe(position_ids))                          # (B, T, C)
+        mask = None if attention_mask is None else (attention_mask != 0)[:, None, None, :]   # (B, 1, 1, T_keys)
         attentions = []
         for layer, block in enumerate(self.h):
-            x, probs = block(x, layer, cache, attn_mask)
+            x, probs = block(x, layer, cache, mask)
             if return_attention:
                 attentions.append(probs)
         if cache is not None:
@@ -405,35 +239,69 @@ class GPT(nn.Module):
         hidden = self.ln_f(x)
         return (hidden, attentions) if return_attention else hidden
 
-    def lm_head(self, hidden: Tensor) -> Tensor:
-        """Logits ``h wte^T`` (..., vocab_size) from hidden states (..., C): the head tied to ``wte``."""
-        return F.linear(hidden, self.wte.weight.T, compute_dtype=self.compute_dtype)
+    @property
+    def head_weight(self) -> Tensor:
+        """The LM head's weight (V, C): the token table ``wte`` itself (GPT-2 ties them)."""
+        return self.wte.weight
 
-    def loss(self, idx: Any, targets: Any, *, ignore_index: int = -100, attention_mask: Any = None,
-             validate: bool = True) -> Tensor:
+    def lm_head(self, hidden: Tensor, decoding: Array | None = None) -> Tensor:
+        """Logits ``h wte^T`` (..., vocab_size) from hidden states (..., C): the only place logits are made.
+
+        ``decoding``: one generation's contiguous copy of ``wte^T`` (``decoding_weight``).
+        """
+        if decoding is not None:
+            return Tensor(hidden.data @ decoding)
+        return F.linear(hidden, self.head_weight.T, compute_dtype=self.compute_dtype)
+
+    def decoding_weight(self, rows: int, steps: int) -> Array | None:
+        """``wte^T`` as a contiguous (C, V) copy for the head of one generation, or None where it does not pay
+        (with a ``compute_dtype``, or where the speed policy ``npgpt.backend.speed.copy_decoding_head``
+        says no: on a GPU, or for fewer rows x steps than the copy costs). Made per generation, dropped with it."""
+        w = self.head_weight.data
+        if self.compute_dtype is not None or not speed.copy_decoding_head(w, rows, steps):
+            return None
+        head = backend.array_module(w).empty((w.shape[1], w.shape[0]), dtype=w.dtype)
+        for start in range(0, w.shape[0], 256):     # a transpose in bands of rows stays in the cache: ~2.5x faster
+            head[:, start:start + 256] = w[start:start + 256].T
+        return head
+
+    def forward(self, idx: Any, *, attention_mask: Any = None, position_ids: Any = None, inputs_embeds: Any = None,
+                cache: KVCache | None = None) -> Tensor:
+        """Logits of the next token at every position: ``lm_head(trunk(idx))``, a (B, T, vocab_size) Tensor.
+
+        ``idx``: int (B, T) (a 1-D sequence is refused rather than guessed at:
+        pass ``ids[None]``); the keyword arguments are those of ``trunk``,
+        checked and moved to the model's device first (``inputs.gpt_inputs``).
+        """
+        idx, attention_mask, position_ids, inputs_embeds = inputs.gpt_inputs(
+            self, idx, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds,
+            cache=cache)
+        return self.lm_head(self.trunk(idx, attention_mask=attention_mask, position_ids=position_ids,
+                                       inputs_embeds=inputs_embeds, cache=cache))
+
+    def loss(self, idx: Any, targets: Any, *, ignore_index: int = -100, attention_mask: Any = None) -> Tensor:
         """The training loss: mean cross-entropy of ``targets`` under the logits of ``idx`` (docs/training.md eq. 2).
 
-        Equal to ``F.cross_entropy(model(idx), targets)``, but computed by the
-        fused ``F.linear_cross_entropy``, which never holds the (B, T, V)
-        logits: for GPT-2 at 1,024 tokens that saves three arrays of 206 MB
-        and a pass of ``exp`` (docs/performance.md, "Where the memory goes").
-        With a ``compute_dtype`` (mixed precision) the head runs unfused, as
-        ``lm_head`` then ``F.cross_entropy``: the fused op forms the logits'
-        gradient before the loss scale is known, and float16 would flush it
-        to zero.
+        Equal to ``F.cross_entropy(model(idx), targets)``, but the fused
+        ``F.linear_cross_entropy`` takes the head's weight and never holds the
+        (B, T, V) logits: for GPT-2 at 1,024 tokens that saves three arrays of
+        206 MB (docs/performance.md, "Where the memory goes"). With a
+        ``compute_dtype`` the head runs unfused: the fused op forms the logits'
+        gradient before the loss scale is known, and float16 would flush it.
         """
-        hidden = self.trunk(idx, attention_mask=attention_mask, validate=validate)
+        idx, attention_mask, _, _ = inputs.gpt_inputs(self, idx, attention_mask=attention_mask)
+        hidden = self.trunk(idx, attention_mask=attention_mask)
         if self.compute_dtype is not None:
             return F.cross_entropy(self.lm_head(hidden), targets, ignore_index=ignore_index)
-        return F.linear_cross_entropy(hidden, self.wte.weight, targets, ignore_index=ignore_index)
+        return F.linear_cross_entropy(hidden, self.head_weight, targets, ignore_index=ignore_index)
 
-    def set_compute_dtype(self, dtype: Any) -> "GPT":
+    # ----------------------------------------------------- the equipment
+    def set_compute_dtype(self, dtype: Any) -> GPT:
         """Run every matrix product in ``dtype`` (``"float16"``: mixed precision; ``None``: float32).
 
         The weights stay float32 (the optimizer's master copy); each product
-        casts its operands (``F.linear``, attention), and layer norm, softmax,
-        GELU, the loss and the residual stream stay float32, where float16
-        would lose too much (docs/training.md, "Mixed precision").
+        casts its operands, and layer norm, softmax, GELU, the loss and the
+        residual stream stay float32 (docs/training.md, "Mixed precision").
         """
         dtype = None if dtype is None or np.dtype(dtype) == np.float32 else np.dtype(dtype)
         for _, module in self.named_modules():
@@ -441,105 +309,27 @@ class GPT(nn.Module):
                 module.compute_dtype = dtype
         return self
 
-    def forward(self, idx: Any, *, attention_mask: Any = None, position_ids: Any = None, inputs_embeds: Any = None,
-                cache: KVCache | None = None, validate: bool = True) -> Tensor:
-        """Logits of the next token at every position: ``lm_head(trunk(idx))``, a (B, T, vocab_size) Tensor.
+    def new_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
+        """An empty KV cache for ``batch_size`` sequences of up to ``capacity`` positions (default
+        ``block_size``: GPT-2 small's full cache is 75 MB per row) on the model's device."""
+        xp = backend.array_module(self.wte.weight.data)
+        return KVCache(self.config, batch_size, xp=xp, dtype=self.wte.weight.dtype, capacity=capacity)
 
-        ``idx``: int (B, T) (a 1-D sequence is refused rather than guessed at:
-        pass ``ids[None]``). The keyword arguments are those of ``trunk``.
-        For the loss, ``F.cross_entropy(model(x), y)``; for attention maps,
-        ``model.trunk(x, return_attention=True)``.
-        """
-        return self.lm_head(self.trunk(idx, attention_mask=attention_mask, position_ids=position_ids,
-                                       inputs_embeds=inputs_embeds, cache=cache, validate=validate))
-
-    # ----------------------------------------------- generation, checkpoints
-    def generate(self, idx: Any, max_new_tokens: int | None = None, *, attention_mask: Any = None,
-                 max_length: int | None = None, min_new_tokens: int = 0, do_sample: bool = False,
-                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 repetition_penalty: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
-                 pad_token_id: int | None = None, seed: int | Sequence[int] | None = None,
-                 use_cache: bool = True) -> Array:
+    def generate(self, idx: Any, max_new_tokens: int | None = None, **options: Any) -> Array:
         """Continue ``idx`` (int (B, T), left-padded as ``attention_mask`` says): returns int (B, T + n).
 
-        Greedy unless ``do_sample``; see ``npgpt.generation.generate`` for the details.
+        Greedy unless ``do_sample=True``; the options (``attention_mask``, ``temperature``, ``top_k``,
+        ``top_p``, ``eos_token_id``, ``seed`` ...) are those of ``npgpt.generation.generate``.
         """
-        return generation.generate(self, idx, max_new_tokens, attention_mask=attention_mask, max_length=max_length,
-                                   min_new_tokens=min_new_tokens, do_sample=do_sample, temperature=temperature,
-                                   top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                                   eos_token_id=eos_token_id, pad_token_id=pad_token_id, seed=seed,
-                                   use_cache=use_cache)
-
-    def hf_tensors(self) -> dict[str, np.ndarray]:
-        """The weights under GPT-2's Hugging Face names (``transformer.h.0...``), float32 NumPy arrays."""
-        return {HF_PREFIX + name: np.ascontiguousarray(backend.to_numpy(p.data).astype(np.float32, copy=False))
-                for name, p in self.named_parameters()}
-
-    def load_hf_tensors(self, tensors: dict[str, np.ndarray], source: Any = "the checkpoint") -> "GPT":
-        """Take weights named as in a Hugging Face GPT-2 file; every name and shape is checked first.
-
-        Accepts names with or without the ``transformer.`` prefix, and an
-        ``lm_head.weight`` only when it equals ``wte`` (GPT-2 ties them; npgpt
-        has no untied head). Errors (``CheckpointError``) name ``source`` and
-        the tensor. The arrays are taken over, not copied.
-        """
-        loaded = {name[len(HF_PREFIX):] if name.startswith(HF_PREFIX) else name: array
-                  for name, array in tensors.items()}
-        self.check_hf_shapes(self.config, {name: array.shape for name, array in loaded.items()}, source)
-        head = loaded.pop("lm_head.weight", None)
-        if head is not None and not np.array_equal(head, loaded["wte.weight"]):
-            raise checkpoint.CheckpointError(f"{source}: lm_head.weight differs from wte.weight; npgpt's LM head is "
-                                             "tied to the token embedding (as GPT-2's is) and cannot hold a "
-                                             "separate head")
-        for name, p in self.named_parameters():
-            p.data = backend.to_device(loaded[name], p.device)
-        return self
+        return generation.generate(self, idx, max_new_tokens, **options)
 
     def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None) -> Any:
-        """Write ``config.json`` + ``model.safetensors`` in Hugging Face's GPT-2 layout (and the tokenizer's
-        files, if given, as one version with them).
-
-        Complete or refused (``npgpt.io.checkpoint.write_checkpoint``): a kill or a full disk leaves
-        the previous version or a directory that is refused, never a mixture. Other files already
-        in ``directory`` (a run's ``checkpoint/``, the user's) are kept.
-        """
-        return checkpoint.write_checkpoint(directory, checkpoint.hf_config(self.config), self.hf_tensors(),
+        """Write ``config.json`` + ``model.safetensors`` in Hugging Face's GPT-2 layout (``npgpt.io.hf_gpt2``),
+        and the tokenizer's files if given, as one version: complete or refused (``write_checkpoint``)."""
+        return checkpoint.write_checkpoint(directory, checkpoint.hf_config(self.config), hf_gpt2.hf_tensors(self),
                                            write_extra=None if tokenizer is None else tokenizer.save)
 
-    @staticmethod
-    def check_hf_shapes(config: GPTConfig, shapes: dict[str, tuple[int, ...]], source: Any = "the checkpoint") -> None:
-        """Compare a checkpoint's ``{name: shape}`` (from its header) with what ``config`` implies.
-
-        Run before a model is built, so that a ``config.json`` claiming sizes its
-        weights file does not hold (``vocab_size: 10**12``, ``n_layer: 10**6``)
-        is a ``CheckpointError`` at once, not a ``MemoryError`` or a long wait.
-        Names may carry the ``transformer.`` prefix; ``lm_head.weight`` must
-        have ``wte``'s shape.
-        """
-        names = {name[len(HF_PREFIX):] if name.startswith(HF_PREFIX) else name: tuple(shape)
-                 for name, shape in shapes.items()}
-        head = names.pop("lm_head.weight", None)
-        needed = 4 + 12 * config.n_layer
-        if needed > 2 * len(names) + 16:      # checked first: listing the expected names costs O(n_layer)
-            raise checkpoint.CheckpointError(f"{source}: config.json says n_layer={config.n_layer}, which needs "
-                                             f"{needed:,} tensors; the file holds {len(names):,}")
-        expected = config.tensor_shapes()
-        unexpected = sorted(set(names) - set(expected))
-        if unexpected:
-            more = " ..." if len(unexpected) > 5 else ""
-            raise checkpoint.CheckpointError(f"{source}: unexpected tensors {unexpected[:5]}{more} "
-                                             "(not part of a GPT-2 model of this config.json)")
-        for name, shape in expected.items():
-            if name not in names:
-                raise checkpoint.CheckpointError(f"{source}: tensor {name!r} is missing")
-            if names[name] != shape:
-                raise checkpoint.CheckpointError(f"{source}: tensor {name!r} has shape {names[name]}, "
-                                                 f"but config.json implies {shape}")
-        if head is not None and head != expected["wte.weight"]:
-            raise checkpoint.CheckpointError(f"{source}: lm_head.weight has shape {head}, not wte's "
-                                             f"{expected['wte.weight']}")
-
-    def crop_block_size(self, block_size: int) -> "GPT":
+    def crop_block_size(self, block_size: int) -> GPT:
         """Shorten the context to ``block_size`` positions, in place: the position table keeps its first
         ``block_size`` rows (as nanoGPT does). A position table cannot grow: the model never learned
         the positions it does not have, so a larger ``block_size`` is refused."""
@@ -552,7 +342,7 @@ class GPT(nn.Module):
             self.config.block_size = int(block_size)
         return self
 
-    def set_dropout(self, p: float) -> "GPT":
+    def set_dropout(self, p: float) -> GPT:
         """Set every dropout probability (embedding, attention, residual) to ``p``, and ``config.dropout``."""
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {p!r}")
@@ -564,27 +354,14 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike, *, revision: str | None = None,
-                        allow_non_finite: bool = False) -> "GPT":
-        """Load a GPT-2 checkpoint directory, a model shipped in ``npgpt/io/pretrained/``, or a Hub repo.
+                        allow_non_finite: bool = False) -> GPT:
+        """Load a GPT-2 checkpoint directory, a model shipped with npgpt, or a Hub repo (``npgpt.io.hf_gpt2.load``).
 
-        Tried in that order (``npgpt.io.checkpoint.resolve``): a name such as ``"gpt2"`` or
-        ``"org/name"`` that is neither a directory nor a shipped model is downloaded from the
-        Hugging Face Hub into its cache, or read from there (needs ``pip install -e ".[hub]"``;
-        ``revision``, a branch, tag or commit, picks the version). Only safetensors are read,
-        in one file or sharded (docs/model.md, "Loading GPT-2 from the Hub").
-
-        The weights are float32, on the CPU; the model is returned in eval
-        mode. Its ``config.dropout`` is the checkpoint's ``resid_pdrop`` (0.1
-        for OpenAI's GPT-2), used only if it is switched to training mode.
-        Every file is checked before the model is built (docs/model.md,
-        "What the loader guarantees"): errors are ``CheckpointError``s naming
-        the file and tensor. Weights holding NaN or infinity are refused
+        The weights are float32, on the CPU; the model is in eval mode. Every
+        file is checked before the model is built (docs/model.md, "What the
+        loader guarantees"); weights holding NaN or infinity are refused
         unless ``allow_non_finite``.
         """
-        directory = checkpoint.resolve(name_or_dir, revision)
-        config = GPTConfig.from_pretrained(directory)
-        path = checkpoint.weights_path(directory)          # model.safetensors, or a sharded checkpoint's index
-        cls.check_hf_shapes(config, checkpoint.weight_shapes(path), path)
-        model = cls(config, init=False)
-        tensors = checkpoint.read_weights(path, allow_non_finite=allow_non_finite)
-        return model.load_hf_tensors(tensors, path).eval()
+        config, tensors, source = hf_gpt2.load(name_or_dir, GPTConfig, revision=revision,
+                                               allow_non_finite=allow_non_finite)
+        return hf_gpt2.load_hf_tensors(cls(config, init=False), tensors, source).eval()

@@ -226,9 +226,9 @@ class Embedding(Module):
         self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
         self.weight = Parameter(_float_init((num_embeddings, embedding_dim), std, rng))
 
-    def forward(self, ids: Any, *, validate: bool = True) -> Tensor:   # int (...) -> (..., dim)
-        """``W[ids]``; ``validate=False`` trusts the ids (see ``F.embedding``)."""
-        return F.embedding(ids, self.weight, validate=validate)
+    def forward(self, ids: Any) -> Tensor:   # int (...) -> (..., dim)
+        """``W[ids]``; the ids' values are trusted (see ``F.embedding``)."""
+        return F.embedding(ids, self.weight)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"

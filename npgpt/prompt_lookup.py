@@ -86,7 +86,7 @@ def check(plan: Any, block_size: int) -> None:
 
 def decode(model: Any, plan: Any, num_tokens: int, head: Any = None) -> Any:
     """Yield the greedy tokens of ``plan`` (checked by ``check``), a (1,) array each, guessing
-    ``num_tokens`` ahead; ``head`` is the decoding loop's (C, V) head copy or None (``lm_head``).
+    ``num_tokens`` ahead; ``head`` is the model's decoding copy of its head (``GPT.decoding_weight``) or None.
 
     The cache holds every token but the last; a pass feeds ``[last] + guess`` (k + 1 tokens) and
     gives the model's choice after each prefix. ``a`` guessed tokens agree; the ``a + 1`` tokens
@@ -105,7 +105,7 @@ def decode(model: Any, plan: Any, num_tokens: int, head: Any = None) -> Any:
     eos_list = list(eos)
 
     def choices(hidden, first_step):                              # (k + 1, C) -> greedy ids (k + 1,) on the device
-        logits = model.lm_head(hidden).data if head is None else hidden.data @ head
+        logits = model.lm_head(hidden, head).data
         if eos_list and first_step < plan.min_new_tokens:
             rows = max(0, min(len(logits), plan.min_new_tokens - first_step))
             logits[:rows, eos_list] = logits.dtype.type(float("-inf"))
@@ -115,7 +115,7 @@ def decode(model: Any, plan: Any, num_tokens: int, head: Any = None) -> Any:
     produced = 0
     size = num_tokens                     # the next guess's length, adapted to how the last one fared
     with no_grad():
-        hidden = model.trunk(ids, cache=cache, validate=False)     # the prompt: (1, T0, C)
+        hidden = model.trunk(ids, cache=cache)     # the prompt: (1, T0, C)
         new = choices(hidden[0, -1:], 0)                           # (1,)
         new_host = backend.to_numpy(new)
         while True:
@@ -130,7 +130,7 @@ def decode(model: Any, plan: Any, num_tokens: int, head: Any = None) -> Any:
             k = len(guess)
             block = xp.asarray(np.concatenate([history[length - 1:length], guess])[None])   # (1, k + 1): last + guess
             before = cache.length                                          # = length - 1
-            hidden = model.trunk(block, cache=cache, validate=False)       # (1, k + 1, C)
+            hidden = model.trunk(block, cache=cache)       # (1, k + 1, C)
             pred = choices(hidden[0], produced)                            # (k + 1,)
             pred_host = backend.to_numpy(pred)                             # the one copy to the host per pass
             agree = pred_host[:k] == guess

@@ -81,12 +81,12 @@ def attention_weights(model: Any, ids: Any) -> np.ndarray:
     the LM head is not needed.
     """
     gpt = getattr(model, "transformer", model)
-    idx = gpt.check_ids(_as_id_batch(ids))          # checked once, here; on the model's device
+    idx = inputs.gpt_ids(gpt, _as_id_batch(ids))    # checked once, here; on the model's device
     was_training = gpt.training
     gpt.eval()                      # no dropout: the picture is of the deterministic model
     try:
         with no_grad():
-            _, attentions = gpt.trunk(idx, return_attention=True, validate=False)   # one (1, H, T, T) per layer
+            _, attentions = gpt.trunk(idx, return_attention=True)   # one (1, H, T, T) per layer
     finally:
         gpt.train(was_training)
     return np.stack([backend.to_numpy(a)[0] for a in attentions])   # (L, H, T, T)
@@ -226,7 +226,7 @@ def _target_log_probability(model, idx, target, inputs_embeds):
     import npgpt.functional as F
 
     if hasattr(model, "num_labels"):                     # a GPTClassifier: target is a class
-        z = model(idx, inputs_embeds=inputs_embeds, validate=False)      # (1, num_labels)
+        z = model(idx, inputs_embeds=inputs_embeds)      # (1, num_labels)
         if model.num_labels == 1:
             if target not in (0, 1):
                 raise ValueError(f"a one-logit classifier has classes 0 and 1, not {target!r}")
@@ -237,7 +237,7 @@ def _target_log_probability(model, idx, target, inputs_embeds):
             raise ValueError(f"class {target!r} does not exist: the classifier has classes 0..{model.num_labels - 1}")
         return F.log_softmax(z, axis=-1)[0, int(target)]
     # A language model: the next token's logits, the head on the trunk's last hidden state.
-    hidden = model.trunk(idx, inputs_embeds=inputs_embeds, validate=False)   # (1, T, C)
+    hidden = model.trunk(idx, inputs_embeds=inputs_embeds)   # (1, T, C)
     logits = model.lm_head(hidden[:, -1])                                    # (1, V)
     V = logits.shape[-1]
     if not 0 <= int(target) < V:
@@ -273,7 +273,7 @@ def saliency(model: Any, text_or_ids: Any, target: int | str, tokenizer: Any = N
             raise ValueError(f"target {target!r} is {len(target_ids)} tokens; give one token (or its id)")
         target = target_ids[0]
     target = int(target)
-    idx = gpt.check_ids(idx)        # checked once, here; on the model's device
+    idx = inputs.gpt_ids(gpt, idx)        # checked once, here; on the model's device
     # The embeddings become a leaf of the graph so that backward() fills their gradient;
     # they are copies, so the model's own weights are untouched.
     rows = gpt.wte.weight.data[idx]                                  # (1, T, C)

@@ -266,7 +266,7 @@ def test_generation_runs_the_trunk_and_the_head_on_the_last_position_only(monkey
     model = tiny()
     shapes = []
     head = model.lm_head
-    monkeypatch.setattr(model, "lm_head", lambda h: shapes.append(h.shape) or head(h))
+    monkeypatch.setattr(model, "lm_head", lambda h, decoding=None: shapes.append(h.shape) or head(h, decoding))
     out = model.generate(prompt(B=2, T=5), 3)
     assert shapes == [(2, 16)] * 3
     np.testing.assert_array_equal(out[:, 5], model(prompt(B=2, T=5)).data[:, -1].argmax(-1))
@@ -287,18 +287,22 @@ def test_a_cached_chunk_after_cached_tokens_equals_the_full_pass():
     assert cache.length == 9 and cache.capacity == 9
 
 
-def test_append_qkv_splits_heads_as_the_model_does_and_stores_k_and_v():
-    from npgpt.model import KVCache
+def test_kv_cache_update_stores_k_and_v_after_the_cached_positions_and_returns_all():
+    from npgpt.generation import KVCache
 
     config = tiny().config                            # n_embd 16, 2 heads of 8
-    qkv = np.random.default_rng(0).standard_normal((2, 3, 48)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    k1, v1, k2, v2 = (rng.standard_normal((2, 2, n, 8)).astype(np.float32) for n in (3, 3, 1, 1))
     cache = KVCache(config, 2, capacity=5)
-    q, k_all, v_all = cache.append_qkv(1, qkv, 2)
-    heads = qkv.reshape(2, 3, 3, 2, 8)                # (B, T, [q|k|v], H, D)
-    np.testing.assert_array_equal(q, heads[:, :, 0].transpose(0, 2, 1, 3))
-    np.testing.assert_array_equal(k_all, heads[:, :, 1].transpose(0, 2, 1, 3))
-    np.testing.assert_array_equal(cache.values[1][:, :, :3], heads[:, :, 2].transpose(0, 2, 1, 3))
-    assert k_all.shape == (2, 2, 3, 8) and not np.any(cache.keys[0])          # other layers untouched
+    k_all, v_all = cache.update(1, npgpt.tensor(k1), npgpt.tensor(v1))
+    np.testing.assert_array_equal(k_all.data, k1)
+    cache.length = 3
+    k_all, v_all = cache.update(1, npgpt.tensor(k2), npgpt.tensor(v2))
+    np.testing.assert_array_equal(k_all.data, np.concatenate([k1, k2], axis=2))
+    np.testing.assert_array_equal(v_all.data, np.concatenate([v1, v2], axis=2))
+    assert k_all.shape == (2, 2, 4, 8) and not np.any(cache.keys[0])          # other layers untouched
+    with pytest.raises(ValueError, match="do not fit a cache of capacity 5"):
+        cache.update(1, npgpt.tensor(k1), npgpt.tensor(v1))
 
 
 def test_the_generation_cache_holds_only_the_positions_it_will_use(monkeypatch):
@@ -355,22 +359,22 @@ def test_benchmark_batched_transformers_run_chooses_the_same_ids(tmp_path):
 
 
 def test_a_generation_with_the_head_copied_chooses_the_same_tokens(monkeypatch):
-    # The decoding head (wte^T made contiguous, generation.decoding_head) is the same matrix in
+    # The decoding head (wte^T made contiguous, GPT.decoding_weight) is the same matrix in
     # another layout: the logits agree to rounding and greedy decoding picks the same ids.
     model = tiny(seed=3, block_size=32)
     prompts = np.random.default_rng(1).integers(0, model.config.vocab_size, (3, 5))
     monkeypatch.setattr(speed, "HEAD_COPY_MIN_ROW_STEPS", 10**9)
     plain = model.generate(prompts, 12)
-    assert generation.decoding_head(model, 3, 12) is None
+    assert model.decoding_weight(3, 12) is None
     monkeypatch.setattr(speed, "HEAD_COPY_MIN_ROW_STEPS", 1)
-    head = generation.decoding_head(model, 3, 12)
+    head = model.decoding_weight(3, 12)
     w = model.wte.weight.data
     assert head.flags.c_contiguous and np.array_equal(head, w.T)
-    hidden = np.random.default_rng(2).standard_normal((3, w.shape[1])).astype(w.dtype)
-    np.testing.assert_allclose(hidden @ head, model.lm_head(npgpt.tensor(hidden)).data, rtol=1e-5, atol=1e-6)
+    hidden = npgpt.tensor(np.random.default_rng(2).standard_normal((3, w.shape[1])).astype(w.dtype))
+    np.testing.assert_allclose(model.lm_head(hidden, head).data, model.lm_head(hidden).data, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(model.generate(prompts, 12), plain)
     model.set_compute_dtype("float16")
-    assert generation.decoding_head(model, 3, 12) is None       # mixed precision keeps its own head
+    assert model.decoding_weight(3, 12) is None       # mixed precision keeps its own head
 
 
 # ------------------------------------------------------------------ GenerationConfig

@@ -172,26 +172,30 @@ def test_forward_is_the_head_of_the_trunk_and_ln_f_runs_once():
                                   model.lm_head(model.trunk(x, attention_mask=mask, position_ids=pos)).data)
 
 
-def test_trunk_checks_its_inputs_unless_told_not_to(monkeypatch):
+def test_the_entry_points_check_their_inputs_once_and_the_trunk_trusts_them(monkeypatch):
     from npgpt.io import inputs
 
     model = tiny()
-    x = ids()
+    x, y = ids(), ids()
     checked = []
     real = inputs.check_token_ids
     monkeypatch.setattr(inputs, "check_token_ids", lambda *a, **k: checked.append(1) or real(*a, **k))
-    model.trunk(x)
+    model(x)
     assert len(checked) == 1                             # once, at the boundary; the embeddings trust it
-    model.trunk(x, validate=False)
-    assert len(checked) == 1
+    model.loss(x, y)
+    assert len(checked) == 2
+    model.trunk(x)
+    assert len(checked) == 2
     with pytest.raises(ValueError, match="position_ids of shape"):
-        model.trunk(x, position_ids=np.arange(3))
+        model(x, position_ids=np.arange(3))
     with pytest.raises(ValueError, match="position id 16 is out of range"):
-        model.trunk(x, position_ids=np.arange(7) + 10)
+        model(x, position_ids=np.arange(7) + 10)
     with pytest.raises(ValueError, match="inputs_embeds of shape"):
-        model.trunk(x, inputs_embeds=np.zeros((2, 7, 3), np.float32))
+        model(x, inputs_embeds=np.zeros((2, 7, 3), np.float32))
     with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 6\)"):
-        model.trunk(x, attention_mask=np.ones((2, 6), np.int64))
+        model(x, attention_mask=np.ones((2, 6), np.int64))
+    with pytest.raises(ValueError, match="token id 99 is out of range"):
+        model.loss(np.full((1, 3), 99), np.zeros((1, 3), np.int64))
 
 
 def test_full_model_is_causal():

@@ -64,7 +64,7 @@ def test_attention_weights_come_from_the_trunk_without_the_head(monkeypatch):
     monkeypatch.setattr(model, "trunk", lambda *a, **k: calls.append(k) or trunk(*a, **k))
     monkeypatch.setattr(model, "lm_head", lambda h: pytest.fail("attention maps need no LM head"))
     weights = viz.attention_weights(model, IDS)
-    assert calls == [{"return_attention": True, "validate": False}]
+    assert calls == [{"return_attention": True}]
     _, expected = trunk(np.array([IDS]), return_attention=True)
     np.testing.assert_array_equal(weights, np.stack([a[0] for a in expected]))
 

@@ -125,7 +125,7 @@ def train_npgpt(cfg: dict[str, int], batch: int, dtype: str, steps: int, warmup:
     losses = []
 
     def loss_fn(x: Any, y: Any) -> Any:
-        return model.loss(x, y, validate=False)          # the trainer's own loss path (fused head + loss)
+        return model.loss(x, y)          # the trainer's own loss path (fused head + loss; the ids checked once)
 
     def step() -> None:
         tokens = to_device(rng.integers(0, cfg["vocab_size"], (batch, T + 1)), "cuda")

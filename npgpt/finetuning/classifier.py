@@ -40,7 +40,7 @@ import numpy as np
 import npgpt.functional as F
 from npgpt import backend, nn
 from npgpt.autograd import Tensor, no_grad
-from npgpt.io import checkpoint, inputs
+from npgpt.io import checkpoint, hf_gpt2, inputs
 from npgpt.model import GPT, GPTConfig, child_seeds
 
 ARCHITECTURE = "GPT2ForSequenceClassification"
@@ -113,8 +113,8 @@ class GPTClassifier(nn.Module):
         return 2 if self.num_labels == 1 else self.num_labels
 
     # ---------------------------------------------------------- forward
-    def forward(self, idx: Any, attention_mask: Any = None, labels: Any = None, inputs_embeds: Any = None, *,
-                validate: bool = True) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, idx: Any, attention_mask: Any = None, labels: Any = None,
+                inputs_embeds: Any = None) -> Tensor | tuple[Tensor, Tensor]:
         """Logits (B, num_labels); ``(logits, loss)`` when ``labels`` (int (B,)) are given.
 
         ``idx``: int (B, T) token ids. ``attention_mask``: (B, T), 1 = real
@@ -122,14 +122,11 @@ class GPTClassifier(nn.Module):
         (B, T, C) replaces the token-embedding lookup (the positions are still
         added), which is how ``npgpt.viz.saliency`` takes gradients with
         respect to the embeddings. The inputs are checked once, here
-        (``GPT.check_inputs``), and the backbone's trunk runs unchecked;
-        ``validate=False`` skips the check too, for a caller that has made it
-        (arrays on the model's device, a 0/1 integer mask).
+        (``inputs.gpt_inputs``), and the backbone's trunk trusts them.
         """
         gpt = self.transformer
-        mask = attention_mask
-        if validate:
-            idx, mask, _, inputs_embeds = gpt.check_inputs(idx, attention_mask=mask, inputs_embeds=inputs_embeds)
+        idx, mask, _, inputs_embeds = inputs.gpt_inputs(gpt, idx, attention_mask=attention_mask,
+                                                        inputs_embeds=inputs_embeds)
         xp = backend.array_module(idx)
         B, T = idx.shape
         if mask is None:                # no padding: plain positions 0..T-1, the last token is T-1
@@ -138,8 +135,7 @@ class GPTClassifier(nn.Module):
         else:
             positions = inputs.positions_from_mask(mask)                                   # (B, T)
             last = last_token_index(mask)                                            # (B,)
-        hidden = gpt.trunk(idx, attention_mask=mask, position_ids=positions, inputs_embeds=inputs_embeds,
-                           validate=False)                                           # (B, T, C)
+        hidden = gpt.trunk(idx, attention_mask=mask, position_ids=positions, inputs_embeds=inputs_embeds)  # (B, T, C)
         pooled = hidden[xp.arange(B), last]                    # (B, C)
         logits = self.score(pooled)                            # (B, num_labels)
         if labels is None:
@@ -288,13 +284,13 @@ class GPTClassifier(nn.Module):
             if score_shape != (saved_labels, config.n_embd):
                 raise checkpoint.CheckpointError(f"{weights}: score.weight has shape {score_shape}, but "
                                                  f"{config_path} implies ({saved_labels}, {config.n_embd})")
-            GPT.check_hf_shapes(config, shapes, weights)      # before anything is allocated
+            hf_gpt2.check_hf_shapes(config, shapes, weights)      # before anything is allocated
             if names is None:
                 names = _names_from_id2label(id2label, saved_labels, config_path)
             tensors = checkpoint.read_weights(weights, allow_non_finite=allow_non_finite)
             score = tensors.pop("score.weight")
             backbone = GPT(config, init=False)     # weights come next
-            backbone.load_hf_tensors(tensors, weights)
+            hf_gpt2.load_hf_tensors(backbone, tensors, weights)
             model = cls(num_labels=saved_labels, labels=labels or names, backbone=backbone, seed=seed,
                         pad_token_id=pad_token_id if pad_token_id is not None else saved_pad)
             model.score.load_state_dict({"weight": score.T})

@@ -2,10 +2,11 @@
 
 Companion of ``docs/model.md`` (section "Inputs are checked once").
 
-A public entry point (``GPT.forward``, ``GPT.trunk``, ``generate``,
+A public entry point (``GPT.forward``, ``GPT.loss``, ``generate``,
 ``GPTClassifier.forward``, the ``npgpt.viz`` functions) turns its inputs into
-arrays and checks them with the helpers below, and then calls the layers with
-``validate=False``, which trust their inputs. Checks that look at the values
+arrays and checks them with the helpers below (``gpt_inputs`` for a GPT's
+trunk), and then calls the layers, which trust their inputs: the trunk,
+``nn.Embedding`` and ``F.embedding`` check nothing. Checks that look at the values
 (is every id below the vocabulary size?) read the array's minimum and
 maximum, which on a GPU is a copy from the device to the host; a decoding
 loop that checked every step would pay it for every token.
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from npgpt import backend
-from npgpt.autograd import Tensor
+from npgpt.autograd import Tensor, as_tensor, is_grad_enabled
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
 
@@ -123,3 +124,44 @@ def _first_true(flags: Array) -> Array:
     """The index of the first true entry of a non-empty 1-D boolean array, or -1 (a 0-d array, not read)."""
     xp = backend.array_module(flags)
     return xp.where(flags.any(), flags.argmax(), -1)
+
+
+def gpt_ids(model: Any, idx: Any, past_length: int = 0) -> Array:
+    """Token ids for a GPT (``model.config``), checked (``token_batch``) and put on the model's device."""
+    idx = token_batch(idx, model.config.vocab_size, model.config.block_size, past_length)
+    return backend.to_device(idx, model.device)
+
+
+def gpt_inputs(model: Any, idx: Any, *, attention_mask: Any = None, position_ids: Any = None,
+               inputs_embeds: Any = None, cache: Any = None) -> tuple[Array, Array | None, Array | None, Tensor | None]:
+    """The inputs of a GPT's trunk, checked and converted: ``(idx, attention_mask, position_ids, inputs_embeds)``.
+
+    The ids as ``gpt_ids`` (after the ``cache``'s positions, if any); the mask
+    0/1 integers of shape (B, cached + T); the position ids (B, T) or (T,) in
+    ``0..block_size-1``; the embeddings a (B, T, C) Tensor; arrays on the
+    model's device. A cache is for inference only: it refuses a graph.
+    """
+    config, device = model.config, model.device
+    past = 0
+    if cache is not None:
+        if is_grad_enabled():
+            raise RuntimeError("a KV cache is for inference: no gradient flows through it; "
+                               "call the model under npgpt.no_grad()")
+        past = cache.length
+    idx = gpt_ids(model, idx, past)
+    B, T = idx.shape
+    if cache is not None and cache.batch_size != B:
+        raise ValueError(f"the KV cache holds {cache.batch_size} sequences but idx has batch {B}")
+    if attention_mask is not None:
+        attention_mask = backend.to_device(check_attention_mask(attention_mask, (B, past + T)), device)
+    if position_ids is not None:
+        positions = as_array(position_ids)
+        if tuple(positions.shape) not in ((B, T), (T,)):
+            raise ValueError(f"position_ids of shape {tuple(positions.shape)} do not fit token ids {(B, T)}")
+        check_token_ids(positions, config.block_size, what="position id")
+        position_ids = backend.to_device(positions, device)
+    if inputs_embeds is not None:
+        inputs_embeds = as_tensor(inputs_embeds)
+        if tuple(inputs_embeds.shape) != (B, T, config.n_embd):
+            raise ValueError(f"inputs_embeds of shape {tuple(inputs_embeds.shape)}, expected {(B, T, config.n_embd)}")
+    return idx, attention_mask, position_ids, inputs_embeds

@@ -47,7 +47,7 @@ from npgpt import backend
 from npgpt.autograd import Tensor, no_grad
 from npgpt.backend import Array
 from npgpt.finetuning import lora
-from npgpt.io import fileio
+from npgpt.io import fileio, hf_gpt2
 from npgpt.io.checkpoint import WEIGHTS_NAME, CheckpointError, read_tensors
 from npgpt.model import GPT, GPTConfig
 from npgpt.training import distributed, engine, plot, rundir, settings
@@ -391,7 +391,7 @@ class Trainer:
     def _restore(self, checkpoint: pathlib.Path, state: dict[str, Any]) -> None:
         weights = checkpoint / WEIGHTS_NAME
         if not self.config.lora_rank:        # a LoRA run's saved weights are merged: its base came from init_from
-            self.model.load_hf_tensors(read_tensors(weights), weights)
+            hf_gpt2.load_hf_tensors(self.model, read_tensors(weights), weights)
         rundir.load_optimizer(self.optimizer, checkpoint / rundir.OPTIMIZER_NAME)
         try:     # the sampler's, the dropout generators' and the scaler's states, as saved
             self.sampler.load_state_dict(state["sampler"])
