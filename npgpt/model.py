@@ -24,17 +24,9 @@ from npgpt.autograd import Tensor
 from npgpt.backend import speed
 from npgpt.generation import KVCache
 from npgpt.io import checkpoint, hf_gpt2, inputs
+from npgpt.nn import child_seeds
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
-
-
-def child_seeds(seed: int | None, n: int) -> list[int]:
-    """``n`` independent seeds derived from ``seed``: ``numpy.random.SeedSequence(seed).spawn(n)``.
-
-    Each child hashes the seed with its own index, so no two streams overlap. ``default_rng(seed)``
-    draws a GPT's weights, child 0 seeds its dropout modules, child 1 a classifier's head.
-    """
-    return [int(child.generate_state(1, np.uint64)[0]) for child in np.random.SeedSequence(seed).spawn(n)]
 
 
 @dataclass
@@ -168,12 +160,6 @@ class Block(nn.Module):
         return x, probs
 
 
-class _Zeros:
-    """Stands in for a random generator when the weights will be overwritten anyway."""
-
-    @staticmethod
-    def standard_normal(shape, dtype=np.float64):
-        return np.zeros(shape, dtype=dtype)
 
 
 class GPT(nn.Module):
@@ -194,7 +180,7 @@ class GPT(nn.Module):
         if not isinstance(config, GPTConfig):
             raise TypeError(f"GPT needs a GPTConfig, got {type(config).__name__}")
         self.config = config
-        rng = np.random.default_rng(seed) if init else _Zeros()
+        rng = np.random.default_rng(seed) if init else nn.ZeroGenerator()
         C = config.n_embd
         seeds = child_seeds(child_seeds(seed, 1)[0], 1 + config.n_layer)   # embedding dropout, then one per block
         self.wte = nn.Embedding(config.vocab_size, C, rng=rng)        # token table, also the LM head
@@ -282,12 +268,10 @@ class GPT(nn.Module):
     def loss(self, idx: Any, targets: Any, *, ignore_index: int = -100, attention_mask: Any = None) -> Tensor:
         """The training loss: mean cross-entropy of ``targets`` under the logits of ``idx`` (docs/training.md eq. 2).
 
-        Equal to ``F.cross_entropy(model(idx), targets)``, but the fused
-        ``F.linear_cross_entropy`` takes the head's weight and never holds the
-        (B, T, V) logits: for GPT-2 at 1,024 tokens that saves three arrays of
-        206 MB (docs/performance.md, "Where the memory goes"). With a
-        ``compute_dtype`` the head runs unfused: the fused op forms the logits'
-        gradient before the loss scale is known, and float16 would flush it.
+        Equal to ``F.cross_entropy(model(idx), targets)``, but the fused ``F.linear_cross_entropy`` takes
+        the head's weight and never holds the (B, T, V) logits: for GPT-2 at 1,024 tokens three arrays
+        of 206 MB (docs/performance.md). With a ``compute_dtype`` the head runs unfused: the fused op
+        forms the logits' gradient before the loss scale is known, and float16 would flush it.
         """
         idx, attention_mask, _, _ = inputs.gpt_inputs(self, idx, attention_mask=attention_mask)
         hidden = self.trunk(idx, attention_mask=attention_mask)
@@ -355,13 +339,8 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike, *, revision: str | None = None,
                         allow_non_finite: bool = False) -> GPT:
-        """Load a GPT-2 checkpoint directory, a model shipped with npgpt, or a Hub repo (``npgpt.io.hf_gpt2.load``).
-
-        The weights are float32, on the CPU; the model is in eval mode. Every
-        file is checked before the model is built (docs/model.md, "What the
-        loader guarantees"); weights holding NaN or infinity are refused
-        unless ``allow_non_finite``.
-        """
+        """Load a GPT-2 checkpoint directory, a model shipped with npgpt, or a Hub repo, every file checked
+        first (``npgpt.io.hf_gpt2.load``); float32 weights on the CPU, in eval mode."""
         config, tensors, source = hf_gpt2.load(name_or_dir, GPTConfig, revision=revision,
                                                allow_non_finite=allow_non_finite)
         return hf_gpt2.load_hf_tensors(cls(config, init=False), tensors, source).eval()

@@ -190,6 +190,14 @@ def _float_init(shape, std, rng):
     return w
 
 
+class ZeroGenerator:
+    """Stands in for a NumPy generator when the weights will be overwritten anyway (``GPT(init=False)``)."""
+
+    @staticmethod
+    def standard_normal(shape, dtype=np.float64):
+        return np.zeros(shape, dtype=dtype)
+
+
 class Linear(Module):
     """``y = x W + b`` (docs/model.md eq. 1) with ``W`` stored (in, out).
 
@@ -271,6 +279,15 @@ class CounterGenerator:
         values = philox.uniform(int(np.prod(shape)), self.owner.seed, self.owner.draws, self.xp, dtype)
         self.owner.draws += 1
         return values.reshape(shape)
+
+
+def child_seeds(seed: int | None, n: int) -> list[int]:
+    """``n`` independent seeds derived from ``seed``: ``numpy.random.SeedSequence(seed).spawn(n)``.
+
+    Each child hashes the seed with its own index, so no two streams overlap. ``default_rng(seed)``
+    draws a GPT's weights, child 0 seeds its dropout modules, child 1 a classifier's head.
+    """
+    return [int(child.generate_state(1, np.uint64)[0]) for child in np.random.SeedSequence(seed).spawn(n)]
 
 
 class Dropout(Module):

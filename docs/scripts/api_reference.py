@@ -47,6 +47,7 @@ MODULES = [
     ("npgpt.training.plot", "training.md"),
     ("npgpt.training.train", "training.md"),
     ("npgpt.io.checkpoint", "model.md"),
+    ("npgpt.io.hf_gpt2", "model.md"),
     ("npgpt.io.hub", "model.md"),
     ("npgpt.io.fileio", "training.md"),
     ("npgpt.finetuning.classifier", "finetuning.md"),

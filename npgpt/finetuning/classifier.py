@@ -41,7 +41,8 @@ import npgpt.functional as F
 from npgpt import backend, nn
 from npgpt.autograd import Tensor, no_grad
 from npgpt.io import checkpoint, hf_gpt2, inputs
-from npgpt.model import GPT, GPTConfig, child_seeds
+from npgpt.model import GPT, GPTConfig
+from npgpt.nn import child_seeds
 
 ARCHITECTURE = "GPT2ForSequenceClassification"
 

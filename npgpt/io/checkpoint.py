@@ -27,9 +27,9 @@ locally, among the models shipped with npgpt, or on the Hugging Face Hub (``npgp
 
 This module knows files, not models: it reads and writes ``config.json`` and
 safetensors, and imports nothing of the model. The mapping of a model's
-parameters onto tensor names lives with each model (``GPT.save_pretrained``
-and ``GPT.from_pretrained`` in ``npgpt.model``, ``GPTClassifier``'s in
-``npgpt.finetuning.classifier``), which import this module, never the other way round.
+parameters onto tensor names lives beside it (a GPT's in ``npgpt.io.hf_gpt2``,
+``GPTClassifier``'s in ``npgpt.finetuning.classifier``), which imports this module,
+never the other way round.
 """
 
 import json
@@ -229,7 +229,7 @@ def config_fields(raw: dict, path: Any) -> dict:
 
     Sizes are positive integers (never floats, booleans or nested values),
     rates are finite numbers in range. Whether the sizes fit the weights
-    file is checked separately, before a model is built (``GPT.check_hf_shapes``).
+    file is checked separately, before a model is built (``hf_gpt2.check_hf_shapes``).
     """
     for key in ("model_type", "activation_function"):
         if key in raw and not isinstance(raw[key], str):

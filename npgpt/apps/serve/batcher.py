@@ -142,7 +142,7 @@ class Batcher:
         self.mask = self.xp.zeros((B, cap), dtype=np.int64)       # 1 where a row's column holds a token
         self.mask[:, 0] = 1                                        # a free slot attends to column 0 only
         # The tied head as a contiguous (C, V) copy on the CPU, made once: the weights never change here.
-        self.head = generation.decoding_head(model, rows=1 << 20, steps=1)
+        self.head = model.decoding_weight(rows=1 << 20, steps=1)
         self.rows: list[tuple[Job, Choice]] = []                   # running row r -> its job and choice
         self._admitting: Job | None = None                         # the job in its prefill
         self.waiting: collections.deque[Job] = collections.deque()
@@ -282,7 +282,7 @@ class Batcher:
         model, xp = self.model, self.xp
         ids = backend.to_device(np.asarray([job.prompt], dtype=np.int64), model.device)    # (1, P)
         prompt_cache = model.new_cache(1, len(job.prompt))
-        hidden = model.trunk(ids, cache=prompt_cache, validate=False)                      # (1, P, C)
+        hidden = model.trunk(ids, cache=prompt_cache)                                      # (1, P, C)
         logits = self._logits(hidden.data[:, -1])                                           # (1, V)
         rows = []
         for choice in job.choices:
@@ -308,7 +308,7 @@ class Batcher:
         self.mask[xp.arange(run), columns] = 1                               # each row sees its new token
         cache.rows, cache.columns = run, columns
         hidden = model.trunk(backend.to_device(last, model.device), attention_mask=self.mask[:run],
-                             position_ids=columns[:, None], cache=cache, validate=False)
+                             position_ids=columns[:, None], cache=cache)
         cache.lengths[:run] += 1
         if B == 1:                          # the free slot's token is thrown away: keep it empty
             self._clear_slot(1)
@@ -322,10 +322,9 @@ class Batcher:
 
     def _logits(self, last: Any) -> Any:
         """(rows, C) last hidden states -> (rows, V) logits, through the contiguous head when there is one."""
-        if self.head is None:
-            from npgpt.autograd import Tensor
-            return self.model.lm_head(Tensor(last)).data
-        return last @ self.head
+        from npgpt.autograd import Tensor
+
+        return self.model.lm_head(Tensor(last), self.head).data
 
     def _choose(self, logits: Any, rows: list[tuple[Job, Choice]]) -> None:
         """Pick each row's next token (rows with the same settings are sampled together, each with its

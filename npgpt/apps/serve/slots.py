@@ -1,6 +1,6 @@
 """A KV cache whose rows are independent slots, for continuous batching (docs/serving.md).
 
-``npgpt.model.KVCache`` keeps one length for the whole batch: every row writes
+``npgpt.generation.KVCache`` keeps one length for the whole batch: every row writes
 its next key at the same column, so a batch of prompts of different lengths is
 padded on the left. A server's batch changes at every step (requests join and
 leave), so here each row is a *slot* with its own length: row ``r`` holds its
@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from npgpt.model import GPTConfig, KVCache
+from npgpt.autograd import Tensor
+from npgpt.generation import KVCache
+from npgpt.model import GPTConfig
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
 
@@ -31,8 +33,8 @@ class SlotCache(KVCache):
     """Keys and values of up to ``slots`` sequences, each at its own length.
 
     ``rows`` is how many slots the next forward pass runs on (slots
-    ``0 .. rows-1``); the model's attention calls ``append_qkv`` (inherited),
-    which calls ``update`` below. ``length`` (the batch-wide length of
+    ``0 .. rows-1``); the model's attention calls ``update`` below.
+    ``length`` (the batch-wide length of
     ``KVCache``) is not used: the caller passes position ids and a mask.
     """
 
@@ -43,7 +45,7 @@ class SlotCache(KVCache):
         self.rows = 0
         self.columns: Array | None = None                  # lengths[:rows] on the device, set for each step
 
-    def update(self, layer: int, k: Array, v: Array) -> tuple[Array, Array]:
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write one new position per row, row ``r`` at its column ``lengths[r]``; return every
         column of the running rows, (rows, H, capacity, D) views (the mask hides the unused ones)."""
         B = self.rows
@@ -55,9 +57,9 @@ class SlotCache(KVCache):
         if self.columns is None or self.columns.shape[0] != B:
             raise ValueError("SlotCache: set columns (the running rows' lengths, on the device) before the step")
         r, col = self.xp.arange(B), self.columns
-        self.keys[layer][r, :, col] = k[:, :, 0]           # (B, H, D) into row r, column lengths[r]
-        self.values[layer][r, :, col] = v[:, :, 0]
-        return self.keys[layer][:B], self.values[layer][:B]
+        self.keys[layer][r, :, col] = k.data[:, :, 0]         # (B, H, D) into row r, column lengths[r]
+        self.values[layer][r, :, col] = v.data[:, :, 0]
+        return Tensor(self.keys[layer][:B]), Tensor(self.values[layer][:B])
 
     def load(self, slot: int, cache: KVCache) -> None:
         """Copy row 0 of a plain ``KVCache`` (a prefilled prompt) into ``slot``, columns ``0 .. cache.length-1``."""
