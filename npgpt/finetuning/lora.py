@@ -417,7 +417,7 @@ def unload(model: nn.Module, merge_weights: bool = True) -> nn.Module:
 def _layer_prefix(model: nn.Module) -> str:
     """Where npgpt's names sit in the Hugging Face model PEFT wraps: GPT2LMHeadModel's ``transformer.``
     (a ``GPT``); a ``GPTClassifier``'s names already start with it."""
-    from npgpt.hf_gpt2 import HF_PREFIX
+    from npgpt.io.hf_gpt2 import HF_PREFIX
     from npgpt.model import GPT
 
     return HF_PREFIX if isinstance(model, GPT) else ""

@@ -11,6 +11,7 @@ pretraining loop (``npgpt.training.train.Trainer``) with conversations for batch
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import pathlib
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from npgpt.model import GPT
 from npgpt.tokenizer import Tokenizer
 from npgpt.tokenizer.chat import IM_END, IM_START, with_chat_tokens
 from npgpt.training import engine, rundir, settings
-from npgpt.training.mixed_precision import DTYPES
+from npgpt.training.mixed_precision import DTYPES, NO_LOSS_SCALING
 from npgpt.training.optim import cosine_schedule
 from npgpt.training.settings import setting
 from npgpt.training.train import DEFAULT_PEAK_FLOPS, Trainer
@@ -283,19 +284,16 @@ class SFTTrainer(Trainer):
         c = self.config
         self.model.eval()
         total, count = 0.0, 0
+        batches = itertools.islice(conversations.batches(self.val_examples, c.batch_size, self.pad_id),
+                                   c.eval_iters or None)
         with no_grad():
-            for k, (x, y) in enumerate(conversations.batches(self.val_examples, c.batch_size, self.pad_id)):
-                if c.eval_iters and k == c.eval_iters:
-                    break
-                rows = self.world.rows(x.shape[0])
-                x, y = x[rows], y[rows]
+            for (x, y), _ in self.group.local_batches(batches):         # under mpiexec: this rank's rows
                 n = conversations.count_trained(y)
                 if n:
                     total += sft_loss(self.model, x, y).item() * n
                     count += n
         self.model.train()
-        total, count = self.world.sum_floats([total, float(count)])
-        return total / count
+        return self.group.sum(total) / self.group.sum(float(count))
 
     def train_step(self) -> tuple[float, float, float]:
         """One optimizer step over ``grad_accum`` micro-batches of conversations: eq. 1 over all of
@@ -305,8 +303,8 @@ class SFTTrainer(Trainer):
         batches = [self.sampler.next() for _ in range(c.grad_accum)]
         trained = sum(conversations.count_trained(y) for _, y in batches)
         result = engine.optimizer_step(self.optimizer, step_loss(self.model, c.batch_size, trained), batches, lr,
-                                       c.grad_clip, self.workers, step=self.step + 1, scaler=self.scaler,
-                                       world=self.world, shard=self.shard)
+                                       c.grad_clip, self.workers, step=self.step + 1,
+                                       scaler=self.scaler or NO_LOSS_SCALING, group=self.group)
         self.step += 1
         self.last_step_skipped = result.skipped
         return result.loss, result.grad_norm, lr
