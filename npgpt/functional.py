@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from npgpt import backend
-from npgpt.autograd.core import RowGradient, Tensor, _describe, _make, as_tensor, is_grad_enabled
+from npgpt.autograd.core import Tensor, _describe, _make, as_tensor, is_grad_enabled
+from npgpt.autograd.graph import RowGradient
 from npgpt.backend import speed
 from npgpt.io.inputs import as_array
 
