@@ -108,8 +108,9 @@ class CausalSelfAttention(nn.Module):
         """
         B, T, C = x.shape
         H = self.n_head
-        # Split the channels into H heads of D: (B, T, C) -> (B, T, H, D) -> (B, H, T, D).
-        q, k, v = (t.reshape(B, T, H, C // H).transpose(0, 2, 1, 3) for t in self.c_attn(x).split(3, axis=2))
+        # Split [q | k | v] and the channels into H heads of D, once: (B, T, 3C) -> (3, B, H, T, D).
+        qkv = self.c_attn(x).reshape(B, T, 3, H, C // H).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]                        # (B, H, T, D) each
         if cache is not None:
             k, v = cache.update(layer, k, v)                    # every position so far: (B, H, past + T, D)
         drop = self.attn_dropout

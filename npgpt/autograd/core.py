@@ -580,8 +580,8 @@ def transpose(a: Tensor, axes: Optional[Sequence[int]] = None) -> Tensor:
     axes = tuple(range(a.ndim))[::-1] if axes is None else tuple(ax % a.ndim for ax in axes)
     if sorted(axes) != list(range(a.ndim)):
         raise ValueError(f"transpose: {axes} is not a permutation of the axes of {_describe(a)}")
-    inverse = tuple(int(i) for i in np.argsort(axes))
-    return _make(a.data.transpose(axes), (a,), lambda g: (g.transpose(inverse),))
+    # The inverse permutation, computed by the backward pass only (no_grad decoding never needs it).
+    return _make(a.data.transpose(axes), (a,), lambda g: (g.transpose(tuple(sorted(range(len(axes)), key=axes.__getitem__))),))
 
 
 def swapaxes(a: Tensor, axis1: int, axis2: int) -> Tensor:
