@@ -36,9 +36,7 @@ EXEMPT = {
     "npgpt.bench.train:run": _BENCH,
     "npgpt.bench.serve:run": _BENCH,
     # the walk and the step
-    "npgpt.autograd.core:_backpropagate": _CORE,
     "npgpt.autograd.core:grad": _CORE,
-    "npgpt.training.engine:optimizer_step": _CORE,
     # fused ops: one forward and its hand-written backward in one closure, as docs/backward.md derives them
     "npgpt.functional:scaled_dot_product_attention": "the fused attention op: masks, dropout, cache and its backward "
                                                       "in one place, as docs/backward.md derives it",
