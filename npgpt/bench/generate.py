@@ -535,21 +535,20 @@ def verify_cost(model: GPT, context: int = 256, widths: Sequence[int] = (1, 2, 4
     """Median ms of one pass over ``w`` new tokens after ``context`` cached ones (trunk and head, as
     prompt lookup's verifying pass runs), for each ``w``; the cache is cut back after each."""
     from npgpt.autograd import no_grad
-    from npgpt.generation import decoding_head
 
     V = model.config.vocab_size
     ids = np.random.default_rng(1).integers(0, V, (1, context + max(widths)))
     cache = model.new_cache(1, context + max(widths))
-    head = decoding_head(model, 1, 64)
+    head = model.decoding_weight(1, 64)
     out = {}
     with no_grad():
-        model.trunk(ids[:, :context], cache=cache, validate=False)
+        model.trunk(ids[:, :context], cache=cache)
         times: dict[int, list[float]] = {w: [] for w in widths}
         for _ in range(repeats):
             for w in widths:                   # interleaved, so drift hits every width alike
                 start = time.perf_counter()
-                hidden = model.trunk(ids[:, context:context + w], cache=cache, validate=False)
-                logits = hidden.data[0] @ head if head is not None else model.lm_head(hidden[0]).data
+                hidden = model.trunk(ids[:, context:context + w], cache=cache)
+                logits = model.lm_head(hidden[0], head).data
                 logits.argmax(axis=-1)
                 times[w].append(time.perf_counter() - start)
                 cache.length = context
