@@ -1,4 +1,4 @@
-"""Prompt-lookup decoding (npgpt/prompt_lookup.py; docs/generation.md, "Prompt lookup").
+"""Prompt-lookup decoding (npgpt/generation/prompt_lookup.py; docs/generation.md, "Prompt lookup").
 
 The claim under test: with ``prompt_lookup=N`` greedy decoding gives exactly the ids of plain
 greedy decoding, token for token, while verifying several guessed tokens per forward pass.

@@ -33,7 +33,7 @@ MODULES = [
     ("npgpt.nn", "model.md"),
     ("npgpt.model", "model.md"),
     ("npgpt.generation", "generation.md"),
-    ("npgpt.prompt_lookup", "generation.md"),
+    ("npgpt.generation.prompt_lookup", "generation.md"),
     ("npgpt.tokenizer", "tokenizer.md"),
     ("npgpt.training.progress", "tokenizer.md"),
     ("npgpt.training.data", "training.md"),

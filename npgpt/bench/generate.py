@@ -31,7 +31,7 @@ recomputes the whole context), keeping each context's fastest step over two roun
 exponent of each series (``fit_exponent``). See docs/model.md, section "The KV cache", and
 docs/generation.md, "What a step costs".
 
-``--prompt-lookup N`` measures instead prompt-lookup decoding (``npgpt.prompt_lookup``) against
+``--prompt-lookup N`` measures instead prompt-lookup decoding (``npgpt.generation.prompt_lookup``) against
 plain greedy decoding (``prompt_lookup_workload``): the same ids, and the time of each, in pairs
 alternating which runs first, on an input-grounded task (quote a given passage) and on open-ended
 text, with the shipped ``npgpt-small`` and with GPT-2 124M random weights; and the cost of a
@@ -495,7 +495,7 @@ def _lookup_task(model: GPT, ids: np.ndarray, args: argparse.Namespace, hf: Any 
         lookup_s.append(got[N][0])
         same &= bool(np.array_equal(got[0][1], got[N][1]))
     # How much of the output the guesses covered: passes the verifying loop made.
-    from npgpt import prompt_lookup
+    from npgpt.generation import prompt_lookup
 
     widths = []
     trunk = model.trunk

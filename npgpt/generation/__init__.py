@@ -124,7 +124,7 @@ class GenerationConfig:
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
     use_cache: bool = True
-    prompt_lookup: int | None = None   # guess up to N tokens from the context, verify in one pass (npgpt.prompt_lookup)
+    prompt_lookup: int | None = None   # guess up to N tokens from the context, verify them in one pass (prompt_lookup)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None and self.max_length is not None:
@@ -322,7 +322,7 @@ class _Plan:
     repetition_penalty: float
     rng: Any                        # a numpy Generator, or RowGenerators (one per row)
     use_cache: bool
-    prompt_lookup: int = 0          # tokens guessed per pass (npgpt.prompt_lookup); 0: plain decoding
+    prompt_lookup: int = 0          # tokens guessed per pass (npgpt.generation.prompt_lookup); 0: plain decoding
 
 
 def _settings(generation_config: GenerationConfig | None, max_new_tokens: int | None,
@@ -387,7 +387,7 @@ def generate(model: Any, idx: Any, max_new_tokens: int | None = None, *, attenti
 
     ``prompt_lookup=N`` (greedy, one row, within ``block_size``; else a ValueError
     that says why) guesses up to N tokens from an earlier occurrence of the last
-    n-gram and verifies them in one pass (``npgpt.prompt_lookup``): the same ids
+    n-gram and verifies them in one pass (``npgpt.generation.prompt_lookup``): the same ids
     as plain greedy decoding, in fewer passes when the output repeats the input.
     """
     plan = _check(model, idx, _settings(generation_config, max_new_tokens, settings), attention_mask, seed)
@@ -462,10 +462,10 @@ class ContextWindowWarning(UserWarning):
 
 
 def _steps(model, plan):
-    """The tokens of ``plan``: prompt lookup's loop when it asks for one (``npgpt.prompt_lookup``), else ``_decode``."""
+    """The tokens of ``plan``: prompt lookup's loop when it asks for one (``prompt_lookup``), else ``_decode``."""
     if not plan.prompt_lookup:
         return _decode(model, plan)
-    from npgpt import prompt_lookup
+    from npgpt.generation import prompt_lookup
     prompt_lookup.check(plan, model.config.block_size)
     return prompt_lookup.decode(model, plan, plan.prompt_lookup, model.decoding_weight(1, plan.max_new_tokens))
 
