@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npgpt import generation, prompt_lookup
+from npgpt import generation
+from npgpt.generation import prompt_lookup
 from npgpt.model import GPT, GPTConfig
 
 
