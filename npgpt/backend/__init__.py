@@ -212,8 +212,10 @@ def scatter_add(target: Array, indices: Any, values: Array) -> Array:
     kinds on CuPy (tuples of arrays) still use ``cupyx.scatter_add``.
     """
     if is_cupy_array(target):
-        if is_cupy_array(indices) and indices.dtype.kind in "iu" and target.ndim >= 1:
-            return add_rows(target, indices, values)
+        if not isinstance(indices, tuple) and target.ndim >= 1:
+            ids = array_module(target).asarray(indices)     # ids given on the host: to the device once
+            if ids.dtype.kind in "iu":
+                return add_rows(target, ids, values)
         import cupyx
 
         cupyx.scatter_add(target, indices, values)
