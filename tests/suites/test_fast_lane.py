@@ -9,12 +9,10 @@ import slow_tests
 TESTS = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_functions(path):
+def functions_in(path):
     tree = ast.parse(path.read_text())
     return {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
-
-test_functions.__test__ = False          # a helper, not a test
 
 
 def test_every_listed_module_and_test_exists():
@@ -27,7 +25,7 @@ def test_every_listed_module_and_test_exists():
         if path is None:
             missing.append(module)
             continue
-        missing += [f"{module}::{n}" for n in names if n not in test_functions(path)]
+        missing += [f"{module}::{n}" for n in names if n not in functions_in(path)]
     assert not missing, f"tests/slow_tests.py names tests that do not exist (renamed? update the list): {missing}"
 
 
