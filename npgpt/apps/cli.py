@@ -199,6 +199,19 @@ _METAVARS = {"data_dir": "DATA_DIR", "out_dir": "RUN_DIR", "tokenizer_dir": "DIR
 TRAIN_FLAG_NAMES = {"data_dir": "--data", "out_dir": "--out", "tokenizer_dir": "--tokenizer"}
 
 
+def _add_run_flags(p: argparse.ArgumentParser, kind: str, config_class: type, flag_names: dict[str, str]) -> None:
+    """The flags of a command that trains in a run directory (train, sft): a settings file, stop and
+    resume, quiet, then one flag per field of ``config_class``."""
+    p.add_argument("--config", metavar="FILE", help=f"JSON file of {kind} settings (flags override it)")
+    p.add_argument("--stop-at", type=POSITIVE_INT, default=None, metavar="K",
+                   help="stop after step K with a checkpoint (continue later with --resume)")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no log lines")
+    _settings_flags(p, config_class, flag_names, required=("out_dir",))
+    _debug_flag(p)
+    p.set_defaults(command_parser=p)
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from npgpt.training.train import TrainConfig
 
@@ -210,14 +223,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                    "optimizer and trainer state); the loss curve to RUN_DIR/loss.csv and log.jsonl. "
                                    "Ctrl-C finishes the step in progress, writes a checkpoint and stops; "
                                    "--resume continues.")
-    p.add_argument("--config", metavar="FILE", help="JSON file of training settings (flags override it)")
-    p.add_argument("--stop-at", type=POSITIVE_INT, default=None, metavar="K",
-                   help="stop after step K with a checkpoint (continue later with --resume)")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no log lines")
-    _settings_flags(p, TrainConfig, TRAIN_FLAG_NAMES, required=("out_dir",))
-    _debug_flag(p)
-    p.set_defaults(command_parser=p)
+    _add_run_flags(p, "training", TrainConfig, TRAIN_FLAG_NAMES)
 
 
 PROMPT_BATCH = 32      # prompts of a --prompts file generated at once: memory grows with it, speed flattens
@@ -333,14 +339,7 @@ def _add_sft(sub: argparse._SubParsersAction) -> None:
                                    "npgpt's (ChatML) first. Checkpoints go to RUN_DIR/checkpoint, a model directory "
                                    "that `npgpt chat` opens; Ctrl-C finishes the step in progress, writes a "
                                    "checkpoint and stops; --resume continues.")
-    p.add_argument("--config", metavar="FILE", help="JSON file of SFT settings (flags override it)")
-    p.add_argument("--stop-at", type=POSITIVE_INT, default=None, metavar="K",
-                   help="stop after step K with a checkpoint (continue later with --resume)")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no log lines")
-    _settings_flags(p, SFTConfig, SFT_FLAG_NAMES, required=("out_dir",))
-    _debug_flag(p)
-    p.set_defaults(command_parser=p)
+    _add_run_flags(p, "SFT", SFTConfig, SFT_FLAG_NAMES)
 
 
 def _add_chat(sub: argparse._SubParsersAction) -> None:
