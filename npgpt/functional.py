@@ -565,9 +565,9 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
     Gradient, with ``P`` the attention probabilities, ``P'`` the dropped ones
     (``P' = P`` without dropout) and ``s = 1/sqrt(D)``: ``dV = P'^T g``,
     ``dP = (g V^T) * M / (1 - p)``, ``dS = P * (dP - sum(dP * P, -1))``,
-    ``dQ = s dS K``, ``dK = s dS^T Q``. ``P`` (and the mask, with dropout) are
-    the only large arrays saved for the backward pass; they are freed with
-    the graph.
+    ``dQ = s dS K``, ``dK = s dS^T Q``. ``P`` (with dropout also the mask and
+    ``P'``) are the only large arrays saved for the backward pass; they are
+    freed with the graph.
 
     With ``return_weights=True`` also returns ``P`` (before dropout) as an
     array (for attention maps; it is not part of the graph).

@@ -105,7 +105,8 @@ def check_attention_mask(attention_mask: Any, shape: Sequence[int]) -> Array:
 def positions_from_mask(mask: Array) -> Array:
     """Position ids that count real tokens only (docs/finetuning.md eq. 7): ``p[b, t] = sum_{u<=t} m[b, u] - 1``.
 
-    Padding positions get 0 (any valid id would do: nothing reads them). The classifier
+    Padding gets a valid id too, 0 before the text and the last real token's after it
+    (nothing reads them). The classifier
     and the decoding loop of a left-padded batch both count positions so.
     ``mask`` (B, T) int -> (B, T) int64, same array module.
     """

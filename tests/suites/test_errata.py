@@ -47,6 +47,21 @@ ERRATA = [
      "CuPy's XORWOW holds 256,000 states of 48 bytes (12.3 MB) on any GPU; no H100 was measured"),
     ("gpu.md", r"with 8\s+bits of mantissa", "bfloat16 stores 7 mantissa bits (8 bits of precision)"),
     ("training.md", r"with 8 bits of mantissa", "bfloat16 stores 7 mantissa bits (8 bits of precision)"),
+    # The second part of the checklist review (/work/coord/review-findings.md): backward.md onwards.
+    ("backward.md", r"`P` \(and the dropout mask `R`\)",
+     "with dropout attention also keeps P' = P * R for dV (eq. 10)"),
+    ("backward.md", r"shared by two threads", "one thread per core (speed.default_workers())"),
+    ("finetuning.md", r"npgpt\.training\.train\.optimizer_step", "the step is npgpt.training.engine.optimizer_step"),
+    ("finetuning.md", r"Padding positions get position 0",
+     "positions_from_mask gives padding after the text the last real token's position"),
+    ("finetuning.md", r"140–155 s", "the two runs took 140 s and 153 s"),
+    ("distributed.md", r"assigned greedily by size", "partition takes the tensors in model order, each to the least-loaded rank"),
+    ("solutions.md", r"\(6 steps to 9\)", "eq. 3's tree term is 2 log2 n: 12 steps to 18"),
+    ("backend.md", r"\| `np\.add\.at` \| `cupyx\.scatter_add` \|",
+     "on CuPy integer row ids go through a one-hot product (backend.add_rows)"),
+    ("solutions.md", r"or `cupyx\.scatter_add` on a GPU\) adds all three",
+     "on CuPy integer row ids go through a one-hot product (backend.add_rows)"),
+    ("backend.md", r"\(`autograd\.py`, `functional\.py`", "the engine is autograd/core.py; optim and parallel are in training/"),
 ]
 
 
