@@ -111,24 +111,48 @@ def _settings_flags(parser: argparse.ArgumentParser, config_class: type, flag_na
 
     ``max_steps`` becomes ``--max-steps`` unless ``flag_names`` maps it to
     another flag. Flags default to ``None`` so that the command knows which
-    settings were given (they override a config file or a resumed run).
+    settings were given (they override a config file or a resumed run). The
+    command's own settings come first; those it inherits from a settings base
+    with a ``FLAGS_TITLE`` (the optimizer's, LoRA's) follow under that title.
     """
     flag_names = flag_names or {}
     hints = typing.get_type_hints(config_class)
-    for field in dataclasses.fields(config_class):
+    groups: dict[str, Any] = {}
+    fields = sorted(dataclasses.fields(config_class), key=lambda f: _flags_title(config_class, f.name) is not None)
+    for field in fields:
         if field.name in skip:
             continue
+        title = _flags_title(config_class, field.name)
+        group = parser if title is None else groups.setdefault(title, parser.add_argument_group(title))
         kind = hints[field.name]
         if typing.get_origin(kind) is typing.Union:       # Optional[int] -> int
             kind = next(k for k in typing.get_args(kind) if k is not type(None))
         flag = flag_names.get(field.name, "--" + field.name.replace("_", "-"))
         if kind is bool:                # a switch: present means True
-            parser.add_argument(flag, dest=field.name, action="store_const", const=True, default=None,
-                                help=field.metadata["help"])
+            group.add_argument(flag, dest=field.name, action="store_const", const=True, default=None,
+                               help=field.metadata["help"])
             continue
-        parser.add_argument(flag, dest=field.name, type=kind, default=None, required=field.name in required,
-                            metavar=_METAVARS.get(field.name, kind.__name__.upper()),
-                            help=_with_default(field.metadata["help"], field.default))
+        group.add_argument(flag, dest=field.name, type=kind, default=None, required=field.name in required,
+                           metavar=_METAVARS.get(field.name, kind.__name__.upper()),
+                           help=_with_default(field.metadata["help"], field.default))
+
+
+def _flags_title(config_class: type, name: str) -> Optional[str]:
+    """The ``FLAGS_TITLE`` of the settings base that declares the field ``name``, if one does."""
+    for base in config_class.__mro__[1:]:
+        if "FLAGS_TITLE" in vars(base) and name in vars(base).get("__dataclass_fields__", {}):
+            return str(vars(base)["FLAGS_TITLE"])
+    return None
+
+
+def _retired_flag(parser: argparse.ArgumentParser, flag: str, explanation: str) -> None:
+    """A flag that is no longer one: giving it is a usage error that says what replaced it (instead of
+    argparse taking it for an abbreviation of a longer flag, with another meaning)."""
+    class Retired(argparse.Action):
+        def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
+            parser.error(f"{flag} is no longer a flag: {explanation}")
+
+    parser.add_argument(flag, action=Retired, nargs="?", help=argparse.SUPPRESS)
 
 
 def settings_given(args: argparse.Namespace, config_class: type, skip: Iterable[str] = ()) -> dict[str, Any]:
@@ -263,6 +287,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
     from npgpt.finetuning.finetune import FinetuneConfig
+    from npgpt.training.settings import WARMUP_IN_STEPS
 
     p = sub.add_parser("finetune", help="fine-tune a model as a text classifier (docs/finetuning.md)",
                        description="Fine-tune a pretrained GPT as a classifier on a labelled CSV, TSV or JSONL "
@@ -293,6 +318,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     _overwrite_flag(p)
     _settings_flags(p, FinetuneConfig)
+    # --warmup was a fraction of the steps; argparse would read it as --warmup-steps, a count.
+    _retired_flag(p, "--warmup", WARMUP_IN_STEPS)
     _debug_flag(p)
     p.set_defaults(command_parser=p)
 

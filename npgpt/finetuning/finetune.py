@@ -24,7 +24,7 @@ import pathlib
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Optional
 
 import numpy as np
 
@@ -35,9 +35,9 @@ from npgpt.io import fileio
 from npgpt.tokenizer.bpe import ENDOFTEXT
 from npgpt.training import distributed, engine, optim, settings
 from npgpt.training.interrupt import GracefulStop
-from npgpt.training.mixed_precision import DTYPES, NO_LOSS_SCALING, GradScaler
+from npgpt.training.mixed_precision import NO_LOSS_SCALING, GradScaler
 from npgpt.training.progress import Progress, format_seconds
-from npgpt.training.settings import setting
+from npgpt.training.settings import retune, setting
 
 if TYPE_CHECKING:
     from npgpt.autograd import Tensor
@@ -75,27 +75,33 @@ def freeze(classifier: GPTClassifier, train_last: Optional[int] = None) -> list[
 
 # ---------------------------------------------------------------- the loop
 @dataclasses.dataclass
-class FinetuneConfig(lora.LoRASettings):
+class FinetuneConfig(lora.LoRASettings, settings.OptimizerSettings):
     """Settings of :func:`finetune` (every one has a default; ``npgpt finetune`` has a flag for each).
 
-    ``warmup`` is a fraction of the steps (linear warmup before the cosine
-    decay); ``head_lr`` defaults to ``lr`` (a fresh head can take a larger
-    one); ``workers`` CPU threads (``npgpt.training.parallel``; ``None``: one per core
-    without dropout, else 1). The ``lora_*`` settings (inherited from
+    The optimizer's and the precision's settings are
+    ``npgpt.training.settings.OptimizerSettings``, as in pretraining, with
+    fine-tuning's defaults: a smaller ``lr`` (the backbone's), a cosine decay
+    to 0, Hugging Face's weight decay and ``beta2``. ``warmup_steps`` counts
+    optimizer steps (the run has ``epochs`` times the batches of an epoch;
+    default: a tenth of them, at most 100). ``head_lr`` defaults to ``lr`` (a
+    fresh head can take a larger one); ``workers`` CPU threads
+    (``npgpt.training.parallel``; ``None``: one per core without dropout,
+    else 1). The ``lora_*`` settings (inherited from
     ``npgpt.finetuning.lora.LoRASettings``) train low-rank adapters and the
     head instead of the backbone's weights (docs/agent.md, "LoRA").
     """
 
+    KIND: ClassVar[str] = "fine-tuning"
+    RETIRED: ClassVar[dict[str, str]] = {"warmup": settings.WARMUP_IN_STEPS}
+
+    lr: float = retune(settings.OptimizerSettings, "lr", 1e-4, "peak learning rate of the backbone")
+    min_lr: Optional[float] = retune(settings.OptimizerSettings, "min_lr", 0.0,
+                                     "learning rate at the end of the cosine decay")
+    weight_decay: float = retune(settings.OptimizerSettings, "weight_decay", 0.01)
+    beta2: float = retune(settings.OptimizerSettings, "beta2", 0.999)
     epochs: int = setting(3, "passes over the training texts")
     batch_size: int = setting(32, "texts per optimizer step")
-    lr: float = setting(1e-4, "peak learning rate of the backbone")
     head_lr: Optional[float] = setting(None, "peak learning rate of the new head (default: lr)")
-    weight_decay: float = setting(0.01, "AdamW weight decay on matrices")
-    beta1: float = setting(0.9, "AdamW beta1")
-    beta2: float = setting(0.999, "AdamW beta2")
-    eps: float = setting(1e-8, "AdamW epsilon")
-    warmup: float = setting(0.1, "fraction of the steps with a linear warmup, in [0, 1)")
-    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)")
     train_last: Optional[int] = setting(None, "train only the last K blocks, ln_f and the head "
                                               "(0: the head only; default: everything)")
     max_length: int = setting(128, "tokens kept per text (the start of longer texts)")
@@ -105,8 +111,6 @@ class FinetuneConfig(lora.LoRASettings):
     patience: int = setting(2, "evaluations without a lower validation loss before stopping early")
     seed: int = setting(0, "seed of the split, the head's weights and the batch order")
     workers: Optional[int] = setting(None, "CPU threads to split each batch over (default: one per core)")
-    dtype: str = setting("float32", "float32, or float16 for mixed precision (float16 products, float32 weights, "
-                                    "loss scaling; for GPUs)")
 
     def __post_init__(self) -> None:
         def fail(field: str, template: str) -> NoReturn:
@@ -117,16 +121,11 @@ class FinetuneConfig(lora.LoRASettings):
         settings.require_positive_ints("FinetuneConfig", self, ("eval_every", "workers"), allow_none=True)
         if self.train_last is not None and (int(self.train_last) != self.train_last or self.train_last < 0):
             fail("train_last", f"{{name}} must be a non-negative integer, got {self.train_last!r}")
-        if not self.lr > 0:
-            fail("lr", f"{{name}} must be positive, got {self.lr}")
+        self.check_optimizer()
         if self.head_lr is None:
             self.head_lr = self.lr
         if not self.head_lr > 0:
             fail("head_lr", f"{{name}} must be positive, got {self.head_lr}")
-        if not 0.0 <= self.warmup < 1.0:
-            fail("warmup", f"{{name}} is a fraction of the steps in [0, 1), got {self.warmup}")
-        settings.require_non_negative("FinetuneConfig", self, ("weight_decay", "grad_clip"))
-        settings.check_adamw_and_dtype("FinetuneConfig", self, DTYPES)
         if self.pad_side not in ("left", "right"):
             fail("pad_side", f"{{name}} must be 'left' or 'right', got {self.pad_side!r}")
         self.check_lora()
@@ -327,7 +326,7 @@ def _optimizer(classifier: GPTClassifier, cfg: FinetuneConfig) -> optim.AdamW:
             if members:
                 groups.append({"params": [p for _, p in members], "names": [n for n, _ in members],
                                "weight_decay": group["weight_decay"], "lr_scale": scale})
-    return optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return cfg.adamw(groups)
 
 
 def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[str],
@@ -359,7 +358,7 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     the classifier is returned with its adapters on.
     Returns a :class:`FinetuneResult`.
     """
-    cfg = config if config is not None else FinetuneConfig(**overrides)
+    cfg = config if config is not None else FinetuneConfig.from_dict(overrides)
     if config is not None and overrides:
         raise TypeError("pass either a FinetuneConfig or keyword settings, not both")
     log = log or (lambda *_: None)
@@ -386,7 +385,7 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     steps_per_epoch = -(-len(train) // cfg.batch_size)
     max_steps = cfg.epochs * steps_per_epoch
     eval_every = int(cfg.eval_every) if cfg.eval_every else steps_per_epoch
-    warmup = int(cfg.warmup * max_steps)
+    cfg.warmup_for(max_steps, "the run's steps")     # more warmup than steps: refused before any work
     rng = np.random.default_rng(cfg.seed)
     workers = engine.choose_workers(cfg.workers or (1 if world.size > 1 else None), classifier.device,
                                     lora.max_dropout(classifier))
@@ -415,7 +414,7 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
             for rows in _length_bucketed_batches(train, cfg.batch_size, rng):
                 idx, mask, y = train.batch(rows, pad_id, cfg.pad_side)
                 batch = (idx, mask, y)      # host arrays: checked there, copied to the device by the model
-                lr = optim.cosine_schedule(step, max_steps, cfg.lr, warmup_steps=warmup)
+                lr = cfg.learning_rate(step, max_steps)
                 loss = engine.optimizer_step(opt, loss_fn, [batch], lr, grad_clip=cfg.grad_clip, workers=workers,
                                              step=step + 1, scaler=scaler, group=group).loss
                 step += 1

@@ -34,7 +34,7 @@ import os
 import pathlib
 import re
 from collections.abc import Iterator, Sequence
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 
@@ -246,6 +246,8 @@ class LoRASettings:
     ``lora_rank`` 0 (the default) trains without LoRA. A subclass that
     defines ``__post_init__`` calls :meth:`check_lora` from it.
     """
+
+    FLAGS_TITLE: ClassVar[str] = "LoRA (docs/agent.md)"
 
     lora_rank: int = setting(0, "LoRA rank r: train low-rank adapters on frozen weights (docs/agent.md; 0: off)")
     lora_alpha: Optional[float] = setting(None, "LoRA alpha; the update is scaled by alpha / r (default 2 r)")

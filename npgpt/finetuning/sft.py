@@ -15,7 +15,7 @@ import itertools
 import os
 import pathlib
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from npgpt import backend, nn
 from npgpt.autograd import Tensor, no_grad
@@ -26,9 +26,8 @@ from npgpt.model import GPT
 from npgpt.tokenizer import Tokenizer
 from npgpt.tokenizer.chat import IM_END, IM_START, with_chat_tokens
 from npgpt.training import engine, rundir, settings
-from npgpt.training.mixed_precision import DTYPES, NO_LOSS_SCALING
-from npgpt.training.optim import cosine_schedule
-from npgpt.training.settings import setting
+from npgpt.training.mixed_precision import NO_LOSS_SCALING
+from npgpt.training.settings import OptimizerSettings, retune, setting
 from npgpt.training.train import DEFAULT_PEAK_FLOPS, Trainer
 
 
@@ -99,12 +98,15 @@ def step_loss(model: GPT, rows: int, trained: int) -> Callable[[Any, Any], Tenso
 
 # ================================================================= settings
 @dataclasses.dataclass
-class SFTConfig(lora.LoRASettings):
+class SFTConfig(lora.LoRASettings, OptimizerSettings):
     """Everything that defines a supervised fine-tuning run (saved in every checkpoint); one flag each.
 
     The ``lora_*`` settings (``npgpt.finetuning.lora.LoRASettings``) train low-rank adapters on the
-    frozen model instead of its weights (docs/agent.md, "LoRA").
+    frozen model instead of its weights (docs/agent.md, "LoRA"); the optimizer's and the precision's
+    are ``npgpt.training.settings.OptimizerSettings``, with a smaller learning rate and no weight decay.
     """
+
+    KIND: ClassVar[str] = "SFT"
 
     model: str = setting("", "the model to fine-tune: a directory, npgpt-small, or a Hub id (hub extra)")
     data: str = setting("", "conversations, one JSON object per line: {\"messages\": [...]} or {\"prompt\", \"response\"}")
@@ -117,14 +119,8 @@ class SFTConfig(lora.LoRASettings):
     batch_size: int = setting(8, "conversations per micro-batch, each a row padded to the longest")
     grad_accum: int = setting(1, "micro-batches summed per optimizer step")
     max_steps: int = setting(300, "total optimizer steps of the run (the LR schedule spans them)")
-    lr: float = setting(1e-4, "peak learning rate")
-    min_lr: Optional[float] = setting(None, "learning rate at the end of the cosine decay (default: lr / 10)")
-    warmup_steps: Optional[int] = setting(None, "steps of linear warmup (default: min(100, max_steps // 10))")
-    weight_decay: float = setting(0.0, "AdamW weight decay on the linear layers' matrices")
-    beta1: float = setting(0.9, "AdamW beta1")
-    beta2: float = setting(0.95, "AdamW beta2")
-    eps: float = setting(1e-8, "AdamW epsilon")
-    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)")
+    lr: float = retune(OptimizerSettings, "lr", 1e-4)
+    weight_decay: float = retune(OptimizerSettings, "weight_decay", 0.0)
     eval_interval: int = setting(50, "steps between validation runs and checkpoints")
     eval_iters: int = setting(0, "validation batches per run (0: every held-out conversation)")
     log_interval: int = setting(10, "steps between log lines")
@@ -132,7 +128,6 @@ class SFTConfig(lora.LoRASettings):
     seed: int = setting(1337, "seed of the split, the batches and dropout")
     device: str = setting("cpu", "cpu or cuda")
     shard_optimizer: bool = setting(False, "under mpiexec: keep 1/N of AdamW's moments on each rank (ZeRO-1)")
-    dtype: str = setting("float32", "float32, or float16 for mixed precision (for GPUs)")
     workers: int = setting(0, "threads to split each batch over (0: one per core when possible)")
     peak_flops: float = setting(DEFAULT_PEAK_FLOPS, "peak FLOP/s of the machine, for the MFU")
 
@@ -141,35 +136,13 @@ class SFTConfig(lora.LoRASettings):
         settings.require_positive_ints(name, self, ("batch_size", "grad_accum", "max_steps", "eval_interval",
                                                     "log_interval"))
         settings.require_positive_ints(name, self, ("block_size",), allow_none=True)
-        settings.require_non_negative(name, self, ("eval_iters", "grad_clip", "weight_decay", "checkpoint_interval",
-                                                   "workers"))
-        if self.warmup_steps is None:
-            self.warmup_steps = min(100, self.max_steps // 10)
-        if not 0 <= self.warmup_steps <= self.max_steps:
-            settings.fail(name, "warmup_steps", f"{{name}} must lie in 0..max_steps ({self.max_steps}), "
-                                                f"got {self.warmup_steps}")
-        if not self.lr > 0:
-            settings.fail(name, "lr", f"{{name}} must be positive, got {self.lr}")
-        if self.min_lr is None:
-            self.min_lr = self.lr / 10
-        if not 0 <= self.min_lr <= self.lr:
-            settings.fail(name, "min_lr", f"{{name}} must lie in 0..lr ({self.lr}), got {self.min_lr}")
+        settings.require_non_negative(name, self, ("eval_iters", "checkpoint_interval", "workers"))
+        self.check_optimizer()
+        self.warmup_steps = self.warmup_for(self.max_steps)      # stored resolved, in every checkpoint
         settings.check_dropout(name, self)
         if not 0 < self.val_fraction < 1:
             settings.fail(name, "val_fraction", f"{{name}} must lie strictly between 0 and 1, got {self.val_fraction}")
-        settings.check_adamw_and_dtype(name, self, DTYPES)
         self.check_lora()
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SFTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown SFT settings {unknown}; known: {sorted(known)}")
-        return cls(**values)
 
 
 # ================================================================= the trainer
@@ -299,7 +272,7 @@ class SFTTrainer(Trainer):
         """One optimizer step over ``grad_accum`` micro-batches of conversations: eq. 1 over all of
         their assistant tokens (``step_loss``); returns (loss, gradient norm, lr)."""
         c = self.config
-        lr = cosine_schedule(self.step, c.max_steps, c.lr, c.warmup_steps, c.min_lr)
+        lr = c.learning_rate(self.step, c.max_steps)
         batches = [self.sampler.next() for _ in range(c.grad_accum)]
         trained = sum(conversations.count_trained(y) for _, y in batches)
         result = engine.optimizer_step(self.optimizer, step_loss(self.model, c.batch_size, trained), batches, lr,

@@ -41,7 +41,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Collection
-from typing import Any, NoReturn, Optional
+from typing import Any, ClassVar, NoReturn, Optional
 
 from npgpt import backend
 from npgpt.autograd import Tensor, no_grad
@@ -55,8 +55,8 @@ from npgpt.training.data import BatchSampler, TokenFile, load_meta, tokenizer_di
 from npgpt.training.engine import TrainingDiverged
 from npgpt.training.flops import DEFAULT_PEAK_FLOPS, device_peak_flops, flops_per_token, model_flops_utilisation
 from npgpt.training.interrupt import GracefulStop
-from npgpt.training.mixed_precision import DTYPES, NO_LOSS_SCALING, GradScaler
-from npgpt.training.optim import AdamW, cosine_schedule, param_groups
+from npgpt.training.mixed_precision import NO_LOSS_SCALING, GradScaler
+from npgpt.training.optim import param_groups
 from npgpt.training.progress import Progress, format_seconds
 from npgpt.training.rundir import CHECKPOINT_DIR, find_checkpoint
 from npgpt.training.settings import setting
@@ -72,7 +72,7 @@ _MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
 
 
 @dataclasses.dataclass
-class TrainConfig(lora.LoRASettings):
+class TrainConfig(lora.LoRASettings, settings.OptimizerSettings):
     """Everything that defines a training run (saved in every checkpoint).
 
     ``max_steps`` is the run's total length: the learning-rate schedule spans
@@ -82,8 +82,11 @@ class TrainConfig(lora.LoRASettings):
     without dropout; see ``npgpt.training.parallel``). ``warmup_steps`` and ``min_lr``
     default to ``None``, which means "fit the run": ``min(100, max_steps // 10)``
     warmup steps and ``lr / 10``, so that any ``max_steps`` and any ``lr`` make a
-    valid run (the resolved values are what a checkpoint stores).
+    valid run (the resolved values are what a checkpoint stores). The optimizer's and the
+    precision's settings are ``npgpt.training.settings.OptimizerSettings``, shared with fine-tuning.
     """
+
+    KIND: ClassVar[str] = "training"
 
     data_dir: str = setting("", "directory made by `npgpt prepare` (not needed with --resume)")
     out_dir: str = setting("", "run directory for checkpoints and logs")
@@ -96,16 +99,7 @@ class TrainConfig(lora.LoRASettings):
     # batches
     batch_size: int = setting(8, "sequences per micro-batch")
     grad_accum: int = setting(1, "micro-batches summed per optimizer step")
-    # optimisation
     max_steps: int = setting(1000, "total optimizer steps of the run (the LR schedule spans them)")
-    lr: float = setting(1e-3, "peak learning rate")
-    min_lr: Optional[float] = setting(None, "learning rate at the end of the cosine decay (default: lr / 10)")
-    warmup_steps: Optional[int] = setting(None, "steps of linear warmup (default: min(100, max_steps // 10))")
-    weight_decay: float = setting(0.1, "AdamW weight decay on the linear layers' matrices")
-    beta1: float = setting(0.9, "AdamW beta1")
-    beta2: float = setting(0.95, "AdamW beta2")
-    eps: float = setting(1e-8, "AdamW epsilon")
-    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)")
     # bookkeeping
     eval_interval: int = setting(100, "steps between validation runs and checkpoints")
     eval_iters: int = setting(10, "batches per validation run")
@@ -114,8 +108,6 @@ class TrainConfig(lora.LoRASettings):
     seed: int = setting(1337, "seed of the initial weights, the batches and dropout")
     device: str = setting("cpu", "cpu or cuda")
     shard_optimizer: bool = setting(False, "under mpiexec: keep 1/N of AdamW's moments on each rank (ZeRO-1)")
-    dtype: str = setting("float32", "float32, or float16 for mixed precision: float16 matrix products, float32 "
-                                    "weights and loss, dynamic loss scaling (for GPUs; NumPy's float16 is slow)")
     workers: int = setting(0, "threads to split each batch over (0: one per core when possible)")
     peak_flops: float = setting(DEFAULT_PEAK_FLOPS, "peak FLOP/s of the machine, for the MFU "
                                                     "(default: a 2-core Zen 4)")
@@ -131,35 +123,15 @@ class TrainConfig(lora.LoRASettings):
         settings.require_positive_ints("TrainConfig", self, ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
                                                              "grad_accum", "max_steps", "eval_interval", "eval_iters",
                                                              "log_interval"))
-        if self.warmup_steps is None:
-            self.warmup_steps = min(100, self.max_steps // 10)
-        if not 0 <= self.warmup_steps <= self.max_steps:
-            fail("warmup_steps", f"{{name}} must lie in 0..max_steps ({self.max_steps}), got {self.warmup_steps}")
-        if not self.lr > 0:
-            fail("lr", f"{{name}} must be positive, got {self.lr}")
-        if self.min_lr is None:
-            self.min_lr = self.lr / 10
-        if not 0 <= self.min_lr <= self.lr:
-            fail("min_lr", f"{{name}} must lie in 0..lr ({self.lr}), got {self.min_lr}")
+        self.check_optimizer()
+        self.warmup_steps = self.warmup_for(self.max_steps)      # stored resolved, in every checkpoint
         settings.check_dropout("TrainConfig", self)
-        settings.require_non_negative("TrainConfig", self, ("grad_clip", "weight_decay", "checkpoint_interval", "workers"))
-        settings.check_adamw_and_dtype("TrainConfig", self, DTYPES)
+        settings.require_non_negative("TrainConfig", self, ("checkpoint_interval", "workers"))
         if self.peak_flops <= 0:
             fail("peak_flops", f"{{name}} must be positive, got {self.peak_flops}")
         self.check_lora()
         if self.lora_rank and not self.init_from:
             fail("lora_rank", "{name} adapts a pretrained model: give --init-from too")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
-        return cls(**values)
 
 
 # ================================================================= starting from a model
@@ -329,9 +301,7 @@ class Trainer:
             self.shard = distributed.OptimizerShard(list(self.model.named_parameters()), self.world)
             groups = _owned_groups(groups, self.shard.owned_names)
         self.group = distributed.process_group(self.world, self.shard)   # the step's ranks: one, or DataParallel
-        self.optimizer = AdamW(groups, lr=config.lr,
-                               betas=(config.beta1, config.beta2), eps=config.eps,
-                               weight_decay=config.weight_decay)
+        self.optimizer = config.adamw(groups)
         self.step = 0
         self.flops_per_token = flops_per_token(self.model)
         # Dropout makes a step single-threaded; the model's own and LoRA's count alike.
@@ -454,7 +424,7 @@ class Trainer:
         were drawn) and is logged with ``"skipped": true``.
         """
         c = self.config
-        lr = cosine_schedule(self.step, c.max_steps, c.lr, c.warmup_steps, c.min_lr)
+        lr = c.learning_rate(self.step, c.max_steps)
         loss_fn = self._loss_fn(1.0 / c.grad_accum)      # eq. 4: each micro-batch weighs 1/K
         # Host arrays: the model checks the ids there and copies each array to its device once.
         batches = (self.sampler.next() for _ in range(c.grad_accum))

@@ -28,7 +28,6 @@ TESTED_IN = {
     "npgpt.training.flops": "tests/test_train.py",
     "npgpt.training.interrupt": "tests/suites/test_cli_manners.py",
     "npgpt.training.rundir": "tests/suites/test_hardening.py",
-    "npgpt.training.settings": "tests/test_init_from.py",
 }
 
 
