@@ -1,4 +1,5 @@
-"""Shared test fixtures: the devices every op test runs on, the CuPy stand-in, and hypothesis settings.
+"""Shared test fixtures: the devices every op test runs on, the CuPy stand-in, hypothesis settings,
+and a prepared data directory for tests that train a tiny run.
 
 With ``NPGPT_FAKE_CUDA=1`` in the environment, ``tests/fake_cupy.py`` stands in for CuPy (one
 CUDA device, on the host), so the "cuda" case of every device-parametrised test runs on a
@@ -89,3 +90,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if slow_tests.is_slow(item.path.name, getattr(item, "originalname", item.name)):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A data directory prepared from ``run_helpers.TEXT`` (a character tokenizer; a test file may
+    define its own ``data_dir``)."""
+    from char_tokenizer import prepare_two_documents
+    from run_helpers import TEXT
+
+    out = tmp_path / "data"
+    prepare_two_documents(TEXT, out)
+    return out

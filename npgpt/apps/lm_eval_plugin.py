@@ -13,7 +13,7 @@ Companion of ``docs/agent.md`` (section "Evaluation"). lm-eval-harness (the
 :class:`NpgptLM` answers them with ``npgpt.apps.evaluation`` and the model's
 own ``generate``; it subclasses lm-eval's ``TemplateLM``, which tokenises
 the pairs by the same rule as its ``hf`` backend, so the two give the same
-numbers for the same weights (tests/test_lm_eval.py). ``@register_model``
+numbers for the same weights (tests/test_lm_eval_plugin.py). ``@register_model``
 is lm-eval's way of adding a model: importing this module registers
 ``npgpt``. lm-eval 0.4 finds only its own models from its command line (it
 has no entry-point group for others), so this module's ``__main__`` is

@@ -2,8 +2,8 @@
 
 Every loader must turn bad bytes into one named error (``CheckpointError`` for checkpoints,
 ``TokenizerFileError`` for tokenizer files, ``ValueError`` for token data and labelled files),
-never a ``TypeError``, ``IndexError``, ``RecursionError``, ``MemoryError`` or a hang; a run
-directory has one writer; the command line reports every expected failure as one line.
+never a ``TypeError``, ``IndexError``, ``RecursionError``, ``MemoryError`` or a hang; the command
+line reports every expected failure as one line. A run directory's one writer: tests/test_rundir.py.
 The property tests that mutate valid files at random are in tests/suites/test_fuzz_files.py.
 """
 
@@ -17,11 +17,10 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
-from char_tokenizer import prepare_two_documents
+from run_helpers import TEXT, TRAIN_FLAGS
 
 from npgpt.apps.cli import main
 from npgpt.finetuning import labelled
@@ -37,12 +36,6 @@ from npgpt.training import data, rundir
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=8)
-TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
-        "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n"
-        "And by opposing end them. To die, to sleep;\nNo more; and by a sleep to say we end\n"
-        "The heart-ache and the thousand natural shocks\nThat flesh is heir to: 'tis a consummation\n") * 8
-TRAIN_FLAGS = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
-               "--warmup-steps", "2", "--eval-interval", "2", "--eval-iters", "1", "--log-interval", "1", "--quiet"]
 
 
 def tiny_checkpoint(directory, seed=0):
@@ -490,14 +483,7 @@ def test_from_tiktoken_checks_the_special_token_ids(tokenizer, tmp_path, special
     assert_names(error_of(lambda: read_tiktoken(path, specials)), path)
 
 
-# ============================================================ token data
-@pytest.fixture
-def data_dir(tmp_path):
-    out = tmp_path / "data"
-    prepare_two_documents(TEXT, out)
-    return out
-
-
+# ============================================================ token data (data_dir: tests/conftest.py)
 @pytest.mark.parametrize("key, value", [
     ("dtype", "float32"), ("dtype", 5), ("dtype", None), ("dtype", ["uint16"]), ("dtype", "<u2"), ("vocab_size", "40"),
     ("vocab_size", 40.0), ("vocab_size", True), ("vocab_size", 0), ("vocab_size", 70_000), ("vocab_size", [40]),
@@ -541,107 +527,6 @@ def test_an_out_of_range_id_is_named_with_its_file_and_offset_before_training(da
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "train.bin: token 123" in err
     assert not (tmp_path / "run" / "checkpoint").exists()
-
-
-# ============================================================ run directories
-def _holder_process(run, hold_seconds=120):
-    """A separate process that holds RUN's lock until killed; returns it once it holds the lock."""
-    script = textwrap.dedent(f"""
-        import sys, time
-        from npgpt.training import rundir
-        with rundir.lock({str(run)!r}):
-            print("holding", flush=True)
-            time.sleep({hold_seconds})
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert proc.stdout.readline().strip() == "holding"
-    return proc
-
-
-def test_a_second_trainer_on_a_run_directory_is_refused_naming_the_holder(data_dir, tmp_path, capsys):
-    run = tmp_path / "run"
-    holder = _holder_process(run)
-    try:
-        rc = main(["train", "--data", str(data_dir), "--out", str(run), "--max-steps", "2", *TRAIN_FLAGS])
-        err = capsys.readouterr().err
-        assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err
-        assert f"is in use by another training run (pid {holder.pid} on " in err and "started 20" in err
-        assert not (run / "checkpoint").exists() and not (run / "log.jsonl").exists()
-    finally:
-        holder.kill()                   # SIGKILL: the kernel releases the lock
-        holder.wait(timeout=30)
-    assert main(["train", "--data", str(data_dir), "--out", str(run), "--max-steps", "2", *TRAIN_FLAGS]) == 0
-    assert not (run / rundir.LOCK_NAME).exists()             # a finished run leaves no lock file
-
-
-def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
-    with rundir.lock(tmp_path / "run") as path:
-        info = json.loads(path.read_text())
-        assert info["pid"] == os.getpid() and info["host"] and info["started"].endswith("Z")
-        with pytest.raises(rundir.RunDirectoryLocked, match=f"pid {os.getpid()}"), rundir.lock(tmp_path / "run"):
-            pass
-    with rundir.lock(tmp_path / "run"):           # released on exit
-        pass
-
-
-@pytest.mark.slow
-def test_concurrent_resumes_do_not_delete_each_others_staging_directories(data_dir, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["train", "--data", str(data_dir), "--out", str(run), "--max-steps", "8", "--stop-at", "2",
-                 *TRAIN_FLAGS]) == 0
-    log_before = (run / "log.jsonl").read_text()
-    env = {**os.environ, "NPGPT_TEST_PAUSE_IN_SAVE": "4:60", "PYTHONPATH": str(ROOT)}
-    first = subprocess.Popen([sys.executable, "-m", "npgpt", "train", "--out", str(run), "--resume"],
-                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
-    try:
-        deadline = time.time() + 120
-        for line in first.stderr:
-            if "pausing inside the save of step 4" in line:
-                break
-            assert time.time() < deadline
-        staging = fileio.stale_staging(run / rundir.CHECKPOINT_DIR)
-        assert len(staging) == 1                                  # the first resume is mid-save
-        assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 1
-        err = capsys.readouterr().err
-        assert f"pid {first.pid}" in err and err.count("\n") == 1 and err.startswith("npgpt: error: ")
-        assert fileio.stale_staging(run / rundir.CHECKPOINT_DIR) == staging     # not deleted from under it
-        assert (run / "log.jsonl").read_text().startswith(log_before)         # nor its log truncated
-    finally:
-        first.kill()
-        first.wait(timeout=30)
-    assert main(["train", "--out", str(run), "--resume"]) == 0             # the killed one's lock is gone
-
-
-def test_a_torn_last_log_line_does_not_block_resume(data_dir, tmp_path):
-    run = tmp_path / "run"
-    assert main(["train", "--data", str(data_dir), "--out", str(run), "--max-steps", "6", "--stop-at", "4",
-                 *TRAIN_FLAGS]) == 0
-    with open(run / "log.jsonl", "a") as f:
-        f.write('{"step": 5, "train_loss": 3.1')               # what a full disk leaves: no end, no newline
-    with open(run / "loss.csv", "a") as f:
-        f.write("5,3.1")
-    assert main(["train", "--out", str(run), "--resume"]) == 0
-    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    steps = [row["step"] for row in rows if "train_loss" in row]
-    assert steps == list(range(1, 7))
-    csv_steps = [int(line.split(",")[0]) for line in (run / "loss.csv").read_text().splitlines()[1:]]
-    assert csv_steps == [0, *range(1, 7)] and all(len(line.split(",")) == 4 for line in
-                                                 (run / "loss.csv").read_text().splitlines())
-
-
-def test_a_file_where_the_checkpoint_directory_goes_is_refused_not_deleted(data_dir, tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "checkpoint").write_text("my notes")
-    assert main(["train", "--data", str(data_dir), "--out", str(run), "--max-steps", "2", *TRAIN_FLAGS]) == 1
-    err = capsys.readouterr().err
-    assert "checkpoint exists and is not a directory" in err and err.count("\n") == 1
-    assert (run / "checkpoint").read_text() == "my notes"
-    with pytest.raises(NotADirectoryError):
-        rundir.write_checkpoint(run, lambda staging: staging.mkdir(), {"step": 1})
-    with pytest.raises(NotADirectoryError):
-        fileio.replace_directory(fileio.staging_directory(run / "checkpoint"), run / "checkpoint")
-    assert (run / "checkpoint").read_text() == "my notes"
 
 
 # ============================================================ the command line

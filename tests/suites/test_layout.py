@@ -19,15 +19,11 @@ GROUPS = {"npgpt.apps", "npgpt.finetuning", "npgpt.io", "npgpt.training"}
 # module -> the test file that holds its tests (not yet split into a test_<module>.py of its own)
 TESTED_IN = {
     "npgpt": "tests/suites/test_imports.py",
-    "npgpt.apps.lm_eval_plugin": "tests/test_lm_eval.py",
-    "npgpt.finetuning.labelled": "tests/test_finetune.py",
-    "npgpt.finetuning.metrics": "tests/test_finetune.py",
     "npgpt.io.fileio": "tests/suites/test_writers.py",
     "npgpt.io.inputs": "tests/test_model.py",
     "npgpt.training.engine": "tests/test_sft.py",
     "npgpt.training.flops": "tests/test_train.py",
     "npgpt.training.interrupt": "tests/suites/test_cli_manners.py",
-    "npgpt.training.rundir": "tests/suites/test_hardening.py",
 }
 
 
