@@ -69,6 +69,17 @@ ERRATA = [
     ("agent.md", r"one per line\s+\(283,867 tokens", "the 9,511 sentences are 315,407 tokens; prepare trains on 283,867"),
     ("agent.md", r"averages 25 tokens", "the WordNet conversations average 29 tokens with the template"),
     ("agent.md", r"plays below are exactly", "the tasks are described above the pitfalls"),
+    ("concepts.md", r"every large model the article\s+mentions is a decoder",
+     "the article's reading list names the Transformer, T5 and BERT"),
+    ("background.md", r"it does not implement instruction tuning", "npgpt sft is instruction tuning; dpo.py has DPO's loss"),
+    ("interpretability.md", r"\"it\" attending to \"the\"", "layer 3 head 0 has 'it' on 'cat' (0.32)"),
+    ("interpretability.md", r"`s\(z\)\(1 - s\(z\)\)` is small for large `\|z\|`",
+     "the score log s(z) has slope 1 - s(z)"),
+    ("interpretability.md", r"The PNG is matplotlib's rendering of the same map;",
+     "the PNG leaves the masked cells blank, the SVG hatches them"),
+    ("serving.md", r"with every request of a one-minute run", "the bench replays 31-41 requests, not all"),
+    ("serving.md", r"\*\*no stream that differed\*\* from the same request replayed alone",
+     "only the 31-41 replayed requests were compared"),
 ]
 
 
