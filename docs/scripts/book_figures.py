@@ -25,6 +25,7 @@ bpe_merge_tree.svg         tokenizer.md        the merges that build " understan
 lr_schedule.svg            training.md         warmup + cosine decay (eq. 12), npgpt-small's recipe
 sampling_filters.svg       generation.md       temperature, top-k, top-p on npgpt-small's logits
 temperature_samples.svg    generation.md       npgpt-small's continuations at several temperatures
+roofline.svg               gpu.md              an H100's roofline with GPT-2 124M's ops (gpu_step.py)
 =========================  ==================  ====================================================
 
 The script prints the numbers each figure is drawn from; the chapters quote some of them.
@@ -527,8 +528,63 @@ def temperature_samples(out, new_tokens=30, seed=0):
     return _save(fig, out / "temperature_samples.svg")
 
 
+# ----------------------------------------------------------------------------- gpu.md
+def _gpu_step():
+    """docs/scripts/gpu_step.py's functions (the roofline's numbers), run once."""
+    import runpy
+
+    if "gpu_step" not in _CACHE:
+        _CACHE["gpu_step"] = runpy.run_path(str(ROOT / "docs" / "scripts" / "gpu_step.py"))
+    return _CACHE["gpu_step"]
+
+
+def roofline(out):
+    """An H100 SXM's roofline, with GPT-2 124M's ops (16-bit, B = 8, T = 1024) at their computed intensity."""
+    plt = _pyplot()
+    g = _gpu_step()
+    bandwidth, peaks = g["H100_BANDWIDTH"], g["H100_SXM"]
+    intensity = np.logspace(-1, 3.5, 400)
+    fig, ax = plt.subplots(figsize=(7.6, 4.6))
+    for (name, peak), colour in zip(peaks.items(), (GREY, BLUE)):
+        ax.plot(intensity, np.minimum(peak, intensity * bandwidth) / 1e12, color=colour, linewidth=2,
+                label=f"{name}: {peak / 1e12:.0f} TFLOP/s, ridge {peak / bandwidth:.0f} FLOP/byte")
+    points = [(op.name, op.intensity(2), op.matmul) for op in g["forward_ops"]()]
+    points += [(g["adamw"]().name + " (float32)", g["adamw"]().intensity(4), False),
+               (g["fused_attention"]().name, g["fused_attention"]().intensity(2), True),
+               ("decoding one token (MLP up, N = 1)", g["decode_intensity"](), True)]
+    merged = {}                                             # ops of equal intensity share one dot
+    for name, i, is_matmul in points:
+        merged.setdefault(round(i, 1), []).append((name, i, is_matmul))
+    ridge = peaks["16-bit (tensor cores)"] / bandwidth
+    compute_bound = []
+    for group in merged.values():
+        name, i, is_matmul = ", ".join(n for n, _, _ in group), group[0][1], group[0][2]
+        roof = min(peaks["16-bit (tensor cores)"] if is_matmul else peaks["float32 (CUDA cores)"], i * bandwidth)
+        ax.plot(i, roof / 1e12, "o", color=ORANGE if is_matmul else GREEN, markersize=6, zorder=3)
+        if i > ridge:
+            compute_bound.append(f"{name} ({i:.0f})")
+        else:                                               # below the sloped roof: room to its lower right
+            ax.annotate(f"{name} ({i:.1f})", (i, roof / 1e12), textcoords="offset points", fontsize=7,
+                        xytext=(7, -9))
+    ax.text(230, 40, "compute-bound, at the 989 roof:\n" + "\n".join(compute_bound), fontsize=7,
+            va="top", ha="left")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP per byte moved to or from HBM)")
+    ax.set_ylabel("attainable TFLOP/s")
+    ax.set_title(f"H100 SXM, {bandwidth / 1e12:.2f} TB/s: GPT-2 124M's ops in 16-bit, B = 8, T = 1024 "
+                 "(computed by docs/scripts/gpu_step.py)", fontsize=8.5)
+    ax.plot([], [], "o", color=ORANGE, label="matrix product (tensor cores)")
+    ax.plot([], [], "o", color=GREEN, label="elementwise / reduction / optimizer")
+    ax.legend(loc="lower right", fontsize=7.5)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    print("roofline: " + ", ".join(f"{name} {i:.1f}" for name, i, _ in points))
+    return _save(fig, out / "roofline.svg")
+
+
 FIGURES = {f.__name__: f for f in (causal_mask, head_split, residual_stream, gelu_relu, kv_cache, positions,
-                                   bpe_merge_tree, lr_schedule, sampling_filters, temperature_samples)}
+                                   bpe_merge_tree, lr_schedule, sampling_filters, temperature_samples, roofline)}
 
 
 def main(argv=None):
