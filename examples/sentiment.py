@@ -56,7 +56,7 @@ def bag_of_words_baseline(train, val, test, epochs=5, lr=0.01, seed=0):
         for start in range(0, len(order), 128):
             rows = order[start:start + 128]
             logits = F.linear(Tensor(x_train[rows]), head.weight, head.bias)           # (B, 1)
-            loss = F.binary_cross_entropy_with_logits(logits, y_train[rows])          # eq. 2
+            loss = F.binary_cross_entropy_with_logits(logits, y_train[rows])          # eq:bce
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -44,7 +44,7 @@ def _check_float(name, t):
 
 # ---------------------------------------------------------------- linear
 def linear(x: Any, weight: Any, bias: Tensor | None = None, compute_dtype: Any = None) -> Tensor:
-    """Affine map ``y = x W + b`` (docs/model.md eq. 1).
+    """Affine map ``y = x W + b`` (docs/model.md eq:affine).
 
     Shapes: ``x`` (..., in), ``weight`` (in, out), ``bias`` (out,) -> (..., out).
     The weight is stored (in, out) -- GPT-2's own layout ("Conv1D") -- so no
@@ -100,9 +100,9 @@ def linear(x: Any, weight: Any, bias: Tensor | None = None, compute_dtype: Any =
 
 # ------------------------------------------------------- softmax family
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """``y_i = exp(x_i - m) / sum_j exp(x_j - m)``, ``m = max_j x_j`` (docs/model.md eq. 2).
+    """``y_i = exp(x_i - m) / sum_j exp(x_j - m)``, ``m = max_j x_j`` (docs/model.md eq:softmax).
 
-    Subtracting the maximum changes nothing mathematically (eq. 2 is
+    Subtracting the maximum changes nothing mathematically (eq:softmax is
     invariant to adding a constant to every ``x_i``) but keeps ``exp`` from
     overflowing. Gradient: ``dL/dx = y * (g - sum(g * y, axis))``.
 
@@ -143,7 +143,7 @@ def softmax_array(x: Array, axis: int = -1, *, overwrite: bool = False) -> Array
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """``y_i = (x_i - m) - log sum_j exp(x_j - m)``, ``m = max_j x_j`` (docs/model.md eq. 3).
+    """``y_i = (x_i - m) - log sum_j exp(x_j - m)``, ``m = max_j x_j`` (docs/model.md eq:log-softmax).
 
     Gradient: ``dL/dx = g - softmax(x) * sum(g, axis)``, with the softmax
     recomputed in the backward pass as ``exp(x - m) / s`` from the saved row
@@ -174,7 +174,7 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 
 
 def gelu(x: Tensor) -> Tensor:
-    """GPT-2's GELU, the tanh approximation (docs/model.md eq. 7):
+    """GPT-2's GELU, the tanh approximation (docs/model.md eq:gelu):
 
     ``y = x/2 (1 + tanh(u))`` with ``u = c (x + 0.044715 x^3)``, ``c = sqrt(2/pi)``.
 
@@ -227,7 +227,7 @@ def _stable_sigmoid(xp, z):
 
 
 def sigmoid(x: Tensor) -> Tensor:
-    """``y = 1 / (1 + exp(-x))`` (docs/finetuning.md eq. 1); gradient ``g y (1 - y)``.
+    """``y = 1 / (1 + exp(-x))`` (docs/finetuning.md eq:sigmoid); gradient ``g y (1 - y)``.
 
     Computed as ``exp(min(x,0)) / (1 + exp(-|x|))`` so that neither branch
     overflows for large ``|x|``.
@@ -270,7 +270,7 @@ def _dropout_mask(xp, rng, shape, dtype, p):
 
 # ---------------------------------------------------------- normalisation
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
-    """Layer normalisation over the last axis (docs/model.md eq. 6):
+    """Layer normalisation over the last axis (docs/model.md eq:layer-norm):
 
     ``xhat = (x - mu) / sqrt(var + eps)``, ``y = xhat * w + b``, with ``mu`` and
     ``var`` (biased) the mean and variance of the last axis.
@@ -318,7 +318,7 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 
 # -------------------------------------------------------------- embedding
 def embedding(ids: Array, weight: Tensor) -> Tensor:
-    """Row lookup ``y[..., :] = W[ids[...], :]`` (docs/model.md eq. 8).
+    """Row lookup ``y[..., :] = W[ids[...], :]`` (docs/model.md eq:embedding).
 
     Shapes: ``ids`` int (...), ``weight`` (V, C) -> (..., C). Gradient: each
     row of ``g`` is added to row ``ids`` of ``dL/dW`` -- a scatter-add, since
@@ -343,7 +343,7 @@ def embedding(ids: Array, weight: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------- losses
 def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100) -> Tensor:
-    """Mean negative log-likelihood of the targets (docs/training.md eq. 2):
+    """Mean negative log-likelihood of the targets (docs/training.md eq:cross-entropy-loss):
 
     ``L = -1/N sum_{i: y_i != ignore} log softmax(z_i)[y_i]``
     ``  = 1/N sum_i ((m_i - z_i[y_i]) + log s_i)``, with ``m_i = max_j z_ij``
@@ -396,7 +396,7 @@ def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100) -> Ten
 
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Any, ignore_index: int = -100,
                          block_rows: int | None = None) -> Tensor:
-    """The LM head and the loss in one op: ``cross_entropy(h W^T, y)`` (docs/training.md eq. 2).
+    """The LM head and the loss in one op: ``cross_entropy(h W^T, y)`` (docs/training.md eq:cross-entropy-loss).
 
     Shapes: ``hidden`` (..., C), ``weight`` (V, C) -- the tied ``wte`` --,
     ``targets`` int (...). The value is that of ``cross_entropy(linear(h, W^T), y)``:
@@ -518,7 +518,7 @@ def _count_min_max(counted, y_safe):
 
 
 def binary_cross_entropy_with_logits(logits: Tensor, targets: Any) -> Tensor:
-    """Mean binary cross-entropy of sigmoid outputs (docs/finetuning.md eq. 2):
+    """Mean binary cross-entropy of sigmoid outputs (docs/finetuning.md eq:bce):
 
     ``L = -1/N sum [y log s(z) + (1 - y) log(1 - s(z))]``
     ``  = 1/N sum [max(z, 0) - z y + log(1 + exp(-|z|))]``  (stable form).
@@ -546,7 +546,7 @@ def binary_cross_entropy_with_logits(logits: Tensor, targets: Any) -> Tensor:
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, attn_mask: Any = None,
                                  return_weights: bool = False, dropout_p: float = 0.0,
                                  rng: Any = None, compute_dtype: Any = None) -> Tensor | tuple[Tensor, Array]:
-    """``dropout(softmax(Q K^T / sqrt(D) + mask)) V`` (docs/model.md eqs. 4 and 5).
+    """``dropout(softmax(Q K^T / sqrt(D) + mask)) V`` (docs/model.md eq:attention and eq:causal-mask).
 
     Shapes: ``q`` (B, H, Tq, D), ``k`` and ``v`` (B, H, Tk, D) -> (B, H, Tq, D).
     With ``causal``, query ``i`` sees keys ``j <= i + (Tk - Tq)``: when a KV

@@ -59,7 +59,7 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}")
 
     def num_parameters(self) -> int:
-        """Parameter count from the shapes alone (docs/model.md eq. 11):
+        """Parameter count from the shapes alone (docs/model.md eq:parameter-count):
 
         ``V C + P C + L (12 C^2 + 13 C) + 2 C``, the LM head tied to ``wte``.
         """
@@ -81,7 +81,7 @@ class GPTConfig:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention (docs/model.md eqs. 4, 5 and 9)."""
+    """Multi-head causal self-attention (docs/model.md eq:attention, eq:causal-mask and eq:pre-ln-block)."""
 
     compute_dtype: Any = None      # the type of the attention products (mixed precision; None: the input's)
 
@@ -103,7 +103,7 @@ class CausalSelfAttention(nn.Module):
 
         ``attn_mask``: boolean, broadcastable to (B, H, T, T_keys), True = may
         attend (hides padding; see ``GPT.trunk``). With a ``cache`` the keys and
-        values of earlier positions come from it (eq. 10). In training mode the
+        values of earlier positions come from it (eq:kv-cache). In training mode the
         probabilities are dropped inside the fused attention op (``dropout_p``).
         """
         B, T, C = x.shape
@@ -139,7 +139,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """A pre-LN Transformer block (docs/model.md eq. 9):
+    """A pre-LN Transformer block (docs/model.md eq:pre-ln-block):
 
     ``x = x + attn(ln_1(x))``, then ``x = x + mlp(ln_2(x))``.
     """
@@ -201,7 +201,7 @@ class GPT(nn.Module):
               return_attention: bool = False) -> Tensor | tuple[Tensor, list[Array]]:
         """The hidden states ``ln_f(x)`` (B, T, C) after the last block: everything but the head.
 
-        ``x_0 = drop(wte[idx] + wpe[positions])``, every block, then the final layer norm (eq. 9).
+        ``x_0 = drop(wte[idx] + wpe[positions])``, every block, then the final layer norm (eq:pre-ln-block).
         ``attention_mask`` (B, T_keys): 1 = real token, 0 = padding, never attended to.
         ``position_ids`` (B, T) replace ``past..past+T-1`` (a left-padded row counts from its first
         real token); ``inputs_embeds`` (B, T, C) replace ``wte[idx]`` (saliency); ``cache`` holds
@@ -267,7 +267,8 @@ class GPT(nn.Module):
                                        inputs_embeds=inputs_embeds, cache=cache))
 
     def loss(self, idx: Any, targets: Any, *, ignore_index: int = -100, attention_mask: Any = None) -> Tensor:
-        """The training loss: mean cross-entropy of ``targets`` under the logits of ``idx`` (docs/training.md eq. 2).
+        """The training loss: mean cross-entropy of ``targets`` under the logits of ``idx``
+        (docs/training.md eq:cross-entropy-loss).
 
         Equal to ``F.cross_entropy(model(idx), targets)``, but the fused ``F.linear_cross_entropy`` takes
         the head's weight and never holds the (B, T, V) logits: for GPT-2 at 1,024 tokens three arrays

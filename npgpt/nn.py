@@ -199,7 +199,7 @@ class ZeroGenerator:
 
 
 class Linear(Module):
-    """``y = x W + b`` (docs/model.md eq. 1) with ``W`` stored (in, out).
+    """``y = x W + b`` (docs/model.md eq:affine) with ``W`` stored (in, out).
 
     Weights ~ Normal(0, ``std``) (GPT-2 uses 0.02), bias 0, drawn from ``rng``
     (a NumPy ``Generator``; by default a fresh one seeded 0, so every run of a
@@ -225,7 +225,7 @@ class Linear(Module):
 
 
 class Embedding(Module):
-    """A table of ``num`` vectors of size ``dim``; ``y = W[ids]`` (docs/model.md eq. 8)."""
+    """A table of ``num`` vectors of size ``dim``; ``y = W[ids]`` (docs/model.md eq:embedding)."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, std: float = 0.02,
                  rng: np.random.Generator | None = None):
@@ -243,7 +243,7 @@ class Embedding(Module):
 
 
 class LayerNorm(Module):
-    """Layer normalisation over the last axis (docs/model.md eq. 6); weight 1, bias 0."""
+    """Layer normalisation over the last axis (docs/model.md eq:layer-norm); weight 1, bias 0."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -263,7 +263,7 @@ class CounterGenerator:
 
     Draw ``n`` of the module (its ``n``-th mask) is ``philox.uniform(size,
     key=seed, stream=n)``: a function of the seed and the draw number only
-    (``npgpt.backend.philox``, docs/gpu.md eq. 1). Nothing else is kept, so the
+    (``npgpt.backend.philox``, docs/gpu.md eq:philox-round). Nothing else is kept, so the
     masks are the same on NumPy, on the CuPy stand-in and on any GPU, and a
     resumed run continues from one number (no generator state, nothing to
     replay). The count lives in the :class:`Dropout` module, shared by every

@@ -6,11 +6,11 @@ Two questions a reader asks of a trained model, and the tool for each:
 
 * *Where does position i look?* -- :func:`attention_map` draws the attention
   probabilities ``P[i, j]`` of one layer and head (docs/interpretability.md
-  eq. 1) as a grid: row ``i`` is the query token, column ``j`` the key token.
+  eq:attention-weights) as a grid: row ``i`` is the query token, column ``j`` the key token.
 * *Which input tokens moved this prediction?* -- :func:`saliency` computes,
   for every position ``t``, the gradient of the target's log-probability with
   respect to the token embedding ``e_t``, dotted with ``e_t`` itself
-  (gradient x input, eq. 2), using npgpt's own autograd engine.
+  (gradient x input, eq:saliency), using npgpt's own autograd engine.
 
 Both render without any dependency as SVG (a text format every browser
 shows); PNG output uses matplotlib when it is installed (the ``viz`` extra:
@@ -77,7 +77,7 @@ def attention_weights(model: Any, ids: Any) -> np.ndarray:
     ``model`` is a ``GPT`` or a ``GPTClassifier`` (its backbone is used).
     Returns a NumPy array of shape (n_layer, n_head, T, T) whose row ``i`` of
     ``[l, h]`` is the distribution of query ``i`` over the keys ``j <= i``
-    (eq. 1). Only the trunk runs (``GPT.trunk(..., return_attention=True)``):
+    (eq:attention-weights). Only the trunk runs (``GPT.trunk(..., return_attention=True)``):
     the LM head is not needed.
     """
     gpt = getattr(model, "transformer", model)
@@ -230,7 +230,7 @@ def _target_log_probability(model, idx, target, inputs_embeds):
         if model.num_labels == 1:
             if target not in (0, 1):
                 raise ValueError(f"a one-logit classifier has classes 0 and 1, not {target!r}")
-            # log s(z) for class 1, log(1 - s(z)) = log s(-z) for class 0 (eq. 1 of finetuning.md)
+            # log s(z) for class 1, log(1 - s(z)) = log s(-z) for class 0 (docs/finetuning.md eq:sigmoid)
             sign = 1.0 if target == 1 else -1.0
             return F.log_softmax(_pair(z * sign), axis=-1)[0, 1]
         if not 0 <= target < model.num_labels:
@@ -253,7 +253,7 @@ def _pair(z):
 
 
 def saliency(model: Any, text_or_ids: Any, target: int | str, tokenizer: Any = None) -> tuple[list[str], np.ndarray]:
-    """Gradient x input importance of every input token for one prediction (eq. 2).
+    """Gradient x input importance of every input token for one prediction (eq:saliency).
 
     ``score = log p(target | x)``: for a ``GPTClassifier`` ``target`` is a class
     index (0 or 1 for a one-logit classifier); for a ``GPT`` it is the next

@@ -26,7 +26,7 @@ def randn(xp, shape, seed, low=None):
 
 
 # ------------------------------------------------------------------ binary ops with broadcasting
-# docs/autograd.md eq. 3: the gradient of a broadcast operand is summed over the broadcast axes.
+# docs/autograd.md eq:broadcast-backward: the gradient of a broadcast operand is summed over the broadcast axes.
 @pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "pow"])
 @given(shapes=broadcast_pairs, seed=st.integers(0, 2**16))
 def test_binary_op_gradients_with_broadcasting(xp, op, shapes, seed):
@@ -42,7 +42,7 @@ def test_binary_op_gradients_with_broadcasting(xp, op, shapes, seed):
        batch=st.sampled_from([(), (1,), (3,), (2, 1)]), b_batch=st.sampled_from([(), (1,)]),
        seed=st.integers(0, 2**16))
 def test_matmul_gradient_with_batch_broadcasting(xp, shapes, batch, b_batch, seed):
-    # docs/autograd.md eq. 4: dA = G B^T, dB = A^T G, summed over broadcast batch axes.
+    # docs/autograd.md eq:matmul-backward: dA = G B^T, dB = A^T G, summed over broadcast batch axes.
     n, k, m = shapes
     check_gradients(lambda x, y: x @ y, randn(xp, batch + (n, k), seed), randn(xp, b_batch + (k, m), seed + 1))
 
@@ -53,7 +53,7 @@ def test_matmul_with_vectors(xp, a_shape, b_shape):
 
 
 def test_chain_rule_through_a_composition():
-    # docs/autograd.md eq. 1: d/dx tanh(x^2) = (1 - tanh^2(x^2)) * 2x, one local derivative per op.
+    # docs/autograd.md eq:chain-rule: d/dx tanh(x^2) = (1 - tanh^2(x^2)) * 2x, one local derivative per op.
     x = npgpt.tensor([0.3, -1.2], requires_grad=True, dtype=np.float64)
     (x * x).tanh().sum().backward()
     xv = np.array([0.3, -1.2])
@@ -61,7 +61,7 @@ def test_chain_rule_through_a_composition():
 
 
 def test_central_differences_have_second_order_error():
-    # docs/autograd.md eq. 5: the error of the central difference shrinks like eps^2.
+    # docs/autograd.md eq:central-difference: the error of the central difference shrinks like eps^2.
     from npgpt.autograd.gradcheck import numerical_gradient
 
     x = np.array([0.7])
@@ -139,7 +139,7 @@ def test_where_and_masked_fill_gradients(xp, seed):
 
 # ------------------------------------------------------------------------- the engine itself
 def test_gradients_accumulate_across_uses_and_calls():
-    # docs/autograd.md eq. 2: a value used twice receives the sum of both paths' gradients.
+    # docs/autograd.md eq:sum-over-children: a value used twice receives the sum of both paths' gradients.
     x = npgpt.tensor([2.0, -1.0], requires_grad=True)
     (x * x + x).sum().backward()
     np.testing.assert_allclose(x.grad, [5.0, -1.0])
@@ -347,7 +347,7 @@ def test_grad_refuses_unused_inputs_unless_allowed_and_never_aliases():
 
 
 def test_sums_written_in_place_change_no_gradient():
-    # docs/autograd.md eq. 2: where paths meet, their gradients add. The walk writes such sums into
+    # docs/autograd.md eq:sum-over-children: where paths meet, their gradients add. The walk writes such sums into
     # arrays nothing else sees (fresh op results, its own sums); the values must be those of plain
     # sums, and a graph kept for a second backward must not have its saved gradients overwritten.
     import npgpt.functional as F

@@ -187,7 +187,7 @@ def test_min_new_tokens_holds_eos_back_until_then():
 
 # --------------------------------------------------------------- repetition penalty
 def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_seen_tokens():
-    # docs/generation.md eq. 8: z/theta for a seen token with z >= 0, z*theta for z < 0, unseen unchanged
+    # docs/generation.md eq:repetition-penalty: z/theta for a seen token with z >= 0, z*theta for z < 0, unseen unchanged
     z = np.array([[2.0, -1.0, 0.5, 3.0], [1.0, 1.0, -2.0, 0.0]], np.float32)
     out = generation.apply_repetition_penalty(z, np.array([[0, 1, 1], [2, 3, 2]]), 2.0)
     np.testing.assert_array_equal(out, [[1.0, -2.0, 0.5, 3.0], [1.0, 1.0, -4.0, 0.0]])
@@ -197,7 +197,7 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_s
 
 
 def test_repetition_penalty_matches_transformers_processor():
-    # docs/generation.md eq. 8, as transformers' RepetitionPenaltyLogitsProcessor computes it
+    # docs/generation.md eq:repetition-penalty, as transformers' RepetitionPenaltyLogitsProcessor computes it
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     rng = np.random.default_rng(0)

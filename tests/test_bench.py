@@ -13,7 +13,7 @@ def train_small_config():
 
 
 def test_flops_per_token_formula():
-    # docs/performance.md eq. 2: 6 N + 12 L T C, N without the position table
+    # docs/performance.md eq:flops-per-token: 6 N + 12 L T C, N without the position table
     config = GPTConfig(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=4)
     n = config.num_parameters() - 8 * 4
     assert flops_per_token(config) == 6 * n + 12 * 2 * 8 * 4
@@ -25,7 +25,7 @@ def test_flops_per_token_of_train_small_matches_the_perf_notes():
 
 
 def test_mfu_definition():
-    # docs/performance.md eq. 3: MFU = tokens/s * FLOPs per token / peak.
+    # docs/performance.md eq:mfu: MFU = tokens/s * FLOPs per token / peak.
     assert abs(model_flops_utilisation(3719, flops_per_token(train_small_config()), 195e9) - 0.632) < 0.005
 
 
@@ -90,7 +90,7 @@ def test_train_124m_is_gpt2_small_at_256_tokens():
     config = _model_config(cfg)
     assert config.num_parameters() == 124_439_808                 # GPT-2 small exactly
     assert (cfg["seq_len"], cfg["batch_size"]) == (256, 4)
-    # docs/performance.md eq. 2 with T = 256: 6 N + 12 L T C, N without the position table
+    # docs/performance.md eq:flops-per-token with T = 256: 6 N + 12 L T C, N without the position table
     n = 124_439_808 - 1024 * 768
     assert flops_per_token(config, 256) == 6 * n + 12 * 12 * 256 * 768
 

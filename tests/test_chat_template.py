@@ -180,7 +180,7 @@ def test_a_foreign_template_renders_as_transformers_does(small, tmp_path):
 
 
 def test_new_rows_are_the_mean_and_old_ones_stay(small):
-    """docs/agent.md eq. 4: each new row is the mean of the old rows, which are kept exactly."""
+    """docs/agent.md eq:new-row-mean: each new row is the mean of the old rows, which are kept exactly."""
     model, tok, plain = small
     base = npgpt.GPT.from_pretrained("npgpt-small").wte.weight.numpy()
     grown = model.wte.weight.numpy()

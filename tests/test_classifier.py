@@ -33,7 +33,8 @@ SEQUENCES = [[3, 14, 15, 9, 26, 5, 35], [8, 9], [7, 9, 3, 2], [42]]
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("pad_id", [0, 9, 60])
 def test_logits_are_the_same_alone_and_in_a_padded_batch(side, pad_id):
-    # docs/finetuning.md eqs. 7 and 5: positions count real tokens, pooling reads the last real one.
+    # docs/finetuning.md eq:padded-positions and eq:last-token-pooling: positions count real tokens,
+    # pooling reads the last real one.
     # pad_id 9 also occurs inside the texts: a search for the pad id would stop early there.
     model = make(num_labels=3)
     alone = np.concatenate([model(np.array([s])).numpy() for s in SEQUENCES])
@@ -53,14 +54,15 @@ def test_without_the_mask_the_padding_would_change_the_logits():
 
 
 def test_positions_count_real_tokens_and_pooling_finds_the_last_one():
-    # docs/finetuning.md eqs. 7 and 5: p[b, t] = sum_{u <= t} m[b, u] - 1 and t_b = max{t : m[b, t] = 1}.
+    # docs/finetuning.md eq:padded-positions and eq:last-token-pooling:
+    # p[b, t] = sum_{u <= t} m[b, u] - 1 and t_b = max{t : m[b, t] = 1}.
     mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 1, 1, 0]])
     assert positions_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 2, 2], [0, 0, 1, 2, 2]]
     assert last_token_index(mask).tolist() == [4, 2, 3]
 
 
 def test_head_is_linear_in_the_pooled_hidden_state():
-    # docs/finetuning.md eq. 6: z_b = h_b W, with h_b the final hidden state at the last real token.
+    # docs/finetuning.md eq:classifier-head: z_b = h_b W, with h_b the final hidden state at the last real token.
     model = make(num_labels=3)
     idx, mask = pad_batch(SEQUENCES, pad_id=0, side="right")
     hidden = model.transformer.trunk(idx, attention_mask=mask, position_ids=positions_from_mask(mask))
@@ -106,7 +108,7 @@ def test_gradients_through_the_padded_classifier_match_finite_differences():
 
 # ------------------------------------------------------------- heads, losses
 def test_one_logit_head_is_the_sigmoid_of_the_logit_and_trains_with_bce():
-    # docs/finetuning.md eqs. 1 and 2: p(y=1|x) = s(z) = 1/(1+e^{-z}), loss = mean binary cross-entropy.
+    # docs/finetuning.md eq:sigmoid and eq:bce: p(y=1|x) = s(z) = 1/(1+e^{-z}), loss = mean binary cross-entropy.
     model = make(num_labels=1)
     idx, mask = pad_batch(SEQUENCES, pad_id=0)
     z = model(idx, attention_mask=mask).numpy()[:, 0].astype(np.float64)
@@ -120,7 +122,7 @@ def test_one_logit_head_is_the_sigmoid_of_the_logit_and_trains_with_bce():
 
 
 def test_bce_gradient_is_prediction_minus_label_over_n():
-    # docs/finetuning.md eqs. 4 and 3: dL/dz_i = (s(z_i) - y_i) / N, using ds/dz = s (1 - s).
+    # docs/finetuning.md eq:bce-grad and eq:sigmoid-derivative: dL/dz_i = (s(z_i) - y_i) / N, using ds/dz = s (1 - s).
     model = make(num_labels=1)
     z = Tensor(np.array([[2.0], [-1.0], [0.5]], dtype=np.float64), requires_grad=True)
     y = np.array([1, 0, 0])
@@ -134,7 +136,7 @@ def test_bce_gradient_is_prediction_minus_label_over_n():
 
 
 def test_softmax_head_uses_cross_entropy_with_softmax_minus_onehot_gradient():
-    # docs/finetuning.md eq. 8: L = -1/N sum log softmax(z_i)[y_i]; gradient (softmax - onehot) / N.
+    # docs/finetuning.md eq:multiclass-loss: L = -1/N sum log softmax(z_i)[y_i]; gradient (softmax - onehot) / N.
     model = make(num_labels=3)
     z = Tensor(np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]), requires_grad=True)
     y = np.array([1, 2])

@@ -89,7 +89,7 @@ def test_a_line_too_long_even_after_the_rule_names_the_rule(tok, tmp_path):
 @given(st.lists(st.tuples(st.text(max_size=12), st.text(max_size=12)), min_size=1, max_size=4),
        st.integers(1, 4), st.integers(0, 2**31))
 def test_batches_hold_targets_only_where_the_assistant_speaks(tok, pairs, batch_size, seed):
-    """docs/agent.md eq. 2: the target at t is token t + 1 where the assistant says it, else the ignore index."""
+    """docs/agent.md eq:sft-targets: the target at t is token t + 1 where the assistant says it, else the ignore index."""
     examples = [conv.tokenize(tok, [{"role": "user", "content": p}, {"role": "assistant", "content": r}], 10_000)
                 for p, r in pairs]
     sampler = conv.ConversationSampler(examples, batch_size, conv.pad_id_of(tok), seed=seed)

@@ -121,7 +121,7 @@ def test_batches_are_shifted_windows_of_the_stream():
     sampler = data.BatchSampler(tokens, batch_size=4, block_size=16, seed=0)
     x, y = sampler.next()
     assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == np.int64
-    np.testing.assert_array_equal(y, x + 1)                        # targets are the next tokens (eq. 2)
+    np.testing.assert_array_equal(y, x + 1)                        # targets are the next tokens (eq:cross-entropy-loss)
     np.testing.assert_array_equal(x, x[:, :1] + np.arange(16))     # contiguous windows
     assert x.min() >= 0 and y.max() <= 999
 

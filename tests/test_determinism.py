@@ -19,7 +19,7 @@ from npgpt import backend, nn
 @given(V=st.integers(1, 12), C=st.integers(1, 5), ids=st.lists(st.integers(-12, 11), min_size=1, max_size=30),
        block=st.sampled_from([1, 7, 2 ** 26]))
 def test_add_rows_is_the_scatter_add_of_repeated_ids(V, C, ids, block):
-    """docs/model.md eq. 8's backward: row v of dL/dW sums the rows of g whose id is v."""
+    """docs/model.md eq:embedding's backward: row v of dL/dW sums the rows of g whose id is v."""
     ids = np.array([i % V - (V if i < 0 else 0) for i in ids])          # valid ids, some negative
     values = np.random.default_rng(len(ids)).standard_normal((len(ids), C))
     expected = np.zeros((V, C))
@@ -62,7 +62,7 @@ def test_embedding_gradients_on_the_device_never_use_atomics(monkeypatch, cuda):
 
 
 def test_dropout_masks_are_the_same_bits_on_every_device(xp):
-    """Philox of (seed, draw): the mask of draw n does not depend on the device (docs/gpu.md eq. 1)."""
+    """Philox of (seed, draw): the mask of draw n does not depend on the device (docs/gpu.md eq:philox-round)."""
     on_host, here = nn.Dropout(0.3, seed=2024), nn.Dropout(0.3, seed=2024)
     ones = np.ones((3, 17), np.float32)
     for _ in range(3):

@@ -176,9 +176,9 @@ def test_finetuning_on_two_ranks_equals_one_process(tmp_path):
 
 
 def test_the_scaling_model_is_the_documented_formula():
-    # docs/distributed.md eq. 1: compute = 6 N D / (peak MFU).
-    # docs/distributed.md eq. 2: the ring's bytes, 2 (n-1)/n S / beta.
-    # docs/distributed.md eq. 3: latency min(2 (n-1), 2 log2 n) a per bucket.
+    # docs/distributed.md eq:compute-time: compute = 6 N D / (peak MFU).
+    # docs/distributed.md eq:ring-bandwidth: the ring's bytes, 2 (n-1)/n S / beta.
+    # docs/distributed.md eq:all-reduce-latency: latency min(2 (n-1), 2 log2 n) a per bucket.
     import math
 
     from npgpt.training.distributed import Link, data_parallel_step

@@ -1,4 +1,4 @@
-"""The DPO loss (npgpt.finetuning.dpo, docs/agent.md eq. 23): the formula by hand, its gradient in float64,
+"""The DPO loss (npgpt.finetuning.dpo, docs/agent.md eq:dpo-loss): the formula by hand, its gradient in float64,
 and a toy preference pair that a few steps of gradient descent learn to prefer."""
 
 import copy
@@ -20,7 +20,7 @@ logps = st.floats(-30, 0, allow_nan=False)
 
 @given(pc=logps, pr=logps, rc=logps, rr=logps, beta=st.floats(0.01, 2.0))
 def test_dpo_loss_is_the_documented_formula(pc, pr, rc, rr, beta):
-    # docs/agent.md eq. 23: -log sigma(beta [(pc - rc) - (pr - rr)])
+    # docs/agent.md eq:dpo-loss: -log sigma(beta [(pc - rc) - (pr - rr)])
     z = beta * ((pc - rc) - (pr - rr))
     expected = math.log1p(math.exp(-z)) if z > -30 else -z
     assert float(dpo.dpo_loss(pc, pr, rc, rr, beta=beta).data) == pytest.approx(expected, rel=1e-9, abs=1e-12)
@@ -28,7 +28,7 @@ def test_dpo_loss_is_the_documented_formula(pc, pr, rc, rr, beta):
 
 @given(seed=st.integers(0, 2**16), n=st.integers(1, 4))
 def test_dpo_loss_gradient_matches_finite_differences(seed, n):
-    # eq. 23's gradient w.r.t. the policy's log-probabilities; the reference gets none (it is frozen)
+    # eq:dpo-loss's gradient w.r.t. the policy's log-probabilities; the reference gets none (it is frozen)
     rng = np.random.default_rng(seed)
     pc, pr, rc, rr = (rng.normal(-5, 3, n) for _ in range(4))
     check_gradients(lambda a, b: dpo.dpo_loss(a, b, rc, rr, beta=0.5), pc, pr)

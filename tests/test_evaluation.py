@@ -1,6 +1,6 @@
 """npgpt.apps.evaluation: the sliding-window perplexity against Hugging Face's perplexity guide run with
-transformers, perplexity and bits per byte as docs/agent.md eqs. 24 and 25 define them, lm-eval's
-tokenisation of (context, continuation), acc and acc_norm (eq. 26), and `npgpt eval`."""
+transformers, perplexity and bits per byte as docs/agent.md eq:eval-perplexity and eq:bits-per-byte define them, lm-eval's
+tokenisation of (context, continuation), acc and acc_norm (eq:acc-norm), and `npgpt eval`."""
 
 import json
 import math
@@ -66,7 +66,7 @@ def test_sliding_window_equals_hugging_faces_perplexity_guide(saved):
         ours = evaluation.text_perplexity(model, tokenizer, TEXT, stride=stride, max_length=max_length)
         assert ours.tokens == counted
         assert ours.nll == pytest.approx(nll, rel=1e-5)
-        # docs/agent.md eqs. 24 and 25
+        # docs/agent.md eq:eval-perplexity and eq:bits-per-byte
         assert ours.perplexity == pytest.approx(math.exp(nll / counted), rel=1e-5)
         assert ours.bits_per_byte == pytest.approx(nll / (math.log(2) * len(TEXT.encode())), rel=1e-5)
     overlapping = evaluation.text_perplexity(model, tokenizer, TEXT, stride=4, max_length=16)
@@ -75,7 +75,7 @@ def test_sliding_window_equals_hugging_faces_perplexity_guide(saved):
 
 @given(cut=st.integers(10, 60))
 def test_a_text_that_fits_one_window_is_scored_by_one_forward_pass(saved, cut):
-    # eq. 24: perplexity = exp(-(1/N) sum_t log p(x_t | x_<t)), here with all of x_<t in view
+    # eq:eval-perplexity: perplexity = exp(-(1/N) sum_t log p(x_t | x_<t)), here with all of x_<t in view
     _, model, tokenizer = saved
     text = TEXT[:cut]
     ids = [tokenizer.special_tokens["<|endoftext|>"]] + tokenizer.encode(text)
@@ -124,7 +124,7 @@ def test_loglikelihood_is_the_sum_over_the_continuation_tokens(saved):
 
 
 def test_acc_and_acc_norm_are_lm_evals(saved):
-    # docs/agent.md eq. 26: acc_norm picks argmax_i ll_i / len(choice_i), the length in characters
+    # docs/agent.md eq:acc-norm: acc_norm picks argmax_i ll_i / len(choice_i), the length in characters
     _, model, tokenizer = saved
     questions = [evaluation.MultipleChoice("Now is the winter of our", ["discontent", "summer", "a"], 0),
                  evaluation.MultipleChoice("the deep bosom of the", ["ocean buried", "sun", "York"], 0),

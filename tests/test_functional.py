@@ -150,7 +150,7 @@ def test_dropout_gradient_uses_the_same_mask(xp):
 # ====================================================================== documented formulas
 @given(shape=shapes, shift=st.floats(-50, 50), seed=seeds)
 def test_softmax_rows_sum_to_one_and_ignore_constant_shifts(xp, shape, shift, seed):
-    # docs/model.md eq. 2: softmax is a distribution and invariant to adding a constant.
+    # docs/model.md eq:softmax: softmax is a distribution and invariant to adding a constant.
     x = randn(xp, shape, seed)
     p = host(F.softmax(npgpt.tensor(x)))
     np.testing.assert_allclose(p.sum(axis=-1), 1.0, rtol=1e-12)
@@ -172,7 +172,7 @@ def test_linear_cross_entropy_gradient(xp, lead, V, C, block_rows, seed):
 @given(N=st.integers(1, 9), V=st.integers(2, 7), C=st.integers(1, 4), block_rows=st.integers(1, 10),
        scale=st.sampled_from([1.0, 0.25, 1024.0]), seed=seeds)
 def test_linear_cross_entropy_equals_the_head_then_the_loss(xp, N, V, C, block_rows, scale, seed):
-    # docs/training.md eq. 2 with z = h W^T: the fused op is exactly linear then cross_entropy,
+    # docs/training.md eq:cross-entropy-loss with z = h W^T: the fused op is exactly linear then cross_entropy,
     # in value and in both gradients, however the rows are split into blocks and whatever
     # scalar multiplies the loss afterwards (a loss scale, 1/K of accumulation).
     h, w = randn(xp, (N, C), seed), randn(xp, (V, C), seed + 1)
@@ -201,14 +201,14 @@ def test_linear_cross_entropy_records_no_graph_without_grad():
 
 @given(shape=shapes, seed=seeds)
 def test_log_softmax_is_log_of_softmax(xp, shape, seed):
-    # docs/model.md eq. 3
+    # docs/model.md eq:log-softmax
     x = npgpt.tensor(randn(xp, shape, seed))
     np.testing.assert_allclose(host(F.log_softmax(x)), np.log(host(F.softmax(x))), rtol=1e-10, atol=1e-12)
 
 
 @given(N=st.integers(1, 6), V=st.integers(2, 7), seed=seeds)
 def test_cross_entropy_is_mean_negative_log_probability(xp, N, V, seed):
-    # docs/training.md eq. 2: L = -1/N sum_i log p_i[y_i], ignored targets excluded from the mean.
+    # docs/training.md eq:cross-entropy-loss: L = -1/N sum_i log p_i[y_i], ignored targets excluded from the mean.
     z = randn(xp, (N, V), seed)
     y = np.random.default_rng(seed).integers(0, V, size=N)
     y[0] = -100 if N > 1 else y[0]
@@ -220,7 +220,7 @@ def test_cross_entropy_is_mean_negative_log_probability(xp, N, V, seed):
 
 @given(shape=shapes, seed=seeds)
 def test_binary_cross_entropy_matches_its_definition(xp, shape, seed):
-    # docs/finetuning.md eq. 2: L = -mean[y log s(z) + (1-y) log(1-s(z))], s = sigmoid (eq. 1)
+    # docs/finetuning.md eq:bce: L = -mean[y log s(z) + (1-y) log(1-s(z))], s = sigmoid (eq:sigmoid)
     z = randn(xp, shape, seed)
     y = np.random.default_rng(seed).integers(0, 2, size=shape).astype(np.float64)
     s = 1 / (1 + np.exp(-host(z)))
@@ -232,7 +232,7 @@ def test_binary_cross_entropy_matches_its_definition(xp, shape, seed):
 
 @given(shape=st.tuples(st.integers(1, 4), st.integers(2, 8)), seed=seeds)
 def test_layer_norm_output_has_zero_mean_unit_variance(xp, shape, seed):
-    # docs/model.md eq. 6: before the affine part, each row has mean 0 and variance 1 (up to eps).
+    # docs/model.md eq:layer-norm: before the affine part, each row has mean 0 and variance 1 (up to eps).
     x = randn(xp, shape, seed, scale=5.0) + 3.0
     C = shape[-1]
     ones, zeros = npgpt.tensor(xp.ones(C)), npgpt.tensor(xp.zeros(C))
@@ -246,14 +246,14 @@ def test_layer_norm_output_has_zero_mean_unit_variance(xp, shape, seed):
 
 @given(shape=shapes, seed=seeds)
 def test_gelu_is_gpt2s_tanh_formula(xp, shape, seed):
-    # docs/model.md eq. 7
+    # docs/model.md eq:gelu
     x = host(randn(xp, shape, seed, scale=3.0))
     expected = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
     np.testing.assert_allclose(host(F.gelu(npgpt.tensor(xp.asarray(x)))), expected, rtol=1e-12, atol=1e-15)
 
 
 def test_linear_and_embedding_formulas(xp):
-    # docs/model.md eq. 1 (y = xW + b) and eq. 8 (y = W[ids])
+    # docs/model.md eq:affine (y = xW + b) and eq:embedding (y = W[ids])
     x, w, b = randn(xp, (2, 3, 4), 0), randn(xp, (4, 5), 1), randn(xp, (5,), 2)
     np.testing.assert_allclose(host(F.linear(npgpt.tensor(x), npgpt.tensor(w), npgpt.tensor(b))),
                                host(x) @ host(w) + host(b), rtol=1e-12)
@@ -262,7 +262,7 @@ def test_linear_and_embedding_formulas(xp):
 
 
 def explicit_attention(q, k, v, causal):
-    """The formula written out, loop by loop: docs/model.md eqs. 4 and 5."""
+    """The formula written out, loop by loop: docs/model.md eq:attention and eq:causal-mask."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     out = np.zeros_like(q)
@@ -280,7 +280,7 @@ def explicit_attention(q, k, v, causal):
 
 @given(Tq=st.integers(1, 4), extra=st.integers(0, 3), D=st.integers(1, 5), causal=st.booleans(), seed=seeds)
 def test_attention_equals_the_explicit_formula(xp, Tq, extra, D, causal, seed):
-    # docs/model.md eq. 4: softmax(Q K^T / sqrt(D) + M) V, with eq. 5's causal mask M
+    # docs/model.md eq:attention: softmax(Q K^T / sqrt(D) + M) V, with eq:causal-mask, the causal mask M
     Tk = Tq + extra
     q, k, v = randn(xp, (2, 2, Tq, D), seed), randn(xp, (2, 2, Tk, D), seed + 1), randn(xp, (2, 2, Tk, D), seed + 2)
     got = F.scaled_dot_product_attention(npgpt.tensor(q), npgpt.tensor(k), npgpt.tensor(v), causal=causal)
@@ -289,7 +289,7 @@ def test_attention_equals_the_explicit_formula(xp, Tq, extra, D, causal, seed):
 
 @given(T=st.integers(2, 6), t=st.data(), seed=seeds)
 def test_attention_is_causal(xp, T, t, seed):
-    # docs/model.md eq. 5: the output at position t does not depend on inputs after t.
+    # docs/model.md eq:causal-mask: the output at position t does not depend on inputs after t.
     pos = t.draw(st.integers(0, T - 2))
     q, k, v = (randn(xp, (1, 2, T, 3), seed + i) for i in range(3))
     before = host(F.scaled_dot_product_attention(*(npgpt.tensor(a) for a in (q, k, v))))
@@ -393,7 +393,7 @@ def relative_to_largest(got, ref):
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def test_float32_softmax_family_at_large_logits_agrees_with_float64(xp, name):
-    # docs/model.md eqs. 2 and 3, each evaluated in float32 and in float64
+    # docs/model.md eq:softmax and eq:log-softmax, each evaluated in float32 and in float64
     z = large_logit_rows()
     g = np.random.default_rng(1).standard_normal(z.shape).astype(np.float32)
     fn = getattr(F, name)
@@ -407,7 +407,7 @@ def test_float32_softmax_family_at_large_logits_agrees_with_float64(xp, name):
 
 
 def test_float32_cross_entropy_at_large_logits_agrees_with_float64(xp):
-    # docs/training.md eq. 2 in float32 and in float64, row by row and as a batch mean
+    # docs/training.md eq:cross-entropy-loss in float32 and in float64, row by row and as a batch mean
     z = large_logit_rows()
     targets = np.argsort(-z, axis=1)[:, 2]     # the third most likely token: losses of 1.8 .. 1e4
     targets[0] = 3                             # and one that misses by 2e4
@@ -425,7 +425,7 @@ def test_float32_cross_entropy_at_large_logits_agrees_with_float64(xp):
 
 
 def test_float32_binary_cross_entropy_at_large_logits_agrees_with_float64(xp):
-    # docs/finetuning.md eq. 2: no log-sum-exp here, but the same inputs must not hurt it either
+    # docs/finetuning.md eq:bce: no log-sum-exp here, but the same inputs must not hurt it either
     z = large_logit_rows()
     y = np.random.default_rng(2).integers(0, 2, z.shape)
     bce = lambda t: F.binary_cross_entropy_with_logits(t, xp.asarray(y, dtype=t.dtype))

@@ -44,7 +44,7 @@ def test_top_k_keeps_exactly_the_k_largest(z, k):
 
 @given(logit_rows, st.floats(0.01, 1.0))
 def test_top_p_keeps_the_smallest_prefix_with_mass_at_least_p(z, p):
-    # docs/model.md eq. 14: the nucleus is the shortest most-likely prefix with mass >= p
+    # docs/model.md eq:sampling-top-p: the nucleus is the shortest most-likely prefix with mass >= p
     out = generation.top_p_filter(z, p)
     probs = F.softmax_array(z.astype(np.float64))
     for row, prow, orow in zip(z, probs, out):
@@ -65,7 +65,7 @@ def test_top_p_one_keeps_everything_and_tiny_p_keeps_the_argmax():
 
 
 def test_temperature_scales_log_probabilities():
-    # docs/model.md eq. 13: p_i(tau) proportional to exp(z_i / tau)
+    # docs/model.md eq:sampling-temperature: p_i(tau) proportional to exp(z_i / tau)
     z = np.array([[1.0, 2.0, 4.0]], np.float32)
     for tau in (0.5, 1.0, 3.0):
         p = F.softmax_array(generation.apply_temperature(z, tau))
@@ -274,7 +274,7 @@ def test_generation_runs_the_trunk_and_the_head_on_the_last_position_only(monkey
 
 # ------------------------------------------------------- the decoding step's cache
 def test_a_cached_chunk_after_cached_tokens_equals_the_full_pass():
-    # docs/model.md eq. 10 with several new queries at once: causal among them, all cached keys visible
+    # docs/model.md eq:kv-cache with several new queries at once: causal among them, all cached keys visible
     from npgpt.autograd import no_grad
 
     model = tiny()

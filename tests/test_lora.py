@@ -1,5 +1,5 @@
 """LoRA (npgpt.finetuning.lora): the fused op's gradient in float64, the documented forward and merge
-(docs/agent.md eqs. 20, 21 and 22), freezing, PEFT's file format both ways with ``peft`` itself, merging."""
+(docs/agent.md eq:lora, eq:lora-grad and eq:lora-merge), freezing, PEFT's file format both ways with ``peft`` itself, merging."""
 
 import json
 
@@ -40,11 +40,11 @@ def logits(model, ids):
         return host(model.eval()(ids))
 
 
-# ======================================================= the op (eqs. 20, 21)
+# ======================================================= the op (eq:lora, eq:lora-grad)
 @given(lead=st.lists(st.integers(1, 3), min_size=1, max_size=2), n_in=st.integers(1, 5), n_out=st.integers(1, 4),
        rank=st.integers(1, 3), bias=st.booleans(), dropout=st.booleans(), seed=seeds)
 def test_lora_linear_gradient_matches_finite_differences(xp, lead, n_in, n_out, rank, bias, dropout, seed):
-    # docs/agent.md eq. 21: every gradient, W's and b's too, with and without the dropout mask
+    # docs/agent.md eq:lora-grad: every gradient, W's and b's too, with and without the dropout mask
     shape = tuple(lead) + (n_in,)
     x, W, b = randn(xp, shape, seed), randn(xp, (n_in, n_out), seed + 1), randn(xp, (n_out,), seed + 2)
     A, B = randn(xp, (rank, n_in), seed + 3), randn(xp, (n_out, rank), seed + 4)
@@ -59,7 +59,7 @@ def test_lora_linear_gradient_matches_finite_differences(xp, lead, n_in, n_out, 
 
 @given(n_in=st.integers(1, 6), n_out=st.integers(1, 6), rank=st.integers(1, 4), seed=seeds)
 def test_lora_linear_is_the_documented_formula(n_in, n_out, rank, seed):
-    # docs/agent.md eq. 20: y = x W + b + (alpha/r) (x A^T) B^T, and eq. 22: the same as x (W + s (BA)^T) + b
+    # docs/agent.md eq:lora: y = x W + b + (alpha/r) (x A^T) B^T, and eq:lora-merge: the same as x (W + s (BA)^T) + b
     x, W, b = randn(np, (3, n_in), seed), randn(np, (n_in, n_out), seed + 1), randn(np, (n_out,), seed + 2)
     A, B = randn(np, (rank, n_in), seed + 3), randn(np, (n_out, rank), seed + 4)
     s = 16.0 / rank
@@ -78,7 +78,7 @@ def test_lora_linear_refuses_shapes_that_do_not_fit():
 
 # ================================================================ the model
 def test_a_fresh_adapter_leaves_the_model_unchanged_and_trains_only_A_and_B(device):
-    # docs/agent.md eq. 20 with B = 0: the adapted model is the base model, logits bit for bit
+    # docs/agent.md eq:lora with B = 0: the adapted model is the base model, logits bit for bit
     model = GPT(TINY, seed=1).to(device)
     ids = np.random.default_rng(0).integers(0, TINY.vocab_size, (2, 10))
     before = logits(model, ids)
@@ -93,7 +93,7 @@ def test_a_fresh_adapter_leaves_the_model_unchanged_and_trains_only_A_and_B(devi
             assert p.requires_grad and p.grad is not None and p.grad.shape == p.shape, name
         else:
             assert not p.requires_grad and p.grad is None, name
-    # B starts at 0, so at the first step only B moves: dL/dA = s (g B)^T X = 0 (eq. 21)
+    # B starts at 0, so at the first step only B moves: dL/dA = s (g B)^T X = 0 (eq:lora-grad)
     for _, layer in lora.adapters(model):
         assert not host(layer.lora_A.grad).any()
         assert host(layer.lora_B.grad).any()
@@ -133,7 +133,7 @@ def test_lora_dropout_masks_only_the_adapter_input():
     np.testing.assert_array_equal(logits(model, ids), logits(model, ids))   # none in eval mode
 
 
-# ================================================================ merging (eq. 22)
+# ================================================================ merging (eq:lora-merge)
 def test_merge_gives_the_same_logits_and_unmerge_restores_the_base_exactly(device):
     model = GPT(TINY, seed=1).to(device)
     ids = np.random.default_rng(0).integers(0, TINY.vocab_size, (2, 12))
@@ -142,7 +142,7 @@ def test_merge_gives_the_same_logits_and_unmerge_restores_the_base_exactly(devic
     base = {name: host(layer.weight).copy() for name, layer in lora.adapters(model)}
     unmerged = logits(model, ids)
     lora.merge(model)
-    for name, layer in lora.adapters(model):     # eq. 22: W + s (B A)^T
+    for name, layer in lora.adapters(model):     # eq:lora-merge: W + s (B A)^T
         np.testing.assert_allclose(host(layer.weight), base[name] + lora.delta_weight(
             host(layer.lora_A), host(layer.lora_B), layer.scale), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(logits(model, ids), unmerged, rtol=0, atol=1e-5)
@@ -302,7 +302,7 @@ def test_lora_fine_tune_learns_with_the_backbone_frozen_and_saves_both_forms(lm_
     assert (config["task_type"], config["modules_to_save"], config["target_modules"]) == (
         "SEQ_CLS", ["score"], ["c_attn", "c_fc", "c_proj"])
     assert config["base_model_name_or_path"] == str(lm_dir) and config["npgpt_labels"] == ["neg", "pos"]
-    # out/ holds an ordinary classifier: the base weights plus s (B A)^T (eq. 22), nothing else moved
+    # out/ holds an ordinary classifier: the base weights plus s (B A)^T (eq:lora-merge), nothing else moved
     merged = GPTClassifier.from_pretrained(out)
     base = GPT.from_pretrained(lm_dir)
     adapted = GPTClassifier.from_pretrained(lm_dir, num_labels=1)

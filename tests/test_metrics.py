@@ -1,4 +1,4 @@
-"""Classification metrics (npgpt.finetuning.metrics; docs/finetuning.md eqs. 9-11): accuracy, precision,
+"""Classification metrics (npgpt.finetuning.metrics; docs/finetuning.md eq:precision, eq:recall, eq:f1): accuracy, precision,
 recall, F1, the confusion matrix, macro averages."""
 
 import pytest
@@ -8,7 +8,7 @@ from npgpt.finetuning import metrics
 
 # --------------------------------------------------------------------- metrics
 def test_metrics_match_hand_counts():
-    # docs/finetuning.md eqs. 9, 10 and 11: precision = TP/(TP+FP), recall = TP/(TP+FN), F1 = 2PR/(P+R).
+    # docs/finetuning.md eq:precision, eq:recall and eq:f1: precision = TP/(TP+FP), recall = TP/(TP+FN), F1 = 2PR/(P+R).
     y_true = [1, 1, 1, 0, 0, 0, 0, 1]
     y_pred = [1, 1, 0, 0, 0, 1, 0, 1]
     m = metrics.classification_metrics(y_true, y_pred, num_classes=2, label_names=["neg", "pos"])

@@ -40,14 +40,14 @@ def test_config_validation_names_the_field(field, value, message):
 
 
 def test_gpt2_small_has_124_439_808_parameters():
-    # docs/model.md eq. 11: V C + P C + L (12 C^2 + 13 C) + 2 C
+    # docs/model.md eq:parameter-count: V C + P C + L (12 C^2 + 13 C) + 2 C
     assert GPTConfig().num_parameters() == 124_439_808
 
 
 @pytest.mark.parametrize("cfg", [TINY, dict(vocab_size=7, block_size=3, n_layer=1, n_head=1, n_embd=4),
                                  dict(vocab_size=100, block_size=32, n_layer=3, n_head=4, n_embd=24)])
 def test_parameter_count_formula_matches_the_allocated_model(cfg):
-    # docs/model.md eq. 11, checked against the parameters actually allocated
+    # docs/model.md eq:parameter-count, checked against the parameters actually allocated
     config = GPTConfig(**cfg)
     assert GPT(config).num_parameters() == config.num_parameters()
 
@@ -118,7 +118,7 @@ def test_logits_shape_and_tied_head():
 
 
 def test_block_is_pre_ln_residual():
-    # docs/model.md eq. 9: x' = x + attn(ln_1(x)); y = x' + mlp(ln_2(x'))
+    # docs/model.md eq:pre-ln-block: x' = x + attn(ln_1(x)); y = x' + mlp(ln_2(x'))
     block = tiny().h[0]
     x = Tensor(np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32))
     y, _ = block(x)
@@ -126,7 +126,7 @@ def test_block_is_pre_ln_residual():
     x1 = x.data + a.data
     expected = x1 + block.mlp(block.ln_2(x1)).data
     np.testing.assert_allclose(y.data, expected, rtol=1e-5, atol=1e-6)
-    # and the MLP is c_proj(gelu(c_fc(.))) with GPT-2's tanh GELU (docs/model.md eq. 7)
+    # and the MLP is c_proj(gelu(c_fc(.))) with GPT-2's tanh GELU (docs/model.md eq:gelu)
     z = np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32)
     u = z @ block.mlp.c_fc.weight.data + block.mlp.c_fc.bias.data
     g = 0.5 * u * (1 + np.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u ** 3)))
@@ -199,7 +199,7 @@ def test_the_entry_points_check_their_inputs_once_and_the_trunk_trusts_them(monk
 
 
 def test_full_model_is_causal():
-    # docs/model.md eq. 5: logits at positions <= t do not depend on tokens after t
+    # docs/model.md eq:causal-mask: logits at positions <= t do not depend on tokens after t
     model = tiny()
     x = ids(B=1, T=12)
     base = model(x).data
@@ -212,7 +212,7 @@ def test_full_model_is_causal():
 
 
 def test_return_attention_shapes_rows_and_causal_zeros():
-    # docs/model.md eqs. 4 and 5: each row of P is a distribution over positions <= its own
+    # docs/model.md eq:attention and eq:causal-mask: each row of P is a distribution over positions <= its own
     model = tiny()
     hidden, attentions = model.trunk(ids(B=3, T=6), return_attention=True)
     assert len(attentions) == 2
@@ -269,7 +269,7 @@ def test_dropout_only_in_training_mode_and_reproducible():
 
 
 def test_finite_difference_gradient_of_the_loss_float64():
-    """The whole model's backward pass against central differences (docs/autograd.md eq. 5)."""
+    """The whole model's backward pass against central differences (docs/autograd.md eq:central-difference)."""
     model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8), seed=4).eval()
     rng = np.random.default_rng(0)
     for p in model.parameters():      # float64, and non-trivial layer-norm gains and biases
@@ -300,7 +300,7 @@ def test_finite_difference_gradient_of_the_loss_float64():
 
 # ---------------------------------------------------------------- KV cache
 def test_cached_forward_equals_full_forward():
-    # docs/model.md eq. 10: attention of new queries over cached keys gives the full pass's outputs
+    # docs/model.md eq:kv-cache: attention of new queries over cached keys gives the full pass's outputs
     model = tiny()
     x = ids(B=2, T=11)
     full = model(x).data
@@ -366,7 +366,7 @@ def test_module_repr_and_config_dict():
 
 
 def test_dot_products_of_unit_variance_vectors_have_variance_d_k():
-    """docs/model.md eq. 12: Var(q . k) = d_k, so scores are divided by sqrt(d_k) (eq. 4)."""
+    """docs/model.md eq:score-variance: Var(q . k) = d_k, so scores are divided by sqrt(d_k) (eq:attention)."""
     rng = np.random.default_rng(0)
     for d_k in (4, 16, 64):
         q, k = rng.standard_normal((2, 200_000, d_k))

@@ -128,7 +128,7 @@ def test_to_cuda_moves_parameters_in_place():
 
 
 def test_linear_is_xW_plus_b_with_weight_in_out():
-    # docs/model.md eq. 1: y = x W + b, W stored (in, out)
+    # docs/model.md eq:affine: y = x W + b, W stored (in, out)
     lin = nn.Linear(3, 5, rng=np.random.default_rng(0))
     assert lin.weight.shape == (3, 5) and lin.bias.shape == (5,)
     lin.bias.data[...] = np.arange(5)
@@ -145,14 +145,14 @@ def test_initialisation_statistics():
 
 
 def test_embedding_looks_up_rows():
-    # docs/model.md eq. 8: y = W[ids]
+    # docs/model.md eq:embedding: y = W[ids]
     emb = nn.Embedding(10, 4)
     ids = np.array([[1, 9, 1]])
     np.testing.assert_array_equal(emb(ids).data, emb.weight.data[ids])
 
 
 def test_layer_norm_module_normalises():
-    # docs/model.md eq. 6
+    # docs/model.md eq:layer-norm
     x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32) * 5 + 2
     y = nn.LayerNorm(16)(x).data
     np.testing.assert_allclose(y.mean(-1), 0, atol=1e-5)
@@ -194,7 +194,7 @@ def test_dropout_rng_state_round_trips_through_json():
 
 
 def test_dropout_mask_n_is_philox_of_the_seed_and_n():
-    """docs/gpu.md eq. 1: mask n keeps unit i where uniform_i(key=seed, stream=n) >= p, scaled by 1/(1-p)."""
+    """docs/gpu.md eq:philox-round: mask n keeps unit i where uniform_i(key=seed, stream=n) >= p, scaled by 1/(1-p)."""
     from npgpt.backend import philox
 
     x = Tensor(np.ones((3, 5), np.float32))

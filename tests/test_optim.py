@@ -1,4 +1,6 @@
-"""Optimizers, clipping and the schedule against their formulas (docs/training.md eqs. 5-12),
+"""Optimizers, clipping and the schedule against their formulas
+(docs/training.md eq:adam-first-moment, eq:adam-second-moment, eq:adam-bias-correction,
+docs/training.md eq:decoupled-weight-decay, eq:adam-update, eq:sgd-momentum, eq:grad-clip, eq:lr-schedule),
 and against PyTorch where it is installed."""
 
 import json
@@ -19,24 +21,26 @@ def _params(rng, shapes, dtype=np.float64):
 
 
 def _reference_adamw(thetas, grads_per_step, lr, betas, eps, wds):
-    """docs/training.md eqs. 5, 6, 7, 8 and 9, written out literally in float64."""
+    """docs/training.md eq:adam-first-moment, eq:adam-second-moment, eq:adam-bias-correction,
+    docs/training.md eq:decoupled-weight-decay and eq:adam-update, written out literally in float64."""
     thetas = [t.copy() for t in thetas]
     m = [np.zeros_like(t) for t in thetas]
     v = [np.zeros_like(t) for t in thetas]
     b1, b2 = betas
     for t, grads in enumerate(grads_per_step, start=1):
         for i, g in enumerate(grads):
-            m[i] = b1 * m[i] + (1 - b1) * g                     # eq. 5
-            v[i] = b2 * v[i] + (1 - b2) * g * g                 # eq. 6
-            m_hat = m[i] / (1 - b1 ** t)                        # eq. 7
+            m[i] = b1 * m[i] + (1 - b1) * g                     # eq:adam-first-moment
+            v[i] = b2 * v[i] + (1 - b2) * g * g                 # eq:adam-second-moment
+            m_hat = m[i] / (1 - b1 ** t)                        # eq:adam-bias-correction
             v_hat = v[i] / (1 - b2 ** t)
-            thetas[i] = thetas[i] - lr * wds[i] * thetas[i]     # eq. 8
-            thetas[i] = thetas[i] - lr * m_hat / (np.sqrt(v_hat) + eps)   # eq. 9
+            thetas[i] = thetas[i] - lr * wds[i] * thetas[i]     # eq:decoupled-weight-decay
+            thetas[i] = thetas[i] - lr * m_hat / (np.sqrt(v_hat) + eps)   # eq:adam-update
     return thetas
 
 
 def test_adamw_matches_its_equations_in_float64():
-    # docs/training.md eqs. 5, 6, 7, 8 and 9
+    # docs/training.md eq:adam-first-moment, eq:adam-second-moment, eq:adam-bias-correction,
+    # docs/training.md eq:decoupled-weight-decay and eq:adam-update
     rng = np.random.default_rng(0)
     params = _params(rng, [(3, 4), (4,), (2, 2, 3)])
     start = [p.data.copy() for p in params]
@@ -55,7 +59,8 @@ def test_adamw_matches_its_equations_in_float64():
 @given(lr=st.floats(1e-4, 1.0), wd=st.floats(0.0, 0.5), beta1=st.floats(0.0, 0.99), beta2=st.floats(0.0, 0.999),
        seed=st.integers(0, 2 ** 16))
 def test_adamw_first_step_is_decay_plus_sign_step(lr, wd, beta1, beta2, seed):
-    # At t = 1 bias correction makes m_hat = g and v_hat = g^2 (docs/training.md eq. 7), so eqs. 8-9
+    # At t = 1 bias correction makes m_hat = g and v_hat = g^2 (docs/training.md eq:adam-bias-correction),
+    # so docs/training.md eq:decoupled-weight-decay, eq:adam-update
     # give theta_1 = theta_0 (1 - lr wd) - lr g / (|g| + eps), whatever the betas are.
     rng = np.random.default_rng(seed)
     (p,) = _params(rng, [(5, 3)])
@@ -67,7 +72,7 @@ def test_adamw_first_step_is_decay_plus_sign_step(lr, wd, beta1, beta2, seed):
 
 
 def test_weight_decay_is_decoupled_from_the_gradient():
-    # docs/training.md eq. 8: with a zero gradient the moments stay 0 and only the decay acts, exactly.
+    # docs/training.md eq:decoupled-weight-decay: with a zero gradient the moments stay 0 and only the decay acts, exactly.
     rng = np.random.default_rng(1)
     (p,) = _params(rng, [(4, 4)])
     theta0 = p.data.copy()
@@ -98,7 +103,7 @@ def test_adamw_matches_torch():
 
 
 def test_sgd_with_momentum_matches_its_equation_and_torch():
-    # docs/training.md eq. 10
+    # docs/training.md eq:sgd-momentum
     rng = np.random.default_rng(3)
     (p,) = _params(rng, [(3, 3)])
     theta, buf = p.data.copy(), None
@@ -199,7 +204,7 @@ def test_bad_settings_raise():
 
 
 def test_clip_grad_norm_rescales_to_the_global_norm():
-    # docs/training.md eq. 11
+    # docs/training.md eq:grad-clip
     rng = np.random.default_rng(8)
     params = _params(rng, [(3, 4), (5,)])
     grads = [rng.standard_normal(p.shape) * 10 for p in params]
@@ -242,7 +247,7 @@ def test_clip_grad_norm_reports_non_finite_norms_without_scaling():
 
 
 def test_cosine_schedule_values():
-    # docs/training.md eq. 12
+    # docs/training.md eq:lr-schedule
     lr, min_lr, warmup, total = 1e-3, 1e-4, 10, 110
     values = [cosine_schedule(t, total, lr, warmup, min_lr) for t in range(total + 5)]
     assert values[0] == pytest.approx(lr / warmup)
@@ -262,7 +267,9 @@ def test_cosine_schedule_values():
 
 
 def test_a_step_in_blocks_equals_the_step_over_whole_arrays(monkeypatch):
-    # docs/training.md eqs. 5-9 are elementwise: cutting the parameters into blocks shared by threads
+    # docs/training.md eq:adam-first-moment, eq:adam-second-moment, eq:adam-bias-correction,
+    # docs/training.md eq:decoupled-weight-decay, eq:adam-update are elementwise: cutting the parameters into
+    # blocks shared by threads
     # (npgpt.training.optim.BLOCK) must give bit-for-bit the update of whole arrays, strided parameters included.
     import npgpt.training.optim as optim
 

@@ -25,7 +25,7 @@ def tiny_lm(seed=0, V=11, C=8):
 
 @pytest.mark.parametrize("workers", [2, 3])
 def test_sharded_gradients_equal_the_full_batch_gradients(workers):
-    # docs/performance.md eq. 1: dL/dθ = Σ_k (n_k/N) dL_k/dθ
+    # docs/performance.md eq:shard-gradients: dL/dθ = Σ_k (n_k/N) dL_k/dθ
     tokens = np.random.default_rng(1).integers(0, 11, size=(5, 7))
     x, y = tokens[:, :-1], tokens[:, 1:]
     loss_fn, params = tiny_lm()

@@ -1,4 +1,4 @@
-"""Philox4x32-10 (npgpt.backend.philox, docs/gpu.md eq. 1): the reference's answers, uniformity,
+"""Philox4x32-10 (npgpt.backend.philox, docs/gpu.md eq:philox-round): the reference's answers, uniformity,
 independence of streams, and the same numbers on every array module.
 
 The statistical tests use fixed seeds and thresholds at a false-alarm rate of one in a million

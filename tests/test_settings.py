@@ -2,7 +2,7 @@
 
 One optimizer/precision base, ``OptimizerSettings``, for pretraining, supervised fine-tuning and
 classifier fine-tuning: each setting is declared once and means the same in every command; the
-warmup counts optimizer steps everywhere (docs/training.md eq. 12, ``W``).
+warmup counts optimizer steps everywhere (docs/training.md eq:lr-schedule, ``W``).
 """
 
 import dataclasses
@@ -52,7 +52,7 @@ def test_every_training_config_inherits_the_optimizer_settings(config):
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_warmup_counts_optimizer_steps_in_every_config(config):
-    """eq. 12: lr_t = lr (t + 1) / W for t < W, the peak at t = W - 1, whatever the command."""
+    """docs/training.md eq:lr-schedule: lr_t = lr (t + 1) / W for t < W, the peak at t = W - 1, whatever the command."""
     c = config(warmup_steps=5, lr=1e-3)
     for t in range(5):
         assert c.learning_rate(t, 50) == pytest.approx(1e-3 * (t + 1) / 5)

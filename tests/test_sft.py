@@ -34,7 +34,7 @@ def tiny(tmp_path_factory):
 
 
 def hand_loss(logits, y):
-    """docs/agent.md eq. 1 by hand in float64: -(1/N) sum over unmasked (b, t) of log softmax(z_bt)[y_bt]."""
+    """docs/agent.md eq:sft-loss by hand in float64: -(1/N) sum over unmasked (b, t) of log softmax(z_bt)[y_bt]."""
     z = logits.astype(np.float64)
     logp = z - z.max(-1, keepdims=True)
     logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
@@ -45,7 +45,7 @@ def hand_loss(logits, y):
 
 @given(st.integers(0, 2**31 - 1), st.integers(1, 3), st.integers(2, 6))
 def test_the_loss_is_the_masked_mean_over_the_batch(seed, B, T):
-    """docs/agent.md eq. 1: the mean over every unmasked target of the batch, not a mean of per-row means."""
+    """docs/agent.md eq:sft-loss: the mean over every unmasked target of the batch, not a mean of per-row means."""
     rng = np.random.default_rng(seed)
     model = npgpt.GPT(npgpt.GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=1, n_embd=8), seed=seed % 100)
     x = rng.integers(0, 11, (B, T))
@@ -59,7 +59,7 @@ def test_the_loss_is_the_masked_mean_over_the_batch(seed, B, T):
 
 @given(st.integers(0, 2**31 - 1))
 def test_masked_positions_get_exactly_zero_gradient(seed):
-    """docs/agent.md eq. 3: dL/dz at a masked position is exactly 0; elsewhere (softmax - onehot) / N."""
+    """docs/agent.md eq:sft-grad: dL/dz at a masked position is exactly 0; elsewhere (softmax - onehot) / N."""
     rng = np.random.default_rng(seed)
     z = npgpt.tensor(rng.standard_normal((2, 5, 7)), requires_grad=True)     # float64 logits
     y = np.where(rng.random((2, 5)) < 0.5, rng.integers(0, 7, (2, 5)), IGNORE_INDEX)
@@ -75,7 +75,7 @@ def test_masked_positions_get_exactly_zero_gradient(seed):
 
 
 def test_a_step_averages_over_every_target_of_every_micro_batch_and_shard():
-    """step_loss: split over micro-batches and threads, the step's loss and gradient are eq. 1's over the
+    """step_loss: split over micro-batches and threads, the step's loss and gradient are eq:sft-loss's over the
     whole step (rows with many targets weigh more), as computed on one concatenated batch."""
     rng = np.random.default_rng(0)
     config = npgpt.GPTConfig(vocab_size=13, block_size=8, n_layer=1, n_head=2, n_embd=8)

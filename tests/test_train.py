@@ -174,19 +174,20 @@ def test_a_validation_loss_beyond_exp_range_is_divergence_in_train_and_at_resume
 
 
 def test_the_loss_is_the_negative_mean_log_likelihood_of_the_next_tokens():
-    # docs/training.md eqs. 1 and 2: L_train = -(1/N) sum_i log p(x_i | x_<i), p from the model's softmax
+    # docs/training.md eq:log-likelihood and eq:cross-entropy-loss: L_train = -(1/N) sum_i log p(x_i | x_<i),
+    # p from the model's softmax
     model = GPT(GPTConfig(vocab_size=30, block_size=8, n_layer=1, n_head=2, n_embd=8))
     seq = np.random.default_rng(1).integers(0, 30, (2, 9))
     x, y = seq[:, :-1], seq[:, 1:]
     logits = model(x).data.astype(np.float64)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
-    log_likelihood = np.log(np.take_along_axis(probs, y[..., None], -1)).sum()      # eq. 1
+    log_likelihood = np.log(np.take_along_axis(probs, y[..., None], -1)).sum()      # eq:log-likelihood
     assert F.cross_entropy(model(x), y).item() == pytest.approx(-log_likelihood / y.size, rel=1e-5)
 
 
 def test_gradient_accumulation_equals_the_full_batch_gradient():
-    # docs/training.md eq. 4: the gradient of the mean over K micro-batches, each loss scaled by 1/K
+    # docs/training.md eq:grad-accumulation: the gradient of the mean over K micro-batches, each loss scaled by 1/K
     model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8))
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 20, (6, 8)), rng.integers(0, 20, (6, 8))
@@ -213,8 +214,8 @@ def test_log_files_and_log_line(tmp_path, data_dir):
     assert rows[0] == "step,train_loss,val_loss,lr" and len(rows) == 1 + 7
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(7))
-    assert records[3]["val_ppl"] == pytest.approx(math.exp(records[3]["val_loss"]))   # docs/training.md eq. 3
-    # MFU = tokens/s x FLOPs per token / peak (docs/performance.md eq. 3)
+    assert records[3]["val_ppl"] == pytest.approx(math.exp(records[3]["val_loss"]))   # docs/training.md eq:perplexity
+    # MFU = tokens/s x FLOPs per token / peak (docs/performance.md eq:mfu)
     assert records[3]["mfu"] == pytest.approx(records[3]["tokens_per_s"] * trainer.flops_per_token / 1e9)
 
 

@@ -37,7 +37,7 @@ class CharTokenizer:
 
 # ------------------------------------------------------------------ attention
 def test_attention_weights_are_the_softmax_of_scaled_scores():
-    # docs/interpretability.md eq. 1: P = softmax(q k^T / sqrt(D)) over the keys j <= i.
+    # docs/interpretability.md eq:attention-weights: P = softmax(q k^T / sqrt(D)) over the keys j <= i.
     model = scaled(GPT(CONFIG, seed=0))
     w = viz.attention_weights(model, IDS)
     assert w.shape == (2, 2, 6, 6)
@@ -148,7 +148,7 @@ def _log_probability_with_scaled_embedding(model, ids, target, t, alpha):
 
 @pytest.mark.parametrize("kind", ["lm", "binary", "softmax"])
 def test_saliency_is_the_derivative_along_each_embedding(kind):
-    # docs/interpretability.md eqs. 2 and 3: s_t = (d log p / d e_t) . e_t
+    # docs/interpretability.md eq:saliency and eq:saliency-derivative: s_t = (d log p / d e_t) . e_t
     #   = d/d alpha log p(target | e_t scaled by 1 + alpha) at alpha = 0 (checked by central differences).
     if kind == "lm":
         model, target = scaled(GPT(CONFIG, seed=0), dtype=np.float64), 7

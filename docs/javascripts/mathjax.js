@@ -1,6 +1,7 @@
 // MathJax 3 settings for the equations that pymdownx.arithmatex (generic mode) wraps in
 // \( ... \) and \[ ... \] inside elements of class "arithmatex". The \tag{N} of each
-// numbered equation is shown on the right, as in the Markdown source.
+// numbered equation, which docs/scripts/mkdocs_hooks.py writes in reading order in place of the
+// source's \label{eq:name}, is shown on the right.
 window.MathJax = {
   tex: {
     inlineMath: [["\\(", "\\)"]],

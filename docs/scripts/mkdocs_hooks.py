@@ -1,5 +1,6 @@
 """MkDocs hook: keep the book's navigation in step with the chapters that exist, serve MathJax,
-and link each chapter to its edition in the other language (English | 中文).
+link each chapter to its edition in the other language (English | 中文), and number the
+equations in reading order.
 
 ``mkdocs.yml`` lists every chapter in reading order, including chapters that another engineer
 may still be writing. A nav entry whose file does not exist would make ``mkdocs build
@@ -35,6 +36,7 @@ def _prune(items, docs_dir):
 
 
 def on_config(config):
+    config.markdown_extensions.append(EquationAnchors())
     if config.nav:
         config.nav = _prune(config.nav, pathlib.Path(config.docs_dir))
     if mathjax_dir() is None:
@@ -65,6 +67,7 @@ def language_switch(src_uri, docs_dir):
 
 
 def on_page_markdown(markdown, page, config, files):
+    markdown = number_equations(markdown, page.file.src_uri, config.docs_dir)
     switch = language_switch(page.file.src_uri, config.docs_dir)
     if switch is None:
         return markdown
@@ -110,3 +113,88 @@ def on_post_build(config):
         import shutil
 
         shutil.copytree(es5, pathlib.Path(config.site_dir) / "javascripts" / "mathjax", dirs_exist_ok=True)
+
+
+# ------------------------------------------------------------------ equations, numbered in reading order
+# The source names each numbered equation, ``$$ ... \label{eq:causal-mask} $$``, and refers to it
+# by name, ``[eq. causal-mask](model.md#eq-causal-mask)`` (docs/scripts/equations.py has the
+# rules; tests/suites/test_equations.py enforces them). At build time the n-th label of a page
+# becomes ``\tag{n}``, each link's text shows the number instead of the name ("eq. 5"), and the
+# display's element gets the id ``eq-causal-mask`` that the links point at. The strict build
+# checks those anchors like any other, so a link to a name that does not exist fails the build.
+def _equations_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("npgpt_book_equations", pathlib.Path(__file__).with_name("equations.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_EQUATIONS = _equations_module()
+
+
+def _numbers_of(path):
+    """{name: number} of the page at ``path`` (a pathlib.Path), or {} where there is no such page."""
+    if not path.is_file():
+        return {}
+    return _EQUATIONS.numbers(path.read_text(encoding="utf-8"), path.stem)
+
+
+def number_equations(markdown, src_uri, docs_dir):
+    """``markdown`` of the page ``src_uri`` with ``\\tag{n}`` before each ``\\label{eq:...}``, the
+    number for each ``\\ref{eq:...}`` inside a display (maths cannot hold a link), and each equation
+    link's text showing the number where it shows the name."""
+    import posixpath
+    import re
+
+    docs_dir = pathlib.Path(docs_dir)
+    own = _EQUATIONS.numbers(markdown, src_uri[:-3])
+    for start, body, _ in reversed(_EQUATIONS.displays(markdown, src_uri[:-3])):
+        end = start + len(body) + 4
+        tagged = _EQUATIONS.LABEL.sub(lambda m: f"\\tag{{{own[m.group(1)[3:]]}}}{m.group()}", markdown[start:end])
+        tagged = _EQUATIONS.REF.sub(lambda m: str(own.get(m.group(1), m.group())), tagged)
+        markdown = markdown[:start] + tagged + markdown[end:]
+    here = posixpath.dirname(src_uri)
+
+    def link(match):
+        text, target, name = match.groups()
+        found = own if not target else _numbers_of(docs_dir / posixpath.normpath(posixpath.join(here, target)))
+        if name not in found:
+            return match.group()                      # the strict build reports the missing anchor
+        text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", str(found[name]), text)
+        return f"[{text}]({target}#eq-{name})"
+
+    return _EQUATIONS.LINK.sub(link, markdown)
+
+
+def _equation_anchors_class():
+    import re
+
+    from markdown.extensions import Extension
+    from markdown.treeprocessors import Treeprocessor
+    from markdown.util import AtomicString
+
+    label = re.compile(r"\\label\{eq:([a-z0-9-]+)\}")
+
+    class Anchors(Treeprocessor):
+        """Moves each display's ``\\label{eq:name}`` out of the maths into the element's id."""
+
+        def run(self, root):
+            for element in root.iter():
+                if "arithmatex" in (element.get("class") or "").split() and element.text:
+                    match = label.search(element.text)
+                    if match:
+                        element.set("id", f"eq-{match.group(1)}")
+                        element.text = AtomicString(label.sub("", element.text))
+
+    class EquationAnchors(Extension):
+        def extendMarkdown(self, md):
+            # After arithmatex's inline pattern (the inline treeprocessor, 20), before mkdocs
+            # collects the page's anchors (5), so that links to #eq-name validate.
+            md.treeprocessors.register(Anchors(md), "npgpt_equation_anchors", 8)
+
+    return EquationAnchors
+
+
+EquationAnchors = _equation_anchors_class()

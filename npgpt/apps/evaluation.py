@@ -5,12 +5,12 @@ functions follow:
 
 * :func:`text_perplexity`: perplexity and bits per byte of a text, scored
   with a sliding window (``stride``) as Hugging Face's perplexity guide does
-  it (eqs. 24 and 25);
+  it (eq:eval-perplexity and eq:bits-per-byte);
 * :func:`loglikelihood`: ``log p(continuation | context)`` of text pairs,
   tokenised by lm-eval-harness's rule (:func:`encode_pair`), so that the
   numbers are the ones lm-eval reports for the same model;
 * :func:`multiple_choice`: HellaSwag/ARC-style scoring, ``acc`` and the
-  length-normalised ``acc_norm`` as lm-eval defines them (eq. 26).
+  length-normalised ``acc_norm`` as lm-eval defines them (eq:acc-norm).
 
 ``npgpt eval MODEL --text FILE`` and ``--choices FILE`` run them from the
 command line; ``npgpt.apps.lm_eval_plugin`` lets lm-eval itself drive npgpt
@@ -51,12 +51,12 @@ class Perplexity:
 
     @property
     def perplexity(self) -> float:
-        """``exp(NLL / N)`` (eq. 24): per token, so it depends on the tokenizer."""
+        """``exp(NLL / N)`` (eq:eval-perplexity): per token, so it depends on the tokenizer."""
         return math.exp(self.nll / self.tokens)
 
     @property
     def bits_per_byte(self) -> float:
-        """``NLL / (ln 2 * bytes)`` (eq. 25): comparable across tokenizers."""
+        """``NLL / (ln 2 * bytes)`` (eq:bits-per-byte): comparable across tokenizers."""
         return self.nll / (math.log(2) * self.bytes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -260,7 +260,7 @@ def multiple_choice(model: Any, tokenizer: Any, questions: Sequence[MultipleChoi
 
     ``acc``: the share of questions whose most likely choice is the right
     one; ``acc_norm``: the same after dividing each log-likelihood by its
-    choice's length in characters (eq. 26), which stops long choices from
+    choice's length in characters (eq:acc-norm), which stops long choices from
     losing merely for having more tokens to pay for. Also returns every
     log-likelihood (``loglikelihoods``, one list per question).
     """

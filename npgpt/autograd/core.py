@@ -11,7 +11,7 @@ whose ``_node`` (a ``Node``) remembers
   that needs none is ``CONSTANT``), and
 * ``backward``: a function that maps the gradient of the loss with respect to
   this output, ``dL/dy``, to the gradients with respect to each parent,
-  ``dL/dx_k = dL/dy * dy/dx_k`` (the chain rule, docs/autograd.md eq. 1).
+  ``dL/dx_k = dL/dy * dy/dx_k`` (the chain rule, docs/autograd.md eq:chain-rule).
 
 The graph holds nodes, not tensors: an intermediate result that its
 backward does not need (the residual stream, say) is freed as soon as the
@@ -19,7 +19,7 @@ program drops it, as in PyTorch, instead of living until the backward pass.
 
 The graph is built as the program runs ("define-by-run"). ``loss.backward()``
 sorts the graph topologically and walks it from the loss back to the leaves,
-summing the gradient contributions of every path (eq. 2). Leaves that ask for
+summing the gradient contributions of every path (eq:sum-over-children). Leaves that ask for
 it (``requires_grad=True``) receive their gradient in ``.grad``, an array on
 the same device as ``.data``. After the walk the graph is released, so the
 intermediate arrays each op saved for its backward pass are freed and memory
@@ -145,7 +145,7 @@ class Tensor:
 
     # --------------------------------------------------------------- backward
     def backward(self, grad: Tensor | Array | None = None, retain_graph: bool = False) -> None:
-        """Fill ``.grad`` of every leaf this tensor depends on (docs/autograd.md eq. 2).
+        """Fill ``.grad`` of every leaf this tensor depends on (docs/autograd.md eq:sum-over-children).
 
         ``grad`` is ``dL/dself``; it may be omitted only for a one-element
         tensor (a loss), where it is 1. Gradients add up across calls until
@@ -356,7 +356,7 @@ def _check_same_device(op: str, *tensors: Tensor) -> None:
 
 
 def unbroadcast(grad: Array, shape: Sequence[int]) -> Array:
-    """Sum ``grad`` down to ``shape``: the backward of NumPy broadcasting (eq. 3).
+    """Sum ``grad`` down to ``shape``: the backward of NumPy broadcasting (eq:broadcast-backward).
 
     A value broadcast along an axis was used once per position on that axis,
     so its gradient is the sum over that axis.
@@ -436,7 +436,7 @@ def neg(a: Tensor) -> Tensor:
 
 
 def matmul(a: Operand, b: Operand) -> Tensor:
-    """``a @ b`` for (..., n, k) @ (..., k, m), batch axes broadcast (eq. 4).
+    """``a @ b`` for (..., n, k) @ (..., k, m), batch axes broadcast (eq:matmul-backward).
 
     Gradients: ``dL/da = g @ b^T`` and ``dL/db = a^T @ g``, summed over any
     broadcast batch axes. 1-D operands are treated as a row / a column, as

@@ -3,7 +3,7 @@
 Companion of ``docs/autograd.md`` (section "Checking gradients").
 
 The analytic gradient from ``backward`` is compared with central finite
-differences (docs/autograd.md eq. 5):
+differences (docs/autograd.md eq:central-difference):
 
     dL/dx_j  ~=  (L(x + eps e_j) - L(x - eps e_j)) / (2 eps),
 

@@ -6,7 +6,7 @@ Every op on tensors that needs a gradient records a ``Node``: its backward
 function and its parents' nodes. A tensor no op computed that needs a
 gradient (a parameter) has a ``Leaf``; one that needs none is ``CONSTANT``.
 ``_backpropagate`` walks the nodes from an output back to the leaves
-(docs/autograd.md eq. 2); the memory policy of the gradients that meet on
+(docs/autograd.md eq:sum-over-children); the memory policy of the gradients that meet on
 the way is ``GradientSum``'s. The ``Tensor`` and the elementary ops live in
 ``npgpt.autograd.core``; this module needs none of them, only their
 ``requires_grad`` and ``_node``.
@@ -33,7 +33,7 @@ class Node:
     """What the graph keeps of a tensor an op computed: how to pass its gradient back -- not its data.
 
     ``backward`` maps ``dL/dy`` to the gradients of the parents (the chain
-    rule, eq. 1); ``parents`` are the parents' nodes. PyTorch calls this the
+    rule, eq:chain-rule); ``parents`` are the parents' nodes. PyTorch calls this the
     ``grad_fn``. Because children hold nodes, not tensors, an intermediate
     array lives only as long as the program or a backward closure needs it.
     ``fresh`` is the op's promise that every array ``backward`` returns is
@@ -99,7 +99,7 @@ def _node_of(t: Tensor) -> GraphNode:
 
 
 class RowGradient:
-    """A gradient that is zero except in some rows: ``dL/dW`` of a lookup ``W[ids]`` (docs/model.md eq. 8).
+    """A gradient that is zero except in some rows: ``dL/dW`` of a lookup ``W[ids]`` (docs/model.md eq:embedding).
 
     An embedding's backward returns one instead of a dense (V, C) array
     mostly of zeros. The walk adds its rows straight into the other
@@ -242,7 +242,7 @@ def _backward_order(roots: list[GraphNode]) -> list[GraphNode]:
 
 def _backpropagate(seeds: list[tuple[Tensor, Array]], retain_graph: bool, on_leaf: Callable[..., None],
                    on_node: Optional[Callable[[GraphNode, Array], None]] = None) -> None:
-    """The reverse walk (docs/autograd.md eq. 2) from ``seeds``, a list of ``(output, dL/doutput)``.
+    """The reverse walk (docs/autograd.md eq:sum-over-children) from ``seeds``, a list of ``(output, dL/doutput)``.
 
     ``on_leaf(tensor, g, owned)`` receives each leaf's gradient once it is
     complete (``owned``: nothing else refers to ``g``); ``on_node(node,

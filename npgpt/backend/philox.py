@@ -17,7 +17,7 @@ computed directly. So
 * each number is computed independently, which suits a GPU.
 
 Philox4x32-10 maps a 128-bit counter (four 32-bit words) and a 64-bit key
-(two words) to four 32-bit outputs through 10 rounds of (docs/gpu.md eq. 1)::
+(two words) to four 32-bit outputs through 10 rounds of (docs/gpu.md eq:philox-round)::
 
     hi0, lo0 = mulhilo(0xD2511F53, c0)          hi1, lo1 = mulhilo(0xCD9E8D57, c2)
     c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
@@ -50,7 +50,7 @@ def philox4x32(counter: tuple[Any, Any, Any, Any], key: tuple[int, int], xp: Any
                rounds: int = ROUNDS) -> tuple[Any, Any, Any, Any]:
     """Philox4x32-``rounds`` of four counter words (arrays of one shape, or ints) under a two-word key.
 
-    Returns four ``uint32`` arrays of the counters' shape (eq. 1 of docs/gpu.md).
+    Returns four ``uint32`` arrays of the counters' shape (docs/gpu.md eq:philox-round).
     """
     # Python ints stay Python ints (exact, and never copied to a device) until an array meets them.
     c0, c1, c2, c3 = (c & _LOW if isinstance(c, int) else xp.asarray(c, dtype=xp.uint64) & _LOW for c in counter)

@@ -333,7 +333,7 @@ SCALING_LENGTHS = (128, 256, 512, 1024)
 def run_scaling(steps: int, warmup: int, workers: Optional[int]) -> dict[str, Any]:
     """Step time of train-small's model against the sequence length T (batch 8 throughout).
 
-    The work of a step is ``B T (6 N + 12 L C T)`` FLOPs (docs/performance.md eq. 2): linear in
+    The work of a step is ``B T (6 N + 12 L C T)`` FLOPs (docs/performance.md eq:flops-per-token): linear in
     T but for attention's term, which is quadratic, so the fitted exponent of time against T
     should lie a little above 1 and the time per token grow only by attention's share.
     """

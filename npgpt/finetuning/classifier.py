@@ -7,21 +7,21 @@ For a batch of token ids ``idx`` (B, T) and an attention mask ``m`` (B, T),
 
 1. The backbone runs with the mask: no real token attends to a padding
    token, and the position of a real token is the number of real tokens
-   before it (docs/finetuning.md eq. 7), so left padding shifts no position.
-2. **Pooling** (eq. 5): a causal model's hidden state at the last real
+   before it (docs/finetuning.md eq:padded-positions), so left padding shifts no position.
+2. **Pooling** (eq:last-token-pooling): a causal model's hidden state at the last real
    token ``t_b`` is the only one that has read the whole text, so it is the
    text's summary: ``h_b = H[b, t_b]``, ``t_b = max{t : m[b, t] = 1}``.
    It is found from the mask, never by searching for a pad token id: GPT-2
    has no pad token, so people pad with ``<|endoftext|>`` -- which may also
    occur inside a text, where a search for it would stop too early.
-3. **Head** (eq. 6): ``z_b = h_b W`` with ``W`` (n_embd, num_labels).
+3. **Head** (eq:classifier-head): ``z_b = h_b W`` with ``W`` (n_embd, num_labels).
 
 Consequently a sequence's logits are the same alone as in a padded batch,
 padded on either side, with any pad id (up to float rounding).
 
 ``num_labels = 1`` is the binary case of the chapter: one logit, the sigmoid
-``s(z)`` (eq. 1) is the probability of class 1, the loss is binary
-cross-entropy (eq. 2). ``num_labels > 1`` uses softmax cross-entropy (eq. 8).
+``s(z)`` (eq:sigmoid) is the probability of class 1, the loss is binary
+cross-entropy (eq:bce). ``num_labels > 1`` uses softmax cross-entropy (eq:multiclass-loss).
 
 Checkpoints use Hugging Face's ``GPT2ForSequenceClassification`` layout:
 backbone tensors prefixed ``transformer.``, the head ``score.weight`` stored
@@ -50,7 +50,7 @@ Array = Any  # a numpy.ndarray or a cupy.ndarray
 
 
 def last_token_index(mask: Array) -> Array:
-    """Index of the last real token of each row (eq. 5): ``max{t : m[b, t] = 1}``, (B,)."""
+    """Index of the last real token of each row (eq:last-token-pooling): ``max{t : m[b, t] = 1}``, (B,)."""
     xp = backend.array_module(mask)
     T = mask.shape[1]
     # t * m[b, t] is largest at the last t with m = 1 (every row has one: checked before).
@@ -147,7 +147,7 @@ class GPTClassifier(nn.Module):
         """Mean loss of class labels ``labels`` (int (B,)) given ``logits`` (B, num_labels).
 
         One logit: binary cross-entropy of ``s(z)`` against ``y`` in {0, 1}
-        (eq. 2). Several: softmax cross-entropy (eq. 8).
+        (eq:bce). Several: softmax cross-entropy (eq:multiclass-loss).
         """
         y = inputs.as_array(labels)      # checked where it is: host labels need no copy back from a GPU
         if y.dtype.kind not in "iu":

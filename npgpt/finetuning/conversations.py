@@ -11,7 +11,7 @@ A data file holds one conversation per line, in the two conventions everyone use
 The second is shorthand for a user turn and an assistant turn. Each conversation becomes the ids
 of the chat template (``npgpt.tokenizer.chat.encode``) with a flag on every token the assistant
 says; the targets are the next tokens where that flag is set and the ignore index elsewhere
-(docs/agent.md eq. 2). A line that cannot be a training example is refused with the file, the line
+(docs/agent.md eq:sft-targets). A line that cannot be a training example is refused with the file, the line
 and the rule it breaks: nothing is skipped silently.
 
 Batches are **padded**, one conversation per row (docs/agent.md, "Padding, not packing"): rows are
@@ -171,7 +171,7 @@ def load(path: str | os.PathLike, tokenizer: Tokenizer, block_size: int) -> list
 
 def targets_of(example: Example) -> tuple[np.ndarray, np.ndarray]:
     """``(x, y)`` of one conversation: inputs ``ids[:-1]`` and targets ``ids[1:]``, the targets the
-    assistant does not say replaced by ``IGNORE_INDEX`` (docs/agent.md eq. 2)."""
+    assistant does not say replaced by ``IGNORE_INDEX`` (docs/agent.md eq:sft-targets)."""
     ids = np.asarray(example.ids, dtype=np.int64)
     trained = np.asarray(example.trained, dtype=bool)
     return ids[:-1], np.where(trained[1:], ids[1:], IGNORE_INDEX)
@@ -261,7 +261,7 @@ def pad_id_of(tokenizer: Tokenizer) -> int:
 
 
 def count_trained(y: np.ndarray) -> int:
-    """The number of targets a batch's loss averages over (docs/agent.md eq. 1's denominator)."""
+    """The number of targets a batch's loss averages over (docs/agent.md eq:sft-loss's denominator)."""
     return int((y != IGNORE_INDEX).sum())
 
 

@@ -6,7 +6,7 @@ Given a prompt ``x``, a preferred response ``y_w`` and a rejected one
 ``pi_ref`` (the SFT model it started from):
 
     L = -log sigma(beta [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))])
-                                                                        (docs/agent.md eq. 23)
+                                                                        (docs/agent.md eq:dpo-loss)
 
 The loss is small when the policy raises the preferred response's
 likelihood, relative to the reference, more than the rejected one's; ``beta``
@@ -43,7 +43,7 @@ def response_logprob(model: Any, prompt: Sequence[int], response: Sequence[int])
 
 def dpo_loss(policy_chosen: Any, policy_rejected: Any, ref_chosen: Any, ref_rejected: Any,
              beta: float = 0.1) -> Tensor:
-    """Mean DPO loss (eq. 23) over a batch of pairs, from summed response log-probabilities (shape (N,)).
+    """Mean DPO loss (eq:dpo-loss) over a batch of pairs, from summed response log-probabilities (shape (N,)).
 
     ``-log sigma(z)`` with ``z = beta (policy_chosen - ref_chosen - policy_rejected + ref_rejected)``,
     computed stably as the binary cross-entropy of the logit ``z`` with target 1.

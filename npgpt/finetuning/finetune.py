@@ -210,7 +210,7 @@ def _probabilities(classifier: GPTClassifier, data: Encoded, pad_id: int, batch_
 
 def evaluate(classifier: GPTClassifier, data: Encoded, pad_id: Optional[int] = None, batch_size: int = 64,
              pad_side: str = "right") -> dict[str, Any]:
-    """Mean loss (eq. 2 or 8) and :func:`classification_metrics` of ``data`` (an :class:`Encoded`).
+    """Mean loss (eq:bce or eq:multiclass-loss) and :func:`classification_metrics` of ``data`` (an :class:`Encoded`).
 
     ``pad_id`` defaults to the classifier's ``pad_token_id`` (or 0); the result
     does not depend on it, since padding is masked.
@@ -337,8 +337,8 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     """Fine-tune ``classifier`` on labelled texts; keep the weights with the lowest validation loss.
 
     Labels are class ids (0 .. num_classes-1; see :class:`LabelSet`). One
-    step: a random batch, padded with its mask; the loss (eq. 2 for one logit,
-    eq. 8 otherwise); backward, sharded over CPU threads; global-norm
+    step: a random batch, padded with its mask; the loss (eq:bce for one logit,
+    eq:multiclass-loss otherwise); backward, sharded over CPU threads; global-norm
     clipping; AdamW at the warmup + cosine learning rate (the head's scaled by
     ``head_lr / lr``). After every evaluation on the validation texts the best
     weights so far are kept (and, with ``out_dir``, written there atomically

@@ -4,7 +4,7 @@ Companion of ``docs/agent.md`` (section "LoRA"), whose equations the names
 below follow. A target layer ``y = x W + b`` (``W`` frozen, stored (in, out)
 as GPT-2's Conv1D) learns a low-rank correction instead of ``W`` itself:
 
-    y = x W + b + s * (x A^T) B^T,       s = alpha / r        (docs/agent.md eq. 20)
+    y = x W + b + s * (x A^T) B^T,       s = alpha / r        (docs/agent.md eq:lora)
 
 with ``A`` (r, in) drawn as PEFT draws it and ``B`` (out, r) zero, so the
 adapted model starts as the base model. Only ``A`` and ``B`` train:
@@ -56,7 +56,7 @@ GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
 # =================================================================== the op
 def lora_linear(x: Any, weight: Any, bias: Optional[Tensor], lora_A: Any, lora_B: Any, scale: float,
                 keep: Optional[Array] = None, compute_dtype: Any = None) -> Tensor:
-    """``y = x W + b + s (x_d A^T) B^T`` with ``x_d = x * keep`` (docs/agent.md eq. 20).
+    """``y = x W + b + s (x_d A^T) B^T`` with ``x_d = x * keep`` (docs/agent.md eq:lora).
 
     Shapes: ``x`` (..., in), ``weight`` (in, out), ``bias`` (out,) or None,
     ``lora_A`` (r, in), ``lora_B`` (out, r), ``keep`` broadcastable to ``x``
@@ -64,7 +64,7 @@ def lora_linear(x: Any, weight: Any, bias: Optional[Tensor], lora_A: Any, lora_B
     (..., out). ``s`` is ``alpha / r``.
 
     Gradients, with ``X`` the inputs flattened to (N, in), ``X_d = X * keep``,
-    ``u = X_d A^T`` (N, r) and ``h = g B`` (N, r) (docs/agent.md eq. 21):
+    ``u = X_d A^T`` (N, r) and ``h = g B`` (N, r) (docs/agent.md eq:lora-grad):
 
     ``dL/dB = s g^T u``, ``dL/dA = s h^T X_d``,
     ``dL/dx = g W^T + s (h A) * keep``, ``dL/dW = X^T g``, ``dL/db = sum_rows g``.
@@ -128,7 +128,7 @@ def lora_linear(x: Any, weight: Any, bias: Optional[Tensor], lora_A: Any, lora_B
 
 
 def delta_weight(lora_A: Array, lora_B: Array, scale: float) -> Array:
-    """The update LoRA adds to a stored (in, out) weight: ``s (B A)^T`` (docs/agent.md eq. 22)."""
+    """The update LoRA adds to a stored (in, out) weight: ``s (B A)^T`` (docs/agent.md eq:lora-merge)."""
     return (lora_B @ lora_A).T * scale
 
 
@@ -184,7 +184,7 @@ class LoRALinear(nn.Module):
                            compute_dtype=self.compute_dtype)
 
     def merge(self) -> None:
-        """``W <- W + s (B A)^T`` (eq. 22); the base weight is kept so :meth:`unmerge` restores it bit for bit."""
+        """``W <- W + s (B A)^T`` (eq:lora-merge); the base weight is kept so :meth:`unmerge` restores it bit for bit."""
         if self.merged:
             return
         self.merged_base = self.weight.data
@@ -361,7 +361,7 @@ def max_dropout(model: nn.Module) -> float:
 
 # ================================================================== merging
 def merge(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its weight (eq. 22); ``model`` then computes the same logits with plain products."""
+    """Fold every adapter into its weight (eq:lora-merge); ``model`` then computes the same logits with plain products."""
     for _, layer in adapters(model):
         layer.merge()
     return model
@@ -376,7 +376,7 @@ def unmerge(model: nn.Module) -> nn.Module:
 
 @contextlib.contextmanager
 def merged_view(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, ``model`` is a plain model with the merged weights (eq. 22); afterwards it has its
+    """Within the block, ``model`` is a plain model with the merged weights (eq:lora-merge); afterwards it has its
     adapters back, untouched. For saving an adapted model as an ordinary checkpoint."""
     swapped = []
     try:

@@ -1,6 +1,6 @@
 """Classification metrics: accuracy, precision, recall, F1 and the confusion matrix.
 
-Companion of ``docs/finetuning.md`` (section "Measuring a classifier", eqs. 9-11).
+Companion of ``docs/finetuning.md`` (section "Measuring a classifier", eq:precision, eq:recall, eq:f1).
 
 Host-side bookkeeping on NumPy arrays (device arrays are copied to the host
 first): these run once per evaluation, not in a training step.
@@ -27,7 +27,7 @@ def classification_metrics(y_true: ArrayLike | Array, y_pred: ArrayLike | Array,
     """Accuracy, precision, recall, F1 and the confusion matrix.
 
     ``confusion[i, j]`` counts examples of true class ``i`` predicted as ``j``.
-    For class ``c``, with TP, FP, FN read off the matrix (eqs. 9-11)::
+    For class ``c``, with TP, FP, FN read off the matrix (eq:precision, eq:recall, eq:f1)::
 
         precision = TP / (TP + FP),  recall = TP / (TP + FN),
         F1 = 2 precision recall / (precision + recall)

@@ -4,7 +4,8 @@ Three parts. Giving a pretrained model the chat template's role markers: the tok
 ``<|im_start|>`` and ``<|im_end|>`` as special tokens (``npgpt.tokenizer.chat.with_chat_tokens``),
 and the model's token table grows by as many rows; the LM head is tied to that table, so it grows
 with it, and a new row is both the marker's input vector and its output vector. The loss: next-token
-cross-entropy on the assistant's tokens only (docs/agent.md eqs. 1-3). The run: ``SFTTrainer``, the
+cross-entropy on the assistant's tokens only (docs/agent.md eq:sft-loss, eq:sft-targets, eq:sft-grad).
+The run: ``SFTTrainer``, the
 pretraining loop (``npgpt.training.train.Trainer``) with conversations for batches, behind ``npgpt sft``.
 """
 
@@ -34,7 +35,7 @@ from npgpt.training.train import DEFAULT_PEAK_FLOPS, Trainer
 def resize_token_embeddings(model: GPT, vocab_size: int) -> GPT:
     """Grow ``model``'s token table (and so its tied LM head) to ``vocab_size`` rows, in place.
 
-    The new rows are the mean of the old ones (docs/agent.md eq. 4), as is common (Hewitt
+    The new rows are the mean of the old ones (docs/agent.md eq:new-row-mean), as is common (Hewitt
     2021, "Initializing new word embeddings"): a new token's logit is then the average logit, so the
     model's predictions over the old vocabulary barely move, where a random row could take a large
     share of the probability at the start and a zero row would still take ``exp(0)``'s share.
@@ -62,7 +63,7 @@ def add_chat_tokens(model: GPT, tokenizer: Tokenizer) -> tuple[GPT, Tokenizer]:
     Returns ``(model, chat_tokenizer)``. Save both (``model.save_pretrained(d)``,
     ``chat_tokenizer.save(d)``) and they reload together. The model must have one row per id of the
     tokenizer (a table padded past the vocabulary would give the markers rows that were never trained
-    nor initialised as eq. 4 of docs/agent.md says, so it is refused).
+    nor initialised as docs/agent.md eq:new-row-mean says, so it is refused).
     """
     if model.config.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"the model has {model.config.vocab_size} token rows but the tokenizer has "
@@ -74,20 +75,20 @@ def add_chat_tokens(model: GPT, tokenizer: Tokenizer) -> tuple[GPT, Tokenizer]:
 
 # ================================================================= the loss
 def sft_loss(model: GPT, x: Any, y: Any) -> Tensor:
-    """The SFT loss of a batch (docs/agent.md eq. 1): the mean next-token cross-entropy over the targets
+    """The SFT loss of a batch (docs/agent.md eq:sft-loss): the mean next-token cross-entropy over the targets
     the assistant says, ``y != IGNORE_INDEX``, all rows of the batch together (a long answer weighs
     more than a short one, token for token); every other position contributes nothing, and its
-    gradient is exactly zero (eq. 3)."""
+    gradient is exactly zero (eq:sft-grad)."""
     return model.loss(x, y, ignore_index=IGNORE_INDEX)
 
 
 def step_loss(model: GPT, rows: int, trained: int) -> Callable[[Any, Any], Tensor]:
-    """The loss of any slice of a step's batches, weighted so that the step's gradient is eq. 1's over
+    """The loss of any slice of a step's batches, weighted so that the step's gradient is eq:sft-loss's over
     the whole step: ``trained`` targets in micro-batches of ``rows`` conversations.
 
     The engine adds micro-batches' gradients, and splits each micro-batch by rows over threads and
     MPI ranks, weighting a slice of ``n`` rows by ``n / rows`` as if its loss were a mean over rows
-    (docs/performance.md eq. 1). A slice with ``t`` targets and masked mean ``m`` therefore returns
+    (docs/performance.md eq:shard-gradients). A slice with ``t`` targets and masked mean ``m`` therefore returns
     ``m t rows / (trained n)``: weighted by ``n / rows`` it is its targets' sum over ``trained``, and
     the slices add up to the mean over every target of the step, however the rows were split.
     """
@@ -149,7 +150,7 @@ class SFTConfig(lora.LoRASettings, OptimizerSettings):
 class SFTTrainer(Trainer):
     """Supervised fine-tuning with the pretraining loop (``npgpt.training.train.Trainer``): the same step, logs,
     plots, checkpoints, exact resume, Ctrl-C and MPI; here the batches are padded conversations and
-    the loss is eq. 1.
+    the loss is eq:sft-loss.
 
     ``SFTTrainer(config)`` starts a run from ``config.model``: a model without a chat template first
     gets npgpt's (``add_chat_tokens``), and the checkpoint's tokenizer carries it.
@@ -252,7 +253,7 @@ class SFTTrainer(Trainer):
 
     # ---------------------------------------------------------------- the step
     def evaluate(self) -> float:
-        """Eq. 1 over the held-out conversations (all of them, or ``eval_iters`` batches): the mean
+        """eq:sft-loss over the held-out conversations (all of them, or ``eval_iters`` batches): the mean
         cross-entropy of every assistant token, the same fixed set every time."""
         c = self.config
         self.model.eval()
@@ -269,7 +270,7 @@ class SFTTrainer(Trainer):
         return self.group.sum(total) / self.group.sum(float(count))
 
     def train_step(self) -> tuple[float, float, float]:
-        """One optimizer step over ``grad_accum`` micro-batches of conversations: eq. 1 over all of
+        """One optimizer step over ``grad_accum`` micro-batches of conversations: eq:sft-loss over all of
         their assistant tokens (``step_loss``); returns (loss, gradient norm, lr)."""
         c = self.config
         lr = c.learning_rate(self.step, c.max_steps)

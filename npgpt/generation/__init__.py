@@ -37,7 +37,7 @@ Array = Any  # a numpy.ndarray or a cupy.ndarray
 
 # ------------------------------------------------------------ the KV cache
 class KVCache:
-    """Keys and values of the positions seen so far, per layer, preallocated (docs/model.md eq. 10).
+    """Keys and values of the positions seen so far, per layer, preallocated (docs/model.md eq:kv-cache).
 
     ``keys[i]`` and ``values[i]`` are (B, H, capacity, D) arrays; positions
     ``0 .. length-1`` are filled. Writing a new token's key is one slice

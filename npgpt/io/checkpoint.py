@@ -108,7 +108,7 @@ def hf_config(config):
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
-        "activation_function": "gelu_new",          # GELU, tanh approximation (docs/model.md eq. 7)
+        "activation_function": "gelu_new",          # GELU, tanh approximation (docs/model.md eq:gelu)
         "vocab_size": config.vocab_size,
         "n_positions": config.block_size,
         "n_ctx": config.block_size,

@@ -103,7 +103,7 @@ def check_attention_mask(attention_mask: Any, shape: Sequence[int]) -> Array:
 
 
 def positions_from_mask(mask: Array) -> Array:
-    """Position ids that count real tokens only (docs/finetuning.md eq. 7): ``p[b, t] = sum_{u<=t} m[b, u] - 1``.
+    """Position ids that count real tokens only (docs/finetuning.md eq:padded-positions): ``p[b, t] = sum_{u<=t} m[b, u] - 1``.
 
     Padding gets a valid id too, 0 before the text and the last real token's after it
     (nothing reads them). The classifier

@@ -13,7 +13,7 @@ a corpus larger than RAM works, and start-up costs nothing.
 :class:`BatchSampler` cuts random windows of ``block_size + 1`` tokens out of
 the stream. A window ``w`` gives an input ``x = w[:-1]`` and a target
 ``y = w[1:]``: at every position the target is the next token
-(docs/training.md eq. 2). Its random generator's state is part of a
+(docs/training.md eq:cross-entropy-loss). Its random generator's state is part of a
 checkpoint, so a resumed run draws exactly the batches the uninterrupted run
 would have drawn.
 """

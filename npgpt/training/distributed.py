@@ -409,13 +409,14 @@ INFINIBAND = Link("InfiniBand, 400 Gb/s per GPU", 45e9, 15e-6)
 
 def data_parallel_step(params: float, tokens_per_gpu: float, gpus: int, link: Link, peak: float = 989e12,
                        mfu: float = 0.4, grad_bytes: int = 4, bucket: int = BUCKET_BYTES) -> tuple[float, float]:
-    """``(compute, all-reduce)`` seconds of one data-parallel step (docs/distributed.md eqs. 1-3).
+    """``(compute, all-reduce)`` seconds of one data-parallel step
+    (docs/distributed.md eq:compute-time, eq:ring-bandwidth, eq:all-reduce-latency).
 
     Compute: ``6 N D / (peak * MFU)`` for ``N`` parameters and ``D`` tokens
-    per GPU (eq. 1). All-reduce: the ring's bandwidth term
-    ``2 (n-1)/n * S / beta`` for ``S`` gradient bytes and a bandwidth ``beta`` (eq. 2), plus a latency
+    per GPU (eq:compute-time). All-reduce: the ring's bandwidth term
+    ``2 (n-1)/n * S / beta`` for ``S`` gradient bytes and a bandwidth ``beta`` (eq:ring-bandwidth), plus a latency
     term per bucket, ``2 (n-1) a`` for a ring or ``2 log2(n) a`` for a tree,
-    whichever is smaller, as NCCL chooses (eq. 3). No overlap of the two is
+    whichever is smaller, as NCCL chooses (eq:all-reduce-latency). No overlap of the two is
     assumed: the efficiency ``compute / (compute + all-reduce)`` is a floor.
     """
     compute = 6 * params * tokens_per_gpu / (peak * mfu)

@@ -4,8 +4,8 @@ Companion of ``docs/training.md`` (section "One step").
 
 A step of either loop is nanoGPT's six statements: set the learning rate;
 run forward and backward over the micro-batches, each sharded over CPU
-threads (``npgpt.training.parallel``), summing their gradients (eq. 4);
-unscale them (mixed precision); clip the global gradient norm (eq. 11),
+threads (``npgpt.training.parallel``), summing their gradients (eq:grad-accumulation);
+unscale them (mixed precision); clip the global gradient norm (eq:grad-clip),
 refusing a non-finite loss or norm before the weights are touched; update
 with the optimizer; clear the gradients. What mixed precision and several
 processes add sits behind two small objects whose defaults do nothing: a
@@ -62,9 +62,9 @@ def optimizer_step(optimizer: Optimizer, loss_fn: Callable[..., Tensor], batches
 
     nanoGPT's six statements: set the learning rate; forward and backward
     over ``batches`` (each a tuple of arrays whose first axis is the batch,
-    each loss already weighted, e.g. 1/K for K micro-batches, eq. 4), every
+    each loss already weighted, e.g. 1/K for K micro-batches, eq:grad-accumulation), every
     batch sharded over ``workers`` threads; unscale; clip the global norm to
-    ``grad_clip`` (eq. 11; ``None``/0: measure only); step; zero the
+    ``grad_clip`` (eq:grad-clip; ``None``/0: measure only); step; zero the
     gradients. A non-finite loss or norm raises ``TrainingDiverged`` (naming
     ``step``) before the weights are touched.
 

@@ -1,6 +1,6 @@
 """Counting the work of a training step, and how much of the machine it uses (MFU).
 
-Companion of ``docs/performance.md`` (eqs. 2 and 3).
+Companion of ``docs/performance.md`` (eq:flops-per-token and eq:mfu).
 
 The trainer's log line and ``python -m npgpt.bench train`` both report the
 model FLOPs utilisation: the FLOP/s the model's arithmetic needs at the
@@ -44,7 +44,7 @@ def device_peak_flops(name: str, dtype: str = "float32") -> float | None:
 
 
 def flops_per_token(model_or_config: Any, seq_len: int | None = None) -> int:
-    """Training FLOPs per token, ``6 N + 12 n_layer T C`` (docs/performance.md eq. 2).
+    """Training FLOPs per token, ``6 N + 12 n_layer T C`` (docs/performance.md eq:flops-per-token).
 
     ``N`` counts the weights that take part in multiply-adds: every parameter
     but the position table (the tied token table counts once, as the LM
@@ -59,5 +59,5 @@ def flops_per_token(model_or_config: Any, seq_len: int | None = None) -> int:
 
 def model_flops_utilisation(tokens_per_s: float, flops_per_token: float,
                             peak_flops: float = DEFAULT_PEAK_FLOPS) -> float:
-    """MFU = tokens/s x FLOPs per token / peak FLOP/s (docs/performance.md eq. 3)."""
+    """MFU = tokens/s x FLOPs per token / peak FLOP/s (docs/performance.md eq:mfu)."""
     return tokens_per_s * flops_per_token / peak_flops

@@ -254,17 +254,18 @@ class Optimizer:
 
 # ===================================================================== AdamW
 class AdamW(Optimizer):
-    """Adam with decoupled weight decay (Loshchilov & Hutter), docs/training.md eqs. 5-9.
+    """Adam with decoupled weight decay (Loshchilov & Hutter), docs/training.md eq:adam-first-moment to
+    eq:adam-update.
 
     For each parameter ``theta`` with gradient ``g`` at step ``t = 1, 2, ...``::
 
-        m_t     = beta1 m_{t-1} + (1 - beta1) g                        (eq. 5)
-        v_t     = beta2 v_{t-1} + (1 - beta2) g^2                      (eq. 6)
-        m_hat   = m_t / (1 - beta1^t),  v_hat = v_t / (1 - beta2^t)    (eq. 7)
-        theta  <- theta - lr wd theta                                  (eq. 8)
-        theta  <- theta - lr m_hat / (sqrt(v_hat) + eps)               (eq. 9)
+        m_t     = beta1 m_{t-1} + (1 - beta1) g                        (eq:adam-first-moment)
+        v_t     = beta2 v_{t-1} + (1 - beta2) g^2                      (eq:adam-second-moment)
+        m_hat   = m_t / (1 - beta1^t),  v_hat = v_t / (1 - beta2^t)    (eq:adam-bias-correction)
+        theta  <- theta - lr wd theta                                  (eq:decoupled-weight-decay)
+        theta  <- theta - lr m_hat / (sqrt(v_hat) + eps)               (eq:adam-update)
 
-    The decay (eq. 8) shrinks the weights directly instead of being added to
+    The decay (eq:decoupled-weight-decay) shrinks the weights directly instead of being added to
     the gradient, so it is not rescaled by Adam's per-coordinate step size.
     The same order of operations as ``torch.optim.AdamW``.
     """
@@ -290,19 +291,19 @@ class AdamW(Optimizer):
         beta1, beta2 = group["betas"]
         t = state["step"]
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        # eq. 5: m <- beta1 m + (1 - beta1) g
+        # eq:adam-first-moment: m <- beta1 m + (1 - beta1) g
         m *= beta1
         xp.multiply(g, 1.0 - beta1, out=buf)
         m += buf
-        # eq. 6: v <- beta2 v + (1 - beta2) g^2
+        # eq:adam-second-moment: v <- beta2 v + (1 - beta2) g^2
         v *= beta2
         xp.multiply(g, g, out=buf)
         buf *= 1.0 - beta2
         v += buf
-        # eq. 8: decoupled weight decay, on the weights before the Adam step (as PyTorch does)
+        # eq:decoupled-weight-decay: decoupled weight decay, on the weights before the Adam step (as PyTorch does)
         if wd != 0.0:
             w *= 1.0 - lr * wd
-        # eqs. 7 and 9 folded together: sqrt(v_hat) = sqrt(v) / sqrt(1 - beta2^t), and the
+        # eq:adam-bias-correction and eq:adam-update folded together: sqrt(v_hat) = sqrt(v) / sqrt(1 - beta2^t), and the
         # 1 / (1 - beta1^t) of m_hat goes into the step size, so m_hat is never materialised.
         bias1, bias2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
         xp.sqrt(v, out=buf)
@@ -315,7 +316,7 @@ class AdamW(Optimizer):
 
 # ======================================================================= SGD
 class SGD(Optimizer):
-    """Stochastic gradient descent with optional momentum and L2 weight decay (docs/training.md eq. 10).
+    """Stochastic gradient descent with optional momentum and L2 weight decay (docs/training.md eq:sgd-momentum).
 
     ``g' = g + wd theta``; ``b_t = mu b_{t-1} + g'`` (``b_1 = g'``);
     ``theta <- theta - lr b_t`` (plain SGD when ``mu = 0``). PyTorch's convention.
@@ -386,7 +387,7 @@ def clip_grad_norm(params: Params | dict[str, Tensor], max_norm: Optional[float]
 
     ``||g|| = sqrt(sum_p sum_i g_{p,i}^2)`` over every parameter's gradient;
     when ``||g|| > max_norm`` each gradient is multiplied by
-    ``max_norm / (||g|| + 1e-6)`` (docs/training.md eq. 11). The direction of
+    ``max_norm / (||g|| + 1e-6)`` (docs/training.md eq:grad-clip). The direction of
     the update is unchanged, only its length is capped. Returns ``||g||``
     before clipping, as a float (``inf``/``nan`` if a gradient is not finite:
     the caller decides what to do; nothing is scaled then).
@@ -441,7 +442,7 @@ def clip_grad_norm_with_loss(params: Params | dict[str, Tensor], max_norm: Optio
 
 # ================================================================= schedule
 def cosine_schedule(step: int, max_steps: int, lr: float, warmup_steps: int = 0, min_lr: float = 0.0) -> float:
-    """The learning rate at optimizer step ``step`` (0-based), docs/training.md eq. 12.
+    """The learning rate at optimizer step ``step`` (0-based), docs/training.md eq:lr-schedule.
 
     Linear warmup over the first ``warmup_steps`` steps, from ``lr / warmup``
     to ``lr``; then a half cosine from ``lr`` down to ``min_lr`` at

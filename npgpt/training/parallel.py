@@ -11,7 +11,7 @@ Each thread uses single-threaded BLAS (two threads of two-threaded BLAS on
 two cores would only fight).
 
 The gradient of the full-batch mean loss is the weighted sum of the shards'
-gradients (docs/performance.md eq. 1):
+gradients (docs/performance.md eq:shard-gradients):
 
     dL/dθ = Σ_k (n_k / N) dL_k/dθ,
 
@@ -47,7 +47,7 @@ def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence[Array], par
     a scalar Tensor that is a **mean** over the sequences it is given (as
     ``F.cross_entropy`` is when every target counts). Each thread runs the
     backward walk of its shard's loss, weighted by the shard's share of the
-    batch (eq. 1), and hands every leaf gradient to an in-order adder
+    batch (eq:shard-gradients), and hands every leaf gradient to an in-order adder
     (``_OrderedSum``) instead of writing ``.grad`` itself, so the sums are
     added into ``.grad`` in shard order whatever order the threads finish in.
     Returns the full-batch loss as a float; with ``as_array=True``

@@ -152,8 +152,9 @@ WARMUP_IN_STEPS = ("warmup counts optimizer steps now, in every command: use --w
 
 @dataclasses.dataclass
 class OptimizerSettings(Settings):
-    """The optimizer step's settings, the same in every training loop: AdamW (docs/training.md eqs. 5-9),
-    the warmup + cosine schedule (eq. 12), gradient clipping (eq. 11) and the precision.
+    """The optimizer step's settings, the same in every training loop: AdamW (docs/training.md
+    eq:adam-first-moment to eq:adam-update), the warmup + cosine schedule (eq:lr-schedule), gradient clipping
+    (eq:grad-clip) and the precision.
 
     ``warmup_steps`` counts optimizer steps; ``None`` means "fit the run", ``min(100, S // 10)``
     steps of a run of ``S``. ``min_lr`` ``None`` means ``lr / 10``. A command whose good defaults
@@ -208,7 +209,7 @@ class OptimizerSettings(Settings):
         return warmup
 
     def learning_rate(self, step: int, max_steps: int) -> float:
-        """The learning rate at optimizer step ``step`` (0-based) of a ``max_steps`` run (eq. 12)."""
+        """The learning rate at optimizer step ``step`` (0-based) of a ``max_steps`` run (eq:lr-schedule)."""
         from npgpt.training.optim import cosine_schedule
 
         return cosine_schedule(step, max_steps, self.lr, self.warmup_for(max_steps), float(self.min_lr))  # type: ignore[arg-type]

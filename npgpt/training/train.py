@@ -3,21 +3,21 @@
 Companion of ``docs/training.md``.
 
 ``Trainer(config).train()`` minimises the mean negative log-likelihood of the
-next token (docs/training.md eq. 2), the negative of the pre-training
-objective ``L = sum_i log p(x_i | x_<i)`` (eq. 1). Each optimizer step:
+next token (docs/training.md eq:cross-entropy-loss), the negative of the pre-training
+objective ``L = sum_i log p(x_i | x_<i)`` (eq:log-likelihood). Each optimizer step:
 
-1. sets the learning rate from the warmup + cosine schedule (eq. 12);
+1. sets the learning rate from the warmup + cosine schedule (eq:lr-schedule);
 2. sums the gradients of ``grad_accum`` micro-batches, each loss scaled by
    ``1 / grad_accum``, so the result is the gradient of the mean over all of
-   them (eq. 4);
-3. clips the global gradient norm (eq. 11) and stops with an error naming the
+   them (eq:grad-accumulation);
+3. clips the global gradient norm (eq:grad-clip) and stops with an error naming the
    step if the loss or the norm is not finite (before the weights are
    touched: the last checkpoint stays good);
-4. takes an AdamW step (eqs. 5-9).
+4. takes an AdamW step (eq:adam-first-moment to eq:adam-update).
 
 Every ``log_interval`` steps it prints one line (loss, learning rate,
 gradient norm, tokens/s, MFU, ETA); every ``eval_interval`` steps it
-measures the validation loss and perplexity (eq. 3) and writes a checkpoint.
+measures the validation loss and perplexity (eq:perplexity) and writes a checkpoint.
 ``RUN_DIR/log.jsonl`` and ``RUN_DIR/loss.csv`` keep the curve.
 
 A checkpoint is the directory ``RUN_DIR/checkpoint``: the model in Hugging
@@ -425,7 +425,7 @@ class Trainer:
         """
         c = self.config
         lr = c.learning_rate(self.step, c.max_steps)
-        loss_fn = self._loss_fn(1.0 / c.grad_accum)      # eq. 4: each micro-batch weighs 1/K
+        loss_fn = self._loss_fn(1.0 / c.grad_accum)      # eq:grad-accumulation: each micro-batch weighs 1/K
         # Host arrays: the model checks the ids there and copies each array to its device once.
         batches = (self.sampler.next() for _ in range(c.grad_accum))
         try:

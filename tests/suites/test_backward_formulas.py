@@ -35,9 +35,9 @@ def softmax_rows(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-# --------------------------------------------------------------------------- linear, eq. 1
+# --------------------------------------------------------------------------- linear, eq:linear-backward
 def test_linear_layer_gradients_are_g_wT_xT_g_and_the_column_sums_of_g():
-    # docs/backward.md eq. 1: dX = G W^T, dW = X^T G, db = sum over rows of G, with the leading
+    # docs/backward.md eq:linear-backward: dX = G W^T, dW = X^T G, db = sum over rows of G, with the leading
     # axes of a (B, T, in) input flattened into the rows.
     rng = np.random.default_rng(0)
     X, W, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5)), rng.standard_normal(5)
@@ -51,7 +51,7 @@ def test_linear_layer_gradients_are_g_wT_xT_g_and_the_column_sums_of_g():
 
 
 def test_linear_weight_gradient_is_a_sum_of_outer_products_one_per_row():
-    # docs/backward.md eq. 1, written by index: dW_ij = sum_n X_ni G_nj, i.e. X^T G is the sum
+    # docs/backward.md eq:linear-backward, written by index: dW_ij = sum_n X_ni G_nj, i.e. X^T G is the sum
     # over rows n of the outer products x_n g_n^T.
     rng = np.random.default_rng(1)
     X, W, G = rng.standard_normal((7, 3)), rng.standard_normal((3, 2)), rng.standard_normal((7, 2))
@@ -60,9 +60,9 @@ def test_linear_weight_gradient_is_a_sum_of_outer_products_one_per_row():
     np.testing.assert_allclose(gw, sum(np.outer(X[n], G[n]) for n in range(7)), rtol=RTOL, atol=ATOL)
 
 
-# ------------------------------------------------------------------------ softmax, eqs. 2, 3
+# ------------------------------------------------------------------------ softmax, eq:softmax-jacobian, eq:softmax-backward
 def test_softmax_jacobian_is_diag_y_minus_y_yT():
-    # docs/backward.md eq. 2: dy_i/dx_j = y_i (delta_ij - y_j). The library's backward applied to
+    # docs/backward.md eq:softmax-jacobian: dy_i/dx_j = y_i (delta_ij - y_j). The library's backward applied to
     # the basis vectors e_i gives the rows of the Jacobian (J^T e_i); J is symmetric.
     rng = np.random.default_rng(2)
     X = rng.standard_normal(6)
@@ -77,7 +77,7 @@ def test_softmax_jacobian_is_diag_y_minus_y_yT():
 
 
 def test_softmax_vector_product_needs_no_jacobian():
-    # docs/backward.md eq. 3: J^T g = y * (g - <g, y>), row by row, for a (B, T, V) input.
+    # docs/backward.md eq:softmax-backward: J^T g = y * (g - <g, y>), row by row, for a (B, T, V) input.
     rng = np.random.default_rng(3)
     X, G = rng.standard_normal((2, 3, 5)) * 3, rng.standard_normal((2, 3, 5))
     y = softmax_rows(X)
@@ -91,7 +91,7 @@ def test_softmax_vector_product_needs_no_jacobian():
 
 # --------------------------------------------------------------- log-softmax, cross-entropy
 def test_log_softmax_gradient_is_g_minus_p_times_the_sum_of_g():
-    # docs/backward.md eq. 4: dL/dx = g - softmax(x) sum_j g_j.
+    # docs/backward.md eq:log-softmax-backward: dL/dx = g - softmax(x) sum_j g_j.
     rng = np.random.default_rng(4)
     X, G = rng.standard_normal((4, 7)) * 2, rng.standard_normal((4, 7))
     x = leaf(X)
@@ -100,7 +100,7 @@ def test_log_softmax_gradient_is_g_minus_p_times_the_sum_of_g():
 
 
 def test_cross_entropy_gradient_is_softmax_minus_onehot_over_the_counted_rows():
-    # docs/backward.md eq. 5: dL/dz_n = (p_n - onehot(y_n)) / N for the N counted rows, and 0 for a
+    # docs/backward.md eq:cross-entropy-backward: dL/dz_n = (p_n - onehot(y_n)) / N for the N counted rows, and 0 for a
     # row whose target is ignore_index.
     rng = np.random.default_rng(5)
     Z = rng.standard_normal((2, 4, 6)) * 2
@@ -117,9 +117,9 @@ def test_cross_entropy_gradient_is_softmax_minus_onehot_over_the_counted_rows():
     np.testing.assert_allclose(loss.item(), -np.log(p).mean(), rtol=RTOL)
 
 
-# ------------------------------------------------------------------ layer norm, eqs. 6-8
+# ------------------------------------ layer norm, eq:layer-norm-params-backward to eq:layer-norm-backward
 def test_layer_norm_jacobian_of_the_normalised_vector():
-    # docs/backward.md eq. 7: d xhat_i / d x_j = (r / C) (C delta_ij - 1 - xhat_i xhat_j), checked
+    # docs/backward.md eq:layer-norm-jacobian: d xhat_i / d x_j = (r / C) (C delta_ij - 1 - xhat_i xhat_j), checked
     # row by row through the backward pass with w = 1, b = 0 and g = e_i.
     rng = np.random.default_rng(6)
     C, eps = 5, 1e-5
@@ -134,7 +134,7 @@ def test_layer_norm_jacobian_of_the_normalised_vector():
 
 
 def test_layer_norm_input_gradient_is_r_times_h_minus_its_two_projections():
-    # docs/backward.md eq. 8: dL/dx = r (h - mean(h) - xhat mean(h xhat)), h = g w.
+    # docs/backward.md eq:layer-norm-backward: dL/dx = r (h - mean(h) - xhat mean(h xhat)), h = g w.
     rng = np.random.default_rng(7)
     X, G = rng.standard_normal((3, 4, 8)) * 3, rng.standard_normal((3, 4, 8))
     W, B = rng.standard_normal(8), rng.standard_normal(8)
@@ -147,13 +147,13 @@ def test_layer_norm_input_gradient_is_r_times_h_minus_its_two_projections():
     x, w, b = leaf(X), leaf(W), leaf(B)
     gx, gw, gb = vjp(F.layer_norm(x, w, b, eps), [x, w, b], G)
     np.testing.assert_allclose(gx, expected, rtol=RTOL, atol=ATOL)
-    # docs/backward.md eq. 6: the gain and bias collect g * xhat and g over every position.
+    # docs/backward.md eq:layer-norm-params-backward: the gain and bias collect g * xhat and g over every position.
     np.testing.assert_allclose(gw, (G * xhat).sum(axis=(0, 1)), rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(gb, G.sum(axis=(0, 1)), rtol=RTOL, atol=ATOL)
 
 
 def test_layer_norm_input_gradient_is_orthogonal_to_ones_and_to_xhat():
-    # docs/backward.md eq. 8: shifting x by a constant or scaling it about its mean leaves xhat
+    # docs/backward.md eq:layer-norm-backward: shifting x by a constant or scaling it about its mean leaves xhat
     # (nearly, for eps > 0) unchanged, so dL/dx has no component along 1 and, with eps = 0,
     # none along xhat.
     rng = np.random.default_rng(8)
@@ -165,9 +165,9 @@ def test_layer_norm_input_gradient_is_orthogonal_to_ones_and_to_xhat():
     np.testing.assert_allclose((gx * xhat).sum(-1), 0, atol=1e-12)
 
 
-# ---------------------------------------------------------------------------- GELU, eq. 9
+# ---------------------------------------------------------------------------- GELU, eq:gelu-backward
 def test_gelu_derivative_in_tanh_form():
-    # docs/backward.md eq. 9: GELU'(x) = (1 + t)/2 + x/2 (1 - t^2) c (1 + 3 a x^2),
+    # docs/backward.md eq:gelu-backward: GELU'(x) = (1 + t)/2 + x/2 (1 - t^2) c (1 + 3 a x^2),
     # t = tanh(c (x + a x^3)), c = sqrt(2/pi), a = 0.044715.
     X = np.linspace(-6, 6, 49)
     c, a = math.sqrt(2 / math.pi), 0.044715
@@ -181,26 +181,28 @@ def test_gelu_derivative_in_tanh_form():
     assert abs(derivative[0]) < 1e-6 and abs(derivative[-1] - 1) < 1e-6 and derivative[24] == 0.5
 
 
-# ---------------------------------------------------------------------- attention, eqs. 10-12
+# --------------------------------------- attention, eq:attention-values-backward to eq:attention-qk-backward
 def attention_reference(Q, K, V, G, keep=None):
-    """Forward and backward of causal attention, written from the derived formulas (eqs. 10 to 12)."""
+    """Forward and backward of causal attention, written from the derived formulas
+    (eq:attention-values-backward, eq:attention-scores-backward, eq:attention-qk-backward)."""
     D, T = Q.shape[-1], Q.shape[-2]
     s = 1 / math.sqrt(D)
     S = s * Q @ K.swapaxes(-1, -2) + np.where(np.tril(np.ones((T, T), bool)), 0.0, -np.inf)
     P = softmax_rows(S)
     Pd = P if keep is None else P * keep
-    dV = Pd.swapaxes(-1, -2) @ G                                  # eq. 10
+    dV = Pd.swapaxes(-1, -2) @ G                                  # eq:attention-values-backward
     dP = G @ V.swapaxes(-1, -2)
     if keep is not None:
-        dP = dP * keep                                           # eq. 10
-    dS = P * (dP - (dP * P).sum(-1, keepdims=True))              # eq. 11
-    dQ = s * dS @ K                                              # eq. 12
-    dK = s * dS.swapaxes(-1, -2) @ Q                             # eq. 12
+        dP = dP * keep                                           # eq:attention-values-backward
+    dS = P * (dP - (dP * P).sum(-1, keepdims=True))              # eq:attention-scores-backward
+    dQ = s * dS @ K                                              # eq:attention-qk-backward
+    dK = s * dS.swapaxes(-1, -2) @ Q                             # eq:attention-qk-backward
     return Pd @ V, dQ, dK, dV, dS
 
 
 def test_attention_gradients_dv_dp_ds_dq_dk():
-    # docs/backward.md eqs. 10, 11 and 12: dV = P^T G, dP = G V^T, dS = P (dP - rowsum(dP P)),
+    # docs/backward.md eq:attention-values-backward, eq:attention-scores-backward and eq:attention-qk-backward:
+    # dV = P^T G, dP = G V^T, dS = P (dP - rowsum(dP P)),
     # dQ = s dS K, dK = s dS^T Q, s = 1/sqrt(D), causal mask.
     rng = np.random.default_rng(10)
     shape = (2, 3, 5, 4)                                         # (B, H, T, D)
@@ -213,14 +215,14 @@ def test_attention_gradients_dv_dp_ds_dq_dk():
     np.testing.assert_allclose(gv, dV, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(gq, dQ, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(gk, dK, rtol=RTOL, atol=ATOL)
-    # docs/backward.md eq. 11: no gradient reaches a masked score, and each row of dS sums to 0
+    # docs/backward.md eq:attention-scores-backward: no gradient reaches a masked score, and each row of dS sums to 0
     assert np.all(dS[..., np.triu_indices(5, 1)[0], np.triu_indices(5, 1)[1]] == 0)
     np.testing.assert_allclose(dS.sum(-1), 0, atol=1e-12)
 
 
 def test_attention_gradients_with_dropout_use_the_same_mask():
-    # docs/backward.md eq. 10 with dropout: O = (P * M) V, so dV = (P * M)^T G and dP = (G V^T) * M,
-    # M the kept entries over (1 - p); then eqs. 11 and 12 as without dropout.
+    # docs/backward.md eq:attention-values-backward with dropout: O = (P * M) V, so dV = (P * M)^T G and dP = (G V^T) * M,
+    # M the kept entries over (1 - p); then eq:attention-scores-backward and eq:attention-qk-backward as without dropout.
     rng = np.random.default_rng(11)
     shape, p = (1, 2, 6, 3), 0.3
     Q, K, V, G = (rng.standard_normal(shape) for _ in range(4))
@@ -234,9 +236,9 @@ def test_attention_gradients_with_dropout_use_the_same_mask():
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
-# ------------------------------------------------------------------------ embedding, eq. 13
+# ------------------------------------------------------------------------ embedding, eq:embedding-backward
 def test_embedding_gradient_is_a_scatter_add_and_equals_onehot_transpose_g():
-    # docs/backward.md eq. 13: dW_v = sum over positions n with ids_n = v of G_n; the same as the
+    # docs/backward.md eq:embedding-backward: dW_v = sum over positions n with ids_n = v of G_n; the same as the
     # linear rule dW = A^T G for the one-hot matrix A of the ids.
     rng = np.random.default_rng(12)
     V, C = 6, 3
@@ -253,9 +255,9 @@ def test_embedding_gradient_is_a_scatter_add_and_equals_onehot_transpose_g():
     assert np.all(gw[[2, 3, 5]] == 0)
 
 
-# ------------------------------------------------------------------------ tied head, eq. 14
+# ------------------------------------------------------------------------ tied head, eq:tied-head-backward
 def test_tied_token_table_gradient_is_the_embedding_part_plus_the_head_part():
-    # docs/backward.md eq. 14: dL/dW_te = scatter_add(ids, dL/dE) + (dL/dZ)^T H, where E are the
+    # docs/backward.md eq:tied-head-backward: dL/dW_te = scatter_add(ids, dL/dE) + (dL/dZ)^T H, where E are the
     # token embeddings looked up from W_te, H the final hidden states and Z = H W_te^T the logits.
     model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8), seed=0)
     for p in model.parameters():
@@ -276,9 +278,9 @@ def test_tied_token_table_gradient_is_the_embedding_part_plus_the_head_part():
     assert np.abs(embedding_part).max() > 0.01 and np.abs(head_part).max() > 0.01
 
 
-# ---------------------------------------------------------------------------- AdamW, eq. 15
+# ---------------------------------------------------------------------------- AdamW, eq:adamw-step
 def test_adamw_step_is_decay_then_the_bias_corrected_ratio():
-    # docs/backward.md eq. 15: theta_t = (1 - lr wd) theta_{t-1} - lr/(1 - b1^t) m_t / (sqrt(v_t/(1 - b2^t)) + eps),
+    # docs/backward.md eq:adamw-step: theta_t = (1 - lr wd) theta_{t-1} - lr/(1 - b1^t) m_t / (sqrt(v_t/(1 - b2^t)) + eps),
     # over five steps with fresh gradients, for a decayed and an undecayed parameter.
     rng = np.random.default_rng(14)
     lr, (b1, b2), eps, wd = 0.01, (0.9, 0.95), 1e-8, 0.1
@@ -299,7 +301,7 @@ def test_adamw_step_is_decay_then_the_bias_corrected_ratio():
 
 @pytest.mark.parametrize("t", [1, 10, 1000])
 def test_adamw_with_a_constant_gradient_moves_each_weight_by_lr(t):
-    # docs/backward.md eq. 15: a constant gradient makes m_hat / sqrt(v_hat) = sign(g) at every t,
+    # docs/backward.md eq:adamw-step: a constant gradient makes m_hat / sqrt(v_hat) = sign(g) at every t,
     # so each weight moves by lr (plus its decay) whatever the size of g.
     param = nn.Parameter(np.zeros(3))
     opt = AdamW([param], lr=0.1, weight_decay=0.0, eps=1e-12)

@@ -72,12 +72,12 @@ def test_every_bibliography_entry_is_cited_by_a_chapter():
 
 
 def test_equations_write_the_loss_as_script_l_and_the_layers_as_n_layer():
-    # A tagged equation of a chapter: no bare L for a loss (\partial L, L = ..., e^{L}) and no
+    # A numbered equation of a chapter: no bare L for a loss (\partial L, L = ..., e^{L}) and no
     # L for the number of layers (L\,(...), 12\,L). LN, \mathcal{L}, \left and \log stay allowed.
     bare_l = re.compile(r"(?<![\\A-Za-z])L(?![A-Za-z_])")
     for page in sorted(DOCS.glob("*.md")):
         if page.name in ("equations.md", "notation.md"):
             continue
-        for latex, number in re.findall(r"\$\$(.*?)\\tag\{(\d+)\}", page.read_text(), re.S):
+        for latex, name in re.findall(r"\$\$(.*?)\\label\{eq:([a-z0-9-]+)\}", page.read_text(), re.S):
             latex = latex.split("$$")[-1].replace("\\mathcal{L}", "")
-            assert not bare_l.search(latex), f"{page.name} eq. {number} uses a bare L: {latex.strip()[:80]}"
+            assert not bare_l.search(latex), f"{page.name} eq:{name} uses a bare L: {latex.strip()[:80]}"

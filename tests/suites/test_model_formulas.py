@@ -11,7 +11,7 @@ from npgpt.model import GPT, GPTConfig
 
 
 def one_head(Q, K, V):
-    """softmax(Q K^T / sqrt(d) + M) V for one sequence and one head (docs/model.md eqs. 4 and 5)."""
+    """softmax(Q K^T / sqrt(d) + M) V for one sequence and one head (docs/model.md eq:attention and eq:causal-mask)."""
     T, d = Q.shape
     S = Q @ K.T / np.sqrt(d) + np.where(np.tril(np.ones((T, T), dtype=bool)), 0.0, -np.inf)
     P = np.exp(S - S.max(axis=1, keepdims=True))
@@ -19,12 +19,12 @@ def one_head(Q, K, V):
 
 
 def test_multi_head_attention_is_the_concatenated_heads_times_w_o_and_the_sum_over_heads():
-    # docs/model.md eq. 15: MultiHead(X) = [A_1 ... A_H] W_O + b_O = sum_h A_h W_O^(h) + b_O, with
+    # docs/model.md eq:multi-head: MultiHead(X) = [A_1 ... A_H] W_O + b_O = sum_h A_h W_O^(h) + b_O, with
     # A_h the attention of head h's columns of Q = X W_Q + b_Q, K and V; c_attn packs W_Q, W_K, W_V.
     config = GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=4, n_embd=12)
     attn = GPT(config, seed=0).eval().h[0].attn
     rng = np.random.default_rng(0)
-    for p in attn.parameters():                  # float64, biases too: every term of eq. 15 counts
+    for p in attn.parameters():                  # float64, biases too: every term of eq:multi-head counts
         p.data = rng.standard_normal(p.shape) * 0.5
     X = rng.standard_normal((2, 6, 12))          # (B, T, C)
     with npgpt.no_grad():

@@ -41,9 +41,9 @@ class ScriptedRng:
         return self.values[:n]
 
 
-# --------------------------------------------------------------------------- eq. 1
+# --------------------------------------------------------------------------- eq:sequence-probability
 def test_log_probability_of_a_text_is_the_sum_of_next_token_log_probabilities(small_model):
-    # docs/generation.md eq. 1: log p(x_1..n) = sum_t log p(x_t | x_<t). The factors computed one
+    # docs/generation.md eq:sequence-probability: log p(x_1..n) = sum_t log p(x_t | x_<t). The factors computed one
     # step at a time, through the KV cache as generation does, add up to the one-pass value.
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 23, size=(2, 10))
@@ -59,7 +59,7 @@ def test_log_probability_of_a_text_is_the_sum_of_next_token_log_probabilities(sm
 
 
 def test_sequence_probabilities_are_a_distribution_over_all_continuations():
-    # docs/generation.md eq. 1: the product of conditionals sums to 1 over every sequence.
+    # docs/generation.md eq:sequence-probability: the product of conditionals sums to 1 over every sequence.
     model = GPT(GPTConfig(vocab_size=4, block_size=4, n_layer=1, n_head=1, n_embd=8), seed=0).eval()
     grid = np.array(np.meshgrid(*[np.arange(4)] * 3, indexing="ij")).reshape(3, -1).T     # all 64 x_2..x_4
     ids = np.concatenate([np.zeros((64, 1), dtype=np.int64), grid], axis=1)             # prompt x_1 = 0
@@ -70,17 +70,17 @@ def test_sequence_probabilities_are_a_distribution_over_all_continuations():
     assert total == pytest.approx(1.0, abs=1e-6)
 
 
-# --------------------------------------------------------------------------- eq. 2
+# --------------------------------------------------------------------------- eq:greedy
 @given(logit_rows)
 def test_greedy_is_the_argmax_of_the_logits(z):
-    # docs/generation.md eq. 2: x_{t+1} = argmax_v z_v, the same as the argmax of the softmax.
+    # docs/generation.md eq:greedy: x_{t+1} = argmax_v z_v, the same as the argmax of the softmax.
     np.testing.assert_array_equal(generation.greedy(z), np.argmax(z, axis=-1))
     np.testing.assert_array_equal(generation.greedy(z), np.argmax(reference_softmax(z), axis=-1))
     np.testing.assert_array_equal(generation.next_token(z), np.argmax(z, axis=-1))
 
 
 def test_greedy_generation_takes_the_argmax_at_every_step(small_model):
-    # docs/generation.md eq. 2, in the loop: rerunning the model on the output, each generated
+    # docs/generation.md eq:greedy, in the loop: rerunning the model on the output, each generated
     # token is the argmax of the logits at the position before it.
     prompt = np.array([[1, 5, 7], [2, 2, 9]])
     out = small_model.generate(prompt, max_new_tokens=6)
@@ -89,9 +89,9 @@ def test_greedy_generation_takes_the_argmax_at_every_step(small_model):
     np.testing.assert_array_equal(out[:, 3:], logits[:, 2:].argmax(axis=-1))
 
 
-# --------------------------------------------------------------------------- eq. 3
+# --------------------------------------------------------------------------- eq:inverse-cdf
 def test_inverse_cdf_picks_the_first_token_whose_cumulative_mass_reaches_u():
-    # docs/generation.md eq. 3: x = min{i : c_i >= u}; token i owns the interval (c_{i-1}, c_i].
+    # docs/generation.md eq:inverse-cdf: x = min{i : c_i >= u}; token i owns the interval (c_{i-1}, c_i].
     p = np.array([0.5, 0.25, 0.0, 0.25])
     z = np.log(np.where(p > 0, p, 1e-300))[None].repeat(6, axis=0)
     # sample() uses u = 1 - random(): random() = 0.6 -> u = 0.4 -> token 0, and so on.
@@ -103,7 +103,7 @@ def test_inverse_cdf_picks_the_first_token_whose_cumulative_mass_reaches_u():
 @settings(max_examples=25, deadline=None)
 @given(arrays(np.float64, st.integers(2, 8), elements=st.floats(-4, 4, allow_nan=False, width=64)))
 def test_sampled_frequencies_match_the_probabilities(z):
-    # docs/generation.md eq. 3: P(x = i) = p_i; 20,000 draws, within 5 standard errors.
+    # docs/generation.md eq:inverse-cdf: P(x = i) = p_i; 20,000 draws, within 5 standard errors.
     n = 20_000
     p = reference_softmax(z)
     picks = generation.sample(np.repeat(z[None], n, axis=0), np.random.default_rng(0))
@@ -112,16 +112,16 @@ def test_sampled_frequencies_match_the_probabilities(z):
 
 
 def test_filtered_tokens_are_never_sampled():
-    # docs/generation.md eq. 3: a -inf logit has probability 0, an empty interval.
+    # docs/generation.md eq:inverse-cdf: a -inf logit has probability 0, an empty interval.
     z = np.array([[0.0, 1.0, -np.inf, 2.0, -np.inf]]).repeat(5000, axis=0)
     picks = generation.sample(z, np.random.default_rng(1))
     assert not np.isin(picks, [2, 4]).any()
 
 
-# --------------------------------------------------------------------------- eq. 4
+# --------------------------------------------------------------------------- eq:temperature
 @given(logit_rows, st.floats(0.05, 20.0))
 def test_temperature_is_a_power_of_the_probabilities(z, tau):
-    # docs/generation.md eq. 4: softmax(z / tau) = p^(1/tau) / sum p^(1/tau).
+    # docs/generation.md eq:temperature: softmax(z / tau) = p^(1/tau) / sum p^(1/tau).
     q = F.softmax_array(generation.apply_temperature(z, tau))
     p = reference_softmax(z)
     log_powered = np.log(p) / tau
@@ -131,7 +131,7 @@ def test_temperature_is_a_power_of_the_probabilities(z, tau):
 
 @given(logit_rows)
 def test_temperature_keeps_the_order_and_moves_between_greedy_and_uniform(z):
-    # docs/generation.md eq. 4: the order of the probabilities never changes; entropy grows with
+    # docs/generation.md eq:temperature: the order of the probabilities never changes; entropy grows with
     # tau; tau -> 0 is one-hot on the argmax (when it is unique), tau -> inf uniform.
     def entropy(q):
         return -(q * np.log(np.clip(q, 1e-300, None))).sum(axis=-1)
@@ -148,10 +148,10 @@ def test_temperature_keeps_the_order_and_moves_between_greedy_and_uniform(z):
     np.testing.assert_allclose(qs[0][unique].max(axis=-1), 1.0, atol=1e-6)
 
 
-# --------------------------------------------------------------------------- eq. 5
+# --------------------------------------------------------------------------- eq:top-k
 @given(logit_rows, st.integers(1, 14))
 def test_top_k_keeps_the_logits_at_least_the_kth_largest(z, k):
-    # docs/generation.md eq. 5: K_k = {v : z_v >= z_(k)}; the rest become -inf, kept logits unchanged.
+    # docs/generation.md eq:top-k: K_k = {v : z_v >= z_(k)}; the rest become -inf, kept logits unchanged.
     kept = np.isfinite(generation.top_k_filter(z, k))
     kth = np.sort(z, axis=-1)[:, ::-1][:, min(k, z.shape[-1]) - 1:min(k, z.shape[-1])]
     np.testing.assert_array_equal(kept, z >= kth)
@@ -160,7 +160,7 @@ def test_top_k_keeps_the_logits_at_least_the_kth_largest(z, k):
 
 
 def test_top_k_of_distinct_logits_keeps_exactly_k_and_one_is_greedy():
-    # docs/generation.md eq. 5: with no ties, |K_k| = k; k = 1 leaves only the argmax.
+    # docs/generation.md eq:top-k: with no ties, |K_k| = k; k = 1 leaves only the argmax.
     z = np.random.default_rng(0).standard_normal((50, 30))
     for k in (1, 5, 29, 30):
         assert (np.isfinite(generation.top_k_filter(z, k)).sum(axis=-1) == k).all()
@@ -168,10 +168,10 @@ def test_top_k_of_distinct_logits_keeps_exactly_k_and_one_is_greedy():
     np.testing.assert_array_equal(picks, z.argmax(axis=-1))
 
 
-# --------------------------------------------------------------------------- eq. 6
+# --------------------------------------------------------------------------- eq:renormalise
 @given(logit_rows, st.integers(1, 14), st.floats(0.05, 1.0))
 def test_filtering_then_softmax_renormalises_the_kept_probabilities(z, k, top_p):
-    # docs/generation.md eq. 6: softmax of the filtered logits = p_v [v in S] / sum_{u in S} p_u.
+    # docs/generation.md eq:renormalise: softmax of the filtered logits = p_v [v in S] / sum_{u in S} p_u.
     p = reference_softmax(z)
     for filtered in (generation.top_k_filter(z, k), generation.top_p_filter(z, top_p)):
         kept = np.isfinite(filtered)
@@ -180,7 +180,7 @@ def test_filtering_then_softmax_renormalises_the_kept_probabilities(z, k, top_p)
 
 
 def test_top_k_with_temperature_renormalises_the_tempered_distribution():
-    # docs/generation.md eq. 6 (with eq. 4): top-k does not depend on tau; the kept tokens get
+    # docs/generation.md eq:renormalise (with eq:temperature): top-k does not depend on tau; the kept tokens get
     # the tempered probabilities, renormalised; next_token samples from exactly that.
     z = np.array([[2.0, 1.0, 0.5, -1.0]])
     for tau in (0.5, 3.0):
@@ -195,10 +195,10 @@ def test_top_k_with_temperature_renormalises_the_tempered_distribution():
     np.testing.assert_allclose(freq, expected, atol=0.01)
 
 
-# --------------------------------------------------------------------------- eq. 7
+# --------------------------------------------------------------------------- eq:top-p
 @given(logit_rows, st.floats(0.01, 0.999))
 def test_top_p_keeps_the_shortest_prefix_whose_mass_reaches_p(z, top_p):
-    # docs/generation.md eq. 7: n* = min{n : sum_{m<=n} p_(m) >= p}; V_p = the n* most likely
+    # docs/generation.md eq:top-p: n* = min{n : sum_{m<=n} p_(m) >= p}; V_p = the n* most likely
     # tokens (plus any tied with the last one).
     p = reference_softmax(z)
     kept = np.isfinite(generation.top_p_filter(z, top_p))
@@ -214,7 +214,7 @@ def test_top_p_keeps_the_shortest_prefix_whose_mass_reaches_p(z, top_p):
 
 
 def test_top_p_adapts_the_number_of_candidates_to_the_models_certainty():
-    # docs/generation.md eq. 7: a confident row keeps one token, a flat row keeps many.
+    # docs/generation.md eq:top-p: a confident row keeps one token, a flat row keeps many.
     sure = np.log(np.array([[0.97, 0.01, 0.01, 0.01]]))
     flat = np.log(np.array([[0.26, 0.25, 0.25, 0.24]]))
     assert np.isfinite(generation.top_p_filter(sure, 0.9)).sum() == 1

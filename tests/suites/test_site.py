@@ -59,6 +59,12 @@ def test_site_builds_strictly(tmp_path):
     assert (site / "index.html").exists() if (DOCS / "index.md").exists() else True
     model = (site / "model.html").read_text()
     assert 'class="arithmatex"' in model and "\\tag{4}" in model, "equations are not handed to MathJax"
+    # numbered by the hook in reading order, the name moved out of the maths into the anchor
+    assert 'id="eq-causal-mask"' in model and "\\label{" not in model, "equations are not numbered by name"
+    equations = _load("equations", DOCS / "scripts" / "equations.py")
+    for page, name in equations.equations():                  # every equation typeset, with its anchor
+        html = (site / f"{page}.html").read_text(encoding="utf-8")
+        assert f'class="arithmatex" id="eq-{name}"' in html, f"docs/{page}.md eq:{name} is not typeset as a display"
     assert not (site / "scripts").exists(), "docs/scripts/ must not be published"
     for page in sorted((DOCS / "zh").glob("*.md")):             # the switch, both ways, on the built pages
         assert f'href="../{page.stem}.html"' in (site / "zh" / f"{page.stem}.html").read_text(encoding="utf-8")
@@ -139,15 +145,15 @@ ZH_PAGES = sorted((DOCS / "zh").glob("*.md"))
 
 @pytest.mark.parametrize("page", ZH_PAGES, ids=[p.name for p in ZH_PAGES])
 def test_a_chinese_page_shares_its_equations_with_the_english_page_by_label(page):
-    """docs/zh/X.md's (N) is docs/X.md's eq. N, character for character, so one test checks both
+    """An equation of docs/zh/X.md is the one of docs/X.md with the same name, character for character, so one test checks both
     and the equation index (which lists the English pages) covers the Chinese ones."""
     equations = _load("equations", DOCS / "scripts" / "equations.py")
     english = DOCS / page.name
     assert english.is_file(), f"docs/zh/{page.name} has no English edition docs/{page.name}"
     zh = equations.page_equations(page.read_text(encoding="utf-8"), f"zh/{page.stem}")
     en = equations.page_equations(english.read_text(encoding="utf-8"), page.stem)
-    for number, latex in zh.items():
-        assert en.get(number) == latex, f"docs/zh/{page.name} ({number}) is not docs/{page.name} eq. {number}"
+    for name, latex in zh.items():
+        assert en.get(name) == latex, f"docs/zh/{page.name} eq:{name} is not docs/{page.name} eq:{name}"
 
 
 def test_the_language_switch_links_each_pair_of_editions(tmp_path):
