@@ -80,6 +80,13 @@ ERRATA = [
     ("serving.md", r"with every request of a one-minute run", "the bench replays 31-41 requests, not all"),
     ("serving.md", r"\*\*no stream that differed\*\* from the same request replayed alone",
      "only the 31-41 replayed requests were compared"),
+    ("model.md", r"Initialisation follows GPT-2:",
+     "the 0.02 / sqrt(2 n_layer) scheme is Hugging Face's reading of the paper; OpenAI's code differs"),
+    ("model.md", r"is never exactly 0\s+for moderate negative inputs", "GELU's slope is 0 at x = -0.75"),
+    ("training.md", r"one\s+scratch array per parameter, so an optimizer step allocates nothing",
+     "the CPU step uses one scratch block per thread"),
+    ("training.md", r"rounds back to `w` whenever `\|Δw\| < \|w\| / 2048`",
+     "the bound is half the float16 spacing, between |w|/4096 and |w|/2048"),
 ]
 
 
