@@ -5,13 +5,14 @@ classifier fine-tuning: each setting is declared once and means the same in ever
 warmup counts optimizer steps everywhere (docs/training.md eq:lr-schedule, ``W``).
 """
 
+import argparse
 import dataclasses
 import math
 import re
 
 import pytest
 
-from npgpt.apps.cli import build_parser, main
+from npgpt.apps.cli import TRAIN_FLAG_NAMES, build_parser, flag_of, main
 from npgpt.finetuning.finetune import FinetuneConfig, finetune
 from npgpt.finetuning.sft import SFTConfig
 from npgpt.training.settings import ConfigError, OptimizerSettings
@@ -140,3 +141,19 @@ def test_settings_saved_before_the_shared_base_load_the_same(config, saved):
     assert loaded.to_dict() == saved
     with pytest.raises(ValueError, match=f"unknown {config.KIND} settings \\['warmup'\\]"):
         config.from_dict(dict(saved, warmup=0.1))
+
+
+def test_defaults_fit_any_run_length():
+    for steps in (1, 5, 30, 999, 5000):
+        c = TrainConfig(max_steps=steps)
+        assert 0 <= c.warmup_steps <= steps and c.warmup_steps == min(100, steps // 10)
+    assert TrainConfig(lr=1e-6).min_lr == pytest.approx(1e-7)
+
+
+def test_every_setting_has_a_flag_with_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for command, config_class, names in (("train", TrainConfig, TRAIN_FLAG_NAMES), ("finetune", FinetuneConfig, None)):
+        flags = {o for a in sub[command]._actions for o in a.option_strings}
+        for field in dataclasses.fields(config_class):
+            assert flag_of(field.name, names) in flags, f"{config_class.__name__}.{field.name} has no flag"

@@ -10,12 +10,9 @@ from hypothesis import strategies as st
 import npgpt
 from npgpt import F
 from npgpt.apps.cli import main
-from npgpt.finetuning import conversations as conv
 from npgpt.finetuning.conversations import IGNORE_INDEX
-from npgpt.finetuning.sft import SFTConfig, SFTTrainer, sft_loss, step_loss
+from npgpt.finetuning.sft import SFTConfig, SFTTrainer, sft_loss
 from npgpt.tokenizer.chat import CHATML_V1
-from npgpt.training import engine
-from npgpt.training.optim import AdamW
 
 WORDS = ["cat", "dog", "horse", "apple", "river", "table", "window", "garden", "music", "winter", "summer", "bread"]
 QUIET = dict(log_interval=100, eval_interval=100, workers=1, warmup_steps=0)
@@ -72,41 +69,6 @@ def test_masked_positions_get_exactly_zero_gradient(seed):
     onehot = np.eye(7)[np.where(masked, 0, y)]
     expected = (p - onehot) * (~masked)[..., None] / (~masked).sum()
     np.testing.assert_allclose(z.grad, expected, rtol=1e-10, atol=1e-12)
-
-
-def test_a_step_averages_over_every_target_of_every_micro_batch_and_shard():
-    """step_loss: split over micro-batches and threads, the step's loss and gradient are eq:sft-loss's over the
-    whole step (rows with many targets weigh more), as computed on one concatenated batch."""
-    rng = np.random.default_rng(0)
-    config = npgpt.GPTConfig(vocab_size=13, block_size=8, n_layer=1, n_head=2, n_embd=8)
-    batches = []
-    for _ in range(2):
-        x = rng.integers(0, 13, (4, 6))
-        y = np.where(rng.random((4, 6)) < 0.4, rng.integers(0, 13, (4, 6)), IGNORE_INDEX)
-        y[:, -1] = 2                                             # every row has a target
-        batches.append((x, y))
-    trained = sum(conv.count_trained(y) for _, y in batches)
-
-    def run(loss_fn, step_batches, workers):
-        model = npgpt.GPT(config, seed=1)
-        optimizer = AdamW([{"params": list(model.parameters()), "weight_decay": 0.0}], lr=1e-2)
-        grads = {}
-        original = optimizer.step
-
-        def capture():
-            grads.update({n: p.grad.copy() for n, p in model.named_parameters()})
-            original()
-        optimizer.step = capture
-        result = engine.optimizer_step(optimizer, loss_fn(model), step_batches, 1e-2, workers=workers)
-        return result.loss, grads
-
-    sharded = run(lambda m: step_loss(m, 4, trained), batches, workers=2)
-    whole_x = np.concatenate([b[0] for b in batches])
-    whole_y = np.concatenate([b[1] for b in batches])
-    single = run(lambda m: (lambda x, y: sft_loss(m, x, y)), [(whole_x, whole_y)], workers=1)
-    assert sharded[0] == pytest.approx(single[0], rel=1e-5)
-    for name in single[1]:
-        np.testing.assert_allclose(sharded[1][name], single[1][name], rtol=2e-4, atol=1e-6, err_msg=name)
 
 
 def test_fine_tuning_lowers_the_held_out_response_loss(tiny, tmp_path):

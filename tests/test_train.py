@@ -16,7 +16,6 @@ from char_tokenizer import CharTokenizer, prepare_two_documents
 import npgpt.functional as F
 from npgpt.model import GPT, GPTConfig
 from npgpt.training import data
-from npgpt.training.flops import flops_per_token
 from npgpt.training.optim import AdamW
 from npgpt.training.train import CHECKPOINT_DIR, TrainConfig, Trainer, TrainingDiverged, find_checkpoint, train
 
@@ -217,12 +216,6 @@ def test_log_files_and_log_line(tmp_path, data_dir):
     assert records[3]["val_ppl"] == pytest.approx(math.exp(records[3]["val_loss"]))   # docs/training.md eq:perplexity
     # MFU = tokens/s x FLOPs per token / peak (docs/performance.md eq:mfu)
     assert records[3]["mfu"] == pytest.approx(records[3]["tokens_per_s"] * trainer.flops_per_token / 1e9)
-
-
-def test_flops_per_token_is_six_n_plus_attention():
-    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=8))
-    n = model.num_parameters() - 16 * 8
-    assert flops_per_token(model) == 6 * n + 12 * 2 * 16 * 8
 
 
 def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path, data_dir):

@@ -7,7 +7,6 @@ names the file.
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import signal
@@ -17,9 +16,7 @@ import time
 
 import pytest
 
-from npgpt.apps.cli import TRAIN_FLAG_NAMES, build_parser, flag_of, main
-from npgpt.finetuning.finetune import FinetuneConfig
-from npgpt.training.train import TrainConfig
+from npgpt.apps.cli import build_parser, main
 
 TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
         "Arise, fair sun, and kill the envious moon,\nWho is already sick and pale with grief.\n\n"
@@ -54,13 +51,6 @@ def test_a_short_run_works_with_the_default_warmup_and_min_lr(prepared, tmp_path
     assert config["warmup_steps"] == 0 and config["min_lr"] == pytest.approx(1e-6)   # min(100, 3 // 10), lr / 10
 
 
-def test_defaults_fit_any_run_length():
-    for steps in (1, 5, 30, 999, 5000):
-        c = TrainConfig(max_steps=steps)
-        assert 0 <= c.warmup_steps <= steps and c.warmup_steps == min(100, steps // 10)
-    assert TrainConfig(lr=1e-6).min_lr == pytest.approx(1e-7)
-
-
 def test_setting_errors_name_the_flag(prepared, tmp_path):
     proc = npgpt("train", "--data", prepared / "data", "--out", tmp_path / "run", "--max-steps", "30",
                  "--warmup-steps", "100")
@@ -68,15 +58,6 @@ def test_setting_errors_name_the_flag(prepared, tmp_path):
     assert proc.stderr.strip() == "npgpt: error: --warmup-steps must lie in 0..max_steps (30), got 100"
     proc = npgpt("train", "--data", prepared / "data", "--out", tmp_path / "run2", "--lr", "1e-3", "--min-lr", "1")
     assert proc.returncode == 1 and "--min-lr must lie in 0..lr" in proc.stderr and "TrainConfig" not in proc.stderr
-
-
-def test_every_setting_has_a_flag_with_help():
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    for command, config_class, names in (("train", TrainConfig, TRAIN_FLAG_NAMES), ("finetune", FinetuneConfig, None)):
-        flags = {o for a in sub[command]._actions for o in a.option_strings}
-        for field in dataclasses.fields(config_class):
-            assert flag_of(field.name, names) in flags, f"{config_class.__name__}.{field.name} has no flag"
 
 
 def _all_parsers(parser):
@@ -151,22 +132,6 @@ def test_a_signal_stops_finetuning_and_keeps_a_classifier(prepared, tmp_path):
     assert rc == 130, err
     assert "Traceback" not in err and "stopped at step" in err
     assert GPTClassifier.from_pretrained(tmp_path / "clf").labels == ["0", "1"]
-
-
-def test_stop_request_is_polled_between_steps():
-    """GracefulStop turns the first signal into a request and the second into KeyboardInterrupt."""
-    from npgpt.training.interrupt import GracefulStop, exit_status
-
-    with GracefulStop() as stop:
-        assert not stop.requested
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.01)
-        assert stop.requested and stop.name == "SIGINT"
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler        # restored
-    assert exit_status(signal.SIGINT) == 130 and exit_status(signal.SIGTERM) == 143
 
 
 # ---------------------------------------------------------- usage errors

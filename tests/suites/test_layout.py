@@ -19,11 +19,6 @@ GROUPS = {"npgpt.apps", "npgpt.finetuning", "npgpt.io", "npgpt.training"}
 # module -> the test file that holds its tests (not yet split into a test_<module>.py of its own)
 TESTED_IN = {
     "npgpt": "tests/suites/test_imports.py",
-    "npgpt.io.fileio": "tests/suites/test_writers.py",
-    "npgpt.io.inputs": "tests/test_model.py",
-    "npgpt.training.engine": "tests/test_sft.py",
-    "npgpt.training.flops": "tests/test_train.py",
-    "npgpt.training.interrupt": "tests/suites/test_cli_manners.py",
 }
 
 

@@ -20,9 +20,9 @@ import textwrap
 import time
 
 import pytest
+from run_helpers import ENV, holder_process, stop_process
 
 from npgpt.apps.cli import main
-from npgpt.io import fileio
 from npgpt.model import GPT, GPTConfig
 from npgpt.training import rundir
 
@@ -33,7 +33,6 @@ TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the 
         "And by opposing end them. To die, to sleep;\nNo more; and by a sleep to say we end\n") * 8
 TRAIN_FLAGS = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
                "--warmup-steps", "2", "--eval-interval", "2", "--eval-iters", "1", "--log-interval", "1", "--quiet"]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 # ==================================================================== fixtures
@@ -112,20 +111,6 @@ def snapshot(directory):
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
-def _holder_process(run, hold_seconds=120):
-    """A separate process that holds RUN as a trainer does, until killed; returns it once it holds the lock."""
-    script = textwrap.dedent(f"""
-        import time
-        from npgpt.training import rundir
-        with rundir.lock({str(run)!r}):
-            print("holding", flush=True)
-            time.sleep({hold_seconds})
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)
-    assert proc.stdout.readline().strip() == "holding"
-    return proc
-
-
 def _paused_command(argv, env_extra, marker, timeout=120):
     """``python -m npgpt ARGV`` in a subprocess, returned once it prints ``marker`` on stderr."""
     proc = subprocess.Popen([sys.executable, "-m", "npgpt", *argv], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -139,9 +124,6 @@ def _paused_command(argv, env_extra, marker, timeout=120):
     pytest.fail(f"the command ended (status {proc.returncode}) without printing {marker!r}")
 
 
-def _stop(proc):
-    proc.kill()
-    proc.wait(timeout=30)
 
 
 # =================================== 1. a save replaces only the files it writes
@@ -201,7 +183,7 @@ def test_finetune_overwrite_keeps_a_runs_checkpoint_and_user_folders(lm_dir, rev
 
 def test_finetune_into_a_directory_a_trainer_holds_is_refused_at_once(lm_dir, reviews, tmp_path, capsys):
     run = tmp_path / "run"
-    holder = _holder_process(run)
+    holder = holder_process(run)
     try:
         before = snapshot(run)
         assert main(finetune_args(lm_dir, reviews, run, "--overwrite")) == 1
@@ -211,7 +193,7 @@ def test_finetune_into_a_directory_a_trainer_holds_is_refused_at_once(lm_dir, re
             with rundir.lock(run):
                 pass
     finally:
-        _stop(holder)
+        stop_process(holder)
 
 
 # ========================================== 5. one writer per output directory
@@ -219,7 +201,7 @@ def test_finetune_into_a_directory_a_trainer_holds_is_refused_at_once(lm_dir, re
 def test_an_output_directory_a_trainer_holds_is_refused_with_the_holder_named(
         command, corpus, tok_dir, lm_dir, reviews, tmp_path, capsys):
     run = tmp_path / "run"
-    holder = _holder_process(run)
+    holder = holder_process(run)
     try:
         (run / "checkpoint").mkdir()
         (run / "checkpoint" / "model.safetensors").write_bytes(b"the trainer's")
@@ -231,7 +213,7 @@ def test_an_output_directory_a_trainer_holds_is_refused_with_the_holder_named(
         assert time.time() - started < 10                  # at once, before the work
         assert snapshot(run) == before
     finally:
-        _stop(holder)
+        stop_process(holder)
 
 
 @pytest.mark.parametrize("command", ["prepare", "finetune", "tokenizer"])
@@ -245,20 +227,20 @@ def test_a_second_writer_of_the_same_command_is_refused_naming_the_first(
         name = "tokenizer train" if command == "tokenizer" else command
         one_line_error(capsys, f"is in use by another npgpt {name} (pid {first.pid} on ")
     finally:
-        _stop(first)                                       # SIGKILL: the kernel lets go of the lock
+        stop_process(first)                                       # SIGKILL: the kernel lets go of the lock
     assert main(argv + ["--overwrite"]) == 0               # a dead holder never blocks
     assert not (out / rundir.LOCK_NAME).exists() and debris(out) == []
 
 
 def test_a_directory_inside_a_held_run_directory_is_refused(lm_dir, reviews, tmp_path, capsys):
     run = tmp_path / "run"
-    holder = _holder_process(run)
+    holder = holder_process(run)
     try:
         assert main(finetune_args(lm_dir, reviews, run / "checkpoint")) == 1
         one_line_error(capsys, str(run), f"pid {holder.pid}")
         assert not (run / "checkpoint").exists()
     finally:
-        _stop(holder)
+        stop_process(holder)
 
 
 def test_a_failed_command_leaves_no_lock_and_no_empty_directory(tmp_path, capsys):
@@ -290,29 +272,6 @@ def test_a_killed_prepares_token_files_are_removed_by_the_next(corpus, tok_dir, 
     assert any(name.startswith(".train.bin.") for name in debris(out))
     assert main(command_args("prepare", out, corpus, tok_dir, None, None) + ["--overwrite"]) == 0
     assert debris(out) == []
-
-
-def test_a_live_writers_temporary_file_is_kept(tmp_path):
-    out = tmp_path / "data"
-    out.mkdir()
-    script = textwrap.dedent(f"""
-        import pathlib, time
-        from npgpt.training import data
-        f = data._TempFile(pathlib.Path({str(out)!r}) / "train.bin")
-        f.write(b"x" * 1000)
-        print(f.tmp, flush=True)
-        time.sleep(120)
-    """)
-    live = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)
-    try:
-        tmp = pathlib.Path(live.stdout.readline().strip())
-        assert tmp.exists()
-        fileio.remove_abandoned(out)
-        assert tmp.exists()
-    finally:
-        _stop(live)
-    fileio.remove_abandoned(out)                        # now its writer is dead
-    assert not tmp.exists()
 
 
 def test_a_killed_prepares_cache_directory_is_removed_by_the_next(corpus, tok_dir, tmp_path, monkeypatch, capsys):
