@@ -259,9 +259,29 @@ def grad(outputs: Tensor | Iterable[Tensor], inputs: Tensor | Iterable[Tensor],
     gradients of separate graphs over the same parameters at the same time
     (``npgpt.training.parallel`` does).
     """
+    outputs, inputs, grad_outputs = _grad_arguments(outputs, inputs, grad_outputs)
+    wanted = {id(_node_of(x)): i for i, x in enumerate(inputs)}
+    found: list[Optional[Array]] = [None] * len(inputs)
+
+    def on_node(node: Tensor, g: Array) -> None:
+        i = wanted.get(id(node))
+        if i is not None:
+            found[i] = g
+
+    _backpropagate([(o, _output_gradient(o, g)) for o, g in zip(outputs, grad_outputs)], retain_graph,
+                   on_leaf=lambda leaf, g, owned: None, on_node=on_node)
+    missing = [i for i, g in enumerate(found) if g is None]
+    if missing and not allow_unused:
+        raise ValueError(f"grad(): the outputs do not depend on input(s) {missing}; pass allow_unused=True "
+                         "to get None for them")
+    return _each_its_own(found)
+
+
+def _grad_arguments(outputs: Tensor | Iterable[Tensor], inputs: Tensor | Iterable[Tensor],
+                    grad_outputs: Any) -> tuple[list[Tensor], list[Tensor], list[Any]]:
+    """:func:`grad`'s arguments as three lists, checked: one seed per output, inputs that require grad."""
     outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
-    single = isinstance(inputs, Tensor)
-    inputs = [inputs] if single else list(inputs)
+    inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
     if grad_outputs is None:
         grad_outputs = [None] * len(outputs)
     elif isinstance(grad_outputs, Tensor) or hasattr(grad_outputs, "shape"):
@@ -272,27 +292,19 @@ def grad(outputs: Tensor | Iterable[Tensor], inputs: Tensor | Iterable[Tensor],
         if not isinstance(x, Tensor) or not x.requires_grad:
             raise ValueError(f"grad(): input {i} ({_describe(x) if isinstance(x, Tensor) else type(x).__name__}) "
                              "does not require grad")
-    wanted = {id(_node_of(x)): i for i, x in enumerate(inputs)}
-    found = [None] * len(inputs)
+    return outputs, inputs, list(grad_outputs)
 
-    def on_node(node: Tensor, g: Array) -> None:
-        i = wanted.get(id(node))
-        if i is not None:
-            found[i] = g
 
-    _backpropagate([(o, _output_gradient(o, g)) for o, g in zip(outputs, grad_outputs)], retain_graph,
-                   on_leaf=lambda leaf, g, owned: None, on_node=on_node)
+def _each_its_own(gradients: list[Optional[Array]]) -> list[Optional[Array]]:
+    """The walk may hand one array to two inputs (``x + y`` with both asked for): copy the repeats, so
+    that a caller who updates one gradient in place does not change the other."""
     seen = set()
-    for i, g in enumerate(found):       # one array handed to two inputs (x + y): give each its own
+    for i, g in enumerate(gradients):
         if g is not None:
             if id(g) in seen:
-                found[i] = g.copy()
+                gradients[i] = g.copy()
             seen.add(id(g))
-    missing = [i for i, g in enumerate(found) if g is None]
-    if missing and not allow_unused:
-        raise ValueError(f"grad(): the outputs do not depend on input(s) {missing}; pass allow_unused=True "
-                         "to get None for them")
-    return found
+    return gradients
 
 
 def tensor(data: Tensor | Array | ArrayLike, requires_grad: bool = False, dtype: Optional[DTypeLike] = None,

@@ -17,7 +17,6 @@ spec.loader.exec_module(function_sizes)
 
 _FILE_FORMAT = "checks an untrusted file field by field, each refusal naming the field (docs/engineering.md)"
 _BENCH = "a benchmark's script: one measurement read top to bottom, outside the teaching path"
-_CORE = "being rewritten by issue 23 item 1 (the walk and the step as the textbook writes them)"
 
 EXEMPT = {
     # reading files a user or a download hands us
@@ -35,8 +34,6 @@ EXEMPT = {
     "npgpt.bench.tokenizer:run": _BENCH,
     "npgpt.bench.train:run": _BENCH,
     "npgpt.bench.serve:run": _BENCH,
-    # the walk and the step
-    "npgpt.autograd.core:grad": _CORE,
     # fused ops: one forward and its hand-written backward in one closure, as docs/backward.md derives them
     "npgpt.functional:scaled_dot_product_attention": "the fused attention op: masks, dropout, cache and its backward "
                                                       "in one place, as docs/backward.md derives it",
