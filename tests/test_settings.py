@@ -16,7 +16,7 @@ from npgpt.apps.cli import TRAIN_FLAG_NAMES, build_parser, flag_of, main
 from npgpt.finetuning.finetune import FinetuneConfig, finetune
 from npgpt.finetuning.sft import SFTConfig
 from npgpt.training.settings import ConfigError, OptimizerSettings
-from npgpt.training.train import TrainConfig
+from npgpt.training.train import RunSettings, TrainConfig
 
 CONFIGS = (TrainConfig, SFTConfig, FinetuneConfig)
 OPTIMIZER = [f.name for f in dataclasses.fields(OptimizerSettings)]
@@ -49,6 +49,29 @@ def test_every_training_config_inherits_the_optimizer_settings(config):
         if f.name in ("warmup_steps", "beta1", "eps", "grad_clip", "dtype"):
             assert f.metadata["help"] == base[f.name].metadata["help"]
             assert f.default == base[f.name].default
+
+
+@pytest.mark.parametrize("config", [TrainConfig, SFTConfig])
+@pytest.mark.parametrize("field,value,message", [
+    ("batch_size", 0, "must be a positive integer"), ("max_steps", 2.5, "must be a positive integer"),
+    ("log_interval", -1, "must be a positive integer"), ("checkpoint_interval", -1, "must be >= 0"),
+    ("workers", -2, "must be >= 0"), ("peak_flops", 0.0, "must be positive")])
+def test_the_loops_settings_are_shared_by_pretraining_and_sft(config, field, value, message):
+    """Both commands train with Trainer's loop: its settings are RunSettings', checked once, there."""
+    assert issubclass(config, RunSettings)
+    base = {f.name: f for f in dataclasses.fields(RunSettings)}
+    for name in ("grad_accum", "log_interval", "checkpoint_interval", "device", "shard_optimizer", "workers"):
+        mine = next(f for f in dataclasses.fields(config) if f.name == name)
+        assert (mine.default, mine.metadata["help"]) == (base[name].default, base[name].metadata["help"])
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        config(**{field: value})
+    assert (info.value.owner, info.value.field) == (config.__name__, field)
+
+
+def test_validation_runs_over_every_held_out_conversation_in_sft_only():
+    assert SFTConfig(eval_iters=0).eval_iters == 0
+    with pytest.raises(ConfigError, match="TrainConfig.eval_iters must be a positive integer"):
+        TrainConfig(eval_iters=0)
 
 
 @pytest.mark.parametrize("config", CONFIGS)

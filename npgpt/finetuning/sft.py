@@ -29,7 +29,7 @@ from npgpt.tokenizer.chat import IM_END, IM_START, with_chat_tokens
 from npgpt.training import engine, rundir, settings
 from npgpt.training.mixed_precision import NO_LOSS_SCALING
 from npgpt.training.settings import OptimizerSettings, retune, setting
-from npgpt.training.train import DEFAULT_PEAK_FLOPS, Trainer
+from npgpt.training.train import RunSettings, Trainer
 
 
 def resize_token_embeddings(model: GPT, vocab_size: int) -> GPT:
@@ -99,12 +99,13 @@ def step_loss(model: GPT, rows: int, trained: int) -> Callable[[Any, Any], Tenso
 
 # ================================================================= settings
 @dataclasses.dataclass
-class SFTConfig(lora.LoRASettings, OptimizerSettings):
+class SFTConfig(lora.LoRASettings, OptimizerSettings, RunSettings):
     """Everything that defines a supervised fine-tuning run (saved in every checkpoint); one flag each.
 
     The ``lora_*`` settings (``npgpt.finetuning.lora.LoRASettings``) train low-rank adapters on the
     frozen model instead of its weights (docs/agent.md, "LoRA"); the optimizer's and the precision's
-    are ``npgpt.training.settings.OptimizerSettings``, with a smaller learning rate and no weight decay.
+    are ``npgpt.training.settings.OptimizerSettings``, with a smaller learning rate and no weight
+    decay; the loop's are pretraining's (``npgpt.training.train.RunSettings``), for shorter runs.
     """
 
     KIND: ClassVar[str] = "SFT"
@@ -117,27 +118,22 @@ class SFTConfig(lora.LoRASettings, OptimizerSettings):
     block_size: Optional[int] = setting(None, "context length in tokens; may only shrink the model's (default: the "
                                               "model's)")
     dropout: float = setting(0.0, "dropout probability while fine-tuning")
-    batch_size: int = setting(8, "conversations per micro-batch, each a row padded to the longest")
-    grad_accum: int = setting(1, "micro-batches summed per optimizer step")
-    max_steps: int = setting(300, "total optimizer steps of the run (the LR schedule spans them)")
+    # the loop's settings with fine-tuning's defaults: shorter runs, all of the held-out conversations
+    batch_size: int = retune(RunSettings, "batch_size", 8, "conversations per micro-batch, each a row padded to the "
+                                                           "longest")
+    max_steps: int = retune(RunSettings, "max_steps", 300)
+    eval_interval: int = retune(RunSettings, "eval_interval", 50)
+    eval_iters: int = retune(RunSettings, "eval_iters", 0, "validation batches per run (0: every held-out "
+                                                          "conversation)")
+    seed: int = retune(RunSettings, "seed", 1337, "seed of the split, the batches and dropout")
     lr: float = retune(OptimizerSettings, "lr", 1e-4)
     weight_decay: float = retune(OptimizerSettings, "weight_decay", 0.0)
-    eval_interval: int = setting(50, "steps between validation runs and checkpoints")
-    eval_iters: int = setting(0, "validation batches per run (0: every held-out conversation)")
-    log_interval: int = setting(10, "steps between log lines")
-    checkpoint_interval: int = setting(0, "steps between checkpoints (0: at every evaluation)")
-    seed: int = setting(1337, "seed of the split, the batches and dropout")
-    device: str = setting("cpu", "cpu or cuda")
-    shard_optimizer: bool = setting(False, "under mpiexec: keep 1/N of AdamW's moments on each rank (ZeRO-1)")
-    workers: int = setting(0, "threads to split each batch over (0: one per core when possible)")
-    peak_flops: float = setting(DEFAULT_PEAK_FLOPS, "peak FLOP/s of the machine, for the MFU")
 
     def __post_init__(self) -> None:
         name = "SFTConfig"
-        settings.require_positive_ints(name, self, ("batch_size", "grad_accum", "max_steps", "eval_interval",
-                                                    "log_interval"))
+        self.check_run()
         settings.require_positive_ints(name, self, ("block_size",), allow_none=True)
-        settings.require_non_negative(name, self, ("eval_iters", "checkpoint_interval", "workers"))
+        settings.require_non_negative(name, self, ("eval_iters",))
         self.check_optimizer()
         self.warmup_steps = self.warmup_for(self.max_steps)      # stored resolved, in every checkpoint
         settings.check_dropout(name, self)

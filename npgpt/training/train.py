@@ -61,7 +61,7 @@ from npgpt.training.progress import Progress, format_seconds
 from npgpt.training.rundir import CHECKPOINT_DIR, find_checkpoint
 from npgpt.training.settings import setting
 
-__all__ = ["TrainConfig", "Trainer", "train", "TrainingDiverged", "find_checkpoint", "flops_per_token",
+__all__ = ["RunSettings", "TrainConfig", "Trainer", "train", "TrainingDiverged", "find_checkpoint", "flops_per_token",
            "CHECKPOINT_DIR", "DEFAULT_PEAK_FLOPS"]
 
 CURVE_SECONDS = 30.0       # the loss-curve picture is redrawn at most this often
@@ -72,7 +72,39 @@ _MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
 
 
 @dataclasses.dataclass
-class TrainConfig(lora.LoRASettings, settings.OptimizerSettings):
+class RunSettings(settings.Settings):
+    """The settings :class:`Trainer`'s loop reads, shared by the commands that train with it
+    (``TrainConfig``, ``npgpt.finetuning.sft.SFTConfig``): the run's length and batches, its log
+    lines, validation runs and checkpoints, the seed, and where and on how many threads it runs."""
+
+    FLAGS_TITLE: ClassVar[str] = "the run: batches, steps, logs, checkpoints"
+
+    batch_size: int = setting(8, "sequences per micro-batch")
+    grad_accum: int = setting(1, "micro-batches summed per optimizer step")
+    max_steps: int = setting(1000, "total optimizer steps of the run (the LR schedule spans them)")
+    eval_interval: int = setting(100, "steps between validation runs and checkpoints")
+    eval_iters: int = setting(10, "batches per validation run")
+    log_interval: int = setting(10, "steps between log lines")
+    checkpoint_interval: int = setting(0, "steps between checkpoints (0: at every evaluation)")
+    seed: int = setting(1337, "seed of the initial weights, the batches and dropout")
+    device: str = setting("cpu", "cpu or cuda")
+    shard_optimizer: bool = setting(False, "under mpiexec: keep 1/N of AdamW's moments on each rank (ZeRO-1)")
+    workers: int = setting(0, "threads to split each batch over (0: one per core when possible)")
+    peak_flops: float = setting(DEFAULT_PEAK_FLOPS, "peak FLOP/s of the machine, for the MFU "
+                                                    "(default: a 2-core Zen 4)")
+
+    def check_run(self) -> None:
+        """Refuse bad values with a ``ConfigError`` naming the setting (``eval_iters`` is each command's own)."""
+        owner = type(self).__name__
+        settings.require_positive_ints(owner, self, ("batch_size", "grad_accum", "max_steps", "eval_interval",
+                                                     "log_interval"))
+        settings.require_non_negative(owner, self, ("checkpoint_interval", "workers"))
+        if self.peak_flops <= 0:
+            settings.fail(owner, "peak_flops", f"{{name}} must be positive, got {self.peak_flops}")
+
+
+@dataclasses.dataclass
+class TrainConfig(lora.LoRASettings, settings.OptimizerSettings, RunSettings):
     """Everything that defines a training run (saved in every checkpoint).
 
     ``max_steps`` is the run's total length: the learning-rate schedule spans
@@ -82,8 +114,9 @@ class TrainConfig(lora.LoRASettings, settings.OptimizerSettings):
     without dropout; see ``npgpt.training.parallel``). ``warmup_steps`` and ``min_lr``
     default to ``None``, which means "fit the run": ``min(100, max_steps // 10)``
     warmup steps and ``lr / 10``, so that any ``max_steps`` and any ``lr`` make a
-    valid run (the resolved values are what a checkpoint stores). The optimizer's and the
-    precision's settings are ``npgpt.training.settings.OptimizerSettings``, shared with fine-tuning.
+    valid run (the resolved values are what a checkpoint stores). The loop's settings are
+    :class:`RunSettings`, shared with ``npgpt sft``; the optimizer's and the precision's are
+    ``npgpt.training.settings.OptimizerSettings``, shared with fine-tuning.
     """
 
     KIND: ClassVar[str] = "training"
@@ -96,21 +129,6 @@ class TrainConfig(lora.LoRASettings, settings.OptimizerSettings):
     n_embd: int = setting(128, "width of the residual stream")
     block_size: int = setting(128, "context length T in tokens")
     dropout: float = setting(0.0, "dropout probability")
-    # batches
-    batch_size: int = setting(8, "sequences per micro-batch")
-    grad_accum: int = setting(1, "micro-batches summed per optimizer step")
-    max_steps: int = setting(1000, "total optimizer steps of the run (the LR schedule spans them)")
-    # bookkeeping
-    eval_interval: int = setting(100, "steps between validation runs and checkpoints")
-    eval_iters: int = setting(10, "batches per validation run")
-    log_interval: int = setting(10, "steps between log lines")
-    checkpoint_interval: int = setting(0, "steps between checkpoints (0: at every evaluation)")
-    seed: int = setting(1337, "seed of the initial weights, the batches and dropout")
-    device: str = setting("cpu", "cpu or cuda")
-    shard_optimizer: bool = setting(False, "under mpiexec: keep 1/N of AdamW's moments on each rank (ZeRO-1)")
-    workers: int = setting(0, "threads to split each batch over (0: one per core when possible)")
-    peak_flops: float = setting(DEFAULT_PEAK_FLOPS, "peak FLOP/s of the machine, for the MFU "
-                                                    "(default: a 2-core Zen 4)")
     tokenizer_dir: str = setting("", "tokenizer to store with the checkpoints (default: the data directory's)")
     init_from: str = setting("", "start from this model instead of random weights: its weights, architecture and "
                                  "tokenizer (a directory, npgpt-small, or a Hugging Face Hub id with the hub extra); "
@@ -120,15 +138,11 @@ class TrainConfig(lora.LoRASettings, settings.OptimizerSettings):
         def fail(field: str, template: str) -> NoReturn:
             settings.fail("TrainConfig", field, template)
 
-        settings.require_positive_ints("TrainConfig", self, ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                                                             "grad_accum", "max_steps", "eval_interval", "eval_iters",
-                                                             "log_interval"))
+        settings.require_positive_ints("TrainConfig", self, ("n_layer", "n_head", "n_embd", "block_size", "eval_iters"))
+        self.check_run()
         self.check_optimizer()
         self.warmup_steps = self.warmup_for(self.max_steps)      # stored resolved, in every checkpoint
         settings.check_dropout("TrainConfig", self)
-        settings.require_non_negative("TrainConfig", self, ("checkpoint_interval", "workers"))
-        if self.peak_flops <= 0:
-            fail("peak_flops", f"{{name}} must be positive, got {self.peak_flops}")
         self.check_lora()
         if self.lora_rank and not self.init_from:
             fail("lora_rank", "{name} adapts a pretrained model: give --init-from too")
