@@ -4,6 +4,7 @@ import io
 import json
 
 import pytest
+from tiny_models import tiny_model_dir
 
 import npgpt
 from npgpt.apps.cli import main
@@ -15,9 +16,7 @@ from npgpt.tokenizer.chat import ChatTemplateError
 def chat_model(tmp_path_factory):
     """A tiny GPT fine-tuned until it has learned two answers by heart (greedy decoding says them)."""
     root = tmp_path_factory.mktemp("chat")
-    model = npgpt.GPT(npgpt.GPTConfig(vocab_size=8192, block_size=64, n_layer=1, n_head=2, n_embd=32), seed=3)
-    model.save_pretrained(root / "model")
-    npgpt.Tokenizer.from_pretrained("npgpt-small").save(root / "model")
+    tiny_model_dir(root / "model", npgpt.Tokenizer.from_pretrained("npgpt-small"), n_embd=32, seed=3)
     rows = [{"prompt": "Hi", "response": "Hello there."}, {"prompt": "Bye", "response": "See you."}]
     (root / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows * 6))
     SFTTrainer(SFTConfig(model=str(root / "model"), data=str(root / "c.jsonl"), val_data=str(root / "c.jsonl"),

@@ -10,6 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from test_labelled import write
+from tiny_models import tiny_bpe_model_dir
 
 from npgpt.finetuning import finetune, labelled
 from npgpt.finetuning.classifier import GPTClassifier
@@ -147,15 +148,8 @@ def test_real_movie_reviews_fine_tune_beats_chance_on_held_out_reviews():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny pretrained-model directory: a BPE tokenizer and a GPT with its vocabulary."""
-    from npgpt.model import GPT
-    from npgpt.tokenizer import Tokenizer
-
     texts, _ = toy_task(200, seed=5)
-    tokenizer = Tokenizer.train(texts, 300, show_progress=False)
-    directory = tmp_path_factory.mktemp("lm")
-    GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32)).save_pretrained(directory)
-    tokenizer.save(directory)
-    return directory
+    return tiny_bpe_model_dir(tmp_path_factory.mktemp("lm"), texts)
 
 
 def run_cli(*argv):

@@ -7,8 +7,9 @@ from __future__ import annotations
 import csv
 
 import pytest
+from tiny_models import tiny_bpe_model_dir
 
-from npgpt.model import GPT, GPTConfig
+from npgpt.model import GPT
 
 
 def toy_reviews(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -28,14 +29,8 @@ def toy_reviews(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny pretrained-model directory: a BPE tokenizer and a GPT with its vocabulary."""
-    from npgpt.tokenizer import Tokenizer
-
     texts, _ = toy_reviews(200, seed=5)
-    tokenizer = Tokenizer.train(texts, 300, show_progress=False)
-    directory = tmp_path_factory.mktemp("lm")
-    GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32)).save_pretrained(directory)
-    tokenizer.save(directory)
-    return directory
+    return tiny_bpe_model_dir(tmp_path_factory.mktemp("lm"), texts)
 
 
 def write_reviews(path, n=120, seed=0):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tiny_models import tiny_model_dir
 
 import npgpt
 from npgpt import F
@@ -22,9 +23,7 @@ QUIET = dict(log_interval=100, eval_interval=100, workers=1, warmup_steps=0)
 def tiny(tmp_path_factory):
     """A tiny random GPT with npgpt-small's tokenizer, saved as a model directory."""
     root = tmp_path_factory.mktemp("sft-tiny")
-    model = npgpt.GPT(npgpt.GPTConfig(vocab_size=8192, block_size=64, n_layer=1, n_head=2, n_embd=16), seed=3)
-    model.save_pretrained(root / "model")
-    npgpt.Tokenizer.from_pretrained("npgpt-small").save(root / "model")
+    tiny_model_dir(root / "model", npgpt.Tokenizer.from_pretrained("npgpt-small"), n_embd=16, seed=3)
     rows = [{"prompt": f"Define {w}.", "response": f"A {w} has {len(w)} letters."} for w in WORDS]
     (root / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows * 3))
     return root
