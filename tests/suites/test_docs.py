@@ -1,6 +1,8 @@
 """Every code listing in docs/ runs, and the outputs the docs show are the real ones.
 
-Each page's ```python blocks run in order in one fresh interpreter, from the repository root.
+Each page's ```python blocks run in order in one fresh interpreter, from the repository root;
+docs/solutions.md runs one fresh interpreter per exercise, so that every solution works on its own
+(its imports and data in its own listings, nothing from the solution before it).
 A block preceded by the line ``<!-- skip -->`` is not run (e.g. it needs a GPU). When a
 ```text block directly follows a python block, it is the output that block prints.
 
@@ -35,7 +37,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # The English chapters and the Chinese edition (docs/zh/), whose listings run on the Chinese data.
-PAGES = sorted((ROOT / "docs").glob("*.md")) + sorted((ROOT / "docs" / "zh").glob("*.md"))
+SOLUTIONS = ROOT / "docs" / "solutions.md"
+PAGES = [p for p in sorted((ROOT / "docs").glob("*.md")) if p != SOLUTIONS] + sorted((ROOT / "docs" / "zh").glob("*.md"))
+EXERCISE = re.compile(r"^### Exercise (\d+\.\d+) \{ #ex-\d+-\d+ \}\n", re.M)
 BLOCK = re.compile(r"(<!-- skip -->\s*\n)?```python\n(.*?)```\n(?:\s*```text\n(.*?)```)?", re.S)
 # A number as Python prints one: optional sign, digits (optionally grouped by thousands with
 # commas), an optional fraction, an optional exponent. Digits glued to letters (``head0``,
@@ -113,8 +117,35 @@ def listings(page):
     return found
 
 
+def solution_listings(text):
+    """{exercise number: [(code, expected output or None)]} of docs/solutions.md's exercises with listings."""
+    parts = EXERCISE.split(text)
+    found = {}
+    for number, body in zip(parts[1::2], parts[2::2]):
+        body = re.split(r"^## ", body, flags=re.M)[0]         # up to the next chapter's heading
+        blocks = [(code, expected or None) for skip, code, expected in BLOCK.findall(body) if not skip]
+        if blocks:
+            found[number] = blocks
+    return found
+
+
 def normalise(text):
     return "\n".join(line.rstrip() for line in text.strip().splitlines())
+
+
+def run_and_compare(blocks, name):
+    """Run ``blocks`` [(code, expected)] in order in one fresh interpreter; fail naming ``name`` and the block."""
+    proc = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps([c for c, _ in blocks]),
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for i, ((code, expected), result) in enumerate(zip(blocks, results)):
+        first_line = code.strip().splitlines()[0]
+        assert result["error"] is None, f"{name} block {i + 1} ({first_line!r}) failed:\n{result['error']}"
+        if expected is not None:
+            same, why = same_output(result["output"], expected)
+            assert same, (f"{name} block {i + 1} ({first_line!r}): {why}. It prints\n{result['output']}\n"
+                          f"but the docs show\n{expected}")
 
 
 @pytest.mark.slow
@@ -123,17 +154,24 @@ def test_docs_listings_run_and_show_real_output(page):
     blocks = listings(page)
     if not blocks:
         pytest.skip(f"{page.name} has no runnable python listings")
-    proc = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps([c for c, _ in blocks]),
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
-    for i, ((code, expected), result) in enumerate(zip(blocks, results)):
-        first_line = code.strip().splitlines()[0]
-        assert result["error"] is None, f"{page.name} block {i + 1} ({first_line!r}) failed:\n{result['error']}"
-        if expected is not None:
-            same, why = same_output(result["output"], expected)
-            assert same, (f"{page.name} block {i + 1} ({first_line!r}): {why}. It prints\n{result['output']}\n"
-                          f"but the docs show\n{expected}")
+    run_and_compare(blocks, page.name)
+
+
+SOLVED = solution_listings(SOLUTIONS.read_text(encoding="utf-8"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exercise", sorted(SOLVED, key=lambda n: tuple(map(int, n.split(".")))))
+def test_each_solution_runs_on_its_own_and_shows_real_output(exercise):
+    run_and_compare(SOLVED[exercise], f"solutions.md, exercise {exercise},")
+
+
+def test_the_solutions_are_split_by_exercise():
+    text = ("## Chapter 1\n\n### Exercise 1.1 { #ex-1-1 }\n\n```python\nx = 1\nprint(x)\n```\n\n```text\n1\n```\n\n"
+            "### Exercise 1.2 { #ex-1-2 }\n\nNo listing.\n\n## Chapter 2\n\n### Exercise 2.1 { #ex-2-1 }\n\n"
+            "```python\nprint(x)\n```\n")
+    assert solution_listings(text) == {"1.1": [("x = 1\nprint(x)\n", "1\n")], "2.1": [("print(x)\n", None)]}
+    assert len(SOLVED) >= 30
 
 
 def test_the_listing_parser_sees_skips_and_outputs(tmp_path):
