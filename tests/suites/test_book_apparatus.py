@@ -15,6 +15,11 @@ DOCS = ROOT / "docs"
 
 def chapters():
     """The pages of mkdocs.yml's numbered chapters ("1. ...", "3. The engine": [...]), in order."""
+    return [page for group in chapter_groups().values() for page in group]
+
+
+def chapter_groups():
+    """{numbered chapter's nav title: its pages}, in order (a chapter may have several pages)."""
     yaml = pytest.importorskip("yaml")
 
     class Loader(yaml.SafeLoader):
@@ -22,15 +27,14 @@ def chapters():
 
     Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
     nav = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=Loader)["nav"]
-    pages = []
+    groups = {}
     for item in nav:
         (title, value), = item.items()
         if not re.match(r"\d+\.", title):
             continue
-        for page in ([next(iter(v.values())) for v in value] if isinstance(value, list) else [value]):
-            if (DOCS / page).exists():
-                pages.append(page)
-    return pages
+        pages = [next(iter(v.values())) for v in value] if isinstance(value, list) else [value]
+        groups[title] = [page for page in pages if (DOCS / page).exists()]
+    return groups
 
 
 def section(text, heading):
@@ -56,6 +60,17 @@ def test_every_chapter_ends_with_a_summary_and_exercises(page):
         anchors = re.findall(r"\(solutions\.md#(ex-\d+-\d+)\)", item)
         assert anchors, f"{page}: an exercise without a link to its solution: {item[:60]}"
         assert f"{{ #{anchors[0]} }}" in solutions, f"{page}: solutions.md has no #{anchors[0]}"
+
+
+BUILD = re.compile(r"^\d+\. \*\*\d+\.\d+\*\* (Build|Write|Extend)\b", re.M)
+
+
+@pytest.mark.parametrize("chapter", list(chapter_groups()))
+def test_every_chapter_has_an_exercise_that_builds_something(chapter):
+    """Not only "check that": at least one exercise per chapter asks the reader to build or extend
+    something ("Build ...", "Write ...", "Extend ..."), usually checked against the library."""
+    exercises = "".join(section((DOCS / page).read_text(), "Exercises") or "" for page in chapter_groups()[chapter])
+    assert BUILD.search(exercises), f"{chapter}: no exercise starts with Build, Write or Extend"
 
 
 def test_exercise_numbers_are_unique_across_the_book():
