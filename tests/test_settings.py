@@ -162,8 +162,21 @@ def test_settings_saved_before_the_shared_base_load_the_same(config, saved):
     """Resuming reads the saved dict back with from_dict: names and values are unchanged."""
     loaded = config.from_dict(dict(saved))
     assert loaded.to_dict() == saved
-    with pytest.raises(ValueError, match=f"unknown {config.KIND} settings \\['warmup'\\]"):
-        config.from_dict(dict(saved, warmup=0.1))
+    with pytest.raises(ValueError, match=f"unknown {config.KIND} settings \\['warmups'\\]; known: "):
+        config.from_dict(dict(saved, warmups=0.1))
+
+
+@pytest.mark.parametrize("command,config,given", [("train", TrainConfig, ["--data", "d"]),
+                                                  ("sft", SFTConfig, ["--model", "m", "--data", "d"])])
+def test_a_settings_file_with_the_old_warmup_is_refused_naming_warmup_steps(command, config, given, tmp_path, capsys):
+    """A --config file (or a saved run) that says "warmup" gets the explanation, in every command."""
+    with pytest.raises(ConfigError, match="warmup is no longer a setting: .*--warmup-steps N"):
+        config.from_dict({"warmup": 0.1})
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text('{"warmup": 0.1}')
+    assert main([command, "--config", str(settings_file), "--out", str(tmp_path / "run"), *given]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("npgpt: error: --warmup is no longer a setting") and "--warmup-steps N" in err
 
 
 def test_defaults_fit_any_run_length():

@@ -92,7 +92,6 @@ class FinetuneConfig(lora.LoRASettings, settings.OptimizerSettings):
     """
 
     KIND: ClassVar[str] = "fine-tuning"
-    RETIRED: ClassVar[dict[str, str]] = {"warmup": settings.WARMUP_IN_STEPS}
 
     lr: float = retune(settings.OptimizerSettings, "lr", 1e-4, "peak learning rate of the backbone")
     min_lr: Optional[float] = retune(settings.OptimizerSettings, "min_lr", 0.0,

@@ -144,7 +144,7 @@ class Settings:
                 fail(cls.__name__, name, f"{{name}} is no longer a setting: {cls.RETIRED[name]}")
 
 
-# Why a fraction-of-the-steps warmup (FinetuneConfig.warmup, `npgpt finetune --warmup`) is refused.
+# Why a fraction-of-the-steps warmup (the old FinetuneConfig.warmup, `npgpt finetune --warmup`) is refused.
 WARMUP_IN_STEPS = ("warmup counts optimizer steps now, in every command: use --warmup-steps N (warmup_steps=N "
                    "in Python); a fraction f of a run of S steps is f * S steps, and the default, "
                    "min(100, S // 10), is a tenth of any run up to 1,000 steps")
@@ -162,6 +162,8 @@ class OptimizerSettings(Settings):
     """
 
     FLAGS_TITLE: ClassVar[str] = "optimizer and precision"
+    # fine-tuning's old fraction of the steps: refused by name, in code and in settings files alike
+    RETIRED: ClassVar[dict[str, str]] = {"warmup": WARMUP_IN_STEPS}
 
     lr: float = setting(1e-3, "peak learning rate")
     min_lr: Optional[float] = setting(None, "learning rate at the end of the cosine decay (default: lr / 10)")
