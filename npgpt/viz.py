@@ -28,8 +28,8 @@ from npgpt import backend
 from npgpt.autograd import Tensor, no_grad
 from npgpt.io import inputs
 
-__all__ = ["attention_weights", "attention_map", "attention_svg", "saliency", "saliency_svg",
-           "token_labels", "save_figure"]
+__all__ = ["ATTENTION_COLOUR", "attention_weights", "attention_map", "attention_svg", "draw_attention", "saliency",
+           "saliency_svg", "token_labels", "save_figure"]
 
 
 # ------------------------------------------------------------------ helpers
@@ -56,8 +56,9 @@ def _encode(text_or_ids, tokenizer):
 def token_labels(ids: Any, tokenizer: Any = None) -> list[str]:
     """Printable labels for token ids: each id decoded alone, or ``#id`` without a tokenizer.
 
-    Byte-level BPE tokens often start with a space (" cat"); it is shown as a
-    middle dot so that labels stay readable and distinct.
+    Byte-level BPE tokens often start with a space (" cat"); it is shown as
+    ``␣`` (U+2423, the glyph every tokenizer figure of the book uses) so that
+    labels stay readable and distinct.
     """
     ids = _as_id_batch(ids)[0]
     if tokenizer is None:
@@ -65,7 +66,7 @@ def token_labels(ids: Any, tokenizer: Any = None) -> list[str]:
     labels = []
     for i in ids:
         text = tokenizer.decode([int(i)])
-        text = text.replace(" ", "\u00b7").replace("\n", "\u21b5")
+        text = text.replace(" ", "\u2423").replace("\n", "\u21b5")
         labels.append(text if text else f"#{int(i)}")
     return labels
 
@@ -90,6 +91,10 @@ def attention_weights(model: Any, ids: Any) -> np.ndarray:
     finally:
         gpt.train(was_training)
     return np.stack([backend.to_numpy(a)[0] for a in attentions])   # (L, H, T, T)
+
+
+# The colour of full attention in every attention map of the book (SVG and matplotlib alike).
+ATTENTION_COLOUR = "#2166ac"
 
 
 def _colour(value, vmax, rgb=(33, 102, 172)):
@@ -179,6 +184,32 @@ def save_figure(svg: str, path: str | pathlib.Path,
     return path
 
 
+def draw_attention(ax: Any, weights: Any, tokens: Sequence[str]) -> Any:
+    """Draw one attention matrix on a matplotlib ``ax`` in the style of :func:`attention_svg`.
+
+    The book's one style for attention maps: white to ``ATTENTION_COLOUR``, the scale ending at the
+    largest weight outside the first row, cells the causal mask hides hatched grey, queries down
+    the side and keys along the bottom labelled by :func:`token_labels`. Returns the image (for a
+    colour bar).
+    """
+    from matplotlib.colors import LinearSegmentedColormap
+    from matplotlib.patches import Rectangle
+
+    w = backend.to_numpy(inputs.as_array(weights)).astype(np.float64)
+    Tq, Tk = w.shape
+    hidden = np.arange(Tk)[None, :] > np.arange(Tq)[:, None] + (Tk - Tq)     # (Tq, Tk): the future
+    colours = LinearSegmentedColormap.from_list("attention", ["#ffffff", ATTENTION_COLOUR])
+    image = ax.imshow(np.where(hidden, np.nan, w), cmap=colours, vmin=0.0, vmax=_colour_max(w))
+    for i, j in zip(*np.nonzero(hidden)):
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#f2f2f2", edgecolor="#d0d0d0",
+                               hatch="//", linewidth=0))
+    ax.set_xticks(range(Tk), list(tokens), rotation=60, ha="right")
+    ax.set_yticks(range(Tq), list(tokens)[Tk - Tq:])
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query")
+    return image
+
+
 def attention_map(model: Any, text_or_ids: Any, layer: int = 0, head: int = 0, tokenizer: Any = None,
                   path: str | pathlib.Path | None = None, title: str | None = None) -> str:
     """Render the attention of ``layer`` / ``head`` over one text; return the SVG text.
@@ -202,15 +233,9 @@ def attention_map(model: Any, text_or_ids: Any, layer: int = 0, head: int = 0, t
         def draw(png_path):
             import matplotlib.pyplot as plt
 
-            T = len(tokens)
-            shown = np.where(np.tril(np.ones((T, T), dtype=bool)), w, np.nan)   # masked cells blank
-            size = 1.5 + 0.35 * T
+            size = 1.5 + 0.35 * len(tokens)
             fig, ax = plt.subplots(figsize=(size, size))
-            ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=_colour_max(w))
-            ax.set_xticks(range(T), tokens, rotation=60, ha="right")
-            ax.set_yticks(range(T), tokens)
-            ax.set_xlabel("key (attended to)")
-            ax.set_ylabel("query")
+            draw_attention(ax, w, tokens)
             ax.set_title(title)
             fig.tight_layout()
             fig.savefig(png_path, dpi=120)

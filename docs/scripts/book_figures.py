@@ -15,16 +15,21 @@ that shows it and what it shows:
 =========================  ==================  ====================================================
 file                       page                shows
 =========================  ==================  ====================================================
-causal_mask.svg            model.md            the mask M of eq. 5, and npgpt-small's masked weights
+causal_mask.svg            model.md            the causal mask M, and npgpt-small's masked weights
 head_split.svg             model.md            (B, T, C) -> (B, T, H, d_k) -> (B, H, T, d_k)
 residual_stream.svg        model.md            the residual stream, pre-LN blocks, where dropout is
-gelu_relu.svg              model.md            GELU (eq. 7) against ReLU, values and slopes
+gelu_relu.svg              model.md            GELU (tanh form) against ReLU, values and slopes
 kv_cache.svg               model.md            the KV cache filling up, one slot per new token
 positions.svg              model.md            learned (npgpt-small) vs sinusoidal position vectors
 bpe_merge_tree.svg         tokenizer.md        the merges that build " understanding"
-lr_schedule.svg            training.md         warmup + cosine decay (eq. 12), npgpt-small's recipe
+lr_schedule.svg            training.md         warmup + cosine decay, npgpt-small's recipe
 sampling_filters.svg       generation.md       temperature, top-k, top-p on npgpt-small's logits
 temperature_samples.svg    generation.md       npgpt-small's continuations at several temperatures
+pipeline.svg               concepts.md         pretraining -> fine-tuning -> classifier or agent
+value_graph.svg            autograd.md         the neuron's graph in the Value engine, data and grad
+padded_batch.svg           finetuning.md       a padded batch, its mask, positions and pooled token
+ring_allreduce.svg         distributed.md      the ring all-reduce on 4 ranks, step by step
+memory_breakdown.svg       performance.md      GPT-2 124M's step memory by part (tracemalloc)
 roofline.svg               gpu.md              an H100's roofline with GPT-2 124M's ops (gpu_step.py)
 =========================  ==================  ====================================================
 
@@ -114,14 +119,15 @@ def _arrow(ax, start, end, colour="black", **kwargs):
 
 # ----------------------------------------------------------------------------- model.md
 def causal_mask(out):
-    """Left: the mask M of eq. 5. Right: npgpt-small's attention weights softmax(S + M)."""
+    """Left: the causal mask M (eq:causal-mask). Right: npgpt-small's attention weights softmax(S + M)."""
     import npgpt
+    from npgpt import viz
 
     plt = _pyplot()
     model, tokenizer = _small()
     text = "The cat sat on the mat."
     ids = tokenizer.encode(text)
-    labels = [tokenizer.decode([i]) for i in ids]
+    labels = viz.token_labels([ids], tokenizer)         # spaces as ␣, as in every tokenizer figure
     T = len(ids)
     with npgpt.no_grad():
         _, attentions = model.trunk(np.array([ids]), return_attention=True)
@@ -136,22 +142,20 @@ def causal_mask(out):
         for j in range(T):
             ax.text(j, i, "−∞" if future[i, j] else "0", ha="center", va="center", fontsize=9,
                     color="white" if future[i, j] else "black")
-    ax.set_title("the mask M (eq. 5), added to the scores")
+    ax.set_title("the causal mask M, added to the scores")
+    ax.set_xticks(range(T), labels, rotation=60, ha="right")
+    ax.set_yticks(range(T), labels)
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query")
     ax = axes[1]
-    shown = np.ma.masked_where(future, weights)
-    image = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1)
-    ax.imshow(np.ma.masked_where(~future, np.ones((T, T))), cmap="Greys", vmin=0, vmax=5, alpha=0.35)
+    image = viz.draw_attention(ax, weights, labels)      # the style of every attention map
+    top = float(image.get_clim()[1])
     for i in range(T):
         for j in range(i + 1):
             ax.text(j, i, f"{weights[i, j]:.2f}", ha="center", va="center", fontsize=7.5,
-                    color="white" if weights[i, j] > 0.55 else "black")
+                    color="white" if weights[i, j] > 0.55 * top else "black")
     ax.set_title(f"softmax(S + M): {MODEL}, layer {layer}, head {head}")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
-    for ax in axes:
-        ax.set_xticks(range(T), [repr(t)[1:-1] for t in labels], rotation=60, ha="right")
-        ax.set_yticks(range(T), [repr(t)[1:-1] for t in labels])
-        ax.set_xlabel("key position j (what is read)")
-        ax.set_ylabel("query position i (who reads)")
     fig.tight_layout()
     print(f"causal_mask: {text!r} = {T} tokens; layer {layer} head {head}; every row sums to 1: "
           f"{np.allclose(weights.sum(axis=1), 1)}; weight above the diagonal: {weights[future].max():.1f}")
@@ -220,7 +224,7 @@ def residual_stream(out):
             color=BLUE, fontsize=10)
     _box(ax, 0.9, 0.4, 3.4, 1.0, "ids (B, T)", GREY)
     _box(ax, 0.9, 15.3, 3.4, 1.0, "logits = LN_f(x) W_te^T", GREY, fontsize=8.5)
-    _box(ax, 0.4, 1.9, 4.4, 1.1, "W_te[ids] + W_pe[t]  (eq. 8)", GREEN, fontsize=8.5)
+    _box(ax, 0.4, 1.9, 4.4, 1.1, "W_te[ids] + W_pe[t]", GREEN, fontsize=8.5)
     ax.text(5.0, 2.45, "dropout", color=RED, fontsize=8.5, va="center")
     ax.plot([4.8, 4.95], [2.45, 2.45], color=RED)
 
@@ -245,7 +249,7 @@ def residual_stream(out):
     ax.text(5.6, 11.3, "y = x' + MLP(LN_2(x'))", fontsize=9, family="monospace")
     _box(ax, 1.5, 14.0, 2.2, 0.9, "LN_f", ORANGE)
     ax.text(5.0, 14.45, "final layer norm, then the tied head", fontsize=8.5, va="center", color=GREY)
-    ax.text(0.2, -0.05, "Every block reads a layer-normed copy of the stream and adds its result back (eq. 9):\n"
+    ax.text(0.2, -0.05, "Every block reads a layer-normed copy of the stream and adds its result back:\n"
             "the stream itself is never normalised, so an identity path runs from the logits to the embeddings.\n"
             "Red: the places where GPT-2 applies dropout in training (GPTConfig.dropout; 0 by default).",
             fontsize=8, va="top")
@@ -254,7 +258,7 @@ def residual_stream(out):
 
 
 def gelu_relu(out):
-    """GELU's tanh approximation (eq. 7, npgpt.functional.gelu) and its slope from the backward pass."""
+    """GELU's tanh approximation (eq:gelu, npgpt.functional.gelu) and its slope from the backward pass."""
     import math
 
     import npgpt
@@ -271,7 +275,7 @@ def gelu_relu(out):
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
     ax = axes[0]
     ax.plot(x, relu, color=GREY, linewidth=2, label="ReLU: max(0, x)")
-    ax.plot(x, gelu, color=BLUE, linewidth=2, label="GELU, tanh form (eq. 7)")
+    ax.plot(x, gelu, color=BLUE, linewidth=2, label="GELU, tanh form")
     ax.plot(x, x * phi, color=ORANGE, linestyle=":", linewidth=2, label="GELU, exact: x Φ(x)")
     i_min = int(np.argmin(gelu))
     ax.plot(x[i_min], gelu[i_min], "o", color=BLUE)
@@ -450,7 +454,7 @@ def lr_schedule(out):
     ax.set_ylim(0, t["lr"] * 1.15)
     ax.set_xlabel("optimizer step t")
     ax.set_ylabel(r"learning rate $\eta_t$")
-    ax.set_title(f"eq. 12 with {MODEL}'s recipe: {steps:,} steps (npgpt.training.optim.cosine_schedule)", fontsize=9.5)
+    ax.set_title(f"warmup and cosine decay with {MODEL}'s recipe: {steps:,} steps (npgpt.training.optim.cosine_schedule)", fontsize=9.5)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     print(f"lr_schedule: {steps} steps, warmup {t['warmup_steps']}, peak {t['lr']}, min {t['min_lr']}; "
@@ -528,6 +532,258 @@ def temperature_samples(out, new_tokens=30, seed=0):
     return _save(fig, out / "temperature_samples.svg")
 
 
+# ----------------------------------------------------------------------------- concepts.md
+def pipeline(out):
+    """The article's two stages and what follows them: pretrain -> fine-tune -> classifier or agent."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(11, 4.4))
+    ax.axis("off")
+    ax.set_xlim(0, 22)
+    ax.set_ylim(0, 9)
+    _box(ax, 0.2, 6.3, 3.8, 1.9, "unlabelled text\nplays, speeches, novels\n(npgpt prepare)", GREY, fontsize=8.5)
+    _box(ax, 5.0, 5.9, 4.6, 2.7, "Stage 1: pretraining\n"
+         r"$\mathcal{L} = -\frac{1}{N}\sum_i \log p(x_i \mid x_{<i})$" "\n"
+         "npgpt train (chapter 6)", BLUE, fontsize=8.5)
+    _box(ax, 10.6, 6.3, 3.6, 1.9, "language model\nnpgpt-small, GPT-2\n(chapter 4)", BLUE, fontsize=8.5, alpha=0.45)
+    _box(ax, 10.6, 0.4, 3.6, 1.9, "labelled data\nreviews + sentiment,\nconversations", GREY, fontsize=8.5)
+    _box(ax, 15.2, 3.1, 3.0, 2.9, "Stage 2:\nfine-tuning\n"
+         r"$\mathcal{L} = \mathrm{Loss}(f(x), y)$" "\n(chapter 7)", ORANGE, fontsize=8.5)
+    _box(ax, 19.0, 6.0, 2.8, 2.2, "classifier\nGPTClassifier:\nthe same network\n+ a linear head", GREEN,
+         fontsize=8)
+    _box(ax, 19.0, 0.6, 2.8, 2.6, "generative agent\nconverses, follows\ninstructions\n(SFT, DPO;\nnpgpt chat)",
+         PURPLE, fontsize=8)
+    _arrow(ax, (4.1, 7.25), (4.9, 7.25))
+    _arrow(ax, (9.7, 7.25), (10.5, 7.25))
+    _arrow(ax, (14.3, 7.0), (15.4, 6.1))
+    _arrow(ax, (14.3, 1.6), (15.4, 3.0))
+    _arrow(ax, (18.3, 5.4), (18.9, 6.6))
+    _arrow(ax, (18.3, 3.6), (18.9, 2.4))
+    ax.text(7.3, 5.3, "labels come free with the text:\nthe target at i is the next token",
+            ha="center", va="top", fontsize=8, color=GREY)
+    ax.text(12.4, 5.4, "the same weights go on;\nonly a head is new", ha="center", va="top", fontsize=8, color=GREY)
+    print("pipeline: pretraining -> language model -> fine-tuning -> classifier | agent")
+    return _save(fig, out / "pipeline.svg")
+
+
+# ----------------------------------------------------------------------------- autograd.md
+def _value_engine():
+    """The scalar engine of docs/autograd.md, taken from the page itself: its first listing, executed."""
+    import re
+
+    page = (ROOT / "docs" / "autograd.md").read_text()
+    namespace = {}
+    exec(re.search(r"```python\n(.*?)```", page, re.S).group(1), namespace)
+    return namespace["Value"]
+
+
+def value_graph(out):
+    """The neuron tanh(w1 x1 + w2 x2 + b) of docs/autograd.md as a graph, each node with its value and gradient."""
+    plt = _pyplot()
+    Value = _value_engine()
+    x1, x2, w1, w2, b = Value(2.0), Value(-1.0), Value(0.5), Value(1.5), Value(0.3)
+    w1x1, w2x2 = w1 * x1, w2 * x2
+    s = w1x1 + w2x2
+    n = s + b
+    o = n.tanh()
+    o.backward()
+    fig, ax = plt.subplots(figsize=(11, 4.6))
+    ax.axis("off")
+    ax.set_xlim(-0.3, 21.5)
+    ax.set_ylim(-0.6, 10.0)
+    nodes = {"x1": (x1, 0, 7.6), "w1": (w1, 0, 5.6), "x2": (x2, 0, 3.2), "w2": (w2, 0, 1.2),
+             "w1*x1": (w1x1, 6.0, 6.6), "w2*x2": (w2x2, 6.0, 2.2), "sum": (s, 11.0, 4.4), "b": (b, 11.0, 0.6),
+             "n": (n, 14.8, 3.0), "out = tanh(n)": (o, 18.6, 3.0)}
+    ops = {"w1*x1": "*", "w2*x2": "*", "sum": "+", "n": "+", "out = tanh(n)": "tanh"}
+    w, h = 2.9, 1.5
+    for name, (v, x, y) in nodes.items():
+        _box(ax, x, y, w, h, f"{name}\ndata {v.data:.4f}\ngrad {v.grad:.4f}", BLUE if name not in ops else ORANGE,
+             fontsize=8)
+    edges = [("x1", "w1*x1"), ("w1", "w1*x1"), ("x2", "w2*x2"), ("w2", "w2*x2"), ("w1*x1", "sum"),
+             ("w2*x2", "sum"), ("sum", "n"), ("b", "n"), ("n", "out = tanh(n)")]
+    for parent, child in edges:
+        _, px, py = nodes[parent]
+        _, cx, cy = nodes[child]
+        _arrow(ax, (px + w + 0.05, py + h / 2), (cx - 0.05, cy + h / 2), colour=GREY)
+    for name, op in ops.items():
+        _, x, y = nodes[name]
+        ax.text(x + w / 2, y + h + 0.25, op, ha="center", fontsize=10, family="monospace", color=ORANGE)
+    _arrow(ax, (21.2, -0.2), (0.3, -0.2), colour=RED)
+    ax.text(10.7, -0.55, "backward(): out.grad = 1, then each node, after all its children, adds "
+            "grad × local derivative into each parent", ha="center", va="top", fontsize=8.5, color=RED)
+    ax.text(0, 9.9, "forward: each Value keeps its parents and d(self)/d(parent) (docs/autograd.md's engine, "
+            "run by this script)", fontsize=8.5, va="top")
+    print(f"value_graph: out {o.data:.4f}; grads x1 {x1.grad:.4f} w1 {w1.grad:.4f} x2 {x2.grad:.4f} "
+          f"w2 {w2.grad:.4f} b {b.grad:.4f}")
+    return _save(fig, out / "value_graph.svg")
+
+
+# ----------------------------------------------------------------------------- finetuning.md
+def padded_batch(out):
+    """Three reviews padded into a batch (right and left), the mask, and the last real token each row pools."""
+    from npgpt.finetuning.classifier import last_token_index
+    from npgpt.finetuning.labelled import pad_batch
+    from npgpt.io.inputs import positions_from_mask
+
+    plt = _pyplot()
+    reviews = [[17, 4, 52, 9, 31], [8, 9], [60, 9, 3]]        # docs/finetuning.md's example
+    fig, ax = plt.subplots(figsize=(10, 5.4))
+    ax.axis("off")
+    cw, ch = 1.5, 1.0                                         # cell width and height
+    top = 0.0
+    for side, pad in (("right", 0), ("left", 9)):
+        idx, mask = pad_batch(reviews, pad_id=pad, side=side)
+        last, positions = last_token_index(mask), positions_from_mask(mask)
+        B, T = idx.shape
+        ax.text(0, top + 0.35, f"{side} padding, pad id {pad}: mask m, positions p counted over real tokens, "
+                f"last real token t_b = {[int(i) for i in last]}", fontsize=9)
+        for r in range(B):
+            y = top - (r + 1) * (ch + 0.15)
+            for t in range(T):
+                real, pooled = bool(mask[r, t]), t == last[r]
+                colour = ORANGE if pooled else (BLUE if real else GREY)
+                ax.add_patch(plt.Rectangle((t * cw, y), cw - 0.1, ch, facecolor=colour,
+                                           alpha=0.55 if real else 0.18,
+                                           edgecolor="black" if pooled else "white", linewidth=1.5))
+                ax.text(t * cw + cw / 2 - 0.05, y + 0.62, str(idx[r, t]), ha="center", va="center", fontsize=10)
+                ax.text(t * cw + cw / 2 - 0.05, y + 0.22, f"m=1 p={positions[r, t]}" if real else "m=0 pad",
+                        ha="center", va="center", fontsize=7, color="black" if real else GREY)
+            ax.text(-0.2, y + ch / 2, f"text {r}", ha="right", va="center", fontsize=8.5)
+            _arrow(ax, (T * cw + 0.1, y + ch / 2), (T * cw + 1.0, y + ch / 2), colour=ORANGE)
+            ax.text(T * cw + 1.15, y + ch / 2, rf"$h_{r} = H[{r}, {last[r]}]$, $z_{r} = h_{r} W$", va="center",
+                    fontsize=9)
+        top -= B * (ch + 0.15) + 1.3
+    ax.text(0, top + 0.6, "blue: real tokens; grey: padding, which no position attends to; orange: the token "
+            "whose hidden state h_b the head reads, z_b = h_b W.\nThe padding side and the pad id change nothing: "
+            "each text's logits are those it has alone.", fontsize=8.5, va="top")
+    ax.set_xlim(-1.6, 5 * cw + 5.2)
+    ax.set_ylim(top - 0.4, 0.9)
+    print(f"padded_batch: last real tokens {[int(i) for i in last]} (left padding)")
+    return _save(fig, out / "padded_batch.svg")
+
+
+# ----------------------------------------------------------------------------- distributed.md
+def ring_steps(n):
+    """Simulate a ring all-reduce of n chunks over n ranks: the set of ranks summed in each chunk, per step.
+
+    Reduce-scatter step s (0 .. n-2): rank r sends chunk (r - s) mod n to rank r + 1, which adds it.
+    All-gather step s: rank r sends chunk (r + 1 - s) mod n, now complete, and rank r + 1 copies it.
+    Returns [(title, held, sent)] with held[r][c] a frozenset of ranks and sent the (rank, chunk) pairs.
+    """
+    held = [[frozenset([r]) for _ in range(n)] for r in range(n)]
+    steps = [("start", [row[:] for row in held], set())]
+    for s in range(n - 1):
+        sent = {(r, (r - s) % n) for r in range(n)}
+        new = [row[:] for row in held]
+        for r, c in sent:
+            new[(r + 1) % n][c] = held[(r + 1) % n][c] | held[r][c]
+        held = new
+        steps.append((f"reduce-scatter {s + 1}", [row[:] for row in held], sent))
+    for s in range(n - 1):
+        sent = {(r, (r + 1 - s) % n) for r in range(n)}
+        new = [row[:] for row in held]
+        for r, c in sent:
+            new[(r + 1) % n][c] = held[r][c]
+        held = new
+        steps.append((f"all-gather {s + 1}", [row[:] for row in held], sent))
+    return steps
+
+
+def ring_allreduce(out, n=4):
+    """The ring all-reduce of docs/distributed.md on 4 ranks, step by step: how many ranks each chunk sums."""
+    plt = _pyplot()
+    steps = ring_steps(n)
+    assert all(len(part) == n for row in steps[-1][1] for part in row)      # every chunk is the full sum
+    fig, axes = plt.subplots(1, len(steps), figsize=(13, 2.6))
+    cmap = plt.get_cmap("Blues")
+    for ax, (title, held, sent) in zip(axes, steps):
+        ax.set_aspect("equal")
+        ax.axis("off")
+        for r in range(n):
+            for c in range(n):
+                k = len(held[r][c])
+                ax.add_patch(plt.Rectangle((c, n - 1 - r), 0.95, 0.95, facecolor=cmap(0.15 + 0.8 * k / n),
+                                           edgecolor=RED if (r, c) in sent else "white", linewidth=2))
+                ax.text(c + 0.47, n - 1 - r + 0.47, str(k), ha="center", va="center", fontsize=8,
+                        color="white" if k > n / 2 else "black")
+        for r in range(n):
+            ax.text(-0.15, n - 1 - r + 0.47, f"rank {r}", ha="right", va="center", fontsize=7)
+        ax.text(n / 2, n + 0.2, title, ha="center", fontsize=7.5)
+        ax.text(n / 2, -0.25, "chunks 0 .. 3", ha="center", va="top", fontsize=7, color=GREY)
+        ax.set_xlim(-1.6, n + 0.1)
+        ax.set_ylim(-0.9, n + 0.8)
+    fig.subplots_adjust(bottom=0.12)
+    fig.text(0.5, 0.04, f"Each cell: how many ranks' gradients the chunk sums. Red border: the chunk that rank "
+             f"sends to the next rank (r -> r + 1) in this step. {2 * (n - 1)} steps of S/{n} bytes each: "
+             f"2(n - 1)/n S = {2 * (n - 1) / n:.1f} S sent per rank.", ha="center", fontsize=8)
+    print(f"ring_allreduce: n = {n}, {2 * (n - 1)} steps, {2 * (n - 1) / n:.2f} S per rank")
+    return _save(fig, out / "ring_allreduce.svg")
+
+
+# ----------------------------------------------------------------------------- performance.md
+def _activation_bytes(batch_sizes, T=1024):
+    """Bytes the forward pass of GPT-2 124M keeps for the backward pass, for each batch size, in float32.
+
+    Measured with tracemalloc (NumPy reports its allocations to it) on three cheap runs of GPT-2's
+    width and context (C = 768, H = 12, T = 1024) with a 256-token vocabulary: one block and one
+    sequence, two blocks, two sequences. Their differences give a block's arrays per sequence and
+    the rest per sequence; what does not grow with the batch (the fused head's (V, C) gradient of
+    the tied table, the position rows) is then counted for V = 50,257. A direct measurement of the
+    full model with one sequence (1,372.07 MB, 50 s here) agrees to 0.1 MB.
+    """
+    import tracemalloc
+
+    from npgpt import GPT, GPTConfig
+
+    def kept(n_layer, B, V=256):
+        model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=n_layer, n_head=12, n_embd=768), seed=0)
+        ids = np.random.default_rng(0).integers(0, V, (B, T + 1))
+        tracemalloc.start()
+        try:
+            loss = model.loss(ids[:, :-1], ids[:, 1:])              # the graph keeps what backward needs
+            return tracemalloc.get_traced_memory()[0] + 0 * loss.item()
+        finally:
+            tracemalloc.stop()
+
+    one, two_blocks, two_seqs = kept(1, 1), kept(2, 1), kept(1, 2)
+    block = two_blocks - one                                   # one block, one sequence
+    rest = two_seqs - one - block                              # embeddings, ln_f, the head's dL/dH: per sequence
+    fixed = one - block - rest + (50257 - 256) * 768 * 4       # does not grow with B; the real vocabulary
+    return {B: B * (12 * block + rest) + fixed for B in batch_sizes}
+
+
+def memory_breakdown(out):
+    """Where a training step of GPT-2 124M keeps its memory in float32: weights, gradients, AdamW, activations."""
+    from npgpt import GPTConfig
+
+    plt = _pyplot()
+    n = GPTConfig().num_parameters()
+    batches = (1, 4, 8, 16)
+    activations = _activation_bytes(batches)
+    parts = [("weights", 4 * n, BLUE), ("gradients", 4 * n, ORANGE), ("AdamW m and v", 8 * n, GREEN)]
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for row, B in enumerate(batches):
+        left = 0.0
+        for name, size, colour in parts + [("activations kept for backward", activations[B], PURPLE)]:
+            ax.barh(row, size / 1e9, left=left, color=colour, alpha=0.75, edgecolor="white",
+                    label=name if row == 0 else None)
+            if size / 1e9 > 0.6:
+                ax.text(left + size / 2e9, row, f"{size / 1e9:.1f}", ha="center", va="center", fontsize=8)
+            left += size / 1e9
+        ax.text(left + 0.15, row, f"{left:.1f} GB", va="center", fontsize=8.5)
+    ax.set_yticks(range(len(batches)), [f"B = {B}" for B in batches])
+    ax.invert_yaxis()
+    ax.set_xlabel("GB (10^9 bytes), float32, T = 1,024 tokens per sequence")
+    ax.set_title(f"GPT-2 124M ({n:,} parameters): a training step's memory, by part "
+                 "(activations measured on npgpt with tracemalloc)", fontsize=9)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_xlim(0, max(4 * 4 * n + activations[B] for B in batches) / 1e9 * 1.12)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    print("memory_breakdown: weights {:.2f} GB, gradients {:.2f} GB, AdamW {:.2f} GB; activations ".format(
+        4 * n / 1e9, 4 * n / 1e9, 8 * n / 1e9) + ", ".join(f"B={B} {a / 1e9:.2f} GB" for B, a in activations.items()))
+    return _save(fig, out / "memory_breakdown.svg")
+
+
 # ----------------------------------------------------------------------------- gpu.md
 def _gpu_step():
     """docs/scripts/gpu_step.py's functions (the roofline's numbers), run once."""
@@ -584,7 +840,8 @@ def roofline(out):
 
 
 FIGURES = {f.__name__: f for f in (causal_mask, head_split, residual_stream, gelu_relu, kv_cache, positions,
-                                   bpe_merge_tree, lr_schedule, sampling_filters, temperature_samples, roofline)}
+                                   bpe_merge_tree, lr_schedule, sampling_filters, temperature_samples, roofline,
+                                   pipeline, value_graph, padded_batch, ring_allreduce, memory_breakdown)}
 
 
 def main(argv=None):

@@ -18,7 +18,7 @@ so an op whose intensity is below the ridge point ``peak / bandwidth`` is limite
 bandwidth, whatever the peak.
 
 FLOPs per element of the elementwise ops (a multiply-add is 2; exp, tanh and rsqrt count 1):
-layer norm 8 (mean, centre, square, variance, normalise, scale, shift), GELU 10 (eq. 7 of
+layer norm 8 (mean, centre, square, variance, normalise, scale, shift), GELU 10 (eq:gelu of
 docs/model.md: cube, two products, sum, tanh, sum, two products), softmax 5 (max, subtract, exp,
 sum, divide), residual add 1, AdamW 12 per parameter. A backward pass is counted as two matrix
 products of the forward product's shape for each linear map and attention product, and as twice

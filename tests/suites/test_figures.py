@@ -127,3 +127,44 @@ def test_picture_scripts_write_every_figure_into_the_directory_they_are_given(tm
     assert (tmp_path / "interp" / "saliency_next_token.svg").is_file()
     assert (tmp_path / "curve" / "loss.png").read_bytes().startswith(b"\x89PNG")
     assert {p.name: p.stat().st_mtime_ns for p in (DOCS / "images").iterdir()} == before
+
+
+# The figures book_figures.py draws without a model or a measurement: cheap enough to redraw on
+# every run; those drawn from npgpt-small or a measurement are only drawn, by the slow test above.
+DIAGRAMS = ("head_split", "residual_stream", "gelu_relu", "kv_cache", "bpe_merge_tree", "lr_schedule",
+            "pipeline", "value_graph", "padded_batch", "ring_allreduce", "roofline")
+
+
+def svg_texts(path):
+    """Every text of an SVG, in order: what a figure says, whatever version of matplotlib drew it."""
+    import xml.etree.ElementTree as ElementTree
+
+    root = ElementTree.parse(path).getroot()
+    return ["".join(node.itertext()).strip() for node in root.iter("{http://www.w3.org/2000/svg}text")]
+
+
+def test_the_committed_diagrams_are_what_the_script_draws_now(tmp_path):
+    # A figure whose numbers or labels changed in the code (a renamed module, a new count) but was
+    # not redrawn is stale: its texts differ from a fresh drawing's. The script is deterministic
+    # (fixed hash salt, no date), so a fresh drawing equals the committed one.
+    pytest.importorskip("matplotlib")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert load("book_figures").main(["--out", str(tmp_path), "--only", *DIAGRAMS]) == 0
+    for name in DIAGRAMS:
+        fresh, committed = svg_texts(tmp_path / f"{name}.svg"), svg_texts(DOCS / "images" / f"{name}.svg")
+        assert fresh, f"{name}.svg has no text: has the SVG writer changed?"
+        assert fresh == committed, (f"docs/images/{name}.svg is stale: "
+                                    f"python docs/scripts/book_figures.py --out docs/images --only {name}")
+
+
+def test_the_space_glyph_is_the_same_in_every_tokenizer_figure():
+    # Tokens that start with a space are drawn with ␣ (U+2423) everywhere; a middle dot would read
+    # as the token separator of docs/tokenizer.md's worked example.
+    from npgpt import Tokenizer, viz
+
+    assert viz.token_labels([Tokenizer.from_pretrained("npgpt-small").encode(" the cat")],
+                            Tokenizer.from_pretrained("npgpt-small")) == ["\u2423the", "\u2423cat"]
+    for image in ("bpe_merge_tree", "causal_mask", "attention_layer0_head0", "saliency_next_token",
+                  "saliency_sentiment"):
+        text = (DOCS / "images" / f"{image}.svg").read_text()
+        assert "\u2423" in text and "\u00b7" not in text, image
