@@ -29,7 +29,18 @@ are selected). Host -> device: ``cupy.asarray``/``cupy.array`` of host data (Pyt
 included: CuPy allocates device memory and copies them), ``.set()``, and host arrays or lists
 used as indices or as values of an indexed assignment.
 
-What it cannot show: kernels, speed, memory limits, the numerics of cuBLAS and of CuPy's
+Every call that would launch a kernel on a GPU is counted too, with the bytes it reads and
+writes: ``kernels()`` returns ``{"launches", "bytes_read", "bytes_written"}``, ``reset_kernels()``
+sets them to zero, ``kernel_sites()`` counts launches by the line of npgpt that made them (after
+``count_sites(True)``). A call launches a kernel when it writes an ``out=`` array, an indexed
+assignment, a fill or a scatter, or returns an array that shares no memory with its inputs
+(an elementwise op, a reduction, a product, a copy, a gather); views (``reshape`` of a
+contiguous array, ``transpose``, slicing, ``astype`` to the same type without a copy) and
+``empty`` launch none. Bytes read are the sizes of the device arrays it is given (the view as
+given: a broadcast row counts its own size), bytes written the size of what it writes. That is
+the traffic of an unfused kernel per call, no more: caches and cuBLAS's tiling are not modelled.
+
+What it cannot show: speed, memory limits, the numerics of cuBLAS and of CuPy's
 reductions (the values are NumPy's), the random streams of cuRAND.
 """
 
@@ -45,7 +56,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["install", "uninstall", "installed", "transfers", "reset_transfers", "transfer_log", "ndarray"]
+__all__ = ["install", "uninstall", "installed", "transfers", "reset_transfers", "transfer_log", "ndarray", "kernels",
+           "reset_kernels", "count_sites", "kernel_sites"]
 
 # ------------------------------------------------------------------------------------ counting
 _counts = {"to_host": 0, "to_device": 0}
@@ -91,6 +103,74 @@ def _record(kind: str, nbytes: int) -> None:
         _log.append((kind, where, int(nbytes)))
         if len(_log) > _LOG_LIMIT:
             del _log[: len(_log) - _LOG_LIMIT]
+
+
+# ----------------------------------------------------------------------- kernels
+_kernels = {"launches": 0, "bytes_read": 0, "bytes_written": 0}
+_sites: dict[str, int] = {}
+_count_sites = False
+
+
+def kernels() -> dict[str, int]:
+    """Cumulative ``{"launches", "bytes_read", "bytes_written"}`` of the kernels a GPU would have run."""
+    with _lock:
+        return dict(_kernels)
+
+
+def reset_kernels() -> None:
+    """Set the kernel counts (and the per-site counts) to zero."""
+    with _lock:
+        for key in _kernels:
+            _kernels[key] = 0
+        _sites.clear()
+
+
+def count_sites(on: bool = True) -> None:
+    """Also count launches per calling line (``kernel_sites()``); slower, for finding where they come from."""
+    global _count_sites
+    _count_sites = bool(on)
+
+
+def kernel_sites() -> dict[str, int]:
+    """Launches by ``"file:line in function"`` of the first caller outside this file, most first."""
+    with _lock:
+        return dict(sorted(_sites.items(), key=lambda kv: -kv[1]))
+
+
+def _launch(read: int, written: int) -> None:
+    where = _caller() if _count_sites else None
+    with _lock:
+        _kernels["launches"] += 1
+        _kernels["bytes_read"] += int(read)
+        _kernels["bytes_written"] += int(written)
+        if where is not None:
+            _sites[where] = _sites.get(where, 0) + 1
+
+
+def _device_arrays(obj: Any, found: list) -> list:
+    """The NumPy arrays behind the device arrays in ``obj`` (lists, tuples and dicts searched)."""
+    if type(obj) is ndarray:
+        found.append(obj._a)
+    elif type(obj) in (list, tuple):
+        for v in obj:
+            _device_arrays(v, found)
+    elif type(obj) is dict:
+        for v in obj.values():
+            _device_arrays(v, found)
+    return found
+
+
+def _count_call(inputs: list, result: Any, out: Any = None, reads: bool = True) -> None:
+    """Count one kernel if the call wrote ``out`` or made an array that is not a view of its inputs."""
+    if type(out) is ndarray:
+        written = out._a
+    else:
+        made = [a for a in _device_arrays(result, []) if not any(np.may_share_memory(a, i) for i in inputs)]
+        if not made:
+            return                                  # a view (or views) of the inputs: no kernel
+        written = made
+    written = written if isinstance(written, list) else [written]
+    _launch(sum(a.nbytes for a in inputs) if reads else 0, sum(a.nbytes for a in written))
 
 
 # -------------------------------------------------------------------- arrays in and out
@@ -146,7 +226,9 @@ def _holds_device_array(obj: Any) -> bool:
 def _upload(obj: Any, dtype: Any = None, ndmin: int = 0) -> ndarray:
     """Host data to the device: always a copy, and counted (``cupy.asarray`` of a number too)."""
     if _holds_device_array(obj):        # a list of device arrays is assembled on the device
-        return _new(np.array(_dev(obj), dtype=dtype, ndmin=ndmin))
+        made = _new(np.array(_dev(obj), dtype=dtype, ndmin=ndmin))
+        _count_call(_device_arrays(obj, []), made)
+        return made
     host = np.array(obj, dtype=dtype, ndmin=ndmin)
     if host.dtype == object:
         raise ValueError(f"Unsupported dtype {host.dtype}")
@@ -379,12 +461,18 @@ class ndarray:  # noqa: N801  (CuPy's name)
         return (self[i] for i in range(self.shape[0]))
 
     def __getitem__(self, index):
-        np_index, _ = _index(self.shape, index)
-        return _wrap(self._a[np_index])
+        np_index, advanced = _index(self.shape, index)
+        made = _wrap(self._a[np_index])
+        if advanced:                                # a gather kernel; basic indexing is a view
+            _launch(sum(a.nbytes for a in np_index if isinstance(a, np.ndarray)) + made.nbytes, made.nbytes)
+        return made
 
     def __setitem__(self, index, value):
         np_index, advanced = _index(self.shape, index)
+        target = self._a[np_index]
         self._a[np_index] = _indexed_value(value, advanced, self.dtype)
+        read = sum(a.nbytes for a in np_index if isinstance(a, np.ndarray))
+        _launch(read + (value.nbytes if type(value) is ndarray else 0), target.nbytes)
 
     def scatter_add(self, slices, value):
         """``cupyx.scatter_add(self, slices, value)``: repeated indices add up."""
@@ -396,6 +484,8 @@ class ndarray:  # noqa: N801  (CuPy's name)
             np.add.at(self._a, np_index, v)
         else:
             np.add(self._a[np_index], v, out=self._a[np_index])
+        n = np.asarray(v).nbytes
+        _launch(2 * n + sum(a.nbytes for a in np_index if isinstance(a, np.ndarray)), n)
 
     def fill(self, value):
         if type(value) is ndarray:
@@ -409,6 +499,7 @@ class ndarray:  # noqa: N801  (CuPy's name)
         elif type(value) not in _SCALAR_TYPES:
             raise _unsupported(value)
         self._a.fill(value)
+        _launch(0, self.nbytes)
 
     def dot(self, b, out=None):
         if type(b) is not ndarray:
@@ -422,12 +513,15 @@ class ndarray:  # noqa: N801  (CuPy's name)
     def take(self, indices, axis=None, out=None):
         idx = indices._a if type(indices) is ndarray else (indices if np.isscalar(indices) else _upload(indices)._a)
         result = np.take(self._a, idx, axis=axis, mode="wrap", out=None if out is None else out._a)
-        return out if out is not None else _wrap(result)
+        made = out if out is not None else _wrap(result)
+        _launch(np.asarray(idx).nbytes + made.nbytes, made.nbytes)
+        return made
 
     def put(self, indices, values, mode="wrap"):
         idx = indices._a if type(indices) is ndarray else _upload(indices)._a
         vals = values._a if type(values) is ndarray else _upload(values, dtype=self.dtype)._a
         np.put(self._a, idx, vals, mode=mode)
+        _launch(idx.nbytes + vals.nbytes, vals.nbytes)
 
     def ptp(self, axis=None, out=None, keepdims=False):
         return _MODULE_FUNCS["ptp"](self, axis=axis, out=out, keepdims=keepdims)
@@ -516,7 +610,9 @@ def _method(name: str):
     def method(self, *args, **kwargs):
         result = getattr(self._a, name)(*_dev(args), **_dev(kwargs))
         out = kwargs.get("out")
-        return out if out is not None else _wrap(result)
+        made = out if out is not None else _wrap(result)
+        _count_call([self._a] + _inputs(args, kwargs), made, out)
+        return made
     method.__name__ = method.__qualname__ = name
     return method
 
@@ -529,13 +625,25 @@ for _name in ("all", "any", "argmax", "argmin", "argpartition", "argsort", "asty
 
 
 # ------------------------------------------------------------------------------ routines
+# Routines that write a new array without reading their arguments' values.
+_CREATION = frozenset("zeros ones full zeros_like ones_like full_like arange linspace eye identity tri".split())
+
+
+def _inputs(args: tuple, kwargs: dict) -> list:
+    """The device arrays a call reads: its arguments, less an ``out=`` it only writes."""
+    return _device_arrays(args, _device_arrays({k: v for k, v in kwargs.items() if k != "out"}, []))
+
+
 def _routine(name: str, numpy_func: Any = None, result: Any = _wrap):
     numpy_func = numpy_func if numpy_func is not None else getattr(np, name)
+    reads = name not in _CREATION
 
     def routine(*args, **kwargs):
         value = numpy_func(*_dev(args), **_dev(kwargs))
         out = kwargs.get("out")
-        return out if type(out) is ndarray else result(value)
+        made = out if type(out) is ndarray else result(value)
+        _count_call(_inputs(args, kwargs), made, out, reads)
+        return made
     routine.__name__ = routine.__qualname__ = name
     routine.__module__ = "cupy"
     routine.__doc__ = f"``numpy.{name}`` on device arrays (the CuPy stand-in)."
@@ -592,13 +700,16 @@ def where(condition, x=None, y=None):
         return _wrap(np.nonzero(_dev(condition)))
     if x is None or y is None:
         raise ValueError("Must provide both 'x' and 'y' or neither.")
-    return _wrap(np.where(*_dev((condition, x, y))))
+    made = _wrap(np.where(*_dev((condition, x, y))))
+    _count_call(_device_arrays((condition, x, y), []), made)
+    return made
 
 
 def copyto(dst, src, casting="same_kind", where=None):
     if type(dst) is not ndarray:
         raise _unsupported(dst)
     np.copyto(dst._a, _dev(src), casting=casting, where=True if where is None else _dev(where))
+    _launch(sum(a.nbytes for a in _device_arrays((src, where), [])), dst.nbytes)
 
 
 def split(ary, indices_or_sections, axis=0):
@@ -623,19 +734,27 @@ def empty_like(prototype, dtype=None, order="K", subok=None, shape=None):
 
 def asarray(a, dtype=None, order=None, *, blocking=False):
     if type(a) is ndarray:
-        return a if dtype is None or np.dtype(dtype) == a.dtype else _new(a._a.astype(dtype))
+        if dtype is None or np.dtype(dtype) == a.dtype:
+            return a
+        made = _new(a._a.astype(dtype))
+        _launch(a.nbytes, made.nbytes)
+        return made
     return _upload(a, dtype)
 
 
 def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
     if type(obj) is ndarray:
-        return _new(np.array(obj._a, dtype=dtype, copy=copy, order=order, ndmin=ndmin))
+        made = _new(np.array(obj._a, dtype=dtype, copy=copy, order=order, ndmin=ndmin))
+        _count_call([obj._a], made)
+        return made
     return _upload(obj, dtype, ndmin)
 
 
 def ascontiguousarray(a, dtype=None):
     if type(a) is ndarray:
-        return _new(np.ascontiguousarray(a._a, dtype=dtype))
+        made = _new(np.ascontiguousarray(a._a, dtype=dtype))
+        _count_call([a._a], made)
+        return made
     return _upload(a, dtype)
 
 
@@ -777,6 +896,20 @@ class Generator:
 
 
 Generator.__module__ = "cupy.random"
+
+
+def _drawing(method: Any) -> Any:
+    """A generator method that counts its draws as one kernel writing them (cuRAND's)."""
+    @functools.wraps(method)
+    def draw(self, *args, **kwargs):
+        made = method(self, *args, **kwargs)
+        _launch(0, made.nbytes)
+        return made
+    return draw
+
+
+for _name in ("random", "standard_normal", "uniform", "integers"):
+    setattr(Generator, _name, _drawing(getattr(Generator, _name)))
 
 
 def default_rng(seed=None):

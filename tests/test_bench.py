@@ -147,3 +147,22 @@ def test_the_prepared_gpu_check_writes_one_json_even_without_a_gpu(tmp_path):
     assert report["device_tests"]["exit_status"] == 0 and report["bench_exit_status"] == 2
     assert "no usable CUDA device" in report["bench_log_tail"][-1]
     assert report["data_parallel"] == "fewer than 2 GPUs or no mpiexec"
+
+
+def test_gpu_count_counts_launches_and_bytes_on_the_stand_in():
+    # --count needs no GPU: the stand-in is put in place for the count and taken away after it.
+    import argparse
+
+    import fake_cupy
+
+    from npgpt.bench import gpu
+
+    was = fake_cupy.installed()
+    parser = argparse.ArgumentParser()
+    gpu.add_arguments(parser)
+    result = gpu.run(parser.parse_args(["--count", "--quick"]))
+    assert fake_cupy.installed() == was
+    for key in ("train_step", "greedy_token"):
+        counts = result[key]
+        assert counts["launches"] > 0 and counts["bytes"] == counts["bytes_read"] + counts["bytes_written"] > 0
+    assert result["train_step"]["to_device"] == 1          # the batch, once; nothing else crosses per step

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the device's peak FLOP/s in float32 and float16 (default: from its name, if known)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch CUDA comparison")
     parser.add_argument("--quick", action="store_true", help="tiny workloads, to test the code paths (no meaning)")
+    parser.add_argument("--count", action="store_true",
+                        help="no GPU: count the kernel launches and bytes of a GPT-2 124M train step and decoded "
+                             "token on the CuPy stand-in, with their H100 floors (npgpt.bench.budget)")
 
 
 def _sync() -> None:
@@ -201,6 +204,10 @@ def _peaks(name: str, override: list[float] | None) -> dict[str, float] | None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from npgpt import backend
 
+    if args.count:
+        from npgpt.bench import budget
+
+        return {"workload": "gpu-count", **budget.count(quick=args.quick)}
     if not backend.cuda_available():
         print(f"npgpt.bench gpu: no usable CUDA device: {backend.cuda_unavailable_reason()} "
               "(docs/gpu.md, \"Installing\")", file=sys.stderr)

@@ -183,6 +183,45 @@ def test_every_kind_of_copy_is_counted():
     assert "test_fake_cupy.py" in fake_cupy.transfer_log()[0][1]     # where the copy was asked for
 
 
+def _launches(work):
+    fake_cupy.reset_kernels()
+    work()
+    return fake_cupy.kernels()
+
+
+def test_every_kernel_is_counted_and_views_are_not():
+    a = cp.ones((4, 8), dtype=np.float32)                           # 128 bytes
+    ids, positive = cp.zeros(2, np.int64), a > 0
+    views = (lambda: a.T, lambda: a.reshape(32), lambda: a[1:3], lambda: a.swapaxes(0, 1),
+             lambda: a.astype(np.float32, copy=False), lambda: cp.empty((4, 8)), lambda: cp.split(a, 2))
+    for view in views:
+        assert _launches(view)["launches"] == 0
+    kernels = (lambda: a + 1, lambda: cp.add(a, a, out=a), lambda: a.sum(axis=1), lambda: a @ a.T,
+               lambda: a.T.reshape(32), lambda: a.copy(), lambda: a.astype(np.float64), lambda: cp.zeros(3),
+               lambda: a[ids], lambda: a.__setitem__(0, 2.0), lambda: a.fill(1.0),
+               lambda: cp.where(positive, a, 0.0), lambda: cp.exp(a, out=a), lambda: cp.random.default_rng(0).random(3))
+    for kernel in kernels:
+        assert _launches(kernel)["launches"] == 1
+    assert _launches(lambda: a + a) == {"launches": 1, "bytes_read": 256, "bytes_written": 128}
+    assert _launches(lambda: cp.multiply(a, a, out=a)) == {"launches": 1, "bytes_read": 256, "bytes_written": 128}
+    assert _launches(lambda: a.sum()) == {"launches": 1, "bytes_read": 128, "bytes_written": 4}
+    assert _launches(lambda: (a * 2 + 1).sum())["launches"] == 3
+    assert _launches(lambda: cp.zeros((2, 2)))["bytes_read"] == 0
+
+
+def test_launches_are_counted_by_site():
+    a = cp.ones(3)
+    fake_cupy.count_sites(True)
+    try:
+        fake_cupy.reset_kernels()
+        for _ in range(3):
+            a = a * 2
+    finally:
+        fake_cupy.count_sites(False)
+    (site, n), = fake_cupy.kernel_sites().items()
+    assert n == 3 and "test_fake_cupy.py" in site
+
+
 def test_copies_are_copies():
     host = np.zeros(3)
     a = cp.asarray(host)
