@@ -85,6 +85,48 @@ def test_a_world_of_one_leaves_the_device_alone(monkeypatch):
     assert World().use_local_gpu() is None and chosen == []
 
 
+@pytest.fixture
+def four_gpus(monkeypatch, cuda):
+    """The CuPy stand-in reporting four GPUs (its current device put back afterwards)."""
+    fake_cupy = pytest.importorskip("fake_cupy")
+    if not fake_cupy.installed():
+        pytest.skip("needs the CuPy stand-in (NPGPT_FAKE_CUDA=1) to pretend there are four GPUs")
+    import cupy
+
+    monkeypatch.setattr(fake_cupy, "_current_device", 0)
+    monkeypatch.setattr(fake_cupy, "_get_device_count", lambda: 4)
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 4)
+    return cupy
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("how", ["train and sft", "finetune command"])
+def test_train_sft_and_finetune_put_each_rank_on_its_local_gpu(monkeypatch, no_launcher, four_gpus, how):
+    """Under a launcher that says local rank 3, every command computes on GPU 3, chosen before its model moves."""
+    from npgpt.apps import cli
+    from npgpt.finetuning.sft import SFTTrainer
+    from npgpt.training.train import Trainer
+
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "3")
+    world = World(TwoRanks())
+    if how == "train and sft":
+        assert SFTTrainer._choose_device is Trainer._choose_device           # SFT picks its GPU as training does
+        trainer = Trainer.__new__(Trainer)
+        trainer.world = world
+        trainer._choose_device(types.SimpleNamespace(device="cuda", peak_flops=1.0, dtype="float32"))
+        assert trainer.device == "cuda"
+    else:
+        assert cli._check_device("cuda", world) == "cuda"
+    assert four_gpus.cuda.runtime.getDevice() == 3
+    assert distributed.use_device("cpu", world) == "cpu" and four_gpus.cuda.runtime.getDevice() == 3
+
+
+@pytest.mark.gpu
+def test_one_process_stays_on_the_current_gpu(monkeypatch, no_launcher, four_gpus):
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "3")
+    assert distributed.use_device("cuda", World()) == "cuda" and four_gpus.cuda.runtime.getDevice() == 0
+
+
 # ------------------------------------------------------------------------- NCCL or MPI
 def _nccl_module(monkeypatch, module):
     cupy = pytest.importorskip("cupy") if "cupy" not in sys.modules else sys.modules["cupy"]

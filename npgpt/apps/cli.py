@@ -503,12 +503,16 @@ def _require_model_kind(directory: str, kind: str) -> None:
                          "`npgpt classify DIR TEXT`")
 
 
-def _check_device(device: str) -> str:
-    """A missing GPU is the user's to fix: report it as one line, not a traceback."""
+def _check_device(device: str, world: Any = None) -> str:
+    """A missing GPU is the user's to fix: report it as one line, not a traceback.
+
+    With the ``world`` of a job of several ranks, a ``cuda`` device is this rank's local GPU,
+    made current here (``distributed.use_device``)."""
     from npgpt import backend
+    from npgpt.training import distributed
 
     try:
-        return backend.check_device(device)
+        return backend.check_device(device) if world is None else distributed.use_device(device, world)
     except RuntimeError as exc:
         raise ValueError(str(exc)) from None
 
@@ -917,7 +921,7 @@ def _finetune_holding(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.from_pretrained(args.model)
     classifier = GPTClassifier.from_pretrained(args.model, num_labels=num_labels, labels=labels.names,
                                                seed=config.seed)
-    classifier.to(_check_device(args.device))
+    classifier.to(_check_device(args.device, distributed.world()))      # under mpiexec: each rank its own GPU
     print(f"{len(train_texts)} training and {len(val_texts)} validation texts; classes {labels.names}; "
           f"{'one logit + sigmoid' if num_labels == 1 else f'{num_labels} logits + softmax'}")
     result = ft.finetune(classifier, tokenizer, train_texts, train_y, val_texts, val_y, config=config,

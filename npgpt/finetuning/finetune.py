@@ -354,7 +354,9 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     With LoRA (``lora_rank``) ``out_dir`` holds the classifier with the
     adapters merged, and ``out_dir/adapter`` the adapters and the head in
     PEFT's format (``base_model``, the backbone's name, is written into it);
-    the classifier is returned with its adapters on.
+    the classifier is returned with its adapters on. Under ``mpiexec`` on a
+    machine with several GPUs, put the classifier on this rank's GPU with
+    ``classifier.to(distributed.use_device("cuda"))`` (``npgpt finetune`` does).
     Returns a :class:`FinetuneResult`.
     """
     cfg = config if config is not None else FinetuneConfig.from_dict(overrides)

@@ -49,7 +49,7 @@ import numpy as np
 from npgpt import backend
 from npgpt.backend import Array
 
-__all__ = ["World", "world", "local_rank", "MPINotInstalled", "ProcessGroup", "SINGLE_PROCESS", "DataParallel",
+__all__ = ["World", "world", "local_rank", "use_device", "MPINotInstalled", "ProcessGroup", "SINGLE_PROCESS", "DataParallel",
            "process_group", "BUCKET_BYTES", "partition", "OptimizerShard", "Link", "NVLINK", "INFINIBAND",
            "data_parallel_step"]
 
@@ -264,6 +264,20 @@ def world() -> World:
                               "installed: pip install -e \".[mpi]\" (it brings mpi4py and an mpiexec)") from None
     comm = MPI.COMM_WORLD
     return World(comm) if comm.Get_size() > 1 else World()
+
+
+def use_device(device: Optional[str], ranks: Optional[World] = None) -> str:
+    """The checked device name for this process; for a GPU under a launcher, its local GPU made current first.
+
+    ``ranks`` (default: :func:`world`) decides: in a job of several ranks a
+    ``"cuda"`` device is GPU ``local_rank() % GPUs`` (``World.use_local_gpu``),
+    chosen before any array reaches a GPU, so that ``mpiexec -n 8`` on one
+    machine puts each rank on a GPU of its own. Training, SFT and the
+    classifier fine-tune all take their device from here.
+    """
+    if isinstance(device, str) and device.lower().startswith("cuda"):
+        (ranks if ranks is not None else world()).use_local_gpu()
+    return backend.check_device(device)
 
 
 def local_rank() -> int:

@@ -276,9 +276,8 @@ class Trainer:
 
     def _choose_device(self, config: Any) -> None:
         """``self.device``, and the peak FLOP/s of the MFU: the GPU's own unless ``peak_flops`` was set."""
-        if isinstance(config.device, str) and config.device.lower().startswith("cuda"):
-            self.world.use_local_gpu()     # under mpiexec: one GPU per rank of this machine, before any GPU work
-        self.device = backend.check_device(config.device)
+        # under mpiexec: one GPU per rank of this machine, before any GPU work
+        self.device = distributed.use_device(config.device, self.world)
         self.peak_flops = config.peak_flops
         if self.device == "cuda" and config.peak_flops == DEFAULT_PEAK_FLOPS:
             self.peak_flops = device_peak_flops(backend.device_name(), config.dtype) or config.peak_flops
