@@ -258,16 +258,50 @@ class LayerNorm(Module):
         return f"{self.dim}, eps={self.eps}"
 
 
+# The (step, micro-batch) that training has keyed dropout with (``dropout_key``), or None.
+_step_key: tuple[int, int] | None = None
+
+
+class dropout_key:  # noqa: N801  (used as a function: ``with dropout_key(step, micro_batch):``)
+    """Key every dropout mask drawn inside by ``(step, micro_batch)``: ``with nn.dropout_key(7, 0): ...``.
+
+    The training step (``npgpt.training.engine.optimizer_step``) runs each
+    micro-batch's forward pass inside one, so mask ``d`` of a module in that
+    micro-batch is Philox of (the module's seed; step, micro-batch, ``d``)
+    (docs/gpu.md eq:philox-round): a function of where training is, not of how many
+    masks were drawn before. A run resumed at any step draws the masks the
+    uninterrupted run drew there, at once, with no state to restore; two
+    micro-batches (or two ranks' rows, which the step numbers apart) differ.
+    Process-wide, not per thread: one training step runs at a time.
+    """
+
+    def __init__(self, step: int, micro_batch: int = 0) -> None:
+        for name, value in (("step", step), ("micro_batch", micro_batch)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2 ** 32:
+                raise ValueError(f"dropout_key: {name} must be a whole number in 0..2**32-1, got {value!r}")
+        self.key = (int(step), int(micro_batch))
+
+    def __enter__(self) -> "dropout_key":
+        global _step_key
+        self.outer, _step_key = _step_key, self.key
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        global _step_key
+        _step_key = self.outer
+
+
 class CounterGenerator:
     """A dropout module's random numbers on one array module: Philox, keyed by the module's seed.
 
-    Draw ``n`` of the module (its ``n``-th mask) is ``philox.uniform(size,
-    key=seed, stream=n)``: a function of the seed and the draw number only
-    (``npgpt.backend.philox``, docs/gpu.md eq:philox-round). Nothing else is kept, so the
-    masks are the same on NumPy, on the CuPy stand-in and on any GPU, and a
-    resumed run continues from one number (no generator state, nothing to
-    replay). The count lives in the :class:`Dropout` module, shared by every
-    array module it ever draws on.
+    Inside :class:`dropout_key` (training), draw ``d`` of the module in that
+    micro-batch is ``philox.uniform(size, key=seed, stream=step + 2**32
+    micro_batch, draw=d)``. Outside one, draw ``n`` of the module (its ``n``-th
+    mask) is ``philox.uniform(size, key=seed, stream=n)``. Either way a
+    function of a few numbers only (``npgpt.backend.philox``, docs/gpu.md eq:philox-round):
+    the masks are the same on NumPy, on the CuPy stand-in and on any GPU, and
+    nothing is replayed on resume. The counts live in the :class:`Dropout`
+    module, shared by every array module it ever draws on.
     """
 
     def __init__(self, xp: Any, owner: "Dropout") -> None:
@@ -276,8 +310,16 @@ class CounterGenerator:
     def random(self, shape: Any, dtype: Any = np.float32) -> Any:
         """Uniform numbers in [0, 1) of ``shape`` (float32 or float64): the module's next draw."""
         shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(n) for n in shape)
-        values = philox.uniform(int(np.prod(shape)), self.owner.seed, self.owner.draws, self.xp, dtype)
-        self.owner.draws += 1
+        owner, key = self.owner, _step_key
+        if key is None:
+            values = philox.uniform(int(np.prod(shape)), owner.seed, owner.draws, self.xp, dtype)
+        else:
+            if owner._keyed != key:                  # the first mask of this micro-batch
+                owner._keyed, owner._keyed_draws = key, 0
+            stream = key[0] + (key[1] << 32)
+            values = philox.uniform(int(np.prod(shape)), owner.seed, stream, self.xp, dtype, draw=owner._keyed_draws)
+            owner._keyed_draws += 1
+        owner.draws += 1
         return values.reshape(shape)
 
 
@@ -294,8 +336,10 @@ class Dropout(Module):
     """Inverted dropout with probability ``p``, active only in training mode.
 
     The masks come from a counter-based generator (:class:`CounterGenerator`):
-    the ``n``-th mask the module draws is a function of its ``seed`` and of
-    ``n`` only, the same on every device. ``get_rng_state`` is ``{"seed",
+    in training (inside :class:`dropout_key`) a mask is a function of the
+    module's ``seed``, the step, the micro-batch and its number within it;
+    elsewhere the ``n``-th mask the module draws is a function of its
+    ``seed`` and of ``n`` only; the same on every device. ``get_rng_state`` is ``{"seed",
     "draws"}``; ``set_rng_state`` continues from it at once, so a resumed
     training run draws the masks the uninterrupted run would have drawn.
     Without a seed, fresh entropy is drawn once.
@@ -309,6 +353,8 @@ class Dropout(Module):
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy)
         self.seed &= 2 ** 64 - 1                      # Philox's key is 64 bits
         self.draws = 0                                # masks drawn so far: the counter of the next one
+        self._keyed: tuple[int, int] | None = None    # the dropout_key of the last keyed mask ...
+        self._keyed_draws = 0                         # ... and how many masks were drawn under it
 
     def rng(self, xp: Any) -> CounterGenerator:
         """The generator for arrays of module ``xp`` (``numpy`` or ``cupy``): the module's next draws."""

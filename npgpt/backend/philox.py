@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["philox4x32", "uniform", "ROUNDS"]
+__all__ = ["philox4x32", "uniform", "ROUNDS", "KEYED"]
 
 ROUNDS = 10
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57          # the round multipliers
@@ -64,11 +64,20 @@ def philox4x32(counter: tuple[Any, Any, Any, Any], key: tuple[int, int], xp: Any
     return tuple(np.uint32(c) if isinstance(c, int) else c.astype(xp.uint32) for c in (c0, c1, c2, c3))
 
 
-def uniform(size: int, key: int, stream: int, xp: Any = np, dtype: Any = np.float32) -> Any:
+# The second counter word of a draw made under a (step, micro-batch) key has this bit set, so those
+# draws never meet a plain stream's, whose second word is the block index's high half (0 below 2**32).
+KEYED = 1 << 31
+
+
+def uniform(size: int, key: int, stream: int, xp: Any = np, dtype: Any = np.float32, draw: int | None = None) -> Any:
     """``size`` uniform numbers in [0, 1), number ``i`` from counter ``(i // 4, i >> 32+2, stream)``.
 
     ``key``: a 64-bit seed; ``stream``: a 64-bit counter (which draw this is:
-    the same key and stream give the same numbers, on any device). float32
+    the same key and stream give the same numbers, on any device). With
+    ``draw`` (0 <= draw < 2**31) the second counter word is ``KEYED | draw``
+    instead: the dropout of a training step, keyed by ``stream = step +
+    2**32 micro_batch`` and its ``draw``-th mask in that micro-batch
+    (``npgpt.nn.Dropout``); such a mask holds fewer than 2**34 numbers. float32
     numbers take the top 24 bits of one word (``(w >> 8) * 2**-24``), float64
     the top 53 bits of two, so every value is exact in its type and below 1.
     """
@@ -80,6 +89,12 @@ def uniform(size: int, key: int, stream: int, xp: Any = np, dtype: Any = np.floa
     index = xp.arange(blocks, dtype=xp.uint64)
     stream = int(stream)
     high_index = index >> 32 if blocks > _LOW else 0                  # 0 below 2**32 blocks: kept a number
+    if draw is not None:
+        if not 0 <= int(draw) < KEYED:
+            raise ValueError(f"philox.uniform: draw must lie in 0..2**31-1, got {draw}")
+        if blocks > _LOW:
+            raise ValueError(f"philox.uniform: a keyed draw holds fewer than 2**34 numbers, not {words:,}")
+        high_index = KEYED | int(draw)
     out = philox4x32((index, high_index, stream & _LOW, (stream >> 32) & _LOW),
                      (key & _LOW, (key >> 32) & _LOW), xp)
     bits = xp.stack(out, axis=1).reshape(-1)[:words]                 # (words,) uint32, in counter order

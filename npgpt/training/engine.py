@@ -17,10 +17,12 @@ modules and the step lives here, once.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, Optional
 
+from npgpt import nn
 from npgpt.autograd import Tensor
 from npgpt.training import parallel
 from npgpt.training.distributed import SINGLE_PROCESS, ProcessGroup
@@ -66,7 +68,8 @@ def optimizer_step(optimizer: Optimizer, loss_fn: Callable[..., Tensor], batches
     batch sharded over ``workers`` threads; unscale; clip the global norm to
     ``grad_clip`` (eq:grad-clip; ``None``/0: measure only); step; zero the
     gradients. A non-finite loss or norm raises ``TrainingDiverged`` (naming
-    ``step``) before the weights are touched.
+    ``step``) before the weights are touched. With ``step``, dropout masks are
+    keyed by (step, micro-batch) (``npgpt.nn.dropout_key``).
 
     ``scaler`` (``npgpt.training.mixed_precision``): a ``GradScaler`` scales the loss
     for float16 and skips a step whose gradients overflowed; the default does
@@ -77,9 +80,14 @@ def optimizer_step(optimizer: Optimizer, loss_fn: Callable[..., Tensor], batches
     optimizer.set_lr(lr)
     params = group.parameters(optimizer)
     loss = 0.0      # on a GPU a 0-d array: the micro-batches' losses add up there, read once with the norm
-    for rows, share in group.local_batches(batches):     # this rank's rows of each batch, their share of it
-        loss = loss + parallel.forward_backward(scaler.scaled(loss_fn, share), rows, params, workers=workers,
-                                                as_array=True)
+    world = getattr(group, "world", None)
+    rank, ranks = (world.rank, world.size) if world is not None else (0, 1)
+    for micro, (rows, share) in enumerate(group.local_batches(batches)):     # this rank's rows of each batch
+        # Dropout masks keyed by (step, micro-batch, rank): the same on resume, whatever was drawn before.
+        key = nn.dropout_key(step, micro * ranks + rank) if step is not None else contextlib.nullcontext()
+        with key:
+            loss = loss + parallel.forward_backward(scaler.scaled(loss_fn, share), rows, params, workers=workers,
+                                                    as_array=True)
     loss = scaler.unscale(params, group.sum_gradients(params, loss))
     norm, loss = clip_grad_norm_with_loss(optimizer.param_groups, grad_clip or None, loss, reduce=group.sum_norm)
     if scaler.overflowed(loss, norm):                     # float16 overflow: no update, a smaller scale
