@@ -19,6 +19,7 @@ the input data (``xp = array_module(x.data)``) so that the same code runs on
 NumPy and CuPy.
 """
 
+import functools
 import math
 from typing import Any
 
@@ -431,7 +432,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Any, ignore_in
     W = weight.data
     N = h.shape[0]
     if block_rows is None:
-        block_rows = max(1, speed.HEAD_BLOCK_BYTES // (V * W.dtype.itemsize))   # the speed policy
+        block_rows = max(1, speed.head_block_bytes(W) // (V * W.dtype.itemsize))   # the speed policy
     block_rows = int(block_rows)
     if block_rows < 1:
         raise ValueError(f"linear_cross_entropy: block_rows must be >= 1, got {block_rows}")
@@ -543,6 +544,17 @@ def binary_cross_entropy_with_logits(logits: Tensor, targets: Any) -> Tensor:
 
 
 # --------------------------------------------------------------- attention
+@functools.lru_cache(maxsize=16)
+def causal_mask(xp: Any, Tq: int, Tk: int) -> tuple[Array, Array]:
+    """``(allowed, hidden)``, (Tq, Tk) booleans: query ``i`` may see key ``j`` iff ``j <= i + Tk - Tq``.
+
+    Made once per shape and module and kept (read only): every layer of every step uses the same
+    mask, and on a GPU making it is three kernel launches (docs/gpu.md, "The launch and traffic budget").
+    """
+    allowed = xp.tril(xp.ones((Tq, Tk), dtype=bool), k=Tk - Tq)
+    return allowed, ~allowed
+
+
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, attn_mask: Any = None,
                                  return_weights: bool = False, dropout_p: float = 0.0,
                                  rng: Any = None, compute_dtype: Any = None) -> Tensor | tuple[Tensor, Array]:
@@ -593,14 +605,15 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
     qc, kc, vc = (t.data if t.dtype == cd else t.data.astype(cd) for t in (q, k, v))
     scores = (qc @ kc.swapaxes(-1, -2)).astype(dtype, copy=False)     # (B, H, Tq, Tk)
     scores *= scale
-    allowed = None
+    allowed = hidden = None
     if causal:
-        allowed = xp.tril(xp.ones((Tq, Tk), dtype=bool), k=Tk - Tq)
+        allowed, hidden = causal_mask(xp, Tq, Tk)
     if attn_mask is not None:
         mask = xp.asarray(as_array(attn_mask), dtype=bool)
         allowed = mask if allowed is None else allowed & mask
+        hidden = ~allowed
     if allowed is not None:         # in place: the scores are this op's own array
-        xp.copyto(scores, xp.finfo(scores.dtype).min, where=~allowed)
+        xp.copyto(scores, xp.finfo(scores.dtype).min, where=hidden)
     P = softmax_array(scores, overwrite=True)           # attention probabilities
     if attn_mask is not None:
         P *= allowed            # only changes rows where every key is masked

@@ -294,3 +294,97 @@ def test_a_step_in_blocks_equals_the_step_over_whole_arrays(monkeypatch):
     for block in (1, 7, 64):
         for a, b in zip(run(block), whole):
             assert np.array_equal(a, b)
+
+
+# --------------------------------------------------- flat buffers (the GPU path, on the stand-in)
+def _model_and_grads(seed=0):
+    model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=8), seed=seed)
+    rng = np.random.default_rng(seed)
+    grads = [[rng.standard_normal(p.shape).astype(np.float32) for p in model.parameters()] for _ in range(4)]
+    return model, grads
+
+
+def _steps(model, grads, device, between=None):
+    """Three AdamW steps (clipped at 0.5) with the given gradients; returns the weights and one moment."""
+    from npgpt import backend
+    from npgpt.training.optim import clip_grad_norm_with_loss
+
+    model.to(device)
+    opt = configure_optimizer(model, lr=0.1, weight_decay=0.1)
+    for k, step_grads in enumerate(grads[:3]):
+        for p, g in zip(model.parameters(), step_grads):
+            p.grad = backend.to_device(g, device)
+        flat = opt.flat_grads()
+        clip_grad_norm_with_loss(opt.param_groups, 0.5, None, grads=flat)
+        opt.step()
+        opt.zero_grad()
+        if between is not None:
+            opt = between(k, model, opt) or opt
+    return [backend.to_numpy(p.data) for p in model.parameters()], opt
+
+
+@pytest.mark.gpu
+def test_the_flat_gpu_step_updates_as_the_cpu_step_does(cuda):
+    """One kernel per pass over each group's buffer: the weights as the per-parameter CPU step makes them."""
+    model, grads = _model_and_grads()
+    on_cpu, _ = _steps(model, grads, "cpu")
+    model, _ = _model_and_grads()
+    on_gpu, opt = _steps(model, grads, cuda)
+    for a, b in zip(on_cpu, on_gpu):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)      # the norm's sum is ordered otherwise
+    assert len(opt._flat) == 2                                       # decay and no-decay: one layout each
+    layout = next(iter(opt._flat.values()))
+    assert all(p.data is views[0] for p, views in zip(layout.params, layout.views))
+
+
+@pytest.mark.gpu
+def test_weights_replaced_between_steps_are_laid_out_again(cuda):
+    """A checkpoint load (p.data replaced), load_state_dict, a resumed optimizer: the flat layout follows."""
+    from npgpt import backend
+
+    model, grads = _model_and_grads()
+    reference, _ = _steps(model, grads, cuda)
+    saved = {}
+
+    def interrupt(k, model, opt):
+        if k == 0:                     # weights and state to the host and back, as a resumed run does
+            saved.update(weights=[backend.to_numpy(p.data).copy() for p in model.parameters()],
+                         state=opt.state_dict())
+            for p, w in zip(model.parameters(), saved["weights"]):
+                p.data = backend.to_device(w, cuda)
+            fresh = configure_optimizer(model, lr=0.1, weight_decay=0.1)
+            fresh.load_state_dict(saved["state"])
+            return fresh
+        for p in model.parameters():   # a load into the same optimizer's parameters: new arrays, same numbers
+            p.data = p.data.copy()
+        return None
+
+    model, _ = _model_and_grads()
+    resumed, _ = _steps(model, grads, cuda, between=interrupt)
+    for a, b in zip(reference, resumed):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.gpu
+def test_flat_gradients_are_views_that_clipping_scales(cuda):
+    from npgpt import backend
+    from npgpt.training.optim import clip_grad_norm_with_loss
+
+    model, grads = _model_and_grads()
+    _steps(model, grads[:1], cuda)                                   # the layout exists
+    opt = configure_optimizer(model)
+    for p, g in zip(model.parameters(), grads[3]):
+        p.grad = backend.to_device(g, cuda)
+    flat = opt.flat_grads()
+    assert flat is not None and sum(f.size for f in flat) == sum(p.size for p in model.parameters())
+    expected = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads[3]))
+    norm, _ = clip_grad_norm_with_loss(opt.param_groups, 1.0, None, grads=flat)
+    assert norm == pytest.approx(expected, rel=1e-5)
+    after = math.sqrt(sum(float((backend.to_numpy(p.grad).astype(np.float64) ** 2).sum()) for p in model.parameters()))
+    assert after == pytest.approx(1.0, rel=1e-5)                     # every p.grad was clipped through its view
+
+
+def test_the_cpu_keeps_its_parameters_apart():
+    model, grads = _model_and_grads()
+    _, opt = _steps(model, grads, "cpu")
+    assert opt.flat_grads() is None and opt._flat == {}

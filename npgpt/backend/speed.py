@@ -42,6 +42,12 @@ ADAMW_BLOCK = 2**18
 # blocks of a few hundred, so accumulating dW block by block costs it little.
 HEAD_BLOCK_BYTES = 64 * 2**20
 
+# On a GPU the block is as large as this: each block is some twenty kernel launches (the logits'
+# product, max, exp, sums, the gradient's two products), and memory is not short there. GPT-2 at
+# 8,192 tokens (1.6 GB of logits) goes through in one block instead of 25; PyTorch eager holds
+# three (N, V) arrays for the same step.
+GPU_HEAD_BLOCK_BYTES = 2 * 2**30
+
 # A decoding step multiplies each sequence's last hidden row by the tied table, z = h wte^T. Read
 # through the transpose, wte (V, C) streams slower than a contiguous (C, V) matrix, and for a few
 # rows OpenBLAS repacks it at every step: GPT-2's head costs 5.9 ms per step at batch 1 and 17.3 ms
@@ -67,6 +73,12 @@ def reading_is_free(array: Any) -> bool:
     a copy that waits for the device's queue (docs/gpu.md), so a shortcut that needs the value is
     taken on the CPU only."""
     return not _on_gpu(array)
+
+
+def head_block_bytes(weight: Any) -> int:
+    """How many bytes of logits the fused head makes at a time: ``HEAD_BLOCK_BYTES`` on the CPU (the
+    cache), ``GPU_HEAD_BLOCK_BYTES`` on a GPU (fewer launches)."""
+    return GPU_HEAD_BLOCK_BYTES if _on_gpu(weight) else HEAD_BLOCK_BYTES
 
 
 def copy_decoding_head(weight: Any, rows: int, steps: int) -> bool:

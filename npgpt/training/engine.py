@@ -89,7 +89,9 @@ def optimizer_step(optimizer: Optimizer, loss_fn: Callable[..., Tensor], batches
             loss = loss + parallel.forward_backward(scaler.scaled(loss_fn, share), rows, params, workers=workers,
                                                     as_array=True)
     loss = scaler.unscale(params, group.sum_gradients(params, loss))
-    norm, loss = clip_grad_norm_with_loss(optimizer.param_groups, grad_clip or None, loss, reduce=group.sum_norm)
+    flat = optimizer.flat_grads()           # a GPU: the gradients in one buffer per group (None on the CPU)
+    norm, loss = clip_grad_norm_with_loss(optimizer.param_groups, grad_clip or None, loss, reduce=group.sum_norm,
+                                          grads=flat)
     if scaler.overflowed(loss, norm):                     # float16 overflow: no update, a smaller scale
         optimizer.zero_grad()
         return StepResult(loss, norm, skipped=True)

@@ -52,6 +52,63 @@ BLOCK = speed.ADAMW_BLOCK
 Params = Iterable[Union["Tensor", tuple[str, "Tensor"], dict[str, Any]]]
 
 
+# ============================================================ flat buffers
+class FlatGroup:
+    """One parameter group's weights, gradients and optimizer state as views into one flat buffer each.
+
+    The GPU path of :meth:`Optimizer.step` (docs/gpu.md, "The launch and traffic budget"): each
+    pass of an update is then one kernel over the whole group instead of one per parameter
+    (GPT-2's AdamW: 26 launches instead of 1,972). ``p.data`` and the state arrays of every
+    parameter become views into ``weights`` and ``state[key]``. Whoever replaces one (a
+    checkpoint load, ``load_state_dict``, LoRA merging) breaks the link; :meth:`holds` notices
+    (the views are known by identity), and the group is laid out again from the arrays then in place.
+    """
+
+    def __init__(self, params: list[Tensor], states: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
+        xp = backend.array_module(params[0].data)
+        self.params, self.states, self.keys = list(params), list(states), keys
+        self.weights = _packed(xp, [p.data for p in params])
+        self.state = {k: _packed(xp, [s[k] for s in states]) for k in keys}
+        self.grads = xp.empty_like(self.weights)
+        self.scratch = xp.empty_like(self.weights)
+        self.views: list[tuple[Array, ...]] = []        # per parameter: its weight, gradient and state views
+        start = 0
+        for p, state in zip(params, states):
+            part, shape = slice(start, start + p.data.size), p.data.shape
+            start = part.stop
+            p.data = self.weights[part].reshape(shape)
+            for k in keys:
+                state[k] = self.state[k][part].reshape(shape)
+            self.views.append((p.data, self.grads[part].reshape(shape), *(state[k] for k in keys)))
+
+    def holds(self, params: list[Tensor], states: list[dict[str, Any]]) -> bool:
+        """Are these the parameters laid out here, their weights and state still this layout's views?"""
+        if len(params) != len(self.params):
+            return False
+        for p, q, state, views in zip(params, self.params, states, self.views):
+            if p is not q or p.data is not views[0] or any(state[k] is not v for k, v in zip(self.keys, views[2:])):
+                return False
+        return True
+
+    def gather_grads(self) -> Array:
+        """Copy every ``p.grad`` into ``grads`` (skipping those already there); ``p.grad`` becomes its view."""
+        for p, views in zip(self.params, self.views):
+            if p.grad is not views[1]:
+                views[1][...] = p.grad
+                p.grad = views[1]
+        return self.grads
+
+
+def _packed(xp: Any, arrays: list[Array]) -> Array:
+    """The arrays one after the other in one new flat buffer (their common dtype)."""
+    flat = xp.empty(sum(a.size for a in arrays), dtype=arrays[0].dtype)
+    start = 0
+    for a in arrays:
+        flat[start:start + a.size] = a.reshape(-1)
+        start += a.size
+    return flat
+
+
 # ====================================================================== base
 def _named(params: Params) -> list[dict[str, Any]]:
     """Normalise what a user passes into a list of groups ``{"params", "names", ...}``.
@@ -112,6 +169,7 @@ class Optimizer:
             self.param_groups.append(group)
         self.state = {}       # name -> {"step": int, key: array, ...}; created at the first update
         self.step_count = 0   # optimizer steps taken (calls to step())
+        self._flat: dict[int, FlatGroup] = {}     # GPU: id(group) -> its flat layout (FlatGroup)
 
     def named_params(self) -> Iterator[tuple[str, Tensor, dict[str, Any]]]:
         for group in self.param_groups:
@@ -138,22 +196,78 @@ class Optimizer:
         for name, p, group in self.named_params():
             if p.grad is None:
                 continue
-            if p.grad.shape != p.data.shape:
-                raise ValueError(f"optimizer: gradient of {name!r} has shape {tuple(p.grad.shape)}, "
-                                 f"the parameter {tuple(p.data.shape)}")
-            state = self.state.get(name)
-            if state is None:
-                xp = backend.array_module(p.data)
-                state = {"step": 0, **{k: xp.zeros_like(p.data) for k in self.state_keys}}
-                self.state[name] = state
+            state = self._state_of(name, p)
             state["step"] += 1
             work.append((p, p.grad, state, group))
+        if work and not speed.threads_pay(work[0][0].data):
+            work = self._step_flat(work)           # a GPU: whole groups at once, one kernel per pass
         if work and speed.threads_pay(work[0][0].data):
             self._step_in_blocks(work)
         else:
             for p, g, state, group in work:
                 self._update(p.data, g, state, group, backend.array_module(p.data).empty_like(p.data))
         self.step_count += 1
+
+    def _state_of(self, name: str, p: Tensor) -> dict[str, Any]:
+        """The state of parameter ``name`` (zeros at step 0 the first time), its gradient's shape checked."""
+        if p.grad.shape != p.data.shape:
+            raise ValueError(f"optimizer: gradient of {name!r} has shape {tuple(p.grad.shape)}, "
+                             f"the parameter {tuple(p.data.shape)}")
+        state = self.state.get(name)
+        if state is None:
+            xp = backend.array_module(p.data)
+            state = {"step": 0, **{k: xp.zeros_like(p.data) for k in self.state_keys}}
+            self.state[name] = state
+        return state
+
+    def _step_flat(self, work: list[tuple[Tensor, Array, dict[str, Any], dict[str, Any]]]
+                   ) -> list[tuple[Tensor, Array, dict[str, Any], dict[str, Any]]]:
+        """The GPU step: each group's update as one call on its flat buffers; returns what could not go so."""
+        by_group: dict[int, list] = {}
+        for item in work:
+            by_group.setdefault(id(item[3]), []).append(item)
+        rest = []
+        for items in by_group.values():
+            flat = self._flat_layout(items[0][3], [p for p, _, _, _ in items], [s for _, _, s, _ in items])
+            if flat is None:
+                rest.extend(items)
+                continue
+            flat.gather_grads()
+            state = {"step": items[0][2]["step"], **flat.state}
+            self._update(flat.weights, flat.grads, state, items[0][3], flat.scratch)
+        return rest
+
+    def _flat_layout(self, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Any]]
+                     ) -> Optional[FlatGroup]:
+        """The group's flat layout for these parameters (made, or made again, if need be); None where one
+        update cannot serve them all: mixed dtypes, or parameters at different step counts."""
+        if len({p.data.dtype for p in params}) != 1 or len({s["step"] for s in states}) != 1:
+            return None
+        flat = self._flat.get(id(group))
+        if flat is None or not flat.holds(params, states):
+            flat = self._flat[id(group)] = FlatGroup(params, states, self.state_keys)
+        return flat
+
+    def flat_grads(self) -> Optional[list[Array]]:
+        """On a GPU, every gradient copied into its group's flat buffer, and the buffers; else None.
+
+        ``p.grad`` becomes a view of the buffer, so clipping the buffers clips every gradient, and
+        the norm is one dot product per group (``clip_grad_norm_with_loss(..., grads=...)``); the
+        layout is made here if need be, so every step of a run (a resumed one too) takes its norm
+        the same way. None on the CPU, or where a group cannot be laid out flat.
+        """
+        layouts = []
+        for group in self.param_groups:
+            named = [(name, p) for name, p in zip(group["names"], group["params"]) if p.grad is not None]
+            if not named:
+                continue
+            if speed.threads_pay(named[0][1].data):
+                return None
+            flat = self._flat_layout(group, [p for _, p in named], [self._state_of(n, p) for n, p in named])
+            if flat is None:
+                return None
+            layouts.append(flat)
+        return [flat.gather_grads() for flat in layouts] or None
 
     def _step_in_blocks(self, work: list[tuple[Tensor, Array, dict[str, Any], dict[str, Any]]]) -> None:
         """The CPU step: every parameter cut into blocks of ``BLOCK`` elements, the blocks shared by threads.
@@ -400,15 +514,20 @@ def clip_grad_norm(params: Params | dict[str, Tensor], max_norm: Optional[float]
 
 
 def clip_grad_norm_with_loss(params: Params | dict[str, Tensor], max_norm: Optional[float], loss: Any,
-                             reduce: Optional[Callable[[float], float]] = None) -> tuple[float, Optional[float]]:
+                             reduce: Optional[Callable[[float], float]] = None,
+                             grads: Optional[list[Array]] = None) -> tuple[float, Optional[float]]:
     """``clip_grad_norm``, and a training step's ``loss`` brought to the host with it: ``(norm, loss)``.
 
     ``loss`` (a 0-d array on the gradients' device, or a number, or None)
     travels in the same copy as the sum of squares: a step on a GPU reads
     one pair of numbers from the device, which the trainer needs on the
     host anyway, to refuse a non-finite step before the weights are
-    touched and to log the loss.
+    touched and to log the loss. ``grads``: the gradients as the optimizer's
+    flat buffers (``Optimizer.flat_grads``), every ``p.grad`` a view of one:
+    the norm is then one dot product per buffer, and clipping one product.
     """
+    if grads is not None:
+        return _clip(grads, max_norm, loss, reduce)
     if isinstance(params, dict):
         params = params.values()
     grads = []
@@ -420,6 +539,12 @@ def clip_grad_norm_with_loss(params: Params | dict[str, Tensor], max_norm: Optio
                 grads.append(p[1].grad)
         elif p.grad is not None:
             grads.append(p.grad)
+    return _clip(grads, max_norm, loss, reduce)
+
+
+def _clip(grads: list[Array], max_norm: Optional[float], loss: Any,
+          reduce: Optional[Callable[[float], float]]) -> tuple[float, Optional[float]]:
+    """``clip_grad_norm_with_loss`` on a list of gradient arrays."""
     if not grads and reduce is None:
         return 0.0, backend.read_scalars(loss)[0]
     if grads:
