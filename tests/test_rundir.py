@@ -100,3 +100,14 @@ def test_a_file_where_the_checkpoint_directory_goes_is_refused_not_deleted(data_
     with pytest.raises(NotADirectoryError):
         fileio.replace_directory(fileio.staging_directory(run / "checkpoint"), run / "checkpoint")
     assert (run / "checkpoint").read_text() == "my notes"
+
+
+def test_a_run_resumes_from_its_newest_complete_checkpoint_or_says_what_it_looked_for(data_dir, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match=f"{run} holds no complete checkpoint to resume from "
+                                                f"\\(expected {run}/checkpoint/trainer_state.json\\)"):
+        rundir.checkpoint_to_resume(run)
+    assert main(["train", "--data", str(data_dir), "--out", str(run), "--max-steps", "4", "--stop-at", "2",
+                 *TRAIN_FLAGS]) == 0
+    checkpoint, state = rundir.checkpoint_to_resume(run)
+    assert checkpoint == run / "checkpoint" and state["step"] == 2 and state["train_config"]["max_steps"] == 4

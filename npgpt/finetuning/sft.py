@@ -222,11 +222,7 @@ class SFTTrainer(Trainer):
                **overrides: Any) -> SFTTrainer:
         """Continue the run in ``run_dir`` from its newest checkpoint; ``overrides`` as ``Trainer.resume``."""
         run_dir = pathlib.Path(run_dir)
-        checkpoint = rundir.find_checkpoint(run_dir)
-        if checkpoint is None:
-            raise FileNotFoundError(f"{run_dir} holds no complete checkpoint to resume from "
-                                    f"(expected {run_dir / rundir.CHECKPOINT_DIR}/{rundir.STATE_NAME})")
-        state = rundir.read_state(checkpoint)
+        checkpoint, state = rundir.checkpoint_to_resume(run_dir)
         if "sft_config" not in state:
             raise ValueError(f"{checkpoint} is not a checkpoint of npgpt sft (resume it with the command that wrote it)")
         values = dict(state["sft_config"])

@@ -48,8 +48,8 @@ if TYPE_CHECKING:
     from npgpt.training.optim import Optimizer
 
 __all__ = ["CHECKPOINT_DIR", "STATE_NAME", "OPTIMIZER_NAME", "LOCK_NAME", "RunDirectoryLocked", "lock",
-           "is_complete", "find_checkpoint", "read_state", "remove_stale", "truncate_logs", "save_optimizer",
-           "load_optimizer", "dropout_states", "restore_dropout_states", "write_checkpoint"]
+           "is_complete", "find_checkpoint", "checkpoint_to_resume", "read_state", "remove_stale", "truncate_logs",
+           "save_optimizer", "load_optimizer", "dropout_states", "restore_dropout_states", "write_checkpoint"]
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_NAME = "trainer_state.json"
@@ -120,6 +120,17 @@ def find_checkpoint(run_dir: os.PathLike | str) -> Optional[pathlib.Path]:
     if not complete:
         return None
     return max(complete, key=lambda c: read_state(c)["step"])
+
+
+def checkpoint_to_resume(run_dir: os.PathLike | str) -> tuple[pathlib.Path, dict]:
+    """The newest complete checkpoint of a run directory and its parsed trainer state, to resume from;
+    ``FileNotFoundError`` saying what was looked for when there is none."""
+    run_dir = pathlib.Path(run_dir)
+    checkpoint = find_checkpoint(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir} holds no complete checkpoint to resume from "
+                                f"(expected {run_dir / CHECKPOINT_DIR}/{STATE_NAME})")
+    return checkpoint, read_state(checkpoint)
 
 
 def remove_stale(run_dir: os.PathLike | str) -> None:

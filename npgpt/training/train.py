@@ -348,11 +348,7 @@ class Trainer:
         reproduces the uninterrupted run exactly.
         """
         run_dir = pathlib.Path(run_dir)
-        checkpoint = rundir.find_checkpoint(run_dir)
-        if checkpoint is None:
-            raise FileNotFoundError(f"{run_dir} holds no complete checkpoint to resume from "
-                                    f"(expected {run_dir / rundir.CHECKPOINT_DIR}/{rundir.STATE_NAME})")
-        state = rundir.read_state(checkpoint)
+        checkpoint, state = rundir.checkpoint_to_resume(run_dir)
         values = dict(state["train_config"])
         for key, value in overrides.items():
             if value is None:
