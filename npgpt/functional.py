@@ -94,7 +94,7 @@ def linear(x: Any, weight: Any, bias: Tensor | None = None, compute_dtype: Any =
             gw = gw if cd is None else gw.astype(weight.dtype)
         if bias is None:
             return gx, gw
-        return gx, gw, g2.sum(axis=0) if bias.requires_grad else None
+        return gx, gw, speed.column_sums(g2) if bias.requires_grad else None
 
     return _make(out.reshape(lead + (weight.shape[1],)), parents, backward, fresh=True)
 
@@ -139,7 +139,7 @@ def softmax_array(x: Array, axis: int = -1, *, overwrite: bool = False) -> Array
     else:
         y = x - m
     xp.exp(y, out=y)
-    y /= y.sum(axis=axis, keepdims=True)
+    y /= speed.row_sums(y) if axis in (-1, y.ndim - 1) else y.sum(axis=axis, keepdims=True)
     return y
 
 
@@ -180,45 +180,53 @@ def gelu(x: Tensor) -> Tensor:
     ``y = x/2 (1 + tanh(u))`` with ``u = c (x + 0.044715 x^3)``, ``c = sqrt(2/pi)``.
 
     Gradient: ``dL/dx = g [ (1 + t)/2 + x/2 (1 - t^2) c (1 + 3 * 0.044715 x^2) ]``,
-    ``t = tanh(u)``. The cube is written ``x*x*x``: float32 ``x**3`` goes
-    through ``pow`` and is several times slower.
+    ``t = tanh(u)``.
 
-    Only ``x`` is kept for the backward pass, which computes ``t`` again:
-    the MLP's activations are the widest of a block (4C per position), and
-    keeping ``t`` too would cost 151 MB for GPT-2 small at 1,024 tokens,
-    against ~1% of a step's time to recompute it (``tanh`` runs at ~0.4 ns
-    per element here). The recomputed ``t`` is bit-for-bit the forward's.
+    Computed through the gate ``s = (1 + t)/2 = 1 / (1 + exp(-2u))``, the same number written
+    with one ``exp`` and no cancellation: ``y = x s``, and since ``1 - t^2 = 4 s (1 - s)`` the
+    gradient is ``g [ s + 2 c x (1 + 3 * 0.044715 x^2) s (1 - s) ]``. Far left ``exp(-2u)``
+    overflows to ``inf`` and ``s`` is exactly 0, as it should be. The cube is written ``x*x*x``:
+    float32 ``x**3`` goes through ``pow`` and is several times slower.
+
+    The backward pass needs ``s``. Where the speed policy says the activation is small
+    (``npgpt.backend.speed.keep_gelu_gate``: nanoGPT's CPU recipe, train-small) the forward's
+    ``s`` is kept, and the backward pass costs 9 passes over memory instead of 15; for large
+    activations (GPT-2 small at 1,024 tokens: 151 MB a layer) only ``x`` is kept and ``s`` is
+    computed again, bit for bit the forward's.
     """
     _check_float("gelu", x)
     xp = _xp(x)
     a = x.data
-
-    def tanh_u(square):
-        t = square * (0.044715 * a)
-        t += a
-        t *= _GELU_C
-        return xp.tanh(t, out=t)
-
-    t = tanh_u(a * a)
-    t += 1.0
-    t *= a
-    t *= 0.5                          # y, written over t
+    s = _gelu_gate(xp, a)
+    y = a * s
+    kept = s if speed.keep_gelu_gate(s) else None
 
     def backward(g):
-        d = a * a                     # x^2, for t and for the derivative of u
-        t = tanh_u(d)
-        d *= 3 * 0.044715
-        d += 1.0
-        d *= _GELU_C
-        d *= 1.0 - t * t
-        d *= 0.5 * a
-        t += 1.0
-        t *= 0.5
-        d += t
+        gate = kept if kept is not None else _gelu_gate(xp, a)
+        d = a * a
+        d *= 6 * _GELU_C * 0.044715
+        d += 2 * _GELU_C
+        d *= a                        # 2 c x (1 + 3 * 0.044715 x^2) = 2 du/dx x
+        one_minus = xp.subtract(1.0, gate, dtype=gate.dtype)
+        one_minus *= gate             # s (1 - s)
+        d *= one_minus
+        d += gate
         d *= g
         return (d,)
 
-    return _make(t, (x,), backward, fresh=True)
+    return _make(y, (x,), backward, fresh=True)
+
+
+def _gelu_gate(xp, a):
+    """``s = 1 / (1 + exp(-2u))`` with ``u = c (a + 0.044715 a^3)``: GELU's ``(1 + tanh u)/2``, 7 passes."""
+    s = a * a
+    s *= -2 * _GELU_C * 0.044715
+    s -= 2 * _GELU_C
+    s *= a                            # -2u
+    with np.errstate(over="ignore"):  # exp(-2u) = inf far left, where the gate is exactly 0
+        xp.exp(s, out=s)
+    s += 1.0
+    return xp.reciprocal(s, out=s)
 
 
 def _stable_sigmoid(xp, z):
@@ -287,12 +295,12 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
             raise ValueError(f"layer_norm: {name} of shape {tuple(p.shape)} does not fit input {tuple(x.shape)}")
     xp = _xp(x)
     a = x.data
-    # sum / C is what ``mean`` computes, bit for bit, without its Python wrapper (~10 us a call,
-    # which a decoding step, 25 layer norms over one row, notices).
-    mu = a.sum(axis=-1, keepdims=True)
+    # sum / C, not ``mean`` (its Python wrapper costs ~10 us a call, which a decoding step, 25 layer
+    # norms over one row, notices); the sums as products with ones (npgpt.backend.speed.row_sums).
+    mu = speed.row_sums(a)
     mu /= C
     xhat = a - mu
-    var = (xhat * xhat).sum(axis=-1, keepdims=True)
+    var = speed.row_dots(xhat, xhat)
     var /= C
     rstd = 1.0 / xp.sqrt(var + eps)
     xhat *= rstd
@@ -303,15 +311,14 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 
     def backward(g):
         h = g * weight.data if weight is not None else g
-        gx = h - h.sum(axis=-1, keepdims=True) / C
-        gx -= xhat * ((h * xhat).sum(axis=-1, keepdims=True) / C)
+        gx = h - speed.row_sums(h) / C
+        gx -= xhat * (speed.row_dots(h, xhat) / C)
         gx *= rstd
         grads = [gx]
-        lead = tuple(range(g.ndim - 1))
         if weight is not None:
-            grads.append((g * xhat).sum(axis=lead) if weight.requires_grad else None)
+            grads.append(speed.column_sums(g * xhat) if weight.requires_grad else None)
         if bias is not None:
-            grads.append(g.sum(axis=lead) if bias.requires_grad else None)
+            grads.append(speed.column_sums(g) if bias.requires_grad else None)
         return tuple(grads)
 
     return _make(y, parents, backward, fresh=True)
@@ -629,7 +636,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
         if keep is not None:
             dP *= keep
         dS = dP                     # dS = P * (dP - sum(dP * P)) * s, written over dP
-        dS -= (dP * P).sum(axis=-1, keepdims=True)
+        dS -= speed.row_dots(dP, P)
         dS *= P
         dS *= scale
         dSc = dS if cd == dtype else dS.astype(cd)

@@ -22,8 +22,10 @@ SLOW_MODULES = {
 
 # module -> test functions (every parametrisation of each)
 SLOW_TESTS = {
-    "test_bench.py": ["test_gpu_bench_has_help_and_refuses_to_run_without_cuda"],
+    "test_bench.py": ["test_gpu_bench_has_help_and_refuses_to_run_without_cuda",
+                      "test_nanogpt_char_sides_run_the_same_model_and_loop"],
     "test_evaluation.py": ["test_sliding_window_equals_hugging_faces_perplexity_guide"],
+    "test_token_formats.py": ["test_npgpt_train_trains_on_a_nanogpt_directory"],
     "test_chat_datasets.py": ["test_the_pinned_instruction_set_holds_out_whole_words"],
     "test_chat_template.py": ["test_transformers_renders_the_same_text"],
     "test_generation.py": ["test_benchmark_batched_transformers_run_chooses_the_same_ids"],

@@ -166,3 +166,27 @@ def test_gpu_count_counts_launches_and_bytes_on_the_stand_in():
         counts = result[key]
         assert counts["launches"] > 0 and counts["bytes"] == counts["bytes_read"] + counts["bytes_written"] > 0
     assert result["train_step"]["to_device"] == 1          # the batch, once; nothing else crosses per step
+
+
+def test_nanogpt_char_sides_run_the_same_model_and_loop(tmp_path):
+    # python -m npgpt.bench nanogpt-char: both sides start from npgpt's weights and draw the same batches,
+    # so their losses agree to float32 rounding, step after step (the comparison is of speed alone).
+    pytest.importorskip("torch")
+    from npgpt.bench import nanogpt_char
+
+    text = "ROMEO:\nBut, soft! what light through yonder window breaks?\n" * 40
+    nanogpt_char.write_char_dataset(tmp_path, text)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)             # a shared machine: two-threaded torch can wait seconds per step
+    try:
+        mine = nanogpt_char.run_npgpt(tmp_path, 3, workers=2, eval_iters=2)
+        theirs = nanogpt_char.run_torch(tmp_path, 3, eval_iters=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert [e["iter"] for e in mine["evals"]] == [0, 3]
+    for a, b in zip(mine["evals"], theirs["evals"]):
+        assert abs(a["val"] - b["val"]) < 1e-4 and abs(a["train"] - b["train"]) < 1e-4
+    assert abs(mine["last_loss"] - theirs["last_loss"]) < 1e-4
+    assert mine["evals"][0]["val"] == pytest.approx(np.log(len(set(text))), abs=0.05)    # uniform at the start

@@ -37,6 +37,7 @@ MODULES = [
     ("npgpt.tokenizer", "tokenizer.md"),
     ("npgpt.training.progress", "tokenizer.md"),
     ("npgpt.training.data", "training.md"),
+    ("npgpt.io.token_formats", "training.md"),
     ("npgpt.datasets", "training.md"),
     ("npgpt.training.optim", "training.md"),
     ("npgpt.training.settings", "training.md"),

@@ -173,3 +173,52 @@ def retain_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) and mallopt(_M_ARENA_MAX, 1))
+
+
+# GELU's gate s = sigmoid(2u) is kept for the backward pass when it is at most this large: the
+# backward pass then makes 9 passes over the activation instead of 15 (recomputing s costs an exp
+# and six more). Measured on nanoGPT's CPU recipe (docs/performance.md). Above it (train-124m,
+# 4 x 256 tokens: 12.6 MB a layer, 151 MB in all) the memory is worth more than the ~1% of a step.
+GELU_KEEP_GATE_BYTES = 8 * 2**20
+
+
+def keep_gelu_gate(gate: Any) -> bool:
+    """Should ``F.gelu`` keep its gate ``s`` for the backward pass (``GELU_KEEP_GATE_BYTES``)?"""
+    return int(gate.nbytes) <= GELU_KEEP_GATE_BYTES
+
+
+# ------------------------------------------------------------------ sums as products with ones
+# NumPy reduces along a short last axis one row at a time: summing the rows of a (3072, 64) float32
+# array (attention's probabilities, nanoGPT's recipe) takes 84 us, the product with a vector of ones
+# (one BLAS gemv) 12 us; the rows of (768, 128) (a layer norm) 29 -> 7 us; the columns 19 -> 6 us.
+# The sums are the same up to float32 rounding (BLAS adds in a different order). Other dtypes
+# (float16, bfloat16, integers) keep NumPy's reduction: BLAS has no kernel for them.
+_BLAS_DTYPES = ("float32", "float64")
+
+
+def row_sums(a: Any) -> Any:
+    """``a.sum(axis=-1, keepdims=True)``, computed as ``a @ ones`` where BLAS can."""
+    if a.dtype.name not in _BLAS_DTYPES:
+        return a.sum(axis=-1, keepdims=True)
+    from npgpt.backend import array_module
+
+    return (a @ array_module(a).ones(a.shape[-1], dtype=a.dtype))[..., None]
+
+
+def row_dots(a: Any, b: Any) -> Any:
+    """``(a * b).sum(axis=-1, keepdims=True)`` for arrays of one shape: the dot product of each pair of rows."""
+    if a.dtype.name not in _BLAS_DTYPES:
+        return (a * b).sum(axis=-1, keepdims=True)
+    from npgpt.backend import array_module
+
+    return array_module(a).einsum("...i,...i->...", a, b)[..., None]
+
+
+def column_sums(a: Any) -> Any:
+    """``a.sum`` over every axis but the last (a bias's or a gain's gradient), as ``ones @ a``."""
+    a2 = a.reshape(-1, a.shape[-1])
+    if a.dtype.name not in _BLAS_DTYPES:
+        return a2.sum(axis=0)
+    from npgpt.backend import array_module
+
+    return array_module(a).ones(a2.shape[0], dtype=a.dtype) @ a2

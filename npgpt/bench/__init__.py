@@ -11,4 +11,4 @@ user would otherwise pick (PyTorch on CPU, tiktoken, ...) in the same run, so
 that the ratio is meaningful even though absolute figures drift.
 """
 
-WORKLOADS = ("tokenizer", "prepare", "generate", "train", "lora", "gpu", "serve")
+WORKLOADS = ("tokenizer", "prepare", "generate", "train", "lora", "gpu", "serve", "nanogpt-char")

@@ -22,7 +22,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
         if name == chosen:
-            module = importlib.import_module(f"npgpt.bench.{name}")
+            module = importlib.import_module(f"npgpt.bench.{name.replace('-', '_')}")   # nanogpt-char: nanogpt_char.py
             modules[name] = module
             p.description = module.__doc__
             module.add_arguments(p)

@@ -37,7 +37,7 @@ import regex
 from numpy.typing import DTypeLike
 
 from npgpt.backend import default_workers
-from npgpt.io import fileio
+from npgpt.io import fileio, token_formats
 from npgpt.io.fileio import excerpt
 from npgpt.tokenizer.bpe import ENDOFTEXT
 from npgpt.training.progress import Progress
@@ -584,6 +584,8 @@ def load_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data directory {data_dir} does not exist; create it with `npgpt prepare`")
     path = data_dir / META_NAME
+    if not path.exists() and (foreign := token_formats.foreign_meta(data_dir)) is not None:
+        return foreign                 # nanoGPT's or llm.c's files (npgpt.io.token_formats), read as they are
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: {data_dir} is not a prepared data directory "
                                 "(or its preparation did not finish); run `npgpt prepare`")
@@ -680,11 +682,11 @@ def tokenizer_dir(data_dir: str | os.PathLike, meta: Optional[dict[str, Any]] = 
     return path
 
 
-def load_tokens(path: str | os.PathLike, dtype: Optional[DTypeLike] = None) -> np.memmap:
+def load_tokens(path: str | os.PathLike, dtype: Optional[DTypeLike] = None, offset: int = 0) -> np.memmap:
     """A read-only ``numpy.memmap`` of a token file; ``dtype`` from the ``meta.json`` beside it if not given.
 
     ``path`` is a ``.bin`` file, or a data directory plus ``"train"``/``"val"``
-    via :class:`TokenFile`.
+    via :class:`TokenFile`. ``offset``: bytes of header before the ids (llm.c's files have 1,024).
     """
     path = pathlib.Path(path)
     if not path.exists():
@@ -697,12 +699,12 @@ def load_tokens(path: str | os.PathLike, dtype: Optional[DTypeLike] = None) -> n
             raise FileNotFoundError(f"{meta_path} is missing, so the dtype of {path} is unknown; pass dtype=")
         dtype = load_meta(path.parent)["dtype"]
     dtype = np.dtype(dtype)
-    size = path.stat().st_size
-    if size == 0:
-        raise ValueError(f"token file {path} is empty")
+    size = path.stat().st_size - offset
+    if size <= 0:
+        raise ValueError(f"token file {path} is empty" + (f" after its {offset}-byte header" if offset else ""))
     if size % dtype.itemsize:
         raise ValueError(f"token file {path} has {size} bytes, not a whole number of {dtype.name} tokens")
-    return np.memmap(path, dtype=dtype.newbyteorder("<"), mode="r")
+    return np.memmap(path, dtype=dtype.newbyteorder("<"), mode="r", offset=offset)
 
 
 class TokenFile:
@@ -718,8 +720,8 @@ class TokenFile:
         self.data_dir = pathlib.Path(data_dir)
         self.meta = load_meta(self.data_dir)
         self.split = split
-        self.path = self.data_dir / f"{split}.bin"
-        self.tokens = load_tokens(self.path, self.meta["dtype"])
+        self.path = self.data_dir / self.meta.get("files", {}).get(split, f"{split}.bin")   # llm.c names its own
+        self.tokens = load_tokens(self.path, self.meta["dtype"], self.meta.get("header_bytes", 0))
         expected = self.meta.get(f"{split}_tokens")
         if expected is not None and expected != len(self.tokens):
             raise ValueError(f"{self.path} holds {len(self.tokens):,} {self.tokens.dtype.name} tokens, but "
