@@ -75,8 +75,6 @@ ERRATA = [
     ("interpretability.md", r"\"it\" attending to \"the\"", "layer 3 head 0 has 'it' on 'cat' (0.32)"),
     ("interpretability.md", r"`s\(z\)\(1 - s\(z\)\)` is small for large `\|z\|`",
      "the score log s(z) has slope 1 - s(z)"),
-    ("interpretability.md", r"The PNG is matplotlib's rendering of the same map;",
-     "the PNG leaves the masked cells blank, the SVG hatches them"),
     ("serving.md", r"with every request of a one-minute run", "the bench replays 31-41 requests, not all"),
     ("serving.md", r"\*\*no stream that differed\*\* from the same request replayed alone",
      "only the 31-41 replayed requests were compared"),
