@@ -86,6 +86,8 @@ ERRATA = [
     ("training.md", r"rounds back to `w` whenever `\|Δw\| < \|w\| / 2048`",
      "the bound is half the float16 spacing, between |w|/4096 and |w|/2048"),
     ("gpu.md", r"The 7\.04 TFLOP agree with", "the formula gives 7.01 TFLOP; the table adds 0.04 of elementwise ops"),
+    ("engineering.md", r"test_hardening\.py::test_a_second_trainer", "that test is in tests/test_rundir.py"),
+    ("engineering.md", r"warned about \(``tests/test_finetune\.py``\)", "the label tests are in tests/test_labelled.py"),
 ]
 
 
