@@ -423,8 +423,10 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Any, ignore_in
     graph, so its gradient is known up to the factor ``g``), and multiplied
     into ``dL/dh`` and ``dL/dW``; only those two survive, and the backward
     pass just scales them by ``g``. Nothing (N, V) ever exists, and ``exp``
-    runs once per logit instead of twice. Under ``no_grad`` (or when neither
-    input needs a gradient) only the loss is computed.
+    runs once per logit instead of twice. Rows whose target is ``ignore_index``
+    are left out before the head (``_counted_rows``): their loss and gradient
+    are zero. Under ``no_grad`` (or when neither input needs a gradient) only
+    the loss is computed.
     """
     hidden, weight = as_tensor(hidden), as_tensor(weight)
     _check_float("linear_cross_entropy", hidden)
@@ -435,7 +437,9 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Any, ignore_in
     xp = _xp(hidden)
     counted, y_safe, n = _checked_targets("linear_cross_entropy", targets, "hidden", hidden.shape, V, ignore_index,
                                           xp)
-    h = hidden.data.reshape(-1, C)
+    h, kept = _counted_rows(hidden.data.reshape(-1, C), counted, n, xp)
+    if kept is not None:
+        counted, y_safe = counted[kept], y_safe[kept]
     W = weight.data
     N = h.shape[0]
     if block_rows is None:
@@ -473,6 +477,10 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Any, ignore_in
     loss = xp.asarray(total / n, dtype=hidden.dtype)
     if not want_grad:
         return Tensor(loss)
+    if gh is not None and kept is not None:                 # an ignored row's dL/dh is exactly 0
+        full = xp.zeros((hidden.data.size // C, C), dtype=gh.dtype)
+        full[kept] = gh
+        gh = full
 
     def backward(g):
         # ``g`` is a scalar: 1, or a loss scale. Where reading it is free (the host), a product by 1.0
@@ -483,6 +491,20 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Any, ignore_in
         return out_h, out_W
 
     return _make(loss, (hidden, weight), backward, fresh=True)
+
+
+def _counted_rows(h, counted, n, xp):
+    """``(rows of h whose target counts, their indices)``; ``(h, None)`` when every target counts.
+
+    An ignored target (SFT's prompt and padding positions, docs/agent.md eq. 1) adds nothing to the
+    loss and its row of ``dL/dh`` is zero, so its logits need not be made at all: the head's three
+    (rows, V) products shrink by the ignored share (about half of a chat batch). On a GPU, finding
+    the rows reads their count back once (``flatnonzero``); the loss reads its value back anyway.
+    """
+    if n == h.shape[0]:
+        return h, None
+    kept = xp.flatnonzero(counted)
+    return h[kept], kept
 
 
 def _checked_targets(op, targets, what, shape, V, ignore_index, xp):

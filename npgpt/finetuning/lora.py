@@ -94,9 +94,9 @@ def lora_linear(x: Any, weight: Any, bias: Optional[Tensor], lora_A: Any, lora_B
     keep2 = None if keep is None else backend.array_module(x2).broadcast_to(keep, x.shape).reshape(-1, n_in)
     xd = x2 if keep2 is None else x2 * keep2                        # (N, in)
     w, a, b = cast(weight.data), cast(lora_A.data), cast(lora_B.data)
-    u = cast(xd) @ a.T                                              # (N, r)
+    u = cast(xd) @ a.T                                              # (N, r): the small intermediate
     out = cast(x2) @ w                                              # (N, out)
-    out += (u * s) @ b.T
+    out += u @ (b.T * s)                                            # s folded into B^T: (r, out), not (N, out)
     if bias is not None:
         out += cast(bias.data)
     if cd is not None:
@@ -106,19 +106,23 @@ def lora_linear(x: Any, weight: Any, bias: Optional[Tensor], lora_A: Any, lora_B
     def backward(g):                                                # g (..., out)
         g2 = g.reshape(-1, n_out)
         gc = cast(g2)
-        h = gc @ b                                                  # (N, r)
+        hs = gc @ b                                                 # (N, r)
+        hs *= s                                                     # s h: r numbers a row
         gx = gw = ga = gb = None
-        if x.requires_grad:
+        if x.requires_grad:                                         # the frozen W still passes dL/dx on
             gx = gc @ w.T
-            hA = (h * s) @ a                                        # (N, in)
-            gx += hA if keep2 is None else hA * keep2
+            hA = hs @ a                                             # (N, in)
+            if keep2 is not None:
+                hA *= keep2
+            gx += hA
             gx = gx.astype(x.dtype, copy=False).reshape(x.shape)
-        if weight.requires_grad:
+        if weight.requires_grad:                                    # never in LoRA training: W is frozen
             gw = (cast(x2).T @ gc).astype(weight.dtype, copy=False)
         if lora_A.requires_grad:
-            ga = ((h * s).T @ cast(xd)).astype(lora_A.dtype, copy=False)
-        if lora_B.requires_grad:
-            gb = ((gc * s).T @ u).astype(lora_B.dtype, copy=False)
+            ga = (hs.T @ cast(xd)).astype(lora_A.dtype, copy=False)
+        if lora_B.requires_grad:                                     # scaled after the product: (out, r), not (N, out)
+            gb = (gc.T @ u).astype(lora_B.dtype, copy=False)
+            gb *= s
         grads = (gx, gw, ga, gb)
         if bias is None:
             return grads
