@@ -123,6 +123,24 @@ def test_lora_bench_sides_train_what_they_say():
     lora_side = _npgpt_side(8, steps=1, warmup=0)
     assert lora_side["trainable"] == 4 * 8 * (256 + 768 + 256 + 256 + 256 + 1024 + 1024 + 256)
     assert lora_side["total"] == 5289472 + lora_side["trainable"] and lora_side["loss"] > 0
+    sft_side = _npgpt_side(8, steps=1, warmup=0, sft=True)          # the masked loss: half of each row's targets
+    assert sft_side["trainable"] == lora_side["trainable"] and sft_side["loss"] > 0
+
+
+def test_lora_bench_takes_each_ratio_within_a_round():
+    # docs/benchmarks.md, "Measuring a ratio": a pair's ratio is taken within a round, then the median over rounds
+    from npgpt.bench.lora import summarize
+
+    def side(seconds, rss):
+        return {"seconds": seconds, "peak_rss_mb": rss, "step_rss_mb": rss / 2, "trainable": 1, "total": 40}
+
+    rounds = [{"npgpt-lora": side(1.0, 100), "torch-lora": side(2.0, 400)},
+              {"torch-lora": side(9.0, 400), "npgpt-lora": side(3.0, 100)},     # a slow round: the ratio holds
+              {"npgpt-lora": side(1.0, 100), "torch-lora": side(1.5, 400), "trl-sft": None}]
+    got = summarize(rounds, rank=8)
+    assert got["npgpt_lora_vs_peft_speed"] == 2.0 and got["npgpt_lora_vs_peft_speed_range"] == [1.5, 3.0]
+    assert got["npgpt_lora_vs_peft_rss"] == 0.25 and got["median_step_ms"]["npgpt-lora"] == 1000.0
+    assert "npgpt_sft_vs_trl_speed" not in got and got["trainable_share_npgpt"] == 0.025
 
 
 @pytest.mark.slow
