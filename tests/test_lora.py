@@ -402,6 +402,63 @@ def test_sft_with_lora_trains_only_adapters_and_resumes_exactly(chat_model, tmp_
         SFTTrainer.resume(tmp_path / "b", log=quiet, lora_rank=8)
 
 
+
+# ============================================ float16 products (docs/training.md, "Mixed precision")
+def test_lora_in_float16_products_matches_float32_and_keeps_float32_masters():
+    # eq. 20 with every product in float16: the loss and the adapters' gradients within float16's precision
+    # of the float32 ones; A, B and their gradients stay float32 (the optimizer's master copies), the
+    # frozen weights get none
+    model = GPT(TINY, seed=1)
+    lora.apply_lora(model, lora.LoRAConfig(rank=2, alpha=4, targets=("c_attn", "c_proj", "c_fc")))
+    random_adapters(model)
+    ids = np.random.default_rng(1).integers(0, TINY.vocab_size, (2, 16))
+    results = {}
+    for dtype in (None, "float16"):
+        model.set_compute_dtype(dtype)
+        assert all(layer.compute_dtype == (None if dtype is None else np.float16) for _, layer in lora.adapters(model))
+        loss = model.loss(ids[:, :-1], ids[:, 1:])
+        loss.backward()
+        results[dtype] = (loss.item(), {n: p.grad.copy() for n, p in model.named_parameters() if p.grad is not None})
+        for p in model.parameters():
+            p.grad = None
+    assert results["float16"][0] == pytest.approx(results[None][0], rel=1e-3)
+    assert results[None][1].keys() == results["float16"][1].keys() == {
+        n for n, _ in model.named_parameters() if n.endswith((".lora_A", ".lora_B"))}
+    for name, g in results[None][1].items():
+        half = results["float16"][1][name]
+        assert half.dtype == np.float32, name
+        assert np.abs(half - g).max() <= 2e-2 * np.abs(g).max() + 1e-7, name
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_lora_sft_in_float16_trains_and_skips_a_step_that_overflows(chat_model, tmp_path):
+    # npgpt sft --dtype float16 --lora-rank: loss scaling works on the adapters: a finite run learns; a
+    # scale so large that float16 overflows skips the step, moves nothing (adapters, masters, moments)
+    # and halves the scale
+    from npgpt.finetuning.sft import SFTConfig, SFTTrainer
+
+    trainer = SFTTrainer(SFTConfig(model=str(chat_model / "model"), data=str(chat_model / "chats.jsonl"),
+                                   out_dir=str(tmp_path / "run"), max_steps=8, lr=1e-2, batch_size=3,
+                                   log_interval=100, eval_interval=100, workers=1, warmup_steps=0, dtype="float16",
+                                   lora_rank=4, lora_targets="c_attn,c_fc"), log=lambda line: None)
+    start = trainer.evaluate()
+    for _ in range(4):
+        trainer.train_step()
+        assert not trainer.last_step_skipped
+    assert trainer.evaluate() < start
+    before = {n: host(p).copy() for n, p in trainer.model.named_parameters()}
+    adam_steps = trainer.optimizer.step_count
+    trainer.scaler.scale = 2.0 ** 60                   # float16's largest is 65504: the products overflow
+    loss, norm, _ = trainer.train_step()
+    assert trainer.last_step_skipped and not np.isfinite(norm) and np.isfinite(loss)
+    assert trainer.scaler.scale == 2.0 ** 59 and trainer.optimizer.step_count == adam_steps
+    for n, p in trainer.model.named_parameters():
+        np.testing.assert_array_equal(host(p), before[n], err_msg=n)
+        assert p.data.dtype == np.float32, n
+    trainer.scaler.scale = 2.0 ** 8
+    trainer.train_step()
+    assert not trainer.last_step_skipped and trainer.optimizer.step_count == adam_steps + 1
+
 def _read(path):
     from safetensors.numpy import load_file
 

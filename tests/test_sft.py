@@ -158,19 +158,31 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resume_continues(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_mpi_ranks_train_as_one_process(tiny, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--lora-rank", "4", "--lora-targets", "c_attn,c_fc", "--shard-optimizer"]],
+                         ids=["full", "lora-zero1"])
+def test_two_mpi_ranks_train_as_one_process(tiny, tmp_path, extra):
+    # docs/distributed.md: 2 ranks of 2 rows each = 1 process of 4 rows; with LoRA (and AdamW's moments
+    # sharded over the ranks) the adapters, and so the merged checkpoint, are the same too
     pytest.importorskip("mpi4py")
     from safetensors.numpy import load_file
 
+    from npgpt.finetuning import lora
+
     args = ["sft", "--model", tiny / "model", "--data", tiny / "chats.jsonl", "--max-steps", "3", "--batch-size", "4",
-            "--lr", "3e-3", "--workers", "1", "--quiet"]
+            "--lr", "3e-3", "--workers", "1", "--quiet", *extra]
     for ranks in (1, 2):
         proc = _npgpt(*args, "--out", tmp_path / f"r{ranks}", ranks=ranks)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
-    one, two = (load_file(tmp_path / f"r{r}" / "checkpoint" / "model.safetensors") for r in (1, 2))
-    for name in one:
-        np.testing.assert_allclose(one[name], two[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    files = ["model.safetensors"] + ([f"{lora.CHECKPOINT_ADAPTER}/{lora.ADAPTER_WEIGHTS}"] if extra else [])
+    for file in files:
+        one, two = (load_file(tmp_path / f"r{r}" / "checkpoint" / file) for r in (1, 2))
+        assert one.keys() == two.keys()
+        for name in one:
+            np.testing.assert_allclose(one[name], two[name], rtol=1e-4, atol=1e-5, err_msg=f"{file}: {name}")
+    if extra:
+        adapter = load_file(tmp_path / "r2" / "checkpoint" / lora.CHECKPOINT_ADAPTER / lora.ADAPTER_WEIGHTS)
+        assert any(a.any() for name, a in adapter.items() if "lora_B" in name)      # the adapters did train
 
 
 def test_a_step_and_an_answer_on_each_device(tiny, tmp_path, device):
