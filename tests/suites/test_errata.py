@@ -88,6 +88,8 @@ ERRATA = [
     ("gpu.md", r"The 7\.04 TFLOP agree with", "the formula gives 7.01 TFLOP; the table adds 0.04 of elementwise ops"),
     ("engineering.md", r"test_hardening\.py::test_a_second_trainer", "that test is in tests/test_rundir.py"),
     ("engineering.md", r"warned about \(``tests/test_finetune\.py``\)", "the label tests are in tests/test_labelled.py"),
+    ("serving.md", r"`npgpt\.generate[`(]", "there is no npgpt.generate: it is npgpt.generation.generate (or model.generate)"),
+    ("solutions.md", r"`npgpt\.generate` keeps", "there is no npgpt.generate: it is npgpt.generation.generate"),
 ]
 
 
