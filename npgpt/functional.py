@@ -496,7 +496,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Any, ignore_in
 def _counted_rows(h, counted, n, xp):
     """``(rows of h whose target counts, their indices)``; ``(h, None)`` when every target counts.
 
-    An ignored target (SFT's prompt and padding positions, docs/agent.md eq. 1) adds nothing to the
+    An ignored target (SFT's prompt and padding positions, docs/agent.md eq:sft-loss) adds nothing to the
     loss and its row of ``dL/dh`` is zero, so its logits need not be made at all: the head's three
     (rows, V) products shrink by the ignored share (about half of a chat batch). On a GPU, finding
     the rows reads their count back once (``flatnonzero``); the loss reads its value back anyway.

@@ -405,7 +405,7 @@ def test_sft_with_lora_trains_only_adapters_and_resumes_exactly(chat_model, tmp_
 
 # ============================================ float16 products (docs/training.md, "Mixed precision")
 def test_lora_in_float16_products_matches_float32_and_keeps_float32_masters():
-    # eq. 20 with every product in float16: the loss and the adapters' gradients within float16's precision
+    # docs/agent.md eq:lora with every product in float16: the loss and the adapters' gradients within float16's precision
     # of the float32 ones; A, B and their gradients stay float32 (the optimizer's master copies), the
     # frozen weights get none
     model = GPT(TINY, seed=1)

@@ -9,8 +9,10 @@ display that carries a label, ``\\label{eq:causal-mask}``; its number is its pla
 reading order, and the site shows it: ``docs/scripts/mkdocs_hooks.py`` turns each label into
 ``\\tag{n}`` (n = 1, 2, ... down the page) and an anchor ``#eq-causal-mask``. Nothing in the
 source holds a number, so moving, adding or removing an equation renumbers the page and breaks
-no citation. A display without a label is not numbered and not listed; a hand-written ``\\tag``
-is refused (the number would drift from the reading order).
+no citation. A display that is not to be numbered (a definition on the way, a step of a
+derivation, the article's own formula) says so with ``\\notag``, which the site drops; a display
+with neither a label nor ``\\notag`` is refused, and so is a hand-written ``\\tag`` (its number
+would drift from the reading order).
 
 **Names are unique across the book** (the English pages, docs/*.md), so a name alone says which
 equation is meant. A Chinese page (docs/zh/) shows some of its English page's equations and uses
@@ -47,6 +49,7 @@ LABEL = re.compile(r"\\label\{([^}]*)\}")
 NAME = r"[a-z0-9]+(?:-[a-z0-9]+)*"
 GOOD_LABEL = re.compile(rf"eq:{NAME}")
 TAG = re.compile(r"\\tag\*?\{")
+NOTAG = re.compile(r"\\notag\b")
 # Inside a display, where no link can go, \ref{eq:name} names another equation of the same page.
 REF = re.compile(rf"\\ref\{{eq:({NAME})\}}")
 # Code is not maths: fenced blocks, then inline code spans, are blanked before the scan (their
@@ -108,8 +111,13 @@ def page_equations(text, page="page"):
         labels = LABEL.findall(body)
         if len(labels) > 1:
             raise EquationError(f"{where}: one display carries {len(labels)} labels ({', '.join(labels)})")
-        if not labels:
+        if NOTAG.search(body):
+            if labels:
+                raise EquationError(f"{where}: a display with a name ({labels[0]}) cannot also be \\notag")
             continue
+        if not labels:
+            raise EquationError(f"{where}: a display with neither a name nor \\notag; name it, \\label{{eq:some-name}}, "
+                                "to number it (and cite it from a test), or mark it \\notag to leave it unnumbered")
         if not GOOD_LABEL.fullmatch(labels[0]):
             raise EquationError(f"{where}: the label {labels[0]!r} is not eq: and lower-case words joined by -")
         name = labels[0][len("eq:"):]

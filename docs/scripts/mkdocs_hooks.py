@@ -154,6 +154,7 @@ def number_equations(markdown, src_uri, docs_dir):
         end = start + len(body) + 4
         tagged = _EQUATIONS.LABEL.sub(lambda m: f"\\tag{{{own[m.group(1)[3:]]}}}{m.group()}", markdown[start:end])
         tagged = _EQUATIONS.REF.sub(lambda m: str(own.get(m.group(1), m.group())), tagged)
+        tagged = _EQUATIONS.NOTAG.sub("", tagged)        # unnumbered: MathJax numbers nothing anyway
         markdown = markdown[:start] + tagged + markdown[end:]
     here = posixpath.dirname(src_uri)
 

@@ -8,7 +8,7 @@ peak resident memory is its own:
 * ``npgpt-full``: every weight trains; ``npgpt-lora``: ``apply_lora``, the rest frozen;
 * ``torch-full``: ``transformers``' GPT2LMHeadModel of the same shape, every weight trains;
   ``torch-lora``: the same wrapped by ``peft.get_peft_model`` with the same LoRA settings;
-* ``npgpt-sft``: npgpt's LoRA step on the SFT loss (docs/agent.md eq. 1): the first half of each
+* ``npgpt-sft``: npgpt's LoRA step on the SFT loss (docs/agent.md eq:sft-loss): the first half of each
   row is the prompt, its targets masked with the ignore index, the second half the answer;
 * ``trl-sft``: TRL's ``SFTTrainer`` (``completion_only_loss``, the same rows with TRL's
   ``completion_mask``, peft's LoRA) as a user runs it, timed step by step by a callback

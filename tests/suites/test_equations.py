@@ -69,10 +69,10 @@ def test_a_reference_by_number_or_to_a_missing_name_is_a_problem(tmp_path, monke
 
 
 def test_names_number_the_page_in_reading_order():
-    page = ("The article writes\n\n$$h_i = \\mathrm{softmax}(Q_i K^\\top) V$$\n\nwhich is the idea.\n\n"
+    page = ("The article writes\n\n$$h_i = \\mathrm{softmax}(Q_i K^\\top) V \\notag $$\n\nwhich is the idea.\n\n"
             "Every projection is affine:\n\n$$ y = xW + b \\label{eq:affine} $$\n\n"
             "and $$ a = b \\label{eq:a-is-b} $$ inline.\n")
-    # an untagged display (the article's formula) is not numbered and does not swallow the prose after it
+    # a \notag display (the article's formula) is not numbered and does not swallow the prose after it
     assert equations.page_equations(page, "model") == {"affine": "y = xW + b", "a-is-b": "a = b"}
     assert equations.numbers(page, "model") == {"affine": 1, "a-is-b": 2}
 
@@ -105,7 +105,7 @@ def test_dollar_signs_in_code_are_not_maths():
 
 @pytest.mark.parametrize("page, line, why", [
     # a $$ left open: the next display's opening $$ closes it, across a paragraph of prose
-    ("Intro.\n\n$$ h = QK^T V\n\nprose that is not maths.\n\n$$ y = xW \\label{eq:a} $$\n", 3, "blank line"),
+    ("Intro.\n\n$$ h = QK^T V \\notag\n\nprose that is not maths.\n\n$$ y = xW \\label{eq:a} $$\n", 3, "blank line"),
     ("One $$ stray.\n\n$$ y = xW \\label{eq:a} $$\n", 1, "blank line"),
     ("$$ y = xW \\label{eq:a} $$\n\nand a stray $$ at the end\n", 3, "never closed"),
     ("$$ a \\label{eq:a} \\qquad b \\label{eq:b} $$\n", 1, "2 labels"),
@@ -113,6 +113,8 @@ def test_dollar_signs_in_code_are_not_maths():
     ("$$ a \\tag{1} $$\n", 1, "hand-written"),                   # a number by hand: no label
     ("$$ a \\label{causal mask} $$\n", 1, "is not eq:"),
     ("$$ a \\label{eq:Causal_Mask} $$\n", 1, "is not eq:"),
+    ("Text.\n\n$$ a = b $$\n", 3, "neither a name nor"),                # unnumbered, but not said so
+    ("$$ a \\label{eq:a} \\notag $$\n", 1, "cannot also be"),
 ])
 def test_a_page_whose_displays_cannot_be_read_is_refused_with_page_and_line(page, line, why):
     with pytest.raises(equations.EquationError, match=rf"^docs/model\.md line {line}: .*{why}"):
