@@ -90,6 +90,9 @@ ERRATA = [
     ("engineering.md", r"warned about \(``tests/test_finetune\.py``\)", "the label tests are in tests/test_labelled.py"),
     ("serving.md", r"`npgpt\.generate[`(]", "there is no npgpt.generate: it is npgpt.generation.generate (or model.generate)"),
     ("solutions.md", r"`npgpt\.generate` keeps", "there is no npgpt.generate: it is npgpt.generation.generate"),
+    ("index.md", r"§3\.3: GPT-3", "the GPUs-and-weeks sentence is the article's §4.4, question 2"),
+    ("index.md", r"on 50,000 words", "the book's text is now about 90,000 words"),
+    ("index.md", r"Every picture in the book is drawn by a script", "serving_batching.svg has no script"),
 ]
 
 
