@@ -93,6 +93,8 @@ ERRATA = [
     ("index.md", r"§3\.3: GPT-3", "the GPUs-and-weeks sentence is the article's §4.4, question 2"),
     ("index.md", r"on 50,000 words", "the book's text is now about 90,000 words"),
     ("index.md", r"Every picture in the book is drawn by a script", "serving_batching.svg has no script"),
+    ("notation.md", r"\$N\$ counts parameters and nothing else", "backward.md and agent.md use N for rows and tokens"),
+    ("notation.md", r"\$S\$ is used twice", "S is the last step, the loss scale and the all-reduce's bytes"),
 ]
 
 
