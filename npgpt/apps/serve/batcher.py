@@ -98,7 +98,7 @@ def make_job(tokenizer: Any, prompt: Sequence[int], max_new_tokens: int, samplin
              n: int = 1, seed: int | None = None, stops: Sequence[str] = (), end_ids: Sequence[int] = (),
              top_logprobs: int | None = None, deliver: Callable[[tuple], None] = lambda event: None) -> Job:
     """A ``Job`` with ``n`` choices. Choice 0 draws from ``default_rng(seed)`` (the generator of
-    ``npgpt.generate(..., seed=seed)``), choice ``k > 0`` from ``default_rng([seed, k])``;
+    ``npgpt.generation.generate(..., seed=seed)``), choice ``k > 0`` from ``default_rng([seed, k])``;
     without a seed each choice gets fresh entropy."""
     if seed is None:
         rngs = [np.random.default_rng() for _ in range(n)]
