@@ -208,3 +208,12 @@ def test_nanogpt_char_sides_run_the_same_model_and_loop(tmp_path):
         assert abs(a["val"] - b["val"]) < 1e-4 and abs(a["train"] - b["train"]) < 1e-4
     assert abs(mine["last_loss"] - theirs["last_loss"]) < 1e-4
     assert mine["evals"][0]["val"] == pytest.approx(np.log(len(set(text))), abs=0.05)    # uniform at the start
+
+
+def test_quartiles_are_numpys_default_percentiles():
+    from npgpt.bench.common import quartiles
+
+    for values in ([1.0], [3.0, 1.0], [1.2, 0.9, 1.1, 1.3, 1.0], list(np.random.default_rng(0).random(8))):
+        assert quartiles(values) == pytest.approx(tuple(np.percentile(values, [25, 75])))
+    with pytest.raises(ValueError):
+        quartiles([])

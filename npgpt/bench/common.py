@@ -23,6 +23,22 @@ def median(values: Iterable[float]) -> float:
     return ordered[mid] if n % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
+def quartiles(values: Iterable[float]) -> tuple[float, float]:
+    """The first and third quartiles (the ends of the interquartile range), interpolated linearly as
+    ``numpy.percentile`` does by default: the spread of a set of pair ratios, reported with their median."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("quartiles of no values")
+
+    def at(q: float) -> float:
+        pos = q * (len(ordered) - 1)
+        low = int(pos)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (pos - low) * (ordered[high] - ordered[low])
+
+    return at(0.25), at(0.75)
+
+
 class Timer:
     """``with Timer() as t: ...`` then ``t.seconds``."""
 

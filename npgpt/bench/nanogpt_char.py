@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from npgpt.bench.common import median
+from npgpt.bench.common import median, quartiles
 
 RECIPE = dict(batch_size=12, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, max_iters=2000,
               lr_decay_iters=2000, learning_rate=1e-3, min_lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.1,
@@ -268,5 +268,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["torch"] = {**_summary(runs["torch"]), "threads": runs["torch"][0]["threads"]}
         result["speed_ratios"] = [round(x, 3) for x in ratios]
         result["speed_ratio_vs_torch"] = round(median(ratios), 3)
+        result["speed_ratio_iqr"] = [round(q, 3) for q in quartiles(ratios)]
         result["val_loss_diff"] = round(result["npgpt"]["val_loss"] - result["torch"]["val_loss"], 4)
     return result

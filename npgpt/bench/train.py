@@ -9,14 +9,15 @@ step time over ``--steps`` steps after ``--warmup`` steps, tokens/s, the model F
 utilisation (MFU) against ``--peak-flops``, the peak resident memory and where npgpt's memory
 goes (parameters, gradients, Adam moments, activations, temporaries; ``memory_breakdown``).
 ``--compare torch`` runs the same model written in PyTorch eager, each side in a process of its
-own (so that each peak RSS is its own), ``--pairs`` times with the order alternating, and
-reports each pair's speed ratio and their median.
+own (so that each peak RSS is its own), ``--pairs`` times (default 5) with the order alternating, and
+reports each pair's speed ratio, their median and their interquartile range.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from npgpt.backend import default_workers
-from npgpt.bench.common import median, peak_rss_mb
+from npgpt.bench.common import median, peak_rss_mb, quartiles
 from npgpt.training.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ WORKLOADS = {
                        batch_size=4, steps=4, warmup=1, workers=1),
 }
 WORKLOAD = WORKLOADS["train-small"]
+# Pairs of runs with --compare: a shared machine's speed drifts by +-30% within minutes, so one pair can
+# say 0.74x or 1.06x for the same code (/work/shared/PERF_NOTES.md); the median of five is the figure.
+DEFAULT_PAIRS = 5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,9 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measured steps (default 10 for train-small, 4 for train-124m)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="unmeasured steps first (default 3 for train-small, 1 for train-124m)")
-    parser.add_argument("--pairs", type=int, default=1,
+    parser.add_argument("--pairs", type=int, default=None,
                         help="with --compare: run npgpt and the reference this many times each, alternating "
-                             "which goes first, and report every pair's ratio and the median (default 1)")
+                             "which goes first, and report every pair's ratio, their median and interquartile "
+                             f"range (default {DEFAULT_PAIRS})")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the memory breakdown (an extra, untimed step traced by tracemalloc)")
     parser.add_argument("--scaling", action="store_true",
@@ -361,6 +366,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.workers = cfg.get("workers")     # the workload's own choice, else one per core
     args.steps = cfg["steps"] if args.steps is None else args.steps
     args.warmup = cfg["warmup"] if args.warmup is None else args.warmup
+    args.pairs = DEFAULT_PAIRS if args.pairs is None else args.pairs
     if args.steps < 1 or args.warmup < 0 or args.pairs < 1:
         raise SystemExit("npgpt.bench train: --steps and --pairs must be >= 1 and --warmup >= 0")
     if args.side:
@@ -423,7 +429,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "torch_final_loss": round(theirs[0]["loss"], 4),
             "torch_peak_rss_mb": max(t["peak_rss_mb"] for t in theirs),
             "speed_ratio_vs_torch": round(median(ratios), 3),
+            "speed_ratio_iqr": [round(q, 3) for q in quartiles(ratios)],
             "speed_ratios": [round(r, 3) for r in ratios],
+            "pairs": args.pairs,
+            "load": [round(x, 2) for x in os.getloadavg()],
             "rss_ratio_vs_torch": round(max(m["peak_rss_mb"] for m in mine) /
                                         max(t["peak_rss_mb"] for t in theirs), 3),
         })
