@@ -219,10 +219,18 @@ def scatter_add(target: Array, indices: Any, values: Array) -> Array:
         import cupyx
 
         cupyx.scatter_add(target, indices, values)
+    elif speed.rows_by_product(target, indices):
+        add_rows(target, np.asarray(indices), values)   # a small table: the one-hot product is faster
     else:
         # np.add.at is the unbuffered add; NumPy >= 2 has a fast path for it.
         np.add.at(target, indices, values)
     return target
+
+
+def overflow_expected() -> Any:
+    """A context in which a float overflowing to ``inf`` is intended (``exp`` of a large number whose
+    reciprocal is meant to be 0): NumPy would warn, CuPy never checks."""
+    return np.errstate(over="ignore")
 
 
 def add_rows(target: Array, ids: Array, values: Array) -> Array:
@@ -259,6 +267,7 @@ def default_rng(seed: Optional[int] = None, xp: ModuleType = np) -> Any:
 
 
 # The CPU speed policy lives in npgpt.backend.speed; its switches are also reachable from here.
+from npgpt.backend import speed  # noqa: E402  (scatter_add asks it which way to add rows)
 from npgpt.backend.speed import (  # noqa: E402, F401
     blas_thread_count,
     blas_threads,
