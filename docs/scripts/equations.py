@@ -160,14 +160,21 @@ def citations():
     """{(page, name): sorted list of 'tests/file.py::function'} from the test-suite's citations."""
     cited = {}
     for test_file in _test_files():
-        current = "module"
+        current, pending = "module", []
         for line in test_file.read_text(encoding="utf-8").splitlines():
             match = re.match(r"\s*(?:async\s+)?def (test\w*)", line)
             if match:
                 current = match.group(1)
-            for page, names in CITATION.findall(line):
-                for name in re.findall(rf"eq:({NAME})", names):
-                    cited.setdefault((page, name), set()).add(f"{test_file.relative_to(ROOT)}::{current}")
+            elif line[:1] not in ("", " ", "\t", "#", "@", ")"):
+                current = "module"     # a top-level statement ends the function above it
+            found = [(page, name) for page, names in CITATION.findall(line)
+                     for name in re.findall(rf"eq:({NAME})", names)]
+            if line[:1] in ("#", "@"):
+                pending += found       # a comment or decorator above a test speaks of that test
+                continue
+            for page, name in pending + found:
+                cited.setdefault((page, name), set()).add(f"{test_file.relative_to(ROOT)}::{current}")
+            pending = [] if line.strip() else pending
     return {key: sorted(value) for key, value in cited.items()}
 
 
