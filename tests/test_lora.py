@@ -142,7 +142,7 @@ def test_merge_gives_the_same_logits_and_unmerge_restores_the_base_exactly(devic
     base = {name: host(layer.weight).copy() for name, layer in lora.adapters(model)}
     unmerged = logits(model, ids)
     lora.merge(model)
-    for name, layer in lora.adapters(model):     # eq:lora-merge: W + s (B A)^T
+    for name, layer in lora.adapters(model):     # docs/agent.md eq:lora-merge: W + s (B A)^T
         np.testing.assert_allclose(host(layer.weight), base[name] + lora.delta_weight(
             host(layer.lora_A), host(layer.lora_B), layer.scale), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(logits(model, ids), unmerged, rtol=0, atol=1e-5)

@@ -40,7 +40,7 @@ EXEMPT = {
     "npgpt.functional:linear_cross_entropy": "the fused head and loss, blocked over rows (docs/backward.md): "
                                              "forward and backward share the block loop",
     "npgpt.finetuning.lora:lora_linear":
-        "the fused LoRA op: forward and hand-written backward (docs/agent.md eq:lora, eq:lora-grad, eq:lora-merge)",
+        "the fused LoRA op: forward and hand-written backward (eq:lora, eq:lora-grad and eq:lora-merge of agent.md)",
     # loops that read as one story
     "npgpt.tokenizer.train:train_bpe": "the BPE training loop with its incremental pair counts (docs/tokenizer.md)",
     "npgpt.tokenizer.core:Tokenizer.__init__": "validates vocabulary, merges and special tokens given in any of "
