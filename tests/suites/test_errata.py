@@ -95,6 +95,9 @@ ERRATA = [
     ("index.md", r"Every picture in the book is drawn by a script", "serving_batching.svg has no script"),
     ("notation.md", r"\$N\$ counts parameters and nothing else", "backward.md and agent.md use N for rows and tokens"),
     ("notation.md", r"\$S\$ is used twice", "S is the last step, the loss scale and the all-reduce's bytes"),
+    # The third part (/work/coord/review2-findings.md): bibliography, notation, index, appendix, solutions.
+    ("faq.md", r"found the opposite balance", "Chinchilla: parameters and tokens grow together, not the opposite of Kaplan"),
+    ("notation.md", r"\$S\$ is used three times", "S is also a set of tokens (generation.md) and the attention scores (backward.md)"),
 ]
 
 
