@@ -97,7 +97,7 @@ ERRATA = [
     ("notation.md", r"\$S\$ is used twice", "S is the last step, the loss scale and the all-reduce's bytes"),
     # The third part (/work/coord/review2-findings.md): bibliography, notation, index, appendix, solutions.
     ("faq.md", r"found the opposite balance", "Chinchilla: parameters and tokens grow together, not the opposite of Kaplan"),
-    ("notation.md", r"\$S\$ is used three times", "S is also a set of tokens (generation.md) and the attention scores (backward.md)"),
+    ("notation.md", r"\$S\$ is used three times", "S is also a token set (generation.md) and the scores (backward.md)"),
 ]
 
 
