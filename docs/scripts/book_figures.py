@@ -466,7 +466,7 @@ def lr_schedule(out):
 def sampling_filters(out, shown=20):
     """npgpt-small's next-token distribution after the article's prompt, reshaped by each control."""
     import npgpt
-    from npgpt import generation
+    from npgpt import generation, viz
 
     plt = _pyplot()
     model, tokenizer = _small()
@@ -474,7 +474,7 @@ def sampling_filters(out, shown=20):
         z = model(np.array([tokenizer.encode(PROMPT)])).numpy()[:, -1].astype(np.float64)   # (1, V)
     base = npgpt.F.softmax_array(z)[0]
     order = np.argsort(-base)[:shown]
-    names = [repr(tokenizer.decode([int(i)]))[1:-1] for i in order]
+    names = viz.token_labels([order], tokenizer)                # a leading space shows as ␣
     panels = [("the model, τ = 1", z),
               ("temperature τ = 0.5", generation.apply_temperature(z, 0.5)),
               ("temperature τ = 1.5", generation.apply_temperature(z, 1.5)),

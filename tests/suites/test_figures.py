@@ -164,7 +164,7 @@ def test_the_space_glyph_is_the_same_in_every_tokenizer_figure():
 
     assert viz.token_labels([Tokenizer.from_pretrained("npgpt-small").encode(" the cat")],
                             Tokenizer.from_pretrained("npgpt-small")) == ["\u2423the", "\u2423cat"]
-    for image in ("bpe_merge_tree", "causal_mask", "attention_layer0_head0", "saliency_next_token",
-                  "saliency_sentiment"):
+    for image in ("bpe_merge_tree", "causal_mask", "sampling_filters", "attention_layer0_head0",
+                  "saliency_next_token", "saliency_sentiment"):
         text = (DOCS / "images" / f"{image}.svg").read_text()
         assert "\u2423" in text and "\u00b7" not in text, image
