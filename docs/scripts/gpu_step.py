@@ -104,17 +104,21 @@ def seconds(op: Op, peak: float, bytes_per_value: int, bandwidth: float = H100_B
     return max(op.flops / peak, op.values * bytes_per_value / bandwidth)
 
 
-def step_times(ops: list[Op], bytes_per_value: int, peak_name: str) -> dict[str, float]:
-    """Lower bounds on a whole training step's time per op (forward, backward, AdamW), in seconds."""
+def step_times(ops: list[Op], bytes_per_value: int, peak_name: str,
+               elementwise_bytes: int | None = None) -> dict[str, float]:
+    """Lower bounds on a whole training step's time per op (forward, backward, AdamW), in seconds.
+
+    ``bytes_per_value`` for the matrix products, ``elementwise_bytes`` (default the same) for the rest.
+    """
     peak = H100_SXM[peak_name]
     elementwise_peak = H100_SXM["float32 (CUDA cores)"]       # only matrix products use tensor cores
     times = {}
     for op in ops:
         p = peak if op.matmul else elementwise_peak
+        b = bytes_per_value if op.matmul else (elementwise_bytes or bytes_per_value)
         # backward: two products of the forward's shape; an elementwise op moves twice the values
-        backward = 2 * seconds(op, p, bytes_per_value) if op.matmul else \
-            seconds(dataclasses.replace(op, values=2 * op.values), p, bytes_per_value)
-        times[op.name] = op.calls * (seconds(op, p, bytes_per_value) + backward)
+        backward = 2 * seconds(op, p, b) if op.matmul else seconds(dataclasses.replace(op, values=2 * op.values), p, b)
+        times[op.name] = op.calls * (seconds(op, p, b) + backward)
     update = adamw()
     times[update.name] = seconds(update, elementwise_peak, 4)
     return times
@@ -148,6 +152,10 @@ def table(shape: dict[str, int] = GPT2) -> str:
     fused_flops = sum(op.flops * op.calls * 3 for op in fused_ops) + adamw().flops
     lines.append(f"with fused attention: {fused_flops / 1e12:.2f} TFLOP, at least {1e3 * fused_total:.1f} ms "
                  f"({fused_flops / fused_total / peak16:.0%} of the peak at best)")
+    mixed = sum(step_times(ops, 2, "16-bit (tensor cores)", elementwise_bytes=4).values())
+    float32 = sum(step_times(ops, 4, "float32 (CUDA cores)").values())
+    lines.append(f"16-bit products, float32 elsewhere (npgpt's mixed precision): at least {1e3 * mixed:.1f} ms; "
+                 f"float32 throughout: at least {1e3 * float32:.1f} ms")
     return "\n".join(lines)
 
 
