@@ -98,6 +98,11 @@ ERRATA = [
     # The third part (/work/coord/review2-findings.md): bibliography, notation, index, appendix, solutions.
     ("faq.md", r"found the opposite balance", "Chinchilla: parameters and tokens grow together, not the opposite of Kaplan"),
     ("notation.md", r"\$S\$ is used three times", "S is also a token set (generation.md) and the scores (backward.md)"),
+    ("solutions.md", r"sharper where the corpus is consistent", "'sits' is always followed by 'on': the bigram gives 1.0 too"),
+    ("solutions.md", r"on 400 rows", "100 rows at four values of p"),
+    ("solutions.md", r"whose width grows faster than its context", "GPT-2 XL's context is GPT-2 small's 1,024"),
+    ("finetuning.md", r"With right padding \(7\)", "eq. 7 is the classifier head; positions are eq:padded-positions"),
+    ("engineering.md", r"So a second cache maps each chunk", "the chunk cache is two dicts (first chunk, chunks after a space)"),
 ]
 
 
