@@ -101,7 +101,7 @@ ERRATA = [
     ("solutions.md", r"sharper where the corpus is consistent", "'sits' is always followed by 'on': the bigram gives 1.0 too"),
     ("solutions.md", r"on 400 rows", "100 rows at four values of p"),
     ("solutions.md", r"whose width grows faster than its context", "GPT-2 XL's context is GPT-2 small's 1,024"),
-    ("finetuning.md", r"With right padding \(7\)", "eq. 7 is the classifier head; positions are eq:padded-positions"),
+    ("finetuning.md", r"With right padding \(7\)", "the positions are eq:padded-positions, the 8th of the page"),
     ("engineering.md", r"So a second cache maps each chunk", "the chunk cache is two dicts (first chunk, chunks after a space)"),
 ]
 
