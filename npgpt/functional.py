@@ -295,13 +295,9 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
             raise ValueError(f"layer_norm: {name} of shape {tuple(p.shape)} does not fit input {tuple(x.shape)}")
     xp = _xp(x)
     a = x.data
-    # sum / C, not ``mean`` (its Python wrapper costs ~10 us a call, which a decoding step, 25 layer
-    # norms over one row, notices); the sums as products with ones (npgpt.backend.speed.row_sums).
-    mu = speed.row_sums(a)
-    mu /= C
+    mu = _row_mean(a)
     xhat = a - mu
-    var = speed.row_dots(xhat, xhat)
-    var /= C
+    var = _row_mean(xhat, xhat)
     rstd = 1.0 / xp.sqrt(var + eps)
     xhat *= rstd
     y = xhat * weight.data if weight is not None else xhat.copy()
@@ -311,8 +307,8 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 
     def backward(g):
         h = g * weight.data if weight is not None else g
-        gx = h - speed.row_sums(h) / C
-        gx -= xhat * (speed.row_dots(h, xhat) / C)
+        gx = h - _row_mean(h)
+        gx -= xhat * _row_mean(h, xhat)
         gx *= rstd
         grads = [gx]
         if weight is not None:
@@ -322,6 +318,21 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
         return tuple(grads)
 
     return _make(y, parents, backward, fresh=True)
+
+
+def _row_mean(a: Array, b: Array | None = None) -> Array:
+    """The mean of the last axis of ``a`` (of ``a * b`` if ``b`` is given), kept: ``sum / C``.
+
+    On the CPU the sums are products with ones (``npgpt.backend.speed.row_sums``, ``row_dots``)
+    and the division is in place, without ``mean``'s Python wrapper (~10 us a call, which a
+    decoding step, 25 layer norms over one row, notices); on a GPU it is ``mean``, one
+    reduction kernel instead of two or three launches (``speed.one_kernel_mean``).
+    """
+    if speed.one_kernel_mean(a):
+        return (a if b is None else a * b).mean(axis=-1, keepdims=True)
+    m = speed.row_sums(a) if b is None else speed.row_dots(a, b)
+    m /= a.shape[-1]
+    return m
 
 
 # -------------------------------------------------------------- embedding
@@ -624,14 +635,53 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
         raise ValueError(f"scaled_dot_product_attention: shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)} do not fit together")
     check_dropout(dropout_p)
-    xp = _xp(q)
+    if causal and q.shape[2] > k.shape[2]:
+        raise ValueError(f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got {q.shape[2]} > {k.shape[2]}")
+    out, P, grads = _attend(q.data, k.data, v.data, causal, attn_mask, dropout_p, rng, compute_dtype)
+    backward = lambda g: grads(g, (q.requires_grad, k.requires_grad, v.requires_grad))  # noqa: E731
+    result = _make(out, (q, k, v), backward, fresh=True)
+    return (result, P) if return_weights else result
+
+
+def packed_attention(qkv: Tensor, dropout_p: float = 0.0, rng: Any = None,
+                     compute_dtype: Any = None) -> tuple[Tensor, Array]:
+    """Causal ``scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])`` of one packed (3, B, H, T, D) tensor.
+
+    Returns ``(output (B, H, T, D), P)``, the values and probabilities of the
+    unpacked call. The difference is the backward pass: ``dQ``, ``dK`` and
+    ``dV`` are written by their products straight into the three slices of one
+    (3, B, H, T, D) array, the gradient of ``qkv``. Split into three tensors
+    first, each piece's backward would make a zero array of the whole of
+    ``qkv`` and the walk would add the three (docs/gpu.md, "The launch and
+    traffic budget": 8 launches and ~9 passes over qkv per layer, now none).
+    """
+    if qkv.ndim != 5 or qkv.shape[0] != 3:
+        raise ValueError(f"packed_attention: qkv must be (3, B, H, T, D), got {tuple(qkv.shape)}")
+    check_dropout(dropout_p)
+    a = qkv.data
+    out, P, grads = _attend(a[0], a[1], a[2], True, None, dropout_p, rng, compute_dtype)
+
+    def backward(g):
+        into = _xp(qkv).empty(qkv.shape, dtype=qkv.dtype)
+        grads(g, (True, True, True), into)
+        return (into,)
+
+    return _make(out, (qkv,), backward, fresh=True), P
+
+
+def _attend(q: Array, k: Array, v: Array, causal: bool, attn_mask: Any, dropout_p: float, rng: Any,
+            compute_dtype: Any) -> tuple[Array, Array, Any]:
+    """The arrays of attention (eqs. 4 and 5 of docs/model.md): ``(output, P, grads)``.
+
+    ``grads(g, need, into=None)`` returns ``(dQ, dK, dV)`` (None where ``need`` says so), each
+    product written into ``into[0..2]`` when a (3, B, H, T, D) array is given.
+    """
+    xp = backend.array_module(q)
     Tq, Tk, D = q.shape[2], k.shape[2], q.shape[3]
-    if causal and Tq > Tk:
-        raise ValueError(f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got {Tq} > {Tk}")
     scale = 1.0 / math.sqrt(D)
     dtype = q.dtype
     cd = np.dtype(compute_dtype) if compute_dtype is not None else dtype
-    qc, kc, vc = (t.data if t.dtype == cd else t.data.astype(cd) for t in (q, k, v))
+    qc, kc, vc = (t if t.dtype == cd else t.astype(cd) for t in (q, k, v))
     scores = (qc @ kc.swapaxes(-1, -2)).astype(dtype, copy=False)     # (B, H, Tq, Tk)
     scores *= scale
     allowed = hidden = None
@@ -651,9 +701,17 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
     dropped_c = dropped if cd == dtype else dropped.astype(cd)
     out = (dropped_c @ vc).astype(dtype, copy=False)
 
-    def backward(g):
+    def product(a, b, into, i):
+        if into is None:
+            return (a @ b).astype(dtype, copy=False)
+        if cd == dtype:
+            return xp.matmul(a, b, out=into[i])
+        into[i] = a @ b                 # a mixed-precision product comes back in the inputs' type
+        return into[i]
+
+    def grads(g, need, into=None):
         gc = g if cd == dtype else g.astype(cd)
-        gv = (dropped_c.swapaxes(-1, -2) @ gc).astype(dtype, copy=False) if v.requires_grad else None
+        gv = product(dropped_c.swapaxes(-1, -2), gc, into, 2) if need[2] else None
         dP = (gc @ vc.swapaxes(-1, -2)).astype(dtype, copy=False)
         if keep is not None:
             dP *= keep
@@ -662,9 +720,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
         dS *= P
         dS *= scale
         dSc = dS if cd == dtype else dS.astype(cd)
-        gq = (dSc @ kc).astype(dtype, copy=False) if q.requires_grad else None
-        gk = (dSc.swapaxes(-1, -2) @ qc).astype(dtype, copy=False) if k.requires_grad else None
+        gq = product(dSc, kc, into, 0) if need[0] else None
+        gk = product(dSc.swapaxes(-1, -2), qc, into, 1) if need[1] else None
         return gq, gk, gv
 
-    result = _make(out, (q, k, v), backward, fresh=True)
-    return (result, P) if return_weights else result
+    return out, P, grads

@@ -110,12 +110,16 @@ class CausalSelfAttention(nn.Module):
         H = self.n_head
         # Split [q | k | v] and the channels into H heads of D, once: (B, T, 3C) -> (3, B, H, T, D).
         qkv = self.c_attn(x).reshape(B, T, 3, H, C // H).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]                        # (B, H, T, D) each
-        if cache is not None:
-            k, v = cache.update(layer, k, v)                    # every position so far: (B, H, past + T, D)
         drop = self.attn_dropout
         p = drop.p if drop.training else 0.0
         rng = drop.rng(backend.array_module(x.data)) if p > 0 else None
+        if cache is None and attn_mask is None:
+            # Training's case: q, k, v stay packed, and their gradients land in one array (F.packed_attention).
+            y, probs = F.packed_attention(qkv, dropout_p=p, rng=rng, compute_dtype=self.compute_dtype)
+            return self.resid_dropout(self.c_proj(y.transpose(0, 2, 1, 3).reshape(B, T, C))), probs
+        q, k, v = qkv[0], qkv[1], qkv[2]                        # (B, H, T, D) each
+        if cache is not None:
+            k, v = cache.update(layer, k, v)                    # every position so far: (B, H, past + T, D)
         # One query (a decoding step) is the last position: it may see every key, so the
         # causal mask would allow everything and is not built (the same result).
         y, probs = F.scaled_dot_product_attention(q, k, v, causal=T > 1, attn_mask=attn_mask, return_weights=True,

@@ -95,6 +95,31 @@ def test_attention_gradient(xp, B, H, Tq, extra, D, causal, seed):
     check_gradients(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=causal), q, k, v)
 
 
+@given(B=st.integers(1, 2), H=st.integers(1, 2), T=st.integers(1, 4), D=st.integers(1, 3), seed=seeds)
+def test_packed_attention_gradient(xp, B, H, T, D, seed):
+    """docs/model.md eqs. 4 and 5 on q, k, v packed as one (3, B, H, T, D) tensor: one gradient array."""
+    check_gradients(lambda qkv: F.packed_attention(qkv)[0], randn(xp, (3, B, H, T, D), seed))
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+def test_packed_attention_equals_the_split_call_bit_for_bit(xp, dropout_p):
+    qkv = npgpt.Tensor(xp.asarray(np.random.default_rng(4).standard_normal((3, 2, 2, 5, 4)).astype(np.float32)),
+                       requires_grad=True)
+    g = xp.asarray(np.random.default_rng(5).standard_normal((2, 2, 5, 4)).astype(np.float32))
+    y, P = F.packed_attention(qkv, dropout_p=dropout_p, rng=xp.random.default_rng(6))
+    y.backward(g)
+    packed = backend.to_numpy(qkv.grad)
+    qkv.grad = None
+    split = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], return_weights=True, dropout_p=dropout_p,
+                                           rng=xp.random.default_rng(6))
+    split[0].backward(g)
+    assert backend.to_numpy(y.data).tobytes() == backend.to_numpy(split[0].data).tobytes()
+    assert backend.to_numpy(P).tobytes() == backend.to_numpy(split[1]).tobytes()
+    assert packed.tobytes() == backend.to_numpy(qkv.grad).tobytes()
+    with pytest.raises(ValueError, match=r"qkv must be \(3, B, H, T, D\)"):
+        F.packed_attention(qkv[0])
+
+
 def test_attention_gradient_with_padding_mask(xp):
     q, k, v = (randn(xp, (2, 1, 4, 3), s) for s in range(3))
     mask = xp.asarray([[1, 1, 1, 1], [0, 1, 1, 1]], dtype=bool)[:, None, None, :]   # row 2 is left-padded

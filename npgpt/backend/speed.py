@@ -81,6 +81,12 @@ def head_block_bytes(weight: Any) -> int:
     return GPU_HEAD_BLOCK_BYTES if _on_gpu(weight) else HEAD_BLOCK_BYTES
 
 
+def one_kernel_mean(array: Any) -> bool:
+    """Take a mean with ``mean`` (one reduction kernel on a GPU, where each launch costs ~5 us), not as a
+    sum and a division (the CPU's way: ``mean``'s Python wrapper costs ~10 us, the same numbers)?"""
+    return _on_gpu(array)
+
+
 def copy_decoding_head(weight: Any, rows: int, steps: int) -> bool:
     """Should a generation of ``rows`` x ``steps`` make a contiguous copy of the tied head ``weight``?
     On the CPU when the work is large enough to repay the copy (``HEAD_COPY_MIN_ROW_STEPS``)."""
@@ -198,7 +204,7 @@ _BLAS_DTYPES = ("float32", "float64")
 
 def row_sums(a: Any) -> Any:
     """``a.sum(axis=-1, keepdims=True)``, computed as ``a @ ones`` where BLAS can."""
-    if a.dtype.name not in _BLAS_DTYPES:
+    if a.dtype.name not in _BLAS_DTYPES or _on_gpu(a):     # a GPU: one reduction kernel, not ones + a GEMM
         return a.sum(axis=-1, keepdims=True)
     from npgpt.backend import array_module
 
@@ -207,7 +213,7 @@ def row_sums(a: Any) -> Any:
 
 def row_dots(a: Any, b: Any) -> Any:
     """``(a * b).sum(axis=-1, keepdims=True)`` for arrays of one shape: the dot product of each pair of rows."""
-    if a.dtype.name not in _BLAS_DTYPES:
+    if a.dtype.name not in _BLAS_DTYPES or _on_gpu(a):     # a GPU: one reduction kernel, not ones + a GEMM
         return (a * b).sum(axis=-1, keepdims=True)
     from npgpt.backend import array_module
 
@@ -217,7 +223,7 @@ def row_dots(a: Any, b: Any) -> Any:
 def column_sums(a: Any) -> Any:
     """``a.sum`` over every axis but the last (a bias's or a gain's gradient), as ``ones @ a``."""
     a2 = a.reshape(-1, a.shape[-1])
-    if a.dtype.name not in _BLAS_DTYPES:
+    if a.dtype.name not in _BLAS_DTYPES or _on_gpu(a):     # a GPU: one reduction kernel, not ones + a GEMM
         return a2.sum(axis=0)
     from npgpt.backend import array_module
 
