@@ -671,7 +671,7 @@ def packed_attention(qkv: Tensor, dropout_p: float = 0.0, rng: Any = None,
 
 def _attend(q: Array, k: Array, v: Array, causal: bool, attn_mask: Any, dropout_p: float, rng: Any,
             compute_dtype: Any) -> tuple[Array, Array, Any]:
-    """The arrays of attention (eqs. 4 and 5 of docs/model.md): ``(output, P, grads)``.
+    """The arrays of attention (docs/model.md eq:attention and eq:causal-mask): ``(output, P, grads)``.
 
     ``grads(g, need, into=None)`` returns ``(dQ, dK, dV)`` (None where ``need`` says so), each
     product written into ``into[0..2]`` when a (3, B, H, T, D) array is given.

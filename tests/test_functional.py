@@ -97,7 +97,7 @@ def test_attention_gradient(xp, B, H, Tq, extra, D, causal, seed):
 
 @given(B=st.integers(1, 2), H=st.integers(1, 2), T=st.integers(1, 4), D=st.integers(1, 3), seed=seeds)
 def test_packed_attention_gradient(xp, B, H, T, D, seed):
-    """docs/model.md eqs. 4 and 5 on q, k, v packed as one (3, B, H, T, D) tensor: one gradient array."""
+    """docs/model.md eq:attention and eq:causal-mask on q, k, v packed as one (3, B, H, T, D) tensor: one gradient array."""
     check_gradients(lambda qkv: F.packed_attention(qkv)[0], randn(xp, (3, B, H, T, D), seed))
 
 

@@ -35,8 +35,6 @@ EXEMPT = {
     "npgpt.bench.train:run": _BENCH,
     "npgpt.bench.serve:run": _BENCH,
     # fused ops: one forward and its hand-written backward in one closure, as docs/backward.md derives them
-    "npgpt.functional:scaled_dot_product_attention": "the fused attention op: masks, dropout, cache and its backward "
-                                                      "in one place, as docs/backward.md derives it",
     "npgpt.functional:linear_cross_entropy": "the fused head and loss, blocked over rows (docs/backward.md): "
                                              "forward and backward share the block loop",
     "npgpt.finetuning.lora:lora_linear":
