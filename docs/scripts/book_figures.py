@@ -535,6 +535,8 @@ def temperature_samples(out, new_tokens=30, seed=0):
 # ----------------------------------------------------------------------------- concepts.md
 def pipeline(out):
     """The article's two stages and what follows them: pretrain -> fine-tune -> classifier or agent."""
+    # The loss is the Unicode letter, not \mathcal{L}: mathtext draws that from STIX's private-use area,
+    # which a browser shows as a missing glyph; DejaVu Sans has U+2112.
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(11, 4.4))
     ax.axis("off")
@@ -542,12 +544,12 @@ def pipeline(out):
     ax.set_ylim(0, 9)
     _box(ax, 0.2, 6.3, 3.8, 1.9, "unlabelled text\nplays, speeches, novels\n(npgpt prepare)", GREY, fontsize=8.5)
     _box(ax, 5.0, 5.9, 4.6, 2.7, "Stage 1: pretraining\n"
-         r"$\mathcal{L} = -\frac{1}{N}\sum_i \log p(x_i \mid x_{<i})$" "\n"
+         r"$\mathrm{ℒ} = -\frac{1}{n}\sum_i \log p(x_i \mid x_{<i})$" "\n"
          "npgpt train (chapter 6)", BLUE, fontsize=8.5)
     _box(ax, 10.6, 6.3, 3.6, 1.9, "language model\nnpgpt-small, GPT-2\n(chapter 4)", BLUE, fontsize=8.5, alpha=0.45)
     _box(ax, 10.6, 0.4, 3.6, 1.9, "labelled data\nreviews + sentiment,\nconversations", GREY, fontsize=8.5)
     _box(ax, 15.2, 3.1, 3.0, 2.9, "Stage 2:\nfine-tuning\n"
-         r"$\mathcal{L} = \mathrm{Loss}(f(x), y)$" "\n(chapter 7)", ORANGE, fontsize=8.5)
+         r"$\mathrm{ℒ} = \mathrm{Loss}(f(x), y)$" "\n(chapter 7)", ORANGE, fontsize=8.5)
     _box(ax, 19.0, 6.0, 2.8, 2.2, "classifier\nGPTClassifier:\nthe same network\n+ a linear head", GREEN,
          fontsize=8)
     _box(ax, 19.0, 0.6, 2.8, 2.6, "generative agent\nconverses, follows\ninstructions\n(SFT, DPO;\nnpgpt chat)",
