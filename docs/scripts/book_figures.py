@@ -590,7 +590,7 @@ def value_graph(out):
     o.backward()
     fig, ax = plt.subplots(figsize=(11, 4.6))
     ax.axis("off")
-    ax.set_xlim(-0.3, 21.5)
+    ax.set_xlim(-0.3, 21.7)                 # the last box ends at 21.5: its border inside
     ax.set_ylim(-0.6, 10.0)
     nodes = {"x1": (x1, 0, 7.6), "w1": (w1, 0, 5.6), "x2": (x2, 0, 3.2), "w2": (w2, 0, 1.2),
              "w1*x1": (w1x1, 6.0, 6.6), "w2*x2": (w2x2, 6.0, 2.2), "sum": (s, 11.0, 4.4), "b": (b, 11.0, 0.6),
