@@ -103,6 +103,7 @@ ERRATA = [
     ("solutions.md", r"whose width grows faster than its context", "GPT-2 XL's context is GPT-2 small's 1,024"),
     ("finetuning.md", r"With right padding \(7\)", "the positions are eq:padded-positions, the 8th of the page"),
     ("engineering.md", r"So a second cache maps each chunk", "the chunk cache is two dicts (first chunk, chunks after a space)"),
+    ("training.md", r"weight decay on the matrices only", "param_groups decays the linear layers' matrices, not wte or wpe"),
 ]
 
 
