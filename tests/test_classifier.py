@@ -35,7 +35,8 @@ SEQUENCES = [[3, 14, 15, 9, 26, 5, 35], [8, 9], [7, 9, 3, 2], [42]]
 def test_logits_are_the_same_alone_and_in_a_padded_batch(side, pad_id):
     # docs/finetuning.md eq:padded-positions and eq:last-token-pooling: positions count real tokens,
     # pooling reads the last real one.
-    # pad_id 9 also occurs inside the texts: a search for the pad id would stop early there.
+    # pad_id 9 also occurs inside the texts and ends one ([8, 9]): a search for the pad id, for the first
+    # (old transformers) or for the rightmost token that is not it (current transformers), would pool the wrong token.
     model = make(num_labels=3)
     alone = np.concatenate([model(np.array([s])).numpy() for s in SEQUENCES])
     idx, mask = pad_batch(SEQUENCES, pad_id=pad_id, side=side)
