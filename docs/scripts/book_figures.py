@@ -29,6 +29,7 @@ pipeline.svg               concepts.md         pretraining -> fine-tuning -> cla
 value_graph.svg            autograd.md         the neuron's graph in the Value engine, data and grad
 padded_batch.svg           finetuning.md       a padded batch, its mask, positions and pooled token
 ring_allreduce.svg         distributed.md      the ring all-reduce on 4 ranks, step by step
+serving_batching.svg       serving.md          continuous batching: 5 requests, 12 steps, 4 slots
 memory_breakdown.svg       performance.md      GPT-2 124M's step memory by part (tracemalloc)
 roofline.svg               gpu.md              an H100's roofline with GPT-2 124M's ops (gpu_step.py)
 =========================  ==================  ====================================================
@@ -786,6 +787,90 @@ def memory_breakdown(out):
     return _save(fig, out / "memory_breakdown.svg")
 
 
+# ----------------------------------------------------------------------------- serving.md
+# Five requests of docs/serving.md's figure: (name, step whose end admits it, shared-step tokens, why it ends).
+REQUESTS = [("A", 1, 7, "stop"), ("B", 1, 3, "length"), ("C", 3, 7, "client left"), ("E", 5, 7, None),
+            ("D", 6, 6, None)]
+
+
+def batching_schedule(requests=REQUESTS, slots=4, steps=12):
+    """Replay npgpt serve's loop (npgpt/apps/serve/batcher.py) on ``requests``: who holds each slot, step by step.
+
+    At each step: every running row gets one token from the shared step; rows that are done retire,
+    and the last running row moves into each freed slot (``Batcher._retire``), so the running rows
+    are always slots 0 .. B-1; then waiting requests are admitted, in order, into the next free
+    slots (their prefill). Returns ``{step: {slot: (name, kind)}}`` with kind "prefill" or "token",
+    the moves ``[(step, name, from_slot, to_slot)]`` and the ends ``[(step, name, slot, why)]``.
+    """
+    rows, left, grid, moves, ends = [], {}, {}, [], []
+    waiting = sorted(requests, key=lambda r: r[1])
+    for step in range(1, steps + 1):
+        grid[step] = {}
+        for slot, name in enumerate(rows):                       # the shared step: one token per row
+            grid[step][slot] = (name, "token")
+            left[name] -= 1
+        slot = 0
+        while slot < len(rows):                                  # retire; the last row fills the hole
+            name = rows[slot]
+            why = next(r[3] for r in requests if r[0] == name)
+            if left[name] == 0 and why is not None:
+                ends.append((step, name, slot, why))
+                if slot != len(rows) - 1:
+                    moves.append((step, rows[-1], len(rows) - 1, slot))
+                    rows[slot] = rows[-1]
+                rows.pop()
+                continue
+            slot += 1
+        while waiting and waiting[0][1] <= step and len(rows) < slots:     # admit: prefill into a free slot
+            name, _, tokens, _ = waiting.pop(0)
+            grid[step][len(rows)] = (name, "prefill")
+            rows.append(name)
+            left[name] = tokens
+    return grid, moves, ends
+
+
+def serving_batching(out):
+    """Continuous batching in npgpt serve: five requests, twelve steps, four slots, rows kept contiguous."""
+    plt = _pyplot()
+    slots, steps = 4, 12
+    grid, moves, ends = batching_schedule(slots=slots, steps=steps)
+    colours = dict(zip("ABCDE", (BLUE, ORANGE, GREEN, RED, PURPLE)))
+    fig, ax = plt.subplots(figsize=(11, 4.4))
+    ax.axis("off")
+    for slot in range(slots):
+        ax.add_patch(plt.Rectangle((0.5, -slot - 0.45), steps, 0.9, facecolor="#f6f6f6", edgecolor="none"))
+        ax.text(0.35, -slot, f"slot {slot}", ha="right", va="center", fontsize=9)
+    for step in range(1, steps + 1):
+        ax.text(step, 0.75, str(step), ha="center", fontsize=8.5, color=GREY)
+        for slot, (name, kind) in grid[step].items():
+            if kind == "token":
+                ax.add_patch(plt.Rectangle((step - 0.45, -slot - 0.3), 0.9, 0.6, facecolor=colours[name],
+                                           alpha=0.8, edgecolor="none"))
+                ax.text(step, -slot, name, ha="center", va="center", fontsize=8, color="white")
+            else:                                                # prefill: at the end of the column
+                ax.add_patch(plt.Rectangle((step + 0.1, -slot - 0.3), 0.35, 0.6, facecolor="white",
+                                           edgecolor=colours[name], linestyle="--", linewidth=1.5))
+                ax.text(step + 0.27, -slot, name, ha="center", va="center", fontsize=8, color=colours[name],
+                        fontweight="bold")
+    for step, name, slot, why in ends:
+        ax.text(step + 0.5, -slot + 0.38, why, ha="left", va="bottom", fontsize=7.5, color=GREY)
+    for step, name, source, target in moves:
+        _arrow(ax, (step + 0.5, -source), (step + 0.5, -target + 0.2), colour=colours[name],
+               connectionstyle="arc3,rad=0.3")
+    ax.text(0.5, 1.25, "step", fontsize=8.5, color=GREY)
+    ax.text(0.5, -slots + 0.05, "dashed: the prefill between steps (the prompt alone, its first token, its keys into "
+            "the slot); filled: a token from a shared step (one trunk pass over every running row). A row that "
+            "ends\nfrees its slot, and the last running row moves into it (Batcher._retire), so the running rows "
+            "are always slots 0 .. B-1 and a step reads them as one block.\nHere: " + "; ".join(
+                f"{n} moves from slot {a} to slot {b} after step {s}" for s, n, a, b in moves) + ".",
+            fontsize=8, va="top")
+    ax.set_xlim(-0.4, steps + 1.9)
+    ax.set_ylim(-slots - 0.6, 1.5)
+    print("serving_batching: ends " + ", ".join(f"{n} at step {s} ({w})" for s, n, _, w in ends) + "; moves "
+          + ", ".join(f"{n} {a}->{b} at step {s}" for s, n, a, b in moves))
+    return _save(fig, out / "serving_batching.svg")
+
+
 # ----------------------------------------------------------------------------- gpu.md
 def _gpu_step():
     """docs/scripts/gpu_step.py's functions (the roofline's numbers), run once."""
@@ -843,7 +928,8 @@ def roofline(out):
 
 FIGURES = {f.__name__: f for f in (causal_mask, head_split, residual_stream, gelu_relu, kv_cache, positions,
                                    bpe_merge_tree, lr_schedule, sampling_filters, temperature_samples, roofline,
-                                   pipeline, value_graph, padded_batch, ring_allreduce, memory_breakdown)}
+                                   pipeline, value_graph, padded_batch, ring_allreduce, memory_breakdown,
+                                   serving_batching)}
 
 
 def main(argv=None):

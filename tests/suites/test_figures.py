@@ -132,7 +132,7 @@ def test_picture_scripts_write_every_figure_into_the_directory_they_are_given(tm
 # The figures book_figures.py draws without a model or a measurement: cheap enough to redraw on
 # every run; those drawn from npgpt-small or a measurement are only drawn, by the slow test above.
 DIAGRAMS = ("head_split", "residual_stream", "gelu_relu", "kv_cache", "bpe_merge_tree", "lr_schedule",
-            "pipeline", "value_graph", "padded_batch", "ring_allreduce", "roofline")
+            "pipeline", "value_graph", "padded_batch", "ring_allreduce", "roofline", "serving_batching")
 
 
 def svg_texts(path):
