@@ -104,6 +104,7 @@ ERRATA = [
     ("finetuning.md", r"With right padding \(7\)", "the positions are eq:padded-positions, the 8th of the page"),
     ("engineering.md", r"So a second cache maps each chunk", "the chunk cache is two dicts (first chunk, chunks after a space)"),
     ("training.md", r"weight decay on the matrices only", "param_groups decays the linear layers' matrices, not wte or wpe"),
+    ("tokenizer.md", r"or whitespace at the very end\)", "trailing whitespace is matched whole by \\s+(?!\\S), not by \\s+"),
 ]
 
 
