@@ -28,7 +28,7 @@ ERRATA = [
     ("tokenizer.md", r"Early merges such as `e`\+` `\s+touch",
      "no pre-token holds e followed by a space (the space starts the next word); GPT-2's first merge is ' '+'t'"),
     ("tokenizer.md", r"ing \(36\), under \(385\)", "rank 385 is ' under' with its space; 'under' alone is rank 3162"),
-    ("autograd.md", r"the engine, about 700 lines", "npgpt/autograd/core.py is about 880 lines"),
+    ("autograd.md", r"about 880 lines", "core.py is about 700 lines since the walk moved to graph.py (about 270)"),
     ("gpu.md", r"about 0\.6 TFLOP for GPT-2 at B = 8, T = 1024: a few per cent",
      "the one-hot product adds about 9% to the step's 7.0 TFLOP"),
     ("gpu.md", r"output word \$i\$ of counter \$\(\\lfloor i/4 \\rfloor, 0, n\)\$",
