@@ -64,6 +64,9 @@ MENTION = re.compile(rf"(?:docs/([\w/-]+)\.md,? )?(?<![\w:])eq:({NAME})")
 LINK = re.compile(rf"\[([^\]\n]*)\]\(([^)\s#]*)#eq-({NAME})\)")
 # A reference still written with a number: eq. 4, eqs. 2 and 3, Equation (4), equation 11, 式 (4).
 NUMBERED = re.compile(r"\b(?:[Ee]qs?\.|[Ee]quations?)\s*\(?\d|式\s*\(\d")
+# In a page's prose, a bare number in parentheses after a word that introduces a reference:
+# "one term of (2)", "checks (3)", "With right padding (7) gives". ("a token (1)" is not one.)
+BARE_NUMBER = re.compile(r"(?<![\w\])])(?:of|and|by|checks|apply|from|see|padding|with|to|gives) \(\d{1,2}\)(?![\w(])")
 
 
 class EquationError(ValueError):
@@ -213,6 +216,8 @@ def _problems_of(path, text, known):
             for name in REF.findall(body):
                 if name not in known[stem]:
                     yield start, f"\\ref{{eq:{name}}} names no equation of this page"
+        for match in BARE_NUMBER.finditer(prose(scanned)):
+            yield match.start(), f"{match.group()!r}: an equation by its number? Link it by its name (eq:some-name)"
         for match in LINK.finditer(text):
             linked = match.group(2) or posixpath.basename(stem) + ".md"             # no file: this page
             target = posixpath.normpath(posixpath.join(posixpath.dirname(stem), linked))

@@ -68,6 +68,14 @@ def test_a_reference_by_number_or_to_a_missing_name_is_a_problem(tmp_path, monke
     assert "eq:affine" not in found.replace("eq:affine,", "")     # the good references pass
 
 
+def test_a_bare_number_after_a_referring_word_is_a_reference_by_number():
+    # finetuning.md said "With right padding (7) gives" after its equations were renumbered (review2).
+    prose = "Differentiate one term of (2) with the chain rule and (3). With right padding (7) gives 0, 1, 2."
+    assert [m.group() for m in equations.BARE_NUMBER.finditer(prose)] == ["of (2)", "and (3)", "padding (7)"]
+    fine = "A mask says which positions hold a token (1); the ranks, such as in (4), er (10) and nd (12)."
+    assert not equations.BARE_NUMBER.findall(fine)
+
+
 def test_names_number_the_page_in_reading_order():
     page = ("The article writes\n\n$$h_i = \\mathrm{softmax}(Q_i K^\\top) V \\notag $$\n\nwhich is the idea.\n\n"
             "Every projection is affine:\n\n$$ y = xW + b \\label{eq:affine} $$\n\n"
