@@ -105,6 +105,7 @@ ERRATA = [
     ("engineering.md", r"So a second cache maps each chunk", "the chunk cache is two dicts (first chunk, chunks after a space)"),
     ("training.md", r"weight decay on the matrices only", "param_groups decays the linear layers' matrices, not wte or wpe"),
     ("tokenizer.md", r"or whitespace at the very end\)", "trailing whitespace is matched whole by \\s+(?!\\S), not by \\s+"),
+    ("index.md", r"named in the chapter's first\s+paragraph, and", "backend.md and serving.md name their modules later on"),
 ]
 
 
