@@ -70,7 +70,6 @@ class FlatGroup:
         self.weights = _packed(xp, [p.data for p in params])
         self.state = {k: _packed(xp, [s[k] for s in states]) for k in keys}
         self.grads = xp.empty_like(self.weights)
-        self.scratch = xp.empty_like(self.weights)
         self.views: list[tuple[Array, ...]] = []        # per parameter: its weight, gradient and state views
         start = 0
         for p, state in zip(params, states):
@@ -234,7 +233,8 @@ class Optimizer:
                 continue
             flat.gather_grads()
             state = {"step": items[0][2]["step"], **flat.state}
-            self._update(flat.weights, flat.grads, state, items[0][3], flat.scratch)
+            scratch = backend.array_module(flat.weights).empty_like(flat.weights)   # from the pool, for this step
+            self._update(flat.weights, flat.grads, state, items[0][3], scratch)
         return rest
 
     def _flat_layout(self, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Any]]
