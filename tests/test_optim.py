@@ -388,3 +388,23 @@ def test_the_cpu_keeps_its_parameters_apart():
     model, grads = _model_and_grads()
     _, opt = _steps(model, grads, "cpu")
     assert opt.flat_grads() is None and opt._flat == {}
+
+
+@pytest.mark.gpu
+def test_loss_scaling_unscales_the_flat_buffers_exactly(cuda):
+    """A power-of-two loss scale, undone on each group's buffer: the steps equal the unscaled ones bit for bit."""
+    from npgpt import backend
+    from npgpt.training import engine
+    from npgpt.training.mixed_precision import NO_LOSS_SCALING, GradScaler
+
+    def train(scaler):
+        model, _ = _model_and_grads()
+        model.to(cuda)
+        opt = SGD(param_groups(model), lr=0.1, momentum=0.9)      # an update proportional to the gradient
+        tokens = np.random.default_rng(1).integers(0, 20, (2, 9))
+        for step in range(3):
+            engine.optimizer_step(opt, model.loss, [(tokens[:, :-1], tokens[:, 1:])], 0.1, None, workers=1,
+                                  step=step + 1, scaler=scaler)
+        return [backend.to_numpy(p.data).tobytes() for p in model.parameters()]
+
+    assert train(GradScaler(init_scale=2.0 ** 10)) == train(NO_LOSS_SCALING)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
+from types import SimpleNamespace
 from typing import NamedTuple, Optional
 
 from npgpt import nn
@@ -88,8 +89,10 @@ def optimizer_step(optimizer: Optimizer, loss_fn: Callable[..., Tensor], batches
         with key:
             loss = loss + parallel.forward_backward(scaler.scaled(loss_fn, share), rows, params, workers=workers,
                                                     as_array=True)
-    loss = scaler.unscale(params, group.sum_gradients(params, loss))
+    loss = group.sum_gradients(params, loss)
     flat = optimizer.flat_grads()           # a GPU: the gradients in one buffer per group (None on the CPU)
+    # Unscaling and clipping then touch each buffer once: one kernel per group, not one per parameter.
+    loss = scaler.unscale(params if flat is None else [SimpleNamespace(grad=b) for b in flat], loss)
     norm, loss = clip_grad_norm_with_loss(optimizer.param_groups, grad_clip or None, loss, reduce=group.sum_norm,
                                           grads=flat)
     if scaler.overflowed(loss, norm):                     # float16 overflow: no update, a smaller scale
