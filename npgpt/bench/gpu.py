@@ -16,7 +16,9 @@ What it measures (each figure in the JSON it prints):
   same train steps (eager; float16 through ``torch.autocast`` and its
   ``GradScaler``) and the speed ratio npgpt / PyTorch.
 
-Without CUDA it says so and exits non-zero. ``--quick`` shrinks every
+Without CUDA it says so and exits non-zero. ``--count`` needs no GPU: it counts the kernel
+launches and bytes of a GPT-2 124M train step and decoded token on the CuPy stand-in, with
+their H100 floors (``npgpt.bench.budget``; docs/gpu.md, "The launch and traffic budget"). ``--quick`` shrinks every
 workload (2 layers, T 64) so that the code paths can be exercised against the
 CuPy stand-in of the test-suite; its figures mean nothing.
 """
