@@ -233,7 +233,7 @@ class GPT(nn.Module):
     @property
     def head_weight(self) -> Tensor:
         """The LM head's weight (V, C): the token table ``wte`` itself (GPT-2 ties them)."""
-        return self.wte.weight
+        return self.wte.table()
 
     def lm_head(self, hidden: Tensor, decoding: Array | None = None) -> Tensor:
         """Logits ``h wte^T`` (..., vocab_size) from hidden states (..., C): the only place logits are made.

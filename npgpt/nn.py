@@ -238,6 +238,11 @@ class Embedding(Module):
         """``W[ids]``; the ids' values are trusted (see ``F.embedding``)."""
         return F.embedding(ids, self.weight)
 
+    def table(self) -> Tensor:
+        """The table as the model uses it (a tied LM head too): ``weight`` itself; with trainable token
+        rows (``npgpt.finetuning.trainable_tokens``) the table with those rows put in."""
+        return self.weight
+
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"
 

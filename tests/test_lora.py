@@ -372,7 +372,7 @@ def chat_model(tmp_path_factory):
     return root
 
 
-def test_sft_with_lora_trains_only_adapters_and_resumes_exactly(chat_model, tmp_path):
+def test_sft_with_lora_trains_only_adapters_and_markers_and_resumes_exactly(chat_model, tmp_path):
     from npgpt.finetuning.sft import SFTConfig, SFTTrainer
 
     settings = dict(model=str(chat_model / "model"), data=str(chat_model / "chats.jsonl"), max_steps=6, lr=1e-2,
@@ -384,9 +384,9 @@ def test_sft_with_lora_trains_only_adapters_and_resumes_exactly(chat_model, tmp_
     base = {name: host(p).copy() for name, p in a.model.named_parameters()}
     a.train()
     assert a.evaluate() < start
-    for name, p in a.model.named_parameters():          # the base is frozen: only A and B moved
+    for name, p in a.model.named_parameters():          # the base is frozen: only A, B and the new markers' rows moved
         moved = not np.array_equal(base[name], host(p))
-        assert moved == name.endswith((".lora_A", ".lora_B")), name
+        assert moved == name.endswith((".lora_A", ".lora_B", ".trainable_tokens_delta")), name
     SFTTrainer(SFTConfig(out_dir=str(tmp_path / "b"), **settings), log=quiet).train(stop_at=3)
     SFTTrainer.resume(tmp_path / "b", log=quiet).train()
     for run in ("a", "b"):

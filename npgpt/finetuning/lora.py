@@ -41,6 +41,7 @@ import numpy as np
 import npgpt.functional as F
 from npgpt import backend, nn
 from npgpt.autograd.core import Tensor, _make, as_tensor
+from npgpt.finetuning import trainable_tokens
 from npgpt.training import settings
 from npgpt.training.settings import setting
 
@@ -213,7 +214,9 @@ class LoRAConfig:
     matches every layer whose name ends with ``.c_attn`` (``c_proj`` both the
     attention's and the MLP's; ``mlp.c_proj`` only the MLP's). ``train``
     lists name prefixes that train fully besides the adapters (PEFT's
-    ``modules_to_save``; the classifier's ``score`` head).
+    ``modules_to_save``; the classifier's ``score`` head). ``tokens`` lists
+    token ids whose rows of the frozen token table train
+    (``npgpt.finetuning.trainable_tokens``; PEFT's ``trainable_token_indices``).
     """
 
     rank: int = 8
@@ -222,6 +225,7 @@ class LoRAConfig:
     targets: tuple[str, ...] = ("c_attn",)
     train: tuple[str, ...] = ()
     seed: int = 0
+    tokens: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or int(self.rank) != self.rank or self.rank < 1:
@@ -237,6 +241,7 @@ class LoRAConfig:
         if not self.targets:
             raise ValueError("LoRA targets: name at least one layer, e.g. c_attn or c_attn,c_proj,c_fc")
         self.train = tuple(self.train)
+        self.tokens = tuple(self.tokens)
 
     @property
     def scale(self) -> float:
@@ -277,15 +282,16 @@ class LoRASettings:
         if not self.lora_rank and (self.lora_alpha is not None or self.lora_dropout or self.lora_targets != "c_attn"):
             settings.fail(owner, "lora_rank", "{name} is needed with the other LoRA settings (e.g. --lora-rank 8)")
 
-    def lora_config(self, train: Sequence[str] = (), seed: int = 0) -> Optional[LoRAConfig]:
+    def lora_config(self, train: Sequence[str] = (), seed: int = 0, tokens: Sequence[int] = ()
+                    ) -> Optional[LoRAConfig]:
         """The :class:`LoRAConfig` these settings describe; ``None`` without LoRA."""
         return lora_from_settings(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets,
-                                  train=train, seed=seed)
+                                  train=train, seed=seed, tokens=tokens)
 
 
 def lora_from_settings(rank: Optional[int], alpha: Optional[float] = None, dropout: float = 0.0,
                        targets: str | Sequence[str] = "c_attn", train: Sequence[str] = (),
-                       seed: int = 0) -> Optional[LoRAConfig]:
+                       seed: int = 0, tokens: Sequence[int] = ()) -> Optional[LoRAConfig]:
     """The :class:`LoRAConfig` of the ``--lora-*`` flags; ``None`` when ``rank`` is None or 0 (no LoRA).
 
     ``alpha`` defaults to ``2 r`` (a common choice: ``s = 2``).
@@ -293,7 +299,7 @@ def lora_from_settings(rank: Optional[int], alpha: Optional[float] = None, dropo
     if not rank:
         return None
     return LoRAConfig(rank=rank, alpha=float(alpha) if alpha is not None else 2.0 * rank, dropout=dropout,
-                      targets=targets, train=tuple(train), seed=seed)
+                      targets=targets, train=tuple(train), seed=seed, tokens=tuple(tokens))
 
 
 def matches(name: str, target: str) -> bool:
@@ -313,13 +319,14 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     """Freeze ``model`` and put a :class:`LoRALinear` on every ``nn.Linear`` that ``config.targets`` names.
 
     Every parameter gets ``requires_grad = False`` except the adapters' ``A``
-    and ``B`` and those under ``config.train``'s prefixes. Works on a ``GPT``
+    and ``B``, those under ``config.train``'s prefixes and, with
+    ``config.tokens``, the token table's rows of those ids (docs/agent.md eq:trainable-tokens). Works on a ``GPT``
     and on a ``GPTClassifier`` (names as ``named_modules`` gives them).
     Returns the wrapped layers' names. A target that matches no linear
     layer is an error naming what the model has.
     """
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if any(isinstance(m, LoRALinear) for _, m in model.named_modules()):
+    if any(isinstance(m, (LoRALinear, trainable_tokens.TrainableTokens)) for _, m in model.named_modules()):
         raise ValueError("the model already carries LoRA adapters (merge or unload them first)")
     chosen = [(name, m) for name, m in linears if any(matches(name, t) for t in config.targets)]
     for target in config.targets:
@@ -338,6 +345,8 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     for name, p in model.named_parameters():
         p.requires_grad = (name.endswith(".lora_A") or name.endswith(".lora_B")
                            or any(name.startswith(prefix) for prefix in config.train))
+    if config.tokens:
+        trainable_tokens.apply(model, config.tokens)
     return [name for name, _ in chosen]
 
 
@@ -392,6 +401,10 @@ def merged_view(model: nn.Module) -> Iterator[nn.Module]:
             parent, leaf = _parent(model, name)
             setattr(parent, leaf, linear)
             swapped.append((parent, leaf, layer))
+        for name, table in trainable_tokens.layers(model):      # the trained token rows written into the table
+            parent, leaf = _parent(model, name)
+            setattr(parent, leaf, trainable_tokens.plain(table))
+            swapped.append((parent, leaf, table))
         yield model
     finally:
         for parent, leaf, layer in swapped:
@@ -399,10 +412,12 @@ def merged_view(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def unload(model: nn.Module, merge_weights: bool = True) -> nn.Module:
-    """Replace every :class:`LoRALinear` by a plain ``nn.Linear`` (PEFT's ``merge_and_unload``).
+    """Replace every :class:`LoRALinear` by a plain ``nn.Linear`` (PEFT's ``merge_and_unload``), and a
+    table with trainable token rows by a plain ``nn.Embedding``.
 
-    With ``merge_weights`` the linear gets the merged weight; without, the
-    base weight (the adapter is dropped). All parameters train again.
+    With ``merge_weights`` the linear gets the merged weight and the table
+    the trained rows; without, the base weights (the adapter is dropped).
+    All parameters train again.
     """
     for name, layer in adapters(model):
         if merge_weights:
@@ -414,6 +429,7 @@ def unload(model: nn.Module, merge_weights: bool = True) -> nn.Module:
         linear.compute_dtype = layer.compute_dtype
         parent, leaf = _parent(model, name)
         setattr(parent, leaf, linear)
+    trainable_tokens.unload(model, merge=merge_weights)
     for p in model.parameters():
         p.requires_grad = True
     return model
@@ -431,17 +447,25 @@ def _layer_prefix(model: nn.Module) -> str:
 
 def adapter_tensors(model: nn.Module) -> dict[str, np.ndarray]:
     """``{PEFT name: float32 array}``: ``lora_A.weight`` (r, in) and ``lora_B.weight`` (out, r) of each
-    layer, and the fully trained modules (``config.train``), under ``base_model.model.``."""
+    layer, the trainable token rows (k, C), and the fully trained modules (``config.train``), under
+    ``base_model.model.``."""
     prefix = PEFT_PREFIX + _layer_prefix(model)
     tensors = {}
     for name, layer in adapters(model):
         for part in ("lora_A", "lora_B"):
             tensors[f"{prefix}{name}.{part}.weight"] = backend.to_numpy(getattr(layer, part).data)
+    for name, table in trainable_tokens.layers(model):
+        tensors[f"{prefix}{name}.{trainable_tokens.PEFT_TENSOR}"] = backend.to_numpy(table.trainable_tokens_delta.data)
     for name, p in model.named_parameters():
-        if p.requires_grad and not (name.endswith(".lora_A") or name.endswith(".lora_B")):
+        if p.requires_grad and not _adapter_part(name):
             array = backend.to_numpy(p.data)
             tensors[prefix + name] = array.T if name == "score.weight" else array   # torch's (out, in)
     return {k: np.ascontiguousarray(v.astype(np.float32, copy=False)) for k, v in tensors.items()}
+
+
+def _adapter_part(name: str) -> bool:
+    """Whether parameter ``name`` is one of the adapter's own (A, B, trainable token rows), saved by its PEFT name."""
+    return name.endswith((".lora_A", ".lora_B", ".trainable_tokens_delta"))
 
 
 def _shortest_targets(model: nn.Module, chosen: Sequence[str]) -> list[str]:
@@ -472,7 +496,8 @@ def adapter_config(model: nn.Module, base_model: str | None = None) -> dict:
     targets = _shortest_targets(model, [name for name, _ in layers])
     classifier = hasattr(model, "score")
     trained = sorted({name.split(".")[0] for name, p in model.named_parameters()
-                      if p.requires_grad and not (name.endswith(".lora_A") or name.endswith(".lora_B"))})
+                      if p.requires_grad and not _adapter_part(name)})
+    tokens = trainable_tokens.layers(model)
     config = {
         "peft_type": "LORA",
         "task_type": "SEQ_CLS" if classifier else "CAUSAL_LM",
@@ -484,6 +509,7 @@ def adapter_config(model: nn.Module, base_model: str | None = None) -> dict:
         "fan_in_fan_out": True,          # GPT-2's Conv1D stores W (in, out)
         "bias": "none",
         "modules_to_save": trained or None,
+        "trainable_token_indices": list(tokens[0][1].token_ids) if tokens else None,
         "init_lora_weights": True,
         "use_rslora": False,
         "use_dora": False,
@@ -557,7 +583,20 @@ def read_adapter_config(directory: str | os.PathLike) -> dict:
     if not (isinstance(targets, str) or (isinstance(targets, list) and targets
                                          and all(isinstance(t, str) for t in targets))):
         refuse(f"target_modules must be a list of layer names or a regular expression, got {targets!r}")
+    raw["trainable_token_indices"] = _token_indices(raw.get("trainable_token_indices"), refuse)
     return raw
+
+
+def _token_indices(tokens: Any, refuse: Any) -> Optional[list[int]]:
+    """``trainable_token_indices`` as a list of ids (or None): PEFT writes a list, or ``{table name: ids}``."""
+    if isinstance(tokens, dict):         # npgpt's one token table is wte
+        if len(tokens) != 1 or not (next(iter(tokens)) == "wte" or next(iter(tokens)).endswith(".wte")):
+            refuse(f"trainable_token_indices names {sorted(tokens)}; npgpt trains token rows of wte only")
+        tokens = next(iter(tokens.values()))
+    if tokens is not None and not (isinstance(tokens, list) and tokens and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in tokens)):
+        refuse(f"trainable_token_indices must be a list of token ids, got {tokens!r}")
+    return tokens
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike) -> list[str]:
@@ -596,6 +635,10 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> list[str]:
         m = modules[name]
         expected[f"{name}.lora_A.weight"] = (r, m.in_features)
         expected[f"{name}.lora_B.weight"] = (m.out_features, r)
+    tokens = raw["trainable_token_indices"] or ()
+    if tokens:
+        table_name, table = trainable_tokens.find_table(model)
+        expected[f"{table_name}.{trainable_tokens.PEFT_TENSOR}"] = (len(set(tokens)), table.embedding_dim)
     own = dict(model.named_parameters())
     for key in (raw.get("modules_to_save") or []):
         for pname, p in own.items():
@@ -613,17 +656,20 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> list[str]:
                            "(not an adapter of this model and adapter_config.json)")
     alpha = float(raw.get("lora_alpha", 8))
     config = LoRAConfig(rank=r, alpha=alpha, dropout=float(raw.get("lora_dropout") or 0.0),
-                        targets=tuple(chosen), train=tuple(raw.get("modules_to_save") or ()))
-    apply_lora(model, dataclasses.replace(config, targets=tuple(chosen)))
+                        targets=tuple(chosen), train=tuple(raw.get("modules_to_save") or ()), tokens=tuple(tokens))
+    apply_lora(model, config)
     scale = alpha / math.sqrt(r) if raw.get("use_rslora") else alpha / r
     for name, layer in adapters(model):
         layer.scale = scale
         layer.lora_A.data = backend.to_device(names[f"{name}.lora_A.weight"].astype(np.float32), layer.weight.device)
         layer.lora_B.data = backend.to_device(names[f"{name}.lora_B.weight"].astype(np.float32), layer.weight.device)
     for pname, p in model.named_parameters():
-        if pname in expected and not pname.endswith((".lora_A", ".lora_B")):
+        if pname in expected and not _adapter_part(pname):
             value = names[pname].T if pname == "score.weight" else names[pname]
             p.data = backend.to_device(np.ascontiguousarray(value.astype(np.float32)), p.device)
+    for name, table in trainable_tokens.layers(model):
+        rows = names[f"{name}.{trainable_tokens.PEFT_TENSOR}"].astype(np.float32)
+        table.trainable_tokens_delta.data = backend.to_device(rows, table.weight.device)
     return chosen
 
 

@@ -118,6 +118,8 @@ class SFTConfig(lora.LoRASettings, OptimizerSettings, RunSettings):
     block_size: Optional[int] = setting(None, "context length in tokens; may only shrink the model's (default: the "
                                               "model's)")
     dropout: float = setting(0.0, "dropout probability while fine-tuning")
+    lora_freeze_markers: bool = setting(False, "with LoRA: keep the rows of the chat markers this run adds frozen "
+                                               "(by default they train, as PEFT's trainable_token_indices)")
     # the loop's settings with fine-tuning's defaults: shorter runs, all of the held-out conversations
     batch_size: int = retune(RunSettings, "batch_size", 8, "conversations per micro-batch, each a row padded to the "
                                                            "longest")
@@ -198,8 +200,10 @@ class SFTTrainer(Trainer):
             model, tokenizer = GPT.from_pretrained(config.model), Tokenizer.from_pretrained(config.model)
             if tokenizer.chat_template is None:
                 model, _ = add_chat_tokens(model, tokenizer)
+        markers: tuple[int, ...] = ()                  # the ids of the markers this run adds, if any
         if self.tokenizer.chat_template is None:
             model, self.tokenizer = add_chat_tokens(model, self.tokenizer)
+            markers = (self.tokenizer.special_tokens[IM_START], self.tokenizer.special_tokens[IM_END])
             self.log(f"{config.model} has no chat template: added npgpt's (ChatML), its role markers "
                      f"{IM_START} and {IM_END} as ids {self.tokenizer.special_tokens[IM_START]} and "
                      f"{self.tokenizer.special_tokens[IM_END]}")
@@ -209,7 +213,8 @@ class SFTTrainer(Trainer):
             settings.fail("SFTConfig", "block_size", f"{{name}}={config.block_size} is longer than the "
                                                      f"{model.config.block_size} positions of {source}; it may only shrink")
         model.crop_block_size(config.block_size).set_dropout(config.dropout)
-        adapter = config.lora_config(seed=config.seed)
+        # With LoRA the token table is frozen; the markers' new rows train (eq:trainable-tokens), or they never learn.
+        adapter = config.lora_config(seed=config.seed, tokens=() if config.lora_freeze_markers else markers)
         if adapter is not None and _state is not None:
             lora.load_adapter(model, _state[0] / lora.CHECKPOINT_ADAPTER)
         elif adapter is not None:

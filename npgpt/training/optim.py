@@ -468,11 +468,11 @@ def param_groups(model: Module, weight_decay: float = 0.1) -> list[dict[str, Any
     gain of 0 would switch a feature off), nor for the embedding tables, whose
     rows for rare tokens receive few gradient updates and would simply decay
     away. So the rule is: decay a parameter iff it has 2 or more axes and is
-    not an embedding table (``wte``, ``wpe``).
+    not an embedding table (``wte``, ``wpe``, or trained rows of one: LoRA's trainable tokens).
     """
     from npgpt import nn  # the layer types tell embeddings apart from linear weights
 
-    embeddings = {id(m.weight) for _, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    embeddings = {id(p) for _, m in model.named_modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     decay, no_decay = ([], []), ([], [])
     for name, p in model.named_parameters():
         if not p.requires_grad:
