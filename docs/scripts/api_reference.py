@@ -56,6 +56,7 @@ MODULES = [
     ("npgpt.finetuning.metrics", "finetuning.md"),
     ("npgpt.finetuning.finetune", "finetuning.md"),
     ("npgpt.finetuning.lora", "agent.md"),
+    ("npgpt.finetuning.trainable_tokens", "agent.md"),
     ("npgpt.finetuning.dpo", "agent.md"),
     ("npgpt.apps.evaluation", "agent.md"),
     ("npgpt.apps.lm_eval_plugin", "agent.md"),
