@@ -726,18 +726,18 @@ def ring_allreduce(out, n=4):
 def _activation_bytes(batch_sizes, T=1024):
     """Bytes the forward pass of GPT-2 124M keeps for the backward pass, for each batch size, in float32.
 
-    Measured with tracemalloc (NumPy reports its allocations to it) on three cheap runs of GPT-2's
-    width and context (C = 768, H = 12, T = 1024) with a 256-token vocabulary: one block and one
-    sequence, two blocks, two sequences. Their differences give a block's arrays per sequence and
-    the rest per sequence; what does not grow with the batch (the fused head's (V, C) gradient of
-    the tied table, the position rows) is then counted for V = 50,257. A direct measurement of the
-    full model with one sequence (1,372.07 MB, 50 s here) agrees to 0.1 MB.
+    Measured with tracemalloc (NumPy reports its allocations to it): the full model with one
+    sequence of T = 1024 tokens, directly; then what each further sequence adds, from three cheap
+    runs of GPT-2's width and context with a 256-token vocabulary (two blocks and one sequence,
+    three blocks, two blocks and two sequences), whose differences give what a block and what the
+    rest keep per sequence. The fused head's share that does not grow with the batch (the gradient
+    of the tied (V, C) table, its blocks of logits of a fixed size) is in the first measurement.
     """
     import tracemalloc
 
     from npgpt import GPT, GPTConfig
 
-    def kept(n_layer, B, V=256):
+    def kept(n_layer, B, V):
         model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=n_layer, n_head=12, n_embd=768), seed=0)
         ids = np.random.default_rng(0).integers(0, V, (B, T + 1))
         tracemalloc.start()
@@ -747,11 +747,11 @@ def _activation_bytes(batch_sizes, T=1024):
         finally:
             tracemalloc.stop()
 
-    one, two_blocks, two_seqs = kept(1, 1), kept(2, 1), kept(1, 2)
-    block = two_blocks - one                                   # one block, one sequence
-    rest = two_seqs - one - block                              # embeddings, ln_f, the head's dL/dH: per sequence
-    fixed = one - block - rest + (50257 - 256) * 768 * 4       # does not grow with B; the real vocabulary
-    return {B: B * (12 * block + rest) + fixed for B in batch_sizes}
+    two = kept(2, 1, 256)
+    block = kept(3, 1, 256) - two                              # one more block, one sequence
+    rest = kept(2, 2, 256) - two - 2 * block                   # the rest, per sequence
+    first = kept(12, 1, 50257)                                 # GPT-2 124M itself, one sequence
+    return {B: first + (B - 1) * (12 * block + rest) for B in batch_sizes}
 
 
 def memory_breakdown(out):
