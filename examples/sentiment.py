@@ -2,6 +2,7 @@
 
     python examples/sentiment.py                  # the shipped model "npgpt-small"
     python examples/sentiment.py --model DIR      # any GPT-2 checkpoint directory with a tokenizer
+    python examples/sentiment.py --write-lm-text reviews.txt   # ULMFiT: the unlabelled text to adapt on
 
 The data are 10,568 movie-review sentences rated by people (Hutto & Gilbert, ICWSM 2014),
 fetched and checksum-verified by ``npgpt.datasets``; positive means a mean rating above 0.
@@ -10,6 +11,12 @@ for the test accuracy printed at the end. The same split trains the baseline: a
 bag-of-words logistic regression written with npgpt itself. This is the article's
 example -- a linear layer and a sigmoid on top of the network, L = Loss(f(x), y) -- run for
 real. See docs/finetuning.md for the figures and what would raise them.
+
+ULMFiT (Howard & Ruder 2018; docs/agent.md, "Continued pretraining"): ``--write-lm-text FILE``
+writes the training and validation sentences without their labels -- never a test sentence --
+for ``npgpt prepare`` and ``npgpt train --init-from``; the model that comes out is then
+fine-tuned here with ``--model``, and ``--pooling concat``, ``--unfreeze gradual`` and
+``--layer-lr-decay`` switch on the recipe's classifier side.
 """
 
 import argparse
@@ -68,6 +75,24 @@ def bag_of_words_baseline(train, val, test, epochs=5, lr=0.01, seed=0):
     return accuracy(x_test, test[1]), accuracy(x_val, val[1]), len(vocab)
 
 
+def write_lm_text(path, train, val, test, seed=0):
+    """Write the training and validation texts (no labels), one per line in a seeded order, to ``path``.
+
+    The test sentences stay out: a language model adapted on them would have read the exam. A test
+    sentence that also occurs among the others (as text, ignoring case and spacing) is left out too.
+    Returns the number of lines written.
+    """
+    def key(text):
+        return " ".join(text.lower().split())
+
+    exam = {key(t) for t in test[0]}
+    texts = [t for t in train[0] + val[0] if key(t) not in exam]
+    order = np.random.default_rng(seed).permutation(len(texts))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(" ".join(texts[i].split()) + "\n" for i in order))
+    return len(texts)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=HelpWithDefaults)
@@ -79,6 +104,20 @@ def main(argv=None):
     parser.add_argument("--train-last", type=int, default=None,
                         help="train only the last K blocks (and the head); default: all")
     parser.add_argument("--max-length", type=int, default=64, help="tokens kept per review")
+    parser.add_argument("--pooling", choices=("last", "mean", "concat"), default="last",
+                        help="what the head reads: the last token's state, the mean, or last + mean + max (ULMFiT)")
+    parser.add_argument("--head-dropout", type=float, default=0.0, help="dropout on the pooled vector")
+    parser.add_argument("--unfreeze", choices=("all", "gradual"), default="all",
+                        help="gradual: the head first, then one more block every --unfreeze-every steps")
+    parser.add_argument("--unfreeze-every", type=int, default=None, help="steps between unfreezings (default: an epoch)")
+    parser.add_argument("--layer-lr-decay", type=float, default=1.0,
+                        help="each layer group below the top block learns this many times slower (ULMFiT: 2.6)")
+    parser.add_argument("--patience", type=int, default=2, help="evaluations without a better validation loss "
+                        "before stopping")
+    parser.add_argument("--workers", type=int, default=None, help="CPU threads per batch (default: one per core)")
+    parser.add_argument("--write-lm-text", metavar="FILE", default=None,
+                        help="write the training and validation sentences (no labels, no test sentence) to FILE "
+                             "for continued pretraining, and stop")
     parser.add_argument("--limit", type=int, default=None, help="use a random subset of this many reviews (quick runs)")
     parser.add_argument("--out", default=None, help="write the fine-tuned classifier and tokenizer here")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the head and the batches")
@@ -94,6 +133,10 @@ def main(argv=None):
     train, val, test = [([texts[i] for i in p], [labels[i] for i in p]) for p in parts]
     print(f"{len(texts)} reviews ({sum(labels)} positive): {len(train[0])} train, {len(val[0])} validation, "
           f"{len(test[0])} test")
+    if args.write_lm_text:
+        lines = write_lm_text(args.write_lm_text, train, val, test, seed=args.seed)
+        print(f"wrote {lines} training and validation sentences (no labels, no test sentence) to {args.write_lm_text}")
+        return 0
 
     start = time.perf_counter()
     bow_test, bow_val, vocab_size = bag_of_words_baseline(train, val, test, seed=args.seed)
@@ -104,11 +147,13 @@ def main(argv=None):
     start = time.perf_counter()
     tokenizer = Tokenizer.from_pretrained(args.model)
     classifier = GPTClassifier.from_pretrained(args.model, num_labels=1, labels=["negative", "positive"],
-                                               seed=args.seed)
+                                               seed=args.seed, pooling=args.pooling)
     result = finetune.finetune(classifier, tokenizer, *train, *val, epochs=args.epochs,
                                batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
                                train_last=args.train_last, max_length=args.max_length, seed=args.seed,
-                               out_dir=args.out)
+                               out_dir=args.out, head_dropout=args.head_dropout, unfreeze=args.unfreeze,
+                               unfreeze_every=args.unfreeze_every, layer_lr_decay=args.layer_lr_decay,
+                               patience=args.patience, workers=args.workers)
     data = finetune.Encoded(tokenizer, *test, min(args.max_length, classifier.config.block_size))
     metrics = finetune.evaluate(classifier, data)
     gpt_seconds = time.perf_counter() - start

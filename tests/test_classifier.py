@@ -4,11 +4,13 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import npgpt.functional as F
 from npgpt import Tensor, backend
 from npgpt.autograd.gradcheck import check_gradients
-from npgpt.finetuning.classifier import GPTClassifier, last_token_index
+from npgpt.finetuning.classifier import POOLINGS, GPTClassifier, last_token_index, masked_pool, pooled_width
 from npgpt.finetuning.labelled import pad_batch
 from npgpt.io import checkpoint
 from npgpt.io.inputs import positions_from_mask
@@ -17,9 +19,9 @@ from npgpt.model import GPT, GPTConfig
 CONFIG = GPTConfig(vocab_size=61, block_size=24, n_layer=2, n_head=2, n_embd=16)
 
 
-def make(num_labels=1, seed=1, labels=None, dtype=np.float32):
+def make(num_labels=1, seed=1, labels=None, dtype=np.float32, pooling="last"):
     """A small classifier with weights large enough that every position matters to the logits."""
-    model = GPTClassifier(CONFIG, num_labels=num_labels, labels=labels, seed=seed, pad_token_id=60)
+    model = GPTClassifier(CONFIG, num_labels=num_labels, labels=labels, seed=seed, pad_token_id=60, pooling=pooling)
     rng = np.random.default_rng(seed)
     for _, p in model.named_parameters():
         p.data = (rng.standard_normal(p.shape) * 0.3).astype(dtype)
@@ -220,9 +222,10 @@ def test_hugging_face_loads_our_classifier_and_agrees(tmp_path):
     np.testing.assert_allclose(ours(idx).numpy(), theirs, rtol=1e-4, atol=1e-5)
 
 
-def test_classifier_gives_the_same_logits_and_loss_on_every_backend(xp):
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_classifier_gives_the_same_logits_and_loss_on_every_backend(xp, pooling):
     # The CuPy run is the same code: the array module follows the data (skipped without a GPU).
-    model = make(num_labels=2)
+    model = make(num_labels=2, pooling=pooling)
     idx, mask = pad_batch(SEQUENCES, pad_id=60, side="left")
     logits, loss = model(idx, attention_mask=mask, labels=np.array([0, 1, 1, 0]))
     if xp is not np:
@@ -234,3 +237,83 @@ def test_classifier_gives_the_same_logits_and_loss_on_every_backend(xp):
     moved_loss.backward()
     grad = model.score.weight.grad
     assert grad is not None and backend.device_of(grad) == moved.device
+
+
+# ------------------------------------------------------------------ pooling
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 6), st.integers(1, 5), st.integers(0, 2 ** 31 - 1), st.sampled_from(POOLINGS))
+def test_masked_pool_is_last_mean_and_max_over_the_real_tokens(B, T, C, seed, pooling):
+    # docs/finetuning.md eq:concat-pooling: [H[b, t_b], sum_t m H / n_b, max_{t: m=1} H] -- padding never enters.
+    rng = np.random.default_rng(seed)
+    H = rng.standard_normal((B, T, C))
+    mask = (rng.random((B, T)) < 0.6).astype(np.int64)
+    mask[np.arange(B), rng.integers(0, T, B)] = 1                 # every row has a real token
+    H[mask == 0] = 1e3                                           # padding would win every max and move every mean
+    out = masked_pool(Tensor(H), mask, pooling).numpy()
+    expected = []
+    for b in range(B):
+        real = H[b, mask[b] == 1]                                # (n_b, C), in order
+        parts = {"last": [real[-1]], "mean": [real.mean(axis=0)],
+                 "concat": [real[-1], real.mean(axis=0), real.max(axis=0)]}[pooling]
+        expected.append(np.concatenate(parts))
+    np.testing.assert_allclose(out, np.array(expected), rtol=1e-12, atol=1e-12)
+    assert out.shape == (B, pooled_width(pooling, C))
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_masked_pool_gradient_matches_finite_differences(pooling):
+    rng = np.random.default_rng(3)
+    H = rng.standard_normal((3, 5, 4))                           # distinct values: no ties in the max
+    mask = np.array([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 0, 1, 1, 0]])
+    check_gradients(lambda h: masked_pool(h, mask, pooling), H)
+    check_gradients(lambda h: masked_pool(h, None, pooling), H)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "concat"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_pooled_classifiers_give_the_same_logits_alone_and_padded(pooling, side):
+    model = GPTClassifier(CONFIG, num_labels=2, seed=1, pooling=pooling)
+    assert model.score.weight.shape == (pooled_width(pooling, CONFIG.n_embd), 2)
+    alone = np.concatenate([model(np.array([s])).numpy() for s in SEQUENCES])
+    idx, mask = pad_batch(SEQUENCES, pad_id=9, side=side)
+    np.testing.assert_allclose(model(idx, attention_mask=mask).numpy(), alone, rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_through_a_concat_pooled_classifier_match_finite_differences():
+    model = make(num_labels=1, dtype=np.float64, pooling="concat")
+    idx, mask = pad_batch([[3, 14, 15], [8, 2]], pad_id=0, side="right")
+    embeds = model.transformer.wte.weight.data[idx].copy()
+    check_gradients(lambda e: model(idx, attention_mask=mask, inputs_embeds=e), embeds, rtol=1e-4, atol=1e-7)
+
+
+def test_pooling_is_saved_checked_and_reloaded(tmp_path):
+    model = GPTClassifier(CONFIG, num_labels=3, seed=4, pooling="concat")
+    model.save_pretrained(tmp_path / "clf")
+    assert json.loads((tmp_path / "clf" / "config.json").read_text())["npgpt_pooling"] == "concat"
+    loaded = GPTClassifier.from_pretrained(tmp_path / "clf")
+    assert loaded.pooling == "concat"
+    idx = np.array([SEQUENCES[0]])
+    np.testing.assert_array_equal(loaded(idx).numpy(), model.eval()(idx).numpy())
+    with pytest.raises(ValueError, match="pooling='concat', not 'last'"):
+        GPTClassifier.from_pretrained(tmp_path / "clf", pooling="last")
+    with pytest.raises(ValueError, match="pooling must be one of last, mean, concat, got 'first'"):
+        GPTClassifier(CONFIG, pooling="first")
+    config = json.loads((tmp_path / "clf" / "config.json").read_text())
+    config["npgpt_pooling"] = "last"              # the file says last, the head is 3 n_embd wide
+    (tmp_path / "clf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(checkpoint.CheckpointError, match=r"score.weight has shape \(3, 48\).*implies \(3, 16\)"):
+        GPTClassifier.from_pretrained(tmp_path / "clf")
+    config["npgpt_pooling"] = ["concat"]
+    (tmp_path / "clf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(checkpoint.CheckpointError, match="npgpt_pooling must be one of"):
+        GPTClassifier.from_pretrained(tmp_path / "clf")
+
+
+def test_head_dropout_acts_in_training_only():
+    model = make(num_labels=2)
+    idx = np.array([SEQUENCES[0]])
+    clean = model(idx).numpy()
+    model.head_dropout.p = 0.5
+    np.testing.assert_array_equal(model(idx).numpy(), clean)      # eval mode: the identity
+    model.train()
+    assert np.abs(model(idx).numpy() - clean).max() > 1e-3

@@ -212,12 +212,21 @@ def test_sentiment_example_runs_end_to_end(model_dir, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("sentiment_example", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    assert example.main(["--model", str(model_dir), "--limit", "400", "--epochs", "1",
-                         "--out", str(tmp_path / "clf")]) == 0
+    assert example.main(["--model", str(model_dir), "--limit", "400", "--epochs", "1", "--pooling", "concat",
+                         "--unfreeze", "gradual", "--layer-lr-decay", "2.6", "--out", str(tmp_path / "clf")]) == 0
     printed = capsys.readouterr().out
     assert "400 reviews" in printed and "320 train, 40 validation, 40 test" in printed
     assert "bag-of-words logistic regression" in printed and "test accuracy" in printed
-    assert GPTClassifier.from_pretrained(tmp_path / "clf").labels == ["negative", "positive"]
+    assert "training the top 1 of 3 layer groups" in printed       # one block: head, block + ln_f, embeddings
+    saved = GPTClassifier.from_pretrained(tmp_path / "clf")
+    assert saved.labels == ["negative", "positive"] and saved.pooling == "concat"
+    # ULMFiT's unlabelled text: the training and validation sentences of the same split, never a test one.
+    assert example.main(["--write-lm-text", str(tmp_path / "lm.txt")]) == 0
+    texts, _ = labelled.movie_reviews()
+    train, val, test = (set(" ".join(texts[i].split()) for i in part)
+                        for part in labelled.split_indices(len(texts), (0.8, 0.1, 0.1), seed=0))
+    lines = (tmp_path / "lm.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 9511 and set(lines) == train | val and not set(lines) & test
 
 
 def test_texts_longer_than_the_context_keep_their_start():
@@ -237,3 +246,86 @@ def test_finetuning_in_mixed_precision_learns_and_leaves_the_model_float32():
     assert metrics["accuracy"] > 0.9
     assert model.transformer.compute_dtype is None
     assert all(p.dtype == np.float32 for p in model.parameters())
+
+
+# -------------------------------------------------------- ULMFiT's options
+def test_layer_groups_cover_every_parameter_once_top_first():
+    tokenizer = WordTokenizer(["a b"])
+    model = small_classifier(tokenizer, n_layer=3)
+    groups = finetune.layer_groups(model)
+    assert groups == [("score.",), ("transformer.ln_f.", "transformer.h.2."), ("transformer.h.1.",),
+                      ("transformer.h.0.",), ("transformer.wte.", "transformer.wpe.")]
+    for name, _ in model.named_parameters():
+        assert sum(name.startswith(g) for g in groups) == 1, name
+
+
+def test_discriminative_learning_rates_divide_by_the_decay_per_group():
+    # docs/finetuning.md eq:discriminative-lr: group k >= 1 learns at lr / d^(k-1); the head at head_lr.
+    tokenizer = WordTokenizer(["a b"])
+    model = small_classifier(tokenizer, n_layer=2)
+    opt = finetune._optimizer(model, finetune.FinetuneConfig(lr=1e-3, head_lr=4e-3, layer_lr_decay=2.5))
+    opt.set_lr(2e-3)                          # what the schedule does each step
+    rates = {name: group["lr"] for group in opt.param_groups for name in group["names"]}
+    assert rates["score.weight"] == pytest.approx(8e-3)
+    assert rates["transformer.ln_f.weight"] == pytest.approx(2e-3)
+    assert rates["transformer.h.1.mlp.c_fc.weight"] == pytest.approx(2e-3)
+    assert rates["transformer.h.0.attn.c_attn.bias"] == pytest.approx(2e-3 / 2.5)
+    assert rates["transformer.wte.weight"] == pytest.approx(2e-3 / 2.5 ** 2)
+    assert len(rates) == len(list(model.named_parameters()))
+    decays = {name: group["weight_decay"] for group in opt.param_groups for name in group["names"]}
+    assert decays["transformer.h.0.attn.c_attn.weight"] > 0 and decays["transformer.wte.weight"] == 0
+
+
+def test_gradual_unfreezing_trains_the_head_first_then_the_blocks_top_down():
+    train, val = toy_task(64, seed=0), toy_task(16, seed=1)           # 2 steps per epoch of 32
+    tokenizer = WordTokenizer(train[0])
+    for epochs, changing in ((1, ("score.",)), (2, ("score.", "transformer.ln_f.", "transformer.h.1."))):
+        model = small_classifier(tokenizer, n_layer=2)
+        before = {n: p.data.copy() for n, p in model.named_parameters()}
+        lines = []
+        finetune.finetune(model, tokenizer, *train, *val, epochs=epochs, lr=1e-2, unfreeze="gradual",
+                          unfreeze_every=2, log=lines.append)
+        for name, p in model.named_parameters():
+            moved = not np.array_equal(before[name], p.data)
+            assert moved == name.startswith(changing), (epochs, name)
+        assert any("training the top 1 of 4 layer groups" in line for line in lines)
+        assert all(p.requires_grad for p in model.parameters())
+    assert lines[-2].startswith("step 2: training the top 2 of 4 layer groups (now also transformer.ln_f, "
+                                "transformer.h.1)"), lines
+    everything_but_the_embeddings = [n for n, _ in model.named_parameters() if not n.startswith("transformer.w")]
+    assert finetune.unfreeze_top(model, 3) == everything_but_the_embeddings
+    assert not model.transformer.wte.weight.requires_grad and model.transformer.h[0].ln_1.weight.requires_grad
+    with pytest.raises(ValueError, match=r"k must lie in 1\.\.4"):
+        finetune.unfreeze_top(model, 0)
+
+
+def test_the_ulmfit_options_together_learn_the_toy_task(tmp_path):
+    train, val = toy_task(400, seed=0), toy_task(100, seed=1)
+    tokenizer = WordTokenizer(train[0])
+    config = GPTConfig(vocab_size=len(tokenizer.vocab) + 1, block_size=32, n_layer=2, n_head=2, n_embd=32)
+    model = GPTClassifier(config, num_labels=1, labels=["neg", "pos"], pooling="concat")
+    finetune.finetune(model, tokenizer, *train, *val, epochs=6, lr=3e-3, unfreeze="gradual", unfreeze_every=6,
+                      layer_lr_decay=2.6, head_dropout=0.1, pooling="concat", out_dir=tmp_path / "clf", log=None)
+    data = finetune.Encoded(tokenizer, *val, 32)
+    assert finetune.evaluate(model, data, 0)["accuracy"] > 0.9
+    assert model.head_dropout.p == 0.0                  # a training setting: off again afterwards
+    saved = GPTClassifier.from_pretrained(tmp_path / "clf")
+    assert saved.pooling == "concat"
+    assert finetune.evaluate(saved, data, 0)["loss"] == pytest.approx(finetune.evaluate(model, data, 0)["loss"])
+    with pytest.raises(ValueError, match="pools with 'concat', the settings ask for 'mean'"):
+        finetune.finetune(model, tokenizer, *train, *val, pooling="mean", log=None)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"unfreeze": "slow"}, "unfreeze must be 'all' or 'gradual'"),
+    ({"unfreeze_every": 5}, "give it with unfreeze='gradual'"),
+    ({"unfreeze": "gradual", "unfreeze_every": 0}, "unfreeze_every must be a positive integer"),
+    ({"unfreeze": "gradual", "train_last": 1}, "cannot be combined with train_last or LoRA"),
+    ({"unfreeze": "gradual", "lora_rank": 4}, "cannot be combined with train_last or LoRA"),
+    ({"layer_lr_decay": 0.0}, "layer_lr_decay must be positive"),
+    ({"pooling": "first"}, "pooling must be one of last, mean, concat"),
+    ({"head_dropout": 1.0}, r"head_dropout must be in \[0, 1\)"),
+])
+def test_ulmfit_settings_are_checked(settings, message):
+    with pytest.raises(ValueError, match=message):
+        finetune.FinetuneConfig(**settings)

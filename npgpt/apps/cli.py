@@ -920,7 +920,7 @@ def _finetune_holding(args: argparse.Namespace) -> int:
     num_labels = 1 if len(labels) == 2 and not args.softmax else len(labels)
     tokenizer = Tokenizer.from_pretrained(args.model)
     classifier = GPTClassifier.from_pretrained(args.model, num_labels=num_labels, labels=labels.names,
-                                               seed=config.seed)
+                                               seed=config.seed, pooling=config.pooling)
     classifier.to(_check_device(args.device, distributed.world()))      # under mpiexec: each rank its own GPU
     print(f"{len(train_texts)} training and {len(val_texts)} validation texts; classes {labels.names}; "
           f"{'one logit + sigmoid' if num_labels == 1 else f'{num_labels} logits + softmax'}")

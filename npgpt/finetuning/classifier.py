@@ -16,6 +16,13 @@ For a batch of token ids ``idx`` (B, T) and an attention mask ``m`` (B, T),
    occur inside a text, where a search for it would stop too early.
 3. **Head** (eq:classifier-head): ``z_b = h_b W`` with ``W`` (n_embd, num_labels).
 
+``pooling="concat"`` (ULMFiT's concat pooling, eq:concat-pooling) gives the head more
+than the last state: ``[h_b, mean_t H[b, t], max_t H[b, t]]`` over the real
+tokens only, so ``W`` is (3 n_embd, num_labels); ``pooling="mean"`` gives
+the mean alone. Dropout on the pooled vector (``head_dropout``, off unless
+fine-tuning sets it) regularises the new head. Only ``"last"`` is what
+Hugging Face's ``GPT2ForSequenceClassification`` computes.
+
 Consequently a sequence's logits are the same alone as in a padded batch,
 padded on either side, with any pad id (up to float rounding).
 
@@ -40,6 +47,7 @@ import numpy as np
 import npgpt.functional as F
 from npgpt import backend, nn
 from npgpt.autograd import Tensor, no_grad
+from npgpt.autograd.core import _make
 from npgpt.io import checkpoint, hf_gpt2, inputs
 from npgpt.model import GPT, GPTConfig
 from npgpt.nn import child_seeds
@@ -49,12 +57,77 @@ ARCHITECTURE = "GPT2ForSequenceClassification"
 Array = Any  # a numpy.ndarray or a cupy.ndarray
 
 
+POOLINGS = ("last", "mean", "concat")
+
+
 def last_token_index(mask: Array) -> Array:
     """Index of the last real token of each row (eq:last-token-pooling): ``max{t : m[b, t] = 1}``, (B,)."""
     xp = backend.array_module(mask)
     T = mask.shape[1]
     # t * m[b, t] is largest at the last t with m = 1 (every row has one: checked before).
     return (mask * xp.arange(T)).argmax(axis=1)
+
+
+def pooled_width(pooling: str, n_embd: int) -> int:
+    """Width of the pooled vector the head reads: ``n_embd``, or ``3 n_embd`` for concat pooling."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    return 3 * n_embd if pooling == "concat" else n_embd
+
+
+def masked_pool(hidden: Tensor, mask: Array | None, pooling: str = "last") -> Tensor:
+    """A summary of each sequence's real tokens: (B, T, C) -> (B, C), or (B, 3C) for concat pooling.
+
+    docs/finetuning.md eq:last-token-pooling and eq:concat-pooling.
+
+    With ``m`` the mask (1 = real token), ``n_b = sum_t m[b, t]`` and ``t_b`` the last real token:
+
+    * ``"last"``: ``H[b, t_b]`` (eq:last-token-pooling);
+    * ``"mean"``: ``u_b = sum_t m[b, t] H[b, t] / n_b``;
+    * ``"concat"``: ``[H[b, t_b], u_b, v_b]`` with ``v_b[c] = max_{t: m[b, t] = 1} H[b, t, c]`` (eq:concat-pooling).
+
+    Padding never enters: it is outside the sums, and the max is taken over
+    real tokens only. ``mask=None`` means every token is real.
+
+    Gradient, given ``g = [g_last, g_mean, g_max]``: ``g_last`` goes to
+    ``H[b, t_b]``; ``m[b, t] g_mean / n_b`` to every ``H[b, t]``; ``g_max[b, c]``
+    to the position where the max was reached (the first one on a tie, a
+    subgradient as for any max).
+    """
+    width = pooled_width(pooling, hidden.shape[-1])     # checks the name
+    xp = backend.array_module(hidden.data)
+    H = hidden.data
+    B, T, C = H.shape
+    rows = xp.arange(B)
+    if mask is None:
+        m = xp.ones((B, T), dtype=H.dtype)
+        last = xp.full((B,), T - 1, dtype=xp.int64)
+    else:
+        m = mask.astype(H.dtype)
+        last = last_token_index(mask)
+    parts = [] if pooling == "mean" else [H[rows, last]]                         # (B, C)
+    count = m.sum(axis=1)[:, None]                                               # (B, 1)
+    if pooling != "last":
+        parts.append(xp.einsum("bt,btc->bc", m, H) / count)                      # (B, C)
+    if pooling == "concat":
+        where = xp.argmax(xp.where(m[:, :, None] > 0, H, -xp.inf), axis=1)       # (B, C): t of each max
+        parts.append(xp.take_along_axis(H, where[:, None, :], axis=1)[:, 0])     # (B, C)
+    out = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=1)         # (B, width)
+
+    def backward(g: Array) -> tuple[Array]:
+        pieces = xp.split(g, width // C, axis=1)
+        if pooling == "last":
+            dH = xp.zeros_like(H)
+        else:
+            g_mean = pieces[0] if pooling == "mean" else pieces[1]
+            dH = m[:, :, None] * (g_mean / count)[:, None, :]
+        if pooling != "mean":
+            dH[rows, last] += pieces[0]             # one (b, t_b) per row: no index repeats
+        if pooling == "concat":
+            dH[rows[:, None], where, xp.arange(C)[None, :]] += pieces[2]   # one (b, t, c) per (b, c)
+        return (dH,)
+
+    return _make(out, (hidden,), backward)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +147,18 @@ class GPTClassifier(nn.Module):
     optional class names (``labels[i]`` is class ``i``; for ``num_labels=1``
     give the two names of classes 0 and 1). ``pad_token_id`` is only what the
     batching helpers pad with and what is written to ``config.json`` for
-    Hugging Face; the classifier itself never looks for it.
+    Hugging Face; the classifier itself never looks for it. ``pooling``:
+    what the head reads (:func:`masked_pool`): ``"last"`` (the last real
+    token's state, Hugging Face's choice), ``"mean"``, or ``"concat"`` (last,
+    mean and max; ULMFiT). ``head_dropout`` (an ``nn.Dropout``, ``p = 0``
+    until fine-tuning sets it) acts on the pooled vector in training mode.
     """
 
     def __init__(self, config: GPTConfig | None = None, num_labels: int = 1, labels: Sequence[str] | None = None,
-                 pad_token_id: int | None = None, seed: int = 0, backbone: GPT | None = None):
+                 pad_token_id: int | None = None, seed: int = 0, backbone: GPT | None = None,
+                 pooling: str = "last"):
         super().__init__()
+        width_of = pooled_width(pooling, 1)     # checks the name before anything is built
         if isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
             raise ValueError(f"num_labels must be a positive integer (1 for a sigmoid head), got {num_labels!r}")
         num_labels = int(num_labels)
@@ -101,10 +180,13 @@ class GPTClassifier(nn.Module):
         self.labels = labels
         self.pad_token_id = None if pad_token_id is None else int(pad_token_id)
         self.transformer = backbone
+        self.pooling = pooling
+        # Seeds: child 0 of ``seed`` is the backbone's dropout, 1 the head's weights, 2 the head's dropout.
+        self.head_dropout = nn.Dropout(0.0, seed=child_seeds(seed, 3)[2])
         # A small random head (Normal(0, 0.02) as GPT-2 initialises linears) on the
         # backbone's device: its first logits are near 0, i.e. p ~ 1/2 for every class.
         # Its seed is child 1 of ``seed`` (child 0 seeds the backbone's dropout; see child_seeds).
-        self.score = nn.Linear(self.config.n_embd, num_labels, bias=False, std=0.02,
+        self.score = nn.Linear(width_of * self.config.n_embd, num_labels, bias=False, std=0.02,
                                rng=np.random.default_rng(child_seeds(seed, 2)[1]))
         self.score.to(backbone.device)
 
@@ -128,16 +210,11 @@ class GPTClassifier(nn.Module):
         gpt = self.transformer
         idx, mask, _, inputs_embeds = inputs.gpt_inputs(gpt, idx, attention_mask=attention_mask,
                                                         inputs_embeds=inputs_embeds)
-        xp = backend.array_module(idx)
-        B, T = idx.shape
-        if mask is None:                # no padding: plain positions 0..T-1, the last token is T-1
-            positions = None
-            last = xp.full((B,), T - 1, dtype=xp.int64)
-        else:
-            positions = inputs.positions_from_mask(mask)                                   # (B, T)
-            last = last_token_index(mask)                                            # (B,)
+        # No padding: plain positions 0..T-1. Else a real token's position counts the real tokens before it.
+        positions = None if mask is None else inputs.positions_from_mask(mask)              # (B, T)
         hidden = gpt.trunk(idx, attention_mask=mask, position_ids=positions, inputs_embeds=inputs_embeds)  # (B, T, C)
-        pooled = hidden[xp.arange(B), last]                    # (B, C)
+        pooled = masked_pool(hidden, mask, self.pooling)       # (B, C), or (B, 3C) for concat pooling
+        pooled = self.head_dropout(pooled)                     # identity unless training with p > 0
         logits = self.score(pooled)                            # (B, num_labels)
         if labels is None:
             return logits
@@ -215,6 +292,8 @@ class GPTClassifier(nn.Module):
             "problem_type": ("multi_label_classification" if self.num_labels == 1
                              else "single_label_classification"),
             "pad_token_id": self.pad_token_id,
+            # What the head reads; Hugging Face knows only "last" (concat's head is 3 n_embd wide).
+            "npgpt_pooling": self.pooling,
         })
         return cfg
 
@@ -247,17 +326,18 @@ class GPTClassifier(nn.Module):
     def from_pretrained(cls, name_or_dir: str | pathlib.Path, num_labels: int | None = None,
                         labels: Sequence[str] | None = None, pad_token_id: int | None = None,
                         seed: int = 0, *, revision: str | None = None,
-                        allow_non_finite: bool = False) -> "GPTClassifier":
+                        allow_non_finite: bool = False, pooling: str | None = None) -> "GPTClassifier":
         """A classifier from a saved classifier directory or a pretrained language model.
 
         ``name_or_dir`` is looked up as ``GPT.from_pretrained`` does: a local directory, a
         shipped model, then a Hugging Face Hub repo id (``revision`` picks its version).
 
         * A classifier directory (``config.json`` naming ``GPT2ForSequenceClassification``)
-          is loaded whole; ``num_labels``, if given, must agree with it.
+          is loaded whole; ``num_labels`` and ``pooling``, if given, must agree with it.
         * A language model (a directory, or a shipped name such as
           ``"npgpt-small"``) becomes the backbone, and a new head with
-          ``num_labels`` outputs is initialised (``num_labels`` is required).
+          ``num_labels`` outputs is initialised (``num_labels`` is required)
+          that reads ``pooling`` (default ``"last"``).
 
         ``config.json`` goes through the same guarded reader as a language
         model's, and every classification field is type-checked; sizes are
@@ -272,19 +352,23 @@ class GPTClassifier(nn.Module):
         saved = checkpoint.read_raw_config(directory) if config_path.is_file() else {}
         head = _classifier_fields(saved, config_path)
         if head is not None:
-            saved_labels, names, id2label, saved_pad = head
+            saved_labels, names, id2label, saved_pad, saved_pooling = head
             if num_labels is not None and int(num_labels) != saved_labels:
                 raise ValueError(f"{name_or_dir} holds a classifier with num_labels={saved_labels}, "
                                  f"not {num_labels}; load it without num_labels, or start from its backbone")
+            if pooling is not None and pooling != saved_pooling:
+                raise ValueError(f"{name_or_dir} holds a classifier with pooling={saved_pooling!r}, not "
+                                 f"{pooling!r}; load it without pooling, or start from its backbone")
             weights = checkpoint.weights_path(directory)     # model.safetensors, or a sharded checkpoint's index
             config = GPTConfig.from_pretrained(directory)
             shapes = checkpoint.weight_shapes(weights)
             if "score.weight" not in shapes:
                 raise checkpoint.CheckpointError(f"{weights} has no score.weight (the classification head)")
             score_shape = shapes.pop("score.weight")
-            if score_shape != (saved_labels, config.n_embd):
+            width = pooled_width(saved_pooling, config.n_embd)
+            if score_shape != (saved_labels, width):
                 raise checkpoint.CheckpointError(f"{weights}: score.weight has shape {score_shape}, but "
-                                                 f"{config_path} implies ({saved_labels}, {config.n_embd})")
+                                                 f"{config_path} implies ({saved_labels}, {width})")
             hf_gpt2.check_hf_shapes(config, shapes, weights)      # before anything is allocated
             if names is None:
                 names = _names_from_id2label(id2label, saved_labels, config_path)
@@ -293,19 +377,20 @@ class GPTClassifier(nn.Module):
             backbone = GPT(config, init=False)     # weights come next
             hf_gpt2.load_hf_tensors(backbone, tensors, weights)
             model = cls(num_labels=saved_labels, labels=labels or names, backbone=backbone, seed=seed,
-                        pad_token_id=pad_token_id if pad_token_id is not None else saved_pad)
+                        pad_token_id=pad_token_id if pad_token_id is not None else saved_pad, pooling=saved_pooling)
             model.score.load_state_dict({"weight": score.T})
             return model.eval()
         if num_labels is None:
             raise ValueError(f"{name_or_dir} is a language model, not a classifier: say how many outputs "
                              "the new head has, e.g. num_labels=1 (sigmoid) or num_labels=3 (softmax)")
         backbone = GPT.from_pretrained(directory, allow_non_finite=allow_non_finite)
-        return cls(num_labels=num_labels, labels=labels, backbone=backbone, seed=seed, pad_token_id=pad_token_id).eval()
+        return cls(num_labels=num_labels, labels=labels, backbone=backbone, seed=seed, pad_token_id=pad_token_id,
+                   pooling=pooling or "last").eval()
 
 
-def _classifier_fields(saved: dict, path: pathlib.Path) -> tuple[int, list[str] | None, dict, int | None] | None:
-    """``(num_labels, npgpt_labels, id2label, pad_token_id)`` of a classifier's ``config.json``; None for a
-    language model.
+def _classifier_fields(saved: dict, path: pathlib.Path) -> tuple[int, list[str] | None, dict, int | None, str] | None:
+    """``(num_labels, npgpt_labels, id2label, pad_token_id, pooling)`` of a classifier's ``config.json``; None for
+    a language model.
 
     Every field is type-checked (no value is stringified or guessed), so a
     malformed file is a ``CheckpointError`` naming it.
@@ -335,7 +420,10 @@ def _classifier_fields(saved: dict, path: pathlib.Path) -> tuple[int, list[str] 
     pad = saved.get("pad_token_id")
     if pad is not None:
         pad = checkpoint.config_int(saved, "pad_token_id", path, low=0)
-    return num_labels, names, id2label, pad
+    pooling = saved.get("npgpt_pooling", "last")        # absent: a file of Hugging Face or of npgpt before pooling
+    if pooling not in POOLINGS:
+        fail(f"npgpt_pooling must be one of {', '.join(POOLINGS)}, got {pooling!r:.80}")
+    return num_labels, names, id2label, pad, pooling
 
 
 def _names_from_id2label(id2label: dict, num_labels: int, path: pathlib.Path) -> list[str] | None:

@@ -3,6 +3,9 @@
 Companion of ``docs/finetuning.md``.
 
 * :func:`freeze` keeps all but the last k blocks (and the head) fixed.
+* :func:`layer_groups` cuts the classifier into ULMFiT's layer groups, the
+  unit of gradual unfreezing (:func:`unfreeze_top`) and of discriminative
+  learning rates (``layer_lr_decay``).
 * :class:`FinetuneConfig` holds the settings (``npgpt finetune`` has a flag
   for each).
 * :func:`finetune` trains with the pretraining loop's own step
@@ -44,7 +47,8 @@ if TYPE_CHECKING:
     from npgpt.backend import Array
     from npgpt.finetuning.classifier import GPTClassifier
 
-__all__ = ["freeze", "pad_id_for", "Encoded", "FinetuneConfig", "FinetuneResult", "finetune", "evaluate",
+__all__ = ["freeze", "layer_groups", "unfreeze_top", "lr_scales", "pad_id_for", "Encoded", "FinetuneConfig",
+           "FinetuneResult", "finetune", "evaluate",
            "text_probabilities"]
 
 
@@ -68,6 +72,47 @@ def freeze(classifier: GPTClassifier, train_last: Optional[int] = None) -> list[
     trainable = []
     for name, p in classifier.named_parameters():
         p.requires_grad = any(name.startswith(prefix) for prefix in prefixes)
+        if p.requires_grad:
+            trainable.append(name)
+    return trainable
+
+
+def layer_groups(classifier: GPTClassifier) -> list[tuple[str, ...]]:
+    """ULMFiT's layer groups as name prefixes, top first: the head; ``ln_f`` with the last block; each
+    lower block; the embeddings (token and position tables). Every parameter is in exactly one.
+
+    Gradual unfreezing trains the top ``k`` groups (:func:`unfreeze_top`); a
+    layer-wise learning-rate decay ``d`` gives group ``k >= 1`` the rate
+    ``lr / d^(k-1)`` (docs/finetuning.md eq:discriminative-lr), the head keeping ``head_lr``.
+    """
+    n = len(classifier.transformer.h)
+    groups = [("score.",), ("transformer.ln_f.", f"transformer.h.{n - 1}.")]
+    groups += [(f"transformer.h.{i}.",) for i in range(n - 2, -1, -1)]
+    return groups + [("transformer.wte.", "transformer.wpe.")]
+
+
+def group_index(name: str, groups: Sequence[tuple[str, ...]]) -> int:
+    """The index in ``groups`` (from :func:`layer_groups`) of the group that holds parameter ``name``."""
+    for k, prefixes in enumerate(groups):
+        if name.startswith(prefixes):
+            return k
+    raise ValueError(f"parameter {name!r} is in no layer group (groups: {list(groups)})")
+
+
+def unfreeze_top(classifier: GPTClassifier, k: int) -> list[str]:
+    """Train the top ``k`` layer groups of :func:`layer_groups` and freeze the rest (``k >= 1``).
+
+    Gradual unfreezing (Howard & Ruder 2018) calls it with ``k = 1`` (the head
+    alone), then 2, 3, ...: the new head learns on fixed features before the
+    error it sends back is allowed to move the pretrained blocks, the top ones
+    first. Returns the names of the trainable parameters.
+    """
+    groups = layer_groups(classifier)
+    if not 1 <= k <= len(groups):
+        raise ValueError(f"k must lie in 1..{len(groups)} (the classifier has {len(groups)} layer groups), got {k}")
+    trainable = []
+    for name, p in classifier.named_parameters():
+        p.requires_grad = group_index(name, groups) < k
         if p.requires_grad:
             trainable.append(name)
     return trainable
@@ -110,6 +155,15 @@ class FinetuneConfig(lora.LoRASettings, settings.OptimizerSettings):
     patience: int = setting(2, "evaluations without a lower validation loss before stopping early")
     seed: int = setting(0, "seed of the split, the head's weights and the batch order")
     workers: Optional[int] = setting(None, "CPU threads to split each batch over (default: one per core)")
+    pooling: Optional[str] = setting(None, "what a new head reads: last (the last real token), mean, or concat "
+                                           "(last, mean and max; ULMFiT) (default: last, or a saved classifier's)")
+    head_dropout: float = setting(0.0, "dropout on the pooled vector the head reads, in [0, 1)")
+    unfreeze: str = setting("all", "all: train every layer from the start; gradual: the head first, then one more "
+                                   "layer group (block) every unfreeze_every steps, top down (ULMFiT)")
+    unfreeze_every: Optional[int] = setting(None, "steps between two unfreezings with --unfreeze gradual "
+                                                  "(default: one epoch)")
+    layer_lr_decay: float = setting(1.0, "discriminative learning rates: each layer group below the top block "
+                                         "learns this many times slower than the one above (ULMFiT: 2.6; 1: off)")
 
     def __post_init__(self) -> None:
         def fail(field: str, template: str) -> NoReturn:
@@ -128,9 +182,31 @@ class FinetuneConfig(lora.LoRASettings, settings.OptimizerSettings):
         if self.pad_side not in ("left", "right"):
             fail("pad_side", f"{{name}} must be 'left' or 'right', got {self.pad_side!r}")
         self.check_lora()
+        self._check_ulmfit(fail)
         if self.lora_rank and self.train_last is not None:
             fail("train_last", "{name} chooses blocks to train in full; with LoRA the adapters train instead "
                                "(use one or the other)")
+
+
+    def _check_ulmfit(self, fail: Callable[[str, str], NoReturn]) -> None:
+        """Pooling, head dropout, unfreezing and the layer-wise learning-rate decay."""
+        from npgpt.finetuning.classifier import POOLINGS
+
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            fail("pooling", f"{{name}} must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if not 0.0 <= self.head_dropout < 1.0:
+            fail("head_dropout", f"{{name}} must be in [0, 1), got {self.head_dropout}")
+        if self.unfreeze not in ("all", "gradual"):
+            fail("unfreeze", f"{{name}} must be 'all' or 'gradual', got {self.unfreeze!r}")
+        settings.require_positive_ints("FinetuneConfig", self, ("unfreeze_every",), allow_none=True)
+        if self.unfreeze_every is not None and self.unfreeze != "gradual":
+            fail("unfreeze_every", "{name} times gradual unfreezing: give it with unfreeze='gradual'")
+        if self.unfreeze == "gradual" and (self.lora_rank or self.train_last is not None):
+            fail("unfreeze", "{name}='gradual' chooses what trains step by step; it cannot be combined with "
+                             "train_last or LoRA")
+        if not self.layer_lr_decay > 0:
+            fail("layer_lr_decay", f"{{name}} must be positive (1: the same rate for every layer), "
+                                   f"got {self.layer_lr_decay}")
 
 
 class Encoded:
@@ -315,17 +391,52 @@ def _save(classifier: GPTClassifier, out_dir: str | os.PathLike, tokenizer: Any,
         raise OSError(code, f"{os.strerror(code)}; {intact}", getattr(exc, "filename", None) or str(out_dir)) from exc
 
 
+def lr_scales(classifier: GPTClassifier, head_lr_scale: float, layer_lr_decay: float) -> dict[str, float]:
+    """``{parameter name: its learning rate / lr}`` (docs/finetuning.md eq:discriminative-lr).
+
+    The head (layer group 0) gets ``head_lr_scale``; layer group ``k >= 1`` of
+    :func:`layer_groups` gets ``layer_lr_decay^-(k-1)``: the top block and
+    ``ln_f`` learn at ``lr``, each group below ``layer_lr_decay`` times slower,
+    the embeddings slowest. ULMFiT's "discriminative fine-tuning": the lower
+    layers hold the most general features and should move least.
+    """
+    groups = layer_groups(classifier)
+    scales = {}
+    for name, _ in classifier.named_parameters():
+        k = group_index(name, groups)
+        scales[name] = float(head_lr_scale) if k == 0 else float(layer_lr_decay) ** -(k - 1)
+    return scales
+
+
 def _optimizer(classifier: GPTClassifier, cfg: FinetuneConfig) -> optim.AdamW:
-    """AdamW with GPT-2's decay/no-decay groups; the head in a group of its own (``lr_scale``)."""
+    """AdamW with GPT-2's decay/no-decay groups, each split by learning rate (``lr_scale``: :func:`lr_scales`)."""
+    scales = lr_scales(classifier, cfg.head_lr / cfg.lr, cfg.layer_lr_decay)
     groups = []
     for group in optim.param_groups(classifier, cfg.weight_decay):
-        body = [(n, p) for n, p in zip(group["names"], group["params"]) if not n.startswith("score.")]
-        head = [(n, p) for n, p in zip(group["names"], group["params"]) if n.startswith("score.")]
-        for members, scale in ((body, 1.0), (head, cfg.head_lr / cfg.lr)):
-            if members:
-                groups.append({"params": [p for _, p in members], "names": [n for n, _ in members],
-                               "weight_decay": group["weight_decay"], "lr_scale": scale})
+        by_scale: dict[float, list[tuple[str, Any]]] = {}
+        for n, p in zip(group["names"], group["params"]):
+            by_scale.setdefault(scales[n], []).append((n, p))
+        for scale, members in by_scale.items():
+            groups.append({"params": [p for _, p in members], "names": [n for n, _ in members],
+                           "weight_decay": group["weight_decay"], "lr_scale": scale})
     return cfg.adamw(groups)
+
+
+class _Unfreezing:
+    """Gradual unfreezing: at step ``s`` the top ``1 + s // every`` layer groups train (all of them at the end)."""
+
+    def __init__(self, classifier: GPTClassifier, every: int, log: Callable[[str], None]) -> None:
+        self.classifier, self.every, self.log = classifier, every, log
+        self.groups = layer_groups(classifier)
+        self.k = 0
+
+    def at(self, step: int) -> None:
+        k = min(1 + step // self.every, len(self.groups))
+        if k != self.k:
+            self.k = k
+            unfreeze_top(self.classifier, k)
+            newest = ", ".join(p.rstrip(".") for p in self.groups[k - 1])
+            self.log(f"step {step}: training the top {k} of {len(self.groups)} layer groups (now also {newest})")
 
 
 def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[str],
@@ -375,6 +486,10 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
                              f"got {int(data.labels.min())}..{int(data.labels.max())}")
     pad_id = pad_id_for(classifier, tokenizer)
     classifier.pad_token_id = pad_id          # saved in config.json: Hugging Face needs one to batch
+    if cfg.pooling is not None and cfg.pooling != classifier.pooling:
+        raise ValueError(f"the classifier pools with {classifier.pooling!r}, the settings ask for {cfg.pooling!r}: "
+                         f"build it with GPTClassifier.from_pretrained(..., pooling={cfg.pooling!r})")
+    classifier.head_dropout.p = float(cfg.head_dropout)
     adapter = cfg.lora_config(train=("score.",), seed=cfg.seed)
     if adapter is not None:             # the backbone frozen; its adapters and the head train
         lora.apply_lora(classifier, adapter)
@@ -408,11 +523,15 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     step = 0
     bar = _Heartbeat(max_steps, log, cfg.log_interval) if progress else None
     log = bar.message if bar is not None else log
+    unfreezing = (_Unfreezing(classifier, cfg.unfreeze_every or steps_per_epoch, log)
+                  if cfg.unfreeze == "gradual" else None)
     with GracefulStop() as stop:
         log(f"fine-tuning {sum(int(p.size) for p in trainable):,} of {classifier.num_parameters():,} parameters "
             f"on {len(train)} texts ({steps_per_epoch} steps per epoch), validating on {len(val)}")
         while step < max_steps and not result.stopped_early and not stop.requested:
             for rows in _length_bucketed_batches(train, cfg.batch_size, rng):
+                if unfreezing is not None:
+                    unfreezing.at(step)
                 idx, mask, y = train.batch(rows, pad_id, cfg.pad_side)
                 batch = (idx, mask, y)      # host arrays: checked there, copied to the device by the model
                 lr = cfg.learning_rate(step, max_steps)
@@ -462,6 +581,7 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
             p.data[...] = best[id(p)]
     for p in classifier.parameters():       # leave the model as we found it: all trainable, float32
         p.requires_grad = True
+    classifier.head_dropout.p = 0.0
     classifier.transformer.set_compute_dtype(None)
     classifier.eval()
     return result
