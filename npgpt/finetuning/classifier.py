@@ -362,13 +362,8 @@ class GPTClassifier(nn.Module):
             weights = checkpoint.weights_path(directory)     # model.safetensors, or a sharded checkpoint's index
             config = GPTConfig.from_pretrained(directory)
             shapes = checkpoint.weight_shapes(weights)
-            if "score.weight" not in shapes:
-                raise checkpoint.CheckpointError(f"{weights} has no score.weight (the classification head)")
-            score_shape = shapes.pop("score.weight")
-            width = pooled_width(saved_pooling, config.n_embd)
-            if score_shape != (saved_labels, width):
-                raise checkpoint.CheckpointError(f"{weights}: score.weight has shape {score_shape}, but "
-                                                 f"{config_path} implies ({saved_labels}, {width})")
+            _check_head_shape(shapes.pop("score.weight", None), (saved_labels, pooled_width(saved_pooling, config.n_embd)),
+                              weights, config_path)
             hf_gpt2.check_hf_shapes(config, shapes, weights)      # before anything is allocated
             if names is None:
                 names = _names_from_id2label(id2label, saved_labels, config_path)
@@ -386,6 +381,16 @@ class GPTClassifier(nn.Module):
         backbone = GPT.from_pretrained(directory, allow_non_finite=allow_non_finite)
         return cls(num_labels=num_labels, labels=labels, backbone=backbone, seed=seed, pad_token_id=pad_token_id,
                    pooling=pooling or "last").eval()
+
+
+def _check_head_shape(shape: tuple[int, ...] | None, expected: tuple[int, int], weights: pathlib.Path,
+                      config_path: pathlib.Path) -> None:
+    """The head's stored shape (``None``: absent) against the (num_labels, pooled width) that ``config.json`` implies."""
+    if shape is None:
+        raise checkpoint.CheckpointError(f"{weights} has no score.weight (the classification head)")
+    if tuple(shape) != expected:
+        raise checkpoint.CheckpointError(f"{weights}: score.weight has shape {tuple(shape)}, but "
+                                         f"{config_path} implies {expected}")
 
 
 def _classifier_fields(saved: dict, path: pathlib.Path) -> tuple[int, list[str] | None, dict, int | None, str] | None:
