@@ -89,7 +89,7 @@ def write_lm_text(path, train, val, test, seed=0):
     texts = [t for t in train[0] + val[0] if key(t) not in exam]
     order = np.random.default_rng(seed).permutation(len(texts))
     with open(path, "w", encoding="utf-8") as f:
-        f.write("".join(" ".join(texts[i].split()) + "\n" for i in order))
+        f.write("".join(texts[i].replace("\n", " ") + "\n" for i in order))     # one text a line
     return len(texts)
 
 

@@ -223,7 +223,7 @@ def test_sentiment_example_runs_end_to_end(model_dir, tmp_path, capsys):
     # ULMFiT's unlabelled text: the training and validation sentences of the same split, never a test one.
     assert example.main(["--write-lm-text", str(tmp_path / "lm.txt")]) == 0
     texts, _ = labelled.movie_reviews()
-    train, val, test = (set(" ".join(texts[i].split()) for i in part)
+    train, val, test = (set(texts[i] for i in part)
                         for part in labelled.split_indices(len(texts), (0.8, 0.1, 0.1), seed=0))
     lines = (tmp_path / "lm.txt").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 9511 and set(lines) == train | val and not set(lines) & test
