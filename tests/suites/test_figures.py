@@ -120,6 +120,17 @@ def test_picture_scripts_write_every_figure_into_the_directory_they_are_given(tm
         assert load("loss_curve").main([str(run), "--out", str(tmp_path / "curve" / "loss.png")]) == 0
     drawn = {p.name for p in (tmp_path / "book").iterdir()}
     assert drawn == set(book_figures_table())
+    # Every committed figure says what a fresh drawing says, numbers to one unit in their last
+    # digit (the docs listings' rule: a model's logits and a BLAS build may move the last digit).
+    spec = importlib.util.spec_from_file_location("docs_rule", ROOT / "tests" / "suites" / "test_docs.py")
+    docs_rule = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(docs_rule)
+    # Sampled text is left out: a change in the last bits of the logits (the order of a sum) changes
+    # which token a draw at temperature 1 picks, and every token after it.
+    for name in sorted(drawn - {"temperature_samples.svg"}):
+        same, why = docs_rule.same_output("\n".join(svg_texts(tmp_path / "book" / name)),
+                                          "\n".join(svg_texts(DOCS / "images" / name)))
+        assert same, f"docs/images/{name} is stale ({why}): redraw it with book_figures.py --only {name[:-4]}"
     for name in drawn:
         text = (tmp_path / "book" / name).read_text()
         assert text.lstrip().startswith("<?xml") and "</svg>" in text
