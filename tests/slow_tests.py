@@ -49,7 +49,7 @@ SLOW_TESTS = {
     "test_hub.py": ["test_a_hub_tokenizer_loads_and_encodes_as_transformers",
                     "test_tokenizer_gpt2_is_the_pinned_vocabulary_unless_a_revision_is_asked"],
     "test_init_from.py": ["test_the_starting_logits_are_the_models_exactly"],
-    "test_lora.py": ["test_sft_with_lora_trains_only_adapters_and_resumes_exactly",
+    "test_lora.py": ["test_sft_with_lora_trains_only_adapters_and_markers_and_resumes_exactly",
                      "test_lora_fine_tune_learns_with_the_backbone_frozen_and_saves_both_forms",
                      "test_peft_loads_npgpts_adapter_onto_transformers_gpt2_with_equal_logits"],
     "test_mixed_precision.py": ["test_float16_resume_is_exact"],
