@@ -53,8 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=int, default=1,
                         help="runs of each side, alternating which goes first (default 1)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="threads npgpt shards each batch over (default: npgpt.backend.speed's choice)")
+                        help="threads npgpt shards each batch over (default: one per core, as npgpt train)")
     parser.add_argument("--no-compare", action="store_true", help="run npgpt only")
+    parser.add_argument("--one-core", action="store_true",
+                        help="each side on one thread (npgpt: one shard, one-threaded BLAS; PyTorch: "
+                             "set_num_threads(1)): the code's efficiency, apart from how a loaded machine "
+                             "schedules threads")
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)          # a prepared directory, in a child
     parser.add_argument("--side", choices=["npgpt", "torch"], help=argparse.SUPPRESS)
 
@@ -138,8 +142,8 @@ def _train(step_fn: Any, eval_fn: Any, train: np.ndarray, val: np.ndarray, iters
             "val_loss": evals[-1]["val"]}
 
 
-def run_npgpt(data_dir: pathlib.Path, iters: int, workers: int | None, eval_iters: int = RECIPE["eval_iters"]
-              ) -> dict[str, Any]:
+def run_npgpt(data_dir: pathlib.Path, iters: int, workers: int | None, eval_iters: int = RECIPE["eval_iters"],
+              one_core: bool = False) -> dict[str, Any]:
     from npgpt import backend
     from npgpt.autograd import no_grad
     from npgpt.io import token_formats
@@ -165,8 +169,12 @@ def run_npgpt(data_dir: pathlib.Path, iters: int, workers: int | None, eval_iter
         model.train()
         return total / len(batches)
 
-    out = _train(step_fn, eval_fn, data.train, data.val, iters, eval_iters)
-    return {**out, "workers": workers}
+    if one_core:
+        with backend.blas_threads(1):
+            out = _train(step_fn, eval_fn, data.train, data.val, iters, eval_iters)
+    else:
+        out = _train(step_fn, eval_fn, data.train, data.val, iters, eval_iters)
+    return {**out, "workers": workers, "cpu_seconds": _cpu_seconds()}
 
 
 def _copy_npgpt_weights(torch_model: Any, vocab_size: int) -> None:
@@ -188,9 +196,12 @@ def _copy_npgpt_weights(torch_model: Any, vocab_size: int) -> None:
             p.copy_(torch.from_numpy(np.ascontiguousarray(source)))
 
 
-def run_torch(data_dir: pathlib.Path, iters: int, eval_iters: int = RECIPE["eval_iters"]) -> dict[str, Any]:
+def run_torch(data_dir: pathlib.Path, iters: int, eval_iters: int = RECIPE["eval_iters"],
+              one_core: bool = False) -> dict[str, Any]:
     import torch
 
+    if one_core:
+        torch.set_num_threads(1)
     from npgpt.bench.train import torch_gpt
     from npgpt.io import token_formats
 
@@ -226,7 +237,16 @@ def run_torch(data_dir: pathlib.Path, iters: int, eval_iters: int = RECIPE["eval
         model.train()
         return total / len(batches)
 
-    return {**_train(step_fn, eval_fn, data.train, data.val, iters, eval_iters), "threads": torch.get_num_threads()}
+    out = _train(step_fn, eval_fn, data.train, data.val, iters, eval_iters)
+    return {**out, "threads": torch.get_num_threads(), "cpu_seconds": _cpu_seconds()}
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process so far: what the run cost the machine, whatever its load."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # ------------------------------------------------------------- the runs
@@ -235,6 +255,8 @@ def _side_in_child(args: argparse.Namespace, side: str, data_dir: pathlib.Path) 
                "--iters", str(args.iters)]
     if args.workers is not None:
         command += ["--workers", str(args.workers)]
+    if args.one_core:
+        command.append("--one-core")
     out = subprocess.run(command, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"npgpt.bench nanogpt-char: the {side} side failed:\n{out.stderr[-2000:]}")
@@ -242,7 +264,8 @@ def _side_in_child(args: argparse.Namespace, side: str, data_dir: pathlib.Path) 
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"seconds": [round(r["seconds"], 2) for r in runs], "step_ms": round(median(r["step_ms"] for r in runs), 2),
+    return {"seconds": [round(r["seconds"], 2) for r in runs], "cpu_seconds": [round(r["cpu_seconds"], 1) for r in runs],
+            "step_ms": round(median(r["step_ms"] for r in runs), 2),
             "val_loss": round(runs[0]["val_loss"], 4), "evals": runs[0]["evals"]}
 
 
@@ -251,7 +274,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("npgpt.bench nanogpt-char: --iters and --pairs must be >= 1")
     if args.side:
         data_dir = pathlib.Path(args.data)
-        return run_npgpt(data_dir, args.iters, args.workers) if args.side == "npgpt" else run_torch(data_dir, args.iters)
+        if args.side == "npgpt":
+            return run_npgpt(data_dir, args.iters, 1 if args.one_core else args.workers, one_core=args.one_core)
+        return run_torch(data_dir, args.iters, one_core=args.one_core)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="npgpt-nanogpt-char-") as tmp:
         data_dir = write_char_dataset(pathlib.Path(tmp))
@@ -260,7 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for pair in range(args.pairs):                 # alternate who goes first: the machine drifts
             for side in (sides if pair % 2 == 0 else sides[::-1]):
                 runs[side].append(_side_in_child(args, side, data_dir))
-    result = {"workload": "nanogpt-char", "iters": args.iters, "recipe": RECIPE,
+    result = {"workload": "nanogpt-char", "iters": args.iters, "one_core": args.one_core, "recipe": RECIPE,
               "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
               "npgpt": {**_summary(runs["npgpt"]), "workers": runs["npgpt"][0]["workers"]}}
     if "torch" in runs:
@@ -269,5 +294,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["speed_ratios"] = [round(x, 3) for x in ratios]
         result["speed_ratio_vs_torch"] = round(median(ratios), 3)
         result["speed_ratio_iqr"] = [round(q, 3) for q in quartiles(ratios)]
+        result["cpu_ratio_vs_torch"] = round(median(t["cpu_seconds"] / m["cpu_seconds"]
+                                                    for m, t in zip(runs["npgpt"], runs["torch"])), 3)
         result["val_loss_diff"] = round(result["npgpt"]["val_loss"] - result["torch"]["val_loss"], 4)
     return result
