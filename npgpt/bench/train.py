@@ -68,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"peak float32 FLOP/s of the machine for the MFU (default {DEFAULT_PEAK_FLOPS:.3g}: a 2-core "
                              "Zen 4's measured matmul peak, see docs/benchmarks.md)")
     parser.add_argument("--compare", choices=["torch"], default=None, help="also run PyTorch eager")
+    parser.add_argument("--one-core", action="store_true",
+                        help="each side on one thread (npgpt: one shard, one-threaded BLAS; PyTorch: "
+                             "set_num_threads(1)): the code's efficiency, apart from how a loaded machine "
+                             "schedules threads")
     parser.add_argument("--workers", type=int, default=None,
                         help="threads the batch is sharded over (default: one per core; 1 for train-124m; see "
                              "npgpt.training.parallel)")
@@ -312,7 +316,16 @@ def _side(args: argparse.Namespace, cfg: dict[str, int], side: str) -> dict[str,
     """Measure one side in this process: its step time, loss, peak RSS and memory facts."""
     memory = not args.no_memory
     if side == "torch":
+        if args.one_core:
+            import torch
+
+            torch.set_num_threads(1)
         seconds, loss, facts = run_torch(cfg, args.steps, args.warmup, memory)
+    elif args.one_core:
+        from npgpt.backend import blas_threads
+
+        with blas_threads(1):
+            seconds, loss, facts = run_npgpt(cfg, args.steps, args.warmup, 1, memory)
     else:
         seconds, loss, facts = run_npgpt(cfg, args.steps, args.warmup, args.workers, memory)
     return {"seconds": seconds, "loss": loss, "peak_rss_mb": round(peak_rss_mb(), 1), "memory": facts}
@@ -326,6 +339,8 @@ def _side_in_child(args: argparse.Namespace, side: str) -> dict[str, Any]:
         command += ["--workers", str(args.workers)]
     if args.no_memory:
         command.append("--no-memory")
+    if args.one_core:
+        command.append("--one-core")
     out = subprocess.run(command, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"npgpt.bench train: the {side} side failed:\n{out.stderr[-2000:]}")
@@ -397,7 +412,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mfu": round(model_flops_utilisation(tokens / seconds, fpt, args.peak_flops), 3),
         "peak_rss_mb": max(m["peak_rss_mb"] for m in mine),
         "final_loss": round(npgpt_side["loss"], 4),
-        "workers": args.workers or default_workers(),
+        "workers": 1 if args.one_core else args.workers or default_workers(),
+        "one_core": args.one_core,
         "flops_per_token": fpt,
     }
     if npgpt_side["memory"]:
