@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8; alpha is 2 r)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all sides, order alternating (default 3)")
     parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated sides to run (default: all six)")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="PyTorch's threads on the torch and TRL sides (default 0: PyTorch's own choice, one per "
+                             "core; 1 holds up far better on a machine other jobs share)")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)       # one side, in a child
 
 
@@ -112,6 +115,10 @@ def _npgpt_side(lora_rank: int, steps: int, warmup: int, sft: bool = False) -> d
 def _torch_model(lora_rank: int) -> Any:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    threads = int(os.environ.get("NPGPT_BENCH_TORCH_THREADS", "0"))
+    if threads:
+        torch.set_num_threads(threads)
 
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=SHAPE["vocab_size"], n_positions=SHAPE["block_size"], n_layer=SHAPE["n_layer"],
@@ -215,17 +222,22 @@ def _side_in_child(args: argparse.Namespace, side: str) -> dict[str, Any] | None
     """One side in a fresh process; ``None`` for ``trl-sft`` when ``trl`` is not installed."""
     command = [sys.executable, "-m", "npgpt.bench", "lora", "--json", "--side", side, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--rank", str(args.rank)]
-    out = subprocess.run(command, capture_output=True, text=True)
+    env = {**os.environ, "NPGPT_BENCH_TORCH_THREADS": str(args.torch_threads)}
+    out = subprocess.run(command, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         if side == "trl-sft" and "No module named 'trl'" in out.stderr:
             return None
         raise SystemExit(f"npgpt.bench lora: the {side} side failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"npgpt.bench lora: {side}: {1000 * result['seconds']:.1f} ms a step, peak RSS {result['peak_rss_mb']} MB",
+          file=sys.stderr, flush=True)      # a long run shows where it is
+    return result
 
 
 def _check(args: argparse.Namespace) -> list[str]:
-    if args.steps < 1 or args.warmup < 0 or args.rank < 1 or args.rounds < 1:
-        raise SystemExit("npgpt.bench lora: --steps, --rank and --rounds must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.rank < 1 or args.rounds < 1 or args.torch_threads < 0:
+        raise SystemExit("npgpt.bench lora: --steps, --rank and --rounds must be >= 1, --warmup and --torch-threads "
+                         ">= 0")
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     unknown = sorted(set(sides) - set(SIDES))
     if unknown or not sides:
@@ -242,7 +254,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for k in range(args.rounds):                # alternate the order: drift hits both sides of a pair alike
         order = sides if k % 2 == 0 else sides[::-1]
         rounds.append({side: _side_in_child(args, side) for side in order})
-    return summarize(rounds, args.rank)
+    result = summarize(rounds, args.rank)
+    result["torch_threads"] = args.torch_threads or "default"
+    return result
 
 
 def summarize(rounds: list[dict[str, dict[str, Any] | None]], rank: int) -> dict[str, Any]:
