@@ -22,7 +22,7 @@ SLOW_MODULES = {
 
 # module -> test functions (every parametrisation of each)
 SLOW_TESTS = {
-    "test_bench.py": ["test_gpu_bench_has_help_and_refuses_to_run_without_cuda",
+    "test_bench.py": ["test_gpu_bench_has_help_and_refuses_to_run_without_cuda", "test_lora_bench_sides_train_what_they_say",
                       "test_nanogpt_char_sides_run_the_same_model_and_loop"],
     "test_evaluation.py": ["test_sliding_window_equals_hugging_faces_perplexity_guide"],
     "test_token_formats.py": ["test_npgpt_train_trains_on_a_nanogpt_directory"],
@@ -51,7 +51,11 @@ SLOW_TESTS = {
     "test_init_from.py": ["test_the_starting_logits_are_the_models_exactly"],
     "test_lora.py": ["test_sft_with_lora_trains_only_adapters_and_markers_and_resumes_exactly",
                      "test_lora_fine_tune_learns_with_the_backbone_frozen_and_saves_both_forms",
-                     "test_peft_loads_npgpts_adapter_onto_transformers_gpt2_with_equal_logits"],
+                     "test_peft_loads_npgpts_adapter_onto_transformers_gpt2_with_equal_logits",
+                     "test_lora_sft_in_float16_trains_and_skips_a_step_that_overflows"],
+    "test_trainable_tokens.py": ["test_lora_sft_trains_the_chat_markers_it_adds_and_nothing_else_of_the_table",
+                                 "test_peft_loads_npgpts_trainable_tokens_onto_transformers_gpt2_with_equal_logits",
+                                 "test_trainable_tokens_made_by_peft_load_into_npgpt_with_equal_logits"],
     "test_mixed_precision.py": ["test_float16_resume_is_exact"],
     "test_plot.py": ["test_training_draws_its_loss_curve_into_the_run_directory"],
     "test_progress.py": ["test_training_on_a_terminal_shows_a_bar_with_loss_rate_and_eta"],
