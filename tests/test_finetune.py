@@ -329,3 +329,6 @@ def test_the_ulmfit_options_together_learn_the_toy_task(tmp_path):
 def test_ulmfit_settings_are_checked(settings, message):
     with pytest.raises(ValueError, match=message):
         finetune.FinetuneConfig(**settings)
+    from npgpt.finetuning import classifier
+
+    assert finetune.POOLINGS == classifier.POOLINGS        # the settings accept what the classifier offers

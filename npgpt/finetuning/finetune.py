@@ -52,6 +52,11 @@ __all__ = ["freeze", "layer_groups", "unfreeze_top", "lr_scales", "pad_id_for", 
            "text_probabilities"]
 
 
+# GPTClassifier's pooling names (npgpt.finetuning.classifier.POOLINGS; a test keeps the two equal). Imported
+# from there they would make an import cycle: the classifier imports this module to classify texts.
+POOLINGS = ("last", "mean", "concat")
+
+
 # ------------------------------------------------------------------- freezing
 def freeze(classifier: GPTClassifier, train_last: Optional[int] = None) -> list[str]:
     """Choose what trains: everything (``None``) or the last ``train_last`` blocks + ``ln_f`` + head.
@@ -190,8 +195,6 @@ class FinetuneConfig(lora.LoRASettings, settings.OptimizerSettings):
 
     def _check_ulmfit(self, fail: Callable[[str, str], NoReturn]) -> None:
         """Pooling, head dropout, unfreezing and the layer-wise learning-rate decay."""
-        from npgpt.finetuning.classifier import POOLINGS
-
         if self.pooling is not None and self.pooling not in POOLINGS:
             fail("pooling", f"{{name}} must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if not 0.0 <= self.head_dropout < 1.0:
