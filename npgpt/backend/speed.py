@@ -189,8 +189,13 @@ GELU_KEEP_GATE_BYTES = 8 * 2**20
 
 
 def keep_gelu_gate(gate: Any) -> bool:
-    """Should ``F.gelu`` keep its gate ``s`` for the backward pass (``GELU_KEEP_GATE_BYTES``)?"""
-    return int(gate.nbytes) <= GELU_KEEP_GATE_BYTES
+    """Should ``F.gelu`` keep its gate ``s`` for the backward pass (``GELU_KEEP_GATE_BYTES``)?
+
+    Always on a GPU: recomputing ``s`` there is seven more kernel launches per layer and seven
+    passes over the activation, and a GPU's memory holds the gates (GPT-2 at 8 x 1,024 tokens:
+    1.2 GB in all, of 80 GB); it also keeps the launch count independent of the widths
+    (docs/gpu.md, "The launch and traffic budget")."""
+    return _on_gpu(gate) or int(gate.nbytes) <= GELU_KEEP_GATE_BYTES
 
 
 # ------------------------------------------------------------------ sums as products with ones
