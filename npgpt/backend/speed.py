@@ -182,7 +182,7 @@ def retain_freed_memory() -> bool:
 
 
 # GELU's gate s = sigmoid(2u) is kept for the backward pass when it is at most this large: the
-# backward pass then makes 9 passes over the activation instead of 15 (recomputing s costs an exp
+# backward pass then makes 9 passes over the activation instead of 16 (recomputing s costs an exp
 # and six more). Measured on nanoGPT's CPU recipe (docs/performance.md). Above it (train-124m,
 # 4 x 256 tokens: 12.6 MB a layer, 151 MB in all) the memory is worth more than the ~1% of a step.
 GELU_KEEP_GATE_BYTES = 8 * 2**20

@@ -106,6 +106,19 @@ ERRATA = [
     ("training.md", r"weight decay on the matrices only", "param_groups decays the linear layers' matrices, not wte or wpe"),
     ("tokenizer.md", r"or whitespace at the very end\)", "trailing whitespace is matched whole by \\s+(?!\\S), not by \\s+"),
     ("index.md", r"named in the chapter's first\s+paragraph, and", "backend.md and serving.md name their modules later on"),
+    # The fourth part (/work/coord/review3-findings.md): what the performance helpers changed.
+    ("agent.md", r"\\ \text\{", "a tab had replaced the \\t of \\text in eq:trainable-tokens"),
+    ("performance.md", r"A step is ~3\.6 GFLOP", "eq:flops-per-token gives 4.0 GFLOP for 768 tokens; 3.6 is the linear layers'"),
+    ("performance.md", r"from 15 passes over memory to 9", "recomputing s is 7 passes and using it 9: 16 against 9"),
+    ("performance.md", r"1\.0 -> 0\.27 ms", "speed.ONE_HOT_MAX_ROWS's figure is 984 -> 219 us"),
+    ("performance.md", r"one BLAS call \(`row_sums`, `row_dots`", "row_dots is an einsum, not a product with ones"),
+    ("performance.md", r"For an activation above 8 MB a layer GELU keeps only",
+     "the 8 MB rule is the CPU's; on a GPU the gate is always kept"),
+    ("benchmarks.md", r"time was 17% longer because it ran first", "1,358 s against 1,129 s is 20% longer"),
+    ("benchmarks.md", r"`train\.py` against npgpt at ~100 against ~45",
+     "npgpt took ~100 ms a step, nanoGPT's train.py ~45 (2.2x; the issue says 2.6x)"),
+    ("benchmarks.md", r"AdamW was 1,972 \(13 per parameter\)", "14 launches for the 48 decayed matrices, 13 for the other 100"),
+    ("gpu.md", r"\(26 for GPT-2's two\)", "the decayed group's AdamW is 14 launches: 27 for the two groups"),
 ]
 
 
