@@ -44,7 +44,7 @@ CACHE = "~/.cache/npgpt"
 # Namespace attributes (argparse dests) that name something a command reads, and that it writes.
 READS = ("input", "tokenizer", "tokenizer_dir", "data", "data_dir", "val_data", "model", "config", "classifier",
          "prompts")
-WRITES = ("out", "out_dir")
+WRITES = ("out", "out_dir", "write-lm-text")     # write-lm-text: examples/sentiment.py's unlabelled text
 SEPARATORS = {"&&", "||", ";", "|"}
 # Commands that run another command given after their own options.
 LAUNCHERS = {"mpiexec", "mpirun", "time", "env", "nohup"}
