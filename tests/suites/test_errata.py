@@ -120,6 +120,8 @@ ERRATA = [
     ("benchmarks.md", r"AdamW was 1,972 \(13 per parameter\)", "14 launches for the 48 decayed matrices, 13 for the other 100"),
     ("gpu.md", r"\(26 for GPT-2's two\)", "the decayed group's AdamW is 14 launches: 27 for the two groups"),
     ("backward.md", r"keep_gelu_gate`: up to 8 MB a layer\)", "the 8 MB rule is the CPU's; on a GPU the gate is always kept"),
+    ("gpu.md", r"or is float16 to a\s+contiguous float32 array first",
+     "CuPy 14 widens float16 to float32 in matmul only on ROCm, 1-D operands or compute capability < 7.0"),
     ("gpu.md", r"stand-in; 4,200\s+before that count", "GPT-2 124M itself launched about 4,800 before (4,241 is the tiny structure's count)"),
 ]
 
