@@ -122,7 +122,8 @@ ERRATA = [
     ("backward.md", r"keep_gelu_gate`: up to 8 MB a layer\)", "the 8 MB rule is the CPU's; on a GPU the gate is always kept"),
     ("gpu.md", r"or is float16 to a\s+contiguous float32 array first",
      "CuPy 14 widens float16 to float32 in matmul only on ROCm, 1-D operands or compute capability < 7.0"),
-    ("gpu.md", r"stand-in; 4,200\s+before that count", "GPT-2 124M itself launched about 4,800 before (4,241 is the tiny structure's count)"),
+    ("gpu.md", r"stand-in; 4,200\s+before that count",
+     "GPT-2 124M itself launched about 4,800 before (4,241 is the tiny structure's count)"),
 ]
 
 
