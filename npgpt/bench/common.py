@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import resource
+import subprocess
 import sys
 import time
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 
 def peak_rss_mb() -> float:
@@ -37,6 +40,25 @@ def quartiles(values: Iterable[float]) -> tuple[float, float]:
         return ordered[low] + (pos - low) * (ordered[high] - ordered[low])
 
     return at(0.25), at(0.75)
+
+
+def side_in_child(workload: str, side: str, flags: Sequence[str],
+                  env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m npgpt.bench WORKLOAD --json --side SIDE FLAGS...`` in a fresh interpreter.
+
+    Each side of a comparison runs in its own process, so that its peak RSS and its threads are its
+    own and the other side's imports cannot warm its caches. The caller reads the result with
+    :func:`child_result` (or inspects a failure first, as ``bench lora`` does for a missing ``trl``).
+    """
+    command = [sys.executable, "-m", "npgpt.bench", workload, "--json", "--side", side, *flags]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+def child_result(workload: str, side: str, out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The JSON line a side printed last, or ``SystemExit`` with the end of its error output."""
+    if out.returncode != 0:
+        raise SystemExit(f"npgpt.bench {workload}: the {side} side failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 class Timer:

@@ -24,16 +24,14 @@ optimizer were built (``step_rss``: the step's own memory, without the libraries
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from npgpt.bench.common import median, peak_rss_mb
+from npgpt.bench.common import child_result, median, peak_rss_mb, side_in_child
 from npgpt.bench.train import _batch, _time_steps
 
 SHAPE = dict(vocab_size=8192, block_size=128, seq_len=128, n_layer=4, n_head=4, n_embd=256, batch_size=8)
@@ -220,15 +218,11 @@ def _one_side(side: str, rank: int, steps: int, warmup: int) -> dict[str, Any]:
 
 def _side_in_child(args: argparse.Namespace, side: str) -> dict[str, Any] | None:
     """One side in a fresh process; ``None`` for ``trl-sft`` when ``trl`` is not installed."""
-    command = [sys.executable, "-m", "npgpt.bench", "lora", "--json", "--side", side, "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--rank", str(args.rank)]
-    env = {**os.environ, "NPGPT_BENCH_TORCH_THREADS": str(args.torch_threads)}
-    out = subprocess.run(command, capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        if side == "trl-sft" and "No module named 'trl'" in out.stderr:
-            return None
-        raise SystemExit(f"npgpt.bench lora: the {side} side failed:\n{out.stderr[-2000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    flags = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--rank", str(args.rank)]
+    out = side_in_child("lora", side, flags, env={"NPGPT_BENCH_TORCH_THREADS": str(args.torch_threads)})
+    if out.returncode != 0 and side == "trl-sft" and "No module named 'trl'" in out.stderr:
+        return None
+    result = child_result("lora", side, out)
     print(f"npgpt.bench lora: {side}: {1000 * result['seconds']:.1f} ms a step, peak RSS {result['peak_rss_mb']} MB",
           file=sys.stderr, flush=True)      # a long run shows where it is
     return result

@@ -28,18 +28,15 @@ alternating; the figure is the median ratio of the wall times to ``--iters`` ite
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
 
 import numpy as np
 
-from npgpt.bench.common import median, quartiles
+from npgpt.bench.common import child_result, median, quartiles, side_in_child
 
 RECIPE = dict(batch_size=12, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, max_iters=2000,
               lr_decay_iters=2000, learning_rate=1e-3, min_lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.1,
@@ -251,16 +248,12 @@ def _cpu_seconds() -> float:
 
 # ------------------------------------------------------------- the runs
 def _side_in_child(args: argparse.Namespace, side: str, data_dir: pathlib.Path) -> dict[str, Any]:
-    command = [sys.executable, "-m", "npgpt.bench", "nanogpt-char", "--json", "--side", side, "--data", str(data_dir),
-               "--iters", str(args.iters)]
+    flags = ["--data", str(data_dir), "--iters", str(args.iters)]
     if args.workers is not None:
-        command += ["--workers", str(args.workers)]
+        flags += ["--workers", str(args.workers)]
     if args.one_core:
-        command.append("--one-core")
-    out = subprocess.run(command, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"npgpt.bench nanogpt-char: the {side} side failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        flags.append("--one-core")
+    return child_result("nanogpt-char", side, side_in_child("nanogpt-char", side, flags))
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:

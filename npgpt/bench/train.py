@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from npgpt.backend import default_workers
-from npgpt.bench.common import median, peak_rss_mb, quartiles
+from npgpt.bench.common import child_result, median, peak_rss_mb, quartiles, side_in_child
 from npgpt.training.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
 
 if TYPE_CHECKING:
@@ -333,18 +333,14 @@ def _side(args: argparse.Namespace, cfg: dict[str, int], side: str) -> dict[str,
 
 def _side_in_child(args: argparse.Namespace, side: str) -> dict[str, Any]:
     """Run ``_side`` in a fresh interpreter, so that its peak RSS is its own."""
-    command = [sys.executable, "-m", "npgpt.bench", "train", "--json", "--side", side, "--workload", args.train_workload,
-               "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    flags = ["--workload", args.train_workload, "--steps", str(args.steps), "--warmup", str(args.warmup)]
     if args.workers is not None:
-        command += ["--workers", str(args.workers)]
+        flags += ["--workers", str(args.workers)]
     if args.no_memory:
-        command.append("--no-memory")
+        flags.append("--no-memory")
     if args.one_core:
-        command.append("--one-core")
-    out = subprocess.run(command, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"npgpt.bench train: the {side} side failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        flags.append("--one-core")
+    return child_result("train", side, side_in_child("train", side, flags))
 
 
 SCALING_LENGTHS = (128, 256, 512, 1024)
