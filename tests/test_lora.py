@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tiny_models import tiny_chat_dir
 
 import npgpt
 from npgpt import backend
@@ -360,16 +361,7 @@ def test_lora_flags_are_checked_and_named():
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory):
     """A tiny random GPT with npgpt-small's tokenizer (no chat template yet) and a few conversations."""
-    from npgpt.tokenizer import Tokenizer
-
-    root = tmp_path_factory.mktemp("lora-sft")
-    GPT(GPTConfig(vocab_size=8192, block_size=64, n_layer=1, n_head=2, n_embd=16), seed=3).save_pretrained(
-        root / "model")
-    Tokenizer.from_pretrained("npgpt-small").save(root / "model")
-    words = ["cat", "dog", "horse", "apple", "river", "table", "window", "garden"]
-    rows = [{"prompt": f"Define {w}.", "response": f"A {w} has {len(w)} letters."} for w in words]
-    (root / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows * 3))
-    return root
+    return tiny_chat_dir(tmp_path_factory.mktemp("lora-sft"))
 
 
 def test_sft_with_lora_trains_only_adapters_and_markers_and_resumes_exactly(chat_model, tmp_path):

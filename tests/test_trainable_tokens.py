@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from tiny_models import tiny_chat_dir
 
 import npgpt
 from npgpt import backend, nn
@@ -163,16 +164,7 @@ def test_trainable_tokens_made_by_peft_load_into_npgpt_with_equal_logits(saved_b
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory):
     """A tiny random GPT with npgpt-small's tokenizer (no chat template yet) and a few conversations."""
-    from npgpt.tokenizer import Tokenizer
-
-    root = tmp_path_factory.mktemp("tokens-sft")
-    GPT(GPTConfig(vocab_size=8192, block_size=64, n_layer=1, n_head=2, n_embd=16), seed=3).save_pretrained(
-        root / "model")
-    Tokenizer.from_pretrained("npgpt-small").save(root / "model")
-    words = ["cat", "dog", "horse", "apple", "river", "table", "window", "garden"]
-    rows = [{"prompt": f"Define {w}.", "response": f"A {w} has {len(w)} letters."} for w in words]
-    (root / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows * 3))
-    return root
+    return tiny_chat_dir(tmp_path_factory.mktemp("tokens-sft"))
 
 
 def test_lora_sft_trains_the_chat_markers_it_adds_and_nothing_else_of_the_table(chat_model, tmp_path):
