@@ -122,6 +122,8 @@ ERRATA = [
     ("backward.md", r"keep_gelu_gate`: up to 8 MB a layer\)", "the 8 MB rule is the CPU's; on a GPU the gate is always kept"),
     ("gpu.md", r"or is float16 to a\s+contiguous float32 array first",
      "CuPy 14 widens float16 to float32 in matmul only on ROCm, 1-D operands or compute capability < 7.0"),
+    ("benchmarks.md", r"an idle rerun of the five pairs\s+is still to be done", "the nearly idle rerun (21:05) gave 1.226x"),
+    ("benchmarks.md", r"an idle-machine rerun is still to be\s+done", "the nearly idle LoRA/SFT run (21:07) gave 1.59x / 2.98x"),
     ("gpu.md", r"stand-in; 4,200\s+before that count",
      "GPT-2 124M itself launched about 4,800 before (4,241 is the tiny structure's count)"),
 ]
