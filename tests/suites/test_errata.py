@@ -124,6 +124,7 @@ ERRATA = [
      "CuPy 14 widens float16 to float32 in matmul only on ROCm, 1-D operands or compute capability < 7.0"),
     ("benchmarks.md", r"an idle rerun of the five pairs\s+is still to be done", "the nearly idle rerun (21:05) gave 1.226x"),
     ("benchmarks.md", r"an idle-machine rerun is still to be\s+done", "the nearly idle LoRA/SFT run (21:07) gave 1.59x / 2.98x"),
+    ("benchmarks.md", r"this session's machine never was \(load 7", "the machine was nearly idle at 21:04 (load 1.2-1.9)"),
     ("gpu.md", r"stand-in; 4,200\s+before that count",
      "GPT-2 124M itself launched about 4,800 before (4,241 is the tiny structure's count)"),
 ]
