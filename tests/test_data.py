@@ -492,3 +492,17 @@ def test_prepare_of_one_large_file_peaks_below_three_times_its_size(tmp_path):
     assert size_kb > 10_000
     assert peak_kb - before_kb < 3 * size_kb, f"prepare added {(peak_kb - before_kb) / size_kb:.2f}x the file"
     print(f"prepare added {(peak_kb - before_kb) / size_kb:.2f}x the file")
+
+
+@pytest.mark.parametrize("edit,named", [({"files": None}, "'files'"), ({"files": {"train": "../train.bin"}}, "'files'"),
+                                        ({"files": {"train": "/etc/passwd"}}, "'files'"),
+                                        ({"header_bytes": -4}, "'header_bytes'"), ({"header_bytes": "8"}, "'header_bytes'")])
+def test_token_file_names_and_header_in_meta_json_are_checked(tmp_path, edit, named):
+    """meta.json's llm.c fields name files of the data directory only, and a header of whole bytes: a
+    null, a path outside it, or a negative header is a ValueError naming the field (the fuzz test found the null)."""
+    tok = CharTokenizer(TEXT_A + TEXT_B)
+    data.prepare(_files(tmp_path, TEXT_A, TEXT_B), tok, tmp_path / "out", val_fraction=0.2, progress=False)
+    meta_path = tmp_path / "out" / "meta.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), **edit}))
+    with pytest.raises(ValueError, match=named):
+        data.TokenFile(tmp_path / "out", "train")

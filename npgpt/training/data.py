@@ -707,6 +707,28 @@ def load_tokens(path: str | os.PathLike, dtype: Optional[DTypeLike] = None, offs
     return np.memmap(path, dtype=dtype.newbyteorder("<"), mode="r", offset=offset)
 
 
+def _split_file_name(data_dir: pathlib.Path, meta: dict[str, Any], split: str) -> str:
+    """The name of a split's token file: ``SPLIT.bin``, or the name llm.c gave it (``meta["files"]``).
+
+    A name is a file of the data directory itself, never a path: a ``meta.json`` that says
+    ``"../elsewhere"`` or ``null`` is refused here, naming the file, not followed or crashed on.
+    """
+    files = meta.get("files", {})
+    name = files.get(split, f"{split}.bin") if isinstance(files, dict) else None
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"{data_dir / META_NAME}: 'files' must map 'train' and 'val' to file names in "
+                         f"{data_dir}, got {files!r:.80}")
+    return name
+
+
+def _header_bytes(data_dir: pathlib.Path, meta: dict[str, Any]) -> int:
+    """How many bytes precede the tokens (llm.c's 1,024-byte header; 0 for npgpt's and nanoGPT's files)."""
+    header = meta.get("header_bytes", 0)
+    if not isinstance(header, int) or isinstance(header, bool) or header < 0:
+        raise ValueError(f"{data_dir / META_NAME}: 'header_bytes' must be a non-negative integer, got {header!r:.80}")
+    return header
+
+
 class TokenFile:
     """One split of a prepared data directory: ``TokenFile(data_dir, "train")``.
 
@@ -720,8 +742,8 @@ class TokenFile:
         self.data_dir = pathlib.Path(data_dir)
         self.meta = load_meta(self.data_dir)
         self.split = split
-        self.path = self.data_dir / self.meta.get("files", {}).get(split, f"{split}.bin")   # llm.c names its own
-        self.tokens = load_tokens(self.path, self.meta["dtype"], self.meta.get("header_bytes", 0))
+        self.path = self.data_dir / _split_file_name(self.data_dir, self.meta, split)
+        self.tokens = load_tokens(self.path, self.meta["dtype"], _header_bytes(self.data_dir, self.meta))
         expected = self.meta.get(f"{split}_tokens")
         if expected is not None and expected != len(self.tokens):
             raise ValueError(f"{self.path} holds {len(self.tokens):,} {self.tokens.dtype.name} tokens, but "
