@@ -133,19 +133,25 @@ def normalise(text):
     return "\n".join(line.rstrip() for line in text.strip().splitlines())
 
 
-def run_and_compare(blocks, name):
-    """Run ``blocks`` [(code, expected)] in order in one fresh interpreter; fail naming ``name`` and the block."""
+def listing_failures(blocks, name):
+    """Run ``blocks`` [(code, expected)] in order in one fresh interpreter; what went wrong, naming ``name`` and
+    the block: an error, or output that differs from what the docs show (an empty list when all is well)."""
     proc = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps([c for c, _ in blocks]),
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    if proc.returncode != 0:
+        return [f"{name}: the runner failed:\n{proc.stderr}"]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
+    failures = []
     for i, ((code, expected), result) in enumerate(zip(blocks, results)):
         first_line = code.strip().splitlines()[0]
-        assert result["error"] is None, f"{name} block {i + 1} ({first_line!r}) failed:\n{result['error']}"
-        if expected is not None:
+        if result["error"] is not None:
+            failures.append(f"{name} block {i + 1} ({first_line!r}) failed:\n{result['error']}")
+        elif expected is not None:
             same, why = same_output(result["output"], expected)
-            assert same, (f"{name} block {i + 1} ({first_line!r}): {why}. It prints\n{result['output']}\n"
-                          f"but the docs show\n{expected}")
+            if not same:
+                failures.append(f"{name} block {i + 1} ({first_line!r}): {why}. It prints\n{result['output']}\n"
+                                f"but the docs show\n{expected}")
+    return failures
 
 
 @pytest.mark.slow
@@ -154,7 +160,8 @@ def test_docs_listings_run_and_show_real_output(page):
     blocks = listings(page)
     if not blocks:
         pytest.skip(f"{page.name} has no runnable python listings")
-    run_and_compare(blocks, page.name)
+    failures = listing_failures(blocks, page.name)
+    assert not failures, "\n\n".join(failures)
 
 
 SOLVED = solution_listings(SOLUTIONS.read_text(encoding="utf-8"))
@@ -163,7 +170,8 @@ SOLVED = solution_listings(SOLUTIONS.read_text(encoding="utf-8"))
 @pytest.mark.slow
 @pytest.mark.parametrize("exercise", sorted(SOLVED, key=lambda n: tuple(map(int, n.split(".")))))
 def test_each_solution_runs_on_its_own_and_shows_real_output(exercise):
-    run_and_compare(SOLVED[exercise], f"solutions.md, exercise {exercise},")
+    failures = listing_failures(SOLVED[exercise], f"solutions.md, exercise {exercise},")
+    assert not failures, "\n\n".join(failures)
 
 
 def test_the_solutions_are_split_by_exercise():
@@ -172,6 +180,12 @@ def test_the_solutions_are_split_by_exercise():
             "```python\nprint(x)\n```\n")
     assert solution_listings(text) == {"1.1": [("x = 1\nprint(x)\n", "1\n")], "2.1": [("print(x)\n", None)]}
     assert len(SOLVED) >= 30
+
+
+def test_a_listing_that_fails_or_prints_otherwise_is_reported():
+    assert listing_failures([("print(1)\n", "1\n")], "page") == []
+    wrong, broken = listing_failures([("print(2)\n", "1\n"), ("1 / 0\n", None)], "page")
+    assert "page block 1 ('print(2)')" in wrong and "ZeroDivisionError" in broken
 
 
 def test_the_listing_parser_sees_skips_and_outputs(tmp_path):
