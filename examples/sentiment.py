@@ -107,6 +107,12 @@ def main(argv=None):
     parser.add_argument("--pooling", choices=("last", "mean", "concat"), default="last",
                         help="what the head reads: the last token's state, the mean, or last + mean + max (ULMFiT)")
     parser.add_argument("--head-dropout", type=float, default=0.0, help="dropout on the pooled vector")
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="dropout in the backbone while fine-tuning (GPT-1: 0.1; default: the model's own)")
+    parser.add_argument("--lm-loss-weight", type=float, default=0.0,
+                        help="weight of the auxiliary language-modelling loss (GPT-1: 0.5; 0: off)")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="steps between validations (default: once per epoch)")
     parser.add_argument("--unfreeze", choices=("all", "gradual"), default="all",
                         help="gradual: the head first, then one more block every --unfreeze-every steps")
     parser.add_argument("--unfreeze-every", type=int, default=None, help="steps between unfreezings (default: an epoch)")
@@ -121,6 +127,8 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=None, help="use a random subset of this many reviews (quick runs)")
     parser.add_argument("--out", default=None, help="write the fine-tuned classifier and tokenizer here")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the head and the batches")
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="seed of the head, the batches and dropout alone, the split staying --seed's")
     args = parser.parse_args(argv)
 
     from npgpt.tokenizer import Tokenizer
@@ -145,12 +153,14 @@ def main(argv=None):
           f"({bow_seconds:.0f} s)")
 
     start = time.perf_counter()
+    train_seed = args.seed if args.train_seed is None else args.train_seed
     tokenizer = Tokenizer.from_pretrained(args.model)
     classifier = GPTClassifier.from_pretrained(args.model, num_labels=1, labels=["negative", "positive"],
-                                               seed=args.seed, pooling=args.pooling)
+                                               seed=train_seed, pooling=args.pooling)
     result = finetune.finetune(classifier, tokenizer, *train, *val, epochs=args.epochs,
                                batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
-                               train_last=args.train_last, max_length=args.max_length, seed=args.seed,
+                               train_last=args.train_last, max_length=args.max_length, seed=train_seed,
+                               dropout=args.dropout, lm_loss_weight=args.lm_loss_weight, eval_every=args.eval_every,
                                out_dir=args.out, head_dropout=args.head_dropout, unfreeze=args.unfreeze,
                                unfreeze_every=args.unfreeze_every, layer_lr_decay=args.layer_lr_decay,
                                patience=args.patience, workers=args.workers)

@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 import npgpt.functional as F
 from npgpt import Tensor, backend
 from npgpt.autograd.gradcheck import check_gradients
-from npgpt.finetuning.classifier import POOLINGS, GPTClassifier, last_token_index, masked_pool, pooled_width
+from npgpt.finetuning.classifier import (
+    POOLINGS,
+    GPTClassifier,
+    language_model_loss,
+    last_token_index,
+    masked_pool,
+    next_token_targets,
+    pooled_width,
+)
 from npgpt.finetuning.labelled import pad_batch
 from npgpt.io import checkpoint
 from npgpt.io.inputs import positions_from_mask
@@ -317,3 +325,56 @@ def test_head_dropout_acts_in_training_only():
     np.testing.assert_array_equal(model(idx).numpy(), clean)      # eval mode: the identity
     model.train()
     assert np.abs(model(idx).numpy() - clean).max() > 1e-3
+
+
+# ------------------------------------------------- the auxiliary LM objective
+def test_next_token_targets_keep_real_tokens_followed_by_real_tokens():
+    idx, mask = pad_batch([[3, 14, 15], [8]], pad_id=0, side="right")
+    np.testing.assert_array_equal(next_token_targets(idx, mask), [[14, 15, -100], [-100, -100, -100]])
+    idx, mask = pad_batch([[3, 14, 15], [8, 9]], pad_id=7, side="left")
+    np.testing.assert_array_equal(next_token_targets(idx, mask), [[14, 15, -100], [-100, 9, -100]])
+    np.testing.assert_array_equal(next_token_targets(np.array([[1, 2, 3]]), None), [[2, 3, -100]])
+
+
+def _hand_lm_loss(model, idx, mask):
+    """Mean next-token cross-entropy over real -> real pairs, from the logits by hand (log-sum-exp)."""
+    gpt = model.transformer
+    positions = positions_from_mask(mask)
+    hidden = gpt.trunk(idx, attention_mask=mask, position_ids=positions).numpy()           # (B, T, C)
+    logits = hidden @ gpt.wte.weight.data.T                                                # (B, T, V)
+    terms = []
+    for b in range(idx.shape[0]):
+        for t in range(idx.shape[1] - 1):
+            if mask[b, t] and mask[b, t + 1]:
+                z = logits[b, t]
+                terms.append(np.log(np.exp(z - z.max()).sum()) + z.max() - z[idx[b, t + 1]])
+    return float(np.mean(terms))
+
+
+@settings(max_examples=15, deadline=None)
+@given(weight=st.floats(0.0, 2.0), side=st.sampled_from(["left", "right"]), seed=st.integers(0, 50))
+def test_auxiliary_lm_loss_is_task_loss_plus_lambda_times_next_token_loss(weight, side, seed):
+    # docs/finetuning.md eq:auxiliary-lm-loss: L = L_task + lambda L_LM, L_LM over real -> real pairs only.
+    model = make(num_labels=1, seed=seed % 5, dtype=np.float64)
+    idx, mask = pad_batch(SEQUENCES, pad_id=seed % 61, side=side)
+    labels = np.array([0, 1, 1, 0])
+    _, task = model(idx, attention_mask=mask, labels=labels)
+    model.lm_loss_weight = weight
+    _, total = model(idx, attention_mask=mask, labels=labels)
+    expected = task.item() + weight * _hand_lm_loss(model, idx, mask)
+    assert abs(total.item() - expected) <= 1e-9 * max(1.0, abs(expected))
+
+
+def test_auxiliary_lm_loss_gradient_matches_finite_differences():
+    model = make(num_labels=1, dtype=np.float64)
+    gpt = model.transformer
+    idx, mask = pad_batch([[3, 14, 15, 9], [8, 2]], pad_id=0, side="right")
+    hidden = gpt.trunk(idx, attention_mask=mask, position_ids=positions_from_mask(mask)).numpy()
+    check_gradients(lambda h: language_model_loss(gpt, h, idx, mask), hidden, rtol=1e-5, atol=1e-8)
+    # A state that predicts no counted target gets exactly zero gradient: padding, a last real token
+    # (row 1's "2" is followed by padding, row 0's "9" ends the row); the others get some.
+    h = Tensor(hidden, requires_grad=True)
+    language_model_loss(gpt, h, idx, mask).backward()
+    predicts = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=bool)
+    assert np.all(h.grad[~predicts] == 0)
+    assert np.all(np.abs(h.grad[predicts]).sum(axis=-1) > 0)

@@ -316,6 +316,32 @@ def test_the_ulmfit_options_together_learn_the_toy_task(tmp_path):
         finetune.finetune(model, tokenizer, *train, *val, pooling="mean", log=None)
 
 
+def test_gpt1s_auxiliary_lm_loss_and_backbone_dropout_train_and_are_undone_afterwards():
+    # GPT-1's fine-tuning: L = L_task + lambda L_LM (docs/finetuning.md eq:auxiliary-lm-loss), dropout 0.1.
+    train, val = toy_task(400, seed=0), toy_task(100, seed=1)
+    tokenizer = WordTokenizer(train[0])
+    config = GPTConfig(vocab_size=len(tokenizer.vocab) + 1, block_size=32, n_layer=2, n_head=2, n_embd=32)
+    model = GPTClassifier(config, num_labels=1, labels=["neg", "pos"])
+    seen = []
+    original = GPTClassifier.forward
+
+    def spy(self, *args, **kwargs):         # what the loop's forward passes ran with
+        seen.append((self.lm_loss_weight, self.transformer.drop.p, self.training))
+        return original(self, *args, **kwargs)
+
+    GPTClassifier.forward = spy
+    try:
+        finetune.finetune(model, tokenizer, *train, *val, epochs=4, lr=3e-3, dropout=0.1, lm_loss_weight=0.5,
+                          log=None)
+    finally:
+        GPTClassifier.forward = original
+    assert (0.5, 0.1, True) in seen                       # training steps: both on
+    data = finetune.Encoded(tokenizer, *val, 32)
+    assert finetune.evaluate(model, data, 0)["accuracy"] > 0.9
+    assert model.lm_loss_weight == 0.0 and model.config.dropout == 0.0     # training settings: undone afterwards
+    assert all(m.p == 0.0 for _, m in model.named_modules() if type(m).__name__ == "Dropout")
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"unfreeze": "slow"}, "unfreeze must be 'all' or 'gradual'"),
     ({"unfreeze_every": 5}, "give it with unfreeze='gradual'"),
@@ -325,6 +351,8 @@ def test_the_ulmfit_options_together_learn_the_toy_task(tmp_path):
     ({"layer_lr_decay": 0.0}, "layer_lr_decay must be positive"),
     ({"pooling": "first"}, "pooling must be one of last, mean, concat"),
     ({"head_dropout": 1.0}, r"head_dropout must be in \[0, 1\)"),
+    ({"dropout": -0.1}, r"dropout must be in \[0, 1\)"),
+    ({"lm_loss_weight": -0.5}, "lm_loss_weight must be non-negative"),
 ])
 def test_ulmfit_settings_are_checked(settings, message):
     with pytest.raises(ValueError, match=message):

@@ -23,6 +23,13 @@ the mean alone. Dropout on the pooled vector (``head_dropout``, off unless
 fine-tuning sets it) regularises the new head. Only ``"last"`` is what
 Hugging Face's ``GPT2ForSequenceClassification`` computes.
 
+**The auxiliary language-modelling objective** (``lm_loss_weight`` = lambda, 0
+unless fine-tuning sets it; eq:auxiliary-lm-loss): GPT-1 fine-tuned with
+``L = L_task + lambda L_LM``, ``L_LM`` the backbone's own next-token
+cross-entropy over the same texts (real tokens predicting real tokens only),
+so the backbone keeps modelling the task's language while it learns the
+labels. It costs the tied head's product over every real token.
+
 Consequently a sequence's logits are the same alone as in a padded batch,
 padded on either side, with any pad id (up to float rounding).
 
@@ -130,6 +137,28 @@ def masked_pool(hidden: Tensor, mask: Array | None, pooling: str = "last") -> Te
     return _make(out, (hidden,), backward)
 
 
+def next_token_targets(idx: Array, mask: Array | None, ignore_index: int = -100) -> Array:
+    """The next-token targets of a padded batch, int (B, T): ``idx[b, t+1]`` where tokens ``t`` and ``t+1``
+    are both real, else ``ignore_index`` (the last position, padding, and a real token followed by padding)."""
+    xp = backend.array_module(idx)
+    targets = xp.full(idx.shape, ignore_index, dtype=xp.int64)
+    targets[:, :-1] = idx[:, 1:]
+    if mask is not None:
+        both_real = (mask[:, :-1] != 0) & (mask[:, 1:] != 0)
+        targets[:, :-1] = xp.where(both_real, targets[:, :-1], ignore_index)
+    return targets
+
+
+def language_model_loss(gpt: GPT, hidden: Tensor, idx: Array, mask: Array | None) -> Tensor:
+    """The backbone's mean next-token cross-entropy over a padded batch's real tokens (eq:auxiliary-lm-loss).
+
+    ``hidden`` (B, T, C) is the trunk's output for ``idx`` (B, T); the tied head
+    and the loss are one fused op (``F.linear_cross_entropy``), and only a real
+    token that predicts a real token counts (:func:`next_token_targets`).
+    """
+    return F.linear_cross_entropy(hidden, gpt.head_weight, next_token_targets(idx, mask))
+
+
 @dataclasses.dataclass(frozen=True)
 class Classification:
     """One text's class: its ``label``, that label's probability ``score``, and every class's."""
@@ -189,6 +218,7 @@ class GPTClassifier(nn.Module):
         self.score = nn.Linear(width_of * self.config.n_embd, num_labels, bias=False, std=0.02,
                                rng=np.random.default_rng(child_seeds(seed, 2)[1]))
         self.score.to(backbone.device)
+        self.lm_loss_weight = 0.0       # lambda of eq:auxiliary-lm-loss; fine-tuning sets it
 
     @property
     def num_classes(self) -> int:
@@ -218,7 +248,10 @@ class GPTClassifier(nn.Module):
         logits = self.score(pooled)                            # (B, num_labels)
         if labels is None:
             return logits
-        return logits, self.loss(logits, labels)
+        loss = self.loss(logits, labels)
+        if self.lm_loss_weight and inputs_embeds is None:     # eq:auxiliary-lm-loss
+            loss = loss + self.lm_loss_weight * language_model_loss(gpt, hidden, idx, mask)
+        return logits, loss
 
     def loss(self, logits: Tensor, labels: Any) -> Tensor:
         """Mean loss of class labels ``labels`` (int (B,)) given ``logits`` (B, num_labels).

@@ -163,6 +163,10 @@ class FinetuneConfig(lora.LoRASettings, settings.OptimizerSettings):
     pooling: Optional[str] = setting(None, "what a new head reads: last (the last real token), mean, or concat "
                                            "(last, mean and max; ULMFiT) (default: last, or a saved classifier's)")
     head_dropout: float = setting(0.0, "dropout on the pooled vector the head reads, in [0, 1)")
+    dropout: Optional[float] = setting(None, "dropout in the backbone while fine-tuning (embedding, attention, "
+                                             "residual; GPT-1: 0.1), in [0, 1) (default: the model's own)")
+    lm_loss_weight: float = setting(0.0, "weight lambda of the auxiliary language-modelling loss added to the "
+                                         "task's (GPT-1: 0.5; 0: off)")
     unfreeze: str = setting("all", "all: train every layer from the start; gradual: the head first, then one more "
                                    "layer group (block) every unfreeze_every steps, top down (ULMFiT)")
     unfreeze_every: Optional[int] = setting(None, "steps between two unfreezings with --unfreeze gradual "
@@ -199,6 +203,10 @@ class FinetuneConfig(lora.LoRASettings, settings.OptimizerSettings):
             fail("pooling", f"{{name}} must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if not 0.0 <= self.head_dropout < 1.0:
             fail("head_dropout", f"{{name}} must be in [0, 1), got {self.head_dropout}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            fail("dropout", f"{{name}} must be in [0, 1), got {self.dropout}")
+        if not self.lm_loss_weight >= 0.0:
+            fail("lm_loss_weight", f"{{name}} must be non-negative (0: no auxiliary loss), got {self.lm_loss_weight}")
         if self.unfreeze not in ("all", "gradual"):
             fail("unfreeze", f"{{name}} must be 'all' or 'gradual', got {self.unfreeze!r}")
         settings.require_positive_ints("FinetuneConfig", self, ("unfreeze_every",), allow_none=True)
@@ -493,6 +501,10 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
         raise ValueError(f"the classifier pools with {classifier.pooling!r}, the settings ask for {cfg.pooling!r}: "
                          f"build it with GPTClassifier.from_pretrained(..., pooling={cfg.pooling!r})")
     classifier.head_dropout.p = float(cfg.head_dropout)
+    classifier.lm_loss_weight = float(cfg.lm_loss_weight)
+    saved_dropout = classifier.config.dropout
+    if cfg.dropout is not None:
+        classifier.transformer.set_dropout(cfg.dropout)
     adapter = cfg.lora_config(train=("score.",), seed=cfg.seed)
     if adapter is not None:             # the backbone frozen; its adapters and the head train
         lora.apply_lora(classifier, adapter)
@@ -585,6 +597,8 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     for p in classifier.parameters():       # leave the model as we found it: all trainable, float32
         p.requires_grad = True
     classifier.head_dropout.p = 0.0
+    classifier.lm_loss_weight = 0.0
+    classifier.transformer.set_dropout(saved_dropout)
     classifier.transformer.set_compute_dtype(None)
     classifier.eval()
     return result
