@@ -301,7 +301,8 @@ def saliency(model: Any, text_or_ids: Any, target: int | str, tokenizer: Any = N
     idx = inputs.gpt_ids(gpt, idx)        # checked once, here; on the model's device
     # The embeddings become a leaf of the graph so that backward() fills their gradient;
     # they are copies, so the model's own weights are untouched.
-    rows = gpt.wte.weight.data[idx]                                  # (1, T, C)
+    with no_grad():         # the table the model looks up: with trainable token rows, theirs put in
+        rows = gpt.wte.table().data[idx]                             # (1, T, C)
     embeds = Tensor(rows.copy(), requires_grad=True)
     was_training = getattr(model, "training", False)
     params = model.parameters()

@@ -188,3 +188,15 @@ def test_lora_sft_trains_the_chat_markers_it_adds_and_nothing_else_of_the_table(
     np.testing.assert_array_equal(host(resumed.model.wte.table()), host(trainer.model.wte.table()))
     frozen = SFTTrainer(SFTConfig(out_dir=str(tmp_path / "b"), lora_freeze_markers=True, **settings), log=quiet)
     assert type(frozen.model.wte) is nn.Embedding and not frozen.model.wte.weight.requires_grad
+
+
+def test_saliency_reads_the_trained_rows_of_an_unmerged_model():
+    # viz.saliency takes gradients at the embeddings the model looks up: with trainable rows, the trained ones.
+    from npgpt import viz
+
+    model = adapted()
+    ids = [61, 5, 62, 9, 3]
+    _, unmerged = viz.saliency(model, ids, target=7)
+    with lora.merged_view(model):
+        _, merged = viz.saliency(model, ids, target=7)
+    np.testing.assert_allclose(unmerged, merged, rtol=1e-4, atol=1e-6)
