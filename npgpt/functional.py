@@ -29,6 +29,7 @@ from npgpt import backend
 from npgpt.autograd.core import Tensor, _describe, _make, as_tensor, is_grad_enabled
 from npgpt.autograd.graph import RowGradient
 from npgpt.backend import speed
+from npgpt.backend.fuse import fuse
 from npgpt.io.inputs import as_array
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
@@ -131,16 +132,28 @@ def softmax_array(x: Array, axis: int = -1, *, overwrite: bool = False) -> Array
     """
     if x.dtype.kind != "f":
         raise TypeError(f"softmax_array: expected a floating-point array, got dtype {x.dtype}")
-    xp = backend.array_module(x)
     m = x.max(axis=axis, keepdims=True)
     if overwrite:
-        x -= m
+        _exp_shifted_in_place(x, m)
         y = x
     else:
-        y = x - m
-    xp.exp(y, out=y)
+        y = _exp_shifted(x, m)
     y /= speed.row_sums(y) if axis in (-1, y.ndim - 1) else y.sum(axis=axis, keepdims=True)
     return y
+
+
+@fuse
+def _exp_shifted(xp, x, m):
+    """``exp(x - m)``, one kernel on a GPU (``npgpt.backend.fuse``)."""
+    y = x - m
+    return xp.exp(y, out=y)
+
+
+@fuse
+def _exp_shifted_in_place(xp, x, m):
+    """``x <- exp(x - m)`` in ``x``'s own memory, one kernel on a GPU."""
+    x -= m
+    xp.exp(x, out=x)
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
@@ -197,24 +210,35 @@ def gelu(x: Tensor) -> Tensor:
     _check_float("gelu", x)
     xp = _xp(x)
     a = x.data
-    s = _gelu_gate(xp, a)
-    y = a * s
+    y, s = _gelu_forward(a)
     kept = s if speed.keep_gelu_gate(s) else None
 
     def backward(g):
-        gate = kept if kept is not None else _gelu_gate(xp, a)
-        d = a * a
-        d *= 6 * _GELU_C * 0.044715
-        d += 2 * _GELU_C
-        d *= a                        # 2 c x (1 + 3 * 0.044715 x^2) = 2 du/dx x
-        one_minus = xp.subtract(1.0, gate, dtype=gate.dtype)
-        one_minus *= gate             # s (1 - s)
-        d *= one_minus
-        d += gate
-        d *= g
-        return (d,)
+        return (_gelu_backward(a, kept if kept is not None else _gelu_gate(xp, a), g),)
 
     return _make(y, (x,), backward, fresh=True)
+
+
+@fuse
+def _gelu_forward(xp, a):
+    """``(y, s)``: GELU's output ``a s`` and its gate ``s``, one kernel on a GPU (``npgpt.backend.fuse``)."""
+    s = _gelu_gate(xp, a)
+    return a * s, s
+
+
+@fuse
+def _gelu_backward(xp, a, gate, g):
+    """``g [ s + 2 c a (1 + 3 * 0.044715 a^2) s (1 - s) ]``, ``s`` the gate: one kernel on a GPU."""
+    d = a * a
+    d *= 6 * _GELU_C * 0.044715
+    d += 2 * _GELU_C
+    d *= a                        # 2 c x (1 + 3 * 0.044715 x^2) = 2 du/dx x
+    one_minus = 1.0 - gate        # a Python number takes the gate's type (NumPy 2, and CuPy's kernels)
+    one_minus *= gate             # s (1 - s)
+    d *= one_minus
+    d += gate
+    d *= g
+    return d
 
 
 def _gelu_gate(xp, a):
@@ -293,26 +317,20 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and tuple(p.shape) != (C,):
             raise ValueError(f"layer_norm: {name} of shape {tuple(p.shape)} does not fit input {tuple(x.shape)}")
-    xp = _xp(x)
     a = x.data
+    w, b = (None if p is None else p.data for p in (weight, bias))
     mu = _row_mean(a)
     xhat = a - mu
-    var = _row_mean(xhat, xhat)
-    rstd = 1.0 / xp.sqrt(var + eps)
-    xhat *= rstd
-    y = xhat * weight.data if weight is not None else xhat.copy()
-    if bias is not None:
-        y += bias.data
+    rstd = _inverse_std(_row_mean(xhat, xhat), eps)
+    y = _normalise(xhat, rstd, w, b)        # xhat *= rstd, in place
     parents = tuple(t for t in (x, weight, bias) if t is not None)
 
     def backward(g):
-        h = g * weight.data if weight is not None else g
-        gx = h - _row_mean(h)
-        gx -= xhat * _row_mean(h, xhat)
-        gx *= rstd
+        h = g * w if weight is not None else g
+        gx = _layer_norm_dx(h, _row_mean(h), xhat, _row_mean(h, xhat), rstd)
         grads = [gx]
         if weight is not None:
-            grads.append(speed.column_sums(g * xhat) if weight.requires_grad else None)
+            grads.append(speed.column_dots(g, xhat) if weight.requires_grad else None)
         if bias is not None:
             grads.append(speed.column_sums(g) if bias.requires_grad else None)
         return tuple(grads)
@@ -320,19 +338,56 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     return _make(y, parents, backward, fresh=True)
 
 
+@fuse
+def _inverse_std(xp, var, eps):
+    """``1 / sqrt(var + eps)``, one kernel on a GPU (``npgpt.backend.fuse``)."""
+    return 1.0 / xp.sqrt(var + eps)
+
+
+@fuse
+def _normalise(xp, xhat, rstd, w, b):
+    """``xhat <- xhat r`` (in place) and ``y = xhat w + b`` (``w``, ``b`` may be None): one kernel on a GPU."""
+    xhat *= rstd
+    y = xhat * w if w is not None else xhat.copy()
+    if b is not None:
+        y += b
+    return y
+
+
+@fuse
+def _layer_norm_dx(xp, h, mean_h, xhat, mean_h_xhat, rstd):
+    """``r (h - mean(h) - xhat mean(h xhat))``, layer norm's input gradient: one kernel on a GPU."""
+    gx = h - mean_h
+    gx -= xhat * mean_h_xhat
+    gx *= rstd
+    return gx
+
+
 def _row_mean(a: Array, b: Array | None = None) -> Array:
     """The mean of the last axis of ``a`` (of ``a * b`` if ``b`` is given), kept: ``sum / C``.
 
     On the CPU the sums are products with ones (``npgpt.backend.speed.row_sums``, ``row_dots``)
     and the division is in place, without ``mean``'s Python wrapper (~10 us a call, which a
-    decoding step, 25 layer norms over one row, notices); on a GPU it is ``mean``, one
-    reduction kernel instead of two or three launches (``speed.one_kernel_mean``).
+    decoding step, 25 layer norms over one row, notices); on a GPU it is one reduction kernel
+    instead of two or three launches (``speed.one_kernel_mean``): ``mean``, or for ``a * b`` a
+    fused kernel whose pre-map is the product (``_mean_of_product``).
     """
     if speed.one_kernel_mean(a):
-        return (a if b is None else a * b).mean(axis=-1, keepdims=True)
+        if b is None:
+            return a.mean(axis=-1, keepdims=True)
+        return _mean_of_product(a, b, 1.0 / a.shape[-1])[..., None]
     m = speed.row_sums(a) if b is None else speed.row_dots(a, b)
     m /= a.shape[-1]
     return m
+
+
+@fuse
+def _mean_of_product(xp, a, b, inverse_count):
+    """``sum(a b / C)`` along the last axis (``inverse_count = 1 / C``): one reduction kernel on a GPU.
+
+    The scaling is in the pre-map, before the sum: a fused kernel's arguments may not be used after
+    its reduction (CuPy's tracer: "Shape mismatch"), and ``C`` differs between models."""
+    return xp.sum(a * b * inverse_count, axis=-1)
 
 
 # -------------------------------------------------------------- embedding
@@ -683,7 +738,6 @@ def _attend(q: Array, k: Array, v: Array, causal: bool, attn_mask: Any, dropout_
     cd = np.dtype(compute_dtype) if compute_dtype is not None else dtype
     qc, kc, vc = (t if t.dtype == cd else t.astype(cd) for t in (q, k, v))
     scores = (qc @ kc.swapaxes(-1, -2)).astype(dtype, copy=False)     # (B, H, Tq, Tk)
-    scores *= scale
     allowed = hidden = None
     if causal:
         allowed, hidden = causal_mask(xp, Tq, Tk)
@@ -691,8 +745,7 @@ def _attend(q: Array, k: Array, v: Array, causal: bool, attn_mask: Any, dropout_
         mask = xp.asarray(as_array(attn_mask), dtype=bool)
         allowed = mask if allowed is None else allowed & mask
         hidden = ~allowed
-    if allowed is not None:         # in place: the scores are this op's own array
-        xp.copyto(scores, xp.finfo(scores.dtype).min, where=hidden)
+    _scale_and_hide(scores, scale, hidden)   # in place: the scores are this op's own array
     P = softmax_array(scores, overwrite=True)           # attention probabilities
     if attn_mask is not None:
         P *= allowed            # only changes rows where every key is masked
@@ -715,13 +768,28 @@ def _attend(q: Array, k: Array, v: Array, causal: bool, attn_mask: Any, dropout_
         dP = (gc @ vc.swapaxes(-1, -2)).astype(dtype, copy=False)
         if keep is not None:
             dP *= keep
+        _scores_gradient(dP, speed.row_dots(dP, P), P, scale)
         dS = dP                     # dS = P * (dP - sum(dP * P)) * s, written over dP
-        dS -= speed.row_dots(dP, P)
-        dS *= P
-        dS *= scale
         dSc = dS if cd == dtype else dS.astype(cd)
         gq = product(dSc, kc, into, 0) if need[0] else None
         gk = product(dSc.swapaxes(-1, -2), qc, into, 1) if need[1] else None
         return gq, gk, gv
 
     return out, P, grads
+
+
+@fuse
+def _scale_and_hide(xp, scores, scale, hidden):
+    """``scores <- scores s``, then the lowest float where ``hidden`` (None: no mask), in place: one kernel on a GPU."""
+    scores *= scale
+    if hidden is not None:
+        xp.copyto(scores, xp.finfo(scores.dtype).min, where=hidden)
+
+
+@fuse
+def _scores_gradient(xp, dP, row_dots, P, scale):
+    """``dP <- P (dP - sum(dP P)) s``, the scores' gradient written over ``dP``: one kernel on a GPU
+    (which returns nothing: a returned array would be written once more)."""
+    dP -= row_dots
+    dP *= P
+    dP *= scale

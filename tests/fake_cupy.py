@@ -86,10 +86,14 @@ def transfer_log() -> list[tuple[str, str, int]]:
         return list(_log)
 
 
+_FUSE_FILE = "/npgpt/backend/fuse.py".replace("/", __import__("os").sep)
+
+
 def _caller() -> str:
     """The first frame outside this file: the code that asked for the transfer."""
     frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename == __file__:
+    # npgpt's fusion wrapper is skipped too: a fused kernel's launch belongs to the op that calls it.
+    while frame is not None and (frame.f_code.co_filename == __file__ or frame.f_code.co_filename.endswith(_FUSE_FILE)):
         frame = frame.f_back
     if frame is None:
         return "?"
@@ -187,6 +191,8 @@ def _dev(x: Any) -> Any:
     """The NumPy array behind a device argument (recursively in lists, tuples, dicts); host arrays refused."""
     if type(x) is ndarray:
         return x._a
+    if type(x) is _Var:
+        raise _refuse("this call on a proxy")
     if isinstance(x, np.ndarray):
         raise _unsupported(x)
     if type(x) in (list, tuple):
@@ -639,6 +645,8 @@ def _routine(name: str, numpy_func: Any = None, result: Any = _wrap):
     reads = name not in _CREATION
 
     def routine(*args, **kwargs):
+        if _fusing.trace is not None:
+            return _traced_routine(name, args, kwargs)
         value = numpy_func(*_dev(args), **_dev(kwargs))
         out = kwargs.get("out")
         made = out if type(out) is ndarray else result(value)
@@ -695,6 +703,8 @@ def _synchronising(name: str):
 
 
 def where(condition, x=None, y=None):
+    if _fusing.trace is not None and x is not None and y is not None:
+        return _trace_ufunc("where", (condition, x, y), {})
     if x is None and y is None:
         _record("to_host", 8)
         return _wrap(np.nonzero(_dev(condition)))
@@ -706,6 +716,10 @@ def where(condition, x=None, y=None):
 
 
 def copyto(dst, src, casting="same_kind", where=None):
+    if _fusing.trace is not None:          # CuPy traces it as an elementwise copy, or a where into dst
+        if where is None:
+            return _trace_ufunc("copy", (src,), {"out": dst})
+        return _trace_ufunc("where", (where, src, dst), {"out": dst})
     if type(dst) is not ndarray:
         raise _unsupported(dst)
     np.copyto(dst._a, _dev(src), casting=casting, where=True if where is None else _dev(where))
@@ -815,6 +829,255 @@ for _name in ("partition", "argpartition"):
 _NUMPY_NAMES = ("bool_ int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64 complex64 "
                 "complex128 intp dtype finfo iinfo issubdtype isscalar can_cast integer floating signedinteger "
                 "unsignedinteger number generic inexact newaxis inf nan pi e").split()
+
+
+# ------------------------------------------------------------------------------ cupy.fuse
+# CuPy's classic tracer (cupy/_core/fusion.pyx) runs the fused function once per argument types on
+# proxies that record each ufunc call, and compiles what it recorded into one ElementwiseKernel, or
+# one ReductionKernel when the function calls one reduction (elementwise "pre-map" before it,
+# elementwise "post-map" on its result). What it cannot trace it hands to its newer tracer
+# (new_fusion), whose launches the stand-in does not model: the stand-in refuses those functions.
+# The proxies here carry the NumPy value each op computes, so the function's results are what
+# NumPy computes running it unfused, in the same order; one launch is counted per call.
+class _FuseState(threading.local):
+    trace = None                              # the _Trace of the fused call being traced, if any
+
+
+_fusing = _FuseState()
+
+
+class _Trace:
+    def __init__(self, shape: tuple) -> None:
+        self.shape = shape                    # the kernel's shape: its array arguments broadcast
+        self.reduced = None                   # after the reduction: the reduced shape
+        self.written: list = []               # arguments written in place
+
+
+def _refuse(what: str) -> TypeError:
+    return TypeError(f"cupy.fuse cannot trace {what} (the CuPy stand-in refuses what CuPy's fusion.pyx "
+                     "cannot compile into one kernel)")
+
+
+class _Var:
+    """A tracing proxy (CuPy's ``_FusionVarArray``/``_FusionVarScalar``) holding the NumPy value it stands for."""
+
+    __slots__ = ("_v", "_post", "_array", "_arg")
+    __array_ufunc__ = None                    # numpy.exp(proxy) raises: CuPy's proxies do not take NumPy's ufuncs
+
+    def __init__(self, value: Any, post: bool, array: bool, arg: bool = False) -> None:
+        self._v, self._post, self._array, self._arg = value, post, array, arg
+
+    dtype = property(lambda self: np.result_type(self._v))
+    ndim = property(lambda self: np.ndim(self._v) if self._array else -1)
+
+    def __getattr__(self, name):
+        raise AttributeError(f"cupy.fuse's proxies have no .{name} (a fused function sees no shapes, values or "
+                             "methods but astype and copy; call the module's functions)")
+
+    def __array__(self, dtype=None, copy=None):
+        raise _refuse("a NumPy function on a proxy (call the fused module's own functions)")
+
+    def __bool__(self):
+        raise _refuse("a proxy's truth value (a Python `if` on an array)")
+
+    def __float__(self):
+        raise _refuse("float() of a proxy")
+
+    __int__ = __index__ = __complex__ = __float__
+
+    def __len__(self):
+        raise _refuse("len() of a proxy")
+
+    def __getitem__(self, index):
+        raise _refuse("indexing a proxy")
+
+    def __setitem__(self, index, value):
+        if index is not Ellipsis and index != slice(None):
+            raise ValueError("The fusion supports `[...]` or `[:]`.")
+        _trace_ufunc("copy", (value,), {"out": self})
+
+    def astype(self, dtype, order=None, casting=None, subok=None, copy=True):
+        if order is not None or casting is not None or subok is not None:
+            raise TypeError("order, casting and subok are not supported yet")
+        if not copy and self.dtype == np.dtype(dtype):
+            return self
+        return _trace_ufunc("astype", (self,), {}, dtype=np.dtype(dtype))
+
+    def copy(self):
+        return _trace_ufunc("copy", (self,), {})
+
+    def __neg__(self):
+        return _trace_ufunc("negative", (self,), {})
+
+    def __invert__(self):
+        return _trace_ufunc("invert", (self,), {})
+
+
+def _var_operator(ufunc: str) -> tuple:
+    def op(self, other):
+        return _trace_ufunc(ufunc, (self, other), {})
+
+    def rop(self, other):
+        return _trace_ufunc(ufunc, (other, self), {})
+
+    def iop(self, other):
+        if not self._array:                   # CuPy's scalar proxies have no in-place operators: Python rebinds
+            return _trace_ufunc(ufunc, (self, other), {})
+        return _trace_ufunc(ufunc, (self, other), {"out": self})
+
+    return op, rop, iop
+
+
+for _op, _ufunc in _OPERATORS.items():
+    for _prefix, _fn in zip(("", "r", "i"), _var_operator(_ufunc)):
+        setattr(_Var, f"__{_prefix}{_op}__", _fn)
+for _op, _ufunc in {"lt": "less", "le": "less_equal", "eq": "equal", "ne": "not_equal", "gt": "greater",
+                    "ge": "greater_equal"}.items():
+    setattr(_Var, f"__{_op}__", _var_operator(_ufunc)[0])
+_Var.__hash__ = None
+
+
+def _traced_var(x: Any, trace: _Trace) -> _Var:
+    """An operand of a traced call as a proxy: a proxy of the current phase, or a Python/NumPy scalar constant."""
+    if type(x) is _Var:
+        if x._post != (trace.reduced is not None):
+            raise _refuse("an operation mixing values from before and after the reduction (CuPy: 'Shape mismatch')")
+        return x
+    if isinstance(x, (bool, int, float, complex, np.generic)):
+        return _Var(x, trace.reduced is not None, False)
+    if type(x) is ndarray:
+        raise _refuse("a device array that is not an argument of the fused function (a closure's, a global's)")
+    raise _refuse(f"an operand of type {type(x).__name__} (Unsupported type)")
+
+
+# The functions besides the ufuncs that fusion.pyx traces, with their number of inputs.
+_FUSED_EXTRA_NIN = {"where": 3, "clip": 3, "copy": 1, "astype": 1}
+_FUSED_REDUCTIONS = frozenset("sum prod max min amax amin all any".split())
+
+
+def _trace_ufunc(name: str, args: tuple, kwargs: dict, dtype: Any = None) -> Any:
+    trace = _fusing.trace
+    nin = _FUSED_EXTRA_NIN.get(name) or getattr(np, name).nin
+    kwargs = dict(kwargs)
+    outs = list(args[nin:]) + ([kwargs.pop("out")] if kwargs.get("out") is not None else [])
+    kwargs.pop("out", None)
+    if kwargs:
+        raise _refuse(f"cupy.{name} with the keyword(s) {sorted(kwargs)} (a fused ufunc takes only out=)")
+    if len(args) < nin or len(outs) > 1:
+        raise ValueError("invalid number of arguments")
+    ins = [_traced_var(a, trace) for a in args[:nin]]
+    out = _traced_var(outs[0], trace) if outs else None
+    if out is not None and (not out._array or out.ndim < max(v.ndim for v in ins)):
+        raise _refuse("an out= that is not an array of the kernel's shape ('return arrays must be of ArrayType')")
+    values = [v._v for v in ins]
+    if name == "astype":
+        value = np.asarray(values[0]).astype(dtype)
+    elif name == "copy":
+        value = np.copy(values[0])
+    elif name in ("where", "clip"):
+        value = getattr(np, name)(*values)
+    else:
+        value = getattr(np, name)(*values, out=None if out is None else out._v)
+    if out is not None:
+        if out._v is not value:               # where, clip, copy, astype into out: an elementwise copy
+            np.copyto(out._v, value, casting="same_kind")
+        if out._arg and not any(out._v is w for w in trace.written):
+            trace.written.append(out._v)
+        return out
+    is_array = any(v._array for v in ins)
+    return _Var(np.asarray(value) if is_array else value, trace.reduced is not None, is_array)
+
+
+def _trace_reduction(name: str, args: tuple, kwargs: dict) -> _Var:
+    trace = _fusing.trace
+    kwargs = dict(kwargs)
+    axis = args[1] if len(args) > 1 else kwargs.pop("axis", None)
+    if kwargs.pop("keepdims", False):
+        raise _refuse(f"cupy.{name} with keepdims=True (NotImplementedError in fusion)")
+    if any(v is not None for v in kwargs.values()) or len(args) > 2:
+        raise _refuse(f"cupy.{name} with {sorted(k for k, v in kwargs.items() if v is not None)} (only axis=)")
+    if not (axis is None or isinstance(axis, (int, tuple))) or type(axis) is bool:
+        raise _refuse(f"cupy.{name} along an axis that is not a Python int or tuple (a traced value?)")
+    if trace.reduced is not None:
+        raise _refuse("a second reduction (CuPy: 'Multiple reduction is not implemented yet')")
+    arg = _traced_var(args[0], trace)
+    if not arg._array:
+        raise _refuse(f"cupy.{name} of a scalar")
+    # The kernel reduces the value broadcast to the kernel's shape.
+    full = np.broadcast_to(arg._v, trace.shape)
+    value = np.asarray(getattr(np, name)(full, axis=axis))
+    trace.reduced = value.shape
+    return _Var(value, True, value.ndim > 0)
+
+
+def _traced_routine(name: str, args: tuple, kwargs: dict) -> Any:
+    if name in _FUSED_REDUCTIONS:
+        return _trace_reduction(name, args, kwargs)
+    if name in _FUSED_EXTRA_NIN or isinstance(getattr(np, name, None), np.ufunc):
+        return _trace_ufunc(name, args, kwargs)
+    raise _refuse(f"cupy.{name}")
+
+
+class Fusion:
+    """``cupy.fuse``'s result: the function traced on proxies and counted as one kernel per call."""
+
+    def __init__(self, func: Any, name: Any = None) -> None:
+        self.func = func
+        self.name = name or func.__name__
+
+    def __repr__(self):
+        return f"<Fusion '{self.name}'>"
+
+    def __call__(self, *args):
+        if _fusing.trace is not None:         # a fused function called inside another: inlined, as in CuPy
+            return self.func(*args)
+        if not any(type(a) is ndarray for a in args):
+            return self.func(*args)           # no device array: CuPy calls the plain function
+        for a in args:
+            if not (type(a) is ndarray or a is None or isinstance(a, (bool, int, float, complex, np.generic))):
+                raise TypeError(f"Invalid argument type for '{self.name}': ({type(a)})")
+        arrays = [a._a for a in args if type(a) is ndarray]
+        trace = _Trace(np.broadcast_shapes(*(a.shape for a in arrays)))
+        proxies = [None if a is None else _Var(a._a, False, True, arg=True) if type(a) is ndarray
+                   else _Var(a, False, False) for a in args]
+        _fusing.trace = trace
+        try:
+            result = self.func(*proxies)
+        finally:
+            _fusing.trace = None
+        return self._results(result, trace, arrays)
+
+    def _results(self, result: Any, trace: _Trace, arrays: list) -> Any:
+        single = not isinstance(result, tuple)
+        returned = [result] if single else list(result)
+        shape = trace.shape if trace.reduced is None else trace.reduced
+        made = []
+        for v in returned:
+            if v is None:
+                continue
+            if type(v) is not _Var:
+                raise TypeError(f"Fusion function can't return {type(v)}")
+            _traced_var(v, trace)             # a pre-map value returned after the reduction: refused
+            made.append(_new(np.array(np.broadcast_to(v._v, shape), dtype=v.dtype)))
+        _launch(sum(a.nbytes for a in arrays), sum(m.nbytes for m in made) + sum(w.nbytes for w in trace.written))
+        if result is None:
+            return None
+        found = iter(made)
+        out = [None if v is None else next(found) for v in returned]
+        return out[0] if single else tuple(out)
+
+
+def fuse(*args, **kwargs):
+    """``cupy.fuse``: as a decorator, bare or with ``kernel_name=``."""
+    def wrapper(f, kernel_name=None):
+        return functools.update_wrapper(Fusion(f, kernel_name), f)
+
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return wrapper(args[0])
+    return lambda f: wrapper(f, *args, **kwargs)
+
+
+fuse.__module__ = Fusion.__module__ = "cupy"
 
 
 # ------------------------------------------------------------------------------ random
@@ -1018,7 +1281,7 @@ _random = _module("cupy.random", "Random numbers of the stand-in.",
 _cupy = _module("cupy", "A strict CuPy stand-in for machines without a GPU (tests/fake_cupy.py).",
                 {**_MODULE_FUNCS, **{name: getattr(np, name) for name in _NUMPY_NAMES}, "ndarray": ndarray,
                  "cuda": _cuda, "random": _random, "__version__": "0.0.0+stand-in",
-                 "get_default_memory_pool": get_default_memory_pool})
+                 "get_default_memory_pool": get_default_memory_pool, "fuse": fuse})
 
 
 def scatter_add(a, slices, value):

@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from npgpt.backend.fuse import fuse
+
 # Elements of a parameter updated at a time on the CPU: 1 MB per float32 array, so a block's weight,
 # gradient, moments and scratch (5 MB) stay in the level-3 cache through every pass of an update.
 ADAMW_BLOCK = 2**18
@@ -218,7 +220,9 @@ def row_sums(a: Any) -> Any:
 
 def row_dots(a: Any, b: Any) -> Any:
     """``(a * b).sum(axis=-1, keepdims=True)`` for arrays of one shape: the dot product of each pair of rows."""
-    if a.dtype.name not in _BLAS_DTYPES or _on_gpu(a):     # a GPU: one reduction kernel, not ones + a GEMM
+    if _on_gpu(a):              # a GPU: one reduction kernel whose pre-map is the product (npgpt.backend.fuse)
+        return _row_sums_of_product(a, b)[..., None]
+    if a.dtype.name not in _BLAS_DTYPES:
         return (a * b).sum(axis=-1, keepdims=True)
     from npgpt.backend import array_module
 
@@ -233,6 +237,26 @@ def column_sums(a: Any) -> Any:
     from npgpt.backend import array_module
 
     return array_module(a).ones(a2.shape[0], dtype=a.dtype) @ a2
+
+
+def column_dots(a: Any, b: Any) -> Any:
+    """``column_sums(a * b)`` for arrays of one shape (a gain's gradient ``sum g xhat``); one fused
+    reduction kernel on a GPU instead of a product and a sum."""
+    if _on_gpu(a):
+        return _column_sums_of_product(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]))
+    return column_sums(a * b)
+
+
+@fuse
+def _row_sums_of_product(xp: Any, a: Any, b: Any) -> Any:
+    """``sum(a b)`` along the last axis: the product is the reduction's pre-map, one kernel under ``cupy.fuse``."""
+    return xp.sum(a * b, axis=-1)
+
+
+@fuse
+def _column_sums_of_product(xp: Any, a: Any, b: Any) -> Any:
+    """``sum(a b)`` along the first axis of 2-D arrays, one kernel under ``cupy.fuse``."""
+    return xp.sum(a * b, axis=0)
 
 
 # An embedding's gradient adds one row per token into its table. np.add.at costs ~10 ns a number

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from npgpt import backend
 from npgpt.backend import Array, speed
+from npgpt.backend.fuse import fuse
 
 if TYPE_CHECKING:
     from npgpt.autograd import Tensor
@@ -400,32 +401,45 @@ class AdamW(Optimizer):
                                       eps=float(eps), weight_decay=float(weight_decay)))
 
     def _update(self, w: Array, g: Array, state: dict[str, Any], group: dict[str, Any], buf: Array) -> None:
-        xp = backend.array_module(w)
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
         beta1, beta2 = group["betas"]
         t = state["step"]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        # eq:adam-first-moment: m <- beta1 m + (1 - beta1) g
-        m *= beta1
-        xp.multiply(g, 1.0 - beta1, out=buf)
-        m += buf
-        # eq:adam-second-moment: v <- beta2 v + (1 - beta2) g^2
-        v *= beta2
-        xp.multiply(g, g, out=buf)
-        buf *= 1.0 - beta2
-        v += buf
-        # eq:decoupled-weight-decay: decoupled weight decay, on the weights before the Adam step (as PyTorch does)
-        if wd != 0.0:
-            w *= 1.0 - lr * wd
         # eq:adam-bias-correction and eq:adam-update folded together: sqrt(v_hat) = sqrt(v) / sqrt(1 - beta2^t), and the
         # 1 / (1 - beta1^t) of m_hat goes into the step size, so m_hat is never materialised.
         bias1, bias2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
-        xp.sqrt(v, out=buf)
-        buf *= 1.0 / math.sqrt(bias2)
-        buf += eps
-        xp.divide(m, buf, out=buf)
-        buf *= -lr / bias1
-        w += buf
+        # The factors are Python numbers computed here, not in the kernel: a Python number takes the
+        # arrays' type, a number computed by a fused kernel would be a float64 array scalar.
+        decay = 1.0 - lr * wd if wd != 0.0 else None
+        # On a GPU the scratch is a register of the one fused kernel, not memory it would write.
+        scratch = None if backend.is_cupy_array(w) else buf
+        _adamw_kernel(w, g, state["exp_avg"], state["exp_avg_sq"], scratch, beta1, 1.0 - beta1, beta2, 1.0 - beta2,
+                      decay, 1.0 / math.sqrt(bias2), eps, -lr / bias1)
+
+
+@fuse
+def _adamw_kernel(xp: Any, w: Array, g: Array, m: Array, v: Array, buf: Any, beta1: float, one_minus_beta1: float,
+                  beta2: float, one_minus_beta2: float, decay: Any, inv_sqrt_bias2: float, eps: float,
+                  step: float) -> None:
+    """One AdamW update of ``w``, ``m``, ``v`` in place (``AdamW``'s equations): one kernel on a GPU
+    (``npgpt.backend.fuse``; it was 13 or 14), the same passes through ``buf`` on the CPU."""
+    # eq:adam-first-moment: m <- beta1 m + (1 - beta1) g
+    m *= beta1
+    buf = xp.multiply(g, one_minus_beta1, out=buf)
+    m += buf
+    # eq:adam-second-moment: v <- beta2 v + (1 - beta2) g^2
+    v *= beta2
+    buf = xp.multiply(g, g, out=buf)
+    buf *= one_minus_beta2
+    v += buf
+    # eq:decoupled-weight-decay: decoupled weight decay, on the weights before the Adam step (as PyTorch does)
+    if decay is not None:
+        w *= decay
+    buf = xp.sqrt(v, out=buf)
+    buf *= inv_sqrt_bias2
+    buf += eps
+    buf = xp.divide(m, buf, out=buf)
+    buf *= step
+    w += buf
 
 
 # ======================================================================= SGD
