@@ -1013,7 +1013,7 @@ def _trace_reduction(name: str, args: tuple, kwargs: dict) -> _Var:
 def _traced_routine(name: str, args: tuple, kwargs: dict) -> Any:
     if name in _FUSED_REDUCTIONS:
         return _trace_reduction(name, args, kwargs)
-    if name in _FUSED_EXTRA_NIN or isinstance(getattr(np, name, None), np.ufunc):
+    if name in _FUSED_EXTRA_NIN or name in _UFUNCS:         # CuPy's elementwise ufuncs (not matmul)
         return _trace_ufunc(name, args, kwargs)
     raise _refuse(f"cupy.{name}")
 
