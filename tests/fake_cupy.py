@@ -40,8 +40,14 @@ contiguous array, ``transpose``, slicing, ``astype`` to the same type without a 
 given: a broadcast row counts its own size), bytes written the size of what it writes. That is
 the traffic of an unfused kernel per call, no more: caches and cuBLAS's tiling are not modelled.
 
+``cupy.fuse`` is emulated: the function runs on proxies that carry NumPy values, as CuPy 14's
+classic tracer (``cupy/_core/fusion.pyx``) runs it on its own; what that tracer cannot compile
+into one kernel is refused (``TypeError``, ``AttributeError``), and each call counts one launch
+that reads every array argument once and writes the outputs and the arguments assigned in place.
+
 What it cannot show: speed, memory limits, the numerics of cuBLAS and of CuPy's
-reductions (the values are NumPy's), the random streams of cuRAND.
+reductions (the values are NumPy's), the random streams of cuRAND, whether NVRTC compiles the
+code ``cupy.fuse`` generates.
 """
 
 from __future__ import annotations
