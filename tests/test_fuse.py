@@ -1,6 +1,6 @@
 """npgpt.backend.fuse and the CuPy stand-in's emulation of ``cupy.fuse`` (docs/gpu.md, "The launch and traffic budget").
 
-Three things are checked:
+Four things are checked:
 
 * the stand-in traces a fused function as CuPy's classic tracer (``cupy/_core/fusion.pyx``) does:
   one launch per call, the values NumPy computes running the function unfused, and a refusal
@@ -8,10 +8,17 @@ Three things are checked:
   kernel, each refusal a case the tracer's source refuses;
 * every fused kernel of npgpt traces on the stand-in (one launch), and gives there exactly what
   it gives on NumPy;
+* every fused kernel of npgpt traces under the installed CuPy's own tracer (no GPU needed) into one
+  kernel whose outputs have NumPy's types;
 * each fused kernel computes its documented formula, written out here independently in float64.
 """
 
+import json
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import fake_cupy
 import numpy as np
@@ -23,6 +30,8 @@ import npgpt.functional as F
 from npgpt.backend import speed
 from npgpt.backend.fuse import Fused, fuse
 from npgpt.training import optim
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -195,11 +204,16 @@ def _kernel_cases():
     }
 
 
+def cast_case(args, dtype):
+    """A case's arguments with its float arrays in ``dtype`` (masks stay boolean)."""
+    return [x.astype(dtype) if isinstance(x, np.ndarray) and x.dtype != bool else x for x in args]
+
+
 @pytest.mark.parametrize("case", sorted(_kernel_cases()))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_each_kernel_traces_as_one_launch_and_equals_numpy_bit_for_bit(cp, case, dtype):
     kernel, args = _kernel_cases()[case]
-    cast = [x.astype(dtype) if isinstance(x, np.ndarray) and x.dtype != bool else x for x in args]
+    cast = cast_case(args, dtype)
     host = [x.copy() if isinstance(x, np.ndarray) else x for x in cast]
     device = [cp.asarray(x) if isinstance(x, np.ndarray) else x for x in cast]
     want = kernel(*host)
@@ -218,6 +232,69 @@ def test_each_kernel_traces_as_one_launch_and_equals_numpy_bit_for_bit(cp, case,
     for h, d in zip(host, device):      # what the kernel wrote into its arguments
         if isinstance(h, np.ndarray) and h.dtype != bool and h.ndim and d.shape == h.shape:
             assert np.array_equal(d.get(), h), case
+
+
+# ------------------------------------------------------------------ npgpt's kernels under the real CuPy's tracer
+# Without a GPU CuPy cannot allocate, but an array over memory it does not own (a pointer that is
+# never read) is enough for its classic tracer to run: it records the ufuncs and resolves their
+# types, building the ElementwiseKernel or ReductionKernel that a GPU would compile (NVRTC, which
+# this test never calls). In a fresh interpreter, so that the stand-in installed in this one is
+# not in the way.
+_REAL_TRACE = r"""
+import json, sys
+import numpy as np
+sys.path.insert(0, "tests")
+import cupy
+from cupy._core import fusion, _fusion_thread_local
+import test_fuse
+
+def unowned(x):
+    memory = cupy.cuda.UnownedMemory(1 << 20, max(x.nbytes, 1), None, device_id=0)
+    return cupy.ndarray(x.shape, dtype=x.dtype, memptr=cupy.cuda.MemoryPointer(memory, 0))
+
+state = _fusion_thread_local.thread_local
+found = {}
+for case, (kernel, args) in test_fuse._kernel_cases().items():
+    for dtype in ("float32", "float64"):
+        cast = test_fuse.cast_case(args, np.dtype(dtype))
+        fused = kernel._on(cupy)                  # cupy.fuse of the very closure npgpt calls
+        history = fusion._FusionHistory()
+        state.history, state.is_old_fusing = history, True
+        try:
+            made, _ = history.get_fusion(fused.func, [unowned(x) if isinstance(x, np.ndarray) else x for x in cast],
+                                         fused.name)
+            found[case + "/" + dtype] = {"kind": type(made).__name__, "out": [str(p.dtype) for p in made.out_params],
+                                         "written": [p.name for p in made.in_params if not p.is_const]}
+        except Exception as error:
+            found[case + "/" + dtype] = {"error": type(error).__name__ + ": " + str(error)}
+        finally:
+            state.history, state.is_old_fusing = None, False
+print(json.dumps(found))
+"""
+
+
+@pytest.fixture(scope="module")
+def real_traces():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("NPGPT_FAKE_CUDA", None)
+    proc = subprocess.run([sys.executable, "-c", _REAL_TRACE], capture_output=True, text=True, cwd=ROOT, env=env)
+    if proc.returncode != 0 and "No module named 'cupy'" in proc.stderr:
+        pytest.skip("the real CuPy is not installed here")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", sorted(_kernel_cases()))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_each_kernel_traces_under_cupys_own_tracer_into_one_kernel_of_numpys_types(real_traces, case, dtype):
+    traced = real_traces[f"{case}/{np.dtype(dtype).name}"]
+    assert "error" not in traced, traced.get("error")
+    kernel, args = _kernel_cases()[case]
+    want = kernel(*cast_case(args, np.dtype(dtype)))
+    want = [] if want is None else list(want) if isinstance(want, tuple) else [want]
+    assert traced["kind"] == ("ReductionKernel" if "sums" in case or "mean" in case else "ElementwiseKernel")
+    assert traced["out"] == [str(np.asarray(w).dtype) for w in want]      # CuPy's types are NumPy's
+    assert bool(traced["written"]) == (not want or case.startswith("normalise"))   # in place where meant
 
 
 # ------------------------------------------------------------------ the kernels' formulas, in float64
