@@ -27,6 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import npgpt.functional as F
+from npgpt import generation
 from npgpt.backend import speed
 from npgpt.backend.fuse import Fused, fuse
 from npgpt.training import optim
@@ -199,6 +200,7 @@ def _kernel_cases():
         "row sums of product": (speed._row_sums_of_product, (a, b)),
         "column sums of product": (speed._column_sums_of_product, (a, b)),
         "adamw": (optim._adamw_kernel, (a, g, b, var * np.ones(6), None, 0.9, 0.1, 0.95, 0.05, 0.999, 1.2, 1e-8, -1e-3)),
+        "store pair": (generation._store_pair, (np.zeros((4, 6)), np.zeros((4, 6)), g, b)),
         "adamw with scratch": (optim._adamw_kernel, (a, g, b, var * np.ones(6), np.empty((4, 6)), 0.9, 0.1, 0.95,
                                                      0.05, None, 1.2, 1e-8, -1e-3)),
     }

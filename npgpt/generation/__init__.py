@@ -30,6 +30,7 @@ import numpy as np
 import npgpt.functional as F
 from npgpt import backend
 from npgpt.autograd import Tensor, no_grad
+from npgpt.backend.fuse import fuse
 from npgpt.io import inputs
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
@@ -61,13 +62,20 @@ class KVCache:
         start, stop = self.length, self.length + k.shape[2]
         if stop > self.capacity:
             raise ValueError(f"KVCache: {stop} positions do not fit a cache of capacity {self.capacity}")
-        self.keys[layer][:, :, start:stop] = k.data
-        self.values[layer][:, :, start:stop] = v.data
+        _store_pair(self.keys[layer][:, :, start:stop], self.values[layer][:, :, start:stop], k.data, v.data)
         return Tensor(self.keys[layer][:, :, :stop]), Tensor(self.values[layer][:, :, :stop])  # (B, H, stop, D)
 
     def reset(self) -> None:
         """Forget every position (the arrays are kept and overwritten)."""
         self.length = 0
+
+
+@fuse
+def _store_pair(xp: Any, key_slots: Array, value_slots: Array, k: Array, v: Array) -> None:
+    """``key_slots[...] = k`` and ``value_slots[...] = v``: a cache update's two writes, one kernel on a
+    GPU (``npgpt.backend.fuse``; the slots are views into the cache, written in place)."""
+    key_slots[...] = k
+    value_slots[...] = v
 
 
 # ------------------------------------------------------------ validation
