@@ -32,7 +32,7 @@ from npgpt import Tensor, nn
 from npgpt.apps.cli import HelpWithDefaults
 from npgpt.finetuning import finetune, labelled
 from npgpt.finetuning.classifier import GPTClassifier
-from npgpt.finetuning.metrics import format_metrics
+from npgpt.finetuning.metrics import classification_metrics, format_metrics
 from npgpt.training import optim
 
 WORD = re.compile(r"[a-z0-9']+")
@@ -93,6 +93,22 @@ def write_lm_text(path, train, val, test, seed=0):
     return len(texts)
 
 
+def fine_tune(args, tokenizer, train, val, seed):
+    """One classifier from ``args.model``, fine-tuned on ``train`` with ``val`` for early stopping; seed of
+    its head, batches and dropout ``seed``. Returns (classifier, FinetuneResult)."""
+    classifier = GPTClassifier.from_pretrained(args.model, num_labels=1, labels=["negative", "positive"],
+                                               seed=seed, pooling=args.pooling)
+    out = args.out if args.ensemble == 1 or args.out is None else f"{args.out}/member-{seed}"
+    result = finetune.finetune(classifier, tokenizer, *train, *val, epochs=args.epochs,
+                               batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
+                               train_last=args.train_last, max_length=args.max_length, seed=seed,
+                               dropout=args.dropout, lm_loss_weight=args.lm_loss_weight, eval_every=args.eval_every,
+                               out_dir=out, head_dropout=args.head_dropout, unfreeze=args.unfreeze,
+                               unfreeze_every=args.unfreeze_every, layer_lr_decay=args.layer_lr_decay,
+                               patience=args.patience, workers=args.workers)
+    return classifier, result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=HelpWithDefaults)
@@ -127,9 +143,16 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=None, help="use a random subset of this many reviews (quick runs)")
     parser.add_argument("--out", default=None, help="write the fine-tuned classifier and tokenizer here")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the head and the batches")
+    parser.add_argument("--ensemble", type=int, default=1,
+                        help="fine-tune this many classifiers (train seeds train-seed, +1, ...) and average "
+                             "their probabilities")
+    parser.add_argument("--probs-out", metavar="FILE", default=None,
+                        help="save the test sentences' probabilities (N, 2; the ensemble's mean) as .npy")
     parser.add_argument("--train-seed", type=int, default=None,
                         help="seed of the head, the batches and dropout alone, the split staying --seed's")
     args = parser.parse_args(argv)
+    if args.ensemble < 1:
+        parser.error(f"--ensemble must be at least 1, got {args.ensemble}")
 
     from npgpt.tokenizer import Tokenizer
 
@@ -153,26 +176,28 @@ def main(argv=None):
           f"({bow_seconds:.0f} s)")
 
     start = time.perf_counter()
-    train_seed = args.seed if args.train_seed is None else args.train_seed
     tokenizer = Tokenizer.from_pretrained(args.model)
-    classifier = GPTClassifier.from_pretrained(args.model, num_labels=1, labels=["negative", "positive"],
-                                               seed=train_seed, pooling=args.pooling)
-    result = finetune.finetune(classifier, tokenizer, *train, *val, epochs=args.epochs,
-                               batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
-                               train_last=args.train_last, max_length=args.max_length, seed=train_seed,
-                               dropout=args.dropout, lm_loss_weight=args.lm_loss_weight, eval_every=args.eval_every,
-                               out_dir=args.out, head_dropout=args.head_dropout, unfreeze=args.unfreeze,
-                               unfreeze_every=args.unfreeze_every, layer_lr_decay=args.layer_lr_decay,
-                               patience=args.patience, workers=args.workers)
-    data = finetune.Encoded(tokenizer, *test, min(args.max_length, classifier.config.block_size))
-    metrics = finetune.evaluate(classifier, data)
+    first_seed = args.seed if args.train_seed is None else args.train_seed
+    probabilities = []          # each member's test probabilities (N, 2)
+    for member in range(args.ensemble):
+        classifier, result = fine_tune(args, tokenizer, train, val, first_seed + member)
+        data = finetune.Encoded(tokenizer, *test, min(args.max_length, classifier.config.block_size))
+        metrics = finetune.evaluate(classifier, data)
+        probabilities.append(finetune.text_probabilities(classifier, tokenizer, test[0], max_length=args.max_length))
+        print(f"fine-tuned {args.model}, train seed {first_seed + member} ({result.steps} steps, best at step "
+              f"{result.best_step}): test accuracy {metrics['accuracy']:.3f} ({time.perf_counter() - start:.0f} s)")
+    if args.ensemble > 1:       # a committee: the members' mean probability decides
+        mean = np.mean(probabilities, axis=0)
+        metrics = classification_metrics(test[1], mean.argmax(axis=1), label_names=["negative", "positive"])
+        print(f"ensemble of {args.ensemble}: test accuracy {metrics['accuracy']:.3f}")
+    if args.probs_out:
+        np.save(args.probs_out, np.mean(probabilities, axis=0))
     gpt_seconds = time.perf_counter() - start
-    print(f"fine-tuned {args.model} ({result.steps} steps, best at step {result.best_step}): "
-          f"test accuracy {metrics['accuracy']:.3f} ({gpt_seconds:.0f} s)")
     print(format_metrics(metrics))
+    name = f"fine-tuned {args.model}" + (f" x{args.ensemble}" if args.ensemble > 1 else "")
     print(f"\n{'model':<36}{'test accuracy':>14}{'seconds':>9}")
     print(f"{'bag-of-words logistic regression':<36}{bow_test:>14.3f}{bow_seconds:>9.0f}")
-    print(f"{'fine-tuned ' + str(args.model):<36}{metrics['accuracy']:>14.3f}{gpt_seconds:>9.0f}")
+    print(f"{name:<36}{metrics['accuracy']:>14.3f}{gpt_seconds:>9.0f}")
     return 0
 
 

@@ -229,6 +229,33 @@ def test_sentiment_example_runs_end_to_end(model_dir, tmp_path, capsys):
     assert len(lines) == 9511 and set(lines) == train | val and not set(lines) & test
 
 
+def test_sentiment_examples_ensemble_averages_its_members_probabilities(model_dir, tmp_path, capsys):
+    import importlib.util
+
+    from npgpt.datasets import DatasetUnavailable
+
+    try:
+        labelled.movie_reviews()
+    except DatasetUnavailable as exc:
+        pytest.skip(f"movie reviews cannot be fetched here: {exc}")
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "sentiment.py"
+    spec = importlib.util.spec_from_file_location("sentiment_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    common = ["--model", str(model_dir), "--limit", "200", "--epochs", "1", "--workers", "1"]
+    for seed in (3, 4):
+        assert example.main(common + ["--train-seed", str(seed), "--probs-out", str(tmp_path / f"{seed}.npy")]) == 0
+    assert example.main(common + ["--train-seed", "3", "--ensemble", "2", "--probs-out", str(tmp_path / "both.npy")]) == 0
+    printed = capsys.readouterr().out
+    assert "train seed 3" in printed and "train seed 4" in printed and "ensemble of 2: test accuracy" in printed
+    members = [np.load(tmp_path / f"{seed}.npy") for seed in (3, 4)]
+    both = np.load(tmp_path / "both.npy")
+    assert both.shape == (20, 2) and not np.allclose(members[0], members[1])
+    np.testing.assert_allclose(both, (members[0] + members[1]) / 2, rtol=0, atol=1e-6)
+    with pytest.raises(SystemExit):
+        example.main(common + ["--ensemble", "0"])
+
+
 def test_texts_longer_than_the_context_keep_their_start():
     tokenizer = WordTokenizer(["good bad film"])
     model = small_classifier(tokenizer)                          # block_size 32
