@@ -17,6 +17,7 @@ import json
 import math
 import os
 import pathlib
+import pickle
 import subprocess
 import sys
 
@@ -63,6 +64,11 @@ def test_on_numpy_the_kernel_function_itself_runs_with_numpy_as_its_module():
     got = fuse(kernel)(a, 0.5)
     assert seen == [np] and isinstance(fuse(kernel), Fused)
     assert np.array_equal(got, np.exp(a * 0.5))
+
+
+def test_a_fused_kernel_pickles_by_reference_as_the_function_it_replaces():
+    assert pickle.loads(pickle.dumps(F._gelu_forward)) is F._gelu_forward
+    assert F._gelu_forward.__name__ == "_gelu_forward" and "GELU" in F._gelu_forward.__doc__
 
 
 # ------------------------------------------------------------------ the stand-in's tracer

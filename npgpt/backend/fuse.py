@@ -37,6 +37,7 @@ tracer refuses, computes the values with NumPy, and counts one launch per call.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -52,9 +53,12 @@ class Fused:
 
     def __init__(self, kernel: Callable[..., Any]) -> None:
         self.kernel = kernel
-        self.__name__ = kernel.__name__
-        self.__doc__ = kernel.__doc__
+        functools.update_wrapper(self, kernel)       # its name, module and docstring
         self._compiled: dict[int, tuple[Any, Callable[..., Any]]] = {}   # id(cupy module) -> (module, fused)
+
+    def __reduce__(self) -> str:
+        """Pickled by reference, as the function it replaces in its module would be."""
+        return self.__qualname__
 
     def __call__(self, *args: Any) -> Any:
         if type(args[0]) is np.ndarray:      # the CPU's fast path (a host array beside a device one fails in NumPy)
