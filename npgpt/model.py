@@ -22,7 +22,7 @@ import npgpt.functional as F
 from npgpt import backend, generation, nn
 from npgpt.autograd import Tensor
 from npgpt.backend import speed
-from npgpt.generation import KVCache
+from npgpt.generation import KVCache, panels
 from npgpt.io import checkpoint, hf_gpt2, inputs
 from npgpt.nn import child_seeds
 
@@ -238,9 +238,12 @@ class GPT(nn.Module):
     def lm_head(self, hidden: Tensor, decoding: Array | None = None) -> Tensor:
         """Logits ``h wte^T`` (..., vocab_size) from hidden states (..., C): the only place logits are made.
 
-        ``decoding``: one generation's contiguous copy of ``wte^T`` (``decoding_weight``).
+        ``decoding``: one generation's contiguous copy of ``wte^T`` (``decoding_weight``), or
+        prompt lookup's copy of it in panels (``npgpt.generation.panels.PanelledWeight``).
         """
         if decoding is not None:
+            if isinstance(decoding, panels.PanelledWeight):
+                return Tensor(decoding.matmul(hidden.data))
             return Tensor(hidden.data @ decoding)
         return F.linear(hidden, self.head_weight.T, compute_dtype=self.compute_dtype)
 

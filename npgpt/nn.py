@@ -17,7 +17,7 @@ import numpy as np
 
 import npgpt.functional as F
 from npgpt import backend
-from npgpt.autograd import Tensor, as_tensor
+from npgpt.autograd import Tensor, as_tensor, is_grad_enabled
 from npgpt.backend import philox
 from npgpt.io.inputs import as_array
 
@@ -208,6 +208,9 @@ class Linear(Module):
     """
 
     compute_dtype: Any = None
+    # Prompt lookup's verifying pass sets here, for the pass only, a copy of the weight in cache-sized
+    # panels (npgpt.generation.panels.PanelledWeight): 2-16 rows then cost about what one row costs.
+    panels: Any = None
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, std: float = 0.02,
                  rng: np.random.Generator | None = None):
@@ -218,6 +221,8 @@ class Linear(Module):
         self.bias = Parameter(np.zeros(out_features, np.float32)) if bias else None
 
     def forward(self, x: Any) -> Tensor:        # (..., in) -> (..., out)
+        if self.panels is not None and not is_grad_enabled():
+            return self.panels.linear(as_tensor(x), self.bias)
         return F.linear(x, self.weight, self.bias, compute_dtype=self.compute_dtype)
 
     def extra_repr(self) -> str:

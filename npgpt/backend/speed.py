@@ -21,7 +21,10 @@ docs/performance.md):
 * ``HEAD_BLOCK_BYTES``: the fused head and loss ~66 MB of logits at a time for GPT-2, not
   (B*T, 50,257) at once;
 * ``HEAD_COPY_MIN_ROW_STEPS`` and ``copy_decoding_head``: GPT-2's decoding head 5.9 -> 4.4 ms per
-  step at batch 1, 17.3 -> 11.5 ms at batch 8, from a contiguous copy that costs ~65 ms.
+  step at batch 1, 17.3 -> 11.5 ms at batch 8, from a contiguous copy that costs ~65 ms;
+* ``PANEL_BYTES``, ``PANEL_ROWS`` and ``panel_weights``: prompt lookup's verifying pass over 2-16
+  rows through weights copied into cache-sized panels (``npgpt.generation.panels``): GPT-2's 48
+  trunk products 41-63 -> 15-35 ms on one core, where one row costs 17 ms.
 """
 
 from __future__ import annotations
@@ -87,6 +90,25 @@ def one_kernel_mean(array: Any) -> bool:
     """Take a mean with ``mean`` (one reduction kernel on a GPU, where each launch costs ~5 us), not as a
     sum and a division (the CPU's way: ``mean``'s Python wrapper costs ~10 us, the same numbers)?"""
     return _on_gpu(array)
+
+
+# Prompt lookup's verifying pass multiplies 2 to 16 rows by each weight. OpenBLAS packs the whole
+# weight at every such call, through a strided copy slower than the memory: GPT-2's 48 trunk
+# products cost 17 ms for one row (a gemv) but 41/43/49/63 ms for 2/4/8/16 rows (one core, 2/3 of
+# it packing). From a copy in contiguous column panels of PANEL_BYTES each (fits the level-2
+# cache with BLAS's packed copy of it), 15/17/22/35 ms; panels of 128 KB or 512 KB measured slower.
+# The copy costs ~100 ms for GPT-2's trunk (340 MB), a handful of one-token steps, so a generation
+# makes it only when it has at least PANEL_MIN_STEPS tokens to produce.
+PANEL_BYTES = 256 * 2**10
+PANEL_ROWS = range(2, 17)
+PANEL_MIN_STEPS = 16
+
+
+def panel_weights(weight: Any, steps: int) -> bool:
+    """Should a prompt-lookup generation of ``steps`` tokens copy the weights into panels
+    (``npgpt.generation.panels``)? On the CPU, for at least ``PANEL_MIN_STEPS`` tokens; on a GPU
+    a few-row product is one kernel that reads the weight once already."""
+    return not _on_gpu(weight) and steps >= PANEL_MIN_STEPS
 
 
 def copy_decoding_head(weight: Any, rows: int, steps: int) -> bool:

@@ -46,6 +46,7 @@ process's: with ``--compare`` it holds transformers' copy of the model too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import os
 import tempfile
@@ -532,30 +533,41 @@ def _lookup_task(model: GPT, ids: np.ndarray, args: argparse.Namespace, hf: Any 
 
 def verify_cost(model: GPT, context: int = 256, widths: Sequence[int] = (1, 2, 4, 8, 16),
                 repeats: int = 7) -> dict[str, float]:
-    """Median ms of one pass over ``w`` new tokens after ``context`` cached ones (trunk and head, as
-    prompt lookup's verifying pass runs), for each ``w``; the cache is cut back after each."""
+    """Median ms of one pass over ``w`` new tokens after ``context`` cached ones (trunk and head), for
+    each ``w``: as prompt lookup's verifying pass runs it (through the weights' panels,
+    ``npgpt.generation.panels``) and plainly (the products on the weights themselves, as before the
+    panels), interleaved so that drift hits both alike; the cache is cut back after each pass.
+    ``cost_w_vs_1`` divides by the plain one-token step, the step of plain greedy decoding."""
     from npgpt.autograd import no_grad
+    from npgpt.generation import panels
 
     V = model.config.vocab_size
     ids = np.random.default_rng(1).integers(0, V, (1, context + max(widths)))
     cache = model.new_cache(1, context + max(widths))
+    start = time.perf_counter()
+    panelled = panels.ModelPanels(model)
+    out: dict[str, float] = {"panel_copy_ms": round(1000 * (time.perf_counter() - start), 1)}
     head = model.decoding_weight(1, 64)
-    out = {}
+    ways = {"panels": (panelled.attached, panelled.head), "plain": (contextlib.nullcontext, head)}
+    times: dict[tuple[str, int], list[float]] = {(way, w): [] for way in ways for w in widths}
     with no_grad():
         model.trunk(ids[:, :context], cache=cache)
-        times: dict[int, list[float]] = {w: [] for w in widths}
-        for _ in range(repeats):
-            for w in widths:                   # interleaved, so drift hits every width alike
-                start = time.perf_counter()
-                hidden = model.trunk(ids[:, context:context + w], cache=cache)
-                logits = model.lm_head(hidden[0], head).data
-                logits.argmax(axis=-1)
-                times[w].append(time.perf_counter() - start)
-                cache.length = context
-    one = median(times[widths[0]])
+        for r in range(repeats):
+            for w in widths:                   # interleaved, and alternating which way goes first
+                for way in sorted(ways, reverse=bool(r % 2)):
+                    attached, decoding = ways[way]
+                    start = time.perf_counter()
+                    with attached():
+                        hidden = model.trunk(ids[:, context:context + w], cache=cache)
+                    model.lm_head(hidden[0], decoding).data.argmax(axis=-1)
+                    times[way, w].append(time.perf_counter() - start)
+                    cache.length = context
+    one = median(times["plain", widths[0]])
     for w in widths:
-        out[f"step_ms_{w}_tokens"] = round(1000 * median(times[w]), 1)
-        out[f"cost_{w}_vs_1"] = round(median(times[w]) / one, 2)
+        out[f"step_ms_{w}_tokens"] = round(1000 * median(times["panels", w]), 1)
+        out[f"cost_{w}_vs_1"] = round(median(times["panels", w]) / one, 2)
+        out[f"plain_step_ms_{w}_tokens"] = round(1000 * median(times["plain", w]), 1)
+        out[f"plain_cost_{w}_vs_1"] = round(median(times["plain", w]) / one, 2)
     return out
 
 

@@ -475,7 +475,7 @@ def _steps(model, plan):
         return _decode(model, plan)
     from npgpt.generation import prompt_lookup
     prompt_lookup.check(plan, model.config.block_size)
-    return prompt_lookup.decode(model, plan, plan.prompt_lookup, model.decoding_weight(1, plan.max_new_tokens))
+    return prompt_lookup.decode(model, plan, plan.prompt_lookup)
 
 
 def _decode(model, plan):

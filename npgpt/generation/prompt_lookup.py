@@ -28,6 +28,7 @@ step, which leaves nothing to verify against). The accepted count is read on the
 pass (a handful of ints), the one device-to-host copy per pass.
 """
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from npgpt import backend
 from npgpt.autograd import no_grad
+from npgpt.generation import panels
 
 NGRAM_SIZES = (3, 2, 1)     # tried in this order: a longer match is a more specific guess
 
@@ -84,9 +86,11 @@ def check(plan: Any, block_size: int) -> None:
                          f"or decode without prompt_lookup (which slides the window)")
 
 
-def decode(model: Any, plan: Any, num_tokens: int, head: Any = None) -> Any:
+def decode(model: Any, plan: Any, num_tokens: int) -> Any:
     """Yield the greedy tokens of ``plan`` (checked by ``check``), a (1,) array each, guessing
-    ``num_tokens`` ahead; ``head`` is the model's decoding copy of its head (``GPT.decoding_weight``) or None.
+    ``num_tokens`` ahead. The verifying passes compute through the weights' panelled copies
+    (``npgpt.generation.panels``) where the speed policy makes them, else the head through its
+    decoding copy (``GPT.decoding_weight``) or ``wte`` itself.
 
     The cache holds every token but the last; a pass feeds ``[last] + guess`` (k + 1 tokens) and
     gives the model's choice after each prefix. ``a`` guessed tokens agree; the ``a + 1`` tokens
@@ -103,6 +107,9 @@ def decode(model: Any, plan: Any, num_tokens: int, head: Any = None) -> Any:
     length = T0
     eos = set(plan.eos or ())
     eos_list = list(eos)
+    panelled = panels.for_generation(model, n)                  # k + 1 rows at about one row's cost, or None
+    head = panelled.head if panelled is not None else model.decoding_weight(1, n)
+    verifying = panelled.attached if panelled is not None else contextlib.nullcontext
 
     def choices(hidden, first_step):                              # (k + 1, C) -> greedy ids (k + 1,) on the device
         logits = model.lm_head(hidden, head).data
@@ -130,7 +137,8 @@ def decode(model: Any, plan: Any, num_tokens: int, head: Any = None) -> Any:
             k = len(guess)
             block = xp.asarray(np.concatenate([history[length - 1:length], guess])[None])   # (1, k + 1): last + guess
             before = cache.length                                          # = length - 1
-            hidden = model.trunk(block, cache=cache)       # (1, k + 1, C)
+            with verifying():
+                hidden = model.trunk(block, cache=cache)                   # (1, k + 1, C)
             pred = choices(hidden[0], produced)                            # (k + 1,)
             pred_host = backend.to_numpy(pred)                             # the one copy to the host per pass
             agree = pred_host[:k] == guess
