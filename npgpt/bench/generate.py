@@ -559,7 +559,7 @@ def verify_cost(model: GPT, context: int = 256, widths: Sequence[int] = (1, 2, 4
                     start = time.perf_counter()
                     with attached():
                         hidden = model.trunk(ids[:, context:context + w], cache=cache)
-                    model.lm_head(hidden[0], decoding).data.argmax(axis=-1)
+                        model.lm_head(hidden[0], decoding).data.argmax(axis=-1)
                     times[way, w].append(time.perf_counter() - start)
                     cache.length = context
     one = median(times["plain", widths[0]])

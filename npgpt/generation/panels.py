@@ -83,7 +83,7 @@ class ModelPanels:
     """The panelled copies of a GPT's linear weights and of its head, for one generation.
 
     ``attached()`` hands them to the model's ``nn.Linear`` layers for the duration of a pass;
-    ``head`` goes to ``GPT.lm_head`` as its ``decoding`` weight.
+    ``head`` goes to ``GPT.lm_head`` as its ``decoding`` weight (within the pass too).
     """
 
     def __init__(self, model: Any, panel_bytes: int | None = None):
@@ -93,11 +93,14 @@ class ModelPanels:
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[None]:
-        """Within the block the linear layers compute through their panels (``nn.Linear.panels``)."""
+        """Within the block the linear layers compute through their panels (``nn.Linear.panels``),
+        with BLAS on ``speed.PANEL_BLAS_THREADS`` thread(s): the panels' products are small, and a
+        BLAS that threads each of them waits at every one for its other thread."""
         for linear, panelled in self.linears:
             linear.panels = panelled
         try:
-            yield
+            with speed.blas_threads(speed.PANEL_BLAS_THREADS):
+                yield
         finally:
             for linear, _ in self.linears:
                 linear.panels = None

@@ -139,7 +139,7 @@ def decode(model: Any, plan: Any, num_tokens: int) -> Any:
             before = cache.length                                          # = length - 1
             with verifying():
                 hidden = model.trunk(block, cache=cache)                   # (1, k + 1, C)
-            pred = choices(hidden[0], produced)                            # (k + 1,)
+                pred = choices(hidden[0], produced)                        # (k + 1,)
             pred_host = backend.to_numpy(pred)                             # the one copy to the host per pass
             agree = pred_host[:k] == guess
             a = k if agree.all() else int(np.argmin(agree))                # guessed tokens accepted
