@@ -217,3 +217,17 @@ def test_quartiles_are_numpys_default_percentiles():
         assert quartiles(values) == pytest.approx(tuple(np.percentile(values, [25, 75])))
     with pytest.raises(ValueError):
         quartiles([])
+
+
+def test_verify_cost_times_the_pass_three_ways_and_divides_by_the_plain_one_token_step():
+    from npgpt.bench.generate import verify_cost
+    from npgpt.model import GPT
+
+    model = GPT(GPTConfig(vocab_size=50, block_size=64, n_layer=1, n_head=2, n_embd=32), seed=0).eval()
+    got = verify_cost(model, context=8, widths=(1, 3), repeats=2)
+    for way in ("", "plain_", "plain_1t_"):
+        assert all(got[f"{way}step_ms_{w}_tokens"] > 0 for w in (1, 3))
+    assert got["plain_cost_1_vs_1"] == 1.0 and got["panel_copy_ms"] >= 0
+    step, one = got["step_ms_3_tokens"], got["plain_step_ms_1_tokens"]     # both rounded to 0.1 ms
+    assert (step - 0.05) / (one + 0.05) - 0.005 <= got["cost_3_vs_1"] <= (step + 0.05) / max(one - 0.05, 1e-9) + 0.005
+    assert all(m.panels is None for _, m in model.named_modules() if hasattr(m, "panels"))

@@ -35,7 +35,8 @@ docs/generation.md, "What a step costs".
 plain greedy decoding (``prompt_lookup_workload``): the same ids, and the time of each, in pairs
 alternating which runs first, on an input-grounded task (quote a given passage) and on open-ended
 text, with the shipped ``npgpt-small`` and with GPT-2 124M random weights; and the cost of a
-verifying pass over k + 1 tokens against a one-token step. With ``--compare torch``,
+verifying pass over k tokens against a one-token step (``verify_cost``: through the weights'
+panels, as prompt lookup runs it, and plainly, as before them). With ``--compare torch``,
 transformers' ``generate(prompt_lookup_num_tokens=N)`` on the same model and prompt too.
 
 ``fastest_step_ms`` (and ``torch_fastest_step_ms``) is the quickest single step of all the runs:
@@ -534,11 +535,15 @@ def _lookup_task(model: GPT, ids: np.ndarray, args: argparse.Namespace, hf: Any 
 def verify_cost(model: GPT, context: int = 256, widths: Sequence[int] = (1, 2, 4, 8, 16),
                 repeats: int = 7) -> dict[str, float]:
     """Median ms of one pass over ``w`` new tokens after ``context`` cached ones (trunk and head), for
-    each ``w``: as prompt lookup's verifying pass runs it (through the weights' panels,
-    ``npgpt.generation.panels``) and plainly (the products on the weights themselves, as before the
-    panels), interleaved so that drift hits both alike; the cache is cut back after each pass.
-    ``cost_w_vs_1`` divides by the plain one-token step, the step of plain greedy decoding."""
+    each ``w``, three ways, interleaved so that drift hits all alike (the cache is cut back after each):
+    ``step_ms_w_tokens`` as prompt lookup's verifying pass runs it (the weights' panels,
+    ``npgpt.generation.panels``, BLAS on ``speed.PANEL_BLAS_THREADS``); ``plain_step_ms_w_tokens``
+    plainly (the products on the weights themselves, BLAS on its own threads: the one-token step of
+    plain greedy decoding, and the wide pass before the panels); ``plain_1t_step_ms_w_tokens`` the
+    same on one BLAS thread. ``cost_w_vs_1`` divides by the plain one-token step, ``cost_w_vs_1_1t``
+    by the plain one-token step on one thread (on a busy machine two BLAS threads can be far slower)."""
     from npgpt.autograd import no_grad
+    from npgpt.backend import speed
     from npgpt.generation import panels
 
     V = model.config.vocab_size
@@ -548,7 +553,8 @@ def verify_cost(model: GPT, context: int = 256, widths: Sequence[int] = (1, 2, 4
     panelled = panels.ModelPanels(model)
     out: dict[str, float] = {"panel_copy_ms": round(1000 * (time.perf_counter() - start), 1)}
     head = model.decoding_weight(1, 64)
-    ways = {"panels": (panelled.attached, panelled.head), "plain": (contextlib.nullcontext, head)}
+    ways = {"": (panelled.attached, panelled.head), "plain_": (contextlib.nullcontext, head),
+            "plain_1t_": (lambda: speed.blas_threads(1), head)}
     times: dict[tuple[str, int], list[float]] = {(way, w): [] for way in ways for w in widths}
     with no_grad():
         model.trunk(ids[:, :context], cache=cache)
@@ -562,12 +568,13 @@ def verify_cost(model: GPT, context: int = 256, widths: Sequence[int] = (1, 2, 4
                         model.lm_head(hidden[0], decoding).data.argmax(axis=-1)
                     times[way, w].append(time.perf_counter() - start)
                     cache.length = context
-    one = median(times["plain", widths[0]])
+    one, one_1t = median(times["plain_", widths[0]]), median(times["plain_1t_", widths[0]])
     for w in widths:
-        out[f"step_ms_{w}_tokens"] = round(1000 * median(times["panels", w]), 1)
-        out[f"cost_{w}_vs_1"] = round(median(times["panels", w]) / one, 2)
-        out[f"plain_step_ms_{w}_tokens"] = round(1000 * median(times["plain", w]), 1)
-        out[f"plain_cost_{w}_vs_1"] = round(median(times["plain", w]) / one, 2)
+        for way in ways:
+            out[f"{way}step_ms_{w}_tokens"] = round(1000 * median(times[way, w]), 1)
+        out[f"cost_{w}_vs_1"] = round(median(times["", w]) / one, 2)
+        out[f"cost_{w}_vs_1_1t"] = round(median(times["", w]) / one_1t, 2)
+        out[f"plain_cost_{w}_vs_1"] = round(median(times["plain_", w]) / one, 2)
     return out
 
 
