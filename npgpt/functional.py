@@ -317,12 +317,8 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and tuple(p.shape) != (C,):
             raise ValueError(f"layer_norm: {name} of shape {tuple(p.shape)} does not fit input {tuple(x.shape)}")
-    a = x.data
     w, b = (None if p is None else p.data for p in (weight, bias))
-    mu = _row_mean(a)
-    xhat = a - mu
-    rstd = _inverse_std(_row_mean(xhat, xhat), eps)
-    y = _normalise(xhat, rstd, w, b)        # xhat *= rstd, in place
+    xhat, rstd, y = _normalised(x.data, w, b, eps)
     parents = tuple(t for t in (x, weight, bias) if t is not None)
 
     def backward(g):
@@ -336,6 +332,51 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
         return tuple(grads)
 
     return _make(y, parents, backward, fresh=True)
+
+
+def _normalised(a: Array, w: Array | None, b: Array | None, eps: float) -> tuple[Array, Array, Array]:
+    """Layer norm's forward arrays ``(xhat, r, y)``, ``r = 1 / sqrt(var + eps)`` kept (N..., 1).
+
+    On the CPU: the mean, the centred ``xhat = a - mu``, its mean square, ``r``, then ``xhat r``
+    and ``y`` (the sums as products with ones, ``_row_mean``). On a GPU the centring is never a
+    pass of its own: three kernels, the mean, one fused reduction that centres and gives ``r``
+    directly, and one fused kernel that writes ``xhat`` and ``y`` (npgpt.backend.fuse).
+    """
+    if speed.one_kernel_mean(a):
+        mu = a.mean(axis=-1, keepdims=True)
+        rstd = _inverse_std_of_rows(eps)(a, mu, 1.0 / a.shape[-1])[..., None]
+        xhat, y = _centre_and_normalise(a, mu, rstd, w, b)
+        return xhat, rstd, y
+    mu = _row_mean(a)
+    xhat = a - mu
+    rstd = _inverse_std(_row_mean(xhat, xhat), eps)
+    y = _normalise(xhat, rstd, w, b)        # xhat *= rstd, in place
+    return xhat, rstd, y
+
+
+_INVERSE_STD_OF_ROWS: dict[float, Any] = {}
+
+
+def _inverse_std_of_rows(eps: float) -> Any:
+    """The fused reduction ``1 / sqrt(sum((a - mu)^2 / C) + eps)`` along the last axis, made once per ``eps``.
+
+    After its reduction a fused kernel may use only constants of its own, not its arguments
+    (CuPy's tracer: "Shape mismatch"), so ``eps`` is written into the function, not passed."""
+    kernel = _INVERSE_STD_OF_ROWS.get(eps)
+    if kernel is None:
+        def inverse_std_of_rows(xp, a, mu, inverse_count):
+            d = a - mu
+            return 1.0 / xp.sqrt(xp.sum(d * d * inverse_count, axis=-1) + eps)
+
+        kernel = _INVERSE_STD_OF_ROWS[eps] = fuse(inverse_std_of_rows)
+    return kernel
+
+
+@fuse
+def _centre_and_normalise(xp, a, mu, rstd, w, b):
+    """``xhat = (a - mu) r`` and ``y = xhat w + b`` (``_normalise``), both written by one kernel on a GPU."""
+    xhat = a - mu
+    return xhat, _normalise.kernel(xp, xhat, rstd, w, b)
 
 
 @fuse

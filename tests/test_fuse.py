@@ -197,6 +197,8 @@ def _kernel_cases():
         "normalise": (F._normalise, (a, m, w, bias)),
         "normalise without gain or bias": (F._normalise, (a, m, None, None)),
         "layer norm dx": (F._layer_norm_dx, (a, m, b, var, m)),
+        "inverse std of rows": (F._inverse_std_of_rows(1e-5), (a, m, 1.0 / 6)),
+        "centre and normalise": (F._centre_and_normalise, (a, m, var, w, bias)),
         "mean of product": (F._mean_of_product, (a, b, 1.0 / 6)),
         "exp shifted": (F._exp_shifted, (a, m)),
         "exp shifted in place": (F._exp_shifted_in_place, (a, m)),
@@ -315,9 +317,10 @@ def test_each_kernel_traces_under_cupys_own_tracer_into_one_kernel_of_numpys_typ
     kernel, args = _kernel_cases()[case]
     want = kernel(*cast_case(args, np.dtype(dtype)))
     want = [] if want is None else list(want) if isinstance(want, tuple) else [want]
-    assert traced["kind"] == ("ReductionKernel" if "sums" in case or "mean" in case else "ElementwiseKernel")
+    reduces = any(word in case for word in ("sums", "mean", "of rows"))
+    assert traced["kind"] == ("ReductionKernel" if reduces else "ElementwiseKernel")
     assert traced["out"] == [str(np.asarray(w).dtype) for w in want]      # CuPy's types are NumPy's
-    assert bool(traced["written"]) == (not want or case.startswith("normalise"))   # in place where meant
+    assert bool(traced["written"]) == (not want or case.split()[0] == "normalise")  # in place where meant
 
 
 # ------------------------------------------------------------------ the kernels' formulas, in float64
@@ -354,6 +357,11 @@ def test_layer_norm_kernels_compute_eq_layer_norm_and_its_gradient(seed, n, c):
     y = F._normalise(xhat, r, w, b)
     assert np.allclose(xhat, (x - mu) / np.sqrt(var + eps), rtol=1e-12, atol=1e-14)
     assert np.allclose(y, (x - mu) / np.sqrt(var + eps) * w + b, rtol=1e-12, atol=1e-14)
+    # The GPU's forward: r straight from a fused reduction, xhat and y from one kernel.
+    r_rows = F._inverse_std_of_rows(eps)(x, mu, 1.0 / c)
+    assert np.allclose(r_rows, 1 / np.sqrt(var[:, 0] + eps), rtol=1e-12)
+    xhat2, y2 = F._centre_and_normalise(x, mu, r_rows[:, None], w, b)
+    assert np.allclose(xhat2, xhat, rtol=1e-12, atol=1e-14) and np.allclose(y2, y, rtol=1e-12, atol=1e-14)
     h = g * w
     got = F._layer_norm_dx(h, h.mean(-1, keepdims=True), xhat, (h * xhat).mean(-1, keepdims=True), r)
     want = (h - h.mean(-1, keepdims=True) - xhat * (h * xhat).mean(-1, keepdims=True)) / np.sqrt(var + eps)
