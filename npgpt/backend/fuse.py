@@ -20,12 +20,15 @@ arguments are tracing proxies, not arrays, so it may use only what CuPy's tracer
 
 * the module's ufuncs (``xp.exp``, ``xp.multiply`` ...), also with ``out=`` an array of the
   function (an argument, which the kernel then writes in place, or a value it made), no other
-  keyword (no ``dtype=``); ``xp.where``, ``xp.clip``, ``xp.copy``; arithmetic and comparison
-  operators, in-place ones (``s *= k``) included; ``.astype(dtype)``; Python numbers, which
-  take the array's type as in NumPy 2 (a float32 array times ``0.5`` stays float32);
+  keyword (no ``dtype=``); ``xp.where``, ``xp.copyto``, ``xp.clip``, ``xp.copy``; arithmetic and
+  comparison operators, in-place ones (``s *= k``) included; ``.astype(dtype)``; Python numbers,
+  which take the array's type as in NumPy 2 (a float32 array times ``0.5`` stays float32), where
+  a number computed in the kernel from an argument is a float64 value (compute such factors in
+  Python, before the call);
 * at most one reduction (``xp.sum``, ``xp.max`` ... with ``axis=``, never ``keepdims=``, and
   not as an array method): the elementwise chain before it feeds it, and only elementwise
-  operations on its result may follow (one reduction kernel);
+  operations on its result and on the function's own constants may follow, not on its
+  arguments (one reduction kernel; ``functional._inverse_std_of_rows`` writes its ``eps`` in);
 * no ``.shape``, no indexing but ``x[...] = value``, no ``float(x)`` or ``if x``: the proxies
   have no values. NumPy's own functions (``numpy.exp``) do not take proxies: call ``xp``'s.
 
