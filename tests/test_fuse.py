@@ -270,14 +270,19 @@ import json, sys
 import numpy as np
 sys.path.insert(0, "tests")
 import cupy
-from cupy._core import fusion, _fusion_thread_local
 import test_fuse
+try:                                  # CuPy's internals, as of CuPy 14: a later CuPy may move them
+    from cupy._core import fusion, _fusion_thread_local
+    state = _fusion_thread_local.thread_local
+    fusion._FusionHistory.get_fusion
+except (ImportError, AttributeError) as error:
+    print(json.dumps({"_skip": f"CuPy {cupy.__version__} has no classic tracer where CuPy 14 has it ({error})"}))
+    sys.exit(0)
 
 def unowned(x):
     memory = cupy.cuda.UnownedMemory(1 << 20, max(x.nbytes, 1), None, device_id=0)
     return cupy.ndarray(x.shape, dtype=x.dtype, memptr=cupy.cuda.MemoryPointer(memory, 0))
 
-state = _fusion_thread_local.thread_local
 found = {}
 for case, (kernel, args) in test_fuse._kernel_cases().items():
     for dtype in ("float32", "float64"):
@@ -306,7 +311,10 @@ def real_traces():
     if proc.returncode != 0 and "No module named 'cupy'" in proc.stderr:
         pytest.skip("the real CuPy is not installed here")
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "_skip" in found:
+        pytest.skip(found["_skip"])
+    return found
 
 
 @pytest.mark.parametrize("case", sorted(_kernel_cases()))
