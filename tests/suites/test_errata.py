@@ -132,6 +132,9 @@ ERRATA = [
     ("gpu.md", r"That is not done: the stand-in cannot tell\s+whether `cupy\.fuse` compiles",
      "the chains are fused; the stand-in emulates cupy.fuse's tracer, and no GPU has compiled the kernels yet"),
     ("gpu.md", r"a token's 593 are 3 to 12 ms", "a greedy token is 310 launches since the chains were fused"),
+    # The fifth part (/work/coord/review4-findings.md): the prose landed since 5ee2d2e.
+    ("finetuning.md", r"found that it helped its larger datasets more than its smaller",
+     "GPT-1's ablation: the auxiliary objective helped the larger datasets (NLI, QQP), not the smaller ones"),
 ]
 
 
