@@ -102,11 +102,12 @@ def one_kernel_mean(array: Any) -> bool:
 PANEL_BYTES = 256 * 2**10
 PANEL_ROWS = range(2, 17)
 PANEL_MIN_STEPS = 16
-# The panels' products are small (GPT-2: ~1,500 a pass). OpenBLAS runs those of 8 or more rows, and
-# a row's products with the head's panels, on both threads, which meet at the end of each: on a
-# busy machine (load 7 on 2 cores) a thread waits for its descheduled partner at every one, and a
-# 16-token pass took 231 ms with 2 threads against 116 ms with 1 (the plain one-token step: 568
-# against 61 ms). The verifying pass runs its BLAS on this many threads.
+# The panels' products are small (GPT-2: 1,512 a pass through the trunk's panels and 629 through the
+# head's). OpenBLAS runs those of 8 or more rows, and a row's products with the head's panels, on
+# both threads, which meet at the end of each: on a busy machine (load 7 on 2 cores) a thread
+# waits for its descheduled partner at every one, and a 16-token pass took 231 ms with 2 threads
+# against 116 ms with 1 (the plain one-token step: 568 against 61 ms). The verifying pass runs its
+# BLAS on this many threads.
 PANEL_BLAS_THREADS = 1
 
 

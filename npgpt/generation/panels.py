@@ -23,10 +23,12 @@ rounding (each output is the same dot product, summed by another kernel).
 The copy is the cost: 340 MB for GPT-2 small's trunk (~100 ms, a few one-token steps), so a
 generation makes it only when the speed policy says it pays (``speed.panel_weights``) and drops
 it at its end; the head's panels take the place of the head's contiguous decoding copy, which
-costs the same. Where the copy is made it is used only for ``speed.PANEL_ROWS`` rows and without
-gradients (``nn.Linear.panels``); one row, a prompt and training keep the plain product. The
-verifying pass runs BLAS on ``speed.PANEL_BLAS_THREADS`` thread (one): its ~1,500 small products
-would otherwise each wait for BLAS's second thread, which on a busy machine is often descheduled.
+costs the same. Where the copy is made the linear layers use it only for ``speed.PANEL_ROWS`` rows
+and without gradients (``nn.Linear.panels``): one row, a prompt and training keep the plain
+product; the head's panels serve every head product of the generation, one row included. The
+verifying pass runs BLAS on ``speed.PANEL_BLAS_THREADS`` thread (one): its ~2,100 small products
+(GPT-2: 1,512 through the trunk's panels, 629 through the head's) would otherwise each wait for
+BLAS's second thread, which on a busy machine is often descheduled.
 """
 
 from __future__ import annotations
