@@ -1,6 +1,6 @@
 """Elementwise fusion: one Python function, one GPU kernel on CuPy, the same NumPy code on the CPU.
 
-Companion of ``docs/gpu.md`` (section "The launch and traffic budget").
+Companion of ``docs/gpu.md`` (section "Fusing elementwise chains").
 
 A chain of elementwise operations written with NumPy's API (``s = a * a; s *= k; xp.exp(s, out=s)``)
 is one kernel launch per operation on a GPU: each reads its inputs from the GPU's memory and
