@@ -488,21 +488,60 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     world = distributed.world()           # under mpiexec: each rank its rows of every batch
     if not world.is_main:
         log, out_dir = (lambda *_: None), None       # rank 0 logs and writes
-    max_length = min(cfg.max_length, classifier.config.block_size)    # longer texts keep their start
+    train, val = _encoded(classifier, tokenizer, cfg, train_texts, train_labels, val_texts, val_labels)
+    pad_id = pad_id_for(classifier, tokenizer)
+    classifier.pad_token_id = pad_id          # saved in config.json: Hugging Face needs one to batch
+    model_dropout = _switch_on_training_settings(classifier, cfg, log)
+    trainable = [p for p in classifier.parameters() if p.requires_grad]
+    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    max_steps = cfg.epochs * steps_per_epoch
+    cfg.warmup_for(max_steps, "the run's steps")     # more warmup than steps: refused before any work
+    bar = _Heartbeat(max_steps, log, cfg.log_interval) if progress else None
+    log = bar.message if bar is not None else log
+    keeper = _BestKeeper(classifier, trainable, out_dir, tokenizer, base_model, cfg.patience, log)
+    try:
+        with GracefulStop() as stop:
+            log(f"fine-tuning {sum(int(p.size) for p in trainable):,} of {classifier.num_parameters():,} "
+                f"parameters on {len(train)} texts ({steps_per_epoch} steps per epoch), validating on {len(val)}")
+            step = _train(classifier, cfg, train, val, pad_id, keeper, stop, bar, world, steps_per_epoch, log)
+    finally:
+        if bar is not None:
+            bar.close()
+    result = keeper.result
+    if stop.requested:
+        result.stopped_by = stop.signum
+        keeper.save_if_none_yet()
+        saved = (f"; the classifier in {out_dir} is from step {result.best_step or step}"
+                 if out_dir is not None else "")
+        log(f"{stop.name}: stopped at step {step}{saved}")
+    result.steps = step
+    keeper.restore_best()
+    _switch_off_training_settings(classifier, model_dropout)
+    return result
+
+
+def _encoded(classifier: GPTClassifier, tokenizer: Any, cfg: FinetuneConfig, train_texts: Iterable[str],
+             train_labels: Sequence[int] | np.ndarray, val_texts: Iterable[str],
+             val_labels: Sequence[int] | np.ndarray) -> tuple[Encoded, Encoded]:
+    """The training and validation texts as token ids (longer texts keep their start), labels checked."""
+    max_length = min(cfg.max_length, classifier.config.block_size)
     train = Encoded(tokenizer, list(train_texts), train_labels, max_length)
     val = Encoded(tokenizer, list(val_texts), val_labels, max_length)
     for name, data in (("training", train), ("validation", val)):
         if data.labels.min() < 0 or data.labels.max() >= classifier.num_classes:
             raise ValueError(f"{name} labels must be class ids 0..{classifier.num_classes - 1}, "
                              f"got {int(data.labels.min())}..{int(data.labels.max())}")
-    pad_id = pad_id_for(classifier, tokenizer)
-    classifier.pad_token_id = pad_id          # saved in config.json: Hugging Face needs one to batch
+    return train, val
+
+
+def _switch_on_training_settings(classifier: GPTClassifier, cfg: FinetuneConfig, log: Callable[[str], None]) -> float:
+    """Dropouts, the auxiliary loss's weight, LoRA or freezing, as ``cfg`` asks; returns the model's own dropout."""
     if cfg.pooling is not None and cfg.pooling != classifier.pooling:
         raise ValueError(f"the classifier pools with {classifier.pooling!r}, the settings ask for {cfg.pooling!r}: "
                          f"build it with GPTClassifier.from_pretrained(..., pooling={cfg.pooling!r})")
     classifier.head_dropout.p = float(cfg.head_dropout)
     classifier.lm_loss_weight = float(cfg.lm_loss_weight)
-    saved_dropout = classifier.config.dropout
+    model_dropout = classifier.config.dropout
     if cfg.dropout is not None:
         classifier.transformer.set_dropout(cfg.dropout)
     adapter = cfg.lora_config(train=("score.",), seed=cfg.seed)
@@ -511,94 +550,121 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
         log(lora.describe_trainable(classifier))
     else:
         freeze(classifier, cfg.train_last)
-    trainable = [p for p in classifier.parameters() if p.requires_grad]
-    opt = _optimizer(classifier, cfg)
-    steps_per_epoch = -(-len(train) // cfg.batch_size)
-    max_steps = cfg.epochs * steps_per_epoch
-    eval_every = int(cfg.eval_every) if cfg.eval_every else steps_per_epoch
-    cfg.warmup_for(max_steps, "the run's steps")     # more warmup than steps: refused before any work
-    rng = np.random.default_rng(cfg.seed)
-    workers = engine.choose_workers(cfg.workers or (1 if world.size > 1 else None), classifier.device,
-                                    lora.max_dropout(classifier))
-    group = distributed.process_group(world)     # the step's ranks: one, or DataParallel
-    scaler = NO_LOSS_SCALING
     if cfg.dtype != "float32":          # mixed precision: float16 products, float32 master weights
         classifier.transformer.set_compute_dtype(cfg.dtype)
-        scaler = GradScaler()
+    return model_dropout
 
-    def loss_fn(idx: Array, mask: Array, labels: Array) -> Tensor:         # (b, T), (b, T), (b,)
-        return classifier(idx, attention_mask=mask, labels=labels)[1]
 
-    result = FinetuneResult()
-    best = None
-    saved_step = None          # the step of the classifier this run last wrote into out_dir
-    bad_evaluations = 0
-    running, counted = 0.0, 0
-    classifier.train()
-    step = 0
-    bar = _Heartbeat(max_steps, log, cfg.log_interval) if progress else None
-    log = bar.message if bar is not None else log
-    unfreezing = (_Unfreezing(classifier, cfg.unfreeze_every or steps_per_epoch, log)
-                  if cfg.unfreeze == "gradual" else None)
-    with GracefulStop() as stop:
-        log(f"fine-tuning {sum(int(p.size) for p in trainable):,} of {classifier.num_parameters():,} parameters "
-            f"on {len(train)} texts ({steps_per_epoch} steps per epoch), validating on {len(val)}")
-        while step < max_steps and not result.stopped_early and not stop.requested:
-            for rows in _length_bucketed_batches(train, cfg.batch_size, rng):
-                if unfreezing is not None:
-                    unfreezing.at(step)
-                idx, mask, y = train.batch(rows, pad_id, cfg.pad_side)
-                batch = (idx, mask, y)      # host arrays: checked there, copied to the device by the model
-                lr = cfg.learning_rate(step, max_steps)
-                loss = engine.optimizer_step(opt, loss_fn, [batch], lr, grad_clip=cfg.grad_clip, workers=workers,
-                                             step=step + 1, scaler=scaler, group=group).loss
-                step += 1
-                running, counted = running + loss, counted + 1
-                if bar is not None:
-                    bar.step(step, loss, int(mask.sum()))
-                if step % eval_every == 0 or step == max_steps:
-                    if bar is not None:
-                        bar.message(f"validating on {len(val)} texts...")
-                    metrics = evaluate(classifier, val, pad_id, pad_side=cfg.pad_side)
-                    entry = {"step": step, "epoch": step / steps_per_epoch, "train_loss": running / counted,
-                             "val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"], "val_f1": metrics["f1"]}
-                    result.history.append(entry)
-                    running, counted = 0.0, 0
-                    improved = metrics["loss"] < result.best_loss
-                    log(f"step {step}/{max_steps}  train loss {entry['train_loss']:.4f}  val loss {metrics['loss']:.4f}  "
-                        f"val accuracy {metrics['accuracy']:.3f}" + ("  (best)" if improved else ""))
-                    if improved:
-                        result.best_loss, result.best_step, bad_evaluations = metrics["loss"], step, 0
-                        best = {id(p): p.data.copy() for p in trainable}
-                        if out_dir is not None:
-                            _save(classifier, out_dir, tokenizer, base_model, saved_step)
-                            saved_step = step
-                    else:
-                        bad_evaluations += 1
-                        if bad_evaluations >= cfg.patience:
-                            result.stopped_early = True
-                            log(f"stopping early: no lower validation loss in {cfg.patience} evaluations")
-                            break
-                if step >= max_steps or stop.requested:
-                    break
-    if bar is not None:
-        bar.close()
-    if stop.requested:
-        result.stopped_by = stop.signum
-        if out_dir is not None and result.best_step is None:
-            _save(classifier, out_dir, tokenizer, base_model, saved_step)
-        saved = (f"; the classifier in {out_dir} is from step {result.best_step or step}"
-                 if out_dir is not None else "")
-        log(f"{stop.name}: stopped at step {step}{saved}")
-    result.steps = step
-    if best is not None:                    # restore the best weights seen
-        for p in trainable:
-            p.data[...] = best[id(p)]
-    for p in classifier.parameters():       # leave the model as we found it: all trainable, float32
+def _switch_off_training_settings(classifier: GPTClassifier, model_dropout: float) -> None:
+    """Leave the model as we found it: all trainable, float32, its own dropout, in evaluation mode."""
+    for p in classifier.parameters():
         p.requires_grad = True
     classifier.head_dropout.p = 0.0
     classifier.lm_loss_weight = 0.0
-    classifier.transformer.set_dropout(saved_dropout)
+    classifier.transformer.set_dropout(model_dropout)
     classifier.transformer.set_compute_dtype(None)
     classifier.eval()
-    return result
+
+
+class _Stepper:
+    """One optimizer step of the fine-tune: a batch's loss (eq:bce or eq:multiclass-loss, plus
+    eq:auxiliary-lm-loss's term when it is on), backward sharded over CPU threads or ranks, clipping,
+    AdamW at the schedule's learning rate (each parameter's scaled by :func:`lr_scales`)."""
+
+    def __init__(self, classifier: GPTClassifier, cfg: FinetuneConfig, train: Encoded, pad_id: int, world: Any,
+                 max_steps: int) -> None:
+        self.classifier, self.cfg, self.train, self.pad_id, self.max_steps = classifier, cfg, train, pad_id, max_steps
+        self.opt = _optimizer(classifier, cfg)
+        self.workers = engine.choose_workers(cfg.workers or (1 if world.size > 1 else None), classifier.device,
+                                             lora.max_dropout(classifier))
+        self.group = distributed.process_group(world)     # the step's ranks: one, or DataParallel
+        self.scaler = GradScaler() if cfg.dtype != "float32" else NO_LOSS_SCALING
+
+    def _loss(self, idx: Array, mask: Array, labels: Array) -> Tensor:         # (b, T), (b, T), (b,)
+        return self.classifier(idx, attention_mask=mask, labels=labels)[1]
+
+    def __call__(self, rows: np.ndarray, step: int) -> tuple[float, int]:
+        """Step ``step + 1`` on the texts ``rows``; returns its loss and its count of real tokens."""
+        cfg = self.cfg
+        idx, mask, y = self.train.batch(rows, self.pad_id, cfg.pad_side)   # host arrays: the model copies them
+        loss = engine.optimizer_step(self.opt, self._loss, [(idx, mask, y)], cfg.learning_rate(step, self.max_steps),
+                                     grad_clip=cfg.grad_clip, workers=self.workers, step=step + 1,
+                                     scaler=self.scaler, group=self.group).loss
+        return loss, int(mask.sum())
+
+
+def _train(classifier: GPTClassifier, cfg: FinetuneConfig, train: Encoded, val: Encoded, pad_id: int,
+           keeper: _BestKeeper, stop: GracefulStop, bar: Optional[_Heartbeat], world: Any, steps_per_epoch: int,
+           log: Callable[[str], None]) -> int:
+    """The loop: length-bucketed batches, one :class:`_Stepper` step each, an evaluation every ``eval_every``
+    steps (default: an epoch) and at the end; stops early, at the last step or on a signal. Returns the steps run."""
+    max_steps = cfg.epochs * steps_per_epoch
+    eval_every = int(cfg.eval_every or steps_per_epoch)
+    one_step = _Stepper(classifier, cfg, train, pad_id, world, max_steps)
+    unfreeze_for = (_Unfreezing(classifier, cfg.unfreeze_every or steps_per_epoch, log).at
+                    if cfg.unfreeze == "gradual" else lambda step: None)
+    rng = np.random.default_rng(cfg.seed)       # the batch order, epoch after epoch
+    step, losses = 0, []
+    classifier.train()
+    while step < max_steps and not keeper.result.stopped_early and not stop.requested:
+        for rows in _length_bucketed_batches(train, cfg.batch_size, rng):
+            unfreeze_for(step)
+            loss, tokens = one_step(rows, step)
+            step += 1
+            losses.append(loss)
+            if bar is not None:
+                bar.step(step, loss, tokens)
+            if step % eval_every == 0 or step == max_steps:
+                if bar is not None:
+                    bar.message(f"validating on {len(val)} texts...")
+                metrics = evaluate(classifier, val, pad_id, pad_side=cfg.pad_side)
+                keeper.after_evaluation(step, step / steps_per_epoch, sum(losses) / len(losses), metrics, max_steps)
+                losses = []
+            if step >= max_steps or stop.requested or keeper.result.stopped_early:
+                break
+    return step
+
+
+class _BestKeeper:
+    """Early stopping on the validation loss: keeps the best weights seen (and writes them to ``out_dir``),
+    counts evaluations without improvement, and fills a :class:`FinetuneResult`."""
+
+    def __init__(self, classifier: GPTClassifier, trainable: list[Any], out_dir: Optional[str | os.PathLike],
+                 tokenizer: Any, base_model: Optional[str], patience: int, log: Callable[[str], None]) -> None:
+        self.classifier, self.trainable, self.out_dir = classifier, trainable, out_dir
+        self.tokenizer, self.base_model, self.patience, self.log = tokenizer, base_model, patience, log
+        self.result = FinetuneResult()
+        self.best: Optional[dict[int, Array]] = None
+        self.saved_step: Optional[int] = None      # the step of the classifier this run last wrote into out_dir
+        self.bad_evaluations = 0
+
+    def after_evaluation(self, step: int, epoch: float, train_loss: float, metrics: dict[str, Any],
+                         max_steps: int) -> None:
+        result = self.result
+        entry = {"step": step, "epoch": epoch, "train_loss": train_loss, "val_loss": metrics["loss"],
+                 "val_accuracy": metrics["accuracy"], "val_f1": metrics["f1"]}
+        result.history.append(entry)
+        improved = metrics["loss"] < result.best_loss
+        self.log(f"step {step}/{max_steps}  train loss {train_loss:.4f}  val loss {metrics['loss']:.4f}  "
+                 f"val accuracy {metrics['accuracy']:.3f}" + ("  (best)" if improved else ""))
+        if improved:
+            result.best_loss, result.best_step, self.bad_evaluations = metrics["loss"], step, 0
+            self.best = {id(p): p.data.copy() for p in self.trainable}
+            if self.out_dir is not None:
+                _save(self.classifier, self.out_dir, self.tokenizer, self.base_model, self.saved_step)
+                self.saved_step = step
+            return
+        self.bad_evaluations += 1
+        if self.bad_evaluations >= self.patience:
+            result.stopped_early = True
+            self.log(f"stopping early: no lower validation loss in {self.patience} evaluations")
+
+    def save_if_none_yet(self) -> None:
+        """Stopped by a signal before any evaluation: write the current classifier, so ``out_dir`` has one."""
+        if self.out_dir is not None and self.result.best_step is None:
+            _save(self.classifier, self.out_dir, self.tokenizer, self.base_model, self.saved_step)
+
+    def restore_best(self) -> None:
+        if self.best is not None:
+            for p in self.trainable:
+                p.data[...] = self.best[id(p)]

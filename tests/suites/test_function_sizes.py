@@ -44,7 +44,6 @@ EXEMPT = {
     "npgpt.tokenizer.core:Tokenizer.__init__": "validates vocabulary, merges and special tokens given in any of "
                                                "their accepted forms",
     "npgpt.training.train:Trainer._train": "the training loop: step, log, evaluate, checkpoint, stop (docs/training.md)",
-    "npgpt.finetuning.finetune:finetune": "the fine-tuning loop: epochs, evaluation, best checkpoint (docs/finetuning.md)",
     "npgpt.generation.__init__:_decode": "the decoding loop: cache, sampling, stop tokens, streaming (docs/generation.md)",
     "npgpt.generation.__init__:_check": "checks every generation argument, each refusal naming it",
     "npgpt.apps.cli:_finetune_holding": "the finetune command: settings, data, model, run, report",
