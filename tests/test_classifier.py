@@ -378,3 +378,23 @@ def test_auxiliary_lm_loss_gradient_matches_finite_differences():
     predicts = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=bool)
     assert np.all(h.grad[~predicts] == 0)
     assert np.all(np.abs(h.grad[predicts]).sum(axis=-1) > 0)
+
+
+def test_auxiliary_lm_loss_of_slices_adds_up_to_the_whole_batchs_mean():
+    # Threads and ranks weight a slice of n of N rows by n / N (docs/performance.md eq:shard-gradients); with the
+    # whole batch's pairs per row the slices' LM terms then add up to eq:auxiliary-lm-loss's mean over all pairs.
+    model = make(num_labels=1, dtype=np.float64)
+    gpt = model.transformer
+    idx, mask = pad_batch([[3, 14, 15, 9, 26, 5], [8], [7, 9], [42, 1, 2]], pad_id=0, side="right")
+    positions = positions_from_mask(mask)
+    whole = language_model_loss(gpt, gpt.trunk(idx, attention_mask=mask, position_ids=positions), idx, mask).item()
+    pairs_per_row = (5 + 0 + 1 + 2) / 4
+    total = 0.0
+    for rows in ([0], [1, 2], [3]):        # the middle slice has one pair; a slice [1] alone would have none
+        h = gpt.trunk(idx[rows], attention_mask=mask[rows], position_ids=positions[rows])
+        total += len(rows) / 4 * language_model_loss(gpt, h, idx[rows], mask[rows], pairs_per_row).item()
+    assert abs(total - whole) < 1e-12
+    h = Tensor(gpt.trunk(idx[[1]], attention_mask=mask[[1]], position_ids=positions[[1]]).numpy(), requires_grad=True)
+    nothing = language_model_loss(gpt, h, idx[[1]], mask[[1]], pairs_per_row)     # a one-token text: no pair
+    nothing.backward()
+    assert nothing.item() == 0.0 and np.all(h.grad == 0)

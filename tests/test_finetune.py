@@ -369,6 +369,22 @@ def test_gpt1s_auxiliary_lm_loss_and_backbone_dropout_train_and_are_undone_after
     assert all(m.p == 0.0 for _, m in model.named_modules() if type(m).__name__ == "Dropout")
 
 
+def test_the_auxiliary_lm_loss_does_not_depend_on_how_many_threads_share_a_batch():
+    # eq:auxiliary-lm-loss is a mean over the batch's pairs: texts of different lengths in shards of
+    # different pair counts must give the same step on one thread and on two (up to float rounding).
+    train, val = toy_task(96, seed=0), toy_task(32, seed=1)
+    train = ([t if i % 3 else t + " good good bad film" for i, t in enumerate(train[0])], train[1])
+    tokenizer = WordTokenizer(train[0])
+    config = GPTConfig(vocab_size=len(tokenizer.vocab) + 1, block_size=32, n_layer=2, n_head=2, n_embd=32)
+    losses = []
+    for workers in (1, 2):
+        model = GPTClassifier(config, num_labels=1, seed=3)
+        result = finetune.finetune(model, tokenizer, *train, *val, epochs=1, batch_size=32, lr=3e-3,
+                                   lm_loss_weight=0.5, workers=workers, log=None)
+        losses.append([h["train_loss"] for h in result.history] + [h["val_loss"] for h in result.history])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"unfreeze": "slow"}, "unfreeze must be 'all' or 'gradual'"),
     ({"unfreeze_every": 5}, "give it with unfreeze='gradual'"),

@@ -149,14 +149,29 @@ def next_token_targets(idx: Array, mask: Array | None, ignore_index: int = -100)
     return targets
 
 
-def language_model_loss(gpt: GPT, hidden: Tensor, idx: Array, mask: Array | None) -> Tensor:
-    """The backbone's mean next-token cross-entropy over a padded batch's real tokens (eq:auxiliary-lm-loss).
+def language_model_loss(gpt: GPT, hidden: Tensor, idx: Array, mask: Array | None,
+                        pairs_per_row: float | None = None) -> Tensor:
+    """The backbone's next-token cross-entropy over a padded batch's real tokens (eq:auxiliary-lm-loss).
 
     ``hidden`` (B, T, C) is the trunk's output for ``idx`` (B, T); the tied head
     and the loss are one fused op (``F.linear_cross_entropy``), and only a real
-    token that predicts a real token counts (:func:`next_token_targets`).
+    token that predicts a real token counts (:func:`next_token_targets`): the
+    mean over those ``t`` pairs. When the rows are a slice of a larger batch
+    whose gradient is the sum of its slices' weighted by their share of rows
+    (threads, ranks: docs/performance.md eq:shard-gradients), ``pairs_per_row``
+    is that whole batch's pairs per row, ``P / N``: the slice then returns
+    ``(sum of its pair losses) / (B P / N)``, so that its share ``B / N`` of it
+    is its pairs' part of the whole batch's mean over ``P`` pairs, however the
+    rows were split. A slice with no pair (one-token texts) adds nothing.
     """
-    return F.linear_cross_entropy(hidden, gpt.head_weight, next_token_targets(idx, mask))
+    targets = next_token_targets(idx, mask)
+    pairs = int((targets != -100).sum())
+    if pairs == 0:
+        return (hidden * 0.0).sum()         # nothing to predict: a zero that still belongs to the graph
+    mean = F.linear_cross_entropy(hidden, gpt.head_weight, targets)
+    if pairs_per_row is None:
+        return mean
+    return mean * (pairs / (idx.shape[0] * pairs_per_row))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +234,7 @@ class GPTClassifier(nn.Module):
                                rng=np.random.default_rng(child_seeds(seed, 2)[1]))
         self.score.to(backbone.device)
         self.lm_loss_weight = 0.0       # lambda of eq:auxiliary-lm-loss; fine-tuning sets it
+        self.lm_pairs_per_row: float | None = None    # the whole batch's, when fine-tuning shards it
 
     @property
     def num_classes(self) -> int:
@@ -250,7 +266,7 @@ class GPTClassifier(nn.Module):
             return logits
         loss = self.loss(logits, labels)
         if self.lm_loss_weight and inputs_embeds is None:     # eq:auxiliary-lm-loss
-            loss = loss + self.lm_loss_weight * language_model_loss(gpt, hidden, idx, mask)
+            loss = loss + self.lm_loss_weight * language_model_loss(gpt, hidden, idx, mask, self.lm_pairs_per_row)
         return logits, loss
 
     def loss(self, logits: Tensor, labels: Any) -> Tensor:

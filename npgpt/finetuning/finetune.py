@@ -560,7 +560,7 @@ def _switch_off_training_settings(classifier: GPTClassifier, model_dropout: floa
     for p in classifier.parameters():
         p.requires_grad = True
     classifier.head_dropout.p = 0.0
-    classifier.lm_loss_weight = 0.0
+    classifier.lm_loss_weight, classifier.lm_pairs_per_row = 0.0, None
     classifier.transformer.set_dropout(model_dropout)
     classifier.transformer.set_compute_dtype(None)
     classifier.eval()
@@ -587,6 +587,11 @@ class _Stepper:
         """Step ``step + 1`` on the texts ``rows``; returns its loss and its count of real tokens."""
         cfg = self.cfg
         idx, mask, y = self.train.batch(rows, self.pad_id, cfg.pad_side)   # host arrays: the model copies them
+        if self.classifier.lm_loss_weight:      # eq:auxiliary-lm-loss's mean is over the whole batch's pairs
+            # Imported here: at module level it would be a cycle (the classifier imports this module).
+            from npgpt.finetuning.classifier import next_token_targets
+            pairs = int((next_token_targets(idx, mask) != -100).sum())
+            self.classifier.lm_pairs_per_row = max(pairs, 1) / idx.shape[0]
         loss = engine.optimizer_step(self.opt, self._loss, [(idx, mask, y)], cfg.learning_rate(step, self.max_steps),
                                      grad_clip=cfg.grad_clip, workers=self.workers, step=step + 1,
                                      scaler=self.scaler, group=self.group).loss

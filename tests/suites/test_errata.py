@@ -135,6 +135,8 @@ ERRATA = [
     # The fifth part (/work/coord/review4-findings.md): the prose landed since 5ee2d2e.
     ("finetuning.md", r"found that it helped its larger datasets more than its smaller",
      "GPT-1's ablation: the auxiliary objective helped the larger datasets (NLI, QQP), not the smaller ones"),
+    ("finetuning.md", r"this differs a little from the mean over the batch's \$N\$ pairs",
+     "the shards are told the batch's pairs per text, so eq:auxiliary-lm-loss is exact however a batch is split"),
     ("gpu.md", r"and its softmax 36,", "a train step's softmax is four kernels a layer, 48 (the row sums are speed.row_sums')"),
     ("generation.md", r"the prompt, one-token\s+steps, batched decoding and training run exactly as before",
      "the head's panels serve every head product of a prompt-lookup generation, one row included"),
