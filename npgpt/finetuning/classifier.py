@@ -55,6 +55,7 @@ import npgpt.functional as F
 from npgpt import backend, nn
 from npgpt.autograd import Tensor, no_grad
 from npgpt.autograd.core import _make
+from npgpt.finetuning.labelled import next_token_targets
 from npgpt.io import checkpoint, hf_gpt2, inputs
 from npgpt.model import GPT, GPTConfig
 from npgpt.nn import child_seeds
@@ -135,18 +136,6 @@ def masked_pool(hidden: Tensor, mask: Array | None, pooling: str = "last") -> Te
         return (dH,)
 
     return _make(out, (hidden,), backward)
-
-
-def next_token_targets(idx: Array, mask: Array | None, ignore_index: int = -100) -> Array:
-    """The next-token targets of a padded batch, int (B, T): ``idx[b, t+1]`` where tokens ``t`` and ``t+1``
-    are both real, else ``ignore_index`` (the last position, padding, and a real token followed by padding)."""
-    xp = backend.array_module(idx)
-    targets = xp.full(idx.shape, ignore_index, dtype=xp.int64)
-    targets[:, :-1] = idx[:, 1:]
-    if mask is not None:
-        both_real = (mask[:, :-1] != 0) & (mask[:, 1:] != 0)
-        targets[:, :-1] = xp.where(both_real, targets[:, :-1], ignore_index)
-    return targets
 
 
 def language_model_loss(gpt: GPT, hidden: Tensor, idx: Array, mask: Array | None,

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Optional
 import numpy as np
 
 from npgpt.finetuning import lora
-from npgpt.finetuning.labelled import pad_batch
+from npgpt.finetuning.labelled import next_token_targets, pad_batch
 from npgpt.finetuning.metrics import classification_metrics
 from npgpt.io import fileio
 from npgpt.tokenizer.bpe import ENDOFTEXT
@@ -588,8 +588,6 @@ class _Stepper:
         cfg = self.cfg
         idx, mask, y = self.train.batch(rows, self.pad_id, cfg.pad_side)   # host arrays: the model copies them
         if self.classifier.lm_loss_weight:      # eq:auxiliary-lm-loss's mean is over the whole batch's pairs
-            # Imported here: at module level it would be a cycle (the classifier imports this module).
-            from npgpt.finetuning.classifier import next_token_targets
             pairs = int((next_token_targets(idx, mask) != -100).sum())
             self.classifier.lm_pairs_per_row = max(pairs, 1) / idx.shape[0]
         loss = engine.optimizer_step(self.opt, self._loss, [(idx, mask, y)], cfg.learning_rate(step, self.max_steps),

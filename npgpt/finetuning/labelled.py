@@ -31,6 +31,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from npgpt import backend
 from npgpt.io import fileio
 
 __all__ = ["read_labelled_file", "movie_reviews", "label_counts", "label_name", "LabelSet", "split_indices", "pad_batch"]
@@ -342,3 +343,15 @@ def pad_batch(sequences: Iterable[Iterable[int]], pad_id: int = 0, side: str = "
         idx[b, cols] = s
         mask[b, cols] = 1
     return idx, mask
+
+
+def next_token_targets(idx: Any, mask: Any | None, ignore_index: int = -100) -> Any:
+    """The next-token targets of a padded batch, int (B, T): ``idx[b, t+1]`` where tokens ``t`` and ``t+1``
+    are both real, else ``ignore_index`` (the last position, padding, and a real token followed by padding)."""
+    xp = backend.array_module(idx)
+    targets = xp.full(idx.shape, ignore_index, dtype=xp.int64)
+    targets[:, :-1] = idx[:, 1:]
+    if mask is not None:
+        both_real = (mask[:, :-1] != 0) & (mask[:, 1:] != 0)
+        targets[:, :-1] = xp.where(both_real, targets[:, :-1], ignore_index)
+    return targets
