@@ -199,7 +199,8 @@ def test_cli_reports_missing_columns_empty_texts_and_unknown_labels(model_dir, t
     assert not (tmp_path / "o").exists()
 
 
-def test_sentiment_example_runs_end_to_end(model_dir, tmp_path, capsys):
+def sentiment_example():
+    """examples/sentiment.py as a module (skips the test where the movie reviews cannot be fetched)."""
     import importlib.util
 
     from npgpt.datasets import DatasetUnavailable
@@ -212,6 +213,11 @@ def test_sentiment_example_runs_end_to_end(model_dir, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("sentiment_example", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
+    return example
+
+
+def test_sentiment_example_runs_end_to_end(model_dir, tmp_path, capsys):
+    example = sentiment_example()
     assert example.main(["--model", str(model_dir), "--limit", "400", "--epochs", "1", "--pooling", "concat",
                          "--unfreeze", "gradual", "--layer-lr-decay", "2.6", "--out", str(tmp_path / "clf")]) == 0
     printed = capsys.readouterr().out
@@ -230,18 +236,7 @@ def test_sentiment_example_runs_end_to_end(model_dir, tmp_path, capsys):
 
 
 def test_sentiment_examples_ensemble_averages_its_members_probabilities(model_dir, tmp_path, capsys):
-    import importlib.util
-
-    from npgpt.datasets import DatasetUnavailable
-
-    try:
-        labelled.movie_reviews()
-    except DatasetUnavailable as exc:
-        pytest.skip(f"movie reviews cannot be fetched here: {exc}")
-    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "sentiment.py"
-    spec = importlib.util.spec_from_file_location("sentiment_example", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = sentiment_example()
     common = ["--model", str(model_dir), "--limit", "200", "--epochs", "1", "--workers", "1"]
     for seed in (3, 4):
         assert example.main(common + ["--train-seed", str(seed), "--probs-out", str(tmp_path / f"{seed}.npy")]) == 0
