@@ -104,6 +104,26 @@ def test_rejected_guesses_are_dropped_from_the_cache():
     assert rejected
 
 
+def test_after_wrong_guesses_in_a_row_it_rests_1_3_then_7_steps(monkeypatch):
+    # Every guess wrong (one token off the plain greedy choice): guesses at steps 1, 3, 7, 15, 23, 31 of 32;
+    # the others are one-token passes, and the ids are still plain greedy's.
+    model = small(1)
+    ids = np.random.default_rng(1).integers(0, 40, (1, 8))
+    plain = generation.generate(model, ids, 32)
+    vocab = model.config.vocab_size
+    guessed = []
+
+    def wrong(history, max_tokens, ngram_sizes=prompt_lookup.NGRAM_SIZES):
+        guessed.append(len(history))
+        return np.array([(int(plain[0, len(history)]) + 1) % vocab]) if max_tokens else np.empty(0, np.int64)
+
+    monkeypatch.setattr(prompt_lookup, "propose", wrong)
+    widths = counting_passes(model)
+    assert np.array_equal(generation.generate(model, ids, 32, prompt_lookup=4), plain)
+    assert [n - 8 for n in guessed] == [1, 3, 7, 15, 23, 31]
+    assert widths[1:].count(2) == 5 and widths[1:].count(1) == 31 - 5   # the last guess had no room (max_tokens 0)
+
+
 # ---------------------------------------------------------- refusals
 @pytest.mark.parametrize("settings, message", [
     (dict(do_sample=True), "greedy decoding only"),

@@ -13,7 +13,8 @@ choices, plus the model's choice after it, gives 1 to k + 1 tokens per pass: exa
 plain greedy decoding gives, in fewer passes. A wrong guess costs one slightly wider pass; to keep
 that cost small on text that does not repeat, the guess's length adapts (``decode``): after a guess
 that was wholly accepted the next may be twice as long (up to N), after a rejected one it is only as
-long as the agreement went (at least 1).
+long as the agreement went (at least 1); after 1, 2, then 3 or more wholly wrong guesses in a row it
+rests 1, 3, then 7 steps (plain one-token steps) before guessing again.
 
 The guess (``propose``): for n = 3, then 2, then 1 (``NGRAM_SIZES``), look for the context's last
 n tokens earlier in the context; at the most recent earlier occurrence, propose the k tokens
@@ -111,8 +112,8 @@ def decode(model: Any, plan: Any, num_tokens: int) -> Any:
     head = panelled.head if panelled is not None else model.decoding_weight(1, n)
     verifying = panelled.attached if panelled is not None else contextlib.nullcontext
 
-    def choices(hidden, first_step):                              # (k + 1, C) -> greedy ids (k + 1,) on the device
-        logits = model.lm_head(hidden, head).data
+    def choices(hidden, first_step, through=head):                # (k + 1, C) -> greedy ids (k + 1,) on the device
+        logits = model.lm_head(hidden, through).data
         if eos_list and first_step < plan.min_new_tokens:
             rows = max(0, min(len(logits), plan.min_new_tokens - first_step))
             logits[:rows, eos_list] = logits.dtype.type(float("-inf"))
@@ -121,6 +122,8 @@ def decode(model: Any, plan: Any, num_tokens: int) -> Any:
     cache = model.new_cache(1, T0 + n)
     produced = 0
     size = num_tokens                     # the next guess's length, adapted to how the last one fared
+    misses, rest = 0, 0                   # wrong guesses in a row; steps left to take without guessing
+    guess = np.empty(0, dtype=np.int64)
     with no_grad():
         hidden = model.trunk(ids, cache=cache)     # the prompt: (1, T0, C)
         new = choices(hidden[0, -1:], 0)                           # (1,)
@@ -133,17 +136,27 @@ def decode(model: Any, plan: Any, num_tokens: int) -> Any:
                 yield new[j:j + 1]
                 if token in eos or produced == n:
                     return
-            guess = propose(history[:length], min(size, n - produced - 1))
+            # After wrong guesses in a row, rest 1, 3, then 7 steps before guessing again: on text that does
+            # not repeat a guess mostly fails, and each failed pass costs more than the token step it replaces.
+            guess = propose(history[:length], min(size, n - produced - 1)) if not rest else guess[:0]
             k = len(guess)
             block = xp.asarray(np.concatenate([history[length - 1:length], guess])[None])   # (1, k + 1): last + guess
             before = cache.length                                          # = length - 1
-            with verifying():
-                hidden = model.trunk(block, cache=cache)                   # (1, k + 1, C)
-                pred = choices(hidden[0], produced)                        # (k + 1,)
+            if k:
+                with verifying():
+                    hidden = model.trunk(block, cache=cache)               # (1, k + 1, C)
+                    pred = choices(hidden[0], produced)                    # (k + 1,)
+            else:   # no guess: a plain one-token step (through panels it would cost ~1.4x: the head's 629 products)
+                hidden = model.trunk(block, cache=cache)                   # (1, 1, C)
+                pred = choices(hidden[0], produced, None if panelled is not None else head)
             pred_host = backend.to_numpy(pred)                             # the one copy to the host per pass
             agree = pred_host[:k] == guess
             a = k if agree.all() else int(np.argmin(agree))                # guessed tokens accepted
             cache.length = before + 1 + a                                  # drop the rejected guesses
             if k:                   # all accepted: guess twice as far; else only as far as the agreement went
                 size = min(num_tokens, 2 * size) if a == k else max(1, a)
+                misses = 0 if a else misses + 1
+                rest = (1 << min(misses, 3)) - 1
+            else:
+                rest = max(0, rest - 1)
             new, new_host = pred[:a + 1], pred_host[:a + 1]
