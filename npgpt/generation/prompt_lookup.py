@@ -87,6 +87,22 @@ def check(plan: Any, block_size: int) -> None:
                          f"or decode without prompt_lookup (which slides the window)")
 
 
+class _Rest:
+    """After 1, 2, then 3 or more wholly wrong guesses in a row: 1, 3, then 7 steps without a guess."""
+
+    def __init__(self) -> None:
+        self.misses = 0         # wholly wrong guesses in a row
+        self.left = 0           # steps still to take without guessing
+
+    def after(self, k: int, a: int) -> None:
+        """Account for a pass that guessed ``k`` tokens (0: none) of which ``a`` were accepted."""
+        if k:
+            self.misses = 0 if a else self.misses + 1
+            self.left = (1 << min(self.misses, 3)) - 1
+        else:
+            self.left = max(0, self.left - 1)
+
+
 def decode(model: Any, plan: Any, num_tokens: int) -> Any:
     """Yield the greedy tokens of ``plan`` (checked by ``check``), a (1,) array each, guessing
     ``num_tokens`` ahead. The verifying passes compute through the weights' panelled copies
@@ -122,7 +138,7 @@ def decode(model: Any, plan: Any, num_tokens: int) -> Any:
     cache = model.new_cache(1, T0 + n)
     produced = 0
     size = num_tokens                     # the next guess's length, adapted to how the last one fared
-    misses, rest = 0, 0                   # wrong guesses in a row; steps left to take without guessing
+    rest = _Rest()
     guess = np.empty(0, dtype=np.int64)
     with no_grad():
         hidden = model.trunk(ids, cache=cache)     # the prompt: (1, T0, C)
@@ -138,7 +154,7 @@ def decode(model: Any, plan: Any, num_tokens: int) -> Any:
                     return
             # After wrong guesses in a row, rest 1, 3, then 7 steps before guessing again: on text that does
             # not repeat a guess mostly fails, and each failed pass costs more than the token step it replaces.
-            guess = propose(history[:length], min(size, n - produced - 1)) if not rest else guess[:0]
+            guess = propose(history[:length], min(size, n - produced - 1)) if not rest.left else guess[:0]
             k = len(guess)
             block = xp.asarray(np.concatenate([history[length - 1:length], guess])[None])   # (1, k + 1): last + guess
             before = cache.length                                          # = length - 1
@@ -155,8 +171,5 @@ def decode(model: Any, plan: Any, num_tokens: int) -> Any:
             cache.length = before + 1 + a                                  # drop the rejected guesses
             if k:                   # all accepted: guess twice as far; else only as far as the agreement went
                 size = min(num_tokens, 2 * size) if a == k else max(1, a)
-                misses = 0 if a else misses + 1
-                rest = (1 << min(misses, 3)) - 1
-            else:
-                rest = max(0, rest - 1)
+            rest.after(k, a)
             new, new_host = pred[:a + 1], pred_host[:a + 1]
