@@ -45,6 +45,15 @@ classic tracer (``cupy/_core/fusion.pyx``) runs it on its own; what that tracer 
 into one kernel is refused (``TypeError``, ``AttributeError``), and each call counts one launch
 that reads every array argument once and writes the outputs and the arguments assigned in place.
 
+CUDA graphs are emulated (``Stream.begin_capture``/``end_capture``, ``Graph.launch``): under capture
+each call runs (the calls after it need its values) and is recorded with a replay, the same NumPy
+function on the same arrays writing into the same outputs, Python numbers as they were at capture.
+``end_capture`` then undoes the capture as a GPU never ran it: arrays written that existed before
+get their contents back, arrays allocated under capture hold garbage until a launch. A host read or
+a host -> device copy inside capture raises ``cudaErrorStreamCaptureUnsupported`` (CuPy's
+``CUDARuntimeError``), a synchronisation too; a call with no replay is refused. A launch counts
+one launch; ``replayed_nodes()`` counts the kernels it replayed, and the bytes are theirs.
+
 What it cannot show: speed, memory limits, the numerics of cuBLAS and of CuPy's
 reductions (the values are NumPy's), the random streams of cuRAND, whether NVRTC compiles the
 code ``cupy.fuse`` generates.
@@ -63,7 +72,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["install", "uninstall", "installed", "transfers", "reset_transfers", "transfer_log", "ndarray", "kernels",
-           "reset_kernels", "count_sites", "kernel_sites"]
+           "reset_kernels", "count_sites", "kernel_sites", "graph_nodes", "replayed_nodes"]
 
 # ------------------------------------------------------------------------------------ counting
 _counts = {"to_host": 0, "to_device": 0}
@@ -107,6 +116,8 @@ def _caller() -> str:
 
 
 def _record(kind: str, nbytes: int) -> None:
+    if _capturing():
+        _refuse_in_capture("a device -> host copy" if kind == "to_host" else "a host -> device copy")
     where = _caller()
     with _lock:
         _counts[kind] += 1
@@ -117,12 +128,14 @@ def _record(kind: str, nbytes: int) -> None:
 
 # ----------------------------------------------------------------------- kernels
 _kernels = {"launches": 0, "bytes_read": 0, "bytes_written": 0}
+_replayed = {"nodes": 0}                  # kernels run by CUDA graph launches (each launch counts one)
 _sites: dict[str, int] = {}
 _count_sites = False
 
 
 def kernels() -> dict[str, int]:
-    """Cumulative ``{"launches", "bytes_read", "bytes_written"}`` of the kernels a GPU would have run."""
+    """Cumulative ``{"launches", "bytes_read", "bytes_written"}`` of the kernels a GPU would have run (a CUDA
+    graph's launch is one launch, with its kernels' bytes; ``replayed_nodes()`` counts those kernels)."""
     with _lock:
         return dict(_kernels)
 
@@ -132,7 +145,14 @@ def reset_kernels() -> None:
     with _lock:
         for key in _kernels:
             _kernels[key] = 0
+        _replayed["nodes"] = 0
         _sites.clear()
+
+
+def replayed_nodes() -> int:
+    """The kernels that CUDA graph launches ran since ``reset_kernels`` (the launches count one each)."""
+    with _lock:
+        return _replayed["nodes"]
 
 
 def count_sites(on: bool = True) -> None:
@@ -147,12 +167,18 @@ def kernel_sites() -> dict[str, int]:
         return dict(sorted(_sites.items(), key=lambda kv: -kv[1]))
 
 
-def _launch(read: int, written: int) -> None:
+def _launch(read: int, written: int, replay: Any = None, nodes: int = 0) -> None:
+    """Count one kernel; inside a stream capture, record it as a node of the graph instead (``replay``
+    recomputes it into the same arrays; a call that cannot say how to replay itself is refused)."""
+    if _capturing():
+        _capture.graph._add(read, written, replay)
+        return
     where = _caller() if _count_sites else None
     with _lock:
         _kernels["launches"] += 1
         _kernels["bytes_read"] += int(read)
         _kernels["bytes_written"] += int(written)
+        _replayed["nodes"] += nodes
         if where is not None:
             _sites[where] = _sites.get(where, 0) + 1
 
@@ -170,7 +196,7 @@ def _device_arrays(obj: Any, found: list) -> list:
     return found
 
 
-def _count_call(inputs: list, result: Any, out: Any = None, reads: bool = True) -> None:
+def _count_call(inputs: list, result: Any, out: Any = None, reads: bool = True, replay: Any = None) -> None:
     """Count one kernel if the call wrote ``out`` or made an array that is not a view of its inputs."""
     if type(out) is ndarray:
         written = out._a
@@ -180,7 +206,7 @@ def _count_call(inputs: list, result: Any, out: Any = None, reads: bool = True) 
             return                                  # a view (or views) of the inputs: no kernel
         written = made
     written = written if isinstance(written, list) else [written]
-    _launch(sum(a.nbytes for a in inputs) if reads else 0, sum(a.nbytes for a in written))
+    _launch(sum(a.nbytes for a in inputs) if reads else 0, sum(a.nbytes for a in written), replay)
 
 
 # -------------------------------------------------------------------- arrays in and out
@@ -211,6 +237,8 @@ def _dev(x: Any) -> Any:
 def _new(a: np.ndarray) -> ndarray:
     out = ndarray.__new__(ndarray)
     out._a = a
+    if _capture.graph is not None and a.flags.owndata and _capturing():
+        _capture.graph._made.append(a)        # memory allocated under capture: the graph's own
     return out
 
 
@@ -239,7 +267,8 @@ def _upload(obj: Any, dtype: Any = None, ndmin: int = 0) -> ndarray:
     """Host data to the device: always a copy, and counted (``cupy.asarray`` of a number too)."""
     if _holds_device_array(obj):        # a list of device arrays is assembled on the device
         made = _new(np.array(_dev(obj), dtype=dtype, ndmin=ndmin))
-        _count_call(_device_arrays(obj, []), made)
+        replay = _replay(lambda: np.array(_dev(obj), dtype=dtype, ndmin=ndmin), made)
+        _count_call(_device_arrays(obj, []), made, replay=replay)
         return made
     host = np.array(obj, dtype=dtype, ndmin=ndmin)
     if host.dtype == object:
@@ -476,15 +505,20 @@ class ndarray:  # noqa: N801  (CuPy's name)
         np_index, advanced = _index(self.shape, index)
         made = _wrap(self._a[np_index])
         if advanced:                                # a gather kernel; basic indexing is a view
-            _launch(sum(a.nbytes for a in np_index if isinstance(a, np.ndarray)) + made.nbytes, made.nbytes)
+            replay = _replay(lambda: self._a[_index(self.shape, index)[0]], made)
+            _launch(sum(a.nbytes for a in np_index if isinstance(a, np.ndarray)) + made.nbytes, made.nbytes, replay)
         return made
 
     def __setitem__(self, index, value):
         np_index, advanced = _index(self.shape, index)
         target = self._a[np_index]
+        _before_write(self._a if advanced else target)
         self._a[np_index] = _indexed_value(value, advanced, self.dtype)
         read = sum(a.nbytes for a in np_index if isinstance(a, np.ndarray))
-        _launch(read + (value.nbytes if type(value) is ndarray else 0), target.nbytes)
+
+        def replay():                               # the index and the value as they are at replay
+            self._a[_index(self.shape, index)[0]] = _indexed_value(value, advanced, self.dtype)
+        _launch(read + (value.nbytes if type(value) is ndarray else 0), target.nbytes, replay)
 
     def scatter_add(self, slices, value):
         """``cupyx.scatter_add(self, slices, value)``: repeated indices add up."""
@@ -510,8 +544,9 @@ class ndarray:  # noqa: N801  (CuPy's name)
             value = value.item()
         elif type(value) not in _SCALAR_TYPES:
             raise _unsupported(value)
+        _before_write(self._a)
         self._a.fill(value)
-        _launch(0, self.nbytes)
+        _launch(0, self.nbytes, lambda: self._a.fill(value))
 
     def dot(self, b, out=None):
         if type(b) is not ndarray:
@@ -620,10 +655,12 @@ for _op, _ufunc in {"lt": "less", "le": "less_equal", "eq": "equal", "ne": "not_
 
 def _method(name: str):
     def method(self, *args, **kwargs):
-        result = getattr(self._a, name)(*_dev(args), **_dev(kwargs))
         out = kwargs.get("out")
+        _before_write(out)
+        result = getattr(self._a, name)(*_dev(args), **_dev(kwargs))
         made = out if out is not None else _wrap(result)
-        _count_call([self._a] + _inputs(args, kwargs), made, out)
+        replay = _replay(lambda: getattr(self._a, name)(*_dev(args), **_dev(kwargs)), made, out)
+        _count_call([self._a] + _inputs(args, kwargs), made, out, replay=replay)
         return made
     method.__name__ = method.__qualname__ = name
     return method
@@ -653,10 +690,12 @@ def _routine(name: str, numpy_func: Any = None, result: Any = _wrap):
     def routine(*args, **kwargs):
         if _fusing.trace is not None:
             return _traced_routine(name, args, kwargs)
-        value = numpy_func(*_dev(args), **_dev(kwargs))
         out = kwargs.get("out")
+        _before_write(out)
+        value = numpy_func(*_dev(args), **_dev(kwargs))
         made = out if type(out) is ndarray else result(value)
-        _count_call(_inputs(args, kwargs), made, out, reads)
+        replay = _replay(lambda: numpy_func(*_dev(args), **_dev(kwargs)), made, out)
+        _count_call(_inputs(args, kwargs), made, out, reads, replay)
         return made
     routine.__name__ = routine.__qualname__ = name
     routine.__module__ = "cupy"
@@ -717,7 +756,7 @@ def where(condition, x=None, y=None):
     if x is None or y is None:
         raise ValueError("Must provide both 'x' and 'y' or neither.")
     made = _wrap(np.where(*_dev((condition, x, y))))
-    _count_call(_device_arrays((condition, x, y), []), made)
+    _count_call(_device_arrays((condition, x, y), []), made, replay=_replay(lambda: np.where(*_dev((condition, x, y))), made))
     return made
 
 
@@ -728,8 +767,12 @@ def copyto(dst, src, casting="same_kind", where=None):
         return _trace_ufunc("where", (where, src, dst), {"out": dst})
     if type(dst) is not ndarray:
         raise _unsupported(dst)
-    np.copyto(dst._a, _dev(src), casting=casting, where=True if where is None else _dev(where))
-    _launch(sum(a.nbytes for a in _device_arrays((src, where), [])), dst.nbytes)
+    _before_write(dst)
+
+    def copy():
+        np.copyto(dst._a, _dev(src), casting=casting, where=True if where is None else _dev(where))
+    copy()
+    _launch(sum(a.nbytes for a in _device_arrays((src, where), [])), dst.nbytes, copy)
 
 
 def split(ary, indices_or_sections, axis=0):
@@ -757,7 +800,7 @@ def asarray(a, dtype=None, order=None, *, blocking=False):
         if dtype is None or np.dtype(dtype) == a.dtype:
             return a
         made = _new(a._a.astype(dtype))
-        _launch(a.nbytes, made.nbytes)
+        _launch(a.nbytes, made.nbytes, _replay(lambda: a._a.astype(dtype), made))
         return made
     return _upload(a, dtype)
 
@@ -765,7 +808,7 @@ def asarray(a, dtype=None, order=None, *, blocking=False):
 def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
     if type(obj) is ndarray:
         made = _new(np.array(obj._a, dtype=dtype, copy=copy, order=order, ndmin=ndmin))
-        _count_call([obj._a], made)
+        _count_call([obj._a], made, replay=_replay(lambda: np.array(obj._a, dtype=dtype, order=order, ndmin=ndmin), made))
         return made
     return _upload(obj, dtype, ndmin)
 
@@ -773,7 +816,7 @@ def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocki
 def ascontiguousarray(a, dtype=None):
     if type(a) is ndarray:
         made = _new(np.ascontiguousarray(a._a, dtype=dtype))
-        _count_call([a._a], made)
+        _count_call([a._a], made, replay=_replay(lambda: np.ascontiguousarray(a._a, dtype=dtype), made))
         return made
     return _upload(a, dtype)
 
@@ -1043,6 +1086,12 @@ class Fusion:
             if not (type(a) is ndarray or a is None or isinstance(a, (bool, int, float, complex, np.generic))):
                 raise TypeError(f"Invalid argument type for '{self.name}': ({type(a)})")
         arrays = [a._a for a in args if type(a) is ndarray]
+        _before_write(*arrays)                # an argument may be assigned in place
+        result, trace = self._trace(args, arrays)
+        return self._results(result, trace, arrays, args)
+
+    def _trace(self, args: tuple, arrays: list) -> tuple[Any, _Trace]:
+        """Run the function on proxies of ``args`` (their NumPy values as they are now)."""
         trace = _Trace(np.broadcast_shapes(*(a.shape for a in arrays)))
         proxies = [None if a is None else _Var(a._a, False, True, arg=True) if type(a) is ndarray
                    else _Var(a, False, False) for a in args]
@@ -1051,9 +1100,9 @@ class Fusion:
             result = self.func(*proxies)
         finally:
             _fusing.trace = None
-        return self._results(result, trace, arrays)
+        return result, trace
 
-    def _results(self, result: Any, trace: _Trace, arrays: list) -> Any:
+    def _results(self, result: Any, trace: _Trace, arrays: list, args: tuple) -> Any:
         single = not isinstance(result, tuple)
         returned = [result] if single else list(result)
         shape = trace.shape if trace.reduced is None else trace.reduced
@@ -1065,12 +1114,25 @@ class Fusion:
                 raise TypeError(f"Fusion function can't return {type(v)}")
             _traced_var(v, trace)             # a pre-map value returned after the reduction: refused
             made.append(_new(np.array(np.broadcast_to(v._v, shape), dtype=v.dtype)))
-        _launch(sum(a.nbytes for a in arrays), sum(m.nbytes for m in made) + sum(w.nbytes for w in trace.written))
+        _launch(sum(a.nbytes for a in arrays), sum(m.nbytes for m in made) + sum(w.nbytes for w in trace.written),
+                self._replayer(args, arrays, [m._a for m in made]))
         if result is None:
             return None
         found = iter(made)
         out = [None if v is None else next(found) for v in returned]
         return out[0] if single else tuple(out)
+
+    def _replayer(self, args: tuple, arrays: list, targets: list) -> Any:
+        """Under stream capture: the kernel again on the arguments' values at replay, into the same outputs."""
+        if _capture.graph is None:
+            return None
+
+        def replay():
+            result, _ = self._trace(args, arrays)
+            returned = [v for v in (result if isinstance(result, tuple) else (result,)) if v is not None]
+            for target, v in zip(targets, returned):
+                target[...] = np.broadcast_to(v._v, target.shape)
+        return replay
 
 
 def fuse(*args, **kwargs):
@@ -1221,7 +1283,8 @@ class Device:
         self.id = int(device)
 
     def synchronize(self) -> None:
-        pass
+        if _capture.graph is not None:
+            _refuse_in_capture("a device synchronisation")
 
     def use(self) -> None:
         """Make this the current device; as in CUDA, a number past the devices there is an error."""
@@ -1231,29 +1294,100 @@ class Device:
         _current_device = self.id
 
 
+class CUDARuntimeError(RuntimeError):
+    """``cupy.cuda.runtime.CUDARuntimeError``: what CuPy raises when a CUDA runtime call fails."""
+
+
+CUDARuntimeError.__module__ = "cupy.cuda.runtime"
+
+
+def _refuse_in_capture(what: str) -> None:
+    raise CUDARuntimeError(f"cudaErrorStreamCaptureUnsupported: operation not permitted when stream is capturing "
+                           f"({what} inside a CUDA graph's capture: nothing has run yet, and a graph cannot "
+                           "stop for the host at replay)")
+
+
 class Stream:
-    """``cupy.cuda.Stream``: the stand-in runs every op at once, so a stream only counts its synchronisations."""
+    """``cupy.cuda.Stream``: the stand-in runs every op at once, so a stream orders nothing; it counts its
+    synchronisations, is the current stream inside ``with``, and captures CUDA graphs (``begin_capture``)."""
 
     synchronizations = 0
+    null: Stream
 
-    def __init__(self) -> None:
-        self.ptr = 0
+    def __init__(self, null: bool = False, non_blocking: bool = False, ptds: bool = False, priority: int = 0) -> None:
+        self.ptr = 0 if null else id(self)
+        self._previous: list = []
+
+    def __enter__(self) -> Stream:
+        self._previous.append(_capture.stream)
+        _capture.stream = self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _capture.stream = self._previous.pop()
+
+    def use(self) -> Stream:
+        _capture.stream = self
+        return self
 
     def synchronize(self) -> None:
+        if _capture.graph is not None and _capture.graph._stream is self:
+            _refuse_in_capture("a stream synchronisation")
         Stream.synchronizations += 1
+
+    def begin_capture(self, mode: Any = None) -> None:
+        """Record the calls made on this stream, while it is current, into a graph (``end_capture``)."""
+        if self.ptr == 0:
+            raise CUDARuntimeError("cudaErrorStreamCaptureUnsupported: the legacy null stream cannot be captured")
+        if _capture.graph is not None:
+            raise CUDARuntimeError("cudaErrorIllegalState: a capture is already in progress")
+        _capture.graph = Graph._begin(self)
+
+    def end_capture(self) -> Graph:
+        graph = _capture.graph
+        if graph is None or graph._stream is not self:
+            raise CUDARuntimeError("cudaErrorIllegalState: this stream is not capturing")
+        _capture.graph = None
+        graph._end()
+        return graph
+
+    def is_capturing(self) -> bool:
+        return _capture.graph is not None and _capture.graph._stream is self
+
+    def record(self, event: Any = None) -> Event:
+        """An event marking the work queued on this stream so far (the stand-in's work is already done)."""
+        return event if event is not None else Event()
+
+    def wait_event(self, event: Event) -> None:
+        """Later work on this stream waits for ``event`` (nothing to wait for here)."""
+        if type(event) is not Event:
+            raise TypeError(f"wait_event needs a cupy.cuda.Event, got {type(event).__name__}")
+
+
+class Event:
+    """``cupy.cuda.Event``: a point in a stream's work; on the stand-in, always reached."""
+
+    done = True
+
+    def synchronize(self) -> None:
+        pass
 
 
 _current_device = 0
-_STREAM = Stream()
+_STREAM = Stream(null=True)
+Stream.null = _STREAM
 
 
 def get_current_stream() -> Stream:
-    """``cupy.cuda.get_current_stream``: the null stream of the one device."""
-    return _STREAM
+    """``cupy.cuda.get_current_stream``: the stream of the innermost ``with stream:``, else the null stream."""
+    return _capture.stream or _STREAM
 
 
 class MemoryPool:
     """``cupy.cuda.MemoryPool``: the stand-in allocates through NumPy, so the pool is always empty."""
+
+    def malloc(self, size: int) -> Any:
+        raise NotImplementedError("the CuPy stand-in allocates through NumPy, never through a pool")
 
     def total_bytes(self) -> int:
         return 0
@@ -1268,6 +1402,125 @@ class MemoryPool:
 _POOL = MemoryPool()
 
 
+class using_allocator:  # noqa: N801  (CuPy's name)
+    """``cupy.cuda.using_allocator(allocator)``: allocations inside ``with`` come from ``allocator`` (a pool's
+    ``malloc``). The stand-in only remembers it: a captured graph records which allocator served it."""
+
+    def __init__(self, allocator: Any = None) -> None:
+        self.allocator = allocator
+
+    def __enter__(self) -> None:
+        self._previous = _capture.allocator
+        _capture.allocator = self.allocator
+
+    def __exit__(self, *exc: Any) -> None:
+        _capture.allocator = self._previous
+
+
+# ----------------------------------------------------------------------------- CUDA graphs
+# Stream capture (cudaStreamBeginCapture) records the kernels a stream is given instead of running
+# them; cudaGraphLaunch runs them all again, with the same arguments, on the same memory. The
+# stand-in needs the values to go on (shapes, and what the calls after need), so during capture each
+# call runs and is recorded with a ``replay``: the same NumPy function on the same arrays (the fixed
+# "addresses"), a Python number as it was at capture. At ``end_capture`` the capture is undone as a
+# GPU would never have done it: arrays written that existed before are put back, and memory
+# allocated under capture holds garbage until a launch fills it. A host read (or a host -> device
+# copy) inside capture raises, as CUDA does; a call the stand-in cannot replay is refused.
+class _CaptureState(threading.local):
+    graph: Any = None          # the Graph being recorded, if any
+    stream: Any = None         # the current stream (``with stream:``); None: the null stream
+    allocator: Any = None      # ``using_allocator``'s allocator; None: the default pool
+
+
+_capture = _CaptureState()
+
+
+def _capturing() -> bool:
+    """Is the current stream capturing? (Calls on another stream run as usual.)"""
+    graph = _capture.graph
+    return graph is not None and _capture.stream is graph._stream
+
+
+def _before_write(*arrays: Any) -> None:
+    """Under capture: keep what a call is about to write into memory that existed before the capture."""
+    if _capture.graph is not None and _capturing():
+        _capture.graph._keep([a._a if type(a) is ndarray else a for a in arrays if a is not None])
+
+
+def _host_arrays(value: Any, found: list) -> list:
+    if type(value) in (tuple, list):
+        for v in value:
+            _host_arrays(v, found)
+    else:
+        found.append(np.asarray(value))
+    return found
+
+
+def _replay(compute: Any, made: Any, out: Any = None) -> Any:
+    """Under capture: a call's replay. ``compute()`` recomputes it from the arrays' current values; the
+    result goes into the arrays ``made`` at capture (an ``out=`` it writes itself)."""
+    if _capture.graph is None:
+        return None
+    if type(out) is ndarray:
+        return compute
+    targets = _device_arrays(made, [])
+
+    def replay():
+        for target, value in zip(targets, _host_arrays(compute(), [])):
+            target[...] = value
+    return replay
+
+
+class Graph:
+    """``cupy.cuda.Graph``: made by ``Stream.end_capture``; ``launch`` replays the captured kernels (one launch)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("cupy.cuda.Graph cannot be made directly: capture a stream (Stream.begin_capture)")
+
+    @classmethod
+    def _begin(cls, stream: Stream) -> Graph:
+        graph = cls.__new__(cls)
+        graph._stream, graph._allocator = stream, _capture.allocator
+        graph._nodes, graph._made, graph._kept = [], [], []
+        return graph
+
+    def _add(self, read: int, written: int, replay: Any) -> None:
+        if replay is None:
+            raise NotImplementedError(f"the CuPy stand-in cannot replay this call in a CUDA graph: {_caller()}")
+        self._nodes.append((replay, int(read), int(written)))
+
+    def _keep(self, arrays: list) -> None:
+        for a in arrays:
+            if not any(np.may_share_memory(a, m) for m in self._made):
+                self._kept.append((a, a.copy()))
+
+    def _end(self) -> None:
+        for a, before in reversed(self._kept):    # nothing ran: what existed holds what it held
+            a[...] = before
+        for a in self._made:                       # and the graph's memory was never written
+            _garbage(a)
+        self._kept = []
+
+    def launch(self, stream: Any = None) -> None:
+        """Run every captured kernel again, in order, on the arrays of the capture: one launch."""
+        if _capture.graph is not None:
+            raise NotImplementedError("the CuPy stand-in does not capture a graph's launch into another graph")
+        for replay, _, _ in self._nodes:
+            replay()
+        _launch(sum(n[1] for n in self._nodes), sum(n[2] for n in self._nodes), nodes=len(self._nodes))
+
+    def upload(self, stream: Any = None) -> None:
+        """``cudaGraphUpload``: nothing to do on the host."""
+
+
+Graph.__module__ = Stream.__module__ = Event.__module__ = MemoryPool.__module__ = using_allocator.__module__ = "cupy.cuda"
+
+
+def graph_nodes(graph: Graph) -> int:
+    """The kernels a captured graph runs per launch (not CuPy's API: the stand-in's count)."""
+    return len(graph._nodes)
+
+
 def get_default_memory_pool() -> MemoryPool:
     return _POOL
 
@@ -1278,10 +1531,12 @@ _get_device_properties.__name__ = "getDeviceProperties"
 _is_available.__name__ = "is_available"
 _runtime = _module("cupy.cuda.runtime", "CUDA runtime of the stand-in: one device, number 0.",
                    {"getDeviceCount": _get_device_count, "getDevice": _get_device,
-                    "getDeviceProperties": _get_device_properties})
+                    "getDeviceProperties": _get_device_properties, "CUDARuntimeError": CUDARuntimeError})
 _cuda = _module("cupy.cuda", "CUDA of the stand-in.", {"runtime": _runtime, "is_available": _is_available,
                                                       "Device": Device, "MemoryPool": MemoryPool,
-                                                      "Stream": Stream, "get_current_stream": get_current_stream})
+                                                      "Stream": Stream, "get_current_stream": get_current_stream,
+                                                      "Graph": Graph, "Event": Event,
+                                                      "using_allocator": using_allocator})
 _random = _module("cupy.random", "Random numbers of the stand-in.",
                   {"default_rng": default_rng, "Generator": Generator, "BitGenerator": BitGenerator, "XORWOW": XORWOW})
 _cupy = _module("cupy", "A strict CuPy stand-in for machines without a GPU (tests/fake_cupy.py).",

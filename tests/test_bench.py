@@ -63,6 +63,8 @@ def test_gpu_bench_runs_its_code_paths_on_a_device():
         assert result[key]["tokens_per_s"] > 0 and 0 < result[key]["mfu"]
         assert result[key]["reserved_mb"] >= result[key]["allocated_mb"] >= 0      # like with like (PyTorch's two)
     assert result["generate_124m_tokens_per_s"] > 0
+    graph = result["generate_124m_cuda_graph"]
+    assert graph.get("error") is None and graph["ids_match_plain"] and graph["tokens_per_s"] > 0
 
 
 def test_fit_exponent_recovers_a_power_law():
@@ -163,6 +165,7 @@ def test_the_prepared_gpu_check_writes_one_json_even_without_a_gpu(tmp_path):
     report = json.loads(out.read_text())
     assert report["device"]["usable"] is False and report["device"]["reason"]
     assert report["device_tests"]["exit_status"] == 0 and report["bench_exit_status"] == 2
+    assert report["cuda_graph_tests"]["exit_status"] == 0 and not report["cuda_graph_tests"]["failures"]
     assert "no usable CUDA device" in report["bench_log_tail"][-1]
     assert report["data_parallel"] == "fewer than 2 GPUs or no mpiexec"
 
@@ -184,6 +187,10 @@ def test_gpu_count_counts_launches_and_bytes_on_the_stand_in():
         counts = result[key]
         assert counts["launches"] > 0 and counts["bytes"] == counts["bytes_read"] + counts["bytes_written"] > 0
     assert result["train_step"]["to_device"] == 1          # the batch, once; nothing else crosses per step
+    graph = result["greedy_token_cuda_graph"]               # the same token as one CUDA graph replay
+    assert graph["launches"] == graph["whole_context"]["launches"] == 1 and graph["to_host"] == 0
+    assert graph["graph_nodes"] > result["greedy_token"]["launches"] == graph["launches_without_graph"]
+    assert 0 < graph["extra_bytes"] < graph["whole_context"]["extra_bytes"]      # the longer cache reads more
 
 
 def test_nanogpt_char_sides_run_the_same_model_and_loop(tmp_path):

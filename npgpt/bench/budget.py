@@ -75,7 +75,8 @@ def _measure(stand_in: Any, work: Any) -> dict[str, int]:
     stand_in.reset_transfers()
     work()
     k, t = stand_in.kernels(), stand_in.transfers()
-    return {"launches": k["launches"], "bytes_read": k["bytes_read"], "bytes_written": k["bytes_written"],
+    return {"launches": k["launches"], "graph_nodes": stand_in.replayed_nodes(), "bytes_read": k["bytes_read"],
+            "bytes_written": k["bytes_written"],
             "bytes": k["bytes_read"] + k["bytes_written"], "to_device": t["to_device"], "to_host": t["to_host"]}
 
 
@@ -99,17 +100,39 @@ def train_step_counts(stand_in: Any, cfg: dict[str, int], batch: int, T: int) ->
     return _measure(stand_in, step)
 
 
-def greedy_token_counts(stand_in: Any, cfg: dict[str, int]) -> dict[str, int]:
-    """The counts of the third greedy token (batch 1, KV cache) after a 16-token prompt."""
+def greedy_token_counts(stand_in: Any, cfg: dict[str, int], cuda_graph: bool = False,
+                        new_tokens: int = 8) -> dict[str, int]:
+    """The counts of the third greedy token (batch 1, KV cache) after a 16-token prompt, of ``new_tokens``.
+
+    ``cuda_graph``: decoded by ``generate(..., cuda_graph=True)``, each token one replay of the
+    captured step (``npgpt.generation.cuda_graph``); its cache holds ``capacity(16 + new_tokens)``
+    positions, all read every token. ``graph_nodes`` counts the kernels the replay runs.
+    """
     from npgpt.generation import stream
     from npgpt.model import GPT, GPTConfig
 
-    model = GPT(GPTConfig(**cfg), seed=0).to("cuda")
+    model = GPT(GPTConfig(**cfg), seed=0).to("cuda").eval()
     prompt = np.random.default_rng(0).integers(0, cfg["vocab_size"], (1, 16))
-    tokens = stream(model, prompt, 8)
+    tokens = stream(model, prompt, new_tokens, cuda_graph=cuda_graph)
     next(tokens)                           # the prompt
     next(tokens)
-    return _measure(stand_in, lambda: next(tokens))
+    counts = _measure(stand_in, lambda: next(tokens))
+    tokens.close()
+    return counts
+
+
+def _graph_token(stand_in: Any, cfg: dict[str, int], plain: dict[str, int]) -> dict[str, Any]:
+    """The same token decoded as one CUDA graph replay: with 8 new tokens (a cache of 32 positions) and
+    with ``block_size - 16`` (the whole context: the largest static cache), beside the plain token."""
+    from npgpt.generation.cuda_graph import capacity
+
+    short = greedy_token_counts(stand_in, cfg, cuda_graph=True)
+    full = greedy_token_counts(stand_in, cfg, cuda_graph=True, new_tokens=cfg["block_size"] - 16)
+    return {**short, "cache_positions": capacity(16 + 8, cfg["block_size"]), "live_positions": 18,
+            "launches_without_graph": plain["launches"], "extra_bytes": short["bytes"] - plain["bytes"],
+            "whole_context": {"cache_positions": cfg["block_size"], "launches": full["launches"],
+                              "graph_nodes": full["graph_nodes"], "bytes": full["bytes"],
+                              "extra_bytes": full["bytes"] - plain["bytes"]}}
 
 
 def _floors(flops: float, moved: float, dtype: str = "float32") -> dict[str, float]:
@@ -127,7 +150,8 @@ def count(quick: bool = False) -> dict[str, Any]:
         if quick:
             train = train_step_counts(stand_in, QUICK, 2, 32)
             token = greedy_token_counts(stand_in, QUICK)
-            result = {"config": QUICK, "batch": 2, "block_size": 32, "train_step": train, "greedy_token": token}
+            result = {"config": QUICK, "batch": 2, "block_size": 32, "train_step": train, "greedy_token": token,
+                      "greedy_token_cuda_graph": _graph_token(stand_in, QUICK, token)}
         else:
             result = _full(stand_in)
     finally:
@@ -156,8 +180,11 @@ def _full(stand_in: Any) -> dict[str, Any]:
     token = greedy_token_counts(stand_in, GPT2)
     token_flops = 2 * (GPTConfig(**GPT2).num_parameters() - GPT2["block_size"] * GPT2["n_embd"])
     token.update(flops=token_flops, **_floors(token_flops, token["bytes"]))
+    graph = _graph_token(stand_in, GPT2, token)
+    graph.update(flops=token_flops, **_floors(token_flops, graph["bytes"]))
+    graph["whole_context"]["byte_floor_ms"] = _floors(token_flops, graph["whole_context"]["bytes"])["byte_floor_ms"]
     return {"config": GPT2, "batch": 8, "block_size": 1024, "dtype": "float32", "floors_on": H100,
-            "train_step": train, "greedy_token": token,
+            "train_step": train, "greedy_token": token, "greedy_token_cuda_graph": graph,
             "method": {"launches": "counted on GPT-2's structure at n_embd 48, B 64, T 128 (N = 8,192); the same "
                                    "at N = 1,024 as the full width (checked)",
                        "bytes": "full 124M at T 1,024, B 1 and 2, extrapolated linearly to B 8",

@@ -11,7 +11,9 @@ What it measures (each figure in the JSON it prints):
   MFU against the device's peak for that precision, peak device memory (the
   CuPy memory pool's largest size during the steps).
 * **generate-124M**: greedy decoding with the KV cache, batch 1, 16-token
-  prompt, tokens/s after the prompt.
+  prompt, tokens/s after the prompt; and the same decoded as one CUDA graph
+  replay per token (``cuda_graph=True``): tokens/s, the speed-up, and whether
+  its ids equal plain decoding's.
 * **PyTorch CUDA** in the same process when torch imports with CUDA: the
   same train steps (eager; float16 through ``torch.autocast`` and its
   ``GradScaler``) and the speed ratio npgpt / PyTorch.
@@ -179,21 +181,41 @@ def train_torch(cfg: dict[str, int], batch: int, dtype: str, steps: int, warmup:
             "allocated_mb": torch.cuda.max_memory_allocated() / 2 ** 20}
 
 
-def generate_npgpt(cfg: dict[str, int], new_tokens: int = 64) -> float:
-    """Greedy tokens/s after a 16-token prompt, with the KV cache, on the GPU."""
+def generate_npgpt(cfg: dict[str, int], new_tokens: int = 64, cuda_graph: bool = False) -> tuple[float, list]:
+    """Greedy tokens/s after a 16-token prompt, with the KV cache, on the GPU, and the ids.
+
+    ``cuda_graph``: each token one replay of the captured step (``npgpt.generation.cuda_graph``);
+    the capture is part of the first step (the prompt's), which is not counted.
+    """
     from npgpt.generation import stream
 
     model = _model(cfg).to("cuda")
     prompt = np.random.default_rng(0).integers(0, cfg["vocab_size"], (1, 16))
-    times = []
+    times, ids = [], []
     _sync()
     last = time.perf_counter()
-    for _token in stream(model, prompt, new_tokens):
+    for token in stream(model, prompt, new_tokens, cuda_graph=cuda_graph):
         _sync()
         now = time.perf_counter()
         times.append(now - last)
+        ids.append(token)
         last = now
-    return (len(times) - 1) / sum(times[1:])          # the first step is the prompt
+    return (len(times) - 1) / sum(times[1:]), [int(t[0]) for t in ids]     # the first step is the prompt
+
+
+def generate_both(cfg: dict[str, int], new_tokens: int) -> dict[str, Any]:
+    """Plain greedy decoding and the CUDA graph's, tokens/s each, and whether their ids agree. The graph
+    path has never run on a GPU before the first device run: an error is recorded, not raised."""
+    plain, plain_ids = generate_npgpt(cfg, new_tokens)
+    result: dict[str, Any] = {"generate_124m_tokens_per_s": round(plain, 2)}
+    try:
+        graph, graph_ids = generate_npgpt(cfg, new_tokens, cuda_graph=True)
+    except Exception as error:                         # noqa: BLE001  (recorded for the first device run)
+        result["generate_124m_cuda_graph"] = {"error": f"{type(error).__name__}: {error}"}
+        return result
+    result["generate_124m_cuda_graph"] = {"tokens_per_s": round(graph, 2), "speedup": round(graph / plain, 3),
+                                          "ids_match_plain": graph_ids == plain_ids}
+    return result
 
 
 def _peaks(name: str, override: list[float] | None) -> dict[str, float] | None:
@@ -250,5 +272,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             entry["batch"], entry["block_size"] = batch, cfg["block_size"]
             result[key] = entry
             cupy.get_default_memory_pool().free_all_blocks()
-    result["generate_124m_tokens_per_s"] = round(generate_npgpt(big, 8 if args.quick else 64), 2)
+    result.update(generate_both(big, 8 if args.quick else 64))
     return result

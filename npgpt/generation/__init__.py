@@ -133,6 +133,7 @@ class GenerationConfig:
     pad_token_id: int | None = None
     use_cache: bool = True
     prompt_lookup: int | None = None   # guess up to N tokens from the context, verify them in one pass (prompt_lookup)
+    cuda_graph: bool = False           # greedy steps with static shapes; on CuPy one CUDA graph replay per token
 
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None and self.max_length is not None:
@@ -144,6 +145,8 @@ class GenerationConfig:
         lookup = self.prompt_lookup
         if lookup is not None and (isinstance(lookup, bool) or not isinstance(lookup, (int, np.integer)) or lookup < 0):
             raise ValueError(f"prompt_lookup must be an integer >= 0 (0 or None: off), got {lookup!r}")
+        if not isinstance(self.cuda_graph, (bool, np.bool_)):
+            raise ValueError(f"cuda_graph must be True or False, got {self.cuda_graph!r}")
         if self.eos_token_id is not None and not isinstance(self.eos_token_id, (int, np.integer)):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))   # hashable, like the rest
 
@@ -331,6 +334,7 @@ class _Plan:
     rng: Any                        # a numpy Generator, or RowGenerators (one per row)
     use_cache: bool
     prompt_lookup: int = 0          # tokens guessed per pass (npgpt.generation.prompt_lookup); 0: plain decoding
+    cuda_graph: bool = False        # the static step (npgpt.generation.cuda_graph)
 
 
 def _settings(generation_config: GenerationConfig | None, max_new_tokens: int | None,
@@ -397,6 +401,11 @@ def generate(model: Any, idx: Any, max_new_tokens: int | None = None, *, attenti
     that says why) guesses up to N tokens from an earlier occurrence of the last
     n-gram and verifies them in one pass (``npgpt.generation.prompt_lookup``): the same ids
     as plain greedy decoding, in fewer passes when the output repeats the input.
+
+    ``cuda_graph=True`` (greedy, no padding, no eos, within ``block_size``; else a ValueError that
+    says why) decodes with a static step over a preallocated cache (``npgpt.generation.cuda_graph``):
+    on CuPy the step is captured once as a CUDA graph and each token is one graph launch instead of
+    ~300 kernel launches; on NumPy the same static step runs eagerly. The same ids as plain greedy.
     """
     plan = _check(model, idx, _settings(generation_config, max_new_tokens, settings), attention_mask, seed)
     tokens = list(_steps(model, plan))
@@ -457,7 +466,8 @@ def _check(model: Any, idx: Any, config: GenerationConfig, attention_mask: Any, 
                              "(or one int for the whole batch)")
         rng = RowGenerators(seeds)
     return _Plan(ids, mask, int(max_new_tokens), config.sampling, eos, filler, int(config.min_new_tokens),
-                 float(config.repetition_penalty), rng, bool(config.use_cache), int(config.prompt_lookup or 0))
+                 float(config.repetition_penalty), rng, bool(config.use_cache), int(config.prompt_lookup or 0),
+                 bool(config.cuda_graph))
 
 
 class ContextWindowWarning(UserWarning):
@@ -470,7 +480,11 @@ class ContextWindowWarning(UserWarning):
 
 
 def _steps(model, plan):
-    """The tokens of ``plan``: prompt lookup's loop when it asks for one (``prompt_lookup``), else ``_decode``."""
+    """The tokens of ``plan``: prompt lookup's loop or the static step's when it asks for one, else ``_decode``."""
+    if plan.cuda_graph:
+        from npgpt.generation import cuda_graph
+        cuda_graph.check(plan, model)
+        return cuda_graph.decode(model, plan)
     if not plan.prompt_lookup:
         return _decode(model, plan)
     from npgpt.generation import prompt_lookup

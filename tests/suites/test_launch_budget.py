@@ -18,6 +18,10 @@ GPT2_STRUCTURE = dict(vocab_size=64, block_size=32, n_layer=12, n_head=12, n_emb
 # (ceiling now, before the budget work, the issue's target)
 TRAIN_STEP = (943, 4241, 1200)
 GREEDY_TOKEN = (310, 655, 150)
+# A greedy token decoded as one CUDA graph (npgpt.generation.cuda_graph): one launch, and the kernels
+# the graph runs (more than the plain token's: the static cache's mask, its writes at a device position).
+GRAPH_TOKEN = (1, 310, 150)
+GRAPH_NODES = 349
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +31,14 @@ def counts():
     stand_in.install()
     try:
         yield {"train": budget.train_step_counts(stand_in, GPT2_STRUCTURE, 2, 16),
-               "token": budget.greedy_token_counts(stand_in, GPT2_STRUCTURE)}
+               "token": budget.greedy_token_counts(stand_in, GPT2_STRUCTURE),
+               "graph": budget.greedy_token_counts(stand_in, GPT2_STRUCTURE, cuda_graph=True)}
     finally:
         if not was:
             stand_in.uninstall()
 
 
-@pytest.mark.parametrize("what, limits", [("train", TRAIN_STEP), ("token", GREEDY_TOKEN)])
+@pytest.mark.parametrize("what, limits", [("train", TRAIN_STEP), ("token", GREEDY_TOKEN), ("graph", GRAPH_TOKEN)])
 def test_launches_stay_within_the_budget(counts, what, limits):
     ceiling, before, target = limits
     launches = counts[what]["launches"]
@@ -45,3 +50,10 @@ def test_a_train_step_copies_only_its_batch_and_reads_back_one_pair(counts):
     # The batch goes to the device once; the loss, the norm and the targets' check come back.
     assert counts["train"]["to_device"] == 1 and counts["train"]["to_host"] <= 3
     assert counts["token"]["to_device"] == 0
+
+
+def test_a_graph_token_is_one_launch_of_its_kernels_with_no_copy(counts):
+    graph = counts["graph"]
+    assert graph["launches"] == 1 and counts["token"]["graph_nodes"] == 0
+    assert counts["token"]["launches"] < graph["graph_nodes"] <= GRAPH_NODES, graph
+    assert graph["to_device"] == graph["to_host"] == 0
