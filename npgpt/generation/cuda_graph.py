@@ -246,8 +246,15 @@ def decode(model: Any, plan: Any) -> Iterator[Array]:
                 decoder.step()
                 yield decoder.ids[:, T0 + i]
             return
-        cupy = backend.array_module(prompt)
-        stream, pool = cupy.cuda.Stream(non_blocking=True), cupy.cuda.MemoryPool()
+        yield from _replayed(decoder, prompt, head, n)
+
+
+def _replayed(decoder: StaticDecoder, prompt: Array, head: Array | None, n: int) -> Iterator[Array]:
+    """``decode`` on CuPy: capture, the prompt eagerly, then one graph launch per token."""
+    cupy = backend.array_module(prompt)
+    stream, pool = cupy.cuda.Stream(non_blocking=True), cupy.cuda.MemoryPool()
+    T0 = prompt.shape[1]
+    try:
         with _on(cupy, stream):
             decoder.head = head
             graph = capture(decoder, stream, pool)
@@ -257,3 +264,6 @@ def decode(model: Any, plan: Any) -> Iterator[Array]:
             with _on(cupy, stream):
                 graph.launch(stream)
             yield decoder.ids[:, T0 + i]                               # a view: later replays write other columns
+    finally:
+        graph = None                    # the graph goes first, then the memory it wrote (cudaFree waits for it)
+        pool.free_all_blocks()

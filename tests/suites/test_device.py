@@ -117,13 +117,26 @@ def test_kv_cache_generation_on_the_device_equals_the_cpus(device, settings):
     assert all(backend.device_of(t) == device for t in streamed)
 
 
+def test_cuda_graph_generation_on_the_device_equals_the_cpus(device):
+    # generate(..., cuda_graph=True) (npgpt/generation/cuda_graph.py): on a GPU the step is captured once
+    # as a CUDA graph and replayed per token; its ids must be the CPU's plain greedy ids, to the last
+    # position of the context (3 + 13 = block_size 16). benchmarks/gpu_check.sh runs this on its own.
+    prompt = np.array([[5, 9, 2], [1, 1, 30]])
+    expected = tiny().eval().generate(prompt, 13)
+    model = tiny(device).eval()
+    got = model.generate(prompt, 13, cuda_graph=True)
+    assert backend.device_of(got) == device
+    np.testing.assert_array_equal(host(got), expected)
+
+
 @pytest.mark.gpu
 def test_a_decode_step_copies_at_most_one_number_per_token(transfers):
     model = tiny("cuda").eval()
     prompt = np.array([[5, 9, 2]])
     for settings, per_token in ((dict(), {"to_host": 0, "to_device": 0}),
                                 (dict(eos_token_id=39), {"to_host": 1, "to_device": 0}),     # "has every row ended?"
-                                (dict(do_sample=True, seed=0), {"to_host": 0, "to_device": 1})):  # B uniforms
+                                (dict(do_sample=True, seed=0), {"to_host": 0, "to_device": 1}),   # B uniforms
+                                (dict(cuda_graph=True), {"to_host": 0, "to_device": 0})):         # one graph launch
         counts = []
         for n in (1, 9):
             before = transfers()
