@@ -119,8 +119,9 @@ def check(plan: Any, model: Any) -> None:
     if T0 + n > block:
         reasons.append(f"the prompt and the new tokens within block_size ({T0} + {n} > {block}): past it the "
                        "window slides and every position shifts")
-    if any(getattr(m, "training", False) and getattr(m, "p", 0.0) > 0 and type(m).__name__ == "Dropout"
-           for _, m in model.named_modules()):
+    from npgpt.nn import Dropout
+
+    if any(isinstance(m, Dropout) and m.training and m.p > 0 for _, m in model.named_modules()):
         reasons.append("dropout off (model.eval()): a mask drawn per token would be frozen in the graph")
     if reasons:
         raise ValueError("cuda_graph=True decodes with a static step, which needs " + "; ".join(reasons))
