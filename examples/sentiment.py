@@ -32,7 +32,7 @@ from npgpt import Tensor, nn
 from npgpt.apps.cli import HelpWithDefaults
 from npgpt.finetuning import finetune, labelled
 from npgpt.finetuning.classifier import GPTClassifier
-from npgpt.finetuning.metrics import classification_metrics, format_metrics
+from npgpt.finetuning.metrics import classification_metrics, decision_threshold, format_metrics
 from npgpt.training import optim
 
 WORD = re.compile(r"[a-z0-9']+")
@@ -42,7 +42,8 @@ def bag_of_words_baseline(train, val, test, epochs=5, lr=0.01, seed=0):
     """Logistic regression on word-presence features: z = x W + b, s(z), binary cross-entropy.
 
     ``train``, ``val``, ``test``: (texts, labels). The vocabulary is every word seen at least
-    twice in the training texts. Returns (test accuracy, validation accuracy, vocabulary size).
+    twice in the training texts. Returns the validation and test probabilities of "positive", s(z)
+    per text, and the vocabulary size.
     """
     counts = Counter(w for text in train[0] for w in set(WORD.findall(text.lower())))
     vocab = {w: i for i, w in enumerate(sorted(w for w, c in counts.items() if c >= 2))}
@@ -68,11 +69,15 @@ def bag_of_words_baseline(train, val, test, epochs=5, lr=0.01, seed=0):
             loss.backward()
             opt.step()
 
-    def accuracy(x, y):
-        z = F.linear(Tensor(x), head.weight, head.bias).numpy()[:, 0]
-        return float(((z > 0).astype(int) == np.asarray(y)).mean())
+    def probability(x):                           # s(z) = 1 / (1 + e^-z), per text
+        return 1.0 / (1.0 + np.exp(-F.linear(Tensor(x), head.weight, head.bias).numpy()[:, 0].astype(np.float64)))
 
-    return accuracy(x_test, test[1]), accuracy(x_val, val[1]), len(vocab)
+    return probability(x_val), probability(x_test), len(vocab)
+
+
+def accuracy(p_positive, labels, threshold=0.5):
+    """The fraction of texts whose rule "positive when p > threshold" gives their label."""
+    return float(((np.asarray(p_positive) > threshold).astype(int) == np.asarray(labels)).mean())
 
 
 def write_lm_text(path, train, val, test, seed=0):
@@ -107,6 +112,16 @@ def fine_tune(args, tokenizer, train, val, seed):
                                unfreeze_every=args.unfreeze_every, layer_lr_decay=args.layer_lr_decay,
                                patience=args.patience, workers=args.workers)
     return classifier, result
+
+
+def threshold_for(args, p_positive, labels, name):
+    """0.5, or with ``--threshold validation`` the threshold most accurate on the validation texts."""
+    if args.threshold == "0.5":
+        return 0.5
+    threshold = decision_threshold(p_positive, labels)
+    print(f"{name}: decision threshold {threshold:.3f} (validation accuracy {accuracy(p_positive, labels, threshold):.3f}"
+          f" against {accuracy(p_positive, labels):.3f} at 0.5)")
+    return threshold
 
 
 def main(argv=None):
@@ -146,8 +161,12 @@ def main(argv=None):
     parser.add_argument("--ensemble", type=int, default=1,
                         help="fine-tune this many classifiers (train seeds train-seed, +1, ...) and average "
                              "their probabilities")
+    parser.add_argument("--threshold", choices=("0.5", "validation"), default="0.5",
+                        help="decide positive above 0.5, or above the threshold most accurate on the validation "
+                             "sentences (each model its own: the baseline's and the GPT's)")
     parser.add_argument("--probs-out", metavar="FILE", default=None,
-                        help="save the test sentences' probabilities (N, 2; the ensemble's mean) as .npy")
+                        help="save the validation and test sentences' probabilities (each (N, 2); the ensemble's "
+                             "mean) as arrays 'validation' and 'test' of an .npz file")
     parser.add_argument("--train-seed", type=int, default=None,
                         help="seed of the head, the batches and dropout alone, the split staying --seed's")
     args = parser.parse_args(argv)
@@ -170,7 +189,9 @@ def main(argv=None):
         return 0
 
     start = time.perf_counter()
-    bow_test, bow_val, vocab_size = bag_of_words_baseline(train, val, test, seed=args.seed)
+    bow_val, bow_probs, vocab_size = bag_of_words_baseline(train, val, test, seed=args.seed)
+    bow_threshold = threshold_for(args, bow_val, val[1], "bag-of-words")
+    bow_test = accuracy(bow_probs, test[1], bow_threshold)
     bow_seconds = time.perf_counter() - start
     print(f"bag-of-words logistic regression ({vocab_size} words): test accuracy {bow_test:.3f} "
           f"({bow_seconds:.0f} s)")
@@ -178,20 +199,24 @@ def main(argv=None):
     start = time.perf_counter()
     tokenizer = Tokenizer.from_pretrained(args.model)
     first_seed = args.seed if args.train_seed is None else args.train_seed
-    probabilities = []          # each member's test probabilities (N, 2)
+    probabilities = {"validation": [], "test": []}      # each member's (N, 2) per part
     for member in range(args.ensemble):
         classifier, result = fine_tune(args, tokenizer, train, val, first_seed + member)
-        data = finetune.Encoded(tokenizer, *test, min(args.max_length, classifier.config.block_size))
-        metrics = finetune.evaluate(classifier, data)
-        probabilities.append(finetune.text_probabilities(classifier, tokenizer, test[0], max_length=args.max_length))
+        for part, (part_texts, _) in (("validation", val), ("test", test)):
+            probabilities[part].append(finetune.text_probabilities(classifier, tokenizer, part_texts,
+                                                                   max_length=args.max_length))
         print(f"fine-tuned {args.model}, train seed {first_seed + member} ({result.steps} steps, best at step "
-              f"{result.best_step}): test accuracy {metrics['accuracy']:.3f} ({time.perf_counter() - start:.0f} s)")
-    if args.ensemble > 1:       # a committee: the members' mean probability decides
-        mean = np.mean(probabilities, axis=0)
-        metrics = classification_metrics(test[1], mean.argmax(axis=1), label_names=["negative", "positive"])
+              f"{result.best_step}): test accuracy {accuracy(probabilities['test'][-1][:, 1], test[1]):.3f} "
+              f"({time.perf_counter() - start:.0f} s)")
+    # One classifier, or a committee: the members' mean probability decides.
+    mean = {part: np.mean(members, axis=0) for part, members in probabilities.items()}
+    threshold = threshold_for(args, mean["validation"][:, 1], val[1], "fine-tuned GPT")
+    metrics = classification_metrics(test[1], (mean["test"][:, 1] > threshold).astype(int),
+                                     label_names=["negative", "positive"])
+    if args.ensemble > 1:
         print(f"ensemble of {args.ensemble}: test accuracy {metrics['accuracy']:.3f}")
     if args.probs_out:
-        np.save(args.probs_out, np.mean(probabilities, axis=0))
+        np.savez(args.probs_out, **mean)
     gpt_seconds = time.perf_counter() - start
     print(format_metrics(metrics))
     name = f"fine-tuned {args.model}" + (f" x{args.ensemble}" if args.ensemble > 1 else "")

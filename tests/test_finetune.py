@@ -239,14 +239,17 @@ def test_sentiment_examples_ensemble_averages_its_members_probabilities(model_di
     example = sentiment_example()
     common = ["--model", str(model_dir), "--limit", "200", "--epochs", "1", "--workers", "1"]
     for seed in (3, 4):
-        assert example.main(common + ["--train-seed", str(seed), "--probs-out", str(tmp_path / f"{seed}.npy")]) == 0
-    assert example.main(common + ["--train-seed", "3", "--ensemble", "2", "--probs-out", str(tmp_path / "both.npy")]) == 0
+        assert example.main(common + ["--train-seed", str(seed), "--probs-out", str(tmp_path / f"{seed}.npz")]) == 0
+    assert example.main(common + ["--train-seed", "3", "--ensemble", "2", "--threshold", "validation",
+                                  "--probs-out", str(tmp_path / "both.npz")]) == 0
     printed = capsys.readouterr().out
     assert "train seed 3" in printed and "train seed 4" in printed and "ensemble of 2: test accuracy" in printed
-    members = [np.load(tmp_path / f"{seed}.npy") for seed in (3, 4)]
-    both = np.load(tmp_path / "both.npy")
-    assert both.shape == (20, 2) and not np.allclose(members[0], members[1])
-    np.testing.assert_allclose(both, (members[0] + members[1]) / 2, rtol=0, atol=1e-6)
+    assert "fine-tuned GPT: decision threshold" in printed and "bag-of-words: decision threshold" in printed
+    members = [np.load(tmp_path / f"{seed}.npz") for seed in (3, 4)]
+    both = np.load(tmp_path / "both.npz")
+    for part, n in (("validation", 20), ("test", 20)):
+        assert both[part].shape == (n, 2) and not np.allclose(members[0][part], members[1][part])
+        np.testing.assert_allclose(both[part], (members[0][part] + members[1][part]) / 2, rtol=0, atol=1e-6)
     with pytest.raises(SystemExit):
         example.main(common + ["--ensemble", "0"])
 

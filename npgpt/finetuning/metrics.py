@@ -1,6 +1,6 @@
 """Classification metrics: accuracy, precision, recall, F1 and the confusion matrix.
 
-Companion of ``docs/finetuning.md`` (section "Measuring a classifier", eq:precision, eq:recall, eq:f1).
+Companion of ``docs/finetuning.md`` (section "Measuring a classifier", eq:precision, eq:recall, eq:f1, eq:threshold).
 
 Host-side bookkeeping on NumPy arrays (device arrays are copied to the host
 first): these run once per evaluation, not in a training step.
@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike
 from npgpt import backend
 from npgpt.backend import Array
 
-__all__ = ["classification_metrics", "format_metrics"]
+__all__ = ["classification_metrics", "decision_threshold", "format_metrics"]
 
 
 def classification_metrics(y_true: ArrayLike | Array, y_pred: ArrayLike | Array, num_classes: Optional[int] = None,
@@ -62,6 +62,42 @@ def classification_metrics(y_true: ArrayLike | Array, y_pred: ArrayLike | Array,
     else:
         result.update(precision=float(precision.mean()), recall=float(recall.mean()), f1=float(f1.mean()))
     return result
+
+
+def decision_threshold(p_positive: ArrayLike | Array, y_true: ArrayLike | Array) -> float:
+    """The threshold ``t`` on P(positive) that makes the rule "positive when p > t" most accurate on ``y_true``.
+
+    Choose it on validation data and apply it to the test set: a classifier whose probabilities are
+    shifted (early stopping can keep one that leans to a class) then decides where the labelled data
+    say the classes part, not at 0.5 by habit. Every threshold between two neighbouring distinct
+    probabilities gives the same predictions, so the candidates are those gaps; of the equally accurate
+    ones the threshold nearest 0.5 is returned (0.5 itself when its gap is among them), so a
+    calibrated classifier keeps 0.5. Sorting makes this O(N log N)::
+
+        t* = argmax_t  #{i : [p_i > t] = y_i}      (eq:threshold; ties: the t nearest 0.5)
+    """
+    p = backend.to_numpy(p_positive).astype(np.float64).reshape(-1)
+    y = backend.to_numpy(y_true).astype(np.int64).reshape(-1)
+    if p.shape != y.shape or p.size == 0:
+        raise ValueError(f"need as many labels as probabilities (got {y.size} and {p.size}), at least one")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("decision_threshold needs binary labels 0 and 1")
+    order = np.argsort(p, kind="stable")
+    p, y = p[order], y[order]
+    # Cut k: the k smallest probabilities are called negative, the rest positive (k = 0 .. N).
+    negatives_below = np.concatenate([[0], np.cumsum(y == 0)])
+    positives_above = int(y.sum()) - np.concatenate([[0], np.cumsum(y == 1)])
+    correct = negatives_below + positives_above
+    lo = np.concatenate([[-np.inf], p])          # a threshold in [lo_k, hi_k) makes cut k
+    hi = np.concatenate([p, [np.inf]])
+    possible = lo < hi                           # no cut between two equal probabilities
+    below = np.nextafter(hi, -np.inf)            # the largest threshold of a gap that ends at or below 0.5
+    distance = np.where(lo > 0.5, lo - 0.5, np.where(hi <= 0.5, 0.5 - below, 0.0))
+    best = np.flatnonzero(possible & (correct == correct[possible].max()))
+    k = best[np.argmin(distance[best])]
+    if lo[k] <= 0.5 < hi[k]:
+        return 0.5
+    return float(lo[k]) if lo[k] > 0.5 else float(below[k])
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
