@@ -44,7 +44,7 @@ def _accuracy(p, y, t):
 @given(st.lists(st.tuples(st.sampled_from([0.0, 0.1, 0.3, 0.5, 0.52, 0.7, 0.9, 1.0]) | st.floats(0, 1),
                           st.integers(0, 1)), min_size=1, max_size=40))
 def test_decision_threshold_is_the_most_accurate_and_nearest_half(pairs):
-    # docs/finetuning.md, eq. threshold: t* = argmax_t #{i : [p_i > t] = y_i}, ties to the t nearest 0.5.
+    # docs/finetuning.md eq:threshold: t* = argmax_t #{i : [p_i > t] = y_i}, ties to the t nearest 0.5.
     p, y = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
     t = metrics.decision_threshold(p, y)
     # Brute force over every distinct cut: below all, each probability itself, and 0.5.
