@@ -110,7 +110,7 @@ def fine_tune(args, tokenizer, train, val, seed):
                                dropout=args.dropout, lm_loss_weight=args.lm_loss_weight, eval_every=args.eval_every,
                                out_dir=out, head_dropout=args.head_dropout, unfreeze=args.unfreeze,
                                unfreeze_every=args.unfreeze_every, layer_lr_decay=args.layer_lr_decay,
-                               patience=args.patience, workers=args.workers)
+                               patience=args.patience, best_metric=args.best_metric, workers=args.workers)
     return classifier, result
 
 
@@ -149,8 +149,10 @@ def main(argv=None):
     parser.add_argument("--unfreeze-every", type=int, default=None, help="steps between unfreezings (default: an epoch)")
     parser.add_argument("--layer-lr-decay", type=float, default=1.0,
                         help="each layer group below the top block learns this many times slower (ULMFiT: 2.6)")
-    parser.add_argument("--patience", type=int, default=2, help="evaluations without a better validation loss "
+    parser.add_argument("--patience", type=int, default=2, help="evaluations without a better validation score "
                         "before stopping")
+    parser.add_argument("--best-metric", choices=("loss", "accuracy"), default="loss",
+                        help="the validation score that picks the weights kept: the lowest loss or the highest accuracy")
     parser.add_argument("--workers", type=int, default=None, help="CPU threads per batch (default: one per core)")
     parser.add_argument("--write-lm-text", metavar="FILE", default=None,
                         help="write the training and validation sentences (no labels, no test sentence) to FILE "

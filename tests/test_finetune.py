@@ -109,6 +109,29 @@ def test_early_stopping_restores_the_best_weights_and_saves_them(tmp_path):
     assert finetune.evaluate(saved, data, 0)["loss"] == pytest.approx(result.best_loss, rel=1e-5)
 
 
+def test_best_metric_accuracy_keeps_the_most_accurate_weights_and_loss_the_lowest_loss():
+    # An overconfident classifier: its validation loss turns up (evaluation 2) while its accuracy
+    # still rises (evaluation 3). "loss" keeps evaluation 1; "accuracy" keeps evaluation 4, which
+    # ties evaluation 3's accuracy with a lower loss.
+    tokenizer = WordTokenizer(["good bad"])
+    model = small_classifier(tokenizer)
+    weight = model.score.weight
+    scores = [(0.40, 0.70), (0.45, 0.72), (0.50, 0.75), (0.48, 0.75)]      # (val loss, val accuracy)
+    kept = {}
+    for metric in ("loss", "accuracy"):
+        keeper = finetune._BestKeeper(model, [weight], None, tokenizer, None, patience=10, log=lambda line: None,
+                                      best_metric=metric)
+        for step, (loss, accuracy) in enumerate(scores, start=1):
+            weight.data[...] = step                       # the weights of evaluation `step`
+            keeper.after_evaluation(step, float(step), 0.0, {"loss": loss, "accuracy": accuracy, "f1": 0.0}, 4)
+        keeper.restore_best()
+        kept[metric] = (keeper.result.best_step, float(weight.data.flat[0]), keeper.result.best_loss)
+    assert kept["loss"] == (1, 1.0, 0.40)
+    assert kept["accuracy"] == (4, 4.0, 0.48)
+    with pytest.raises(ValueError, match="best_metric must be 'loss' or 'accuracy'"):
+        finetune.FinetuneConfig(best_metric="f1")
+
+
 def test_loop_rejects_bad_inputs():
     tokenizer = WordTokenizer(["good film"])
     model = small_classifier(tokenizer)

@@ -157,7 +157,9 @@ class FinetuneConfig(lora.LoRASettings, settings.OptimizerSettings):
     pad_side: str = setting("right", "where padding goes: right or left")
     eval_every: Optional[int] = setting(None, "steps between evaluations (default: once per epoch)")
     log_interval: int = setting(50, "steps between progress lines when not on a terminal (a terminal gets a bar)")
-    patience: int = setting(2, "evaluations without a lower validation loss before stopping early")
+    patience: int = setting(2, "evaluations without a better validation score (best_metric) before stopping early")
+    best_metric: str = setting("loss", "which validation score picks the weights kept and stops early: loss (the "
+                                       "lowest) or accuracy (the highest; ties: the lower loss)")
     seed: int = setting(0, "seed of the split, the head's weights and the batch order")
     workers: Optional[int] = setting(None, "CPU threads to split each batch over (default: one per core)")
     pooling: Optional[str] = setting(None, "what a new head reads: last (the last real token), mean, or concat "
@@ -190,6 +192,8 @@ class FinetuneConfig(lora.LoRASettings, settings.OptimizerSettings):
             fail("head_lr", f"{{name}} must be positive, got {self.head_lr}")
         if self.pad_side not in ("left", "right"):
             fail("pad_side", f"{{name}} must be 'left' or 'right', got {self.pad_side!r}")
+        if self.best_metric not in ("loss", "accuracy"):
+            fail("best_metric", f"{{name}} must be 'loss' or 'accuracy', got {self.best_metric!r}")
         self.check_lora()
         self._check_ulmfit(fail)
         if self.lora_rank and self.train_last is not None:
@@ -337,7 +341,8 @@ class FinetuneResult:
     def __init__(self) -> None:
         self.history: list[dict[str, Any]] = []
         self.best_step: Optional[int] = None
-        self.best_loss: float = np.inf
+        self.best_loss: float = np.inf           # the validation loss of the kept weights
+        self.best_accuracy: float = -np.inf      # ... and their validation accuracy
         self.stopped_early = False
         self.steps = 0
         self.stopped_by: Optional[int] = None      # the signal number, when Ctrl-C / SIGTERM ended the run
@@ -455,7 +460,8 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
              config: Optional[FinetuneConfig] = None, out_dir: Optional[str | os.PathLike] = None,
              log: Optional[Callable[[str], None]] = print, base_model: Optional[str] = None,
              progress: bool = False, **overrides: Any) -> FinetuneResult:
-    """Fine-tune ``classifier`` on labelled texts; keep the weights with the lowest validation loss.
+    """Fine-tune ``classifier`` on labelled texts; keep the weights with the lowest validation loss (or, with
+    ``best_metric="accuracy"``, the highest validation accuracy).
 
     Labels are class ids (0 .. num_classes-1; see :class:`LabelSet`). One
     step: a random batch, padded with its mask; the loss (eq:bce for one logit,
@@ -498,7 +504,7 @@ def finetune(classifier: GPTClassifier, tokenizer: Any, train_texts: Iterable[st
     cfg.warmup_for(max_steps, "the run's steps")     # more warmup than steps: refused before any work
     bar = _Heartbeat(max_steps, log, cfg.log_interval) if progress else None
     log = bar.message if bar is not None else log
-    keeper = _BestKeeper(classifier, trainable, out_dir, tokenizer, base_model, cfg.patience, log)
+    keeper = _BestKeeper(classifier, trainable, out_dir, tokenizer, base_model, cfg.patience, log, cfg.best_metric)
     try:
         with GracefulStop() as stop:
             log(f"fine-tuning {sum(int(p.size) for p in trainable):,} of {classifier.num_parameters():,} "
@@ -629,13 +635,20 @@ def _train(classifier: GPTClassifier, cfg: FinetuneConfig, train: Encoded, val: 
 
 
 class _BestKeeper:
-    """Early stopping on the validation loss: keeps the best weights seen (and writes them to ``out_dir``),
-    counts evaluations without improvement, and fills a :class:`FinetuneResult`."""
+    """Early stopping on a validation score: keeps the best weights seen (and writes them to ``out_dir``),
+    counts evaluations without improvement, and fills a :class:`FinetuneResult`.
+
+    ``best_metric="loss"`` follows the lowest validation loss; ``"accuracy"`` the highest validation
+    accuracy, a tie going to the lower loss. They part when the classifier grows overconfident: its loss
+    rises on the few texts it gets confidently wrong while more texts come out right, so a run judged by
+    its accuracy may want the later weights."""
 
     def __init__(self, classifier: GPTClassifier, trainable: list[Any], out_dir: Optional[str | os.PathLike],
-                 tokenizer: Any, base_model: Optional[str], patience: int, log: Callable[[str], None]) -> None:
+                 tokenizer: Any, base_model: Optional[str], patience: int, log: Callable[[str], None],
+                 best_metric: str = "loss") -> None:
         self.classifier, self.trainable, self.out_dir = classifier, trainable, out_dir
         self.tokenizer, self.base_model, self.patience, self.log = tokenizer, base_model, patience, log
+        self.best_metric = best_metric
         self.result = FinetuneResult()
         self.best: Optional[dict[int, Array]] = None
         self.saved_step: Optional[int] = None      # the step of the classifier this run last wrote into out_dir
@@ -647,11 +660,12 @@ class _BestKeeper:
         entry = {"step": step, "epoch": epoch, "train_loss": train_loss, "val_loss": metrics["loss"],
                  "val_accuracy": metrics["accuracy"], "val_f1": metrics["f1"]}
         result.history.append(entry)
-        improved = metrics["loss"] < result.best_loss
+        improved = self._better(metrics)
         self.log(f"step {step}/{max_steps}  train loss {train_loss:.4f}  val loss {metrics['loss']:.4f}  "
                  f"val accuracy {metrics['accuracy']:.3f}" + ("  (best)" if improved else ""))
         if improved:
-            result.best_loss, result.best_step, self.bad_evaluations = metrics["loss"], step, 0
+            result.best_loss, result.best_accuracy = metrics["loss"], metrics["accuracy"]
+            result.best_step, self.bad_evaluations = step, 0
             self.best = {id(p): p.data.copy() for p in self.trainable}
             if self.out_dir is not None:
                 _save(self.classifier, self.out_dir, self.tokenizer, self.base_model, self.saved_step)
@@ -660,7 +674,15 @@ class _BestKeeper:
         self.bad_evaluations += 1
         if self.bad_evaluations >= self.patience:
             result.stopped_early = True
-            self.log(f"stopping early: no lower validation loss in {self.patience} evaluations")
+            better = "lower validation loss" if self.best_metric == "loss" else "higher validation accuracy"
+            self.log(f"stopping early: no {better} in {self.patience} evaluations")
+
+    def _better(self, metrics: dict[str, Any]) -> bool:
+        best = self.result
+        if self.best_metric == "loss":
+            return metrics["loss"] < best.best_loss
+        return (metrics["accuracy"] > best.best_accuracy
+                or (metrics["accuracy"] == best.best_accuracy and metrics["loss"] < best.best_loss))
 
     def save_if_none_yet(self) -> None:
         """Stopped by a signal before any evaluation: write the current classifier, so ``out_dir`` has one."""
