@@ -21,7 +21,7 @@ NumPy and CuPy.
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -691,6 +691,41 @@ def causal_mask(xp: Any, Tq: int, Tk: int) -> tuple[Array, Array]:
     return allowed, ~allowed
 
 
+class KeyMask(NamedTuple):
+    """An ``attn_mask`` prepared once for every layer: ``allowed`` (True = may attend) and its inverse
+    ``hidden``, booleans broadcastable to (B, H, Tq, Tk).
+
+    Given as a plain boolean array, the mask is inverted in every layer, and the probabilities are
+    zeroed where masked after the softmax (for a query that sees no key at all). With
+    ``every_query_sees_a_key`` the caller guarantees each query sees at least one key: a masked
+    score is then the lowest float below a real one, its ``exp`` exactly 0, and the zeroing, which
+    would change nothing, is skipped. The static decoding step (``npgpt.generation.cuda_graph``)
+    uses it: two kernels per token for the mask instead of 26.
+    """
+
+    allowed: Array
+    hidden: Array
+    every_query_sees_a_key: bool = False
+
+
+def _masks(xp: Any, Tq: int, Tk: int, causal: bool, attn_mask: Any) -> tuple[Array, Array, bool]:
+    """``(allowed, hidden, zero)`` of attention's masks (None, None: no mask); ``zero``: whether the
+    probabilities must be multiplied by ``allowed`` after the softmax (a padding mask)."""
+    allowed = hidden = None
+    if causal:
+        allowed, hidden = causal_mask(xp, Tq, Tk)
+    if attn_mask is None:
+        return allowed, hidden, False
+    if isinstance(attn_mask, KeyMask):
+        mask, mask_hidden, zero = attn_mask.allowed, attn_mask.hidden, not attn_mask.every_query_sees_a_key
+    else:
+        mask, mask_hidden, zero = xp.asarray(as_array(attn_mask), dtype=bool), None, True
+    if allowed is not None:
+        allowed = allowed & mask
+        return allowed, ~allowed, True
+    return mask, ~mask if mask_hidden is None else mask_hidden, zero
+
+
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, attn_mask: Any = None,
                                  return_weights: bool = False, dropout_p: float = 0.0,
                                  rng: Any = None, compute_dtype: Any = None) -> Tensor | tuple[Tensor, Array]:
@@ -700,7 +735,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
     With ``causal``, query ``i`` sees keys ``j <= i + (Tk - Tq)``: when a KV
     cache supplies earlier keys, the Tq queries are the *last* Tq positions.
     ``attn_mask`` (boolean, broadcastable to (B, H, Tq, Tk), True = may
-    attend) hides padding. Masked scores are set to the most negative finite
+    attend, or a ``KeyMask`` prepared once for every layer) hides padding. Masked scores are set to the most negative finite
     number rather than ``-inf`` (which would give NaN), and with a padding
     mask the probabilities are zeroed where masked, so a query with nothing
     to attend to (a padding position) outputs zeros and passes no gradient.
@@ -779,16 +814,10 @@ def _attend(q: Array, k: Array, v: Array, causal: bool, attn_mask: Any, dropout_
     cd = np.dtype(compute_dtype) if compute_dtype is not None else dtype
     qc, kc, vc = (t if t.dtype == cd else t.astype(cd) for t in (q, k, v))
     scores = (qc @ kc.swapaxes(-1, -2)).astype(dtype, copy=False)     # (B, H, Tq, Tk)
-    allowed = hidden = None
-    if causal:
-        allowed, hidden = causal_mask(xp, Tq, Tk)
-    if attn_mask is not None:
-        mask = xp.asarray(as_array(attn_mask), dtype=bool)
-        allowed = mask if allowed is None else allowed & mask
-        hidden = ~allowed
+    allowed, hidden, zero = _masks(xp, Tq, Tk, causal, attn_mask)
     _scale_and_hide(scores, scale, hidden)   # in place: the scores are this op's own array
     P = softmax_array(scores, overwrite=True)           # attention probabilities
-    if attn_mask is not None:
+    if zero:
         P *= allowed            # only changes rows where every key is masked
     keep = _dropout_mask(xp, rng, P.shape, P.dtype, dropout_p) if dropout_p > 0 else None
     dropped = P if keep is None else P * keep

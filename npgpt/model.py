@@ -206,7 +206,8 @@ class GPT(nn.Module):
         """The hidden states ``ln_f(x)`` (B, T, C) after the last block: everything but the head.
 
         ``x_0 = drop(wte[idx] + wpe[positions])``, every block, then the final layer norm (eq:pre-ln-block).
-        ``attention_mask`` (B, T_keys): 1 = real token, 0 = padding, never attended to.
+        ``attention_mask`` (B, T_keys): 1 = real token, 0 = padding, never attended to; or an
+        ``F.KeyMask`` made by the caller, used as it is (the static decoding step's).
         ``position_ids`` (B, T) replace ``past..past+T-1`` (a left-padded row counts from its first
         real token); ``inputs_embeds`` (B, T, C) replace ``wte[idx]`` (saliency); ``cache`` holds
         the ``past`` earlier positions and grows by T. ``return_attention``: also one (B, H, T,
@@ -219,7 +220,9 @@ class GPT(nn.Module):
             position_ids = backend.array_module(self.wte.weight.data).arange(past, past + T)
         tokens = self.wte(idx) if inputs_embeds is None else inputs_embeds       # (B, T, C)
         x = self.drop(tokens + self.wpe(position_ids))                          # (B, T, C)
-        mask = None if attention_mask is None else (attention_mask != 0)[:, None, None, :]   # (B, 1, 1, T_keys)
+        mask = attention_mask
+        if attention_mask is not None and not isinstance(attention_mask, F.KeyMask):
+            mask = (attention_mask != 0)[:, None, None, :]                    # (B, 1, 1, T_keys)
         attentions = []
         for layer, block in enumerate(self.h):
             x, probs = block(x, layer, cache, mask)

@@ -53,6 +53,15 @@ get their contents back, arrays allocated under capture hold garbage until a lau
 a host -> device copy inside capture raises ``cudaErrorStreamCaptureUnsupported`` (CuPy's
 ``CUDARuntimeError``), a synchronisation too; a call with no replay is refused. A launch counts
 one launch; ``replayed_nodes()`` counts the kernels it replayed, and the bytes are theirs.
+Memory, as CUDA's graphs see it: CuPy's ``Graph`` keeps no array alive, so the replays hold their
+arrays as addresses (weak references to the allocation). What a call allocates under capture (a
+gather's result, a view of fresh memory, included) is the graph's, held by the private pool of
+``using_allocator(pool.malloc)``; an allocation under capture from the default pool (no
+``using_allocator``, or the default pool's ``malloc``) raises ``CUDARuntimeError``. A launch raises
+before it runs anything if memory it reads or writes was freed since the capture: an array of the
+program that Python dropped, or the pool's blocks after ``free_all_blocks`` (or the pool's end).
+It does not choose which block a pool would hand out next, so a fault shows as that error at the
+launch, not as the wrong values a GPU would compute.
 
 What it cannot show: speed, memory limits, the numerics of cuBLAS and of CuPy's
 reductions (the values are NumPy's), the random streams of cuRAND, whether NVRTC compiles the
@@ -67,6 +76,7 @@ import sys
 import threading
 import types
 import warnings
+import weakref
 from typing import Any
 
 import numpy as np
@@ -204,6 +214,8 @@ def _count_call(inputs: list, result: Any, out: Any = None, reads: bool = True, 
         made = [a for a in _device_arrays(result, []) if not any(np.may_share_memory(a, i) for i in inputs)]
         if not made:
             return                                  # a view (or views) of the inputs: no kernel
+        if _capture.graph is not None and _capturing():
+            _capture.graph._allocate(made)          # fresh memory, owning or not (a gather's is a view)
         written = made
     written = written if isinstance(written, list) else [written]
     _launch(sum(a.nbytes for a in inputs) if reads else 0, sum(a.nbytes for a in written), replay)
@@ -238,7 +250,7 @@ def _new(a: np.ndarray) -> ndarray:
     out = ndarray.__new__(ndarray)
     out._a = a
     if _capture.graph is not None and a.flags.owndata and _capturing():
-        _capture.graph._made.append(a)        # memory allocated under capture: the graph's own
+        _capture.graph._allocate([a])         # memory allocated under capture: the graph's own
     return out
 
 
@@ -267,7 +279,7 @@ def _upload(obj: Any, dtype: Any = None, ndmin: int = 0) -> ndarray:
     """Host data to the device: always a copy, and counted (``cupy.asarray`` of a number too)."""
     if _holds_device_array(obj):        # a list of device arrays is assembled on the device
         made = _new(np.array(_dev(obj), dtype=dtype, ndmin=ndmin))
-        replay = _replay(lambda: np.array(_dev(obj), dtype=dtype, ndmin=ndmin), made)
+        replay = _replay(_recorded(np.array, _dev(obj), dtype=dtype, ndmin=ndmin), made)
         _count_call(_device_arrays(obj, []), made, replay=replay)
         return made
     host = np.array(obj, dtype=dtype, ndmin=ndmin)
@@ -296,6 +308,11 @@ def _index(shape: tuple[int, ...], index: Any) -> tuple[tuple, bool]:
     wrap around (CuPy's take/scatter kernels use ``index % dim``); a boolean mask costs a
     synchronisation, since the host must learn how many elements it selects.
     """
+    return _numpy_index(shape, _index_items(index))
+
+
+def _index_items(index: Any) -> list:
+    """The items of a CuPy index with device arrays as their NumPy arrays, host arrays copied (counted)."""
     items = list(index) if type(index) is tuple else [index]
     out = []
     for s in items:
@@ -314,6 +331,12 @@ def _index(shape: tuple[int, ...], index: Any) -> tuple[tuple, bool]:
             out.append(host)
         else:
             out.append(s)                          # a Python or NumPy integer: a view, as in NumPy
+    return out
+
+
+def _numpy_index(shape: tuple[int, ...], items: list) -> tuple[tuple, bool]:
+    """``_index_items``'s items as a NumPy index for ``shape`` (integer arrays wrapped), and whether it is advanced."""
+    out = list(items)
     consumed = sum((s.ndim if s.dtype == bool else 1) if isinstance(s, np.ndarray) else 1
                    for s in out if s is not None and s is not Ellipsis)
     axis, advanced = 0, False
@@ -335,6 +358,14 @@ def _index(shape: tuple[int, ...], index: Any) -> tuple[tuple, bool]:
                 out[k] = s % shape[axis]
         axis += 1
     return tuple(out), advanced
+
+
+def _gather(a: np.ndarray, shape: tuple, items: list) -> np.ndarray:
+    return a[_numpy_index(shape, items)[0]]
+
+
+def _scatter(a: np.ndarray, shape: tuple, items: list, value: Any) -> None:
+    a[_numpy_index(shape, items)[0]] = value
 
 
 def _indexed_value(value: Any, advanced: bool, dtype: np.dtype) -> Any:
@@ -502,23 +533,27 @@ class ndarray:  # noqa: N801  (CuPy's name)
         return (self[i] for i in range(self.shape[0]))
 
     def __getitem__(self, index):
-        np_index, advanced = _index(self.shape, index)
+        items = _index_items(index)
+        np_index, advanced = _numpy_index(self.shape, items)
         made = _wrap(self._a[np_index])
         if advanced:                                # a gather kernel; basic indexing is a view
-            replay = _replay(lambda: self._a[_index(self.shape, index)[0]], made)
+            if _capture.graph is not None and _capturing():
+                _capture.graph._allocate([made._a])     # a view of fresh memory (NumPy's gathers transpose)
+            replay = _replay(_recorded(_gather, self._a, self.shape, items), made)
             _launch(sum(a.nbytes for a in np_index if isinstance(a, np.ndarray)) + made.nbytes, made.nbytes, replay)
         return made
 
     def __setitem__(self, index, value):
-        np_index, advanced = _index(self.shape, index)
+        items = _index_items(index)
+        np_index, advanced = _numpy_index(self.shape, items)
         target = self._a[np_index]
         _before_write(self._a if advanced else target)
-        self._a[np_index] = _indexed_value(value, advanced, self.dtype)
+        v = _indexed_value(value, advanced, self.dtype)
+        self._a[np_index] = v
         read = sum(a.nbytes for a in np_index if isinstance(a, np.ndarray))
-
-        def replay():                               # the index and the value as they are at replay
-            self._a[_index(self.shape, index)[0]] = _indexed_value(value, advanced, self.dtype)
-        _launch(read + (value.nbytes if type(value) is ndarray else 0), target.nbytes, replay)
+        # At replay: the index arrays' and the value's contents as they are then.
+        _launch(read + (value.nbytes if type(value) is ndarray else 0), target.nbytes,
+                _recorded(_scatter, self._a, self.shape, items, v))
 
     def scatter_add(self, slices, value):
         """``cupyx.scatter_add(self, slices, value)``: repeated indices add up."""
@@ -546,7 +581,7 @@ class ndarray:  # noqa: N801  (CuPy's name)
             raise _unsupported(value)
         _before_write(self._a)
         self._a.fill(value)
-        _launch(0, self.nbytes, lambda: self._a.fill(value))
+        _launch(0, self.nbytes, _recorded(np.ndarray.fill, self._a, value))
 
     def dot(self, b, out=None):
         if type(b) is not ndarray:
@@ -657,9 +692,10 @@ def _method(name: str):
     def method(self, *args, **kwargs):
         out = kwargs.get("out")
         _before_write(out)
-        result = getattr(self._a, name)(*_dev(args), **_dev(kwargs))
+        dargs, dkwargs = _dev(args), _dev(kwargs)
+        result = getattr(self._a, name)(*dargs, **dkwargs)
         made = out if out is not None else _wrap(result)
-        replay = _replay(lambda: getattr(self._a, name)(*_dev(args), **_dev(kwargs)), made, out)
+        replay = _replay(_recorded(getattr(np.ndarray, name), self._a, *dargs, **dkwargs), made, out)
         _count_call([self._a] + _inputs(args, kwargs), made, out, replay=replay)
         return made
     method.__name__ = method.__qualname__ = name
@@ -692,9 +728,10 @@ def _routine(name: str, numpy_func: Any = None, result: Any = _wrap):
             return _traced_routine(name, args, kwargs)
         out = kwargs.get("out")
         _before_write(out)
-        value = numpy_func(*_dev(args), **_dev(kwargs))
+        dargs, dkwargs = _dev(args), _dev(kwargs)
+        value = numpy_func(*dargs, **dkwargs)
         made = out if type(out) is ndarray else result(value)
-        replay = _replay(lambda: numpy_func(*_dev(args), **_dev(kwargs)), made, out)
+        replay = _replay(_recorded(numpy_func, *dargs, **dkwargs), made, out)
         _count_call(_inputs(args, kwargs), made, out, reads, replay)
         return made
     routine.__name__ = routine.__qualname__ = name
@@ -756,7 +793,7 @@ def where(condition, x=None, y=None):
     if x is None or y is None:
         raise ValueError("Must provide both 'x' and 'y' or neither.")
     made = _wrap(np.where(*_dev((condition, x, y))))
-    _count_call(_device_arrays((condition, x, y), []), made, replay=_replay(lambda: np.where(*_dev((condition, x, y))), made))
+    _count_call(_device_arrays((condition, x, y), []), made, replay=_replay(_recorded(np.where, *_dev((condition, x, y))), made))
     return made
 
 
@@ -768,11 +805,10 @@ def copyto(dst, src, casting="same_kind", where=None):
     if type(dst) is not ndarray:
         raise _unsupported(dst)
     _before_write(dst)
-
-    def copy():
-        np.copyto(dst._a, _dev(src), casting=casting, where=True if where is None else _dev(where))
-    copy()
-    _launch(sum(a.nbytes for a in _device_arrays((src, where), [])), dst.nbytes, copy)
+    args = (dst._a, _dev(src))
+    kwargs = dict(casting=casting, where=True if where is None else _dev(where))
+    np.copyto(*args, **kwargs)
+    _launch(sum(a.nbytes for a in _device_arrays((src, where), [])), dst.nbytes, _recorded(np.copyto, *args, **kwargs))
 
 
 def split(ary, indices_or_sections, axis=0):
@@ -800,7 +836,7 @@ def asarray(a, dtype=None, order=None, *, blocking=False):
         if dtype is None or np.dtype(dtype) == a.dtype:
             return a
         made = _new(a._a.astype(dtype))
-        _launch(a.nbytes, made.nbytes, _replay(lambda: a._a.astype(dtype), made))
+        _launch(a.nbytes, made.nbytes, _replay(_recorded(np.ndarray.astype, a._a, dtype), made))
         return made
     return _upload(a, dtype)
 
@@ -808,7 +844,7 @@ def asarray(a, dtype=None, order=None, *, blocking=False):
 def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
     if type(obj) is ndarray:
         made = _new(np.array(obj._a, dtype=dtype, copy=copy, order=order, ndmin=ndmin))
-        _count_call([obj._a], made, replay=_replay(lambda: np.array(obj._a, dtype=dtype, order=order, ndmin=ndmin), made))
+        _count_call([obj._a], made, replay=_replay(_recorded(np.array, obj._a, dtype=dtype, order=order, ndmin=ndmin), made))
         return made
     return _upload(obj, dtype, ndmin)
 
@@ -816,7 +852,7 @@ def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocki
 def ascontiguousarray(a, dtype=None):
     if type(a) is ndarray:
         made = _new(np.ascontiguousarray(a._a, dtype=dtype))
-        _count_call([a._a], made, replay=_replay(lambda: np.ascontiguousarray(a._a, dtype=dtype), made))
+        _count_call([a._a], made, replay=_replay(_recorded(np.ascontiguousarray, a._a, dtype=dtype), made))
         return made
     return _upload(a, dtype)
 
@@ -1087,14 +1123,15 @@ class Fusion:
                 raise TypeError(f"Invalid argument type for '{self.name}': ({type(a)})")
         arrays = [a._a for a in args if type(a) is ndarray]
         _before_write(*arrays)                # an argument may be assigned in place
-        result, trace = self._trace(args, arrays)
-        return self._results(result, trace, arrays, args)
+        values = [a._a if type(a) is ndarray else a for a in args]
+        result, trace = self._trace(values)
+        return self._results(result, trace, arrays, values)
 
-    def _trace(self, args: tuple, arrays: list) -> tuple[Any, _Trace]:
-        """Run the function on proxies of ``args`` (their NumPy values as they are now)."""
-        trace = _Trace(np.broadcast_shapes(*(a.shape for a in arrays)))
-        proxies = [None if a is None else _Var(a._a, False, True, arg=True) if type(a) is ndarray
-                   else _Var(a, False, False) for a in args]
+    def _trace(self, values: list) -> tuple[Any, _Trace]:
+        """Run the function on proxies of ``values`` (the arguments, device arrays as their NumPy arrays)."""
+        trace = _Trace(np.broadcast_shapes(*(a.shape for a in values if isinstance(a, np.ndarray))))
+        proxies = [None if a is None else _Var(a, False, True, arg=True) if isinstance(a, np.ndarray)
+                   else _Var(a, False, False) for a in values]
         _fusing.trace = trace
         try:
             result = self.func(*proxies)
@@ -1102,7 +1139,7 @@ class Fusion:
             _fusing.trace = None
         return result, trace
 
-    def _results(self, result: Any, trace: _Trace, arrays: list, args: tuple) -> Any:
+    def _results(self, result: Any, trace: _Trace, arrays: list, values: list) -> Any:
         single = not isinstance(result, tuple)
         returned = [result] if single else list(result)
         shape = trace.shape if trace.reduced is None else trace.reduced
@@ -1115,20 +1152,22 @@ class Fusion:
             _traced_var(v, trace)             # a pre-map value returned after the reduction: refused
             made.append(_new(np.array(np.broadcast_to(v._v, shape), dtype=v.dtype)))
         _launch(sum(a.nbytes for a in arrays), sum(m.nbytes for m in made) + sum(w.nbytes for w in trace.written),
-                self._replayer(args, arrays, [m._a for m in made]))
+                self._replayer(values, [m._a for m in made]))
         if result is None:
             return None
         found = iter(made)
         out = [None if v is None else next(found) for v in returned]
         return out[0] if single else tuple(out)
 
-    def _replayer(self, args: tuple, arrays: list, targets: list) -> Any:
+    def _replayer(self, values: list, targets: list) -> Any:
         """Under stream capture: the kernel again on the arguments' values at replay, into the same outputs."""
         if _capture.graph is None:
             return None
+        held = _held((values, targets))
 
         def replay():
-            result, _ = self._trace(args, arrays)
+            values, targets = _deref(held)
+            result, _ = self._trace(values)
             returned = [v for v in (result if isinstance(result, tuple) else (result,)) if v is not None]
             for target, v in zip(targets, returned):
                 target[...] = np.broadcast_to(v._v, target.shape)
@@ -1384,7 +1423,12 @@ def get_current_stream() -> Stream:
 
 
 class MemoryPool:
-    """``cupy.cuda.MemoryPool``: the stand-in allocates through NumPy, so the pool is always empty."""
+    """``cupy.cuda.MemoryPool``: the stand-in allocates through NumPy, so the pool counts nothing. A private
+    pool (not the default one) holds the memory of the CUDA graphs captured through it (``using_allocator``)
+    until ``free_all_blocks`` or its own end: then a launch of those graphs fails, as it reads freed memory."""
+
+    def __init__(self, allocator: Any = None) -> None:
+        self._blocks: list = []
 
     def malloc(self, size: int) -> Any:
         raise NotImplementedError("the CuPy stand-in allocates through NumPy, never through a pool")
@@ -1395,8 +1439,8 @@ class MemoryPool:
     def used_bytes(self) -> int:
         return 0
 
-    def free_all_blocks(self) -> None:
-        pass
+    def free_all_blocks(self, stream: Any = None) -> None:
+        self._blocks.clear()
 
 
 _POOL = MemoryPool()
@@ -1404,7 +1448,8 @@ _POOL = MemoryPool()
 
 class using_allocator:  # noqa: N801  (CuPy's name)
     """``cupy.cuda.using_allocator(allocator)``: allocations inside ``with`` come from ``allocator`` (a pool's
-    ``malloc``). The stand-in only remembers it: a captured graph records which allocator served it."""
+    ``malloc``). The stand-in allocates through NumPy all the same; under a CUDA graph's capture the
+    allocator must be a private pool's ``malloc``, and that pool then holds the graph's memory."""
 
     def __init__(self, allocator: Any = None) -> None:
         self.allocator = allocator
@@ -1422,7 +1467,7 @@ class using_allocator:  # noqa: N801  (CuPy's name)
 # them; cudaGraphLaunch runs them all again, with the same arguments, on the same memory. The
 # stand-in needs the values to go on (shapes, and what the calls after need), so during capture each
 # call runs and is recorded with a ``replay``: the same NumPy function on the same arrays (the fixed
-# "addresses"), a Python number as it was at capture. At ``end_capture`` the capture is undone as a
+# "addresses", held weakly), a Python number as it was at capture. At ``end_capture`` the capture is undone as a
 # GPU would never have done it: arrays written that existed before are put back, and memory
 # allocated under capture holds garbage until a launch fills it. A host read (or a host -> device
 # copy) inside capture raises, as CUDA does; a call the stand-in cannot replay is refused.
@@ -1456,23 +1501,121 @@ def _host_arrays(value: Any, found: list) -> list:
     return found
 
 
+def _root(a: np.ndarray) -> np.ndarray:
+    """The NumPy array that owns ``a``'s memory (a view's base, its base's base ...): one device allocation."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+class _Address:
+    """What NumPy needs to rebuild an array on memory it does not own, and the owner, kept while it is used."""
+
+    def __init__(self, interface: dict, owner: np.ndarray) -> None:
+        self.__array_interface__, self.owner = interface, owner
+
+
+class _WeakView:
+    """A device array as a CUDA graph holds it: an address, not a reference.
+
+    CuPy's ``Graph`` keeps no array alive: it holds the device addresses its kernels were given. So
+    the stand-in's replays hold the arrays they read and write through this, a weak reference to
+    the allocation (``_root``) and the view's place in it; ``get`` rebuilds the view while the
+    allocation lives and raises once Python has freed it (on a GPU its block would be handed to the
+    next allocation, and the replay would read or write someone else's array).
+    """
+
+    __slots__ = ("_owner", "_interface", "_where")
+
+    def __init__(self, a: np.ndarray, where: str) -> None:
+        self._owner = weakref.ref(_root(a))
+        self._interface = dict(a.__array_interface__)
+        self._where = where
+
+    def alive(self) -> bool:
+        return self._owner() is not None
+
+    def get(self) -> np.ndarray:
+        owner = self._owner()
+        if owner is None:
+            raise CUDARuntimeError(f"the CuPy stand-in: a CUDA graph's kernel (recorded at {self._where}) reads or "
+                                   "writes memory freed since the capture; on a GPU that block may already belong "
+                                   "to another array (keep every array the graph uses alive as long as the graph)")
+        return np.asarray(_Address(self._interface, owner))
+
+
+def _held(obj: Any) -> Any:
+    """``obj`` (tuples, lists, dicts searched) with each NumPy array as a ``_WeakView``, the graph's own list
+    of them extended (under capture)."""
+    if isinstance(obj, np.ndarray):
+        view = _WeakView(obj, _caller())
+        if _capture.graph is not None:
+            _capture.graph._views.append(view)
+        return view
+    if type(obj) in (list, tuple):
+        return type(obj)(_held(v) for v in obj)
+    if type(obj) is dict:
+        return {k: _held(v) for k, v in obj.items()}
+    return obj
+
+
+def _deref(obj: Any) -> Any:
+    """``_held``'s inverse at replay: the arrays rebuilt (raises if one was freed)."""
+    if type(obj) is _WeakView:
+        return obj.get()
+    if type(obj) in (list, tuple):
+        return type(obj)(_deref(v) for v in obj)
+    if type(obj) is dict:
+        return {k: _deref(v) for k, v in obj.items()}
+    return obj
+
+
+def _recorded(func: Any, *args: Any, **kwargs: Any) -> Any:
+    """Under capture: ``func(*args, **kwargs)`` as a replay (the NumPy arrays among them held as addresses,
+    Python values frozen as they are now). None outside capture."""
+    if _capture.graph is None:
+        return None
+    held = _held((args, kwargs))
+
+    def replay():
+        a, k = _deref(held)
+        return func(*a, **k)
+    return replay
+
+
 def _replay(compute: Any, made: Any, out: Any = None) -> Any:
-    """Under capture: a call's replay. ``compute()`` recomputes it from the arrays' current values; the
-    result goes into the arrays ``made`` at capture (an ``out=`` it writes itself)."""
+    """Under capture: a call's replay. ``compute()`` (``_recorded``) recomputes it from the arrays' current
+    values; the result goes into the arrays ``made`` at capture (an ``out=`` it writes itself)."""
     if _capture.graph is None:
         return None
     if type(out) is ndarray:
         return compute
-    targets = _device_arrays(made, [])
+    targets = _held(_device_arrays(made, []))
 
     def replay():
-        for target, value in zip(targets, _host_arrays(compute(), [])):
+        for target, value in zip(_deref(targets), _host_arrays(compute(), [])):
             target[...] = value
     return replay
 
 
+def _private_pool(allocator: Any) -> MemoryPool:
+    """The pool behind the allocator of an allocation under capture; anything but a private pool refused."""
+    pool = getattr(allocator, "__self__", None)
+    if type(pool) is not MemoryPool or pool is _POOL:
+        raise CUDARuntimeError(
+            "the CuPy stand-in: an array allocated during a CUDA graph's capture from CuPy's default memory pool "
+            f"({_caller()}). Once Python frees it, its block goes back to the pool that every later allocation "
+            "draws from, while the graph still writes it at every replay: capture inside "
+            "cupy.cuda.using_allocator(pool.malloc) with a pool = cupy.cuda.MemoryPool() of the graph's own")
+    return pool
+
+
 class Graph:
-    """``cupy.cuda.Graph``: made by ``Stream.end_capture``; ``launch`` replays the captured kernels (one launch)."""
+    """``cupy.cuda.Graph``: made by ``Stream.end_capture``; ``launch`` replays the captured kernels (one launch).
+
+    Like CuPy's, it keeps no array alive: its memory is the private pool's (``_allocate``), the rest
+    the program's, and a launch after either was freed raises (``_WeakView``).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise RuntimeError("cupy.cuda.Graph cannot be made directly: capture a stream (Stream.begin_capture)")
@@ -1481,7 +1624,7 @@ class Graph:
     def _begin(cls, stream: Stream) -> Graph:
         graph = cls.__new__(cls)
         graph._stream, graph._allocator = stream, _capture.allocator
-        graph._nodes, graph._made, graph._kept = [], [], []
+        graph._nodes, graph._made, graph._kept, graph._views = [], {}, [], []
         return graph
 
     def _add(self, read: int, written: int, replay: Any) -> None:
@@ -1489,22 +1632,33 @@ class Graph:
             raise NotImplementedError(f"the CuPy stand-in cannot replay this call in a CUDA graph: {_caller()}")
         self._nodes.append((replay, int(read), int(written)))
 
+    def _allocate(self, arrays: list) -> None:
+        """Fresh memory made under capture: the graph's own, held by the private pool it must come from."""
+        for a in arrays:
+            root = _root(a)
+            if id(root) not in self._made:
+                _private_pool(_capture.allocator)._blocks.append(root)
+                self._made[id(root)] = root
+
     def _keep(self, arrays: list) -> None:
         for a in arrays:
-            if not any(np.may_share_memory(a, m) for m in self._made):
+            if id(_root(a)) not in self._made:
                 self._kept.append((a, a.copy()))
 
     def _end(self) -> None:
         for a, before in reversed(self._kept):    # nothing ran: what existed holds what it held
             a[...] = before
-        for a in self._made:                       # and the graph's memory was never written
+        for a in self._made.values():              # and the graph's memory was never written
             _garbage(a)
-        self._kept = []
+        self._kept, self._made = [], {}           # the pool holds the graph's memory, not the graph
 
     def launch(self, stream: Any = None) -> None:
-        """Run every captured kernel again, in order, on the arrays of the capture: one launch."""
+        """Run every captured kernel again, in order, on the arrays of the capture: one launch. Raises, before
+        running any, if an array the graph reads or writes has been freed since the capture."""
         if _capture.graph is not None:
             raise NotImplementedError("the CuPy stand-in does not capture a graph's launch into another graph")
+        for view in self._views:
+            view.get()
         for replay, _, _ in self._nodes:
             replay()
         _launch(sum(n[1] for n in self._nodes), sum(n[2] for n in self._nodes), nodes=len(self._nodes))

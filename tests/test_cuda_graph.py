@@ -3,9 +3,13 @@
 The claims under test: ``generate(..., cuda_graph=True)`` gives exactly the ids of plain greedy
 decoding, on NumPy (the static step run eagerly) and on CuPy (the step captured once, one graph
 launch per token); the static cache's masked positions get exactly zero weight; and the CuPy
-stand-in's capture catches the faults a real capture has (a host read inside it, a Python value
-frozen at capture, memory shared with other work). On a real GPU the "cuda" cases run on the
-real CuPy (``benchmarks/gpu_check.sh``); the tests that inspect the stand-in's graph skip there.
+stand-in's capture catches the faults a real capture has: a host read inside it, a Python value
+frozen at capture, an allocation under capture from the default pool (whose blocks other work
+would be handed), and a launch after memory the graph uses was freed (the program's array, or
+the private pool's blocks). What it does not see: which block CuPy's pool would hand out, so a
+wrong result from memory actually reused is not reproduced, only the freeing that allows it. On
+a real GPU the "cuda" cases run on the real CuPy (``benchmarks/gpu_check.sh``); the tests that
+inspect the stand-in's graph skip there.
 """
 
 import numpy as np
@@ -89,6 +93,27 @@ def test_masked_positions_get_exactly_zero_weight_and_the_rest_the_plain_probabi
     np.testing.assert_allclose(static[..., :t + 1], live, rtol=1e-6, atol=1e-7)
 
 
+def test_a_key_mask_made_once_gives_the_plain_masks_probabilities_bit_for_bit():
+    # F.KeyMask (docs/model.md eq:attention): the inverse made once for every layer; with
+    # every_query_sees_a_key the zeroing after the softmax is skipped, which changes no bit when it
+    # holds. Without the flag a query that sees no key still gets zeros, as with a plain mask.
+    rng = np.random.default_rng(1)
+    B, H, L, D = 2, 3, 16, 8
+    q = rng.standard_normal((B, H, 1, D)).astype(np.float32) * 4
+    k, v = (rng.standard_normal((B, H, L, D)).astype(np.float32) * 4 for _ in range(2))
+    allowed = np.zeros((B, 1, 1, L), dtype=bool)
+    allowed[0, ..., :5] = allowed[1, ..., :11] = True
+    attend = [F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), causal=False, attn_mask=mask,
+                                             return_weights=True)
+              for mask in (allowed, F.KeyMask(allowed, ~allowed, every_query_sees_a_key=True))]
+    np.testing.assert_array_equal(attend[1][0].data, attend[0][0].data)
+    np.testing.assert_array_equal(attend[1][1], attend[0][1])
+    allowed[1] = False                                  # the second row sees nothing
+    _, P = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), causal=False,
+                                          attn_mask=F.KeyMask(allowed, ~allowed), return_weights=True)
+    assert np.all(P[1] == 0.0) and np.allclose(P[0].sum(-1), 1.0)
+
+
 # ------------------------------------------------------------------ what it refuses
 @pytest.mark.parametrize("settings, reason", [
     (dict(do_sample=True), "greedy"), (dict(eos_token_id=3), "eos_token_id"),
@@ -142,27 +167,83 @@ def test_capture_allocates_from_a_private_pool_and_runs_nothing(cuda):
     model = small(2, cuda)
     decoder = _decoder(model)
     stream, pool = cupy.cuda.Stream(non_blocking=True), cupy.cuda.MemoryPool()
-    with stream:
+    table = cupy.asarray(np.arange(12.0).reshape(3, 4))
+    columns = cupy.asarray(np.array([2, 0]))
+    with stream, cupy.cuda.using_allocator(pool.malloc):
         decoder.step()                                  # the state a capture must leave as it is
         before = [host(a) for a in (decoder.token, decoder.position, decoder.ids, decoder.cache.keys[0])]
         stream.begin_capture()
         decoder.step()
         logits_made_in_capture = model.lm_head(Tensor(cupy.zeros((1, 16), dtype=np.float32))).data
+        gathered = table[:, columns]                    # NumPy's gather is a view of fresh memory
         graph = stream.end_capture()
-    assert graph._allocator is None                     # this capture was made with the default pool
+    assert graph._allocator == pool.malloc and graph._allocator != cupy.get_default_memory_pool().malloc
     after = [host(a) for a in (decoder.token, decoder.position, decoder.ids, decoder.cache.keys[0])]
     for b, a in zip(before, after):
         np.testing.assert_array_equal(a, b)
     assert np.isnan(host(logits_made_in_capture)).all()   # the graph's own memory: never written yet
-    with stream:
-        graph = cuda_graph.capture(decoder, stream, pool)
-    assert graph._allocator == pool.malloc and graph._allocator != cupy.get_default_memory_pool().malloc
+    assert np.isnan(host(gathered)).all()
+    graph.launch(stream)
+    np.testing.assert_array_equal(host(gathered), [[2.0, 0.0], [6.0, 4.0], [10.0, 8.0]])
     assert fake.graph_nodes(graph) > 0
 
 
 @pytest.mark.gpu
-def test_a_host_read_inside_the_step_fails_the_capture_as_cuda_does(cuda, monkeypatch):
+@pytest.mark.parametrize("allocator", ["none", "the default pool's"])
+def test_an_allocation_under_capture_outside_a_private_pool_is_refused(cuda, allocator):
+    # On a GPU it would work, until Python frees an intermediate: its block goes back to the pool that
+    # every later allocation draws from, while each replay still writes it.
     stand_in()
+    import cupy
+
+    decoder = _decoder(small(2, cuda))
+    stream = cupy.cuda.Stream(non_blocking=True)
+    malloc = None if allocator == "none" else cupy.get_default_memory_pool().malloc
+    with stream, cupy.cuda.using_allocator(malloc):
+        decoder.step()
+        stream.begin_capture()
+        try:
+            with pytest.raises(cupy.cuda.runtime.CUDARuntimeError, match="default memory pool.*using_allocator"):
+                decoder.step()
+        finally:
+            stream.end_capture()
+
+
+@pytest.mark.gpu
+def test_a_launch_after_memory_the_graph_uses_was_freed_fails(cuda, monkeypatch):
+    # The graph holds addresses, not arrays: the program's arrays and the private pool's blocks must
+    # outlive it. On a GPU the freed blocks would be handed to the next allocations (the prompt's).
+    stand_in()
+    import cupy
+
+    model = small(4, cuda)
+    prompt = np.random.default_rng(4).integers(0, 53, (1, 6))
+    capture = cuda_graph.capture
+
+    def dropping_the_key_positions(decoder, stream, pool):
+        decoder.key_positions = cupy.arange(decoder.capacity)[None]     # only the decoder holds it
+        graph = capture(decoder, stream, pool)
+        decoder.key_positions = None                                     # freed: the graph still reads it
+        return graph
+
+    monkeypatch.setattr(cuda_graph, "capture", dropping_the_key_positions)
+    with pytest.raises(cupy.cuda.runtime.CUDARuntimeError, match="memory freed since the capture"):
+        generation.generate(model, prompt, 20, cuda_graph=True)
+    monkeypatch.undo()
+
+    decoder = _decoder(model)
+    stream, pool = cupy.cuda.Stream(non_blocking=True), cupy.cuda.MemoryPool()
+    with stream:
+        graph = cuda_graph.capture(decoder, stream, pool)
+    graph.launch(stream)                                # its memory is alive: the pool holds it
+    pool.free_all_blocks()                              # what _replayed does after the last token
+    with pytest.raises(cupy.cuda.runtime.CUDARuntimeError, match="memory freed since the capture"):
+        graph.launch(stream)
+
+
+@pytest.mark.gpu
+def test_a_host_read_inside_the_step_fails_the_capture_as_cuda_does(cuda, monkeypatch):
+    fake = stand_in()
     import cupy
 
     step = cuda_graph.StaticDecoder.step
@@ -175,7 +256,7 @@ def test_a_host_read_inside_the_step_fails_the_capture_as_cuda_does(cuda, monkey
     model = small(3, cuda)
     with pytest.raises(cupy.cuda.runtime.CUDARuntimeError, match="cudaErrorStreamCaptureUnsupported"):
         generation.generate(model, np.arange(4)[None], 5, cuda_graph=True)
-    assert not cupy.cuda.Stream(non_blocking=True).is_capturing()
+    assert fake._capture.graph is None                  # the failed capture was ended
     monkeypatch.undo()                                  # and the next capture works
     np.testing.assert_array_equal(host(generation.generate(model, np.arange(4)[None], 5, cuda_graph=True)),
                                   host(generation.generate(model, np.arange(4)[None], 5)))

@@ -26,51 +26,63 @@ memory, with the same scalar arguments. So the step captured here (``StaticDecod
   that changed per token would be frozen at its captured value (no ``cache.length`` slicing);
 * chooses the next token inside the graph (the argmax) and writes it into ``token`` for the
   next replay and into the output row ``ids``, then adds 1 to ``position``;
-* never waits for the host: no ``.get()``, ``int()`` or ``bool()`` of a device value, no
-  host -> device copy (CUDA refuses them during capture: ``cudaErrorStreamCaptureUnsupported``);
+* never waits for the host: no ``.get()``, ``int()`` or ``bool()`` of a device value (CUDA
+  refuses a synchronous copy during capture: ``cudaErrorStreamCaptureUnsupported``), and must not
+  copy from the host: an asynchronous copy from pinned memory would be *captured*, and every
+  replay would copy whatever that host buffer then holds;
 * allocates from a private memory pool (below).
 
 **Capturing with CuPy** (CuPy 14.2: ``cupy.cuda.Stream.begin_capture``/``end_capture``, whose
 docstring gives this pattern; ``cupy.cuda.Graph.launch(stream)``; ``cupy.cuda.using_allocator``;
 ``cupy.cuda.MemoryPool``): capture needs a stream other than the legacy null stream, so the
-generation runs on its own ``Stream(non_blocking=True)``, ordered after the caller's stream
-and before its later work by events (``record``/``wait_event``), with no host wait. The
-intermediate arrays of the step are allocated *during* capture; their addresses are baked
-into the graph, which writes them at every replay. With CuPy's default pool, an intermediate
-that Python frees during capture goes back to that pool, and any later allocation, of this
-program or of a library, may be handed the same block: the graph's next replay would then
-overwrite that array, or that array's owner the graph's intermediates. A pool that nothing else
-uses (``MemoryPool()``, active only inside ``using_allocator(pool.malloc)``) keeps those blocks
-for the graph alone, and lives as long as the graph does. The step runs once eagerly through
-that same pool first (the *warm-up*): it compiles every kernel and leaves in the pool a free
-block of every size the step takes, so capture allocates nothing new (no ``cudaMalloc``) and
-compiles nothing. Capture itself runs nothing: capture and warm-up happen before the prompt is
-read, and the prompt's pass (``prefill``, eager, as in plain decoding) then overwrites the
-cache, ``token`` and ``position``. The first new token comes from that pass; each later one
-from one replay.
+warm-up and the capture run on a ``Stream(non_blocking=True)`` of their own, ordered after the
+caller's stream and before its later work by one event each way (``record``/``wait_event``),
+with no host wait (``captured``). The prompt and every replay run on the caller's stream: a
+graph can be launched on any stream, so a token costs one ``cudaGraphLaunch`` and no event, and
+the prompt's intermediates return to the default pool's arena of the caller's stream (CuPy keeps
+one per stream), where its later work finds them again. The intermediate arrays of the step are
+allocated *during* capture; their addresses are baked into the graph, which writes them at every
+replay. With CuPy's default pool, an intermediate that Python frees during capture goes back to
+that pool, and any later allocation, of this program or of a library, may be handed the same
+block: the graph's next replay would then overwrite that array, or that array's owner the
+graph's intermediates. A pool that nothing else uses (``MemoryPool()``, active only inside
+``using_allocator(pool.malloc)``) keeps those blocks for the graph alone, and lives as long as
+the graph does. The step runs once eagerly through that same pool first (the *warm-up*): it
+compiles every kernel and leaves in the pool free blocks of the sizes the step takes, so capture
+should compile nothing and find most of its blocks already there. Not all, perhaps: CuPy's
+best-fit pool gives no such guarantee, and nothing here tests it; a ``cudaMalloc`` during
+capture is harmless all the same, since CuPy captures in ``cudaStreamCaptureModeRelaxed``, which
+allows it. Capture itself runs nothing: capture and warm-up happen before the prompt is read,
+and the prompt's pass (``prefill``, eager, as in plain decoding) then overwrites the cache,
+``token`` and ``position``. The first new token comes from that pass; each later one from one
+replay.
 
 **The cost.** Attention reads the whole static cache every token: ``L`` positions instead of
 the live ``t``. ``L`` is a power-of-two bucket (``capacity``): the smallest power of two, at
 least ``MIN_CAPACITY``, that holds the prompt and the new tokens, at most ``block_size``; so
 the cache read is under twice the longest live one, and a short generation does not read
 GPT-2's whole 1,024 positions. One graph is captured per call (the bucket and the batch are
-fixed for it); the capture costs about two eager steps.
+fixed for it); the capture costs about two eager steps and ``cudaGraphInstantiate``.
 
 **On NumPy** ``cuda_graph=True`` runs the very same static step eagerly, token by token (no
-graph: there is nothing to launch), so the tests check its ids against plain decoding on the
-CPU too. On CuPy the graph is captured and replayed. The same formula as the plain path, but
-not the same float sums: a softmax or a product over ``L`` keys, the masked ones exact zeros,
-may round in a different order than over ``t`` keys, so logits can differ in the last bits;
-the ids are tested equal to plain greedy decoding on several prompts and models
-(``tests/test_cuda_graph.py``).
+graph: there is nothing to launch), so the tests check its ids against plain decoding on the CPU
+too; it reads all ``L`` cached positions per token, so it is slower there than plain decoding.
+On CuPy the graph is captured and replayed. The same formula as the plain path, but not the same
+float sums: a softmax or a product over ``L`` keys, the masked ones exact zeros, may round in a
+different order than over ``t`` keys, so logits can differ in the last bits; the ids are tested
+equal to plain greedy decoding on several prompts and models (``tests/test_cuda_graph.py``).
 
 **Limits** (``check`` refuses the rest with a ValueError that says so): greedy decoding, the KV
 cache on, no ``attention_mask`` padding, no ``eos_token_id``, no ``repetition_penalty``, no
 prompt lookup, the whole generation within ``block_size``, dropout inactive.
 
-**Not yet run on a GPU.** No GPU has been lent to this project: the capture has only run on the
+**Opt-in, and not yet run on a GPU.** Plain ``generate`` (and the CLI, chat and serving, which
+do not ask for it) still launches 310 kernels per GPT-2 token; the one launch per token is this
+opt-in greedy path's. No GPU has been lent to this project: the capture has only run on the
 CuPy stand-in of the tests (``tests/fake_cupy.py``), which records each call, replays it on the
-same arrays, and refuses host reads during capture as CUDA does. The device script
+same arrays, refuses host reads during capture as CUDA does, refuses allocations under capture
+that do not come from the allocator of ``using_allocator``, and fails a launch whose graph reads
+memory freed since the capture. The device script
 (``benchmarks/gpu_check.sh``) runs ``tests/test_cuda_graph.py`` on the real CuPy first.
 """
 
@@ -82,12 +94,13 @@ from typing import Any
 
 import numpy as np
 
+import npgpt.functional as F
 from npgpt import backend
 from npgpt.autograd import Tensor, no_grad
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
 
-__all__ = ["MIN_CAPACITY", "capacity", "check", "StaticKVCache", "StaticDecoder", "capture", "decode"]
+__all__ = ["MIN_CAPACITY", "capacity", "check", "StaticKVCache", "StaticDecoder", "capture", "captured", "decode"]
 
 MIN_CAPACITY = 16      # the smallest static cache: below it the buckets would only multiply graphs
 
@@ -189,8 +202,11 @@ class StaticDecoder:
         """
         model = self.model
         xp = backend.array_module(self.token)
-        visible = self.key_positions <= self.position                  # (1, L): the keys this position sees
-        hidden = model.trunk(self.token, attention_mask=visible, position_ids=self.position,
+        # The keys this position sees, and those it does not, (1, 1, 1, L): made once for every layer.
+        # Key 0 is always seen, so attention need not zero the masked probabilities (they are 0).
+        mask = F.KeyMask((self.key_positions <= self.position)[:, None, None, :],
+                         (self.key_positions > self.position)[:, None, None, :], every_query_sees_a_key=True)
+        hidden = model.trunk(self.token, attention_mask=mask, position_ids=self.position,
                              cache=self.static_cache)                  # (B, 1, C)
         logits = model.lm_head(hidden[:, -1], self.head).data          # (B, V)
         chosen = xp.argmax(logits, axis=-1)                            # (B,), greedy
@@ -202,9 +218,10 @@ class StaticDecoder:
 def capture(decoder: StaticDecoder, stream: Any, pool: Any) -> Any:
     """Record ``decoder.step`` on ``stream`` (current) as a CUDA graph, its memory from ``pool`` alone.
 
-    Warm-up first, through the same pool: it compiles every kernel and leaves in the pool a block
-    of every size the step allocates, so that capture compiles and allocates nothing new. Both
-    run before the prompt: what they write is overwritten by ``prefill``.
+    Warm-up first, through the same pool: it compiles every kernel and leaves in the pool free
+    blocks of the sizes the step allocates, for capture to find (``cudaMalloc`` under capture is
+    allowed in CuPy's relaxed mode all the same). Both run before the prompt: what they write is
+    overwritten by ``prefill``.
     """
     cupy = backend.array_module(decoder.token)
     with cupy.cuda.using_allocator(pool.malloc):
@@ -219,15 +236,23 @@ def capture(decoder: StaticDecoder, stream: Any, pool: Any) -> Any:
         return stream.end_capture()
 
 
-@contextlib.contextmanager
-def _on(cupy: Any, stream: Any) -> Iterator[None]:
-    """Run the block's work on ``stream``, after the caller's stream's work and before its later work
-    (events: no host wait). The caller's stream is current again between the blocks."""
-    caller = cupy.cuda.get_current_stream()
-    stream.wait_event(caller.record())
-    with stream:
-        yield
-    caller.wait_event(stream.record())
+def captured(decoder: StaticDecoder, pool: Any) -> Any:
+    """Warm-up and capture of ``decoder.step`` on a side stream of their own; returns the graph.
+
+    The legacy stream cannot be captured, so these two run on a ``Stream(non_blocking=True)``,
+    after the caller's stream's work (the decoder's buffers were zeroed there) and before its
+    later work (one event each way, no host wait). Only they run there: the prompt and every
+    replay then run on the caller's stream (a graph may be launched on any stream), so the
+    prompt's intermediates go back to the default pool's arena of the caller's stream, which its
+    later work draws from again, and a token costs one launch and nothing else.
+    """
+    cupy = backend.array_module(decoder.token)
+    caller, side = cupy.cuda.get_current_stream(), cupy.cuda.Stream(non_blocking=True)
+    side.wait_event(caller.record())
+    with side:
+        graph = capture(decoder, side, pool)
+    caller.wait_event(side.record())
+    return graph
 
 
 def decode(model: Any, plan: Any) -> Iterator[Array]:
@@ -251,19 +276,18 @@ def decode(model: Any, plan: Any) -> Iterator[Array]:
 
 
 def _replayed(decoder: StaticDecoder, prompt: Array, head: Array | None, n: int) -> Iterator[Array]:
-    """``decode`` on CuPy: capture, the prompt eagerly, then one graph launch per token."""
+    """``decode`` on CuPy: capture (side stream), the prompt eagerly, then one graph launch per token
+    (all three on the caller's stream but the capture)."""
     cupy = backend.array_module(prompt)
-    stream, pool = cupy.cuda.Stream(non_blocking=True), cupy.cuda.MemoryPool()
-    T0 = prompt.shape[1]
+    pool, T0 = cupy.cuda.MemoryPool(), prompt.shape[1]
+    stream = cupy.cuda.get_current_stream()                            # the caller's: prompt and replays
+    graph = None
     try:
-        with _on(cupy, stream):
-            decoder.head = head
-            graph = capture(decoder, stream, pool)
-            first = decoder.prefill(prompt, head)
-        yield first
+        decoder.head = head
+        graph = captured(decoder, pool)
+        yield decoder.prefill(prompt, head)
         for i in range(1, n):
-            with _on(cupy, stream):
-                graph.launch(stream)
+            graph.launch(stream)
             yield decoder.ids[:, T0 + i]                               # a view: later replays write other columns
     finally:
         graph = None                    # the graph goes first, then the memory it wrote (cudaFree waits for it)
