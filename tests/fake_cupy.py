@@ -1311,6 +1311,11 @@ def _is_available() -> bool:
     return True
 
 
+def _mem_get_info() -> tuple[int, int]:
+    """``cudaMemGetInfo``: (free, total) bytes; the stand-in has no device memory."""
+    return 0, 0
+
+
 def _get_device_properties(device: int) -> dict:
     return {"name": b"CuPy stand-in (NumPy)", "totalGlobalMem": 0}
 
@@ -1683,9 +1688,11 @@ _get_device_count.__name__ = "getDeviceCount"
 _get_device.__name__ = "getDevice"
 _get_device_properties.__name__ = "getDeviceProperties"
 _is_available.__name__ = "is_available"
+_mem_get_info.__name__ = "memGetInfo"
 _runtime = _module("cupy.cuda.runtime", "CUDA runtime of the stand-in: one device, number 0.",
                    {"getDeviceCount": _get_device_count, "getDevice": _get_device,
-                    "getDeviceProperties": _get_device_properties, "CUDARuntimeError": CUDARuntimeError})
+                    "getDeviceProperties": _get_device_properties, "CUDARuntimeError": CUDARuntimeError,
+                    "memGetInfo": _mem_get_info})
 _cuda = _module("cupy.cuda", "CUDA of the stand-in.", {"runtime": _runtime, "is_available": _is_available,
                                                       "Device": Device, "MemoryPool": MemoryPool,
                                                       "Stream": Stream, "get_current_stream": get_current_stream,

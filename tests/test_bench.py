@@ -64,7 +64,35 @@ def test_gpu_bench_runs_its_code_paths_on_a_device():
         assert result[key]["reserved_mb"] >= result[key]["allocated_mb"] >= 0      # like with like (PyTorch's two)
     assert result["generate_124m_tokens_per_s"] > 0
     graph = result["generate_124m_cuda_graph"]
-    assert graph.get("error") is None and graph["ids_match_plain"] and graph["tokens_per_s"] > 0
+    assert graph.get("error") is None and graph["tokens_per_s"] > 0
+    check = result["cuda_graph_check"]                  # npgpt-small, 100 tokens: the cache filled to the context
+    assert check.get("error") is None and check["ids_match_plain"] and check["first_differing_position"] is None
+    assert check["new_tokens"] + check["prompt_tokens"] <= 128 and 0 <= check["max_abs_logit_diff"] < 1e-3
+    assert len(check["memory_after_each_repeat"]) == 5
+
+
+@pytest.mark.gpu
+def test_the_graph_check_notices_a_mask_that_lets_the_step_see_the_empty_cache(monkeypatch):
+    # The bench's device check of the CUDA graph runs on npgpt-small because a trained model's tokens
+    # depend on what attention sees: a static step that also sees the cache's unwritten positions
+    # (zero keys) must change the ids and the logits.
+    import types
+
+    import npgpt.functional as F
+    from npgpt import backend
+    from npgpt.bench import gpu
+    from npgpt.generation import cuda_graph
+
+    if not backend.cuda_available():
+        pytest.skip("CuPy with a CUDA GPU is not available (NPGPT_FAKE_CUDA=1 runs this on the CuPy stand-in)")
+
+    def leaky(allowed, hidden, every_query_sees_a_key=False):
+        return F.KeyMask(allowed | True, hidden & False, True)
+
+    monkeypatch.setattr(cuda_graph, "F", types.SimpleNamespace(KeyMask=leaky))
+    check = gpu.graph_check(new_tokens=20, repeats=0)
+    assert not check["ids_match_plain"] and check["first_differing_position"] >= check["prompt_tokens"]
+    assert check["max_abs_logit_diff"] > 0.1
 
 
 def test_fit_exponent_recovers_a_power_law():

@@ -12,8 +12,12 @@ What it measures (each figure in the JSON it prints):
   CuPy memory pool's largest size during the steps).
 * **generate-124M**: greedy decoding with the KV cache, batch 1, 16-token
   prompt, tokens/s after the prompt; and the same decoded as one CUDA graph
-  replay per token (``cuda_graph=True``): tokens/s, the speed-up, and whether
-  its ids equal plain decoding's.
+  replay per token (``cuda_graph=True``): tokens/s and the speed-up.
+* **the CUDA graph's check** (``graph_check``), on the shipped npgpt-small (trained: every
+  token depends on what it attends to, where a random GPT-2 repeats one token and would not
+  notice a wrong key): whether 100 greedy tokens after a real prompt, the cache filled to the
+  whole context, equal plain decoding's, and the largest logit difference between one
+  replay and the plain step at the same position.
 * **PyTorch CUDA** in the same process when torch imports with CUDA: the
   same train steps (eager; float16 through ``torch.autocast`` and its
   ``GradScaler``) and the speed ratio npgpt / PyTorch.
@@ -41,6 +45,7 @@ from npgpt.training.flops import device_peak_flops, flops_per_token, model_flops
 SMALL = dict(vocab_size=8192, block_size=128, n_layer=4, n_head=4, n_embd=256)
 GPT2 = dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
 QUICK = dict(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=64)
+Array = Any  # a cupy.ndarray
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=5, help="measured steps per workload (default 5)")
@@ -203,18 +208,79 @@ def generate_npgpt(cfg: dict[str, int], new_tokens: int = 64, cuda_graph: bool =
     return (len(times) - 1) / sum(times[1:]), [int(t[0]) for t in ids]     # the first step is the prompt
 
 
+GRAPH_CHECK_PROMPT = "To be, or not to be, that is the question:"
+
+
+def replay_logit_difference(model: Any, prompt: Array) -> float:
+    """max |logits of one replay of the captured step - logits of the plain step| at the position after
+    ``prompt`` (B, T0) (a device array): the prompt run once, the graph launched once."""
+    from npgpt.autograd import no_grad
+    from npgpt.backend import array_module, to_numpy
+    from npgpt.generation import cuda_graph
+
+    cupy = array_module(prompt)
+    B, T0 = prompt.shape
+    decoder = cuda_graph.StaticDecoder(model, B, cuda_graph.capacity(T0 + 2, model.config.block_size))
+    decoder.logits = cupy.zeros((B, model.config.vocab_size), dtype=np.float32)
+    pool = cupy.cuda.MemoryPool()
+    with no_grad():
+        graph = cuda_graph.captured(decoder, pool)
+        first = decoder.prefill(prompt)
+        graph.launch(cupy.cuda.get_current_stream())
+        replayed = to_numpy(decoder.logits)
+        cache = model.new_cache(B, T0 + 1)
+        model.trunk(prompt, cache=cache)
+        plain = to_numpy(model.lm_head(model.trunk(first[:, None], cache=cache)[:, -1]).data)
+    graph = None
+    pool.free_all_blocks()
+    return float(np.abs(replayed - plain).max())
+
+
+def graph_check(new_tokens: int = 100, repeats: int = 5) -> dict[str, Any]:
+    """The CUDA graph path against plain greedy decoding on npgpt-small (trained, so a wrong key or mask
+    changes the ids): the ids of ``new_tokens`` after a line of Hamlet, one replay's logits, and the
+    default pool's and the device's memory in use after each of ``repeats`` more graph generations
+    (each captures a graph of its own: memory that grows with them is left behind per capture)."""
+    import cupy
+
+    from npgpt.backend import to_numpy
+    from npgpt.model import GPT
+    from npgpt.tokenizer import Tokenizer
+
+    model = GPT.from_pretrained("npgpt-small").to("cuda")
+    prompt = np.array([Tokenizer.from_pretrained("npgpt-small").encode(GRAPH_CHECK_PROMPT)])
+    new_tokens = min(new_tokens, model.config.block_size - prompt.shape[1])
+    plain = to_numpy(model.generate(prompt, new_tokens))
+    graph = to_numpy(model.generate(prompt, new_tokens, cuda_graph=True))
+    differ = np.flatnonzero((plain != graph).any(axis=0))
+    memory = []                     # does a graph generation leave memory behind (a cuBLAS workspace per capture)?
+    for _ in range(repeats):
+        model.generate(prompt, new_tokens, cuda_graph=True)
+        free, total = cupy.cuda.runtime.memGetInfo()
+        memory.append({"default_pool_bytes": int(cupy.get_default_memory_pool().total_bytes()),
+                       "device_used_bytes": int(total - free)})
+    return {"model": "npgpt-small", "prompt_tokens": int(prompt.shape[1]), "new_tokens": new_tokens,
+            "ids_match_plain": bool(differ.size == 0),
+            "first_differing_position": None if differ.size == 0 else int(differ[0]),
+            "max_abs_logit_diff": replay_logit_difference(model, cupy.asarray(prompt)),
+            "memory_after_each_repeat": memory}
+
+
 def generate_both(cfg: dict[str, int], new_tokens: int) -> dict[str, Any]:
-    """Plain greedy decoding and the CUDA graph's, tokens/s each, and whether their ids agree. The graph
-    path has never run on a GPU before the first device run: an error is recorded, not raised."""
-    plain, plain_ids = generate_npgpt(cfg, new_tokens)
+    """Plain greedy decoding and the CUDA graph's, tokens/s each (``cfg``'s random model), and the graph's
+    check on npgpt-small (``graph_check``). The graph path has never run on a GPU before the first device
+    run: an error is recorded, not raised."""
+    plain, _ = generate_npgpt(cfg, new_tokens)
     result: dict[str, Any] = {"generate_124m_tokens_per_s": round(plain, 2)}
     try:
-        graph, graph_ids = generate_npgpt(cfg, new_tokens, cuda_graph=True)
+        graph, _ = generate_npgpt(cfg, new_tokens, cuda_graph=True)
+        result["generate_124m_cuda_graph"] = {"tokens_per_s": round(graph, 2), "speedup": round(graph / plain, 3)}
     except Exception as error:                         # noqa: BLE001  (recorded for the first device run)
         result["generate_124m_cuda_graph"] = {"error": f"{type(error).__name__}: {error}"}
-        return result
-    result["generate_124m_cuda_graph"] = {"tokens_per_s": round(graph, 2), "speedup": round(graph / plain, 3),
-                                          "ids_match_plain": graph_ids == plain_ids}
+    try:
+        result["cuda_graph_check"] = graph_check()
+    except Exception as error:                         # noqa: BLE001
+        result["cuda_graph_check"] = {"error": f"{type(error).__name__}: {error}"}
     return result
 
 

@@ -179,6 +179,7 @@ class StaticDecoder:
         self.ids = xp.zeros((batch_size, length), dtype=dtype)
         self.static_cache = StaticKVCache(self.cache, self.position[0])
         self.head = None
+        self.logits = None              # a (B, V) array here: the step also keeps its logits (one kernel more)
 
     def prefill(self, prompt: Array, head: Array | None = None) -> Array:
         """Run the prompt (B, T0) through the model eagerly, as plain decoding does; return the first new
@@ -209,6 +210,8 @@ class StaticDecoder:
         hidden = model.trunk(self.token, attention_mask=mask, position_ids=self.position,
                              cache=self.static_cache)                  # (B, 1, C)
         logits = model.lm_head(hidden[:, -1], self.head).data          # (B, V)
+        if self.logits is not None:                                    # fixed before capture: a constant branch
+            self.logits[...] = logits
         chosen = xp.argmax(logits, axis=-1)                            # (B,), greedy
         self.position += 1
         self.token[:, 0] = chosen
