@@ -405,7 +405,8 @@ def generate(model: Any, idx: Any, max_new_tokens: int | None = None, *, attenti
     ``cuda_graph=True`` (greedy, no padding, no eos, within ``block_size``; else a ValueError that
     says why) decodes with a static step over a preallocated cache (``npgpt.generation.cuda_graph``):
     on CuPy the step is captured once as a CUDA graph and each token is one graph launch instead of
-    ~300 kernel launches; on NumPy the same static step runs eagerly. The same ids as plain greedy.
+    ~300 kernel launches (counted on the CuPy stand-in; not yet captured on a GPU); on NumPy the same
+    static step runs eagerly. The same ids as plain greedy.
     """
     plan = _check(model, idx, _settings(generation_config, max_new_tokens, settings), attention_mask, seed)
     tokens = list(_steps(model, plan))
