@@ -32,7 +32,7 @@ from npgpt import Tensor, nn
 from npgpt.apps.cli import HelpWithDefaults
 from npgpt.finetuning import finetune, labelled
 from npgpt.finetuning.classifier import GPTClassifier
-from npgpt.finetuning.metrics import classification_metrics, decision_threshold, format_metrics
+from npgpt.finetuning.metrics import classification_metrics, decision_threshold, format_metrics, mcnemar_exact
 from npgpt.training import optim
 
 WORD = re.compile(r"[a-z0-9']+")
@@ -168,7 +168,8 @@ def main(argv=None):
                              "sentences (each model its own: the baseline's and the GPT's)")
     parser.add_argument("--probs-out", metavar="FILE", default=None,
                         help="save the validation and test sentences' probabilities (each (N, 2); the ensemble's "
-                             "mean) as arrays 'validation' and 'test' of an .npz file")
+                             "mean) as arrays 'validation' and 'test' of an .npz file, with the bag-of-words "
+                             "model's P(positive) ('bow_validation', 'bow_test') and the labels")
     parser.add_argument("--train-seed", type=int, default=None,
                         help="seed of the head, the batches and dropout alone, the split staying --seed's")
     args = parser.parse_args(argv)
@@ -217,8 +218,13 @@ def main(argv=None):
                                      label_names=["negative", "positive"])
     if args.ensemble > 1:
         print(f"ensemble of {args.ensemble}: test accuracy {metrics['accuracy']:.3f}")
-    if args.probs_out:
-        np.savez(args.probs_out, **mean)
+    gpt_right = (mean["test"][:, 1] > threshold).astype(int) == np.asarray(test[1])
+    only_gpt, only_bow, p = mcnemar_exact(gpt_right, (bow_probs > bow_threshold).astype(int) == np.asarray(test[1]))
+    print(f"paired on the {len(test[0])} test texts: the GPT alone right on {only_gpt}, bag-of-words alone on "
+          f"{only_bow}; McNemar's exact p = {p:.3f} (eq:mcnemar)")
+    if args.probs_out:      # the GPT's (N, 2) per part; the baseline's P(positive) and the labels, to compare later
+        np.savez(args.probs_out, **mean, bow_validation=bow_val, bow_test=bow_probs,
+                 labels_validation=np.asarray(val[1]), labels_test=np.asarray(test[1]))
     gpt_seconds = time.perf_counter() - start
     print(format_metrics(metrics))
     name = f"fine-tuned {args.model}" + (f" x{args.ensemble}" if args.ensemble > 1 else "")

@@ -111,23 +111,28 @@ def test_early_stopping_restores_the_best_weights_and_saves_them(tmp_path):
 
 def test_best_metric_accuracy_keeps_the_most_accurate_weights_and_loss_the_lowest_loss():
     # An overconfident classifier: its validation loss turns up (evaluation 2) while its accuracy
-    # still rises (evaluation 3). "loss" keeps evaluation 1; "accuracy" keeps evaluation 4, which
-    # ties evaluation 3's accuracy with a lower loss.
+    # still rises (evaluations 2 to 4). "loss" keeps evaluation 1. "accuracy" keeps evaluation 4:
+    # it ties evaluation 2's accuracy with a lower loss, while evaluation 3's tie has a higher one,
+    # and the later evaluations 5 and 6 are less accurate (so neither "the latest" nor "any tie"
+    # would pass).
     tokenizer = WordTokenizer(["good bad"])
     model = small_classifier(tokenizer)
     weight = model.score.weight
-    scores = [(0.40, 0.70), (0.45, 0.72), (0.50, 0.75), (0.48, 0.75)]      # (val loss, val accuracy)
+    scores = [(0.40, 0.70), (0.45, 0.75), (0.50, 0.75), (0.44, 0.75), (0.60, 0.73), (0.70, 0.74)]
     kept = {}
     for metric in ("loss", "accuracy"):
-        keeper = finetune._BestKeeper(model, [weight], None, tokenizer, None, patience=10, log=lambda line: None,
+        keeper = finetune._BestKeeper(model, [weight], None, tokenizer, None, patience=2, log=lambda line: None,
                                       best_metric=metric)
         for step, (loss, accuracy) in enumerate(scores, start=1):
             weight.data[...] = step                       # the weights of evaluation `step`
-            keeper.after_evaluation(step, float(step), 0.0, {"loss": loss, "accuracy": accuracy, "f1": 0.0}, 4)
+            keeper.after_evaluation(step, float(step), 0.0, {"loss": loss, "accuracy": accuracy, "f1": 0.0}, 6)
+            if keeper.result.stopped_early:
+                break
         keeper.restore_best()
-        kept[metric] = (keeper.result.best_step, float(weight.data.flat[0]), keeper.result.best_loss)
-    assert kept["loss"] == (1, 1.0, 0.40)
-    assert kept["accuracy"] == (4, 4.0, 0.48)
+        kept[metric] = (keeper.result.best_step, float(weight.data.flat[0]), keeper.result.best_loss,
+                        len(keeper.result.history))
+    assert kept["loss"] == (1, 1.0, 0.40, 3)            # two evaluations without a lower loss: stop after 3
+    assert kept["accuracy"] == (4, 4.0, 0.44, 6)        # two without a higher accuracy: stop after 6
     with pytest.raises(ValueError, match="best_metric must be 'loss' or 'accuracy'"):
         finetune.FinetuneConfig(best_metric="f1")
 
@@ -268,8 +273,11 @@ def test_sentiment_examples_ensemble_averages_its_members_probabilities(model_di
     printed = capsys.readouterr().out
     assert "train seed 3" in printed and "train seed 4" in printed and "ensemble of 2: test accuracy" in printed
     assert "fine-tuned GPT: decision threshold" in printed and "bag-of-words: decision threshold" in printed
+    assert "McNemar's exact p" in printed
     members = [np.load(tmp_path / f"{seed}.npz") for seed in (3, 4)]
     both = np.load(tmp_path / "both.npz")
+    assert both["bow_test"].shape == (20,) and both["labels_test"].shape == (20,)
+    np.testing.assert_array_equal(both["bow_test"], members[0]["bow_test"])       # one baseline, whatever the seed
     for part, n in (("validation", 20), ("test", 20)):
         assert both[part].shape == (n, 2) and not np.allclose(members[0][part], members[1][part])
         np.testing.assert_allclose(both[part], (members[0][part] + members[1][part]) / 2, rtol=0, atol=1e-6)

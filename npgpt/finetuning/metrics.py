@@ -10,6 +10,7 @@ Depends on ``npgpt.backend``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, Optional
 
@@ -19,7 +20,7 @@ from numpy.typing import ArrayLike
 from npgpt import backend
 from npgpt.backend import Array
 
-__all__ = ["classification_metrics", "decision_threshold", "format_metrics"]
+__all__ = ["classification_metrics", "decision_threshold", "format_metrics", "mcnemar_exact"]
 
 
 def classification_metrics(y_true: ArrayLike | Array, y_pred: ArrayLike | Array, num_classes: Optional[int] = None,
@@ -76,28 +77,58 @@ def decision_threshold(p_positive: ArrayLike | Array, y_true: ArrayLike | Array)
 
         t* = argmax_t  #{i : [p_i > t] = y_i}      (eq:threshold; ties: the t nearest 0.5)
     """
-    p = backend.to_numpy(p_positive).astype(np.float64).reshape(-1)
-    y = backend.to_numpy(y_true).astype(np.int64).reshape(-1)
-    if p.shape != y.shape or p.size == 0:
-        raise ValueError(f"need as many labels as probabilities (got {y.size} and {p.size}), at least one")
-    if not np.isin(y, (0, 1)).all():
+    p = backend.to_numpy(p_positive).reshape(-1)
+    # The threshold lives in the probabilities' own precision: one just below a float32 probability,
+    # computed in float64, would round back onto it when compared with the float32 array.
+    p = p.astype(p.dtype if np.issubdtype(p.dtype, np.floating) else np.float64)
+    labels = backend.to_numpy(y_true).reshape(-1)
+    if p.shape != labels.shape or p.size == 0:
+        raise ValueError(f"need as many labels as probabilities (got {labels.size} and {p.size}), at least one")
+    if not np.isin(labels, (0, 1)).all():
         raise ValueError("decision_threshold needs binary labels 0 and 1")
+    if not np.isfinite(p).all():
+        raise ValueError(f"decision_threshold needs finite probabilities; {int((~np.isfinite(p)).sum())} are NaN or inf")
+    y = labels.astype(np.int64)
     order = np.argsort(p, kind="stable")
     p, y = p[order], y[order]
     # Cut k: the k smallest probabilities are called negative, the rest positive (k = 0 .. N).
     negatives_below = np.concatenate([[0], np.cumsum(y == 0)])
     positives_above = int(y.sum()) - np.concatenate([[0], np.cumsum(y == 1)])
     correct = negatives_below + positives_above
-    lo = np.concatenate([[-np.inf], p])          # a threshold in [lo_k, hi_k) makes cut k
-    hi = np.concatenate([p, [np.inf]])
+    infinity = np.array([np.inf], dtype=p.dtype)
+    lo = np.concatenate([-infinity, p])          # a threshold in [lo_k, hi_k) makes cut k
+    hi = np.concatenate([p, infinity])
     possible = lo < hi                           # no cut between two equal probabilities
     below = np.nextafter(hi, -np.inf)            # the largest threshold of a gap that ends at or below 0.5
-    distance = np.where(lo > 0.5, lo - 0.5, np.where(hi <= 0.5, 0.5 - below, 0.0))
+    distance = np.where(lo > 0.5, lo - 0.5, np.where(hi <= 0.5, 0.5 - below.astype(np.float64), 0.0))
     best = np.flatnonzero(possible & (correct == correct[possible].max()))
     k = best[np.argmin(distance[best])]
     if lo[k] <= 0.5 < hi[k]:
         return 0.5
     return float(lo[k]) if lo[k] > 0.5 else float(below[k])
+
+
+def mcnemar_exact(correct_a: ArrayLike, correct_b: ArrayLike) -> tuple[int, int, float]:
+    """Two classifiers scored on the same examples: is one more accurate, or is the gap chance?
+
+    ``correct_a``, ``correct_b``: per example, whether each model got it right. Only the examples
+    where they disagree say anything: ``b`` right for A alone, ``c`` for B alone. If the models
+    were equally good each such example would be a fair coin, so McNemar's exact test is the
+    binomial's two-sided tail at ``n = b + c`` (eq:mcnemar)::
+
+        p = min(1, 2 sum_{k=0}^{min(b, c)} C(n, k) / 2^n)
+
+    Returns ``(b, c, p)``. Pairing matters: the two accuracies' own error bars would overlap far
+    more than the test says, since the examples both get right or both get wrong cancel.
+    """
+    a = np.asarray(correct_a, dtype=bool).reshape(-1)
+    b_right = np.asarray(correct_b, dtype=bool).reshape(-1)
+    if a.shape != b_right.shape:
+        raise ValueError(f"the two models must be scored on the same examples ({a.size} against {b_right.size})")
+    b, c = int((a & ~b_right).sum()), int((~a & b_right).sum())
+    n = b + c
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))      # exact integers: no underflow at large n
+    return b, c, min(1.0, 2 * tail / 2 ** n) if n else 1.0
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
