@@ -146,3 +146,58 @@ def test_the_speed_policy_keeps_threads_and_the_head_copy_on_the_cpu(xp):
     assert speed.copy_decoding_head(a, 8, 8) is on_cpu
     assert not speed.copy_decoding_head(a, 1, speed.HEAD_COPY_MIN_ROW_STEPS - 1)
     assert speed.thread_pool(2) is speed.thread_pool(2)          # made once, kept
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("count", [0, 1, 2, 7, 40])
+def test_share_work_does_every_item_once_on_the_caller_and_the_pools_threads(workers, count):
+    """npgpt.backend.speed.share_work: every item done exactly once, whichever thread claims it."""
+    import threading
+
+    from npgpt.backend import speed
+
+    done, threads = [], set()
+
+    def work(i):
+        done.append(i)                  # list.append is atomic under the GIL
+        threads.add(threading.get_ident())
+
+    speed.share_work(work, count, workers)
+    assert sorted(done) == list(range(count))
+    if workers == 1:
+        assert threads <= {threading.get_ident()}       # one worker: the caller alone, no pool
+
+
+def test_share_work_waits_for_items_claimed_by_a_slow_helper_and_raises_their_error():
+    """An item a helper has claimed is waited for (its output is needed), and its exception reaches the caller."""
+    import threading
+    import time
+
+    from npgpt.backend import speed
+
+    caller, finished = threading.get_ident(), []
+
+    def work(i):
+        if threading.get_ident() != caller:
+            time.sleep(0.05)            # a helper that is slow to finish its claim
+            finished.append(i)
+            raise RuntimeError(f"item {i} failed")
+
+    for _ in range(5):                  # the helper usually claims one item of the 200 (it wakes up late)
+        finished.clear()
+        try:
+            speed.share_work(work, 200, 2)
+        except RuntimeError as exc:
+            assert finished and str(exc) == f"item {finished[-1]} failed"
+            return
+    pytest.skip("the helper claimed no item in 5 tries (the machine is too busy to test this)")
+
+
+def test_panel_workers_keeps_small_products_and_gpus_on_one_thread(xp):
+    from npgpt.backend import speed
+
+    a = xp.zeros(3)
+    big = speed.panel_workers(a, speed.PANEL_SHARE_MIN_FLOPS)
+    assert big == (speed.default_workers() if xp is np else 1)
+    assert speed.panel_workers(a, speed.PANEL_SHARE_MIN_FLOPS - 1) == 1
+    assert speed.panel_workers(a, 0) == big         # 0: a copy, always shared on the CPU

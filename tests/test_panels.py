@@ -56,6 +56,45 @@ def test_a_panel_is_a_multiple_of_16_columns_and_about_the_policys_size():
     assert speed.PANEL_BYTES // 2 < K * width * 4 <= speed.PANEL_BYTES
 
 
+@given(st.integers(1, 200), st.sampled_from([1, 2, 3, 4]), st.integers(1, 2**21))
+def test_the_claims_cut_the_panels_into_consecutive_ranges_a_multiple_of_the_workers(count, workers, claim_bytes):
+    # speed.share_work hands the ranges out; together they must be every panel once, in order.
+    p = panels.PanelledWeight(np.zeros((4, 16 * count), np.float32), panel_bytes=16 * 4 * 4)
+    assert p.panels.shape[0] == count
+    real = speed.PANEL_CLAIM_BYTES
+    try:
+        speed.PANEL_CLAIM_BYTES = claim_bytes
+        p._claims.clear()
+        claims = p.claims(workers)
+    finally:
+        speed.PANEL_CLAIM_BYTES = real
+    assert claims[0][0] == 0 and claims[-1][1] == count
+    assert all(start < stop for start, stop in claims)
+    assert all(stop == start for (_, stop), (start, _) in zip(claims, claims[1:]))     # consecutive
+    if workers == 1:
+        assert len(claims) == 1
+    elif count >= workers:
+        assert len(claims) % workers == 0 or len(claims) == count
+
+
+def test_the_product_shared_between_threads_is_the_product_on_one_bit_for_bit(monkeypatch):
+    # Each range of panels is its own product, by the same kernel whichever thread runs it: the
+    # threads change the time, never a bit of the result (and so never a greedy choice).
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((96, 1000)).astype(np.float32)
+    x = rng.standard_normal((16, 96)).astype(np.float32)
+    p = panels.PanelledWeight(W, panel_bytes=16 * 96 * 4)
+    monkeypatch.setattr(speed, "PANEL_CLAIM_BYTES", 3 * 16 * 96 * 4)
+    one = p.matmul(x)
+    monkeypatch.setattr(speed, "panel_workers", lambda weight, flops: 3)
+    p._claims.clear()
+    assert len(p.claims(3)) > 3
+    shared = p.matmul(x)
+    np.testing.assert_array_equal(shared, one)
+    monkeypatch.setattr(speed, "panel_workers", lambda weight, flops: 1)
+    np.testing.assert_array_equal(panels.PanelledWeight(W, panel_bytes=16 * 96 * 4).panels, p.panels)  # the copy too
+
+
 # ------------------------------------------------------------ the linear layers
 def test_a_linear_layer_uses_its_panels_for_2_to_16_rows_without_gradients_only():
     rng = np.random.default_rng(0)
@@ -118,8 +157,20 @@ def test_the_policy_makes_panels_on_the_cpu_for_long_enough_generations_in_float
     assert panels.for_generation(model, 100) is None
 
 
-@given(st.integers(0, 2**32 - 1), st.sampled_from([1, 3, 10]))
-def test_prompt_lookup_through_the_panels_chooses_the_tokens_of_plain_greedy_decoding(seed, lookup):
+@given(st.integers(0, 2**32 - 1), st.sampled_from([1, 3, 10]), st.sampled_from([None, 2, 3]))
+def test_prompt_lookup_through_the_panels_chooses_the_tokens_of_plain_greedy_decoding(seed, lookup, workers):
+    # workers: the products, the copy and the attention shared between that many threads, however
+    # small (None: as the speed policy says, which keeps this small model's products on one thread).
+    real_workers = speed.panel_workers
+    if workers is not None:
+        speed.panel_workers = lambda array, flops: workers
+    try:
+        _lookup_through_panels_is_plain_greedy(seed, lookup)
+    finally:
+        speed.panel_workers = real_workers
+
+
+def _lookup_through_panels_is_plain_greedy(seed, lookup):
     rng = np.random.default_rng(seed)
     model = small(seed=seed % 7)
     unit = rng.integers(0, 40, int(rng.integers(2, 9)))
@@ -150,3 +201,29 @@ def test_the_panelled_product_runs_on_cupy_and_the_policy_keeps_it_off_the_gpu()
     assert isinstance(got, cupy.ndarray)
     np.testing.assert_allclose(cupy.asnumpy(got), x @ W, rtol=1e-5, atol=1e-5)
     assert not speed.panel_weights(cupy.asarray(W), 1000)
+
+
+def test_attention_shared_between_threads_is_the_attention_of_one_call_bit_for_bit(monkeypatch):
+    # Each head is its own products and softmax: a group of heads on another thread changes no bit.
+    import npgpt.functional as F
+
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, 5, 7, 8)).astype(np.float32)
+    k, v = (rng.standard_normal((1, 5, 30, 8)).astype(np.float32) for _ in range(2))
+    with no_grad():
+        y, p = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), causal=True, return_weights=True)
+        monkeypatch.setattr(speed, "panel_workers", lambda a, flops: 3)
+        y3, p3 = panels.shared_attention(Tensor(q), Tensor(k), Tensor(v), causal=True, return_weights=True)
+    np.testing.assert_array_equal(y3.data, y.data)
+    np.testing.assert_array_equal(p3, p)
+    assert p3.shape == (1, 5, 7, 30)
+
+
+def test_the_verifying_pass_shares_attention_only_while_attached():
+    model = small()
+    made = panels.ModelPanels(model)
+    attentions = [block.attn for block in model.h]
+    assert made.attentions == attentions
+    with made.attached():
+        assert all(a.shared_heads is panels.shared_attention for a in attentions)
+    assert all(a.shared_heads is None for a in attentions)

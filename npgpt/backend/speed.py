@@ -32,7 +32,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -109,6 +110,14 @@ PANEL_MIN_STEPS = 16
 # against 116 ms with 1 (the plain one-token step: 568 against 61 ms). The verifying pass runs its
 # BLAS on this many threads.
 PANEL_BLAS_THREADS = 1
+# ... and shares them out instead: every product of a verifying pass (and the panels' copy) is cut
+# into claims of about PANEL_CLAIM_BYTES of weights, which the calling thread and the pool's helpers
+# take one at a time (``share_work``), each with BLAS on one thread. Both cores then work on the
+# pass, and a helper the scheduler has put aside holds up only the claim it has taken, never the
+# pass (docs/performance.md, "The verifying pass on both cores"). Products below
+# PANEL_SHARE_MIN_FLOPS stay on the calling thread: waking a helper costs ~20-50 us.
+PANEL_CLAIM_BYTES = 2**20
+PANEL_SHARE_MIN_FLOPS = 4 * 10**6
 
 
 def panel_weights(weight: Any, steps: int) -> bool:
@@ -124,6 +133,15 @@ def copy_decoding_head(weight: Any, rows: int, steps: int) -> bool:
     return not _on_gpu(weight) and rows * steps >= HEAD_COPY_MIN_ROW_STEPS
 
 
+def panel_workers(weight: Any, flops: float) -> int:
+    """How many threads (the caller included) share a panelled product of ``flops`` floating-point
+    operations, or the panels' copy (``flops`` 0: always shared): one on a GPU or below
+    ``PANEL_SHARE_MIN_FLOPS``, else the cores this process may use."""
+    if _on_gpu(weight) or 0 < flops < PANEL_SHARE_MIN_FLOPS:
+        return 1
+    return default_workers()
+
+
 _pools: dict[int, ThreadPoolExecutor] = {}
 
 
@@ -132,6 +150,56 @@ def thread_pool(workers: int) -> ThreadPoolExecutor:
     if workers not in _pools:
         _pools[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="npgpt-shard")
     return _pools[workers]
+
+
+class _Claims:
+    """Work items ``0 .. count - 1`` claimed one at a time by whichever thread asks first (``share_work``)."""
+
+    def __init__(self, work: Callable[[int], None], count: int):
+        self.work, self.count = work, count
+        self.claimed = self.done = 0
+        self.lock = threading.Lock()
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        """Claim and do items until none is left; the thread that finishes the last one says so."""
+        while True:
+            with self.lock:
+                i = self.claimed
+                self.claimed += 1
+            if i >= self.count:
+                return
+            try:
+                self.work(i)
+            except BaseException as exc:        # noqa: BLE001 -- handed to the caller by ``share_work``
+                self.error = exc
+            with self.lock:
+                self.done += 1
+                if self.done == self.count:
+                    self.finished.set()
+
+
+def share_work(work: Callable[[int], None], count: int, workers: int) -> None:
+    """``work(i)`` for every ``i`` in ``range(count)``, on the calling thread and ``workers - 1`` of the pool's.
+
+    Each thread claims the next item when it is free, so the items need not cost the same, and a
+    helper that starts late (or is descheduled) only does fewer of them: the caller waits at the end
+    for the items already claimed, never for a helper to start. An exception in any item is raised
+    here once every claimed item is done. The items must write to separate memory.
+    """
+    if workers <= 1 or count <= 1:
+        for i in range(count):
+            work(i)
+        return
+    claims = _Claims(work, count)
+    pool = thread_pool(workers)
+    for _ in range(workers - 1):
+        pool.submit(claims.run)
+    claims.run()
+    claims.finished.wait()
+    if claims.error is not None:
+        raise claims.error
 
 
 @functools.cache

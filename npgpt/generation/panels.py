@@ -37,8 +37,9 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import npgpt.functional as F
 from npgpt import backend, nn
-from npgpt.autograd import Tensor
+from npgpt.autograd import Tensor, is_grad_enabled
 from npgpt.backend import speed
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
@@ -61,16 +62,45 @@ class PanelledWeight:
         width = min(N, max(16, panel_bytes // (weight.itemsize * K) // 16 * 16))
         count = -(-N // width)
         self.weight, self.out_features = weight, N
-        self.panels = xp.zeros((count, K, width), dtype=weight.dtype)       # (P, in, width)
-        for p in range(count):          # one panel at a time: a (in, width) block, small enough to stay in cache
-            block = weight[:, p * width:(p + 1) * width]
-            self.panels[p, :, :block.shape[1]] = block
+        self.panels = xp.empty((count, K, width), dtype=weight.dtype)       # (P, in, width)
+        self.panels[-1, :, N - (count - 1) * width:] = 0                   # the last panel's padding
+        self._claims: dict[int, list[tuple[int, int]]] = {}
+        claims = self.claims(speed.panel_workers(weight, 0))
+
+        def copy(i: int) -> None:     # a panel at a time: a (in, width) block, small enough to stay in cache
+            for p in range(*claims[i]):
+                block = weight[:, p * width:(p + 1) * width]
+                self.panels[p, :, :block.shape[1]] = block
+
+        speed.share_work(copy, len(claims), speed.panel_workers(weight, 0))
+
+    def claims(self, workers: int) -> list[tuple[int, int]]:
+        """The panels cut into ranges ``(start, stop)`` of about ``speed.PANEL_CLAIM_BYTES`` each, as
+        many as a multiple of ``workers`` where there are enough panels (one range for one worker)."""
+        if workers not in self._claims:
+            P = self.panels.shape[0]
+            per = max(1, speed.PANEL_CLAIM_BYTES // max(1, self.panels[0].nbytes))
+            n = 1 if workers <= 1 else min(P, -(-max(workers, -(-P // per)) // workers) * workers)
+            edges = [P * i // n for i in range(n + 1)]
+            self._claims[workers] = list(zip(edges[:-1], edges[1:]))
+        return self._claims[workers]
 
     def matmul(self, x: Array) -> Array:
-        """``x W`` for ``x`` (M, in): one product per panel in one call, each panel read from memory once."""
+        """``x W`` for ``x`` (M, in): one product per panel, each panel read from memory once, the ranges of
+        panels shared out between threads (``speed.share_work``) where the product is large enough."""
+        xp = backend.array_module(x)
         M = x.shape[0]
-        parts = backend.array_module(x).matmul(x, self.panels)           # (P, M, width)
-        out = parts.transpose(1, 0, 2).reshape(M, -1)                     # the panels side by side: (M, P width)
+        P, K, width = self.panels.shape
+        out = xp.empty((M, P * width), dtype=xp.result_type(x, self.panels))   # the panels side by side
+        parts = out.reshape(M, P, width).transpose(1, 0, 2)                   # (P, M, width) views of it
+        workers = speed.panel_workers(self.panels, 2.0 * M * K * P * width)
+        claims = self.claims(workers)
+
+        def product(i: int) -> None:
+            start, stop = claims[i]
+            xp.matmul(x, self.panels[start:stop], out=parts[start:stop])
+
+        speed.share_work(product, len(claims), workers)
         return out[:, :self.out_features] if out.shape[1] != self.out_features else out
 
     def linear(self, x: Tensor, bias: Tensor | None) -> Tensor:
@@ -81,6 +111,34 @@ class PanelledWeight:
         if bias is not None:
             out += bias.data
         return Tensor(out.reshape(*x.shape[:-1], self.out_features))
+
+
+def shared_attention(q: Tensor, k: Tensor, v: Tensor, **options: Any) -> tuple[Tensor, Array]:
+    """``F.scaled_dot_product_attention(q, k, v, return_weights=True, **options)`` with its heads
+    shared out between threads (``speed.share_work``), for a pass without gradients.
+
+    Each head's attention is its own products and softmax, so a group of heads computed by
+    another thread gives the same numbers, bit for bit. ``q`` (B, H, T, D), ``k`` and ``v``
+    (B, H, T_keys, D) -> (output (B, H, T, D), probabilities (B, H, T, T_keys)).
+    """
+    B, H, T, D = q.shape
+    Tk = k.shape[2]
+    workers = min(H, speed.panel_workers(q.data, 4.0 * B * H * T * Tk * D))
+    if workers <= 1 or is_grad_enabled() or options.get("dropout_p"):
+        return F.scaled_dot_product_attention(q, k, v, **{**options, "return_weights": True})
+    xp = backend.array_module(q.data)
+    out = xp.empty((B, H, T, D), dtype=q.dtype)
+    probs = xp.empty((B, H, T, Tk), dtype=q.dtype)
+    edges = [H * i // workers for i in range(workers + 1)]
+
+    def heads(i: int) -> None:
+        h = slice(edges[i], edges[i + 1])
+        y, p = F.scaled_dot_product_attention(Tensor(q.data[:, h]), Tensor(k.data[:, h]), Tensor(v.data[:, h]),
+                                              **{**options, "return_weights": True})
+        out[:, h], probs[:, h] = y.data, p
+
+    speed.share_work(heads, workers, workers)
+    return Tensor(out), probs
 
 
 class ModelPanels:
@@ -94,6 +152,7 @@ class ModelPanels:
         self.linears = [(m, PanelledWeight(m.weight.data, panel_bytes)) for _, m in model.named_modules()
                         if isinstance(m, nn.Linear) and m.compute_dtype is None]
         self.head = PanelledWeight(model.head_weight.data.T, panel_bytes)      # wte^T: (C, V)
+        self.attentions = [m for _, m in model.named_modules() if hasattr(m, "shared_heads")]
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[None]:
@@ -102,12 +161,16 @@ class ModelPanels:
         BLAS that threads each of them waits at every one for its other thread."""
         for linear, panelled in self.linears:
             linear.panels = panelled
+        for attention in self.attentions:
+            attention.shared_heads = shared_attention
         try:
             with speed.blas_threads(speed.PANEL_BLAS_THREADS):
                 yield
         finally:
             for linear, _ in self.linears:
                 linear.panels = None
+            for attention in self.attentions:
+                attention.shared_heads = None
 
 
 def for_generation(model: Any, steps: int) -> ModelPanels | None:
