@@ -84,9 +84,6 @@ class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention (docs/model.md eq:attention, eq:causal-mask and eq:pre-ln-block)."""
 
     compute_dtype: Any = None      # the type of the attention products (mixed precision; None: the input's)
-    # Set by prompt lookup's verifying pass (npgpt.generation.panels.ModelPanels.attached): attention over
-    # the cache for several new tokens, its heads shared between threads. None: one call, as always.
-    shared_heads: Any = None
 
     def __init__(self, config: GPTConfig, rng: Any, seed: int):
         super().__init__()
@@ -125,9 +122,8 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(layer, k, v)                    # every position so far: (B, H, past + T, D)
         # One query (a decoding step) is the last position: it may see every key, so the
         # causal mask would allow everything and is not built (the same result).
-        attend = F.scaled_dot_product_attention if self.shared_heads is None or T == 1 else self.shared_heads
-        y, probs = attend(q, k, v, causal=T > 1, attn_mask=attn_mask, return_weights=True,
-                          dropout_p=p, rng=rng, compute_dtype=self.compute_dtype)
+        y, probs = F.scaled_dot_product_attention(q, k, v, causal=T > 1, attn_mask=attn_mask, return_weights=True,
+                                                  dropout_p=p, rng=rng, compute_dtype=self.compute_dtype)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)           # heads side by side again
         return self.resid_dropout(self.c_proj(y)), probs
 

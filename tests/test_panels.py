@@ -201,29 +201,3 @@ def test_the_panelled_product_runs_on_cupy_and_the_policy_keeps_it_off_the_gpu()
     assert isinstance(got, cupy.ndarray)
     np.testing.assert_allclose(cupy.asnumpy(got), x @ W, rtol=1e-5, atol=1e-5)
     assert not speed.panel_weights(cupy.asarray(W), 1000)
-
-
-def test_attention_shared_between_threads_is_the_attention_of_one_call_bit_for_bit(monkeypatch):
-    # Each head is its own products and softmax: a group of heads on another thread changes no bit.
-    import npgpt.functional as F
-
-    rng = np.random.default_rng(0)
-    q = rng.standard_normal((1, 5, 7, 8)).astype(np.float32)
-    k, v = (rng.standard_normal((1, 5, 30, 8)).astype(np.float32) for _ in range(2))
-    with no_grad():
-        y, p = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), causal=True, return_weights=True)
-        monkeypatch.setattr(speed, "panel_workers", lambda a, flops: 3)
-        y3, p3 = panels.shared_attention(Tensor(q), Tensor(k), Tensor(v), causal=True, return_weights=True)
-    np.testing.assert_array_equal(y3.data, y.data)
-    np.testing.assert_array_equal(p3, p)
-    assert p3.shape == (1, 5, 7, 30)
-
-
-def test_the_verifying_pass_shares_attention_only_while_attached():
-    model = small()
-    made = panels.ModelPanels(model)
-    attentions = [block.attn for block in model.h]
-    assert made.attentions == attentions
-    with made.attached():
-        assert all(a.shared_heads is panels.shared_attention for a in attentions)
-    assert all(a.shared_heads is None for a in attentions)

@@ -113,11 +113,11 @@ PANEL_BLAS_THREADS = 1
 # ... and shares them out instead: every product of a verifying pass (and the panels' copy) is cut
 # into claims of about PANEL_CLAIM_BYTES of weights, which the calling thread and the pool's helpers
 # take one at a time (``share_work``), each with BLAS on one thread. Both cores then work on the
-# pass, and a helper the scheduler has put aside holds up only the claim it has taken, never the
 # pass (docs/performance.md, "The verifying pass on both cores"). Products below
-# PANEL_SHARE_MIN_FLOPS stay on the calling thread: waking a helper costs ~20-50 us.
+# PANEL_SHARE_MIN_FLOPS stay on the calling thread, where waking a helper and meeting it at the end
+# cost more than they save: GPT-2's trunk products for 4 rows or fewer (measured no faster shared).
 PANEL_CLAIM_BYTES = 2**20
-PANEL_SHARE_MIN_FLOPS = 4 * 10**6
+PANEL_SHARE_MIN_FLOPS = 16 * 10**6
 
 
 def panel_weights(weight: Any, steps: int) -> bool:

@@ -37,9 +37,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import npgpt.functional as F
 from npgpt import backend, nn
-from npgpt.autograd import Tensor, is_grad_enabled
+from npgpt.autograd import Tensor
 from npgpt.backend import speed
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
@@ -113,34 +112,6 @@ class PanelledWeight:
         return Tensor(out.reshape(*x.shape[:-1], self.out_features))
 
 
-def shared_attention(q: Tensor, k: Tensor, v: Tensor, **options: Any) -> tuple[Tensor, Array]:
-    """``F.scaled_dot_product_attention(q, k, v, return_weights=True, **options)`` with its heads
-    shared out between threads (``speed.share_work``), for a pass without gradients.
-
-    Each head's attention is its own products and softmax, so a group of heads computed by
-    another thread gives the same numbers, bit for bit. ``q`` (B, H, T, D), ``k`` and ``v``
-    (B, H, T_keys, D) -> (output (B, H, T, D), probabilities (B, H, T, T_keys)).
-    """
-    B, H, T, D = q.shape
-    Tk = k.shape[2]
-    workers = min(H, speed.panel_workers(q.data, 4.0 * B * H * T * Tk * D))
-    if workers <= 1 or is_grad_enabled() or options.get("dropout_p"):
-        return F.scaled_dot_product_attention(q, k, v, **{**options, "return_weights": True})
-    xp = backend.array_module(q.data)
-    out = xp.empty((B, H, T, D), dtype=q.dtype)
-    probs = xp.empty((B, H, T, Tk), dtype=q.dtype)
-    edges = [H * i // workers for i in range(workers + 1)]
-
-    def heads(i: int) -> None:
-        h = slice(edges[i], edges[i + 1])
-        y, p = F.scaled_dot_product_attention(Tensor(q.data[:, h]), Tensor(k.data[:, h]), Tensor(v.data[:, h]),
-                                              **{**options, "return_weights": True})
-        out[:, h], probs[:, h] = y.data, p
-
-    speed.share_work(heads, workers, workers)
-    return Tensor(out), probs
-
-
 class ModelPanels:
     """The panelled copies of a GPT's linear weights and of its head, for one generation.
 
@@ -152,7 +123,6 @@ class ModelPanels:
         self.linears = [(m, PanelledWeight(m.weight.data, panel_bytes)) for _, m in model.named_modules()
                         if isinstance(m, nn.Linear) and m.compute_dtype is None]
         self.head = PanelledWeight(model.head_weight.data.T, panel_bytes)      # wte^T: (C, V)
-        self.attentions = [m for _, m in model.named_modules() if hasattr(m, "shared_heads")]
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[None]:
@@ -161,16 +131,12 @@ class ModelPanels:
         BLAS that threads each of them waits at every one for its other thread."""
         for linear, panelled in self.linears:
             linear.panels = panelled
-        for attention in self.attentions:
-            attention.shared_heads = shared_attention
         try:
             with speed.blas_threads(speed.PANEL_BLAS_THREADS):
                 yield
         finally:
             for linear, _ in self.linears:
                 linear.panels = None
-            for attention in self.attentions:
-                attention.shared_heads = None
 
 
 def for_generation(model: Any, steps: int) -> ModelPanels | None:
