@@ -24,7 +24,10 @@ docs/performance.md):
   step at batch 1, 17.3 -> 11.5 ms at batch 8, from a contiguous copy that costs ~65 ms;
 * ``PANEL_BYTES``, ``PANEL_ROWS`` and ``panel_weights``: prompt lookup's verifying pass over 2-16
   rows through weights copied into cache-sized panels (``npgpt.generation.panels``): GPT-2's 48
-  trunk products 41-63 -> 15-35 ms on one core, where one row costs 17 ms.
+  trunk products 41-63 -> 15-35 ms on one core, where one row costs 17 ms;
+* ``share_work``, ``PANEL_CLAIM_BYTES``, ``PANEL_SHARE_MIN_FLOPS`` and ``panel_workers``: the
+  verifying pass's larger products shared between both cores, one-threaded BLAS each: GPT-2's head
+  over 16 rows 28.6 -> 15.1 ms, over 8 rows 16.9 -> 8.1 ms.
 """
 
 from __future__ import annotations
@@ -114,10 +117,11 @@ PANEL_BLAS_THREADS = 1
 # into claims of about PANEL_CLAIM_BYTES of weights, which the calling thread and the pool's helpers
 # take one at a time (``share_work``), each with BLAS on one thread. Both cores then work on the
 # pass (docs/performance.md, "The verifying pass on both cores"). Products below
-# PANEL_SHARE_MIN_FLOPS stay on the calling thread, where waking a helper and meeting it at the end
-# cost more than they save: GPT-2's trunk products for 4 rows or fewer (measured no faster shared).
+# PANEL_SHARE_MIN_FLOPS stay on the calling thread: shared, GPT-2's trunk products measured no
+# faster for 2-4 rows and at most ~1.4x for 8-16 (a pass meets its helper 48 times), while its head,
+# 77M FLOP a row, halves from 8 rows on; and a small model's products are cheaper than a meeting.
 PANEL_CLAIM_BYTES = 2**20
-PANEL_SHARE_MIN_FLOPS = 16 * 10**6
+PANEL_SHARE_MIN_FLOPS = 64 * 10**6
 
 
 def panel_weights(weight: Any, steps: int) -> bool:

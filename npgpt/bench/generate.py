@@ -540,7 +540,8 @@ def verify_cost(model: GPT, context: int = 256, widths: Sequence[int] = (1, 2, 4
     """Median ms of one pass over ``w`` new tokens after ``context`` cached ones (trunk and head), for
     each ``w``, three ways, interleaved so that drift hits all alike (the cache is cut back after each):
     ``step_ms_w_tokens`` as prompt lookup's verifying pass runs it (the weights' panels,
-    ``npgpt.generation.panels``, BLAS on ``speed.PANEL_BLAS_THREADS``); ``plain_step_ms_w_tokens``
+    ``npgpt.generation.panels``, BLAS on ``speed.PANEL_BLAS_THREADS``, the larger products shared
+    between threads by ``speed.share_work``); ``plain_step_ms_w_tokens``
     plainly (the products on the weights themselves, BLAS on its own threads: the one-token step of
     plain greedy decoding, and the wide pass before the panels); ``plain_1t_step_ms_w_tokens`` the
     same on one BLAS thread. ``cost_w_vs_1`` divides by the plain one-token step, ``cost_w_vs_1_1t``

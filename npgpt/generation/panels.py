@@ -28,7 +28,11 @@ and without gradients (``nn.Linear.panels``): one row, a prompt and training kee
 product; the head's panels serve every head product of the generation, one row included. The
 verifying pass runs BLAS on ``speed.PANEL_BLAS_THREADS`` thread (one): its ~2,100 small products
 (GPT-2: 1,512 through the trunk's panels, 629 through the head's) would otherwise each wait for
-BLAS's second thread, which on a busy machine is often descheduled.
+BLAS's second thread, which on a busy machine is often descheduled. Both cores work on a pass all
+the same: each product's panels (and the copy's) are cut into ranges of about 1 MB that the
+calling thread and a pool thread claim one at a time (``speed.share_work``, docs/performance.md,
+"The verifying pass on both cores"). A range is one BLAS call whichever thread makes it, so the
+result is the same, bit for bit, as on one thread.
 """
 
 from __future__ import annotations
