@@ -200,4 +200,3 @@ def test_panel_workers_keeps_small_products_and_gpus_on_one_thread(xp):
     big = speed.panel_workers(a, speed.PANEL_SHARE_MIN_FLOPS)
     assert big == (speed.default_workers() if xp is np else 1)
     assert speed.panel_workers(a, speed.PANEL_SHARE_MIN_FLOPS - 1) == 1
-    assert speed.panel_workers(a, 0) == big         # 0: a copy, always shared on the CPU

@@ -137,11 +137,11 @@ def copy_decoding_head(weight: Any, rows: int, steps: int) -> bool:
     return not _on_gpu(weight) and rows * steps >= HEAD_COPY_MIN_ROW_STEPS
 
 
-def panel_workers(weight: Any, flops: float) -> int:
-    """How many threads (the caller included) share a panelled product of ``flops`` floating-point
-    operations, or the panels' copy (``flops`` 0: always shared): one on a GPU or below
+def panel_workers(weight: Any, work: float) -> int:
+    """How many threads (the caller included) share a panelled product of ``work`` floating-point
+    operations, or the copy of a weight of ``work`` bytes into panels: one on a GPU or below
     ``PANEL_SHARE_MIN_FLOPS``, else the cores this process may use."""
-    if _on_gpu(weight) or 0 < flops < PANEL_SHARE_MIN_FLOPS:
+    if _on_gpu(weight) or work < PANEL_SHARE_MIN_FLOPS:
         return 1
     return default_workers()
 

@@ -68,14 +68,15 @@ class PanelledWeight:
         self.panels = xp.empty((count, K, width), dtype=weight.dtype)       # (P, in, width)
         self.panels[-1, :, N - (count - 1) * width:] = 0                   # the last panel's padding
         self._claims: dict[int, list[tuple[int, int]]] = {}
-        claims = self.claims(speed.panel_workers(weight, 0))
+        workers = speed.panel_workers(weight, weight.nbytes)       # shared for a large weight (GPT-2's head)
+        claims = self.claims(workers)
 
         def copy(i: int) -> None:     # a panel at a time: a (in, width) block, small enough to stay in cache
             for p in range(*claims[i]):
                 block = weight[:, p * width:(p + 1) * width]
                 self.panels[p, :, :block.shape[1]] = block
 
-        speed.share_work(copy, len(claims), speed.panel_workers(weight, 0))
+        speed.share_work(copy, len(claims), workers)
 
     def claims(self, workers: int) -> list[tuple[int, int]]:
         """The panels cut into ranges ``(start, stop)`` of about ``speed.PANEL_CLAIM_BYTES`` each, as
