@@ -162,15 +162,20 @@ def test_prompt_lookup_through_the_panels_chooses_the_tokens_of_plain_greedy_dec
     # workers: the products, the copy and the attention shared between that many threads, however
     # small (None: as the speed policy says, which keeps this small model's products on one thread).
     real_workers = speed.panel_workers
+    asked = []
     if workers is not None:
-        speed.panel_workers = lambda array, flops: workers
+        speed.panel_workers = lambda array, flops: asked.append(flops) or workers
     try:
-        _lookup_through_panels_is_plain_greedy(seed, lookup)
+        got, plain, panels_made = _lookup_through_panels_and_plain_greedy(seed, lookup)
     finally:
         speed.panel_workers = real_workers
+    assert panels_made == 1                        # the generation did go through the panels
+    assert workers is None or asked                # ... and, when forced, shared its products
+    np.testing.assert_array_equal(got, plain)
 
 
-def _lookup_through_panels_is_plain_greedy(seed, lookup):
+def _lookup_through_panels_and_plain_greedy(seed, lookup):
+    """Plain greedy ids, prompt lookup's ids through small panels, and how many panel sets were made."""
     rng = np.random.default_rng(seed)
     model = small(seed=seed % 7)
     unit = rng.integers(0, 40, int(rng.integers(2, 9)))
@@ -184,8 +189,7 @@ def _lookup_through_panels_is_plain_greedy(seed, lookup):
         got = generation.generate(model, prompt, n, prompt_lookup=lookup)
     finally:
         panels.ModelPanels = real
-    assert len(made) == 1                          # the generation did go through the panels
-    np.testing.assert_array_equal(got, plain)
+    return got, plain, len(made)
 
 
 @pytest.mark.gpu
