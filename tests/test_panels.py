@@ -159,7 +159,7 @@ def test_the_policy_makes_panels_on_the_cpu_for_long_enough_generations_in_float
 
 @given(st.integers(0, 2**32 - 1), st.sampled_from([1, 3, 10]), st.sampled_from([None, 2, 3]))
 def test_prompt_lookup_through_the_panels_chooses_the_tokens_of_plain_greedy_decoding(seed, lookup, workers):
-    # workers: the products, the copy and the attention shared between that many threads, however
+    # workers: the products and the panels' copy shared between that many threads, however
     # small (None: as the speed policy says, which keeps this small model's products on one thread).
     real_workers = speed.panel_workers
     asked = []

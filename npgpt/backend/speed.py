@@ -118,8 +118,9 @@ PANEL_BLAS_THREADS = 1
 # take one at a time (``share_work``), each with BLAS on one thread. Both cores then work on the
 # pass (docs/performance.md, "The verifying pass on both cores"). Products below
 # PANEL_SHARE_MIN_FLOPS stay on the calling thread: shared, GPT-2's trunk products measured no
-# faster for 2-4 rows and at most ~1.15x for 8-16 (a pass meets its helper 48 times), while its head,
-# 77M FLOP a row, halves from 8 rows on; and a small model's products are cheaper than a meeting.
+# faster for 2-4 rows and at most ~1.15x for 8-16 (a pass meets its helper 48 times), so only its
+# MLP products are shared, from ~14 rows; its head, 77M FLOP a row, halves from 8 rows on; and a
+# small model's products are cheaper than a meeting.
 PANEL_CLAIM_BYTES = 2**20
 PANEL_SHARE_MIN_FLOPS = 64 * 10**6
 
