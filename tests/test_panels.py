@@ -149,10 +149,17 @@ def test_a_k_token_pass_through_the_panels_gives_the_logits_of_k_one_token_steps
     np.testing.assert_allclose(wide, np.concatenate(steps), rtol=1e-5, atol=1e-5)
 
 
-def test_the_policy_makes_panels_on_the_cpu_for_long_enough_generations_in_float32_only():
+def test_the_policy_makes_panels_on_the_cpu_for_long_enough_generations_of_large_models_in_float32_only(
+        monkeypatch):
     model = small()
+    weight_bytes = sum(p.data.nbytes for p in model.parameters())
+    assert panels.for_generation(model, 100) is None                # its weights sit in the cache: no panels
+    monkeypatch.setattr(speed, "PANEL_MIN_MODEL_BYTES", weight_bytes)  # as if it were as large as the threshold
     assert panels.for_generation(model, speed.PANEL_MIN_STEPS) is not None
     assert panels.for_generation(model, speed.PANEL_MIN_STEPS - 1) is None
+    monkeypatch.setattr(speed, "PANEL_MIN_MODEL_BYTES", weight_bytes + 1)
+    assert panels.for_generation(model, 100) is None
+    monkeypatch.setattr(speed, "PANEL_MIN_MODEL_BYTES", 0)
     model.set_compute_dtype("float16")
     assert panels.for_generation(model, 100) is None
 
@@ -183,12 +190,13 @@ def _lookup_through_panels_and_plain_greedy(seed, lookup):
     n = 40
     plain = generation.generate(model, prompt, n)
     made = []
-    real = panels.ModelPanels
+    real, real_min_bytes = panels.ModelPanels, speed.PANEL_MIN_MODEL_BYTES
     try:
         panels.ModelPanels = lambda m: made.append(real(m, panel_bytes=16 * 32 * 4)) or made[-1]
+        speed.PANEL_MIN_MODEL_BYTES = 0            # this small model through the panels all the same
         got = generation.generate(model, prompt, n, prompt_lookup=lookup)
     finally:
-        panels.ModelPanels = real
+        panels.ModelPanels, speed.PANEL_MIN_MODEL_BYTES = real, real_min_bytes
     return got, plain, len(made)
 
 
@@ -204,4 +212,4 @@ def test_the_panelled_product_runs_on_cupy_and_the_policy_keeps_it_off_the_gpu()
     got = panels.PanelledWeight(cupy.asarray(W), panel_bytes=16 * 24 * 4).matmul(cupy.asarray(x))
     assert isinstance(got, cupy.ndarray)
     np.testing.assert_allclose(cupy.asnumpy(got), x @ W, rtol=1e-5, atol=1e-5)
-    assert not speed.panel_weights(cupy.asarray(W), 1000)
+    assert not speed.panel_weights(cupy.asarray(W), 1000, 2**40)

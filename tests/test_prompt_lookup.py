@@ -49,6 +49,23 @@ def test_propose_without_a_match_guesses_nothing():
     assert prompt_lookup.propose(np.array([7, 7]), 5).tolist() == [7] * 5  # the 1-gram 7 at index 0, repeating
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 3), max_size=40), st.integers(0, 12),
+       st.sampled_from([(3, 2, 1), (2, 1), (1,), (4, 2)]))
+def test_propose_equals_the_search_written_out_n_gram_by_n_gram(history, max_tokens, sizes):
+    # The definition, spelled out: for n in order, the latest start i with i + n < L whose n tokens
+    # equal the last n; the tokens from i + n on, repeated to max_tokens. (A small alphabet: many matches.)
+    h = np.array(history, dtype=np.int64)
+    L, expected = len(h), []
+    for n in sizes:
+        starts = [i for i in range(L - n) if max_tokens > 0 and h[i:i + n].tolist() == h[L - n:].tolist()]
+        if starts:
+            tail = h[starts[-1] + n:].tolist()
+            expected = [tail[j % len(tail)] for j in range(max_tokens)]
+            break
+    assert prompt_lookup.propose(h, max_tokens, sizes).tolist() == expected
+
+
 # ------------------------------------------------------- exactness
 prompts = st.one_of(
     st.lists(st.integers(0, 39), min_size=1, max_size=30),                        # random text

@@ -22,9 +22,10 @@ docs/performance.md):
   (B*T, 50,257) at once;
 * ``HEAD_COPY_MIN_ROW_STEPS`` and ``copy_decoding_head``: GPT-2's decoding head 5.9 -> 4.4 ms per
   step at batch 1, 17.3 -> 11.5 ms at batch 8, from a contiguous copy that costs ~65 ms;
-* ``PANEL_BYTES``, ``PANEL_ROWS`` and ``panel_weights``: prompt lookup's verifying pass over 2-16
-  rows through weights copied into cache-sized panels (``npgpt.generation.panels``): GPT-2's 48
-  trunk products 41-63 -> 15-35 ms on one core, where one row costs 17 ms;
+* ``PANEL_BYTES``, ``PANEL_ROWS``, ``PANEL_MIN_MODEL_BYTES`` and ``panel_weights``: prompt lookup's
+  verifying pass over 2-16 rows through weights copied into cache-sized panels
+  (``npgpt.generation.panels``): GPT-2's 48 trunk products 41-63 -> 15-35 ms on one core, where one
+  row costs 17 ms; not for a model whose weights fit the cache (npgpt-small: slower at every width);
 * ``share_work``, ``PANEL_CLAIM_BYTES``, ``PANEL_SHARE_MIN_FLOPS`` and ``panel_workers``: the
   verifying pass's larger products shared between both cores, one-threaded BLAS each: GPT-2's head
   over 16 rows 28.6 -> 15.1 ms, over 8 rows 16.9 -> 8.1 ms.
@@ -102,10 +103,16 @@ def one_kernel_mean(array: Any) -> bool:
 # it packing). From a copy in contiguous column panels of PANEL_BYTES each (fits the level-2
 # cache with BLAS's packed copy of it), 15/17/22/35 ms; panels of 128 KB or 512 KB measured slower.
 # The copy costs ~100 ms for GPT-2's trunk (340 MB), a handful of one-token steps, so a generation
-# makes it only when it has at least PANEL_MIN_STEPS tokens to produce.
+# makes it only when it has at least PANEL_MIN_STEPS tokens to produce. And only for a model of at
+# least PANEL_MIN_MODEL_BYTES of weights: a small model's weights sit in the cache, packing them is
+# cheap, and the panels only cost. npgpt-small (21 MB) measured slower through panels at every width
+# (16 rows: 7.3 against 4.8 ms a pass) besides a 7-15 ms copy; a 27 MiB trunk gained nothing at 2-16
+# rows; a 72 MiB trunk gained 2-3 ms a pass at 2-8 rows against a ~140 ms copy (~50 passes to repay
+# it); GPT-2's 340 MB trunk gains ~25 ms a pass (2 rows: 57 -> 33 ms) against ~100-140 ms.
 PANEL_BYTES = 256 * 2**10
 PANEL_ROWS = range(2, 17)
 PANEL_MIN_STEPS = 16
+PANEL_MIN_MODEL_BYTES = 128 * 2**20
 # The panels' products are small (GPT-2: 1,512 a pass through the trunk's panels and 629 through the
 # head's). OpenBLAS runs those of 8 or more rows, and a row's products with the head's panels, on
 # both threads, which meet at the end of each: on a busy machine (load 7 on 2 cores) a thread
@@ -125,11 +132,12 @@ PANEL_CLAIM_BYTES = 2**20
 PANEL_SHARE_MIN_FLOPS = 64 * 10**6
 
 
-def panel_weights(weight: Any, steps: int) -> bool:
-    """Should a prompt-lookup generation of ``steps`` tokens copy the weights into panels
-    (``npgpt.generation.panels``)? On the CPU, for at least ``PANEL_MIN_STEPS`` tokens; on a GPU
-    a few-row product is one kernel that reads the weight once already."""
-    return not _on_gpu(weight) and steps >= PANEL_MIN_STEPS
+def panel_weights(weight: Any, steps: int, model_bytes: int) -> bool:
+    """Should a prompt-lookup generation of ``steps`` tokens copy the weights (``model_bytes`` in all)
+    into panels (``npgpt.generation.panels``)? On the CPU, for at least ``PANEL_MIN_STEPS`` tokens of
+    a model of at least ``PANEL_MIN_MODEL_BYTES``; on a GPU a few-row product is one kernel that
+    reads the weight once already."""
+    return not _on_gpu(weight) and steps >= PANEL_MIN_STEPS and model_bytes >= PANEL_MIN_MODEL_BYTES
 
 
 def copy_decoding_head(weight: Any, rows: int, steps: int) -> bool:

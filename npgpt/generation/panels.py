@@ -147,8 +147,9 @@ class ModelPanels:
 def for_generation(model: Any, steps: int) -> ModelPanels | None:
     """The panels of ``model`` for a prompt-lookup generation of ``steps`` tokens, or None where the
     speed policy says the copy does not pay (``speed.panel_weights``: on a GPU, mixed precision,
-    a generation too short to repay it)."""
+    a generation too short to repay it, a model small enough to sit in the cache)."""
     weight = model.head_weight.data
-    if model.compute_dtype is not None or not speed.panel_weights(weight, steps):
+    model_bytes = sum(p.data.nbytes for p in model.parameters())
+    if model.compute_dtype is not None or not speed.panel_weights(weight, steps, model_bytes):
         return None
     return ModelPanels(model)
