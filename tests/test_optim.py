@@ -133,7 +133,13 @@ def test_updates_happen_in_place_and_skip_parameters_without_gradients():
     opt = AdamW([a, b], lr=0.1)
     a.grad = np.ones_like(a.data)
     opt.step()
-    assert a.data is array_a and a.data.dtype == np.float32       # the model keeps the same array
+    # These small parameters are updated through one flat buffer per group (speed.flat_optimizer): the
+    # first step moves the weight into it, a view of the same shape and type; later steps keep that array.
+    assert a.data.shape == array_a.shape and a.data.dtype == np.float32 and a.data.base is not None
+    moved = a.data
+    a.grad = np.ones_like(a.data)
+    opt.step()
+    assert a.data is moved                                        # updated in place from then on
     np.testing.assert_array_equal(b.data, before_b)               # b had no gradient: untouched
     assert "param1" not in opt.state
     opt.zero_grad()
@@ -384,10 +390,22 @@ def test_flat_gradients_are_views_that_clipping_scales(cuda):
     assert after == pytest.approx(1.0, rel=1e-5)                     # every p.grad was clipped through its view
 
 
-def test_the_cpu_keeps_its_parameters_apart():
+def test_the_cpu_lays_small_parameters_out_flat_and_keeps_large_ones_apart_with_the_same_steps(monkeypatch):
+    """speed.flat_optimizer: small parameters (the mean at most FLAT_OPTIMIZER_MAX_MEAN_ELEMENTS) go through one
+    flat buffer per group, in blocks on both cores; larger ones parameter by parameter. The same updates."""
+    from npgpt.backend import speed
+
     model, grads = _model_and_grads()
-    _, opt = _steps(model, grads, "cpu")
-    assert opt.flat_grads() is None and opt._flat == {}
+    flat, opt = _steps(model, grads, "cpu")
+    assert len(opt._flat) == 2 and opt.flat_grads() is None          # laid out; no gradients held after zero_grad
+    layout = next(iter(opt._flat.values()))
+    assert all(p.data is views[0] for p, views in zip(layout.params, layout.views))
+    monkeypatch.setattr(speed, "FLAT_OPTIMIZER_MAX_MEAN_ELEMENTS", 0)
+    model, _ = _model_and_grads()
+    apart, opt = _steps(model, grads, "cpu")
+    assert opt._flat == {}
+    for a, b in zip(flat, apart):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)      # the clipping norm's sum is ordered otherwise
 
 
 @pytest.mark.gpu

@@ -144,7 +144,8 @@ def device_name() -> str:
 
 def is_cupy_array(x: Any) -> bool:
     """True for a ``cupy.ndarray``, checked without importing CuPy."""
-    return type(x).__module__.split(".")[0] == "cupy"
+    kind = type(x)
+    return kind is not np.ndarray and kind.__module__.split(".")[0] == "cupy"
 
 
 def array_module(*arrays: Any) -> ModuleType:

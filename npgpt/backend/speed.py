@@ -41,11 +41,18 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from npgpt.backend.fuse import fuse
 
 # Elements of a parameter updated at a time on the CPU: 1 MB per float32 array, so a block's weight,
 # gradient, moments and scratch (5 MB) stay in the level-3 cache through every pass of an update.
 ADAMW_BLOCK = 2**18
+# The optimizer's update over one flat buffer per parameter group (``npgpt.training.optim.FlatGroup``)
+# instead of parameter by parameter: on a GPU always (one launch per pass); on the CPU where the
+# parameters are small on average, so that the ~13 calls per parameter cost more than copying the
+# gradients into the flat buffer once a step.
+FLAT_OPTIMIZER_MAX_MEAN_ELEMENTS = 2**16
 
 # Rows of logits a fused head computes at a time: one (rows, V) float32 block of about this size.
 # For GPT-2's vocabulary that is ~330 rows (66 MB); BLAS itself splits the inner dimension into
@@ -67,6 +74,8 @@ HEAD_COPY_MIN_ROW_STEPS = 64
 
 
 def _on_gpu(array: Any) -> bool:
+    if type(array) is np.ndarray:   # the common case, answered without the import below (~1 us a call)
+        return False
     from npgpt import backend  # here: npgpt.backend imports this module
 
     return backend.is_cupy_array(array)
@@ -130,6 +139,12 @@ PANEL_BLAS_THREADS = 1
 # small model's products are cheaper than a meeting.
 PANEL_CLAIM_BYTES = 2**20
 PANEL_SHARE_MIN_FLOPS = 64 * 10**6
+
+
+def flat_optimizer(array: Any, elements: int, parameters: int) -> bool:
+    """Should an optimizer step over ``parameters`` arrays of ``elements`` numbers in all go through flat
+    buffers? On a GPU, yes; on the CPU when the mean array holds at most ``FLAT_OPTIMIZER_MAX_MEAN_ELEMENTS``."""
+    return _on_gpu(array) or elements <= FLAT_OPTIMIZER_MAX_MEAN_ELEMENTS * parameters
 
 
 def panel_weights(weight: Any, steps: int, model_bytes: int) -> bool:
@@ -316,37 +331,39 @@ def keep_gelu_gate(gate: Any) -> bool:
 # (one BLAS gemv) 12 us; the rows of (768, 128) (a layer norm) 29 -> 7 us; the columns 19 -> 6 us.
 # The sums are the same up to float32 rounding (BLAS adds in a different order). Other dtypes
 # (float16, bfloat16, integers) keep NumPy's reduction: BLAS has no kernel for them.
-_BLAS_DTYPES = ("float32", "float64")
+_BLAS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@functools.lru_cache(maxsize=64)
+def _ones(n: int, dtype: np.dtype) -> np.ndarray:
+    """A read-only host vector of ``n`` ones: made once per length, as the sums below need it at every call."""
+    ones = np.ones(n, dtype=dtype)
+    ones.flags.writeable = False
+    return ones
 
 
 def row_sums(a: Any) -> Any:
     """``a.sum(axis=-1, keepdims=True)``, computed as ``a @ ones`` where BLAS can."""
-    if a.dtype.name not in _BLAS_DTYPES or _on_gpu(a):     # a GPU: one reduction kernel, not ones + a GEMM
+    if a.dtype not in _BLAS_DTYPES or _on_gpu(a):     # a GPU: one reduction kernel, not ones + a GEMM
         return a.sum(axis=-1, keepdims=True)
-    from npgpt.backend import array_module
-
-    return (a @ array_module(a).ones(a.shape[-1], dtype=a.dtype))[..., None]
+    return (a @ _ones(a.shape[-1], a.dtype))[..., None]
 
 
 def row_dots(a: Any, b: Any) -> Any:
     """``(a * b).sum(axis=-1, keepdims=True)`` for arrays of one shape: the dot product of each pair of rows."""
     if _on_gpu(a):              # a GPU: one reduction kernel whose pre-map is the product (npgpt.backend.fuse)
         return _row_sums_of_product(a, b)[..., None]
-    if a.dtype.name not in _BLAS_DTYPES:
+    if a.dtype not in _BLAS_DTYPES:
         return (a * b).sum(axis=-1, keepdims=True)
-    from npgpt.backend import array_module
-
-    return array_module(a).einsum("...i,...i->...", a, b)[..., None]
+    return np.einsum("...i,...i->...", a, b)[..., None]
 
 
 def column_sums(a: Any) -> Any:
     """``a.sum`` over every axis but the last (a bias's or a gain's gradient), as ``ones @ a``."""
     a2 = a.reshape(-1, a.shape[-1])
-    if a.dtype.name not in _BLAS_DTYPES or _on_gpu(a):     # a GPU: one reduction kernel, not ones + a GEMM
+    if a.dtype not in _BLAS_DTYPES or _on_gpu(a):     # a GPU: one reduction kernel, not ones + a GEMM
         return a2.sum(axis=0)
-    from npgpt.backend import array_module
-
-    return array_module(a).ones(a2.shape[0], dtype=a.dtype) @ a2
+    return _ones(a2.shape[0], a.dtype) @ a2
 
 
 def column_dots(a: Any, b: Any) -> Any:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from npgpt import backend
@@ -199,14 +200,18 @@ class Optimizer:
             state = self._state_of(name, p)
             state["step"] += 1
             work.append((p, p.grad, state, group))
-        if work and not speed.threads_pay(work[0][0].data):
-            work = self._step_flat(work)           # a GPU: whole groups at once, one kernel per pass
+        if work and self._flat_pays(work):
+            work = self._step_flat(work)           # whole groups at once: one call per pass, not one per parameter
         if work and speed.threads_pay(work[0][0].data):
             self._step_in_blocks(work)
         else:
             for p, g, state, group in work:
                 self._update(p.data, g, state, group, backend.array_module(p.data).empty_like(p.data))
         self.step_count += 1
+
+    def _flat_pays(self, work: list[tuple[Tensor, Array, dict[str, Any], dict[str, Any]]]) -> bool:
+        """Should this step update whole groups through their flat buffers (``speed.flat_optimizer``)?"""
+        return speed.flat_optimizer(work[0][0].data, sum(p.data.size for p, _, _, _ in work), len(work))
 
     def _state_of(self, name: str, p: Tensor) -> dict[str, Any]:
         """The state of parameter ``name`` (zeros at step 0 the first time), its gradient's shape checked."""
@@ -234,6 +239,9 @@ class Optimizer:
                 continue
             flat.gather_grads()
             state = {"step": items[0][2]["step"], **flat.state}
+            if speed.threads_pay(flat.weights):            # the CPU: the flat buffers in blocks, on both cores
+                rest.append((SimpleNamespace(data=flat.weights), flat.grads, state, items[0][3]))
+                continue
             scratch = backend.array_module(flat.weights).empty_like(flat.weights)   # from the pool, for this step
             self._update(flat.weights, flat.grads, state, items[0][3], scratch)
         return rest
@@ -262,7 +270,7 @@ class Optimizer:
             named = [(name, p) for name, p in zip(group["names"], group["params"]) if p.grad is not None]
             if not named:
                 continue
-            if speed.threads_pay(named[0][1].data):
+            if not speed.flat_optimizer(named[0][1].data, sum(p.data.size for _, p in named), len(named)):
                 return None
             flat = self._flat_layout(group, [p for _, p in named], [self._state_of(n, p) for n, p in named])
             if flat is None:
