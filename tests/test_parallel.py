@@ -40,6 +40,26 @@ def test_sharded_gradients_equal_the_full_batch_gradients(workers):
         np.testing.assert_allclose(p.grad, g, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3, 9])
+def test_the_sharded_mean_loss_equals_the_full_batch_loss_and_records_no_graph(workers):
+    # docs/performance.md eq:shard-gradients, for the loss itself: L = Σ_k (n_k/N) L_k (5 rows: uneven shards)
+    tokens = np.random.default_rng(2).integers(0, 11, size=(5, 7))
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    loss_fn, params = tiny_lm()
+    recorded = []
+
+    def watched(*batch):
+        loss = loss_fn(*batch)
+        recorded.append(loss.requires_grad)
+        return loss
+
+    got = parallel.mean_loss(watched, (x, y), workers=workers)
+    assert got == pytest.approx(loss_fn(x, y).item(), rel=1e-12)
+    assert len(recorded) == min(workers, 5) and not any(recorded)     # one call per shard, each under no_grad
+    assert all(p.grad is None for p in params)
+    assert parallel.mean_loss(loss_fn, (x, y), workers=workers) == got   # the same sum, in shard order
+
+
 def test_sharded_gradients_are_bit_reproducible():
     tokens = np.random.default_rng(2).integers(0, 11, size=(8, 9))
     runs = []

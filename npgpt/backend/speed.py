@@ -18,6 +18,8 @@ docs/performance.md):
 * ``reading_is_free``: shortcuts that need a value in Python (skip a product by a loss scale of 1)
   on the host only; on a GPU the read itself would wait for the device;
 * ``ADAMW_BLOCK``: the CPU AdamW update in 1 MB slices that stay in the L3 cache;
+* ``FLAT_OPTIMIZER_MAX_MEAN_ELEMENTS`` and ``flat_optimizer``: small parameters updated through one
+  flat buffer per group (nanoGPT's CPU recipe: AdamW 2.29 -> 1.37 ms, clipping 0.30 -> 0.10 ms a step);
 * ``HEAD_BLOCK_BYTES``: the fused head and loss ~66 MB of logits at a time for GPT-2, not
   (B*T, 50,257) at once;
 * ``HEAD_COPY_MIN_ROW_STEPS`` and ``copy_decoding_head``: GPT-2's decoding head 5.9 -> 4.4 ms per
@@ -51,7 +53,10 @@ ADAMW_BLOCK = 2**18
 # The optimizer's update over one flat buffer per parameter group (``npgpt.training.optim.FlatGroup``)
 # instead of parameter by parameter: on a GPU always (one launch per pass); on the CPU where the
 # parameters are small on average, so that the ~13 calls per parameter cost more than copying the
-# gradients into the flat buffer once a step.
+# gradients into the flat buffer once a step. Measured, AdamW's step and the clipping norm: nanoGPT's
+# recipe (52 arrays, a mean of 16 K numbers) 2.6 -> 1.5 ms in its training loop; alone, with fresh
+# gradients, train-small (a mean of 102 K) 12.3 -> 12.7 ms and GPT-2 (841 K) 191 -> 216 ms, slower
+# flat: they stay per parameter.
 FLAT_OPTIMIZER_MAX_MEAN_ELEMENTS = 2**16
 
 # Rows of logits a fused head computes at a time: one (rows, V) float32 block of about this size.

@@ -142,10 +142,9 @@ def _train(step_fn: Any, eval_fn: Any, train: np.ndarray, val: np.ndarray, iters
 def run_npgpt(data_dir: pathlib.Path, iters: int, workers: int | None, eval_iters: int = RECIPE["eval_iters"],
               one_core: bool = False) -> dict[str, Any]:
     from npgpt import backend
-    from npgpt.autograd import no_grad
     from npgpt.io import token_formats
     from npgpt.model import GPT
-    from npgpt.training import engine
+    from npgpt.training import engine, parallel
     from npgpt.training.optim import AdamW, param_groups
 
     backend.retain_freed_memory()                             # as `npgpt train` does
@@ -159,10 +158,9 @@ def run_npgpt(data_dir: pathlib.Path, iters: int, workers: int | None, eval_iter
     def step_fn(x: np.ndarray, y: np.ndarray, lr: float) -> float:
         return engine.optimizer_step(optimizer, model.loss, [(x, y)], lr, r["grad_clip"], workers=workers).loss
 
-    def eval_fn(batches: list) -> float:
+    def eval_fn(batches: list) -> float:       # as `npgpt train` evaluates: each batch sharded as a step is
         model.eval()
-        with no_grad():
-            total = sum(model.loss(x, y).item() for x, y in batches)
+        total = sum(parallel.mean_loss(model.loss, (x, y), workers) for x, y in batches)
         model.train()
         return total / len(batches)
 

@@ -11,7 +11,9 @@ groups: weight decay on the matrices of the linear layers, none on biases,
 LayerNorm gains and the embeddings (:func:`param_groups`).
 
 Every update is written in place into ``p.data`` with ``out=`` arguments: the
-optimizer keeps pointing at the very arrays the model uses. All the array
+optimizer keeps pointing at the very arrays the model uses (where a group is
+laid out flat, below, ``p.data`` becomes a view of the group's buffer at the
+first step, and stays that array from then on). All the array
 work goes through ``xp = backend.array_module(p.data)``, so the same code
 updates NumPy arrays on the CPU and CuPy arrays on a GPU without copying
 anything between them.
@@ -23,9 +25,14 @@ gradient and its state; over a whole GPT-2 matrix each pass would stream
 hundreds of MB from memory, but a block of 256 K elements (1 MB per array)
 stays in the cache for all of them, and NumPy's single-threaded ufuncs
 release the GIL, so two threads use both cores. The arithmetic is
-elementwise, so the result is bit-for-bit the same however it is split. On
-a GPU each parameter is one call per pass: one kernel per array is what a
-GPU wants.
+elementwise, so the result is bit-for-bit the same however it is split.
+Where the parameters are small (``speed.flat_optimizer``: a GPU always; on the
+CPU a mean of at most 64 K numbers, nanoGPT's CPU recipe) each group's weights,
+gradients and moments live in one flat buffer each (:class:`FlatGroup`), and a
+pass is one call over the whole group instead of one per parameter: a dozen
+calls per group, not a dozen per parameter, which is what a GPU wants (one
+kernel launch per pass) and what a small model on a CPU wants too (the
+recipe's AdamW step 2.29 -> 1.37 ms, its clipping norm 0.30 -> 0.10 ms).
 """
 
 from __future__ import annotations

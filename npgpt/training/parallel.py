@@ -34,7 +34,7 @@ from typing import Optional
 import numpy as np
 
 from npgpt import backend
-from npgpt.autograd import Tensor, accumulate_grad, backward
+from npgpt.autograd import Tensor, accumulate_grad, backward, no_grad
 from npgpt.backend import Array, default_workers, speed  # default_workers: read here by engine and optim too
 
 
@@ -90,6 +90,34 @@ def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence[Array], par
     for loss in losses:                 # in shard order, as the gradients
         total += loss
     return np.asarray(total, dtype=np.float64) if as_array else total
+
+
+def mean_loss(loss_fn: Callable[..., Tensor], batch: Sequence[Array], workers: Optional[int] = None) -> float:
+    """``loss_fn(*batch)`` as a float, without a graph, its shards computed at the same time (evaluation).
+
+    The same split as :func:`forward_backward` and the same weighting (eq:shard-gradients
+    for the loss itself: ``L = sum_k (B_k / B) L_k``), under ``no_grad``; with one worker, a
+    batch of one sequence or on a GPU, simply ``loss_fn(*batch).item()``. The shards' losses are
+    added in shard order, so the result does not depend on which thread finished first.
+    """
+    batch = tuple(batch)
+    workers = min(default_workers() if workers is None else int(workers), batch[0].shape[0])
+    with no_grad():
+        if workers <= 1 or not speed.threads_pay(batch[0]):
+            return loss_fn(*batch).item()
+        size = batch[0].shape[0]
+        bounds = [size * k // workers for k in range(workers + 1)]
+
+        def run_shard(k: int) -> float:
+            start, stop = bounds[k], bounds[k + 1]
+            return loss_fn(*(a[start:stop] for a in batch)).item() * ((stop - start) / size)
+
+        with backend.blas_threads(1):
+            losses = [f.result() for f in [speed.thread_pool(workers).submit(run_shard, k) for k in range(workers)]]
+    total = 0.0
+    for loss in losses:
+        total += loss
+    return total
 
 
 class _OrderedSum:

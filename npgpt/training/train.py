@@ -50,7 +50,7 @@ from npgpt.finetuning import lora
 from npgpt.io import fileio, hf_gpt2
 from npgpt.io.checkpoint import WEIGHTS_NAME, CheckpointError, read_tensors
 from npgpt.model import GPT, GPTConfig
-from npgpt.training import distributed, engine, plot, rundir, settings
+from npgpt.training import distributed, engine, parallel, plot, rundir, settings
 from npgpt.training.data import BatchSampler, TokenFile, load_meta, tokenizer_digest, tokenizer_dir
 from npgpt.training.engine import TrainingDiverged
 from npgpt.training.flops import DEFAULT_PEAK_FLOPS, device_peak_flops, flops_per_token, model_flops_utilisation
@@ -402,7 +402,8 @@ class Trainer:
         batches = (sampler.next() for _ in range(c.eval_iters))
         with no_grad():
             for (x, y), share in self.group.local_batches(batches):      # under mpiexec: this rank's rows
-                total += self.model.loss(x, y).item() * share            # host ids: checked, then copied
+                # host ids: checked, then copied; sharded over threads as a training step is (both cores)
+                total += parallel.mean_loss(self.model.loss, (x, y), self.workers) * share
         self.model.train()
         return self.group.sum(total) / c.eval_iters
 
