@@ -20,7 +20,7 @@ import numpy as np
 
 import npgpt.functional as F
 from npgpt import backend, generation, nn
-from npgpt.autograd import Tensor
+from npgpt.autograd import Tensor, is_grad_enabled
 from npgpt.backend import speed
 from npgpt.generation import KVCache, panels
 from npgpt.io import checkpoint, hf_gpt2, inputs
@@ -248,6 +248,13 @@ class GPT(nn.Module):
             if isinstance(decoding, panels.PanelledWeight):
                 return Tensor(decoding.matmul(hidden.data))
             return Tensor(hidden.data @ decoding)
+        w = self.head_weight.data
+        if (self.compute_dtype is None and hidden.ndim == 2 and not is_grad_enabled()
+                and speed.head_weight_first(w, hidden.shape[0])):
+            # A few rows (prompt lookup's verifying pass) without a decoding copy: (wte h^T)^T streams
+            # the table once as the product's left operand, where h wte^T repacks it (speed.py).
+            xp = backend.array_module(w)
+            return Tensor(xp.ascontiguousarray((w @ hidden.data.T).T))
         return F.linear(hidden, self.head_weight.T, compute_dtype=self.compute_dtype)
 
     def decoding_weight(self, rows: int, steps: int) -> Array | None:

@@ -337,3 +337,16 @@ def test_init_false_leaves_zeros_for_a_checkpoint_to_fill():
     for name, p in model.named_parameters():
         expected = 1.0 if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight" else 0.0
         assert np.all(p.data == expected), name
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 16, 17])
+def test_a_few_rows_through_the_tied_head_without_gradients_give_the_same_logits(rows):
+    """speed.head_weight_first: 2-16 rows under no_grad go through (wte h^T)^T, the same logits as h wte^T."""
+    model = tiny()
+    hidden = Tensor(np.random.default_rng(rows).standard_normal((rows, 16)).astype(np.float32), requires_grad=True)
+    expected = F.linear(hidden, model.wte.weight.T).data
+    with no_grad():
+        got = model.lm_head(hidden).data
+    assert got.flags.c_contiguous and got.shape == (rows, model.config.vocab_size)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert model.lm_head(hidden).requires_grad          # with gradients: the linear op, part of the graph

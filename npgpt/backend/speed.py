@@ -24,6 +24,8 @@ docs/performance.md):
   (B*T, 50,257) at once;
 * ``HEAD_COPY_MIN_ROW_STEPS`` and ``copy_decoding_head``: GPT-2's decoding head 5.9 -> 4.4 ms per
   step at batch 1, 17.3 -> 11.5 ms at batch 8, from a contiguous copy that costs ~65 ms;
+* ``HEAD_WEIGHT_FIRST_ROWS`` and ``head_weight_first``: 2-16 rows without that copy through the
+  table as the left operand: npgpt-small's verifying passes 1.64 -> 1.01 ms each;
 * ``PANEL_BYTES``, ``PANEL_ROWS``, ``PANEL_MIN_MODEL_BYTES`` and ``panel_weights``: prompt lookup's
   verifying pass over 2-16 rows through weights copied into cache-sized panels
   (``npgpt.generation.panels``): GPT-2's 48 trunk products 41-63 -> 15-35 ms on one core, where one
@@ -76,6 +78,11 @@ GPU_HEAD_BLOCK_BYTES = 2 * 2**30
 # at batch 8 through the transpose, 4.4 and 11.5 ms from a copy. The copy (154 MB for GPT-2)
 # takes ~65 ms to make, so a generation makes one when it has at least this many rows x steps.
 HEAD_COPY_MIN_ROW_STEPS = 64
+# Without that copy, a few rows at a time (prompt lookup's verifying pass of 2-16 tokens) are faster
+# through the table as the product's left operand, (wte h^T)^T, which OpenBLAS streams once, than
+# through h wte^T, which it repacks: npgpt-small's (8,192 x 256) head in its 32-token open-ended
+# prompt-lookup generation, 7 passes of 4 rows on average, 1.64 -> 1.01 ms a pass (11.9 -> 7.9 ms).
+HEAD_WEIGHT_FIRST_ROWS = range(2, 17)
 
 
 def _on_gpu(array: Any) -> bool:
@@ -158,6 +165,12 @@ def panel_weights(weight: Any, steps: int, model_bytes: int) -> bool:
     a model of at least ``PANEL_MIN_MODEL_BYTES``; on a GPU a few-row product is one kernel that
     reads the weight once already."""
     return not _on_gpu(weight) and steps >= PANEL_MIN_STEPS and model_bytes >= PANEL_MIN_MODEL_BYTES
+
+
+def head_weight_first(weight: Any, rows: int) -> bool:
+    """Should ``rows`` hidden states go through the tied head ``weight`` as ``(weight h^T)^T``? On the
+    CPU for ``HEAD_WEIGHT_FIRST_ROWS``; a GPU's product reads the table once either way."""
+    return not _on_gpu(weight) and rows in HEAD_WEIGHT_FIRST_ROWS
 
 
 def copy_decoding_head(weight: Any, rows: int, steps: int) -> bool:
