@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import math
 import os
 import tempfile
 import time
@@ -458,6 +459,7 @@ PASSAGE = ("Friends, Romans, countrymen, lend me your ears; I come to bury Caesa
            "The evil that men do lives after them; the good is oft interred with their bones; so let it be "
            "with Caesar. The noble Brutus hath told you Caesar was ambitious: if it were so, it was a "
            "grievous fault, and grievously hath Caesar answer'd it.")
+LOOKUP_SAMPLE_SECONDS = 0.5
 QUOTE_PROMPT = f"{PASSAGE}\n\n{PASSAGE[:40]}"     # the passage, then its start again: go on quoting
 OPEN_PROMPT = "The history of the city begins in the"
 
@@ -492,13 +494,16 @@ def _lookup_task(model: GPT, ids: np.ndarray, args: argparse.Namespace, hf: Any 
     # touches 0.5 GB of new memory the kernel zeroes it page by page: 0.25-1 s here).
     _timed_generate(model, ids, 4, 0)
     _timed_generate(model, ids, n, N)
+    # A small model's generation lasts ~0.1 s, shorter than the machine's swings: each side of a pair
+    # is then the sum of as many generations as make ~LOOKUP_SAMPLE_SECONDS (GPT-2's: one).
+    runs = max(1, math.ceil(LOOKUP_SAMPLE_SECONDS / _timed_generate(model, ids, n, 0)[0]))
     plain_s, lookup_s, same = [], [], True
     for r in range(args.repeats):
         order = (0, N) if r % 2 == 0 else (N, 0)
-        got = {k: _timed_generate(model, ids, n, k) for k in order}
-        plain_s.append(got[0][0])
-        lookup_s.append(got[N][0])
-        same &= bool(np.array_equal(got[0][1], got[N][1]))
+        got = {k: [_timed_generate(model, ids, n, k) for _ in range(runs)] for k in order}
+        plain_s.append(sum(t for t, _ in got[0]))
+        lookup_s.append(sum(t for t, _ in got[N]))
+        same &= all(bool(np.array_equal(got[0][0][1], ids_)) for _, ids_ in got[N])
     # How much of the output the guesses covered: passes the verifying loop made.
     from npgpt.generation import prompt_lookup
 
@@ -511,7 +516,9 @@ def _lookup_task(model: GPT, ids: np.ndarray, args: argparse.Namespace, hf: Any 
         del model.trunk
     out = {"prompt_tokens": int(ids.shape[1]), "new_tokens": n, "same_ids": same,
            "passes": len(widths), "tokens_per_pass": round(n / len(widths), 2),
-           "plain_tokens_per_s": round(n / median(plain_s), 1), "lookup_tokens_per_s": round(n / median(lookup_s), 1),
+           "generations_per_sample": runs,
+           "plain_tokens_per_s": round(n * runs / median(plain_s), 1),
+           "lookup_tokens_per_s": round(n * runs / median(lookup_s), 1),
            "speedup": _spread([p / q for p, q in zip(plain_s, lookup_s)], 2)}
     del prompt_lookup
     if hf is not None:
