@@ -19,7 +19,7 @@ docs/performance.md):
   on the host only; on a GPU the read itself would wait for the device;
 * ``ADAMW_BLOCK``: the CPU AdamW update in 1 MB slices that stay in the L3 cache;
 * ``FLAT_OPTIMIZER_MAX_MEAN_ELEMENTS`` and ``flat_optimizer``: small parameters updated through one
-  flat buffer per group (nanoGPT's CPU recipe: AdamW 2.29 -> 1.37 ms, clipping 0.30 -> 0.10 ms a step);
+  flat buffer per group (nanoGPT's CPU recipe: the AdamW step ~2.2 -> ~1.7 ms);
 * ``HEAD_BLOCK_BYTES``: the fused head and loss ~66 MB of logits at a time for GPT-2, not
   (B*T, 50,257) at once;
 * ``HEAD_COPY_MIN_ROW_STEPS`` and ``copy_decoding_head``: GPT-2's decoding head 5.9 -> 4.4 ms per
@@ -55,10 +55,10 @@ ADAMW_BLOCK = 2**18
 # The optimizer's update over one flat buffer per parameter group (``npgpt.training.optim.FlatGroup``)
 # instead of parameter by parameter: on a GPU always (one launch per pass); on the CPU where the
 # parameters are small on average, so that the ~13 calls per parameter cost more than copying the
-# gradients into the flat buffer once a step. Measured, AdamW's step and the clipping norm: nanoGPT's
-# recipe (52 arrays, a mean of 16 K numbers) 2.6 -> 1.5 ms in its training loop; alone, with fresh
-# gradients, train-small (a mean of 102 K) 12.3 -> 12.7 ms and GPT-2 (841 K) 191 -> 216 ms, slower
-# flat: they stay per parameter.
+# gradients into the flat buffer once a step. Measured, the AdamW step: nanoGPT's recipe (52 arrays,
+# a mean of 16 K numbers) 2.2-3.0 -> 1.7-1.8 ms in its training loop; alone, with fresh gradients and
+# the clipping norm, train-small (a mean of 102 K) 12.3 -> 12.7 ms and GPT-2 (841 K) 191 -> 216 ms,
+# slower flat: they stay per parameter.
 FLAT_OPTIMIZER_MAX_MEAN_ELEMENTS = 2**16
 
 # Rows of logits a fused head computes at a time: one (rows, V) float32 block of about this size.
