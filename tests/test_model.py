@@ -349,4 +349,7 @@ def test_a_few_rows_through_the_tied_head_without_gradients_give_the_same_logits
         got = model.lm_head(hidden).data
     assert got.flags.c_contiguous and got.shape == (rows, model.config.vocab_size)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    w = model.wte.weight.data
+    weight_first = np.ascontiguousarray((w @ hidden.data.T).T)       # the path the policy chose, bit for bit
+    assert np.array_equal(got, weight_first if 2 <= rows <= 16 else hidden.data @ w.T)
     assert model.lm_head(hidden).requires_grad          # with gradients: the linear op, part of the graph

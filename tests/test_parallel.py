@@ -60,6 +60,33 @@ def test_the_sharded_mean_loss_equals_the_full_batch_loss_and_records_no_graph(w
     assert parallel.mean_loss(loss_fn, (x, y), workers=workers) == got   # the same sum, in shard order
 
 
+@pytest.mark.gpu
+def test_the_mean_loss_of_a_gpu_model_stays_on_the_calling_thread_though_the_batch_is_on_the_host(cuda):
+    # CuPy's current device is per thread: a model on a GPU is evaluated where the caller runs, never sharded.
+    import threading
+
+    from npgpt.model import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8), seed=0).eval()
+    model.to(cuda)
+    tokens = np.random.default_rng(3).integers(0, 11, size=(4, 7))      # host ids, as npgpt train passes them
+    threads = []
+
+    def watched(x, y):
+        threads.append(threading.current_thread())
+        return model.loss(x, y)
+
+    got = parallel.mean_loss(watched, (tokens[:, :-1], tokens[:, 1:]), workers=2, params=model.parameters())
+    assert threads == [threading.main_thread()]
+    assert got == pytest.approx(model.loss(tokens[:, :-1], tokens[:, 1:]).item(), rel=1e-6)
+
+
+def test_the_mean_loss_refuses_a_batch_whose_arrays_disagree_on_their_first_axis():
+    loss_fn, _ = tiny_lm()
+    with pytest.raises(ValueError, match="share their first axis"):
+        parallel.mean_loss(loss_fn, (np.zeros((3, 4), int), np.zeros((2, 4), int)), workers=2)
+
+
 def test_sharded_gradients_are_bit_reproducible():
     tokens = np.random.default_rng(2).integers(0, 11, size=(8, 9))
     runs = []

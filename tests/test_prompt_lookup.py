@@ -43,6 +43,12 @@ def test_propose_takes_the_most_recent_earlier_occurrence_of_the_longest_ngram()
     assert prompt_lookup.propose(h, 0).tolist() == []
 
 
+def test_propose_refuses_ngram_sizes_below_one():
+    for sizes in [(), (0,), (2, -1)]:
+        with pytest.raises(ValueError, match="at least 1"):
+            prompt_lookup.propose(np.array([1, 2, 1, 2]), 3, sizes)
+
+
 def test_propose_without_a_match_guesses_nothing():
     assert prompt_lookup.propose(np.array([1, 2, 3, 4]), 5).tolist() == []
     assert prompt_lookup.propose(np.array([7]), 5).tolist() == []
@@ -53,8 +59,9 @@ def test_propose_without_a_match_guesses_nothing():
 @given(st.lists(st.integers(0, 3), max_size=40), st.integers(0, 12),
        st.sampled_from([(3, 2, 1), (2, 1), (1,), (4, 2)]))
 def test_propose_equals_the_search_written_out_n_gram_by_n_gram(history, max_tokens, sizes):
-    # The definition, spelled out: for n in order, the latest start i with i + n < L whose n tokens
-    # equal the last n; the tokens from i + n on, repeated to max_tokens. (A small alphabet: many matches.)
+    # The definition (docs/generation.md, "Prompt lookup"), spelled out: for n in order, the latest start
+    # i with i + n < L whose n tokens equal the last n; the tokens from i + n on, repeated to max_tokens.
+    # (A small alphabet: many matches.)
     h = np.array(history, dtype=np.int64)
     L, expected = len(h), []
     for n in sizes:

@@ -56,9 +56,9 @@ ADAMW_BLOCK = 2**18
 # instead of parameter by parameter: on a GPU always (one launch per pass); on the CPU where the
 # parameters are small on average, so that the ~13 calls per parameter cost more than copying the
 # gradients into the flat buffer once a step. Measured, the AdamW step: nanoGPT's recipe (52 arrays,
-# a mean of 16 K numbers) 2.2-3.0 -> 1.7-1.8 ms in its training loop; alone, with fresh gradients and
-# the clipping norm, train-small (a mean of 102 K) 12.3 -> 12.7 ms and GPT-2 (841 K) 191 -> 216 ms,
-# slower flat: they stay per parameter.
+# a mean of 16 K numbers) 2.2-3.0 -> 1.7-1.8 ms in its training loop. Alone, with fresh gradients and
+# the clipping norm per parameter, train-small (a mean of 102 K) read 9.5-13.1 ms apart and 9.7-10.5
+# flat in three runs (no clear gain), GPT-2 (841 K) 202 apart and 234 flat: they stay per parameter.
 FLAT_OPTIMIZER_MAX_MEAN_ELEMENTS = 2**16
 
 # Rows of logits a fused head computes at a time: one (rows, V) float32 block of about this size.
@@ -82,7 +82,10 @@ HEAD_COPY_MIN_ROW_STEPS = 64
 # through the table as the product's left operand, (wte h^T)^T, which OpenBLAS streams once, than
 # through h wte^T, which it repacks: npgpt-small's (8,192 x 256) head in its 32-token open-ended
 # prompt-lookup generation, 7 passes of 4 rows on average, 1.64 -> 1.01 ms a pass (11.9 -> 7.9 ms).
+# Measured on that table only; GPT-2's (154 MB) was level either way alone, so tables larger than
+# HEAD_WEIGHT_FIRST_MAX_BYTES keep the plain product.
 HEAD_WEIGHT_FIRST_ROWS = range(2, 17)
+HEAD_WEIGHT_FIRST_MAX_BYTES = 32 * 2**20
 
 
 def _on_gpu(array: Any) -> bool:
@@ -127,9 +130,10 @@ def one_kernel_mean(array: Any) -> bool:
 # makes it only when it has at least PANEL_MIN_STEPS tokens to produce. And only for a model of at
 # least PANEL_MIN_MODEL_BYTES of weights: a small model's weights sit in the cache, packing them is
 # cheap, and the panels only cost. npgpt-small (21 MB) measured slower through panels at every width
-# (16 rows: 7.3 against 4.8 ms a pass) besides a 7-15 ms copy; a 27 MiB trunk gained nothing at 2-16
-# rows; a 72 MiB trunk gained 2-3 ms a pass at 2-8 rows against a ~140 ms copy (~50 passes to repay
-# it); GPT-2's 340 MB trunk gains ~25 ms a pass (2 rows: 57 -> 33 ms) against ~100-140 ms.
+# but 2 rows in one of two runs (16 rows: 7.3 against 4.8 ms a pass) besides a 7-15 ms copy; a 27 MiB
+# trunk gained under 1 ms a pass at 2-4 rows against a 36 ms copy; a 72 MiB trunk 2-3 ms a pass at
+# 2-8 rows against a ~140 ms copy (~50 passes to repay it); GPT-2's 340 MB trunk ~18-39 ms a pass at
+# 2 rows and 4-26 ms at 16 (six runs in one morning), against a ~90-190 ms copy.
 PANEL_BYTES = 256 * 2**10
 PANEL_ROWS = range(2, 17)
 PANEL_MIN_STEPS = 16
@@ -169,8 +173,10 @@ def panel_weights(weight: Any, steps: int, model_bytes: int) -> bool:
 
 def head_weight_first(weight: Any, rows: int) -> bool:
     """Should ``rows`` hidden states go through the tied head ``weight`` as ``(weight h^T)^T``? On the
-    CPU for ``HEAD_WEIGHT_FIRST_ROWS``; a GPU's product reads the table once either way."""
-    return not _on_gpu(weight) and rows in HEAD_WEIGHT_FIRST_ROWS
+    CPU for ``HEAD_WEIGHT_FIRST_ROWS`` and a table of at most ``HEAD_WEIGHT_FIRST_MAX_BYTES``; a GPU's
+    product reads the table once either way."""
+    return (not _on_gpu(weight) and rows in HEAD_WEIGHT_FIRST_ROWS
+            and weight.nbytes <= HEAD_WEIGHT_FIRST_MAX_BYTES)
 
 
 def copy_decoding_head(weight: Any, rows: int, steps: int) -> bool:

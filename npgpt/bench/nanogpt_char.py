@@ -160,7 +160,7 @@ def run_npgpt(data_dir: pathlib.Path, iters: int, workers: int | None, eval_iter
 
     def eval_fn(batches: list) -> float:       # as `npgpt train` evaluates: each batch sharded as a step is
         model.eval()
-        total = sum(parallel.mean_loss(model.loss, (x, y), workers) for x, y in batches)
+        total = sum(parallel.mean_loss(model.loss, (x, y), workers, model.parameters()) for x, y in batches)
         model.train()
         return total / len(batches)
 

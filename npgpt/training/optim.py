@@ -12,8 +12,10 @@ LayerNorm gains and the embeddings (:func:`param_groups`).
 
 Every update is written in place into ``p.data`` with ``out=`` arguments: the
 optimizer keeps pointing at the very arrays the model uses (where a group is
-laid out flat, below, ``p.data`` becomes a view of the group's buffer at the
-first step, and stays that array from then on). All the array
+laid out flat, below, ``p.data`` becomes a view of the group's buffer when the
+group is laid out: at the first step, and again after anything replaces a
+weight or a state array or changes which parameters have gradients; hold the
+Tensor, not its ``p.data``). All the array
 work goes through ``xp = backend.array_module(p.data)``, so the same code
 updates NumPy arrays on the CPU and CuPy arrays on a GPU without copying
 anything between them.
@@ -67,9 +69,11 @@ Params = Iterable[Union["Tensor", tuple[str, "Tensor"], dict[str, Any]]]
 class FlatGroup:
     """One parameter group's weights, gradients and optimizer state as views into one flat buffer each.
 
-    The GPU path of :meth:`Optimizer.step` (docs/gpu.md, "The launch and traffic budget"): each
+    The path of :meth:`Optimizer.step` on a GPU (docs/gpu.md, "The launch and traffic budget"): each
     pass of an update is then one kernel over the whole group instead of one per parameter
-    (GPT-2's AdamW: 26 launches instead of 1,972). ``p.data`` and the state arrays of every
+    (GPT-2's AdamW: 26 launches instead of 1,972); and on the CPU for small parameters
+    (``speed.flat_optimizer``), where it is one NumPy call per pass and block instead of one per
+    parameter. ``p.data`` and the state arrays of every
     parameter become views into ``weights`` and ``state[key]``. Whoever replaces one (a
     checkpoint load, ``load_state_dict``, LoRA merging) breaks the link; :meth:`holds` notices
     (the views are known by identity), and the group is laid out again from the arrays then in place.
@@ -179,7 +183,7 @@ class Optimizer:
             self.param_groups.append(group)
         self.state = {}       # name -> {"step": int, key: array, ...}; created at the first update
         self.step_count = 0   # optimizer steps taken (calls to step())
-        self._flat: dict[int, FlatGroup] = {}     # GPU: id(group) -> its flat layout (FlatGroup)
+        self._flat: dict[int, FlatGroup] = {}     # id(group) -> its flat layout (FlatGroup), where one is used
 
     def named_params(self) -> Iterator[tuple[str, Tensor, dict[str, Any]]]:
         for group in self.param_groups:
@@ -236,7 +240,9 @@ class Optimizer:
 
     def _step_flat(self, work: list[tuple[Tensor, Array, dict[str, Any], dict[str, Any]]]
                    ) -> list[tuple[Tensor, Array, dict[str, Any], dict[str, Any]]]:
-        """The GPU step: each group's update as one call on its flat buffers; returns what could not go so."""
+        """Each group's update on its flat buffers: on a GPU one call, done here; on the CPU the buffers
+        are returned, as items whose "parameter" only has ``.data`` (the weights' buffer), for
+        ``_step_in_blocks``. Returns those and the items that could not go flat."""
         by_group: dict[int, list] = {}
         for item in work:
             by_group.setdefault(id(item[3]), []).append(item)

@@ -92,20 +92,29 @@ def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence[Array], par
     return np.asarray(total, dtype=np.float64) if as_array else total
 
 
-def mean_loss(loss_fn: Callable[..., Tensor], batch: Sequence[Array], workers: Optional[int] = None) -> float:
+def mean_loss(loss_fn: Callable[..., Tensor], batch: Sequence[Array], workers: Optional[int] = None,
+              params: Iterable[Tensor] = ()) -> float:
     """``loss_fn(*batch)`` as a float, without a graph, its shards computed at the same time (evaluation).
 
     The same split as :func:`forward_backward` and the same weighting (eq:shard-gradients
-    for the loss itself: ``L = sum_k (B_k / B) L_k``), under ``no_grad``; with one worker, a
-    batch of one sequence or on a GPU, simply ``loss_fn(*batch).item()``. The shards' losses are
-    added in shard order, so the result does not depend on which thread finished first.
+    for the loss itself: ``L = sum_k (B_k / B) L_k``), under ``no_grad``. As there, ``loss_fn``
+    must return a **mean** over the sequences it is given in which every target counts (a masked
+    loss is not a mean over rows), and the model must be in eval mode (the threads would share
+    dropout's generator). With one worker, a batch of one sequence, or on a GPU (``params``: the
+    model's parameters, whose device decides it, as the batch may still be on the host), simply
+    ``loss_fn(*batch).item()``. The shards' losses are added in shard order, so the result does
+    not depend on which thread finished first.
     """
     batch = tuple(batch)
-    workers = min(default_workers() if workers is None else int(workers), batch[0].shape[0])
+    size = batch[0].shape[0]
+    if any(a.shape[0] != size for a in batch):
+        raise ValueError(f"mean_loss: the arrays of a batch must share their first axis, got "
+                         f"{[tuple(a.shape) for a in batch]}")
+    first = [p.data for p in list(params)[:1]]
+    workers = min(default_workers() if workers is None else int(workers), size)
     with no_grad():
-        if workers <= 1 or not speed.threads_pay(batch[0]):
+        if workers <= 1 or not speed.threads_pay(batch[0], *first):
             return loss_fn(*batch).item()
-        size = batch[0].shape[0]
         bounds = [size * k // workers for k in range(workers + 1)]
 
         def run_shard(k: int) -> float:

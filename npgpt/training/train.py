@@ -403,7 +403,7 @@ class Trainer:
         with no_grad():
             for (x, y), share in self.group.local_batches(batches):      # under mpiexec: this rank's rows
                 # host ids: checked, then copied; sharded over threads as a training step is (both cores)
-                total += parallel.mean_loss(self.model.loss, (x, y), self.workers) * share
+                total += parallel.mean_loss(self.model.loss, (x, y), self.workers, self.model.parameters()) * share
         self.model.train()
         return self.group.sum(total) / c.eval_iters
 
