@@ -1,5 +1,7 @@
 """The benchmark workloads' accounting (not their speed: speed is never tested)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -243,6 +245,31 @@ def test_nanogpt_char_sides_run_the_same_model_and_loop(tmp_path):
         assert abs(a["val"] - b["val"]) < 1e-4 and abs(a["train"] - b["train"]) < 1e-4
     assert abs(mine["last_loss"] - theirs["last_loss"]) < 1e-4
     assert mine["evals"][0]["val"] == pytest.approx(np.log(len(set(text))), abs=0.05)    # uniform at the start
+
+
+def test_nanogpt_char_as_two_mpi_ranks_trains_as_one_process_does(tmp_path):
+    # --ranks 2: each rank its 6 of the batch's rows, gradients and evaluation losses summed over the ranks
+    # (docs/distributed.md); the losses equal one process's to float32 rounding (rows summed in another order).
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("mpiexec") is None:
+        pytest.skip("mpiexec not found (pip install -e \".[mpi]\")")
+    from npgpt.bench import nanogpt_char
+
+    text = "ROMEO:\nBut, soft! what light through yonder window breaks?\n" * 40
+    nanogpt_char.write_char_dataset(tmp_path, text)
+    flags = ["--data", str(tmp_path), "--iters", "3"]
+    ranked = nanogpt_char._ranks_in_child(2, flags)
+    alone = json.loads(subprocess.run([sys.executable, "-m", "npgpt.bench", "nanogpt-char", "--json", "--side", "npgpt",
+                                       *flags, "--workers", "1"], capture_output=True, text=True,
+                                      check=True).stdout.strip().splitlines()[-1])
+    assert ranked["ranks"] == 2 and ranked["workers"] == 1 and alone["ranks"] == 1
+    assert [e["iter"] for e in ranked["evals"]] == [0, 3]
+    for a, b in zip(ranked["evals"], alone["evals"]):
+        assert a["val"] == pytest.approx(b["val"], abs=1e-5) and a["train"] == pytest.approx(b["train"], abs=1e-5)
+    assert ranked["last_loss"] == pytest.approx(alone["last_loss"], abs=1e-5)
 
 
 def test_quartiles_are_numpys_default_percentiles():

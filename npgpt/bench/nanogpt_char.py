@@ -28,8 +28,12 @@ alternating; the figure is the median ratio of the wall times to ``--iters`` ite
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pathlib
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Any
@@ -56,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="each side on one thread (npgpt: one shard, one-threaded BLAS; PyTorch: "
                              "set_num_threads(1)): the code's efficiency, apart from how a loaded machine "
                              "schedules threads")
+    parser.add_argument("--ranks", type=int, default=1,
+                        help="npgpt's side as this many MPI ranks (mpiexec) of one thread each, every rank its "
+                             "rows of each batch (docs/distributed.md): processes share no interpreter lock")
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)          # a prepared directory, in a child
     parser.add_argument("--side", choices=["npgpt", "torch"], help=argparse.SUPPRESS)
 
@@ -141,10 +148,12 @@ def _train(step_fn: Any, eval_fn: Any, train: np.ndarray, val: np.ndarray, iters
 
 def run_npgpt(data_dir: pathlib.Path, iters: int, workers: int | None, eval_iters: int = RECIPE["eval_iters"],
               one_core: bool = False) -> dict[str, Any]:
+    """npgpt's side. Under ``mpiexec`` (``--ranks``) every rank takes its rows of each batch and the
+    gradients are summed over the ranks, as ``mpiexec -n N npgpt train`` does; each rank one thread."""
     from npgpt import backend
     from npgpt.io import token_formats
     from npgpt.model import GPT
-    from npgpt.training import engine, parallel
+    from npgpt.training import distributed, engine, parallel
     from npgpt.training.optim import AdamW, param_groups
 
     backend.retain_freed_memory()                             # as `npgpt train` does
@@ -153,23 +162,29 @@ def run_npgpt(data_dir: pathlib.Path, iters: int, workers: int | None, eval_iter
     r = RECIPE
     optimizer = AdamW(param_groups(model, r["weight_decay"]), lr=r["learning_rate"], betas=(r["beta1"], r["beta2"]),
                       weight_decay=r["weight_decay"])
+    world = distributed.world()
+    group = distributed.process_group(world) if world.size > 1 else distributed.SINGLE_PROCESS
+    if world.size > 1:
+        workers, one_core = 1, True                           # one thread a rank
+        if not world.is_main:                                 # one JSON line for the parent: rank 0's
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (this process's stdout until it exits)
     workers = backend.default_workers() if workers is None else workers       # one shard per core, as `npgpt train`
 
     def step_fn(x: np.ndarray, y: np.ndarray, lr: float) -> float:
-        return engine.optimizer_step(optimizer, model.loss, [(x, y)], lr, r["grad_clip"], workers=workers).loss
+        return engine.optimizer_step(optimizer, model.loss, [(x, y)], lr, r["grad_clip"], workers=workers,
+                                     group=group).loss
 
     def eval_fn(batches: list) -> float:       # as `npgpt train` evaluates: each batch sharded as a step is
         model.eval()
-        total = sum(parallel.mean_loss(model.loss, (x, y), workers, model.parameters()) for x, y in batches)
+        total = sum(parallel.mean_loss(model.loss, rows, workers, model.parameters()) * share
+                    for rows, share in group.local_batches(batches))
         model.train()
-        return total / len(batches)
+        return group.sum(total) / len(batches)
 
-    if one_core:
-        with backend.blas_threads(1):
-            out = _train(step_fn, eval_fn, data.train, data.val, iters, eval_iters)
-    else:
+    with backend.blas_threads(1) if one_core else contextlib.nullcontext():
         out = _train(step_fn, eval_fn, data.train, data.val, iters, eval_iters)
-    return {**out, "workers": workers, "cpu_seconds": _cpu_seconds()}
+    cpu = world.sum_floats([_cpu_seconds()])[0]                # every rank's CPU time: what the run cost
+    return {**out, "workers": workers, "ranks": world.size, "cpu_seconds": cpu}
 
 
 def _copy_npgpt_weights(torch_model: Any, vocab_size: int) -> None:
@@ -251,7 +266,19 @@ def _side_in_child(args: argparse.Namespace, side: str, data_dir: pathlib.Path) 
         flags += ["--workers", str(args.workers)]
     if args.one_core:
         flags.append("--one-core")
+    if side == "npgpt" and args.ranks > 1:
+        return _ranks_in_child(args.ranks, flags)
     return child_result("nanogpt-char", side, side_in_child("nanogpt-char", side, flags))
+
+
+def _ranks_in_child(ranks: int, flags: list[str]) -> dict[str, Any]:
+    """npgpt's side as ``mpiexec -n ranks``; every rank prints the same JSON line, the first is read."""
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        raise SystemExit("npgpt.bench nanogpt-char --ranks: mpiexec not found (pip install -e \".[mpi]\")")
+    command = [mpiexec, "-n", str(ranks), sys.executable, "-m", "npgpt.bench", "nanogpt-char", "--json",
+               "--side", "npgpt", *flags]
+    return child_result("nanogpt-char", "npgpt (mpiexec)", subprocess.run(command, capture_output=True, text=True))
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -261,8 +288,8 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if args.iters < 1 or args.pairs < 1:
-        raise SystemExit("npgpt.bench nanogpt-char: --iters and --pairs must be >= 1")
+    if args.iters < 1 or args.pairs < 1 or args.ranks < 1:
+        raise SystemExit("npgpt.bench nanogpt-char: --iters, --pairs and --ranks must be >= 1")
     if args.side:
         data_dir = pathlib.Path(args.data)
         if args.side == "npgpt":
@@ -278,7 +305,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 runs[side].append(_side_in_child(args, side, data_dir))
     result = {"workload": "nanogpt-char", "iters": args.iters, "one_core": args.one_core, "recipe": RECIPE,
               "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
-              "npgpt": {**_summary(runs["npgpt"]), "workers": runs["npgpt"][0]["workers"]}}
+              "npgpt": {**_summary(runs["npgpt"]), "workers": runs["npgpt"][0]["workers"],
+                        "ranks": runs["npgpt"][0].get("ranks", 1)}}
     if "torch" in runs:
         ratios = [t["seconds"] / m["seconds"] for m, t in zip(runs["npgpt"], runs["torch"])]
         result["torch"] = {**_summary(runs["torch"]), "threads": runs["torch"][0]["threads"]}
