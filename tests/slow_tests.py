@@ -24,7 +24,7 @@ SLOW_MODULES = {
 SLOW_TESTS = {
     "test_bench.py": ["test_gpu_bench_has_help_and_refuses_to_run_without_cuda", "test_lora_bench_sides_train_what_they_say",
                       "test_nanogpt_char_sides_run_the_same_model_and_loop",
-                      "test_nanogpt_char_as_two_mpi_ranks_trains_as_one_process_does"],
+                      "test_nanogpt_char_as_two_mpi_ranks_trains_as_two_threads_do_bit_for_bit"],
     "test_evaluation.py": ["test_sliding_window_equals_hugging_faces_perplexity_guide"],
     "test_token_formats.py": ["test_npgpt_train_trains_on_a_nanogpt_directory"],
     "test_chat_datasets.py": ["test_the_pinned_instruction_set_holds_out_whole_words"],

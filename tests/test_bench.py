@@ -247,9 +247,11 @@ def test_nanogpt_char_sides_run_the_same_model_and_loop(tmp_path):
     assert mine["evals"][0]["val"] == pytest.approx(np.log(len(set(text))), abs=0.05)    # uniform at the start
 
 
-def test_nanogpt_char_as_two_mpi_ranks_trains_as_one_process_does(tmp_path):
+def test_nanogpt_char_as_two_mpi_ranks_trains_as_two_threads_do_bit_for_bit(tmp_path):
     # --ranks 2: each rank its 6 of the batch's rows, gradients and evaluation losses summed over the ranks
-    # (docs/distributed.md); the losses equal one process's to float32 rounding (rows summed in another order).
+    # (docs/distributed.md). Two thread shards split the rows the same way and add the same two halves:
+    # the losses must be equal bit for bit (a missing gradient sum, a missing row split or a wrong share
+    # would not be), and equal to one process's to float32 rounding.
     import shutil
     import subprocess
     import sys
@@ -261,15 +263,19 @@ def test_nanogpt_char_as_two_mpi_ranks_trains_as_one_process_does(tmp_path):
     text = "ROMEO:\nBut, soft! what light through yonder window breaks?\n" * 40
     nanogpt_char.write_char_dataset(tmp_path, text)
     flags = ["--data", str(tmp_path), "--iters", "3"]
-    ranked = nanogpt_char._ranks_in_child(2, flags)
-    alone = json.loads(subprocess.run([sys.executable, "-m", "npgpt.bench", "nanogpt-char", "--json", "--side", "npgpt",
-                                       *flags, "--workers", "1"], capture_output=True, text=True,
-                                      check=True).stdout.strip().splitlines()[-1])
-    assert ranked["ranks"] == 2 and ranked["workers"] == 1 and alone["ranks"] == 1
+    ranked = nanogpt_char._ranks_in_child(2, flags, timeout=300)
+
+    def side(workers):
+        out = subprocess.run([sys.executable, "-m", "npgpt.bench", "nanogpt-char", "--json", "--side", "npgpt",
+                              *flags, "--workers", str(workers)], capture_output=True, text=True, check=True, timeout=300)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    threads, alone = side(2), side(1)
+    assert ranked["ranks"] == 2 and ranked["workers"] == 1 and threads["workers"] == 2
     assert [e["iter"] for e in ranked["evals"]] == [0, 3]
+    assert ranked["evals"] == threads["evals"] and ranked["last_loss"] == threads["last_loss"]
     for a, b in zip(ranked["evals"], alone["evals"]):
         assert a["val"] == pytest.approx(b["val"], abs=1e-5) and a["train"] == pytest.approx(b["train"], abs=1e-5)
-    assert ranked["last_loss"] == pytest.approx(alone["last_loss"], abs=1e-5)
 
 
 def test_quartiles_are_numpys_default_percentiles():

@@ -82,7 +82,8 @@ HEAD_COPY_MIN_ROW_STEPS = 64
 # through the table as the product's left operand, (wte h^T)^T, which OpenBLAS streams once, than
 # through h wte^T, which it repacks: npgpt-small's (8,192 x 256) head in its 32-token open-ended
 # prompt-lookup generation, 7 passes of 4 rows on average, 1.64 -> 1.01 ms a pass (11.9 -> 7.9 ms).
-# Measured on that table only; GPT-2's (154 MB) was level either way alone, so tables larger than
+# Measured in decoding on that table only (alone, GPT-2's 154 MB table was within ~15% either way:
+# 2 rows 16.2 -> 14.0 ms, 8 rows 17.4 -> 17.6 on two threads), so tables larger than
 # HEAD_WEIGHT_FIRST_MAX_BYTES keep the plain product.
 HEAD_WEIGHT_FIRST_ROWS = range(2, 17)
 HEAD_WEIGHT_FIRST_MAX_BYTES = 32 * 2**20
@@ -133,7 +134,7 @@ def one_kernel_mean(array: Any) -> bool:
 # but 2 rows in one of two runs (16 rows: 7.3 against 4.8 ms a pass) besides a 7-15 ms copy; a 27 MiB
 # trunk gained under 1 ms a pass at 2-4 rows against a 36 ms copy; a 72 MiB trunk 2-3 ms a pass at
 # 2-8 rows against a ~140 ms copy (~50 passes to repay it); GPT-2's 340 MB trunk ~18-39 ms a pass at
-# 2 rows and 4-26 ms at 16 (six runs in one morning), against a ~90-190 ms copy.
+# 2 rows and 4-26 ms at 16 (eight runs in one morning, two versions), against a ~90-190 ms copy.
 PANEL_BYTES = 256 * 2**10
 PANEL_ROWS = range(2, 17)
 PANEL_MIN_STEPS = 16

@@ -271,14 +271,22 @@ def _side_in_child(args: argparse.Namespace, side: str, data_dir: pathlib.Path) 
     return child_result("nanogpt-char", side, side_in_child("nanogpt-char", side, flags))
 
 
-def _ranks_in_child(ranks: int, flags: list[str]) -> dict[str, Any]:
-    """npgpt's side as ``mpiexec -n ranks``; every rank prints the same JSON line, the first is read."""
-    mpiexec = shutil.which("mpiexec")
+def _ranks_in_child(ranks: int, flags: list[str], timeout: float | None = None) -> dict[str, Any]:
+    """npgpt's side as ``mpiexec -n ranks``: rank 0 prints the JSON line (the others' stdout goes to
+    /dev/null). A rank that fails aborts them all (``run``), and a run that did not get the ranks it
+    asked for (an ``mpiexec`` of another MPI than mpi4py's starts worlds of one) is refused."""
+    here = pathlib.Path(sys.executable).with_name("mpiexec")          # the mpich wheel's, next to this Python
+    mpiexec = str(here) if here.exists() else shutil.which("mpiexec")
     if mpiexec is None:
         raise SystemExit("npgpt.bench nanogpt-char --ranks: mpiexec not found (pip install -e \".[mpi]\")")
     command = [mpiexec, "-n", str(ranks), sys.executable, "-m", "npgpt.bench", "nanogpt-char", "--json",
                "--side", "npgpt", *flags]
-    return child_result("nanogpt-char", "npgpt (mpiexec)", subprocess.run(command, capture_output=True, text=True))
+    out = child_result("nanogpt-char", "npgpt (mpiexec)",
+                       subprocess.run(command, capture_output=True, text=True, timeout=timeout))
+    if out.get("ranks") != ranks:
+        raise SystemExit(f"npgpt.bench nanogpt-char --ranks {ranks}: the run had {out.get('ranks')} rank(s); "
+                         "is mpiexec the one of mpi4py's MPI?")
+    return out
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -287,13 +295,27 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "val_loss": round(runs[0]["val_loss"], 4), "evals": runs[0]["evals"]}
 
 
+def _npgpt_side(data_dir: pathlib.Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``run_npgpt`` in a child; under ``mpiexec`` a rank that fails aborts the others, which would
+    otherwise wait in the next all-reduce for ever."""
+    from npgpt.training import distributed
+
+    try:
+        return run_npgpt(data_dir, args.iters, 1 if args.one_core else args.workers, one_core=args.one_core)
+    except BaseException:
+        world = distributed.world()
+        if world.size > 1:
+            world.abort(1)
+        raise
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.iters < 1 or args.pairs < 1 or args.ranks < 1:
         raise SystemExit("npgpt.bench nanogpt-char: --iters, --pairs and --ranks must be >= 1")
     if args.side:
         data_dir = pathlib.Path(args.data)
         if args.side == "npgpt":
-            return run_npgpt(data_dir, args.iters, 1 if args.one_core else args.workers, one_core=args.one_core)
+            return _npgpt_side(data_dir, args)
         return run_torch(data_dir, args.iters, one_core=args.one_core)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="npgpt-nanogpt-char-") as tmp:
