@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -40,6 +42,16 @@ def quartiles(values: Iterable[float]) -> tuple[float, float]:
         return ordered[low] + (pos - low) * (ordered[high] - ordered[low])
 
     return at(0.25), at(0.75)
+
+
+def find_mpiexec(workload: str) -> str:
+    """The ``mpiexec`` to start ranks with: the one next to this Python (the mpich wheel's, which
+    mpi4py was built against) where there is one, else the first on PATH; SystemExit without one."""
+    here = pathlib.Path(sys.executable).with_name("mpiexec")
+    found = str(here) if here.exists() else shutil.which("mpiexec")
+    if found is None:
+        raise SystemExit(f"npgpt.bench {workload} --ranks: mpiexec not found (pip install -e \".[mpi]\")")
+    return found
 
 
 def side_in_child(workload: str, side: str, flags: Sequence[str],

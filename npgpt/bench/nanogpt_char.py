@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from npgpt.bench.common import child_result, median, quartiles, side_in_child
+from npgpt.bench.common import child_result, find_mpiexec, median, quartiles, side_in_child
 
 RECIPE = dict(batch_size=12, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, max_iters=2000,
               lr_decay_iters=2000, learning_rate=1e-3, min_lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.1,
@@ -275,11 +274,7 @@ def _ranks_in_child(ranks: int, flags: list[str], timeout: float | None = None) 
     """npgpt's side as ``mpiexec -n ranks``: rank 0 prints the JSON line (the others' stdout goes to
     /dev/null). A rank that fails aborts them all (``run``), and a run that did not get the ranks it
     asked for (an ``mpiexec`` of another MPI than mpi4py's starts worlds of one) is refused."""
-    here = pathlib.Path(sys.executable).with_name("mpiexec")          # the mpich wheel's, next to this Python
-    mpiexec = str(here) if here.exists() else shutil.which("mpiexec")
-    if mpiexec is None:
-        raise SystemExit("npgpt.bench nanogpt-char --ranks: mpiexec not found (pip install -e \".[mpi]\")")
-    command = [mpiexec, "-n", str(ranks), sys.executable, "-m", "npgpt.bench", "nanogpt-char", "--json",
+    command = [find_mpiexec("nanogpt-char"), "-n", str(ranks), sys.executable, "-m", "npgpt.bench", "nanogpt-char", "--json",
                "--side", "npgpt", *flags]
     out = child_result("nanogpt-char", "npgpt (mpiexec)",
                        subprocess.run(command, capture_output=True, text=True, timeout=timeout))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from npgpt.backend import default_workers
-from npgpt.bench.common import child_result, median, peak_rss_mb, quartiles, side_in_child
+from npgpt.bench.common import child_result, find_mpiexec, median, peak_rss_mb, quartiles, side_in_child
 from npgpt.training.flops import DEFAULT_PEAK_FLOPS, flops_per_token, model_flops_utilisation
 
 if TYPE_CHECKING:
@@ -301,12 +301,7 @@ def run_ranks(cfg: dict[str, int], steps: int, warmup: int) -> dict[str, float]:
 
 
 def _launch_ranks(ranks: int, steps: int, warmup: int) -> dict[str, float]:
-    import shutil
-
-    mpiexec = shutil.which("mpiexec")
-    if mpiexec is None:
-        raise SystemExit("npgpt.bench train --ranks: mpiexec not found (pip install -e \".[mpi]\")")
-    out = subprocess.run([mpiexec, "-n", str(ranks), sys.executable, "-m", "npgpt.bench", "train", "--json",
+    out = subprocess.run([find_mpiexec("train"), "-n", str(ranks), sys.executable, "-m", "npgpt.bench", "train", "--json",
                           "--rank-worker", "--steps", str(steps), "--warmup", str(warmup)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[0])

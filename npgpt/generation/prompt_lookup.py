@@ -65,7 +65,8 @@ def propose(history: np.ndarray, max_tokens: int, ngram_sizes: tuple[int, ...] =
     found = {1: ends}
     for back in range(1, max(ngram_sizes)):               # extend the matches one token to the left
         ends = ends[ends >= back]
-        ends = ends[history[ends - back] == history[L - 1 - back]] if L - 1 - back >= 0 else ends[:0]
+        if ends.size:                                     # then L - 1 - back >= 1: a real position
+            ends = ends[history[ends - back] == history[L - 1 - back]]
         found[back + 1] = ends
     for n in ngram_sizes:
         if found[n].size:

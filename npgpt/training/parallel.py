@@ -62,33 +62,23 @@ def forward_backward(loss_fn: Callable[..., Tensor], batch: Sequence[Array], par
     """
     batch = tuple(batch)
     params = [p for p in params if p.requires_grad]
-    workers = default_workers() if workers is None else int(workers)
-    size = batch[0].shape[0]
-    if any(a.shape[0] != size for a in batch):
-        raise ValueError(f"forward_backward: the arrays of a batch must share their first axis, got "
-                         f"{[tuple(a.shape) for a in batch]}")
-    workers = min(workers, size)
-    if workers <= 1 or not speed.threads_pay(batch[0], *(p.data for p in params[:1])):
+    shards = _shards("forward_backward", batch, workers, params)
+    if shards is None:
         loss = loss_fn(*batch)
         loss.backward()
         return loss.data.astype(backend.array_module(loss.data).float64) if as_array else loss.item()
 
-    bounds = [size * k // workers for k in range(workers + 1)]
-    sums = _OrderedSum(params, workers)
+    size = batch[0].shape[0]
+    sums = _OrderedSum(params, len(shards))
 
     def run_shard(k: int) -> float:
-        start, stop = bounds[k], bounds[k + 1]
-        loss = loss_fn(*(a[start:stop] for a in batch)) * ((stop - start) / size)
+        rows = shards[k]
+        loss = loss_fn(*(a[rows] for a in batch)) * ((rows.stop - rows.start) / size)
         backward(loss, on_leaf=lambda leaf, g, owned: sums.add(k, leaf, g, owned))
         return loss.item()
 
-    with backend.blas_threads(1):
-        futures = [speed.thread_pool(workers).submit(run_shard, k) for k in range(workers)]
-        losses = [f.result() for f in futures]
+    total = _sum_over_shards(run_shard, len(shards))
     sums.finish()
-    total = 0.0
-    for loss in losses:                 # in shard order, as the gradients
-        total += loss
     return np.asarray(total, dtype=np.float64) if as_array else total
 
 
@@ -106,26 +96,43 @@ def mean_loss(loss_fn: Callable[..., Tensor], batch: Sequence[Array], workers: O
     not depend on which thread finished first.
     """
     batch = tuple(batch)
-    size = batch[0].shape[0]
-    if any(a.shape[0] != size for a in batch):
-        raise ValueError(f"mean_loss: the arrays of a batch must share their first axis, got "
-                         f"{[tuple(a.shape) for a in batch]}")
-    first = [p.data for p in list(params)[:1]]
-    workers = min(default_workers() if workers is None else int(workers), size)
+    shards = _shards("mean_loss", batch, workers, list(params))
     with no_grad():
-        if workers <= 1 or not speed.threads_pay(batch[0], *first):
+        if shards is None:
             return loss_fn(*batch).item()
-        bounds = [size * k // workers for k in range(workers + 1)]
+        size = batch[0].shape[0]
 
         def run_shard(k: int) -> float:
-            start, stop = bounds[k], bounds[k + 1]
-            return loss_fn(*(a[start:stop] for a in batch)).item() * ((stop - start) / size)
+            rows = shards[k]
+            return loss_fn(*(a[rows] for a in batch)).item() * ((rows.stop - rows.start) / size)
 
-        with backend.blas_threads(1):
-            losses = [f.result() for f in [speed.thread_pool(workers).submit(run_shard, k) for k in range(workers)]]
+        return _sum_over_shards(run_shard, len(shards))
+
+
+def _shards(caller: str, batch: tuple[Array, ...], workers: Optional[int], params: list[Tensor]) -> list[slice] | None:
+    """The rows of each of ``workers`` shards of ``batch`` (its arrays checked to share their first
+    axis), or None where one pass is right: one worker, one sequence, or a GPU (the device of
+    ``params``, or of the batch when there are none)."""
+    size = batch[0].shape[0]
+    if any(a.shape[0] != size for a in batch):
+        raise ValueError(f"{caller}: the arrays of a batch must share their first axis, got "
+                         f"{[tuple(a.shape) for a in batch]}")
+    workers = min(default_workers() if workers is None else int(workers), size)
+    if workers <= 1 or not speed.threads_pay(batch[0], *(p.data for p in params[:1])):
+        return None
+    return [slice(size * k // workers, size * (k + 1) // workers) for k in range(workers)]
+
+
+def _sum_over_shards(run_shard: Callable[[int], float], count: int) -> float:
+    """``run_shard(k)`` for every shard on the pool's threads, each with one-threaded BLAS (two
+    threads of two-threaded BLAS on two cores would only fight); the results added in shard order,
+    so the sum does not depend on which thread finished first."""
+    with backend.blas_threads(1):
+        futures = [speed.thread_pool(count).submit(run_shard, k) for k in range(count)]
+        results = [f.result() for f in futures]
     total = 0.0
-    for loss in losses:
-        total += loss
+    for result in results:
+        total += result
     return total
 
 
