@@ -299,3 +299,43 @@ def test_verify_cost_times_the_pass_three_ways_and_divides_by_the_plain_one_toke
     step, one = got["step_ms_3_tokens"], got["plain_step_ms_1_tokens"]     # both rounded to 0.1 ms
     assert (step - 0.05) / (one + 0.05) - 0.005 <= got["cost_3_vs_1"] <= (step + 0.05) / max(one - 0.05, 1e-9) + 0.005
     assert all(m.panels is None for _, m in model.named_modules() if hasattr(m, "panels"))
+
+
+def test_lookup_task_sums_the_same_generations_on_both_sides_of_every_pair(tmp_path, monkeypatch):
+    """Each timed sample of the prompt-lookup bench, ours and transformers' alike, is the sum of
+    ``generations_per_sample`` whole generations; the ids agree with plain greedy decoding."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import argparse
+
+    from npgpt.bench import generate as bench
+    from npgpt.model import GPT
+
+    model = GPT(GPTConfig(vocab_size=60, block_size=64, n_layer=1, n_head=2, n_embd=32), seed=0).eval()
+    model.save_pretrained(tmp_path)
+    hf = bench.load_torch(tmp_path)
+    generations = {"ours": 0, "hf": 0}
+
+    def counted(side, timed):
+        def run(*args):
+            generations[side] += 1
+            return timed(*args)
+        return run
+
+    monkeypatch.setattr(bench, "_timed_generate", counted("ours", bench._timed_generate))
+    monkeypatch.setattr(bench, "_timed_hf", counted("hf", bench._timed_hf))
+    monkeypatch.setattr(bench, "LOOKUP_SAMPLE_SECONDS", 0.0)   # at least one generation: then exactly one
+    ids = np.array([[5, 6, 7, 8, 9] * 4])
+    args = argparse.Namespace(prompt_lookup=4, new_tokens=12, repeats=2)
+    got = bench._lookup_task(model, ids, args, hf)
+    assert got["generations_per_sample"] == 1 and got["same_ids"] and got["torch_lookup_same_ids"]
+    # ours: 2 warm-ups, 1 to size the samples, 2 x 2 timed, 1 counting passes, 2 against transformers
+    assert generations["ours"] == 2 + 1 + 4 + 1 + 2
+    assert generations["hf"] == 1 + 2 * 2              # 1 warm-up, then plain and lookup in each pair
+    monkeypatch.setattr(bench, "LOOKUP_SAMPLE_SECONDS", 0.05)  # several short generations a sample
+    generations.update(ours=0, hf=0)
+    got = bench._lookup_task(model, ids, args, hf)
+    runs = got["generations_per_sample"]
+    assert runs > 1
+    assert generations["ours"] == 2 + 1 + 2 * 2 * runs + 1 + 2 * runs
+    assert generations["hf"] == 1 + 2 * 2 * runs
