@@ -47,9 +47,6 @@ EXEMPT = {
     "npgpt.generation.__init__:_decode": "the decoding loop: cache, sampling, stop tokens, streaming (docs/generation.md)",
     "npgpt.generation.__init__:_check": "checks every generation argument, each refusal naming it",
     "npgpt.apps.cli:_finetune_holding": "the finetune command: settings, data, model, run, report",
-    "npgpt.apps.serve.app:create_app": "registers the HTTP routes as closures over one app (FastAPI's convention)",
-    "npgpt.apps.serve.app:_answer": "one request of the OpenAI protocol: validate, schedule, stream or collect",
-    "npgpt.apps.serve.batcher:Batcher._choose": "the scheduler's choice of the next batch (docs/agent.md)",
 }
 
 

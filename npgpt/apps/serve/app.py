@@ -126,7 +126,11 @@ def _events() -> tuple[asyncio.Queue, Any]:
 
 def create_app(server: Server) -> Any:
     """The ASGI application of ``server``: the FastAPI routes inside the API key check and the
-    request log (``_Logged``); the batcher starts and stops with it."""
+    request log (``_Logged``); the batcher starts and stops with it.
+
+    The routes come in three groups, one function each: the operator's (/health, /metrics),
+    OpenAI's (/v1/...) and the page's (/, /static, /npgpt/...); they are closures over ``server``.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -136,23 +140,39 @@ def create_app(server: Server) -> Any:
 
     app = FastAPI(title="npgpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
+    # Every error leaves as OpenAI's {"error": {...}}, whoever raised it.
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _crash)
+    _add_operator_routes(app, server)
+    _add_openai_routes(app, server)
+    _add_page_routes(app, server)
+    return _Logged(app, server)
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = f"{request.method} {request.url.path}: {exc.detail}"
-        return JSONResponse(ApiError(exc.status_code, message).body(), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+# ------------------------------------------------------------------ errors
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    """An ``ApiError`` raised by a handler: its status, body and headers (Retry-After) as they are."""
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
-    @app.exception_handler(Exception)
-    async def crash(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error").body(),
-                            status_code=500)
 
-    # --------------------------------------------------------- plain routes
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own errors (no such route: 404, wrong method: 405) in OpenAI's shape."""
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    return JSONResponse(ApiError(exc.status_code, message).body(), status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
+async def _crash(request: Request, exc: Exception) -> JSONResponse:
+    """Any other exception: a 500 that names it, in OpenAI's shape."""
+    return JSONResponse(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error").body(),
+                        status_code=500)
+
+
+# ------------------------------------------------------------------ routes
+def _add_operator_routes(app: FastAPI, server: Server) -> None:
+    """/health (for a load balancer: is it up, how busy) and /metrics (for Prometheus)."""
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         b = server.batcher
@@ -163,6 +183,11 @@ def create_app(server: Server) -> Any:
     async def metrics() -> Response:
         return Response(server.metrics.render(), media_type=CONTENT_TYPE)
 
+
+def _add_openai_routes(app: FastAPI, server: Server) -> None:
+    """OpenAI's routes: the model list, completions and chat completions. Each generation route
+    checks its request, turns it into prompt ids and a token budget, and hands it to ``_answer``."""
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [_model_card(server)]}
@@ -172,27 +197,13 @@ def create_app(server: Server) -> Any:
         server.check_model(name)
         return _model_card(server)
 
-    @app.get("/")
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    # ------------------------------------------------------- completions
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         req = protocol.parse(protocol.CompletionRequest, await server.read_json(request))
         server.check_model(req.model)
         if req.best_of not in (None, req.n):
             raise ApiError(400, "best_of is not supported by npgpt (leave it out, or equal to n)", param="best_of")
-        if isinstance(req.prompt, str):
-            prompt = server.tokenizer.encode(req.prompt, allowed_special="all")
-        else:
-            prompt = list(req.prompt)
-            bad = [i for i in prompt if not 0 <= i < server.tokenizer.vocab_size]
-            if bad:
-                raise ApiError(400, f"token id {bad[0]} is outside the vocabulary 0..{server.tokenizer.vocab_size - 1}",
-                               param="prompt")
+        prompt = _completion_prompt(server, req)
         max_new = server.budget(prompt, req.max_tokens, default=16)
         return await _answer(server, request, req, prompt, max_new, req.logprobs, chat=False)
 
@@ -200,16 +211,8 @@ def create_app(server: Server) -> Any:
     async def chat_completions(request: Request) -> Response:
         req = protocol.parse(protocol.ChatRequest, await server.read_json(request))
         server.check_model(req.model)
-        tok = server.tokenizer
-        if tok.chat_template is None:
-            raise ApiError(400, f"the model '{server.name}' has no chat template, so it cannot hold a conversation: "
-                           "use /v1/completions, or serve a model fine-tuned for chat (npgpt sft, docs/agent.md)",
-                           param="messages", code="chat_template_missing")
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-        try:
-            prompt = tok.apply_chat_template(messages, add_generation_prompt=True)
-        except ValueError as exc:
-            raise ApiError(400, f"the conversation does not fit the chat template: {exc}", param="messages") from None
+        prompt = _chat_prompt(server, req)
+        # max_tokens is the older name of max_completion_tokens; the newer one wins.
         asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         max_new = server.budget(prompt, asked, default=None, what="messages")
         top = (req.top_logprobs or 0) if req.logprobs else None
@@ -217,7 +220,17 @@ def create_app(server: Server) -> Any:
             raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         return await _answer(server, request, req, prompt, max_new, top, chat=True)
 
-    # ------------------------------------------------------ the page's own
+
+def _add_page_routes(app: FastAPI, server: Server) -> None:
+    """The page (/ and its /static files) and what only the page asks for (/npgpt/...): the
+    model's shape, and pictures computed on the model's thread."""
+
+    @app.get("/")
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
     @app.get("/npgpt/info")
     async def info() -> dict[str, Any]:
         c = server.model.config
@@ -236,10 +249,38 @@ def create_app(server: Server) -> Any:
         job = pictures.saliency_job(server.model, server.tokenizer, body)
         return await _on_model_thread(server, job)
 
-    return _Logged(app, server)
+
+def _completion_prompt(server: Server, req: protocol.CompletionRequest) -> list[int]:
+    """The prompt's ids: a string is encoded (special tokens allowed: the caller wrote them on
+    purpose), a list of ids is taken as it is once each id is checked against the vocabulary."""
+    if isinstance(req.prompt, str):
+        return server.tokenizer.encode(req.prompt, allowed_special="all")
+    prompt = list(req.prompt)
+    bad = [i for i in prompt if not 0 <= i < server.tokenizer.vocab_size]
+    if bad:
+        raise ApiError(400, f"token id {bad[0]} is outside the vocabulary 0..{server.tokenizer.vocab_size - 1}",
+                       param="prompt")
+    return prompt
+
+
+def _chat_prompt(server: Server, req: protocol.ChatRequest) -> list[int]:
+    """The conversation's ids through the model's chat template, ending where the assistant's
+    answer begins; a 400 when the model has no template or the messages do not fit it."""
+    tok = server.tokenizer
+    if tok.chat_template is None:
+        raise ApiError(400, f"the model '{server.name}' has no chat template, so it cannot hold a conversation: "
+                       "use /v1/completions, or serve a model fine-tuned for chat (npgpt sft, docs/agent.md)",
+                       param="messages", code="chat_template_missing")
+    # OpenAI's newer "developer" role is what the template calls "system".
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+    try:
+        return tok.apply_chat_template(messages, add_generation_prompt=True)
+    except ValueError as exc:
+        raise ApiError(400, f"the conversation does not fit the chat template: {exc}", param="messages") from None
 
 
 async def _on_model_thread(server: Server, fn) -> Any:
+    """``fn()``'s result, run by the batcher between two decoding steps (503 while shutting down)."""
     try:
         future = server.batcher.call(fn)
     except ShuttingDown:
@@ -248,111 +289,153 @@ async def _on_model_thread(server: Server, fn) -> Any:
 
 
 def _model_card(server: Server) -> dict[str, Any]:
+    """The served model as OpenAI's model object, with its context length besides."""
     return {"id": server.name, "object": "model", "created": server.created, "owned_by": "npgpt",
             "context_length": server.model.config.block_size}
 
 
+# ------------------------------------------------------------ the answer
 async def _answer(server: Server, request: Request, req: Any, prompt: list[int], max_new: int,
                   top_logprobs: int | None, *, chat: bool) -> Response:
-    """Run the job; answer with one JSON object, or stream it as server-sent events."""
+    """Queue the job of a checked generation request, then answer: as server-sent events while
+    it is generated (``"stream": true``), or as one JSON object once it is complete."""
     queue, deliver = _events()
     job = server.job(prompt, req, max_new, top_logprobs, deliver)
-    server.submit(job)
-    stats = request.scope.setdefault("npgpt", {})
-    stats["prompt_tokens"] = len(prompt)
-    stats["completion_tokens"] = 0
-    rid = protocol.new_id("chatcmpl" if chat else "cmpl")
-    head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": protocol.now(),
-            "model": server.name}
-
-    def done(completion_tokens: int) -> None:
-        stats["completion_tokens"] = completion_tokens
-        server.metrics.prompt_tokens.inc(len(prompt))
-        server.metrics.completion_tokens.inc(completion_tokens)
-        if job.first_token_at is not None:
-            server.metrics.ttft.observe(job.first_token_at - job.arrived)
-
+    server.submit(job)                  # a 429 or 503 leaves here: no tokens in its log line, no latency
+    reply = _Reply(server, request, req, prompt, job, queue, top_logprobs, chat=chat)
     if req.stream:
-        async def events() -> AsyncIterator[bytes]:
-            offsets = [0] * req.n
-            try:
-                if chat:
-                    for k in range(req.n):
-                        yield protocol.sse({**head, "choices": [{"index": k, "delta": {"role": "assistant", "content": ""},
-                                                                 "logprobs": None, "finish_reason": None}]})
-                while True:
-                    event = await queue.get()
-                    if event[0] == "done":
-                        done(event[1])
-                        break
-                    if event[0] == "error":            # the status line has gone: the error is an event
-                        yield protocol.sse(ApiError(500, f"generation failed: {event[1]}", type="server_error").body())
-                        return
-                    if event[0] == "piece":
-                        _, k, piece = event
-                        yield protocol.sse({**head, "choices": [_chunk(piece, k, offsets, top_logprobs, chat)]})
-                    elif event[0] == "finish" and event[2] != "cancelled":
-                        _, k, reason = event
-                        choice = ({"index": k, "delta": {}, "logprobs": None, "finish_reason": reason} if chat else
-                                  {"index": k, "text": "", "logprobs": None, "finish_reason": reason})
-                        yield protocol.sse({**head, "choices": [choice]})
-                if req.stream_options is not None and req.stream_options.include_usage:
-                    yield protocol.sse({**head, "choices": [], "usage": protocol.usage(len(prompt),
-                                                                                       stats["completion_tokens"])})
-                yield protocol.SSE_DONE
-            finally:
-                job.cancelled = True        # a client that went away frees its slots at the next step
-
-        return StreamingResponse(events(), media_type="text/event-stream",
+        return StreamingResponse(reply.stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    texts = [""] * req.n
-    tokens: list[list] = [[] for _ in range(req.n)]
-    reasons: list[str | None] = [None] * req.n
-    try:
-        while True:
-            try:
-                event = await asyncio.wait_for(queue.get(), timeout=0.5)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    return Response(status_code=499)
-                continue
-            if event[0] == "done":
-                done(event[1])
-                break
-            if event[0] == "error":
-                raise ApiError(500, f"generation failed: {event[1]}", type="server_error")
-            if event[0] == "piece":
-                texts[event[1]] += event[2].text
-                tokens[event[1]] += event[2].tokens
-            elif event[0] == "finish":
-                reasons[event[1]] = event[2]
-    finally:
-        job.cancelled = True
-    if "cancelled" in reasons:
-        raise ApiError(503, "the server shut down before the answer was complete", type="server_error",
-                       code="shutting_down")
-    choices = []
-    for k in range(req.n):
-        if chat:
-            lp = protocol.chat_logprobs(tokens[k]) if top_logprobs is not None else None
-            choices.append({"index": k, "message": {"role": "assistant", "content": texts[k]}, "logprobs": lp,
-                            "finish_reason": reasons[k]})
-        else:
-            lp = protocol.completion_logprobs(tokens[k], 0) if top_logprobs is not None else None
-            choices.append({"index": k, "text": texts[k], "logprobs": lp, "finish_reason": reasons[k]})
-    obj = "chat.completion" if chat else "text_completion"
-    return JSONResponse({**head, "object": obj, "choices": choices,
-                         "usage": protocol.usage(len(prompt), stats["completion_tokens"])})
+    return await reply.collect()
 
 
-def _chunk(piece: Any, k: int, offsets: list[int], top_logprobs: int | None, chat: bool) -> dict[str, Any]:
-    if chat:
-        lp = protocol.chat_logprobs(piece.tokens) if top_logprobs is not None else None
-        return {"index": k, "delta": {"content": piece.text}, "logprobs": lp, "finish_reason": None}
-    lp = protocol.completion_logprobs(piece.tokens, offsets[k]) if top_logprobs is not None else None
-    offsets[k] += len(piece.text)
-    return {"index": k, "text": piece.text, "logprobs": lp, "finish_reason": None}
+class _Reply:
+    """The answer to one queued generation request, made from the job's events (see ``Job``).
+
+    ``head`` is what every chunk and the whole answer begin with (id, object, created, model);
+    ``stats`` is ``scope["npgpt"]``, where ``_Logged`` reads the token counts for the log line.
+    """
+
+    def __init__(self, server: Server, request: Request, req: Any, prompt: list[int], job: Job,
+                 queue: asyncio.Queue, top_logprobs: int | None, *, chat: bool) -> None:
+        self.server, self.request, self.req, self.prompt = server, request, req, prompt
+        self.job, self.queue, self.top_logprobs, self.chat = job, queue, top_logprobs, chat
+        self.stats = request.scope.setdefault("npgpt", {})
+        self.stats["prompt_tokens"] = len(prompt)
+        self.stats["completion_tokens"] = 0
+        self.head = {"id": protocol.new_id("chatcmpl" if chat else "cmpl"),
+                     "object": "chat.completion.chunk" if chat else "text_completion",
+                     "created": protocol.now(), "model": server.name}
+
+    def done(self, completion_tokens: int) -> None:
+        """The job's last event: its token counts into the log line and the metrics, with the
+        time to its first token."""
+        self.stats["completion_tokens"] = completion_tokens
+        metrics = self.server.metrics
+        metrics.prompt_tokens.inc(len(self.prompt))
+        metrics.completion_tokens.inc(completion_tokens)
+        if self.job.first_token_at is not None:
+            metrics.ttft.observe(self.job.first_token_at - self.job.arrived)
+
+    def usage(self) -> dict[str, int]:
+        """The token counts OpenAI reports (read once the job is done)."""
+        return protocol.usage(len(self.prompt), self.stats["completion_tokens"])
+
+    # ---------------------------------------------------------- streamed
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The answer as server-sent events: for chat, first each choice's role; then a chunk per
+        piece of text and per finished choice, the usage if ``stream_options`` asks, and ``[DONE]``."""
+        offsets = [0] * self.req.n          # characters each choice has sent: its logprobs' text_offset
+        try:
+            if self.chat:
+                for k in range(self.req.n):
+                    yield self.chunk([{"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                     "finish_reason": None}])
+            while True:
+                event = await self.queue.get()
+                if event[0] == "done":
+                    self.done(event[1])
+                    break
+                if event[0] == "error":            # the status line has gone: the error is an event
+                    yield protocol.sse(ApiError(500, f"generation failed: {event[1]}", type="server_error").body())
+                    return
+                choice = self.streamed_choice(event, offsets)
+                if choice is not None:
+                    yield self.chunk([choice])
+            if self.req.stream_options is not None and self.req.stream_options.include_usage:
+                yield protocol.sse({**self.head, "choices": [], "usage": self.usage()})
+            yield protocol.SSE_DONE
+        finally:
+            self.job.cancelled = True        # a client that went away frees its slots at the next step
+
+    def chunk(self, choices: list[dict[str, Any]]) -> bytes:
+        """One chunk of the stream, as a server-sent event."""
+        return protocol.sse({**self.head, "choices": choices})
+
+    def streamed_choice(self, event: tuple, offsets: list[int]) -> dict[str, Any] | None:
+        """The chunk's choice for a ``piece`` or ``finish`` event; None for a choice cancelled by a
+        shutdown (its client hears nothing more)."""
+        chat = self.chat
+        if event[0] == "piece":
+            _, k, piece = event
+            if chat:
+                lp = protocol.chat_logprobs(piece.tokens) if self.top_logprobs is not None else None
+                return {"index": k, "delta": {"content": piece.text}, "logprobs": lp, "finish_reason": None}
+            lp = protocol.completion_logprobs(piece.tokens, offsets[k]) if self.top_logprobs is not None else None
+            offsets[k] += len(piece.text)
+            return {"index": k, "text": piece.text, "logprobs": lp, "finish_reason": None}
+        if event[0] == "finish" and event[2] != "cancelled":
+            _, k, reason = event
+            return ({"index": k, "delta": {}, "logprobs": None, "finish_reason": reason} if chat else
+                    {"index": k, "text": "", "logprobs": None, "finish_reason": reason})
+        return None
+
+    # --------------------------------------------------------- collected
+    async def collect(self) -> Response:
+        """The whole answer as one JSON object; 499 when the client left before it was complete,
+        503 when the server shut down first."""
+        n = self.req.n
+        texts = [""] * n
+        tokens: list[list] = [[] for _ in range(n)]
+        reasons: list[str | None] = [None] * n
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(self.queue.get(), timeout=0.5)
+                except asyncio.TimeoutError:         # quiet for a while: is the client still there?
+                    if await self.request.is_disconnected():
+                        return Response(status_code=499)
+                    continue
+                if event[0] == "done":
+                    self.done(event[1])
+                    break
+                if event[0] == "error":
+                    raise ApiError(500, f"generation failed: {event[1]}", type="server_error")
+                if event[0] == "piece":
+                    texts[event[1]] += event[2].text
+                    tokens[event[1]] += event[2].tokens
+                elif event[0] == "finish":
+                    reasons[event[1]] = event[2]
+        finally:
+            self.job.cancelled = True
+        if "cancelled" in reasons:
+            raise ApiError(503, "the server shut down before the answer was complete", type="server_error",
+                           code="shutting_down")
+        return JSONResponse(self.whole(texts, tokens, reasons))
+
+    def whole(self, texts: list[str], tokens: list[list], reasons: list[str | None]) -> dict[str, Any]:
+        """The complete answer: each choice's text (or message), logprobs and finish reason, and the usage."""
+        choices = []
+        for k in range(self.req.n):
+            if self.chat:
+                lp = protocol.chat_logprobs(tokens[k]) if self.top_logprobs is not None else None
+                choices.append({"index": k, "message": {"role": "assistant", "content": texts[k]}, "logprobs": lp,
+                                "finish_reason": reasons[k]})
+            else:
+                lp = protocol.completion_logprobs(tokens[k], 0) if self.top_logprobs is not None else None
+                choices.append({"index": k, "text": texts[k], "logprobs": lp, "finish_reason": reasons[k]})
+        return {**self.head, "object": "chat.completion" if self.chat else "text_completion", "choices": choices,
+                "usage": self.usage()}
 
 
 class _Logged:

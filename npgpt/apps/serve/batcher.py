@@ -118,6 +118,19 @@ class _Draws:
         return np.asarray([g.random() for g in self.generators])
 
 
+def _most_likely(logp: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest entries of each row of ``logp`` (rows, V), largest first: their ids and
+    values, (rows, k) each, on the CPU. ``argpartition`` finds them without sorting all V."""
+    if k == 0:                          # argpartition needs k >= 1; no column is asked for
+        return np.zeros((len(logp), 0), dtype=np.int64), np.zeros((len(logp), 0))
+    xp = backend.array_module(logp)
+    part = xp.argpartition(-logp, k - 1, axis=-1)[:, :k]
+    part_lp = xp.take_along_axis(logp, part, axis=-1)
+    order = xp.argsort(-part_lp, axis=-1, kind="stable")      # ties keep argpartition's order
+    return (backend.to_numpy(xp.take_along_axis(part, order, axis=-1)),
+            backend.to_numpy(xp.take_along_axis(part_lp, order, axis=-1)))
+
+
 class Batcher:
     """Runs jobs on ``model`` with continuous batching, on a thread of its own (``start``/``stop``).
 
@@ -327,62 +340,77 @@ class Batcher:
         return self.model.lm_head(Tensor(last), self.head).data
 
     def _choose(self, logits: Any, rows: list[tuple[Job, Choice]]) -> None:
-        """Pick each row's next token (rows with the same settings are sampled together, each with its
-        own generator), compute the log-probabilities asked for, and hand the text on."""
+        """Pick each row's next token, compute the log-probabilities asked for, and hand the text on.
+
+        ``logits``: (len(rows), V), row ``r`` for ``rows[r]``."""
+        tokens = self._sample(logits, rows)
+        logprobs = self._logprobs(logits, rows, tokens)
+        now = time.monotonic()
+        for r, (job, choice) in enumerate(rows):
+            logprob, top = logprobs.get(r, (None, []))
+            self._append(job, choice, tokens[r], logprob, top, now)
+        self._count_tokens(len(rows), now)
+
+    def _sample(self, logits: Any, rows: list[tuple[Job, Choice]]) -> list[int]:
+        """Each row's next token. Rows with the same settings are sampled together (one call to
+        ``generation.next_token``), each with its own generator, so a seeded request draws the same
+        numbers alone and in a crowd."""
         xp = self.xp
-        tokens = [None] * len(rows)
         groups: dict[SamplingConfig, list[int]] = {}
         for r, (job, _) in enumerate(rows):
             groups.setdefault(job.sampling, []).append(r)
+        tokens = [0] * len(rows)
         for sampling, members in groups.items():
-            sel = xp.asarray(members)
             draws = _Draws([rows[r][1].rng for r in members])
-            picked = generation.next_token(logits[sel], sampling, draws)
+            picked = generation.next_token(logits[xp.asarray(members)], sampling, draws)
             for r, t in zip(members, backend.to_numpy(picked)):     # no copy on the CPU
                 tokens[r] = int(t)
+        return tokens
+
+    def _logprobs(self, logits: Any, rows: list[tuple[Job, Choice]],
+                  tokens: list[int]) -> dict[int, tuple[float, list[tuple[int, float]]]]:
+        """For each row whose job asks for log-probabilities (``top_logprobs`` not None): the
+        chosen token's, and its job's ``top_logprobs`` most likely ``(id, log-probability)``, most
+        likely first; all these rows at once, in float64."""
         want = [r for r, (job, _) in enumerate(rows) if job.top_logprobs is not None]
-        chosen_lp = top_ids = top_lp = None
-        if want:
-            k = max(rows[r][0].top_logprobs for r in want)
-            sel = xp.asarray(want)
-            z = logits[sel].astype(xp.float64)
-            z = z - z.max(axis=-1, keepdims=True)
-            logp = z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))                    # (W, V)
-            chosen = logp[xp.arange(len(want)), xp.asarray([tokens[r] for r in want])]
-            chosen_lp = backend.to_numpy(chosen)
-            if k > 0:
-                part = xp.argpartition(-logp, k - 1, axis=-1)[:, :k]
-                part_lp = xp.take_along_axis(logp, part, axis=-1)
-                order = xp.argsort(-part_lp, axis=-1, kind="stable")
-                top_ids = backend.to_numpy(xp.take_along_axis(part, order, axis=-1))
-                top_lp = backend.to_numpy(xp.take_along_axis(part_lp, order, axis=-1))
-        now = time.monotonic()
-        where = {r: i for i, r in enumerate(want)}
-        for r, (job, choice) in enumerate(rows):
-            token = tokens[r]
-            choice.generated += 1
-            choice.last = token
-            job.completion_tokens += 1
-            if job.first_token_at is None:
-                job.first_token_at = now
-            if token in job.end_ids:
-                self._finish(job, choice, "stop")
-                continue
-            logprob, top = None, []
-            if r in where:
-                i = where[r]
-                logprob = float(chosen_lp[i])
-                if top_ids is not None:
-                    top = list(zip(top_ids[i, :job.top_logprobs].tolist(), top_lp[i, :job.top_logprobs].tolist()))
-            piece = choice.text.push(token, logprob, top)
-            if piece.text or piece.tokens:
-                job.deliver(("piece", choice.index, piece))
-            if choice.text.stopped:
-                self._finish(job, choice, "stop")
-            elif choice.generated >= job.max_new_tokens:
-                self._finish(job, choice, "length")
-        self.tokens_out += len(rows)
-        self.recent.append((now, len(rows)))
+        if not want:
+            return {}
+        xp = self.xp
+        z = logits[xp.asarray(want)].astype(xp.float64)
+        z = z - z.max(axis=-1, keepdims=True)                                       # exp cannot overflow
+        logp = z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))                    # (W, V)
+        chosen = backend.to_numpy(logp[xp.arange(len(want)), xp.asarray([tokens[r] for r in want])])   # (W,)
+        top_ids, top_lp = _most_likely(logp, max(rows[r][0].top_logprobs for r in want))              # (W, k)
+        result = {}
+        for i, r in enumerate(want):
+            k = rows[r][0].top_logprobs
+            result[r] = (float(chosen[i]), list(zip(top_ids[i, :k].tolist(), top_lp[i, :k].tolist())))
+        return result
+
+    def _append(self, job: Job, choice: Choice, token: int, logprob: float | None, top: list[tuple[int, float]],
+                now: float) -> None:
+        """Add ``token`` to ``choice``: count it, hand on the text it completes, and finish the
+        choice at an end token, a stop string or its ``max_tokens``."""
+        choice.generated += 1
+        choice.last = token
+        job.completion_tokens += 1
+        if job.first_token_at is None:
+            job.first_token_at = now
+        if token in job.end_ids:                # the end token is not part of the text
+            self._finish(job, choice, "stop")
+            return
+        piece = choice.text.push(token, logprob, top)
+        if piece.text or piece.tokens:          # bytes of an unfinished character wait for the next token
+            job.deliver(("piece", choice.index, piece))
+        if choice.text.stopped:
+            self._finish(job, choice, "stop")
+        elif choice.generated >= job.max_new_tokens:
+            self._finish(job, choice, "length")
+
+    def _count_tokens(self, n: int, now: float) -> None:
+        """The figures for /metrics: ``n`` more tokens out, and the last minute's steps for the rate."""
+        self.tokens_out += n
+        self.recent.append((now, n))
         while self.recent and now - self.recent[0][0] > 60:
             self.recent.popleft()
 
