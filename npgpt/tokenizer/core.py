@@ -29,6 +29,61 @@ GPT2_ROUTES: dict[str, Callable[[pathlib.Path], Vocabulary]] = {
 }
 
 
+# Checking a vocabulary: the steps of Tokenizer.__init__, each refusing with a ValueError that names
+# the id, token or merge at fault (for a vocabulary read from files, Tokenizer._from_files adds the file).
+
+def check_special_ids(tokens: Sequence[bytes], special_tokens: Mapping[str, int]) -> None:
+    """Each special token's id must be an id of ``tokens`` whose bytes are the token's UTF-8 text."""
+    n = len(tokens)
+    for s, i in special_tokens.items():
+        if not 0 <= i < n or tokens[i] != s.encode("utf-8"):
+            raise ValueError(f"special token {s!r} has id {i}, which does not hold its text")
+
+
+def ordinary_ids(tokens: Sequence[bytes], specials: Collection[int]) -> dict[bytes, int]:
+    """``{bytes: id}`` of the ordinary tokens (the ids not in ``specials``), which must all be
+    different byte strings: encoding looks a token up by its bytes, so two ids of the same bytes
+    would make one of them unreachable. (A special token may spell the same bytes as an ordinary
+    one: it is found by its text, never by its bytes.)"""
+    id_of = {}
+    for i, t in enumerate(tokens):
+        if i not in specials:
+            if t in id_of:
+                raise ValueError(f"ids {id_of[t]} and {i} are both the byte string {t!r}")
+            id_of[t] = i
+    return id_of
+
+
+def byte_ids(id_of: Mapping[bytes, int]) -> list[int]:
+    """The ids of the 256 one-byte tokens, in byte order. Every text is first spelled in them, before
+    any merge, so a byte-level vocabulary must hold all 256: that is why nothing is ever unknown."""
+    missing = [b for b in range(256) if bytes([b]) not in id_of]
+    if missing:
+        raise ValueError(f"a byte-level vocabulary needs all 256 bytes; missing {missing[:8]}")
+    return [id_of[bytes([b])] for b in range(256)]
+
+
+def merge_table(merges: Sequence[tuple[int, int]], tokens: Sequence[bytes], id_of: Mapping[bytes, int],
+                specials: Collection[int]) -> tuple[dict[tuple[int, int], int], list[int]]:
+    """``(ranks, merged)``, what the encoder replays: ``ranks[(a, b)]`` is the rank of the pair's merge,
+    and ``merged[r]`` the id that merge ``r`` makes, the ordinary token spelled ``tokens[a] + tokens[b]``.
+
+    Both ids of a merge must be ordinary tokens and their concatenation a token of the vocabulary.
+    A pair listed twice keeps its first (lowest) rank; the second listing is never replayed.
+    """
+    n = len(tokens)
+    ranks, merged = {}, []
+    for r, (a, b) in enumerate(merges):
+        if not (0 <= a < n and 0 <= b < n) or a in specials or b in specials:
+            raise ValueError(f"merge {r} ({a}, {b}) uses an id that is not an ordinary token")
+        joined = tokens[a] + tokens[b]
+        if joined not in id_of:
+            raise ValueError(f"merge {r} ({a}, {b}) makes {joined!r}, which is not in the vocabulary")
+        ranks.setdefault((a, b), r)  # a repeated pair keeps its first (lowest) rank
+        merged.append(id_of[joined])
+    return ranks, merged
+
+
 class Tokenizer:
     """A byte-level BPE tokenizer: ids of byte strings, an ordered merge list, special tokens.
 
@@ -47,32 +102,13 @@ class Tokenizer:
         self._tokens = [bytes(t) for t in tokens]
         self.special_tokens = special_tokens
         self.merges = [tuple(m) for m in merges]
-        n = len(self._tokens)
-        for s, i in special_tokens.items():
-            if not 0 <= i < n or self._tokens[i] != s.encode("utf-8"):
-                raise ValueError(f"special token {s!r} has id {i}, which does not hold its text")
+        check_special_ids(self._tokens, special_tokens)
         specials = set(special_tokens.values())
-        self._id_of = {}                       # bytes -> id, ordinary (non-special) tokens
-        for i, t in enumerate(self._tokens):
-            if i not in specials:
-                if t in self._id_of:
-                    raise ValueError(f"ids {self._id_of[t]} and {i} are both the byte string {t!r}")
-                self._id_of[t] = i
-        missing = [b for b in range(256) if bytes([b]) not in self._id_of]
-        if missing:
-            raise ValueError(f"a byte-level vocabulary needs all 256 bytes; missing {missing[:8]}")
-        self._byte_ids = [self._id_of[bytes([b])] for b in range(256)]
-        self._ranks, self._merged = {}, []
-        for r, (a, b) in enumerate(self.merges):
-            if not (0 <= a < n and 0 <= b < n) or a in specials or b in specials:
-                raise ValueError(f"merge {r} ({a}, {b}) uses an id that is not an ordinary token")
-            joined = self._tokens[a] + self._tokens[b]
-            if joined not in self._id_of:
-                raise ValueError(f"merge {r} ({a}, {b}) makes {joined!r}, which is not in the vocabulary")
-            self._ranks.setdefault((a, b), r)  # a repeated pair keeps its first (lowest) rank
-            self._merged.append(self._id_of[joined])
+        self._id_of = ordinary_ids(self._tokens, specials)    # bytes -> id, ordinary (non-special) tokens
+        self._byte_ids = byte_ids(self._id_of)
+        self._ranks, self._merged = merge_table(self.merges, self._tokens, self._id_of, specials)
         # Ids travel packed as an array.array of this type: 2 bytes each while they fit, else 4.
-        self._typecode = "H" if n <= 1 << 16 else "I"
+        self._typecode = "H" if len(self._tokens) <= 1 << 16 else "I"
         self.caches = EncodeCaches(self._ranks, self._merged, self._byte_ids, self._typecode)
         """The encoder's caches (``npgpt.tokenizer.bpe.EncodeCaches``); processes that encode with
         this vocabulary can share their entries (``npgpt.training.data.prepare`` does)."""

@@ -40,9 +40,6 @@ EXEMPT = {
     "npgpt.finetuning.lora:lora_linear":
         "the fused LoRA op: forward and hand-written backward (eq:lora, eq:lora-grad and eq:lora-merge of agent.md)",
     # loops that read as one story
-    "npgpt.tokenizer.train:train_bpe": "the BPE training loop with its incremental pair counts (docs/tokenizer.md)",
-    "npgpt.tokenizer.core:Tokenizer.__init__": "validates vocabulary, merges and special tokens given in any of "
-                                               "their accepted forms",
     "npgpt.training.train:Trainer._train": "the training loop: step, log, evaluate, checkpoint, stop (docs/training.md)",
     "npgpt.generation.__init__:_decode": "the decoding loop: cache, sampling, stop tokens, streaming (docs/generation.md)",
     "npgpt.generation.__init__:_check": "checks every generation argument, each refusal naming it",
