@@ -429,6 +429,17 @@ def _check(model: Any, idx: Any, config: GenerationConfig, attention_mask: Any, 
     """The checks that need the prompt and the model, once, before the first step."""
     ids = prompt_ids(model, idx)
     B, T = ids.shape
+    max_new_tokens = _new_tokens(config, T)
+    mask = _padding_mask(model, attention_mask, (B, T))
+    eos, filler = _stop_ids(model, config)
+    rng = _generators(seed, B)
+    return _Plan(ids, mask, max_new_tokens, config.sampling, eos, filler, int(config.min_new_tokens),
+                 float(config.repetition_penalty), rng, bool(config.use_cache), int(config.prompt_lookup or 0),
+                 bool(config.cuda_graph))
+
+
+def _new_tokens(config: GenerationConfig, T: int) -> int:
+    """How many tokens to add to a prompt of ``T`` positions: ``max_new_tokens``, or ``max_length`` minus ``T``."""
     max_new_tokens, max_length = config.max_new_tokens, config.max_length
     if max_length is not None:
         if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < T:
@@ -437,19 +448,29 @@ def _check(model: Any, idx: Any, config: GenerationConfig, attention_mask: Any, 
         max_new_tokens = int(max_length) - T
     elif max_new_tokens is None:
         raise ValueError("give max_new_tokens (the tokens to add) or max_length (the total length)")
-    mask = None
-    if attention_mask is not None:
-        mask = backend.to_device(inputs.check_attention_mask(attention_mask, (B, T)), model.device)
-        right_padded, all_real = backend.read_scalars((mask[:, 1:] < mask[:, :-1]).any(), mask.min(), kind=int)
-        if right_padded:
-            raise ValueError("attention_mask must pad on the left (0s before the 1s of each row): generation "
-                             "appends to the end of every row; Tokenizer.encode_batch(texts, padding='left') "
-                             "pads that way")
-        if all_real:
-            mask = None                 # no padding: the plain positions 0..T-1 are the mask's
+    return int(max_new_tokens)
+
+
+def _padding_mask(model: Any, attention_mask: Any, shape: tuple[int, int]) -> Array | None:
+    """``attention_mask`` (B, T) on the device, checked to pad on the left; None when no position is padding."""
+    if attention_mask is None:
+        return None
+    mask = backend.to_device(inputs.check_attention_mask(attention_mask, shape), model.device)
+    right_padded, all_real = backend.read_scalars((mask[:, 1:] < mask[:, :-1]).any(), mask.min(), kind=int)
+    if right_padded:
+        raise ValueError("attention_mask must pad on the left (0s before the 1s of each row): generation "
+                         "appends to the end of every row; Tokenizer.encode_batch(texts, padding='left') "
+                         "pads that way")
+    if all_real:
+        return None                 # no padding: the plain positions 0..T-1 are the mask's
+    return mask
+
+
+def _stop_ids(model: Any, config: GenerationConfig) -> tuple[tuple[int, ...] | None, int | None]:
+    """The ids that end a row (None: none does), and what an ended row emits: ``pad_token_id``, else the
+    first eos id."""
     eos_token_id, pad_token_id = config.eos_token_id, config.pad_token_id
-    eos = None
-    filler = None
+    eos = filler = None
     if eos_token_id is not None:
         eos_ids = [eos_token_id] if isinstance(eos_token_id, (int, np.integer)) else list(eos_token_id)
         if not eos_ids:
@@ -458,17 +479,18 @@ def _check(model: Any, idx: Any, config: GenerationConfig, attention_mask: Any, 
         filler = eos[0]
     if pad_token_id is not None:
         filler = _token_id(model, pad_token_id, "pad_token_id")
+    return eos, filler
+
+
+def _generators(seed: Any, B: int) -> Any:
+    """The random generator of the sampling: one for the batch (``seed`` None or an int), or one per row."""
     if seed is None or isinstance(seed, (int, np.integer)):
-        rng = np.random.default_rng(seed)
-    else:
-        seeds = list(seed)
-        if len(seeds) != B:
-            raise ValueError(f"seed has {len(seeds)} entries for a batch of {B} rows: give one seed per row "
-                             "(or one int for the whole batch)")
-        rng = RowGenerators(seeds)
-    return _Plan(ids, mask, int(max_new_tokens), config.sampling, eos, filler, int(config.min_new_tokens),
-                 float(config.repetition_penalty), rng, bool(config.use_cache), int(config.prompt_lookup or 0),
-                 bool(config.cuda_graph))
+        return np.random.default_rng(seed)
+    seeds = list(seed)
+    if len(seeds) != B:
+        raise ValueError(f"seed has {len(seeds)} entries for a batch of {B} rows: give one seed per row "
+                         "(or one int for the whole batch)")
+    return RowGenerators(seeds)
 
 
 class ContextWindowWarning(UserWarning):
@@ -493,6 +515,89 @@ def _steps(model, plan):
     return prompt_lookup.decode(model, plan, plan.prompt_lookup)
 
 
+class _Decoding:
+    """The state of one decoding loop (``_decode``), and its two parts: the trunk's pass and the choice.
+
+    The state: every token so far and, with padding, the mask of them all; the KV cache; each row's
+    next position; which rows have ended; which tokens each row holds (for the repetition penalty).
+    """
+
+    def __init__(self, model: Any, plan: _Plan) -> None:
+        idx, mask = plan.ids, plan.mask
+        self.model, self.plan = model, plan
+        xp = self.xp = backend.array_module(idx)
+        B, T0 = idx.shape
+        n = plan.max_new_tokens
+        self.T0, self.block = T0, model.config.block_size
+        self.ids = xp.empty((B, T0 + n), dtype=idx.dtype)                # all tokens, filled as we go
+        self.ids[:, :T0] = idx
+        self.real = None                                                 # the mask of all tokens; None: no padding
+        if mask is not None:
+            self.real = xp.ones((B, T0 + n), dtype=mask.dtype)           # new tokens are real
+            self.real[:, :T0] = mask
+        self.position = None                                             # (B, 1): the next token's position
+        eos = plan.eos
+        if eos is not None:       # one id compares as a number; several as an array, copied to the device once
+            eos = eos[0] if len(eos) == 1 else xp.asarray(np.asarray(eos, dtype=np.int64))
+        self.eos = eos
+        self.done = xp.zeros(B, dtype=bool)
+        self.rows = xp.arange(B)
+        self.seen = self._prompt_tokens() if plan.repetition_penalty != 1.0 else None
+        # Capacity for the whole generation, or block_size once the window slides.
+        self.cache = model.new_cache(B, min(self.block, T0 + n)) if plan.use_cache else None
+
+    def _prompt_tokens(self) -> Array:
+        """(B, V) bool: the tokens in each row's prompt, padding not counted."""
+        idx, mask, xp = self.plan.ids, self.plan.mask, self.xp
+        V = self.model.config.vocab_size
+        seen = xp.zeros((idx.shape[0], V + 1), dtype=bool)              # column V takes the padding, then goes
+        seen[self.rows[:, None], idx if mask is None else xp.where(mask != 0, idx, V)] = True
+        return seen[:, :V]
+
+    def trunk_pass(self, t: int) -> Tensor:
+        """The hidden states (B, T', C) that end at position ``t - 1``: the last token's alone when it
+        continues the cached sequence, else (the first step, no cache, or a context that outgrew
+        ``block_size``) those of the whole window of the last ``block_size`` tokens."""
+        model, cache, real = self.model, self.cache, self.real
+        if cache is not None and t > self.T0 and cache.length < self.block:
+            # The last token continues the cached sequence.
+            hidden = model.trunk(self.ids[:, t - 1:t], attention_mask=None if real is None else real[:, :t],
+                                 position_ids=self.position, cache=cache)
+            if self.position is not None:
+                self.position = self.position + 1
+            return hidden
+        # The oldest token drops out and every position shifts, so (re)build from the window.
+        start = max(0, t - self.block)
+        window = positions = None
+        if real is not None:
+            window = real[:, start:t]
+            positions = inputs.positions_from_mask(window)           # counted from the first real token
+            self.position = positions[:, -1:] + 1
+        if cache is not None:
+            cache.reset()
+        return model.trunk(self.ids[:, start:t], attention_mask=window, position_ids=positions, cache=cache)
+
+    def choose(self, logits: Array, step: int) -> Array:
+        """The next token (B,) of every row from its logits (B, V) at new token ``step``.
+
+        The repetition penalty, then no eos id before ``min_new_tokens``, then the sampling rule; a
+        row that has ended emits the filler, a row that picks an eos id ends, and each row
+        remembers its token for the penalty.
+        """
+        plan, eos, xp = self.plan, self.eos, self.xp
+        if self.seen is not None:
+            logits = _penalize(logits, self.seen, plan.repetition_penalty)
+        if eos is not None and step < plan.min_new_tokens:
+            logits[:, eos] = logits.dtype.type(float("-inf"))
+        token = next_token(logits, plan.sampling, plan.rng)
+        if eos is not None:
+            token = xp.where(self.done, plan.filler, token)
+            self.done |= token == eos if isinstance(eos, int) else (token[:, None] == eos).any(axis=1)
+        if self.seen is not None:
+            self.seen[self.rows, token] = True
+        return token
+
+
 def _decode(model, plan):
     """The decoding loop: one trunk pass, the head on the last position, one choice per step.
 
@@ -504,66 +609,18 @@ def _decode(model, plan):
     padding positions stay hidden, and each row's position counts its own
     tokens.
     """
-    idx, mask = plan.ids, plan.mask
-    xp = backend.array_module(idx)
-    B, T0 = idx.shape
-    n = plan.max_new_tokens
-    block = model.config.block_size
-    ids = xp.empty((B, T0 + n), dtype=idx.dtype)                     # all tokens, filled as we go
-    ids[:, :T0] = idx
-    if mask is not None:
-        real = xp.ones((B, T0 + n), dtype=mask.dtype)                 # the mask of all tokens: new ones are real
-        real[:, :T0] = mask
-    position = None                                                   # (B, 1): the next token's position
-    eos = plan.eos
-    if eos is not None:       # one id compares as a number; several as an array, copied to the device once
-        eos = eos[0] if len(eos) == 1 else xp.asarray(np.asarray(eos, dtype=np.int64))
-    done = xp.zeros(B, dtype=bool)
-    rows = xp.arange(B)
-    seen = None
-    if plan.repetition_penalty != 1.0:
-        V = model.config.vocab_size
-        seen = xp.zeros((B, V + 1), dtype=bool)                       # column V takes the padding, then goes
-        seen[rows[:, None], idx if mask is None else xp.where(mask != 0, idx, V)] = True
-        seen = seen[:, :V]
-    # Capacity for the whole generation, or block_size once the window slides.
-    cache = model.new_cache(B, min(block, T0 + n)) if plan.use_cache else None
-    if cache is not None and T0 + n > block:
+    run = _Decoding(model, plan)
+    B, T0 = plan.ids.shape
+    n, block = plan.max_new_tokens, model.config.block_size
+    if run.cache is not None and T0 + n > block:
         warnings.warn(ContextWindowWarning(block, max(T0, block) - T0 + 1), stacklevel=3)
     head = model.decoding_weight(B, n)                                # the LM head's copy for this generation, or None
     with no_grad():
         for step, t in enumerate(range(T0, T0 + n)):
-            if cache is not None and t > T0 and cache.length < block:
-                # The last token continues the cached sequence.
-                hidden = model.trunk(ids[:, t - 1:t], attention_mask=None if mask is None else real[:, :t],
-                                     position_ids=position, cache=cache)
-                if position is not None:
-                    position = position + 1
-            else:
-                # First step, no cache, or the context outgrew block_size: the oldest
-                # token drops out, every position shifts, so (re)build from the window.
-                start = max(0, t - block)
-                window = positions = None
-                if mask is not None:
-                    window = real[:, start:t]
-                    positions = inputs.positions_from_mask(window)       # counted from the first real token
-                    position = positions[:, -1:] + 1
-                if cache is not None:
-                    cache.reset()
-                hidden = model.trunk(ids[:, start:t], attention_mask=window, position_ids=positions, cache=cache)
-            last = hidden[:, -1]                                       # only the last position
-            logits = model.lm_head(last, head).data                    # (B, V)
-            if seen is not None:
-                logits = _penalize(logits, seen, plan.repetition_penalty)
-            if eos is not None and step < plan.min_new_tokens:
-                logits[:, eos] = logits.dtype.type(float("-inf"))
-            token = next_token(logits, plan.sampling, plan.rng)
-            if eos is not None:
-                token = xp.where(done, plan.filler, token)
-                done |= token == eos if isinstance(eos, int) else (token[:, None] == eos).any(axis=1)
-            ids[:, t] = token
-            if seen is not None:
-                seen[rows, token] = True
+            hidden = run.trunk_pass(t)                                 # (B, T', C)
+            logits = model.lm_head(hidden[:, -1], head).data           # (B, V): the head on the last position only
+            token = run.choose(logits, step)                           # (B,)
+            run.ids[:, t] = token
             yield token
-            if eos is not None and bool(done.all()):
+            if run.eos is not None and bool(run.done.all()):
                 return
