@@ -225,6 +225,48 @@ def _check_same_tokenizer(data_dir: str, tokenizer: Any, name: str) -> None:
 
 
 # ================================================================= trainer
+class _Pace:
+    """The clock and counters of one invocation of the loop, for its speed figures and its summary.
+
+    Since the loop began: the steps, for the ETA and the mean tokens/s; since the last log line:
+    the steps and their summed loss, for that line's mean loss and tokens/s. And the last training
+    and validation losses.
+    """
+
+    def __init__(self, tokens_per_step: int, max_steps: int, start_step: int) -> None:
+        self.tokens_per_step, self.max_steps, self.start_step = tokens_per_step, max_steps, start_step
+        self.started = self.interval_start = time.perf_counter()
+        self.steps_done, self.interval_steps, self.interval_loss = 0, 0, 0.0
+        self.train_loss: Optional[float] = None
+        self.val_loss: Optional[float] = None
+
+    def count(self, loss: float) -> None:
+        """One more step, of training loss ``loss``."""
+        self.steps_done += 1
+        self.interval_steps += 1
+        self.interval_loss += loss
+        self.train_loss = loss
+
+    def eta(self, step: int, elapsed: float) -> float:
+        """Seconds to ``max_steps`` from ``step``, at the mean pace of the ``elapsed`` seconds so far."""
+        return (self.max_steps - step) * elapsed / self.steps_done
+
+    def end_interval(self, now: float) -> tuple[float, float]:
+        """The mean loss and the tokens/s since the last log line; the next interval starts ``now``."""
+        loss = self.interval_loss / self.interval_steps
+        tok_s = self.interval_steps * self.tokens_per_step / max(now - self.interval_start, 1e-9)
+        self.interval_start, self.interval_steps, self.interval_loss = now, 0, 0.0
+        return loss, tok_s
+
+    def summary(self, step: int, stopped_by: Optional[int]) -> dict[str, Any]:
+        """What ``Trainer.train`` returns: the step reached, the steps taken, the time, the mean speed,
+        the signal that stopped the run (or None) and the last losses."""
+        elapsed = time.perf_counter() - self.started
+        return {"step": step, "steps": step - self.start_step, "seconds": elapsed,
+                "tokens_per_s": self.steps_done * self.tokens_per_step / max(elapsed, 1e-9),
+                "stopped_by": stopped_by, "train_loss": self.train_loss, "val_loss": self.val_loss}
+
+
 class Trainer:
     """Holds the model, optimizer, samplers and run directory of one training run.
 
@@ -486,6 +528,37 @@ class Trainer:
         return OSError(code, f"{os.strerror(code)}; {intact}", str(filename))
 
     def _train(self, stop_at: Optional[int], stop: GracefulStop) -> dict[str, Any]:
+        """The loop: one optimizer step after another, each followed by its row in the logs and, when
+        due, a log line, a validation run and a checkpoint, until ``stop_at`` (or ``max_steps``).
+
+        Ctrl-C / SIGTERM (``stop``): the step in progress is finished, a checkpoint written, and we return.
+        """
+        c = self.config
+        end = self._begin(stop_at)
+        pace = _Pace(self.tokens_per_step(), c.max_steps, self.step)
+        saved_step = self.step if self.step > 0 else None     # a resumed run has its checkpoint already
+        checkpoint_every = c.checkpoint_interval or c.eval_interval
+        while self.step < end and not stop.requested:
+            loss, norm, lr = self.train_step()
+            pace.count(loss)
+            self._show_progress(loss, pace)
+            row = self._step_row(loss, norm, lr, pace)
+            if self.step % c.log_interval == 0 or self.step == end:
+                self._log_line(row, pace)
+            if self.step % c.eval_interval == 0 or self.step == c.max_steps:
+                pace.val_loss = self._validate_into(row)
+            self._record(row)
+            if "tokens_per_s" in row or "val_loss" in row:         # a logged step: refresh the picture
+                self._draw_curve(final=self.step == end)
+            if self.step % checkpoint_every == 0 or self.step == end:
+                self.save_checkpoint()
+                saved_step = self.step
+        self._finish(stop, saved_step)
+        return pace.summary(self.step, stop.signum)
+
+    def _begin(self, stop_at: Optional[int]) -> int:
+        """The step this invocation ends after, once the run directory is ready: the model's line in the
+        log and, for a new run, the untrained model's validation loss (step 0 of the curve)."""
         c = self.config
         end = c.max_steps if stop_at is None else min(int(stop_at), c.max_steps)
         if stop_at is not None and stop_at <= self.step:
@@ -497,60 +570,57 @@ class Trainer:
             raise FileExistsError(f"{self.run_dir} already holds a checkpoint: resume it (--resume) "
                                   "or choose another --out")
         n_params = self.model.num_parameters()
-        tokens_per_step = self.tokens_per_step()
         self.log(f"model: {n_params:,} parameters, {self.model_config.n_layer} layers, {self.model_config.n_head} "
                  f"heads, n_embd {self.model_config.n_embd}, vocab {self.model_config.vocab_size:,}, "
-                 f"block {self.model_config.block_size}; {tokens_per_step:,} tokens per step, "
+                 f"block {self.model_config.block_size}; {self.tokens_per_step():,} tokens per step, "
                  f"{self.workers} worker(s), device {self.device}")
         if self.step == 0:
             val = self.validate()
             self._record({"step": 0, "val_loss": val, "val_ppl": math.exp(val)})
-            self.log(f"step {0:>6d}/{c.max_steps} | val loss {val:.4f} | val ppl {math.exp(val):.2f}")
-        started = interval_start = time.perf_counter()
-        steps_done, interval_steps, interval_loss = 0, 0, 0.0
-        last: dict[str, Optional[float]] = {"train_loss": None, "val_loss": None}
-        start_step = self.step
-        saved_step = self.step if self.step > 0 else None     # a resumed run has its checkpoint already
-        checkpoint_every = c.checkpoint_interval or c.eval_interval
-        # Ctrl-C / SIGTERM: the step in progress is finished, a checkpoint written, and we return.
-        while self.step < end and not stop.requested:
-            loss, norm, lr = self.train_step()
-            steps_done += 1
-            interval_steps += 1
-            interval_loss += loss
-            last["train_loss"] = loss
-            if self._bar is not None:
-                elapsed = time.perf_counter() - started
-                self._bar.update(self.step, note=f"step {self.step} | loss {loss:.4f} | "
-                                 f"{steps_done * tokens_per_step / max(elapsed, 1e-9):,.0f} tok/s | ETA "
-                                 f"{format_seconds((c.max_steps - self.step) * elapsed / steps_done)}")
-            row = {"step": self.step, "tokens": self.step * tokens_per_step, "train_loss": loss, "lr": lr,
-                   "grad_norm": norm}
-            if self.scaler is not None:
-                row.update(loss_scale=self.scaler.scale, skipped=self.last_step_skipped)
-            if self.step % c.log_interval == 0 or self.step == end:
-                now = time.perf_counter()
-                tok_s = interval_steps * tokens_per_step / max(now - interval_start, 1e-9)
-                mfu = model_flops_utilisation(tok_s, self.flops_per_token, self.peak_flops)
-                eta = (c.max_steps - self.step) * (now - started) / steps_done
-                row.update(tokens_per_s=tok_s, mfu=mfu)
-                self.log(f"step {self.step:>6d}/{c.max_steps} | loss {interval_loss / interval_steps:.4f} | "
-                         f"lr {lr:.2e} | norm {norm:.3f} | {tok_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | "
-                         f"ETA {format_seconds(eta)}"
-                         + (f" | loss scale {self.scaler.scale:g}" if self.scaler is not None else ""))
-                interval_start, interval_steps, interval_loss = now, 0, 0.0
-            if self.step % c.eval_interval == 0 or self.step == c.max_steps:
-                val = self.validate()
-                last["val_loss"] = val
-                row.update(val_loss=val, val_ppl=math.exp(val))
-                self.log(f"step {self.step:>6d}/{c.max_steps} | val loss {val:.4f} | "
-                         f"val ppl {math.exp(val):.2f}")
-            self._record(row)
-            if "tokens_per_s" in row or "val_loss" in row:         # a logged step: refresh the picture
-                self._draw_curve(final=self.step == end)
-            if self.step % checkpoint_every == 0 or self.step == end:
-                self.save_checkpoint()
-                saved_step = self.step
+            self._log_validation(val)
+        return end
+
+    def _show_progress(self, loss: float, pace: _Pace) -> None:
+        """On a terminal, move the progress bar to the step just taken (tokens/s and ETA since the start)."""
+        if self._bar is not None:
+            elapsed = time.perf_counter() - pace.started
+            self._bar.update(self.step, note=f"step {self.step} | loss {loss:.4f} | "
+                             f"{pace.steps_done * pace.tokens_per_step / max(elapsed, 1e-9):,.0f} tok/s | ETA "
+                             f"{format_seconds(pace.eta(self.step, elapsed))}")
+
+    def _step_row(self, loss: float, norm: float, lr: float, pace: _Pace) -> dict[str, Any]:
+        """The step's row of ``log.jsonl``: what every step records (the log line and validation add theirs)."""
+        row = {"step": self.step, "tokens": self.step * pace.tokens_per_step, "train_loss": loss, "lr": lr,
+               "grad_norm": norm}
+        if self.scaler is not None:
+            row.update(loss_scale=self.scaler.scale, skipped=self.last_step_skipped)
+        return row
+
+    def _log_line(self, row: dict[str, Any], pace: _Pace) -> None:
+        """The log line of the steps since the last one (mean loss, speed, MFU, ETA); adds the speed to ``row``."""
+        now = time.perf_counter()
+        loss, tok_s = pace.end_interval(now)
+        mfu = model_flops_utilisation(tok_s, self.flops_per_token, self.peak_flops)
+        row.update(tokens_per_s=tok_s, mfu=mfu)
+        self.log(f"step {self.step:>6d}/{self.config.max_steps} | loss {loss:.4f} | lr {row['lr']:.2e} | "
+                 f"norm {row['grad_norm']:.3f} | {tok_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | "
+                 f"ETA {format_seconds(pace.eta(self.step, now - pace.started))}"
+                 + (f" | loss scale {self.scaler.scale:g}" if self.scaler is not None else ""))
+
+    def _validate_into(self, row: dict[str, Any]) -> float:
+        """The validation loss, logged and added to ``row`` with its perplexity (eq:perplexity)."""
+        val = self.validate()
+        row.update(val_loss=val, val_ppl=math.exp(val))
+        self._log_validation(val)
+        return val
+
+    def _log_validation(self, val: float) -> None:
+        """The log line of a validation run: its loss and perplexity at this step."""
+        self.log(f"step {self.step:>6d}/{self.config.max_steps} | val loss {val:.4f} | val ppl {math.exp(val):.2f}")
+
+    def _finish(self, stop: GracefulStop, saved_step: Optional[int]) -> None:
+        """After the loop: a stopped run gets a checkpoint of its last step (if the loop did not just
+        write one) and a line saying how to go on; the progress bar closes."""
         if stop.requested and saved_step != self.step:
             self.save_checkpoint()
             self._draw_curve(final=True)
@@ -558,10 +628,6 @@ class Trainer:
             self.log(f"{stop.name}: stopped at step {self.step} with a checkpoint; continue with --resume")
         if self._bar is not None:
             self._bar.close()
-        elapsed = time.perf_counter() - started
-        return {"step": self.step, "steps": self.step - start_step, "seconds": elapsed,
-                "tokens_per_s": steps_done * tokens_per_step / max(elapsed, 1e-9),
-                "stopped_by": stop.signum, **last}
 
     # ------------------------------------------------------------ logging
     def _record(self, row: dict[str, Any]) -> None:
