@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 if TYPE_CHECKING:
+    from npgpt.finetuning.labelled import LabelSet
     from npgpt.tokenizer import Tokenizer
     from npgpt.training.settings import ConfigError
 
@@ -886,37 +887,18 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _finetune_holding(args: argparse.Namespace) -> int:
+    """``npgpt finetune`` once its output directory is held: the labelled texts, the classifier on its
+    device, the run, the best weights' validation, what was written where."""
     from npgpt.finetuning import finetune as ft
-    from npgpt.finetuning import labelled
     from npgpt.finetuning.classifier import GPTClassifier
     from npgpt.finetuning.finetune import FinetuneConfig
     from npgpt.finetuning.metrics import format_metrics
-    from npgpt.io import fileio
     from npgpt.tokenizer import Tokenizer
     from npgpt.training import distributed
 
     config = FinetuneConfig(**settings_given(args, FinetuneConfig))
-    texts, raw = labelled.read_labelled_file(args.data, args.text_column, args.label_column, fmt=args.format,
-                                       header=not args.no_header)
-    counts, warnings = labelled.label_counts(raw, source=str(args.data), allow_many_classes=args.allow_many_classes)
-    labels = (labelled.LabelSet([n.strip() for n in args.labels.split(",")]) if args.labels
-              else labelled.LabelSet.infer(raw))
-    print("label counts: " + ", ".join(f"{name} {counts.get(name, 0):,}" for name in labels.names))
-    for line in warnings:
-        print(f"npgpt: warning: {line}", file=sys.stderr)
-    y = labels.encode(raw, source=str(args.data))
-    if args.val_data:
-        val_texts, val_raw = labelled.read_labelled_file(args.val_data, args.text_column, args.label_column,
-                                                   fmt=args.format, header=not args.no_header)
-        val_y = labels.encode(val_raw, source=str(args.val_data))
-        train_texts, train_y = texts, y
-    else:
-        train_rows, val_rows = labelled.split_indices(len(texts), (1 - args.val_fraction, args.val_fraction),
-                                                seed=config.seed)
-        if len(val_rows) == 0 or len(train_rows) == 0:
-            raise ValueError(f"{args.data} has {len(texts)} examples: too few to hold out a validation split")
-        train_texts, train_y = [texts[i] for i in train_rows], y[train_rows]
-        val_texts, val_y = [texts[i] for i in val_rows], y[val_rows]
+    texts, y, labels = _read_labelled(args)
+    (train_texts, train_y), (val_texts, val_y) = _validation_split(args, texts, y, labels, config.seed)
     num_labels = 1 if len(labels) == 2 and not args.softmax else len(labels)
     tokenizer = Tokenizer.from_pretrained(args.model)
     classifier = GPTClassifier.from_pretrained(args.model, num_labels=num_labels, labels=labels.names,
@@ -930,19 +912,8 @@ def _finetune_holding(args: argparse.Namespace) -> int:
     val = ft.Encoded(tokenizer, val_texts, val_y, min(config.max_length, classifier.config.block_size))
     metrics = ft.evaluate(classifier, val, ft.pad_id_for(classifier, tokenizer))
     print("validation (best weights):\n" + format_metrics(metrics))
-    report = {k: v for k, v in metrics.items() if k != "confusion"}
-    report["confusion"] = metrics["confusion"].tolist()
     if distributed.world().is_main:
-        out = pathlib.Path(args.out)
-        fileio.atomic_write(out / "eval_results.json", json.dumps(report, indent=2) + "\n")
-        # The curve, as npgpt train keeps it: one row per evaluation, and its picture.
-        fileio.atomic_write(out / "log.jsonl", "".join(json.dumps(row) + "\n" for row in result.history))
-        from npgpt.training import plot
-
-        if not plot.matplotlib_available():
-            print(f"not drawing {plot.FIGURE_NAME}: {plot.NO_MATPLOTLIB}")
-        elif result.history:
-            print(f"loss curve: {plot.plot_runs([out], out / plot.FIGURE_NAME, title=f'fine-tuning {args.model}')}")
+        _write_finetune_results(pathlib.Path(args.out), metrics, result.history, args.model)
     print(f"saved the classifier and tokenizer to {args.out} (load with GPTClassifier.from_pretrained)")
     if config.lora_rank:
         print(f"saved the LoRA adapter and the head to {pathlib.Path(args.out) / 'adapter'} (PEFT's format; "
@@ -953,6 +924,55 @@ def _finetune_holding(args: argparse.Namespace) -> int:
         print(f"stopped at step {result.steps}; {args.out} holds the best classifier so far", file=sys.stderr)
         return exit_status(result.stopped_by)
     return 0
+
+
+def _read_labelled(args: argparse.Namespace) -> tuple[list[str], Any, LabelSet]:
+    """The texts of ``--data``, their labels encoded as class indices, and the ``LabelSet`` (``--labels``, else
+    the labels found); prints the count of each label and warns of a lopsided or a many-class set."""
+    from npgpt.finetuning import labelled
+
+    texts, raw = labelled.read_labelled_file(args.data, args.text_column, args.label_column, fmt=args.format,
+                                             header=not args.no_header)
+    counts, warnings = labelled.label_counts(raw, source=str(args.data), allow_many_classes=args.allow_many_classes)
+    labels = (labelled.LabelSet([n.strip() for n in args.labels.split(",")]) if args.labels
+              else labelled.LabelSet.infer(raw))
+    print("label counts: " + ", ".join(f"{name} {counts.get(name, 0):,}" for name in labels.names))
+    for line in warnings:
+        print(f"npgpt: warning: {line}", file=sys.stderr)
+    return texts, labels.encode(raw, source=str(args.data)), labels
+
+
+def _validation_split(args: argparse.Namespace, texts: list[str], y: Any, labels: LabelSet, seed: int
+                      ) -> tuple[tuple[list[str], Any], tuple[list[str], Any]]:
+    """(training texts, labels) and (validation texts, labels): all of ``--data`` and the ``--val-data`` file,
+    or a seeded ``--val-fraction`` of ``--data`` held out."""
+    from npgpt.finetuning import labelled
+
+    if args.val_data:
+        val_texts, val_raw = labelled.read_labelled_file(args.val_data, args.text_column, args.label_column,
+                                                         fmt=args.format, header=not args.no_header)
+        return (texts, y), (val_texts, labels.encode(val_raw, source=str(args.val_data)))
+    train_rows, val_rows = labelled.split_indices(len(texts), (1 - args.val_fraction, args.val_fraction), seed=seed)
+    if len(val_rows) == 0 or len(train_rows) == 0:
+        raise ValueError(f"{args.data} has {len(texts)} examples: too few to hold out a validation split")
+    return ([texts[i] for i in train_rows], y[train_rows]), ([texts[i] for i in val_rows], y[val_rows])
+
+
+def _write_finetune_results(out: pathlib.Path, metrics: dict[str, Any], history: list[dict[str, Any]],
+                            model: str) -> None:
+    """``OUT/eval_results.json`` (the best weights' metrics) and the curve as ``npgpt train`` keeps it:
+    ``OUT/log.jsonl``, one row per evaluation, and its picture when matplotlib is there."""
+    from npgpt.io import fileio
+    from npgpt.training import plot
+
+    report = {k: v for k, v in metrics.items() if k != "confusion"}
+    report["confusion"] = metrics["confusion"].tolist()
+    fileio.atomic_write(out / "eval_results.json", json.dumps(report, indent=2) + "\n")
+    fileio.atomic_write(out / "log.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    if not plot.matplotlib_available():
+        print(f"not drawing {plot.FIGURE_NAME}: {plot.NO_MATPLOTLIB}")
+    elif history:
+        print(f"loss curve: {plot.plot_runs([out], out / plot.FIGURE_NAME, title=f'fine-tuning {model}')}")
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
