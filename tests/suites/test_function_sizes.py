@@ -39,11 +39,6 @@ EXEMPT = {
                                              "forward and backward share the block loop",
     "npgpt.finetuning.lora:lora_linear":
         "the fused LoRA op: forward and hand-written backward (eq:lora, eq:lora-grad and eq:lora-merge of agent.md)",
-    # loops that read as one story
-    "npgpt.training.train:Trainer._train": "the training loop: step, log, evaluate, checkpoint, stop (docs/training.md)",
-    "npgpt.generation.__init__:_decode": "the decoding loop: cache, sampling, stop tokens, streaming (docs/generation.md)",
-    "npgpt.generation.__init__:_check": "checks every generation argument, each refusal naming it",
-    "npgpt.apps.cli:_finetune_holding": "the finetune command: settings, data, model, run, report",
 }
 
 
