@@ -247,6 +247,10 @@ class _Pace:
         self.interval_loss += loss
         self.train_loss = loss
 
+    def tokens_per_s(self, elapsed: float) -> float:
+        """The mean speed of the ``elapsed`` seconds since the loop began."""
+        return self.steps_done * self.tokens_per_step / max(elapsed, 1e-9)
+
     def eta(self, step: int, elapsed: float) -> float:
         """Seconds to ``max_steps`` from ``step``, at the mean pace of the ``elapsed`` seconds so far."""
         return (self.max_steps - step) * elapsed / self.steps_done
@@ -263,7 +267,7 @@ class _Pace:
         the signal that stopped the run (or None) and the last losses."""
         elapsed = time.perf_counter() - self.started
         return {"step": step, "steps": step - self.start_step, "seconds": elapsed,
-                "tokens_per_s": self.steps_done * self.tokens_per_step / max(elapsed, 1e-9),
+                "tokens_per_s": self.tokens_per_s(elapsed),
                 "stopped_by": stopped_by, "train_loss": self.train_loss, "val_loss": self.val_loss}
 
 
@@ -585,7 +589,7 @@ class Trainer:
         if self._bar is not None:
             elapsed = time.perf_counter() - pace.started
             self._bar.update(self.step, note=f"step {self.step} | loss {loss:.4f} | "
-                             f"{pace.steps_done * pace.tokens_per_step / max(elapsed, 1e-9):,.0f} tok/s | ETA "
+                             f"{pace.tokens_per_s(elapsed):,.0f} tok/s | ETA "
                              f"{format_seconds(pace.eta(self.step, elapsed))}")
 
     def _step_row(self, loss: float, norm: float, lr: float, pace: _Pace) -> dict[str, Any]:
