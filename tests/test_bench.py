@@ -329,13 +329,14 @@ def test_lookup_task_sums_the_same_generations_on_both_sides_of_every_pair(tmp_p
     args = argparse.Namespace(prompt_lookup=4, new_tokens=12, repeats=2)
     got = bench._lookup_task(model, ids, args, hf)
     assert got["generations_per_sample"] == 1 and got["same_ids"] and got["torch_lookup_same_ids"]
-    # ours: 2 warm-ups, 1 to size the samples, 2 x 2 timed, 1 counting passes, 2 against transformers
-    assert generations["ours"] == 2 + 1 + 4 + 1 + 2
+    assert 0 < got["prompt_ms"]
+    # ours: 2 warm-ups, 1 to size the samples, 2 x 2 timed, 1 counting passes, 3 prompts alone, 2 against transformers
+    assert generations["ours"] == 2 + 1 + 4 + 1 + 3 + 2
     assert generations["hf"] == 1 + 2 * 2              # 1 warm-up, then plain and lookup in each pair
     monkeypatch.setattr(bench, "LOOKUP_SAMPLE_SECONDS", 0.05)  # several short generations a sample
     generations.update(ours=0, hf=0)
     got = bench._lookup_task(model, ids, args, hf)
     runs = got["generations_per_sample"]
     assert runs > 1
-    assert generations["ours"] == 2 + 1 + 2 * 2 * runs + 1 + 2 * runs
+    assert generations["ours"] == 2 + 1 + 2 * 2 * runs + 1 + 3 + 2 * runs
     assert generations["hf"] == 1 + 2 * 2 * runs

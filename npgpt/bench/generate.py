@@ -514,7 +514,9 @@ def _lookup_task(model: GPT, ids: np.ndarray, args: argparse.Namespace, hf: Any 
         _timed_generate(model, ids, n, N)
     finally:
         del model.trunk
-    out = {"prompt_tokens": int(ids.shape[1]), "new_tokens": n, "same_ids": same,
+    # The prompt's pass, paid by both sides: a generation of one token is that pass and the head.
+    prompt_s = median(_timed_generate(model, ids, 1, 0)[0] for _ in range(3))
+    out = {"prompt_tokens": int(ids.shape[1]), "prompt_ms": round(1000 * prompt_s, 1), "new_tokens": n, "same_ids": same,
            "passes": len(widths), "tokens_per_pass": round(n / len(widths), 2),
            "generations_per_sample": runs,
            "plain_tokens_per_s": round(n * runs / median(plain_s), 1),
