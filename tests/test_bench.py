@@ -324,16 +324,15 @@ def test_lookup_task_sums_the_same_generations_on_both_sides_of_every_pair(tmp_p
 
     monkeypatch.setattr(bench, "_timed_generate", counted("ours", bench._timed_generate))
     monkeypatch.setattr(bench, "_timed_hf", counted("hf", bench._timed_hf))
-    monkeypatch.setattr(bench, "LOOKUP_SAMPLE_SECONDS", 0.0)   # at least one generation: then exactly one
     ids = np.array([[5, 6, 7, 8, 9] * 4])
-    args = argparse.Namespace(prompt_lookup=4, new_tokens=12, repeats=2)
+    args = argparse.Namespace(prompt_lookup=4, new_tokens=12, repeats=2, sample_seconds=0.0)   # one generation a side
     got = bench._lookup_task(model, ids, args, hf)
     assert got["generations_per_sample"] == 1 and got["same_ids"] and got["torch_lookup_same_ids"]
     assert 0 < got["prompt_ms"]
     # ours: 2 warm-ups, 1 to size the samples, 2 x 2 timed, 1 counting passes, 3 prompts alone, 2 against transformers
     assert generations["ours"] == 2 + 1 + 4 + 1 + 3 + 2
     assert generations["hf"] == 1 + 2 * 2              # 1 warm-up, then plain and lookup in each pair
-    monkeypatch.setattr(bench, "LOOKUP_SAMPLE_SECONDS", 0.05)  # several short generations a sample
+    args.sample_seconds = 0.05                                  # several short generations a side
     generations.update(ours=0, hf=0)
     got = bench._lookup_task(model, ids, args, hf)
     runs = got["generations_per_sample"]

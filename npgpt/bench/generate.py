@@ -79,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="context lengths of --scaling, comma-separated (default 64,128,256,512,1024)")
     parser.add_argument("--prompt-lookup", type=int, default=None, metavar="N",
                         help="measure prompt-lookup decoding (N guessed tokens) against plain greedy instead")
+    parser.add_argument("--sample-seconds", type=float, default=LOOKUP_SAMPLE_SECONDS, metavar="S",
+                        help="with --prompt-lookup: each side of a pair sums as many generations as last about S "
+                             f"seconds (default {LOOKUP_SAMPLE_SECONDS}; 0: one generation a side)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads of the matrix products, npgpt's BLAS and PyTorch alike (default: each "
                              "library's own; 1 is steadier on a busy machine)")
@@ -495,8 +498,8 @@ def _lookup_task(model: GPT, ids: np.ndarray, args: argparse.Namespace, hf: Any 
     _timed_generate(model, ids, 4, 0)
     _timed_generate(model, ids, n, N)
     # A small model's generation lasts ~0.1 s, shorter than the machine's swings: each side of a pair
-    # is then the sum of as many generations as make ~LOOKUP_SAMPLE_SECONDS (GPT-2's: one).
-    runs = max(1, math.ceil(LOOKUP_SAMPLE_SECONDS / _timed_generate(model, ids, n, 0)[0]))
+    # is then the sum of as many generations as make ~--sample-seconds (GPT-2's: one).
+    runs = max(1, math.ceil(args.sample_seconds / _timed_generate(model, ids, n, 0)[0]))
     plain_s, lookup_s, same = [], [], True
     for r in range(args.repeats):
         order = (0, N) if r % 2 == 0 else (N, 0)
@@ -603,6 +606,7 @@ def prompt_lookup_workload(args: argparse.Namespace) -> dict[str, Any]:
     quote = np.array([tok.encode(QUOTE_PROMPT)])
     open_ended = np.array([tok.encode(OPEN_PROMPT)])
     result: dict[str, Any] = {"prompt_lookup": args.prompt_lookup, "repeats": args.repeats,
+                              "sample_seconds": args.sample_seconds,
                               "load_before": os.getloadavg()[0]}
     models = {"npgpt_small": GPT.from_pretrained("npgpt-small").eval(), "gpt2_124m_random": GPT(GPTConfig(), seed=0).eval()}
     for name, model in models.items():
