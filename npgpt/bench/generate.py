@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from npgpt.bench.common import fit_exponent, median, peak_rss_mb
+from npgpt.bench.common import fit_exponent, median, peak_rss_mb, quartiles
 
 if TYPE_CHECKING:
     from npgpt.model import GPT
@@ -260,7 +260,9 @@ def _per_second(times: list[float], rows: int = 1) -> float:
 
 
 def _spread(values: list[float], digits: int) -> dict[str, Any]:
-    return {"median": round(median(values), digits), "range": [round(min(values), digits), round(max(values), digits)]}
+    """Median, range and interquartile range (NumPy's default percentiles) of a set of pair ratios."""
+    return {"median": round(median(values), digits), "range": [round(min(values), digits), round(max(values), digits)],
+            "iqr": [round(q, digits) for q in quartiles(values)]}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
