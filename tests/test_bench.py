@@ -316,9 +316,13 @@ def test_lookup_task_sums_the_same_generations_on_both_sides_of_every_pair(tmp_p
     hf = bench.load_torch(tmp_path)
     generations = {"ours": 0, "hf": 0}
 
+    new_tokens = []                                    # each of our generations' length
+
     def counted(side, timed):
         def run(*args):
             generations[side] += 1
+            if side == "ours":
+                new_tokens.append(args[2])
             return timed(*args)
         return run
 
@@ -328,7 +332,8 @@ def test_lookup_task_sums_the_same_generations_on_both_sides_of_every_pair(tmp_p
     args = argparse.Namespace(prompt_lookup=4, new_tokens=12, repeats=2, sample_seconds=0.0)   # one generation a side
     got = bench._lookup_task(model, ids, args, hf)
     assert got["generations_per_sample"] == 1 and got["same_ids"] and got["torch_lookup_same_ids"]
-    assert 0 < got["prompt_ms"]
+    assert 0 < got["prompt_pass_ms"] and new_tokens.count(1) == 3     # the prompt's pass: three 1-token generations
+    assert got["speedup"]["iqr"][0] <= got["speedup"]["median"] <= got["speedup"]["iqr"][1]
     # ours: 2 warm-ups, 1 to size the samples, 2 x 2 timed, 1 counting passes, 3 prompts alone, 2 against transformers
     assert generations["ours"] == 2 + 1 + 4 + 1 + 3 + 2
     assert generations["hf"] == 1 + 2 * 2              # 1 warm-up, then plain and lookup in each pair
@@ -339,3 +344,12 @@ def test_lookup_task_sums_the_same_generations_on_both_sides_of_every_pair(tmp_p
     assert runs > 1
     assert generations["ours"] == 2 + 1 + 2 * 2 * runs + 1 + 3 + 2 * runs
     assert generations["hf"] == 1 + 2 * 2 * runs
+
+
+def test_spread_gives_the_median_range_and_numpys_interquartile_range():
+    from npgpt.bench.generate import _spread
+
+    values = [1.0, 5.0, 2.0, 4.0, 3.0, 10.0]
+    got = _spread(values, 3)
+    assert got["median"] == 3.5 and got["range"] == [1.0, 10.0]
+    assert got["iqr"] == [round(float(q), 3) for q in np.percentile(values, [25, 75])]

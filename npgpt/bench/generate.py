@@ -37,7 +37,13 @@ alternating which runs first, on an input-grounded task (quote a given passage) 
 text, with the shipped ``npgpt-small`` and with GPT-2 124M random weights; and the cost of a
 verifying pass over k tokens against a one-token step (``verify_cost``: through the weights'
 panels, as prompt lookup runs it, and plainly, as before them). With ``--compare torch``,
-transformers' ``generate(prompt_lookup_num_tokens=N)`` on the same model and prompt too.
+transformers' ``generate(prompt_lookup_num_tokens=N)`` on the same model and prompt too. Each side of a
+pair sums as many generations as last about ``--sample-seconds`` (``generations_per_sample``; 0: one).
+A task's ``passes`` counts the model's passes in one generation with prompt lookup, the prompt's
+included (plain greedy's count is ``new_tokens``); ``prompt_pass_ms`` is a one-token generation, the
+prompt's pass and the head, which both sides pay (plain greedy makes no copy of the head for fewer
+than ``speed.HEAD_COPY_MIN_ROW_STEPS`` tokens, prompt lookup makes the weights' panels instead:
+``verify_cost``'s ``panel_copy_ms``).
 
 ``fastest_step_ms`` (and ``torch_fastest_step_ms``) is the quickest single step of all the runs:
 on a shared machine, what a step costs when nothing else runs. ``peak_rss_mb`` is the whole
@@ -521,7 +527,7 @@ def _lookup_task(model: GPT, ids: np.ndarray, args: argparse.Namespace, hf: Any 
         del model.trunk
     # The prompt's pass, paid by both sides: a generation of one token is that pass and the head.
     prompt_s = median(_timed_generate(model, ids, 1, 0)[0] for _ in range(3))
-    out = {"prompt_tokens": int(ids.shape[1]), "prompt_ms": round(1000 * prompt_s, 1), "new_tokens": n, "same_ids": same,
+    out = {"prompt_tokens": int(ids.shape[1]), "prompt_pass_ms": round(1000 * prompt_s, 1), "new_tokens": n, "same_ids": same,
            "passes": len(widths), "tokens_per_pass": round(n / len(widths), 2),
            "generations_per_sample": runs,
            "plain_tokens_per_s": round(n * runs / median(plain_s), 1),
