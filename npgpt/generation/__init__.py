@@ -418,6 +418,7 @@ def generate(model: Any, idx: Any, max_new_tokens: int | None = None, *, attenti
 
 
 def _token_id(model, value, name):
+    """``value`` as an int token id of ``model``'s vocabulary, else a ValueError that names ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an integer token id, got {value!r}")
     if not 0 <= int(value) < model.config.vocab_size:
@@ -557,7 +558,9 @@ class _Decoding:
     def trunk_pass(self, t: int) -> Tensor:
         """The hidden states (B, T', C) that end at position ``t - 1``: the last token's alone when it
         continues the cached sequence, else (the first step, no cache, or a context that outgrew
-        ``block_size``) those of the whole window of the last ``block_size`` tokens."""
+        ``block_size``) those of the whole window of the last ``block_size`` tokens. Either way it
+        moves the state on: the cache grows by the tokens fed (or is emptied and refilled with the
+        window), and with padding the next token's position follows the last one fed."""
         model, cache, real = self.model, self.cache, self.real
         if cache is not None and t > self.T0 and cache.length < self.block:
             # The last token continues the cached sequence.
