@@ -929,8 +929,8 @@ def _finetune_holding(args: argparse.Namespace) -> int:
 def _read_labelled(args: argparse.Namespace) -> tuple[list[str], Any, LabelSet]:
     """The texts of ``--data``, their labels encoded as class indices, and the ``LabelSet`` (``--labels``, else
     the labels found). Prints the count of each label and warns of rare classes, of one class spelled several
-    ways and of a class spelled like a missing value; a column of mostly one-example labels is refused
-    unless ``--allow-many-classes`` (``labelled.label_counts``)."""
+    ways and of a class spelled like a missing value; a column of more than two classes, over half of
+    them with a single example, is refused unless ``--allow-many-classes`` (``labelled.label_counts``)."""
     from npgpt.finetuning import labelled
 
     texts, raw = labelled.read_labelled_file(args.data, args.text_column, args.label_column, fmt=args.format,

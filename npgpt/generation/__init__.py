@@ -559,8 +559,8 @@ class _Decoding:
         """The hidden states (B, T', C) that end at position ``t - 1``: the last token's alone when it
         continues the cached sequence, else (the first step, no cache, or a context that outgrew
         ``block_size``) those of the whole window of the last ``block_size`` tokens. Either way it
-        moves the state on: the cache grows by the tokens fed (or is emptied and refilled with the
-        window), and with padding the next token's position follows the last one fed."""
+        moves the state on: the cache, if any, grows by the tokens fed (or is emptied and refilled with
+        the window), and with padding the next token's position follows the last one fed."""
         model, cache, real = self.model, self.cache, self.real
         if cache is not None and t > self.T0 and cache.length < self.block:
             # The last token continues the cached sequence.
