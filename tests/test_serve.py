@@ -1,7 +1,10 @@
 """``npgpt serve`` end to end (docs/serving.md): the real server (uvicorn, a subprocess on a free port,
-a tiny chat model), spoken to by OpenAI's own Python client and by raw HTTP for the error paths."""
+a tiny chat model), spoken to by OpenAI's own Python client and by raw HTTP for the error paths; and, in this
+process with scripted job events instead of a model, the ways one request's reply can end."""
 
+import asyncio
 import json
+import logging
 import threading
 import time
 
@@ -15,6 +18,10 @@ pytest.importorskip("uvicorn")
 
 from serve_helpers import Running, save_tiny  # noqa: E402
 
+from npgpt.apps.serve.app import Server, create_app  # noqa: E402
+from npgpt.apps.serve.text import Piece  # noqa: E402
+from npgpt.finetuning.sft import add_chat_tokens  # noqa: E402
+from npgpt.model import GPT, GPTConfig  # noqa: E402
 from npgpt.tokenizer import Tokenizer  # noqa: E402
 
 KEY = "test-key-123"
@@ -139,6 +146,22 @@ def test_logprobs_and_top_logprobs(client):
     lp = c.choices[0].logprobs
     assert "".join(lp.tokens) == c.choices[0].text and all(len(t) <= 3 for t in lp.top_logprobs)
     assert lp.text_offset[0] == 0
+
+
+def test_chat_logprobs_without_top_logprobs(client):
+    """Chat ``logprobs: true`` alone asks for each token's log-probability and no alternatives
+    (OpenAI: ``top_logprobs`` defaults to none), the batcher's k = 0 case: every token has a
+    log-probability, an empty ``top_logprobs`` list and its UTF-8 ``bytes``; at temperature 0 it
+    is the log-probability of the most likely token, the one ``top_logprobs=1`` lists first."""
+    kw = dict(model=MODEL, messages=CHAT, max_tokens=6, temperature=0, logprobs=True)
+    r = client.chat.completions.create(**kw)
+    content = r.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == r.choices[0].message.content and content
+    for t in content:
+        assert t.top_logprobs == [] and t.logprob <= 0 and t.bytes == list(t.token.encode())
+    one = client.chat.completions.create(top_logprobs=1, **kw).choices[0].logprobs.content
+    assert [t.token for t in one] == [t.token for t in content]
+    assert [t.logprob for t in content] == [t.top_logprobs[0].logprob for t in one]
 
 
 def test_a_seeded_request_gets_the_same_text_alone_and_in_a_crowd(client):
@@ -341,3 +364,184 @@ def test_the_load_test_runs_and_finds_no_error_and_no_mixed_stream():
     assert result["requests"] >= 4 and result["replayed"] >= 1 and result["mixed_streams"] == 0
     assert result["mean_batch"] > 1 and result["tokens_per_s"] > 0 and result["speedup"] > 0
     assert result["ttft_ms_p50"] <= result["ttft_ms_p95"]
+
+
+# ------------------------------------------------ one request's reply, from scripted events
+# The paths of ``_Reply`` (npgpt/apps/serve/app.py) that a live model makes hard to reach: a client
+# that leaves, a shutdown, a failing step. The server runs in this process with a batcher that never
+# starts: its ``submit`` replays a script of ``Job`` events (see ``Job``), so no model runs.
+def hel_lo(k=0):
+    """Choice ``k``'s "Hello" in two pieces, "Hel" (tokens "He", "l") and "lo", with two alternatives each."""
+    return [("piece", k, Piece("Hel", [("He", -0.5, [("He", -0.5), ("x", -1.5)]),
+                                       ("l", -0.25, [("l", -0.25), ("y", -2.0)])])),
+            ("piece", k, Piece("lo", [("lo", -0.125, [("lo", -0.125), ("z", -3.0)])]))]
+
+
+@pytest.fixture(scope="module")
+def tiny_chat():
+    tokenizer = Tokenizer.from_pretrained("npgpt-small")
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16), seed=1)
+    return add_chat_tokens(model, tokenizer)
+
+
+@pytest.fixture
+def scripted(tiny_chat):
+    """A ``Server`` whose ``submit`` delivers ``server.script`` to the job at once (and keeps the job)."""
+    server = Server(*tiny_chat, MODEL)
+    server.script, server.jobs = [], []
+
+    def submit(job):
+        server.jobs.append(job)
+        for event in server.script:
+            job.deliver(event)
+
+    server.submit = submit
+    return server
+
+
+def asgi_post(server, path, body, *, client_leaves=False):
+    """POST ``body`` to ``create_app(server)`` in this process: (status, response body). The client
+    either waits for the answer, or (``client_leaves``) is gone once it has sent the request."""
+    incoming = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+    sent = []
+
+    async def receive():
+        if incoming:
+            return incoming.pop()
+        if client_leaves:
+            return {"type": "http.disconnect"}
+        await asyncio.Event().wait()                   # still there, saying nothing more
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"application/json")], "client": ("test", 1), "server": ("test", 80)}
+    asyncio.run(create_app(server)(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start"
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def sse_events(body):
+    """A stream's events: the JSON of each ``data:`` line, and "[DONE]" as it is."""
+    lines = [line for line in body.decode().split("\n\n") if line]
+    assert all(line.startswith("data: ") for line in lines), lines
+    return [line[6:] if line == "data: [DONE]" else json.loads(line[6:]) for line in lines]
+
+
+def requests_counted(server, status):
+    """``npgpt_requests_total`` of POST /v1/completions with ``status``, from /metrics' text."""
+    line = f'npgpt_requests_total{{method="POST",path="/v1/completions",status="{status}"}} '
+    found = [row for row in server.metrics.render().decode().splitlines() if row.startswith(line)]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+COMPLETION = {"model": MODEL, "prompt": "Hi", "max_tokens": 5}
+
+
+def test_a_collected_request_whose_client_left_is_logged_as_499(scripted, caplog):
+    """A collected request whose client leaves before the answer is complete: nobody reads a
+    status line any more, so ``collect`` answers nginx's 499 ("client closed request") for the
+    log line and the request counter, with the token counts known so far, and cancels the job so
+    that its slots are freed at the next step. It notices only after 0.5 s without an event."""
+    scripted.script = hel_lo()[:1]                     # one piece, then the model is still busy
+    prompt_tokens = len(scripted.tokenizer.encode("Hi"))
+    with caplog.at_level(logging.INFO, logger="npgpt.serve"):
+        status, body = asgi_post(scripted, "/v1/completions", COMPLETION, client_leaves=True)
+    assert (status, body) == (499, b"")
+    assert scripted.jobs[0].cancelled
+    assert f"POST /v1/completions 499 prompt_tokens={prompt_tokens} completion_tokens=0 ms=" in caplog.text
+    assert requests_counted(scripted, 499) == 1
+
+
+def test_a_collected_request_cut_by_a_shutdown_answers_503(scripted):
+    """When the server shuts down, the batcher ends the running choices with the finish reason
+    "cancelled". A collected answer missing a choice is not an answer: 503 ``shutting_down``,
+    OpenAI's error shape, even though the other choice finished."""
+    scripted.script = hel_lo(0)[:1] + [("piece", 1, Piece("Yo", [])), ("finish", 1, "stop"),
+                                       ("finish", 0, "cancelled"), ("done", 2)]
+    status, body = asgi_post(scripted, "/v1/completions", {**COMPLETION, "n": 2})
+    assert status == 503
+    assert json.loads(body) == {"error": {"message": "the server shut down before the answer was complete",
+                                          "type": "server_error", "param": None, "code": "shutting_down"}}
+    assert scripted.jobs[0].cancelled and requests_counted(scripted, 503) == 1
+
+
+@pytest.mark.parametrize("path, body", [("/v1/completions", COMPLETION),
+                                        ("/v1/chat/completions", {"model": MODEL, "messages": CHAT})])
+def test_a_failed_generation_is_a_500_when_collected(scripted, path, body):
+    """The model thread reports a failed step with an ``("error", message)`` event (a bug, no
+    memory) and nothing after it: a collected request answers 500 "generation failed: <message>",
+    OpenAI's ``server_error``, and its job is cancelled."""
+    scripted.script = hel_lo()[:1] + [("error", "MemoryError: no room for the logits")]
+    status, answer = asgi_post(scripted, path, body)
+    assert status == 500
+    assert json.loads(answer) == {"error": {"message": "generation failed: MemoryError: no room for the logits",
+                                            "type": "server_error", "param": None, "code": None}}
+    assert scripted.jobs[0].cancelled
+
+
+@pytest.mark.parametrize("path, body, create", [
+    ("/v1/completions", {**COMPLETION, "stream": True}, "completions"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "stream": True}, "chat.completions")])
+def test_a_failed_generation_ends_a_stream_with_an_error_event(scripted, path, body, create):
+    """Streamed, the status line (200) has gone before the failure: the stream's last event is
+    OpenAI's error object (``data: {"error": {...}}``), with no ``[DONE]`` after it, so a client
+    cannot take the cut text for a complete answer. OpenAI's own client raises ``APIError`` with
+    the message on that event, after the text that came before it."""
+    scripted.script = hel_lo()[:1] + [("error", "MemoryError: no room for the logits")]
+    status, answer = asgi_post(scripted, path, body)
+    events = sse_events(answer)
+    assert status == 200 and "[DONE]" not in events
+    assert events[-1] == {"error": {"message": "generation failed: MemoryError: no room for the logits",
+                                    "type": "server_error", "param": None, "code": None}}
+    assert scripted.jobs[0].cancelled
+
+    async def through_the_client():
+        transport = httpx.ASGITransport(app=create_app(scripted))
+        async with httpx.AsyncClient(transport=transport) as http:
+            client = openai.AsyncOpenAI(base_url="http://test/v1", api_key="none", http_client=http, max_retries=0)
+            endpoint = client.completions if create == "completions" else client.chat.completions
+            chunks = []
+            with pytest.raises(openai.APIError, match="generation failed: MemoryError"):
+                async for chunk in await endpoint.create(**{k: v for k, v in body.items() if k != "stream"},
+                                                         stream=True):
+                    chunks.append(chunk)
+            return chunks
+
+    chunks = asyncio.run(through_the_client())
+    got = [c.choices[0].text if create == "completions" else c.choices[0].delta.content for c in chunks]
+    assert "".join(got) == "Hel"
+
+
+def test_streamed_completion_logprobs_carry_text_offsets_across_pieces(scripted):
+    """Legacy completions' ``logprobs.text_offset`` gives, for each token, where its text begins in
+    the choice's text (npgpt counts from the completion's start, as its collected answer does).
+    Streamed, each chunk holds only its own tokens, so the offsets must run on from the characters
+    the choice has already sent: "Hel" (tokens "He", "l") then "lo" give [0, 2] and [3], each
+    choice counting its own text. Joined, the chunks' logprobs are the collected answer's."""
+    scripted.script = hel_lo(0)[:1] + hel_lo(1) + hel_lo(0)[1:] + [("finish", 1, "stop"), ("finish", 0, "length"),
+                                                                  ("done", 6)]
+    request = {**COMPLETION, "n": 2, "logprobs": 2}
+    status, answer = asgi_post(scripted, "/v1/completions", {**request, "stream": True})
+    assert status == 200
+    events = sse_events(answer)
+    assert events[-1] == "[DONE]"
+    streamed = {0: [], 1: []}
+    for event in events[:-1]:
+        (choice,) = event["choices"]
+        if choice["logprobs"] is not None:
+            streamed[choice["index"]].append(choice["logprobs"])
+    assert [lp["text_offset"] for lp in streamed[0]] == [[0, 2], [3]]
+    assert [lp["text_offset"] for lp in streamed[1]] == [[0, 2], [3]]
+    status, answer = asgi_post(scripted, "/v1/completions", request)
+    assert status == 200
+    for choice in json.loads(answer)["choices"]:
+        whole = choice["logprobs"]
+        assert whole["text_offset"] == [0, 2, 3] and choice["text"] == "Hello"
+        for token, offset in zip(whole["tokens"], whole["text_offset"]):
+            assert choice["text"][offset:offset + len(token)] == token
+        joined = {key: [x for lp in streamed[choice["index"]] for x in lp[key]] for key in whole}
+        assert joined == whole
+        assert whole["top_logprobs"][0] == {"He": -0.5, "x": -1.5}

@@ -3,11 +3,12 @@ that share decoding steps get exactly the tokens they get alone, stop strings cu
 freed. No HTTP here: tests/test_serve.py drives the real server."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
 
-from npgpt.apps.serve.batcher import Batcher, QueueFull, make_job
+from npgpt.apps.serve.batcher import Batcher, QueueFull, _most_likely, make_job
 from npgpt.apps.serve.text import TextStream
 from npgpt.generation import SamplingConfig
 from npgpt.model import GPT, GPTConfig
@@ -168,6 +169,69 @@ def test_a_failing_step_fails_its_requests_and_the_batcher_keeps_serving(model, 
         assert later[-1] == ("done", 2)
     finally:
         batcher.stop()
+
+
+def test_most_likely_with_k_0_asks_for_no_column():
+    """``_most_likely(logp, 0)`` is what a request with logprobs but no alternatives (chat
+    ``logprobs: true`` alone, completions ``logprobs: 0``) computes: (rows, 0) ids and values,
+    the ids integers (they index the vocabulary). With k > 0 it is the k largest, largest first."""
+    logp = np.log(np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]]))
+    ids, values = _most_likely(logp, 0)
+    assert ids.shape == values.shape == (2, 0) and ids.dtype.kind == "i"
+    ids, values = _most_likely(logp, 2)
+    assert ids.tolist() == [[1, 2], [0, 2]] and np.array_equal(values, np.log([[0.6, 0.3], [0.5, 0.3]]))
+
+
+def test_each_row_gets_the_logprobs_its_own_request_asked_for(model, tokenizer):
+    """Four requests share every decoding step, asking for ``top_logprobs`` None, 0, 2 and 5:
+    ``_logprobs`` computes the top 5 for the whole step and cuts each row to its own k. Each
+    released token must carry exactly what its request asked for (the protocol: no logprob
+    and no alternatives for None; its logprob and no alternatives for 0; k alternatives, most
+    likely first, for k), with the chosen token's log-probability and the alternatives equal
+    to a log-softmax computed here from the very logits the batcher sampled from; and each
+    request gets the same tokens and log-probabilities alone as in this crowd."""
+    asked = [None, 0, 2, 5]
+    specs = [([7 + k, 8, 9], 8, SAMPLED if k % 2 else SamplingConfig(), {"seed": 40 + k, "top_logprobs": top})
+             for k, top in enumerate(asked)]
+    batcher = Batcher(model, tokenizer, max_batch=4)
+    steps = []                                            # (logits, each row's top_logprobs, tokens chosen)
+    sample = batcher._sample
+
+    def recorded(logits, rows):
+        chosen = sample(logits, rows)
+        steps.append((np.array(logits, dtype=np.float64), [job.top_logprobs for job, _ in rows], chosen))
+        return chosen
+
+    batcher._sample = recorded
+    events = [[] for _ in specs]
+    for i, (prompt, n_new, sampling, kw) in enumerate(specs):     # all queued before the thread starts
+        batcher.submit(make_job(tokenizer, prompt, n_new, sampling, deliver=events[i].append, **kw))
+    batcher.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not all(e and e[-1][0] in ("done", "error") for e in events) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert all(e and e[-1][0] == "done" for e in events), [e[-1:] for e in events]
+        crowd = list(steps)
+        alone = [run_jobs(batcher, [spec])[0] for spec in specs]
+    finally:
+        batcher.stop()
+    assert any(sorted(ks, key=str) == sorted(asked, key=str) for _, ks, _ in crowd)    # one step held all four
+    for i, top in enumerate(asked):
+        released = [entry for e in events[i] if e[0] == "piece" for entry in e[2].tokens]
+        expected = [(z[r], t[r]) for z, ks, t in crowd for r in range(len(ks)) if ks[r] == top]
+        assert len(released) == len(expected) == 8
+        for (text, logprob, alternatives), (z, token) in zip(released, expected):
+            assert text == tokenizer.decode([token])
+            if top is None:
+                assert logprob is None and alternatives == []
+                continue
+            logp = z - np.logaddexp.reduce(z)
+            assert logprob == pytest.approx(logp[token], rel=1e-12, abs=1e-12)
+            best = np.argsort(-logp, kind="stable")[:top]
+            assert [t for t, _ in alternatives] == [tokenizer.decode([int(j)]) for j in best]
+            assert [lp for _, lp in alternatives] == pytest.approx(logp[best].tolist(), rel=1e-12, abs=1e-12)
+        assert [e for e in alone[i] if e[0] == "piece"] == [e for e in events[i] if e[0] == "piece"]   # and alone
 
 
 def test_a_full_queue_refuses_with_a_retry_delay(model, tokenizer):

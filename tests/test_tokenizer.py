@@ -19,6 +19,7 @@ from npgpt import datasets
 from npgpt.tokenizer import ENDOFTEXT, GPT2_PATTERN, StreamDecoder, Tokenizer, bytes_to_unicode, pretokenize, reference
 from npgpt.tokenizer.bpe import bpe, bpe_long, crowded_runs
 from npgpt.tokenizer.reference import MergeTable
+from npgpt.tokenizer.train import token_id
 
 WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
          "but have an they you were their one all we can her has there been if more when will would who "
@@ -370,6 +371,47 @@ def test_training_says_why_it_stopped_early():
     assert tok.vocab_size < 1000
     with pytest.raises(ValueError, match="below the 256 byte tokens"):
         Tokenizer.train("text", 200)
+
+
+def test_token_id_reuses_the_id_of_bytes_already_in_the_vocabulary():
+    """``token_id`` (npgpt/tokenizer/train.py): a merge whose bytes are new gets the next id,
+    appended to ``tokens`` and ``id_of``; a merge spelling bytes the vocabulary already holds,
+    like ("a", "bc") after ("ab", "c") made b"abc", gets that token's id and appends nothing, so
+    no two ids ever spell the same bytes (vocab.json could not tell them apart)."""
+    tokens = [bytes([b]) for b in range(256)]
+    id_of = {t: i for i, t in enumerate(tokens)}
+    assert [token_id(tokens, id_of, t) for t in (b"ab", b"abc", b"bc")] == [256, 257, 258]
+    assert token_id(tokens, id_of, b"a" + b"bc") == 257               # spelled before as b"ab" + b"c"
+    assert token_id(tokens, id_of, b"a") == ord("a")                  # a byte is in from the start
+    assert tokens[256:] == [b"ab", b"abc", b"bc"] and len(id_of) == len(tokens) == 259
+    assert all(id_of[t] == i for i, t in enumerate(tokens))
+
+
+@pytest.mark.filterwarnings("ignore:training stopped")
+@settings(max_examples=60, deadline=None)
+@given(words=st.lists(st.text("ab", min_size=2, max_size=9) | st.text("abc", min_size=2, max_size=6),
+                      min_size=1, max_size=12),
+       counts=st.lists(st.integers(1, 6), min_size=12, max_size=12))
+def test_trained_ids_spell_distinct_bytes_and_each_is_one_merge(words, counts):
+    """Trained to exhaustion (``min_frequency=1``) on small corpora of runs and mixes of few letters,
+    the corpora where merges compete most: every id spells bytes of its own, each learned token
+    is made by exactly one merge, ``merges[i]`` spelling token ``256 + i``, and encoding the
+    corpus decodes back to it.
+
+    No corpus makes ``train_bpe`` reuse an id (``token_id``), so ``merges`` never holds more pairs
+    than there are learned tokens: merges apply to every word in one global order, each left to
+    right, so a stretch of a word whose ends stay token boundaries is segmented as it would be on
+    its own; two pairs spelling the same bytes would be two segmentations of one such stretch,
+    and the earlier of the two merges would have joined the other as well. (Merging right to
+    left in some words breaks this: ids are then reused, and the count of merges here fails.)"""
+    text = " ".join(w for w, c in zip(words, counts) for _ in range(c))
+    tok = Tokenizer.train(text, 2000, special_tokens=(), min_frequency=1, show_progress=False)
+    spelled = [tok.token_bytes(i) for i in range(tok.vocab_size)]
+    assert len(set(spelled)) == len(spelled)
+    assert len(tok.merges) == tok.vocab_size - 256
+    for i, (a, b) in enumerate(tok.merges):
+        assert spelled[256 + i] == spelled[a] + spelled[b] and a < 256 + i and b < 256 + i
+    assert tok.decode(tok.encode(text)) == text
 
 
 # ------------------------------------------------------------------ files
