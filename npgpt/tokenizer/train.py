@@ -88,7 +88,7 @@ def train_bpe(texts: str | Iterable[str], vocab_size: int, *, special_tokens: It
             break
         a, b = best
         x = token_id(tokens, id_of, tokens[a] + tokens[b])
-        if best not in done:               # a pair can come back: see token_id
+        if best not in done:               # a guard: a pair could only come back through a reused id (token_id)
             merges.append(best)
             done.add(best)
         delta = merge_pair(words, freq, where, best, x)
@@ -204,13 +204,13 @@ def pop_best_pair(heap: list[HeapEntry], pair_count: Mapping[Pair, int],
 
 def token_id(tokens: list[bytes], id_of: dict[bytes, int], joined: bytes) -> int:
     """The id of the merged token ``joined``: a new id appended to ``tokens`` (and ``id_of``), or
-    the existing one when an earlier merge already spelled these bytes.
+    the existing one if these bytes are in the vocabulary already.
 
-    Two different pairs can spell the same bytes (``c``+``at`` and ``ca``+``t``, reached through
-    different contexts); the second one gets a merge of its own but reuses the id, as Hugging
-    Face's trainer does. A pair already merged can then occur again (a later merge that reuses the
-    id of its left or right token puts the two side by side anew): ``train_bpe`` merges it again
-    without a second entry in ``merges``.
+    In ``train_bpe`` the second case does not arise: every merge is applied to every word in one
+    order, left to right, so two different pairs never spell the same bytes (``c``+``at`` in one
+    word and ``ca``+``t`` in another; docs/tokenizer.md, "Training fast", says why), and every
+    merge makes a new token. The look-up is a guard all the same: a vocabulary must never hold the
+    same bytes under two ids (Hugging Face's trainer reuses the id, as this would).
     """
     x = id_of.get(joined)
     if x is None:
