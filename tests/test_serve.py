@@ -468,6 +468,25 @@ def test_a_collected_request_cut_by_a_shutdown_answers_503(scripted):
     assert scripted.jobs[0].cancelled and requests_counted(scripted, 503) == 1
 
 
+@pytest.mark.parametrize("path, body", [("/v1/completions", {**COMPLETION, "n": 2, "stream": True}),
+                                        ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "n": 2,
+                                                                  "stream": True})])
+def test_a_streamed_request_cut_by_a_shutdown_ends_with_an_error_event(scripted, path, body):
+    """Streamed, a choice cancelled by the shutdown must not end in ``[DONE]``, which a client takes
+    for a complete answer: the stream's last event is the collected answer's 503 error object,
+    ``shutting_down``, after the text that was sent (and the other choice's finish)."""
+    scripted.script = hel_lo(0)[:1] + [("piece", 1, Piece("Yo", [])), ("finish", 1, "stop"),
+                                       ("finish", 0, "cancelled"), ("done", 2)]
+    status, answer = asgi_post(scripted, path, {**body, "stream_options": {"include_usage": True}})
+    events = sse_events(answer)
+    assert status == 200 and "[DONE]" not in events
+    assert events[-1] == {"error": {"message": "the server shut down before the answer was complete",
+                                    "type": "server_error", "param": None, "code": "shutting_down"}}
+    finished = [c["finish_reason"] for e in events[:-1] for c in e["choices"] if c["finish_reason"]]
+    assert finished == ["stop"] and all("usage" not in e or e["usage"] is None for e in events[:-1])
+    assert scripted.jobs[0].cancelled
+
+
 @pytest.mark.parametrize("path, body", [("/v1/completions", COMPLETION),
                                         ("/v1/chat/completions", {"model": MODEL, "messages": CHAT})])
 def test_a_failed_generation_is_a_500_when_collected(scripted, path, body):

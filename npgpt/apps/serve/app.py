@@ -344,8 +344,12 @@ class _Reply:
     # ---------------------------------------------------------- streamed
     async def stream(self) -> AsyncIterator[bytes]:
         """The answer as server-sent events: for chat, first each choice's role; then a chunk per
-        piece of text and per finished choice, the usage if ``stream_options`` asks, and ``[DONE]``."""
+        piece of text and per finished choice, the usage if ``stream_options`` asks, and ``[DONE]``.
+        A stream cut short (a failed step, a choice cancelled by a shutdown) ends instead with an error
+        event, OpenAI's error object, and no ``[DONE]``: the status line (200) has gone, and a client
+        must not take the cut text for a complete answer."""
         offsets = [0] * self.req.n          # characters each choice has sent: its logprobs' text_offset
+        cut = False                         # a choice ended by a shutdown
         try:
             if self.chat:
                 for k in range(self.req.n):
@@ -359,9 +363,13 @@ class _Reply:
                 if event[0] == "error":            # the status line has gone: the error is an event
                     yield protocol.sse(ApiError(500, f"generation failed: {event[1]}", type="server_error").body())
                     return
+                cut |= event[0] == "finish" and event[2] == "cancelled"
                 choice = self.streamed_choice(event, offsets)
                 if choice is not None:
                     yield self.chunk([choice])
+            if cut:                                # as the collected answer's 503, as an event
+                yield protocol.sse(_shut_down_error().body())
+                return
             if self.req.stream_options is not None and self.req.stream_options.include_usage:
                 yield protocol.sse({**self.head, "choices": [], "usage": self.usage()})
             yield protocol.SSE_DONE
@@ -374,7 +382,7 @@ class _Reply:
 
     def streamed_choice(self, event: tuple, offsets: list[int]) -> dict[str, Any] | None:
         """The chunk's choice for a ``piece`` or ``finish`` event; None for a choice cancelled by a
-        shutdown (its client hears nothing more)."""
+        shutdown (it sends nothing more, and the stream ends with an error event: ``stream``)."""
         chat = self.chat
         if event[0] == "piece":
             _, k, piece = event
@@ -419,8 +427,7 @@ class _Reply:
         finally:
             self.job.cancelled = True
         if "cancelled" in reasons:
-            raise ApiError(503, "the server shut down before the answer was complete", type="server_error",
-                           code="shutting_down")
+            raise _shut_down_error()
         return JSONResponse(self.whole(texts, tokens, reasons))
 
     def whole(self, texts: list[str], tokens: list[list], reasons: list[str | None]) -> dict[str, Any]:
@@ -436,6 +443,12 @@ class _Reply:
                 choices.append({"index": k, "text": texts[k], "logprobs": lp, "finish_reason": reasons[k]})
         return {**self.head, "object": "chat.completion" if self.chat else "text_completion", "choices": choices,
                 "usage": self.usage()}
+
+
+def _shut_down_error() -> ApiError:
+    """503 ``shutting_down``: a choice was cancelled by the server's shutdown before it was complete."""
+    return ApiError(503, "the server shut down before the answer was complete", type="server_error",
+                    code="shutting_down")
 
 
 class _Logged:
