@@ -121,7 +121,7 @@ class _Draws:
 def _most_likely(logp: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` largest entries of each row of ``logp`` (rows, V), largest first: their ids and
     values, (rows, k) each, on the CPU. ``argpartition`` finds them without sorting all V."""
-    if k == 0:                          # argpartition needs k >= 1; no column is asked for
+    if k == 0:                          # no column asked for (kth = k - 1 = -1 would mean the last one)
         return np.zeros((len(logp), 0), dtype=np.int64), np.zeros((len(logp), 0))
     xp = backend.array_module(logp)
     part = xp.argpartition(-logp, k - 1, axis=-1)[:, :k]
@@ -297,15 +297,13 @@ class Batcher:
         prompt_cache = model.new_cache(1, len(job.prompt))
         hidden = model.trunk(ids, cache=prompt_cache)                                      # (1, P, C)
         logits = self._logits(hidden.data[:, -1])                                           # (1, V)
-        rows = []
-        for choice in job.choices:
+        for choice in job.choices:          # each choice in a slot of its own, from the same prompt
             slot = len(self.rows)
             self.cache.load(slot, prompt_cache)
             self.mask[slot] = 0
             self.mask[slot, :len(job.prompt)] = 1
             self.rows.append((job, choice))
-            rows.append(slot)
-        logits = xp.broadcast_to(logits, (len(rows), logits.shape[1]))
+        logits = xp.broadcast_to(logits, (len(job.choices), logits.shape[1]))
         self._choose(logits, [(job, c) for c in job.choices])
         self._retire_finished()
 
