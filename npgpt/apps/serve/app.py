@@ -31,6 +31,7 @@ from npgpt.tokenizer.bpe import ENDOFTEXT
 STATIC = pathlib.Path(__file__).parent / "static"
 log = logging.getLogger("npgpt.serve")
 PROTECTED = ("/v1/", "/npgpt/", "/metrics")       # what --api-key guards; the page and /health stay open
+CUT_BY_SHUTDOWN = "the server shut down before the answer was complete"   # a 503's message
 
 
 class Server:
@@ -109,7 +110,7 @@ class Server:
             raise ApiError(429, f"the server is busy: {exc}; retry after {exc.retry_after} s", type="rate_limit_error",
                            code="queue_full", headers={"Retry-After": str(exc.retry_after)}) from None
         except ShuttingDown:
-            raise ApiError(503, "the server is shutting down", type="server_error", code="shutting_down") from None
+            raise _shutting_down("the server is shutting down") from None
 
 
 def _events() -> tuple[asyncio.Queue, Any]:
@@ -167,6 +168,11 @@ async def _crash(request: Request, exc: Exception) -> JSONResponse:
     """Any other exception: a 500 that names it, in OpenAI's shape."""
     return JSONResponse(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error").body(),
                         status_code=500)
+
+
+def _shutting_down(message: str) -> ApiError:
+    """503 ``shutting_down``, OpenAI's ``server_error``: a request refused, or an answer cut, by the shutdown."""
+    return ApiError(503, message, type="server_error", code="shutting_down")
 
 
 # ------------------------------------------------------------------ routes
@@ -284,7 +290,7 @@ async def _on_model_thread(server: Server, fn) -> Any:
     try:
         future = server.batcher.call(fn)
     except ShuttingDown:
-        raise ApiError(503, "the server is shutting down", type="server_error", code="shutting_down") from None
+        raise _shutting_down("the server is shutting down") from None
     return await asyncio.wrap_future(future)
 
 
@@ -363,12 +369,12 @@ class _Reply:
                 if event[0] == "error":            # the status line has gone: the error is an event
                     yield protocol.sse(ApiError(500, f"generation failed: {event[1]}", type="server_error").body())
                     return
-                cut |= event[0] == "finish" and event[2] == "cancelled"
-                choice = self.streamed_choice(event, offsets)
-                if choice is not None:
-                    yield self.chunk([choice])
+                if event[0] == "finish" and event[2] == "cancelled":     # the shutdown ended this choice
+                    cut = True
+                    continue
+                yield self.chunk([self.streamed_choice(event, offsets)])
             if cut:                                # as the collected answer's 503, as an event
-                yield protocol.sse(_shut_down_error().body())
+                yield protocol.sse(_shutting_down(CUT_BY_SHUTDOWN).body())
                 return
             if self.req.stream_options is not None and self.req.stream_options.include_usage:
                 yield protocol.sse({**self.head, "choices": [], "usage": self.usage()})
@@ -380,9 +386,8 @@ class _Reply:
         """One chunk of the stream, as a server-sent event."""
         return protocol.sse({**self.head, "choices": choices})
 
-    def streamed_choice(self, event: tuple, offsets: list[int]) -> dict[str, Any] | None:
-        """The chunk's choice for a ``piece`` or ``finish`` event; None for a choice cancelled by a
-        shutdown (it sends nothing more, and the stream ends with an error event: ``stream``)."""
+    def streamed_choice(self, event: tuple, offsets: list[int]) -> dict[str, Any]:
+        """The chunk's choice for a ``piece`` event or for a ``finish`` event that is not a shutdown's."""
         chat = self.chat
         if event[0] == "piece":
             _, k, piece = event
@@ -392,11 +397,9 @@ class _Reply:
             lp = protocol.completion_logprobs(piece.tokens, offsets[k]) if self.top_logprobs is not None else None
             offsets[k] += len(piece.text)
             return {"index": k, "text": piece.text, "logprobs": lp, "finish_reason": None}
-        if event[0] == "finish" and event[2] != "cancelled":
-            _, k, reason = event
-            return ({"index": k, "delta": {}, "logprobs": None, "finish_reason": reason} if chat else
-                    {"index": k, "text": "", "logprobs": None, "finish_reason": reason})
-        return None
+        _, k, reason = event
+        return ({"index": k, "delta": {}, "logprobs": None, "finish_reason": reason} if chat else
+                {"index": k, "text": "", "logprobs": None, "finish_reason": reason})
 
     # --------------------------------------------------------- collected
     async def collect(self) -> Response:
@@ -427,7 +430,7 @@ class _Reply:
         finally:
             self.job.cancelled = True
         if "cancelled" in reasons:
-            raise _shut_down_error()
+            raise _shutting_down(CUT_BY_SHUTDOWN)
         return JSONResponse(self.whole(texts, tokens, reasons))
 
     def whole(self, texts: list[str], tokens: list[list], reasons: list[str | None]) -> dict[str, Any]:
@@ -443,12 +446,6 @@ class _Reply:
                 choices.append({"index": k, "text": texts[k], "logprobs": lp, "finish_reason": reasons[k]})
         return {**self.head, "object": "chat.completion" if self.chat else "text_completion", "choices": choices,
                 "usage": self.usage()}
-
-
-def _shut_down_error() -> ApiError:
-    """503 ``shutting_down``: a choice was cancelled by the server's shutdown before it was complete."""
-    return ApiError(503, "the server shut down before the answer was complete", type="server_error",
-                    code="shutting_down")
 
 
 class _Logged:
