@@ -23,13 +23,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-def save_tiny(directory, block_size=64, n_embd=32, n_layer=2, chat=True):
-    """A small random model with the shipped tokenizer (and the chat template when ``chat``)."""
+def tiny_model(block_size=64, n_embd=32, n_layer=2, chat=True):
+    """``(model, tokenizer)``: a small random model with the shipped tokenizer (and the chat template when ``chat``)."""
     tokenizer = Tokenizer.from_pretrained("npgpt-small")
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=n_layer, n_head=2,
                           n_embd=n_embd), seed=1)
-    if chat:
-        model, tokenizer = add_chat_tokens(model, tokenizer)
+    return add_chat_tokens(model, tokenizer) if chat else (model, tokenizer)
+
+
+def save_tiny(directory, block_size=64, n_embd=32, n_layer=2, chat=True):
+    """``tiny_model``'s model and tokenizer, saved in ``directory``."""
+    model, tokenizer = tiny_model(block_size, n_embd, n_layer, chat)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     tokenizer.save(directory)

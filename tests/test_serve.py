@@ -16,12 +16,10 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from serve_helpers import Running, save_tiny  # noqa: E402
+from serve_helpers import Running, save_tiny, tiny_model  # noqa: E402
 
 from npgpt.apps.serve.app import Server, create_app  # noqa: E402
 from npgpt.apps.serve.text import Piece  # noqa: E402
-from npgpt.finetuning.sft import add_chat_tokens  # noqa: E402
-from npgpt.model import GPT, GPTConfig  # noqa: E402
 from npgpt.tokenizer import Tokenizer  # noqa: E402
 
 KEY = "test-key-123"
@@ -379,9 +377,7 @@ def hel_lo(k=0):
 
 @pytest.fixture(scope="module")
 def tiny_chat():
-    tokenizer = Tokenizer.from_pretrained("npgpt-small")
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16), seed=1)
-    return add_chat_tokens(model, tokenizer)
+    return tiny_model(n_embd=16, n_layer=1)
 
 
 @pytest.fixture
