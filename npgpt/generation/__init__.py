@@ -612,18 +612,17 @@ def _decode(model, plan):
     padding positions stay hidden, and each row's position counts its own
     tokens.
     """
-    run = _Decoding(model, plan)
-    B, T0 = plan.ids.shape
-    n, block = plan.max_new_tokens, model.config.block_size
-    if run.cache is not None and T0 + n > block:
+    state = _Decoding(model, plan)
+    T0, n, block = state.T0, plan.max_new_tokens, state.block
+    if state.cache is not None and T0 + n > block:
         warnings.warn(ContextWindowWarning(block, max(T0, block) - T0 + 1), stacklevel=3)
-    head = model.decoding_weight(B, n)                                # the LM head's copy for this generation, or None
+    head = model.decoding_weight(plan.ids.shape[0], n)                 # the LM head's copy for this generation, or None
     with no_grad():
         for step, t in enumerate(range(T0, T0 + n)):
-            hidden = run.trunk_pass(t)                                 # (B, T', C)
+            hidden = state.trunk_pass(t)                               # (B, T', C)
             logits = model.lm_head(hidden[:, -1], head).data           # (B, V): the head on the last position only
-            token = run.choose(logits, step)                           # (B,)
-            run.ids[:, t] = token
+            token = state.choose(logits, step)                         # (B,)
+            state.ids[:, t] = token
             yield token
-            if run.eos is not None and bool(run.done.all()):
+            if state.eos is not None and bool(state.done.all()):
                 return

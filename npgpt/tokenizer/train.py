@@ -53,7 +53,7 @@ def train_bpe(texts: str | Iterable[str], vocab_size: int, *, special_tokens: It
 
     The incremental algorithm (docs/tokenizer.md), one function per step: count each distinct
     pre-token once (``count_pretokens``, ``pretoken_words``); keep the count of every adjacent
-    pair and, for each pair, the set of words that contain it (``count_pairs``); a max-heap with
+    pair and, for each pair, the set of words that contain it (``count_pairs``); a heap with
     lazy deletion yields the most frequent pair (``pair_heap``, ``pop_best_pair``); merging it
     rewrites only the words that contain it (``merge_pair``) and adjusts the pair counts by the
     difference (``update_pair_counts``).
