@@ -144,6 +144,28 @@ def test_a_cancelled_job_frees_its_slot_at_the_next_step(model, tokenizer):
         batcher.stop()
 
 
+def test_stop_finishes_running_and_waiting_choices_as_cancelled(model, tokenizer):
+    """``stop`` (the server's shutdown) cancels what runs and what waits, and says so: each open
+    choice of either gets the finish reason "cancelled" before its job's "done", so that a request
+    still listening answers 503 (docs/serving.md) rather than a cut answer that looks complete."""
+    batcher = Batcher(model, tokenizer, max_batch=2)
+    running, waiting = [], []
+    started = threading.Event()
+    batcher.on_step = lambda size: (started.set(), time.sleep(0.01))      # steps slow enough to stop mid-way
+    batcher.start()
+    try:
+        batcher.submit(make_job(tokenizer, [1, 2], 60, SamplingConfig(), n=2, deliver=running.append))
+        assert started.wait(30)                            # both slots taken: the next job waits
+        batcher.submit(make_job(tokenizer, [3, 4], 60, SamplingConfig(), n=2, deliver=waiting.append))
+    finally:
+        batcher.stop()
+    ends = [e for e in running if e[0] != "piece"]
+    assert ends[:2] == [("finish", 0, "cancelled"), ("finish", 1, "cancelled")] and ends[2][0] == "done"
+    assert len(ends) == 3 and ends[2][1] < 2 * 60
+    assert [e for e in waiting if e[0] != "piece"] == [("finish", 0, "cancelled"), ("finish", 1, "cancelled"),
+                                                       ("done", 0)]
+
+
 def test_a_failing_step_fails_its_requests_and_the_batcher_keeps_serving(model, tokenizer):
     batcher = Batcher(model, tokenizer, max_batch=2)
     real = batcher._logits

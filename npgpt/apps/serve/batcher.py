@@ -74,7 +74,9 @@ class Job:
 
     ``deliver(event)`` is called from the model thread with ``("piece", index, Piece)``,
     ``("finish", index, reason)`` and, last, ``("done", completion_tokens)``; or, if decoding
-    failed, ``("error", message)`` and nothing after it.
+    failed, ``("error", message)`` and nothing after it. A cancelled job's open choices finish
+    with the reason "cancelled", so that a request still listening (a shutdown's) can tell a cut
+    answer from a complete one.
     ``top_logprobs``: None for no log-probabilities, else how many alternatives
     to report besides the chosen token. Setting ``cancelled`` (the client went
     away) frees the job's slots at the next step.
@@ -279,9 +281,10 @@ class Batcher:
                 if not self.waiting:
                     return
                 job = self.waiting[0]
-                if job.cancelled:
+                if job.cancelled:               # its client left, or the server is stopping
                     self.waiting.popleft()
-                    job.deliver(("done", 0))
+                    for choice in job.choices:
+                        self._finish(job, choice, "cancelled")
                     continue
                 if len(self.rows) + len(job.choices) > self.max_batch:
                     return                      # first come, first served: later jobs wait too
@@ -437,10 +440,7 @@ class Batcher:
                 r += 1
                 continue
             if job.cancelled and choice.finish_reason is None:
-                choice.finish_reason = "cancelled"
-                job.open_choices -= 1
-                if job.open_choices == 0:
-                    job.deliver(("done", job.completion_tokens))
+                self._finish(job, choice, "cancelled")
             last = len(self.rows) - 1
             if r != last:
                 self.cache.move(last, r)
